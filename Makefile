@@ -1,0 +1,52 @@
+# sipcluster — two commands for a newcomer: `make lab` and `make test`.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+# Debian packages the tests drive as real peers (command -> package)
+DEB_TOOLS := sipp:sip-tester tshark:tshark sipsak:sipsak
+APT_GET := $(shell [ "$$(id -u)" = 0 ] && echo apt-get || echo sudo apt-get)
+
+.PHONY: all venv tools lint typecheck test test-fast bench lab clean
+
+all: test
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+tools:
+	@missing=""; for pair in $(DEB_TOOLS); do \
+	  cmd=$${pair%%:*}; pkg=$${pair##*:}; \
+	  command -v $$cmd >/dev/null 2>&1 || missing="$$missing $$pkg"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:$$missing"; \
+	  export DEBIAN_FRONTEND=noninteractive; \
+	  $(APT_GET) update -q && $(APT_GET) install -y -q --no-install-recommends $$missing; \
+	fi
+
+lint: venv
+	$(VENV)/bin/ruff check protocols daemons tests bench
+
+typecheck: venv
+	$(VENV)/bin/mypy protocols
+
+test: venv tools lint typecheck
+	$(VENV)/bin/pytest -q -p no:randomly
+
+test-fast: venv
+	$(VENV)/bin/pytest -q -x -m "not interop"
+
+bench: venv tools
+	$(PY) bench/run_all.py
+
+lab: venv
+	$(VENV)/bin/sipcluster lab run
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .hypothesis

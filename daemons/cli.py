@@ -1,0 +1,69 @@
+"""The ``sipcluster`` command: one entry point, a subcommand per daemon and
+per operators' tool.
+
+Subcommands are looked up in :data:`COMMANDS`; each names a module exposing
+``add_parser(subparsers)`` and ``run(args) -> int``, imported only when the
+command line needs it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+#: (group, module) per subcommand; group None means a top-level command.
+COMMANDS: list[tuple[str | None, str]] = [
+    ("sip", "daemons.tools.sip_lint"),
+    (None, "daemons.tools.tlib_cli"),
+]
+
+GROUP_HELP = {"sip": "SIP tools (lint a message, test endpoints)"}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="sipcluster",
+        description="SIP cluster daemons and tools: one config file per cluster, one command.",
+    )
+    top = parser.add_subparsers(dest="command", metavar="COMMAND")
+    top.required = True
+    groups: dict[str, argparse._SubParsersAction[argparse.ArgumentParser]] = {}
+    for group, module_name in COMMANDS:
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as exc:
+            if exc.name == module_name:
+                continue  # not part of this build
+            raise
+        target = top
+        if group is not None:
+            if group not in groups:
+                gp = top.add_parser(group, help=GROUP_HELP.get(group))
+                sub = gp.add_subparsers(dest="subcommand", metavar="SUBCOMMAND")
+                sub.required = True
+                groups[group] = sub
+            target = groups[group]
+        before = set(target.choices)
+        module.add_parser(target)
+        for name in set(target.choices) - before:
+            sub_parser = target.choices[name]
+            if sub_parser.get_default("run") is None:
+                sub_parser.set_defaults(run=module.run)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    run = getattr(args, "run", None)
+    if run is None:
+        parser.print_help()
+        return 2
+    result: int = run(args)
+    return result
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,127 @@
+"""Process lifecycle shared by every daemon: event loop (uvloop when
+installed), SIGTERM/SIGINT for a clean stop, systemd readiness and watchdog
+notifications (``Type=notify``), the management listener.
+
+A daemon subclasses :class:`Service`, implements ``start()`` / ``stop()`` and
+is run by :func:`run_service`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import socket
+import sys
+from typing import Any
+
+from daemons.runtime.logs import get_logger
+from daemons.runtime.management import ManagementServer, Metrics
+
+
+def sd_notify(message: str) -> bool:
+    """Send one notification to systemd (sd_notify(3)); no-op outside systemd."""
+    address = os.environ.get("NOTIFY_SOCKET")
+    if not address:
+        return False
+    if address.startswith("@"):
+        address = "\0" + address[1:]
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+            sock.connect(address)
+            sock.sendall(message.encode())
+    except OSError:
+        return False
+    return True
+
+
+class Service:
+    """Base class of a daemon: one application name, its metrics and health."""
+
+    kind = "service"
+
+    def __init__(self, app_name: str) -> None:
+        self.app_name = app_name
+        self.metrics = Metrics(namespace="sipcluster")
+        self.management = ManagementServer(self.metrics, app_name=app_name)
+        self.log = get_logger(self.kind, application=app_name)
+        self.stopping = asyncio.Event()
+        self.management_host = "127.0.0.1"
+        self.management_port = 0
+
+    async def start(self) -> None:
+        """Open sockets and start tasks; return when the daemon serves."""
+
+    async def stop(self) -> None:
+        """Close sockets and finish tasks."""
+
+    async def serve(self) -> None:
+        await self.start()
+        port = await self.management.start(self.management_host, self.management_port)
+        self.log.info("daemon_ready", http_port=port)
+        sd_notify("READY=1\nSTATUS=serving")
+        watchdog = asyncio.create_task(self._watchdog())
+        try:
+            await self.stopping.wait()
+        finally:
+            watchdog.cancel()
+            self.log.info("daemon_stopping")
+            sd_notify("STOPPING=1")
+            await self.stop()
+            await self.management.stop()
+            self.log.info("daemon_stopped")
+
+    async def _watchdog(self) -> None:
+        usec = os.environ.get("WATCHDOG_USEC")
+        if not usec:
+            return
+        interval = int(usec) / 1_000_000 / 2
+        while True:
+            sd_notify("WATCHDOG=1")
+            await asyncio.sleep(interval)
+
+
+def install_event_loop_policy() -> str:
+    """Use uvloop when it is installed; return the loop's name for the log."""
+    try:
+        import uvloop
+    except ImportError:
+        return "asyncio"
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    return "uvloop"
+
+
+def run_service(service: Service, *, use_uvloop: bool = True) -> int:
+    """Run ``service`` until SIGTERM/SIGINT; return the process exit code."""
+    loop_name = install_event_loop_policy() if use_uvloop else "asyncio"
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, _on_signal, service, sig)
+        service.log.info("daemon_starting", loop=loop_name, pid=os.getpid())
+        await service.serve()
+
+    try:
+        asyncio.run(main())
+    except OSError as exc:
+        service.log.error("daemon_failed", error=str(exc))
+        print(f"{service.app_name}: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _on_signal(service: Service, sig: signal.Signals) -> None:
+    service.log.info("signal_received", signal=sig.name)
+    service.stopping.set()
+
+
+async def cancel_and_wait(*tasks: asyncio.Task[Any] | None) -> None:
+    """Cancel tasks and wait for them to finish."""
+    live = [t for t in tasks if t is not None]
+    for task in live:
+        task.cancel()
+    for task in live:
+        with contextlib.suppress(asyncio.CancelledError):
+            await task

@@ -1,0 +1,52 @@
+"""Fixtures shared by every test directory."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+
+import pytest
+
+
+def require_tool(name: str) -> str:
+    """Path of a third-party peer (sipp, tshark ...).
+
+    On a developer machine a missing tool skips the test; in CI (``CI=true``)
+    it fails it, because `make test` installs every tool the tests need.
+    """
+    path = shutil.which(name)
+    if path is None:
+        message = f"{name} is not installed (make test installs it)"
+        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+            pytest.fail(message)
+        pytest.skip(message)
+    return path
+
+
+def free_port(host: str = "127.0.0.1", kind: int = socket.SOCK_DGRAM) -> int:
+    """A port that is free right now for both UDP and TCP on ``host``."""
+    for _ in range(50):
+        with socket.socket(socket.AF_INET, kind) as s:
+            s.bind((host, 0))
+            port = int(s.getsockname()[1])
+        other = socket.SOCK_STREAM if kind == socket.SOCK_DGRAM else socket.SOCK_DGRAM
+        with socket.socket(socket.AF_INET, other) as s2:
+            try:
+                s2.bind((host, port))
+            except OSError:
+                continue
+        return port
+    raise RuntimeError("no free port")
+
+
+@pytest.fixture(name="require_tool")
+def _require_tool_fixture() -> object:
+    """Fixture form: ``sipp = require_tool("sipp")`` inside a test."""
+    return require_tool
+
+
+@pytest.fixture(name="free_port")
+def _free_port_fixture() -> object:
+    """Fixture form of :func:`free_port`."""
+    return free_port
