@@ -1,0 +1,510 @@
+"""DN ownership across the cluster nodes, as one T-Controller sees it (sans-I/O).
+
+SIP Cluster Solution Guide, "T-Controller DN Ownership", "Agent
+Availability for Routing", "GWS Disaster Recovery Scenarios" and the SIP
+Cluster Node DN options ``dn-owner-applications``,
+``agent-state-auto-restore`` and ``tc-reconnect-timeout``:
+
+* **SIP-based** ownership (Extension contact ``"*"``): the first node whose
+  REGISTER succeeds owns the DN; ownership ends when the registration is
+  removed or expires.
+* **T-Library-based** ownership (any other contact): the first node that
+  receives ``RequestRegisterAddress`` from an application listed in
+  ``dn-owner-applications`` owns the DN; ownership ends on
+  ``RequestUnregisterAddress`` from that client or when it disconnects.
+* A claim from another node for an owned DN is a **conflict**: a REGISTER
+  elsewhere means the phone moved, and the DN moves as soon as the agent's
+  call and after-call work are over; a T-Library claim waits, in addition,
+  until the current owner's clients let go of the DN, and when an agent is
+  still logged in there it is logged out after a grace period (30 s) before
+  the move.
+* On a move the agent is logged out on the old owner; with
+  ``agent-state-auto-restore`` an :class:`~daemons.t_controller.agent.AgentSnapshot`
+  goes with the move and the new owner logs the agent in again in that state.
+* A peer t-controller that stays unreachable for ``tc-reconnect-timeout``
+  seconds (0: at once) loses its DNs: they go out of service here.
+
+Each t-controller keeps one :class:`OwnershipTable`. It decides for DNs that
+are unowned or owned by this node; a claim for a DN owned by a peer comes back
+as :class:`ForwardClaim` so the daemon sends it to the owner, whose table
+decides. Decisions (:class:`OwnershipGranted`, :class:`OwnershipReleased`,
+:class:`OwnershipMoved`) are announced to the peers, which :meth:`apply` them.
+Time is passed in as ``now``; :meth:`next_timer` / :meth:`handle_timer` drive
+expiry, grace periods, peer loss and waiting moves.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from daemons.cluster.config import ClusterConfig, OwnershipKind
+from daemons.t_controller.agent import AgentEvent, AgentSnapshot, AgentTable
+
+__all__ = [
+    "DEFAULT_MOVE_GRACE",
+    "ClaimIgnored",
+    "DnServiceEvent",
+    "ForwardClaim",
+    "MovePending",
+    "OwnershipDecision",
+    "OwnershipGranted",
+    "OwnershipMoved",
+    "OwnershipOutput",
+    "OwnershipReleased",
+    "OwnershipTable",
+    "OwnershipView",
+]
+
+#: Seconds an agent still logged in on the old owner keeps it before a
+#: T-Library move logs it out (guide, "GWS disconnects from SIP Server", step 10).
+DEFAULT_MOVE_GRACE = 30.0
+
+
+# --------------------------------------------------------------------------
+# outputs
+
+
+@dataclass(frozen=True)
+class OwnershipGranted:
+    """``node`` now owns ``dn`` (announced to the peers)."""
+
+    dn: str
+    node: str
+    kind: OwnershipKind
+    since: float
+    expires: float | None = None
+
+
+@dataclass(frozen=True)
+class OwnershipReleased:
+    """``dn`` has no owner any more; ``cause`` says why (``unregistered``,
+    ``expired``, ``unregister-address``, ``client-disconnected``, ``peer-lost``)."""
+
+    dn: str
+    node: str
+    cause: str
+
+
+@dataclass(frozen=True)
+class OwnershipMoved:
+    """``dn`` moved from one node to another; ``snapshot`` is the agent state to
+    restore on the new owner (``agent-state-auto-restore``), if any."""
+
+    dn: str
+    from_node: str
+    to_node: str
+    kind: OwnershipKind
+    since: float
+    expires: float | None = None
+    snapshot: AgentSnapshot | None = None
+
+
+@dataclass(frozen=True)
+class MovePending:
+    """A conflict: ``claimant`` wants ``dn`` but it stays with ``owner`` for now.
+
+    ``waiting_for``: ``call-or-after-call-work``, ``owner-clients`` (the owner's
+    T-Library clients still hold the DN) or ``agent-logout-grace``."""
+
+    dn: str
+    owner: str
+    claimant: str
+    waiting_for: str
+
+
+@dataclass(frozen=True)
+class ForwardClaim:
+    """``dn`` is owned by the peer ``owner``: send it the claim of ``claimant``."""
+
+    dn: str
+    owner: str
+    claimant: str
+    kind: OwnershipKind
+
+
+@dataclass(frozen=True)
+class ClaimIgnored:
+    """A registration that does not confer ownership, and why (for the log)."""
+
+    dn: str
+    node: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class DnServiceEvent:
+    """``EventDNBackInService`` / ``EventDNOutOfService`` for the DN's clients."""
+
+    name: str
+    this_dn: str
+
+    def to_map(self) -> dict[str, Any]:
+        return {"message": self.name, "AttributeThisDN": self.this_dn}
+
+
+OwnershipDecision = OwnershipGranted | OwnershipReleased | OwnershipMoved
+OwnershipOutput = (
+    OwnershipDecision | MovePending | ForwardClaim | ClaimIgnored | DnServiceEvent | AgentEvent
+)
+
+
+@dataclass(frozen=True)
+class OwnershipView:
+    dn: str
+    node: str
+    kind: OwnershipKind
+    since: float
+    expires: float | None
+    clients: frozenset[str]
+    pending_claimant: str | None
+
+
+# --------------------------------------------------------------------------
+# internal records
+
+
+@dataclass
+class _Claim:
+    node: str
+    kind: OwnershipKind
+    since: float
+    expires: float | None = None
+    client: str | None = None
+    grace_deadline: float | None = None
+    waiting_for: str | None = None  # last MovePending reason reported
+
+
+@dataclass
+class _Entry:
+    dn: str
+    node: str
+    kind: OwnershipKind
+    since: float
+    expires: float | None = None
+    clients: set[str] = field(default_factory=set)  # T-Library holders on the owner node
+    pending: _Claim | None = None
+
+
+def _back_in_service(dn: str) -> DnServiceEvent:
+    return DnServiceEvent("EventDNBackInService", dn)
+
+
+def _out_of_service(dn: str) -> DnServiceEvent:
+    return DnServiceEvent("EventDNOutOfService", dn)
+
+
+class OwnershipTable:
+    """Who owns which DN, from the point of view of ``local_node``.
+
+    ``kinds`` maps each agent DN to its ownership kind (from the DN's contact).
+    ``agents`` is this node's agent table: it says whether a local DN is busy
+    (call or after-call work) and logs agents out when their DN moves away.
+    """
+
+    def __init__(
+        self,
+        local_node: str,
+        *,
+        kinds: Mapping[str, OwnershipKind],
+        agents: AgentTable,
+        dn_owner_applications: Collection[str] = (),
+        agent_state_auto_restore: bool = False,
+        tc_reconnect_timeout: float = 0.0,
+        move_grace: float = DEFAULT_MOVE_GRACE,
+    ) -> None:
+        self.local_node = local_node
+        self.kinds = kinds
+        self.agents = agents
+        self.dn_owner_applications = frozenset(dn_owner_applications)
+        self.agent_state_auto_restore = agent_state_auto_restore
+        self.tc_reconnect_timeout = tc_reconnect_timeout
+        self.move_grace = move_grace
+        self._entries: dict[str, _Entry] = {}
+        self._lost_peers: dict[str, float] = {}  # node -> deadline
+
+    @classmethod
+    def from_config(
+        cls, config: ClusterConfig, local_node: str, agents: AgentTable
+    ) -> OwnershipTable:
+        """``local_node`` is the name of the sip-server the t-controller serves."""
+        kinds = {d.number: k for d in config.agent_dns() if (k := d.ownership_kind) is not None}
+        return cls(
+            local_node,
+            kinds=kinds,
+            agents=agents,
+            dn_owner_applications=config.nodes.dn_owner_applications,
+            agent_state_auto_restore=config.nodes.agent_state_auto_restore,
+            tc_reconnect_timeout=float(config.nodes.tc_reconnect_timeout),
+        )
+
+    # -- queries -------------------------------------------------------------
+    def owner(self, dn: str) -> str | None:
+        entry = self._entries.get(dn)
+        return entry.node if entry else None
+
+    def owned_by(self, node: str) -> list[str]:
+        return sorted(dn for dn, e in self._entries.items() if e.node == node)
+
+    def view(self, dn: str) -> OwnershipView | None:
+        e = self._entries.get(dn)
+        if e is None:
+            return None
+        return OwnershipView(
+            dn=e.dn,
+            node=e.node,
+            kind=e.kind,
+            since=e.since,
+            expires=e.expires,
+            clients=frozenset(e.clients),
+            pending_claimant=e.pending.node if e.pending else None,
+        )
+
+    # -- SIP-based ownership ---------------------------------------------------
+    def sip_registered(
+        self, dn: str, node: str, expires: float, now: float
+    ) -> list[OwnershipOutput]:
+        """A REGISTER for ``dn`` succeeded on ``node`` for ``expires`` seconds."""
+        if self.kinds.get(dn) is not OwnershipKind.SIP:
+            return [ClaimIgnored(dn, node, 'DN is not SIP-owned (contact is not "*")')]
+        until = now + expires
+        entry = self._entries.get(dn)
+        if entry is None:
+            return self._grant(dn, node, OwnershipKind.SIP, now, until)
+        if entry.node == node:
+            entry.expires = until  # refresh
+            if entry.pending is not None and entry.pending.kind is OwnershipKind.SIP:
+                entry.pending = None  # the phone came back before the move
+            return []
+        if entry.node != self.local_node:
+            return [ForwardClaim(dn, entry.node, node, OwnershipKind.SIP)]
+        entry.pending = _Claim(node, OwnershipKind.SIP, now, expires=until)
+        return self._advance(entry, now)
+
+    def sip_unregistered(self, dn: str, node: str, now: float) -> list[OwnershipOutput]:
+        """The registration of ``dn`` on ``node`` was removed (Expires: 0)."""
+        entry = self._entries.get(dn)
+        if entry is None or entry.kind is not OwnershipKind.SIP:
+            return []
+        if entry.node != node:
+            if entry.pending is not None and entry.pending.node == node:
+                entry.pending = None
+            return []
+        return self._release_or_move(entry, now, "unregistered")
+
+    # -- T-Library-based ownership ---------------------------------------------
+    def register_address(
+        self, dn: str, node: str, client: str, application: str, now: float
+    ) -> list[OwnershipOutput]:
+        """``RequestRegisterAddress`` for ``dn`` from ``client`` (its
+        AttributeApplicationName is ``application``) connected to ``node``."""
+        if self.kinds.get(dn) is not OwnershipKind.TLIB:
+            return [ClaimIgnored(dn, node, "DN ownership is not T-Library-based")]
+        if application not in self.dn_owner_applications:
+            return [ClaimIgnored(dn, node, f"{application!r} is not in dn-owner-applications")]
+        entry = self._entries.get(dn)
+        if entry is None:
+            out = self._grant(dn, node, OwnershipKind.TLIB, now, None)
+            self._entries[dn].clients.add(client)
+            return out
+        if entry.node == node:
+            entry.clients.add(client)
+            return []
+        if entry.node != self.local_node:
+            return [ForwardClaim(dn, entry.node, node, OwnershipKind.TLIB)]
+        entry.pending = _Claim(node, OwnershipKind.TLIB, now, client=client)
+        return self._advance(entry, now)
+
+    def unregister_address(
+        self, dn: str, node: str, client: str, now: float
+    ) -> list[OwnershipOutput]:
+        """``RequestUnregisterAddress`` for ``dn`` from ``client`` on ``node``."""
+        entry = self._entries.get(dn)
+        if entry is None or entry.kind is not OwnershipKind.TLIB:
+            return []
+        if entry.node != node:
+            if entry.pending is not None and entry.pending.client == client:
+                entry.pending = None
+            return []
+        entry.clients.discard(client)
+        if entry.clients:
+            return []
+        return self._release_or_move(entry, now, "unregister-address")
+
+    def client_disconnected(self, node: str, client: str, now: float) -> list[OwnershipOutput]:
+        """A T-Library client of ``node`` disconnected: it lets go of every DN."""
+        out: list[OwnershipOutput] = []
+        for entry in list(self._entries.values()):
+            if entry.pending is not None and entry.pending.client == client:
+                if entry.pending.node == node:
+                    entry.pending = None
+            if entry.node == node and client in entry.clients:
+                entry.clients.discard(client)
+                if not entry.clients:
+                    out += self._release_or_move(entry, now, "client-disconnected")
+        return out
+
+    # -- peers -------------------------------------------------------------------
+    def apply(self, decision: OwnershipDecision, now: float) -> list[OwnershipOutput]:
+        """A decision announced by a peer t-controller."""
+        if isinstance(decision, OwnershipGranted):
+            current = self._entries.get(decision.dn)
+            if current is not None and current.node != decision.node:
+                # both granted before hearing of each other: the earlier claim wins
+                if (current.since, current.node) <= (decision.since, decision.node):
+                    return []
+                out: list[OwnershipOutput] = []
+                if current.node == self.local_node:
+                    events, _ = self.agents.hand_over(decision.dn, now, restore=False)
+                    out += events
+                del self._entries[decision.dn]
+                self._set(
+                    decision.dn, decision.node, decision.kind, decision.since, decision.expires
+                )
+                return out
+            if current is None:
+                self._set(
+                    decision.dn, decision.node, decision.kind, decision.since, decision.expires
+                )
+                return [_back_in_service(decision.dn)]
+            current.expires = decision.expires
+            return []
+        if isinstance(decision, OwnershipReleased):
+            current = self._entries.get(decision.dn)
+            if current is None or current.node != decision.node:
+                return []
+            del self._entries[decision.dn]
+            return [_out_of_service(decision.dn)]
+        # OwnershipMoved
+        current = self._entries.get(decision.dn)
+        self._entries.pop(decision.dn, None)
+        self._set(decision.dn, decision.to_node, decision.kind, decision.since, decision.expires)
+        out = [] if current is not None else [_back_in_service(decision.dn)]
+        if (
+            decision.to_node == self.local_node
+            and decision.snapshot is not None
+            and self.agent_state_auto_restore
+        ):
+            out += self.agents.restore(decision.snapshot, now)
+        return out
+
+    def peer_lost(self, node: str, now: float) -> list[OwnershipOutput]:
+        """The t-controller link to ``node`` is down: its DNs go out of service
+        after ``tc-reconnect-timeout`` unless the link comes back."""
+        if node == self.local_node:
+            return []
+        self._lost_peers[node] = now + self.tc_reconnect_timeout
+        return self._expire_peers(now)
+
+    def peer_restored(self, node: str, now: float) -> None:
+        """The link to ``node`` is back (the peer then re-announces its DNs)."""
+        self._lost_peers.pop(node, None)
+
+    # -- timers --------------------------------------------------------------------
+    def next_timer(self) -> float | None:
+        times: list[float] = list(self._lost_peers.values())
+        for e in self._entries.values():
+            if e.expires is not None:
+                times.append(e.expires)
+            if e.pending is not None:
+                if e.pending.grace_deadline is not None:
+                    times.append(e.pending.grace_deadline)
+                if e.pending.expires is not None:
+                    times.append(e.pending.expires)
+        agent_timer = self.agents.next_timer() if self._any_pending() else None
+        if agent_timer is not None:
+            times.append(agent_timer)  # wrap-up end may let a waiting move go
+        return min(times) if times else None
+
+    def handle_timer(self, now: float) -> list[OwnershipOutput]:
+        """Registration expiry, pending claims, grace periods, peer loss.
+
+        Call it also after feeding call events to the agent table: a move
+        waiting for a call to end goes as soon as the DN is idle."""
+        out: list[OwnershipOutput] = self._expire_peers(now)
+        for entry in list(self._entries.values()):
+            if entry.pending is not None and entry.pending.expires is not None:
+                if now >= entry.pending.expires:
+                    entry.pending = None  # the claimant's registration lapsed
+            if entry.expires is not None and now >= entry.expires:
+                out += self._release_or_move(entry, now, "expired")
+            elif entry.pending is not None:
+                out += self._advance(entry, now)
+        return out
+
+    # -- internals -------------------------------------------------------------------
+    def _any_pending(self) -> bool:
+        return any(e.pending is not None for e in self._entries.values())
+
+    def _set(
+        self, dn: str, node: str, kind: OwnershipKind, since: float, expires: float | None
+    ) -> _Entry:
+        entry = _Entry(dn=dn, node=node, kind=kind, since=since, expires=expires)
+        self._entries[dn] = entry
+        return entry
+
+    def _grant(
+        self, dn: str, node: str, kind: OwnershipKind, now: float, expires: float | None
+    ) -> list[OwnershipOutput]:
+        self._set(dn, node, kind, now, expires)
+        return [OwnershipGranted(dn, node, kind, now, expires), _back_in_service(dn)]
+
+    def _release_or_move(self, entry: _Entry, now: float, cause: str) -> list[OwnershipOutput]:
+        """The owner lets go of the DN: to the pending claimant if there is one
+        (after call and after-call work), else the DN is released."""
+        if entry.kind is OwnershipKind.SIP:
+            entry.expires = None
+        if entry.pending is not None:
+            return self._advance(entry, now, owner_gone=True)
+        del self._entries[entry.dn]
+        return [OwnershipReleased(entry.dn, entry.node, cause), _out_of_service(entry.dn)]
+
+    def _advance(
+        self, entry: _Entry, now: float, *, owner_gone: bool = False
+    ) -> list[OwnershipOutput]:
+        """Move the DN to its pending claimant if nothing holds it back."""
+        claim = entry.pending
+        assert claim is not None
+        dn = entry.dn
+        if entry.node != self.local_node:
+            return [ForwardClaim(dn, entry.node, claim.node, claim.kind)]
+        if claim.kind is OwnershipKind.TLIB and entry.clients and not owner_gone:
+            return self._pending(entry, claim, "owner-clients")
+        if self.agents.is_busy(dn):
+            return self._pending(entry, claim, "call-or-after-call-work")
+        if (
+            claim.kind is OwnershipKind.TLIB
+            and self.agents.agent(dn) is not None
+            and self.move_grace > 0
+        ):
+            if claim.grace_deadline is None:
+                claim.grace_deadline = now + self.move_grace
+            if now < claim.grace_deadline:
+                return self._pending(entry, claim, "agent-logout-grace")
+        events, snapshot = self.agents.hand_over(dn, now, restore=self.agent_state_auto_restore)
+        old = entry.node
+        del self._entries[dn]
+        new = self._set(dn, claim.node, claim.kind, now, claim.expires)
+        if claim.client is not None:
+            new.clients.add(claim.client)
+        moved = OwnershipMoved(dn, old, claim.node, claim.kind, now, claim.expires, snapshot)
+        return [*events, moved]
+
+    def _pending(self, entry: _Entry, claim: _Claim, reason: str) -> list[OwnershipOutput]:
+        """Report a waiting move once per reason, not on every timer run."""
+        if claim.waiting_for == reason:
+            return []
+        claim.waiting_for = reason
+        return [MovePending(entry.dn, entry.node, claim.node, reason)]
+
+    def _expire_peers(self, now: float) -> list[OwnershipOutput]:
+        out: list[OwnershipOutput] = []
+        for node, deadline in list(self._lost_peers.items()):
+            if now < deadline:
+                continue
+            del self._lost_peers[node]
+            for dn in self.owned_by(node):
+                del self._entries[dn]
+                out += [OwnershipReleased(dn, node, "peer-lost"), _out_of_service(dn)]
+        return out
