@@ -16,7 +16,10 @@ from collections.abc import Sequence
 #: (group, module) per subcommand; group None means a top-level command.
 COMMANDS: list[tuple[str | None, str]] = [
     ("sip", "daemons.tools.sip_lint"),
+    ("sip", "daemons.tools.sip_responder"),
+    ("sip", "daemons.tools.sip_uac"),
     (None, "daemons.tools.tlib_cli"),
+    (None, "daemons.lab.cli"),
 ]
 
 GROUP_HELP = {"sip": "SIP tools (lint a message, test endpoints)"}

@@ -1,0 +1,169 @@
+"""``sipcluster lab``: the two-data-centre lab on loopback.
+
+    sipcluster lab run     [--dir DIR]   foreground; Ctrl-C stops everything
+    sipcluster lab start   [--dir DIR]   background; returns when all answer /healthz
+    sipcluster lab status  [--dir DIR]
+    sipcluster lab stop    [--dir DIR]
+    sipcluster lab kill    NAME [--dir DIR]     abrupt failure of one daemon
+    sipcluster lab restart NAME [--dir DIR]
+
+DC1 lives on 127.0.1.x and DC2 on 127.0.2.x; Linux routes all of 127/8 to
+``lo``, so nothing needs setting up.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import signal
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+from daemons.cluster.config import ClusterConfig, load_cluster
+from daemons.lab.supervisor import Supervisor
+from daemons.lab.topology import lab_description, process_specs
+from daemons.runtime.config import ConfigError
+
+EXAMPLE_CONFIG = Path(__file__).resolve().parents[2] / "deploy" / "etc" / "cluster.toml"
+DEFAULT_DIR = Path("lab-run")
+
+
+def add_parser(subparsers: Any) -> None:
+    parser = subparsers.add_parser("lab", help="run the two-data-centre lab on loopback")
+    parser.add_argument("--dir", type=Path, default=DEFAULT_DIR, help="lab directory (lab-run)")
+    parser.add_argument(
+        "--config", type=Path, default=None,
+        help="cluster file to copy into the lab directory (default: deploy/etc/cluster.toml)",
+    )
+    parser.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for health")
+    parser.add_argument("action", choices=["run", "start", "status", "stop", "kill", "restart"])
+    parser.add_argument("name", nargs="?", help="application name (kill, restart)")
+    parser.set_defaults(run=run)
+
+
+def _prepare(args: argparse.Namespace) -> tuple[ClusterConfig, Supervisor, list[str]]:
+    directory: Path = args.dir.resolve()
+    directory.mkdir(parents=True, exist_ok=True)
+    config_path = directory / "cluster.toml"
+    if args.config is not None or not config_path.exists():
+        shutil.copyfile(args.config or EXAMPLE_CONFIG, config_path)
+    cfg = load_cluster(config_path)
+    specs, skipped = process_specs(cfg, config_path)
+    return cfg, Supervisor(directory, {s.name: s for s in specs}), skipped
+
+
+def _write_description(cfg: ClusterConfig, sup: Supervisor) -> Path:
+    running = {name for name in sup.specs if sup.alive(name)}
+    path = sup.directory / "lab.json"
+    path.write_text(json.dumps(lab_description(cfg, running=running, dns=None), indent=2) + "\n")
+    return path
+
+
+def _print_guide(desc_path: Path, skipped: list[str]) -> None:
+    desc = json.loads(desc_path.read_text())
+    print("\nsipcluster lab is up.\n")
+    for geo, centre in desc["data_centres"].items():
+        print(f"  {geo}:")
+        for node in centre["nodes"]:
+            if not node["running"]:
+                continue
+            print(
+                f"    node {node['name']:<12} SIP {node['host']}:{node['sip_port']}  "
+                f"T-Library default {node['default_port']}  IPport {node['ip_port']}  "
+                f"TCport {node['tc_port']}  SmartProxy {node['smart_proxy_port']}"
+            )
+        for proxy in centre["proxies"]:
+            if proxy["running"]:
+                print(f"    proxy {proxy['name']:<12} SIP {proxy['host']}:{proxy['sip_port']}")
+    print(f"\n  SIP domain {desc['domain']}, digest realm {desc['realm']}")
+    if desc.get("srv_fqdn") and desc.get("dns"):
+        print(f"  SRV {desc['srv_fqdn']} via DNS {desc['dns']['host']}:{desc['dns']['port']}")
+    print("  accounts: " + ", ".join(f"{a['dn']}/{a['password']}" for a in desc["accounts"][:3])
+          + f" ... ({len(desc['accounts'])} in lab.json)")
+    print("  point a softphone at a node's SIP address above, user 1001, password from lab.json")
+    if skipped:
+        print("  not started (daemon kind not built yet): " + ", ".join(skipped))
+    print(f"\n  everything above, for scripts: {desc_path}")
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        cfg, sup, skipped = _prepare(args)
+    except ConfigError as exc:
+        print(f"lab: {exc}", file=sys.stderr)
+        return 2
+    action = args.action
+    if action in ("kill", "restart") and args.name not in sup.specs:
+        print(f"lab: unknown application {args.name!r}; one of: {', '.join(sup.specs)}",
+              file=sys.stderr)
+        return 2
+    if action == "status":
+        return _status(cfg, sup)
+    if action == "stop":
+        sup.stop_all()
+        print("lab stopped")
+        return 0
+    if action == "kill":
+        sup.kill(args.name)
+        _write_description(cfg, sup)
+        print(f"{args.name} killed")
+        return 0
+    if action == "restart":
+        sup.stop(args.name)
+        sup.start(args.name)
+        late = sup.wait_healthy([args.name], timeout=args.timeout)
+        _write_description(cfg, sup)
+        print(f"{args.name} {'restarted' if not late else 'restarted but not healthy'}")
+        return 1 if late else 0
+    # run / start
+    if any(sup.alive(n) for n in sup.specs):
+        print("lab: already running here; `sipcluster lab stop` first", file=sys.stderr)
+        return 1
+    if not sup.specs:
+        print("lab: no daemon of this cluster file is built yet", file=sys.stderr)
+        return 1
+    sup.start_all()
+    try:
+        late = sup.wait_healthy(timeout=args.timeout)
+    except RuntimeError as exc:
+        print(f"lab: {exc}", file=sys.stderr)
+        sup.stop_all()
+        return 1
+    if late:
+        print("lab: not healthy in time: " + ", ".join(late), file=sys.stderr)
+        for name in late:
+            print(f"--- {name}\n{sup.tail_log(name)}", file=sys.stderr)
+        sup.stop_all()
+        return 1
+    desc = _write_description(cfg, sup)
+    _print_guide(desc, skipped)
+    if action == "start":
+        return 0
+    print("\nCtrl-C stops the lab.", flush=True)
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    while not stop.wait(1.0):
+        for name in sup.specs:
+            if not sup.alive(name):
+                print(f"lab: {name} exited; see {sup.log_path(name)}", file=sys.stderr)
+                stop.set()
+    print("\nstopping the lab ...", flush=True)
+    sup.stop_all()
+    print("lab stopped")
+    return 0
+
+
+def _status(cfg: ClusterConfig, sup: Supervisor) -> int:
+    worst = 0
+    for name in sup.specs:
+        alive = sup.alive(name)
+        healthy = alive and sup.healthy(name)
+        state = "healthy" if healthy else ("running, unhealthy" if alive else "stopped")
+        if not healthy:
+            worst = 1
+        print(f"{name:<16} {state}")
+    return worst
