@@ -1,0 +1,742 @@
+"""SIP transports for the daemons: asyncio UDP, TCP and TLS listeners and clients
+around the sans-I/O parser (RFC 3261 §18).
+
+One :class:`SipTransportManager` per daemon owns every SIP socket:
+
+* it listens on (host, port) for UDP, TCP and TLS and hands each parsed message
+  to a callback together with its :class:`Flow` (transport, remote and local
+  address, connection id);
+* on receipt it adds ``received`` to the top Via when the sent-by host differs
+  from the packet source, and fills an empty ``rport`` (§18.2.1, RFC 3581 §4);
+* it sends a message to (transport, address), reusing an open connection to
+  that address or the connection a request came in on (§18.2.2), and switches a
+  request larger than 1300 octets from UDP to TCP (§18.1.1);
+* streams are framed by :class:`protocols.sip.framing.StreamFramer`; a
+  CRLFCRLF keep-alive ping is answered with CRLF (RFC 5626 §3.5.1); idle
+  connections are closed after ``idle_timeout`` seconds;
+* malformed input is counted, logged and, for a request carrying enough
+  headers to build a response, answered with the parser's status and reason
+  (§21.4.1); nothing a peer sends can stop the listener.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import itertools
+import re
+import secrets
+import socket
+import ssl
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Final, cast
+
+from daemons.runtime.logs import get_logger
+from daemons.runtime.management import Metrics
+from protocols.sip.errors import MessageTooLarge, ParseError
+from protocols.sip.framing import PONG, KeepAlivePing, StreamFramer
+from protocols.sip.headers import Via
+from protocols.sip.message import Request, Response, parse_message, validate
+from protocols.sip.uri import format_host
+
+__all__ = [
+    "DEFAULT_PORTS",
+    "TRANSPORTS",
+    "UDP_SIZE_LIMIT",
+    "Flow",
+    "MessageHandler",
+    "SipTransportManager",
+    "TransportError",
+    "build_error_response",
+    "fix_top_via",
+    "same_host",
+]
+
+#: The transports this manager speaks, as written in a Via (§20.42).
+TRANSPORTS: Final = ("UDP", "TCP", "TLS")
+#: Default ports when a Via or URI has none (§18.2.2, §19.1.2).
+DEFAULT_PORTS: Final = {"UDP": 5060, "TCP": 5060, "TLS": 5061}
+#: §18.1.1: a request within 200 octets of the path MTU (1500) goes over a
+#: congestion-controlled transport instead of UDP.
+UDP_SIZE_LIMIT: Final = 1300
+
+Address = tuple[str, int]
+
+
+class TransportError(ConnectionError):
+    """A message could not be sent; the TU treats it as a 503 (§8.1.3.1, §17.1.4).
+
+    A :class:`ConnectionError` (so an ``OSError``): RFC 3263 §4.3 fail-over
+    loops such as :func:`daemons.runtime.dns.try_targets` move on to the next target.
+    """
+
+
+@dataclass(frozen=True, slots=True)
+class Flow:
+    """Where a message came from or went to (RFC 5626 §3: a "flow").
+
+    ``connection_id`` identifies the TCP/TLS connection (``None`` for UDP), so a
+    response can go back on the connection its request arrived on (§18.2.2).
+    """
+
+    transport: str
+    remote: Address
+    local: Address
+    connection_id: int | None = None
+
+    @property
+    def reliable(self) -> bool:
+        return self.transport != "UDP"
+
+
+MessageHandler = Callable[[Request | Response, Flow], None]
+
+
+# --------------------------------------------------------------------------- Via rules
+
+
+def _ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    try:
+        return ipaddress.ip_address(text.strip("[]"))
+    except ValueError:
+        return None
+
+
+def same_host(host: str, address: str) -> bool:
+    """True when ``host`` (a Via sent-by host) is the IP address ``address``.
+
+    A domain name never matches (§18.2.1: "If the host portion of the sent-by
+    field contains a domain name ... the server MUST add a received parameter").
+    """
+    a = _ip(host)
+    b = _ip(address)
+    return a is not None and b is not None and a == b
+
+
+def fix_top_via(request: Request, source: Address) -> bool:
+    """Apply §18.2.1 and RFC 3581 §4 to a received request; True if the Via changed.
+
+    ``received`` is added when the sent-by host is not the source IP; an empty
+    ``rport`` is set to the source port, and then ``received`` is added even
+    when it equals the sent-by host (RFC 3581 §4).
+    """
+    via = request.top_via
+    host, port = source
+    changed = False
+    params = dict(via.params)
+    if via.wants_rport:
+        params["rport"] = str(port)
+        params["received"] = host
+        changed = True
+    elif not same_host(via.host, host):
+        params["received"] = host
+        changed = True
+    if changed:
+        new = Via(via.transport, via.host, via.port, params, via.protocol)
+        request.headers.remove_first("Via")
+        request.headers.prepend("Via", str(new))
+    return changed
+
+
+def _rewrite_top_via_transport(request: Request, transport: str, port: int | None) -> None:
+    via = request.top_via
+    new = Via(transport, via.host, port if port is not None else via.port, dict(via.params),
+              via.protocol)
+    request.headers.remove_first("Via")
+    request.headers.prepend("Via", str(new))
+
+
+# --------------------------------------------------------------------------- 400 for bad input
+
+_REQUEST_LINE = re.compile(rb"^([!-~]+) +(\S+) +SIP/\d+\.\d+\s*$", re.IGNORECASE)
+_ESSENTIAL = {"via": "Via", "v": "Via", "from": "From", "f": "From", "to": "To", "t": "To",
+              "call-id": "Call-ID", "i": "Call-ID", "cseq": "CSeq"}
+_PRINTABLE = re.compile(r"[^\x20-\x7e\u00a0-\uffff]")
+
+
+def _clean_reason(reason: str) -> str:
+    text = _PRINTABLE.sub(" ", reason).strip()
+    return (text[:200] or "Bad Request")
+
+
+def build_error_response(data: bytes, status: int, reason: str) -> bytes | None:
+    """A response to malformed ``data`` if it looks like a request (§21.4.1), else ``None``.
+
+    The scan is deliberately lenient: it only needs a request line and the
+    Via, From, To, Call-ID and CSeq lines to copy (§8.2.6.2). ACKs and
+    responses are never answered. The reason phrase is the parser's reason.
+    """
+    head = data.lstrip(b"\r\n")
+    end = head.find(b"\r\n\r\n")
+    if end == -1:
+        end = head.find(b"\n\n")
+    if end != -1:
+        head = head[:end]
+    lines = head.replace(b"\r\n", b"\n").split(b"\n")
+    match = _REQUEST_LINE.match(lines[0]) if lines else None
+    if match is None or match.group(1).upper() in (b"ACK", b"SIP/2.0"):
+        return None
+    found: dict[str, list[str]] = {}
+    current: list[str] | None = None
+    for raw in lines[1:]:
+        line = raw.decode("utf-8", "replace")
+        if line[:1] in (" ", "\t") and current:
+            current[-1] += " " + line.strip()  # folded continuation (§7.3.1)
+            continue
+        name, colon, value = line.partition(":")
+        if not colon:
+            current = None
+            continue
+        canonical = _ESSENTIAL.get(name.strip().lower())
+        if canonical is None:
+            current = None
+            continue
+        current = found.setdefault(canonical, [])
+        current.append(value.strip())
+    if any(not found.get(name) for name in ("Via", "From", "To", "Call-ID", "CSeq")):
+        return None
+    out = [f"SIP/2.0 {status} {_clean_reason(reason)}"]
+    out.extend(f"Via: {value}" for value in found["Via"])
+    out.append(f"From: {found['From'][0]}")
+    to = found["To"][0]
+    if ";tag=" not in to.replace(" ", "").lower():
+        to = f"{to};tag={secrets.token_hex(6)}"  # §8.2.6.2
+    out.append(f"To: {to}")
+    out.append(f"Call-ID: {found['Call-ID'][0]}")
+    out.append(f"CSeq: {found['CSeq'][0]}")
+    out.append("Content-Length: 0")
+    text = "\r\n".join(line.replace("\r", " ").replace("\n", " ") for line in out)
+    return (text + "\r\n\r\n").encode("utf-8", "replace")
+
+
+def _check_received(msg: Request | Response) -> None:
+    """What a transport must be able to read before passing a message up (§18.1.2, §18.2.1).
+
+    Requests get the full §8.2 check (tolerating a missing Max-Forwards, RFC
+    4475 §3.4.1); responses need the headers transaction matching reads.
+    """
+    if isinstance(msg, Request):
+        validate(msg, allow_rfc2543=True)
+        return
+    msg.top_via  # noqa: B018
+    msg.cseq  # noqa: B018
+    msg.call_id  # noqa: B018
+    msg.from_  # noqa: B018
+    msg.to  # noqa: B018
+
+
+# --------------------------------------------------------------------------- sockets
+
+
+class _UdpEndpoint(asyncio.DatagramProtocol):
+    """One bound UDP socket (listening, or an ephemeral client socket)."""
+
+    def __init__(self, manager: SipTransportManager) -> None:
+        self.manager = manager
+        self.transport: asyncio.DatagramTransport | None = None
+        self.local: Address = ("", 0)
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's UDP transport does not subclass asyncio.DatagramTransport
+        self.transport = cast(asyncio.DatagramTransport, transport)
+        sockname = transport.get_extra_info("sockname")
+        self.local = (sockname[0], sockname[1])
+
+    def datagram_received(self, data: bytes, addr: Any) -> None:
+        self.manager._on_datagram(self, data, (addr[0], addr[1]))
+
+    def error_received(self, exc: Exception) -> None:
+        # ICMP port unreachable and the like, reported on the next receive.
+        self.manager._count_drop("UDP", "icmp_error")
+        self.manager.log.debug("sip_udp_error", local=_fmt(self.local), error=str(exc))
+
+    def sendto(self, data: bytes, addr: Address) -> None:
+        if self.transport is None or self.transport.is_closing():
+            raise TransportError(f"UDP socket {_fmt(self.local)} is closed")
+        self.transport.sendto(data, addr)
+
+
+class _StreamConnection(asyncio.Protocol):
+    """One TCP or TLS connection, inbound or outbound, framed by :class:`StreamFramer`."""
+
+    def __init__(self, manager: SipTransportManager, transport_name: str, outbound: bool) -> None:
+        self.manager = manager
+        self.transport_name = transport_name
+        self.outbound = outbound
+        self.id = next(manager._ids)
+        self.transport: asyncio.Transport | None = None
+        self.framer = StreamFramer(max_size=manager.max_message_size)
+        self.remote: Address = ("", 0)
+        self.local: Address = ("", 0)
+        self.last_activity = 0.0
+        self._idle_handle: asyncio.TimerHandle | None = None
+        self.closed = asyncio.get_running_loop().create_future()
+
+    @property
+    def flow(self) -> Flow:
+        return Flow(self.transport_name, self.remote, self.local, self.id)
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
+        peer = transport.get_extra_info("peername")
+        sock = transport.get_extra_info("sockname")
+        self.remote = (peer[0], peer[1])
+        self.local = (sock[0], sock[1])
+        self.last_activity = self.manager._loop.time()
+        self.manager._register(self)
+        self._arm_idle(self.manager.idle_timeout)
+
+    def _arm_idle(self, delay: float) -> None:
+        if self.manager.idle_timeout > 0:
+            self._idle_handle = self.manager._loop.call_later(delay, self._check_idle)
+
+    def _check_idle(self) -> None:
+        idle = self.manager._loop.time() - self.last_activity
+        remaining = self.manager.idle_timeout - idle
+        if remaining > 0:
+            self._arm_idle(remaining)
+            return
+        self.manager.log.info("sip_connection_idle_timeout", conn_id=self.id,
+                              peer=_fmt(self.remote), transport=self.transport_name,
+                              idle_seconds=round(idle, 1))
+        self.close()
+
+    def data_received(self, data: bytes) -> None:
+        self.last_activity = self.manager._loop.time()
+        framer = self.framer
+        framer.feed(data)
+        while self.transport is not None and not self.transport.is_closing():
+            try:
+                item = framer.next_message()
+            except ParseError as exc:
+                self.manager._stream_error(self, exc)
+                return
+            if item is None:
+                return
+            if isinstance(item, KeepAlivePing):
+                self.manager._count_keepalive(self.transport_name)
+                self.write(PONG)
+                continue
+            self.manager._on_stream_message(self, item)
+
+    def eof_received(self) -> bool | None:
+        return None  # close our side too
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._idle_handle is not None:
+            self._idle_handle.cancel()
+        self.manager._unregister(self, exc)
+        if not self.closed.done():
+            self.closed.set_result(None)
+
+    def write(self, data: bytes) -> None:
+        if self.transport is None or self.transport.is_closing():
+            raise TransportError(f"connection {self.id} to {_fmt(self.remote)} is closed")
+        self.last_activity = self.manager._loop.time()
+        self.transport.write(data)
+
+    def close(self) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.close()
+
+
+def _fmt(addr: Address) -> str:
+    return f"{format_host(addr[0])}:{addr[1]}"
+
+
+# --------------------------------------------------------------------------- manager
+
+
+class SipTransportManager:
+    """Every SIP socket of one daemon (RFC 3261 §18), see the module docstring.
+
+    ``on_message(message, flow)`` is called synchronously for each valid
+    message; it must not block (schedule work on the loop instead).
+    ``ssl_context`` serves TLS listeners; ``client_ssl_context`` is used for
+    outgoing TLS connections (default: the system's verified context).
+    """
+
+    def __init__(
+        self,
+        on_message: MessageHandler,
+        *,
+        metrics: Metrics | None = None,
+        ssl_context: ssl.SSLContext | None = None,
+        client_ssl_context: ssl.SSLContext | None = None,
+        idle_timeout: float = 300.0,
+        connect_timeout: float = 5.0,
+        max_message_size: int = 65536,
+        udp_size_limit: int = UDP_SIZE_LIMIT,
+        logger: Any = None,
+    ) -> None:
+        self.on_message = on_message
+        self.ssl_context = ssl_context
+        self.client_ssl_context = client_ssl_context
+        self.idle_timeout = idle_timeout
+        self.connect_timeout = connect_timeout
+        self.max_message_size = max_message_size
+        self.udp_size_limit = udp_size_limit
+        self.log = logger if logger is not None else get_logger("sip_transport")
+        self._loop = asyncio.get_running_loop()
+        self._ids = itertools.count(1)
+        self._udp: list[_UdpEndpoint] = []
+        self._udp_clients: dict[int, _UdpEndpoint] = {}
+        self._servers: list[tuple[str, asyncio.AbstractServer, Address]] = []
+        self._connections: dict[int, _StreamConnection] = {}
+        self._by_remote: dict[tuple[str, str, int], int] = {}
+        self._connecting: dict[tuple[str, str, int], asyncio.Future[_StreamConnection]] = {}
+        metrics = metrics if metrics is not None else Metrics("sipcluster")
+        self._received = metrics.counter(
+            "sip_messages_received", "SIP messages received", ("transport", "kind"))
+        self._sent = metrics.counter(
+            "sip_messages_sent", "SIP messages sent", ("transport", "kind"))
+        self._dropped = metrics.counter(
+            "sip_transport_errors", "SIP input dropped or refused, and failed sends",
+            ("transport", "reason"))
+        self._keepalives = metrics.counter(
+            "sip_keepalives_received", "CRLF keep-alives received (RFC 5626 §3.5.1)",
+            ("transport",))
+        self._conn_gauge = metrics.gauge(
+            "sip_connections", "Open SIP stream connections", ("transport",))
+
+    # ------------------------------------------------------------ listening
+
+    async def listen(self, transport: str, host: str, port: int = 0) -> Address:
+        """Listen for ``transport`` on (host, port); return the bound address (port 0 = any)."""
+        transport = transport.upper()
+        if transport == "UDP":
+            _, proto = await self._loop.create_datagram_endpoint(
+                lambda: _UdpEndpoint(self), local_addr=(host, port))
+            self._udp.append(proto)
+            self.log.info("sip_listening", transport="UDP", address=_fmt(proto.local))
+            return proto.local
+        if transport not in ("TCP", "TLS"):
+            raise ValueError(f"unsupported SIP transport {transport!r}")
+        if transport == "TLS" and self.ssl_context is None:
+            raise ValueError("a TLS listener needs an ssl_context")
+        server = await self._loop.create_server(
+            lambda: _StreamConnection(self, transport, outbound=False), host, port,
+            ssl=self.ssl_context if transport == "TLS" else None, reuse_address=True)
+        sockname = server.sockets[0].getsockname()
+        local = (sockname[0], sockname[1])
+        self._servers.append((transport, server, local))
+        self.log.info("sip_listening", transport=transport, address=_fmt(local))
+        return local
+
+    def local_address(self, transport: str) -> Address | None:
+        """The first listening address for ``transport`` (what goes in Via sent-by)."""
+        transport = transport.upper()
+        if transport == "UDP":
+            return self._udp[0].local if self._udp else None
+        for name, _, local in self._servers:
+            if name == transport:
+                return local
+        return None
+
+    @property
+    def connection_count(self) -> int:
+        return len(self._connections)
+
+    def connection(self, connection_id: int) -> Flow | None:
+        conn = self._connections.get(connection_id)
+        return conn.flow if conn is not None else None
+
+    async def close(self) -> None:
+        """Close every listener and connection."""
+        for _, server, _ in self._servers:
+            server.close()
+        for conn in list(self._connections.values()):
+            conn.close()
+        waits = [c.closed for c in self._connections.values()]
+        if waits:
+            await asyncio.wait(waits, timeout=2.0)
+        for _, server, _ in self._servers:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(server.wait_closed(), 2.0)
+        for ep in [*self._udp, *self._udp_clients.values()]:
+            if ep.transport is not None:
+                ep.transport.close()
+        for fut in self._connecting.values():
+            fut.cancel()
+        self._servers.clear()
+        self._udp.clear()
+        self._udp_clients.clear()
+
+    # ------------------------------------------------------------ receiving
+
+    def _on_datagram(self, ep: _UdpEndpoint, data: bytes, remote: Address) -> None:
+        if not data.strip(b"\r\n\x00 "):
+            # A CRLF "ping" over UDP (some UAs send them to keep NAT bindings).
+            self._count_keepalive("UDP")
+            return
+        flow = Flow("UDP", remote, ep.local, None)
+        try:
+            msg = parse_message(data, max_size=self.max_message_size)
+            _check_received(msg)
+        except ParseError as exc:
+            self._malformed(data, flow, exc, lambda out: ep.sendto(out, remote))
+            return
+        self._deliver(msg, flow)
+
+    def _on_stream_message(self, conn: _StreamConnection, msg: Request | Response) -> None:
+        flow = conn.flow
+        try:
+            _check_received(msg)
+        except ParseError as exc:
+            self._malformed(msg.serialize(), flow, exc, conn.write)
+            return
+        self._deliver(msg, flow)
+
+    def _stream_error(self, conn: _StreamConnection, exc: ParseError) -> None:
+        """The stream cannot be framed any more: answer if possible, then close (§18.3)."""
+        reason = "oversized" if isinstance(exc, MessageTooLarge) else "framing_error"
+        self._count_drop(conn.transport_name, reason)
+        event = "sip_stream_oversized" if reason == "oversized" else "sip_stream_framing_error"
+        self.log.warning(event, conn_id=conn.id, peer=_fmt(conn.remote),
+                         transport=conn.transport_name, reason=exc.reason, status=exc.status)
+        pending = bytes(conn.framer._buf[: self.max_message_size])
+        answer = build_error_response(pending, exc.status, exc.reason)
+        if answer is not None:
+            with contextlib.suppress(TransportError):
+                conn.write(answer)
+        conn.close()
+
+    def _malformed(
+        self, data: bytes, flow: Flow, exc: ParseError, reply: Callable[[bytes], None]
+    ) -> None:
+        answer = build_error_response(data, exc.status, exc.reason)
+        self._count_drop(flow.transport, "malformed")
+        self.log.warning("sip_malformed_message", peer=_fmt(flow.remote), transport=flow.transport,
+                         reason=exc.reason, status=exc.status, answered=answer is not None,
+                         size=len(data))
+        if answer is not None:
+            try:
+                reply(answer)
+            except (TransportError, OSError) as err:
+                self.log.info("sip_send_failed", peer=_fmt(flow.remote), error=str(err))
+                return
+            self._sent.labels(flow.transport, "response").inc()
+
+    def _deliver(self, msg: Request | Response, flow: Flow) -> None:
+        if isinstance(msg, Request):
+            fix_top_via(msg, flow.remote)
+            self._received.labels(flow.transport, "request").inc()
+        else:
+            self._received.labels(flow.transport, "response").inc()
+        try:
+            self.on_message(msg, flow)
+        except Exception:  # a bug in a handler must not stop the listener
+            self._count_drop(flow.transport, "handler_error")
+            self.log.exception("sip_message_handler_failed", peer=_fmt(flow.remote))
+
+    def _count_drop(self, transport: str, reason: str) -> None:
+        self._dropped.labels(transport, reason).inc()
+
+    def _count_keepalive(self, transport: str) -> None:
+        self._keepalives.labels(transport).inc()
+
+    # ------------------------------------------------------------ connections
+
+    def _register(self, conn: _StreamConnection) -> None:
+        self._connections[conn.id] = conn
+        self._by_remote[(conn.transport_name, conn.remote[0], conn.remote[1])] = conn.id
+        self._conn_gauge.labels(conn.transport_name).inc()
+        self.log.debug("sip_connection_opened", conn_id=conn.id, peer=_fmt(conn.remote),
+                       transport=conn.transport_name, outbound=conn.outbound)
+
+    def _unregister(self, conn: _StreamConnection, exc: Exception | None) -> None:
+        if self._connections.pop(conn.id, None) is None:
+            return
+        key = (conn.transport_name, conn.remote[0], conn.remote[1])
+        if self._by_remote.get(key) == conn.id:
+            del self._by_remote[key]
+        self._conn_gauge.labels(conn.transport_name).dec()
+        self.log.debug("sip_connection_closed", conn_id=conn.id, peer=_fmt(conn.remote),
+                       transport=conn.transport_name, error=str(exc) if exc else None)
+
+    async def _connect(self, transport: str, addr: Address) -> _StreamConnection:
+        key = (transport, addr[0], addr[1])
+        pending = self._connecting.get(key)
+        if pending is not None:
+            return await asyncio.shield(pending)
+        fut: asyncio.Future[_StreamConnection] = self._loop.create_future()
+        self._connecting[key] = fut
+        try:
+            ctx: ssl.SSLContext | None = None
+            if transport == "TLS":
+                ctx = self.client_ssl_context or ssl.create_default_context()
+            _, proto = await asyncio.wait_for(
+                self._loop.create_connection(
+                    lambda: _StreamConnection(self, transport, outbound=True), addr[0], addr[1],
+                    ssl=ctx, server_hostname=addr[0] if ctx is not None else None),
+                self.connect_timeout)
+            fut.set_result(proto)
+            return proto
+        except (OSError, TimeoutError, ssl.SSLError) as exc:
+            err = TransportError(f"cannot connect over {transport} to {_fmt(addr)}: {exc}")
+            fut.set_exception(err)
+            fut.exception()  # retrieved: waiters get it through shield
+            raise err from exc
+        finally:
+            del self._connecting[key]
+
+    # ------------------------------------------------------------ sending
+
+    def prepare_request(self, request: Request, transport: str) -> str:
+        """The transport to send ``request`` on; rewrites the top Via when it changes.
+
+        §18.1.1: a request over UDP that is larger than ``udp_size_limit`` (MTU
+        minus 200) goes over TCP; the Via transport (and port, when we listen
+        on TCP) are updated so responses come back the same way.
+        """
+        transport = transport.upper()
+        if transport != "UDP" or len(request.serialize()) <= self.udp_size_limit:
+            return transport
+        tcp = self.local_address("TCP")
+        _rewrite_top_via_transport(request, "TCP", tcp[1] if tcp else None)
+        self.log.debug("sip_request_switched_to_tcp", method=request.method,
+                       size=len(request.serialize()))
+        return "TCP"
+
+    async def send(
+        self,
+        message: Request | Response | bytes,
+        transport: str,
+        addr: Address,
+        *,
+        connection_id: int | None = None,
+    ) -> Flow:
+        """Send one message to ``addr`` over ``transport``; return the flow used.
+
+        TCP/TLS: the connection ``connection_id`` if still open (a response on
+        its request's connection, §18.2.2), else an open connection to
+        ``addr``, else a new one. A UDP request above the size limit goes over
+        TCP (see :meth:`prepare_request`), falling back to UDP when the TCP
+        connection is refused (§18.1.1). Raises :class:`TransportError`.
+        """
+        transport = transport.upper()
+        if isinstance(message, bytes):
+            data = message
+            kind = "request" if not message.startswith(b"SIP/") else "response"
+        else:
+            kind = "request" if isinstance(message, Request) else "response"
+            if isinstance(message, Request) and transport == "UDP":
+                original = message.headers.get_lines("Via")
+                switched = self.prepare_request(message, transport)
+                if switched != transport:
+                    try:
+                        return await self.send(message, switched, addr)
+                    except TransportError as exc:
+                        self.log.info("sip_tcp_fallback_to_udp", peer=_fmt(addr), error=str(exc))
+                        message.headers.remove("Via")
+                        for line in reversed(original):
+                            message.headers.prepend("Via", line)
+            data = message.serialize()
+        host = await self._resolve(addr[0])
+        addr = (host, addr[1])
+        try:
+            if transport == "UDP":
+                ep = await self._udp_endpoint(host)
+                ep.sendto(data, addr)
+                flow = Flow("UDP", addr, ep.local, None)
+            elif transport in ("TCP", "TLS"):
+                conn = self._stream_for(transport, addr, connection_id)
+                if conn is None:
+                    conn = await self._connect(transport, addr)
+                conn.write(data)
+                flow = conn.flow
+            else:
+                raise TransportError(f"unsupported SIP transport {transport!r}")
+        except (TransportError, OSError) as exc:
+            self._count_drop(transport, "send_failed")
+            self.log.info("sip_send_failed", peer=_fmt(addr), transport=transport, error=str(exc))
+            if isinstance(exc, TransportError):
+                raise
+            raise TransportError(str(exc)) from exc
+        self._sent.labels(transport, kind).inc()
+        return flow
+
+    def send_nowait(
+        self,
+        data: bytes,
+        transport: str,
+        addr: Address,
+        *,
+        connection_id: int | None = None,
+    ) -> Flow | None:
+        """Send ``data`` at once if nothing must be awaited (no DNS, no connect).
+
+        Returns the flow used, or ``None`` when :meth:`send` is needed. Keeps
+        the order of messages a transaction emits in one go. Raises
+        :class:`TransportError`.
+        """
+        transport = transport.upper()
+        kind = "response" if data.startswith(b"SIP/") else "request"
+        if _ip(addr[0]) is None:
+            return None
+        try:
+            if transport == "UDP":
+                ep = self._ready_udp_endpoint(addr[0])
+                if ep is None:
+                    return None
+                if kind == "request" and len(data) > self.udp_size_limit:
+                    return None  # needs prepare_request's switch to TCP
+                ep.sendto(data, addr)
+                flow = Flow("UDP", addr, ep.local, None)
+            else:
+                conn = self._stream_for(transport, addr, connection_id)
+                if conn is None:
+                    return None
+                conn.write(data)
+                flow = conn.flow
+        except (TransportError, OSError) as exc:
+            self._count_drop(transport, "send_failed")
+            self.log.info("sip_send_failed", peer=_fmt(addr), transport=transport, error=str(exc))
+            if isinstance(exc, TransportError):
+                raise
+            raise TransportError(str(exc)) from exc
+        self._sent.labels(transport, kind).inc()
+        return flow
+
+    def _stream_for(
+        self, transport: str, addr: Address, connection_id: int | None
+    ) -> _StreamConnection | None:
+        if connection_id is not None:
+            conn = self._connections.get(connection_id)
+            if conn is not None and conn.transport is not None and not conn.transport.is_closing():
+                return conn
+        cid = self._by_remote.get((transport, addr[0], addr[1]))
+        if cid is not None:
+            conn = self._connections.get(cid)
+            if conn is not None and conn.transport is not None and not conn.transport.is_closing():
+                return conn
+        return None
+
+    async def _resolve(self, host: str) -> str:
+        if _ip(host) is not None:
+            return host.strip("[]")
+        try:
+            infos = await self._loop.getaddrinfo(host, None, type=socket.SOCK_DGRAM)
+        except OSError as exc:
+            raise TransportError(f"cannot resolve {host}: {exc}") from exc
+        return str(infos[0][4][0])
+
+    def _ready_udp_endpoint(self, host: str) -> _UdpEndpoint | None:
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        for ep in self._udp:
+            ep_family = socket.AF_INET6 if ":" in ep.local[0] else socket.AF_INET
+            if ep_family == family and ep.transport is not None and not ep.transport.is_closing():
+                return ep
+        return self._udp_clients.get(family)
+
+    async def _udp_endpoint(self, host: str) -> _UdpEndpoint:
+        ep = self._ready_udp_endpoint(host)
+        if ep is None:
+            family = socket.AF_INET6 if ":" in host else socket.AF_INET
+            bind = "::" if family == socket.AF_INET6 else "0.0.0.0"
+            _, ep = await self._loop.create_datagram_endpoint(
+                lambda: _UdpEndpoint(self), local_addr=(bind, 0))
+            self._udp_clients[family] = ep
+        return ep

@@ -1,0 +1,44 @@
+"""Our UAC (``sipcluster sip call`` on SipEndpoint) against SIPp's built-in UAS."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytestmark = pytest.mark.interop
+
+
+@pytest.mark.parametrize("transport", ["udp", "tcp"])
+def test_call_to_sipp_uas(sipp: str, free_port: Any, tmp_path: Path, repo_root: Path,
+                          transport: str) -> None:
+    port = free_port("127.0.0.1")
+    stat = tmp_path / "stat.csv"
+    mode = "u1" if transport == "udp" else "t1"
+    uas = subprocess.Popen(
+        [sipp, "-sn", "uas", "-i", "127.0.0.1", "-p", str(port), "-t", mode, "-m", "1",
+         "-nostdin", "-timeout", "15s", "-timeout_error", "-trace_err",
+         "-error_file", str(tmp_path / "errors.log"), "-trace_stat", "-stf", str(stat)],
+        cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        uri = f"sip:service@127.0.0.1:{port};transport={transport}"
+        call = subprocess.run(
+            [sys.executable, "-m", "daemons.cli", "sip", "call", uri, "--duration", "0.3"],
+            cwd=repo_root, capture_output=True, text=True, timeout=20)
+        code = uas.wait(timeout=15)
+    finally:
+        if uas.poll() is None:
+            uas.kill()
+            uas.wait()
+    assert call.returncode == 0, call.stdout + call.stderr
+    assert call.stdout.splitlines()[-1] == "BYE: 200 OK"
+    assert "200 OK" in call.stdout.splitlines()
+    errors = (tmp_path / "errors.log").read_text() if (tmp_path / "errors.log").exists() else ""
+    assert code == 0, errors
+    row = stat.read_text().splitlines()[-1].split(";")
+    header = stat.read_text().splitlines()[0].split(";")
+    stats = dict(zip(header, row, strict=False))
+    assert (stats["SuccessfulCall(C)"], stats["FailedCall(C)"]) == ("1", "0")
