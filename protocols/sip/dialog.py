@@ -272,16 +272,20 @@ class Dialog:
         """Build a request within the dialog (§12.2.1.1).
 
         To/From/Call-ID come from the dialog; CSeq is the local sequence number
-        plus one (ACK and CANCEL reuse ``cseq``, for ACK defaulting to the last
-        INVITE's). Loose routing (first route has ``lr``): Request-URI is the
-        remote target and Route the route set. Strict routing: Request-URI is
+        plus one (ACK reuses ``cseq``, by default the last INVITE's; CANCEL is
+        refused, see :func:`protocols.sip.transaction.make_cancel`). Loose
+        routing (first route has ``lr``): Request-URI is the remote target and
+        Route the route set. Strict routing: Request-URI is
         the first route, Route the rest followed by the remote target.
         ``via``, ``contact`` and ``headers`` are added as given.
         """
         if self.state is DialogState.TERMINATED:
             raise DialogError("the dialog is terminated")
         method = method.upper()
-        if method in _SAME_CSEQ_METHODS:
+        if method == "CANCEL":
+            # §9.1: a CANCEL copies the INVITE's Via (branch) and headers.
+            raise DialogError("build a CANCEL from its INVITE with transaction.make_cancel")
+        if method == "ACK":
             number = cseq if cseq is not None else self.last_invite_seq
             if number is None:
                 raise DialogError(f"{method} needs the CSeq number of the INVITE it refers to")

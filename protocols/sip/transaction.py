@@ -128,7 +128,7 @@ class TransactionKey(NamedTuple):
 
 def client_key(message: Request | Response) -> TransactionKey:
     """The client transaction key of a request we send or a response we get (§17.1.3)."""
-    branch = message.top_via.branch or ""
+    branch = message.top_via.params.get("branch") or ""
     method = message.method if isinstance(message, Request) else message.cseq.method
     return TransactionKey(Role.CLIENT, method, branch)
 
@@ -149,7 +149,7 @@ def server_key(message: Request | Response) -> TransactionKey:
     method = message.method if isinstance(message, Request) else message.cseq.method
     if method == "ACK":
         method = "INVITE"
-    branch = via.branch
+    branch = via.params.get("branch")
     if branch is not None and branch.startswith(MAGIC_COOKIE):
         return TransactionKey(Role.SERVER, method, branch, _sent_by(via))
     return TransactionKey(
@@ -503,7 +503,13 @@ def _send_input(status: int) -> Input:
 
 
 class Transaction:
-    """State shared by the four machines; subclasses implement the actions."""
+    """State shared by the four machines; subclasses implement the actions.
+
+    ``request`` is the request that created the transaction; it is ``None``
+    once the transaction is Completed, Confirmed or Accepted, when only the
+    serialised bytes are needed. ``last_response`` is the last response sent
+    (server) and ``destination``/``transport`` where messages go.
+    """
 
     kind: ClassVar[TransactionKind]
     _table: ClassVar[Mapping[tuple[TransactionState, Input | TimerName], TransactionState]]
@@ -671,9 +677,6 @@ class ClientInviteTransaction(Transaction):
             return
         if timer is TimerName.B:
             self._layer._emit(TransactionTimeout(self.key, timer))
-            if self.pending_cancel:
-                self.pending_cancel = False
-                self._layer._emit(TransactionTerminated(self._layer._cancel_key(self.key)))
         self._layer._terminate(self)
 
 
@@ -1015,10 +1018,13 @@ class TransactionLayer:
         # malformed request fails here, before any state changes.
         request.call_id  # noqa: B018
         request.cseq  # noqa: B018
+        method = request.method
         txn = self._transactions.get(key)
-        if txn is not None and not self._legacy_match(txn, request):
+        if txn is not None and txn.legacy_match is not None and not self._legacy_match(
+            txn, request
+        ):
             txn = None
-        if request.method == "ACK":
+        if method == "ACK":
             if isinstance(txn, ServerInviteTransaction):
                 txn.on_ack(request, source, transport, now)
             else:
@@ -1032,10 +1038,10 @@ class TransactionLayer:
             # An RFC 2543 key collision with a different Request-URI or To tag.
             raise TransactionError("request matches no transaction but its key is in use")
         destination = response_destination(request.top_via, source, transport)
-        cls = ServerInviteTransaction if request.method == "INVITE" else ServerNonInviteTransaction
+        cls = ServerInviteTransaction if method == "INVITE" else ServerNonInviteTransaction
         new = cls(self, key, request, destination, transport)
         self._transactions[key] = new
-        if request.method == "CANCEL":
+        if method == "CANCEL":
             invite = self.find_invite_for_cancel(request)
             self._events.append(CancelReceived(key, request, invite, source, transport))
         else:
@@ -1072,16 +1078,18 @@ class TransactionLayer:
         The request must already carry its top Via with an RFC 3261 branch
         (see :meth:`new_branch`). ``transport`` defaults to the Via's.
         """
-        if request.method == "ACK":
+        method = request.method
+        if method == "ACK":
             raise TransactionError("ACK is not sent in a client transaction; use send_stateless")
         via = request.top_via
-        if via.branch is None or not via.branch.startswith(MAGIC_COOKIE):
+        branch = via.params.get("branch")
+        if branch is None or not branch.startswith(MAGIC_COOKIE):
             raise TransactionError("the top Via of a request we send needs a z9hG4bK branch")
-        key = TransactionKey(Role.CLIENT, request.method, via.branch)
+        key = TransactionKey(Role.CLIENT, method, branch)
         if key in self._transactions:
-            raise TransactionError(f"a client transaction with branch {via.branch} exists")
+            raise TransactionError(f"a client transaction with branch {branch} exists")
         transport = via.transport if transport is None else transport
-        cls = ClientInviteTransaction if request.method == "INVITE" else ClientNonInviteTransaction
+        cls = ClientInviteTransaction if method == "INVITE" else ClientNonInviteTransaction
         txn = cls(self, key, request, destination, transport)
         self._transactions[key] = txn
         txn.start(now)
@@ -1178,6 +1186,10 @@ class TransactionLayer:
         heapq.heappush(self._heap, (now + delay, seq, txn, timer))
 
     def _terminate(self, txn: Transaction) -> None:
+        if isinstance(txn, ClientInviteTransaction) and txn.pending_cancel:
+            # §9.1: the INVITE ended before any provisional; the CANCEL is never sent.
+            txn.pending_cancel = False
+            self._events.append(TransactionTerminated(self._cancel_key(txn.key)))
         txn.state = _S.TERMINATED
         txn._timers.clear()
         if self._transactions.get(txn.key) is txn:
