@@ -96,7 +96,8 @@ class SipResolver:
     ``nameservers`` are ``"host"``, ``"host:port"`` or ``(host, port)``; when
     None the system's resolv.conf is used. ``timeout`` bounds each try at a
     server and ``lifetime`` a whole query (dnspython's meanings). ``clock``
-    gives the time for the cache; ``rng`` drives the RFC 2782 weighted order.
+    gives the time for the cache; ``rng`` drives the RFC 2782 weighted order;
+    ``source`` is the local address queries are sent from.
     """
 
     def __init__(
@@ -112,7 +113,10 @@ class SipResolver:
         families: Sequence[RdType] = (RdType.A, RdType.AAAA),
         clock: Callable[[], float] = time.monotonic,
         rng: random.Random | None = None,
+        source: str | None = None,
     ) -> None:
+        # ``source``: the address queries leave from; a geo-aware DNS answers by it
+        self.source = source
         if nameservers is None:
             self._resolver = dns.asyncresolver.Resolver()
         else:
@@ -139,7 +143,11 @@ class SipResolver:
         name = dns.name.from_text(query.name)
         try:
             answer = await self._resolver.resolve(
-                name, query.rdtype.value, raise_on_no_answer=False, search=False
+                name,
+                query.rdtype.value,
+                raise_on_no_answer=False,
+                search=False,
+                source=self.source,
             )
         except dns.resolver.NXDOMAIN:
             return DnsFailure.NXDOMAIN

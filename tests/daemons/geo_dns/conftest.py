@@ -49,33 +49,9 @@ async def geo_server(example_zone_set: ZoneSet) -> AsyncIterator[GeoDnsServer]:
         await server.stop()
 
 
-class _SourceBoundResolver(dns.asyncresolver.Resolver):
-    """dnspython's resolver sending every query from one source address."""
-
-    def __init__(self, source: str) -> None:
-        super().__init__(configure=False)
-        self.source = source
-
-    async def resolve(self, *args: Any, **kwargs: Any) -> Any:
-        kwargs.setdefault("source", self.source)
-        return await super().resolve(*args, **kwargs)
-
-
 def sip_resolver(server: tuple[str, int], source: str) -> SipResolver:
-    """Our RFC 3263 resolver pointed at ``server``, its queries sent from ``source``.
-
-    SipResolver has no source-address option, so its dnspython resolver is
-    swapped for one that passes ``source=`` on every query.
-    """
-    resolver = SipResolver([server], timeout=1.0, lifetime=3.0)
-    inner = resolver._resolver
-    bound = _SourceBoundResolver(source)
-    bound.nameservers = inner.nameservers
-    bound.timeout = inner.timeout
-    bound.lifetime = inner.lifetime
-    bound.cache = None
-    resolver._resolver = bound
-    return resolver
+    """Our RFC 3263 resolver pointed at ``server``, its queries sent from ``source``."""
+    return SipResolver([server], timeout=1.0, lifetime=3.0, source=source)
 
 
 async def ask(
