@@ -19,7 +19,11 @@ COMMANDS: list[tuple[str | None, str]] = [
     ("sip", "daemons.tools.sip_responder"),
     ("sip", "daemons.tools.sip_uac"),
     (None, "daemons.tools.tlib_cli"),
+    (None, "daemons.sip_server.service"),
     (None, "daemons.lab.cli"),
+    (None, "daemons.t_controller.service"),
+    (None, "daemons.geo_dns.service"),
+    (None, "daemons.sip_proxy.service"),
 ]
 
 GROUP_HELP = {"sip": "SIP tools (lint a message, test endpoints)"}
