@@ -24,7 +24,7 @@ from typing import Any
 
 from daemons.cluster.config import ClusterConfig, load_cluster
 from daemons.lab.supervisor import Supervisor
-from daemons.lab.topology import lab_description, process_specs
+from daemons.lab.topology import lab_description, lab_dns_addresses, process_specs
 from daemons.runtime.config import ConfigError
 
 EXAMPLE_CONFIG = Path(__file__).resolve().parents[2] / "deploy" / "etc" / "cluster.toml"
@@ -58,7 +58,9 @@ def _prepare(args: argparse.Namespace) -> tuple[ClusterConfig, Supervisor, list[
 def _write_description(cfg: ClusterConfig, sup: Supervisor) -> Path:
     running = {name for name in sup.specs if sup.alive(name)}
     path = sup.directory / "lab.json"
-    path.write_text(json.dumps(lab_description(cfg, running=running, dns=None), indent=2) + "\n")
+    dns = lab_dns_addresses(cfg)[0] if "GeoDNS" in running else None
+    desc = lab_description(cfg, running=running, dns=dns)
+    path.write_text(json.dumps(desc, indent=2) + "\n")
     return path
 
 
@@ -114,7 +116,8 @@ def run(args: argparse.Namespace) -> int:
     if action == "restart":
         sup.stop(args.name)
         sup.start(args.name)
-        late = sup.wait_healthy([args.name], timeout=args.timeout)
+        # the daemons linked to it (a t-controller to its sip-server) reconnect too
+        late = sup.wait_healthy([n for n in sup.specs if sup.alive(n)], timeout=args.timeout)
         _write_description(cfg, sup)
         print(f"{args.name} {'restarted' if not late else 'restarted but not healthy'}")
         return 1 if late else 0

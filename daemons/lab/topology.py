@@ -27,9 +27,32 @@ DAEMON_MODULES: dict[AppKind, str] = {
 START_ORDER = [AppKind.SIP_SERVER, AppKind.T_CONTROLLER, AppKind.SIP_PROXY, AppKind.FEATURE_SERVER]
 
 
+def module_exists(name: str) -> bool:
+    try:
+        return importlib.util.find_spec(name) is not None
+    except ModuleNotFoundError:  # the parent package is not there
+        return False
+
+
 def available_kinds() -> set[AppKind]:
     """Daemon kinds this installation implements."""
-    return {k for k, mod in DAEMON_MODULES.items() if importlib.util.find_spec(mod) is not None}
+    return {k for k, mod in DAEMON_MODULES.items() if module_exists(mod)}
+
+
+#: the lab's geo-aware DNS: one listener per data centre, unprivileged port
+LAB_DNS_PORT = 5300
+LAB_DNS_HTTP_PORT = 9053
+
+
+def lab_dns_addresses(cfg: ClusterConfig) -> list[tuple[str, int]]:
+    """Where the lab DNS listens: .53 of each data centre's /24 (as in the zones)."""
+    result = []
+    for geo in cfg.geo_locations():
+        hosts = [a.host for a in cfg.applications.values() if a.geo_location == geo]
+        if hosts:
+            prefix = hosts[0].rsplit(".", 1)[0]
+            result.append((f"{prefix}.53", LAB_DNS_PORT))
+    return result
 
 
 def process_specs(cfg: ClusterConfig, config_path: Path) -> tuple[list[ProcessSpec], list[str]]:
@@ -37,6 +60,16 @@ def process_specs(cfg: ClusterConfig, config_path: Path) -> tuple[list[ProcessSp
     kinds = available_kinds()
     specs: list[ProcessSpec] = []
     skipped: list[str] = []
+    dns_addresses = lab_dns_addresses(cfg)
+    has_dns = module_exists("daemons.geo_dns.service")
+    if cfg.outbound_proxy is not None and dns_addresses and has_dns:
+        http = f"{dns_addresses[0][0]}:{LAB_DNS_HTTP_PORT}"
+        argv = [sys.executable, "-m", "daemons.cli", "geo-dns", "--config", str(config_path),
+                "--name", "GeoDNS", "--http", http]
+        for host, port in dns_addresses:
+            argv += ["--listen", f"{host}:{port}"]
+        specs.append(ProcessSpec(name="GeoDNS", argv=tuple(argv),
+                                 health_url=f"http://{http}/healthz"))
     for kind in START_ORDER:
         for app in cfg.by_kind(kind):
             if kind not in kinds:
@@ -44,11 +77,11 @@ def process_specs(cfg: ClusterConfig, config_path: Path) -> tuple[list[ProcessSp
                 continue
             http = app.port("http-port")
             url = f"http://{app.host}:{http}/healthz" if http else None
-            argv = (
+            command = (
                 sys.executable, "-m", "daemons.cli", kind.value,
                 "--config", str(config_path), "--name", app.name,
             )
-            specs.append(ProcessSpec(name=app.name, argv=argv, health_url=url))
+            specs.append(ProcessSpec(name=app.name, argv=command, health_url=url))
     return specs, skipped
 
 
