@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 # Debian packages the tests drive as real peers (command -> package)
-DEB_TOOLS := sipp:sip-tester tshark:tshark sipsak:sipsak named:bind9 named-checkconf:bind9-utils dig:bind9-dnsutils systemd-analyze:systemd
+DEB_TOOLS := sipp:sip-tester tshark:tshark sipsak:sipsak named:bind9 named-checkconf:bind9-utils dig:bind9-dnsutils systemd-analyze:systemd nft:nftables
 APT_GET := $(shell [ "$$(id -u)" = 0 ] && echo apt-get || echo sudo apt-get)
 
 .PHONY: all venv tools lint typecheck test test-fast bench lab clean

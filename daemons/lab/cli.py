@@ -6,6 +6,8 @@
     sipcluster lab stop    [--dir DIR]
     sipcluster lab kill    NAME [--dir DIR]     abrupt failure of one daemon
     sipcluster lab restart NAME [--dir DIR]
+    sipcluster lab partition dc1 dc2 [--dir DIR]   cut every link between two data centres
+    sipcluster lab heal [--dir DIR]                restore them
 
 DC1 lives on 127.0.1.x and DC2 on 127.0.2.x; Linux routes all of 127/8 to
 ``lo``, so nothing needs setting up.
@@ -14,6 +16,7 @@ DC1 lives on 127.0.1.x and DC2 on 127.0.2.x; Linux routes all of 127/8 to
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import shutil
 import signal
@@ -23,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from daemons.cluster.config import ClusterConfig, load_cluster
+from daemons.lab.partition import PartitionError, heal, is_partitioned, partition, subnet_of
 from daemons.lab.supervisor import Supervisor
 from daemons.lab.topology import lab_description, lab_dns_addresses, process_specs
 from daemons.runtime.config import ConfigError
@@ -39,8 +43,13 @@ def add_parser(subparsers: Any) -> None:
         help="cluster file to copy into the lab directory (default: deploy/etc/cluster.toml)",
     )
     parser.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for health")
-    parser.add_argument("action", choices=["run", "start", "status", "stop", "kill", "restart"])
-    parser.add_argument("name", nargs="?", help="application name (kill, restart)")
+    parser.add_argument(
+        "action",
+        choices=["run", "start", "status", "stop", "kill", "restart", "partition", "heal"],
+    )
+    parser.add_argument(
+        "name", nargs="*", help="application name (kill, restart); two geo-locations (partition)"
+    )
     parser.set_defaults(run=run)
 
 
@@ -98,13 +107,20 @@ def run(args: argparse.Namespace) -> int:
         print(f"lab: {exc}", file=sys.stderr)
         return 2
     action = args.action
-    if action in ("kill", "restart") and args.name not in sup.specs:
-        print(f"lab: unknown application {args.name!r}; one of: {', '.join(sup.specs)}",
-              file=sys.stderr)
-        return 2
+    names: list[str] = args.name
+    if action in ("kill", "restart"):
+        if len(names) != 1 or names[0] not in sup.specs:
+            print(f"lab: unknown application {' '.join(names)!r}; one of: "
+                  f"{', '.join(sup.specs)}", file=sys.stderr)
+            return 2
+        args.name = names[0]
+    if action in ("partition", "heal"):
+        return _partition(cfg, sup, action, names)
     if action == "status":
         return _status(cfg, sup)
     if action == "stop":
+        with contextlib.suppress(PartitionError):
+            heal(sup.directory)
         sup.stop_all()
         print("lab stopped")
         return 0
@@ -160,7 +176,33 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _partition(cfg: ClusterConfig, sup: Supervisor, action: str, names: list[str]) -> int:
+    try:
+        if action == "heal":
+            had = heal(sup.directory)
+            print("links between data centres restored" if had else "no partition to heal")
+            return 0
+        geos = cfg.geo_locations()
+        if len(names) != 2 or not set(names) <= set(geos) or names[0] == names[1]:
+            print(f"lab: partition takes two geo-locations of: {', '.join(geos)}",
+                  file=sys.stderr)
+            return 2
+        subnets = [
+            subnet_of([a.host for a in cfg.applications.values() if a.geo_location == geo])
+            for geo in names
+        ]
+        partition(sup.directory, subnets[0], subnets[1])
+    except PartitionError as exc:
+        print(f"lab: {exc}", file=sys.stderr)
+        return 1
+    print(f"{names[0]} ({subnets[0]}) and {names[1]} ({subnets[1]}) are cut off from each other;"
+          " `sipcluster lab heal` restores them")
+    return 0
+
+
 def _status(cfg: ClusterConfig, sup: Supervisor) -> int:
+    if is_partitioned(sup.directory):
+        print("partitioned: links between data centres are cut (`sipcluster lab heal`)")
     worst = 0
     for name in sup.specs:
         alive = sup.alive(name)

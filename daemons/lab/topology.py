@@ -75,8 +75,8 @@ def process_specs(cfg: ClusterConfig, config_path: Path) -> tuple[list[ProcessSp
             if kind not in kinds:
                 skipped.append(f"{app.name} ({kind.value})")
                 continue
-            http = app.port("http-port")
-            url = f"http://{app.host}:{http}/healthz" if http else None
+            http_port = app.port("http-port")
+            url = f"http://{app.host}:{http_port}/healthz" if http_port else None
             command = (
                 sys.executable, "-m", "daemons.cli", kind.value,
                 "--config", str(config_path), "--name", app.name,

@@ -117,3 +117,35 @@ def test_stop_leaves_no_process(tmp_path: Path) -> None:
     assert not any(pid_alive(pid) for pid in pids.values())
     logs = (tmp_path / "lab" / "logs" / "SIPS_dc1_1.log").read_text()
     assert "daemon_stopped" in logs
+
+
+def _reachable(source: str, target: tuple[str, int]) -> bool:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind((source, 0))
+        sock.settimeout(1.0)
+        try:
+            sock.connect(target)
+        except OSError:
+            return False
+        return True
+
+
+def test_partition_and_heal(running_lab: Path, require_tool: object) -> None:
+    require_tool("nft")  # type: ignore[operator]
+    dc2_node = ("127.0.2.11", 7000)
+    assert _reachable("127.0.1.200", dc2_node)
+    try:
+        cut = lab(running_lab, "partition", "dc1", "dc2")
+        assert cut.returncode == 0, cut.stderr
+        assert not _reachable("127.0.1.200", dc2_node)
+        assert not _reachable("127.0.2.200", ("127.0.1.11", 7000))
+        assert _reachable("127.0.1.200", ("127.0.1.11", 7000))  # inside a data centre: fine
+        assert "partitioned" in lab(running_lab, "status").stdout
+    finally:
+        healed = lab(running_lab, "heal")
+    assert healed.returncode == 0
+    assert _reachable("127.0.1.200", dc2_node)
+    bad = lab(running_lab, "partition", "dc1", "dc9")
+    assert bad.returncode == 2 and "two geo-locations" in bad.stderr

@@ -1,0 +1,486 @@
+"""The T-Controller of one cluster node: DN service state, DN ownership,
+agent state and the fan-out of events to its clients (guide: "T-Controller",
+"T-Controller DN Ownership", "Agent Availability for Routing"; docs/node.md).
+
+It sits between three parties:
+
+* the **node link** to its sip-server (:mod:`daemons.t_controller.node_link`):
+  ``EventDNBackInService`` / ``EventDNOutOfService`` feed SIP-based
+  ownership, call events feed agent activity (on a call; after-call work for
+  ``wrap-up-time`` once the last call is released) and are relayed, answers
+  to forwarded requests go back to the desktop that asked;
+* the **TCport** (:mod:`daemons.t_controller.tcport`): desktops and smart
+  clients, whose requests land here;
+* the **Smart Proxy** port (:mod:`daemons.t_controller.smart_proxy`):
+  monitoring clients that see every event of the node.
+
+All state changes go through the sans-I/O tables
+(:class:`~daemons.t_controller.agent.AgentTable`,
+:class:`~daemons.t_controller.ownership.OwnershipTable`); this class turns
+their outputs into events, and keeps one loop timer for their deadlines.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from daemons.cluster.config import AppKind, ClusterConfig, OwnershipKind
+from daemons.runtime.logs import get_logger
+from daemons.runtime.management import Metrics
+from daemons.sip_server.tlib_server import TLibConnection
+from daemons.t_controller.agent import (
+    AgentEvent,
+    AgentOptions,
+    AgentState,
+    AgentTable,
+    EventAgentLogin,
+    EventAgentNotReady,
+)
+from daemons.t_controller.agent_events import agent_event_attributes, agent_view_attributes
+from daemons.t_controller.node_link import ForwardedRequest
+from daemons.t_controller.ownership import (
+    ClaimIgnored,
+    DnServiceEvent,
+    ForwardClaim,
+    MovePending,
+    OwnershipDecision,
+    OwnershipGranted,
+    OwnershipMoved,
+    OwnershipOutput,
+    OwnershipReleased,
+    OwnershipTable,
+)
+from protocols.tlib.errors import ErrorCode
+from protocols.tlib.framing import TMap
+
+__all__ = ["CALL_EVENTS", "Answer", "DnService", "Recipients", "TController"]
+
+#: Call events the sip-server sends on the node link (docs/node.md).
+CALL_EVENTS = frozenset({
+    "EventRinging", "EventDialing", "EventEstablished", "EventReleased", "EventHeld",
+    "EventRetrieved", "EventPartyChanged", "EventQueued", "EventDiverted", "EventRouteUsed",
+    "EventAttachedDataChanged", "EventRouteRequest",
+})  # fmt: skip
+#: Call events after which the DN is on the call.
+_ON_CALL = frozenset({"EventRinging", "EventDialing", "EventEstablished", "EventHeld",
+                      "EventRetrieved", "EventPartyChanged"})
+#: Attributes of a received event that belong to the link, not to the event.
+_LINK_ATTRIBUTES = frozenset({"message", "AttributeReferenceID", "AttributeEventSequenceNumber",
+                              "AttributeTimeinSecs", "AttributeTimeinuSecs"})
+
+#: The node link reports registrations and their removal, not refreshes: the
+#: sip-server is the authority on expiry, so ownership learnt from it does not
+#: lapse on its own (docs/node.md, "DN service state").
+NODE_AUTHORITATIVE_EXPIRES = 10 * 365 * 86400.0
+
+#: Seconds after the link comes back within which the sip-server repeats an
+#: ``EventDNBackInService`` for each registered DN; a DN this node owned that
+#: is not repeated by then lost its registration meanwhile.
+DEFAULT_RESYNC_GRACE = 2.0
+
+#: (connection, desktop ReferenceID) the first event of a batch answers.
+Answer = tuple[TLibConnection, int]
+
+
+class Recipients:
+    """Who gets the events of a DN: implemented by the TCport."""
+
+    def recipients(self, dn: str | None, local: bool) -> Iterable[TLibConnection]:
+        raise NotImplementedError
+
+
+@dataclass
+class DnService:
+    """What the node link said about a SIP DN's registration."""
+
+    contact: str | None = None
+    expires: int | None = None
+    since: float = 0.0
+
+
+class TController:
+    """State and policy of one t-controller; I/O is the caller's."""
+
+    def __init__(
+        self,
+        config: ClusterConfig,
+        name: str,
+        *,
+        metrics: Metrics,
+        clock: Callable[[], float] | None = None,
+        resync_grace: float = DEFAULT_RESYNC_GRACE,
+    ) -> None:
+        me = config.application(name, AppKind.T_CONTROLLER)
+        self.config = config
+        self.name = name
+        self.app = me
+        self.sip_server = config.sip_server_for(name)
+        self.node = self.sip_server.name
+        self.site = self.sip_server.geo_location
+        self.loop = asyncio.get_running_loop()
+        self.clock = clock if clock is not None else self.loop.time
+        self.resync_grace = resync_grace
+        self.log = get_logger("t_controller", application=name, node=self.node,
+                              geo_location=self.site)
+        options = AgentOptions.from_tserver(config.tserver_for(name))
+        self.agents = AgentTable(
+            options,
+            site=self.site,
+            agent_dns=frozenset(d.number for d in config.agent_dns()),
+        )
+        self.ownership = OwnershipTable.from_config(config, self.node, self.agents)
+        self.kinds: dict[str, OwnershipKind] = dict(self.ownership.kinds)
+        self.dn_services: dict[str, DnService] = {}
+        self.tcport: Recipients | None = None
+        self.smart_proxy: Any = None  # SmartProxy, set by the service
+        #: ownership decisions, for the peers of the mesh
+        self.decision_listeners: list[Callable[[OwnershipDecision], None]] = []
+        self.link_up = False
+        self._answered: set[tuple[str, str]] = set()  # (dn, conn id) that reached Established
+        self._unconfirmed: set[str] = set()
+        self._resync_deadline: float | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_when: float | None = None
+        # metrics
+        self.events_sent = metrics.counter(
+            "tcontroller_events_sent", "T-Library events sent to clients", ("port",))
+        self._sent_tc = self.events_sent.labels("tc-port")
+        self._sent_sp = self.events_sent.labels("smart-proxy-port")
+        self.node_events = metrics.counter(
+            "tcontroller_node_events", "Events received on the node link", ("event",))
+        self.node_events_dropped = metrics.counter(
+            "tcontroller_node_events_dropped", "Node link events that could not be used",
+            ("reason",))
+        self.dns_in_service = metrics.gauge(
+            "tcontroller_dns_in_service", "DNs in service owned by this node")
+        self.dns_in_service.set_function(lambda: len(self.ownership.owned_by(self.node)))
+        self.agents_by_state = metrics.gauge(
+            "tcontroller_agents", "Agents logged in on this node, by state", ("state",))
+        for state in AgentState:
+            if state is not AgentState.LOGGED_OUT:
+                self.agents_by_state.labels(state.value).set_function(self._agent_counter(state))
+        self.link_gauge = metrics.gauge("tcontroller_node_link_up", "1 while the node link is up")
+        self.link_gauge.set_function(lambda: 1.0 if self.link_up else 0.0)
+
+    def _agent_counter(self, state: AgentState) -> Callable[[], float]:
+        def count() -> float:
+            return float(sum(1 for dn in self.agents.logged_in()
+                             if self.agents.state(dn) is state))
+        return count
+
+    # -- queries ------------------------------------------------------------------
+    def known_dn(self, dn: str) -> bool:
+        return dn in self.config.dns
+
+    def is_local(self, dn: str | None) -> bool:
+        """Events of this DN belong to this node: it owns the DN, or the DN has
+        no owner (routing points, queues, trunks: the node's own calls)."""
+        if dn is None:
+            return True
+        if dn not in self.kinds:
+            return True
+        return self.ownership.owner(dn) == self.node
+
+    def in_service(self, dn: str) -> bool:
+        if dn not in self.kinds:
+            return self.known_dn(dn)
+        return self.ownership.owner(dn) is not None
+
+    def dn_state(self, dn: str) -> dict[str, Any]:
+        """The DN's state for ``EventRegistered`` / ``EventAddressInfo`` (Extensions)."""
+        owner = self.ownership.owner(dn)
+        kind = self.kinds.get(dn)
+        view = self.agents.agent(dn)
+        state: dict[str, Any] = {
+            "dn-state": "in-service" if self.in_service(dn) else "out-of-service",
+            "agent-state": self.agents.state(dn).value,
+            "on-call": self.agents.on_call(dn),
+        }
+        if owner is not None:
+            state["owner"] = owner
+        if kind is not None:
+            state["ownership"] = kind.value
+        if view is not None and self.site is not None:
+            state["site"] = self.site
+        return state
+
+    def dn_attributes(self, dn: str) -> dict[str, Any]:
+        attributes = {"AttributeThisDN": dn, **agent_view_attributes(self.agents.agent(dn))}
+        attributes["AttributeExtensions"] = self.dn_state(dn)
+        return attributes
+
+    def status(self) -> dict[str, Any]:
+        """The ``/status/dns`` page."""
+        dns: dict[str, Any] = {}
+        for number, dn in sorted(self.config.dns.items()):
+            if not dn.is_agent_dn and number not in self.dn_services:
+                continue
+            entry = self.dn_state(number)
+            view = self.agents.agent(number)
+            if view is not None:
+                entry["agent-id"] = view.agent_id
+                entry["work-mode"] = view.work_mode.name
+                entry["reasons"] = dict(view.reasons)
+            service = self.dn_services.get(number)
+            if service is not None:
+                entry["contact"] = service.contact
+                entry["expires"] = service.expires
+            dns[number] = entry
+        return {"application": self.name, "node": self.node, "geo-location": self.site,
+                "node-link": "up" if self.link_up else "down", "dns": dns}
+
+    # -- fan-out ----------------------------------------------------------------
+    def publish(self, name: str, attributes: TMap, *, answer: Answer | None = None,
+                local: bool | None = None) -> None:
+        """Send one event to the DN's clients on TCport and to the Smart Proxy;
+        with ``answer`` the requester gets it with its own ReferenceID."""
+        dn = attributes.get("AttributeThisDN")
+        if local is None:
+            local = self.is_local(dn)
+        sent = 0
+        requester = answer[0] if answer is not None else None
+        if answer is not None:
+            answered = dict(attributes)
+            answered["AttributeReferenceID"] = answer[1]
+            if answer[0].send_event(name, answered) is not None:
+                sent += 1
+        if self.tcport is not None:
+            for conn in self.tcport.recipients(dn, local):
+                if conn is not requester and conn.send_event(name, attributes) is not None:
+                    sent += 1
+        if sent:
+            self._sent_tc.inc(sent)
+        if self.smart_proxy is not None:
+            delivered = self.smart_proxy.publish(name, attributes)
+            if delivered:
+                self._sent_sp.inc(delivered)
+
+    def publish_agent_events(self, events: Iterable[AgentEvent],
+                             answer: Answer | None = None, *,
+                             local: bool | None = None) -> None:
+        for event in events:
+            self.publish(event.name, agent_event_attributes(event), answer=answer, local=local)
+            answer = None
+
+    def apply(self, outputs: Iterable[OwnershipOutput], answer: Answer | None = None) -> None:
+        """Turn ownership-table outputs into events, log lines and decisions."""
+        now = self.clock()
+        outputs = list(outputs)
+        # the table has changed already: the events of a DN that just left this
+        # node (logout, out of service) still go to the smart clients here
+        left_here = {o.dn for o in outputs
+                     if (isinstance(o, OwnershipReleased) and o.node == self.node)
+                     or (isinstance(o, OwnershipMoved) and o.from_node == self.node)}
+        for out in outputs:
+            if isinstance(out, AgentEvent):
+                self.publish_agent_events([out], answer,
+                                          local=True if out.this_dn in left_here else None)
+                answer = None
+            elif isinstance(out, DnServiceEvent):
+                dn = out.this_dn
+                local = True if dn in left_here else None
+                attributes: TMap = {"AttributeThisDN": dn}
+                owner = self.ownership.owner(dn)
+                if owner is not None:
+                    attributes["AttributeExtensions"] = {"owner": owner}
+                self.publish(out.name, attributes, answer=answer, local=local)
+                answer = None
+                if out.name == "EventDNOutOfService":
+                    self.dn_services.pop(dn, None)
+                    self.publish_agent_events(self.agents.dn_out_of_service(dn, now),
+                                              local=local)
+            elif isinstance(out, OwnershipGranted | OwnershipReleased | OwnershipMoved):
+                self.log.info("dn_ownership_" + type(out).__name__[9:].lower(), dn=out.dn,
+                              decision=repr(out))
+                for listener in self.decision_listeners:
+                    listener(out)
+            elif isinstance(out, ForwardClaim):
+                self.log.info("dn_ownership_claim_for_peer", dn=out.dn, owner=out.owner,
+                              claimant=out.claimant)
+            elif isinstance(out, MovePending):
+                self.log.info("dn_ownership_move_pending", dn=out.dn, owner=out.owner,
+                              claimant=out.claimant, waiting_for=out.waiting_for)
+            elif isinstance(out, ClaimIgnored):
+                self.log.debug("dn_ownership_claim_ignored", dn=out.dn, reason=out.reason)
+        self.schedule_timer()
+
+    # -- agent requests -------------------------------------------------------------
+    def agent_login_events(self, events: list[AgentEvent]) -> list[AgentEvent]:
+        """``EventAgentLogin`` already says the agent is NotReady: the state
+        machine's NotReady right after it is not sent (classic T-Library:
+        a login gives ``EventAgentLogin``, then ``EventAgentReady`` only for the
+        AutoIn / ManualIn work modes or ``emulated-login-state = ready``)."""
+        if (len(events) == 2 and isinstance(events[0], EventAgentLogin)
+                and isinstance(events[1], EventAgentNotReady)):
+            return events[:1]
+        return events
+
+    def owner_check(self, dn: str) -> tuple[ErrorCode, str] | None:
+        """Agent requests need a DN this node owns."""
+        if dn not in self.kinds:
+            return None  # not an agent DN: the agent table refuses it
+        owner = self.ownership.owner(dn)
+        if owner is None:
+            return ErrorCode.DN_OUT_OF_SERVICE, f"DN {dn} is out of service"
+        if owner != self.node:
+            return ErrorCode.DN_NOT_OWNED, f"DN {dn} is owned by {owner}, not by {self.node}"
+        return None
+
+    # -- node link --------------------------------------------------------------------
+    def on_link_up(self) -> None:
+        self.link_up = True
+        now = self.clock()
+        self._unconfirmed = {dn for dn in self.ownership.owned_by(self.node)
+                             if self.kinds.get(dn) is OwnershipKind.SIP}
+        self._resync_deadline = now + self.resync_grace if self._unconfirmed else None
+        self.log.info("node_link_up", owned_sip_dns=len(self._unconfirmed))
+        self.schedule_timer()
+
+    def on_link_down(self, reason: str, lost: list[ForwardedRequest]) -> None:
+        self.link_up = False
+        self._resync_deadline = None
+        for request in lost:
+            conn = request.origin
+            if isinstance(conn, TLibConnection):
+                conn.answer_error(request.reference_id, ErrorCode.INTERNAL_ERROR,
+                                  f"Node link to {self.node} lost ({reason}): "
+                                  f"{request.name} has no answer")
+
+    def on_node_event(self, event: TMap, answers: ForwardedRequest | None) -> None:
+        name = event.get("message")
+        if not isinstance(name, str):
+            self.node_events_dropped.labels("no-name").inc()
+            return
+        self.node_events.labels(name).inc()
+        attributes = {k: v for k, v in event.items() if k not in _LINK_ATTRIBUTES}
+        answer: Answer | None = None
+        if answers is not None and isinstance(answers.origin, TLibConnection):
+            answer = (answers.origin, answers.reference_id)
+        if name == "EventDNBackInService":
+            self._dn_back_in_service(attributes)
+        elif name == "EventDNOutOfService":
+            self._dn_out_of_service(attributes)
+        elif name in ("EventACK", "EventError"):
+            if answer is not None:
+                answered = dict(attributes)
+                answered["AttributeReferenceID"] = answer[1]
+                if name == "EventError":
+                    answer[0].server.count_error(int(attributes.get("AttributeErrorCode", 70)))
+                answer[0].send_event(name, answered)
+            else:
+                self.node_events_dropped.labels("unanswerable").inc()
+                self.log.warning("node_event_without_request", tlib_event=name,
+                                 code=attributes.get("AttributeErrorCode"),
+                                 text=attributes.get("AttributeErrorMessage"))
+        elif name in CALL_EVENTS:
+            self._call_event(name, attributes, answer)
+        else:
+            self.publish(name, attributes, answer=answer)
+
+    def _dn_back_in_service(self, attributes: TMap) -> None:
+        dn = attributes.get("AttributeThisDN")
+        if not isinstance(dn, str):
+            return
+        extensions = attributes.get("AttributeExtensions") or {}
+        now = self.clock()
+        self._unconfirmed.discard(dn)
+        if self.kinds.get(dn) is not OwnershipKind.SIP:
+            self.node_events_dropped.labels("not-a-sip-dn").inc()
+            self.log.warning("dn_back_in_service_ignored", dn=dn,
+                             reason="not a SIP-owned DN of the switch")
+            return
+        expires = extensions.get("expires")
+        self.dn_services[dn] = DnService(
+            contact=extensions.get("contact") if isinstance(extensions.get("contact"), str)
+            else None,
+            expires=expires if isinstance(expires, int) else None,
+            since=now,
+        )
+        self.apply(self.ownership.sip_registered(dn, self.node, NODE_AUTHORITATIVE_EXPIRES, now))
+
+    def _dn_out_of_service(self, attributes: TMap) -> None:
+        dn = attributes.get("AttributeThisDN")
+        if not isinstance(dn, str):
+            return
+        self._unconfirmed.discard(dn)
+        self.dn_services.pop(dn, None)
+        self.apply(self.ownership.sip_unregistered(dn, self.node, self.clock()))
+
+    def _call_event(self, name: str, attributes: TMap, answer: Answer | None) -> None:
+        dn = attributes.get("AttributeThisDN")
+        conn_id = attributes.get("AttributeConnID")
+        self.publish(name, attributes, answer=answer)
+        if not isinstance(dn, str) or not isinstance(conn_id, str):
+            return
+        now = self.clock()
+        events: list[AgentEvent] = []
+        if name in _ON_CALL:
+            events += self.agents.call_established(dn, conn_id, now)
+            if name == "EventEstablished":
+                self._answered.add((dn, conn_id))
+            previous = attributes.get("AttributePreviousConnID")
+            if isinstance(previous, str) and previous != conn_id:
+                self._answered.discard((dn, previous))
+                events += self.agents.call_released(dn, previous, now, wrap_up_time=0.0)
+        elif name in ("EventReleased", "EventDiverted"):
+            answered = (dn, conn_id) in self._answered
+            self._answered.discard((dn, conn_id))
+            wrap_up: float | None = 0.0
+            if answered and name == "EventReleased":
+                wrap_up = _wrap_up_override(attributes)
+            events += self.agents.call_released(dn, conn_id, now, wrap_up_time=wrap_up)
+        else:
+            return
+        if events:
+            self.publish_agent_events(events)
+        self.schedule_timer()
+
+    # -- timers -------------------------------------------------------------------------
+    def schedule_timer(self) -> None:
+        times = [t for t in (self.agents.next_timer(), self.ownership.next_timer(),
+                             self._resync_deadline) if t is not None]
+        when = min(times) if times else None
+        if when == self._timer_when:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._timer_when = when
+        if when is not None:
+            self._timer = self.loop.call_at(max(when, self.loop.time()), self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._timer_when = None
+        now = self.clock()
+        try:
+            if self._resync_deadline is not None and now >= self._resync_deadline:
+                self._resync_deadline = None
+                stale, self._unconfirmed = self._unconfirmed, set()
+                for dn in sorted(stale):
+                    self.log.info("dn_registration_lost_while_link_down", dn=dn)
+                    self.dn_services.pop(dn, None)
+                    self.apply(self.ownership.sip_unregistered(dn, self.node, now))
+            self.publish_agent_events(self.agents.handle_timer(now))
+            self.apply(self.ownership.handle_timer(now))
+        except Exception:
+            self.log.exception("t_controller_timer_failed")
+        self.schedule_timer()
+
+    def close(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+
+def _wrap_up_override(attributes: TMap) -> float | None:
+    """``AttributeExtensions`` ``wrap-up-time`` of the call overrides the
+    application option (docs/configuration.md, ``wrap-up-time``)."""
+    extensions = attributes.get("AttributeExtensions") or {}
+    value = extensions.get("wrap-up-time")
+    if isinstance(value, int | float) and not isinstance(value, bool) and value >= 0:
+        return float(value)
+    return None

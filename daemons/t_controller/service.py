@@ -1,0 +1,160 @@
+"""``sipcluster t-controller``: the T-Controller beside one cluster node
+(docs/node.md; guide: "T-Controller", "Smart Proxy").
+
+Listeners, from the application's entry in the cluster file:
+
+* ``tc-port`` (T-Library, TCport): agent desktops and smart clients
+  (:mod:`daemons.t_controller.tcport`);
+* ``smart-proxy-port`` (T-Library, legacy clients only): monitoring clients
+  (:mod:`daemons.t_controller.smart_proxy`), when the entry has one;
+* ``http-port``: ``/healthz`` (TCport listening, node link up), ``/metrics``,
+  ``/status/dns``.
+
+It connects to the ``default-port`` of its sip-server (the node link,
+:mod:`daemons.t_controller.node_link`).
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from daemons.cluster.config import AppKind, ClusterConfig, load_cluster
+from daemons.runtime.config import ConfigError
+from daemons.runtime.logs import configure_logging
+from daemons.runtime.service import Service, run_service
+from daemons.sip_server.tlib_server import TLibServer
+from daemons.t_controller.controller import TController
+from daemons.t_controller.node_link import NodeLink
+from daemons.t_controller.smart_proxy import ACCEPTED_CLIENT_TYPES, SmartProxy
+from daemons.t_controller.tcport import TCPort
+
+__all__ = ["TControllerService", "add_parser", "run"]
+
+
+class TControllerService(Service):
+    """One t-controller process."""
+
+    kind = "t-controller"
+
+    def __init__(self, config: ClusterConfig, name: str, *,
+                 resync_grace: float | None = None) -> None:
+        super().__init__(name)
+        self.config = config
+        self.app = config.application(name, AppKind.T_CONTROLLER)
+        self.sip_server = config.sip_server_for(name)
+        self.management_host = self.app.host
+        self.management_port = self.app.port("http-port") or 0
+        self._resync_grace = resync_grace
+        self.controller: TController | None = None
+        self.node_link: NodeLink | None = None
+        self.tcport: TCPort | None = None
+        self.smart_proxy: SmartProxy | None = None
+        self.tc_server: TLibServer | None = None
+        self.sp_server: TLibServer | None = None
+        self.tc_address: tuple[str, int] | None = None
+        self.smart_proxy_address: tuple[str, int] | None = None
+
+    async def start(self) -> None:
+        nodes = self.config.nodes
+        kwargs: dict[str, Any] = {}
+        if self._resync_grace is not None:
+            kwargs["resync_grace"] = self._resync_grace
+        controller = TController(self.config, self.app_name, metrics=self.metrics, **kwargs)
+        self.controller = controller
+        node_port = self.sip_server.port("default-port")
+        assert node_port is not None  # required by the cluster file
+        self.node_link = NodeLink(
+            controller,
+            host=self.sip_server.host,
+            port=node_port,
+            application_name=self.app_name,
+            addp_timeout=float(nodes.addp_timeout),
+            addp_remote_timeout=float(nodes.addp_remote_timeout),
+        )
+        self.tcport = TCPort(controller, self.node_link)
+        self.tc_server = TLibServer(
+            self.tcport, application_name=self.app_name, port_name="tc-port",
+            metrics=self.metrics, logger=self.log)
+        self.tc_address = await self.tc_server.listen(self.app.host, self.app.ports["tc-port"])
+        sp_port = self.app.port("smart-proxy-port")
+        if sp_port is not None:
+            self.smart_proxy = SmartProxy(controller)
+            self.sp_server = TLibServer(
+                self.smart_proxy, application_name=self.app_name,
+                port_name="smart-proxy-port", metrics=self.metrics, logger=self.log,
+                accepted_client_types=ACCEPTED_CLIENT_TYPES)
+            self.smart_proxy_address = await self.sp_server.listen(self.app.host, sp_port)
+        clients = self.metrics.gauge("tcontroller_clients", "Connected T-Library clients",
+                                     ("port",))
+        clients.labels("tc-port").set_function(lambda: len(self.tcport.clients)
+                                               if self.tcport else 0)
+        clients.labels("smart-proxy-port").set_function(
+            lambda: len(self.smart_proxy.clients) if self.smart_proxy else 0)
+        self.management.add_health_check("tc-port", self._tcport_health)
+        self.management.add_health_check("node-link", self._link_health)
+        self.management.add_status_page("/status/dns", controller.status)
+        self.management.add_status_page("/status/clients", self._clients_status)
+        self.node_link.start()
+        self.log.info("t_controller_started", tc_port=self.tc_address[1],
+                      smart_proxy_port=self.smart_proxy_address[1]
+                      if self.smart_proxy_address else None,
+                      node=self.sip_server.name, node_port=node_port)
+
+    async def stop(self) -> None:
+        if self.node_link is not None:
+            await self.node_link.stop()
+        for server in (self.tc_server, self.sp_server):
+            if server is not None:
+                await server.close()
+        if self.controller is not None:
+            self.controller.close()
+
+    # -- health and status ---------------------------------------------------------
+    def _tcport_health(self) -> tuple[bool, dict[str, Any]]:
+        serving = self.tc_server is not None and self.tc_server.serving
+        return serving, {"address": list(self.tc_address) if self.tc_address else None}
+
+    def _link_health(self) -> tuple[bool, dict[str, Any]]:
+        link = self.node_link
+        up = link is not None and link.up
+        return up, {"node": self.sip_server.name,
+                    "connects": link.connects if link is not None else 0}
+
+    def _clients_status(self) -> dict[str, Any]:
+        return {
+            "tc-port": self.tcport.describe() if self.tcport else None,
+            "smart-proxy-port": self.smart_proxy.describe() if self.smart_proxy else None,
+        }
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def add_parser(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "t-controller",
+        help="run the T-Controller beside a cluster node (TCport, Smart Proxy)",
+        description=(
+            "The T-Controller of one cluster node: DN ownership, agent state, "
+            "TCport for desktops and smart clients, SmartProxy port for monitoring "
+            "clients; linked to its sip-server's default-port. Stops on SIGTERM."),
+    )
+    parser.add_argument("--config", required=True, metavar="FILE", help="the cluster file")
+    parser.add_argument("--name", required=True, metavar="APP",
+                        help="this t-controller's application name in the cluster file")
+    parser.add_argument("--log-level", default="info")
+    parser.add_argument("--log-format", default="auto", choices=("auto", "json", "console"))
+
+
+def run(args: argparse.Namespace) -> int:
+    configure_logging(args.log_level, fmt=args.log_format)
+    try:
+        config = load_cluster(args.config)
+        service = TControllerService(config, args.name)
+    except ConfigError as exc:
+        print(f"t-controller: {exc}")
+        return 2
+    # uvloop's transports are not asyncio.Transport instances, which the
+    # T-Library glue asserts on connection: run on the standard loop
+    return run_service(service, use_uvloop=False)
