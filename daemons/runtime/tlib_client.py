@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Callable, Mapping
-from typing import Any
+from typing import Any, cast
 
 from daemons.runtime.logs import get_logger
 from protocols.tlib.catalogue import PROTOCOL_VERSION
@@ -65,8 +65,8 @@ class _Protocol(asyncio.Protocol):
         self.client = client
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.client._connection_made(transport)
+        # uvloop's transports implement asyncio.Transport without subclassing it
+        self.client._connection_made(cast(asyncio.Transport, transport))
 
     def data_received(self, data: bytes) -> None:
         self.client._data_received(data)

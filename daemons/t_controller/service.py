@@ -17,6 +17,7 @@ It connects to the ``default-port`` of its sip-server (the node link,
 from __future__ import annotations
 
 import argparse
+import sys
 from typing import Any
 
 from daemons.cluster.config import AppKind, ClusterConfig, load_cluster
@@ -153,8 +154,6 @@ def run(args: argparse.Namespace) -> int:
         config = load_cluster(args.config)
         service = TControllerService(config, args.name)
     except ConfigError as exc:
-        print(f"t-controller: {exc}")
+        print(f"t-controller: {exc}", file=sys.stderr)
         return 2
-    # uvloop's transports are not asyncio.Transport instances, which the
-    # T-Library glue asserts on connection: run on the standard loop
-    return run_service(service, use_uvloop=False)
+    return run_service(service)

@@ -179,4 +179,4 @@ async def test_bad_config_name_exits_2(tmp_path: Path, kit: Any) -> None:
         [sys.executable, "-m", "daemons.cli", "t-controller", "--config", str(path),
          "--name", "TC_2"], cwd=ROOT, capture_output=True, text=True, timeout=20)
     assert result.returncode == 2
-    assert "TC_1" in result.stdout  # did you mean
+    assert "TC_1" in result.stderr  # did you mean
