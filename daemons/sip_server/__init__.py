@@ -1,0 +1,1 @@
+"""The sip-server daemon: a cluster node\x27s Session Controller and Interaction Proxy."""

@@ -1,0 +1,139 @@
+"""The Interaction Proxy: call events to the reporting clients on IPport
+(guide: "Interaction Proxy"; docs/node.md, "IPport").
+
+* Every call event of the node goes to one reporting client; all events of a
+  call go to the same client, chosen round-robin over the connected clients
+  when the call's first event is sent.
+* Events are numbered per client application (``AttributeEventSequenceNumber``)
+  across connections. Each application keeps a backlog of the events of the
+  last ``backlog_window`` seconds; a client that reconnects under the same
+  ``AttributeApplicationName`` within the window gets what it missed, in
+  order, none twice: the events after the ``last-seq`` it names in
+  ``AttributeExtensions`` at registration, or else after the last event
+  written to its previous connection.
+* A client gone for longer than the window is forgotten; its calls move to
+  another client at their next event.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from daemons.sip_server.tlib_server import TLibConnection
+
+__all__ = ["InteractionProxy"]
+
+#: The first event of an application gets this sequence number; 1 is the
+#: EventServerInfo every connection starts with.
+FIRST_SEQUENCE = 2
+
+
+@dataclass
+class _Application:
+    name: str
+    last_seq: int = FIRST_SEQUENCE - 1
+    delivered: int = FIRST_SEQUENCE - 1
+    backlog: deque[tuple[int, float, str, dict[str, Any]]] = field(default_factory=deque)
+    conn: TLibConnection | None = None
+    disconnected_at: float | None = None
+
+
+class InteractionProxy:
+    """IPport distribution and backlog (see module doc); ``clock`` is monotonic."""
+
+    def __init__(self, clock: Callable[[], float], *, backlog_window: float = 60.0,
+                 max_backlog: int = 50_000) -> None:
+        self.clock = clock
+        self.backlog_window = backlog_window
+        self.max_backlog = max_backlog
+        self.apps: dict[str, _Application] = {}
+        self._order: list[str] = []
+        self._next = 0
+        self.events_sent = 0
+        self.events_replayed = 0
+
+    # -- clients ------------------------------------------------------------
+
+    def connected(self, conn: TLibConnection, last_seq: int | None) -> int:
+        """A reporting client registered; replays its backlog. Returns events replayed."""
+        self._forget_expired()
+        app = self.apps.get(conn.application)
+        if app is None:
+            app = _Application(conn.application)
+            self.apps[app.name] = app
+        elif app.conn is not None and app.conn is not conn:
+            app.conn.close()  # the same application again: the newer connection wins
+        app.conn = conn
+        app.disconnected_at = None
+        if app.name not in self._order:
+            self._order.append(app.name)
+        start = app.delivered if last_seq is None else min(last_seq, app.last_seq)
+        replayed = 0
+        for seq, _when, name, attrs in app.backlog:
+            if seq <= start:
+                continue
+            if conn.send_event(name, attrs, sequence=seq) is None:
+                break
+            app.delivered = seq
+            replayed += 1
+        if not app.backlog or replayed == 0:
+            conn.session.set_next_sequence(app.last_seq + 1)
+        self.events_replayed += replayed
+        return replayed
+
+    def disconnected(self, conn: TLibConnection) -> None:
+        app = self.apps.get(conn.application)
+        if app is None or app.conn is not conn:
+            return
+        app.conn = None
+        app.disconnected_at = self.clock()
+        if app.name in self._order:
+            self._order.remove(app.name)
+
+    # -- events -------------------------------------------------------------
+
+    def assign(self, current: str | None) -> str | None:
+        """The client for a call: its current one while known, else the next in turn."""
+        self._forget_expired()
+        if current is not None and current in self.apps:
+            return current
+        if not self._order:
+            return None
+        self._next %= len(self._order)
+        name = self._order[self._next]
+        self._next += 1
+        return name
+
+    def send(self, client: str | None, name: str, attrs: Mapping[str, Any]) -> str | None:
+        """Send one call event to ``client`` (from :meth:`assign`); keeps the backlog."""
+        if client is None:
+            return None
+        app = self.apps.get(client)
+        if app is None:
+            return None
+        now = self.clock()
+        app.last_seq += 1
+        event = dict(attrs)
+        app.backlog.append((app.last_seq, now, name, event))
+        cutoff = now - self.backlog_window
+        while app.backlog and (app.backlog[0][1] < cutoff or len(app.backlog) > self.max_backlog):
+            app.backlog.popleft()
+        if app.conn is not None and app.conn.send_event(name, event, sequence=app.last_seq):
+            app.delivered = app.last_seq
+            self.events_sent += 1
+        return client
+
+    def _forget_expired(self) -> None:
+        now = self.clock()
+        for name in [n for n, a in self.apps.items()
+                     if a.conn is None and a.disconnected_at is not None
+                     and now - a.disconnected_at > self.backlog_window]:
+            del self.apps[name]
+
+    def status(self) -> list[dict[str, Any]]:
+        return [{"application": a.name, "connected": a.conn is not None,
+                 "last_seq": a.last_seq, "delivered": a.delivered, "backlog": len(a.backlog)}
+                for a in self.apps.values()]

@@ -1,0 +1,418 @@
+"""``sipcluster sip-server``: a cluster node's Session Controller and
+Interaction Proxy (docs/node.md; guide: "SIP Server in Cluster Mode").
+
+Listeners, from the application's entry in the cluster file:
+
+* ``sip-port`` (UDP + TCP): phones, SBCs and proxies -- registrar and B2BUA
+  (:mod:`daemons.sip_server.b2bua`);
+* ``default-port`` (T-Library): routing clients and the paired t-controller
+  (recognised by its application name);
+* ``ip-port`` (T-Library, IPport): reporting clients
+  (:mod:`daemons.sip_server.reporting`);
+* ``http-port``: ``/healthz`` (every listener up), ``/metrics``,
+  ``/status/calls``, ``/status/registrations``, ``/status/ipport``.
+
+This module holds the T-Library side: who gets which event, the answers to
+requests (docs/node.md, "Call control from desktops": exactly one answer per
+request, carrying its ReferenceID), and the DN service state for the
+t-controller.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+from dataclasses import dataclass
+from typing import Any
+
+from daemons.cluster.config import AppKind, ClusterConfig, DnType, load_cluster
+from daemons.runtime.config import ConfigError
+from daemons.runtime.logs import configure_logging
+from daemons.runtime.service import Service, run_service
+from daemons.sip_server.b2bua import CallControlError, SessionController
+from daemons.sip_server.call import Call
+from daemons.sip_server.reporting import InteractionProxy
+from daemons.sip_server.routing import RouteDecision, RoutingPoints
+from daemons.sip_server.tlib_server import TLibConnection, TLibServer
+from protocols.tlib.errors import ErrorCode
+from protocols.tlib.session import RequestReceived
+
+__all__ = ["SipServer", "add_parser", "run"]
+
+#: Requests a routing client or the t-controller may send on the default port.
+CALL_REQUESTS = frozenset({
+    "RequestMakeCall", "RequestAnswerCall", "RequestReleaseCall", "RequestHoldCall",
+    "RequestRetrieveCall", "RequestSingleStepTransfer", "RequestInitiateTransfer",
+    "RequestCompleteTransfer", "RequestAttachUserData", "RequestUpdateUserData",
+    "RequestDeleteUserData",
+})
+#: Seconds a request waits for the event that answers it before EventError.
+ANSWER_TIMEOUT = 10.0
+
+
+@dataclass
+class PendingAnswer:
+    """A request whose answer is the next event on ``dn`` of call ``conn_id``."""
+
+    conn: TLibConnection
+    reference_id: int
+    dn: str
+    conn_id: str
+    events: frozenset[str]
+    handle: asyncio.TimerHandle | None = None
+
+
+class _DefaultPort:
+    """TLibHandler of the default port."""
+
+    def __init__(self, server: SipServer) -> None:
+        self.server = server
+
+    def on_registered(self, conn: TLibConnection) -> None:
+        self.server.on_default_registered(conn)
+
+    def on_request(self, conn: TLibConnection, request: RequestReceived) -> None:
+        self.server.on_default_request(conn, request)
+
+    def on_closed(self, conn: TLibConnection, reason: str) -> None:
+        self.server.on_default_closed(conn, reason)
+
+
+class _IPPort:
+    """TLibHandler of the IPport (reporting clients receive, they do not ask)."""
+
+    def __init__(self, server: SipServer) -> None:
+        self.server = server
+
+    def on_registered(self, conn: TLibConnection) -> None:
+        ext = getattr(conn.session, "client_extensions", {}) or {}
+        last = ext.get("last-seq")
+        last_seq = last if isinstance(last, int) and not isinstance(last, bool) else None
+        replayed = self.server.ipproxy.connected(conn, last_seq)
+        self.server.log.info("ipport_client_connected", application=conn.application,
+                             peer=conn.peer, replayed=replayed, last_seq=last_seq)
+
+    def on_request(self, conn: TLibConnection, request: RequestReceived) -> None:
+        conn.answer_error(request, ErrorCode.REQUEST_NOT_SUPPORTED,
+                          f"Request not supported on this port: {request.name} (IPport "
+                          "delivers call events only)")
+
+    def on_closed(self, conn: TLibConnection, reason: str) -> None:
+        self.server.ipproxy.disconnected(conn)
+        self.server.log.info("ipport_client_disconnected", application=conn.application,
+                             reason=reason)
+
+
+class SipServer(Service):
+    """The sip-server daemon (see module doc)."""
+
+    kind = "sip_server"
+
+    def __init__(self, config: ClusterConfig, name: str, *, backlog_window: float = 60.0,
+                 host: str | None = None) -> None:
+        super().__init__(app_name=name)
+        self.config = config
+        self.app = config.application(name, AppKind.SIP_SERVER)
+        self.tserver = config.tserver_for(name)
+        self.host = host or self.app.host
+        self.management_host = self.host
+        self.management_port = self.app.port("http-port") or 0
+        try:
+            self.t_controller_name: str | None = config.t_controller_for(name).name
+        except ConfigError:
+            self.t_controller_name = None
+        self.routing = RoutingPoints()
+        self.ipproxy = InteractionProxy(self._monotonic, backlog_window=backlog_window)
+        self.controller = SessionController(self)
+        self.default_server: TLibServer | None = None
+        self.ip_server: TLibServer | None = None
+        self.tc_conn: TLibConnection | None = None
+        #: default-port clients registered per DN
+        self.dn_clients: dict[str, set[TLibConnection]] = {}
+        self.pending: list[PendingAnswer] = []
+        self.bound: dict[str, int] = {}
+        m = self.metrics
+        self.events_sent = m.counter("tlib_events_sent", "T-Library events sent", ("port",))
+        self.requests = m.counter("tlib_requests", "T-Library requests received",
+                                  ("port", "request"))
+
+    def _monotonic(self) -> float:
+        return asyncio.get_running_loop().time()
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def start(self) -> None:
+        sip_port = self.app.port("sip-port") or 0
+        await self.controller.start(self.host, sip_port)
+        self.bound["sip-port"] = self.controller.sip_port
+        self.default_server = TLibServer(
+            _DefaultPort(self), application_name=self.app_name, port_name="default-port",
+            metrics=self.metrics, logger=self.log)
+        _, self.bound["default-port"] = await self.default_server.listen(
+            self.host, self.app.port("default-port") or 0)
+        if "ip-port" in self.app.ports:
+            self.ip_server = TLibServer(
+                _IPPort(self), application_name=self.app_name, port_name="ip-port",
+                metrics=self.metrics, logger=self.log)
+            _, self.bound["ip-port"] = await self.ip_server.listen(
+                self.host, self.app.port("ip-port") or 0)
+        self.management.add_health_check("listeners", self._health)
+        self.management.add_status_page("/status/calls", self.controller.status_calls)
+        self.management.add_status_page("/status/registrations",
+                                        self.controller.status_registrations)
+        self.management.add_status_page("/status/ipport", self.ipproxy.status)
+        self.management.add_status_page("/status/ports", lambda: dict(self.bound))
+        self.log.info("sip_server_listening", **{k.replace("-", "_"): v
+                                                 for k, v in self.bound.items()})
+
+    def _health(self) -> tuple[bool, dict[str, Any]]:
+        ok = self.controller.listening and bool(self.default_server and
+                                                 self.default_server.serving)
+        if self.ip_server is not None:
+            ok = ok and self.ip_server.serving
+        return ok, {"ports": dict(self.bound), "calls": len(self.controller.calls),
+                    "t_controller": self.tc_conn is not None}
+
+    async def stop(self) -> None:
+        await self.controller.stop()
+        for server in (self.default_server, self.ip_server):
+            if server is not None:
+                await server.close()
+
+    # ------------------------------------------------------------------ default port
+
+    def on_default_registered(self, conn: TLibConnection) -> None:
+        if self.t_controller_name is not None and conn.application == self.t_controller_name:
+            if self.tc_conn is not None and self.tc_conn is not conn:
+                self.tc_conn.close()
+            self.tc_conn = conn
+            self.log.info("t_controller_linked", peer=conn.peer, application=conn.application)
+            self.controller.announce_registrations(conn)
+
+    def on_default_closed(self, conn: TLibConnection, reason: str) -> None:
+        if conn is self.tc_conn:
+            self.tc_conn = None
+            self.log.warning("t_controller_link_lost", reason=reason)
+        for clients in self.dn_clients.values():
+            clients.discard(conn)
+        for pending in [p for p in self.pending if p.conn is conn]:
+            self._drop_pending(pending)
+
+    def on_default_request(self, conn: TLibConnection, request: RequestReceived) -> None:
+        name = request.name
+        self.requests.labels("default-port", name).inc()
+        msg = request.message
+        dn = msg.get("AttributeThisDN")
+        if name == "RequestRegisterAddress":
+            assert isinstance(dn, str)
+            if dn not in self.config.dns:
+                conn.answer_error(request, ErrorCode.UNKNOWN_DN, f"Unknown DN: {dn}",
+                                  AttributeThisDN=dn)
+                return
+            self.dn_clients.setdefault(dn, set()).add(conn)
+            conn.answer(request, "EventRegistered", {"AttributeThisDN": dn})
+            return
+        if name == "RequestUnregisterAddress":
+            assert isinstance(dn, str)
+            clients = self.dn_clients.get(dn)
+            if clients is None or conn not in clients:
+                conn.answer_error(request, ErrorCode.UNKNOWN_DN,
+                                  f"DN not registered by this client: {dn}",
+                                  AttributeThisDN=dn)
+                return
+            clients.discard(conn)
+            conn.answer(request, "EventUnregistered", {"AttributeThisDN": dn})
+            return
+        if name == "RequestQueryAddress":
+            assert isinstance(dn, str)
+            if dn not in self.config.dns:
+                conn.answer_error(request, ErrorCode.UNKNOWN_DN, f"Unknown DN: {dn}")
+                return
+            conn.answer(request, "EventAddressInfo", {
+                "AttributeThisDN": dn, "AttributeAddressInfoType": "DNStatus",
+                "AttributeAddressInfoStatus": 1 if self.controller.is_registered(dn) else 0})
+            return
+        if name == "RequestRouteCall":
+            self._route_call(conn, request)
+            return
+        if name in CALL_REQUESTS:
+            self._call_request(conn, request)
+            return
+        conn.answer_error(request, ErrorCode.REQUEST_NOT_SUPPORTED,
+                          f"Request not supported on this port: {name} (agent requests go "
+                          "to the t-controller)")
+
+    def _route_call(self, conn: TLibConnection, request: RequestReceived) -> None:
+        msg = request.message
+        rp, conn_id, dest = (msg["AttributeThisDN"], msg["AttributeConnID"],
+                             msg["AttributeOtherDN"])
+        if self.routing.waiting(conn_id) is None:
+            conn.answer_error(request, ErrorCode.UNKNOWN_CONNID,
+                              f"Unknown ConnID: {conn_id} is not waiting on a routing point",
+                              AttributeThisDN=rp, AttributeConnID=conn_id)
+            return
+        if msg.get("AttributeRouteType") != "Reject" and dest not in self.config.dns \
+                and not self.controller.routable(dest):
+            conn.answer_error(request, ErrorCode.UNKNOWN_DN, f"Unknown DN: {dest}",
+                              AttributeThisDN=rp, AttributeConnID=conn_id)
+            return
+        decision = RouteDecision(dest, False, msg.get("AttributeUserData"),
+                                 msg.get("AttributeRouteType"), (conn, request))
+        if not self.routing.route(conn_id, rp, decision):
+            conn.answer_error(request, ErrorCode.UNKNOWN_CONNID,
+                              f"ConnID {conn_id} does not wait on routing point {rp}",
+                              AttributeThisDN=rp, AttributeConnID=conn_id)
+
+    def _call_request(self, conn: TLibConnection, request: RequestReceived) -> None:
+        msg = request.message
+        dn = msg["AttributeThisDN"]
+        if dn not in self.config.dns:
+            conn.answer_error(request, ErrorCode.UNKNOWN_DN, f"Unknown DN: {dn}",
+                              AttributeThisDN=dn)
+            return
+        try:
+            self.controller.call_request(conn, request)
+        except CallControlError as exc:
+            conn.answer_error(request, exc.code, exc.text, AttributeThisDN=dn,
+                              **({"AttributeConnID": msg["AttributeConnID"]}
+                                 if "AttributeConnID" in msg else {}))
+
+    # ------------------------------------------------------------------ answers
+
+    def expect_answer(self, conn: TLibConnection, request: RequestReceived, dn: str,
+                      conn_id: str, events: frozenset[str]) -> None:
+        """The next of ``events`` on ``dn`` in call ``conn_id`` answers ``request``."""
+        pending = PendingAnswer(conn, request.reference_id, dn, conn_id, events)
+        pending.handle = asyncio.get_running_loop().call_later(
+            ANSWER_TIMEOUT, self._answer_timeout, pending, request.name)
+        self.pending.append(pending)
+
+    def _answer_timeout(self, pending: PendingAnswer, name: str) -> None:
+        if pending in self.pending:
+            self.pending.remove(pending)
+            pending.conn.answer_error(
+                pending.reference_id, ErrorCode.INVALID_CALL_STATE,
+                f"{name}: no reaction from the phone of DN {pending.dn} within "
+                f"{ANSWER_TIMEOUT:g} s", AttributeThisDN=pending.dn,
+                AttributeConnID=pending.conn_id)
+
+    def fail_pending(self, conn_id: str, dn: str | None, code: ErrorCode, text: str) -> None:
+        """Answer the requests still waiting on a call (or one DN of it) with EventError."""
+        for pending in [p for p in self.pending if p.conn_id == conn_id
+                        and (dn is None or p.dn == dn)]:
+            self._drop_pending(pending)
+            pending.conn.answer_error(pending.reference_id, code, text,
+                                      AttributeThisDN=pending.dn, AttributeConnID=conn_id)
+
+    def _drop_pending(self, pending: PendingAnswer) -> None:
+        if pending.handle is not None:
+            pending.handle.cancel()
+        if pending in self.pending:
+            self.pending.remove(pending)
+
+    # ------------------------------------------------------------------ events
+
+    def call_event(self, call: Call, name: str, this_dn: str | None, *,
+                   other: str | None = None, role: str | None = None,
+                   third: str | None = None, extra: dict[str, Any] | None = None) -> None:
+        """One call event on ``this_dn`` to the t-controller, the default-port
+        clients registered on the DN and the call's IPport client."""
+        if this_dn is None or this_dn not in self.config.dns:
+            return
+        attrs: dict[str, Any] = {
+            "AttributeThisDN": this_dn, "AttributeConnID": call.conn_id,
+            "AttributeCallUUID": call.call_uuid, "AttributeCallType": call.call_type,
+        }
+        if call.ani:
+            attrs["AttributeANI"] = call.ani
+        if call.dnis:
+            attrs["AttributeDNIS"] = call.dnis
+        if other:
+            attrs["AttributeOtherDN"] = other
+        if role:
+            attrs["AttributeThisDNRole"] = role
+        if third:
+            attrs["AttributeThirdPartyDN"] = third
+        if call.user_data:
+            attrs["AttributeUserData"] = dict(call.user_data)
+        if extra:
+            attrs.update(extra)
+        answered: dict[TLibConnection, int] = {}
+        for pending in list(self.pending):
+            if pending.conn_id == call.conn_id and pending.dn == this_dn \
+                    and name in pending.events and pending.conn not in answered:
+                answered[pending.conn] = pending.reference_id
+                self._drop_pending(pending)
+        targets: list[TLibConnection] = []
+        if self.tc_conn is not None:
+            targets.append(self.tc_conn)
+        for conn in self.dn_clients.get(this_dn, ()):
+            if conn not in targets:
+                targets.append(conn)
+        for conn in answered:
+            if conn not in targets:
+                targets.append(conn)
+        for conn in targets:
+            event = attrs
+            if conn in answered:
+                event = {**attrs, "AttributeReferenceID": answered[conn]}
+            if conn.send_event(name, event) is not None:
+                self.events_sent.labels("default-port").inc()
+        call.ipport_client = self.ipproxy.assign(call.ipport_client)
+        if self.ipproxy.send(call.ipport_client, name, attrs) is not None:
+            self.events_sent.labels("ip-port").inc()
+        self.log.debug("tlib_call_event", tlib_event=name, dn=this_dn, conn_id=call.conn_id)
+
+    def dn_event(self, name: str, dn: str, extensions: dict[str, Any] | None = None) -> None:
+        """EventDNBackInService / EventDNOutOfService to the paired t-controller."""
+        if self.tc_conn is None:
+            return
+        attrs: dict[str, Any] = {"AttributeThisDN": dn}
+        if extensions:
+            attrs["AttributeExtensions"] = extensions
+        if self.tc_conn.send_event(name, attrs) is not None:
+            self.events_sent.labels("default-port").inc()
+
+    def send_dn_event_to(self, conn: TLibConnection, name: str, dn: str,
+                         extensions: dict[str, Any]) -> None:
+        if conn.send_event(name, {"AttributeThisDN": dn,
+                                  "AttributeExtensions": extensions}) is not None:
+            self.events_sent.labels("default-port").inc()
+
+    def dn_type(self, dn: str) -> DnType | None:
+        entry = self.config.dns.get(dn)
+        return entry.type if entry is not None else None
+
+
+# ---------------------------------------------------------------------- CLI
+
+
+def add_parser(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "sip-server",
+        help="run a cluster node's sip-server (Session Controller + Interaction Proxy)",
+        description=(
+            "A SIP Cluster node: registrar and B2BUA on sip-port, T-Library for routing "
+            "clients and the t-controller on default-port, reporting clients on ip-port, "
+            "health and metrics on http-port. Ports, DNs and options come from the "
+            "cluster file."),
+    )
+    parser.add_argument("--config", required=True, help="the cluster file (TOML)")
+    parser.add_argument("--name", required=True,
+                        help="this sip-server's application name in the cluster file")
+    parser.add_argument("--backlog-window", type=float, default=60.0, metavar="SECONDS",
+                        help="how long IPport keeps events for a disconnected client")
+    parser.add_argument("--log-level", default=os.environ.get("SIPCLUSTER_LOG_LEVEL", "info"))
+    parser.add_argument("--log-format", default="auto", choices=("auto", "json", "console"))
+
+
+def run(args: argparse.Namespace) -> int:
+    configure_logging(args.log_level, fmt=args.log_format)
+    try:
+        config = load_cluster(args.config)
+        service = SipServer(config, args.name, backlog_window=args.backlog_window)
+    except ConfigError as exc:
+        print(f"sip-server: {exc}")
+        return 2
+    return run_service(service)

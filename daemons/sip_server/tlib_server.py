@@ -1,0 +1,324 @@
+"""Asyncio T-Library listener: TCP connections driving
+:class:`protocols.tlib.session.ServerSession` (docs/tlib.md, "Session").
+
+Generic: a :class:`TLibServer` accepts connections on one port and hands
+each registered session to a :class:`TLibHandler` (the sip-server's
+default-port and IPport, the t-controller's TCport and SmartProxy port)::
+
+    server = TLibServer(handler, application_name="SIPS_dc1_1", port_name="default-port")
+    host, port = await server.listen("127.0.0.1", 7000)
+    ...
+    conn.send_event("EventRinging", {"AttributeThisDN": "1001", ...})
+    conn.answer(request, "EventRegistered", {"AttributeThisDN": "1001"})
+    conn.answer_error(request, ErrorCode.UNKNOWN_DN, "Unknown DN: 9999")
+
+Protocol errors (unknown message, bad attribute, frame too large ...) are
+answered by the session itself; the server counts them
+(``tlib_errors{port,code}``) and logs one line each.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Mapping
+from typing import Any, Protocol, cast
+
+from daemons.runtime.logs import get_logger
+from daemons.runtime.management import Metrics
+from protocols.tlib.catalogue import CLIENT_TYPES
+from protocols.tlib.errors import ErrorCode, TLibError
+from protocols.tlib.session import (
+    ClientRegistered,
+    PeerLost,
+    RequestReceived,
+    RequestRejected,
+    ServerSession,
+    SessionClosed,
+)
+
+__all__ = ["TLibConnection", "TLibHandler", "TLibServer"]
+
+SERVER_VERSION = "sipcluster-1"
+
+
+class _SequencedSession(ServerSession):
+    """A server session whose next ``AttributeEventSequenceNumber`` can be set.
+
+    The IPport numbers events per client application across connections
+    (docs/node.md, "IPport"), so a reconnecting client sees one sequence.
+    """
+
+    def set_next_sequence(self, number: int) -> None:
+        """The next event is stamped ``number`` (must exceed the last one sent)."""
+        if number - 1 > self._sequence:
+            self._sequence = number - 1
+
+    @property
+    def last_sequence(self) -> int:
+        return self._sequence
+
+    #: ``AttributeExtensions`` of the client's RequestRegisterClient (``last-seq`` ...)
+    client_extensions: dict[str, Any] = {}
+
+    def _on_handshake(self, frame: dict[str, Any], now: float) -> None:
+        ext = frame.get("AttributeExtensions")
+        self.client_extensions = dict(ext) if isinstance(ext, dict) else {}
+        super()._on_handshake(frame, now)
+
+
+class TLibHandler(Protocol):
+    """What a daemon implements to serve one T-Library port."""
+
+    def on_registered(self, conn: TLibConnection) -> None:
+        """The client completed ``RequestRegisterClient``."""
+
+    def on_request(self, conn: TLibConnection, request: RequestReceived) -> None:
+        """A valid request; answer with ``conn.answer`` / ``conn.answer_error``."""
+
+    def on_closed(self, conn: TLibConnection, reason: str) -> None:
+        """The connection ended (only called for registered clients)."""
+
+
+class TLibConnection:
+    """One client connection: its session, transport and identity."""
+
+    def __init__(self, server: TLibServer, transport: asyncio.Transport) -> None:
+        self.server = server
+        self.transport = transport
+        loop = server.loop
+        self.session = _SequencedSession(
+            application_name=server.application_name,
+            server_version=SERVER_VERSION,
+            now=loop.time(),
+            accepted_client_types=server.accepted_client_types,
+            addp_timeout=server.addp_timeout,
+            addp_remote_timeout=server.addp_remote_timeout,
+            time_offset=time.time() - loop.time(),
+        )
+        peer = transport.get_extra_info("peername") or ("?", 0)
+        self.peer = f"{peer[0]}:{peer[1]}"
+        self.registered = False
+        self.closed = False
+        self._timer: asyncio.TimerHandle | None = None
+        #: free for the handler (registered DNs, role ...)
+        self.context: dict[str, Any] = {}
+
+    @property
+    def application(self) -> str:
+        return self.session.client_application or ""
+
+    @property
+    def client_type(self) -> str:
+        return self.session.client_type or ""
+
+    # -- sending ----------------------------------------------------------------
+
+    def send_event(self, name: str, attributes: Mapping[str, Any] | None = None,
+                   *, sequence: int | None = None) -> int | None:
+        """Send one event; returns its sequence number, ``None`` if the session is gone."""
+        if self.closed or self.session.closed:
+            return None
+        if sequence is not None:
+            self.session.set_next_sequence(sequence)
+        try:
+            seq = self.session.send_event(name, self.server.loop.time(), dict(attributes or {}))
+        except TLibError as exc:
+            self.server.count_error(exc.code)
+            self.server.log.error("tlib_event_refused", tlib_event=name, peer=self.peer,
+                                  code=int(exc.code), text=exc.text)
+            return None
+        self._flush()
+        return seq
+
+    def answer(self, request: RequestReceived, name: str,
+               attributes: Mapping[str, Any] | None = None) -> int | None:
+        attrs = dict(attributes or {})
+        attrs["AttributeReferenceID"] = request.reference_id
+        return self.send_event(name, attrs)
+
+    def answer_error(self, request: RequestReceived | int, code: ErrorCode,
+                     text: str | None = None, **attrs: Any) -> int | None:
+        """``EventError`` for a request (or a bare ReferenceID); counted and logged."""
+        reference = request.reference_id if isinstance(request, RequestReceived) else request
+        name = request.name if isinstance(request, RequestReceived) else None
+        message = text if text is not None else TLibError(code=code).text
+        self.server.count_error(code)
+        self.server.log.info("tlib_request_refused", request=name, peer=self.peer,
+                             application=self.application, code=int(code), text=message)
+        return self.send_event("EventError", {
+            "AttributeReferenceID": reference, "AttributeErrorCode": int(code),
+            "AttributeErrorMessage": message, **attrs})
+
+    def close(self) -> None:
+        if not self.closed:
+            self.session.close(self.server.loop.time())
+            self._flush()
+            self.transport.close()
+
+    # -- session driving --------------------------------------------------------
+
+    def data_received(self, data: bytes) -> None:
+        self.session.receive_data(data, self.server.loop.time())
+        self._process()
+
+    def connection_lost(self) -> None:
+        self.session.connection_lost(self.server.loop.time())
+        self._process()
+        self._finish("connection-closed")
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self.session.handle_timer(self.server.loop.time())
+        self._process()
+
+    def _process(self) -> None:
+        server = self.server
+        while (event := self.session.next_event()) is not None:
+            if isinstance(event, ClientRegistered):
+                self.registered = True
+                server.log.info("tlib_client_registered", peer=self.peer,
+                                application=event.application_name,
+                                client_type=event.client_type)
+                try:
+                    server.handler.on_registered(self)
+                except Exception:
+                    server.log.exception("tlib_handler_failed", stage="registered")
+            elif isinstance(event, RequestReceived):
+                try:
+                    server.handler.on_request(self, event)
+                except TLibError as exc:
+                    self.answer_error(event, exc.code, exc.text)
+                except Exception as exc:
+                    server.log.exception("tlib_handler_failed", request=event.name)
+                    self.answer_error(event, ErrorCode.INTERNAL_ERROR,
+                                      f"Internal error: {type(exc).__name__}")
+            elif isinstance(event, RequestRejected):
+                server.count_error(event.code)
+                server.log.info("tlib_request_rejected", peer=self.peer, request=event.name,
+                                code=int(event.code), text=event.text)
+            elif isinstance(event, SessionClosed):
+                server.log.warning("tlib_session_closed", peer=self.peer,
+                                   code=int(event.code), text=event.text)
+            elif isinstance(event, PeerLost):
+                server.log.info("tlib_peer_lost", peer=self.peer, reason=event.reason,
+                                application=self.application)
+                self._finish(event.reason)
+        self._flush()
+
+    def _flush(self) -> None:
+        data = self.session.data_to_send()
+        if data and not self.transport.is_closing():
+            self.transport.write(data)
+        if self.session.closed:
+            self.transport.close()
+            self._finish("closed")
+            return
+        when = self.session.next_timer()
+        if self._timer is not None and (when is None or self._timer.when() != when):
+            self._timer.cancel()
+            self._timer = None
+        if when is not None and self._timer is None:
+            self._timer = self.server.loop.call_at(when, self._on_timer)
+
+    def _finish(self, reason: str) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self.server.connections.discard(self)
+        if self.registered:
+            try:
+                self.server.handler.on_closed(self, reason)
+            except Exception:
+                self.server.log.exception("tlib_handler_failed", stage="closed")
+
+
+class _Protocol(asyncio.Protocol):
+    def __init__(self, server: TLibServer) -> None:
+        self.server = server
+        self.conn: TLibConnection | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports do not subclass asyncio.Transport
+        self.conn = TLibConnection(self.server, cast(asyncio.Transport, transport))
+        self.server.connections.add(self.conn)
+        self.conn._flush()  # arms the registration timer
+
+    def data_received(self, data: bytes) -> None:
+        if self.conn is not None:
+            self.conn.data_received(data)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.conn is not None:
+            self.conn.connection_lost()
+
+
+class TLibServer:
+    """A T-Library port: accepts connections, one :class:`TLibConnection` each."""
+
+    def __init__(
+        self,
+        handler: TLibHandler,
+        *,
+        application_name: str,
+        port_name: str,
+        metrics: Metrics | None = None,
+        accepted_client_types: frozenset[str] = CLIENT_TYPES,
+        addp_timeout: float | None = None,
+        addp_remote_timeout: float | None = None,
+        logger: Any = None,
+    ) -> None:
+        self.handler = handler
+        self.application_name = application_name
+        self.port_name = port_name
+        self.accepted_client_types = accepted_client_types
+        self.addp_timeout = addp_timeout
+        self.addp_remote_timeout = addp_remote_timeout
+        self.loop = asyncio.get_running_loop()
+        self.log = (logger if logger is not None else get_logger("tlib_server")).bind(
+            port_name=port_name)
+        self.metrics = metrics if metrics is not None else Metrics("sipcluster")
+        self._errors = _shared_counter(self.metrics, "tlib_errors",
+                                       "T-Library EventError answers and rejected frames",
+                                       ("port", "code"))
+        self.connections: set[TLibConnection] = set()
+        self._server: asyncio.AbstractServer | None = None
+        self.address: tuple[str, int] | None = None
+
+    async def listen(self, host: str, port: int) -> tuple[str, int]:
+        self._server = await self.loop.create_server(lambda: _Protocol(self), host, port,
+                                                     reuse_address=True)
+        sock = self._server.sockets[0].getsockname()
+        self.address = (str(sock[0]), int(sock[1]))
+        self.log.info("tlib_listening", host=self.address[0], port=self.address[1])
+        return self.address
+
+    @property
+    def serving(self) -> bool:
+        return self._server is not None and self._server.is_serving()
+
+    def count_error(self, code: ErrorCode | int) -> None:
+        self._errors.labels(self.port_name, str(int(code))).inc()
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        for conn in list(self.connections):
+            conn.close()
+        if self._server is not None:
+            with contextlib.suppress(Exception):
+                async with asyncio.timeout(2.0):
+                    await self._server.wait_closed()
+            self._server = None
+
+
+def _shared_counter(metrics: Metrics, name: str, doc: str, labels: tuple[str, ...]) -> Any:
+    """One counter per registry, shared by every port of a daemon."""
+    cache: dict[str, Any] = metrics.__dict__.setdefault("_shared_counters", {})
+    if name not in cache:
+        cache[name] = metrics.counter(name, doc, labels)
+    return cache[name]
