@@ -1,0 +1,935 @@
+"""The stateful proxy core of the sip-proxy daemon (RFC 3261 §16; guide: "SIP Proxy").
+
+:class:`ProxyCore` wires the sans-I/O :class:`~protocols.sip.transaction.TransactionLayer`
+to a :class:`~daemons.runtime.sip_transport.SipTransportManager` and applies
+the proxy rules:
+
+* request validation (§16.3): Request-URI scheme (416), Max-Forwards (483 at
+  0, 70 added when absent), loop detection by the branch's loop hash (482,
+  §16.6 step 8), Proxy-Require (420 with Unsupported);
+* Route processing (§16.4): the proxy's own Route entries are popped (loose
+  routing, ``lr``); a Request-URI that is ours (a strict-routing previous hop)
+  is replaced by the last Route;
+* target choice (docs/sip-proxy.md): REGISTER from endpoints to a local node
+  (registrar front, :mod:`.registrar`); new dialogs from endpoints to a node
+  by Call-ID hash (:mod:`.routing`); MWI SUBSCRIBEs to the feature-server;
+  requests from nodes toward an AoR to the registered contact (flow reuse,
+  NAT), via the proxy that holds the phone's flow when that is another proxy;
+* forwarding (§16.6): Max-Forwards decremented, Record-Route (the proxy stays
+  in the dialog; two entries when the transport changes), a Via with a
+  loop-hash branch and ``rport``, a client transaction per target;
+* responses (§16.7): the top Via popped, 100 absorbed, provisional and final
+  answers forwarded on the server transaction, every 2xx to INVITE forwarded;
+  a 503 or a transport failure from a node fails over to the next node;
+* CANCEL (§16.10): 200 at once, CANCEL sent on the pending branch, its 487
+  forwarded; ACK for 2xx and stray 2xx retransmissions forwarded statelessly;
+* the private ``X-SC-Node`` header names the node of a dialog inside the
+  cluster and never reaches an endpoint.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from daemons.runtime.management import Metrics
+from daemons.runtime.sip_transport import DEFAULT_PORTS, SipTransportManager, TransportError
+from daemons.sip_proxy.registrar import Binding, BindingStore, aor_of
+from daemons.sip_proxy.routing import NodeTarget, Router
+from daemons.sip_proxy.security import AuthGuard, RateLimiter
+from protocols.sip.errors import ParseError, SipError
+from protocols.sip.headers import Via, parse_name_addr, unquote_param
+from protocols.sip.message import Request, Response, make_response
+from protocols.sip.timers import TimerSettings
+from protocols.sip.transaction import (
+    AckFor2xx,
+    CancelReceived,
+    Event,
+    RequestReceived,
+    ResponseReceived,
+    StrayResponse,
+    TransactionError,
+    TransactionKey,
+    TransactionLayer,
+    TransactionTerminated,
+    TransactionTimeout,
+    Transmit,
+    TransportFailed,
+)
+from protocols.sip.uri import SipUri, format_host, parse_uri
+
+__all__ = ["NODE_HEADER", "ProxyCore", "ProxySettings"]
+
+#: The private header that names a dialog's node inside the cluster.
+NODE_HEADER = "X-SC-Node"
+ALLOW = "INVITE, ACK, CANCEL, BYE, OPTIONS, REGISTER, SUBSCRIBE, NOTIFY, REFER, INFO, " \
+        "MESSAGE, UPDATE, PRACK, PUBLISH"
+#: Methods whose dialog-creating requests we record-route (§16.6 step 4).
+_DIALOG_METHODS = frozenset({"INVITE", "SUBSCRIBE", "REFER", "NOTIFY"})
+_SCHEMES = frozenset({"sip", "sips", "tel"})
+_BRANCH_PREFIX = "z9hG4bKsc"
+
+Address = tuple[str, int]
+
+
+@dataclass(frozen=True)
+class ProxySettings:
+    """What the core needs from the cluster file and the command line."""
+
+    name: str
+    host: str
+    port: int
+    geo_location: str
+    domain: str
+    registrar_default_timeout: int = 140
+    feature_server: tuple[str, int] | None = None
+    #: other proxies of the cluster: name -> (host, sip-port)
+    peers: dict[str, Address] = field(default_factory=dict)
+    sync_retry_after: int = 5
+
+
+@dataclass(slots=True)
+class _Forward:
+    """A request being proxied: its server transaction and current branch (§16)."""
+
+    server_key: TransactionKey
+    request: Request  # the forwarded copy (our Via on top)
+    source: Address
+    from_endpoint: bool
+    client_key: TransactionKey | None = None
+    targets: list[tuple[Address, str, NodeTarget | None]] = field(default_factory=list)
+    node: NodeTarget | None = None
+    final_sent: bool = False
+    got_provisional: bool = False
+    cancelled: bool = False
+    had_credentials: bool = False
+    delay: float = 0.0
+    register: list[Binding] | None = None
+    path_supported: bool = False
+
+
+def _loop_hash(request: Request) -> str:
+    """§16.6 step 8: a hash of what a looping request would keep unchanged."""
+    h = hashlib.blake2b(digest_size=5)
+    h.update(request.uri.encode())
+    for name in ("Route", "Proxy-Require", "Proxy-Authorization"):
+        for value in request.headers.get_lines(name):
+            h.update(value.encode())
+    h.update((request.from_.tag or "").encode())
+    h.update((request.to.tag or "").encode())
+    h.update(request.call_id.encode())
+    h.update(str(request.cseq.number).encode())
+    return h.hexdigest()
+
+
+class ProxyCore:
+    """Transactions + transports + the proxy rules (see module docstring).
+
+    ``store`` holds the cluster's bindings; ``on_binding`` is called with every
+    binding this proxy creates or removes (replication publishes it);
+    ``synced()`` says whether the store has caught up (503 until then).
+    """
+
+    def __init__(
+        self,
+        settings: ProxySettings,
+        *,
+        router: Router,
+        store: BindingStore,
+        metrics: Metrics,
+        log: Any,
+        on_binding: Callable[[Binding], None] = lambda b: None,
+        synced: Callable[[], bool] = lambda: True,
+        peer_alive: Callable[[str], bool] = lambda name: False,
+        rate_limiter: RateLimiter | None = None,
+        auth_guard: AuthGuard | None = None,
+        timers: TimerSettings | None = None,
+    ) -> None:
+        self.settings = settings
+        self.router = router
+        self.store = store
+        self.log = log
+        self.on_binding = on_binding
+        self.synced = synced
+        self.peer_alive = peer_alive
+        self.rate_limiter = rate_limiter if rate_limiter is not None else RateLimiter(0, 0)
+        self.auth_guard = auth_guard if auth_guard is not None else \
+            AuthGuard(slow_after=0, block_after=0)
+        self.layer = TransactionLayer(timers or TimerSettings(trying_delay=0.0))
+        self.transport: SipTransportManager | None = None
+        self.metrics = metrics
+        self._loop = asyncio.get_running_loop()
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at: float | None = None
+        self._by_server: dict[TransactionKey, _Forward] = {}
+        self._by_client: dict[TransactionKey, _Forward] = {}
+        self._probes: dict[TransactionKey, Callable[[int | None], None]] = {}
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._last_stamp = 0.0
+        self._own = {(settings.host, settings.port)}
+        self._peer_hosts = {h for h, _ in settings.peers.values()}
+        self.requests = metrics.counter(
+            "proxy_requests", "Requests by method and what the proxy did", ("method", "action"))
+        self.responses = metrics.counter(
+            "proxy_responses_forwarded", "Responses forwarded upstream", ("status_class",))
+        self.refused = metrics.counter(
+            "proxy_refused", "Requests refused by protection rules", ("reason",))
+        self.registrations = metrics.counter(
+            "proxy_registrations", "Bindings stored or removed from node answers", ("action",))
+        self.failovers = metrics.counter(
+            "proxy_node_failovers", "Requests moved to another node", ("reason",))
+        self.bindings_gauge = metrics.gauge("proxy_bindings", "Live bindings known")
+
+    # ------------------------------------------------------------ lifecycle
+
+    async def start(self) -> None:
+        self.transport = SipTransportManager(self.on_message, metrics=self.metrics,
+                                             logger=self.log)
+        host, port = self.settings.host, self.settings.port
+        udp = await self.transport.listen("UDP", host, port)
+        await self.transport.listen("TCP", host, udp[1])
+        self._own = {(host, udp[1])}
+        if udp[1] != port:
+            self.settings = _replace_port(self.settings, udp[1])
+
+    async def close(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        for task in list(self._tasks):
+            task.cancel()
+        if self.transport is not None:
+            await self.transport.close()
+
+    @property
+    def port(self) -> int:
+        return self.settings.port
+
+    # ------------------------------------------------------------ loop glue
+
+    def _now(self) -> float:
+        return self._loop.time()
+
+    def _flush(self) -> None:
+        layer = self.layer
+        while True:
+            out = layer.messages_to_send()
+            for tx in out:
+                self._transmit(tx)
+            event = layer.next_event()
+            if event is None and not out:
+                break
+            if event is not None:
+                try:
+                    self._dispatch(event)
+                except SipError as exc:
+                    self.log.warning("proxy_event_failed", error=str(exc),
+                                     event=type(event).__name__)
+        when = layer.next_timer()
+        if when != self._timer_at:
+            if self._timer is not None:
+                self._timer.cancel()
+            self._timer_at = when
+            self._timer = self._loop.call_at(when, self._on_timer) if when is not None else None
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._timer_at = None
+        self.layer.handle_timer(self._now())
+        self._flush()
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _transmit(self, tx: Transmit) -> None:
+        assert self.transport is not None
+        try:
+            if self.transport.send_nowait(tx.data, tx.transport, tx.destination) is None:
+                self._spawn(self._transmit_async(tx))
+        except TransportError:
+            self._transport_failed(tx.key)
+
+    async def _transmit_async(self, tx: Transmit) -> None:
+        assert self.transport is not None
+        try:
+            await self.transport.send(tx.data, tx.transport, tx.destination)
+        except TransportError:
+            self._transport_failed(tx.key)
+
+    def _transport_failed(self, key: TransactionKey | None) -> None:
+        if key is not None:
+            self.layer.transport_error(key, self._now())
+            self._flush()
+
+    def send_stateless(self, message: Request | Response, transport: str,
+                       destination: Address) -> None:
+        self.layer.send_stateless(message, destination, transport)
+        self._flush()
+
+    # ------------------------------------------------------------ input
+
+    def on_message(self, message: Request | Response, flow: Any) -> None:
+        """Transport callback: every valid message (sync, must not block)."""
+        if isinstance(message, Request):
+            src = flow.remote[0]
+            trusted = self.router.is_node_host(src) or src in self._peer_hosts
+            if not trusted and not self.rate_limiter.allow(src, self._now()):
+                self.refused.labels("rate_limit").inc()
+                if message.method != "ACK":
+                    resp = make_response(message, 503, "Rate Limited")
+                    resp.headers.add("Retry-After", str(self.rate_limiter.retry_after()))
+                    self.send_stateless(resp, flow.transport, _response_dest(message, flow))
+                return
+        try:
+            self.layer.receive(message, flow.remote, self._now(), flow.transport)
+        except (ParseError, TransactionError) as exc:
+            self.log.warning("sip_message_refused", peer=f"{flow.remote[0]}:{flow.remote[1]}",
+                             reason=str(exc))
+        self._flush()
+
+    def _dispatch(self, event: Event) -> None:
+        if isinstance(event, RequestReceived):
+            self._on_request(event.key, event.request, event.source, event.transport)
+        elif isinstance(event, ResponseReceived):
+            self._on_response(event.key, event.response)
+        elif isinstance(event, CancelReceived):
+            self._on_cancel(event)
+        elif isinstance(event, AckFor2xx):
+            self._on_ack(event.request, event.source, event.transport)
+        elif isinstance(event, StrayResponse):
+            self._forward_stray(event.response)
+        elif isinstance(event, TransactionTimeout):
+            self._client_failed(event.key, 408, "timeout")
+        elif isinstance(event, TransportFailed):
+            self._client_failed(event.key, 503, "transport_failed")
+        elif isinstance(event, TransactionTerminated):
+            self._on_terminated(event.key)
+
+    # ------------------------------------------------------------ helpers
+
+    def is_own(self, host: str | None, port: int | None) -> bool:
+        if host is None:
+            return False
+        return (host.strip("[]"), port or 5060) in self._own
+
+    def _respond(self, key: TransactionKey, request: Request, status: int,
+                 reason: str | None = None, headers: tuple[tuple[str, str], ...] = ()) -> None:
+        resp = make_response(request, status, reason,
+                             to_tag=None if status == 100 else hashlib.blake2b(
+                                 request.call_id.encode(), digest_size=6).hexdigest())
+        for name, value in headers:
+            resp.headers.add(name, value)
+        try:
+            self.layer.send_response(resp, self._now(), key=key)
+        except TransactionError as exc:
+            self.log.info("sip_response_not_sent", status=status, reason=str(exc))
+
+    def _stamp(self) -> float:
+        stamp = max(time.time(), self._last_stamp + 1e-6)
+        self._last_stamp = stamp
+        return stamp
+
+    def _via(self, transport: str, request: Request) -> Via:
+        branch = f"{_BRANCH_PREFIX}{_loop_hash(request)}.{self.layer.new_branch()[7:]}"
+        return Via(transport, self.settings.host, self.settings.port,
+                   {"branch": branch, "rport": None})
+
+    def _rr(self, transport: str, params: dict[str, str]) -> str:
+        extra = "".join(f";{k}={v}" for k, v in params.items())
+        tp = "" if transport == "UDP" else f";transport={transport.lower()}"
+        return f"<sip:{format_host(self.settings.host)}:{self.settings.port}{tp};lr{extra}>"
+
+    # ------------------------------------------------------------ requests
+
+    def _on_request(self, key: TransactionKey, request: Request, source: Address,
+                    transport: str) -> None:
+        method = request.method
+        src_host = source[0]
+        from_node = self.router.is_node_host(src_host)
+        from_peer = src_host in self._peer_hosts and not from_node
+        from_endpoint = not from_node and not from_peer
+        if not self.synced():
+            self.requests.labels(method, "not_synced").inc()
+            self._respond(key, request, 503, "Registrations Not Synchronised",
+                          (("Retry-After", str(self.settings.sync_retry_after)),))
+            return
+        ruri = request.ruri
+        # §16.3 step 2: the Request-URI scheme
+        if ruri.scheme not in _SCHEMES:
+            self.requests.labels(method, "unsupported_scheme").inc()
+            self._respond(key, request, 416)
+            return
+        mf = request.max_forwards
+        to_us = ruri.scheme in ("sip", "sips") and ruri.user is None \
+            and self.is_own(ruri.host, ruri.port)
+        # §16.3 step 3: Max-Forwards (an OPTIONS for us is answered even at 0)
+        if method == "OPTIONS" and to_us and not request.headers.get("Route"):
+            self.requests.labels(method, "answered").inc()
+            self._respond(key, request, 200, headers=(("Allow", ALLOW), ("Accept",
+                          "application/sdp")))
+            return
+        if mf is not None and mf <= 0:
+            self.requests.labels(method, "too_many_hops").inc()
+            self._respond(key, request, 483)
+            return
+        # §16.3 step 4: loop detection
+        vias = request.vias
+        if any(self.is_own(v.host, v.port) for v in vias):
+            lh = _loop_hash(request)
+            for v in vias:
+                b = v.branch or ""
+                if self.is_own(v.host, v.port) and b.startswith(_BRANCH_PREFIX) \
+                        and b[len(_BRANCH_PREFIX):].split(".", 1)[0] == lh:
+                    self.requests.labels(method, "loop").inc()
+                    self._respond(key, request, 482)
+                    return
+        # §16.3 step 5: Proxy-Require
+        required = request.headers.get_all("Proxy-Require")
+        if required:
+            self.requests.labels(method, "bad_extension").inc()
+            self._respond(key, request, 420, headers=(("Unsupported", ", ".join(required)),))
+            return
+        # Protection against guessing: refused sources get 403 right away
+        verdict_delay = 0.0
+        if from_endpoint:
+            verdict = self.auth_guard.check(src_host, time.monotonic())
+            if verdict.refuse:
+                self.refused.labels("auth_failures").inc()
+                self.requests.labels(method, "refused").inc()
+                self._respond(key, request, 403)
+                return
+            verdict_delay = verdict.delay
+        # §16.4: Route processing
+        pins: dict[str, str] = {}
+        if to_us and request.headers.get("Route"):
+            # the previous hop is a strict router: the Request-URI was our Route
+            routes = request.headers.get_all("Route")
+            request.headers.remove("Route")
+            for value in routes[:-1]:
+                request.headers.add("Route", value)
+            request.uri = parse_name_addr(routes[-1]).uri
+        self._pop_own_routes(request, pins)
+        fwd = _Forward(key, request, source, from_endpoint, delay=verdict_delay)
+        fwd.had_credentials = "authorization" in request.headers or \
+            "proxy-authorization" in request.headers
+        try:
+            self._route(fwd, request, transport, pins, from_node, from_peer)
+        except (ParseError, ValueError) as exc:
+            self.requests.labels(method, "bad_request").inc()
+            self._respond(key, request, 400, str(exc)[:100])
+
+    def _pop_own_routes(self, request: Request, pins: dict[str, str]) -> None:
+        while True:
+            top = request.headers.get("Route")
+            if top is None:
+                return
+            first = request.routes[0]
+            uri = first.sip_uri
+            if not self.is_own(uri.host, uri.port):
+                return
+            for k in ("sc-node", "ft"):
+                v = uri.params.get(k)
+                if v:
+                    pins[k] = v
+            request.headers.remove_first("Route")
+
+    def _route(self, fwd: _Forward, request: Request, transport: str, pins: dict[str, str],
+               from_node: bool, from_peer: bool) -> None:
+        method = request.method
+        key = fwd.server_key
+        ruri = request.ruri
+        dialog_creating = method in _DIALOG_METHODS and request.to.tag is None
+        rr: dict[str, str] | None = None
+        # 1. loose routing: a Route that is not ours remains
+        if request.headers.get("Route"):
+            nxt = request.routes[0].sip_uri
+            fwd.targets = [(_uri_dest(nxt), _uri_transport(nxt), None)]
+            inside = self.router.is_node_host(nxt.host) or nxt.host in self._peer_hosts
+            self._forward(fwd, "route", rr=None, strip_node=not inside)
+            return
+        if fwd.from_endpoint:
+            request.headers.remove(NODE_HEADER)  # never trusted from outside
+            if method == "REGISTER":
+                self._register(fwd, request, transport)
+                return
+            if method == "SUBSCRIBE" and self.settings.feature_server is not None and \
+                    (request.headers.get("Event") or "").split(";")[0].strip().lower() \
+                    == "message-summary":
+                fs = self.settings.feature_server
+                fwd.targets = [(fs, "UDP", None)]
+                self._forward(fwd, "feature_server", rr={} if dialog_creating else None)
+                return
+            nodes: list[NodeTarget] = []
+            pinned = pins.get("sc-node")
+            if pinned:
+                node = self.router.pinned(pinned)
+                if node is not None:
+                    nodes = [node]
+            if not nodes and ruri.host is not None:
+                node = self.router.node_at(ruri.host, ruri.port or 5060)
+                if node is not None:
+                    node = self.router.pinned(node.name)
+                    if node is not None:
+                        nodes = [node]
+            if not nodes:
+                nodes = self.router.candidates(request.call_id)
+            if not nodes:
+                self.requests.labels(method, "no_node").inc()
+                self._respond(fwd.server_key, request, 503, "No Node In Service",
+                              (("Retry-After", "5"),))
+                return
+            fwd.targets = [((n.host, n.port), n.transport, n) for n in nodes]
+            if dialog_creating:
+                rr = {"sc-node": nodes[0].name}
+                if transport != "UDP" or _behind_nat(request, fwd.source):
+                    rr["ft"] = _flow_token(transport, fwd.source)
+            self._forward(fwd, "node", rr=rr)
+            return
+        # from a node (or a peer proxy): toward an endpoint
+        node_name = request.headers.get(NODE_HEADER)
+        if node_name is None and from_node:
+            src_node = self.router.node_at(fwd.source[0])
+            node_name = src_node.name if src_node else None
+        flow = pins.get("ft")
+        if flow is not None:
+            dest, tp = _parse_flow_token(flow)
+            fwd.targets = [(dest, tp, None)]
+            self._forward(fwd, "flow", rr=None, strip_node=True)
+            return
+        if ruri.scheme in ("sip", "sips") and ruri.user and \
+                (ruri.host.lower() == self.settings.domain.lower() or
+                 self.is_own(ruri.host, ruri.port)):
+            aor = aor_of(ruri.user, self.settings.domain)
+            bindings = self.store.lookup(aor, time.time())
+            if not bindings:
+                self.requests.labels(method, "not_registered").inc()
+                self._respond(key, request, 480)
+                return
+            b = bindings[0]
+            if b.origin != self.settings.name and b.origin in self.settings.peers \
+                    and self.peer_alive(b.origin) and not from_peer:
+                # the proxy holding the phone's flow delivers it
+                fwd.targets = [(self.settings.peers[b.origin], "UDP", None)]
+                if node_name:
+                    request.headers.set(NODE_HEADER, node_name)
+                self._forward(fwd, "via_peer", rr={"sc-node": node_name} if dialog_creating
+                              and node_name else ({} if dialog_creating else None),
+                              strip_node=False)
+                return
+            request.uri = b.contact
+            for p in reversed(b.path):
+                request.headers.prepend("Route", p)
+            if b.path:
+                nxt = request.routes[0].sip_uri
+                fwd.targets = [(_uri_dest(nxt), _uri_transport(nxt), None)]
+            elif b.received is not None:
+                fwd.targets = [(_split_hostport(b.received), b.transport, None)]
+            else:
+                cu = parse_uri(b.contact)
+                fwd.targets = [(_uri_dest(cu), _uri_transport(cu), None)]
+            if dialog_creating:
+                rr = {}
+                if node_name:
+                    rr["sc-node"] = node_name
+                if b.received is not None:
+                    rr["ft"] = _flow_token(b.transport, _split_hostport(b.received))
+            self._forward(fwd, "aor", rr=rr, strip_node=True)
+            return
+        # anything else: on the Request-URI (trunks, other domains)
+        fwd.targets = [(_uri_dest(ruri), _uri_transport(ruri), None)]
+        self._forward(fwd, "ruri", rr={"sc-node": node_name} if dialog_creating and node_name
+                      else None, strip_node=True)
+
+    def _forward(self, fwd: _Forward, action: str, *, rr: dict[str, str] | None,
+                 strip_node: bool = False) -> None:
+        """§16.6: copy-free forwarding of ``fwd.request`` to ``fwd.targets[0]``."""
+        request = fwd.request
+        self.requests.labels(request.method, action).inc()
+        mf = request.max_forwards
+        request.headers.set("Max-Forwards", str(69 if mf is None else mf - 1))
+        if strip_node:
+            request.headers.remove(NODE_HEADER)
+        (_dest, transport, node) = fwd.targets[0]
+        if node is not None:
+            request.headers.set(NODE_HEADER, node.name)
+        if rr is not None:
+            in_tp = request.top_via.transport
+            request.headers.prepend("Record-Route", self._rr(in_tp, rr))
+            if in_tp != transport:
+                request.headers.prepend("Record-Route", self._rr(transport, rr))
+        self._send_branch(fwd)
+
+    def _send_branch(self, fwd: _Forward) -> None:
+        dest, transport, node = fwd.targets.pop(0)
+        fwd.node = node
+        request = fwd.request
+        if fwd.client_key is not None:
+            request.headers.remove_first("Via")
+            if node is not None:
+                request.headers.set(NODE_HEADER, node.name)
+        request.headers.prepend("Via", str(self._via(transport, request)))
+        try:
+            ckey = self.layer.send_request(request, dest, self._now(), transport=transport)
+        except TransactionError as exc:
+            self.log.warning("proxy_forward_failed", error=str(exc))
+            self._upstream_error(fwd, 500)
+            return
+        fwd.client_key = ckey
+        self._by_server[fwd.server_key] = fwd
+        self._by_client[ckey] = fwd
+        if fwd.cancelled:
+            self.layer.send_cancel(ckey, self._now())
+
+    # ------------------------------------------------------------ registrar front
+
+    def _register(self, fwd: _Forward, request: Request, transport: str) -> None:
+        """Registrar front (guide: "SIP Registration"): pass REGISTER to a local node,
+        remember what to store when it answers 2xx."""
+        to = request.to.sip_uri
+        aor = aor_of(to.user, to.host if to.host.lower() != self.settings.host
+                     else self.settings.domain)
+        now = time.time()
+        header_expires = request.expires
+        ua = request.headers.get("User-Agent")
+        behind = transport != "UDP" or _behind_nat(request, fwd.source)
+        received = f"{format_host(fwd.source[0])}:{fwd.source[1]}" if behind else None
+        planned: list[Binding] = []
+        for c in request.contacts:
+            if c.is_star:
+                planned = [Binding(aor, "*", now, now, self.settings.name)]
+                break
+            raw = c.params.get("expires")
+            expires = int(raw) if raw is not None and raw.isdigit() else (
+                header_expires if header_expires is not None
+                else self.settings.registrar_default_timeout)
+            reg_id = c.params.get("reg-id")
+            q = c.params.get("q")
+            try:
+                qv = float(q) if q is not None else None
+            except ValueError:
+                qv = None
+            planned.append(Binding(
+                aor, c.uri, now + expires, now, self.settings.name, transport, received, (),
+                unquote_param(c.params.get("+sip.instance")),
+                int(reg_id) if reg_id is not None and reg_id.isdigit() else None, ua, qv))
+        fwd.register = planned
+        fwd.path_supported = "path" in [s.strip().lower() for s in
+                                         request.headers.get_all("Supported")]
+        nodes = self.router.candidates(request.call_id)
+        nodes = [n for n in nodes if n.geo_location == self.settings.geo_location] or nodes
+        if not nodes:
+            self.requests.labels("REGISTER", "no_node").inc()
+            self._respond(fwd.server_key, request, 503, "No Node In Service",
+                          (("Retry-After", "5"),))
+            return
+        fwd.targets = [((n.host, n.port), n.transport, n) for n in nodes]
+        # RFC 3327: the node learns the way back to the phone's flow
+        ft = f";ft={_flow_token(transport, fwd.source)}" if received else ""
+        request.headers.prepend(
+            "Path", f"<sip:{format_host(self.settings.host)}:{self.settings.port};lr{ft}>")
+        self._forward(fwd, "register", rr=None)
+
+    def _store_registration(self, fwd: _Forward, response: Response) -> None:
+        assert fwd.register is not None
+        now = time.time()
+        answered: dict[str, int | None] = {}
+        try:
+            for c in response.contacts:
+                raw = c.params.get("expires")
+                answered[_norm_uri(c.uri)] = int(raw) if raw is not None and raw.isdigit() \
+                    else None
+            resp_expires = response.expires
+        except ParseError:
+            answered, resp_expires = {}, None
+        stamp = self._stamp()
+        for planned in fwd.register:
+            if planned.contact == "*":
+                for old in self.store.bindings_of(planned.aor):
+                    if not old.removed:
+                        self._apply(Binding(old.aor, old.contact, stamp, stamp,
+                                            self.settings.name, old.transport, old.received,
+                                            old.path, old.instance, old.reg_id))
+                continue
+            norm = _norm_uri(planned.contact)
+            if answered and norm not in answered:
+                expires_at = stamp  # the node no longer lists it: removed
+            else:
+                given = answered.get(norm)
+                if given is None and resp_expires is not None:
+                    given = resp_expires
+                expires_at = (now + given) if given is not None else planned.expires_at
+                expires_at = max(expires_at, stamp) if expires_at > now else stamp
+            b = Binding(planned.aor, planned.contact, expires_at, stamp, self.settings.name,
+                        planned.transport, planned.received, planned.path, planned.instance,
+                        planned.reg_id, planned.user_agent, planned.q)
+            self._apply(b)
+
+    def _apply(self, b: Binding) -> None:
+        if self.store.apply(b):
+            self.registrations.labels("removed" if b.removed else "stored").inc()
+            self.on_binding(b)
+        self.bindings_gauge.set(len(self.store))
+
+    # ------------------------------------------------------------ responses
+
+    def _on_response(self, ckey: TransactionKey, response: Response) -> None:
+        probe = self._probes.get(ckey)
+        if probe is not None:
+            if response.status >= 200:
+                del self._probes[ckey]
+                probe(response.status)
+            return
+        fwd = self._by_client.get(ckey)
+        if fwd is None:
+            return
+        status = response.status
+        if status == 100:
+            return
+        if status < 200:
+            fwd.got_provisional = True
+        is_invite_2xx = response.cseq.method == "INVITE" and 200 <= status < 300
+        if status >= 200 and fwd.final_sent and not is_invite_2xx:
+            return
+        if status == 503 and fwd.targets and not fwd.got_provisional and not fwd.final_sent:
+            self.failovers.labels("node_503").inc()
+            self._by_client.pop(ckey, None)
+            self._send_branch(fwd)
+            return
+        response.headers.remove_first("Via")
+        if fwd.from_endpoint:
+            response.headers.remove(NODE_HEADER)
+            method = response.cseq.method
+            if method == "REGISTER":
+                if 200 <= status < 300 and fwd.register is not None:
+                    self._store_registration(fwd, response)
+                if not fwd.path_supported:
+                    response.headers.remove("Path")
+            if status in (401, 407, 403) and fwd.had_credentials and \
+                    "stale=true" not in _challenge_text(response):
+                if self.auth_guard.failed(fwd.source[0], time.monotonic()):
+                    self.log.warning("sip_auth_source_refused", peer=fwd.source[0])
+            elif 200 <= status < 300 and fwd.had_credentials:
+                self.auth_guard.succeeded(fwd.source[0])
+        if status >= 200:
+            fwd.final_sent = True
+        self.responses.labels(f"{status // 100}xx").inc()
+        if fwd.delay > 0 and status >= 200:
+            self._loop.call_later(fwd.delay, self._send_upstream, fwd, response)
+        else:
+            self._send_upstream(fwd, response)
+
+    def _send_upstream(self, fwd: _Forward, response: Response) -> None:
+        try:
+            self.layer.send_response(response, self._now(), key=fwd.server_key)
+        except TransactionError as exc:
+            self.log.info("sip_response_not_sent", status=response.status, reason=str(exc))
+        status = response.status
+        if status >= 200 and not (response.cseq.method == "INVITE" and status < 300):
+            # nothing more to forward for this request: drop the state early
+            # (the transactions absorb retransmissions on their own)
+            self._by_server.pop(fwd.server_key, None)
+            if fwd.client_key is not None:
+                self._by_client.pop(fwd.client_key, None)
+        self._flush()
+
+    def _upstream_error(self, fwd: _Forward, status: int, reason: str | None = None) -> None:
+        if fwd.final_sent:
+            return
+        fwd.final_sent = True
+        resp = make_response(fwd.request, status, reason, to_tag=hashlib.blake2b(
+            fwd.request.call_id.encode(), digest_size=6).hexdigest())
+        resp.headers.remove_first("Via")
+        resp.headers.remove(NODE_HEADER)
+        if status == 503:
+            resp.headers.add("Retry-After", "5")
+        self._send_upstream(fwd, resp)
+
+    def _client_failed(self, ckey: TransactionKey, status: int, why: str) -> None:
+        probe = self._probes.pop(ckey, None)
+        if probe is not None:
+            probe(None)
+            return
+        fwd = self._by_client.pop(ckey, None)
+        if fwd is None or fwd.final_sent:
+            return
+        if fwd.targets and not fwd.got_provisional and not fwd.cancelled:
+            self.failovers.labels(why).inc()
+            self._send_branch(fwd)
+            return
+        self._upstream_error(fwd, status)
+
+    def _on_terminated(self, key: TransactionKey) -> None:
+        fwd = self._by_server.pop(key, None)
+        if fwd is not None and fwd.client_key is not None:
+            self._by_client.pop(fwd.client_key, None)
+        fwd = self._by_client.pop(key, None)
+        if fwd is not None and not fwd.final_sent:
+            self._upstream_error(fwd, 408)
+        self._probes.pop(key, None)
+
+    # ------------------------------------------------------------ CANCEL, ACK, strays
+
+    def _on_cancel(self, event: CancelReceived) -> None:
+        """§16.10: 200 to the CANCEL, then CANCEL every pending branch."""
+        fwd = self._by_server.get(event.invite_key) if event.invite_key else None
+        if fwd is None:
+            self._respond(event.key, event.request, 481)
+            return
+        self._respond(event.key, event.request, 200)
+        fwd.cancelled = True
+        fwd.targets = []
+        if fwd.client_key is not None and not fwd.final_sent:
+            self.layer.send_cancel(fwd.client_key, self._now())
+
+    def _on_ack(self, ack: Request, source: Address, transport: str) -> None:
+        """ACK for a 2xx: forwarded statelessly along the route (§16.6, §13.2.2.4)."""
+        if not self.synced():
+            return
+        mf = ack.max_forwards
+        if mf is not None and mf <= 0:
+            return
+        pins: dict[str, str] = {}
+        self._pop_own_routes(ack, pins)
+        from_endpoint = not self.router.is_node_host(source[0]) and \
+            source[0] not in self._peer_hosts
+        dest: Address
+        tp: str
+        if ack.headers.get("Route"):
+            nxt = ack.routes[0].sip_uri
+            dest, tp = _uri_dest(nxt), _uri_transport(nxt)
+        elif from_endpoint:
+            ack.headers.remove(NODE_HEADER)
+            node = self.router.pinned(pins["sc-node"]) if "sc-node" in pins else None
+            if node is None and ack.ruri.host:
+                node = self.router.node_at(ack.ruri.host, ack.ruri.port or 5060)
+            if node is None:
+                self.requests.labels("ACK", "no_node").inc()
+                return
+            dest, tp = (node.host, node.port), node.transport
+        elif "ft" in pins:
+            dest, tp = _parse_flow_token(pins["ft"])
+            ack.headers.remove(NODE_HEADER)
+        else:
+            dest, tp = _uri_dest(ack.ruri), _uri_transport(ack.ruri)
+            ack.headers.remove(NODE_HEADER)
+        ack.headers.set("Max-Forwards", str(69 if mf is None else mf - 1))
+        top = ack.top_via.branch or ""
+        branch = "z9hG4bKsa" + hashlib.blake2b(top.encode(), digest_size=8).hexdigest()
+        ack.headers.prepend("Via", str(Via(tp, self.settings.host, self.settings.port,
+                                           {"branch": branch, "rport": None})))
+        self.requests.labels("ACK", "forwarded").inc()
+        self.send_stateless(ack, tp, dest)
+
+    def _forward_stray(self, response: Response) -> None:
+        """A response matching no client transaction (a late 2xx): forward it
+        statelessly if the top Via is ours (§16.7, §18.1.2)."""
+        try:
+            vias = response.vias
+        except ParseError:
+            return
+        if len(vias) < 2 or not self.is_own(vias[0].host, vias[0].port):
+            return
+        response.headers.remove_first("Via")
+        nxt = vias[1]
+        host = nxt.received or nxt.host
+        port = nxt.rport or nxt.port or DEFAULT_PORTS.get(nxt.transport, 5060)
+        if self.router.is_node_host(host) is False:
+            response.headers.remove(NODE_HEADER)
+        self.send_stateless(response, nxt.transport, (host, port))
+
+    # ------------------------------------------------------------ OPTIONS probes
+
+    def probe(self, target: NodeTarget, done: Callable[[int | None], None]) -> None:
+        """Send one OPTIONS to ``target`` (oos-check); ``done(status or None)``."""
+        uri = f"sip:{format_host(target.host)}:{target.port}"
+        tag = hashlib.blake2b(f"{self.settings.name}{self._now()}".encode(),
+                              digest_size=5).hexdigest()
+        req = Request("OPTIONS", uri)
+        h = req.headers
+        h.add("Via", str(Via(target.transport, self.settings.host, self.settings.port,
+                             {"branch": self.layer.new_branch(), "rport": None})))
+        h.add("Max-Forwards", "70")
+        h.add("From", f"<sip:{self.settings.name}@{format_host(self.settings.host)}>;tag={tag}")
+        h.add("To", f"<{uri}>")
+        h.add("Call-ID", f"oos-{tag}@{self.settings.host}")
+        h.add("CSeq", "1 OPTIONS")
+        h.add("User-Agent", "sipcluster-sip-proxy")
+        try:
+            key = self.layer.send_request(req, (target.host, target.port), self._now(),
+                                          transport=target.transport)
+        except TransactionError:
+            done(None)
+            return
+        self._probes[key] = done
+        self._flush()
+
+
+# --------------------------------------------------------------------------- small rules
+
+
+def _replace_port(s: ProxySettings, port: int) -> ProxySettings:
+    from dataclasses import replace
+    return replace(s, port=port)
+
+
+def _response_dest(request: Request, flow: Any) -> Address:
+    if flow.transport != "UDP":
+        return (flow.remote[0], flow.remote[1])
+    via = request.top_via
+    if via.rport is not None or "rport" in via.params:
+        return (flow.remote[0], flow.remote[1])
+    return (flow.remote[0], via.port or 5060)
+
+
+def _behind_nat(request: Request, source: Address) -> bool:
+    """RFC 3581: the phone's sent-by is not where its packets come from."""
+    via = request.top_via
+    return via.host.strip("[]") != source[0] or (via.port or 5060) != source[1]
+
+
+def _flow_token(transport: str, addr: Address) -> str:
+    return f"{transport.lower()}-{addr[0].replace(':', '_')}-{addr[1]}"
+
+
+def _parse_flow_token(token: str) -> tuple[Address, str]:
+    transport, host, port = token.rsplit("-", 2)
+    return (host.replace("_", ":"), int(port)), transport.upper()
+
+
+def _split_hostport(text: str) -> Address:
+    host, _, port = text.rpartition(":")
+    return host.strip("[]"), int(port)
+
+
+def _uri_transport(uri: SipUri) -> str:
+    tp = (uri.params.get("transport") or "").upper()
+    if uri.scheme == "sips":
+        return "TLS"
+    return tp if tp in ("UDP", "TCP", "TLS") else "UDP"
+
+
+def _uri_dest(uri: SipUri) -> Address:
+    host = uri.params.get("maddr") or uri.host
+    if not host:
+        raise ValueError("URI without host")
+    tp = _uri_transport(uri)
+    return host, uri.port or DEFAULT_PORTS.get(tp, 5060)
+
+
+def _norm_uri(text: str) -> str:
+    try:
+        u = parse_uri(text.strip("<>"))
+    except ParseError:
+        return text
+    return f"{u.scheme}:{u.user or ''}@{u.host.lower()}:{u.port or 5060}"
+
+
+def _challenge_text(response: Response) -> str:
+    return " ".join(response.headers.get_lines("WWW-Authenticate") +
+                    response.headers.get_lines("Proxy-Authenticate")).lower()
+

@@ -1,0 +1,290 @@
+"""``sipcluster sip-proxy --config FILE --name APP``: the SIP edge of a data
+centre (docs/sip-proxy.md; guide: "SIP Proxy", "Configuring SIP Proxy").
+
+The daemon reads its entry in the cluster file (host, ``sip-port``,
+``geo-location``, ``[sipproxy]`` options ``oos-check``, ``oos-force``,
+``registrar-default-timeout``), the cluster nodes (primaries listed in the
+SIP Cluster Node DN and their HA ``backup``), the other SIP Proxies
+(``siproxy-applications``) and the feature-server of its geo-location, then:
+
+* listens for SIP on ``sip-port`` (UDP + TCP) -- :mod:`.proxy`;
+* replicates bindings with every other proxy -- :mod:`.replication`
+  (``replication-port``; until the cluster file has that key: ``sip-port +
+  1000``);
+* checks every node with OPTIONS -- :mod:`.oos`;
+* serves ``/healthz`` (fails until the bindings are synced), ``/metrics``,
+  ``/status/nodes``, ``/status/replication``, ``/status/registrations`` on
+  ``http-port`` (else ``mgmt-port``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import gc
+import time
+from collections.abc import Callable
+from typing import Any
+
+from daemons.cluster.config import AppKind, ClusterConfig, load_cluster
+from daemons.runtime.config import ConfigError
+from daemons.runtime.logs import configure_logging
+from daemons.runtime.service import Service, cancel_and_wait, run_service
+from daemons.sip_proxy.oos import OosMonitor
+from daemons.sip_proxy.proxy import ProxyCore, ProxySettings
+from daemons.sip_proxy.registrar import BindingStore
+from daemons.sip_proxy.replication import PeerAddress, Replicator
+from daemons.sip_proxy.routing import NodeTarget, Router
+from daemons.sip_proxy.security import AuthGuard, RateLimiter
+
+__all__ = ["SipProxy", "add_parser", "replication_port", "run"]
+
+#: Offset of the replication port from sip-port while the cluster file has no key for it.
+REPLICATION_PORT_OFFSET = 1000
+
+
+def replication_port(app: Any) -> int:
+    """The replication port of a sip-proxy entry: ``replication-port`` when the
+    cluster file has it, else ``sip-port + 1000``."""
+    port = app.ports.get("replication-port") if hasattr(app, "ports") else None
+    if port:
+        return int(port)
+    return int(app.ports["sip-port"]) + REPLICATION_PORT_OFFSET
+
+
+def nodes_of(cfg: ClusterConfig) -> list[NodeTarget]:
+    """Every cluster node and its HA backup as routing targets."""
+    out: list[NodeTarget] = []
+    for node in cfg.cluster_nodes():
+        geo = node.geo_location or ""
+        port = node.ports["sip-port"]
+        out.append(NodeTarget(node.name, geo, node.host, port, pair=node.backup,
+                              primary=True, group=node.name))
+        if node.backup:
+            b = cfg.applications[node.backup]
+            out.append(NodeTarget(b.name, b.geo_location or geo, b.host, b.ports["sip-port"],
+                                  pair=node.name, primary=False, group=node.name))
+    return out
+
+
+def _hostport(text: str) -> tuple[str, int]:
+    host, _, port = text.rpartition(":")
+    if not host or not port.isdigit():
+        raise ValueError(f"expected HOST:PORT, got {text!r}")
+    return host.strip("[]"), int(port)
+
+
+class SipProxy(Service):
+    """The sip-proxy daemon (see module docstring)."""
+
+    kind = "sip_proxy"
+
+    def __init__(self, args: argparse.Namespace, cfg: ClusterConfig | None = None) -> None:
+        super().__init__(app_name=args.name)
+        self.cfg = cfg if cfg is not None else load_cluster(args.config)
+        self.app = self.cfg.application(args.name, AppKind.SIP_PROXY)
+        app = self.app
+        opts = app.options
+        self.geo = app.geo_location or ""
+        self.oos_check = float(args.oos_check if args.oos_check is not None
+                               else opts.get("oos-check", 5))
+        self.oos_force = float(args.oos_force if args.oos_force is not None
+                               else opts.get("oos-force", 5))
+        self.management_host = app.host
+        self.management_port = args.http_port if args.http_port is not None else \
+            app.ports.get("http-port", app.ports.get("mgmt-port", 0))
+        fs: tuple[str, int] | None = None
+        if args.feature_server_address:
+            fs = _hostport(args.feature_server_address)
+        else:
+            for f in self.cfg.by_kind(AppKind.FEATURE_SERVER, self.geo):
+                if f.ports.get("sip-port"):
+                    fs = (f.host, f.ports["sip-port"])
+                    break
+        peers = [a for a in self.cfg.by_kind(AppKind.SIP_PROXY) if a.name != app.name]
+        self.peer_addresses = [PeerAddress(p.name, p.host, replication_port(p)) for p in peers]
+        self.settings = ProxySettings(
+            name=app.name, host=app.host, port=app.ports["sip-port"], geo_location=self.geo,
+            domain=self.cfg.switch.domain,
+            registrar_default_timeout=int(opts.get("registrar-default-timeout", 140)),
+            feature_server=fs,
+            peers={p.name: (p.host, p.ports["sip-port"]) for p in peers})
+        self.repl_port = args.replication_port if args.replication_port is not None else \
+            replication_port(app)
+        self.nodes = nodes_of(self.cfg)
+        self.store = BindingStore()
+        self.monitor = OosMonitor([n.name for n in self.nodes], oos_check=self.oos_check,
+                                  oos_force=self.oos_force)
+        self.router = Router(self.nodes, self.geo, self.monitor.usable)
+        self.rate_limiter = RateLimiter(args.rate_limit, args.rate_burst)
+        self.auth_guard = AuthGuard(slow_after=args.auth_slow_after,
+                                    block_after=args.auth_block_after,
+                                    block_seconds=args.auth_block_seconds)
+        self.sync_timeout = args.sync_timeout
+        self.core: ProxyCore | None = None
+        self.replicator: Replicator | None = None
+        self._tasks: list[asyncio.Task[Any]] = []
+        self._node_state = self.metrics.gauge(
+            "proxy_node_in_service", "1 when the node gets traffic (in service and primary)",
+            ("node", "geo_location"))
+        self._node_checks = self.metrics.counter(
+            "proxy_node_checks", "OPTIONS checks sent (oos-check)", ("node",))
+        self._node_answers = self.metrics.counter(
+            "proxy_node_answers", "Answers to OPTIONS checks", ("node",))
+        self._node_transitions = self.metrics.counter(
+            "proxy_node_transitions", "Service state changes", ("node", "state"))
+        self._rate_limited = self.metrics.gauge(
+            "proxy_rate_limited_sources", "Sources with a rate-limit bucket")
+
+    # ------------------------------------------------------------ lifecycle
+
+    async def start(self) -> None:
+        self.replicator = Replicator(
+            self.app.name, self.app.host, self.repl_port, self.store, self.peer_addresses,
+            log=self.log, metrics=self.metrics, sync_timeout=self.sync_timeout)
+        replicator = self.replicator
+        self.core = ProxyCore(
+            self.settings, router=self.router, store=self.store, metrics=self.metrics,
+            log=self.log, on_binding=replicator.publish, synced=lambda: replicator.synced,
+            peer_alive=replicator.peer_alive, rate_limiter=self.rate_limiter,
+            auth_guard=self.auth_guard)
+        await self.core.start()
+        self.repl_port = await replicator.start()
+        self.management.add_health_check("replication", lambda: (
+            replicator.synced, {"bindings": len(self.store), "peers_connected": sum(
+                1 for p in replicator.links.values() if p.connected)}))
+        self.management.add_health_check("nodes", lambda: (True, {
+            "usable": [n.name for n in self.nodes if self.monitor.usable(n.name)]}))
+        self.management.add_status_page("/status/nodes", self.nodes_status)
+        self.management.add_status_page("/status/replication", replicator.status)
+        self.management.add_status_page("/status/registrations", self.registrations_status)
+        self.management.add_status_page("/status/security", lambda: {
+            "rate_limited": self.rate_limiter.refused,
+            "blocked_sources": self.auth_guard.blocked(time.monotonic())})
+        self._tasks.append(asyncio.create_task(self._oos_loop()))
+        self._tasks.append(asyncio.create_task(self._purge_loop()))
+        self.log.info("sip_proxy_started", sip_port=self.core.port,
+                      replication_port=self.repl_port, geo_location=self.geo,
+                      nodes=[n.name for n in self.nodes], oos_check=self.oos_check,
+                      oos_force=self.oos_force)
+        gc.freeze()
+
+    async def stop(self) -> None:
+        await cancel_and_wait(*self._tasks)
+        if self.replicator is not None:
+            await self.replicator.close()
+        if self.core is not None:
+            await self.core.close()
+
+    # ------------------------------------------------------------ oos-check
+
+    async def _oos_loop(self) -> None:
+        assert self.core is not None
+        by_name = {n.name: n for n in self.nodes}
+        loop = asyncio.get_running_loop()
+        while True:
+            now = loop.time()
+            for name in self.monitor.due(now):
+                self._node_checks.labels(name).inc()
+                self.core.probe(by_name[name], self._answer_callback(name))
+            for name in self.monitor.tick(now):
+                self._report(name)
+            delay = max(0.02, self.monitor.next_deadline(loop.time()) - loop.time())
+            await asyncio.sleep(min(delay, 1.0))
+
+    def _answer_callback(self, name: str) -> Callable[[int | None], None]:
+        return lambda status: self._answered(name, status)
+
+    def _answered(self, name: str, status: int | None) -> None:
+        if status is None:
+            return  # no answer: oos-force decides
+        self._node_answers.labels(name).inc()
+        if self.monitor.answered(name, status, asyncio.get_running_loop().time()):
+            self._report(name)
+
+    def _report(self, name: str) -> None:
+        h = self.monitor.nodes[name]
+        node = self.router.nodes[name]
+        usable = self.monitor.usable(name)
+        self._node_state.labels(name, node.geo_location).set(1 if usable else 0)
+        state = h.state.value if (usable or h.state.value != "in-service") else "standby"
+        self._node_transitions.labels(name, state).inc()
+        self.log.info("node_state_changed", node=name, state=state,
+                      geo_location=node.geo_location, last_status=h.last_status)
+
+    async def _purge_loop(self) -> None:
+        while True:
+            await asyncio.sleep(10.0)
+            dropped = self.store.purge(time.time())
+            if dropped:
+                self.log.debug("bindings_purged", count=dropped)
+
+    # ------------------------------------------------------------ status pages
+
+    def nodes_status(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for n in self.nodes:
+            out[n.name] = {"geo_location": n.geo_location, "host": n.host, "port": n.port,
+                           "primary": n.primary, "pair": n.pair,
+                           "local": n.geo_location == self.geo,
+                           "usable": self.monitor.usable(n.name),
+                           **self.monitor.nodes[n.name].as_dict()}
+        return {"geo_location": self.geo, "oos_check": self.oos_check,
+                "oos_force": self.oos_force, "nodes": out}
+
+    def registrations_status(self) -> dict[str, Any]:
+        now = time.time()
+        live = [b for b in self.store.all() if not b.removed and b.expires_at > now]
+        return {"count": len(live), "aors": self.store.aor_count(),
+                "bindings": [b.as_dict(now) for b in live[:1000]]}
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def add_parser(subparsers: Any) -> None:
+    p = subparsers.add_parser(
+        "sip-proxy", help="run a SIP Proxy: the SIP edge of a data centre",
+        description=(
+            "SIP Proxy of a SIP Cluster: registrar front for the cluster nodes, bindings "
+            "replicated to every proxy, Call-ID load balancing over the in-service nodes of "
+            "its geo-location, active out-of-service detection (oos-check / oos-force), MWI "
+            "SUBSCRIBEs to the feature-server. See docs/sip-proxy.md."))
+    p.add_argument("--config", required=True, help="the cluster file (TOML)")
+    p.add_argument("--name", required=True, help="this proxy's application name")
+    p.add_argument("--replication-port", type=int, default=None,
+                   help="override the replication port (default sip-port + 1000)")
+    p.add_argument("--feature-server-address", default=None, metavar="HOST:PORT",
+                   help="where MWI SUBSCRIBEs go (default: the feature-server of the "
+                        "geo-location in the cluster file)")
+    p.add_argument("--http-port", type=int, default=None,
+                   help="management HTTP port (default: http-port of the entry)")
+    p.add_argument("--oos-check", type=float, default=None, help="override oos-check, s")
+    p.add_argument("--oos-force", type=float, default=None, help="override oos-force, s")
+    p.add_argument("--rate-limit", type=float, default=200.0,
+                   help="requests per second allowed per source IP (0: no limit)")
+    p.add_argument("--rate-burst", type=float, default=400.0,
+                   help="burst size of the per-source token bucket")
+    p.add_argument("--auth-slow-after", type=int, default=3,
+                   help="failed authentications from one IP before its answers are delayed")
+    p.add_argument("--auth-block-after", type=int, default=10,
+                   help="failed authentications from one IP before it is refused (403)")
+    p.add_argument("--auth-block-seconds", type=float, default=60.0,
+                   help="how long a source is refused")
+    p.add_argument("--sync-timeout", type=float, default=30.0,
+                   help="serve anyway after this many seconds without a full snapshot")
+    p.add_argument("--log-level", default="info")
+    p.add_argument("--log-format", default="auto", choices=("auto", "json", "console"))
+
+
+def run(args: argparse.Namespace) -> int:
+    configure_logging(args.log_level, fmt=args.log_format)
+    try:
+        service = SipProxy(args)
+    except (ConfigError, ValueError) as exc:
+        print(f"sip-proxy: {exc}")
+        return 2
+    with contextlib.suppress(KeyboardInterrupt):
+        return run_service(service)
+    return 0
