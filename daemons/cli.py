@@ -41,7 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
         try:
             module = importlib.import_module(module_name)
         except ModuleNotFoundError as exc:
-            if exc.name == module_name:
+            if exc.name is not None and (module_name + ".").startswith(exc.name + "."):
                 continue  # not part of this build
             raise
         target = top

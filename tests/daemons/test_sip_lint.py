@@ -13,7 +13,7 @@ import pytest
 from daemons.tools import sip_lint
 
 ROOT = Path(__file__).resolve().parents[2]
-TORTURE = ROOT.parent / "shared" / "conformance"
+TORTURE = ROOT / "tests" / "data" / "conformance"
 
 GOOD = (
     b"OPTIONS sip:bob@example.com SIP/2.0\r\n"

@@ -24,7 +24,7 @@ from protocols.sip.errors import ParseError, VersionNotSupported
 from protocols.sip.headers import CSeq
 from protocols.sip.message import Message, Request, Response, parse_message, validate
 
-ROOT = Path(__file__).resolve().parents[3].parent / "shared" / "conformance"
+ROOT = Path(__file__).resolve().parents[2] / "data" / "conformance"
 
 PARSE, PARSE_INVALID, REJECT = "parse", "parse-invalid", "reject"
 
