@@ -136,6 +136,10 @@ class TController:
         self.dn_services: dict[str, DnService] = {}
         self.tcport: Recipients | None = None
         self.smart_proxy: Any = None  # SmartProxy, set by the service
+        self.mesh: Any = None  # Mesh, set by the service (daemons.t_controller.mesh)
+        self.metrics = metrics
+        #: agents logged in on DNs peers own, as their events tell (AttributeAgentID ...)
+        self.remote_agents: dict[str, dict[str, Any]] = {}
         #: ownership decisions, for the peers of the mesh
         self.decision_listeners: list[Callable[[OwnershipDecision], None]] = []
         self.link_up = False
@@ -194,9 +198,12 @@ class TController:
         owner = self.ownership.owner(dn)
         kind = self.kinds.get(dn)
         view = self.agents.agent(dn)
+        remote = self.remote_agents.get(dn) if owner is not None and owner != self.node \
+            else None
+        agent_state = remote["state"] if remote is not None else self.agents.state(dn)
         state: dict[str, Any] = {
             "dn-state": "in-service" if self.in_service(dn) else "out-of-service",
-            "agent-state": self.agents.state(dn).value,
+            "agent-state": agent_state.value,
             "on-call": self.agents.on_call(dn),
         }
         if owner is not None:
@@ -209,6 +216,9 @@ class TController:
 
     def dn_attributes(self, dn: str) -> dict[str, Any]:
         attributes = {"AttributeThisDN": dn, **agent_view_attributes(self.agents.agent(dn))}
+        remote = self.remote_agents.get(dn)
+        if remote is not None and self.ownership.owner(dn) not in (None, self.node):
+            attributes.update({k: v for k, v in remote.items() if k.startswith("Attribute")})
         attributes["AttributeExtensions"] = self.dn_state(dn)
         return attributes
 
@@ -257,6 +267,62 @@ class TController:
             delivered = self.smart_proxy.publish(name, attributes)
             if delivered:
                 self._sent_sp.inc(delivered)
+        if self.mesh is not None:
+            self.mesh.publish(name, attributes, dn if isinstance(dn, str) else None, requester)
+
+    def deliver_remote(self, name: str, attributes: TMap,
+                       answer: Answer | None = None) -> None:
+        """An event a peer t-controller sent (of a DN it owns, or of a call on
+        its node): to the clients here that registered the DN, and to the
+        Smart Proxy when it is fed through the mesh (normal mode)."""
+        dn = attributes.get("AttributeThisDN")
+        if isinstance(dn, str) and name.startswith("EventAgent"):
+            self.mirror_agent(name, attributes)
+        sent = 0
+        requester = answer[0] if answer is not None else None
+        if answer is not None:
+            answered = dict(attributes)
+            answered["AttributeReferenceID"] = answer[1]
+            if answer[0].send_event(name, answered) is not None:
+                sent += 1
+        if self.tcport is not None:
+            for conn in self.tcport.recipients(dn if isinstance(dn, str) else None, False):
+                if conn is not requester and conn.send_event(name, attributes) is not None:
+                    sent += 1
+        if sent:
+            self._sent_tc.inc(sent)
+        mesh = self.mesh
+        if self.smart_proxy is not None and mesh is not None and not mesh.optimised:
+            self.smart_proxy.feed(name, attributes, "mesh")
+
+    def mirror_agent(self, name: str, attributes: TMap) -> None:
+        """Keep the agent state of a peer's DN from its agent events."""
+        dn = attributes.get("AttributeThisDN")
+        if not isinstance(dn, str):
+            return
+        if name == "EventAgentLogout":
+            self.remote_agents.pop(dn, None)
+            return
+        work_mode = attributes.get("AttributeAgentWorkMode", "Unknown")
+        reasons = attributes.get("AttributeReason") or {}
+        if name == "EventAgentReady":
+            state = AgentState.READY
+        elif name == "EventAgentNotReady":
+            state = (AgentState.AFTER_CALL_WORK if work_mode == "AfterCallWork"
+                     and "ManualSetACWPeriod" not in reasons else AgentState.NOT_READY)
+        elif name == "EventAgentLogin":
+            state = AgentState.NOT_READY
+        else:
+            return
+        entry = self.remote_agents.get(dn, {})
+        agent_id = attributes.get("AttributeAgentID", entry.get("AttributeAgentID"))
+        if not isinstance(agent_id, str):
+            return
+        entry = {"AttributeAgentID": agent_id, "AttributeAgentWorkMode": work_mode,
+                 "state": state}
+        if reasons:
+            entry["AttributeReason"] = dict(reasons)
+        self.remote_agents[dn] = entry
 
     def publish_agent_events(self, events: Iterable[AgentEvent],
                              answer: Answer | None = None, *,
@@ -265,10 +331,17 @@ class TController:
             self.publish(event.name, agent_event_attributes(event), answer=answer, local=local)
             answer = None
 
-    def apply(self, outputs: Iterable[OwnershipOutput], answer: Answer | None = None) -> None:
-        """Turn ownership-table outputs into events, log lines and decisions."""
+    def apply(self, outputs: Iterable[OwnershipOutput], answer: Answer | None = None, *,
+              claimant: tuple[str, str] | None = None,
+              details: dict[str, TMap] | None = None) -> None:
+        """Turn ownership-table outputs into events, log lines and decisions.
+
+        ``claimant`` (client id, application name) goes with a T-Library claim
+        sent to a peer owner; ``details`` adds attributes to the DN service
+        event of a DN (the state a peer announced with its decision)."""
         now = self.clock()
         outputs = list(outputs)
+        reclaim: list[str] = []
         # the table has changed already: the events of a DN that just left this
         # node (logout, out of service) still go to the smart clients here
         left_here = {o.dn for o in outputs
@@ -286,12 +359,24 @@ class TController:
                 owner = self.ownership.owner(dn)
                 if owner is not None:
                     attributes["AttributeExtensions"] = {"owner": owner}
+                if details is not None and dn in details:
+                    attributes = {**details[dn], "AttributeThisDN": dn}
                 self.publish(out.name, attributes, answer=answer, local=local)
                 answer = None
                 if out.name == "EventDNOutOfService":
-                    self.dn_services.pop(dn, None)
+                    if self.ownership.owner(dn) is None and dn in self.dn_services \
+                            and dn not in left_here:
+                        reclaim.append(dn)  # registered here: a peer's claim lapsed
+                    else:
+                        self.dn_services.pop(dn, None)
                     self.publish_agent_events(self.agents.dn_out_of_service(dn, now),
                                               local=local)
+                    remote = self.remote_agents.pop(dn, None)
+                    if remote is not None:
+                        self.deliver_remote("EventAgentLogout", {
+                            "AttributeThisDN": dn, "AttributeAgentID": remote["AttributeAgentID"],
+                            "AttributeAgentWorkMode": "Unknown",
+                            "AttributeReason": {"cause": "logout-on-out-of-service"}})
             elif isinstance(out, OwnershipGranted | OwnershipReleased | OwnershipMoved):
                 self.log.info("dn_ownership_" + type(out).__name__[9:].lower(), dn=out.dn,
                               decision=repr(out))
@@ -300,11 +385,20 @@ class TController:
             elif isinstance(out, ForwardClaim):
                 self.log.info("dn_ownership_claim_for_peer", dn=out.dn, owner=out.owner,
                               claimant=out.claimant)
+                if self.mesh is not None:
+                    if out.kind is OwnershipKind.SIP:
+                        self.mesh.send_claim(out, expires=NODE_AUTHORITATIVE_EXPIRES)
+                    elif claimant is not None:
+                        self.mesh.send_claim(out, client=claimant[0], application=claimant[1])
             elif isinstance(out, MovePending):
                 self.log.info("dn_ownership_move_pending", dn=out.dn, owner=out.owner,
                               claimant=out.claimant, waiting_for=out.waiting_for)
             elif isinstance(out, ClaimIgnored):
                 self.log.debug("dn_ownership_claim_ignored", dn=out.dn, reason=out.reason)
+        for dn in reclaim:
+            self.log.info("dn_ownership_reclaimed", dn=dn)
+            self.apply(self.ownership.sip_registered(dn, self.node, NODE_AUTHORITATIVE_EXPIRES,
+                                                     now))
         self.schedule_timer()
 
     # -- agent requests -------------------------------------------------------------
@@ -410,6 +504,19 @@ class TController:
         self.apply(self.ownership.sip_unregistered(dn, self.node, self.clock()))
 
     def _call_event(self, name: str, attributes: TMap, answer: Answer | None) -> None:
+        dn = attributes.get("AttributeThisDN")
+        mesh = self.mesh
+        if mesh is not None and isinstance(dn, str):
+            owner = mesh.owner_peer(dn)
+            if owner is not None:
+                # the owner processes and relays the events of its DNs
+                mesh.to_owner(owner, name, attributes, answer)
+                return
+        self.on_owned_call_event(name, attributes, answer)
+
+    def on_owned_call_event(self, name: str, attributes: TMap, answer: Answer | None) -> None:
+        """A call event of a DN this node owns (or of no owner), from this
+        node's sip-server or from the node of a peer where the call is."""
         dn = attributes.get("AttributeThisDN")
         conn_id = attributes.get("AttributeConnID")
         self.publish(name, attributes, answer=answer)

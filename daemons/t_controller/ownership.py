@@ -185,6 +185,7 @@ class _Entry:
     expires: float | None = None
     clients: set[str] = field(default_factory=set)  # T-Library holders on the owner node
     pending: _Claim | None = None
+    release_when_idle: str | None = None  # cause of a release waiting for call / ACW end
 
 
 def _back_in_service(dn: str) -> DnServiceEvent:
@@ -310,6 +311,7 @@ class OwnershipTable:
             return out
         if entry.node == node:
             entry.clients.add(client)
+            entry.release_when_idle = None
             return []
         if entry.node != self.local_node:
             return [ForwardClaim(dn, entry.node, node, OwnershipKind.TLIB)]
@@ -412,6 +414,9 @@ class OwnershipTable:
                     times.append(e.pending.grace_deadline)
                 if e.pending.expires is not None:
                     times.append(e.pending.expires)
+        for e in self._entries.values():
+            if e.release_when_idle is not None and not self.agents.is_busy(e.dn):
+                times.append(0.0)
         agent_timer = self.agents.next_timer() if self._any_pending() else None
         if agent_timer is not None:
             times.append(agent_timer)  # wrap-up end may let a waiting move go
@@ -431,6 +436,9 @@ class OwnershipTable:
                 out += self._release_or_move(entry, now, "expired")
             elif entry.pending is not None:
                 out += self._advance(entry, now)
+            elif entry.release_when_idle is not None and not self.agents.is_busy(entry.dn):
+                cause, entry.release_when_idle = entry.release_when_idle, None
+                out += self._release_or_move(entry, now, cause)
         return out
 
     # -- internals -------------------------------------------------------------------
@@ -457,6 +465,12 @@ class OwnershipTable:
             entry.expires = None
         if entry.pending is not None:
             return self._advance(entry, now, owner_gone=True)
+        if (entry.kind is OwnershipKind.TLIB and entry.node == self.local_node
+                and self.agents.is_busy(entry.dn)):
+            # the last T-Library holder let go during a call or after-call work: the
+            # DN stays here until they are over (guide: "GWS Disaster Recovery Scenarios")
+            entry.release_when_idle = cause
+            return []
         del self._entries[entry.dn]
         return [OwnershipReleased(entry.dn, entry.node, cause), _out_of_service(entry.dn)]
 
@@ -469,7 +483,8 @@ class OwnershipTable:
         dn = entry.dn
         if entry.node != self.local_node:
             return [ForwardClaim(dn, entry.node, claim.node, claim.kind)]
-        if claim.kind is OwnershipKind.TLIB and entry.clients and not owner_gone:
+        if (claim.kind is OwnershipKind.TLIB and entry.clients and not owner_gone
+                and entry.release_when_idle is None):
             return self._pending(entry, claim, "owner-clients")
         if self.agents.is_busy(dn):
             return self._pending(entry, claim, "call-or-after-call-work")

@@ -8,6 +8,7 @@ Listeners, from the application's entry in the cluster file:
 * ``smart-proxy-port`` (T-Library, legacy clients only): monitoring clients
   (:mod:`daemons.t_controller.smart_proxy`), when the entry has one;
 * ``http-port``: ``/healthz`` (TCport listening, node link up), ``/metrics``,
+  ``/status/peers`` (mesh links and latency polls),
   ``/status/dns``.
 
 It connects to the ``default-port`` of its sip-server (the node link,
@@ -26,6 +27,7 @@ from daemons.runtime.logs import configure_logging
 from daemons.runtime.service import Service, run_service
 from daemons.sip_server.tlib_server import TLibServer
 from daemons.t_controller.controller import TController
+from daemons.t_controller.mesh import Mesh
 from daemons.t_controller.node_link import NodeLink
 from daemons.t_controller.smart_proxy import ACCEPTED_CLIENT_TYPES, SmartProxy
 from daemons.t_controller.tcport import TCPort
@@ -39,7 +41,8 @@ class TControllerService(Service):
     kind = "t-controller"
 
     def __init__(self, config: ClusterConfig, name: str, *,
-                 resync_grace: float | None = None) -> None:
+                 resync_grace: float | None = None,
+                 mesh_options: dict[str, Any] | None = None) -> None:
         super().__init__(name)
         self.config = config
         self.app = config.application(name, AppKind.T_CONTROLLER)
@@ -47,6 +50,8 @@ class TControllerService(Service):
         self.management_host = self.app.host
         self.management_port = self.app.port("http-port") or 0
         self._resync_grace = resync_grace
+        self._mesh_options = dict(mesh_options or {})
+        self.mesh: Mesh | None = None
         self.controller: TController | None = None
         self.node_link: NodeLink | None = None
         self.tcport: TCPort | None = None
@@ -73,6 +78,7 @@ class TControllerService(Service):
             addp_timeout=float(nodes.addp_timeout),
             addp_remote_timeout=float(nodes.addp_remote_timeout),
         )
+        self.mesh = Mesh(controller, **self._mesh_options)
         self.tcport = TCPort(controller, self.node_link)
         self.tc_server = TLibServer(
             self.tcport, application_name=self.app_name, port_name="tc-port",
@@ -96,13 +102,19 @@ class TControllerService(Service):
         self.management.add_health_check("node-link", self._link_health)
         self.management.add_status_page("/status/dns", controller.status)
         self.management.add_status_page("/status/clients", self._clients_status)
+        self.management.add_status_page("/status/peers", self.mesh.status)
         self.node_link.start()
+        self.mesh.start()
         self.log.info("t_controller_started", tc_port=self.tc_address[1],
                       smart_proxy_port=self.smart_proxy_address[1]
                       if self.smart_proxy_address else None,
                       node=self.sip_server.name, node_port=node_port)
 
     async def stop(self) -> None:
+        if self.mesh is not None:
+            await self.mesh.stop()
+        if self.smart_proxy is not None:
+            await self.smart_proxy.stop_bulk_links()
         if self.node_link is not None:
             await self.node_link.stop()
         for server in (self.tc_server, self.sp_server):

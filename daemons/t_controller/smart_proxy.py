@@ -8,16 +8,27 @@ supervisor requests, and smart T-Library connections"). A client may
 register DNs (answered with the DN's state) but gets every event anyway.
 
 Events come from this node's t-controller through :meth:`SmartProxy.publish`;
-the events of other nodes, once the t-controller mesh relays them, enter
-through :meth:`SmartProxy.feed` with the origin node.
+the events of other nodes enter through :meth:`SmartProxy.feed`:
+
+* normal mode (``smart-proxy-enabled = false``, the guide's "compatibility
+  mode"): the t-controller mesh sends every event to every t-controller, and
+  the t-controller feeds the ones of other nodes here;
+* optimised mode (``smart-proxy-enabled = true``): while it has clients, the
+  Smart Proxy is itself registered to every other t-controller as a bulk smart
+  client (application ``SmartProxy@<t-controller>``) and receives there the
+  events of the DNs each owns; the t-controllers stop sending each other the
+  events only the Smart Proxy needs.
 """
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from daemons.sip_server.tlib_server import TLibConnection
 from daemons.t_controller.controller import TController
+from daemons.t_controller.mesh import PeerLink, smart_proxy_name
+from daemons.t_controller.node_link import ForwardedRequest
 from daemons.t_controller.tcport import AGENT_REQUESTS, CALL_CONTROL_REQUESTS, address_info
 from protocols.tlib.errors import ErrorCode
 from protocols.tlib.framing import TMap
@@ -38,7 +49,38 @@ class SmartProxy:
         self.clients: set[TLibConnection] = set()
         self._clients_snapshot: tuple[TLibConnection, ...] = ()
         self.fed: dict[str, int] = {}
+        self.bulk_links: dict[str, PeerLink] = {}
+        self._stopping: asyncio.Task[None] | None = None
         controller.smart_proxy = self
+
+    # -- bulk registration to the other t-controllers (optimised mode) ----------------
+    @property
+    def optimised(self) -> bool:
+        mesh = self.controller.mesh
+        return mesh is not None and bool(mesh.optimised)
+
+    def start_bulk_links(self) -> None:
+        mesh = self.controller.mesh
+        if mesh is None or self.bulk_links:
+            return
+        for peer in mesh.peers.values():
+            link = PeerLink(
+                _BulkSink(self, peer.node), local_host=self.controller.app.host,
+                host=peer.host, port=peer.port,
+                application_name=smart_proxy_name(self.controller.name),
+                addp_timeout=mesh.addp_timeout, addp_remote_timeout=mesh.addp_remote_timeout,
+                backoff_max=mesh.backoff_max)
+            self.bulk_links[peer.node] = link
+            link.start()
+        self.log.info("smart_proxy_bulk_registration", peers=len(self.bulk_links))
+
+    async def stop_bulk_links(self) -> None:
+        links, self.bulk_links = self.bulk_links, {}
+        for link in links.values():
+            await link.stop()
+
+    def bulk_up(self) -> int:
+        return sum(1 for link in self.bulk_links.values() if link.up)
 
     # -- events in --------------------------------------------------------------------
     def publish(self, name: str, attributes: TMap) -> int:
@@ -50,9 +92,11 @@ class SmartProxy:
         return sent
 
     def feed(self, name: str, attributes: TMap, origin: str) -> int:
-        """An event of another node (``origin`` = its sip-server name), relayed
-        by the t-controller mesh."""
+        """An event of another node (``origin`` = its sip-server name, or
+        ``mesh`` when the t-controller relays it)."""
         self.fed[origin] = self.fed.get(origin, 0) + 1
+        if name.startswith("EventAgent"):
+            self.controller.mirror_agent(name, attributes)
         delivered = self.publish(name, attributes)
         if delivered:
             self.controller._sent_sp.inc(delivered)
@@ -62,10 +106,14 @@ class SmartProxy:
     def on_registered(self, conn: TLibConnection) -> None:
         self.clients.add(conn)
         self._clients_snapshot = tuple(self.clients)
+        if self.optimised:
+            self.start_bulk_links()
 
     def on_closed(self, conn: TLibConnection, reason: str) -> None:
         self.clients.discard(conn)
         self._clients_snapshot = tuple(self.clients)
+        if not self.clients and self.bulk_links:
+            self._stopping = asyncio.get_running_loop().create_task(self.stop_bulk_links())
 
     def on_request(self, conn: TLibConnection, request: RequestReceived) -> None:
         name = request.name
@@ -97,4 +145,43 @@ class SmartProxy:
                               f"{name} is not supported on the Smart Proxy port")
 
     def describe(self) -> dict[str, Any]:
-        return {"clients": len(self.clients), "fed": dict(self.fed)}
+        return {"clients": len(self.clients), "fed": dict(self.fed),
+                "mode": "optimised" if self.optimised else "normal",
+                "bulk-links": {node: "up" if link.up else "down"
+                               for node, link in self.bulk_links.items()}}
+
+
+class _BulkSink:
+    """Events of one t-controller on the Smart Proxy's bulk connection to it."""
+
+    def __init__(self, proxy: SmartProxy, node: str) -> None:
+        self.proxy = proxy
+        self.node = node
+
+    def on_link_up(self) -> None:
+        self.proxy.log.info("smart_proxy_bulk_link_up", peer=self.node)
+
+    def on_link_down(self, reason: str, lost: list[ForwardedRequest]) -> None:
+        self.proxy.log.warning("smart_proxy_bulk_link_down", peer=self.node, reason=reason)
+
+    def on_node_event(self, event: TMap, answers: ForwardedRequest | None) -> None:
+        name = event.get("message")
+        if not isinstance(name, str) or name == "EventServerInfo" or answers is not None:
+            return
+        attributes = {k: v for k, v in event.items() if k not in _LINK_ATTRIBUTES}
+        ext = attributes.get("AttributeExtensions")
+        if isinstance(ext, dict) and ext.get("mesh") == "snapshot":
+            # the state of a DN at bulk registration: kept, not an event for the clients
+            if "AttributeAgentID" in attributes:
+                self.proxy.controller.mirror_agent("EventAgentLogin", attributes)
+                state = ext.get("agent-state")
+                remote = self.proxy.controller.remote_agents.get(attributes["AttributeThisDN"])
+                if remote is not None and state in ("Ready", "NotReady", "AfterCallWork"):
+                    from daemons.t_controller.agent import AgentState
+                    remote["state"] = AgentState(state)
+            return
+        self.proxy.feed(name, attributes, self.node)
+
+
+_LINK_ATTRIBUTES = frozenset({"message", "AttributeReferenceID", "AttributeEventSequenceNumber",
+                              "AttributeTimeinSecs", "AttributeTimeinuSecs"})

@@ -28,6 +28,7 @@ from daemons.sip_server.tlib_server import TLibConnection
 from daemons.t_controller.agent import AgentError, AgentEvent, AgentState
 from daemons.t_controller.agent_events import request_reasons, request_work_mode
 from daemons.t_controller.controller import Recipients, TController
+from daemons.t_controller.mesh import SMART_PROXY_PREFIX
 from daemons.t_controller.node_link import NodeLink, NodeLinkDown
 from protocols.tlib.errors import ErrorCode, TLibError
 from protocols.tlib.session import RequestReceived
@@ -118,12 +119,23 @@ class TCPort(Recipients):
 
     # -- TLibHandler --------------------------------------------------------------------
     def on_registered(self, conn: TLibConnection) -> None:
+        mesh = self.controller.mesh
+        if mesh is not None and mesh.is_peer(conn):
+            mesh.peer_connected(conn)  # a peer t-controller's link, not a client
+            return
         self.clients.add(conn)
         client_id(conn)
         if conn.client_type == "smart":
             self._smart.add(conn)
+            if mesh is not None and conn.application.startswith(SMART_PROXY_PREFIX):
+                # a Smart Proxy's bulk registration: the state of every DN owned here
+                mesh.snapshot(conn, marker="snapshot")
 
     def on_closed(self, conn: TLibConnection, reason: str) -> None:
+        mesh = self.controller.mesh
+        if mesh is not None and conn not in self.clients:
+            mesh.peer_closed(conn)
+            return
         self.clients.discard(conn)
         self._smart.discard(conn)
         for dn in self.registered_dns(conn):
@@ -135,6 +147,11 @@ class TCPort(Recipients):
         controller = self.controller
         now = controller.clock()
         client = client_id(conn)
+        if mesh is not None:
+            for dn in self.registered_dns(conn):
+                if mesh.owner_peer(dn) is not None:
+                    mesh.withdraw(dn, client, gone=True)
+                mesh.remove_interest(dn)
         events = controller.agents.client_disconnected(client, now)
         if events:
             self.log.info("logout_on_disconnect", client=client, agents=len(events))
@@ -143,6 +160,10 @@ class TCPort(Recipients):
 
     def on_request(self, conn: TLibConnection, request: RequestReceived) -> None:
         name = request.name
+        mesh = self.controller.mesh
+        if mesh is not None and conn not in self.clients:
+            mesh.on_peer_request(conn, request)
+            return
         if name in AGENT_REQUESTS:
             self._agent_request(conn, request)
         elif name in CALL_CONTROL_REQUESTS:
@@ -164,10 +185,22 @@ class TCPort(Recipients):
         if not controller.known_dn(dn):
             conn.answer_error(request, ErrorCode.UNKNOWN_DN, f"Unknown DN: {dn[:64]}")
             return
+        first = dn not in self.registered_dns(conn)
         self._by_dn.setdefault(dn, set()).add(conn)
         self.registered_dns(conn).add(dn)
         outputs = controller.ownership.register_address(
             dn, controller.node, client_id(conn), conn.application, controller.clock())
+        mesh = controller.mesh
+        claimant = (client_id(conn), conn.application)
+        if mesh is not None:
+            owner = mesh.owner_peer(dn)
+            if owner is not None and first and mesh.register_remote(conn, request, dn, owner):
+                # the owner answers with the DN's state there
+                self.log.info("dn_registered", dn=dn, client=client_id(conn), owner=owner.node)
+                controller.apply(outputs, claimant=claimant)
+                return
+            if first:
+                mesh.add_interest(dn)
         attributes = controller.dn_attributes(dn)
         for key in ("AttributeRegisterMode", "AttributeAddressType"):
             if key in request.message:
@@ -175,7 +208,7 @@ class TCPort(Recipients):
         conn.answer(request, "EventRegistered", attributes)
         self.log.info("dn_registered", dn=dn, client=client_id(conn),
                       dn_state=attributes["AttributeExtensions"]["dn-state"])
-        controller.apply(outputs)
+        controller.apply(outputs, claimant=claimant)
 
     def _unregister_address(self, conn: TLibConnection, request: RequestReceived) -> None:
         controller = self.controller
@@ -195,6 +228,11 @@ class TCPort(Recipients):
             if not holders:
                 del self._by_dn[dn]
         conn.answer(request, "EventUnregistered", {"AttributeThisDN": dn})
+        mesh = controller.mesh
+        if mesh is not None:
+            if mesh.owner_peer(dn) is not None:
+                mesh.withdraw(dn, client_id(conn))
+            mesh.remove_interest(dn)
         controller.apply(controller.ownership.unregister_address(
             dn, controller.node, client_id(conn), controller.clock()))
 
@@ -220,6 +258,20 @@ class TCPort(Recipients):
         dn = self._check_access(conn, request)
         if dn is None:
             return
+        mesh = self.controller.mesh
+        owner = mesh.owner_peer(dn) if mesh is not None else None
+        if owner is not None:
+            if not mesh.forward(owner, conn, request, client=client_id(conn)):
+                conn.answer_error(request, ErrorCode.INTERNAL_ERROR,
+                                  f"DN {dn} is owned by {owner.node}; the link to "
+                                  f"{owner.tc} is down")
+            return
+        self.agent_request(conn, request, dn, client_id(conn))
+
+    def agent_request(self, conn: TLibConnection, request: RequestReceived, dn: str,
+                      client: str) -> None:
+        """An agent request for a DN this node owns; ``client`` names the desktop
+        (logout-on-disconnect)."""
         controller = self.controller
         refusal = controller.owner_check(dn)
         if refusal is not None:
@@ -236,7 +288,7 @@ class TCPort(Recipients):
                     password=message.get("AttributePassword"),
                     work_mode=request_work_mode(message),
                     reasons=request_reasons(message),
-                    client=client_id(conn),
+                    client=client,
                 ))
             elif request.name == "RequestAgentReady":
                 events = agents.ready(dn, now, work_mode=request_work_mode(message),
@@ -264,6 +316,13 @@ class TCPort(Recipients):
         dn = self._check_access(conn, request)
         if dn is None:
             return
+        mesh = self.controller.mesh
+        if mesh is not None and mesh.route_call_control(conn, request, dn):
+            return  # the call, or the DN, is on another node
+        self.call_control(conn, request)
+
+    def call_control(self, conn: TLibConnection, request: RequestReceived) -> None:
+        """Forward a call-control request to this node's sip-server."""
         if self.node_link is None:
             conn.answer_error(request, ErrorCode.REQUEST_NOT_SUPPORTED,
                               "No node link: call control is not available")
