@@ -4,10 +4,14 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 # Debian packages the tests drive as real peers (command -> package)
-DEB_TOOLS := sipp:sip-tester tshark:tshark sipsak:sipsak named:bind9 named-checkconf:bind9-utils dig:bind9-dnsutils systemd-analyze:systemd nft:nftables
+DEB_TOOLS := sipp:sip-tester tshark:tshark sipsak:sipsak named:bind9 named-checkconf:bind9-utils \
+             dig:bind9-dnsutils systemd-analyze:systemd nft:nftables baresip:baresip \
+             linphonec:linphone-cli
+# ... and the reference proxy the benchmarks compare against
+BENCH_TOOLS := kamailio:kamailio
 APT_GET := $(shell [ "$$(id -u)" = 0 ] && echo apt-get || echo sudo apt-get)
 
-.PHONY: all venv tools lint typecheck test test-fast bench lab clean
+.PHONY: all venv tools bench-tools apt-tools lint typecheck test test-fast bench lab clean
 
 all: test
 
@@ -20,14 +24,20 @@ $(STAMP): pyproject.toml
 venv: $(STAMP)
 
 tools:
-	@missing=""; for pair in $(DEB_TOOLS); do \
+	@$(MAKE) --no-print-directory apt-tools PAIRS="$(DEB_TOOLS)"
+
+bench-tools:
+	@$(MAKE) --no-print-directory apt-tools PAIRS="$(DEB_TOOLS) $(BENCH_TOOLS)"
+
+apt-tools:
+	@missing=""; for pair in $(PAIRS); do \
 	  cmd=$${pair%%:*}; pkg=$${pair##*:}; \
 	  command -v $$cmd >/dev/null 2>&1 || missing="$$missing $$pkg"; \
 	done; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing Debian packages:$$missing"; \
 	  export DEBIAN_FRONTEND=noninteractive; \
-	  $(APT_GET) update -q && $(APT_GET) install -y -q --no-install-recommends $$missing; \
+	  $(APT_GET) update -q && $(APT_GET) install -y -q $$missing; \
 	fi
 
 lint: venv
@@ -42,7 +52,7 @@ test: venv tools lint typecheck
 test-fast: venv
 	$(VENV)/bin/pytest -q -x -m "not interop"
 
-bench: venv tools
+bench: venv bench-tools
 	$(PY) bench/run_all.py
 
 lab: venv
