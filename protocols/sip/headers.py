@@ -137,9 +137,13 @@ def header_key(name: str) -> str:
         raise ParseError(f"invalid header name {name!r}")
     lower = stripped.lower()
     key = COMPACT_FORMS.get(lower, lower)
-    if len(_KEY_CACHE) > 4096:
-        _KEY_CACHE.clear()
-    _KEY_CACHE[name] = key
+    # A name written with leading whitespace is never cached: the message
+    # parser's fast path relies on every cached name being a plain token, so
+    # that a continuation line (which starts with SP or HT) always misses.
+    if name[0] not in _WS:
+        if len(_KEY_CACHE) > 4096:
+            _KEY_CACHE.clear()
+        _KEY_CACHE[name] = key
     return key
 
 
@@ -250,6 +254,29 @@ def parse_params(text: str, what: str) -> dict[str, str | None]:
     return params
 
 
+def _params_fast(text: str) -> dict[str, str | None] | None:
+    """:func:`parse_params` for text known to hold no whitespace and no quote.
+
+    Returns ``None`` when a parameter name has not been seen before or a value
+    is empty: the caller then runs :func:`parse_params`, which validates the
+    name (and caches it) or raises the exact error.
+    """
+    params: dict[str, str | None] = {}
+    get = _PARAM_NAME_CACHE.get
+    for item in text.split(";"):
+        raw_name, eq, value = item.partition("=")
+        name = get(raw_name)
+        if name is None:
+            return None
+        if eq:
+            if not value:
+                return None
+            params[name] = value
+        else:
+            params[name] = None
+    return params
+
+
 def unquote_param(value: str | None) -> str | None:
     """Strip the quotes and quoted-pairs of a parameter value, if it is quoted."""
     if value is None or not value.startswith('"'):
@@ -265,6 +292,7 @@ def _format_params(params: dict[str, str | None]) -> str:
 
 
 _TRANSPORTS = frozenset({"UDP", "TCP", "TLS", "SCTP", "WS", "WSS", "udp", "tcp", "tls"})
+_UPPER_TRANSPORTS = frozenset({"UDP", "TCP", "TLS", "SCTP", "WS", "WSS"})
 
 
 class Via:
@@ -338,9 +366,44 @@ class Via:
         return hash(str(self))
 
 
+# The usual shape of a Via value: ``SIP/2.0/UDP host[:port]`` then parameters
+# without whitespace or quotes, or the end. Hosts in brackets, whitespace
+# around the port colon or in the sent-protocol, and other versions take the
+# general path.
+_VIA_FAST_RE = re.compile(
+    r"SIP/2\.0/([A-Za-z0-9\-.!%*_+`'~]+) ([A-Za-z0-9.\-]+)(?::([0-9]{1,5}))?"
+    r"(?:;([^ \t\"]*))?"
+)
+
+
 def parse_via(text: str) -> Via:
-    """Parse one via-parm (RFC 3261 §25.1): ``sent-protocol LWS sent-by *( SEMI via-params )``."""
+    """Parse one via-parm (RFC 3261 §25.1): ``sent-protocol LWS sent-by *( SEMI via-params )``.
+
+    The common shape (``SIP/2.0/UDP host:port;branch=...;rport``, no quotes or
+    whitespace in the parameters) is read with one regular expression match
+    and one split; anything else goes through the full grammar, which gives
+    the same result or raises.
+    """
     s = text.strip(_WS)
+    m = _VIA_FAST_RE.fullmatch(s)
+    if m is not None:
+        transport, host, port_text, ptext = m.groups()
+        port = None if port_text is None else int(port_text)
+        if port is None or port <= 65535:
+            params = {} if ptext is None else _params_fast(ptext)
+            if params is not None:
+                via = Via.__new__(Via)
+                via.protocol = "SIP/2.0"
+                via.transport = transport if transport in _UPPER_TRANSPORTS else transport.upper()
+                via.host = host
+                via.port = port
+                via.params = params
+                return via
+    return _parse_via_full(s)
+
+
+def _parse_via_full(s: str) -> Via:
+    """The whole via-parm grammar of :func:`parse_via` on stripped text."""
     semi = s.find(";")
     sent = s if semi == -1 else s[:semi]
     if sent.startswith("SIP/2.0/") and "\t" not in sent and sent.count(" ") == 1:
@@ -452,12 +515,38 @@ def _check_display_tokens(text: str) -> None:
         raise ParseError(f"invalid character in unquoted display name {text[:40]!r}")
 
 
+# The usual shape of an address: an optional token display name, ``<uri>``
+# without whitespace, then parameters without whitespace or quotes. Quoted
+# display names and everything else take the general path.
+_NAME_ADDR_FAST_RE = re.compile(
+    r"([A-Za-z0-9\-.!%*_+`'~ \t]*)<([^> \t\"]+)>(?:;([^ \t\"]*))?"
+)
+
+
 def parse_name_addr(text: str) -> NameAddr:
     """Parse ``( name-addr / addr-spec ) *( SEMI generic-param )`` (RFC 3261 §25.1).
 
     Tolerates a token display name directly followed by ``<`` (RFC 4475 §3.1.1.6).
+    The common shape ``[token display] <uri>[;params]`` without quotes or
+    whitespace after the ``>`` takes a short path; the rest the full grammar.
     """
     s = text.strip(_WS)
+    m = _NAME_ADDR_FAST_RE.fullmatch(s)
+    if m is not None:
+        display, uri, ptext = m.groups()
+        params = {} if ptext is None else _params_fast(ptext)
+        if params is not None:
+            addr = NameAddr.__new__(NameAddr)
+            addr.uri = uri
+            addr.display_name = display.rstrip(_WS) or None
+            addr.params = params
+            addr._parsed = None
+            return addr
+    return _parse_name_addr_full(s)
+
+
+def _parse_name_addr_full(s: str) -> NameAddr:
+    """The whole grammar of :func:`parse_name_addr` on stripped text."""
     if not s:
         raise ParseError("empty address")
     display: str | None = None
@@ -562,6 +651,13 @@ def parse_scalar(text: str, what: str, limit: int) -> int:
 
 def parse_cseq(text: str) -> CSeq:
     """Parse ``CSeq = 1*DIGIT LWS Method`` (RFC 3261 §20.16)."""
+    digits, sp, method = text.partition(" ")
+    if sp and method in _COMMON_METHODS and len(digits) < 10 and digits.isdigit():
+        if digits.isascii():
+            cseq = CSeq.__new__(CSeq)
+            cseq.number = int(digits)
+            cseq.method = method
+            return cseq
     parts = text.split()
     if len(parts) != 2:
         raise ParseError(f"malformed CSeq {text[:40]!r}")
@@ -580,15 +676,23 @@ class Headers:
     Iteration yields ``(name, value)`` with the name as written and the value
     unfolded (line folding replaced by a single space) and stripped. Untouched
     lines keep their original text for byte-exact serialisation.
+
+    A parsed header section without folding keeps each line split at its
+    first colon (``_parts``, set by the message parser) and builds the lists
+    of names and values only when something needs all of them; a single
+    lookup strips just the value it returns.
     """
 
-    __slots__ = ("_cache", "_dirty", "_keys", "_names", "_raws", "_values")
+    __slots__ = ("_cache", "_dirty", "_keys", "_names_list", "_parts", "_raws", "_values_list")
+
+    _parts: list[tuple[str, str, str]] | None
 
     def __init__(self, items: Iterable[tuple[str, str]] = ()) -> None:
-        self._names: list[str] = []
+        self._names_list: list[str] = []
         self._keys: list[str] = []
-        self._values: list[str] = []
+        self._values_list: list[str] = []
         self._raws: list[str | None] = []
+        self._parts = None
         self._cache: dict[str, Any] = {}
         self._dirty = True
         for name, value in items:
@@ -599,13 +703,34 @@ class Headers:
         cls, names: list[str], keys: list[str], values: list[str], raws: list[str | None]
     ) -> Headers:
         self = cls.__new__(cls)
-        self._names = names
+        self._names_list = names
         self._keys = keys
-        self._values = values
+        self._values_list = values
         self._raws = raws
+        self._parts = None
         self._cache = {}
         self._dirty = False
         return self
+
+    def _materialise(self) -> None:
+        """Build the name and value lists of a lazily split header section."""
+        parts = self._parts
+        if parts is not None:
+            self._names_list = [p[0] for p in parts]
+            self._values_list = [p[2].strip(_WS) for p in parts]
+            self._parts = None
+
+    @property
+    def _names(self) -> list[str]:
+        if self._parts is not None:
+            self._materialise()
+        return self._names_list
+
+    @property
+    def _values(self) -> list[str]:
+        if self._parts is not None:
+            self._materialise()
+        return self._values_list
 
     def _changed(self) -> None:
         self._dirty = True
@@ -616,20 +741,23 @@ class Headers:
 
     def get(self, name: str) -> str | None:
         """The value of the first header line called ``name``, or ``None``."""
-        key = header_key(name)
-        keys = self._keys
-        if key in keys:
-            return self._values[keys.index(key)]
-        return None
+        return self._first(header_key(name))
 
     def _first(self, key: str) -> str | None:
-        keys = self._keys
-        if key in keys:
-            return self._values[keys.index(key)]
-        return None
+        try:
+            index = self._keys.index(key)
+        except ValueError:
+            return None
+        parts = self._parts
+        if parts is not None:
+            return parts[index][2].strip(_WS)
+        return self._values_list[index]
 
     def _lines(self, key: str) -> list[str]:
-        return [v for k, v in zip(self._keys, self._values, strict=True) if k == key]
+        parts = self._parts
+        if parts is not None:
+            return [parts[i][2].strip(_WS) for i, k in enumerate(self._keys) if k == key]
+        return [v for k, v in zip(self._keys, self._values_list, strict=True) if k == key]
 
     def get_lines(self, name: str) -> list[str]:
         """The value of every header line called ``name``, not comma-split."""
@@ -685,9 +813,12 @@ class Headers:
     def add(self, name: str, value: str) -> None:
         """Append a header line."""
         key = header_key(name)
-        self._names.append(_CANONICAL.get(key) or name.strip(_WS))
+        checked = _check_value(value)
+        if self._parts is not None:
+            self._materialise()
+        self._names_list.append(_CANONICAL.get(key) or name.strip(_WS))
         self._keys.append(key)
-        self._values.append(_check_value(value))
+        self._values_list.append(checked)
         self._raws.append(None)
         self._changed()
 
@@ -697,11 +828,13 @@ class Headers:
         This is how a proxy adds its Via or Record-Route (RFC 3261 §16.6).
         """
         key = header_key(name)
+        checked = _check_value(value)
+        self._materialise()
         keys = self._keys
         index = keys.index(key) if key in keys else 0
-        self._names.insert(index, _CANONICAL.get(key) or name.strip(_WS))
+        self._names_list.insert(index, _CANONICAL.get(key) or name.strip(_WS))
         keys.insert(index, key)
-        self._values.insert(index, _check_value(value))
+        self._values_list.insert(index, checked)
         self._raws.insert(index, None)
         self._changed()
 
@@ -712,16 +845,20 @@ class Headers:
         if key not in keys:
             self.add(name, value)
             return
+        checked = _check_value(value)
+        self._materialise()
         index = keys.index(key)
         self._remove_where(key, start=index + 1)
-        self._names[index] = _CANONICAL.get(key) or name.strip(_WS)
-        self._values[index] = _check_value(value)
+        self._names_list[index] = _CANONICAL.get(key) or name.strip(_WS)
+        self._values_list[index] = checked
         self._raws[index] = None
         self._changed()
 
     def remove(self, name: str) -> int:
         """Remove every line called ``name``; return how many were removed."""
-        removed = self._remove_where(header_key(name), start=0)
+        key = header_key(name)
+        self._materialise()
+        removed = self._remove_where(key, start=0)
         if removed:
             self._changed()
         return removed
@@ -736,26 +873,32 @@ class Headers:
         keys = self._keys
         if key not in keys:
             return None
+        self._materialise()
         index = keys.index(key)
-        value = self._values[index]
+        values = self._values_list
+        value = values[index]
         if key in LIST_HEADERS:
             items = split_list(value)
             if len(items) > 1:
-                self._values[index] = ",".join(items[1:]).strip(_WS)
+                values[index] = ",".join(items[1:]).strip(_WS)
                 self._raws[index] = None
                 self._changed()
                 return items[0].strip(_WS)
-        del self._names[index], keys[index], self._values[index], self._raws[index]
+        del self._names_list[index], keys[index], values[index], self._raws[index]
         self._changed()
         return value
 
     def _remove_where(self, key: str, start: int) -> int:
+        """Delete the lines called ``key`` from ``start`` on (lists already materialised)."""
         keys = self._keys
+        names = self._names_list
+        values = self._values_list
+        raws = self._raws
         removed = 0
         i = start
         while i < len(keys):
             if keys[i] == key:
-                del self._names[i], keys[i], self._values[i], self._raws[i]
+                del names[i], keys[i], values[i], raws[i]
                 removed += 1
             else:
                 i += 1
@@ -774,8 +917,10 @@ class Headers:
     def _serialise_into(self, out: list[str], content_length: int | None) -> None:
         """Append ``name: value`` lines; when ``content_length`` is given, write it once."""
         cl_done = content_length is None
+        if self._parts is not None:
+            self._materialise()
         for name, key, value, raw in zip(
-            self._names, self._keys, self._values, self._raws, strict=True
+            self._names_list, self._keys, self._values_list, self._raws, strict=True
         ):
             if key == "content-length" and content_length is not None:
                 if cl_done:

@@ -1,9 +1,12 @@
 """SIP messages: parse, lazy typed access, serialise, answer (RFC 3261 §7, §8.1.1, §8.2.6, §18.3).
 
 :func:`parse_message` reads one datagram (or one framed stream message). It
-parses the start line and splits the header lines once; Via, From, To, CSeq
-and the other typed values are parsed only when read and then cached, so a
-proxy pays only for what it looks at. :func:`validate` is the deeper check an
+parses the start line and splits the header section once: each line is cut
+at its first colon and its name checked against the names already seen, and
+a value is stripped only when it is read. Via, From, To, CSeq and the other
+typed values are parsed only when read and then cached, so a proxy pays only
+for what it looks at; their common shapes take short paths that give the
+same answer as the full grammar. :func:`validate` is the deeper check an
 element runs before acting on a request (RFC 3261 §8.1.1, §8.2, RFC 4475
 §3.1.2): it raises the :class:`ParseError` whose ``status`` and ``reason`` are
 the answer to send.
@@ -14,7 +17,7 @@ An unmodified parsed message serialises back to the bytes it came from.
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import Any, cast
 
 from protocols.sip.errors import (
     LineTooLong,
@@ -191,43 +194,69 @@ class Message:
             vias = cache["vias"] = parse_vias(self.headers._lines("via"))
         return vias
 
+    # The five accessors below run for every message a proxy handles, so they
+    # look the header up inline rather than through Headers._first.
+
     @property
     def top_via(self) -> Via:
         """The topmost Via value; only that one is parsed."""
-        cache = self.headers._cache
-        via = cache.get("top_via")
+        headers = self.headers
+        via = headers._cache.get("top_via")
         if via is None:
-            line = self.headers._first("via")
-            if line is None:
-                raise ParseError("missing Via header")
-            first = line.split(",", 1)[0] if '"' not in line else split_list(line)[0]
-            via = cache["top_via"] = parse_via(first)
+            try:
+                index = headers._keys.index("via")
+            except ValueError:
+                raise ParseError("missing Via header") from None
+            parts = headers._parts
+            line = headers._values_list[index] if parts is None else parts[index][2].strip(_WS)
+            if '"' in line:
+                first = split_list(line)[0]
+            else:
+                comma = line.find(",")
+                first = line if comma == -1 else line[:comma]
+            via = headers._cache["top_via"] = parse_via(first)
         return via
-
-    def _name_addr(self, key: str, label: str) -> NameAddr:
-        cache = self.headers._cache
-        value = cache.get(key)
-        if value is None:
-            raw = self.headers._first(key)
-            if raw is None:
-                raise ParseError(f"missing {label} header")
-            value = cache[key] = parse_name_addr(raw)
-        return value
 
     @property
     def from_(self) -> NameAddr:
         """The From address (§20.20)."""
-        return self._name_addr("from", "From")
+        headers = self.headers
+        value = headers._cache.get("from")
+        if value is None:
+            try:
+                index = headers._keys.index("from")
+            except ValueError:
+                raise ParseError("missing From header") from None
+            parts = headers._parts
+            raw = headers._values_list[index] if parts is None else parts[index][2].strip(_WS)
+            value = headers._cache["from"] = parse_name_addr(raw)
+        return value
 
     @property
     def to(self) -> NameAddr:
         """The To address (§20.39)."""
-        return self._name_addr("to", "To")
+        headers = self.headers
+        value = headers._cache.get("to")
+        if value is None:
+            try:
+                index = headers._keys.index("to")
+            except ValueError:
+                raise ParseError("missing To header") from None
+            parts = headers._parts
+            raw = headers._values_list[index] if parts is None else parts[index][2].strip(_WS)
+            value = headers._cache["to"] = parse_name_addr(raw)
+        return value
 
     @property
     def call_id(self) -> str:
         """The Call-ID (§20.8)."""
-        value = self.headers._first("call-id")
+        headers = self.headers
+        try:
+            index = headers._keys.index("call-id")
+        except ValueError:
+            raise ParseError("missing Call-ID header") from None
+        parts = headers._parts
+        value = headers._values_list[index] if parts is None else parts[index][2].strip(_WS)
         if not value:
             raise ParseError("missing Call-ID header")
         return value
@@ -235,13 +264,16 @@ class Message:
     @property
     def cseq(self) -> CSeq:
         """The CSeq (§20.16); a sequence number of 2**31 or more is a ParseError (§8.1.1.5)."""
-        cache = self.headers._cache
-        value = cache.get("cseq")
+        headers = self.headers
+        value = headers._cache.get("cseq")
         if value is None:
-            raw = self.headers._first("cseq")
-            if raw is None:
-                raise ParseError("missing CSeq header")
-            value = cache["cseq"] = parse_cseq(raw)
+            try:
+                index = headers._keys.index("cseq")
+            except ValueError:
+                raise ParseError("missing CSeq header") from None
+            parts = headers._parts
+            raw = headers._values_list[index] if parts is None else parts[index][2].strip(_WS)
+            value = headers._cache["cseq"] = parse_cseq(raw)
         return value
 
     @property
@@ -556,8 +588,56 @@ def _parse_head(
     """Parse a start line and header section (without the empty line).
 
     Returns the message without body and the Content-Length (``None`` if absent).
+
+    The common case -- lines ending in CRLF, no folding, every header name
+    already seen, one Content-Length at most -- takes one ``split`` and two
+    passes over the lines; values are stripped only when read. Anything else
+    (a bare CR or LF, a continuation line, a name not seen before or not a
+    token, a line without a colon, repeated Content-Length, a section longer
+    than ``max_line``) goes through :func:`_parse_head_slow`, which gives the
+    exact error, so both paths answer every input alike.
     """
     head = head_bytes.decode("utf-8", "surrogateescape")
+    lines = head.split("\r\n")
+    if len(lines) - 1 > max_headers or len(head) > max_line:
+        return _parse_head_slow(head, max_headers, max_line)
+    # a CR or LF left inside a line is a bare one (§7); "in" is a memchr,
+    # much cheaper than counting both characters over the section
+    joined = "".join(lines)
+    if "\r" in joined or "\n" in joined:
+        return _parse_head_slow(head, max_headers, max_line)
+    start = lines[0]
+    del lines[0]
+    parts = [line.partition(":") for line in lines]
+    cache_get = _KEY_CACHE.get
+    # a line without a colon, or a name never seen (or invalid), gives None
+    keys = [cache_get(p[0]) if p[1] else None for p in parts]
+    if None in keys:
+        return _parse_head_slow(head, max_headers, max_line)
+    cl_count = keys.count("content-length")
+    if cl_count:
+        if cl_count > 1:
+            return _parse_head_slow(head, max_headers, max_line)
+        cl_text = parts[keys.index("content-length")][2].strip(_WS)
+        if len(cl_text) < 10 and cl_text.isdigit() and cl_text.isascii():
+            content_length: int | None = int(cl_text)
+        else:
+            content_length = parse_scalar(cl_text, "Content-Length", 2**32)
+    else:
+        content_length = None
+    headers = Headers.__new__(Headers)
+    headers._keys = cast("list[str]", keys)
+    headers._parts = parts
+    headers._raws = cast("list[str | None]", lines)
+    headers._cache = {}
+    headers._dirty = False
+    return _finish_head(start, headers, content_length)
+
+
+def _parse_head_slow(
+    head: str, max_headers: int, max_line: int
+) -> tuple[Request | Response, int | None]:
+    """The general path of :func:`_parse_head`: every check, folding, exact errors."""
     nl = head.find("\r\n")
     if nl == -1:
         start, rest = head, ""
@@ -566,10 +646,9 @@ def _parse_head(
     if len(start) > max_line:
         raise LineTooLong(f"start line longer than {max_line} octets")
     names, keys, values, raws = _split_headers(rest, max_headers, max_line)
-
     # Content-Length frames the body (§18.3); conflicting values make framing
     # impossible (RFC 4475 §3.3.9).
-    content_length: int | None = None
+    cl_text: str | None = None
     if "content-length" in keys:
         if keys.count("content-length") == 1:
             cl_text = values[keys.index("content-length")]
@@ -578,15 +657,23 @@ def _parse_head(
             if len(cl_values) > 1:
                 raise ParseError("conflicting Content-Length values")
             cl_text = cl_values.pop()
-        content_length = parse_scalar(cl_text, "Content-Length", 2**32)
-    headers = Headers._from_parsed(names, keys, values, raws)
+    content_length = (
+        None if cl_text is None else parse_scalar(cl_text, "Content-Length", 2**32)
+    )
+    return _finish_head(start, Headers._from_parsed(names, keys, values, raws), content_length)
 
+
+def _finish_head(
+    start: str, headers: Headers, content_length: int | None
+) -> tuple[Request | Response, int | None]:
+    """Parse the start line and build the message (§7.1, §7.2)."""
     msg: Request | Response
-    if start.startswith("SIP/") or start[:4].upper() == "SIP/":
+    if start.startswith("SIP/") or (start[:1] in "sS" and start[:4].upper() == "SIP/"):
         parts = start.split(" ", 2)
         if len(parts) < 2:
             raise ParseError("malformed Status-Line")
-        _check_version(parts[0])
+        if parts[0] != SIP_VERSION:
+            _check_version(parts[0])
         code = parts[1]
         if len(code) != 3 or not code.isdigit() or not code.isascii() or code[0] not in "123456":
             raise ParseError(f"invalid status code {code[:20]!r}")
@@ -599,7 +686,8 @@ def _parse_head(
         if len(parts) != 3 or not parts[0] or not parts[1]:
             raise ParseError("malformed Request-Line (Method SP Request-URI SP SIP-Version, §7.1)")
         method, uri, version = parts
-        _check_version(version)
+        if version != SIP_VERSION:
+            _check_version(version)
         if method not in KNOWN_METHODS and not _is_token(method):
             raise ParseError(f"invalid method {method[:40]!r}")
         colon = uri.find(":")

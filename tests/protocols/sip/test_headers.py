@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from protocols.sip.errors import ParseError
 from protocols.sip.headers import (
+    _KEY_CACHE,
     CSeq,
     Headers,
     NameAddr,
     Via,
+    _parse_name_addr_full,
+    _parse_via_full,
     canonical_name,
     header_key,
     parse_cseq,
@@ -197,3 +204,94 @@ def test_cseq() -> None:
     for bad in ("2147483648 BYE", "1", "1 2 3", "-1 BYE", "x BYE", "1 BY<E"):
         with pytest.raises(ParseError):
             parse_cseq(bad)
+
+
+# ----------------------------------------------------------------------------- fast paths
+# parse_via, parse_name_addr and parse_cseq read the common shapes with a short
+# path; the full grammar (_parse_via_full, _parse_name_addr_full, the split()
+# path of parse_cseq) must give the very same answer, or the same error.
+
+
+def _outcome(fn: Callable[[str], object], text: str) -> object:
+    try:
+        value = fn(text)
+    except ParseError as exc:
+        return ("error", exc.reason, exc.status)
+    if isinstance(value, Via):
+        return (value.protocol, value.transport, value.host, value.port,
+                list(value.params.items()), str(value))
+    if isinstance(value, NameAddr):
+        return (value.uri, value.display_name, list(value.params.items()), str(value))
+    assert isinstance(value, CSeq)
+    return (value.number, value.method)
+
+
+def _cseq_full(text: str) -> CSeq:
+    # the general path: as if the fast shape check had not matched
+    return parse_cseq(text.replace(" ", "\t", 1) if " " in text else text)
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["SIP/2.0/UDP pc33.atlanta.example.com:5060;branch=z9hG4bK776asdhds;rport",
+     "SIP/2.0/udp h;branch=z9hG4bKa;RPORT;received=192.0.2.1",
+     "SIP/2.0/TCP h:65535", "SIP/2.0/TCP h:65536", "SIP/2.0/TCP h:00080;x",
+     "SIP/2.0/UDP h;Branch=1;branch=2", "SIP/2.0/UDP h;", "SIP/2.0/UDP h;=x",
+     "SIP/2.0/UDP h;a=", "SIP/2.0/UDP h;a=b=c;d=<e>", "SIP/2.0/UDP h;a=,b",
+     "SIP/2.0/UDP h:;a", "SIP/2.0/UDP h.;x", "SIP/2.0/UDP -;x", "SIP/2.0/X~Y h",
+     "SIP/2.0/UDP h;a\u00e9=1", "SIP/2.0/UDP h;a=\u00e9", "SIP/2.0/UDP h ;a",
+     "  SIP/2.0/UDP h;a=1  ", "SIP/2.0/UDP h:5060;branch=\"q\""],
+)
+def test_via_fast_path_agrees_with_full_grammar(text: str) -> None:
+    expected = _outcome(_parse_via_full, text.strip(" \t"))
+    assert _outcome(parse_via, text) == expected
+    assert _outcome(parse_via, text) == expected  # names cached by the first call
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["Alice <sip:alice@atlanta.example.com>;tag=1928301774", "<sip:a@b>", "Bob  <sip:b@c>",
+     "Bob\t<sip:b@c>;TAG=x;lr", "<sip:a@b>;", "<sip:a@b>;tag=", "<sip:a@b>;=1",
+     "B@d <sip:a@b>", "<sip:a@b>;p=<q>", "<sip:a<b>", "<>", "x<sip:a@b>y",
+     "<sip:a@b>;tag=a,b", "<sip:a@b>;t\u00e9g=1", "  <sip:a@b>  ", "\"A\" <sip:a@b>"],
+)
+def test_name_addr_fast_path_agrees_with_full_grammar(text: str) -> None:
+    expected = _outcome(_parse_name_addr_full, text.strip(" \t"))
+    assert _outcome(parse_name_addr, text) == expected
+    assert _outcome(parse_name_addr, text) == expected
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["314159 INVITE", "0 ACK", "999999999 BYE", "1000000000 BYE", "2147483648 BYE",
+     "00001 OPTIONS", "1 INVITE ", "1  INVITE", "\u0661 INVITE", "1 invite", "1 FOO"],
+)
+def test_cseq_fast_path_agrees_with_full_grammar(text: str) -> None:
+    assert _outcome(parse_cseq, text) == _outcome(_cseq_full, text)
+
+
+VIA_CHARS = "SIP/2.0UDPudphost:5060;branch=z9\"<> \t,[]\u00e9"
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.text(alphabet=VIA_CHARS, max_size=30), st.integers(0, 72))
+def test_via_fast_path_agrees_on_mutations(noise: str, at: int) -> None:
+    base = "SIP/2.0/UDP pc33.atlanta.example.com:5060;branch=z9hG4bK776asdhds;rport"
+    text = base[:at] + noise + base[at + len(noise) // 2 :]
+    assert _outcome(parse_via, text) == _outcome(_parse_via_full, text.strip(" \t"))
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.text(alphabet="Alice<sip:@b.c>;tag=19\" \t,\\\u00e9", max_size=20), st.integers(0, 50))
+def test_name_addr_fast_path_agrees_on_mutations(noise: str, at: int) -> None:
+    base = "Alice <sip:alice@atlanta.example.com>;tag=1928301774"
+    text = base[:at] + noise + base[at + len(noise) // 2 :]
+    assert _outcome(parse_name_addr, text) == _outcome(_parse_name_addr_full, text.strip(" \t"))
+
+
+def test_name_written_with_leading_whitespace_is_not_cached() -> None:
+    # a continuation line starts with whitespace: looking such a name up must
+    # not teach the message parser to take the line for a header of its own
+    assert header_key(" Foo-Bar") == "foo-bar"
+    assert " Foo-Bar" not in _KEY_CACHE
+    assert "Foo-Bar " in Headers([("Foo-Bar ", "x")])

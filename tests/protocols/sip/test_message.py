@@ -298,3 +298,39 @@ def test_request_and_response_constructors_check_input() -> None:
     with pytest.raises(ParseError):
         Response(99)
     assert Response(404).reason == "Not Found"
+
+
+def test_line_without_colon_is_refused_even_for_a_known_name(invite: bytes) -> None:
+    parse_message(invite)  # every header name of the message has been seen
+    for line in (b"Max-Forwards", b"Via", b"l"):
+        with pytest.raises(ParseError, match="malformed header line") as info:
+            parse_message(invite.replace(b"Max-Forwards: 70", line))
+        assert info.value.status == 400
+
+
+def test_continuation_line_is_never_a_header_of_its_own(invite: bytes) -> None:
+    # a lookup by a name written with a leading space must not make the
+    # parser take a continuation line for a header line
+    assert parse_message(invite).headers.get(" Contact") == "<sip:alice@pc33.atlanta.example.com>"
+    data = invite.replace(b"Contact:", b"Subject: a\r\n Contact: b\r\nContact:")
+    for _ in range(2):
+        msg = parse_message(data)
+        assert msg.headers.get("Subject") == "a Contact: b"
+        assert msg.headers.count("Contact") == 1
+        assert msg.serialize() == data
+
+
+def test_lazily_split_headers_read_and_change_like_built_ones(invite: bytes) -> None:
+    msg = parse_message(invite)
+    parse_message(invite)
+    assert msg.headers.get("content-type") == "application/sdp"
+    assert msg.headers.get_lines("Via") == [
+        "SIP/2.0/UDP pc33.atlanta.example.com;branch=z9hG4bK776asdhds;rport"]
+    assert [n for n, _ in msg.headers][:3] == ["Via", "Max-Forwards", "To"]
+    copy = msg.headers.copy()
+    assert copy == msg.headers and copy is not msg.headers
+    msg.headers.remove("Contact")
+    assert "Contact" not in msg.headers and "Contact" in copy
+    msg.headers.add("X-New", "1")
+    assert msg.headers.get("x-new") == "1"
+    assert msg.serialize().endswith(b"Content-Length: 4\r\nX-New: 1\r\n\r\nv=0\n")

@@ -8,7 +8,15 @@ from hypothesis import strategies as st
 from protocols.sip.errors import ParseError
 from protocols.sip.framing import StreamFramer
 from protocols.sip.headers import Headers
-from protocols.sip.message import Message, Request, Response, parse_message, validate
+from protocols.sip.message import (
+    Message,
+    Request,
+    Response,
+    _parse_head,
+    _parse_head_slow,
+    parse_message,
+    validate,
+)
 
 BASE = (
     b"INVITE sip:bob@biloxi.example.com;transport=tcp SIP/2.0\r\n"
@@ -128,3 +136,41 @@ def test_generated_messages_round_trip(msg: Message) -> None:
     assert framer.next_message() == msg
     assert framer.next_message() == msg
     assert framer.next_message() is None
+
+
+def head_outcome(head: bytes, slow: bool) -> object:
+    """What the header-section parser makes of ``head``: the error, or what can be read."""
+    try:
+        if slow:
+            msg, length = _parse_head_slow(head.decode("utf-8", "surrogateescape"), 256, 8192)
+        else:
+            msg, length = _parse_head(head, 256, 8192)
+    except ParseError as exc:
+        return ("error", type(exc).__name__, exc.reason, exc.status)
+    msg._body = b""
+    msg._raw = None
+    seen: list[object] = [type(msg).__name__, msg._start_line(), length, list(msg.headers),
+                          msg.headers.normalised(), msg.serialize()]
+    for attr in ("top_via", "vias", "from_", "to", "call_id", "cseq", "max_forwards",
+                 "content_length", "contacts", "routes"):
+        try:
+            seen.append(str(getattr(msg, attr)))
+        except ParseError as exc:
+            seen.append(("error", exc.reason))
+    for name in ("Via", "v", "Route", "Content-Length", "X-A"):
+        seen.append((msg.headers.get(name), msg.headers.count(name)))
+        try:
+            seen.append(msg.headers.get_all(name))
+        except ParseError as exc:
+            seen.append(("error", exc.reason))
+    return seen
+
+
+@settings(max_examples=400, suppress_health_check=[HealthCheck.too_slow])
+@given(mutated())
+def test_header_fast_path_agrees_with_general_path(data: bytes) -> None:
+    """The lazy split of an ordinary header section reads exactly like the general one."""
+    head = data.split(b"\r\n\r\n", 1)[0]
+    expected = head_outcome(head, slow=True)
+    assert head_outcome(head, slow=False) == expected
+    assert head_outcome(head, slow=False) == expected  # every name seen by now
