@@ -1,20 +1,46 @@
-"""sip-proxy benchmark: REGISTER and INVITE-dialog rates through the proxy with
-SIPp, proxy CPU seconds per 1,000, memory per binding at 100,000 bindings,
-catch-up time of 100,000 bindings. Median of 3 runs, failures reported; the
-last line is ``RESULT {json}``.
+"""sip-proxy benchmark, side by side with Kamailio on the same SIPp loads.
 
-    .venv/bin/python bench/bench_proxy.py [--registers 6000 --register-rate 3000]
-        [--calls 3000 --call-rate 1000] [--bindings 100000] [--runs 3]
+    .venv/bin/python bench/bench_proxy.py [--runs 3] [--step-seconds 3]
+        [--register-rates 500,1000,2000,3000,4000] [--call-rates 250,500,1000,1500,2000]
+        [--servers ours,kamailio] [--bindings 100000 | --skip-store]
 
-REGISTER: SIPp UAC -> proxy -> node (``sipcluster sip responder`` without
-digest). INVITE: SIPp UAC at a node's address calls the AoR of a SIPp UAS that
-registered through the proxy (proxy-only dialogs, the UAS is the phone).
+Loads (SIPp 3.6 on loopback, UDP):
+
+* ``register``: SIPp UAC -> proxy -> node, digest off. The node is SIPp
+  itself (a UAS scenario answering REGISTER and the proxy's OPTIONS checks
+  with 200, echoing the Contact), so the node is never the bottleneck.
+* ``invite``: proxy-only dialogs: a SIPp UAC standing at the node's address
+  calls ``sip:1001@cluster.lab`` through the proxy; the proxy finds the
+  registered SIPp UAS (the phone) in its location table, record-routes, and
+  ACK + BYE follow the Route set (INVITE/180/200/ACK/BYE/200 per call).
+
+The same SIPp commands drive Kamailio (``bench/kamailio/kamailio.cfg``), run
+in the foreground with ``-DD -E -m 64 -M 8`` and ``children=1`` (one UDP
+worker, like the sip-proxy's one event loop; Kamailio also runs its timer
+processes) on its own loopback address. Fairest REGISTER comparison: Kamailio
+does what the sip-proxy does -- it adds Path, relays the REGISTER statefully
+to the same SIPp node and stores the binding from the node's 200
+(``save()`` on the reply) -- instead of answering as the registrar itself,
+which would halve its messages.
+
+Each load is a short step search per server: offered rates in increasing
+order, ``rate x step-seconds`` calls each (``-r``, ``-m``), stop at the first
+step with a failed call. The rate of a step is SIPp's successful calls
+divided by the time from SIPp's start to its last call's end (``-trace_stat``
+StartTime/CurrentTime), so a server that falls behind shows a lower rate;
+failures and retransmissions are reported next to every rate. Server CPU is
+user+system seconds (psutil; Kamailio: all its processes) per 1,000 calls;
+memory is PSS after the load. Median over ``--runs``; ours and Kamailio run
+one after the other in the same run. Also: memory per binding at 100,000
+bindings and catch-up time of 100,000 bindings. The last line is
+``RESULT {json}``.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import shutil
@@ -25,6 +51,8 @@ import sys
 import tempfile
 import time
 import tracemalloc
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +64,11 @@ sys.path.insert(0, str(ROOT))
 from daemons.sip_proxy.registrar import Binding, BindingStore  # noqa: E402
 from daemons.sip_proxy.replication import PeerAddress, Replicator  # noqa: E402
 
-PROXY, NODE, PHONE, CALLER = "127.0.1.151", "127.0.1.141", "127.0.1.161", "127.0.1.142"
+OURS, KAMAILIO = "127.0.1.151", "127.0.1.152"
+NODE, PHONE, REG_UAC = "127.0.1.141", "127.0.1.161", "127.0.1.171"
+#: SIPp socket buffers: a scheduling hiccup on a shared machine must not drop datagrams.
+SIPP_BUFFER = 4 * 2**20
+KAMAILIO_CFG = ROOT / "bench" / "kamailio" / "kamailio.cfg"
 
 REGISTER_XML = """<?xml version="1.0" encoding="ISO-8859-1" ?>
 <scenario name="register">
@@ -50,10 +82,73 @@ CSeq: 1 REGISTER
 Contact: <sip:u[call_number]@[local_ip]:[local_port]>
 Expires: 600
 Max-Forwards: 70
+User-Agent: SIPp
 Content-Length: 0
 
 ]]></send>
   <recv response="200"/>
+</scenario>
+"""
+
+#: The registrar node: 200 to REGISTER (Contact echoed) and to OPTIONS checks.
+NODE_XML = """<?xml version="1.0" encoding="ISO-8859-1" ?>
+<scenario name="registrar node">
+  <recv request="REGISTER|OPTIONS" regexp_match="true"/>
+  <send><![CDATA[
+SIP/2.0 200 OK
+[last_Via:]
+[last_From:]
+[last_To:];tag=n[call_number]
+[last_Call-ID:]
+[last_CSeq:]
+[last_Contact:]
+[last_Path:]
+Content-Length: 0
+
+]]></send>
+</scenario>
+"""
+
+#: The phone: answers INVITE with 180 and 200 (Record-Route copied, §12.1.1), then BYE.
+UAS_XML = """<?xml version="1.0" encoding="ISO-8859-1" ?>
+<scenario name="phone">
+  <recv request="INVITE"/>
+  <send><![CDATA[
+SIP/2.0 180 Ringing
+[last_Via:]
+[last_From:]
+[last_To:];tag=p[call_number]
+[last_Call-ID:]
+[last_CSeq:]
+[last_Record-Route:]
+Contact: <sip:1001@[local_ip]:[local_port]>
+Content-Length: 0
+
+]]></send>
+  <send retrans="500"><![CDATA[
+SIP/2.0 200 OK
+[last_Via:]
+[last_From:]
+[last_To:];tag=p[call_number]
+[last_Call-ID:]
+[last_CSeq:]
+[last_Record-Route:]
+Contact: <sip:1001@[local_ip]:[local_port]>
+Content-Length: 0
+
+]]></send>
+  <recv request="ACK" optional="true"/>
+  <recv request="BYE"/>
+  <send><![CDATA[
+SIP/2.0 200 OK
+[last_Via:]
+[last_From:]
+[last_To:]
+[last_Call-ID:]
+[last_CSeq:]
+Content-Length: 0
+
+]]></send>
 </scenario>
 """
 
@@ -104,16 +199,14 @@ Content-Length: 0
 
 
 def free_port(host: str) -> int:
+    """A port free for UDP and TCP on ``host``."""
     for _ in range(100):
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
             s.bind((host, 0))
             port = int(s.getsockname()[1])
-        if port > 64000:
-            continue
         try:
-            for p in (port, port + 1000):
-                with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as t:
-                    t.bind((host, p))
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as t:
+                t.bind((host, port))
         except OSError:
             continue
         return port
@@ -143,9 +236,10 @@ sip-server = "SIPS_1"
 tc-port = 0
 [applications.SPX_1]
 kind = "sip-proxy"
-host = "{PROXY}"
+host = "{OURS}"
 geo-location = "dc1"
 sip-port = {proxy_port}
+replication-port = 0
 http-port = 0
 [applications.SPX_1.sipproxy]
 oos-check = 2
@@ -153,99 +247,309 @@ oos-force = 2
 """)
 
 
-def sipp_stat(path: Path) -> tuple[int, int, float]:
-    """(successful, failed, elapsed seconds) from the last line of SIPp's -trace_stat."""
+# --------------------------------------------------------------------------- SIPp
+
+
+@dataclass
+class Step:
+    """One SIPp run at one offered rate."""
+
+    offered: int
+    calls: int
+    ok: int
+    failed: int
+    retrans: int
+    seconds: float
+    cpu_s: float
+
+    @property
+    def rate(self) -> float:
+        return self.ok / self.seconds if self.seconds > 0 else 0.0
+
+    @property
+    def cpu_per_1000(self) -> float:
+        return 1000.0 * self.cpu_s / max(self.ok, 1)
+
+    @property
+    def clean(self) -> bool:
+        return self.failed == 0 and self.ok == self.calls
+
+
+def _epoch(field: str) -> float:
+    # "2026-11-22\t03:00:14.017406\t1795316414.017406": the last part is epoch seconds
+    return float(field.split("\t")[-1])
+
+
+def sipp_stat(path: Path) -> tuple[int, int, int, float]:
+    """(successful, failed, retransmissions, seconds from start to the last
+    call's end) from the last line of SIPp's ``-trace_stat`` file."""
     lines = [ln for ln in path.read_text().splitlines() if ln.strip()]
-    head = lines[0].split(";")
-    last = lines[-1].split(";")
-    row = dict(zip(head, last, strict=False))
-    elapsed = row.get("ElapsedTime(C)", "0:0:0")
-    h, m, s = elapsed.split(":")[:3]
-    secs = int(h) * 3600 + int(m) * 60 + float(s.split(":")[0])
-    return int(row.get("SuccessfulCall(C)", 0)), int(row.get("FailedCall(C)", 0)), secs
+    row = dict(zip(lines[0].split(";"), lines[-1].split(";"), strict=False))
+    seconds = _epoch(row["CurrentTime"]) - _epoch(row["StartTime"])
+    return (int(row["SuccessfulCall(C)"]), int(row["FailedCall(C)"]),
+            int(row["Retransmissions(C)"]), seconds)
 
 
-def run_sipp(args: list[str], work: Path, name: str, timeout: float) -> tuple[int, int, float]:
+def run_sipp(args: list[str], work: Path, name: str, timeout: float) -> tuple[int, int, int, float]:
     stat = work / f"{name}.csv"
     if stat.exists():
         stat.unlink()
-    cmd = ["sipp", *args, "-trace_stat", "-stf", str(stat), "-fd", "1", "-nostdin"]
-    subprocess.run(cmd, cwd=work, capture_output=True, timeout=timeout)
+    cmd = ["sipp", *args, "-buff_size", str(SIPP_BUFFER), "-trace_stat", "-stf", str(stat),
+           "-fd", "1", "-nostdin", "-timeout", f"{int(timeout)}s", "-timeout_error"]
+    subprocess.run(cmd, cwd=work, capture_output=True, timeout=timeout + 30)
+    if not stat.exists():
+        return 0, 0, 0, 0.0
     return sipp_stat(stat)
 
 
-def sip_load(args: argparse.Namespace) -> dict[str, Any]:
-    if shutil.which("sipp") is None:
-        return {"error": "sipp not installed"}
-    work = Path(tempfile.mkdtemp(prefix="bench-proxy-"))
-    (work / "register.xml").write_text(REGISTER_XML)
-    (work / "uac.xml").write_text(UAC_XML)
-    pport, nport = free_port(PROXY), free_port(NODE)
-    write_cluster(work / "cluster.toml", pport, nport)
-    py = sys.executable
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    node = subprocess.Popen([py, "-m", "daemons.cli", "sip", "responder", "--listen",
-                             f"{NODE}:{nport}", "--log-level", "error"], env=env, cwd=ROOT,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    proxy = subprocess.Popen([py, "-m", "daemons.cli", "sip-proxy", "--config",
-                              str(work / "cluster.toml"), "--name", "SPX_1", "--rate-limit", "0",
-                              "--log-level", "error"], env=env, cwd=ROOT,
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    out: dict[str, Any] = {"register": [], "invite": []}
-    uas: subprocess.Popen[bytes] | None = None
-    try:
-        time.sleep(2.5)  # node checked in service (oos-check) and proxy synced (alone)
-        pp = psutil.Process(proxy.pid)
-        for run in range(args.runs):
-            cpu0 = sum(pp.cpu_times()[:2])
-            ok, failed, secs = run_sipp(
-                ["-sf", "register.xml", f"{PROXY}:{pport}", "-i", "127.0.1.171", "-p", "0",
-                 "-m", str(args.registers), "-r", str(args.register_rate), "-l", "5000"],
-                work, f"reg{run}", 120)
-            cpu = sum(pp.cpu_times()[:2]) - cpu0
-            out["register"].append({"ok": ok, "failed": failed, "seconds": secs,
-                                    "rate": ok / secs if secs else 0.0,
-                                    "cpu_per_1000": 1000 * cpu / max(ok, 1)})
-        uas_port = free_port(PHONE)
-        uas = subprocess.Popen(["sipp", "-sn", "uas", "-i", PHONE, "-p", str(uas_port),
-                                "-nostdin"],
-                               cwd=work, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        time.sleep(0.5)
-        # the UAS owns its port: register from a twin socket whose Contact names the UAS
-        _register_contact((PROXY, pport), (PHONE, uas_port))
-        for run in range(args.runs):
-            cpu0 = sum(pp.cpu_times()[:2])
-            ok, failed, secs = run_sipp(
-                ["-sf", "uac.xml", f"{PROXY}:{pport}", "-i", CALLER, "-p", "0",
-                 "-m", str(args.calls), "-r", str(args.call_rate), "-l", "3000"],
-                work, f"inv{run}", 120)
-            cpu = sum(pp.cpu_times()[:2]) - cpu0
-            out["invite"].append({"ok": ok, "failed": failed, "seconds": secs,
-                                  "rate": ok / secs if secs else 0.0,
-                                  "cpu_per_1000": 1000 * cpu / max(ok, 1)})
-    finally:
-        for p in (proxy, node, uas):
-            if p is not None:
-                p.terminate()
-                p.wait(5)
-    return out
+# --------------------------------------------------------------------------- servers
 
 
-def _register_contact(proxy: tuple[str, int], contact: tuple[str, int]) -> None:
-    """REGISTER from another port of the phone's host, Contact = the UAS address."""
+class Server:
+    """A proxy under test: where it listens and how much CPU/memory it used."""
+
+    name = ""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.host = host
+        self.port = port
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def processes(self) -> list[psutil.Process]:
+        assert self.proc is not None
+        p = psutil.Process(self.proc.pid)
+        return [p, *p.children(recursive=True)]
+
+    def cpu(self) -> float:
+        total = 0.0
+        for p in self.processes():
+            with contextlib.suppress(psutil.Error):
+                t = p.cpu_times()
+                total += t.user + t.system
+        return total
+
+    def memory_mb(self) -> float:
+        total = 0
+        for p in self.processes():
+            with contextlib.suppress(psutil.Error):
+                total += p.memory_full_info().pss
+        return total / 2**20
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+
+
+class OurProxy(Server):
+    name = "sip-proxy"
+
+    def start(self, work: Path, node_port: int) -> None:
+        write_cluster(work / "cluster.toml", self.port, node_port)
+        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "daemons.cli", "sip-proxy", "--config",
+             str(work / "cluster.toml"), "--name", "SPX_1", "--rate-limit", "0",
+             "--log-level", "error"], env=env, cwd=ROOT,
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+class Kamailio(Server):
+    name = "kamailio"
+
+    def start(self, work: Path, node_port: int) -> None:
+        kam = shutil.which("kamailio") or "/usr/sbin/kamailio"
+        self.proc = subprocess.Popen(
+            [kam, "-DD", "-E", "-m", "64", "-M", "8", "-f", str(KAMAILIO_CFG),
+             "-l", f"udp:{self.host}:{self.port}", "-Y", str(work),
+             "-A", "REGISTRAR_FRONT", "-A", f'NODE="sip:{NODE}:{node_port}"'],
+            cwd=work, stdout=subprocess.DEVNULL, stderr=open(work / "kamailio.log", "wb"))
+
+
+def register_contact(server: Server, contact: tuple[str, int]) -> None:
+    """REGISTER sip:1001 from another port of the phone's host, Contact = the UAS."""
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         s.bind((contact[0], 0))
         port = s.getsockname()[1]
         msg = (f"REGISTER sip:cluster.lab SIP/2.0\r\nVia: SIP/2.0/UDP {contact[0]}:{port};"
                f"branch=z9hG4bKbr{time.time_ns()}\r\nFrom: <sip:1001@cluster.lab>;tag=b\r\n"
-               "To: <sip:1001@cluster.lab>\r\nCall-ID: bench-reg@x\r\nCSeq: 1 REGISTER\r\n"
+               f"To: <sip:1001@cluster.lab>\r\nCall-ID: bench-reg-{time.time_ns()}@x\r\n"
+               "CSeq: 1 REGISTER\r\n"
                f"Contact: <sip:1001@{contact[0]}:{contact[1]}>\r\nExpires: 3600\r\n"
                "Max-Forwards: 70\r\nContent-Length: 0\r\n\r\n").encode()
         s.settimeout(3)
-        s.sendto(msg, proxy)
+        s.sendto(msg, (server.host, server.port))
         data, _ = s.recvfrom(65535)
         if not data.startswith(b"SIP/2.0 200"):
-            raise RuntimeError(f"phone registration failed: {data[:60]!r}")
+            raise RuntimeError(f"{server.name}: phone registration failed: {data[:60]!r}")
+
+
+def wait_ready(server: Server, timeout: float = 15.0) -> None:
+    """Until the server answers a REGISTER with 200 (node in service, synced)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            register_contact(server, (REG_UAC, 9))
+            return
+        except (OSError, RuntimeError):
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.3)
+
+
+def step_search(server: Server, rates: list[int], seconds: float, work: Path,
+                sipp_args: Callable[[Server, int, int], list[str]], tag: str) -> list[Step]:
+    steps: list[Step] = []
+    for rate in rates:
+        calls = int(rate * seconds)
+        cpu0 = server.cpu()
+        ok, failed, retrans, secs = run_sipp(sipp_args(server, rate, calls), work,
+                                             f"{tag}-{server.name}-{rate}", 30 + seconds * 3)
+        cpu = server.cpu() - cpu0
+        step = Step(rate, calls, ok, failed, retrans, secs, cpu)
+        steps.append(step)
+        print(f"  {tag:8} {server.name:9} offered {rate:5}/s: {step.rate:7.0f}/s ok {ok:6} "
+              f"failed {failed:4} retrans {retrans:5} CPU {step.cpu_per_1000:.3f} s/1000",
+              flush=True)
+        time.sleep(1.0)  # let the servers drain before the next step
+        if not step.clean:
+            break
+    return steps
+
+
+def register_args(server: Server, rate: int, calls: int) -> list[str]:
+    return ["-sf", "register.xml", f"{server.host}:{server.port}", "-i", REG_UAC, "-p", "0",
+            "-m", str(calls), "-r", str(rate), "-l", str(max(rate * 4, 1000))]
+
+
+def invite_args(server: Server, rate: int, calls: int) -> list[str]:
+    return ["-sf", "uac.xml", f"{server.host}:{server.port}", "-i", NODE, "-p", "0",
+            "-m", str(calls), "-r", str(rate), "-l", str(max(rate * 4, 1000))]
+
+
+def best(steps: list[Step]) -> dict[str, Any]:
+    """The highest step with zero failures, and the first failing one."""
+    clean = [s for s in steps if s.clean]
+    top = clean[-1] if clean else None
+    failing = next((s for s in steps if not s.clean), None)
+    return {
+        "offered": top.offered if top else 0,
+        "rate": round(top.rate) if top else 0,
+        "failed": top.failed if top else None,
+        "retrans": top.retrans if top else None,
+        "cpu_per_1000": round(top.cpu_per_1000, 4) if top else None,
+        "first_failing": ({"offered": failing.offered, "rate": round(failing.rate),
+                           "failed": failing.failed, "retrans": failing.retrans}
+                          if failing else None),
+        "steps": [{**asdict(s), "rate": round(s.rate)} for s in steps],
+    }
+
+
+def sip_load(args: argparse.Namespace) -> dict[str, Any]:
+    if shutil.which("sipp") is None:
+        return {"error": "sipp not installed"}
+    names = [s.strip() for s in args.servers.split(",") if s.strip()]
+    if "kamailio" in names and shutil.which("kamailio") is None \
+            and not Path("/usr/sbin/kamailio").exists():
+        print("kamailio not installed (apt-get install -y kamailio): ours only")
+        names.remove("kamailio")
+    work = Path(tempfile.mkdtemp(prefix="bench-proxy-"))
+    (work / "register.xml").write_text(REGISTER_XML)
+    (work / "uac.xml").write_text(UAC_XML)
+    (work / "node.xml").write_text(NODE_XML)
+    (work / "phone.xml").write_text(UAS_XML)
+    nport, uport = free_port(NODE), free_port(PHONE)
+    node = subprocess.Popen(["sipp", "-sf", "node.xml", "-i", NODE, "-p", str(nport),
+                             "-nostdin", "-buff_size", str(SIPP_BUFFER)], cwd=work,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    uas = subprocess.Popen(["sipp", "-sf", "phone.xml", "-i", PHONE, "-p", str(uport), "-nostdin",
+                            "-buff_size", str(SIPP_BUFFER)], cwd=work, stdout=subprocess.DEVNULL,
+                           stderr=subprocess.DEVNULL)
+    servers: list[OurProxy | Kamailio] = []
+    if "ours" in names:
+        servers.append(OurProxy(OURS, free_port(OURS)))
+    if "kamailio" in names:
+        servers.append(Kamailio(KAMAILIO, free_port(KAMAILIO)))
+    out: dict[str, Any] = {s.name: {"register": [], "invite": [], "memory_mb": []}
+                           for s in servers}
+    try:
+        for s in servers:
+            s.start(work, nport)
+        for s in servers:
+            wait_ready(s)
+            register_contact(s, (PHONE, uport))
+        reg_rates = [int(r) for r in args.register_rates.split(",")]
+        call_rates = [int(r) for r in args.call_rates.split(",")]
+        for run in range(args.runs):
+            print(f"run {run + 1}/{args.runs}", flush=True)
+            for s in servers:
+                steps = step_search(s, reg_rates, args.step_seconds, work, register_args,
+                                    f"reg{run}")
+                out[s.name]["register"].append(best(steps))
+            for s in servers:
+                register_contact(s, (PHONE, uport))
+                steps = step_search(s, call_rates, args.step_seconds, work, invite_args,
+                                    f"inv{run}")
+                out[s.name]["invite"].append(best(steps))
+                out[s.name]["memory_mb"].append(round(s.memory_mb(), 1))
+    finally:
+        for s in servers:
+            s.stop()
+        for p in (node, uas):
+            p.terminate()
+            p.wait(5)
+    return out
+
+
+def summarise(load: dict[str, Any]) -> tuple[list[str], dict[str, Any]]:
+    """Markdown table (medians of the runs) and the RESULT fields."""
+    rows = ["| load | server | max zero-failure offered /s | rate /s (SIPp ok / s) | failed "
+            "| retrans | CPU s per 1,000 | memory PSS MB | first failing step |",
+            "|---|---|---|---|---|---|---|---|---|"]
+    result: dict[str, Any] = {}
+    for kind in ("register", "invite"):
+        meds: dict[str, dict[str, float]] = {}
+        for name, data in load.items():
+            runs = data[kind]
+            if not runs:
+                continue
+            cpu = [r["cpu_per_1000"] for r in runs if r["cpu_per_1000"] is not None]
+            fails = [r["first_failing"] for r in runs if r["first_failing"]]
+            med = {"offered": statistics.median(r["offered"] for r in runs),
+                   "rate": statistics.median(r["rate"] for r in runs),
+                   "cpu": statistics.median(cpu) if cpu else float("nan"),
+                   "failed": sum(r["failed"] or 0 for r in runs),
+                   "retrans": statistics.median(r["retrans"] or 0 for r in runs),
+                   "memory": statistics.median(data["memory_mb"]) if data["memory_mb"] else 0}
+            meds[name] = med
+            first = ", ".join(f"{f['offered']}/s: {f['failed']} failed" for f in fails) or \
+                "none up to the top step"
+            rows.append(f"| {kind} | {name} | {med['offered']:.0f} | {med['rate']:.0f} | "
+                        f"{med['failed']} | {med['retrans']:.0f} | {med['cpu']:.3f} | "
+                        f"{med['memory']:.1f} | {first} |")
+            key = "ours" if name == "sip-proxy" else name
+            result[f"{kind}_{key}"] = {"max_zero_failure_offered": med["offered"],
+                                       "rate": med["rate"], "failed": med["failed"],
+                                       "retrans": med["retrans"],
+                                       "cpu_s_per_1000": round(med["cpu"], 4),
+                                       "runs": [{k: v for k, v in r.items() if k != "steps"}
+                                                for r in data[kind]]}
+        if "sip-proxy" in meds and "kamailio" in meds:
+            o, k = meds["sip-proxy"], meds["kamailio"]
+            cpu_ratio = o["cpu"] / k["cpu"] if k["cpu"] else float("nan")
+            rate_ratio = o["rate"] / k["rate"] if k["rate"] else float("nan")
+            rows.append(f"| {kind} | ratio ours/Kamailio | | {rate_ratio:.2f} | | | "
+                        f"{cpu_ratio:.2f} | | |")
+            result[f"{kind}_cpu_ratio_ours_over_kamailio"] = round(cpu_ratio, 2)
+            result[f"{kind}_rate_ratio_ours_over_kamailio"] = round(rate_ratio, 2)
+    return rows, result
+
+
+# --------------------------------------------------------------------------- binding store
 
 
 def fill(store: BindingStore, n: int, origin: str) -> None:
@@ -292,41 +596,43 @@ async def catch_up(n: int) -> float:
     return took
 
 
-def median(rows: list[dict[str, Any]], key: str) -> float:
-    return statistics.median(r[key] for r in rows) if rows else 0.0
-
-
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--registers", type=int, default=6000)
-    ap.add_argument("--register-rate", type=int, default=3000)
-    ap.add_argument("--calls", type=int, default=3000)
-    ap.add_argument("--call-rate", type=int, default=1000)
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--register-rates", default="500,1000,2000,3000,4000")
+    ap.add_argument("--call-rates", default="250,500,1000,1500,2000")
+    ap.add_argument("--step-seconds", type=float, default=3.0)
+    ap.add_argument("--servers", default="ours,kamailio", help="ours, kamailio or both")
     ap.add_argument("--bindings", type=int, default=100_000)
     ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--skip-store", action="store_true",
+                    help="skip memory per binding and catch-up")
     ap.add_argument("--skip-sipp", action="store_true")
     args = ap.parse_args()
     result: dict[str, Any] = {}
-    mem = statistics.median(memory_per_binding(args.bindings) for _ in range(args.runs))
-    print(f"memory per binding at {args.bindings}: {mem:.0f} B (target <= 2048)")
-    result["bytes_per_binding"] = round(mem)
-    times = [asyncio.run(catch_up(args.bindings)) for _ in range(args.runs)]
-    print(f"catch-up of {args.bindings} bindings: median {statistics.median(times):.2f} s "
-          f"(runs {[round(t, 2) for t in times]}; target < 10 s)")
-    result["catch_up_seconds"] = round(statistics.median(times), 3)
+    if not args.skip_store:
+        mem = statistics.median(memory_per_binding(args.bindings) for _ in range(args.runs))
+        print(f"memory per binding at {args.bindings}: {mem:.0f} B (target <= 2048)")
+        result["bytes_per_binding"] = round(mem)
+        times = [asyncio.run(catch_up(args.bindings)) for _ in range(args.runs)]
+        print(f"catch-up of {args.bindings} bindings: median {statistics.median(times):.2f} s "
+              f"(runs {[round(t, 2) for t in times]}; target < 10 s)")
+        result["catch_up_seconds"] = round(statistics.median(times), 3)
     if not args.skip_sipp:
         load = sip_load(args)
-        result["sipp"] = load
-        for kind in ("register", "invite"):
-            rows = load.get(kind, [])
-            if rows:
-                print(f"{kind}: median {median(rows, 'rate'):.0f}/s, proxy CPU "
-                      f"{median(rows, 'cpu_per_1000'):.2f} s per 1000, failures "
-                      f"{[r['failed'] for r in rows]}")
-                result[f"{kind}_rate"] = round(median(rows, "rate"))
-                result[f"{kind}_cpu_s_per_1000"] = round(median(rows, "cpu_per_1000"), 3)
-                result[f"{kind}_failed"] = [r["failed"] for r in rows]
-    result.pop("sipp", None)
+        if "error" in load:
+            print(load["error"])
+            result["sipp_error"] = load["error"]
+        else:
+            rows, fields = summarise(load)
+            print()
+            print(f"Median of {args.runs} runs; steps of {args.step_seconds:g} s; Kamailio "
+                  "children=1 (one UDP worker), REGISTER relayed to the same SIPp node "
+                  "with Path and saved from the node's 200, as the sip-proxy does.")
+            print()
+            print("\n".join(rows))
+            print()
+            result.update(fields)
     print("RESULT " + json.dumps(result))
     return 0
 

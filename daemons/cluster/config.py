@@ -29,6 +29,7 @@ The format is documented in docs/configuration.md.
 from __future__ import annotations
 
 import difflib
+import hashlib
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
@@ -144,6 +145,19 @@ def _seconds(s: Section, n: str, d: Any) -> Any:
     return s.get_float(n, d, min=0)
 
 
+def _opt_hostport(s: Section, n: str, d: Any) -> Any:
+    """``HOST:PORT`` (``[v6]:PORT`` for IPv6) or absent; read as ``(host, port)``."""
+    value = s.get_optional_str(n)
+    if value is None:
+        return d
+    host, colon, port = value.strip().rpartition(":")
+    host = host.strip("[]")
+    if not colon or not host or not port.isdigit() or not 0 < int(port) <= 65535 \
+            or any(c.isspace() for c in host):
+        raise s.error(n, f"expected HOST:PORT, got {value!r}")
+    return (host, int(port))
+
+
 def _range(lo: int, hi: int) -> Reader:
     def read(s: Section, n: str, d: Any) -> Any:
         return s.get_int(n, d, min=lo, max=hi)
@@ -169,6 +183,17 @@ def _wrap_up(s: Section, n: str, d: Any) -> Any:
     return s.get_int(n, d, min=0)
 
 
+def _overflow(s: Section, n: str, d: Any) -> Any:
+    """``*-no-answer-overflow``: DNs tried in turn after no answer; ``none`` = none."""
+    items = s.get_str_list(n, list(d))
+    if [i.lower() for i in items] == ["none"]:
+        return ()
+    for item in items:
+        if not item or item.lower() in ("none", "recall", "release"):
+            raise s.error(n, f"expected DNs separated by commas or 'none', got {item!r}")
+    return tuple(items)
+
+
 def _cti_control(s: Section, n: str, d: Any) -> Any:
     items = s.get_str_list(n, list(d))
     allowed = ("talk", "hold", "dtmf")
@@ -180,6 +205,9 @@ def _cti_control(s: Section, n: str, d: Any) -> Any:
 
 Schema = dict[str, tuple[Reader, Any]]
 
+#: ``[switch] digest-algorithms`` values (RFC 7616 §3.4 / RFC 8760 §2.2)
+DIGEST_ALGORITHMS = ("MD5", "MD5-sess", "SHA-256", "SHA-256-sess")
+
 #: Application-level [TServer] options (guide: "Configuring SIP Servers",
 #: sample [TServer] section; "Partially supported SIP Server functionality").
 TSERVER_OPTIONS: Schema = {
@@ -189,6 +217,9 @@ TSERVER_OPTIONS: Schema = {
     "posn-no-answer-timeout": (_seconds, 12.0),
     "agent-no-answer-timeout": (_seconds, 12.0),
     "agent-no-answer-action": (_choice("none", "notready", "logout"), "notready"),
+    "extn-no-answer-overflow": (_overflow, ()),
+    "posn-no-answer-overflow": (_overflow, ()),
+    "agent-no-answer-overflow": (_overflow, ()),
     "after-routing-timeout": (_seconds, 18.0),
     "set-notready-on-busy": (_bool, True),
     "wrap-up-time": (_wrap_up, 0),
@@ -296,6 +327,7 @@ APP_LEVEL_ONLY = {
     "emulated-login-state",
     "agent-no-answer-timeout",
     "agent-no-answer-action",
+    "agent-no-answer-overflow",
 }
 
 #: [applications.NAME.sipproxy] (guide: "Configuring SIP Proxy").
@@ -303,6 +335,8 @@ SIPPROXY_OPTIONS: Schema = {
     "oos-check": (_nonneg, 5),
     "oos-force": (_nonneg, 5),
     "registrar-default-timeout": (_nonneg, 140),
+    # where MWI SUBSCRIBEs go; absent: the feature-server of the geo-location
+    "feature-server-address": (_opt_hostport, None),
 }
 
 #: Ports per application kind: (required, optional).
@@ -312,7 +346,10 @@ PORTS: dict[AppKind, tuple[tuple[str, ...], tuple[str, ...]]] = {
         ("ip-port", "http-port", "management-port"),
     ),
     AppKind.T_CONTROLLER: (("tc-port",), ("smart-proxy-port", "http-port")),
-    AppKind.SIP_PROXY: (("sip-port",), ("default-port", "http-port", "mgmt-port")),
+    AppKind.SIP_PROXY: (
+        ("sip-port",),
+        ("replication-port", "default-port", "http-port", "mgmt-port"),
+    ),
     AppKind.FEATURE_SERVER: (("http-port",), ("sip-port", "management-port")),
     AppKind.VQ_SIP_SERVER: (("default-port",), ("sip-port", "http-port", "management-port")),
 }
@@ -367,6 +404,11 @@ class TServerOptions:
     posn_no_answer_timeout: float = 12.0
     agent_no_answer_timeout: float = 12.0
     agent_no_answer_action: str = "notready"
+    #: DNs tried in turn when the destination does not answer (guide: "No-Answer
+    #: Supervision"; only the application level is supported in a cluster)
+    extn_no_answer_overflow: tuple[str, ...] = ()
+    posn_no_answer_overflow: tuple[str, ...] = ()
+    agent_no_answer_overflow: tuple[str, ...] = ()
     after_routing_timeout: float = 18.0
     set_notready_on_busy: bool = True
     wrap_up_time: int = 0
@@ -386,6 +428,19 @@ class Switch:
     domain: str
     realm: str
     tserver: Mapping[str, Any]  # options given in [switch.tserver], by attribute name
+    #: secret of the digest nonces, shared by every node (None: not configured)
+    digest_secret: str | None = None
+    #: digest algorithms the nodes challenge with, preferred first (RFC 8760 §2.4)
+    digest_algorithms: tuple[str, ...] = ("MD5", "SHA-256")
+
+    def nonce_secret(self) -> bytes:
+        """The key nodes sign digest nonces with (RFC 7616 §3.3: a nonce one node
+        issued is accepted by every node of the switch). Without ``digest-secret``
+        it is derived from the switch name and realm: stable, but guessable."""
+        if self.digest_secret:
+            return hashlib.sha256(b"sipcluster-digest\0" + self.digest_secret.encode()).digest()
+        return hashlib.sha256(
+            f"sipcluster-digest\0{self.name}\0{self.realm}".encode()).digest()
 
 
 @dataclass(frozen=True)
@@ -590,13 +645,25 @@ def _parse_switch(s: Section) -> Switch:
     name = s.get_str("name")
     domain = s.get_str("domain")
     realm = s.get_str("realm", domain)
+    digest_secret = s.get_optional_str("digest-secret")
+    if digest_secret is not None and len(digest_secret) < 16:
+        raise s.error("digest-secret", "must be at least 16 characters")
+    algorithms = tuple(s.get_str_list("digest-algorithms", ["MD5", "SHA-256"]))
+    for algorithm in algorithms:
+        if algorithm not in DIGEST_ALGORITHMS:
+            raise s.error("digest-algorithms",
+                          f"expected some of {', '.join(DIGEST_ALGORITHMS)}, got {algorithm!r}")
+    if not algorithms:
+        raise s.error("digest-algorithms", "must name at least one algorithm")
     tserver = s.section("tserver")
     given = _read_schema(tserver, TSERVER_OPTIONS, only_given=True)
     _check_unknown(tserver, set(TSERVER_OPTIONS))
-    _check_unknown(s, {"name", "domain", "realm", "tserver"})
+    _check_unknown(s, {"name", "domain", "realm", "digest-secret", "digest-algorithms",
+                       "tserver"})
     if not name:
         raise s.error("name", "must not be empty")
-    return Switch(name=name, domain=domain, realm=realm, tserver=_frozen_map(given))
+    return Switch(name=name, domain=domain, realm=realm, tserver=_frozen_map(given),
+                  digest_secret=digest_secret, digest_algorithms=algorithms)
 
 
 def _parse_dns(root: Section) -> tuple[dict[str, Dn], ClusterNodes, OutboundProxy | None]:
@@ -873,6 +940,19 @@ def _cross_check(root: Section, cfg: ClusterConfig) -> list[ConfigError]:
             )
         elif entry.type is DnType.VOIP_SERVICE:
             problem(f"{where}.default-dn", f"{target_dn!r} is a VoIPService DN, not a destination")
+
+    # *-no-answer-overflow: destinations must be DNs that can take a call
+    for where, table in tserver_tables:
+        for attr in ("extn_no_answer_overflow", "posn_no_answer_overflow",
+                     "agent_no_answer_overflow"):
+            for target_dn in table.get(attr) or ():
+                entry = cfg.dns.get(target_dn)
+                key = f"{where}.{attr.replace('_', '-')}"
+                if entry is None:
+                    problem(key, f"{target_dn!r} is not a DN of the switch"
+                            + hint(target_dn, cfg.dns))
+                elif entry.type is DnType.VOIP_SERVICE:
+                    problem(key, f"{target_dn!r} is a VoIPService DN, not a destination")
 
     # sip-enable-strict-auth, per DN (guide: "Configuring the SIP Cluster Node DN")
     nodes_apps = [n for n in cfg.nodes.applications if n in apps]

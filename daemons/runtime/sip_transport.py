@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import ipaddress
 import itertools
 import re
@@ -37,8 +38,8 @@ from daemons.runtime.logs import get_logger
 from daemons.runtime.management import Metrics
 from protocols.sip.errors import MessageTooLarge, ParseError
 from protocols.sip.framing import PONG, KeepAlivePing, StreamFramer
-from protocols.sip.headers import Via
-from protocols.sip.message import Request, Response, parse_message, validate
+from protocols.sip.headers import Via, canonical_name
+from protocols.sip.message import KNOWN_METHODS, Request, Response, parse_message, validate
 from protocols.sip.uri import format_host
 
 __all__ = [
@@ -58,6 +59,9 @@ __all__ = [
 TRANSPORTS: Final = ("UDP", "TCP", "TLS")
 #: Default ports when a Via or URI has none (§18.2.2, §19.1.2).
 DEFAULT_PORTS: Final = {"UDP": 5060, "TCP": 5060, "TLS": 5061}
+#: Socket buffers asked for on UDP listeners (the kernel caps them at
+#: net.core.rmem_max / wmem_max): a burst must wait in the buffer, not be dropped.
+UDP_BUFFER_SIZE: Final = 4 * 2**20
 #: §18.1.1: a request within 200 octets of the path MTU (1500) goes over a
 #: congestion-controlled transport instead of UDP.
 UDP_SIZE_LIMIT: Final = 1300
@@ -97,7 +101,9 @@ MessageHandler = Callable[[Request | Response, Flow], None]
 # --------------------------------------------------------------------------- Via rules
 
 
+@functools.lru_cache(maxsize=4096)
 def _ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    # cached: every message sent and every Via received asks about the same few peers
     try:
         return ipaddress.ip_address(text.strip("[]"))
     except ValueError:
@@ -150,7 +156,9 @@ def _rewrite_top_via_transport(request: Request, transport: str, port: int | Non
 
 # --------------------------------------------------------------------------- 400 for bad input
 
-_REQUEST_LINE = re.compile(rb"^([!-~]+) +(\S+) +SIP/\d+\.\d+\s*$", re.IGNORECASE)
+#: Lenient on purpose: whitespace inside the Request-URI (RFC 4475 §3.1.2.10
+#: "lwsruri") or around it (§3.1.2.11 "lwsstart") still yields a 400.
+_REQUEST_LINE = re.compile(rb"^([!-~]+)[ \t]+(\S(?:.*\S)?)[ \t]+SIP/\d+\.\d+\s*$", re.IGNORECASE)
 _ESSENTIAL = {"via": "Via", "v": "Via", "from": "From", "f": "From", "to": "To", "t": "To",
               "call-id": "Call-ID", "i": "Call-ID", "cseq": "CSeq"}
 _PRINTABLE = re.compile(r"[^\x20-\x7e\u00a0-\uffff]")
@@ -209,6 +217,37 @@ def build_error_response(data: bytes, status: int, reason: str) -> bytes | None:
     out.append("Content-Length: 0")
     text = "\r\n".join(line.replace("\r", " ").replace("\n", " ") for line in out)
     return (text + "\r\n\r\n").encode("utf-8", "replace")
+
+
+def _check_proxied(msg: Request | Response) -> None:
+    """The lighter check of a proxy (RFC 3261 §16.3 step 1, "reasonable syntax").
+
+    Only what the server transaction and the proxy rules read must be well
+    formed: the top Via, CSeq (matching the method), Call-ID, From, To,
+    Max-Forwards and the Request-URI. Other headers (Contact, Date, ...) "SHOULD
+    be ignored and remain unchanged when the message is forwarded"; the proxy
+    parses a REGISTER's Contact itself and answers 400 when it is malformed.
+    """
+    msg.top_via  # noqa: B018
+    cseq = msg.cseq
+    msg.call_id  # noqa: B018
+    msg.from_  # noqa: B018
+    msg.to  # noqa: B018
+    if isinstance(msg, Request):
+        h = msg.headers
+        for key in ("to", "from", "call-id", "cseq", "max-forwards"):
+            if h._keys.count(key) > 1:
+                raise ParseError(f"multiple {canonical_name(key)} headers")
+        msg.max_forwards  # noqa: B018
+        msg.content_length  # noqa: B018
+        ruri = msg.ruri
+        if ruri.headers:
+            raise ParseError("escaped headers are not allowed in the Request-URI (§19.1.5)")
+        if cseq.method != msg.method:
+            if msg.method not in KNOWN_METHODS:
+                raise ParseError(
+                    f"unknown method {msg.method} with CSeq method {cseq.method}", 501)
+            raise ParseError(f"CSeq method {cseq.method} does not match {msg.method}")
 
 
 def _check_received(msg: Request | Response) -> None:
@@ -342,6 +381,16 @@ class _StreamConnection(asyncio.Protocol):
             self.transport.close()
 
 
+def _grow_buffers(transport: asyncio.BaseTransport) -> None:
+    """Ask for :data:`UDP_BUFFER_SIZE` socket buffers (best effort)."""
+    sock = transport.get_extra_info("socket")
+    if sock is None:
+        return
+    for option in (socket.SO_RCVBUF, socket.SO_SNDBUF):
+        with contextlib.suppress(OSError, AttributeError):
+            sock.setsockopt(socket.SOL_SOCKET, option, UDP_BUFFER_SIZE)
+
+
 def _fmt(addr: Address) -> str:
     return f"{format_host(addr[0])}:{addr[1]}"
 
@@ -354,6 +403,8 @@ class SipTransportManager:
 
     ``on_message(message, flow)`` is called synchronously for each valid
     message; it must not block (schedule work on the loop instead).
+    ``proxy_checks`` replaces the full §8.2 check of received requests by the
+    lighter §16.3 one (:func:`_check_proxied`).
     ``ssl_context`` serves TLS listeners; ``client_ssl_context`` is used for
     outgoing TLS connections (default: the system's verified context).
     """
@@ -368,10 +419,12 @@ class SipTransportManager:
         idle_timeout: float = 300.0,
         connect_timeout: float = 5.0,
         max_message_size: int = 65536,
+        proxy_checks: bool = False,
         udp_size_limit: int = UDP_SIZE_LIMIT,
         logger: Any = None,
     ) -> None:
         self.on_message = on_message
+        self._check = _check_proxied if proxy_checks else _check_received
         self.ssl_context = ssl_context
         self.client_ssl_context = client_ssl_context
         self.idle_timeout = idle_timeout
@@ -400,6 +453,9 @@ class SipTransportManager:
             ("transport",))
         self._conn_gauge = metrics.gauge(
             "sip_connections", "Open SIP stream connections", ("transport",))
+        # labelled children of the two per-message counters, looked up once
+        self._received_by: dict[tuple[str, str], Any] = {}
+        self._sent_by: dict[tuple[str, str], Any] = {}
 
     # ------------------------------------------------------------ listening
 
@@ -407,8 +463,9 @@ class SipTransportManager:
         """Listen for ``transport`` on (host, port); return the bound address (port 0 = any)."""
         transport = transport.upper()
         if transport == "UDP":
-            _, proto = await self._loop.create_datagram_endpoint(
+            transport_, proto = await self._loop.create_datagram_endpoint(
                 lambda: _UdpEndpoint(self), local_addr=(host, port))
+            _grow_buffers(transport_)
             self._udp.append(proto)
             self.log.info("sip_listening", transport="UDP", address=_fmt(proto.local))
             return proto.local
@@ -474,7 +531,7 @@ class SipTransportManager:
         flow = Flow("UDP", remote, ep.local, None)
         try:
             msg = parse_message(data, max_size=self.max_message_size)
-            _check_received(msg)
+            self._check(msg)
         except ParseError as exc:
             self._malformed(data, flow, exc, lambda out: ep.sendto(out, remote))
             return
@@ -483,7 +540,7 @@ class SipTransportManager:
     def _on_stream_message(self, conn: _StreamConnection, msg: Request | Response) -> None:
         flow = conn.flow
         try:
-            _check_received(msg)
+            self._check(msg)
         except ParseError as exc:
             self._malformed(msg.serialize(), flow, exc, conn.write)
             return
@@ -517,19 +574,30 @@ class SipTransportManager:
             except (TransportError, OSError) as err:
                 self.log.info("sip_send_failed", peer=_fmt(flow.remote), error=str(err))
                 return
-            self._sent.labels(flow.transport, "response").inc()
+            self._count_sent(flow.transport, "response")
 
     def _deliver(self, msg: Request | Response, flow: Flow) -> None:
         if isinstance(msg, Request):
             fix_top_via(msg, flow.remote)
-            self._received.labels(flow.transport, "request").inc()
+            key = (flow.transport, "request")
         else:
-            self._received.labels(flow.transport, "response").inc()
+            key = (flow.transport, "response")
+        child = self._received_by.get(key)
+        if child is None:
+            child = self._received_by[key] = self._received.labels(*key)
+        child.inc()
         try:
             self.on_message(msg, flow)
         except Exception:  # a bug in a handler must not stop the listener
             self._count_drop(flow.transport, "handler_error")
             self.log.exception("sip_message_handler_failed", peer=_fmt(flow.remote))
+
+    def _count_sent(self, transport: str, kind: str) -> None:
+        key = (transport, kind)
+        child = self._sent_by.get(key)
+        if child is None:
+            child = self._sent_by[key] = self._sent.labels(transport, kind)
+        child.inc()
 
     def _count_drop(self, transport: str, reason: str) -> None:
         self._dropped.labels(transport, reason).inc()
@@ -655,7 +723,7 @@ class SipTransportManager:
             if isinstance(exc, TransportError):
                 raise
             raise TransportError(str(exc)) from exc
-        self._sent.labels(transport, kind).inc()
+        self._count_sent(transport, kind)
         return flow
 
     def send_nowait(
@@ -697,7 +765,7 @@ class SipTransportManager:
             if isinstance(exc, TransportError):
                 raise
             raise TransportError(str(exc)) from exc
-        self._sent.labels(transport, kind).inc()
+        self._count_sent(transport, kind)
         return flow
 
     def _stream_for(

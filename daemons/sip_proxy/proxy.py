@@ -72,6 +72,7 @@ ALLOW = "INVITE, ACK, CANCEL, BYE, OPTIONS, REGISTER, SUBSCRIBE, NOTIFY, REFER, 
 _DIALOG_METHODS = frozenset({"INVITE", "SUBSCRIBE", "REFER", "NOTIFY"})
 _SCHEMES = frozenset({"sip", "sips", "tel"})
 _BRANCH_PREFIX = "z9hG4bKsc"
+_STATUS_CLASS = ("0xx", "1xx", "2xx", "3xx", "4xx", "5xx", "6xx")
 
 Address = tuple[str, int]
 
@@ -90,6 +91,23 @@ class ProxySettings:
     #: other proxies of the cluster: name -> (host, sip-port)
     peers: dict[str, Address] = field(default_factory=dict)
     sync_retry_after: int = 5
+
+
+class _Labelled:
+    """A labelled metric whose children are looked up once per label set
+    (``labels()`` of the client library takes a lock and builds a key each call)."""
+
+    __slots__ = ("_children", "_metric")
+
+    def __init__(self, metric: Any) -> None:
+        self._metric = metric
+        self._children: dict[tuple[str, ...], Any] = {}
+
+    def labels(self, *values: str) -> Any:
+        child = self._children.get(values)
+        if child is None:
+            child = self._children[values] = self._metric.labels(*values)
+        return child
 
 
 @dataclass(slots=True)
@@ -172,23 +190,23 @@ class ProxyCore:
         self._last_stamp = 0.0
         self._own = {(settings.host, settings.port)}
         self._peer_hosts = {h for h, _ in settings.peers.values()}
-        self.requests = metrics.counter(
-            "proxy_requests", "Requests by method and what the proxy did", ("method", "action"))
-        self.responses = metrics.counter(
-            "proxy_responses_forwarded", "Responses forwarded upstream", ("status_class",))
-        self.refused = metrics.counter(
-            "proxy_refused", "Requests refused by protection rules", ("reason",))
-        self.registrations = metrics.counter(
-            "proxy_registrations", "Bindings stored or removed from node answers", ("action",))
-        self.failovers = metrics.counter(
-            "proxy_node_failovers", "Requests moved to another node", ("reason",))
+        self.requests = _Labelled(metrics.counter(
+            "proxy_requests", "Requests by method and what the proxy did", ("method", "action")))
+        self.responses = _Labelled(metrics.counter(
+            "proxy_responses_forwarded", "Responses forwarded upstream", ("status_class",)))
+        self.refused = _Labelled(metrics.counter(
+            "proxy_refused", "Requests refused by protection rules", ("reason",)))
+        self.registrations = _Labelled(metrics.counter(
+            "proxy_registrations", "Bindings stored or removed from node answers", ("action",)))
+        self.failovers = _Labelled(metrics.counter(
+            "proxy_node_failovers", "Requests moved to another node", ("reason",)))
         self.bindings_gauge = metrics.gauge("proxy_bindings", "Live bindings known")
 
     # ------------------------------------------------------------ lifecycle
 
     async def start(self) -> None:
         self.transport = SipTransportManager(self.on_message, metrics=self.metrics,
-                                             logger=self.log)
+                                             logger=self.log, proxy_checks=True)
         host, port = self.settings.host, self.settings.port
         udp = await self.transport.listen("UDP", host, port)
         await self.transport.listen("TCP", host, udp[1])
@@ -641,11 +659,18 @@ class ProxyCore:
         try:
             for c in response.contacts:
                 raw = c.params.get("expires")
-                answered[_norm_uri(c.uri)] = int(raw) if raw is not None and raw.isdigit() \
-                    else None
+                # the node usually echoes the contact as sent: compare the text
+                # first, normalised URIs only when that fails
+                answered[c.uri] = int(raw) if raw is not None and raw.isdigit() else None
             resp_expires = response.expires
         except ParseError:
             answered, resp_expires = {}, None
+        if answered and any(p.contact not in answered for p in fwd.register
+                            if p.contact != "*"):
+            answered = {_norm_uri(k): v for k, v in answered.items()}
+            normalise = True
+        else:
+            normalise = False
         stamp = self._stamp()
         for planned in fwd.register:
             if planned.contact == "*":
@@ -655,7 +680,7 @@ class ProxyCore:
                                             self.settings.name, old.transport, old.received,
                                             old.path, old.instance, old.reg_id))
                 continue
-            norm = _norm_uri(planned.contact)
+            norm = _norm_uri(planned.contact) if normalise else planned.contact
             if answered and norm not in answered:
                 expires_at = stamp  # the node no longer lists it: removed
             else:
@@ -717,7 +742,7 @@ class ProxyCore:
                 self.auth_guard.succeeded(fwd.source[0])
         if status >= 200:
             fwd.final_sent = True
-        self.responses.labels(f"{status // 100}xx").inc()
+        self.responses.labels(_STATUS_CLASS[status // 100]).inc()
         if fwd.delay > 0 and status >= 200:
             self._loop.call_later(fwd.delay, self._send_upstream, fwd, response)
         else:

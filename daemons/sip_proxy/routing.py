@@ -57,6 +57,7 @@ class Router:
     def __init__(self, nodes: list[NodeTarget], geo_location: str,
                  usable: Callable[[str], bool]) -> None:
         self.nodes = {n.name: n for n in nodes}
+        self._hosts = frozenset(n.host for n in self.nodes.values())
         self.geo_location = geo_location
         self.usable = usable
 
@@ -100,4 +101,4 @@ class Router:
         return None
 
     def is_node_host(self, host: str) -> bool:
-        return any(n.host == host for n in self.nodes.values())
+        return host in self._hosts

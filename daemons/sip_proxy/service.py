@@ -2,15 +2,15 @@
 centre (docs/sip-proxy.md; guide: "SIP Proxy", "Configuring SIP Proxy").
 
 The daemon reads its entry in the cluster file (host, ``sip-port``,
-``geo-location``, ``[sipproxy]`` options ``oos-check``, ``oos-force``,
-``registrar-default-timeout``), the cluster nodes (primaries listed in the
-SIP Cluster Node DN and their HA ``backup``), the other SIP Proxies
-(``siproxy-applications``) and the feature-server of its geo-location, then:
+``replication-port``, ``geo-location``, ``[sipproxy]`` options ``oos-check``,
+``oos-force``, ``registrar-default-timeout``, ``feature-server-address``),
+the cluster nodes (primaries listed in the SIP Cluster Node DN and their HA
+``backup``), the other SIP Proxies (``siproxy-applications``) and the
+feature-server of its geo-location, then:
 
 * listens for SIP on ``sip-port`` (UDP + TCP) -- :mod:`.proxy`;
 * replicates bindings with every other proxy -- :mod:`.replication`
-  (``replication-port``; until the cluster file has that key: ``sip-port +
-  1000``);
+  (``replication-port``; an entry without it uses ``sip-port + 1000``);
 * checks every node with OPTIONS -- :mod:`.oos`;
 * serves ``/healthz`` (fails until the bindings are synced), ``/metrics``,
   ``/status/nodes``, ``/status/replication``, ``/status/registrations`` on
@@ -27,7 +27,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from daemons.cluster.config import AppKind, ClusterConfig, load_cluster
+from daemons.cluster.config import AppKind, Application, ClusterConfig, load_cluster
 from daemons.runtime.config import ConfigError
 from daemons.runtime.logs import configure_logging
 from daemons.runtime.service import Service, cancel_and_wait, run_service
@@ -44,11 +44,11 @@ __all__ = ["SipProxy", "add_parser", "replication_port", "run"]
 REPLICATION_PORT_OFFSET = 1000
 
 
-def replication_port(app: Any) -> int:
-    """The replication port of a sip-proxy entry: ``replication-port`` when the
-    cluster file has it, else ``sip-port + 1000``."""
-    port = app.ports.get("replication-port") if hasattr(app, "ports") else None
-    if port:
+def replication_port(app: Application) -> int:
+    """The replication port of a sip-proxy entry: its ``replication-port``
+    (0: the OS picks one, for tests), else ``sip-port + 1000``."""
+    port = app.ports.get("replication-port")
+    if port is not None:
         return int(port)
     return int(app.ports["sip-port"]) + REPLICATION_PORT_OFFSET
 
@@ -97,6 +97,9 @@ class SipProxy(Service):
         fs: tuple[str, int] | None = None
         if args.feature_server_address:
             fs = _hostport(args.feature_server_address)
+        elif opts.get("feature-server-address") is not None:
+            host, port = opts["feature-server-address"]
+            fs = (str(host), int(port))
         else:
             for f in self.cfg.by_kind(AppKind.FEATURE_SERVER, self.geo):
                 if f.ports.get("sip-port"):
@@ -168,7 +171,11 @@ class SipProxy(Service):
                       replication_port=self.repl_port, geo_location=self.geo,
                       nodes=[n.name for n in self.nodes], oos_check=self.oos_check,
                       oos_force=self.oos_force)
+        # Everything built so far lives as long as the daemon: keep it out of the
+        # collector's way; per-message garbage is acyclic and freed by reference
+        # counting, so the youngest generation can be collected less often.
         gc.freeze()
+        gc.set_threshold(50_000, 50, 100)
 
     async def stop(self) -> None:
         await cancel_and_wait(*self._tasks)
@@ -254,10 +261,11 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("--config", required=True, help="the cluster file (TOML)")
     p.add_argument("--name", required=True, help="this proxy's application name")
     p.add_argument("--replication-port", type=int, default=None,
-                   help="override the replication port (default sip-port + 1000)")
+                   help="override the replication port (default: replication-port of the "
+                        "entry, else sip-port + 1000)")
     p.add_argument("--feature-server-address", default=None, metavar="HOST:PORT",
-                   help="where MWI SUBSCRIBEs go (default: the feature-server of the "
-                        "geo-location in the cluster file)")
+                   help="where MWI SUBSCRIBEs go (default: feature-server-address of the "
+                        "entry, else the feature-server of the geo-location)")
     p.add_argument("--http-port", type=int, default=None,
                    help="management HTTP port (default: http-port of the entry)")
     p.add_argument("--oos-check", type=float, default=None, help="override oos-check, s")

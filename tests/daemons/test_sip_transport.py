@@ -149,6 +149,18 @@ async def test_version_505_and_no_answer_without_headers() -> None:
     assert build_error_response(b"SIP/2.0 200 OK\r\n\r\n", 400, "x") is None
 
 
+@pytest.mark.parametrize("line", [b"INVITE sip:user@example.com; lr SIP/2.0",
+                                  b"INVITE  sip:user@example.com  SIP/2.0",
+                                  b"INVITE\tsip:user@example.com; lr \tSIP/2.0"])
+def test_whitespace_in_request_uri_is_answered_400(line: bytes) -> None:
+    """RFC 4475 §3.1.2.10/11: whitespace inside or around the Request-URI."""
+    data = options("SIP/2.0/UDP h;branch=z9hG4bKw").split(b"\r\n", 1)[1]
+    answer = build_error_response(line + b"\r\n" + data, 400, "malformed Request-Line")
+    assert answer is not None and answer.startswith(b"SIP/2.0 400 malformed Request-Line\r\n")
+    parsed = parse_message(answer)
+    assert isinstance(parsed, Response) and parsed.top_via.branch == "z9hG4bKw"
+
+
 async def test_large_udp_request_switches_to_tcp(server: tuple) -> None:
     _, sink, _, port = server
     client = SipTransportManager(lambda m, f: None)

@@ -115,6 +115,7 @@ def test_example_file_loads() -> None:
     assert cfg.nodes.agent_state_auto_restore is True
     assert cfg.outbound_proxy is not None and cfg.outbound_proxy.oos_check == 10
     assert cfg.applications["SIPProxy_dc1_1"].options["oos-check"] == 5
+    assert {p.port("replication-port") for p in proxies} == {6060}
     assert cfg.strict_auth("1001", "SIPS_dc1_1") is True
 
 
@@ -237,6 +238,45 @@ def test_option_errors_name_file_key_reason(
     assert err.key == key
     assert reason in err.reason
     assert str(err).startswith(f"{err.file}: {key}: ")
+
+
+def test_sip_proxy_replication_port_and_feature_server_address(tmp_path: Path) -> None:
+    cfg = load_text(tmp_path, MINIMAL)
+    spx = cfg.applications["SPX_1"]
+    assert spx.port("replication-port") is None
+    assert spx.options["feature-server-address"] is None
+    text = MINIMAL.replace(
+        "sip-port = 5060\n",
+        "sip-port = 5060\nreplication-port = 6060\n\n[applications.SPX_1.sipproxy]\n"
+        'feature-server-address = "127.0.1.31:5070"\n',
+    )
+    spx = load_text(tmp_path, text).applications["SPX_1"]
+    assert spx.port("replication-port") == 6060
+    assert spx.options["feature-server-address"] == ("127.0.1.31", 5070)
+    v6 = text.replace('"127.0.1.31:5070"', '"[::1]:5070"')
+    assert load_text(tmp_path, v6).applications["SPX_1"].options[
+        "feature-server-address"] == ("::1", 5070)
+
+
+@pytest.mark.parametrize("value", ['"127.0.1.31"', '"127.0.1.31:0"', '":5070"',
+                                   '"127.0.1.31:x"', "5070"])
+def test_feature_server_address_errors(tmp_path: Path, value: str) -> None:
+    text = MINIMAL.replace(
+        "sip-port = 5060\n",
+        f"sip-port = 5060\n\n[applications.SPX_1.sipproxy]\nfeature-server-address = {value}\n",
+    )
+    err = error_of(tmp_path, text)
+    assert err.key == "applications.SPX_1.sipproxy.feature-server-address"
+
+
+def test_replication_port_collides_like_any_port(tmp_path: Path) -> None:
+    text = MINIMAL.replace("sip-port = 5060\n", "sip-port = 5060\nreplication-port = 5060\n")
+    assert cross_problems(tmp_path, text) == [
+        (
+            "applications.SPX_1.replication-port",
+            "port 5060 on 127.0.1.21 is already used by applications.SPX_1.sip-port",
+        )
+    ]
 
 
 def test_syntax_error_names_file(tmp_path: Path) -> None:
@@ -427,3 +467,53 @@ def test_switchover_requires_recheck(tmp_path: Path) -> None:
     assert cross_problems(tmp_path, text) == [
         ("dns.SIP_Cluster_DN.switchover-on-sipp-oos", "requires sipp-oos-recheck = true")
     ]
+
+
+# -- no-answer overflow and digest secret ----------------------------------------
+
+
+def test_no_answer_overflow_options(tmp_path: Path) -> None:
+    text = MINIMAL.replace('default-dn = "5000"', 'default-dn = "5000"\n'
+                           'extn-no-answer-overflow = "5000,1001"\n'
+                           'agent-no-answer-overflow = "none"')
+    ts = load_text(tmp_path, text).tserver_for("SIPS_1")
+    assert ts.extn_no_answer_overflow == ("5000", "1001")
+    assert ts.agent_no_answer_overflow == ()
+    assert ts.posn_no_answer_overflow == ()
+    problems = cross_problems(tmp_path, MINIMAL.replace(
+        'default-dn = "5000"', 'default-dn = "5000"\nextn-no-answer-overflow = "1002"'))
+    assert problems == [("switch.tserver.extn-no-answer-overflow",
+                         "'1002' is not a DN of the switch (did you mean '1001'?)")]
+    err = error_of(tmp_path, MINIMAL.replace(
+        'default-dn = "5000"', 'default-dn = "5000"\nposn-no-answer-overflow = "recall"'))
+    assert err.key == "switch.tserver.posn-no-answer-overflow"
+    dn_level = MINIMAL.replace('password = "s3cret"',
+                               'password = "s3cret"\nagent-no-answer-overflow = "5000"')
+    assert "only at application level" in error_of(tmp_path, dn_level).reason
+
+
+def test_digest_secret_is_shared_by_every_node(tmp_path: Path) -> None:
+    derived = load_text(tmp_path, MINIMAL).switch
+    assert derived.digest_secret is None
+    # no secret in the file: derived from switch name + realm, the same on every node
+    assert derived.nonce_secret() == load_text(tmp_path, MINIMAL).switch.nonce_secret()
+    other = load_text(tmp_path, MINIMAL.replace('name = "SIP_Cluster"', 'name = "Other"'))
+    assert other.switch.nonce_secret() != derived.nonce_secret()
+    given = load_text(tmp_path, MINIMAL.replace(
+        'domain = "cluster.lab"', 'domain = "cluster.lab"\ndigest-secret = "0123456789abcdef-x"'))
+    assert given.switch.digest_secret == "0123456789abcdef-x"
+    assert len(given.switch.nonce_secret()) == 32
+    assert given.switch.nonce_secret() != derived.nonce_secret()
+    short = error_of(tmp_path, MINIMAL.replace(
+        'domain = "cluster.lab"', 'domain = "cluster.lab"\ndigest-secret = "short"'))
+    assert short.key == "switch.digest-secret"
+
+
+def test_digest_algorithms(tmp_path: Path) -> None:
+    assert load_text(tmp_path, MINIMAL).switch.digest_algorithms == ("MD5", "SHA-256")
+    only_md5 = MINIMAL.replace('domain = "cluster.lab"',
+                               'domain = "cluster.lab"\ndigest-algorithms = "MD5"')
+    assert load_text(tmp_path, only_md5).switch.digest_algorithms == ("MD5",)
+    bad = error_of(tmp_path, MINIMAL.replace(
+        'domain = "cluster.lab"', 'domain = "cluster.lab"\ndigest-algorithms = ["SHA-1"]'))
+    assert bad.key == "switch.digest-algorithms" and "'SHA-1'" in bad.reason
