@@ -7,7 +7,7 @@ EventEstablished, EventReleased). Three runs; prints the median rate, SIPp
 failures, events missing at the monitor and the sip-server's CPU seconds
 per 1,000 calls (psutil). Last line: ``RESULT {json}``.
 
-    .venv/bin/python bench/bench_node_calls.py [--calls 3000] [--rate 200] [--runs 3]
+    .venv/bin/python bench/bench_node_calls.py [--calls 3000] [--rate 320] [--runs 3] [--profile F]
 """
 
 from __future__ import annotations
@@ -142,9 +142,10 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     config = tmp / "cluster.toml"
     write_cluster(config, ports)
     log = (tmp / "sip-server.log").open("w")
+    profile = ["-m", "cProfile", "-o", args.profile] if args.profile else []
     proc = subprocess.Popen(  # noqa: ASYNC220 - the node runs for the whole benchmark
-        [sys.executable, "-m", "daemons.cli", "sip-server", "--config", str(config), "--name",
-         "SIPS_B", "--log-format", "json", "--log-level", "warning"],
+        [sys.executable, *profile, "-m", "daemons.cli", "sip-server", "--config", str(config),
+         "--name", "SIPS_B", "--log-format", "json", "--log-level", "warning"],
         cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, text=True)
     try:
         deadline = time.monotonic() + 15
@@ -181,8 +182,10 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--calls", type=int, default=3000)
-    parser.add_argument("--rate", type=int, default=200, help="offered calls/s")
+    parser.add_argument("--rate", type=int, default=320, help="offered calls/s")
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--profile", metavar="FILE",
+                        help="run the sip-server under cProfile, statistics to FILE")
     args = parser.parse_args()
     result = asyncio.run(main_async(args))
     print("| median calls/s | failed calls | IPport events missing | CPU s / 1000 calls |")

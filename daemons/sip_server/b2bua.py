@@ -25,15 +25,23 @@
 from __future__ import annotations
 
 import asyncio
-import os
+import ipaddress
 import secrets
 import time
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 from daemons.cluster.config import DnType
-from daemons.runtime.sip_endpoint import IncomingRequest, SipEndpoint
-from daemons.sip_server.call import Call, CallState, Leg, LegState, new_conn_id, sdp_direction
+from daemons.runtime.sip_endpoint import Destination, IncomingRequest, SipEndpoint
+from daemons.sip_server.call import (
+    Call,
+    CallState,
+    Leg,
+    LegState,
+    hold_sdp,
+    new_conn_id,
+    sdp_direction,
+)
 from daemons.sip_server.registrar import RegisterError, Registrar
 from daemons.sip_server.tlib_server import TLibConnection
 from protocols.sip.dialog import Dialog, DialogError
@@ -78,19 +86,34 @@ class SessionController:
         self.registrar = Registrar()
         realm = self.config.switch.realm
         self.domain = self.config.switch.domain
-        # MD5 first: most phones and SIPp answer only MD5 (RFC 8760 §2 allows the order)
-        self.auth = DigestAuthenticator(realm, os.urandom(32), algorithms=("MD5", "SHA-256"))
+        # One nonce key for the whole switch (docs/configuration.md, digest-secret): a
+        # phone that a proxy moves to another node keeps its nonce (RFC 7616 §3.3).
+        if not self.config.switch.digest_secret:
+            self.log.warning("digest_secret_derived", switch=self.config.switch.name,
+                             realm=realm, hint="set [switch] digest-secret: the derived "
+                             "key is guessable from the cluster file")
+        # MD5 first by default: most phones and SIPp answer only MD5 (RFC 8760 §2.4
+        # allows the order); some (baresip 1.0) fail on any challenge they cannot
+        # answer, hence [switch] digest-algorithms
+        self.auth = DigestAuthenticator(realm, self.config.switch.nonce_secret(),
+                                        algorithms=self.config.switch.digest_algorithms)
         self.endpoint: SipEndpoint | None = None
         self.sip_port = 0
         self.calls: dict[str, Call] = {}
         self.legs: dict[tuple[str, str], Leg] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
+        #: next-hop URI text -> Destination when its host is an IP address
+        self._destinations: dict[tuple[str, str], Destination | None] = {}
+        #: our Contact per (transport, remote host): the listening address does not move
+        self._contacts: dict[tuple[str, str], str] = {}
         self._expiry_task: asyncio.Task[None] | None = None
         m = server.metrics
         self.m_registrations = m.counter("registrations", "REGISTER outcomes", ("outcome",))
         self.m_registered = m.gauge("registered_dns", "DNs with at least one binding")
         self.m_calls_active = m.gauge("calls_active", "Calls in progress")
+        self.m_calls_active.set_function(lambda: len(self.calls))
         self.m_calls = m.counter("calls", "Finished calls by outcome", ("outcome",))
+        self._m_outcomes: dict[str, Any] = {}
         self.m_refused = m.counter("sip_requests_refused", "Requests answered with an error",
                                    ("method", "status"))
         self.m_auth_failures = m.counter("auth_failures", "Digest failures", ("method", "reason"))
@@ -131,6 +154,39 @@ class SessionController:
         if not task.cancelled() and task.exception() is not None:
             self.log.error("sip_server_task_failed", error=repr(task.exception()))
 
+    def _destination(self, uri: str, transport: str = "UDP") -> Destination | None:
+        """The destination of a next-hop URI whose host is an IP address (RFC 3263
+        §4.1-§4.2: no DNS, transport from the URI else ``transport``, port from the
+        URI else 5060 / 5061), ``None`` when it needs the resolver. Cached: phones
+        and the node keep talking to the same few contacts."""
+        key = (uri, transport)
+        cache = self._destinations
+        if key in cache:
+            return cache[key]
+        dest: Destination | None = None
+        try:
+            parsed = parse_uri(uri)
+            ipaddress.ip_address(parsed.host)
+        except (ParseError, ValueError):
+            parsed = None
+        if parsed is not None and parsed.is_sip and "maddr" not in parsed.params:
+            proto = (parsed.params.get("transport") or transport).upper()
+            if parsed.scheme == "sips" and proto == "TCP":
+                proto = "TLS"
+            port = parsed.port or (5061 if proto == "TLS" else 5060)
+            dest = Destination(proto, parsed.host, port)
+        if len(cache) >= 10_000:
+            cache.clear()
+        cache[key] = dest
+        return dest
+
+    async def _request(self, request: Request, **kwargs: Any) -> Response:
+        """``SipEndpoint.request`` with the next hop (§8.1.2: first Route, else the
+        Request-URI) resolved from the cache when it is an IP address."""
+        routes = request.headers.get("Route")
+        hop = parse_name_addr(routes.split(",")[0]).uri if routes else request.uri
+        return await self.ep.request(request, self._destination(hop), **kwargs)
+
     @property
     def ep(self) -> SipEndpoint:
         assert self.endpoint is not None
@@ -158,7 +214,14 @@ class SessionController:
         return number in self.config.dns
 
     def _contact(self, transport: str = "UDP", remote: str = "127.0.0.1") -> str:
-        return f"<{self.ep.contact_uri(transport, remote_host=remote)}>"
+        key = (transport, remote)
+        contact = self._contacts.get(key)
+        if contact is None:
+            if len(self._contacts) >= 1_000:
+                self._contacts.clear()
+            contact = self._contacts[key] = \
+                f"<{self.ep.contact_uri(transport, remote_host=remote)}>"
+        return contact
 
     def _refuse(self, inc: IncomingRequest, status: int, reason: str | None = None,
                 headers: Iterable[tuple[str, str]] = ()) -> Response:
@@ -319,7 +382,6 @@ class SessionController:
             "Inbound" if not caller_dn else "Outbound")
         call = Call(new_conn_id(), ani, dnis, call_type, created=self._now())
         self.calls[call.conn_id] = call
-        self.m_calls_active.set(len(self.calls))
         return call
 
     def _finish(self, call: Call, outcome: str) -> None:
@@ -327,24 +389,28 @@ class SessionController:
             return
         call.move(CallState.RELEASED)
         del self.calls[call.conn_id]
+        if call.consult_of is not None and call.consult_of.consult is call:
+            call.consult_of.consult = None
         for leg in call.legs:
             self.legs.pop((leg.call_id, leg.local_tag), None)
         self.server.routing.abandon(call.conn_id)
         self.server.fail_pending(call.conn_id, None, ErrorCode.INVALID_CALL_STATE,
                                  "Invalid call state: the call was released")
-        self.m_calls_active.set(len(self.calls))
-        self.m_calls.labels(outcome).inc()
+        counter = self._m_outcomes.get(outcome)
+        if counter is None:
+            counter = self._m_outcomes[outcome] = self.m_calls.labels(outcome)
+        counter.inc()
         self.log.info("call_finished", conn_id=call.conn_id, outcome=outcome)
 
     def _event(self, call: Call, name: str, leg: Leg | None, *, other: str | None = None,
                role: str | None = None, third: str | None = None,
-               extra: dict[str, Any] | None = None) -> None:
+               extra: dict[str, Any] | None = None, observers: tuple[str, ...] = ()) -> None:
         if leg is None or leg.dn is None:
             return
         if role is None:
             role = "Origination" if not leg.outbound else "Destination"
         self.server.call_event(call, name, leg.dn, other=other, role=role, third=third,
-                               extra=extra)
+                               extra=extra, observers=observers)
 
     def _release(self, leg: Leg, other: str | None = None) -> bool:
         """Mark ``leg`` released and report EventReleased; False if it already was."""
@@ -360,7 +426,9 @@ class SessionController:
 
     def _end_leg(self, leg: Leg, status: int = 480) -> None:
         """End one party's dialog from the node's side (BYE, CANCEL or a final response)."""
-        if leg.connected and leg.dialog is not None:
+        if leg.shared_with is not None and leg.shared_with.alive:
+            pass  # the phone's dialog carries the other call of a consultation: keep it
+        elif leg.connected and leg.dialog is not None:
             self._spawn(self._send_in_dialog(leg, "BYE"))
         elif leg.incoming is not None and not leg.incoming.final_sent:
             leg.incoming.respond(status)
@@ -394,7 +462,7 @@ class SessionController:
         if method == "BYE":
             dialog.terminate()
         try:
-            response = await self.ep.request(request)
+            response = await self._request(request)
         except SipError as exc:
             self.log.info("sip_in_dialog_failed", method=method, reason=str(exc))
             return make_response(request, 503)
@@ -407,7 +475,12 @@ class SessionController:
 
     async def _ack(self, invite: Request, response: Response, body: bytes = b"") -> None:
         try:
-            await self.ep.send_ack(invite, response, body=body)
+            # §12.1.2: the route set is the Record-Route reversed, else the Contact
+            rr = response.headers.get_all("Record-Route")
+            contacts = response.contacts
+            hop = parse_name_addr(rr[-1]).uri if rr else contacts[0].uri if contacts else None
+            dest = self._destination(hop, invite.top_via.transport) if hop else None
+            await self.ep.send_ack(invite, response, body=body, destination=dest)
         except (SipError, OSError) as exc:
             self.log.warning("sip_ack_failed", call_id=invite.call_id, reason=str(exc))
 
@@ -416,8 +489,12 @@ class SessionController:
                     extra: Iterable[tuple[str, str]] = ()) -> Request:
         call_id = secrets.token_hex(12) + "@" + self.server.host
         local_tag = secrets.token_hex(6)
-        uri = parse_uri(target)
-        transport = (uri.params.get("transport") or "udp").upper()
+        dest = self._destination(target)
+        if dest is not None:
+            transport, host = dest.transport, dest.host
+        else:
+            uri = parse_uri(target)
+            transport, host = (uri.params.get("transport") or "udp").upper(), uri.host
         headers = Headers()
         for route in path:
             headers.add("Route", f"<{route}>")
@@ -425,7 +502,7 @@ class SessionController:
         headers.add("To", f"<sip:{to_number}@{self.domain}>")
         headers.add("Call-ID", call_id)
         headers.add("CSeq", "1 INVITE")
-        headers.add("Contact", self._contact(transport, uri.host))
+        headers.add("Contact", self._contact(transport, host))
         headers.add("Allow", ALLOW)
         for name, value in extra:
             headers.add(name, value)
@@ -443,11 +520,8 @@ class SessionController:
         def provisional(resp: Response) -> None:
             if not leg.alive or resp.status == 100:
                 return
-            if resp.to.tag and leg.early_dialog is None:
-                try:
-                    leg.early_dialog = Dialog.create_uac(invite, resp)
-                except (DialogError, ParseError):
-                    pass
+            if resp.to.tag and leg.early_response is None:
+                leg.early_response = resp  # its early dialog is built when needed
             first = leg.state is LegState.CALLING
             leg.move(LegState.RINGING)
             if call.state is CallState.SETUP:
@@ -455,7 +529,7 @@ class SessionController:
             if ringing is not None:
                 ringing(leg, resp, first)
 
-        task = self._spawn(self.ep.request(invite, on_provisional=provisional))
+        task = self._spawn(self._request(invite, on_provisional=provisional))
         task.add_done_callback(lambda t: self._late_final(leg, t))
         try:
             if timeout:
@@ -520,8 +594,10 @@ class SessionController:
             leg = call.add_leg(dest, dest, outbound=True, cti=self._cti(dest))
             extra: list[tuple[str, str]] = []
             invite = self._new_invite(leg, contact, origin.number, dest, offer, path, extra)
-            resp, no_answer = await self._dial(call, leg, invite,
-                                               self.tserver.extn_no_answer_timeout, ringing)
+            timeout = (self.tserver.posn_no_answer_timeout
+                       if entry.type is DnType.ACD_POSITION
+                       else self.tserver.extn_no_answer_timeout)
+            resp, no_answer = await self._dial(call, leg, invite, timeout, ringing)
             if 200 <= resp.status < 300:
                 return leg, resp
             rang = leg.state is LegState.RINGING
@@ -530,15 +606,20 @@ class SessionController:
                 self.legs.pop((leg.call_id, leg.local_tag), None)
                 if rang:
                     self._event(call, "EventReleased", leg, other=origin.number)
-            overflow = getattr(self.tserver, "extn_no_answer_overflow", None)
-            if no_answer and isinstance(overflow, str) and overflow not in tried \
-                    and origin.alive:
+            overflow = next((d for d in self._overflow(entry.type) if d not in tried), None)
+            if no_answer and overflow is not None and origin.alive:
                 self.log.info("call_no_answer_overflow", conn_id=call.conn_id, to=overflow)
                 if call.state is CallState.ALERTING:
                     call.move(CallState.SETUP)
                 dest = overflow
                 continue
             return None, resp
+
+    def _overflow(self, dn_type: DnType) -> tuple[str, ...]:
+        """Where an unanswered call goes next (``extn-`` / ``posn-no-answer-overflow``)."""
+        if dn_type is DnType.ACD_POSITION:
+            return self.tserver.posn_no_answer_overflow
+        return self.tserver.extn_no_answer_overflow
 
     async def _route(self, call: Call, origin: Leg, rp: str) -> str | None:
         """Wait on routing point ``rp`` (docs/node.md, "Routing points")."""
@@ -585,7 +666,8 @@ class SessionController:
         dest = req.ruri.user or req.to.sip_uri.user or ""
         if not dest:
             return self._refuse(inc, 404, "No Destination")
-        inc.respond(100)
+        # no explicit 100 Trying: the transaction sends it after 200 ms unless the
+        # 180 relayed from the callee came first (RFC 3261 §17.2.1)
         call = self._new_call(caller, dest, caller_dn)
         leg_a = call.add_leg(caller_dn, caller, outbound=False, cti=self._cti(caller_dn))
         leg_a.incoming, leg_a.sdp = inc, req.body
@@ -686,7 +768,11 @@ class SessionController:
             leg.dialog.terminate()
         leg.dialog = None
         self.log.info("call_bye", conn_id=leg.call.conn_id, dn=leg.number)
+        shared = leg.shared_with
         self._hangup(leg, remote=True)
+        if shared is not None and shared.alive:  # the phone left both calls of a consultation
+            shared.dialog = None
+            self._hangup(shared, remote=True)
         return inc.response(200)
 
     async def _reinvite(self, inc: IncomingRequest) -> Response | None:
@@ -709,7 +795,7 @@ class SessionController:
         if req.body:
             headers.append(("Content-Type", "application/sdp"))
         out = other.dialog.create_request("INVITE", headers=headers, body=req.body)
-        resp = await self.ep.request(out)
+        resp = await self._request(out)
         other.dialog.receive_response(resp)
         if resp.status >= 300:
             return inc.response(resp.status if resp.status not in _AS_UNAVAILABLE else 488)
@@ -722,12 +808,14 @@ class SessionController:
         sent = inc.respond(200, headers=answer_headers, body=resp.body)
         if req.body and sent is not None:
             direction = sdp_direction(req.body)
+            # the held party's observers learn it too (its DN gets no event of its own)
+            seen = (other.dn,) if other.dn else ()
             if direction in ("sendonly", "inactive") and leg.state is LegState.ESTABLISHED:
                 leg.move(LegState.HELD)
-                self._event(call, "EventHeld", leg, other=other.number)
+                self._event(call, "EventHeld", leg, other=other.number, observers=seen)
             elif direction in ("sendrecv", "recvonly") and leg.state is LegState.HELD:
                 leg.move(LegState.ESTABLISHED)
-                self._event(call, "EventRetrieved", leg, other=other.number)
+                self._event(call, "EventRetrieved", leg, other=other.number, observers=seen)
         return None
 
     def _refer(self, inc: IncomingRequest) -> Response:
@@ -807,7 +895,7 @@ class SessionController:
         if resp.body:
             headers.append(("Content-Type", "application/sdp"))
         out = keep.dialog.create_request("INVITE", headers=headers, body=resp.body)
-        answer = await self.ep.request(out)
+        answer = await self._request(out)
         keep.dialog.receive_response(answer)
         if answer.status >= 300:
             await self._ack(leg_c.invite, resp)
@@ -839,10 +927,6 @@ class SessionController:
             self._make_call(conn, request, dn, msg["AttributeOtherDN"],
                             msg.get("AttributeUserData"))
             return
-        if name in ("RequestInitiateTransfer", "RequestCompleteTransfer"):
-            raise CallControlError(ErrorCode.REQUEST_NOT_SUPPORTED,
-                                   f"{name} is not supported by this node yet: use "
-                                   "RequestSingleStepTransfer")
         conn_id: str = msg["AttributeConnID"]
         call = self.calls.get(conn_id)
         if call is None:
@@ -864,9 +948,15 @@ class SessionController:
         elif name == "RequestHoldCall":
             self._cti_notify(conn, request, leg, "hold", LegState.ESTABLISHED,
                              "EventHeld", "remote hold")
+        elif name == "RequestRetrieveCall" and leg.held_by_node:
+            self._retrieve_held(conn, request, call, leg)
         elif name == "RequestRetrieveCall":
             self._cti_notify(conn, request, leg, "talk", LegState.HELD,
                              "EventRetrieved", "remote retrieve")
+        elif name == "RequestInitiateTransfer":
+            self._initiate_transfer(conn, request, call, leg, msg["AttributeOtherDN"])
+        elif name == "RequestCompleteTransfer":
+            self._complete_transfer(conn, request, call, leg, msg["AttributeTransferConnID"])
         elif name == "RequestSingleStepTransfer":
             target: str = msg["AttributeOtherDN"]
             other = call.other(leg)
@@ -880,6 +970,213 @@ class SessionController:
         else:
             raise CallControlError(ErrorCode.REQUEST_NOT_SUPPORTED,
                                    f"Request not supported: {name}")
+
+    # ------------------------------------------------------------------ consultation transfer
+
+    def _initiate_transfer(self, conn: TLibConnection, request: RequestReceived, call: Call,
+                           leg: Leg, target: str) -> None:
+        """RequestInitiateTransfer: hold the call, consultation call from the same phone."""
+        other = call.other(leg)
+        if leg.state is not LegState.ESTABLISHED or other is None or not other.connected \
+                or other.dialog is None or leg.dialog is None or call.consult is not None:
+            raise CallControlError(ErrorCode.INVALID_CALL_STATE,
+                                   f"Invalid call state: DN {leg.number} is not talking")
+        if target not in self.config.dns:
+            raise CallControlError(ErrorCode.UNKNOWN_DN, f"Unknown DN: {target}")
+        self.server.expect_answer(conn, request, leg.number, call.conn_id,
+                                  frozenset({"EventHeld"}))
+        self._spawn(self._consultation(call, leg, other, target,
+                                       request.message.get("AttributeUserData")))
+
+    async def _reinvite_leg(self, leg: Leg, body: bytes) -> tuple[Request, Response]:
+        """A re-INVITE to ``leg`` (an offer, or none for a late offer, RFC 3725 §4.1)."""
+        assert leg.dialog is not None
+        headers = [("Contact", self._contact()), ("Allow", ALLOW)]
+        if body:
+            headers.append(("Content-Type", "application/sdp"))
+        out = leg.dialog.create_request("INVITE", headers=headers, body=body)
+        resp = await self._request(out)
+        leg.dialog.receive_response(resp)
+        return out, resp
+
+    async def _consultation(self, call: Call, leg_a: Leg, other: Leg, target: str,
+                            user_data: dict[str, Any] | None) -> None:
+        """Classic T-Library consultation: EventHeld on the agent's DN (the other party
+        is re-INVITEd with ``a=inactive``), then a consultation call (its own ConnID)
+        over the agent's same dialog: late-offer re-INVITE to the agent's phone, its
+        offer to ``target``, the target's answer in the ACK (RFC 3725 §4.1)."""
+        dn = leg_a.number
+        call.move(CallState.TRANSFERRING)
+        out, resp = await self._reinvite_leg(other, hold_sdp(leg_a.sdp) if leg_a.sdp else b"")
+        if resp.status >= 300 or not leg_a.alive or not other.alive:
+            if call.state is CallState.TRANSFERRING:
+                call.move(CallState.CONNECTED)
+            self.server.fail_pending(call.conn_id, dn, ErrorCode.INVALID_CALL_STATE,
+                                     f"The phone of DN {other.number} refused the hold: "
+                                     f"{resp.status} {resp.reason}")
+            return
+        await self._ack(out, resp)
+        leg_a.move(LegState.HELD)
+        leg_a.held_by_node = True
+        self._event(call, "EventHeld", leg_a, other=other.number,
+                    observers=(other.dn,) if other.dn else ())
+        consult = self._new_call(dn, target, leg_a.dn)
+        if user_data:
+            consult.user_data.update(user_data)
+        call.consult, consult.consult_of = consult, call
+        leg_c = consult.add_leg(leg_a.dn, dn, outbound=False, cti=leg_a.cti)
+        leg_c.dialog, leg_c.shared_with, leg_a.shared_with = leg_a.dialog, leg_a, leg_c
+        self.log.info("call_consultation", conn_id=call.conn_id, consult=consult.conn_id,
+                      dn=dn, target=target)
+        out_a, resp_a = await self._reinvite_leg(leg_a, b"")
+        if resp_a.status >= 300 or not resp_a.body or not leg_c.alive:
+            if resp_a.status < 300:
+                await self._ack(out_a, resp_a, other.sdp)
+            self._end_consultation(call, consult, "failed_offer")
+            return
+        self._event(consult, "EventDialing", leg_c, other=target, role="Origination",
+                    extra={"AttributeTransferConnID": call.conn_id})
+
+        def ringing(leg: Leg, resp: Response, first: bool) -> None:
+            if first:
+                self._event(consult, "EventRinging", leg, other=dn)
+
+        leg_b, result = await self._reach(consult, leg_c, target, resp_a.body, ringing)
+        if leg_b is None or not isinstance(result, Response) or result.status >= 300:
+            # the agent's phone gets back the media of the held party (still on hold)
+            await self._ack(out_a, resp_a, other.sdp)
+            if leg_c.alive:
+                self._release(leg_c, target)
+            self._end_consultation(call, consult, "failed")
+            return
+        assert leg_b.invite is not None
+        try:
+            leg_b.dialog = Dialog.create_uac(leg_b.invite, result)
+        except (DialogError, ParseError):
+            leg_b.dialog = None
+        await self._ack(leg_b.invite, result)
+        await self._ack(out_a, resp_a, result.body)
+        leg_b.sdp, leg_a.sdp = result.body, resp_a.body
+        if leg_c.state is LegState.RELEASED:  # the agent left while the target rang
+            self._end_leg(leg_b)
+            self._end_consultation(call, consult, "released")
+            return
+        leg_c.move(LegState.ESTABLISHED)
+        leg_b.move(LegState.ESTABLISHED)
+        consult.move(CallState.CONNECTED)
+        self._event(consult, "EventEstablished", leg_b, other=dn)
+        self._event(consult, "EventEstablished", leg_c, other=leg_b.number, role="Origination")
+
+    def _retrieve_held(self, conn: TLibConnection, request: RequestReceived, call: Call,
+                       leg: Leg) -> None:
+        """RequestRetrieveCall for a call the node held for a consultation: the agent's
+        phone and the held party are joined again (late offer from the phone)."""
+        other = call.other(leg)
+        if call.consult is not None or other is None or not other.connected \
+                or leg.dialog is None or other.dialog is None:
+            raise CallControlError(ErrorCode.INVALID_CALL_STATE,
+                                   f"Invalid call state: DN {leg.number} still consults or "
+                                   "has no party to return to")
+        self.server.expect_answer(conn, request, leg.number, call.conn_id,
+                                  frozenset({"EventRetrieved"}))
+
+        async def reconnect() -> None:
+            out_a, resp_a = await self._reinvite_leg(leg, b"")
+            if resp_a.status >= 300 or not resp_a.body:
+                if resp_a.status < 300:
+                    await self._ack(out_a, resp_a, other.sdp)
+                self.server.fail_pending(call.conn_id, leg.number, ErrorCode.INVALID_CALL_STATE,
+                                         f"The phone of DN {leg.number} refused the retrieve: "
+                                         f"{resp_a.status} {resp_a.reason}")
+                return
+            out_o, resp_o = await self._reinvite_leg(other, resp_a.body)
+            await self._ack(out_a, resp_a, resp_o.body if resp_o.status < 300 else other.sdp)
+            if resp_o.status >= 300:
+                self.server.fail_pending(call.conn_id, leg.number, ErrorCode.INVALID_CALL_STATE,
+                                         f"The phone of DN {other.number} refused the "
+                                         f"retrieve: {resp_o.status} {resp_o.reason}")
+                return
+            await self._ack(out_o, resp_o)
+            leg.sdp, other.sdp = resp_a.body, resp_o.body
+            leg.held_by_node = False
+            leg.shared_with = None
+            leg.move(LegState.ESTABLISHED)
+            if call.state is CallState.TRANSFERRING:
+                call.move(CallState.CONNECTED)
+            self._event(call, "EventRetrieved", leg, other=other.number,
+                        observers=(other.dn,) if other.dn else ())
+        self._spawn(reconnect())
+
+    def _end_consultation(self, call: Call, consult: Call, outcome: str) -> None:
+        for leg in consult.live_legs():
+            self._end_leg(leg)
+        call.consult = None
+        for leg in call.legs:
+            leg.shared_with = None
+        self._finish(consult, outcome)
+
+    def _complete_transfer(self, conn: TLibConnection, request: RequestReceived, call: Call,
+                           leg_a: Leg, consult_id: str) -> None:
+        """RequestCompleteTransfer: ConnID is the held call, TransferConnID the consultation."""
+        consult = call.consult
+        if consult is None or consult.conn_id != consult_id or consult.released:
+            raise CallControlError(ErrorCode.UNKNOWN_CONNID,
+                                   f"Unknown ConnID: {consult_id} is not a consultation of "
+                                   f"{call.conn_id}")
+        leg_c = consult.leg_of(leg_a.number)
+        other = call.other(leg_a)
+        leg_b = consult.other(leg_c) if leg_c is not None else None
+        if leg_a.state is not LegState.HELD or leg_c is None or leg_b is None \
+                or not leg_b.connected or other is None or not other.connected \
+                or leg_b.dialog is None or other.dialog is None:
+            raise CallControlError(ErrorCode.INVALID_CALL_STATE,
+                                   f"Invalid call state: DN {leg_a.number} has no held call "
+                                   "and connected consultation to join")
+        self.server.expect_answer(conn, request, leg_a.number, call.conn_id,
+                                  frozenset({"EventReleased"}))
+        self._spawn(self._join(call, consult, leg_a, leg_c, other, leg_b))
+
+    async def _join(self, call: Call, consult: Call, leg_a: Leg, leg_c: Leg, other: Leg,
+                    leg_b: Leg) -> None:
+        """Connect the held party and the target (late offer from the held party, RFC
+        3725 §4.1), release the agent from both calls; the consultation merges into
+        the held call, which keeps its ConnID."""
+        dn = leg_a.number
+        out_o, resp_o = await self._reinvite_leg(other, b"")
+        if resp_o.status >= 300 or not resp_o.body:
+            if resp_o.status < 300:
+                await self._ack(out_o, resp_o, hold_sdp(leg_a.sdp))
+            self.server.fail_pending(call.conn_id, dn, ErrorCode.INVALID_CALL_STATE,
+                                     f"The phone of DN {other.number} refused the transfer: "
+                                     f"{resp_o.status} {resp_o.reason}")
+            return
+        out_b, resp_b = await self._reinvite_leg(leg_b, resp_o.body)
+        if resp_b.status >= 300:
+            await self._ack(out_o, resp_o, hold_sdp(leg_a.sdp))
+            self.server.fail_pending(call.conn_id, dn, ErrorCode.INVALID_CALL_STATE,
+                                     f"The phone of DN {leg_b.number} refused the transfer: "
+                                     f"{resp_b.status} {resp_b.reason}")
+            return
+        await self._ack(out_b, resp_b)
+        await self._ack(out_o, resp_o, resp_b.body)
+        other.sdp, leg_b.sdp = resp_o.body, resp_b.body
+        # the agent leaves: one BYE for the one dialog, EventReleased in both calls
+        leg_a.shared_with = leg_c.shared_with = None
+        if leg_a.dialog is not None and leg_a.alive:
+            self._spawn(self._send_in_dialog(leg_a, "BYE"))
+        self._release(leg_c, leg_b.number)
+        self._release(leg_a, other.number)
+        consult.legs.remove(leg_b)
+        leg_b.call = call
+        call.legs.append(leg_b)
+        call.consult = None
+        call.move(CallState.CONNECTED)
+        self._finish(consult, "transferred")
+        self._event(call, "EventPartyChanged", other, other=leg_b.number, third=dn)
+        self._event(call, "EventPartyChanged", leg_b, other=other.number, third=dn,
+                    extra={"AttributePreviousConnID": consult.conn_id})
+        self.log.info("call_transferred", conn_id=call.conn_id, to=leg_b.number,
+                      consult=consult.conn_id)
 
     def _user_data(self, conn: TLibConnection, request: RequestReceived, call: Call,
                    dn: str) -> None:
@@ -899,6 +1196,17 @@ class SessionController:
                                   frozenset({"EventAttachedDataChanged"}))
         self.server.call_event(call, "EventAttachedDataChanged", dn)
 
+    def _early_dialog(self, leg: Leg) -> Dialog | None:
+        """The early dialog of a ringing leg (RFC 3261 §12.1.2), from its first 1xx
+        with a To tag; built on first use (only CTI answer needs it)."""
+        if leg.early_dialog is None and leg.early_response is not None \
+                and leg.invite is not None:
+            try:
+                leg.early_dialog = Dialog.create_uac(leg.invite, leg.early_response)
+            except (DialogError, ParseError):
+                leg.early_response = None
+        return leg.early_dialog
+
     def _cti_notify(self, conn: TLibConnection, request: RequestReceived, leg: Leg,
                     event: str, needed: LegState, answer: str, what: str) -> None:
         dn = leg.number
@@ -910,7 +1218,7 @@ class SessionController:
         if leg.state is not needed:
             raise CallControlError(ErrorCode.INVALID_CALL_STATE,
                                    f"Invalid call state: DN {dn} is {leg.state.value}")
-        dialog = leg.dialog if leg.state is not LegState.RINGING else leg.early_dialog
+        dialog = leg.dialog if leg.state is not LegState.RINGING else self._early_dialog(leg)
         if dialog is None or (leg.state is LegState.RINGING and not leg.outbound):
             raise CallControlError(ErrorCode.INVALID_CALL_STATE,
                                    f"Invalid call state: no dialog with the phone of DN {dn}")
@@ -939,14 +1247,19 @@ class SessionController:
         if user_data:
             call.user_data.update(user_data)
         leg_a = call.add_leg(dn, dn, outbound=True, cti=self._cti(dn))
+        # answered by EventDialing once the phone took the call and the node dials
+        # the destination, or by EventError when the phone refuses (docs/node.md)
         self.server.expect_answer(conn, request, dn, call.conn_id, frozenset({"EventDialing"}))
-        self._event(call, "EventDialing", leg_a, other=dest, role="Origination")
         self._spawn(self._make_call_flow(call, leg_a, dest, bindings[0].contact,
                                          bindings[0].path))
 
     async def _make_call_flow(self, call: Call, leg_a: Leg, dest: str, contact: str,
                               path: tuple[str, ...]) -> None:
-        """RFC 3725 flow I (§4.1): phone first, without SDP; its offer to ``dest``."""
+        """RFC 3725 flow I (§4.1): phone first, without SDP; its offer to ``dest``.
+
+        EventDialing on the origination DN comes when the call really dials:
+        the phone answered and the INVITE to ``dest`` goes out. A phone that
+        does not answer makes no call at all: the request gets EventError."""
         extra = [("Call-Info", f"<sip:{self.server.host}>;answer-after=0")] \
             if "talk" in leg_a.cti else []
         invite_a = self._new_invite(leg_a, contact, dest, leg_a.number, b"", path, extra)
@@ -954,7 +1267,12 @@ class SessionController:
                                      None)
         if resp_a.status >= 300 or not leg_a.alive:
             if leg_a.alive:
-                self._release(leg_a, dest)
+                leg_a.move(LegState.RELEASED)
+                self.legs.pop((leg_a.call_id, leg_a.local_tag), None)
+                self.server.fail_pending(
+                    call.conn_id, leg_a.number, ErrorCode.INVALID_CALL_STATE,
+                    f"The phone of DN {leg_a.number} did not take the call: "
+                    f"{resp_a.status} {resp_a.reason}")
                 self._finish(call, f"failed_{resp_a.status}")
             return
         try:
@@ -963,6 +1281,7 @@ class SessionController:
             leg_a.dialog = None
         leg_a.sdp = resp_a.body
         leg_a.move(LegState.ESTABLISHED)
+        self._event(call, "EventDialing", leg_a, other=dest, role="Origination")
 
         def ringing(leg: Leg, resp: Response, first: bool) -> None:
             if first:

@@ -31,6 +31,7 @@ __all__ = [
     "InvalidTransition",
     "Leg",
     "LegState",
+    "hold_sdp",
     "new_conn_id",
     "sdp_direction",
 ]
@@ -103,6 +104,26 @@ def sdp_direction(body: bytes) -> str:
     return direction
 
 
+def hold_sdp(body: bytes) -> bytes:
+    """``body`` as a hold offer: every media stream ``a=inactive`` and the ``o=``
+    session version raised by one (RFC 3264 §8, §8.4)."""
+    out: list[str] = []
+    for line in body.decode("utf-8", "replace").split("\r\n"):
+        if line in ("a=sendonly", "a=inactive", "a=recvonly", "a=sendrecv"):
+            continue
+        if line.startswith("o="):
+            fields = line.split(" ")
+            if len(fields) >= 6 and fields[2].isdigit():
+                fields[2] = str(int(fields[2]) + 1)
+            line = " ".join(fields)
+        out.append(line)
+    text = "\r\n".join(out).rstrip("\r\n") + "\r\n"
+    # a=inactive at the end of the session section and of each media section
+    parts = text.split("\r\nm=")
+    parts = [p.rstrip("\r\n") + "\r\na=inactive" for p in parts]
+    return ("\r\nm=".join(parts) + "\r\n").encode()
+
+
 @dataclass(eq=False)
 class Leg:
     """One party of a call and its dialog with the node.
@@ -121,6 +142,7 @@ class Leg:
     invite: Request | None = None
     dialog: Dialog | None = None
     early_dialog: Dialog | None = None
+    early_response: Response | None = None  # the 1xx that makes the early dialog
     sdp: bytes = b""
     call_id: str = ""
     local_tag: str = ""
@@ -130,6 +152,10 @@ class Leg:
     abandoned: bool = False
     #: this party transferred the call away: its hang-up does not end the call
     transferred: bool = False
+    #: the same phone's dialog in the other call of a consultation (RequestInitiateTransfer)
+    shared_with: Leg | None = None
+    #: the node itself put this party on hold (RequestInitiateTransfer), not its phone
+    held_by_node: bool = False
 
     def move(self, new: LegState) -> None:
         if new is self.state:
@@ -163,6 +189,9 @@ class Call:
     visited_routing_points: list[str] = field(default_factory=list)
     created: float = 0.0
     ipport_client: str | None = None
+    #: the consultation call of a held call (RequestInitiateTransfer), and back
+    consult: Call | None = None
+    consult_of: Call | None = None
 
     def move(self, new: CallState) -> None:
         if new is self.state:

@@ -13,6 +13,11 @@
   written to its previous connection.
 * A client gone for longer than the window is forgotten; its calls move to
   another client at their next event.
+* Events of calls that have no client (none was connected when the call
+  started, or its client was forgotten and no other is connected) are kept
+  for ``backlog_window`` seconds (at most ``max_backlog``) and go, in order,
+  to the first client that registers within that time; those calls then stay
+  with that client. Older ones are dropped and counted (``events_dropped``).
 """
 
 from __future__ import annotations
@@ -54,12 +59,18 @@ class InteractionProxy:
         self._next = 0
         self.events_sent = 0
         self.events_replayed = 0
+        self.events_dropped = 0
+        self._next_expiry_check = 0.0
+        #: events of calls without a client: (time, call key, name, attributes)
+        self._unassigned: deque[tuple[float, str, str, dict[str, Any]]] = deque()
+        #: calls whose unassigned events went to a client, until their next event
+        self._adopted: dict[str, tuple[str, float]] = {}
 
     # -- clients ------------------------------------------------------------
 
     def connected(self, conn: TLibConnection, last_seq: int | None) -> int:
         """A reporting client registered; replays its backlog. Returns events replayed."""
-        self._forget_expired()
+        self._forget_expired(force=True)
         app = self.apps.get(conn.application)
         if app is None:
             app = _Application(conn.application)
@@ -70,12 +81,13 @@ class InteractionProxy:
         app.disconnected_at = None
         if app.name not in self._order:
             self._order.append(app.name)
+        self._adopt(app)
         start = app.delivered if last_seq is None else min(last_seq, app.last_seq)
         replayed = 0
         for seq, _when, name, attrs in app.backlog:
             if seq <= start:
                 continue
-            if conn.send_event(name, attrs, sequence=seq) is None:
+            if conn.send_event(name, attrs, sequence=seq, trusted=True) is None:
                 break
             app.delivered = seq
             replayed += 1
@@ -83,6 +95,24 @@ class InteractionProxy:
             conn.session.set_next_sequence(app.last_seq + 1)
         self.events_replayed += replayed
         return replayed
+
+    def _adopt(self, app: _Application) -> None:
+        """Move the events of calls without a client into ``app``'s backlog."""
+        self._expire_unassigned()
+        while self._unassigned:
+            when, key, name, attrs = self._unassigned.popleft()
+            app.last_seq += 1
+            app.backlog.append((app.last_seq, when, name, attrs))
+            self._adopted[key] = (app.name, when)
+
+    def _expire_unassigned(self) -> None:
+        cutoff = self.clock() - self.backlog_window
+        while self._unassigned and (self._unassigned[0][0] < cutoff
+                                    or len(self._unassigned) > self.max_backlog):
+            self._unassigned.popleft()
+            self.events_dropped += 1
+        for key in [k for k, (_, when) in self._adopted.items() if when < cutoff]:
+            del self._adopted[key]
 
     def disconnected(self, conn: TLibConnection) -> None:
         app = self.apps.get(conn.application)
@@ -95,11 +125,16 @@ class InteractionProxy:
 
     # -- events -------------------------------------------------------------
 
-    def assign(self, current: str | None) -> str | None:
-        """The client for a call: its current one while known, else the next in turn."""
+    def assign(self, current: str | None, key: str = "") -> str | None:
+        """The client for a call (``key``: its ConnID): its current one while
+        known, the one that took its events from the unassigned backlog, else
+        the next in turn."""
         self._forget_expired()
         if current is not None and current in self.apps:
             return current
+        adopted = self._adopted.pop(key, None) if self._adopted else None
+        if adopted is not None and adopted[0] in self.apps:
+            return adopted[0]
         if not self._order:
             return None
         self._next %= len(self._order)
@@ -107,12 +142,16 @@ class InteractionProxy:
         self._next += 1
         return name
 
-    def send(self, client: str | None, name: str, attrs: Mapping[str, Any]) -> str | None:
-        """Send one call event to ``client`` (from :meth:`assign`); keeps the backlog."""
-        if client is None:
-            return None
-        app = self.apps.get(client)
+    def send(self, client: str | None, name: str, attrs: Mapping[str, Any],
+             key: str = "") -> str | None:
+        """Send one call event to ``client`` (from :meth:`assign`); keeps the backlog.
+
+        Without a client the event waits for the next client to register
+        (module doc); returns ``None`` then."""
+        app = self.apps.get(client) if client is not None else None
         if app is None:
+            self._unassigned.append((self.clock(), key, name, dict(attrs)))
+            self._expire_unassigned()
             return None
         now = self.clock()
         app.last_seq += 1
@@ -121,13 +160,17 @@ class InteractionProxy:
         cutoff = now - self.backlog_window
         while app.backlog and (app.backlog[0][1] < cutoff or len(app.backlog) > self.max_backlog):
             app.backlog.popleft()
-        if app.conn is not None and app.conn.send_event(name, event, sequence=app.last_seq):
+        if app.conn is not None and app.conn.send_event(name, event, sequence=app.last_seq,
+                                                        trusted=True):
             app.delivered = app.last_seq
             self.events_sent += 1
         return client
 
-    def _forget_expired(self) -> None:
+    def _forget_expired(self, *, force: bool = False) -> None:
         now = self.clock()
+        if now < self._next_expiry_check and not force:
+            return  # once a second is enough: the window is counted in seconds
+        self._next_expiry_check = now + 1.0
         for name in [n for n, a in self.apps.items()
                      if a.conn is None and a.disconnected_at is not None
                      and now - a.disconnected_at > self.backlog_window]:
@@ -136,4 +179,6 @@ class InteractionProxy:
     def status(self) -> list[dict[str, Any]]:
         return [{"application": a.name, "connected": a.conn is not None,
                  "last_seq": a.last_seq, "delivered": a.delivered, "backlog": len(a.backlog)}
-                for a in self.apps.values()]
+                for a in self.apps.values()] + [
+                    {"application": None, "connected": False, "backlog": len(self._unassigned),
+                     "dropped": self.events_dropped}]

@@ -43,31 +43,6 @@ __all__ = ["TLibConnection", "TLibHandler", "TLibServer"]
 SERVER_VERSION = "sipcluster-1"
 
 
-class _SequencedSession(ServerSession):
-    """A server session whose next ``AttributeEventSequenceNumber`` can be set.
-
-    The IPport numbers events per client application across connections
-    (docs/node.md, "IPport"), so a reconnecting client sees one sequence.
-    """
-
-    def set_next_sequence(self, number: int) -> None:
-        """The next event is stamped ``number`` (must exceed the last one sent)."""
-        if number - 1 > self._sequence:
-            self._sequence = number - 1
-
-    @property
-    def last_sequence(self) -> int:
-        return self._sequence
-
-    #: ``AttributeExtensions`` of the client's RequestRegisterClient (``last-seq`` ...)
-    client_extensions: dict[str, Any] = {}
-
-    def _on_handshake(self, frame: dict[str, Any], now: float) -> None:
-        ext = frame.get("AttributeExtensions")
-        self.client_extensions = dict(ext) if isinstance(ext, dict) else {}
-        super()._on_handshake(frame, now)
-
-
 class TLibHandler(Protocol):
     """What a daemon implements to serve one T-Library port."""
 
@@ -88,7 +63,7 @@ class TLibConnection:
         self.server = server
         self.transport = transport
         loop = server.loop
-        self.session = _SequencedSession(
+        self.session = ServerSession(
             application_name=server.application_name,
             server_version=SERVER_VERSION,
             now=loop.time(),
@@ -102,6 +77,7 @@ class TLibConnection:
         self.registered = False
         self.closed = False
         self._timer: asyncio.TimerHandle | None = None
+        self._flush_scheduled = False
         #: free for the handler (registered DNs, role ...)
         self.context: dict[str, Any] = {}
 
@@ -116,20 +92,33 @@ class TLibConnection:
     # -- sending ----------------------------------------------------------------
 
     def send_event(self, name: str, attributes: Mapping[str, Any] | None = None,
-                   *, sequence: int | None = None) -> int | None:
-        """Send one event; returns its sequence number, ``None`` if the session is gone."""
+                   *, sequence: int | None = None, trusted: bool = False) -> int | None:
+        """Send one event; returns its sequence number, ``None`` if the session is gone.
+
+        ``trusted``: the daemon built the attributes from its own state, so the
+        catalogue check is skipped (``ServerSession.send_trusted_event``).
+        Events are written at the end of the current loop iteration, several
+        in one ``write``.
+        """
         if self.closed or self.session.closed:
             return None
         if sequence is not None:
             self.session.set_next_sequence(sequence)
         try:
-            seq = self.session.send_event(name, self.server.loop.time(), dict(attributes or {}))
+            if trusted:
+                seq = self.session.send_trusted_event(name, self.server.loop.time(),
+                                                      attributes or {})
+            else:
+                seq = self.session.send_event(name, self.server.loop.time(),
+                                              dict(attributes or {}))
         except TLibError as exc:
             self.server.count_error(exc.code)
             self.server.log.error("tlib_event_refused", tlib_event=name, peer=self.peer,
                                   code=int(exc.code), text=exc.text)
             return None
-        self._flush()
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            self.server.loop.call_soon(self._flush)
         return seq
 
     def answer(self, request: RequestReceived, name: str,
@@ -208,6 +197,7 @@ class TLibConnection:
         self._flush()
 
     def _flush(self) -> None:
+        self._flush_scheduled = False
         data = self.session.data_to_send()
         if data and not self.transport.is_closing():
             self.transport.write(data)

@@ -13,7 +13,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import csv
+import functools
 import json
+import math
 import os
 import signal
 import socket
@@ -21,7 +23,8 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import AsyncIterator, Iterator
+import wave
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,12 +32,15 @@ from typing import Any
 import pytest
 
 from daemons.runtime.tlib_client import TLibClient
-from tests.conftest import free_port
+from protocols.sip.digest import DigestClient
+from protocols.sip.message import Response, parse_message
 
 ROOT = Path(__file__).resolve().parents[2]
 SCENARIOS = Path(__file__).resolve().parent / "scenarios"
 HOST = "127.0.0.1"
-PASSWORDS = {f"10{n:02d}": f"pw-10{n:02d}-x" for n in range(1, 10)}
+PASSWORDS = {f"10{n:02d}": f"pw-10{n:02d}-x" for n in range(1, 12)}
+
+POSITION_PASSWORD = "pw-1012-x"
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -49,20 +55,29 @@ def cluster_file(path: Path, ports: dict[str, int]) -> None:
 name = "SIP_Cluster"
 domain = "cluster.test"
 realm = "cluster.test"
+# baresip 1.0 gives up on a REGISTER challenged with an algorithm it lacks (SHA-256)
+digest-algorithms = "MD5"
 
 [switch.tserver]
 router-timeout = 1.5
 default-dn = "1005"
 extn-no-answer-timeout = 2
+posn-no-answer-timeout = 2
+posn-no-answer-overflow = "1005"
 
 [dns.SIP_Cluster_DN]
 type = "VoIPService"
 service-type = "sip-cluster-nodes"
-applications = ["SIPS_T1"]
+applications = ["SIPS_T1", "SIPS_T2"]
 sip-enable-strict-auth = true
 
 [dns.5000]
 type = "RoutingPoint"
+
+[dns.1012]
+type = "ACDPosition"
+contact = "*"
+password = "{POSITION_PASSWORD}"
 
 {dns}
 [applications.SIPS_T1]
@@ -79,6 +94,21 @@ kind = "t-controller"
 host = "{HOST}"
 sip-server = "SIPS_T1"
 tc-port = {ports['tc']}
+
+# a second node, started only by the test of digest nonces across nodes
+[applications.SIPS_T2]
+kind = "sip-server"
+host = "{HOST}"
+geo-location = "dc1"
+sip-port = 0
+default-port = 0
+http-port = 0
+
+[applications.TC_T2]
+kind = "t-controller"
+host = "{HOST}"
+sip-server = "SIPS_T2"
+tc-port = 0
 """)
 
 
@@ -89,6 +119,12 @@ class Node:
     log_path: Path
     workdir: Path
     runs: int = 0
+    #: the ``free_port`` fixture of the running test (ports for SIPp phones)
+    free_port: Callable[..., int] | None = None
+
+    def port(self) -> int:
+        assert self.free_port is not None
+        return int(self.free_port(HOST))
 
     def http(self, path: str) -> tuple[int, str]:
         try:
@@ -103,17 +139,13 @@ class Node:
                 if line.startswith("{")]
 
 
-@pytest.fixture(scope="module")
-def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
-    tmp = tmp_path_factory.mktemp("node")
-    ports = {name: free_port(HOST) for name in ("sip", "default", "ip", "http", "tc")}
-    config = tmp / "cluster.toml"
-    cluster_file(config, ports)
-    log_path = tmp / "sip-server.log"
+def start_sip_server(config: Path, name: str,
+                     log_path: Path) -> tuple[subprocess.Popen[str], dict[str, int]]:
+    """A sip-server process; its ports (OS-picked) read back from its start-up log."""
     log = log_path.open("w")
     proc = subprocess.Popen(
         [sys.executable, "-m", "daemons.cli", "sip-server", "--config", str(config),
-         "--name", "SIPS_T1", "--log-format", "json", "--backlog-window", "30"],
+         "--name", name, "--log-format", "json", "--backlog-window", "30"],
         cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, text=True)
     deadline = time.monotonic() + 15
     while "daemon_ready" not in log_path.read_text():
@@ -121,6 +153,28 @@ def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
             proc.kill()
             raise RuntimeError(f"sip-server did not start:\n{log_path.read_text()}")
         time.sleep(0.05)
+    ports: dict[str, int] = {}
+    for line in log_path.read_text().splitlines():
+        if not line.startswith("{"):
+            continue
+        entry = json.loads(line)
+        if entry.get("event") == "sip_server_listening":
+            ports.update({key[:-5]: value for key, value in entry.items()
+                          if key.endswith("_port")})
+        elif entry.get("event") == "daemon_ready":
+            ports["http"] = entry["http_port"]
+    return proc, ports
+
+
+@pytest.fixture(scope="module")
+def node_process(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
+    """One sip-server for the module; every port is picked by the OS (port 0) and
+    read back from the daemon's start-up log lines."""
+    tmp = tmp_path_factory.mktemp("node")
+    config = tmp / "cluster.toml"
+    cluster_file(config, {name: 0 for name in ("sip", "default", "ip", "http", "tc")})
+    log_path = tmp / "sip-server.log"
+    proc, ports = start_sip_server(config, "SIPS_T1", log_path)
     yield Node(proc, ports, log_path, tmp)
     proc.send_signal(signal.SIGTERM)
     try:
@@ -132,6 +186,12 @@ def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
     assert code == 0, text[-3000:]
     assert "daemon_stopped" in text
     assert "Traceback" not in text, text[text.index("Traceback") - 500:][:3000]
+
+
+@pytest.fixture
+def node(node_process: Node, free_port: Callable[..., int]) -> Node:
+    node_process.free_port = free_port
+    return node_process
 
 
 # --------------------------------------------------------------------------- SIPp
@@ -179,7 +239,7 @@ def sipp(node: Node, sipp_bin: str, scenario: str, args: list[str], *,
            "-trace_logs", "-log_file", str(workdir / "messages.log"),
            "-fd", "1", "-timeout", f"{timeout}s", "-timeout_error", *args]
     if port is None:
-        port = free_port(HOST)
+        port = node.port()
     cmd += ["-p", str(port)]
     out = (workdir / "stdout.txt").open("w")
     proc = subprocess.Popen(cmd, cwd=workdir, stdout=out, stderr=subprocess.STDOUT, text=True,
@@ -189,17 +249,18 @@ def sipp(node: Node, sipp_bin: str, scenario: str, args: list[str], *,
 
 def register(node: Node, sipp_bin: str, dn: str, port: int) -> None:
     """REGISTER ``dn`` with digest, binding sip:dn@127.0.0.1:port."""
+    password = PASSWORDS.get(dn, POSITION_PASSWORD)
     run = sipp(node, sipp_bin, "register_auth.xml",
-               ["-s", dn, "-au", dn, "-ap", PASSWORDS[dn]], port=port)
+               ["-s", dn, "-au", dn, "-ap", password], port=port)
     assert run.ok(), run.errors()
 
 
 def phone(node: Node, sipp_bin: str, dn: str, scenario: str, *,
-          ring_ms: int = 200) -> Sipp:
+          ring_ms: int = 200, args: tuple[str, ...] = ()) -> Sipp:
     """A phone for ``dn``: registered, then running a UAS scenario on its port."""
-    port = free_port(HOST)
+    port = node.port()
     register(node, sipp_bin, dn, port)
-    return sipp(node, sipp_bin, scenario, ["-d", str(ring_ms)], port=port)
+    return sipp(node, sipp_bin, scenario, ["-d", str(ring_ms), *args], port=port)
 
 
 def call(node: Node, sipp_bin: str, caller: str, callee: str, scenario: str = "node_uac_call.xml",
@@ -293,7 +354,7 @@ async def test_health_and_metrics(node: Node) -> None:
 
 async def test_register_tells_t_controller(node: Node, require_tool: Any) -> None:
     sipp_bin = require_tool("sipp")
-    port = free_port(HOST)
+    port = node.port()
     async with monitor(node) as tc:
         await asyncio.to_thread(register, node, sipp_bin, "1007", port)
         event = await tc.wait_for("EventDNBackInService", "1007")
@@ -551,3 +612,439 @@ async def test_ipport_backlog_replay(node: Node, require_tool: Any) -> None:
         await icon.sequence(conn_id, expected[len(seen):])
         seqs = [e["AttributeEventSequenceNumber"] for e in icon.events]
         assert seqs == sorted(seqs) and len(set(seqs)) == len(seqs)
+
+
+async def test_phone_hold_and_retrieve_by_reinvite(node: Node, require_tool: Any) -> None:
+    """RFC 3264 §8.4: the caller's sendonly / sendrecv re-INVITEs are relayed to the
+    other leg and reported as EventHeld / EventRetrieved to both parties' observers."""
+    sipp_bin = require_tool("sipp")
+    callee = await asyncio.to_thread(phone, node, sipp_bin, "1004", "node_uas_stay.xml")
+    async with monitor(node) as tc, monitor(node, "OBS_1001") as obs1, \
+            monitor(node, "OBS_1004") as obs4:
+        for mon, dn in ((obs1, "1001"), (obs4, "1004")):
+            registered = await mon.client.request("RequestRegisterAddress", AttributeThisDN=dn)
+            assert registered["message"] == "EventRegistered"
+        caller = call(node, sipp_bin, "1001", "1004", "node_uac_hold.xml", talk_ms=700)
+        established = await tc.wait_for("EventEstablished", "1001")
+        conn_id = established["AttributeConnID"]
+        # 1004 has no sip-cti-control: the node cannot hold it remotely
+        refused = await tc.client.request("RequestHoldCall", AttributeThisDN="1004",
+                                          AttributeConnID=conn_id)
+        assert refused["message"] == "EventError" and refused["AttributeErrorCode"] == 60
+        assert "does not support remote hold" in refused["AttributeErrorMessage"]
+        assert await wait_proc(caller), caller.errors()
+        assert await wait_proc(callee), callee.errors()
+        await tc.sequence(conn_id, [
+            ("EventDialing", "1001"), ("EventRinging", "1004"), ("EventEstablished", "1004"),
+            ("EventEstablished", "1001"), ("EventHeld", "1001"), ("EventRetrieved", "1001"),
+            ("EventReleased", "1001"), ("EventReleased", "1004")])
+        held = await obs4.wait_for("EventHeld", "1001")
+        assert held["AttributeOtherDN"] == "1004" and held["AttributeConnID"] == conn_id
+        await obs4.wait_for("EventRetrieved", "1001")
+        await obs1.wait_for("EventHeld", "1001")
+        await obs1.wait_for("EventRetrieved", "1001")
+    # the other leg got each re-INVITE with the caller's direction
+    log = callee.logs()
+    assert log.index("dir=sendonly") < log.index("dir=sendrecv"), log
+
+
+async def test_refer_transfer(node: Node, require_tool: Any) -> None:
+    """RFC 3515: REFER in the call -> 202, NOTIFY sipfrag 100 then 200; the other
+    party (re-INVITEd with the target's SDP) talks to the target."""
+    sipp_bin = require_tool("sipp")
+    transferor = await asyncio.to_thread(
+        functools.partial(phone, node, sipp_bin, "1002", "node_uas_refer.xml", ring_ms=300,
+                          args=("-set", "target", "1003")))
+    target = await asyncio.to_thread(phone, node, sipp_bin, "1003", "node_uas_stay.xml")
+    async with monitor(node) as tc:
+        caller = call(node, sipp_bin, "1001", "1002", "node_uac_stay.xml")
+        established = await tc.wait_for("EventEstablished", "1003")
+        conn_id = established["AttributeConnID"]
+        assert established["AttributeOtherDN"] == "1001"
+        assert established["AttributeThirdPartyDN"] == "1002"
+        assert await wait_proc(transferor), transferor.errors()
+        changed = await tc.wait_for("EventPartyChanged", "1001")
+        assert changed["AttributeOtherDN"] == "1003"
+        assert changed["AttributeThirdPartyDN"] == "1002"
+        await tc.wait_for("EventReleased", "1002")
+        released = await tc.client.request("RequestReleaseCall", AttributeThisDN="1003",
+                                           AttributeConnID=conn_id)
+        assert released["message"] == "EventReleased", released
+        assert await wait_proc(caller), caller.errors()
+        assert await wait_proc(target), target.errors()
+        summary = tc.summary(conn_id)
+        assert summary[:7] == [
+            ("EventDialing", "1001"), ("EventRinging", "1002"), ("EventEstablished", "1002"),
+            ("EventEstablished", "1001"), ("EventRinging", "1003"), ("EventEstablished", "1003"),
+            ("EventPartyChanged", "1001")]
+        # EventReleased of 1003 answered RequestReleaseCall (it carries the ReferenceID)
+        assert sorted(summary[7:]) == [("EventReleased", "1001"), ("EventReleased", "1002")]
+    log = transferor.logs()
+    assert "notify sipfrag=100 state=active" in log, log
+    assert "notify sipfrag=200 state=terminated" in log, log
+    assert "reinvite dir=" in caller.logs()  # the node re-INVITEd the party that stays
+
+
+async def test_cti_answer_hold_retrieve_by_notify(node: Node, require_tool: Any) -> None:
+    """RequestAnswerCall / RequestHoldCall / RequestRetrieveCall drive a phone whose
+    DN has sip-cti-control = talk,hold with NOTIFY Event: talk / hold."""
+    sipp_bin = require_tool("sipp")
+    callee = await asyncio.to_thread(phone, node, sipp_bin, "1002", "node_uas_cti.xml")
+    async with monitor(node) as tc:
+        caller = call(node, sipp_bin, "1001", "1002", "node_uac_stay.xml")
+        ringing = await tc.wait_for("EventRinging", "1002")
+        conn_id = ringing["AttributeConnID"]
+        answered = await tc.client.request("RequestAnswerCall", AttributeThisDN="1002",
+                                           AttributeConnID=conn_id)
+        assert answered["message"] == "EventEstablished", answered
+        assert answered["AttributeThisDN"] == "1002"
+        held = await tc.client.request("RequestHoldCall", AttributeThisDN="1002",
+                                       AttributeConnID=conn_id)
+        assert held["message"] == "EventHeld", held
+        again = await tc.client.request("RequestHoldCall", AttributeThisDN="1002",
+                                        AttributeConnID=conn_id)
+        assert again["message"] == "EventError" and again["AttributeErrorCode"] == 59
+        retrieved = await tc.client.request("RequestRetrieveCall", AttributeThisDN="1002",
+                                            AttributeConnID=conn_id)
+        assert retrieved["message"] == "EventRetrieved", retrieved
+        released = await tc.client.request("RequestReleaseCall", AttributeThisDN="1002",
+                                           AttributeConnID=conn_id)
+        assert released["message"] == "EventReleased"
+        assert await wait_proc(callee), callee.errors()
+        assert await wait_proc(caller), caller.errors()
+    events = [line.split("notify event=")[1].strip() for line in callee.logs().splitlines()
+              if "notify event=" in line]
+    assert events == ["talk", "hold", "talk"]
+    log = caller.logs()
+    assert log.index("dir=sendonly") < log.index("dir=sendrecv"), log
+
+
+async def test_make_call_dialing_only_once_the_phone_answered(node: Node,
+                                                             require_tool: Any) -> None:
+    """RFC 3725 flow I: no EventDialing while the agent's phone has not taken the call;
+    a phone that refuses makes the request fail with EventError."""
+    sipp_bin = require_tool("sipp")
+    agent = await asyncio.to_thread(phone, node, sipp_bin, "1003", "node_uas_busy.xml")
+    async with monitor(node) as tc:
+        answer = await tc.client.request("RequestMakeCall", AttributeThisDN="1003",
+                                         AttributeOtherDN="1002")
+        assert answer["message"] == "EventError", answer
+        assert answer["AttributeErrorCode"] == 59
+        assert "did not take the call: 486" in answer["AttributeErrorMessage"]
+        assert await wait_proc(agent), agent.errors()
+        await asyncio.sleep(0.3)
+        assert [e for e in tc.events if e.get("AttributeConnID")
+                and e.get("AttributeThisDN") == "1003"] == []
+
+
+async def test_ipport_keeps_calls_started_without_client(node: Node, require_tool: Any) -> None:
+    """Events of a call that started while no reporting client was connected go to
+    the first client that registers within the backlog window."""
+    sipp_bin = require_tool("sipp")
+    callee = await asyncio.to_thread(phone, node, sipp_bin, "1002", "node_uas_answer.xml")
+    async with monitor(node) as tc:
+        caller = call(node, sipp_bin, "1001", "1002")
+        assert await wait_proc(caller), caller.errors()
+        assert await wait_proc(callee), callee.errors()
+        released = await tc.wait_for("EventReleased", "1002")
+        conn_id = released["AttributeConnID"]
+        expected = tc.summary(conn_id)
+    assert len(expected) == 6
+    async with monitor(node, "ICON_LATE", "ip") as icon:
+        await icon.sequence(conn_id, expected)
+        seqs = [e["AttributeEventSequenceNumber"] for e in icon.events]
+        assert seqs == sorted(seqs) and len(set(seqs)) == len(seqs)
+
+
+async def test_consultation_transfer(node: Node, require_tool: Any) -> None:
+    """RequestInitiateTransfer: EventHeld (the caller is re-INVITEd with a=inactive),
+    a consultation call from the agent's same phone (EventDialing ...);
+    RequestCompleteTransfer: the held caller and the target talk, the agent gets
+    EventReleased in both calls, the others EventPartyChanged."""
+    sipp_bin = require_tool("sipp")
+    agent = await asyncio.to_thread(phone, node, sipp_bin, "1002", "node_uas_stay.xml")
+    target = await asyncio.to_thread(phone, node, sipp_bin, "1003", "node_uas_stay.xml")
+    async with monitor(node) as tc:
+        caller = call(node, sipp_bin, "1001", "1002", "node_uac_stay.xml")
+        established = await tc.wait_for("EventEstablished", "1001")
+        conn_id = established["AttributeConnID"]
+        held = await tc.client.request("RequestInitiateTransfer", AttributeThisDN="1002",
+                                       AttributeConnID=conn_id, AttributeOtherDN="1003")
+        assert held["message"] == "EventHeld", held
+        assert held["AttributeConnID"] == conn_id and held["AttributeOtherDN"] == "1001"
+        dialing = await tc.wait_for("EventDialing", "1002")
+        consult_id = dialing["AttributeConnID"]
+        assert consult_id != conn_id
+        assert dialing["AttributeOtherDN"] == "1003"
+        assert dialing["AttributeTransferConnID"] == conn_id
+        await tc.sequence(consult_id, [
+            ("EventDialing", "1002"), ("EventRinging", "1003"), ("EventEstablished", "1003"),
+            ("EventEstablished", "1002")])
+        completed = await tc.client.request(
+            "RequestCompleteTransfer", AttributeThisDN="1002", AttributeConnID=conn_id,
+            AttributeTransferConnID=consult_id)
+        assert completed["message"] == "EventReleased", completed
+        assert completed["AttributeConnID"] == conn_id
+        assert await wait_proc(agent), agent.errors()  # the node hung up the agent's phone
+        await tc.sequence(consult_id, [
+            ("EventDialing", "1002"), ("EventRinging", "1003"), ("EventEstablished", "1003"),
+            ("EventEstablished", "1002"), ("EventReleased", "1002")])
+        changed = await tc.wait_for("EventPartyChanged", "1003")
+        assert changed["AttributeConnID"] == conn_id
+        assert changed["AttributePreviousConnID"] == consult_id
+        assert changed["AttributeOtherDN"] == "1001" and changed["AttributeThirdPartyDN"] == "1002"
+        await tc.sequence(conn_id, [
+            ("EventDialing", "1001"), ("EventRinging", "1002"), ("EventEstablished", "1002"),
+            ("EventEstablished", "1001"), ("EventPartyChanged", "1001"),
+            ("EventPartyChanged", "1003")])
+        released = await tc.client.request("RequestReleaseCall", AttributeThisDN="1003",
+                                           AttributeConnID=conn_id)
+        assert released["message"] == "EventReleased", released
+        assert await wait_proc(caller), caller.errors()
+        assert await wait_proc(target), target.errors()
+        await tc.wait_for("EventReleased", "1001")
+    # the caller was held (a=inactive), then re-INVITEd for the target's media
+    log = caller.logs()
+    assert "dir=inactive" in log, log
+    assert log.count("reinvite dir=") == 2, log
+
+
+# --------------------------------------------------------------------------- baresip
+
+
+@dataclass
+class Baresip:
+    """A baresip softphone driven over ctrl_tcp (JSON netstrings)."""
+
+    proc: subprocess.Popen[bytes]
+    reader: asyncio.StreamReader
+    writer: asyncio.StreamWriter
+    events: list[dict[str, Any]] = field(default_factory=list)
+    task: asyncio.Task[None] | None = None
+
+    async def _read(self) -> None:
+        while True:
+            length = await self.reader.readuntil(b":")
+            data = await self.reader.readexactly(int(length[:-1]))
+            await self.reader.readexactly(1)  # the netstring's ","
+            self.events.append(json.loads(data))
+
+    async def command(self, command: str, params: str = "", token: str = "1") -> None:
+        data = json.dumps({"command": command, "params": params, "token": token}).encode()
+        self.writer.write(str(len(data)).encode() + b":" + data + b",")
+        await self.writer.drain()
+
+    async def wait_event(self, kind: str, timeout: float = 10.0) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for event in self.events:
+                if event.get("event") and event.get("type") == kind:
+                    return event
+            await asyncio.sleep(0.05)
+        raise AssertionError(f"no {kind}; got {[e.get('type') for e in self.events]}")
+
+    async def stop(self) -> None:
+        if self.task is not None:
+            self.task.cancel()
+        self.writer.close()
+        self.proc.terminate()
+        try:
+            await asyncio.to_thread(self.proc.wait, 5)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            await asyncio.to_thread(self.proc.wait)
+
+
+def tone(path: Path) -> None:
+    """One second of 440 Hz, 8 kHz mono 16 bit: what a baresip phone sends."""
+    with wave.open(str(path), "wb") as out:
+        out.setnchannels(1)
+        out.setsampwidth(2)
+        out.setframerate(8000)
+        out.writeframes(b"".join(
+            int(8000 * math.sin(2 * math.pi * 440 * i / 8000)).to_bytes(2, "little", signed=True)
+            for i in range(8000)))
+
+
+def spawn_baresip(node: Node, binary: str, dn: str,
+                  workdir: Path) -> tuple[subprocess.Popen[bytes], int, int]:
+    """Config dir, tone and process of one baresip phone; its SIP and ctrl_tcp ports."""
+    workdir.mkdir()
+    tone(workdir / "tone.wav")
+    sip_port, ctrl_port = node.port(), node.port()
+    (workdir / "config").write_text(f"""poll_method epoll
+sip_listen {HOST}:{sip_port}
+module_path /usr/lib/baresip/modules
+module g711.so
+module aufile.so
+module aubridge.so
+module sndfile.so
+module ctrl_tcp.so
+module_app account.so
+module_app menu.so
+audio_source aufile,{workdir / "tone.wav"}
+audio_player aubridge,nil
+snd_path {workdir}
+ctrl_tcp_listen {HOST}:{ctrl_port}
+""")
+    (workdir / "accounts").write_text(
+        f"<sip:{dn}@cluster.test>;auth_pass={PASSWORDS[dn]};"
+        f'outbound="sip:{HOST}:{node.ports["sip"]};transport=udp";regint=60;'
+        "answermode=auto\n")
+    log = (workdir / "baresip.log").open("wb")
+    proc = subprocess.Popen([binary, "-f", str(workdir), "-n", HOST], cwd=workdir,
+                            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
+    return proc, sip_port, ctrl_port
+
+
+async def start_baresip(node: Node, binary: str, dn: str, workdir: Path) -> Baresip:
+    proc, _, ctrl_port = await asyncio.to_thread(spawn_baresip, node, binary, dn, workdir)
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            reader, writer = await asyncio.open_connection(HOST, ctrl_port)
+            break
+        except OSError:
+            if time.monotonic() > deadline or proc.poll() is not None:
+                proc.kill()
+                raise AssertionError((workdir / "baresip.log").read_text()) from None
+            await asyncio.sleep(0.1)
+    phone = Baresip(proc, reader, writer)
+    phone.task = asyncio.create_task(phone._read())
+    # registered when the node lists baresip's binding (sip:DN-0x...@host:port)
+    while time.monotonic() < deadline:
+        _, body = node.http("/status/registrations")
+        if any(b["contact"].startswith(f"sip:{dn}-") for b in json.loads(body).get(dn, [])):
+            return phone
+        await asyncio.sleep(0.1)
+    await phone.stop()
+    raise AssertionError(f"baresip {dn} did not register: "
+                         f"{(workdir / 'baresip.log').read_text()[-2000:]}")
+
+
+@pytest.mark.timeout(30)
+async def test_baresip_call(node: Node, require_tool: Any) -> None:
+    """Two baresip phones register with digest, one calls the other (auto answer)
+    through the node, the T-Library observer sees the call, then hang up."""
+    binary = require_tool("baresip")
+    caller = await start_baresip(node, binary, "1010", node.workdir / "baresip-1010")
+    callee = await start_baresip(node, binary, "1011", node.workdir / "baresip-1011")
+    try:
+        async with monitor(node) as tc:
+            await caller.command("dial", "sip:1011@cluster.test")
+            await caller.wait_event("CALL_ESTABLISHED")
+            await callee.wait_event("CALL_ESTABLISHED")
+            established = await tc.wait_for("EventEstablished", "1011")
+            conn_id = established["AttributeConnID"]
+            assert established["AttributeOtherDN"] == "1010"
+            await caller.command("hangup")
+            await caller.wait_event("CALL_CLOSED")
+            await callee.wait_event("CALL_CLOSED")
+            await tc.sequence(conn_id, [
+                ("EventDialing", "1010"), ("EventRinging", "1011"),
+                ("EventEstablished", "1011"), ("EventEstablished", "1010"),
+                ("EventReleased", "1010"), ("EventReleased", "1011")])
+    finally:
+        await caller.stop()
+        await callee.stop()
+
+
+def register_request(dn: str, port: int, cseq: int, authorization: str | None = None) -> bytes:
+    auth = f"Authorization: {authorization}\r\n" if authorization else ""
+    return (f"REGISTER sip:cluster.test SIP/2.0\r\n"
+            f"Via: SIP/2.0/UDP {HOST}:{port};branch=z9hG4bK-nonce-{cseq}\r\n"
+            f"From: <sip:{dn}@cluster.test>;tag=nonce1\r\nTo: <sip:{dn}@cluster.test>\r\n"
+            f"Call-ID: nonce-across-nodes\r\nCSeq: {cseq} REGISTER\r\n"
+            f"Contact: <sip:{dn}@{HOST}:{port}>\r\nMax-Forwards: 70\r\nExpires: 60\r\n"
+            f"{auth}Content-Length: 0\r\n\r\n").encode()
+
+
+def test_digest_nonce_valid_on_another_node(node: Node) -> None:
+    """A nonce issued by one node is accepted by another node of the switch: a phone
+    that a proxy moves to another node is not challenged again."""
+    proc, ports = start_sip_server(node.workdir / "cluster.toml", "SIPS_T2",
+                                   node.workdir / "sip-server-2.log")
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            sock.settimeout(5)
+            sock.bind((HOST, 0))
+            port = sock.getsockname()[1]
+            sock.sendto(register_request("1009", port, 1), (HOST, node.ports["sip"]))
+            challenge = parse_message(sock.recvfrom(65535)[0])
+            assert isinstance(challenge, Response) and challenge.status == 401
+            client = DigestClient("1009", password=PASSWORDS["1009"])
+            value = client.authorize(challenge.headers.get_all("WWW-Authenticate"),
+                                     method="REGISTER", uri="sip:cluster.test")
+            sock.sendto(register_request("1009", port, 2, value), (HOST, ports["sip"]))
+            answer = parse_message(sock.recvfrom(65535)[0])
+            assert isinstance(answer, Response) and answer.status == 200, bytes(answer)
+            # back on the first node with nc=2 of that nonce: nonce counts are kept per
+            # node, so it asks for a fresh nonce with stale=true (no password prompt)
+            value = client.authorize(challenge.headers.get_all("WWW-Authenticate"),
+                                     method="REGISTER", uri="sip:cluster.test")
+            assert "nc=00000002" in value
+            sock.sendto(register_request("1009", port, 3, value).replace(
+                b"Expires: 60", b"Expires: 0"), (HOST, node.ports["sip"]))
+            again = parse_message(sock.recvfrom(65535)[0])
+            assert isinstance(again, Response) and again.status == 401
+            assert "stale=true" in (again.headers.get("WWW-Authenticate") or "").lower()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=10)
+    log = (node.workdir / "sip-server-2.log").read_text()
+    assert "digest_secret_derived" in log  # no digest-secret in this file: said loudly
+
+
+async def test_position_no_answer_overflow(node: Node, require_tool: Any) -> None:
+    """posn-no-answer-overflow: an ACD position that does not answer within
+    posn-no-answer-timeout hands the call to the overflow DN."""
+    sipp_bin = require_tool("sipp")
+    position = await asyncio.to_thread(phone, node, sipp_bin, "1012", "node_uas_ring.xml")
+    overflow = await asyncio.to_thread(phone, node, sipp_bin, "1005", "node_uas_answer.xml")
+    async with monitor(node) as tc:
+        caller = call(node, sipp_bin, "1001", "1012")
+        assert await wait_proc(caller), caller.errors()
+        assert await wait_proc(position), position.errors()
+        assert await wait_proc(overflow), overflow.errors()
+        conn_id = first_conn_id(tc, "EventDialing", "1001")
+        await tc.sequence(conn_id, [
+            ("EventDialing", "1001"), ("EventRinging", "1012"), ("EventReleased", "1012"),
+            ("EventRinging", "1005"), ("EventEstablished", "1005"),
+            ("EventEstablished", "1001"), ("EventReleased", "1001"),
+            ("EventReleased", "1005")])
+    assert any(e.get("event") == "call_no_answer_overflow" and e.get("to") == "1005"
+               for e in node.log_events())
+
+
+async def test_consultation_released_then_retrieve(node: Node, require_tool: Any) -> None:
+    """The agent ends the consultation (RequestReleaseCall on its ConnID) and takes
+    the held call back (RequestRetrieveCall): the node joins the agent's phone and
+    the held party again, whatever the phone's sip-cti-control."""
+    sipp_bin = require_tool("sipp")
+    agent = await asyncio.to_thread(phone, node, sipp_bin, "1004", "node_uas_stay.xml")
+    target = await asyncio.to_thread(phone, node, sipp_bin, "1003", "node_uas_stay.xml")
+    async with monitor(node) as tc:
+        caller = call(node, sipp_bin, "1001", "1004", "node_uac_stay.xml")
+        established = await tc.wait_for("EventEstablished", "1001")
+        conn_id = established["AttributeConnID"]
+        held = await tc.client.request("RequestInitiateTransfer", AttributeThisDN="1004",
+                                       AttributeConnID=conn_id, AttributeOtherDN="1003")
+        assert held["message"] == "EventHeld", held
+        consulting = await tc.wait_for("EventEstablished", "1003")
+        consult_id = consulting["AttributeConnID"]
+        ended = await tc.client.request("RequestReleaseCall", AttributeThisDN="1004",
+                                        AttributeConnID=consult_id)
+        assert ended["message"] == "EventReleased" and ended["AttributeConnID"] == consult_id
+        assert await wait_proc(target), target.errors()  # the target got BYE
+        retrieved = await tc.client.request("RequestRetrieveCall", AttributeThisDN="1004",
+                                            AttributeConnID=conn_id)
+        assert retrieved["message"] == "EventRetrieved", retrieved
+        assert retrieved["AttributeOtherDN"] == "1001"
+        released = await tc.client.request("RequestReleaseCall", AttributeThisDN="1004",
+                                           AttributeConnID=conn_id)
+        assert released["message"] == "EventReleased"
+        assert await wait_proc(agent), agent.errors()
+        assert await wait_proc(caller), caller.errors()
+    # the caller: held (a=inactive), then re-INVITEd with the agent's phone's offer
+    log = caller.logs()
+    assert log.count("reinvite dir=") == 2 and "dir=inactive" in log, log

@@ -9,6 +9,7 @@ from daemons.sip_server.call import (
     CallState,
     InvalidTransition,
     LegState,
+    hold_sdp,
     sdp_direction,
 )
 from daemons.sip_server.registrar import RegisterError, Registrar
@@ -77,3 +78,16 @@ def test_call_and_leg_transitions() -> None:
 ])
 def test_sdp_direction(sdp: bytes, direction: str) -> None:
     assert sdp_direction(sdp) == direction
+
+
+def test_hold_sdp_marks_every_stream_inactive_and_raises_the_version() -> None:
+    offer = (b"v=0\r\no=a 1 7 IN IP4 1.2.3.4\r\ns=-\r\nc=IN IP4 1.2.3.4\r\nt=0 0\r\n"
+             b"m=audio 4000 RTP/AVP 0\r\na=sendrecv\r\nm=video 4002 RTP/AVP 96\r\n"
+             b"a=recvonly\r\n")
+    held = hold_sdp(offer)
+    lines = held.decode().split("\r\n")
+    assert "o=a 1 8 IN IP4 1.2.3.4" in lines
+    assert "a=sendrecv" not in lines and "a=recvonly" not in lines
+    assert lines.count("a=inactive") == 3  # session level + two streams
+    assert lines[lines.index("m=video 4002 RTP/AVP 96") + 1] == "a=inactive"
+    assert sdp_direction(held) == "inactive"

@@ -301,6 +301,25 @@ def test_invalid_event_is_not_sent_and_uses_no_sequence_number() -> None:
     assert s.send_event("EventACK", T0) == 2
 
 
+def test_trusted_event_skips_validation_but_is_stamped_and_framed() -> None:
+    c, s = registered_pair()
+    # EventRinging without AttributeConnID would fail send_event's catalogue check
+    seq = s.send_trusted_event("EventRinging", T0 + 1, {"AttributeThisDN": "1001"})
+    assert seq == 2
+    with pytest.raises(ValidationError):
+        s.send_event("EventRinging", T0 + 1, AttributeThisDN="1001")
+    assert s.send_trusted_event("EventACK", T0 + 2, {}) == 3
+    sent = frames(s.data_to_send())
+    assert [f["AttributeEventSequenceNumber"] for f in sent] == [2, 3]
+    assert sent[0]["message"] == "EventRinging" and sent[0]["AttributeThisDN"] == "1001"
+    assert sent[0]["AttributeTimeinSecs"] == int(T0 + 1 + OFFSET)
+    c.receive_data(encode_frame(sent[1]), T0 + 2)
+    assert [e.sequence for e in events(c) if isinstance(e, EventReceived)] == [3]
+    s.close(T0 + 3)
+    with pytest.raises(SessionError):
+        s.send_trusted_event("EventACK", T0 + 3, {})
+
+
 def test_query_server_and_keepalive_are_answered_by_the_session() -> None:
     c, s = registered_pair()
     q = c.send_request("RequestQueryServer", T0)
