@@ -8,22 +8,30 @@ N t-controllers on loopback, each beside a stand-in sip-server default port.
 2. latency: a state change on one node reaching a desktop on another node,
    p50/p99 at ``--rate`` changes/s across four nodes;
 3. a Smart Proxy client's initial bulk registration of ``--dns`` DNs owned by
-   four nodes (RequestRegisterAddress for each, all answered).
+   four nodes (RequestRegisterAddress for each, all answered), and beside it
+   the time the four t-controllers took to take in those DNs from their
+   sip-servers and agree on the owners (start-up);
+4. memory: bytes per DN registered on TCport with an agent logged in, one
+   t-controller with ``--memory-dns`` DNs (tracemalloc, from before the
+   t-controller starts to after the last login; target <= 5 KiB).
 
 Median of ``--runs`` runs; the last line is ``RESULT {json}``.
 
     .venv/bin/python bench/bench_mesh.py [--runs 3] [--rate 500] [--dns 50000]
+        [--memory-dns 10000] [--only counts,latency,bulk,memory]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import statistics
 import sys
 import tempfile
 import time
+import tracemalloc
 from pathlib import Path
 from typing import Any
 
@@ -104,6 +112,8 @@ class Bench:
         self.services: list[TControllerService] = []
         self.tasks: list[asyncio.Task[None]] = []
         self.nodes: list[Node] = []
+        self.startup_seconds = 0.0
+        self.memory_baseline = 0  # tracemalloc bytes before the t-controllers start
 
     def dns_of(self, i: int) -> list[str]:
         return [str(100000 + i * self.dns_per_node + k) for k in range(self.dns_per_node)]
@@ -115,6 +125,10 @@ class Bench:
         path = tmp / f"cluster-{self.n}-{self.optimised}.toml"
         path.write_text(config_text(self.n, self.dns_per_node, ports, tc_ports, self.optimised))
         config = load_cluster(path)
+        gc.collect()
+        if tracemalloc.is_tracing():
+            self.memory_baseline = tracemalloc.get_traced_memory()[0]
+        started = time.perf_counter()
         for i in range(self.n):
             service = TControllerService(config, f"TC_{i}")
             self.services.append(service)
@@ -124,9 +138,10 @@ class Bench:
         while time.monotonic() < deadline:
             ok = all(s.controller is not None and s.mesh is not None
                      and all(p.link_up and p.conn for p in s.mesh.peers.values())
-                     and sum(len(s.controller.ownership.owned_by(f"SIPS_{j}"))
+                     and sum(s.controller.ownership.owned_count(f"SIPS_{j}")
                              for j in range(self.n)) == total for s in self.services)
             if ok:
+                self.startup_seconds = time.perf_counter() - started
                 return
             await asyncio.sleep(0.05)
         raise RuntimeError("cluster did not converge")
@@ -260,48 +275,97 @@ async def bulk_registration(dns: int, tmp: Path) -> dict[str, float]:
         ok = sum(1 for a in answers if a["message"] == "EventRegistered"
                  and a["AttributeExtensions"]["dn-state"] == "in-service")
         await monitor.close()
-        return {"seconds": elapsed, "registered": ok}
+        return {"seconds": elapsed, "registered": ok, "startup_seconds": bench.startup_seconds}
     finally:
+        await bench.stop()
+
+
+async def memory_per_dn(dns: int, tmp: Path) -> dict[str, float]:
+    """Bytes per DN in service, registered by a desktop, with an agent logged in."""
+    tracemalloc.start()
+    bench = Bench(1, dns, False)
+    try:
+        await bench.start(tmp)
+        desk = await bench.client(0, "wwe")
+        numbers = bench.dns_of(0)
+        for chunk in range(0, dns, 1000):
+            part = numbers[chunk:chunk + 1000]
+            answers = await asyncio.gather(*[
+                desk.submit("RequestRegisterAddress", {"AttributeThisDN": dn}) for dn in part])
+            answers += await asyncio.gather(*[
+                desk.submit("RequestAgentLogin", {"AttributeThisDN": dn,
+                                                  "AttributeAgentID": f"a{dn}"})
+                for dn in part])
+            if any(a["message"] == "EventError" for a in answers):
+                raise RuntimeError(f"refused: {answers[0]}")
+            del answers
+        await asyncio.sleep(0.2)  # the last events leave the desktop's queue
+        queue = desk._queue  # events the desktop did not ask for: not the daemon's memory
+        while not queue.empty():
+            queue.get_nowait()
+        controller = bench.services[0].controller
+        assert controller is not None
+        logged_in = len(controller.agents.logged_in())
+        gc.collect()
+        used = tracemalloc.get_traced_memory()[0] - bench.memory_baseline
+        await desk.close()
+        return {"bytes_per_dn": used / dns, "dns": float(dns), "agents": float(logged_in)}
+    finally:
+        tracemalloc.stop()
         await bench.stop()
 
 
 async def main(args: argparse.Namespace) -> dict[str, Any]:
     configure_logging("warning")
-    result: dict[str, Any] = {"counts": {}, "latency": {}, "bulk": {}}
+    only = set(args.only.split(","))
+    result: dict[str, Any] = {"counts": {}, "latency": {}, "bulk": {}, "memory": {}}
     with tempfile.TemporaryDirectory() as tmpdir:
         tmp = Path(tmpdir)
-        print("messages between t-controllers per DN state change (median of runs)")
-        print(f"{'nodes':>5} {'smart-proxy-enabled':>20} {'TC<->TC':>8} {'SmartProxy':>10} "
-              f"{'total':>6}")
-        for n in (2, 3, 4):
-            for optimised in (False, True):
-                runs = [await message_counts(n, optimised, tmp) for _ in range(args.runs)]
-                mesh = statistics.median(r["mesh"] for r in runs)
-                sp = statistics.median(r["smart_proxy"] for r in runs)
-                result["counts"][f"{n}-{'on' if optimised else 'off'}"] = {
-                    "mesh": round(mesh, 3), "smart_proxy": round(sp, 3)}
-                print(f"{n:>5} {str(optimised).lower():>20} {mesh:>8.2f} {sp:>10.2f} "
-                      f"{mesh + sp:>6.2f}")
-        lat = [await latency(args.rate, args.seconds, tmp) for _ in range(args.runs)]
-        p99 = statistics.median(r["p99_ms"] for r in lat)
-        p50 = statistics.median(r["p50_ms"] for r in lat)
-        rate = statistics.median(r["rate"] for r in lat)
-        lost = sum(r["sent"] - r["delivered"] for r in lat)
-        result["latency"] = {"p50_ms": round(p50, 2), "p99_ms": round(p99, 2),
-                             "rate": round(rate, 1), "undelivered": lost}
-        print(f"state change -> client on another node, 4 nodes, {rate:.0f}/s: "
-              f"p50 {p50:.2f} ms, p99 {p99:.2f} ms (target < 20), undelivered {lost}")
-        try:
-            bulk = [await bulk_registration(args.dns, tmp) for _ in range(args.runs)]
-        except RuntimeError as exc:  # the cluster did not take in the DNs in time
-            result["bulk"] = {"dns": args.dns, "seconds": None, "error": str(exc)}
-            print(f"Smart Proxy bulk registration of {args.dns} DNs: not measured ({exc})")
-            return result
-        secs = statistics.median(r["seconds"] for r in bulk)
-        result["bulk"] = {"dns": args.dns, "seconds": round(secs, 2),
-                          "registered": min(r["registered"] for r in bulk)}
-        print(f"Smart Proxy bulk registration of {args.dns} DNs on 4 nodes: {secs:.2f} s "
-              f"(target < 10), in service: {result['bulk']['registered']}")
+        if "counts" in only:
+            print("messages between t-controllers per DN state change (median of runs)")
+            print(f"{'nodes':>5} {'smart-proxy-enabled':>20} {'TC<->TC':>8} "
+                  f"{'SmartProxy':>10} {'total':>6}")
+            for n in (2, 3, 4):
+                for optimised in (False, True):
+                    runs = [await message_counts(n, optimised, tmp) for _ in range(args.runs)]
+                    mesh = statistics.median(r["mesh"] for r in runs)
+                    sp = statistics.median(r["smart_proxy"] for r in runs)
+                    result["counts"][f"{n}-{'on' if optimised else 'off'}"] = {
+                        "mesh": round(mesh, 3), "smart_proxy": round(sp, 3)}
+                    print(f"{n:>5} {str(optimised).lower():>20} {mesh:>8.2f} {sp:>10.2f} "
+                          f"{mesh + sp:>6.2f}")
+        if "latency" in only:
+            lat = [await latency(args.rate, args.seconds, tmp) for _ in range(args.runs)]
+            p99 = statistics.median(r["p99_ms"] for r in lat)
+            p50 = statistics.median(r["p50_ms"] for r in lat)
+            rate = statistics.median(r["rate"] for r in lat)
+            lost = sum(r["sent"] - r["delivered"] for r in lat)
+            result["latency"] = {"p50_ms": round(p50, 2), "p99_ms": round(p99, 2),
+                                 "rate": round(rate, 1), "undelivered": lost}
+            print(f"state change -> client on another node, 4 nodes, {rate:.0f}/s: "
+                  f"p50 {p50:.2f} ms, p99 {p99:.2f} ms (target < 20), undelivered {lost}")
+        if "bulk" in only:
+            try:
+                bulk = [await bulk_registration(args.dns, tmp) for _ in range(args.runs)]
+            except RuntimeError as exc:  # the cluster did not take in the DNs in time
+                result["bulk"] = {"dns": args.dns, "seconds": None, "error": str(exc)}
+                print(f"Smart Proxy bulk registration of {args.dns} DNs: not measured ({exc})")
+            else:
+                secs = statistics.median(r["seconds"] for r in bulk)
+                startup = statistics.median(r["startup_seconds"] for r in bulk)
+                result["bulk"] = {"dns": args.dns, "seconds": round(secs, 2),
+                                  "startup_seconds": round(startup, 2),
+                                  "registered": min(r["registered"] for r in bulk)}
+                print(f"4 t-controllers took in {args.dns} DNs in {startup:.2f} s")
+                print(f"Smart Proxy bulk registration of {args.dns} DNs on 4 nodes: {secs:.2f} s "
+                      f"(target < 10), in service: {result['bulk']['registered']}")
+        if "memory" in only:
+            mem = [await memory_per_dn(args.memory_dns, tmp) for _ in range(args.runs)]
+            per_dn = statistics.median(r["bytes_per_dn"] for r in mem)
+            result["memory"] = {"dns": args.memory_dns, "bytes_per_dn": round(per_dn),
+                                "agents": min(r["agents"] for r in mem)}
+            print(f"memory per DN registered with an agent logged in ({args.memory_dns} DNs): "
+                  f"{per_dn / 1024:.2f} KiB (target <= 5)")
     return result
 
 
@@ -311,6 +375,9 @@ if __name__ == "__main__":
     parser.add_argument("--rate", type=float, default=500.0)
     parser.add_argument("--seconds", type=float, default=4.0)
     parser.add_argument("--dns", type=int, default=50000)
+    parser.add_argument("--memory-dns", type=int, default=10000)
+    parser.add_argument("--only", default="counts,latency,bulk,memory",
+                        help="comma-separated parts to run")
     ns = parser.parse_args()
     out = asyncio.run(main(ns))
     print("RESULT " + json.dumps(out))

@@ -22,6 +22,8 @@ forbids raises :class:`AgentError`, whose ``code`` and ``text`` go into the
 
 from __future__ import annotations
 
+import heapq
+import itertools
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from enum import IntEnum, StrEnum
@@ -120,7 +122,7 @@ class AgentError(TLibError):
 # events
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class AgentEvent:
     """An agent event for the clients of the DN and the peer t-controllers."""
 
@@ -143,12 +145,12 @@ class AgentEvent:
         return message
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class EventAgentLogin(AgentEvent):
     name: ClassVar[str] = "EventAgentLogin"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class EventAgentReady(AgentEvent):
     """Carries ``site`` = the owner node's geo-location in AttributeReasons
     (guide: "Reservation Based on Agent Location")."""
@@ -156,12 +158,12 @@ class EventAgentReady(AgentEvent):
     name: ClassVar[str] = "EventAgentReady"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class EventAgentNotReady(AgentEvent):
     name: ClassVar[str] = "EventAgentNotReady"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class EventAgentLogout(AgentEvent):
     """``reasons["cause"]`` names the option that logged the agent out when the
     agent did not ask (``logout-on-disconnect``, ``auto-logout-timeout``,
@@ -174,7 +176,7 @@ class EventAgentLogout(AgentEvent):
 # options, views, snapshots
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class AgentOptions:
     """The application-level agent options (guide: "Partially supported SIP
     Server functionality": only the application level is supported)."""
@@ -198,7 +200,7 @@ class AgentOptions:
         )
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class AgentView:
     """A read-only look at one logged-in agent."""
 
@@ -211,7 +213,7 @@ class AgentView:
     client: str | None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class AgentSnapshot:
     """What ``agent-state-auto-restore`` carries to a DN's new owner node."""
 
@@ -231,7 +233,7 @@ class AgentSnapshot:
         }
 
 
-@dataclass
+@dataclass(slots=True)
 class _Agent:
     agent_id: str
     dn: str
@@ -241,6 +243,7 @@ class _Agent:
     client: str | None
     last_activity: float
     wrap_up_deadline: float | None = None
+    order: int = 0  # login order: timer outputs come in table order
 
 
 # --------------------------------------------------------------------------
@@ -271,6 +274,10 @@ class AgentTable:
         self._by_dn: dict[str, _Agent] = {}
         self._dn_of_agent: dict[str, str] = {}
         self._calls: dict[str, set[str]] = {}
+        self._order = itertools.count()
+        #: (deadline, dn) of wrap-up ends and inactivity logouts; an item whose
+        #: agent's deadline changed since is stale and skipped when it reaches the top
+        self._deadlines: list[tuple[float, str]] = []
 
     # -- queries -------------------------------------------------------------
     def state(self, dn: str) -> AgentState:
@@ -355,6 +362,7 @@ class AgentTable:
             reasons=dict(reasons or {}),
             client=client,
             last_activity=now,
+            order=next(self._order),
         )
         self._move(agent, Trigger.LOGIN)
         self._by_dn[dn] = agent
@@ -368,6 +376,7 @@ class AgentTable:
             events.append(self._ready_event(agent))
         else:
             events.append(self._not_ready_event(agent))
+        self._touch(agent)
         return events
 
     def ready(
@@ -385,6 +394,7 @@ class AgentTable:
         agent.reasons = dict(reasons or {})
         agent.wrap_up_deadline = None
         agent.last_activity = now
+        self._touch(agent)
         return [self._ready_event(agent)]
 
     def not_ready(
@@ -406,6 +416,7 @@ class AgentTable:
             agent.reasons[MANUAL_ACW_REASON] = 1
         agent.wrap_up_deadline = None
         agent.last_activity = now
+        self._touch(agent)
         return [self._not_ready_event(agent)]
 
     def logout(
@@ -425,6 +436,7 @@ class AgentTable:
         if agent is not None:
             agent.last_activity = now
             agent.wrap_up_deadline = None
+            self._touch(agent)
         return []
 
     def call_released(
@@ -448,11 +460,13 @@ class AgentTable:
             return []
         duration = self.options.wrap_up_time if wrap_up_time is None else wrap_up_time
         if duration <= 0 or (agent.state, Trigger.WRAP_UP_START) not in TRANSITIONS:
+            self._touch(agent)  # off the call: inactivity counts again
             return []
         self._move(agent, Trigger.WRAP_UP_START)
         agent.work_mode = AgentWorkMode.AFTER_CALL_WORK
         agent.reasons = {}
         agent.wrap_up_deadline = now + duration
+        self._touch(agent)
         return [self._not_ready_event(agent)]
 
     # -- connection and service events -----------------------------------------
@@ -522,17 +536,33 @@ class AgentTable:
             self._move(agent, Trigger.NOT_READY)
             agent.work_mode, agent.reasons = work_mode, dict(snapshot.reasons)
             events[1:] = [self._not_ready_event(agent)]
+        self._touch(agent)
         return events
 
     # -- timers ------------------------------------------------------------------
     def next_timer(self) -> float | None:
-        deadlines = [d for a in self._by_dn.values() if (d := self._deadline(a)) is not None]
-        return min(deadlines) if deadlines else None
+        """The earliest wrap-up end or inactivity logout (O(log n) amortised)."""
+        heap = self._deadlines
+        by_dn = self._by_dn
+        while heap:
+            when, dn = heap[0]
+            agent = by_dn.get(dn)
+            if agent is not None and self._deadline(agent) == when:
+                return when
+            heapq.heappop(heap)
+        return None
 
     def handle_timer(self, now: float) -> list[AgentEvent]:
         """Wrap-up expiry (back to Ready) and inactivity logout."""
         events: list[AgentEvent] = []
-        for agent in list(self._by_dn.values()):
+        heap = self._deadlines
+        due: dict[str, _Agent] = {}
+        while heap and heap[0][0] <= now:
+            dn = heapq.heappop(heap)[1]
+            agent_due = self._by_dn.get(dn)
+            if agent_due is not None:
+                due[dn] = agent_due
+        for agent in sorted(due.values(), key=lambda a: a.order):
             if agent.wrap_up_deadline is not None and now >= agent.wrap_up_deadline:
                 self._move(agent, Trigger.WRAP_UP_EXPIRED)
                 agent.wrap_up_deadline = None
@@ -540,13 +570,29 @@ class AgentTable:
                 agent.reasons = {}
                 agent.last_activity = now
                 events.append(self._ready_event(agent))
+                self._touch(agent)
                 continue
             auto = self._auto_logout_deadline(agent)
             if auto is not None and now >= auto:
                 events.append(self._logout(agent, {"cause": "auto-logout-timeout"}))
+            else:
+                self._touch(agent)  # popped early (a stale item): keep its deadline
         return events
 
     # -- internals ---------------------------------------------------------------
+    def _touch(self, agent: _Agent) -> None:
+        """Queue the agent's current deadline (after any change of its state)."""
+        when = self._deadline(agent)
+        if when is None:
+            return
+        heap = self._deadlines
+        heapq.heappush(heap, (when, agent.dn))
+        if len(heap) > 2 * len(self._by_dn) + 64:
+            # superseded deadlines pile up: rebuild from the agents
+            self._deadlines = [(d, a.dn) for a in self._by_dn.values()
+                               if (d := self._deadline(a)) is not None]
+            heapq.heapify(self._deadlines)
+
     def _deadline(self, agent: _Agent) -> float | None:
         candidates = [agent.wrap_up_deadline, self._auto_logout_deadline(agent)]
         present = [c for c in candidates if c is not None]

@@ -23,9 +23,10 @@ their outputs into events, and keeps one loop timer for their deadlines.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Iterable
+import logging
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from daemons.cluster.config import AppKind, ClusterConfig, OwnershipKind
 from daemons.runtime.logs import get_logger
@@ -53,10 +54,16 @@ from daemons.t_controller.ownership import (
     OwnershipReleased,
     OwnershipTable,
 )
-from protocols.tlib.errors import ErrorCode
+from protocols.tlib.catalogue import validate
+from protocols.tlib.errors import ErrorCode, TLibError
 from protocols.tlib.framing import TMap
+from protocols.tlib.session import RequestReceived
 
-__all__ = ["CALL_EVENTS", "Answer", "DnService", "Recipients", "TController"]
+if TYPE_CHECKING:
+    from daemons.t_controller.mesh import Mesh
+    from daemons.t_controller.smart_proxy import SmartProxy
+
+__all__ = ["CALL_EVENTS", "Answer", "DnService", "Recipients", "TController", "event_is_valid"]
 
 #: Call events the sip-server sends on the node link (docs/node.md).
 CALL_EVENTS = frozenset({
@@ -85,14 +92,40 @@ DEFAULT_RESYNC_GRACE = 2.0
 Answer = tuple[TLibConnection, int]
 
 
-class Recipients:
-    """Who gets the events of a DN: implemented by the TCport."""
+class Recipients(Protocol):
+    """What the controller and the mesh need of the TCport
+    (:class:`daemons.t_controller.tcport.TCPort`)."""
 
     def recipients(self, dn: str | None, local: bool) -> Iterable[TLibConnection]:
-        raise NotImplementedError
+        """The clients that get the events of ``dn`` (``local``: the smart
+        clients too, for the events of this node)."""
+        ...
+
+    def agent_request(self, conn: TLibConnection, request: RequestReceived, dn: str,
+                      client: str) -> None:
+        """An agent request for a DN this node owns."""
+        ...
+
+    def call_control(self, conn: TLibConnection, request: RequestReceived) -> None:
+        """A call-control request for this node's sip-server."""
+        ...
 
 
-@dataclass
+def event_is_valid(name: str, attributes: Mapping[str, Any]) -> bool:
+    """The catalogue check of an event, made once per fan-out (docs/tlib.md,
+    "Catalogue"): a valid event then goes to every recipient as a *trusted*
+    event, not checked again per connection. An invalid one is sent unchecked
+    to no one: each connection refuses, counts and logs it."""
+    message: TMap = {"message": name}
+    message.update(attributes)
+    try:
+        validate(message, kind="event")
+    except TLibError:
+        return False
+    return True
+
+
+@dataclass(slots=True)
 class DnService:
     """What the node link said about a SIP DN's registration."""
 
@@ -135,8 +168,8 @@ class TController:
         self.kinds: dict[str, OwnershipKind] = dict(self.ownership.kinds)
         self.dn_services: dict[str, DnService] = {}
         self.tcport: Recipients | None = None
-        self.smart_proxy: Any = None  # SmartProxy, set by the service
-        self.mesh: Any = None  # Mesh, set by the service (daemons.t_controller.mesh)
+        self.smart_proxy: SmartProxy | None = None  # set by the service
+        self.mesh: Mesh | None = None  # set by the service
         self.metrics = metrics
         #: agents logged in on DNs peers own, as their events tell (AttributeAgentID ...)
         self.remote_agents: dict[str, dict[str, Any]] = {}
@@ -155,12 +188,17 @@ class TController:
         self._sent_sp = self.events_sent.labels("smart-proxy-port")
         self.node_events = metrics.counter(
             "tcontroller_node_events", "Events received on the node link", ("event",))
+        self._node_event_counters: dict[str, Any] = {}  # labels(name), looked up once
+        #: log lines per ownership decision only when INFO is on (50,000 DNs at
+        #: start-up); per registration and agent request only at DEBUG
+        self.log_info = bool(self.log.is_enabled_for(logging.INFO))
+        self.log_debug = bool(self.log.is_enabled_for(logging.DEBUG))
         self.node_events_dropped = metrics.counter(
             "tcontroller_node_events_dropped", "Node link events that could not be used",
             ("reason",))
         self.dns_in_service = metrics.gauge(
             "tcontroller_dns_in_service", "DNs in service owned by this node")
-        self.dns_in_service.set_function(lambda: len(self.ownership.owned_by(self.node)))
+        self.dns_in_service.set_function(lambda: float(self.ownership.owned_count(self.node)))
         self.agents_by_state = metrics.gauge(
             "tcontroller_agents", "Agents logged in on this node, by state", ("state",))
         for state in AgentState:
@@ -250,25 +288,29 @@ class TController:
         dn = attributes.get("AttributeThisDN")
         if local is None:
             local = self.is_local(dn)
-        sent = 0
         requester = answer[0] if answer is not None else None
+        targets = [c for c in self.tcport.recipients(dn, local) if c is not requester] \
+            if self.tcport is not None else []
+        # checked once here for every recipient, and only when there is one
+        trusted = event_is_valid(name, attributes) if targets or answer is not None else None
+        sent = 0
         if answer is not None:
             answered = dict(attributes)
             answered["AttributeReferenceID"] = answer[1]
-            if answer[0].send_event(name, answered) is not None:
+            if answer[0].send_event(name, answered, trusted=bool(trusted)) is not None:
                 sent += 1
-        if self.tcport is not None:
-            for conn in self.tcport.recipients(dn, local):
-                if conn is not requester and conn.send_event(name, attributes) is not None:
-                    sent += 1
+        for conn in targets:
+            if conn.send_event(name, attributes, trusted=bool(trusted)) is not None:
+                sent += 1
         if sent:
             self._sent_tc.inc(sent)
         if self.smart_proxy is not None:
-            delivered = self.smart_proxy.publish(name, attributes)
+            delivered = self.smart_proxy.publish(name, attributes, trusted=trusted)
             if delivered:
                 self._sent_sp.inc(delivered)
         if self.mesh is not None:
-            self.mesh.publish(name, attributes, dn if isinstance(dn, str) else None, requester)
+            self.mesh.publish(name, attributes, dn if isinstance(dn, str) else None, requester,
+                              trusted=trusted)
 
     def deliver_remote(self, name: str, attributes: TMap,
                        answer: Answer | None = None) -> None:
@@ -278,22 +320,24 @@ class TController:
         dn = attributes.get("AttributeThisDN")
         if isinstance(dn, str) and name.startswith("EventAgent"):
             self.mirror_agent(name, attributes)
-        sent = 0
         requester = answer[0] if answer is not None else None
+        targets = [c for c in self.tcport.recipients(dn if isinstance(dn, str) else None, False)
+                   if c is not requester] if self.tcport is not None else []
+        trusted = event_is_valid(name, attributes) if targets or answer is not None else None
+        sent = 0
         if answer is not None:
             answered = dict(attributes)
             answered["AttributeReferenceID"] = answer[1]
-            if answer[0].send_event(name, answered) is not None:
+            if answer[0].send_event(name, answered, trusted=bool(trusted)) is not None:
                 sent += 1
-        if self.tcport is not None:
-            for conn in self.tcport.recipients(dn if isinstance(dn, str) else None, False):
-                if conn is not requester and conn.send_event(name, attributes) is not None:
-                    sent += 1
+        for conn in targets:
+            if conn.send_event(name, attributes, trusted=bool(trusted)) is not None:
+                sent += 1
         if sent:
             self._sent_tc.inc(sent)
         mesh = self.mesh
         if self.smart_proxy is not None and mesh is not None and not mesh.optimised:
-            self.smart_proxy.feed(name, attributes, "mesh")
+            self.smart_proxy.feed(name, attributes, "mesh", trusted=trusted)
 
     def mirror_agent(self, name: str, attributes: TMap) -> None:
         """Keep the agent state of a peer's DN from its agent events."""
@@ -378,8 +422,9 @@ class TController:
                             "AttributeAgentWorkMode": "Unknown",
                             "AttributeReason": {"cause": "logout-on-out-of-service"}})
             elif isinstance(out, OwnershipGranted | OwnershipReleased | OwnershipMoved):
-                self.log.info("dn_ownership_" + type(out).__name__[9:].lower(), dn=out.dn,
-                              decision=repr(out))
+                if self.log_info:
+                    self.log.info("dn_ownership_" + type(out).__name__[9:].lower(), dn=out.dn,
+                                  decision=repr(out))
                 for listener in self.decision_listeners:
                     listener(out)
             elif isinstance(out, ForwardClaim):
@@ -448,7 +493,10 @@ class TController:
         if not isinstance(name, str):
             self.node_events_dropped.labels("no-name").inc()
             return
-        self.node_events.labels(name).inc()
+        counter = self._node_event_counters.get(name)
+        if counter is None:
+            counter = self._node_event_counters[name] = self.node_events.labels(name)
+        counter.inc()
         attributes = {k: v for k, v in event.items() if k not in _LINK_ATTRIBUTES}
         answer: Answer | None = None
         if answers is not None and isinstance(answers.origin, TLibConnection):

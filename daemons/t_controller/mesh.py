@@ -51,6 +51,7 @@ from daemons.cluster.config import OwnershipKind
 from daemons.runtime.tlib_client import TLibClient, TLibConnectionLost, TLibHandshakeError
 from daemons.sip_server.tlib_server import TLibConnection
 from daemons.t_controller.agent import AgentSnapshot, AgentState, AgentWorkMode
+from daemons.t_controller.controller import event_is_valid
 from daemons.t_controller.latency import LatencyStats, event_wall_time
 from daemons.t_controller.node_link import ForwardedRequest, NodeLink, NodeLinkDown
 from daemons.t_controller.ownership import (
@@ -65,6 +66,8 @@ from protocols.tlib.framing import TMap
 from protocols.tlib.session import RequestReceived
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from daemons.t_controller.controller import TController
 
 __all__ = ["SMART_PROXY_PREFIX", "Mesh", "Peer", "PeerLink", "smart_proxy_name"]
@@ -162,6 +165,9 @@ class Peer:
     interests: set[str] = field(default_factory=set)
     stats: LatencyStats = field(init=False)
     up_since: float | None = None
+    #: ``tcontroller_mesh_messages{peer,direction}`` children, set by the mesh
+    tx: Any = None
+    rx: Any = None
 
     def __post_init__(self) -> None:
         self.stats = LatencyStats(self.tc)
@@ -238,12 +244,15 @@ class Mesh:
         up = metrics.gauge("tcontroller_peer_link_up", "1 while the link to the peer is up",
                            ("peer",))
         for peer in self.peers.values():
+            peer.tx = self.messages.labels(peer.tc, "tx")
+            peer.rx = self.messages.labels(peer.tc, "rx")
             for stat in ("rtt", "txt", "rxt"):
                 latency.labels(peer.tc, stat).set_function(_stat_getter(peer, stat))
-            queue.labels(peer.tc, "tx").set_function(lambda p=peer: float(self._tx_queue(p)))
-            queue.labels(peer.tc, "rx").set_function(lambda p=peer: float(self._rx_queue(p)))
-            last.labels(peer.tc).set_function(lambda p=peer: p.stats.last_ts or 0.0)
-            up.labels(peer.tc).set_function(lambda p=peer: 1.0 if p.link_up else 0.0)
+            queue.labels(peer.tc, "tx").set_function(_peer_gauge(peer, self._tx_queue))
+            queue.labels(peer.tc, "rx").set_function(_peer_gauge(peer, self._rx_queue))
+            last.labels(peer.tc).set_function(
+                _peer_gauge(peer, lambda p: p.stats.last_ts or 0.0))
+            up.labels(peer.tc).set_function(_peer_gauge(peer, lambda p: 1.0 if p.link_up else 0.0))
         controller.mesh = self
         controller.decision_listeners.append(self.announce)
 
@@ -296,7 +305,7 @@ class Mesh:
                 "client-connection": "up" if peer.link_up else "down",
                 "server-connection": "up" if peer.conn is not None else "down",
                 "connects": peer.link.connects if peer.link is not None else 0,
-                "owned-dns": len(self.controller.ownership.owned_by(peer.node)),
+                "owned-dns": self.controller.ownership.owned_count(peer.node),
                 "interests": len(peer.interests),
                 **stats.to_dict(),
             }
@@ -314,12 +323,13 @@ class Mesh:
         return int(conn.transport.get_write_buffer_size())
 
     # -- sending ---------------------------------------------------------------------------
-    def _send_event(self, peer: Peer, name: str, attributes: TMap) -> bool:
+    def _send_event(self, peer: Peer, name: str, attributes: TMap, *,
+                    trusted: bool = False) -> bool:
         conn = peer.conn
-        if conn is None or conn.send_event(name, attributes) is None:
+        if conn is None or conn.send_event(name, attributes, trusted=trusted) is None:
             self.dropped.labels("peer-not-connected").inc()
             return False
-        self.messages.labels(peer.tc, "tx").inc()
+        peer.tx.inc()
         return True
 
     def _send_request(self, peer: Peer, name: str, attributes: Mapping[str, Any], *,
@@ -332,14 +342,17 @@ class Mesh:
         except NodeLinkDown:
             self.dropped.labels("link-down").inc()
             return False
-        self.messages.labels(peer.tc, "tx").inc()
+        peer.tx.inc()
         return True
 
     # -- events out ------------------------------------------------------------------------
     def publish(self, name: str, attributes: TMap, dn: str | None,
-                requester: TLibConnection | None = None) -> int:
+                requester: TLibConnection | None = None, *,
+                trusted: bool | None = None) -> int:
         """An event this t-controller published to its own clients: to the
-        peers that need it (module doc). Returns the messages sent."""
+        peers that need it (module doc). Returns the messages sent.
+        ``trusted``: whether the event passed the catalogue check (None: not
+        checked yet, checked here once for every peer)."""
         if name in ("EventDNBackInService", "EventDNOutOfService"):
             return 0  # peers derive them from the ownership decisions
         sent = 0
@@ -349,7 +362,9 @@ class Mesh:
                 continue
             if self.optimised and (dn is None or dn not in peer.interests):
                 continue
-            if self._send_event(peer, name, attributes):
+            if trusted is None:
+                trusted = event_is_valid(name, attributes)
+            if self._send_event(peer, name, attributes, trusted=trusted):
                 sent += 1
         return sent
 
@@ -376,8 +391,9 @@ class Mesh:
         if isinstance(decision, OwnershipMoved) and decision.from_node != local:
             return
         name, attributes = self.decision_event(decision)
+        trusted = event_is_valid(name, attributes)  # checked once for every peer
         for peer in self.peers.values():
-            self._send_event(peer, name, attributes)
+            self._send_event(peer, name, attributes, trusted=trusted)
 
     def decision_event(self, decision: OwnershipDecision) -> tuple[str, TMap]:
         controller = self.controller
@@ -535,7 +551,7 @@ class Mesh:
         if old is not None and old is not conn:
             old.close()
         sent = self.snapshot(conn, marker="granted")
-        self.messages.labels(peer.tc, "tx").inc(sent)
+        peer.tx.inc(sent)
         self.log.info("peer_connected", peer=peer.tc, owned_dns_sent=sent)
 
     def peer_closed(self, conn: TLibConnection) -> None:
@@ -559,7 +575,7 @@ class Mesh:
         if peer is None:
             conn.answer_error(request, ErrorCode.UNEXPECTED_MESSAGE, "Stale peer connection")
             return
-        self.messages.labels(peer.tc, "rx").inc()
+        peer.rx.inc()
         controller = self.controller
         name = request.name
         message = request.message
@@ -617,9 +633,9 @@ class Mesh:
             if owner is not None and owner is not peer:
                 self.forward(owner, conn, request)  # the DN moved meanwhile
                 return
-            client = ext.get("mesh-client")
+            desktop = ext.get("mesh-client")
             tcport.agent_request(conn, request, dn,
-                                 f"{peer.tc}/{client}" if client else f"{peer.tc}/?")
+                                 f"{peer.tc}/{desktop}" if desktop else f"{peer.tc}/?")
         elif name in CALL_CONTROL_REQUESTS and isinstance(dn, str):
             if not self.route_call_control(conn, request, dn, from_peer=peer):
                 tcport.call_control(conn, request)
@@ -651,7 +667,7 @@ class Mesh:
                                     "no answer")
         self.log.warning("peer_lost", peer=peer.tc, reason=reason,
                          tc_reconnect_timeout=controller.ownership.tc_reconnect_timeout,
-                         owned_dns=len(controller.ownership.owned_by(peer.node)))
+                         owned_dns=controller.ownership.owned_count(peer.node))
         controller.apply(controller.ownership.peer_lost(peer.node, controller.clock()))
 
     def on_peer_event(self, peer: Peer, event: TMap, answers: ForwardedRequest | None) -> None:
@@ -664,7 +680,7 @@ class Mesh:
             return
         if name == "EventServerInfo":
             return
-        self.messages.labels(peer.tc, "rx").inc()
+        peer.rx.inc()
         controller = self.controller
         attributes = {k: v for k, v in event.items() if k not in _LINK_ATTRIBUTES}
         answer: tuple[TLibConnection, int] | None = None
@@ -756,8 +772,11 @@ def decode_decision(dn: str, ext: Mapping[str, Any], kind: str, now: float,
         return None
     if kind == "released":
         return OwnershipReleased(dn, owner, str(ext.get("cause") or "released"))
+    kind_value = ext.get("ownership")
+    if not isinstance(kind_value, str):
+        return None
     try:
-        ownership = OwnershipKind(ext.get("ownership"))
+        ownership = OwnershipKind(kind_value)
     except ValueError:
         return None
     since_wall = ext.get("since")
@@ -784,6 +803,13 @@ def decode_snapshot(value: Any) -> AgentSnapshot | None:
             reasons=MappingProxyType(dict(value.get("AttributeReasons") or {})))
     except (KeyError, ValueError, TypeError):
         return None
+
+
+def _peer_gauge(peer: Peer, value: Callable[[Peer], float | int]) -> Callable[[], float]:
+    """A gauge callback reading one figure of ``peer``."""
+    def get() -> float:
+        return float(value(peer))
+    return get
 
 
 def _stat_getter(peer: Peer, stat: str) -> Any:

@@ -35,7 +35,9 @@ expiry, grace periods, peer loss and waiting moves.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping
+import heapq
+import itertools
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -66,7 +68,7 @@ DEFAULT_MOVE_GRACE = 30.0
 # outputs
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class OwnershipGranted:
     """``node`` now owns ``dn`` (announced to the peers)."""
 
@@ -77,7 +79,7 @@ class OwnershipGranted:
     expires: float | None = None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class OwnershipReleased:
     """``dn`` has no owner any more; ``cause`` says why (``unregistered``,
     ``expired``, ``unregister-address``, ``client-disconnected``, ``peer-lost``)."""
@@ -87,7 +89,7 @@ class OwnershipReleased:
     cause: str
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class OwnershipMoved:
     """``dn`` moved from one node to another; ``snapshot`` is the agent state to
     restore on the new owner (``agent-state-auto-restore``), if any."""
@@ -101,7 +103,7 @@ class OwnershipMoved:
     snapshot: AgentSnapshot | None = None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class MovePending:
     """A conflict: ``claimant`` wants ``dn`` but it stays with ``owner`` for now.
 
@@ -114,7 +116,7 @@ class MovePending:
     waiting_for: str
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ForwardClaim:
     """``dn`` is owned by the peer ``owner``: send it the claim of ``claimant``."""
 
@@ -124,7 +126,7 @@ class ForwardClaim:
     kind: OwnershipKind
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ClaimIgnored:
     """A registration that does not confer ownership, and why (for the log)."""
 
@@ -133,7 +135,7 @@ class ClaimIgnored:
     reason: str
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class DnServiceEvent:
     """``EventDNBackInService`` / ``EventDNOutOfService`` for the DN's clients."""
 
@@ -150,7 +152,7 @@ OwnershipOutput = (
 )
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class OwnershipView:
     dn: str
     node: str
@@ -165,7 +167,7 @@ class OwnershipView:
 # internal records
 
 
-@dataclass
+@dataclass(slots=True)
 class _Claim:
     node: str
     kind: OwnershipKind
@@ -176,7 +178,7 @@ class _Claim:
     waiting_for: str | None = None  # last MovePending reason reported
 
 
-@dataclass
+@dataclass(slots=True)
 class _Entry:
     dn: str
     node: str
@@ -186,6 +188,13 @@ class _Entry:
     clients: set[str] = field(default_factory=set)  # T-Library holders on the owner node
     pending: _Claim | None = None
     release_when_idle: str | None = None  # cause of a release waiting for call / ACW end
+    order: int = 0  # creation order: outputs of one timer run come in table order
+
+    def deadlines(self) -> tuple[float | None, ...]:
+        pending = self.pending
+        if pending is None:
+            return (self.expires,)
+        return (self.expires, pending.grace_deadline, pending.expires)
 
 
 def _back_in_service(dn: str) -> DnServiceEvent:
@@ -202,6 +211,12 @@ class OwnershipTable:
     ``kinds`` maps each agent DN to its ownership kind (from the DN's contact).
     ``agents`` is this node's agent table: it says whether a local DN is busy
     (call or after-call work) and logs agents out when their DN moves away.
+
+    Every query and update costs O(log n) at most, whatever the number of DNs:
+    deadlines wait in a heap (an entry whose deadline changed leaves a stale
+    item, skipped when it reaches the top), and the DNs of each node, of each
+    T-Library client, with a pending claim or with a release waiting for the
+    DN to be idle are indexed.
     """
 
     def __init__(
@@ -224,6 +239,14 @@ class OwnershipTable:
         self.move_grace = move_grace
         self._entries: dict[str, _Entry] = {}
         self._lost_peers: dict[str, float] = {}  # node -> deadline
+        self._order = itertools.count()
+        #: (deadline, dn): expiry, claim expiry, grace end; stale items skipped lazily
+        self._deadlines: list[tuple[float, str]] = []
+        self._by_node: dict[str, set[str]] = {}
+        #: (node, client) -> DNs it holds or claims (stale members skipped lazily)
+        self._by_client: dict[tuple[str, str], set[str]] = {}
+        self._pending_dns: set[str] = set()  # DNs with a pending claim (lazily cleaned)
+        self._idle_waits: set[str] = set()  # DNs with release_when_idle (lazily cleaned)
 
     @classmethod
     def from_config(
@@ -246,7 +269,14 @@ class OwnershipTable:
         return entry.node if entry else None
 
     def owned_by(self, node: str) -> list[str]:
-        return sorted(dn for dn, e in self._entries.items() if e.node == node)
+        return sorted(self._by_node.get(node, ()))
+
+    def owned_count(self, node: str) -> int:
+        """``len(owned_by(node))`` without building the list."""
+        return len(self._by_node.get(node, ()))
+
+    def __len__(self) -> int:
+        return len(self._entries)
 
     def view(self, dn: str) -> OwnershipView | None:
         e = self._entries.get(dn)
@@ -275,12 +305,13 @@ class OwnershipTable:
             return self._grant(dn, node, OwnershipKind.SIP, now, until)
         if entry.node == node:
             entry.expires = until  # refresh
+            self._push(until, dn)
             if entry.pending is not None and entry.pending.kind is OwnershipKind.SIP:
                 entry.pending = None  # the phone came back before the move
             return []
         if entry.node != self.local_node:
             return [ForwardClaim(dn, entry.node, node, OwnershipKind.SIP)]
-        entry.pending = _Claim(node, OwnershipKind.SIP, now, expires=until)
+        self._claim(entry, _Claim(node, OwnershipKind.SIP, now, expires=until))
         return self._advance(entry, now)
 
     def sip_unregistered(self, dn: str, node: str, now: float) -> list[OwnershipOutput]:
@@ -307,15 +338,15 @@ class OwnershipTable:
         entry = self._entries.get(dn)
         if entry is None:
             out = self._grant(dn, node, OwnershipKind.TLIB, now, None)
-            self._entries[dn].clients.add(client)
+            self._hold(self._entries[dn], client)
             return out
         if entry.node == node:
-            entry.clients.add(client)
+            self._hold(entry, client)
             entry.release_when_idle = None
             return []
         if entry.node != self.local_node:
             return [ForwardClaim(dn, entry.node, node, OwnershipKind.TLIB)]
-        entry.pending = _Claim(node, OwnershipKind.TLIB, now, client=client)
+        self._claim(entry, _Claim(node, OwnershipKind.TLIB, now, client=client))
         return self._advance(entry, now)
 
     def unregister_address(
@@ -330,6 +361,11 @@ class OwnershipTable:
                 entry.pending = None
             return []
         entry.clients.discard(client)
+        held = self._by_client.get((node, client))
+        if held is not None:
+            held.discard(dn)
+            if not held:
+                del self._by_client[(node, client)]
         if entry.clients:
             return []
         return self._release_or_move(entry, now, "unregister-address")
@@ -337,7 +373,7 @@ class OwnershipTable:
     def client_disconnected(self, node: str, client: str, now: float) -> list[OwnershipOutput]:
         """A T-Library client of ``node`` disconnected: it lets go of every DN."""
         out: list[OwnershipOutput] = []
-        for entry in list(self._entries.values()):
+        for entry in self._in_order(self._by_client.pop((node, client), ())):
             if entry.pending is not None and entry.pending.client == client:
                 if entry.pending.node == node:
                     entry.pending = None
@@ -360,7 +396,7 @@ class OwnershipTable:
                 if current.node == self.local_node:
                     events, _ = self.agents.hand_over(decision.dn, now, restore=False)
                     out += events
-                del self._entries[decision.dn]
+                self._drop(decision.dn)
                 self._set(
                     decision.dn, decision.node, decision.kind, decision.since, decision.expires
                 )
@@ -371,16 +407,19 @@ class OwnershipTable:
                 )
                 return [_back_in_service(decision.dn)]
             current.expires = decision.expires
+            if decision.expires is not None:
+                self._push(decision.expires, decision.dn)
             return []
         if isinstance(decision, OwnershipReleased):
             current = self._entries.get(decision.dn)
             if current is None or current.node != decision.node:
                 return []
-            del self._entries[decision.dn]
+            self._drop(decision.dn)
             return [_out_of_service(decision.dn)]
         # OwnershipMoved
         current = self._entries.get(decision.dn)
-        self._entries.pop(decision.dn, None)
+        if current is not None:
+            self._drop(decision.dn)
         self._set(decision.dn, decision.to_node, decision.kind, decision.since, decision.expires)
         out = [] if current is not None else [_back_in_service(decision.dn)]
         if (
@@ -405,21 +444,17 @@ class OwnershipTable:
 
     # -- timers --------------------------------------------------------------------
     def next_timer(self) -> float | None:
+        """When :meth:`handle_timer` must run next (0.0: at once), or None."""
         times: list[float] = list(self._lost_peers.values())
-        for e in self._entries.values():
-            if e.expires is not None:
-                times.append(e.expires)
-            if e.pending is not None:
-                if e.pending.grace_deadline is not None:
-                    times.append(e.pending.grace_deadline)
-                if e.pending.expires is not None:
-                    times.append(e.pending.expires)
-        for e in self._entries.values():
-            if e.release_when_idle is not None and not self.agents.is_busy(e.dn):
-                times.append(0.0)
-        agent_timer = self.agents.next_timer() if self._any_pending() else None
-        if agent_timer is not None:
-            times.append(agent_timer)  # wrap-up end may let a waiting move go
+        deadline = self._next_deadline()
+        if deadline is not None:
+            times.append(deadline)
+        if self._idle_release_due() or self._idle_move_due():
+            times.append(0.0)
+        if self._any_pending():
+            agent_timer = self.agents.next_timer()
+            if agent_timer is not None:
+                times.append(agent_timer)  # wrap-up end may let a waiting move go
         return min(times) if times else None
 
     def handle_timer(self, now: float) -> list[OwnershipOutput]:
@@ -428,7 +463,13 @@ class OwnershipTable:
         Call it also after feeding call events to the agent table: a move
         waiting for a call to end goes as soon as the DN is idle."""
         out: list[OwnershipOutput] = self._expire_peers(now)
-        for entry in list(self._entries.values()):
+        due: set[str] = set()
+        heap = self._deadlines
+        while heap and heap[0][0] <= now:
+            due.add(heapq.heappop(heap)[1])
+        due.update(self._pending_dns)
+        due.update(self._idle_waits)
+        for entry in self._in_order(due):
             if entry.pending is not None and entry.pending.expires is not None:
                 if now >= entry.pending.expires:
                     entry.pending = None  # the claimant's registration lapsed
@@ -442,14 +483,97 @@ class OwnershipTable:
         return out
 
     # -- internals -------------------------------------------------------------------
+    def _in_order(self, dns: Iterable[str]) -> list[_Entry]:
+        """The live entries of ``dns``, in table order."""
+        entries = self._entries
+        found = [e for dn in dns if (e := entries.get(dn)) is not None]
+        found.sort(key=lambda e: e.order)
+        return found
+
+    def _push(self, when: float, dn: str) -> None:
+        heap = self._deadlines
+        heapq.heappush(heap, (when, dn))
+        if len(heap) > 2 * len(self._entries) + 64:
+            # refreshes left stale items behind: keep the heap in proportion
+            self._deadlines = [(d, e.dn) for e in self._entries.values()
+                               for d in e.deadlines() if d is not None]
+            heapq.heapify(self._deadlines)
+
+    def _next_deadline(self) -> float | None:
+        heap = self._deadlines
+        entries = self._entries
+        while heap:
+            when, dn = heap[0]
+            entry = entries.get(dn)
+            if entry is not None and when in entry.deadlines():
+                return when
+            heapq.heappop(heap)
+        return None
+
     def _any_pending(self) -> bool:
-        return any(e.pending is not None for e in self._entries.values())
+        pending = self._pending_dns
+        entries = self._entries
+        for dn in list(pending):
+            entry = entries.get(dn)
+            if entry is not None and entry.pending is not None:
+                return True
+            pending.discard(dn)
+        return False
+
+    def _idle_release_due(self) -> bool:
+        """A release waiting for the end of a call or after-call work may go."""
+        waits = self._idle_waits
+        entries = self._entries
+        due = False
+        for dn in list(waits):
+            entry = entries.get(dn)
+            if entry is None or entry.release_when_idle is None:
+                waits.discard(dn)
+            elif not self.agents.is_busy(dn):
+                due = True
+        return due
+
+    def _idle_move_due(self) -> bool:
+        """A move that waited for a call or after-call work to end may go."""
+        entries = self._entries
+        for dn in self._pending_dns:
+            entry = entries.get(dn)
+            if (entry is not None and entry.pending is not None
+                    and entry.pending.waiting_for == "call-or-after-call-work"
+                    and entry.node == self.local_node and not self.agents.is_busy(dn)):
+                return True
+        return False
+
+    def _claim(self, entry: _Entry, claim: _Claim) -> None:
+        entry.pending = claim
+        self._pending_dns.add(entry.dn)
+        if claim.expires is not None:
+            self._push(claim.expires, entry.dn)
+        if claim.client is not None:
+            self._by_client.setdefault((claim.node, claim.client), set()).add(entry.dn)
+
+    def _hold(self, entry: _Entry, client: str) -> None:
+        entry.clients.add(client)
+        self._by_client.setdefault((entry.node, client), set()).add(entry.dn)
 
     def _set(
         self, dn: str, node: str, kind: OwnershipKind, since: float, expires: float | None
     ) -> _Entry:
-        entry = _Entry(dn=dn, node=node, kind=kind, since=since, expires=expires)
+        entry = _Entry(dn=dn, node=node, kind=kind, since=since, expires=expires,
+                       order=next(self._order))
         self._entries[dn] = entry
+        self._by_node.setdefault(node, set()).add(dn)
+        if expires is not None:
+            self._push(expires, dn)
+        return entry
+
+    def _drop(self, dn: str) -> _Entry:
+        entry = self._entries.pop(dn)
+        owned = self._by_node.get(entry.node)
+        if owned is not None:
+            owned.discard(dn)
+            if not owned:
+                del self._by_node[entry.node]
         return entry
 
     def _grant(
@@ -470,8 +594,9 @@ class OwnershipTable:
             # the last T-Library holder let go during a call or after-call work: the
             # DN stays here until they are over (guide: "GWS Disaster Recovery Scenarios")
             entry.release_when_idle = cause
+            self._idle_waits.add(entry.dn)
             return []
-        del self._entries[entry.dn]
+        self._drop(entry.dn)
         return [OwnershipReleased(entry.dn, entry.node, cause), _out_of_service(entry.dn)]
 
     def _advance(
@@ -495,14 +620,15 @@ class OwnershipTable:
         ):
             if claim.grace_deadline is None:
                 claim.grace_deadline = now + self.move_grace
+                self._push(claim.grace_deadline, dn)
             if now < claim.grace_deadline:
                 return self._pending(entry, claim, "agent-logout-grace")
         events, snapshot = self.agents.hand_over(dn, now, restore=self.agent_state_auto_restore)
         old = entry.node
-        del self._entries[dn]
+        self._drop(dn)
         new = self._set(dn, claim.node, claim.kind, now, claim.expires)
         if claim.client is not None:
-            new.clients.add(claim.client)
+            self._hold(new, claim.client)
         moved = OwnershipMoved(dn, old, claim.node, claim.kind, now, claim.expires, snapshot)
         return [*events, moved]
 
@@ -520,6 +646,6 @@ class OwnershipTable:
                 continue
             del self._lost_peers[node]
             for dn in self.owned_by(node):
-                del self._entries[dn]
+                self._drop(dn)
                 out += [OwnershipReleased(dn, node, "peer-lost"), _out_of_service(dn)]
         return out

@@ -26,7 +26,7 @@ import asyncio
 from typing import Any
 
 from daemons.sip_server.tlib_server import TLibConnection
-from daemons.t_controller.controller import TController
+from daemons.t_controller.controller import TController, event_is_valid
 from daemons.t_controller.mesh import PeerLink, smart_proxy_name
 from daemons.t_controller.node_link import ForwardedRequest
 from daemons.t_controller.tcport import AGENT_REQUESTS, CALL_CONTROL_REQUESTS, address_info
@@ -83,21 +83,31 @@ class SmartProxy:
         return sum(1 for link in self.bulk_links.values() if link.up)
 
     # -- events in --------------------------------------------------------------------
-    def publish(self, name: str, attributes: TMap) -> int:
-        """Send one event of this node to every client; returns how many got it."""
+    def publish(self, name: str, attributes: TMap, *, trusted: bool | None = None) -> int:
+        """Send one event of this node to every client; returns how many got it.
+        ``trusted``: whether the event passed the catalogue check
+        (:func:`~daemons.t_controller.controller.event_is_valid`); None: not
+        checked yet, checked here once for every client."""
+        clients = self._clients_snapshot
+        if not clients:
+            return 0
+        if trusted is None:
+            trusted = event_is_valid(name, attributes)
         sent = 0
-        for conn in self._clients_snapshot:
-            if conn.send_event(name, attributes) is not None:
+        for conn in clients:
+            if conn.send_event(name, attributes, trusted=trusted) is not None:
                 sent += 1
         return sent
 
-    def feed(self, name: str, attributes: TMap, origin: str) -> int:
+    def feed(self, name: str, attributes: TMap, origin: str, *,
+             trusted: bool | None = None) -> int:
         """An event of another node (``origin`` = its sip-server name, or
-        ``mesh`` when the t-controller relays it)."""
+        ``mesh`` when the t-controller relays it); ``trusted`` as for
+        :meth:`publish` (None: checked here, once for every client)."""
         self.fed[origin] = self.fed.get(origin, 0) + 1
         if name.startswith("EventAgent"):
             self.controller.mirror_agent(name, attributes)
-        delivered = self.publish(name, attributes)
+        delivered = self.publish(name, attributes, trusted=trusted)
         if delivered:
             self.controller._sent_sp.inc(delivered)
         return delivered

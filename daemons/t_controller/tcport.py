@@ -196,7 +196,9 @@ class TCPort(Recipients):
             owner = mesh.owner_peer(dn)
             if owner is not None and first and mesh.register_remote(conn, request, dn, owner):
                 # the owner answers with the DN's state there
-                self.log.info("dn_registered", dn=dn, client=client_id(conn), owner=owner.node)
+                if controller.log_debug:
+                    self.log.debug("dn_registered", dn=dn, client=client_id(conn),
+                                   owner=owner.node)
                 controller.apply(outputs, claimant=claimant)
                 return
             if first:
@@ -206,8 +208,9 @@ class TCPort(Recipients):
             if key in request.message:
                 attributes[key] = request.message[key]
         conn.answer(request, "EventRegistered", attributes)
-        self.log.info("dn_registered", dn=dn, client=client_id(conn),
-                      dn_state=attributes["AttributeExtensions"]["dn-state"])
+        if controller.log_debug:
+            self.log.debug("dn_registered", dn=dn, client=client_id(conn),
+                           dn_state=attributes["AttributeExtensions"]["dn-state"])
         controller.apply(outputs, claimant=claimant)
 
     def _unregister_address(self, conn: TLibConnection, request: RequestReceived) -> None:
@@ -260,7 +263,7 @@ class TCPort(Recipients):
             return
         mesh = self.controller.mesh
         owner = mesh.owner_peer(dn) if mesh is not None else None
-        if owner is not None:
+        if mesh is not None and owner is not None:
             if not mesh.forward(owner, conn, request, client=client_id(conn)):
                 conn.answer_error(request, ErrorCode.INTERNAL_ERROR,
                                   f"DN {dn} is owned by {owner.node}; the link to "
@@ -306,8 +309,9 @@ class TCPort(Recipients):
         except AgentError as exc:
             conn.answer_error(request, exc.code, exc.text, AttributeThisDN=dn)
             return
-        self.log.info("agent_request", request=request.name, dn=dn,
-                      agent_state=agents.state(dn).value)
+        if controller.log_debug:
+            self.log.debug("agent_request", request=request.name, dn=dn,
+                           agent_state=agents.state(dn).value)
         controller.publish_agent_events(events, answer=(conn, request.reference_id))
         controller.schedule_timer()
 

@@ -318,3 +318,24 @@ def test_options_from_tserver() -> None:
     assert opts.wrap_up_time == 15.0
     assert opts.logout_on_disconnect is True
     assert opts.auto_logout_timeout == 3.0
+
+
+def test_timers_of_many_agents_in_deadline_order() -> None:
+    numbers = [str(300000 + i) for i in range(500)]
+    t = AgentTable(AgentOptions(auto_logout_timeout=1.0))  # one minute
+    for i, dn in enumerate(numbers):
+        t.login(dn, f"a{dn}", float(i))  # agent i logs out at 60 + i
+    assert t.next_timer() == 60.0
+    t.not_ready(numbers[0], 100.0)  # activity: agent 0 now at 160
+    assert t.next_timer() == 61.0
+    out = t.handle_timer(62.5)
+    assert [e.this_dn for e in out] == numbers[1:3]
+    assert all(isinstance(e, EventAgentLogout) for e in out)
+    assert t.next_timer() == 63.0
+    t.call_established(numbers[3], "c1", 62.9)  # on a call: no inactivity logout
+    assert t.next_timer() == 64.0
+    out = t.handle_timer(1000.0)
+    assert numbers[3] not in [e.this_dn for e in out] and len(out) == 497
+    assert t.logged_in() == [numbers[3]] and t.next_timer() is None
+    t.call_released(numbers[3], "c1", 1000.0)
+    assert t.next_timer() == 1060.0

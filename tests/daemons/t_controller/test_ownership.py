@@ -305,3 +305,70 @@ def test_from_config_uses_cluster_file() -> None:
     assert "5000" not in t.kinds
     assert t.dn_owner_applications == {"Cluster"}
     assert t.agent_state_auto_restore is True and t.tc_reconnect_timeout == 10.0
+
+
+# -- timers at scale (deadline heap, indexes) ----------------------------------------
+
+
+def many(count: int) -> tuple[OwnershipTable, list[str]]:
+    numbers = [str(300000 + i) for i in range(count)]
+    agents = AgentTable(AgentOptions(), site=A)
+    table = OwnershipTable(A, kinds={dn: OwnershipKind.SIP for dn in numbers}, agents=agents)
+    return table, numbers
+
+
+def test_next_timer_follows_refreshes_and_expiries_of_many_dns() -> None:
+    t, numbers = many(2000)
+    for i, dn in enumerate(numbers):
+        t.sip_registered(dn, A, 1000.0 + i, now=0.0)  # dn i expires at 1000 + i
+    assert t.next_timer() == 1000.0
+    t.sip_registered(numbers[0], A, 5000.0, now=10.0)  # refreshed: now expires at 5010
+    t.sip_registered(numbers[1], A, 5000.0, now=10.0)
+    assert t.next_timer() == 1002.0  # the superseded deadlines are not reported
+    out = t.handle_timer(1003.0)
+    assert [o.dn for o in out if isinstance(o, OwnershipReleased)] == numbers[2:4]
+    assert t.owner(numbers[2]) is None and t.owner(numbers[0]) == A
+    assert t.next_timer() == 1004.0
+    assert t.owned_count(A) == 1998 == len(t.owned_by(A))
+    out = t.handle_timer(10000.0)
+    assert len([o for o in out if isinstance(o, OwnershipReleased)]) == 1998
+    assert t.next_timer() is None and t.owned_count(A) == 0
+
+
+def test_many_refreshes_do_not_lose_the_deadline() -> None:
+    t, numbers = many(3)
+    for dn in numbers:
+        t.sip_registered(dn, A, 60.0, now=0.0)
+    for k in range(1, 500):  # far more refreshes than DNs: the heap is compacted
+        t.sip_registered(numbers[0], A, 60.0, now=float(k))
+    assert t.next_timer() == 60.0  # numbers[1] and numbers[2]
+    assert [o.dn for o in t.handle_timer(60.0) if isinstance(o, OwnershipReleased)] \
+        == numbers[1:]
+    assert t.next_timer() == 559.0
+
+
+def test_move_waiting_for_a_call_is_due_once_the_call_ends() -> None:
+    """Without wrap-up the end of the call arms no agent timer: the table says
+    the waiting move is due at once, so the daemon runs handle_timer."""
+    t = node(A)
+    t.sip_registered(SIP_DN, A, 3600, now=0.0)
+    t.agents.call_established(SIP_DN, "c1", 1.0)
+    (pending,) = t.sip_registered(SIP_DN, B, 3600, now=2.0)
+    assert pending.waiting_for == "call-or-after-call-work"  # type: ignore[union-attr]
+    assert t.next_timer() == 3600.0  # the owner's own expiry only
+    t.agents.call_released(SIP_DN, "c1", 5.0)
+    assert t.next_timer() == 0.0
+    (moved,) = t.handle_timer(5.0)
+    assert isinstance(moved, OwnershipMoved) and moved.to_node == B
+    assert t.next_timer() == 3602.0  # the claimant's registration
+
+
+def test_client_disconnect_only_touches_that_nodes_client() -> None:
+    """Client ids are per node: the same id on a peer is another client."""
+    t = node(A)
+    t.register_address(PSTN_DN, A, "gws-1", "Cluster", 0.0)
+    t.register_address(PSTN_DN, B, "gws-1", "Cluster", 1.0)  # pending claim from B
+    assert t.client_disconnected(B, "gws-1", 2.0) == []  # B's client withdrew its claim
+    assert t.view(PSTN_DN).pending_claimant is None  # type: ignore[union-attr]
+    out = t.client_disconnected(A, "gws-1", 3.0)
+    assert out[0] == OwnershipReleased(PSTN_DN, A, "client-disconnected")

@@ -15,6 +15,7 @@ import msgpack
 import pytest
 
 from daemons.runtime.tlib_client import TLibClient, TLibHandshakeError
+from daemons.t_controller.controller import event_is_valid
 from protocols.tlib.framing import FrameDecoder, encode_frame
 
 SIP_1001 = {"1001": "sip:1001@127.0.0.1:5099"}
@@ -489,3 +490,15 @@ async def test_smart_client_sees_its_dn_leave(make_harness: Any) -> None:
     h.node.call("EventReleased", "1001", CALL)
     await monitor.wait_for("EventReleased")
     assert "EventRinging" not in smart.names()
+
+
+def test_fan_out_checks_an_event_once_against_the_catalogue() -> None:
+    """A valid event goes to every recipient unchecked (trusted); an event the
+    catalogue refuses is sent unchecked to nobody."""
+    call = {"AttributeThisDN": "1001", "AttributeConnID": "006b02a5c9f1e001",
+            "AttributeUserData": {"customer": "gold"}}
+    assert event_is_valid("EventEstablished", call)
+    assert not event_is_valid("EventEstablished", {"AttributeThisDN": "1001"})  # no ConnID
+    assert not event_is_valid("EventEstablished", {**call, "AttributeBogus": 1})
+    assert not event_is_valid("RequestAgentReady", {"AttributeThisDN": "1001"})  # a request
+    assert not event_is_valid("EventNoSuchThing", {})
