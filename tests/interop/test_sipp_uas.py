@@ -22,7 +22,8 @@ def test_call_to_sipp_uas(sipp: str, free_port: Any, tmp_path: Path, repo_root: 
     stat = tmp_path / "stat.csv"
     mode = "u1" if transport == "udp" else "t1"
     uas = subprocess.Popen(
-        [sipp, "-sf", str(SCENARIOS / "uas_answer.xml"), "-i", "127.0.0.1", "-p", str(port), "-t", mode, "-m", "1",
+        [sipp, "-sf", str(SCENARIOS / "uas_answer.xml"), "-i", "127.0.0.1", "-p", str(port),
+         "-t", mode, "-m", "1",
          "-nostdin", "-timeout", "15s", "-timeout_error", "-trace_err",
          "-error_file", str(tmp_path / "errors.log"), "-trace_stat", "-stf", str(stat)],
         cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
