@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Iterator
-from typing import Any
+from typing import Any, cast
 
 from protocols.sip.errors import ParseError
 from protocols.sip.uri import SipUri, format_host, parse_hostport, parse_uri
@@ -691,6 +691,7 @@ class Headers:
         self._names_list: list[str] = []
         self._keys: list[str] = []
         self._values_list: list[str] = []
+        # the text of each line: as received, or "Name: value" as written
         self._raws: list[str | None] = []
         self._parts = None
         self._cache: dict[str, Any] = {}
@@ -812,15 +813,25 @@ class Headers:
 
     def add(self, name: str, value: str) -> None:
         """Append a header line."""
-        key = header_key(name)
-        checked = _check_value(value)
+        # Runs for every header of every message built in code: the name's key
+        # and written form come from a cache, the line text is made once here
+        # so that serialising only joins lines.
+        entry = _ADD_NAMES.get(name)
+        if entry is None:
+            entry = _add_name(name)
+        key, written = entry
+        if "\r" in value or "\n" in value:
+            raise ParseError("header value must not contain CR or LF")
+        value = value.strip(_WS)
         if self._parts is not None:
             self._materialise()
-        self._names_list.append(_CANONICAL.get(key) or name.strip(_WS))
+        self._names_list.append(written)
         self._keys.append(key)
-        self._values_list.append(checked)
-        self._raws.append(None)
-        self._changed()
+        self._values_list.append(value)
+        self._raws.append(f"{written}: {value}")
+        self._dirty = True
+        if self._cache:
+            self._cache.clear()
 
     def prepend(self, name: str, value: str) -> None:
         """Insert a header line before the first line of the same name (or at the top).
@@ -832,10 +843,11 @@ class Headers:
         self._materialise()
         keys = self._keys
         index = keys.index(key) if key in keys else 0
-        self._names_list.insert(index, _CANONICAL.get(key) or name.strip(_WS))
+        written = _CANONICAL.get(key) or name.strip(_WS)
+        self._names_list.insert(index, written)
         keys.insert(index, key)
         self._values_list.insert(index, checked)
-        self._raws.insert(index, None)
+        self._raws.insert(index, f"{written}: {checked}")
         self._changed()
 
     def set(self, name: str, value: str) -> None:
@@ -849,9 +861,10 @@ class Headers:
         self._materialise()
         index = keys.index(key)
         self._remove_where(key, start=index + 1)
-        self._names_list[index] = _CANONICAL.get(key) or name.strip(_WS)
+        written = _CANONICAL.get(key) or name.strip(_WS)
+        self._names_list[index] = written
         self._values_list[index] = checked
-        self._raws[index] = None
+        self._raws[index] = f"{written}: {checked}"
         self._changed()
 
     def remove(self, name: str) -> int:
@@ -880,8 +893,8 @@ class Headers:
         if key in LIST_HEADERS:
             items = split_list(value)
             if len(items) > 1:
-                values[index] = ",".join(items[1:]).strip(_WS)
-                self._raws[index] = None
+                values[index] = rest = ",".join(items[1:]).strip(_WS)
+                self._raws[index] = f"{self._names_list[index]}: {rest}"
                 self._changed()
                 return items[0].strip(_WS)
         del self._names_list[index], keys[index], values[index], self._raws[index]
@@ -915,26 +928,43 @@ class Headers:
     # ---- serialising
 
     def _serialise_into(self, out: list[str], content_length: int | None) -> None:
-        """Append ``name: value`` lines; when ``content_length`` is given, write it once."""
-        cl_done = content_length is None
-        if self._parts is not None:
-            self._materialise()
-        for name, key, value, raw in zip(
-            self._names_list, self._keys, self._values_list, self._raws, strict=True
-        ):
-            if key == "content-length" and content_length is not None:
-                if cl_done:
+        """Append ``name: value`` lines; when ``content_length`` is given, write it once.
+
+        Every line keeps its text (as received, or as made by the method that
+        wrote it), so only Content-Length is formatted here.
+        """
+        keys = self._keys
+        raws = self._raws
+        if content_length is not None and "content-length" in keys:
+            cl_done = False
+            names = self._names
+            for name, key, raw in zip(names, keys, raws, strict=True):
+                if key == "content-length":
+                    if cl_done:
+                        continue
+                    cl_done = True
+                    out.append(f"{name.strip(_WS)}: {content_length}\r\n")
                     continue
-                cl_done = True
-                out.append(f"{name.strip(_WS)}: {content_length}\r\n")
-                continue
-            if raw is not None:
-                out.append(raw)
-                out.append("\r\n")
-            else:
-                out.append(f"{name}: {value}\r\n")
-        if not cl_done:
+                out.append(f"{raw}\r\n")
+            return
+        if raws:
+            out.append("\r\n".join(cast("list[str]", raws)))
+            out.append("\r\n")
+        if content_length is not None:
             out.append(f"Content-Length: {content_length}\r\n")
+
+
+#: Header name as passed to :meth:`Headers.add` -> (lookup key, name as written).
+_ADD_NAMES: dict[str, tuple[str, str]] = {}
+
+
+def _add_name(name: str) -> tuple[str, str]:
+    key = header_key(name)
+    entry = (key, _CANONICAL.get(key) or name.strip(_WS))
+    if len(_ADD_NAMES) > 4096:
+        _ADD_NAMES.clear()
+    _ADD_NAMES[name] = entry
+    return entry
 
 
 def _check_value(value: str) -> str:

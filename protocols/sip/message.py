@@ -337,7 +337,9 @@ class Message:
         out = [self._start_line(), "\r\n"]
         self.headers._serialise_into(out, len(self._body))
         out.append("\r\n")
-        return "".join(out).encode("utf-8", "surrogateescape") + self._body
+        data = "".join(out).encode("utf-8", "surrogateescape")
+        body = self._body
+        return data + body if body else data
 
     def __bytes__(self) -> bytes:
         return self.serialize()
@@ -379,14 +381,14 @@ class Request(Message):
         *,
         version: str = SIP_VERSION,
     ) -> None:
-        if not _is_token(method):
+        if method not in KNOWN_METHODS and not _is_token(method):
             raise ParseError(f"invalid method {method!r}")
         self._method = method
-        self._uri = str(uri)
+        self._uri = uri if type(uri) is str else str(uri)
         self._ruri: SipUri | None = uri if isinstance(uri, SipUri) else None
         self.version = version
         self.headers = Headers() if headers is None else headers
-        self._body = bytes(body)
+        self._body = body if type(body) is bytes else bytes(body)
         self._raw = None
 
     @property
@@ -710,6 +712,12 @@ def _finish_head(
 # --------------------------------------------------------------------------- answering
 
 
+#: What a response copies from the request (§8.2.6.2), in this order, with the
+#: name it is written with.
+_RESPONSE_COPIED = (("via", "Via"), ("from", "From"), ("to", "To"), ("call-id", "Call-ID"),
+                    ("cseq", "CSeq"))
+
+
 def make_response(
     request: Request,
     status: int,
@@ -718,20 +726,59 @@ def make_response(
     to_tag: str | None = None,
     body: bytes = b"",
 ) -> Response:
-    """Build a response to ``request`` (RFC 3261 §8.2.6.2).
+    """Build a response to ``request`` (RFC 3261 §8.2.6).
 
-    Copies every Via (in order), From, To, Call-ID and CSeq; adds ``to_tag`` to
-    To when given and To has no tag yet. The reason defaults to the §21 phrase.
+    Copies every Via (in order), From, To, Call-ID and CSeq (§8.2.6.2); adds
+    ``to_tag`` to To when given and To has no tag yet; a 100 (Trying) also
+    copies the request's Timestamp (§8.2.6.1). The reason defaults to the §21
+    phrase. The header values are copied as text, without parsing them.
     """
+    if not 100 <= status <= 699:
+        raise ParseError(f"status code {status} out of range")
     src = request.headers
-    headers = Headers()
-    for name, key in (("Via", "via"), ("From", "from"), ("To", "to"),
-                      ("Call-ID", "call-id"), ("CSeq", "cseq")):
-        for value in src._lines(key):
-            if key == "to" and to_tag is not None and request.to.tag is None:
-                value = f"{value};tag={to_tag}"
-            headers.add(name, value)
-    return Response(status, reason, headers, body)
+    src_keys = src._keys
+    parts = src._parts
+    # a parsed header section keeps its lines split at the colon (``_parts``)
+    # until something needs the whole list of values
+    src_values = src._values_list if parts is None else []
+    names: list[str] = []
+    keys: list[str] = []
+    values: list[str] = []
+    raws: list[str | None] = []
+    for key, name in _RESPONSE_COPIED:
+        if key not in src_keys:
+            continue
+        if key == "via" or src_keys.count(key) > 1:
+            indices = [i for i, k in enumerate(src_keys) if k == key]
+        else:
+            indices = [src_keys.index(key)]
+        for i in indices:
+            value = src_values[i] if parts is None else parts[i][2].strip(_WS)
+            if key == "to" and to_tag is not None:
+                # a tag parameter needs the letters "tag"; only then parse To
+                if "tag" not in value.lower() or request.to.tag is None:
+                    value = f"{value};tag={to_tag}"
+            names.append(name)
+            keys.append(key)
+            values.append(value)
+            raws.append(f"{name}: {value}")
+    if status == 100 and "timestamp" in src_keys:
+        value = src_values[src_keys.index("timestamp")] if parts is None else (
+            parts[src_keys.index("timestamp")][2].strip(_WS))
+        names.append("Timestamp")
+        keys.append("timestamp")
+        values.append(value)
+        raws.append(f"Timestamp: {value}")
+    headers = Headers._from_parsed(names, keys, values, raws)
+    headers._dirty = True
+    response = Response.__new__(Response)
+    response._status = status
+    response._reason = _default_reason(status) if reason is None else reason
+    response.version = SIP_VERSION
+    response.headers = headers
+    response._body = bytes(body)
+    response._raw = None
+    return response
 
 
 # --------------------------------------------------------------------------- validation

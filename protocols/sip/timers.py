@@ -1,15 +1,19 @@
-"""SIP transaction timer values (RFC 3261 §17, Table 4 in Appendix A; RFC 6026 §8).
+"""SIP transaction timers (RFC 3261 §17, Table 4 in Appendix A; RFC 6026 §8).
 
-Only values and names live here; scheduling is done by the transaction layer,
-which receives the current time as ``now`` and reports its next deadline.
+The values and names, and :class:`TimerQueue`, the ordered set of deadlines
+the transaction layer keeps; the layer receives the current time as ``now``
+and reports its next deadline.
 """
 
 from __future__ import annotations
 
+import collections
 import enum
+import heapq
+from collections.abc import Container
 from dataclasses import dataclass
 
-__all__ = ["RELIABLE_TRANSPORTS", "TimerName", "TimerSettings", "is_reliable"]
+__all__ = ["RELIABLE_TRANSPORTS", "TimerName", "TimerQueue", "TimerSettings", "is_reliable"]
 
 #: Transports that deliver reliably, for which RFC 3261 §17 disables request and
 #: response retransmission and sets timers D, I, J and K to zero.
@@ -85,3 +89,86 @@ class TimerSettings:
     def timer_k(self, reliable: bool) -> float:
         """Timer K: T4 for unreliable transports, 0 for reliable (§17.1.2.2)."""
         return 0.0 if reliable else self.t4
+
+
+class TimerQueue:
+    """Deadlines of running timers, earliest first; ties in the order they were set.
+
+    Entries are ``(deadline, seq)`` with ``seq`` increasing. Almost every timer
+    runs for one of a few durations (T1 and its doublings up to T2, T4,
+    64*T1), and ``now`` does not go back, so the entries of one duration are
+    set in deadline order: each duration gets a FIFO, and setting or taking a
+    timer costs O(1) instead of O(log n) in one heap of every transaction's
+    timers. A deadline that would break a FIFO's order (``now`` went back)
+    goes to a small heap instead.
+
+    Stopping a timer is lazy: the caller passes ``live``, the sequence numbers
+    still running, and entries not in it are dropped when they come up.
+    """
+
+    __slots__ = ("_fifos", "_heap")
+
+    #: Beyond this many distinct durations, entries go to the heap.
+    MAX_FIFOS = 64
+
+    def __init__(self) -> None:
+        self._fifos: dict[float, collections.deque[tuple[float, int]]] = {}
+        self._heap: list[tuple[float, int]] = []
+
+    def push(self, delay: float, deadline: float, seq: int) -> None:
+        """Add the timer ``seq`` of duration ``delay`` due at ``deadline``."""
+        fifo = self._fifos.get(delay)
+        if fifo is None:
+            if len(self._fifos) >= self.MAX_FIFOS:
+                heapq.heappush(self._heap, (deadline, seq))
+                return
+            fifo = self._fifos[delay] = collections.deque()
+        elif fifo and fifo[-1][0] > deadline:
+            heapq.heappush(self._heap, (deadline, seq))
+            return
+        fifo.append((deadline, seq))
+
+    def _first(
+        self, live: Container[int]
+    ) -> tuple[tuple[float, int] | None, collections.deque[tuple[float, int]] | None]:
+        best: tuple[float, int] | None = None
+        source: collections.deque[tuple[float, int]] | None = None
+        for fifo in self._fifos.values():
+            while fifo:
+                head = fifo[0]
+                if head[1] in live:
+                    if best is None or head < best:
+                        best = head
+                        source = fifo
+                    break
+                fifo.popleft()
+        heap = self._heap
+        while heap:
+            head = heap[0]
+            if head[1] in live:
+                if best is None or head < best:
+                    best = head
+                    source = None
+                break
+            heapq.heappop(heap)
+        return best, source
+
+    def next_deadline(self, live: Container[int]) -> float | None:
+        """The earliest deadline of a live timer, or ``None``."""
+        best = self._first(live)[0]
+        return None if best is None else best[0]
+
+    def pop_due(self, now: float, live: Container[int]) -> int | None:
+        """Remove and return the earliest live timer due at ``now``, or ``None``."""
+        best, source = self._first(live)
+        if best is None or best[0] > now:
+            return None
+        if source is None:
+            heapq.heappop(self._heap)
+        else:
+            source.popleft()
+        return best[1]
+
+    def __len__(self) -> int:
+        """Entries held, stopped ones included until they come up."""
+        return sum(len(fifo) for fifo in self._fifos.values()) + len(self._heap)

@@ -25,18 +25,17 @@ from __future__ import annotations
 
 import collections
 import enum
-import heapq
 import itertools
 import random
 import secrets
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import ClassVar, Final, NamedTuple
+from typing import Any, ClassVar, Final, NamedTuple, cast
 
 from protocols.sip.errors import SipError
 from protocols.sip.headers import Headers, Via
 from protocols.sip.message import Request, Response, make_response, parse_message
-from protocols.sip.timers import TimerName, TimerSettings, is_reliable
+from protocols.sip.timers import TimerName, TimerQueue, TimerSettings, is_reliable
 
 __all__ = [
     "MAGIC_COOKIE",
@@ -126,11 +125,19 @@ class TransactionKey(NamedTuple):
     legacy: tuple[str, ...] = ()
 
 
+_tuple_new = tuple.__new__
+
+
+def _key(role: Role, method: str, branch: str, sent_by: str = "") -> TransactionKey:
+    # tuple.__new__ directly: the named tuple's generated __new__ costs twice as much
+    return _tuple_new(TransactionKey, (role, method, branch, sent_by, ()))
+
+
 def client_key(message: Request | Response) -> TransactionKey:
     """The client transaction key of a request we send or a response we get (§17.1.3)."""
     branch = message.top_via.params.get("branch") or ""
     method = message.method if isinstance(message, Request) else message.cseq.method
-    return TransactionKey(Role.CLIENT, method, branch)
+    return _key(Role.CLIENT, method, branch)
 
 
 def _sent_by(via: Via) -> str:
@@ -151,7 +158,7 @@ def server_key(message: Request | Response) -> TransactionKey:
         method = "INVITE"
     branch = via.params.get("branch")
     if branch is not None and branch.startswith(MAGIC_COOKIE):
-        return TransactionKey(Role.SERVER, method, branch, _sent_by(via))
+        return _key(Role.SERVER, method, branch, _sent_by(via))
     return TransactionKey(
         Role.SERVER,
         method,
@@ -336,6 +343,51 @@ class Transmit(NamedTuple):
     key: TransactionKey | None
 
 
+def _slot_setter(cls: type, name: str) -> Callable[[object, object], None]:
+    setter: Callable[[object, object], None] = cast(Any, cls.__dict__[name]).__set__
+    return setter
+
+
+# The events made for every transaction are built through their slot
+# descriptors: a frozen dataclass's __init__ goes through object.__setattr__
+# once per field, which costs more than the rest of building the event.
+_new_object = object.__new__
+_rr_key, _rr_request, _rr_source, _rr_transport = (
+    _slot_setter(RequestReceived, name) for name in ("key", "request", "source", "transport")
+)
+_resp_key, _resp_response, _resp_source = (
+    _slot_setter(ResponseReceived, name) for name in ("key", "response", "source")
+)
+_term_key = _slot_setter(TransactionTerminated, "key")
+
+
+def _request_received(
+    key: TransactionKey, request: Request, source: Address, transport: str
+) -> RequestReceived:
+    event: RequestReceived = _new_object(RequestReceived)
+    _rr_key(event, key)
+    _rr_request(event, request)
+    _rr_source(event, source)
+    _rr_transport(event, transport)
+    return event
+
+
+def _response_received(
+    key: TransactionKey, response: Response, source: Address
+) -> ResponseReceived:
+    event: ResponseReceived = _new_object(ResponseReceived)
+    _resp_key(event, key)
+    _resp_response(event, response)
+    _resp_source(event, source)
+    return event
+
+
+def _transaction_terminated(key: TransactionKey) -> TransactionTerminated:
+    event: TransactionTerminated = _new_object(TransactionTerminated)
+    _term_key(event, key)
+    return event
+
+
 # --------------------------------------------------------------------------- state tables
 
 
@@ -509,19 +561,28 @@ class Transaction:
     once the transaction is Completed, Confirmed or Accepted, when only the
     serialised bytes are needed. ``last_response`` is the last response sent
     (server) and ``destination``/``transport`` where messages go.
+
+    A finished transaction waiting out timer D, I, J or K holds only bytes,
+    its key and its address: a UDP element keeps tens of thousands of them for
+    64*T1, and every object they keep alive is rescanned by the garbage
+    collector.
     """
 
     kind: ClassVar[TransactionKind]
     _table: ClassVar[Mapping[tuple[TransactionState, Input | TimerName], TransactionState]]
 
     __slots__ = (
+        "_ack",
         "_interval",
+        "_last_response",
         "_layer",
+        "_request_data",
+        "_response_data",
         "_timers",
         "destination",
         "key",
-        "last_response",
         "legacy_match",
+        "pending_cancel",
         "reliable",
         "request",
         "state",
@@ -537,6 +598,7 @@ class Transaction:
         transport: str,
     ) -> None:
         self._layer = layer
+        # timer name -> sequence number of its entry in the layer's timer heap
         self._timers: dict[TimerName, int] = {}
         self._interval = 0.0
         self.key = key
@@ -549,7 +611,25 @@ class Transaction:
         self.transport = transport
         self.reliable = is_reliable(transport)
         self.state = INITIAL_STATE[self.kind]
-        self.last_response: Response | None = None
+        self._request_data = b""
+        self._response_data = b""
+        self._last_response: Response | None = None
+        self._ack = b""
+        self.pending_cancel = False
+
+    @property
+    def last_response(self) -> Response | None:
+        """The last response sent (server transactions), ``None`` before any.
+
+        Once the transaction only absorbs retransmissions, the response is kept
+        as bytes and parsed again when asked for.
+        """
+        response = self._last_response
+        if response is None and self._response_data:
+            parsed = parse_message(self._response_data)
+            assert isinstance(parsed, Response)
+            return parsed
+        return response
 
     def __init_subclass__(cls) -> None:
         super().__init_subclass__()
@@ -583,8 +663,13 @@ class Transaction:
         self._layer._start_timer(self, timer, delay, now)
 
     def _stop(self, *timers: TimerName) -> None:
-        for timer in timers:
-            self._timers.pop(timer, None)
+        running = self._timers
+        if running:
+            owners = self._layer._timer_owners
+            for timer in timers:
+                seq = running.pop(timer, None)
+                if seq is not None:
+                    del owners[seq]
 
     def on_timer(self, timer: TimerName, now: float) -> None:
         """A timer of this transaction fired."""
@@ -609,20 +694,7 @@ class ClientInviteTransaction(Transaction):
     """INVITE client transaction (RFC 3261 §17.1.1, RFC 6026 §8.4)."""
 
     kind = TransactionKind.INVITE_CLIENT
-    __slots__ = ("_ack", "_request_data", "pending_cancel")
-
-    def __init__(
-        self,
-        layer: TransactionLayer,
-        key: TransactionKey,
-        request: Request,
-        destination: Address,
-        transport: str,
-    ) -> None:
-        super().__init__(layer, key, request, destination, transport)
-        self._request_data = b""
-        self._ack: tuple[bytes, Request] | None = None
-        self.pending_cancel = False
+    __slots__ = ()
 
     def start(self, now: float) -> None:
         self._request_data = self._layer._transmit(self, self._request())
@@ -643,12 +715,13 @@ class ClientInviteTransaction(Transaction):
         layer = self._layer
         if what is Input.RECV_FINAL and old is _S.COMPLETED:
             # §17.1.1.2: a retransmitted final response is answered with the ACK again.
-            if self._ack is not None:
-                layer._transmit_data(self, self._ack[0], self._ack[1])
+            if self._ack:
+                ack = parse_message(self._ack)
+                layer._transmit_data(self, self._ack, ack)
             layer.counters["response_absorbed"] += 1
             return
         self._stop(TimerName.A, TimerName.B)
-        layer._emit(ResponseReceived(self.key, response, source))
+        layer._events.append(_response_received(self.key, response, source))
         if what is Input.RECV_1XX:
             if self.pending_cancel:
                 self.pending_cancel = False
@@ -661,11 +734,14 @@ class ClientInviteTransaction(Transaction):
         if what is Input.RECV_2XX:
             if old is not _S.ACCEPTED:
                 self._release()
+                self._request_data = b""
                 self._start(TimerName.M, layer.settings.timeout, now)
             return
         ack = make_ack(self._request(), response)
-        self._ack = (layer._transmit(self, ack), ack)
+        # only the bytes are kept for retransmitted final responses
+        self._ack = layer._transmit(self, ack)
         self._release()
+        self._request_data = b""
         self._start(TimerName.D, layer.settings.timer_d(self.reliable), now)
 
     def _timer_action(self, timer: TimerName, now: float) -> None:
@@ -684,18 +760,7 @@ class ClientNonInviteTransaction(Transaction):
     """Non-INVITE client transaction (RFC 3261 §17.1.2)."""
 
     kind = TransactionKind.NON_INVITE_CLIENT
-    __slots__ = ("_request_data",)
-
-    def __init__(
-        self,
-        layer: TransactionLayer,
-        key: TransactionKey,
-        request: Request,
-        destination: Address,
-        transport: str,
-    ) -> None:
-        super().__init__(layer, key, request, destination, transport)
-        self._request_data = b""
+    __slots__ = ()
 
     def start(self, now: float) -> None:
         self._request_data = self._layer._transmit(self, self._request())
@@ -714,11 +779,14 @@ class ClientNonInviteTransaction(Transaction):
             self._layer.counters["response_absorbed"] += 1
             return
         self.state = new
-        self._layer._emit(ResponseReceived(self.key, response, source))
+        layer = self._layer
+        layer._events.append(_response_received(self.key, response, source))
         if new is _S.COMPLETED:
-            self._release()
+            self.request = None
+            self._request_data = b""
             self._stop(TimerName.E, TimerName.F)
-            self._start(TimerName.K, self._layer.settings.timer_k(self.reliable), now)
+            settings = layer.settings
+            layer._start_timer(self, TimerName.K, settings.timer_k(self.reliable), now)
 
     def _timer_action(self, timer: TimerName, now: float) -> None:
         layer = self._layer
@@ -738,33 +806,20 @@ class ClientNonInviteTransaction(Transaction):
 class ServerTransaction(Transaction):
     """Common part of the two server machines: responses come from the TU."""
 
-    __slots__ = ("_response_data",)
-
-    def __init__(
-        self,
-        layer: TransactionLayer,
-        key: TransactionKey,
-        request: Request,
-        destination: Address,
-        transport: str,
-    ) -> None:
-        super().__init__(layer, key, request, destination, transport)
-        self._response_data = b""
+    __slots__ = ()
 
     def start(self, now: float) -> None:
         """Called once the request has been passed to the TU."""
 
-    def _send(self, response: Response, data: bytes | None = None) -> None:
-        self.last_response = response
-        if data is None:
-            self._response_data = self._layer._transmit(self, response)
-        else:
-            self._response_data = data
-            self._layer._transmit_data(self, data, response)
+    def _send(self, response: Response) -> None:
+        self._last_response = response
+        self._response_data = self._layer._transmit(self, response)
 
     def _resend(self) -> None:
-        if self.last_response is not None:
-            self._layer._transmit_data(self, self._response_data, self.last_response)
+        if self._response_data:
+            response = self.last_response
+            assert response is not None
+            self._layer._transmit_data(self, self._response_data, response)
             self._layer.counters["retransmissions"] += 1
 
     def on_request(self, request: Request, now: float) -> None:
@@ -809,6 +864,7 @@ class ServerInviteTransaction(ServerTransaction):
         if old is _S.ACCEPTED:
             self._layer._emit(AckFor2xx(request, self.key, source, transport))
         elif old is _S.COMPLETED:
+            self._last_response = None
             self._stop(TimerName.G, TimerName.H)
             self._start(TimerName.I, self._layer.settings.timer_i(self.reliable), now)
         else:
@@ -827,6 +883,8 @@ class ServerInviteTransaction(ServerTransaction):
         self._send(response)
         if new is not _S.PROCEEDING:
             self._release()
+            if new is _S.ACCEPTED:
+                self._last_response = None
         settings = self._layer.settings
         if what is Input.SEND_2XX and old is _S.PROCEEDING:
             self._start(TimerName.L, settings.timeout, now)
@@ -839,7 +897,7 @@ class ServerInviteTransaction(ServerTransaction):
     def _timer_action(self, timer: TimerName, now: float) -> None:
         layer = self._layer
         if timer is TimerName.TRYING:
-            if self.last_response is None:
+            if not self._response_data:
                 self._send(make_response(self._request(), 100))
             return
         if timer is TimerName.G:
@@ -878,10 +936,15 @@ class ServerNonInviteTransaction(ServerTransaction):
                 f"cannot send {response.status} in non-INVITE server state {self.state.value}"
             )
         self.state = new
-        self._send(response)
+        layer = self._layer
+        self._response_data = layer._transmit(self, response)
         if new is _S.COMPLETED:
-            self._release()
-            self._start(TimerName.J, self._layer.settings.timer_j(self.reliable), now)
+            # Only the bytes are kept to answer retransmissions for 64*T1.
+            self.request = None
+            self._last_response = None
+            layer._start_timer(self, TimerName.J, layer.settings.timer_j(self.reliable), now)
+        else:
+            self._last_response = response
 
     def _timer_action(self, timer: TimerName, now: float) -> None:
         self._layer._terminate(self)
@@ -908,7 +971,13 @@ class TransactionLayer:
         self._transactions: dict[TransactionKey, Transaction] = {}
         self._events: collections.deque[Event] = collections.deque()
         self._outgoing: list[Transmit] = []
-        self._heap: list[tuple[float, int, Transaction, TimerName]] = []
+        # Timers: a queue of (deadline, sequence number) and the transaction owning
+        # each running timer by sequence number. A stopped timer leaves its queue
+        # entry behind (two numbers, which the garbage collector does not track)
+        # and is skipped when it comes up: stopping is a dict deletion, and a
+        # finished transaction is not kept alive by its stale entries.
+        self._timer_queue = TimerQueue()
+        self._timer_owners: dict[int, Transaction] = {}
         self._seq = itertools.count()
 
     # ---------------------------------------------------------------- queries
@@ -961,23 +1030,20 @@ class TransactionLayer:
 
     def next_timer(self) -> float | None:
         """The earliest time :meth:`handle_timer` has work to do, or ``None``."""
-        heap = self._heap
-        while heap:
-            _, seq, txn, name = heap[0]
-            if txn._timers.get(name) == seq:
-                return heap[0][0]
-            heapq.heappop(heap)
-        return None
+        return self._timer_queue.next_deadline(self._timer_owners)
 
     def handle_timer(self, now: float) -> None:
         """Fire every timer due at ``now``."""
-        heap = self._heap
-        while heap and heap[0][0] <= now:
-            _, seq, txn, name = heapq.heappop(heap)
-            if txn._timers.get(name) != seq:
-                continue
-            del txn._timers[name]
-            txn.on_timer(name, now)
+        owners = self._timer_owners
+        pop_due = self._timer_queue.pop_due
+        while (seq := pop_due(now, owners)) is not None:
+            txn = owners.pop(seq)
+            running = txn._timers
+            for timer, running_seq in running.items():
+                if running_seq == seq:
+                    del running[timer]
+                    txn.on_timer(timer, now)
+                    break
 
     # ---------------------------------------------------------------- input
 
@@ -1045,7 +1111,7 @@ class TransactionLayer:
             invite = self.find_invite_for_cancel(request)
             self._events.append(CancelReceived(key, request, invite, source, transport))
         else:
-            self._events.append(RequestReceived(key, request, source, transport))
+            self._events.append(_request_received(key, request, source, transport))
         new.start(now)
 
     def _legacy_match(self, txn: Transaction, request: Request) -> bool:
@@ -1085,7 +1151,7 @@ class TransactionLayer:
         branch = via.params.get("branch")
         if branch is None or not branch.startswith(MAGIC_COOKIE):
             raise TransactionError("the top Via of a request we send needs a z9hG4bK branch")
-        key = TransactionKey(Role.CLIENT, method, branch)
+        key = _key(Role.CLIENT, method, branch)
         if key in self._transactions:
             raise TransactionError(f"a client transaction with branch {branch} exists")
         transport = via.transport if transport is None else transport
@@ -1119,7 +1185,9 @@ class TransactionLayer:
     ) -> None:
         """Queue a message outside any transaction (2xx ACK §13.2.2.4, stateless proxy)."""
         data = message.serialize()
-        self._outgoing.append(Transmit(data, destination, transport, message, None))
+        self._outgoing.append(
+            _tuple_new(Transmit, (data, destination, transport, message, None))
+        )
 
     def send_cancel(self, invite_key: TransactionKey, now: float) -> TransactionKey | None:
         """Cancel a pending client INVITE (§9.1); returns the CANCEL's key.
@@ -1153,7 +1221,7 @@ class TransactionLayer:
 
     @staticmethod
     def _cancel_key(invite_key: TransactionKey) -> TransactionKey:
-        return TransactionKey(Role.CLIENT, "CANCEL", invite_key.branch)
+        return _key(Role.CLIENT, "CANCEL", invite_key.branch)
 
     def _start_cancel(self, invite: ClientInviteTransaction, now: float) -> None:
         cancel = make_cancel(invite._request())
@@ -1169,21 +1237,29 @@ class TransactionLayer:
 
     def _transmit(self, txn: Transaction, message: Request | Response) -> bytes:
         data = message.serialize()
-        self._outgoing.append(Transmit(data, txn.destination, txn.transport, message, txn.key))
+        self._outgoing.append(
+            _tuple_new(Transmit, (data, txn.destination, txn.transport, message, txn.key))
+        )
         return data
 
     def _transmit_data(self, txn: Transaction, data: bytes, message: Request | Response) -> None:
-        self._outgoing.append(Transmit(data, txn.destination, txn.transport, message, txn.key))
+        self._outgoing.append(
+            _tuple_new(Transmit, (data, txn.destination, txn.transport, message, txn.key))
+        )
 
     def _start_timer(self, txn: Transaction, timer: TimerName, delay: float, now: float) -> None:
+        running = txn._timers
+        old = running.pop(timer, None)
+        if old is not None:
+            del self._timer_owners[old]
         if delay <= 0:
             # Zero timers (D, I, J, K over reliable transports) fire at once.
-            txn._timers.pop(timer, None)
             txn.on_timer(timer, now)
             return
         seq = next(self._seq)
-        txn._timers[timer] = seq
-        heapq.heappush(self._heap, (now + delay, seq, txn, timer))
+        running[timer] = seq
+        self._timer_owners[seq] = txn
+        self._timer_queue.push(delay, now + delay, seq)
 
     def _terminate(self, txn: Transaction) -> None:
         if isinstance(txn, ClientInviteTransaction) and txn.pending_cancel:
@@ -1191,7 +1267,12 @@ class TransactionLayer:
             txn.pending_cancel = False
             self._events.append(TransactionTerminated(self._cancel_key(txn.key)))
         txn.state = _S.TERMINATED
-        txn._timers.clear()
+        running = txn._timers
+        if running:
+            owners = self._timer_owners
+            for seq in running.values():
+                del owners[seq]
+            running.clear()
         if self._transactions.get(txn.key) is txn:
             del self._transactions[txn.key]
-        self._events.append(TransactionTerminated(txn.key))
+        self._events.append(_transaction_terminated(txn.key))

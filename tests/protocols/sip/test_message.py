@@ -334,3 +334,41 @@ def test_lazily_split_headers_read_and_change_like_built_ones(invite: bytes) -> 
     msg.headers.add("X-New", "1")
     assert msg.headers.get("x-new") == "1"
     assert msg.serialize().endswith(b"Content-Length: 4\r\nX-New: 1\r\n\r\nv=0\n")
+
+
+def test_make_response_adds_tag_when_tag_is_only_a_uri_parameter(invite: bytes) -> None:
+    # "tag" inside the <URI> is a URI parameter, not the To tag (§19.1.1, §20.39)
+    req = parse_message(invite.replace(b"To: Bob <sip:bob@biloxi.example.com>",
+                                       b"t: Bob <sip:bob@biloxi.example.com;tag=u>"))
+    assert isinstance(req, Request) and req.to.tag is None
+    resp = make_response(req, 200, to_tag="as7d")
+    assert resp.to.tag == "as7d" and resp.to.uri == "sip:bob@biloxi.example.com;tag=u"
+    # compact names in the request are written in full in the response
+    assert b"\r\nTo: Bob <sip:bob@biloxi.example.com;tag=u>;tag=as7d\r\n" in resp.serialize()
+    assert make_response(req, 200).to.tag is None
+
+
+def test_make_response_copies_timestamp_into_100_trying(invite: bytes) -> None:
+    req = parse_message(invite.replace(b"Contact:", b"Timestamp: 54.2 0.5\r\nContact:"))
+    assert isinstance(req, Request)
+    trying = make_response(req, 100)
+    assert trying.headers.get("Timestamp") == "54.2 0.5"  # §8.2.6.1
+    assert "Timestamp" not in make_response(req, 180).headers
+    assert parse_message(trying.serialize()) == trying
+
+
+def test_built_message_serialises_every_header_line_once() -> None:
+    headers = Headers()
+    headers.add("v", "SIP/2.0/UDP h;branch=z9hG4bK1")
+    headers.add("X-Custom", " spaced ")
+    headers.add("Content-Length", "99")
+    headers.prepend("Via", "SIP/2.0/UDP p;branch=z9hG4bK2")
+    req = Request("MESSAGE", "sip:a@b", headers, b"hi")
+    assert req.serialize() == (
+        b"MESSAGE sip:a@b SIP/2.0\r\nVia: SIP/2.0/UDP p;branch=z9hG4bK2\r\n"
+        b"Via: SIP/2.0/UDP h;branch=z9hG4bK1\r\nX-Custom: spaced\r\n"
+        b"Content-Length: 2\r\n\r\nhi"
+    )
+    assert headers.remove_first("Via") == "SIP/2.0/UDP p;branch=z9hG4bK2"
+    headers.set("X-Custom", "one")
+    assert b"\r\nX-Custom: one\r\n" in req.serialize()

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from protocols.sip.errors import ParseError
 from protocols.sip.headers import parse_via
 from protocols.sip.message import Request, Response, make_response, parse_message
-from protocols.sip.timers import TimerName, TimerSettings
+from protocols.sip.timers import TimerName, TimerQueue, TimerSettings
 from protocols.sip.transaction import (
     TRANSITIONS,
     AckFor2xx,
@@ -984,3 +984,55 @@ def test_pending_cancel_reported_when_invite_ends_without_provisional(how: str) 
     assert terminated == [cancel_key, key]
     assert not any(parsed(t).method == "CANCEL"  # type: ignore[union-attr]
                    for t in layer.messages_to_send())
+
+
+def test_finished_non_invite_server_answers_retransmissions_from_bytes() -> None:
+    layer, key, req = receive_options()
+    ok = make_response(req, 200, to_tag="t")
+    layer.send_response(ok, 0.1)
+    [first] = layer.messages_to_send()
+    layer.receive(request_bytes("OPTIONS"), UAC, 0.2)
+    [again] = layer.messages_to_send()
+    # the retransmission carries the same bytes and an equal, re-read response
+    assert again.data == first.data == ok.serialize()
+    assert again.message == ok and again.key == key
+    txn = layer.get(key)
+    assert txn is not None and txn.last_response == ok
+    assert layer.counters["retransmissions"] == 1
+
+
+def test_timer_queue_orders_by_deadline_then_start_order() -> None:
+    queue = TimerQueue()
+    live = {1, 2, 3, 4, 5, 6}
+    queue.push(32.0, 32.0, 1)
+    queue.push(0.5, 0.5, 2)
+    queue.push(0.5, 0.5, 3)  # same deadline: after 2
+    queue.push(32.0, 10.0, 4)  # "now" went back: out of FIFO order
+    queue.push(5.0, 5.0, 5)
+    queue.push(5.0, 6.0, 6)
+    live.discard(5)  # stopped timers are skipped
+    assert queue.next_deadline(live) == 0.5
+    assert queue.pop_due(0.4, live) is None
+    fired = []
+    while (seq := queue.pop_due(100.0, live)) is not None:
+        fired.append(seq)
+    assert fired == [2, 3, 6, 4, 1]
+    assert queue.next_deadline(live) is None and len(queue) == 0
+
+
+def test_timers_fire_in_deadline_order_across_durations() -> None:
+    layer = TransactionLayer()
+    keys = []
+    for i, branch in enumerate(("z9hG4bKq1", "z9hG4bKq2")):
+        req = parse_message(request_bytes("OPTIONS", branch=branch))
+        assert isinstance(req, Request)
+        keys.append(layer.send_request(req, UAS, 0.1 * i))
+    layer.messages_to_send()
+    # E fires at T1, 2T1, 4T1 ...: both transactions retransmit in turn
+    sent = []
+    now = 0.0
+    while (deadline := layer.next_timer()) is not None and deadline < 3.0:
+        now = deadline
+        layer.handle_timer(now)
+        sent.extend((round(now, 3), t.key) for t in layer.messages_to_send())
+    assert sent == [(0.5, keys[0]), (0.6, keys[1]), (1.5, keys[0]), (1.6, keys[1])]
