@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import difflib
 import hashlib
+import ipaddress
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
@@ -432,6 +433,9 @@ class Switch:
     digest_secret: str | None = None
     #: digest algorithms the nodes challenge with, preferred first (RFC 8760 §2.4)
     digest_algorithms: tuple[str, ...] = ("MD5", "SHA-256")
+    #: name servers the daemons resolve SIP names with (RFC 3263), ``"HOST:PORT"``;
+    #: empty: the host's resolv.conf
+    dns_servers: tuple[str, ...] = ()
 
     def nonce_secret(self) -> bytes:
         """The key nodes sign digest nonces with (RFC 7616 §3.3: a nonce one node
@@ -655,15 +659,39 @@ def _parse_switch(s: Section) -> Switch:
                           f"expected some of {', '.join(DIGEST_ALGORITHMS)}, got {algorithm!r}")
     if not algorithms:
         raise s.error("digest-algorithms", "must name at least one algorithm")
+    dns_servers = tuple(s.get_str_list("dns-servers", []))
+    for server in dns_servers:
+        if not _is_nameserver(server):
+            raise s.error("dns-servers",
+                          f"expected HOST or HOST:PORT with an IP address, got {server!r}")
     tserver = s.section("tserver")
     given = _read_schema(tserver, TSERVER_OPTIONS, only_given=True)
     _check_unknown(tserver, set(TSERVER_OPTIONS))
     _check_unknown(s, {"name", "domain", "realm", "digest-secret", "digest-algorithms",
-                       "tserver"})
+                       "dns-servers", "tserver"})
     if not name:
         raise s.error("name", "must not be empty")
     return Switch(name=name, domain=domain, realm=realm, tserver=_frozen_map(given),
-                  digest_secret=digest_secret, digest_algorithms=algorithms)
+                  digest_secret=digest_secret, digest_algorithms=algorithms,
+                  dns_servers=dns_servers)
+
+
+def _is_nameserver(text: str) -> bool:
+    """``"127.0.1.53"``, ``"127.0.1.53:5300"`` or ``"[::1]:5300"``: an IP address and a port."""
+    host, port = text, "53"
+    if text.startswith("["):
+        host, _, rest = text[1:].partition("]")
+        if rest:
+            if not rest.startswith(":"):
+                return False
+            port = rest[1:]
+    elif text.count(":") == 1:
+        host, _, port = text.partition(":")
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return port.isdigit() and 0 < int(port) < 65536
 
 
 def _parse_dns(root: Section) -> tuple[dict[str, Dn], ClusterNodes, OutboundProxy | None]:

@@ -31,7 +31,12 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import heapq
+import itertools
+import re
+import secrets
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -42,15 +47,17 @@ from daemons.sip_proxy.registrar import Binding, BindingStore, aor_of
 from daemons.sip_proxy.routing import NodeTarget, Router
 from daemons.sip_proxy.security import AuthGuard, RateLimiter
 from protocols.sip.errors import ParseError, SipError
-from protocols.sip.headers import Via, parse_name_addr, unquote_param
+from protocols.sip.headers import NameAddr, Via, parse_name_addr, unquote_param
 from protocols.sip.message import Request, Response, make_response
 from protocols.sip.timers import TimerSettings
 from protocols.sip.transaction import (
+    MAGIC_COOKIE,
     AckFor2xx,
     CancelReceived,
     Event,
     RequestReceived,
     ResponseReceived,
+    Role,
     StrayResponse,
     TransactionError,
     TransactionKey,
@@ -59,6 +66,9 @@ from protocols.sip.transaction import (
     TransactionTimeout,
     Transmit,
     TransportFailed,
+    client_key,
+    response_destination,
+    server_key,
 )
 from protocols.sip.uri import SipUri, format_host, parse_uri
 
@@ -128,20 +138,52 @@ class _Forward:
     delay: float = 0.0
     register: list[Binding] | None = None
     path_supported: bool = False
+    loop_hash: str = ""  # §16.6 step 8, of the request as received
+    in_transport: str = "UDP"
 
 
 def _loop_hash(request: Request) -> str:
     """§16.6 step 8: a hash of what a looping request would keep unchanged."""
-    h = hashlib.blake2b(digest_size=5)
-    h.update(request.uri.encode())
+    h = request.headers
+    parts = [request.uri, request.from_.tag or "", request.to.tag or "", request.call_id,
+             str(request.cseq.number)]
     for name in ("Route", "Proxy-Require", "Proxy-Authorization"):
-        for value in request.headers.get_lines(name):
-            h.update(value.encode())
-    h.update((request.from_.tag or "").encode())
-    h.update((request.to.tag or "").encode())
-    h.update(request.call_id.encode())
-    h.update(str(request.cseq.number).encode())
-    return h.hexdigest()
+        if name in h:
+            parts.extend(h.get_lines(name))
+    return hashlib.blake2b("\x00".join(parts).encode(), digest_size=5).hexdigest()
+
+
+class _LeanServer:
+    """A non-INVITE server transaction over UDP (§17.2.2), kept by the proxy itself.
+
+    Trying/Proceeding/Completed collapse into ``last`` (the last response sent,
+    repeated for every retransmitted request) and ``final``; the entry lives
+    timer J (64*T1) after the final response.
+    """
+
+    __slots__ = ("dest", "final", "key", "last")
+
+    def __init__(self, key: TransactionKey, dest: Address) -> None:
+        self.key = key
+        self.dest = dest
+        self.last: bytes | None = None
+        self.final = False
+
+
+class _LeanClient:
+    """A non-INVITE client transaction over UDP (§17.1.2), kept by the proxy itself:
+    timer E retransmits ``data`` (T1 doubling to T2; T2 once a provisional came),
+    timer F (64*T1) times out, timer K (T4) absorbs retransmitted responses."""
+
+    __slots__ = ("data", "dest", "final", "interval", "key", "provisional")
+
+    def __init__(self, key: TransactionKey, data: bytes, dest: Address, interval: float) -> None:
+        self.key = key
+        self.data: bytes | None = data
+        self.dest = dest
+        self.interval = interval
+        self.final = False
+        self.provisional = False
 
 
 class ProxyCore:
@@ -177,7 +219,7 @@ class ProxyCore:
         self.rate_limiter = rate_limiter if rate_limiter is not None else RateLimiter(0, 0)
         self.auth_guard = auth_guard if auth_guard is not None else \
             AuthGuard(slow_after=0, block_after=0)
-        self.layer = TransactionLayer(timers or TimerSettings(trying_delay=0.0))
+        self.layer = TransactionLayer(timers or TimerSettings())
         self.transport: SipTransportManager | None = None
         self.metrics = metrics
         self._loop = asyncio.get_running_loop()
@@ -186,6 +228,25 @@ class ProxyCore:
         self._by_server: dict[TransactionKey, _Forward] = {}
         self._by_client: dict[TransactionKey, _Forward] = {}
         self._probes: dict[TransactionKey, Callable[[int | None], None]] = {}
+        # lean non-INVITE transactions over UDP (see _LeanServer/_LeanClient) and
+        # their timers: one FIFO per constant delay, a heap for later retransmissions
+        timer = self.layer.settings
+        self._t1, self._t2, self._t4 = timer.t1, timer.t2, timer.t4
+        self._t64 = 64 * timer.t1
+        self._lean_server: dict[TransactionKey, _LeanServer] = {}
+        self._lean_client: dict[TransactionKey, _LeanClient] = {}
+        self._q_e: deque[tuple[float, _LeanClient]] = deque()  # first retransmission (T1)
+        self._q_f: deque[tuple[float, _LeanClient]] = deque()  # timeout (F = 64*T1)
+        self._q_k: deque[tuple[float, _LeanClient]] = deque()  # absorb responses (K = T4)
+        self._q_j: deque[tuple[float, _LeanServer]] = deque()  # after the final (J = 64*T1)
+        self._q_s: deque[tuple[float, _LeanServer]] = deque()  # no final at all (2 * 64*T1)
+        self._q_retrans: list[tuple[float, int, _LeanClient]] = []
+        self._seq = itertools.count()
+        # §8.1.1.7: branches unique in space and time: a random salt per start, then
+        # a counter (no system call per request)
+        self._branch_salt = secrets.token_hex(5)
+        self._branches = itertools.count(1)
+        self._tick: asyncio.TimerHandle | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._last_stamp = 0.0
         self._own = {(settings.host, settings.port)}
@@ -217,6 +278,8 @@ class ProxyCore:
     async def close(self) -> None:
         if self._timer is not None:
             self._timer.cancel()
+        if self._tick is not None:
+            self._tick.cancel()
         for task in list(self._tasks):
             task.cancel()
         if self.transport is not None:
@@ -303,12 +366,191 @@ class ProxyCore:
                     resp.headers.add("Retry-After", str(self.rate_limiter.retry_after()))
                     self.send_stateless(resp, flow.transport, _response_dest(message, flow))
                 return
+            if flow.transport == "UDP":
+                method = message.method
+                if method == "ACK":
+                    if self._ack_stateless(message, flow.remote):
+                        return
+                elif method != "INVITE" and method != "CANCEL":
+                    if self._lean_request(message, flow.remote):
+                        return
+        elif self._lean_client and self._lean_response(message):
+            return
         try:
             self.layer.receive(message, flow.remote, self._now(), flow.transport)
         except (ParseError, TransactionError) as exc:
             self.log.warning("sip_message_refused", peer=f"{flow.remote[0]}:{flow.remote[1]}",
                              reason=str(exc))
         self._flush()
+
+    # ------------------------------------------------------------ lean non-INVITE over UDP
+
+    def _lean_request(self, request: Request, source: Address) -> bool:
+        """A non-INVITE request over UDP: its server transaction is a :class:`_LeanServer`
+        (§17.2.2). False when the general transaction layer must take it (an RFC 2543
+        branch, or a key the layer already holds)."""
+        via = request.top_via
+        branch = via.params.get("branch")
+        if branch is None or not branch.startswith(MAGIC_COOKIE):
+            return False
+        key = server_key(request)
+        st = self._lean_server.get(key)
+        if st is not None:
+            # a retransmission: absorbed, the last response repeated (§17.2.2)
+            self.layer.counters["request_absorbed"] += 1
+            if st.last is not None:
+                self._send_udp(st.last, st.dest)
+            return True
+        if key in self.layer:
+            return False
+        request.call_id  # noqa: B018 -- what the layer would check before any state
+        st = _LeanServer(key, response_destination(via, source, "UDP"))
+        self._lean_server[key] = st
+        self._q_s.append((self._now() + 2 * self._t64, st))
+        self._arm_tick()
+        try:
+            self._on_request(key, request, source, "UDP")
+        except SipError as exc:
+            self.log.warning("proxy_event_failed", error=str(exc), event="RequestReceived")
+        self._flush()
+        return True
+
+    def _lean_response(self, response: Response) -> bool:
+        """A response to a :class:`_LeanClient`: the first final ends retransmissions,
+        later copies are absorbed (timer K, §17.1.2.2)."""
+        ckey = client_key(response)
+        cl = self._lean_client.get(ckey)
+        if cl is None:
+            return False
+        if cl.final:
+            self.layer.counters["response_absorbed"] += 1
+            return True
+        if response.status >= 200:
+            cl.final = True
+            cl.data = None
+            self._q_k.append((self._now() + self._t4, cl))
+            self._arm_tick()
+        else:
+            cl.provisional = True
+        try:
+            self._on_response(ckey, response)
+        except SipError as exc:
+            self.log.warning("proxy_event_failed", error=str(exc), event="ResponseReceived")
+        self._flush()
+        return True
+
+    def _send_udp(self, data: bytes, dest: Address) -> None:
+        assert self.transport is not None
+        if not self.transport.send_datagram(data, dest):
+            self._spawn(self.transport.send(data, "UDP", dest))
+
+    def _lean_send_request(self, fwd: _Forward, ckey: TransactionKey, data: bytes,
+                           dest: Address) -> None:
+        cl = _LeanClient(ckey, data, dest, self._t1)
+        self._lean_client[ckey] = cl
+        now = self._now()
+        self._q_e.append((now + self._t1, cl))
+        self._q_f.append((now + self._t64, cl))
+        self._arm_tick()
+        fwd.client_key = ckey
+        self._by_server[fwd.server_key] = fwd
+        self._by_client[ckey] = fwd
+        assert self.transport is not None
+        try:
+            self.transport.send_datagram(data, dest)
+        except TransportError:
+            del self._lean_client[ckey]
+            self._client_failed(ckey, 503, "transport_failed")
+
+    def _send_response(self, key: TransactionKey, response: Response) -> None:
+        """Hand a response to its server transaction (lean or the layer's)."""
+        st = self._lean_server.get(key)
+        if st is None:
+            self.layer.send_response(response, self._now(), key=key)
+            return
+        self._send_lean(key, response.status, response.serialize())
+
+    def _send_lean(self, key: TransactionKey, status: int, data: bytes) -> None:
+        st = self._lean_server.get(key)
+        if st is None:
+            raise TransactionError("no server transaction for the response")
+        if st.final:
+            raise TransactionError("the transaction has sent its final response")
+        st.last = data
+        if status >= 200:
+            st.final = True
+            self._q_j.append((self._now() + self._t64, st))
+            self._arm_tick()
+        self._send_udp(data, st.dest)
+
+    def _arm_tick(self) -> None:
+        if self._tick is None:
+            self._tick = self._loop.call_later(0.05, self._on_tick)
+
+    def _on_tick(self) -> None:
+        """Timers E, F, K and J of the lean transactions, checked every 50 ms."""
+        self._tick = None
+        now = self._now()
+        clients, servers = self._lean_client, self._lean_server
+        q_e, heap = self._q_e, self._q_retrans
+        while q_e and q_e[0][0] <= now:
+            cl = q_e.popleft()[1]
+            if cl.data is not None and clients.get(cl.key) is cl:
+                self._retransmit(cl, now)
+        while heap and heap[0][0] <= now:
+            cl = heapq.heappop(heap)[2]
+            if cl.data is not None and clients.get(cl.key) is cl:
+                self._retransmit(cl, now)
+        q_f = self._q_f
+        while q_f and q_f[0][0] <= now:
+            cl = q_f.popleft()[1]
+            if not cl.final and clients.get(cl.key) is cl:
+                del clients[cl.key]
+                cl.data = None
+                self._client_failed(cl.key, 408, "timeout")
+        q_k = self._q_k
+        while q_k and q_k[0][0] <= now:
+            cl = q_k.popleft()[1]
+            if clients.get(cl.key) is cl:
+                del clients[cl.key]
+                fwd = self._by_client.get(cl.key)
+                if fwd is not None and fwd.client_key == cl.key:
+                    del self._by_client[cl.key]
+        for q, need_final in ((self._q_j, True), (self._q_s, False)):
+            while q and q[0][0] <= now:
+                st = q.popleft()[1]
+                if st.final == need_final and servers.get(st.key) is st:
+                    del servers[st.key]
+                    fwd = self._by_server.pop(st.key, None)
+                    if fwd is not None and fwd.client_key is not None:
+                        self._by_client.pop(fwd.client_key, None)
+        self._flush()
+        if q_e or heap or q_f or q_k or self._q_j or self._q_s:
+            self._arm_tick()
+
+    def _retransmit(self, cl: _LeanClient, now: float) -> None:
+        assert cl.data is not None
+        self.layer.counters["retransmissions"] += 1
+        cl.interval = self._t2 if cl.provisional else min(2 * cl.interval, self._t2)
+        heapq.heappush(self._q_retrans, (now + cl.interval, next(self._seq), cl))
+        assert self.transport is not None
+        try:
+            self.transport.send_datagram(cl.data, cl.dest)
+        except TransportError:
+            self._lean_client.pop(cl.key, None)
+            cl.data = None
+            self._client_failed(cl.key, 503, "transport_failed")
+
+    def _ack_stateless(self, ack: Request, source: Address) -> bool:
+        """An ACK over UDP that no INVITE server transaction of the layer matches is
+        an ACK for a 2xx: forwarded at once, statelessly (§16.11)."""
+        if server_key(ack) in self.layer:
+            return False
+        try:
+            self._on_ack(ack, source, "UDP")
+        except (SipError, ValueError) as exc:
+            self.log.warning("proxy_event_failed", error=str(exc), event="AckFor2xx")
+        return True
 
     def _dispatch(self, event: Event) -> None:
         if isinstance(event, RequestReceived):
@@ -343,7 +585,7 @@ class ProxyCore:
         for name, value in headers:
             resp.headers.add(name, value)
         try:
-            self.layer.send_response(resp, self._now(), key=key)
+            self._send_response(key, resp)
         except TransactionError as exc:
             self.log.info("sip_response_not_sent", status=status, reason=str(exc))
 
@@ -351,11 +593,6 @@ class ProxyCore:
         stamp = max(time.time(), self._last_stamp + 1e-6)
         self._last_stamp = stamp
         return stamp
-
-    def _via(self, transport: str, request: Request) -> Via:
-        branch = f"{_BRANCH_PREFIX}{_loop_hash(request)}.{self.layer.new_branch()[7:]}"
-        return Via(transport, self.settings.host, self.settings.port,
-                   {"branch": branch, "rport": None})
 
     def _rr(self, transport: str, params: dict[str, str]) -> str:
         extra = "".join(f";{k}={v}" for k, v in params.items())
@@ -396,10 +633,10 @@ class ProxyCore:
             self._respond(key, request, 483)
             return
         # §16.3 step 4: loop detection
-        vias = request.vias
-        if any(self.is_own(v.host, v.port) for v in vias):
-            lh = _loop_hash(request)
-            for v in vias:
+        lh = _loop_hash(request)
+        own_host = self.settings.host
+        if any(own_host in line for line in request.headers.get_lines("Via")):
+            for v in request.vias:
                 b = v.branch or ""
                 if self.is_own(v.host, v.port) and b.startswith(_BRANCH_PREFIX) \
                         and b[len(_BRANCH_PREFIX):].split(".", 1)[0] == lh:
@@ -407,7 +644,8 @@ class ProxyCore:
                     self._respond(key, request, 482)
                     return
         # §16.3 step 5: Proxy-Require
-        required = request.headers.get_all("Proxy-Require")
+        required = request.headers.get_all("Proxy-Require") \
+            if "Proxy-Require" in request.headers else None
         if required:
             self.requests.labels(method, "bad_extension").inc()
             self._respond(key, request, 420, headers=(("Unsupported", ", ".join(required)),))
@@ -432,7 +670,8 @@ class ProxyCore:
                 request.headers.add("Route", value)
             request.uri = parse_name_addr(routes[-1]).uri
         self._pop_own_routes(request, pins)
-        fwd = _Forward(key, request, source, from_endpoint, delay=verdict_delay)
+        fwd = _Forward(key, request, source, from_endpoint, delay=verdict_delay, loop_hash=lh,
+                       in_transport=transport)
         fwd.had_credentials = "authorization" in request.headers or \
             "proxy-authorization" in request.headers
         try:
@@ -446,8 +685,7 @@ class ProxyCore:
             top = request.headers.get("Route")
             if top is None:
                 return
-            first = request.routes[0]
-            uri = first.sip_uri
+            uri = _first_route(request, top).sip_uri
             if not self.is_own(uri.host, uri.port):
                 return
             for k in ("sc-node", "ft"):
@@ -465,13 +703,14 @@ class ProxyCore:
         rr: dict[str, str] | None = None
         # 1. loose routing: a Route that is not ours remains
         if request.headers.get("Route"):
-            nxt = request.routes[0].sip_uri
+            nxt = _first_route(request).sip_uri
             fwd.targets = [(_uri_dest(nxt), _uri_transport(nxt), None)]
             inside = self.router.is_node_host(nxt.host) or nxt.host in self._peer_hosts
             self._forward(fwd, "route", rr=None, strip_node=not inside)
             return
         if fwd.from_endpoint:
-            request.headers.remove(NODE_HEADER)  # never trusted from outside
+            if NODE_HEADER in request.headers:
+                request.headers.remove(NODE_HEADER)  # never trusted from outside
             if method == "REGISTER":
                 self._register(fwd, request, transport)
                 return
@@ -517,7 +756,9 @@ class ProxyCore:
         if flow is not None:
             dest, tp = _parse_flow_token(flow)
             fwd.targets = [(dest, tp, None)]
-            self._forward(fwd, "flow", rr=None, strip_node=True)
+            # a Path with the phone's flow (RFC 3327): a new dialog stays pinned here
+            self._forward(fwd, "flow", rr={"sc-node": node_name, "ft": flow}
+                          if dialog_creating and node_name else None, strip_node=True)
             return
         if ruri.scheme in ("sip", "sips") and ruri.user and \
                 (ruri.host.lower() == self.settings.domain.lower() or
@@ -570,13 +811,13 @@ class ProxyCore:
         self.requests.labels(request.method, action).inc()
         mf = request.max_forwards
         request.headers.set("Max-Forwards", str(69 if mf is None else mf - 1))
-        if strip_node:
+        if strip_node and NODE_HEADER in request.headers:
             request.headers.remove(NODE_HEADER)
         (_dest, transport, node) = fwd.targets[0]
         if node is not None:
             request.headers.set(NODE_HEADER, node.name)
         if rr is not None:
-            in_tp = request.top_via.transport
+            in_tp = fwd.in_transport
             request.headers.prepend("Record-Route", self._rr(in_tp, rr))
             if in_tp != transport:
                 request.headers.prepend("Record-Route", self._rr(transport, rr))
@@ -590,7 +831,20 @@ class ProxyCore:
             request.headers.remove_first("Via")
             if node is not None:
                 request.headers.set(NODE_HEADER, node.name)
-        request.headers.prepend("Via", str(self._via(transport, request)))
+        method = request.method
+        branch = f"{_BRANCH_PREFIX}{fwd.loop_hash}.{self._branch_salt}{next(self._branches):x}"
+        host = self.settings.host
+        request.headers.prepend(
+            "Via", f"SIP/2.0/{transport} {format_host(host)}:{self.settings.port}"
+                   f";branch={branch};rport")
+        assert self.transport is not None
+        if transport == "UDP" and method != "INVITE" and method != "CANCEL" \
+                and self.transport.udp_ready(dest[0]):
+            data = request.serialize()
+            if len(data) <= self.transport.udp_size_limit:
+                self._lean_send_request(fwd, TransactionKey(Role.CLIENT, method, branch), data,
+                                        dest)
+                return
         try:
             ckey = self.layer.send_request(request, dest, self._now(), transport=transport)
         except TransactionError as exc:
@@ -636,8 +890,8 @@ class ProxyCore:
                 unquote_param(c.params.get("+sip.instance")),
                 int(reg_id) if reg_id is not None and reg_id.isdigit() else None, ua, qv))
         fwd.register = planned
-        fwd.path_supported = "path" in [s.strip().lower() for s in
-                                         request.headers.get_all("Supported")]
+        fwd.path_supported = "Supported" in request.headers and "path" in [
+            s.strip().lower() for s in request.headers.get_all("Supported")]
         nodes = self.router.candidates(request.call_id)
         nodes = [n for n in nodes if n.geo_location == self.settings.geo_location] or nodes
         if not nodes:
@@ -725,15 +979,17 @@ class ProxyCore:
             self._by_client.pop(ckey, None)
             self._send_branch(fwd)
             return
-        response.headers.remove_first("Via")
+        headers = response.headers
+        removals: list[str] = []  # besides our Via (§16.7 step 3)
         if fwd.from_endpoint:
-            response.headers.remove(NODE_HEADER)
+            if NODE_HEADER in headers:
+                removals.append(NODE_HEADER)
             method = response.cseq.method
             if method == "REGISTER":
                 if 200 <= status < 300 and fwd.register is not None:
                     self._store_registration(fwd, response)
-                if not fwd.path_supported:
-                    response.headers.remove("Path")
+                if not fwd.path_supported and "Path" in headers:
+                    removals.append("Path")
             if status in (401, 407, 403) and fwd.had_credentials and \
                     "stale=true" not in _challenge_text(response):
                 if self.auth_guard.failed(fwd.source[0], time.monotonic()):
@@ -743,14 +999,35 @@ class ProxyCore:
         if status >= 200:
             fwd.final_sent = True
         self.responses.labels(_STATUS_CLASS[status // 100]).inc()
+        if fwd.delay <= 0 and fwd.server_key in self._lean_server:
+            data = _strip_raw(response.serialize(), removals)
+            if data is not None:
+                self._send_upstream_bytes(fwd, status, data)
+                return
+        headers.remove_first("Via")
+        for name in removals:
+            headers.remove(name)
         if fwd.delay > 0 and status >= 200:
             self._loop.call_later(fwd.delay, self._send_upstream, fwd, response)
         else:
             self._send_upstream(fwd, response)
 
+    def _send_upstream_bytes(self, fwd: _Forward, status: int, data: bytes) -> None:
+        """:meth:`_send_upstream` for a lean server transaction and the response's
+        wire form (the top Via already popped)."""
+        try:
+            self._send_lean(fwd.server_key, status, data)
+        except TransactionError as exc:
+            self.log.info("sip_response_not_sent", status=status, reason=str(exc))
+        if status >= 200:
+            self._by_server.pop(fwd.server_key, None)
+            if fwd.client_key is not None:
+                self._by_client.pop(fwd.client_key, None)
+        self._flush()
+
     def _send_upstream(self, fwd: _Forward, response: Response) -> None:
         try:
-            self.layer.send_response(response, self._now(), key=fwd.server_key)
+            self._send_response(fwd.server_key, response)
         except TransactionError as exc:
             self.log.info("sip_response_not_sent", status=response.status, reason=str(exc))
         status = response.status
@@ -818,17 +1095,19 @@ class ProxyCore:
         mf = ack.max_forwards
         if mf is not None and mf <= 0:
             return
+        top = ack.top_via.branch or ""
         pins: dict[str, str] = {}
         self._pop_own_routes(ack, pins)
         from_endpoint = not self.router.is_node_host(source[0]) and \
             source[0] not in self._peer_hosts
         dest: Address
         tp: str
-        if ack.headers.get("Route"):
-            nxt = ack.routes[0].sip_uri
+        if "Route" in ack.headers:
+            nxt = _first_route(ack).sip_uri
             dest, tp = _uri_dest(nxt), _uri_transport(nxt)
         elif from_endpoint:
-            ack.headers.remove(NODE_HEADER)
+            if NODE_HEADER in ack.headers:
+                ack.headers.remove(NODE_HEADER)
             node = self.router.pinned(pins["sc-node"]) if "sc-node" in pins else None
             if node is None and ack.ruri.host:
                 node = self.router.node_at(ack.ruri.host, ack.ruri.port or 5060)
@@ -836,18 +1115,25 @@ class ProxyCore:
                 self.requests.labels("ACK", "no_node").inc()
                 return
             dest, tp = (node.host, node.port), node.transport
-        elif "ft" in pins:
-            dest, tp = _parse_flow_token(pins["ft"])
-            ack.headers.remove(NODE_HEADER)
         else:
-            dest, tp = _uri_dest(ack.ruri), _uri_transport(ack.ruri)
-            ack.headers.remove(NODE_HEADER)
+            if "ft" in pins:
+                dest, tp = _parse_flow_token(pins["ft"])
+            else:
+                dest, tp = _uri_dest(ack.ruri), _uri_transport(ack.ruri)
+            if NODE_HEADER in ack.headers:
+                ack.headers.remove(NODE_HEADER)
         ack.headers.set("Max-Forwards", str(69 if mf is None else mf - 1))
-        top = ack.top_via.branch or ""
+        # the same branch for every copy of this ACK (§16.11: stateless forwarding)
         branch = "z9hG4bKsa" + hashlib.blake2b(top.encode(), digest_size=8).hexdigest()
-        ack.headers.prepend("Via", str(Via(tp, self.settings.host, self.settings.port,
-                                           {"branch": branch, "rport": None})))
+        ack.headers.prepend("Via", f"SIP/2.0/{tp} {format_host(self.settings.host)}:"
+                                   f"{self.settings.port};branch={branch};rport")
         self.requests.labels("ACK", "forwarded").inc()
+        if tp == "UDP":
+            assert self.transport is not None
+            data = ack.serialize()
+            if len(data) <= self.transport.udp_size_limit:
+                self._send_udp(data, dest)
+                return
         self.send_stateless(ack, tp, dest)
 
     def _forward_stray(self, response: Response) -> None:
@@ -900,6 +1186,45 @@ class ProxyCore:
 def _replace_port(s: ProxySettings, port: int) -> ProxySettings:
     from dataclasses import replace
     return replace(s, port=port)
+
+
+_FIRST_VIA = re.compile(rb"\r\n(?:via|v)[ \t]*:[ \t]*([^\r\n]*)", re.IGNORECASE)
+
+
+def _strip_raw(data: bytes, removals: list[str]) -> bytes | None:
+    """``data`` (a response) without its first Via value and the header lines named
+    in ``removals``, edited as bytes (§16.7 step 3); ``None`` when the header section
+    needs the parser (folded lines, a quoted string in the Via)."""
+    end = data.find(b"\r\n\r\n")
+    if end < 0:
+        return None
+    head = data[:end]
+    if b"\r\n " in head or b"\r\n\t" in head:
+        return None
+    m = _FIRST_VIA.search(head)
+    if m is None:
+        return None
+    value = m.group(1)
+    if b'"' in value:
+        return None
+    comma = value.find(b",")
+    if comma < 0:
+        head = head[:m.start()] + head[m.end():]
+    else:
+        head = head[:m.start(1)] + value[comma + 1:].lstrip(b" \t") + head[m.end():]
+    for name in removals:
+        head = re.sub(rb"\r\n" + name.encode() + rb"[ \t]*:[^\r\n]*", b"", head,
+                      flags=re.IGNORECASE)
+    return head + data[end:]
+
+
+def _first_route(request: Request, top: str | None = None) -> NameAddr:
+    """The first Route value (§16.4), parsing only that one when the first line holds
+    a single value."""
+    line = request.headers.get("Route") if top is None else top
+    if line is not None and "," not in line:
+        return parse_name_addr(line)
+    return request.routes[0]
 
 
 def _response_dest(request: Request, flow: Any) -> Address:

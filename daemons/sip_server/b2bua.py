@@ -32,7 +32,9 @@ from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 from daemons.cluster.config import DnType
+from daemons.runtime.dns import SipResolver
 from daemons.runtime.sip_endpoint import Destination, IncomingRequest, SipEndpoint
+from daemons.sip_proxy.oos import NodeState
 from daemons.sip_server.call import (
     Call,
     CallState,
@@ -42,6 +44,7 @@ from daemons.sip_server.call import (
     new_conn_id,
     sdp_direction,
 )
+from daemons.sip_server.outbound import NODE_HEADER, OutboundProxies, PeerWatch
 from daemons.sip_server.registrar import RegisterError, Registrar
 from daemons.sip_server.tlib_server import TLibConnection
 from protocols.sip.dialog import Dialog, DialogError
@@ -107,6 +110,11 @@ class SessionController:
         #: our Contact per (transport, remote host): the listening address does not move
         self._contacts: dict[tuple[str, str], str] = {}
         self._expiry_task: asyncio.Task[None] | None = None
+        #: the SIP Proxies (SIP Outbound Proxy DN), for phones this node has no binding of
+        self.outbound: OutboundProxies | None = None
+        #: a backup's watch on its primary (HA pair), None on a primary
+        self.ha_watch: PeerWatch | None = None
+        self._ha_task: asyncio.Task[None] | None = None
         m = server.metrics
         self.m_registrations = m.counter("registrations", "REGISTER outcomes", ("outcome",))
         self.m_registered = m.gauge("registered_dns", "DNs with at least one binding")
@@ -121,11 +129,52 @@ class SessionController:
     # ------------------------------------------------------------------ lifecycle
 
     async def start(self, host: str, port: int) -> None:
+        # RFC 3263 lookups leave from the node's address: a geo-aware DNS answers
+        # with the proxies of the node's data centre first (docs/node.md)
+        resolver = SipResolver(self.config.switch.dns_servers or None,
+                               source=host if _is_ip(host) else None)
         self.endpoint = SipEndpoint(self.handle, metrics=self.server.metrics, logger=self.log,
-                                    user_agent="sipcluster-sip-server")
+                                    user_agent="sipcluster-sip-server", resolver=resolver)
         _, self.sip_port = await self.endpoint.listen("UDP", host, port)
         await self.endpoint.listen("TCP", host, self.sip_port)
         self._expiry_task = asyncio.create_task(self._expire_loop())
+        proxy_dn = self.config.outbound_proxy
+        if proxy_dn is not None:
+            watch = PeerWatch(lambda: self.ep, name=self.server.app_name, host=host,
+                              oos_check=float(proxy_dn.oos_check),
+                              oos_force=float(proxy_dn.oos_force), log=self.log)
+            self.outbound = OutboundProxies(proxy_dn.contact, resolver, watch, log=self.log)
+            self.outbound.start()
+        primary = self.server.primary_name
+        if primary is not None:
+            # hot standby (guide: "Configuring SIP Servers"): answer OPTIONS with 503
+            # while the primary answers, so the proxies route to the primary only
+            p = self.config.applications[primary]
+            check = float(proxy_dn.oos_check) if proxy_dn is not None else 5.0
+            force = float(proxy_dn.oos_force) if proxy_dn is not None else 5.0
+            self.ha_watch = PeerWatch(lambda: self.ep, name=self.server.app_name, host=host,
+                                      oos_check=check, oos_force=force, log=self.log)
+            self.ha_watch.watch([Destination("UDP", p.host, p.ports["sip-port"])])
+            self._ha_task = asyncio.create_task(self._ha_loop())
+
+    async def _ha_loop(self) -> None:
+        assert self.ha_watch is not None
+        loop = asyncio.get_running_loop()
+        was = self.standby
+        while True:
+            await asyncio.sleep(self.ha_watch.step(loop.time()))
+            if self.standby != was:
+                was = self.standby
+                self.log.warning("ha_role_changed", role="backup" if was else "primary",
+                                 primary=self.server.primary_name)
+
+    @property
+    def standby(self) -> bool:
+        """A backup whose primary is not known to be out of service stays standby."""
+        if self.ha_watch is None:
+            return False
+        states = [h.state for h in self.ha_watch.monitor.nodes.values()]
+        return any(s is not NodeState.OUT_OF_SERVICE for s in states)
 
     @property
     def listening(self) -> bool:
@@ -140,6 +189,12 @@ class SessionController:
             await asyncio.wait(list(self._tasks), timeout=1.0)
         if self._expiry_task is not None:
             self._expiry_task.cancel()
+        if self.outbound is not None:
+            await self.outbound.close()
+        if self._ha_task is not None:
+            self._ha_task.cancel()
+        if self.ha_watch is not None:
+            self.ha_watch.close()
         if self.endpoint is not None:
             await self.endpoint.close()
 
@@ -180,12 +235,16 @@ class SessionController:
         cache[key] = dest
         return dest
 
-    async def _request(self, request: Request, **kwargs: Any) -> Response:
-        """``SipEndpoint.request`` with the next hop (§8.1.2: first Route, else the
-        Request-URI) resolved from the cache when it is an IP address."""
-        routes = request.headers.get("Route")
-        hop = parse_name_addr(routes.split(",")[0]).uri if routes else request.uri
-        return await self.ep.request(request, self._destination(hop), **kwargs)
+    async def _request(self, request: Request, destination: Destination | None = None,
+                       **kwargs: Any) -> Response:
+        """``SipEndpoint.request`` to ``destination``, else the next hop (§8.1.2:
+        first Route, else the Request-URI) resolved from the cache when it is an
+        IP address."""
+        if destination is None:
+            routes = request.headers.get("Route")
+            hop = parse_name_addr(routes.split(",")[0]).uri if routes else request.uri
+            destination = self._destination(hop)
+        return await self.ep.request(request, destination, **kwargs)
 
     @property
     def ep(self) -> SipEndpoint:
@@ -247,6 +306,8 @@ class SessionController:
             if method == "BYE":
                 return self._bye(inc)
             if method == "OPTIONS":
+                if self.standby:
+                    return inc.response(503, "Standby", headers=[("Retry-After", "5")])
                 return inc.response(200, headers=[("Allow", ALLOW),
                                                   ("Accept", "application/sdp")])
             if method == "REFER":
@@ -486,10 +547,11 @@ class SessionController:
 
     def _new_invite(self, leg: Leg, target: str, from_number: str, to_number: str,
                     body: bytes, path: Iterable[str] = (),
-                    extra: Iterable[tuple[str, str]] = ()) -> Request:
+                    extra: Iterable[tuple[str, str]] = (),
+                    hop: Destination | None = None) -> Request:
         call_id = secrets.token_hex(12) + "@" + self.server.host
         local_tag = secrets.token_hex(6)
-        dest = self._destination(target)
+        dest = hop or self._destination(target)
         if dest is not None:
             transport, host = dest.transport, dest.host
         else:
@@ -513,7 +575,8 @@ class SessionController:
         return Request("INVITE", target, headers=headers, body=body)
 
     async def _dial(self, call: Call, leg: Leg, invite: Request, timeout: float | None,
-                    ringing: Ringing | None) -> tuple[Response, bool]:
+                    ringing: Ringing | None, hop: Destination | None = None
+                    ) -> tuple[Response, bool]:
         """Send ``invite`` to ``leg``; the final response and whether no-answer fired."""
         leg.invite = invite
 
@@ -529,7 +592,7 @@ class SessionController:
             if ringing is not None:
                 ringing(leg, resp, first)
 
-        task = self._spawn(self._request(invite, on_provisional=provisional))
+        task = self._spawn(self._request(invite, hop, on_provisional=provisional))
         task.add_done_callback(lambda t: self._late_final(leg, t))
         try:
             if timeout:
@@ -581,23 +644,34 @@ class SessionController:
             if entry is None or entry.type not in _AGENT_TYPES:
                 return None, 404
             bindings = self.registrar.bindings(dest, self._now())
-            if bindings:
+            hop: Destination | None = None
+            if bindings and not self._path_down(bindings[0].path):
+                # registered through this node: the Path (RFC 3327 §5.3) leads back
                 contact, path = bindings[0].contact, bindings[0].path
             elif entry.contact and entry.contact != "*":
                 contact, path = entry.contact, ()
                 if not contact.startswith(("sip:", "sips:")):
                     contact = f"sip:{dest}@{contact}"
+            elif self.outbound is not None and (hop := await self.outbound.choose()):
+                # registered through another node (or its proxy is down): the proxies
+                # hold every binding of the cluster and deliver to the phone
+                contact, path = f"sip:{dest}@{self.domain}", ()
+                self.log.info("call_via_outbound_proxy", conn_id=call.conn_id, dn=dest,
+                              proxy=f"{hop.host}:{hop.port}")
             else:
                 self.log.info("call_dn_unavailable", conn_id=call.conn_id, dn=dest)
                 return None, 480
             tried.add(dest)
             leg = call.add_leg(dest, dest, outbound=True, cti=self._cti(dest))
             extra: list[tuple[str, str]] = []
-            invite = self._new_invite(leg, contact, origin.number, dest, offer, path, extra)
+            if hop is not None:
+                extra.append((NODE_HEADER, self.server.app_name))  # pins the dialog here
+            invite = self._new_invite(leg, contact, origin.number, dest, offer, path, extra,
+                                      hop)
             timeout = (self.tserver.posn_no_answer_timeout
                        if entry.type is DnType.ACD_POSITION
                        else self.tserver.extn_no_answer_timeout)
-            resp, no_answer = await self._dial(call, leg, invite, timeout, ringing)
+            resp, no_answer = await self._dial(call, leg, invite, timeout, ringing, hop)
             if 200 <= resp.status < 300:
                 return leg, resp
             rang = leg.state is LegState.RINGING
@@ -614,6 +688,16 @@ class SessionController:
                 dest = overflow
                 continue
             return None, resp
+
+    def _path_down(self, path: tuple[str, ...]) -> bool:
+        """The first Path hop is a SIP Proxy known to be out of service."""
+        if not path or self.outbound is None:
+            return False
+        try:
+            first = parse_uri(path[0])
+        except ParseError:
+            return False
+        return self.outbound.out_of_service(first.host, first.port or 5060)
 
     def _overflow(self, dn_type: DnType) -> tuple[str, ...]:
         """Where an unanswered call goes next (``extn-`` / ``posn-no-answer-overflow``)."""
@@ -693,13 +777,18 @@ class SessionController:
     async def _connect_inbound(self, call: Call, leg_a: Leg, dest: str) -> None:
         inc: IncomingRequest = leg_a.incoming
         flow = inc.flow
+        # §12.1.1: the proxies that record-routed stay in the dialog (they pin its
+        # in-dialog requests to this node)
+        record_route = [("Record-Route", v) for v in inc.request.headers.get_lines(
+            "Record-Route")]
 
         def ringing(leg: Leg, resp: Response, first: bool) -> None:
             if first:
                 self._event(call, "EventRinging", leg, other=leg_a.number)
             if first or (resp.body and resp.status == 183):
                 status = resp.status if resp.status in (180, 183) else 180
-                headers = [("Contact", self._contact(flow.transport, flow.remote[0]))]
+                headers = [*record_route,
+                           ("Contact", self._contact(flow.transport, flow.remote[0]))]
                 if resp.body:
                     headers.append(("Content-Type", "application/sdp"))
                 inc.respond(status, headers=headers, body=resp.body)
@@ -729,7 +818,7 @@ class SessionController:
             await self._ack(leg_b.invite, resp)  # type: ignore[arg-type]
         else:
             leg_b.pending_response = resp  # late offer: the caller's ACK holds the answer
-        headers = [("Contact", self._contact(flow.transport, flow.remote[0])),
+        headers = [*record_route, ("Contact", self._contact(flow.transport, flow.remote[0])),
                    ("Allow", ALLOW)]
         if resp.body:
             headers.append(("Content-Type", "application/sdp"))
@@ -1318,6 +1407,14 @@ def _path(request: Request) -> list[Any]:
     for value in request.headers.get_all("Path"):
         out.append(parse_name_addr(value))
     return out
+
+
+def _is_ip(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
 
 
 def _done(resp: Response) -> asyncio.Future[Response]:

@@ -124,6 +124,9 @@ class SipServer(Service):
             self.t_controller_name: str | None = config.t_controller_for(name).name
         except ConfigError:
             self.t_controller_name = None
+        #: the primary this sip-server is the hot-standby backup of (HA pair), if any
+        self.primary_name: str | None = next(
+            (a.name for a in config.by_kind(AppKind.SIP_SERVER) if a.backup == name), None)
         self.routing = RoutingPoints()
         self.ipproxy = InteractionProxy(self._monotonic, backlog_window=backlog_window)
         self.controller = SessionController(self)
@@ -167,6 +170,7 @@ class SipServer(Service):
                                         self.controller.status_registrations)
         self.management.add_status_page("/status/ipport", self.ipproxy.status)
         self.management.add_status_page("/status/ports", lambda: dict(self.bound))
+        self.management.add_status_page("/status/outbound", self._outbound_status)
         self.log.info("sip_server_listening", **{k.replace("-", "_"): v
                                                  for k, v in self.bound.items()})
         # Long-lived state (config, registrations, code objects) leaves the
@@ -176,6 +180,12 @@ class SipServer(Service):
         gc.collect()
         gc.freeze()
         gc.set_threshold(GC_THRESHOLD_GEN0, 50, 100)
+
+    def _outbound_status(self) -> dict[str, Any]:
+        ctl = self.controller
+        return {"role": "backup" if ctl.standby else "primary",
+                "primary": self.primary_name,
+                "proxies": ctl.outbound.status() if ctl.outbound is not None else None}
 
     def _health(self) -> tuple[bool, dict[str, Any]]:
         ok = self.controller.listening and bool(self.default_server and

@@ -517,3 +517,15 @@ def test_digest_algorithms(tmp_path: Path) -> None:
     bad = error_of(tmp_path, MINIMAL.replace(
         'domain = "cluster.lab"', 'domain = "cluster.lab"\ndigest-algorithms = ["SHA-1"]'))
     assert bad.key == "switch.digest-algorithms" and "'SHA-1'" in bad.reason
+
+
+def test_dns_servers(tmp_path: Path) -> None:
+    assert load_text(tmp_path, MINIMAL).switch.dns_servers == ()
+    given = MINIMAL.replace('domain = "cluster.lab"', 'domain = "cluster.lab"\n'
+                            'dns-servers = ["127.0.1.53:5300", "10.0.0.2", "[::1]:53"]')
+    assert load_text(tmp_path, given).switch.dns_servers == (
+        "127.0.1.53:5300", "10.0.0.2", "[::1]:53")
+    for bad_value in ('["ns.example.com:53"]', '["127.0.1.53:0"]', '["127.0.1.53:x"]', "5"):
+        bad = error_of(tmp_path, MINIMAL.replace(
+            'domain = "cluster.lab"', f'domain = "cluster.lab"\ndns-servers = {bad_value}'))
+        assert bad.key == "switch.dns-servers"

@@ -1,0 +1,214 @@
+"""The SIP Proxies as a node sees them (guide: "Configuring the SIP Outbound
+Proxy DN", "Configuring DNS Records"; docs/node.md, "Reaching phones").
+
+The SIP Outbound Proxy DN's ``contact`` is the geo-aware SRV name of the
+proxies. A node resolves it by RFC 3263 (§4.1-§4.2: SRV priority, then
+weight) with queries sent *from the node's own address*, so the geo-aware DNS
+answers with the node's data centre's proxies first (priority 10) and the
+other data centres' last (priority 200). Every ``oos-check`` seconds it sends
+OPTIONS to each target; a target with no answer ``oos-force`` seconds after
+a check is out of service, the first answer puts it back (the guide's
+active out-of-service detection, the same rule as the proxies apply to the
+nodes: :class:`daemons.sip_proxy.oos.OosMonitor`). :meth:`OutboundProxies.choose`
+gives the first target in RFC 3263 order that is in service.
+
+Requests leave over UDP from the node's ``sip-port``: a proxy recognises a
+node by the source address of its requests, and the node's UDP socket is
+bound to the node's host, while an outgoing TCP connection would leave from
+whatever address the kernel picks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from collections.abc import Callable
+from typing import Any
+
+from daemons.runtime.dns import SipResolver
+from daemons.runtime.sip_endpoint import Destination, SipEndpoint
+from daemons.sip_proxy.oos import NodeHealth, NodeState, OosMonitor
+from protocols.sip.errors import ParseError, SipError
+from protocols.sip.message import Request, Response
+from protocols.sip.uri import format_host, parse_uri
+
+__all__ = ["NODE_HEADER", "OutboundProxies", "PeerWatch", "answered"]
+
+#: The proxies' private header naming the node of a dialog (docs/sip-proxy.md).
+NODE_HEADER = "X-SC-Node"
+
+#: Transport of node -> proxy requests (see the module docstring).
+NODE_TO_PROXY_TRANSPORT = "UDP"
+
+
+def answered(response: Response) -> bool:
+    """A response that came from the peer, not one the endpoint made up after a
+    timeout or a transport failure (those carry no To tag, RFC 3261 §8.1.3.1)."""
+    return response.to.tag is not None or response.status not in (408, 503)
+
+
+def _options(target: Destination, name: str, host: str) -> Request:
+    uri = f"sip:{format_host(target.host)}:{target.port}"
+    tag = hashlib.blake2b(f"{name}{target}{asyncio.get_running_loop().time()}".encode(),
+                          digest_size=5).hexdigest()
+    req = Request("OPTIONS", uri)
+    h = req.headers
+    h.add("From", f"<sip:{name}@{format_host(host)}>;tag={tag}")
+    h.add("To", f"<{uri}>")
+    h.add("Call-ID", f"oos-{tag}@{host}")
+    h.add("CSeq", "1 OPTIONS")
+    return req
+
+
+class PeerWatch:
+    """OPTIONS every ``oos_check`` s to a changing set of destinations, with an
+    :class:`OosMonitor` deciding who is in service (sans-I/O rules, asyncio here)."""
+
+    def __init__(self, endpoint: Callable[[], SipEndpoint], *, name: str, host: str,
+                 oos_check: float, oos_force: float, log: Any) -> None:
+        self._endpoint = endpoint
+        self.name = name
+        self.host = host
+        self.monitor = OosMonitor([], oos_check=oos_check, oos_force=oos_force)
+        self.destinations: dict[str, Destination] = {}
+        self.log = log
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    @staticmethod
+    def key(dest: Destination) -> str:
+        return f"{dest.transport.lower()}:{format_host(dest.host)}:{dest.port}"
+
+    def watch(self, dests: list[Destination]) -> None:
+        """Watch exactly ``dests`` from now on (states of known ones are kept)."""
+        keys = {self.key(d): d for d in dests}
+        for key in list(self.monitor.nodes):
+            if key not in keys:
+                del self.monitor.nodes[key]
+        for key in keys:
+            self.monitor.nodes.setdefault(key, NodeHealth(key))
+        self.destinations = keys
+
+    def state(self, dest: Destination) -> NodeState | None:
+        h = self.monitor.nodes.get(self.key(dest))
+        return h.state if h is not None else None
+
+    def usable(self, dest: Destination) -> bool:
+        return self.monitor.usable(self.key(dest))
+
+    def step(self, now: float) -> float:
+        """Send the checks that are due, apply oos-force; seconds to the next step."""
+        for key in self.monitor.due(now):
+            dest = self.destinations.get(key)
+            if dest is not None:
+                task = asyncio.ensure_future(self._probe(key, dest))
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
+        for key in self.monitor.tick(now):
+            self.log.warning("sip_peer_out_of_service", peer=key, node=self.name)
+        return max(0.05, min(1.0, self.monitor.next_deadline(now) - now))
+
+    async def _probe(self, key: str, dest: Destination) -> None:
+        try:
+            resp = await self._endpoint().request(_options(dest, self.name, self.host), dest)
+        except (SipError, OSError, ParseError) as exc:
+            self.log.debug("sip_peer_check_failed", peer=key, reason=str(exc))
+            return
+        if not answered(resp) or key not in self.monitor.nodes:
+            return
+        was = self.monitor.nodes[key].state
+        if self.monitor.answered(key, resp.status, asyncio.get_running_loop().time()) \
+                and was is NodeState.OUT_OF_SERVICE:
+            self.log.info("sip_peer_back_in_service", peer=key, status=resp.status)
+
+    def close(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+
+
+class OutboundProxies:
+    """The SIP Outbound Proxy DN's targets, in RFC 3263 order, with their service state."""
+
+    def __init__(self, contact: str, resolver: SipResolver, watch: PeerWatch, *,
+                 log: Any) -> None:
+        uri = parse_uri(contact if contact.startswith(("sip:", "sips:")) else f"sip:{contact}")
+        self.uri = uri
+        self.resolver = resolver
+        self.watch = watch
+        self.targets: list[Destination] = []
+        self.log = log
+        self._task: asyncio.Task[None] | None = None
+        self._resolved_at: float | None = None
+
+    async def refresh(self) -> list[Destination]:
+        """Resolve the contact again (the resolver caches by TTL); keep the old
+        targets when DNS fails."""
+        try:
+            found = await self.resolver.resolve(
+                self.uri.host, port=self.uri.port, transport=NODE_TO_PROXY_TRANSPORT)
+        except (OSError, ValueError, ParseError) as exc:
+            self.log.warning("outbound_proxy_resolve_failed", host=self.uri.host,
+                             reason=str(exc))
+            return self.targets
+        targets = [Destination(NODE_TO_PROXY_TRANSPORT, t.host_ip, t.port) for t in found]
+        if not targets:
+            self.log.warning("outbound_proxy_no_targets", host=self.uri.host)
+            return self.targets
+        # RFC 2782 weights reshuffle equal priorities on every resolution: keep the
+        # order we have while the set is the same, so a node does not flap between proxies
+        if set(targets) != set(self.targets):
+            self.log.info("outbound_proxy_targets", host=self.uri.host,
+                          targets=[PeerWatch.key(t) for t in targets])
+            self.targets = targets
+            self.watch.watch(targets)
+        return self.targets
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run())
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            now = loop.time()
+            if self._resolved_at is None or now - self._resolved_at >= \
+                    self.watch.monitor.oos_check or not self.targets:
+                await self.refresh()
+                self._resolved_at = loop.time()
+            await asyncio.sleep(self.watch.step(loop.time()))
+
+    async def choose(self) -> Destination | None:
+        """The first in-service target in RFC 3263 order; before any check has been
+        answered, the first that is not known to be out of service."""
+        if not self.targets:
+            await self.refresh()
+        for dest in self.targets:
+            if self.watch.usable(dest):
+                return dest
+        for dest in self.targets:
+            if self.watch.state(dest) is not NodeState.OUT_OF_SERVICE:
+                return dest
+        return None
+
+    def out_of_service(self, host: str, port: int) -> bool:
+        """True when ``host:port`` is a target known to be out of service (or alive
+        but refusing traffic)."""
+        for dest in self.targets:
+            if dest.host == host and dest.port == port:
+                state = self.watch.state(dest)
+                return state is NodeState.OUT_OF_SERVICE or (
+                    state is NodeState.IN_SERVICE and not self.watch.usable(dest))
+        return False
+
+    def status(self) -> dict[str, Any]:
+        return {"contact": str(self.uri), "targets": [
+            {"target": PeerWatch.key(d), "usable": self.watch.usable(d),
+             **self.watch.monitor.nodes[PeerWatch.key(d)].as_dict()}
+            for d in self.targets if PeerWatch.key(d) in self.watch.monitor.nodes]}
+
+    async def close(self) -> None:
+        self.watch.close()
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
