@@ -157,8 +157,8 @@ class SipProxy(Service):
         self.management.add_health_check("replication", lambda: (
             replicator.synced, {"bindings": len(self.store), "peers_connected": sum(
                 1 for p in replicator.links.values() if p.connected)}))
-        self.management.add_health_check("nodes", lambda: (True, {
-            "usable": [n.name for n in self.nodes if self.monitor.usable(n.name)]}))
+        # a proxy with no node in service anywhere can only answer 503: not healthy
+        self.management.add_health_check("nodes", self._nodes_health)
         self.management.add_status_page("/status/nodes", self.nodes_status)
         self.management.add_status_page("/status/replication", replicator.status)
         self.management.add_status_page("/status/registrations", self.registrations_status)
@@ -228,6 +228,10 @@ class SipProxy(Service):
                 self.log.debug("bindings_purged", count=dropped)
 
     # ------------------------------------------------------------ status pages
+
+    def _nodes_health(self) -> tuple[bool, dict[str, Any]]:
+        usable = [n.name for n in self.nodes if self.monitor.usable(n.name)]
+        return bool(usable) or not self.nodes, {"usable": usable}
 
     def nodes_status(self) -> dict[str, Any]:
         out: dict[str, Any] = {}

@@ -38,14 +38,6 @@ GAP_ROUTE_TO_SRV_NAME = (
     "sip-proxy does not take a Route naming the SIP Outbound Proxy DN's SRV FQDN "
     "(sip:spx-srv.cluster.lab;lr) as its own (RFC 3261 §16.4): SipProxy.is_own only "
     "knows the proxy's host:port, so it forwards to the name and answers 503")
-GAP_CALL_TO_OTHER_NODE = (
-    "sip-server answers 480 for a DN registered on another node: B2BUA._reach only "
-    "looks at the node's own registrar instead of sending INVITE sip:DN@domain to "
-    "the SIP Outbound Proxy DN (whose proxies hold every binding)")
-GAP_NO_RECORD_ROUTE_ON_FLOW = (
-    "sip-proxy forwards an INVITE arriving on a phone's Path flow (Route ...;ft=) without "
-    "Record-Route (SipProxy._route, `flow` branch: rr=None), so the node sends the ACK "
-    "straight to a TCP phone's Contact (its connection's ephemeral port) and it never arrives")
 
 
 def registered_on(lab: Any, dn: str) -> tuple[str, str]:
@@ -103,13 +95,9 @@ def test_register_by_srv_outbound_proxy(
     assert registered_on(lab, "1004")[1] == "dc2"
 
 
-TCP_GAP = pytest.mark.xfail(strict=True, reason=GAP_NO_RECORD_ROUTE_ON_FLOW)
-
-
 @pytest.mark.parametrize(("route", "transport", "hangup_by"), [
     ("address", "udp", "caller"), ("address", "udp", "callee"),
-    pytest.param("naptr", "tcp", "callee", marks=TCP_GAP),
-    pytest.param("address", "tcp", "caller", marks=TCP_GAP)])
+    ("naptr", "tcp", "callee"), ("address", "tcp", "caller")])
 def test_baresip_call_in_a_data_centre(
     lab: Any, baresip_phone: Callable[..., Any], route: str, transport: str, hangup_by: str,
 ) -> None:
@@ -118,7 +106,6 @@ def test_baresip_call_in_a_data_centre(
     baresip_call(lab, caller, callee, "1002", hangup_by)
 
 
-@pytest.mark.xfail(strict=True, reason=GAP_CALL_TO_OTHER_NODE)
 @pytest.mark.parametrize(("route", "transport", "hangup_by"),
                          [("address", "udp", "callee"), ("naptr", "tcp", "caller")])
 def test_baresip_call_across_data_centres(
@@ -160,7 +147,6 @@ def test_baresip_calls_linphonec_in_a_data_centre(
     _linphonec_call(lab, baresip_phone, linphonec_phone, audio, "dc1", "1008")
 
 
-@pytest.mark.xfail(strict=True, reason=GAP_CALL_TO_OTHER_NODE)
 def test_baresip_calls_linphonec_across_data_centres(
     lab: Any, baresip_phone: Callable[..., Any], linphonec_phone: Callable[..., Any],
     audio: Any,
