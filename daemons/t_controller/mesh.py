@@ -48,7 +48,6 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
 from daemons.cluster.config import OwnershipKind
-from daemons.runtime.tlib_client import TLibClient, TLibConnectionLost, TLibHandshakeError
 from daemons.sip_server.tlib_server import TLibConnection
 from daemons.t_controller.agent import AgentSnapshot, AgentState, AgentWorkMode
 from daemons.t_controller.controller import event_is_valid
@@ -95,50 +94,13 @@ def _wall_offset() -> float:
 
 
 class PeerLink(NodeLink):
-    """A reconnecting T-Library client link that binds ``local_host`` (the
-    daemon's own address, so a data-centre cut by source address applies)."""
+    """The link to a peer t-controller: a :class:`NodeLink` that binds this
+    daemon's own address (so a data-centre cut by source address applies)."""
 
     def __init__(self, sink: Any, *, local_host: str | None, client_type: str = "smart",
                  **kwargs: Any) -> None:
-        super().__init__(sink, **kwargs)
-        self.local_host = local_host
-        self.client_type = client_type
-
-    async def _run(self) -> None:
-        delay = self.backoff_initial
-        local_addr = (self.local_host, 0) if self.local_host else None
-        while True:
-            try:
-                client = await TLibClient.connect(
-                    self.host, self.port, self.application_name, self.client_type,
-                    addp_timeout=self.addp_timeout,
-                    addp_remote_timeout=self.addp_remote_timeout,
-                    connect_timeout=self.connect_timeout, local_addr=local_addr)
-            except (OSError, TimeoutError, TLibHandshakeError, TLibConnectionLost) as exc:
-                self.log.debug("peer_link_connect_failed", error=str(exc), retry_in=delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, self.backoff_max)
-                continue
-            delay = self.backoff_initial
-            self.connects += 1
-            self.client = client
-            client.add_listener(self._on_event)
-            self.log.info("peer_link_up", connects=self.connects)
-            self._up.set()
-            self.sink.on_link_up()
-            async for event in client.events():
-                if self._handled.pop(id(event), None) is None:
-                    self._deliver(event, None)
-            await client.wait_closed()
-            reason = client.lost_reason or "closed"
-            self.client = None
-            self._handled.clear()
-            self._up.clear()
-            lost = list(self._pending.values())
-            self._pending.clear()
-            self.log.warning("peer_link_down", reason=reason, lost_requests=len(lost))
-            self.sink.on_link_down(reason, lost)
-            await asyncio.sleep(delay)
+        super().__init__(sink, local_host=local_host, client_type=client_type,
+                         log_name="peer_link", **kwargs)
 
     def send(self, name: str, attributes: Mapping[str, Any], *, origin: Any = None,
              reference_id: int = 0) -> ForwardedRequest:

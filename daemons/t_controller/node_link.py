@@ -70,8 +70,16 @@ class NodeLink:
         backoff_initial: float = 0.1,
         backoff_max: float = 5.0,
         connect_timeout: float = 5.0,
+        client_type: str = "smart",
+        local_host: str | None = None,
+        log_name: str = "node_link",
     ) -> None:
+        # ``local_host``: the daemon's own address, bound for the connection so
+        # that a data-centre cut by source address applies to the link
         self.sink = sink
+        self.client_type = client_type
+        self.local_host = local_host
+        self.log_name = log_name
         self.host = host
         self.port = port
         self.application_name = application_name
@@ -82,8 +90,7 @@ class NodeLink:
         self.connect_timeout = connect_timeout
         self.client: TLibClient | None = None
         self.connects = 0
-        self.log = get_logger("node_link", application=application_name,
-                              peer=f"{host}:{port}")
+        self.log = get_logger(log_name, application=application_name, peer=f"{host}:{port}")
         self._pending: dict[int, ForwardedRequest] = {}
         self._next_reference = 0
         self._task: asyncio.Task[None] | None = None
@@ -104,7 +111,7 @@ class NodeLink:
 
     # -- lifecycle ----------------------------------------------------------------
     def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="node-link")
+        self._task = asyncio.create_task(self._run(), name=self.log_name)
 
     async def stop(self) -> None:
         task, self._task = self._task, None
@@ -118,19 +125,21 @@ class NodeLink:
 
     async def _run(self) -> None:
         delay = self.backoff_initial
+        local_addr = (self.local_host, 0) if self.local_host else None
         while True:
             try:
                 client = await TLibClient.connect(
                     self.host,
                     self.port,
                     self.application_name,
-                    "smart",
+                    self.client_type,
                     addp_timeout=self.addp_timeout,
                     addp_remote_timeout=self.addp_remote_timeout,
                     connect_timeout=self.connect_timeout,
+                    local_addr=local_addr,
                 )
             except (OSError, TimeoutError, TLibHandshakeError, TLibConnectionLost) as exc:
-                self.log.info("node_link_connect_failed", error=str(exc), retry_in=delay)
+                self.log.info(f"{self.log_name}_connect_failed", error=str(exc), retry_in=delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, self.backoff_max)
                 continue
@@ -138,7 +147,7 @@ class NodeLink:
             self.connects += 1
             self.client = client
             client.add_listener(self._on_event)
-            self.log.info("node_link_up", connects=self.connects)
+            self.log.info(f"{self.log_name}_up", connects=self.connects)
             self._up.set()
             self.sink.on_link_up()
             # The listener handles every event as it arrives, in order. Events
@@ -155,7 +164,7 @@ class NodeLink:
             self._up.clear()
             lost = list(self._pending.values())
             self._pending.clear()
-            self.log.warning("node_link_down", reason=reason, lost_requests=len(lost))
+            self.log.warning(f"{self.log_name}_down", reason=reason, lost_requests=len(lost))
             self.sink.on_link_down(reason, lost)
             await asyncio.sleep(delay)
 
