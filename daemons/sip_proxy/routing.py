@@ -10,7 +10,7 @@
 * Of an HA pair only the member the out-of-service detection reports as
   active (the primary) is usable.
 
-Pure: node states come from :class:`daemons.sip_proxy.oos.OosMonitor`.
+Pure: node states come from :class:`protocols.sip.oos.OosMonitor`.
 """
 
 from __future__ import annotations

@@ -31,12 +31,12 @@ from daemons.cluster.config import AppKind, Application, ClusterConfig, load_clu
 from daemons.runtime.config import ConfigError
 from daemons.runtime.logs import configure_logging
 from daemons.runtime.service import Service, cancel_and_wait, run_service
-from daemons.sip_proxy.oos import OosMonitor
 from daemons.sip_proxy.proxy import ProxyCore, ProxySettings
 from daemons.sip_proxy.registrar import BindingStore
 from daemons.sip_proxy.replication import PeerAddress, Replicator
 from daemons.sip_proxy.routing import NodeTarget, Router
 from daemons.sip_proxy.security import AuthGuard, RateLimiter
+from protocols.sip.oos import OosMonitor
 
 __all__ = ["SipProxy", "add_parser", "replication_port", "run"]
 

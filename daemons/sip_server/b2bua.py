@@ -34,7 +34,6 @@ from typing import TYPE_CHECKING, Any
 from daemons.cluster.config import DnType
 from daemons.runtime.dns import SipResolver
 from daemons.runtime.sip_endpoint import Destination, IncomingRequest, SipEndpoint
-from daemons.sip_proxy.oos import NodeState
 from daemons.sip_server.call import (
     Call,
     CallState,
@@ -52,6 +51,7 @@ from protocols.sip.digest import DigestAuthenticator
 from protocols.sip.errors import ParseError, SipError
 from protocols.sip.headers import Headers, parse_name_addr
 from protocols.sip.message import Request, Response, make_response
+from protocols.sip.oos import NodeState
 from protocols.sip.uri import parse_uri
 from protocols.tlib.errors import ErrorCode
 from protocols.tlib.session import RequestReceived

@@ -9,7 +9,7 @@ other data centres' last (priority 200). Every ``oos-check`` seconds it sends
 OPTIONS to each target; a target with no answer ``oos-force`` seconds after
 a check is out of service, the first answer puts it back (the guide's
 active out-of-service detection, the same rule as the proxies apply to the
-nodes: :class:`daemons.sip_proxy.oos.OosMonitor`). :meth:`OutboundProxies.choose`
+nodes: :class:`protocols.sip.oos.OosMonitor`). :meth:`OutboundProxies.choose`
 gives the first target in RFC 3263 order that is in service.
 
 Requests leave over UDP from the node's ``sip-port``: a proxy recognises a
@@ -27,9 +27,9 @@ from typing import Any
 
 from daemons.runtime.dns import SipResolver
 from daemons.runtime.sip_endpoint import Destination, SipEndpoint
-from daemons.sip_proxy.oos import NodeHealth, NodeState, OosMonitor
 from protocols.sip.errors import ParseError, SipError
 from protocols.sip.message import Request, Response
+from protocols.sip.oos import NodeHealth, NodeState, OosMonitor
 from protocols.sip.uri import format_host, parse_uri
 
 __all__ = ["NODE_HEADER", "OutboundProxies", "PeerWatch", "answered"]

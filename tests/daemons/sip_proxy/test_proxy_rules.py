@@ -6,10 +6,10 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from daemons.sip_proxy.oos import NodeState, OosMonitor
 from daemons.sip_proxy.registrar import Binding, BindingStore
 from daemons.sip_proxy.routing import NodeTarget, Router
 from daemons.sip_proxy.security import AuthGuard, RateLimiter
+from protocols.sip.oos import NodeState, OosMonitor
 
 
 def b(contact: str, stamp: float, origin: str = "A", expires: float = 100.0) -> Binding:
