@@ -12,6 +12,11 @@ Built on :class:`daemons.runtime.sip_endpoint.SipEndpoint`:
   486 for ``--busy`` users; CANCEL -> 200 + 487 (by the endpoint, §9.2);
 * ACK, BYE -> 200 (481 for an unknown dialog, §15.1.2); re-INVITE -> 200.
 
+It listens on UDP, on TCP with ``--tcp`` and on TLS with ``--tls-listen``
+(``--cert``/``--key``: the server certificate chain and its key; §26.2,
+RFC 5630). A request whose Request-URI is a SIPS URI gets a SIPS Contact in
+the answer (§8.1.1.8, §12.1.1).
+
 It runs as a daemon (SIGTERM stops it) with ``/healthz`` and ``/metrics`` on
 ``--http-port``.
 """
@@ -22,6 +27,7 @@ import argparse
 import asyncio
 import os
 import socket
+import ssl
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -104,6 +110,30 @@ def reserve_rtp_port(host: str) -> socket.socket:
     return sock
 
 
+# --------------------------------------------------------------------------- TLS
+
+
+def server_ssl_context(cert_file: str, key_file: str | None = None) -> ssl.SSLContext:
+    """The context of a TLS listener (RFC 3261 §26.2.1, RFC 5630): our certificate
+    chain (PEM, leaf first) and its private key; TLS 1.2 at least (RFC 7525 §3.1.1).
+
+    Client certificates are not asked for. Raises ``OSError`` for an unreadable
+    file and ``ssl.SSLError`` for a key that does not match the certificate.
+    """
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.load_cert_chain(cert_file, key_file)
+    return ctx
+
+
+def parse_hostport(text: str, option: str) -> tuple[str, int]:
+    """``HOST:PORT`` or ``[v6]:PORT`` of a listen option; ValueError names ``option``."""
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or "]" in port:
+        raise ValueError(f"{option} expects HOST:PORT, got {text!r}")
+    return host.strip("[]") or "127.0.0.1", int(port)
+
+
 # --------------------------------------------------------------------------- state
 
 
@@ -151,10 +181,19 @@ class SipResponder(Service):
 
     def __init__(self, args: argparse.Namespace) -> None:
         super().__init__(app_name=args.name)
-        host, _, port = args.listen.rpartition(":")
-        self.host = host.strip("[]") or "127.0.0.1"
-        self.port = int(port)
+        self.host, self.port = parse_hostport(args.listen, "--listen")
         self.tcp = args.tcp
+        self.tls_listen = (parse_hostport(args.tls_listen, "--tls-listen")
+                           if args.tls_listen else None)
+        self.ssl_context: ssl.SSLContext | None = None
+        if self.tls_listen is not None:
+            if not args.cert:
+                raise ValueError("--tls-listen needs --cert (and --key unless the key is in it)")
+            try:
+                self.ssl_context = server_ssl_context(args.cert, args.key)
+            except OSError as exc:  # unreadable file, or ssl.SSLError: key/cert mismatch
+                raise ValueError(f"cannot load --cert/--key: {exc}") from exc
+        self.tls_address: tuple[str, int] | None = None
         self.realm = args.realm
         self.users: dict[str, str] = {}
         for spec in args.user or []:
@@ -179,11 +218,14 @@ class SipResponder(Service):
 
     async def start(self) -> None:
         self.endpoint = SipEndpoint(self.handle, metrics=self.metrics, logger=self.log,
-                                    user_agent="sipcluster-responder")
+                                    user_agent="sipcluster-responder",
+                                    ssl_context=self.ssl_context)
         udp = await self.endpoint.listen("UDP", self.host, self.port)
         self.port = udp[1]
         if self.tcp:
             await self.endpoint.listen("TCP", self.host, self.port)
+        if self.tls_listen is not None:
+            self.tls_address = await self.endpoint.listen("TLS", *self.tls_listen)
         self.management.add_health_check("sip", lambda: (True, {"calls": len(self.calls)}))
         self.management.add_status_page("/status/calls", lambda: [
             {"call_id": c.call_id, "peer": c.peer, "confirmed": c.confirmed}
@@ -340,6 +382,9 @@ class SipResponder(Service):
         assert self.endpoint is not None
         flow = incoming.flow
         contact = self.endpoint.contact_uri(flow.transport, remote_host=flow.remote[0])
+        if incoming.request.uri[:5].lower() == "sips:" and flow.transport == "TLS":
+            # §8.1.1.8 / §12.1.1: a SIPS Request-URI asks for a SIPS Contact
+            contact = "sips:" + contact[4:].replace(";transport=tls", "")
         return [("Contact", f"<{contact}>"), ("Allow", ALLOW),
                 ("Content-Type", "application/sdp")]
 
@@ -382,12 +427,20 @@ def add_parser(subparsers: Any) -> None:
             "A small SIP user agent server and registrar on the sipcluster stack. "
             "Answers OPTIONS with 200, challenges REGISTER with digest (--user), rings "
             "and answers INVITE with an SDP answer, handles ACK, BYE and CANCEL. "
+            "Listens on UDP, and on TCP (--tcp) and TLS (--tls-listen, --cert, --key). "
             "Stops on SIGTERM; /healthz and /metrics on --http-port."),
     )
     parser.add_argument("--listen", default="127.0.0.1:5060", metavar="HOST:PORT",
                         help="UDP address to listen on (port 0: any free port)")
     parser.add_argument("--tcp", action="store_true",
                         help="also listen on TCP at the same address and port")
+    parser.add_argument("--tls-listen", metavar="HOST:PORT",
+                        help="also listen on TLS at this address (port 0: any free port); "
+                             "needs --cert")
+    parser.add_argument("--cert", metavar="FILE",
+                        help="PEM certificate chain (leaf first) for --tls-listen; may hold "
+                             "the key too")
+    parser.add_argument("--key", metavar="FILE", help="PEM private key of --cert")
     parser.add_argument("--realm", default="sipcluster", help="digest realm for REGISTER")
     parser.add_argument("--user", action="append", metavar="NAME:PASSWORD",
                         help="an account allowed to REGISTER (repeat; none = no auth)")

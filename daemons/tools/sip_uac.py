@@ -10,6 +10,13 @@
 
 The target is located with RFC 3263 (``--transport`` forces one); ``--proxy
 HOST:PORT`` sends to an outbound proxy instead.
+
+TLS: a ``sips:`` URI (RFC 3263 §4.1: TLS, ``_sips._tcp``) or ``--transport
+tls``. The server certificate is verified against the system's CAs or
+``--ca-file``, and its subjectAltName must match the address connected to
+(§26.3.1, RFC 5922); ``--insecure`` skips both checks, for lab use only. A
+certificate that does not verify fails the request with a local 503
+(§8.1.3.1) and a ``sip_tls_handshake_failed`` / ``sip_send_failed`` log line.
 """
 
 from __future__ import annotations
@@ -17,6 +24,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import secrets
+import ssl
 import time
 from typing import Any
 
@@ -33,13 +41,30 @@ from protocols.sip.timers import TimerSettings
 from protocols.sip.uri import parse_uri
 
 
+def client_ssl_context(ca_file: str | None = None, *, insecure: bool = False) -> ssl.SSLContext:
+    """The context for outgoing TLS connections (RFC 3261 §26.3.1, RFC 5922 §7.2).
+
+    Verifies the server's chain against ``ca_file`` (PEM; default: the
+    system's CAs) and its subjectAltName against the address connected to;
+    TLS 1.2 at least (RFC 7525 §3.1.1). ``insecure`` turns both checks off.
+    """
+    ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=ca_file)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    if insecure:
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+    return ctx
+
+
 class Uac:
     """One UAC session: an endpoint listening on an ephemeral port, requests built here."""
 
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
         self.log = get_logger("sip_uac")
-        self.transport = (args.transport or "UDP").upper()
+        scheme = args.uri.partition(":")[0].lower()
+        # RFC 3263 §4.1: a sips URI without a transport goes over TLS
+        self.transport = (args.transport or ("TLS" if scheme == "sips" else "UDP")).upper()
         self.endpoint: SipEndpoint | None = None
         self.remote_bye = asyncio.Event()
         self.call_id = f"{secrets.token_hex(10)}@sipcluster"
@@ -51,8 +76,15 @@ class Uac:
 
     async def start(self) -> SipEndpoint:
         timers = TimerSettings(t1=self.args.t1) if self.args.t1 else None
-        ep = SipEndpoint(self.handle, timers=timers, user_agent="sipcluster-uac",
-                         logger=self.log)
+        if self.args.insecure:
+            self.log.warning("sip_tls_verification_disabled")
+        tls = client_ssl_context(self.args.ca_file, insecure=self.args.insecure)
+
+        def new_endpoint() -> SipEndpoint:
+            return SipEndpoint(self.handle, timers=timers, user_agent="sipcluster-uac",
+                               logger=self.log, client_ssl_context=tls)
+
+        ep = new_endpoint()
         for _ in range(10):
             udp = await ep.listen("UDP", self.args.bind, 0)
             try:
@@ -60,8 +92,7 @@ class Uac:
                 break
             except OSError:
                 await ep.close()
-                ep = SipEndpoint(self.handle, timers=timers, user_agent="sipcluster-uac",
-                                 logger=self.log)
+                ep = new_endpoint()
         self.endpoint = ep
         return ep
 
@@ -103,6 +134,9 @@ class Uac:
         target = parse_uri(uri).host
         if method in ("INVITE", "REGISTER", "OPTIONS"):
             contact = self.endpoint.contact_uri(self.transport, self.args.user, target)
+            if uri[:5].lower() == "sips:":
+                # §8.1.1.8: a SIPS Request-URI needs a SIPS Contact
+                contact = "sips:" + contact[4:].replace(";transport=tls", "")
             headers.add("Contact", f"<{contact}>")
         for name, value in extra or []:
             headers.add(name, value)
@@ -200,6 +234,11 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--from", dest="from_uri", help="From URI (default from --user)")
     parser.add_argument("--user", help="digest user name (and From user)")
     parser.add_argument("--password", help="digest password")
+    parser.add_argument("--ca-file", metavar="FILE",
+                        help="PEM CA certificates to verify a TLS server against "
+                             "(default: the system's)")
+    parser.add_argument("--insecure", action="store_true",
+                        help="TLS without verifying the server certificate (lab use only)")
     parser.add_argument("--t1", type=float, default=None, help="RFC 3261 T1 in seconds")
     parser.add_argument("--log-level", default="warning")
 
