@@ -643,24 +643,10 @@ class SessionController:
                 continue
             if entry is None or entry.type not in _AGENT_TYPES:
                 return None, 404
-            bindings = self.registrar.bindings(dest, self._now())
-            hop: Destination | None = None
-            if bindings and not self._path_down(bindings[0].path):
-                # registered through this node: the Path (RFC 3327 §5.3) leads back
-                contact, path = bindings[0].contact, bindings[0].path
-            elif entry.contact and entry.contact != "*":
-                contact, path = entry.contact, ()
-                if not contact.startswith(("sip:", "sips:")):
-                    contact = f"sip:{dest}@{contact}"
-            elif self.outbound is not None and (hop := await self.outbound.choose()):
-                # registered through another node (or its proxy is down): the proxies
-                # hold every binding of the cluster and deliver to the phone
-                contact, path = f"sip:{dest}@{self.domain}", ()
-                self.log.info("call_via_outbound_proxy", conn_id=call.conn_id, dn=dest,
-                              proxy=f"{hop.host}:{hop.port}")
-            else:
-                self.log.info("call_dn_unavailable", conn_id=call.conn_id, dn=dest)
+            located = await self._locate(call, dest)
+            if located is None:
                 return None, 480
+            contact, path, hop = located
             tried.add(dest)
             leg = call.add_leg(dest, dest, outbound=True, cti=self._cti(dest))
             extra: list[tuple[str, str]] = []
@@ -688,6 +674,41 @@ class SessionController:
                 dest = overflow
                 continue
             return None, resp
+
+    def _reachable_here(self, dn: str) -> bool:
+        """Whether :meth:`_locate` may find a way to ``dn``'s phone: a usable binding
+        on this node, a fixed contact, or the SIP Proxies (docs/node.md, "Reaching
+        phones")."""
+        bindings = self.registrar.bindings(dn, self._now())
+        if bindings and not self._path_down(bindings[0].path):
+            return True
+        entry = self.config.dns.get(dn)
+        return entry is not None and (bool(entry.contact) or self.outbound is not None)
+
+    async def _locate(self, call: Call, dn: str
+                      ) -> tuple[str, tuple[str, ...], Destination | None] | None:
+        """Where an INVITE to agent DN ``dn``'s phone goes (docs/node.md, "Reaching
+        phones"): Request-URI, Route set (the binding's Path, RFC 3327 §5.3) and
+        the SIP Proxy to send it to (None: resolve the Request-URI); None when the
+        DN cannot be reached from this node."""
+        entry = self.config.dns[dn]
+        bindings = self.registrar.bindings(dn, self._now())
+        if bindings and not self._path_down(bindings[0].path):
+            # registered through this node: the Path (RFC 3327 §5.3) leads back
+            return bindings[0].contact, bindings[0].path, None
+        if entry.contact and entry.contact != "*":
+            contact = entry.contact
+            if not contact.startswith(("sip:", "sips:")):
+                contact = f"sip:{dn}@{contact}"
+            return contact, (), None
+        if self.outbound is not None and (hop := await self.outbound.choose()):
+            # registered through another node (or its proxy is down): the proxies
+            # hold every binding of the cluster and deliver to the phone
+            self.log.info("call_via_outbound_proxy", conn_id=call.conn_id, dn=dn,
+                          proxy=f"{hop.host}:{hop.port}")
+            return f"sip:{dn}@{self.domain}", (), hop
+        self.log.info("call_dn_unavailable", conn_id=call.conn_id, dn=dn)
+        return None
 
     def _path_down(self, path: tuple[str, ...]) -> bool:
         """The first Path hop is a SIP Proxy known to be out of service."""
@@ -1328,8 +1349,7 @@ class SessionController:
         if self._agent_dn(dn) is None:
             raise CallControlError(ErrorCode.UNKNOWN_DN,
                                    f"Unknown DN: {dn} is not an extension")
-        bindings = self.registrar.bindings(dn, self._now())
-        if not bindings:
+        if not self._reachable_here(dn):
             raise CallControlError(ErrorCode.DN_OUT_OF_SERVICE,
                                    f"DN out of service: {dn} has no registered phone")
         call = self._new_call(dn, dest, dn)
@@ -1339,30 +1359,51 @@ class SessionController:
         # answered by EventDialing once the phone took the call and the node dials
         # the destination, or by EventError when the phone refuses (docs/node.md)
         self.server.expect_answer(conn, request, dn, call.conn_id, frozenset({"EventDialing"}))
-        self._spawn(self._make_call_flow(call, leg_a, dest, bindings[0].contact,
-                                         bindings[0].path))
+        self._spawn(self._make_call_flow(call, leg_a, dest))
 
-    async def _make_call_flow(self, call: Call, leg_a: Leg, dest: str, contact: str,
-                              path: tuple[str, ...]) -> None:
+    def _make_call_failed(self, call: Call, leg_a: Leg, code: ErrorCode, text: str,
+                          outcome: str) -> None:
+        leg_a.move(LegState.RELEASED)
+        self.legs.pop((leg_a.call_id, leg_a.local_tag), None)
+        self.server.fail_pending(call.conn_id, leg_a.number, code, text)
+        self._finish(call, outcome)
+
+    async def _make_call_flow(self, call: Call, leg_a: Leg, dest: str) -> None:
         """RFC 3725 flow I (§4.1): phone first, without SDP; its offer to ``dest``.
 
-        EventDialing on the origination DN comes when the call really dials:
-        the phone answered and the INVITE to ``dest`` goes out. A phone that
-        does not answer makes no call at all: the request gets EventError."""
+        The phone is reached like the destination of an inbound call
+        (:meth:`_locate`): through its binding's Path when it registered
+        through this node, else through the SIP Proxies, which hold every
+        binding of the cluster. EventDialing on the origination DN comes when
+        the call really dials: the phone answered and the INVITE to ``dest``
+        goes out. A phone that does not answer makes no call at all: the
+        request gets EventError; a DN the proxies find registered nowhere
+        (404 / 480 from them) gets EventError "DN out of service"."""
+        located = await self._locate(call, leg_a.number)
+        if located is None:
+            self._make_call_failed(
+                call, leg_a, ErrorCode.DN_OUT_OF_SERVICE,
+                f"DN out of service: {leg_a.number} has no registered phone", "failed_480")
+            return
+        contact, path, hop = located
         extra = [("Call-Info", f"<sip:{self.server.host}>;answer-after=0")] \
             if "talk" in leg_a.cti else []
-        invite_a = self._new_invite(leg_a, contact, dest, leg_a.number, b"", path, extra)
+        if hop is not None:
+            extra.append((NODE_HEADER, self.server.app_name))  # pins the dialog here
+        invite_a = self._new_invite(leg_a, contact, dest, leg_a.number, b"", path, extra, hop)
         resp_a, _ = await self._dial(call, leg_a, invite_a, self.tserver.extn_no_answer_timeout,
-                                     None)
+                                     None, hop)
         if resp_a.status >= 300 or not leg_a.alive:
             if leg_a.alive:
-                leg_a.move(LegState.RELEASED)
-                self.legs.pop((leg_a.call_id, leg_a.local_tag), None)
-                self.server.fail_pending(
-                    call.conn_id, leg_a.number, ErrorCode.INVALID_CALL_STATE,
-                    f"The phone of DN {leg_a.number} did not take the call: "
-                    f"{resp_a.status} {resp_a.reason}")
-                self._finish(call, f"failed_{resp_a.status}")
+                if hop is not None and resp_a.status in (404, 480):
+                    code, text = (ErrorCode.DN_OUT_OF_SERVICE,
+                                  f"DN out of service: {leg_a.number} is registered nowhere "
+                                  f"in the cluster ({resp_a.status} {resp_a.reason})")
+                else:
+                    code, text = (ErrorCode.INVALID_CALL_STATE,
+                                  f"The phone of DN {leg_a.number} did not take the call: "
+                                  f"{resp_a.status} {resp_a.reason}")
+                self._make_call_failed(call, leg_a, code, text, f"failed_{resp_a.status}")
             return
         try:
             leg_a.dialog = Dialog.create_uac(invite_a, resp_a)
