@@ -304,6 +304,10 @@ class AgentTable:
     def on_call(self, dn: str) -> bool:
         return bool(self._calls.get(dn))
 
+    def calls(self, dn: str) -> frozenset[str]:
+        """The ConnIDs of the calls the DN is on."""
+        return frozenset(self._calls.get(dn, ()))
+
     def is_available(self, dn: str) -> bool:
         """Availability for routing: an agent Ready and not on a call."""
         return self.state(dn) is AgentState.READY and not self.on_call(dn)
@@ -468,6 +472,31 @@ class AgentTable:
         agent.wrap_up_deadline = now + duration
         self._touch(agent)
         return [self._not_ready_event(agent)]
+
+    def drop_calls(self, conn_ids: Collection[str], now: float) -> list[str]:
+        """Forget the calls ``conn_ids`` without releasing them: they are on a
+        node this t-controller lost (guide: "TC-layer between DC1 and DC2
+        fails", Agent 2 step 7: "no call reported in the desktop because the
+        call is in the disconnected DC", and the agent can log in). No event,
+        no after-call work: the call is not over, it is out of sight. Returns
+        the DNs that had one of them, in order."""
+        wanted = conn_ids if isinstance(conn_ids, set | frozenset) else set(conn_ids)
+        if not wanted:
+            return []
+        touched: list[str] = []
+        for dn in sorted(self._calls):
+            calls = self._calls[dn]
+            if calls.isdisjoint(wanted):
+                continue
+            calls.difference_update(wanted)
+            if not calls:
+                del self._calls[dn]
+            touched.append(dn)
+            agent = self._by_dn.get(dn)
+            if agent is not None:
+                agent.last_activity = now
+                self._touch(agent)  # off the call: inactivity counts again
+        return touched
 
     # -- connection and service events -----------------------------------------
     def client_disconnected(self, client: str, now: float) -> list[AgentEvent]:

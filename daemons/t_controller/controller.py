@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
@@ -53,6 +54,7 @@ from daemons.t_controller.ownership import (
     OwnershipOutput,
     OwnershipReleased,
     OwnershipTable,
+    PeerLost,
 )
 from protocols.tlib.catalogue import validate
 from protocols.tlib.errors import ErrorCode, TLibError
@@ -63,7 +65,8 @@ if TYPE_CHECKING:
     from daemons.t_controller.mesh import Mesh
     from daemons.t_controller.smart_proxy import SmartProxy
 
-__all__ = ["CALL_EVENTS", "Answer", "DnService", "Recipients", "TController", "event_is_valid"]
+__all__ = ["CALL_EVENTS", "Answer", "DnService", "NodeCall", "Recipients", "TController",
+           "event_is_valid"]
 
 #: Call events the sip-server sends on the node link (docs/node.md).
 CALL_EVENTS = frozenset({
@@ -74,6 +77,8 @@ CALL_EVENTS = frozenset({
 #: Call events after which the DN is on the call.
 _ON_CALL = frozenset({"EventRinging", "EventDialing", "EventEstablished", "EventHeld",
                       "EventRetrieved", "EventPartyChanged"})
+#: Calls of this node on agent DNs remembered for a peer owner's repeat (oldest dropped first).
+MAX_NODE_CALLS = 100_000
 #: Attributes of a received event that belong to the link, not to the event.
 _LINK_ATTRIBUTES = frozenset({"message", "AttributeReferenceID", "AttributeEventSequenceNumber",
                               "AttributeTimeinSecs", "AttributeTimeinuSecs"})
@@ -134,6 +139,21 @@ class DnService:
     since: float = 0.0
 
 
+@dataclass(slots=True)
+class NodeCall:
+    """A call of this node's sip-server on an agent DN, as its last call
+    event left it: what the DN's owner on another node is told again when
+    the link to it comes back (it forgot the call when it lost this node;
+    guide: "TC-layer between DC1 and DC2 fails", step 4 of Agent 1: "call
+    control comes back if TC-layer is recovered")."""
+
+    dn: str
+    conn_id: str
+    name: str  # the last call event (EventRinging, EventEstablished, EventHeld ...)
+    attributes: TMap
+    answered: bool = False  # EventEstablished was seen: its release starts after-call work
+
+
 class TController:
     """State and policy of one t-controller; I/O is the caller's."""
 
@@ -177,6 +197,9 @@ class TController:
         self.decision_listeners: list[Callable[[OwnershipDecision], None]] = []
         self.link_up = False
         self._answered: set[tuple[str, str]] = set()  # (dn, conn id) that reached Established
+        #: (dn, conn id) -> the calls of this node's sip-server on agent DNs
+        self.node_calls: OrderedDict[tuple[str, str], NodeCall] = OrderedDict()
+        self._node_call_ids: dict[str, set[str]] = {}  # dn -> conn ids of node_calls
         self._unconfirmed: set[str] = set()
         self._resync_deadline: float | None = None
         self._timer: asyncio.TimerHandle | None = None
@@ -251,6 +274,18 @@ class TController:
         if view is not None and self.site is not None:
             state["site"] = self.site
         return state
+
+    def dn_service_attributes(self, dn: str) -> dict[str, Any]:
+        """``EventDNBackInService`` of the DN, the same shape wherever it comes
+        from (this node's decision, a peer's, a reconnection): the DN's state in
+        ``AttributeExtensions`` (``owner``, ``ownership``, ``dn-state``,
+        ``agent-state``, ``on-call``; ``contact`` when registered here) and the
+        agent's attributes."""
+        attributes = self.dn_attributes(dn)
+        service = self.dn_services.get(dn)
+        if service is not None and service.contact is not None:
+            attributes["AttributeExtensions"]["contact"] = service.contact
+        return attributes
 
     def dn_attributes(self, dn: str) -> dict[str, Any]:
         attributes = {"AttributeThisDN": dn, **agent_view_attributes(self.agents.agent(dn))}
@@ -399,12 +434,22 @@ class TController:
             elif isinstance(out, DnServiceEvent):
                 dn = out.this_dn
                 local = True if dn in left_here else None
-                attributes: TMap = {"AttributeThisDN": dn}
-                owner = self.ownership.owner(dn)
-                if owner is not None:
-                    attributes["AttributeExtensions"] = {"owner": owner}
-                if details is not None and dn in details:
-                    attributes = {**details[dn], "AttributeThisDN": dn}
+                attributes: TMap
+                announced = details.get(dn) if details is not None else None
+                if out.name == "EventDNBackInService":
+                    attributes = self.dn_service_attributes(dn)
+                    if announced is not None:  # the owner's word on its DN's state
+                        ext = {**attributes["AttributeExtensions"],
+                               **(announced.get("AttributeExtensions") or {})}
+                        attributes = {**attributes, **announced, "AttributeThisDN": dn,
+                                      "AttributeExtensions": ext}
+                elif announced is not None:
+                    attributes = {**announced, "AttributeThisDN": dn}
+                else:
+                    attributes = {"AttributeThisDN": dn}
+                    owner = self.ownership.owner(dn)
+                    if owner is not None:
+                        attributes["AttributeExtensions"] = {"owner": owner}
                 self.publish(out.name, attributes, answer=answer, local=local)
                 answer = None
                 if out.name == "EventDNOutOfService":
@@ -427,6 +472,8 @@ class TController:
                                   decision=repr(out))
                 for listener in self.decision_listeners:
                     listener(out)
+            elif isinstance(out, PeerLost):
+                self.forget_calls_of(out.node, now)
             elif isinstance(out, ForwardClaim):
                 self.log.info("dn_ownership_claim_for_peer", dn=out.dn, owner=out.owner,
                               claimant=out.claimant)
@@ -445,6 +492,81 @@ class TController:
             self.apply(self.ownership.sip_registered(dn, self.node, NODE_AUTHORITATIVE_EXPIRES,
                                                      now))
         self.schedule_timer()
+
+    # -- calls on other nodes ---------------------------------------------------------
+    def forget_calls_of(self, node: str, now: float) -> None:
+        """The peer ``node`` is lost (``tc-reconnect-timeout``): its calls no
+        longer count for this node's DNs -- ``on-call`` is false, an agent may
+        log in, a move that waited for the call may go. No event goes to the
+        desktops: the guide reports no call (Agent 2, step 7) and no release
+        (Agent 1: no call-related T-Events until the link is back). The peer's
+        repeat on reconnection (:meth:`restore_call`) brings them back."""
+        mesh = self.mesh
+        if mesh is None:
+            return
+        conn_ids = mesh.forget_calls(node)
+        if not conn_ids:
+            return
+        dns = self.agents.drop_calls(conn_ids, now)
+        self._answered = {a for a in self._answered if a[1] not in conn_ids}
+        self.log.info("peer_calls_forgotten", peer_node=node, calls=len(conn_ids),
+                      dns=len(dns))
+
+    def restore_call(self, name: str, attributes: TMap, *, answered: bool) -> bool:
+        """A peer's repeat of a call on its node for a DN this node owns: taken
+        in as its call event when this node does not know the call (it forgot
+        it when it lost the peer, or it restarted); False when it knew it."""
+        dn = attributes.get("AttributeThisDN")
+        conn_id = attributes.get("AttributeConnID")
+        if not isinstance(dn, str) or not isinstance(conn_id, str):
+            return False
+        if conn_id in self.agents.calls(dn):
+            return False
+        if answered:
+            self._answered.add((dn, conn_id))
+        self.log.info("peer_call_restored", dn=dn, conn_id=conn_id, tlib_event=name)
+        self.on_owned_call_event(name, attributes, None)
+        return True
+
+    def calls_for_owner(self, owner: str, dn: str | None = None) -> list[NodeCall]:
+        """The calls of this node on the DNs ``owner`` owns (only ``dn``'s if given)."""
+        ownership = self.ownership
+        if dn is not None:
+            if ownership.owner(dn) != owner:
+                return []
+            return [self.node_calls[(dn, c)] for c in sorted(self._node_call_ids.get(dn, ()))]
+        return [call for call in self.node_calls.values() if ownership.owner(call.dn) == owner]
+
+    def _track_node_call(self, name: str, dn: str, attributes: TMap) -> None:
+        conn_id = attributes.get("AttributeConnID")
+        if not isinstance(conn_id, str):
+            return
+        calls = self.node_calls
+        if name in _ON_CALL:
+            previous = attributes.get("AttributePreviousConnID")
+            if isinstance(previous, str) and previous != conn_id:
+                self._forget_node_call(dn, previous)
+            call = calls.get((dn, conn_id))
+            if call is None:
+                calls[(dn, conn_id)] = call = NodeCall(dn, conn_id, name, attributes)
+                self._node_call_ids.setdefault(dn, set()).add(conn_id)
+                while len(calls) > MAX_NODE_CALLS:
+                    oldest = next(iter(calls))
+                    self._forget_node_call(*oldest)
+            else:
+                call.name, call.attributes = name, attributes
+            if name == "EventEstablished":
+                call.answered = True
+        elif name in ("EventReleased", "EventDiverted"):
+            self._forget_node_call(dn, conn_id)
+
+    def _forget_node_call(self, dn: str, conn_id: str) -> None:
+        if self.node_calls.pop((dn, conn_id), None) is None:
+            return
+        ids = self._node_call_ids[dn]
+        ids.discard(conn_id)
+        if not ids:
+            del self._node_call_ids[dn]
 
     # -- agent requests -------------------------------------------------------------
     def agent_login_events(self, events: list[AgentEvent]) -> list[AgentEvent]:
@@ -553,6 +675,8 @@ class TController:
 
     def _call_event(self, name: str, attributes: TMap, answer: Answer | None) -> None:
         dn = attributes.get("AttributeThisDN")
+        if isinstance(dn, str) and dn in self.kinds:
+            self._track_node_call(name, dn, attributes)
         mesh = self.mesh
         if mesh is not None and isinstance(dn, str):
             owner = mesh.owner_peer(dn)

@@ -33,7 +33,11 @@ Requests of a desktop for a DN a peer owns (register, agent, call control)
 are forwarded to the owner under a ReferenceID of the link and answered back
 with the desktop's own; the owner sends call control to the node where the
 call is. A link down for ``tc-reconnect-timeout`` seconds puts the peer's DNs
-out of service here (``OwnershipTable.peer_lost``).
+out of service here (``OwnershipTable.peer_lost``) and makes this node forget
+the peer's calls on the DNs it owns (``PeerLost``); when the link is back, a
+node repeats to each owner the calls it has on the owner's DNs (its last call
+event with ``AttributeExtensions`` ``mesh`` = ``call-state``), and the owner
+takes in those it does not know.
 """
 
 from __future__ import annotations
@@ -50,7 +54,7 @@ from typing import TYPE_CHECKING, Any
 from daemons.cluster.config import OwnershipKind
 from daemons.sip_server.tlib_server import TLibConnection
 from daemons.t_controller.agent import AgentSnapshot, AgentState, AgentWorkMode
-from daemons.t_controller.controller import event_is_valid
+from daemons.t_controller.controller import CALL_EVENTS, event_is_valid
 from daemons.t_controller.latency import LatencyStats, event_wall_time
 from daemons.t_controller.node_link import ForwardedRequest, NodeLink, NodeLinkDown
 from daemons.t_controller.ownership import (
@@ -79,6 +83,8 @@ _LINK_ATTRIBUTES = frozenset({"message", "AttributeReferenceID", "AttributeEvent
 #: Keys of AttributeExtensions that belong to the mesh, not to the request.
 _MESH_KEYS = ("mesh", "mesh-client", "mesh-node", "mesh-application", "mesh-kind",
               "mesh-expires")
+#: ``mesh = call-state``: a call's repeat; ``mesh-answered``: it reached EventEstablished.
+_CALL_STATE_KEYS = ("mesh", "mesh-answered")
 #: Calls of other nodes remembered for routing call control (oldest dropped first).
 MAX_CALL_ROUTES = 100_000
 _POLL = object()  # origin of a latency poll
@@ -377,13 +383,10 @@ class Mesh:
                 ext["snapshot"] = decision.snapshot.to_map()
             return "EventDNBackInService", {"AttributeThisDN": decision.dn,
                                             "AttributeExtensions": ext}
-        attributes = controller.dn_attributes(decision.dn)
+        attributes = controller.dn_service_attributes(decision.dn)
         state = attributes.pop("AttributeExtensions", {})
-        ext = {**state, **ext, "mesh": "granted", "owner": decision.node}
-        service = controller.dn_services.get(decision.dn)
-        if service is not None and service.contact is not None:
-            ext["contact"] = service.contact
-        attributes["AttributeExtensions"] = ext
+        attributes["AttributeExtensions"] = {**state, **ext, "mesh": "granted",
+                                             "owner": decision.node}
         return "EventDNBackInService", attributes
 
     def snapshot(self, conn: TLibConnection, *, marker: str) -> int:
@@ -514,7 +517,8 @@ class Mesh:
             old.close()
         sent = self.snapshot(conn, marker="granted")
         peer.tx.inc(sent)
-        self.log.info("peer_connected", peer=peer.tc, owned_dns_sent=sent)
+        calls = self.repeat_calls(peer)
+        self.log.info("peer_connected", peer=peer.tc, owned_dns_sent=sent, calls_sent=calls)
 
     def peer_closed(self, conn: TLibConnection) -> None:
         peer = self.by_tc.get(conn.application)
@@ -653,6 +657,9 @@ class Mesh:
         if mesh_kind in ("granted", "moved", "released") and answer is None:
             self._apply_decision(peer, name, attributes, mesh_kind)
             return
+        if mesh_kind == "call-state" and answer is None:
+            self._call_state(peer, name, attributes)
+            return
         if name in ("EventACK", "EventError") or (answers is not None and answer is None):
             if answer is not None:
                 answered = dict(attributes)
@@ -660,7 +667,6 @@ class Mesh:
                 answer[0].send_event(name, answered)
             return
         dn = attributes.get("AttributeThisDN")
-        from daemons.t_controller.controller import CALL_EVENTS
         if (name in CALL_EVENTS and isinstance(dn, str)
                 and controller.ownership.owner(dn) == controller.node):
             conn_id = attributes.get("AttributeConnID")
@@ -669,6 +675,49 @@ class Mesh:
             controller.on_owned_call_event(name, attributes, answer)
             return
         controller.deliver_remote(name, attributes, answer)
+
+    def forget_calls(self, node: str) -> set[str]:
+        """Forget where the calls of ``node`` are (the peer is lost); their ConnIDs."""
+        gone = {conn_id for conn_id, where in self.call_nodes.items() if where == node}
+        for conn_id in gone:
+            del self.call_nodes[conn_id]
+        return gone
+
+    def repeat_calls(self, peer: Peer, dn: str | None = None) -> int:
+        """The calls of this node on the DNs ``peer`` owns (only ``dn``'s if
+        given), to it as ``mesh = call-state``: it forgot them when it lost this
+        node. Returns the events sent."""
+        if peer.conn is None:
+            return 0
+        sent = 0
+        for call in self.controller.calls_for_owner(peer.node, dn):
+            attributes = dict(call.attributes)
+            ext = dict(attributes.get("AttributeExtensions") or {})
+            ext.update({"mesh": "call-state", "mesh-answered": call.answered})
+            attributes["AttributeExtensions"] = ext
+            if self._send_event(peer, call.name, attributes):
+                sent += 1
+        return sent
+
+    def _call_state(self, peer: Peer, name: str, attributes: TMap) -> None:
+        """A peer's repeat of a call on its node (:meth:`repeat_calls`)."""
+        controller = self.controller
+        ext = dict(attributes.get("AttributeExtensions") or {})
+        answered = ext.get("mesh-answered") is True
+        for key in _CALL_STATE_KEYS:
+            ext.pop(key, None)
+        event = {k: v for k, v in attributes.items() if k != "AttributeExtensions"}
+        if ext:
+            event["AttributeExtensions"] = ext
+        dn = event.get("AttributeThisDN")
+        conn_id = event.get("AttributeConnID")
+        if (name not in CALL_EVENTS or not isinstance(dn, str) or not isinstance(conn_id, str)
+                or controller.ownership.owner(dn) != controller.node):
+            self.dropped.labels("call-state-not-owned").inc()
+            self.log.info("peer_call_state_ignored", peer=peer.tc, dn=dn, tlib_event=name)
+            return
+        self._remember_call(conn_id, peer.node)
+        controller.restore_call(name, event, answered=answered)
 
     def _remember_call(self, conn_id: str, node: str) -> None:
         self.call_nodes[conn_id] = node
@@ -701,6 +750,10 @@ class Mesh:
                                           if k not in ("mesh", "since", "expires-in",
                                                        "snapshot", "from", "cause")}
         controller.apply(controller.ownership.apply(decision, now), details={dn: details})
+        if kind != "released":
+            owner = self.owner_peer(dn)
+            if owner is not None:
+                self.repeat_calls(owner, dn)  # the owner may have forgotten them
 
     # -- latency polls ----------------------------------------------------------------
     async def _poll_loop(self) -> None:

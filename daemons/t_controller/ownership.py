@@ -22,7 +22,10 @@ Cluster Node DN options ``dn-owner-applications``,
   ``agent-state-auto-restore`` an :class:`~daemons.t_controller.agent.AgentSnapshot`
   goes with the move and the new owner logs the agent in again in that state.
 * A peer t-controller that stays unreachable for ``tc-reconnect-timeout``
-  seconds (0: at once) loses its DNs: they go out of service here.
+  seconds (0: at once) loses its DNs: they go out of service here; and
+  :class:`PeerLost` tells the daemon to forget the calls on that node (the
+  call is in the disconnected data centre: guide, "TC-layer between DC1 and
+  DC2 fails", Agent 2 step 7).
 
 Each t-controller keeps one :class:`OwnershipTable`. It decides for DNs that
 are unowned or owned by this node; a claim for a DN owned by a peer comes back
@@ -57,6 +60,7 @@ __all__ = [
     "OwnershipReleased",
     "OwnershipTable",
     "OwnershipView",
+    "PeerLost",
 ]
 
 #: Seconds an agent still logged in on the old owner keeps it before a
@@ -136,6 +140,17 @@ class ClaimIgnored:
 
 
 @dataclass(frozen=True, slots=True)
+class PeerLost:
+    """The peer ``node`` stayed unreachable for ``tc-reconnect-timeout``: its
+    DNs went out of service here (the outputs before this one), and the calls
+    on it no longer count for the DNs of this node (guide: "TC-layer between
+    DC1 and DC2 fails", Agent 2 step 7: no call reported, the agent can log
+    in). Its repeat after reconnection brings the calls back."""
+
+    node: str
+
+
+@dataclass(frozen=True, slots=True)
 class DnServiceEvent:
     """``EventDNBackInService`` / ``EventDNOutOfService`` for the DN's clients."""
 
@@ -149,6 +164,7 @@ class DnServiceEvent:
 OwnershipDecision = OwnershipGranted | OwnershipReleased | OwnershipMoved
 OwnershipOutput = (
     OwnershipDecision | MovePending | ForwardClaim | ClaimIgnored | DnServiceEvent | AgentEvent
+    | PeerLost
 )
 
 
@@ -648,4 +664,5 @@ class OwnershipTable:
             for dn in self.owned_by(node):
                 self._drop(dn)
                 out += [OwnershipReleased(dn, node, "peer-lost"), _out_of_service(dn)]
+            out.append(PeerLost(node))
         return out

@@ -18,6 +18,15 @@ the events of other nodes enter through :meth:`SmartProxy.feed`:
   client (application ``SmartProxy@<t-controller>``) and receives there the
   events of the DNs each owns; the t-controllers stop sending each other the
   events only the Smart Proxy needs.
+
+``EventDNBackInService`` / ``EventDNOutOfService`` of another node's DNs come
+from the ownership decisions every t-controller gets (in both modes, and also
+on a peer's loss and reconnection, when the bulk link has nothing to say); the
+ones a bulk link carries are not passed on, so that a client sees each DN's
+service event once, with the same shape for every DN: the DN's state in
+``AttributeExtensions`` (``owner``, ``ownership``, ``dn-state``,
+``agent-state``, ``on-call``) and the agent's attributes
+(:meth:`~daemons.t_controller.controller.TController.dn_service_attributes`).
 """
 
 from __future__ import annotations
@@ -38,6 +47,8 @@ __all__ = ["ACCEPTED_CLIENT_TYPES", "SmartProxy"]
 
 #: The Smart Proxy port refuses smart connections (guide: "Smart Proxy").
 ACCEPTED_CLIENT_TYPES = frozenset({"legacy"})
+#: Events a bulk link carries that the clients get from the ownership decisions.
+_FROM_DECISIONS = frozenset({"EventDNBackInService", "EventDNOutOfService"})
 
 
 class SmartProxy:
@@ -49,6 +60,8 @@ class SmartProxy:
         self.clients: set[TLibConnection] = set()
         self._clients_snapshot: tuple[TLibConnection, ...] = ()
         self.fed: dict[str, int] = {}
+        #: service events of bulk links not passed on (the decisions gave them), by node
+        self.from_decisions: dict[str, int] = {}
         self.bulk_links: dict[str, PeerLink] = {}
         self._stopping: asyncio.Task[None] | None = None
         controller.smart_proxy = self
@@ -156,6 +169,7 @@ class SmartProxy:
 
     def describe(self) -> dict[str, Any]:
         return {"clients": len(self.clients), "fed": dict(self.fed),
+                "service-events-from-decisions": dict(self.from_decisions),
                 "mode": "optimised" if self.optimised else "normal",
                 "bulk-links": {node: "up" if link.up else "down"
                                for node, link in self.bulk_links.items()}}
@@ -189,6 +203,10 @@ class _BulkSink:
                 if remote is not None and state in ("Ready", "NotReady", "AfterCallWork"):
                     from daemons.t_controller.agent import AgentState
                     remote["state"] = AgentState(state)
+            return
+        if name in _FROM_DECISIONS:
+            counts = self.proxy.from_decisions
+            counts[self.node] = counts.get(self.node, 0) + 1
             return
         self.proxy.feed(name, attributes, self.node)
 

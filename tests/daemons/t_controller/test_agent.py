@@ -172,6 +172,34 @@ def test_availability_follows_calls() -> None:
     assert t.call_released(DN, "unknown", 5.0) == []
 
 
+def test_calls_on_a_lost_node_are_dropped_without_events() -> None:
+    """Guide, "TC-layer between DC1 and DC2 fails", Agent 2 step 7: the calls
+    of a node this t-controller lost no longer count; no release, no ACW."""
+    t = table(wrap_up_time=30.0, auto_logout_timeout=1.0)
+    put_in(AgentState.READY, t)
+    t.call_established(DN, "far", 1.0)  # on the lost node
+    t.call_established(DN, "near", 2.0)  # on this node
+    t.call_established("1002", "far2", 2.0)  # no agent on that DN
+    assert t.next_timer() is None  # on a call: no inactivity logout
+    assert t.drop_calls({"far", "far2", "unknown"}, 100.0) == [DN, "1002"]
+    assert t.calls(DN) == frozenset({"near"}) and not t.on_call("1002")
+    assert t.state(DN) is AgentState.READY and t.on_call(DN)
+    assert t.drop_calls(["near"], 200.0) == [DN]
+    assert not t.on_call(DN) and t.is_available(DN)
+    assert t.state(DN) is AgentState.READY  # the call is not over: no after-call work
+    assert t.next_timer() == 260.0  # inactivity counts again from the drop
+    # the release that may come later is of a call the table no longer knows
+    assert t.call_released(DN, "near", 300.0) == []
+    assert t.drop_calls([], 300.0) == []
+    # a DN whose only call was dropped lets an agent log in (no call reported)
+    t.logout(DN, 300.0)
+    t.call_established(DN, "far3", 301.0)
+    with pytest.raises(AgentError):
+        t.login(DN, AGENT, 302.0)
+    t.drop_calls({"far3"}, 303.0)
+    assert isinstance(t.login(DN, AGENT, 304.0)[0], EventAgentLogin)
+
+
 def test_wrap_up_timer_with_fake_clock() -> None:
     t = table(wrap_up_time=30.0)
     t.login(DN, AGENT, 0.0)

@@ -254,6 +254,59 @@ async def test_link_cut_between_data_centres_and_heal(cluster: Cluster) -> None:
     await cluster.owned("1003", "C")
 
 
+async def test_owner_forgets_the_calls_of_a_lost_node_until_it_repeats_them(
+        cluster: Cluster) -> None:
+    """Guide, "TC-layer between DC1 and DC2 fails", Agent 2: DN owned in DC2
+    (D), its call on a DC1 node (B). Once D declares B lost, the call no
+    longer counts there: no call reported, no release sent, the agent can log
+    in. When the link is back B repeats the call, D knows it again (the desktop
+    is told), and call control reaches B again."""
+    await cluster.start(smart_proxy=False, reconnect=1)
+    cluster.nodes["D"].register("1004")
+    await cluster.owned("1004", "D")
+    owner = cluster.tc("D")
+    desk = await cluster.desktop("D")
+    await desk.request("RequestRegisterAddress", AttributeThisDN="1004")
+    node_b = cluster.nodes["B"]
+    node_b.answers["RequestReleaseCall"] = answer_with("EventReleased")
+    node_b.call("EventRinging", "1004", "00b4", AttributeOtherDN="+15551230000")
+    node_b.call("EventEstablished", "1004", "00b4", AttributeOtherDN="+15551230000")
+    await desk.wait_for("EventEstablished", AttributeConnID="00b4")
+    assert owner.agents.on_call("1004")
+    assert owner.mesh is not None and owner.mesh.call_nodes["00b4"] == "SIPS_B"
+    try:
+        partition(cluster.tmp_path, *_subnets())
+    except PartitionError as exc:
+        pytest.skip(f"no nftables: {exc}")
+    try:
+        await cluster.until(lambda: not owner.agents.on_call("1004"), timeout=10)
+        assert "00b4" not in owner.mesh.call_nodes
+        assert owner.dn_state("1004")["on-call"] is False
+        registered = await desk.request("RequestRegisterAddress", AttributeThisDN="1004")
+        assert registered["AttributeExtensions"]["on-call"] is False  # no call reported
+        login = await desk.request("RequestAgentLogin", AttributeThisDN="1004",
+                                   AttributeAgentID="a4")
+        assert login["message"] == "EventAgentLogin"
+        assert "EventReleased" not in names(desk, "1004")  # the call is not over
+        # the node of the call still knows it
+        assert ("1004", "00b4") in cluster.tc("B").node_calls
+    finally:
+        heal(cluster.tmp_path)
+    await cluster.until(lambda: owner.agents.on_call("1004"), timeout=15)
+    assert owner.mesh.call_nodes["00b4"] == "SIPS_B"
+    again = await desk.wait_for("EventEstablished", count=2, AttributeConnID="00b4")
+    assert again["AttributeThisDN"] == "1004"
+    released = await desk.request("RequestReleaseCall", AttributeThisDN="1004",
+                                  AttributeConnID="00b4")
+    assert released["message"] == "EventReleased", released
+    assert [r["message"] for r in node_b.requests] == ["RequestReleaseCall"]
+    await cluster.until(lambda: not owner.agents.on_call("1004"))
+    assert ("1004", "00b4") not in cluster.tc("B").node_calls
+    # the repeat came once to the desktop, however many times B sent it
+    assert [n for n in names(desk, "1004") if n in ("EventRinging", "EventEstablished")] == [
+        "EventRinging", "EventEstablished", "EventEstablished"]
+
+
 def _subnets() -> tuple[Any, Any]:
     import ipaddress
     return ipaddress.ip_network("127.61.1.0/24"), ipaddress.ip_network("127.61.2.0/24")
@@ -376,6 +429,24 @@ async def test_smart_proxy_client_sees_every_dn_of_four_nodes(cluster: Cluster,
     mesh_tx = sum(_metric(cluster.services[n], "tcontroller_mesh_messages_total",
                           direction="tx") for n in owners.values())
     assert (mesh_tx < 40) is optimised
+    # DNs coming into service now: one EventDNBackInService each, the same shape
+    # for the DN of another node and for the Smart Proxy's own node's
+    cluster.nodes["C"].register("1005", "sip:1005@127.0.0.1:5105")
+    cluster.nodes["A"].register("1006", "sip:1006@127.0.0.1:5106")
+    for dn, n in (("1005", "C"), ("1006", "A")):
+        await cluster.owned(dn, n)
+        # a later event of the owner's node: whatever it sent before has arrived
+        cluster.nodes[n].call("EventRinging", dn, f"0{dn}")
+        await statserver.wait_for("EventRinging", AttributeThisDN=dn)
+        back = [e for e in statserver.of("EventDNBackInService")
+                if e["AttributeThisDN"] == dn]
+        assert len(back) == 1, back
+        ext = back[0]["AttributeExtensions"]
+        assert {k: ext.get(k) for k in ("owner", "ownership", "dn-state", "agent-state",
+                                        "on-call")} == {
+            "owner": f"SIPS_{n}", "ownership": "sip", "dn-state": "in-service",
+            "agent-state": "LoggedOut", "on-call": False}
+        assert ext["contact"] == f"sip:{dn}@127.0.0.1:51{dn[-2:]}"
 
 
 def _metric(service: TControllerService, name: str, **labels: str) -> float:

@@ -24,6 +24,7 @@ from daemons.t_controller.ownership import (
     OwnershipMoved,
     OwnershipReleased,
     OwnershipTable,
+    PeerLost,
 )
 
 A, B, C = "SIPS_dc1_1", "SIPS_dc2_1", "SIPS_dc2_2"
@@ -287,6 +288,24 @@ def test_peer_lost_after_tc_reconnect_timeout() -> None:
     assert t.owner("1002") is None and t.owner(SIP_DN) == A
     # the phone may now register here
     assert isinstance(t.sip_registered("1002", A, 60, now=211.0)[0], OwnershipGranted)
+
+
+def test_peer_lost_is_reported_after_its_dns_even_without_any() -> None:
+    """A lost peer is announced once its DNs are out of service (PeerLost: the
+    daemon forgets its calls), also for a peer that owns no DN (a node where
+    only calls are); not when the link came back in time."""
+    t = node(A, reconnect=10.0)
+    t.apply(OwnershipGranted("1002", B, OwnershipKind.SIP, 0.0, 3600.0), 0.0)
+    t.peer_lost(B, 100.0)
+    t.peer_lost(C, 100.0)  # owns nothing here
+    out = t.handle_timer(110.0)
+    assert out == [OwnershipReleased("1002", B, "peer-lost"),
+                   DnServiceEvent("EventDNOutOfService", "1002"), PeerLost(B), PeerLost(C)]
+    assert t.handle_timer(120.0) == []  # once
+    t.peer_lost(C, 200.0)
+    t.peer_restored(C, 205.0)
+    assert t.handle_timer(210.0) == []
+    assert node(A, reconnect=0.0).peer_lost(C, 5.0) == [PeerLost(C)]
 
 
 def test_zero_reconnect_timeout_is_immediate() -> None:

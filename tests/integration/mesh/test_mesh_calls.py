@@ -136,6 +136,17 @@ async def test_smart_proxy_client_sees_every_dn_of_four_nodes(
     call_events = ("EventRinging", "EventEstablished", "EventReleased")
     for dn in homes:
         assert [n for n in statserver.names(dn) if n in call_events] == list(call_events)
+    # every DN came into service exactly once, with the same full shape whichever
+    # node owns it (the monitoring node's own DN included)
+    for dn, node in homes.items():
+        back = statserver.of("EventDNBackInService", dn)
+        assert len(back) == 1, (dn, back)
+        ext = back[0]["AttributeExtensions"]
+        assert ext["owner"] == node
+        assert ext["dn-state"] == "in-service"
+        assert ext["agent-state"] == "LoggedOut"
+        assert ext["ownership"] == "sip"
+        assert ext["on-call"] is False
 
 
 def _dc(node: str) -> str:

@@ -182,9 +182,10 @@ async def test_dr_desktop_loses_its_node(mesh_lab: Any, phones: Any, desktops: A
 async def test_dr_link_between_data_centres_fails(
         mesh_lab: Any, phones: Any, desktops: Any) -> None:
     """Guide, "TC-layer between DC1 and DC2 fails", Agent 2: softphone owned in
-    DC2, desktop in DC1. The DC1 side logs the agent out and puts the DN out of
-    service; the agent cannot log in in DC1 but can in DC2; call control comes
-    back once the link is restored."""
+    DC2, desktop in DC1, call in DC1. The DC1 side logs the agent out and puts
+    the DN out of service; the agent cannot log in in DC1 but can in DC2, where
+    no call is reported (the call is in the disconnected DC); once the link is
+    restored the call is known again and call control comes back."""
     phone, owner = await phones.register_home("1006", DC2 + "106", "dc2")
     await mesh_lab.owned("1006", owner)
     desk_node, call_node = mesh_lab.nodes("dc1")
@@ -209,25 +210,38 @@ async def test_dr_link_between_data_centres_fails(
         refused = await gws_1.request("RequestAgentLogin", AttributeThisDN="1006",
                                       AttributeAgentID="a1006")
         assert refused["message"] == "EventError"  # not in DC1
+        # the owner declares the call's node lost (tc-reconnect-timeout) and forgets its call
+        await mesh_lab.until("the owner no longer counts the call of the lost node",
+                             lambda: mesh_lab.dn_view(owner, "1006")["on-call"] is False,
+                             mesh_lab.loss_bound)
         gws_2 = await desktops.connect(owner)
         registered = await gws_2.request("RequestRegisterAddress", AttributeThisDN="1006")
         assert registered["AttributeExtensions"]["dn-state"] == "in-service"
         # the guide: no call reported (it is in the disconnected DC) and the login works
         on_call = registered["AttributeExtensions"]["on-call"]
+        assert on_call is False
         login = await gws_2.request("RequestAgentLogin", AttributeThisDN="1006",
                                     AttributeAgentID="a1006")
+        assert login["message"] == "EventAgentLogin", login
         assert customer.proc.poll() is None and uas.proc.poll() is None  # still talking
+        # nothing about the call reaches the DC2 desktops meanwhile: no release either
+        assert "EventReleased" not in monitor.names("1006")
+        assert not [n for n in gws_2.names("1006")
+                    if n in ("EventRinging", "EventEstablished", "EventReleased")]
     await gws_1.wait_for("EventDNBackInService", AttributeThisDN="1006", timeout=15)
+    # the call's node repeats the call to the owner: the desktop in DC2 is told of it
+    again = await gws_2.wait_for("EventEstablished", AttributeThisDN="1006", timeout=15)
+    assert again["AttributeConnID"] == conn_id
+    await mesh_lab.until("the owner counts the call again",
+                         lambda: mesh_lab.dn_view(owner, "1006")["on-call"] is True, 10)
     released = await gws_1.request("RequestReleaseCall", AttributeThisDN="1006",
                                    AttributeConnID=conn_id)
     assert released["message"] == "EventReleased", released
     await customer.ok()
     await uas.ok()
-    if on_call and login["message"] == "EventError":
-        pytest.xfail("the owner keeps counting a call of a node it lost: it reports it "
-                     "and refuses the login in DC2 (guide: no call reported, login works)")
-    assert on_call is False
-    assert login["message"] == "EventAgentLogin", login
+    await gws_2.wait_for("EventReleased", AttributeThisDN="1006", AttributeConnID=conn_id)
+    await mesh_lab.until("the owner sees the call over",
+                         lambda: mesh_lab.dn_view(owner, "1006")["on-call"] is False, 10)
 
 
 async def test_dr_softphone_reregisters_in_the_other_data_centre(
