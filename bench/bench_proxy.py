@@ -2,7 +2,11 @@
 
     .venv/bin/python bench/bench_proxy.py [--runs 3] [--step-seconds 3]
         [--register-rates 500,1000,2000,3000,4000] [--call-rates 250,500,1000,1500,2000]
-        [--servers ours,kamailio] [--bindings 100000 | --skip-store]
+        [--servers ours,kamailio] [--baseline-root DIR] [--bindings 100000 | --skip-store]
+
+``--baseline-root DIR`` adds a third server, ``sip-proxy-before``: the sip-proxy
+run from another source tree (e.g. ``git archive HEAD daemons protocols | tar -x
+-C DIR``), so a change is measured before/after in the same run.
 
 Loads (SIPp 3.6 on loopback, UDP):
 
@@ -25,10 +29,15 @@ which would halve its messages.
 
 Each load is a short step search per server: offered rates in increasing
 order, ``rate x step-seconds`` calls each (``-r``, ``-m``), stop at the first
-step with a failed call. The rate of a step is SIPp's successful calls
+step that does not pass. The rate of a step is SIPp's successful calls
 divided by the time from SIPp's start to its last call's end (``-trace_stat``
-StartTime/CurrentTime), so a server that falls behind shows a lower rate;
-failures and retransmissions are reported next to every rate. Server CPU is
+StartTime/CurrentTime), so a server that falls behind shows a lower rate. A
+step passes only with zero failed calls, every call successful, and a rate of
+at least 90 % of the offered rate; retransmissions are printed next to every
+rate, and so is the load generator's own CPU (SIPp UAC and the SIPp node/phone,
+% of one core) so a saturated SIPp is not mistaken for a slow server. SIPp
+runs with large socket buffers, a 1 ms timer resolution and dead-call records
+kept 5 s (not 33 s) so that it stays well below one core at the top steps. Server CPU is
 user+system seconds (psutil; Kamailio: all its processes) per 1,000 calls;
 memory is PSS after the load. Median over ``--runs``; ours and Kamailio run
 one after the other in the same run. Also: memory per binding at 100,000
@@ -43,6 +52,7 @@ import asyncio
 import contextlib
 import json
 import os
+import resource
 import shutil
 import socket
 import statistics
@@ -64,10 +74,15 @@ sys.path.insert(0, str(ROOT))
 from daemons.sip_proxy.registrar import Binding, BindingStore  # noqa: E402
 from daemons.sip_proxy.replication import PeerAddress, Replicator  # noqa: E402
 
-OURS, KAMAILIO = "127.0.1.151", "127.0.1.152"
+OURS, KAMAILIO, BEFORE = "127.0.1.151", "127.0.1.152", "127.0.1.153"
 NODE, PHONE, REG_UAC = "127.0.1.141", "127.0.1.161", "127.0.1.171"
 #: SIPp socket buffers: a scheduling hiccup on a shared machine must not drop datagrams.
 SIPP_BUFFER = 4 * 2**20
+#: Options of every SIPp instance: big buffers, 1 ms timer, short dead-call records.
+SIPP_TUNING = ["-buff_size", str(SIPP_BUFFER), "-timer_resol", "1", "-deadcall_wait", "5000",
+               "-nostdin"]
+#: A step passes when its rate is at least this share of the offered rate.
+RATE_SHARE = 0.9
 KAMAILIO_CFG = ROOT / "bench" / "kamailio" / "kamailio.cfg"
 
 REGISTER_XML = """<?xml version="1.0" encoding="ISO-8859-1" ?>
@@ -213,7 +228,7 @@ def free_port(host: str) -> int:
     raise RuntimeError("no port")
 
 
-def write_cluster(path: Path, proxy_port: int, node_port: int) -> None:
+def write_cluster(path: Path, proxy_port: int, node_port: int, host: str = OURS) -> None:
     path.write_text(f"""
 [switch]
 name = "SIP_Cluster"
@@ -236,7 +251,7 @@ sip-server = "SIPS_1"
 tc-port = 0
 [applications.SPX_1]
 kind = "sip-proxy"
-host = "{OURS}"
+host = "{host}"
 geo-location = "dc1"
 sip-port = {proxy_port}
 replication-port = 0
@@ -261,6 +276,8 @@ class Step:
     retrans: int
     seconds: float
     cpu_s: float
+    sipp_cpu: float = 0.0  # the SIPp UAC's CPU, % of one core
+    peer_cpu: float = 0.0  # the SIPp node and phone, % of one core
 
     @property
     def rate(self) -> float:
@@ -272,7 +289,9 @@ class Step:
 
     @property
     def clean(self) -> bool:
-        return self.failed == 0 and self.ok == self.calls
+        """Zero failed calls, every call successful, and the rate kept up."""
+        return self.failed == 0 and self.ok == self.calls and \
+            self.rate >= RATE_SHARE * self.offered
 
 
 def _epoch(field: str) -> float:
@@ -290,16 +309,30 @@ def sipp_stat(path: Path) -> tuple[int, int, int, float]:
             int(row["Retransmissions(C)"]), seconds)
 
 
-def run_sipp(args: list[str], work: Path, name: str, timeout: float) -> tuple[int, int, int, float]:
+def run_sipp(args: list[str], work: Path, name: str,
+             timeout: float) -> tuple[int, int, int, float, float]:
+    """Run one SIPp UAC; its stat line plus its own CPU seconds."""
     stat = work / f"{name}.csv"
     if stat.exists():
         stat.unlink()
-    cmd = ["sipp", *args, "-buff_size", str(SIPP_BUFFER), "-trace_stat", "-stf", str(stat),
-           "-fd", "1", "-nostdin", "-timeout", f"{int(timeout)}s", "-timeout_error"]
+    cmd = ["sipp", *args, *SIPP_TUNING, "-trace_stat", "-stf", str(stat),
+           "-fd", "1", "-timeout", f"{int(timeout)}s", "-timeout_error"]
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     subprocess.run(cmd, cwd=work, capture_output=True, timeout=timeout + 30)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     if not stat.exists():
-        return 0, 0, 0, 0.0
-    return sipp_stat(stat)
+        return 0, 0, 0, 0.0, cpu
+    return (*sipp_stat(stat), cpu)
+
+
+def proc_cpu(procs: list[subprocess.Popen[bytes]]) -> float:
+    total = 0.0
+    for p in procs:
+        with contextlib.suppress(psutil.Error):
+            t = psutil.Process(p.pid).cpu_times()
+            total += t.user + t.system
+    return total
 
 
 # --------------------------------------------------------------------------- servers
@@ -314,6 +347,9 @@ class Server:
         self.host = host
         self.port = port
         self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, work: Path, node_port: int) -> None:
+        raise NotImplementedError
 
     def processes(self) -> list[psutil.Process]:
         assert self.proc is not None
@@ -355,6 +391,25 @@ class OurProxy(Server):
             [sys.executable, "-m", "daemons.cli", "sip-proxy", "--config",
              str(work / "cluster.toml"), "--name", "SPX_1", "--rate-limit", "0",
              "--log-level", "error"], env=env, cwd=ROOT,
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+class OurProxyBefore(OurProxy):
+    """The sip-proxy run from another source tree (``--baseline-root``)."""
+
+    name = "sip-proxy-before"
+
+    def __init__(self, host: str, port: int, root: Path) -> None:
+        super().__init__(host, port)
+        self.root = root
+
+    def start(self, work: Path, node_port: int) -> None:
+        write_cluster(work / "cluster-before.toml", self.port, node_port, self.host)
+        env = {**os.environ, "PYTHONPATH": str(self.root)}
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "daemons.cli", "sip-proxy", "--config",
+             str(work / "cluster-before.toml"), "--name", "SPX_1", "--rate-limit", "0",
+             "--log-level", "error"], env=env, cwd=self.root,
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
@@ -401,22 +456,45 @@ def wait_ready(server: Server, timeout: float = 15.0) -> None:
             time.sleep(0.3)
 
 
+def wait_idle(server: Server, peers: list[subprocess.Popen[bytes]],
+              limit: float = 45.0) -> None:
+    """Until the server and the SIPp peers are idle (under 5 % of a core for 1 s):
+    after an overloaded step their transactions still retransmit and time out for
+    up to 64*T1, and that work must not be charged to the next step or server."""
+    deadline = time.monotonic() + limit
+    before = server.cpu() + proc_cpu(peers)
+    while time.monotonic() < deadline:
+        time.sleep(1.0)
+        now = server.cpu() + proc_cpu(peers)
+        if now - before < 0.05:
+            return
+        before = now
+
+
 def step_search(server: Server, rates: list[int], seconds: float, work: Path,
-                sipp_args: Callable[[Server, int, int], list[str]], tag: str) -> list[Step]:
+                sipp_args: Callable[[Server, int, int], list[str]], tag: str,
+                peers: list[subprocess.Popen[bytes]]) -> list[Step]:
     steps: list[Step] = []
+    wait_idle(server, peers)
     for rate in rates:
         calls = int(rate * seconds)
-        cpu0 = server.cpu()
-        ok, failed, retrans, secs = run_sipp(sipp_args(server, rate, calls), work,
-                                             f"{tag}-{server.name}-{rate}", 30 + seconds * 3)
+        cpu0, peer0 = server.cpu(), proc_cpu(peers)
+        ok, failed, retrans, secs, sipp_cpu = run_sipp(
+            sipp_args(server, rate, calls), work, f"{tag}-{server.name}-{rate}", 30 + seconds * 3)
         cpu = server.cpu() - cpu0
-        step = Step(rate, calls, ok, failed, retrans, secs, cpu)
+        peer = proc_cpu(peers) - peer0
+        wall = max(secs, 1e-3)
+        step = Step(rate, calls, ok, failed, retrans, secs, cpu,
+                    round(100 * sipp_cpu / wall), round(100 * peer / wall))
         steps.append(step)
-        print(f"  {tag:8} {server.name:9} offered {rate:5}/s: {step.rate:7.0f}/s ok {ok:6} "
-              f"failed {failed:4} retrans {retrans:5} CPU {step.cpu_per_1000:.3f} s/1000",
+        print(f"  {tag:8} {server.name:16} offered {rate:5}/s: {step.rate:7.0f}/s "
+              f"retrans {retrans:5} ok {ok:6} failed {failed:4} "
+              f"{'pass' if step.clean else 'FAIL'}  CPU {step.cpu_per_1000:.3f} s/1000  "
+              f"(SIPp UAC {step.sipp_cpu:.0f}%, node+phone {step.peer_cpu:.0f}%)",
               flush=True)
         time.sleep(1.0)  # let the servers drain before the next step
         if not step.clean:
+            wait_idle(server, peers)
             break
     return steps
 
@@ -443,7 +521,8 @@ def best(steps: list[Step]) -> dict[str, Any]:
         "retrans": top.retrans if top else None,
         "cpu_per_1000": round(top.cpu_per_1000, 4) if top else None,
         "first_failing": ({"offered": failing.offered, "rate": round(failing.rate),
-                           "failed": failing.failed, "retrans": failing.retrans}
+                           "failed": failing.failed, "retrans": failing.retrans,
+                           "cpu_per_1000": round(failing.cpu_per_1000, 4)}
                           if failing else None),
         "steps": [{**asdict(s), "rate": round(s.rate)} for s in steps],
     }
@@ -464,14 +543,17 @@ def sip_load(args: argparse.Namespace) -> dict[str, Any]:
     (work / "phone.xml").write_text(UAS_XML)
     nport, uport = free_port(NODE), free_port(PHONE)
     node = subprocess.Popen(["sipp", "-sf", "node.xml", "-i", NODE, "-p", str(nport),
-                             "-nostdin", "-buff_size", str(SIPP_BUFFER)], cwd=work,
+                             *SIPP_TUNING], cwd=work,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    uas = subprocess.Popen(["sipp", "-sf", "phone.xml", "-i", PHONE, "-p", str(uport), "-nostdin",
-                            "-buff_size", str(SIPP_BUFFER)], cwd=work, stdout=subprocess.DEVNULL,
+    uas = subprocess.Popen(["sipp", "-sf", "phone.xml", "-i", PHONE, "-p", str(uport),
+                            *SIPP_TUNING], cwd=work, stdout=subprocess.DEVNULL,
                            stderr=subprocess.DEVNULL)
-    servers: list[OurProxy | Kamailio] = []
+    servers: list[Server] = []
     if "ours" in names:
         servers.append(OurProxy(OURS, free_port(OURS)))
+    if args.baseline_root:
+        servers.append(OurProxyBefore(BEFORE, free_port(BEFORE),
+                                      Path(args.baseline_root).resolve()))
     if "kamailio" in names:
         servers.append(Kamailio(KAMAILIO, free_port(KAMAILIO)))
     out: dict[str, Any] = {s.name: {"register": [], "invite": [], "memory_mb": []}
@@ -488,12 +570,13 @@ def sip_load(args: argparse.Namespace) -> dict[str, Any]:
             print(f"run {run + 1}/{args.runs}", flush=True)
             for s in servers:
                 steps = step_search(s, reg_rates, args.step_seconds, work, register_args,
-                                    f"reg{run}")
+                                    f"reg{run}", [node])
                 out[s.name]["register"].append(best(steps))
             for s in servers:
+                wait_ready(s, 30)  # a server may still drain the failed top REGISTER step
                 register_contact(s, (PHONE, uport))
                 steps = step_search(s, call_rates, args.step_seconds, work, invite_args,
-                                    f"inv{run}")
+                                    f"inv{run}", [uas])
                 out[s.name]["invite"].append(best(steps))
                 out[s.name]["memory_mb"].append(round(s.memory_mb(), 1))
     finally:
@@ -526,13 +609,24 @@ def summarise(load: dict[str, Any]) -> tuple[list[str], dict[str, Any]]:
                    "retrans": statistics.median(r["retrans"] or 0 for r in runs),
                    "memory": statistics.median(data["memory_mb"]) if data["memory_mb"] else 0}
             meds[name] = med
-            first = ", ".join(f"{f['offered']}/s: {f['failed']} failed" for f in fails) or \
+            first = ", ".join(f"{f['offered']}/s: {f['rate']}/s, {f['failed']} failed, "
+                              f"{f['retrans']} retrans" for f in fails) or \
                 "none up to the top step"
             rows.append(f"| {kind} | {name} | {med['offered']:.0f} | {med['rate']:.0f} | "
                         f"{med['failed']} | {med['retrans']:.0f} | {med['cpu']:.3f} | "
                         f"{med['memory']:.1f} | {first} |")
-            key = "ours" if name == "sip-proxy" else name
-            result[f"{kind}_{key}"] = {"max_zero_failure_offered": med["offered"],
+            key = {"sip-proxy": "ours", "sip-proxy-before": "before"}.get(name, name)
+            by_rate: dict[int, list[float]] = {}
+            for r in runs:
+                for st in r["steps"]:
+                    by_rate.setdefault(st["offered"], []).append(
+                        1000.0 * st["cpu_s"] / max(st["ok"], 1))
+            cpu_at = {rate: round(statistics.median(v), 4) for rate, v in sorted(by_rate.items())}
+            rows.append(f"| {kind} | {name}: CPU s per 1,000 by offered rate | "
+                        + ", ".join(f"{rate}/s: {v:.3f}" for rate, v in cpu_at.items())
+                        + " | | | | | | |")
+            result[f"{kind}_{key}"] = {"cpu_s_per_1000_by_offered_rate": cpu_at,
+                                       "max_zero_failure_offered": med["offered"],
                                        "rate": med["rate"], "failed": med["failed"],
                                        "retrans": med["retrans"],
                                        "cpu_s_per_1000": round(med["cpu"], 4),
@@ -546,6 +640,13 @@ def summarise(load: dict[str, Any]) -> tuple[list[str], dict[str, Any]]:
                         f"{cpu_ratio:.2f} | | |")
             result[f"{kind}_cpu_ratio_ours_over_kamailio"] = round(cpu_ratio, 2)
             result[f"{kind}_rate_ratio_ours_over_kamailio"] = round(rate_ratio, 2)
+        if "sip-proxy" in meds and "sip-proxy-before" in meds:
+            o, b = meds["sip-proxy"], meds["sip-proxy-before"]
+            cpu_ratio = o["cpu"] / b["cpu"] if b["cpu"] else float("nan")
+            rows.append(f"| {kind} | ratio ours/before | | "
+                        f"{o['rate'] / b['rate'] if b['rate'] else float('nan'):.2f} | | | "
+                        f"{cpu_ratio:.2f} | | |")
+            result[f"{kind}_cpu_ratio_ours_over_before"] = round(cpu_ratio, 2)
     return rows, result
 
 
@@ -603,6 +704,8 @@ def main() -> int:
     ap.add_argument("--call-rates", default="250,500,1000,1500,2000")
     ap.add_argument("--step-seconds", type=float, default=3.0)
     ap.add_argument("--servers", default="ours,kamailio", help="ours, kamailio or both")
+    ap.add_argument("--baseline-root", default=None,
+                    help="also run the sip-proxy from this source tree (before/after)")
     ap.add_argument("--bindings", type=int, default=100_000)
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--skip-store", action="store_true",

@@ -30,9 +30,11 @@ import re
 import secrets
 import socket
 import ssl
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, Final, cast
+
+from prometheus_client.core import CounterMetricFamily
 
 from daemons.runtime.logs import get_logger
 from daemons.runtime.management import Metrics
@@ -49,6 +51,7 @@ __all__ = [
     "Flow",
     "MessageHandler",
     "SipTransportManager",
+    "TallyCounter",
     "TransportError",
     "build_error_response",
     "fix_top_via",
@@ -96,6 +99,48 @@ class Flow:
 
 
 MessageHandler = Callable[[Request | Response, Flow], None]
+
+
+class _Tally:
+    __slots__ = ("value",)
+
+    def __init__(self) -> None:
+        self.value = 0
+
+    def inc(self, amount: int = 1) -> None:
+        self.value += amount
+
+
+class TallyCounter:
+    """A labelled Prometheus counter for per-message paths.
+
+    ``labels(*values).inc()`` adds to a plain integer; the registry reads the
+    integers when ``/metrics`` is scraped (a custom collector), so counting costs
+    an attribute update instead of the client library's lock and checks. Same
+    exposition as a ``Counter``: ``NAMESPACE_NAME_total{labels}``.
+    """
+
+    def __init__(self, metrics: Metrics, name: str, doc: str, labels: tuple[str, ...]) -> None:
+        self.name = f"{metrics.namespace}_{name}" if metrics.namespace else name
+        self.doc = doc
+        self.label_names = labels
+        self._children: dict[tuple[str, ...], _Tally] = {}
+        metrics.registry.register(self)
+
+    def labels(self, *values: str) -> _Tally:
+        child = self._children.get(values)
+        if child is None:
+            child = self._children[values] = _Tally()
+        return child
+
+    def describe(self) -> Iterator[CounterMetricFamily]:
+        yield CounterMetricFamily(self.name, self.doc, labels=self.label_names)
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        family = CounterMetricFamily(self.name, self.doc, labels=self.label_names)
+        for values, child in list(self._children.items()):
+            family.add_metric(list(values), child.value)
+        yield family
 
 
 # --------------------------------------------------------------------------- Via rules
@@ -227,13 +272,15 @@ def _check_proxied(msg: Request | Response) -> None:
     Max-Forwards and the Request-URI. Other headers (Contact, Date, ...) "SHOULD
     be ignored and remain unchanged when the message is forwarded"; the proxy
     parses a REGISTER's Contact itself and answers 400 when it is malformed.
+    A response needs what transaction matching reads (top Via, CSeq, Call-ID);
+    the proxy forwards the rest unchanged (§16.7).
     """
     msg.top_via  # noqa: B018
     cseq = msg.cseq
     msg.call_id  # noqa: B018
-    msg.from_  # noqa: B018
-    msg.to  # noqa: B018
     if isinstance(msg, Request):
+        msg.from_  # noqa: B018
+        msg.to  # noqa: B018
         h = msg.headers
         for key in ("to", "from", "call-id", "cseq", "max-forwards"):
             if h._keys.count(key) > 1:
@@ -276,6 +323,8 @@ class _UdpEndpoint(asyncio.DatagramProtocol):
         self.manager = manager
         self.transport: asyncio.DatagramTransport | None = None
         self.local: Address = ("", 0)
+        #: the flows of recent peers (a Flow is immutable: built once per peer)
+        self.flows: dict[Address, Flow] = {}
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's UDP transport does not subclass asyncio.DatagramTransport
@@ -441,10 +490,10 @@ class SipTransportManager:
         self._by_remote: dict[tuple[str, str, int], int] = {}
         self._connecting: dict[tuple[str, str, int], asyncio.Future[_StreamConnection]] = {}
         metrics = metrics if metrics is not None else Metrics("sipcluster")
-        self._received = metrics.counter(
-            "sip_messages_received", "SIP messages received", ("transport", "kind"))
-        self._sent = metrics.counter(
-            "sip_messages_sent", "SIP messages sent", ("transport", "kind"))
+        self._received = TallyCounter(
+            metrics, "sip_messages_received", "SIP messages received", ("transport", "kind"))
+        self._sent = TallyCounter(
+            metrics, "sip_messages_sent", "SIP messages sent", ("transport", "kind"))
         self._dropped = metrics.counter(
             "sip_transport_errors", "SIP input dropped or refused, and failed sends",
             ("transport", "reason"))
@@ -528,7 +577,12 @@ class SipTransportManager:
             # A CRLF "ping" over UDP (some UAs send them to keep NAT bindings).
             self._count_keepalive("UDP")
             return
-        flow = Flow("UDP", remote, ep.local, None)
+        flows = ep.flows
+        flow = flows.get(remote)
+        if flow is None:
+            if len(flows) >= 4096:
+                flows.clear()
+            flow = flows[remote] = Flow("UDP", remote, ep.local, None)
         try:
             msg = parse_message(data, max_size=self.max_message_size)
             self._check(msg)
@@ -643,6 +697,10 @@ class SipTransportManager:
             fut.set_result(proto)
             return proto
         except (OSError, TimeoutError, ssl.SSLError) as exc:
+            if isinstance(exc, ssl.SSLError):
+                # a certificate or protocol mismatch is a configuration fault: say so loudly
+                self.log.warning("sip_tls_handshake_failed", peer=_fmt(addr),
+                                 reason=getattr(exc, "verify_message", None) or str(exc))
             err = TransportError(f"cannot connect over {transport} to {_fmt(addr)}: {exc}")
             fut.set_exception(err)
             fut.exception()  # retrieved: waiters get it through shield
@@ -767,6 +825,32 @@ class SipTransportManager:
             raise TransportError(str(exc)) from exc
         self._count_sent(transport, kind)
         return flow
+
+    def send_datagram(self, data: bytes, addr: Address) -> bool:
+        """Send ``data`` over UDP from a listening socket at once, without building a
+        :class:`Flow` (a proxy's hot path). ``False`` when :meth:`send` is needed (the
+        host is not an IP address, or no socket of its family is open); a request
+        above the size limit is the caller's business. Raises :class:`TransportError`."""
+        if _ip(addr[0]) is None:
+            return False
+        ep = self._ready_udp_endpoint(addr[0])
+        if ep is None:
+            return False
+        try:
+            ep.sendto(data, addr)
+        except (TransportError, OSError) as exc:
+            self._count_drop("UDP", "send_failed")
+            self.log.info("sip_send_failed", peer=_fmt(addr), transport="UDP", error=str(exc))
+            if isinstance(exc, TransportError):
+                raise
+            raise TransportError(str(exc)) from exc
+        self._count_sent("UDP", "response" if data.startswith(b"SIP/") else "request")
+        return True
+
+    def udp_ready(self, host: str) -> bool:
+        """True when a datagram to the IP address ``host`` can leave at once
+        (:meth:`send_nowait` needs neither a DNS lookup nor a new socket)."""
+        return _ip(host) is not None and self._ready_udp_endpoint(host) is not None
 
     def _stream_for(
         self, transport: str, addr: Address, connection_id: int | None

@@ -42,7 +42,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from daemons.runtime.management import Metrics
-from daemons.runtime.sip_transport import DEFAULT_PORTS, SipTransportManager, TransportError
+from daemons.runtime.sip_transport import (
+    DEFAULT_PORTS,
+    SipTransportManager,
+    TallyCounter,
+    TransportError,
+)
 from daemons.sip_proxy.registrar import Binding, BindingStore, aor_of
 from daemons.sip_proxy.routing import NodeTarget, Router
 from daemons.sip_proxy.security import AuthGuard, RateLimiter
@@ -140,6 +145,14 @@ class _Forward:
     path_supported: bool = False
     loop_hash: str = ""  # §16.6 step 8, of the request as received
     in_transport: str = "UDP"
+    # §16.6 edits of the forwarded copy, kept aside so that a datagram can be
+    # spliced from the received bytes; applied to ``request`` when it is sent
+    # through the transaction layer (``applied``; ``object_via``: our Via is on it)
+    mf: str = "69"
+    strip_node: bool = False
+    prepend: list[tuple[str, str]] = field(default_factory=list)
+    applied: bool = False
+    object_via: bool = False
 
 
 def _loop_hash(request: Request) -> str:
@@ -251,10 +264,12 @@ class ProxyCore:
         self._last_stamp = 0.0
         self._own = {(settings.host, settings.port)}
         self._peer_hosts = {h for h, _ in settings.peers.values()}
-        self.requests = _Labelled(metrics.counter(
-            "proxy_requests", "Requests by method and what the proxy did", ("method", "action")))
-        self.responses = _Labelled(metrics.counter(
-            "proxy_responses_forwarded", "Responses forwarded upstream", ("status_class",)))
+        self.requests = TallyCounter(
+            metrics, "proxy_requests", "Requests by method and what the proxy did",
+            ("method", "action"))
+        self.responses = TallyCounter(
+            metrics, "proxy_responses_forwarded", "Responses forwarded upstream",
+            ("status_class",))
         self.refused = _Labelled(metrics.counter(
             "proxy_refused", "Requests refused by protection rules", ("reason",)))
         self.registrations = _Labelled(metrics.counter(
@@ -328,9 +343,15 @@ class ProxyCore:
         task.add_done_callback(self._tasks.discard)
 
     def _transmit(self, tx: Transmit) -> None:
-        assert self.transport is not None
+        transport = self.transport
+        assert transport is not None
+        data = tx.data
         try:
-            if self.transport.send_nowait(tx.data, tx.transport, tx.destination) is None:
+            if tx.transport == "UDP" and (
+                    data.startswith(b"SIP/") or len(data) <= transport.udp_size_limit) \
+                    and transport.send_datagram(data, tx.destination):
+                return
+            if transport.send_nowait(data, tx.transport, tx.destination) is None:
                 self._spawn(self._transmit_async(tx))
         except TransportError:
             self._transport_failed(tx.key)
@@ -521,6 +542,7 @@ class ProxyCore:
                 st = q.popleft()[1]
                 if st.final == need_final and servers.get(st.key) is st:
                     del servers[st.key]
+                    st.last = None  # the other queue may still hold the entry
                     fwd = self._by_server.pop(st.key, None)
                     if fwd is not None and fwd.client_key is not None:
                         self._by_client.pop(fwd.client_key, None)
@@ -681,17 +703,28 @@ class ProxyCore:
             self._respond(key, request, 400, str(exc)[:100])
 
     def _pop_own_routes(self, request: Request, pins: dict[str, str]) -> None:
+        """§16.4: remove the Route entries that name this proxy, keeping the pins
+        (``sc-node``, ``ft``) our Record-Route put in them."""
+        prefix = f"<sip:{format_host(self.settings.host)}:{self.settings.port};"
         while True:
             top = request.headers.get("Route")
             if top is None:
                 return
-            uri = _first_route(request, top).sip_uri
-            if not self.is_own(uri.host, uri.port):
-                return
-            for k in ("sc-node", "ft"):
-                v = uri.params.get(k)
-                if v:
-                    pins[k] = v
+            if top.startswith(prefix) and top.endswith(">") and "," not in top \
+                    and ">" not in top[:-1]:
+                # our own Record-Route as we wrote it: read its parameters as text
+                for param in top[len(prefix):-1].split(";"):
+                    k, _, v = param.partition("=")
+                    if v and (k == "sc-node" or k == "ft"):
+                        pins[k] = v
+            else:
+                uri = _first_route(request, top).sip_uri
+                if not self.is_own(uri.host, uri.port):
+                    return
+                for name in ("sc-node", "ft"):
+                    value = uri.params.get(name)
+                    if value:
+                        pins[name] = value
             request.headers.remove_first("Route")
 
     def _route(self, fwd: _Forward, request: Request, transport: str, pins: dict[str, str],
@@ -810,38 +843,62 @@ class ProxyCore:
         request = fwd.request
         self.requests.labels(request.method, action).inc()
         mf = request.max_forwards
-        request.headers.set("Max-Forwards", str(69 if mf is None else mf - 1))
-        if strip_node and NODE_HEADER in request.headers:
-            request.headers.remove(NODE_HEADER)
-        (_dest, transport, node) = fwd.targets[0]
-        if node is not None:
-            request.headers.set(NODE_HEADER, node.name)
+        fwd.mf = str(69 if mf is None else mf - 1)
+        fwd.strip_node = strip_node
+        transport = fwd.targets[0][1]
         if rr is not None:
             in_tp = fwd.in_transport
-            request.headers.prepend("Record-Route", self._rr(in_tp, rr))
+            fwd.prepend.append(("Record-Route", self._rr(in_tp, rr)))
             if in_tp != transport:
-                request.headers.prepend("Record-Route", self._rr(transport, rr))
+                fwd.prepend.append(("Record-Route", self._rr(transport, rr)))
         self._send_branch(fwd)
+
+    def _apply_edits(self, fwd: _Forward, node: NodeTarget | None) -> None:
+        """Make ``fwd.request`` the forwarded copy (§16.6 steps 3-5), our Via aside."""
+        h = fwd.request.headers
+        h.set("Max-Forwards", fwd.mf)
+        if fwd.strip_node and NODE_HEADER in h:
+            h.remove(NODE_HEADER)
+        if node is not None:
+            h.set(NODE_HEADER, node.name)
+        for name, value in fwd.prepend:
+            h.prepend(name, value)
+        fwd.applied = True
 
     def _send_branch(self, fwd: _Forward) -> None:
         dest, transport, node = fwd.targets.pop(0)
         fwd.node = node
         request = fwd.request
-        if fwd.client_key is not None:
+        method = request.method
+        branch = f"{_BRANCH_PREFIX}{fwd.loop_hash}.{self._branch_salt}{next(self._branches):x}"
+        via = f"SIP/2.0/{transport} {format_host(self.settings.host)}:{self.settings.port}" \
+              f";branch={branch};rport"
+        tm = self.transport
+        assert tm is not None
+        lean = transport == "UDP" and method != "INVITE" and method != "CANCEL" \
+            and tm.udp_ready(dest[0])
+        if lean and not fwd.applied:
+            # the received bytes with our lines on top (same-name order kept)
+            lines = [f"Via: {via}", *(f"{n}: {v}" for n, v in reversed(fwd.prepend))]
+            if node is not None:
+                lines.append(f"{NODE_HEADER}: {node.name}")
+            data = _splice_request(request.serialize(), lines, fwd.mf,
+                                   fwd.strip_node or node is not None)
+            if data is not None and len(data) <= tm.udp_size_limit:
+                self._lean_send_request(fwd, TransactionKey(Role.CLIENT, method, branch), data,
+                                        dest)
+                return
+        if not fwd.applied:
+            self._apply_edits(fwd, node)
+        elif fwd.object_via:
             request.headers.remove_first("Via")
             if node is not None:
                 request.headers.set(NODE_HEADER, node.name)
-        method = request.method
-        branch = f"{_BRANCH_PREFIX}{fwd.loop_hash}.{self._branch_salt}{next(self._branches):x}"
-        host = self.settings.host
-        request.headers.prepend(
-            "Via", f"SIP/2.0/{transport} {format_host(host)}:{self.settings.port}"
-                   f";branch={branch};rport")
-        assert self.transport is not None
-        if transport == "UDP" and method != "INVITE" and method != "CANCEL" \
-                and self.transport.udp_ready(dest[0]):
+        request.headers.prepend("Via", via)
+        fwd.object_via = True
+        if lean:
             data = request.serialize()
-            if len(data) <= self.transport.udp_size_limit:
+            if len(data) <= tm.udp_size_limit:
                 self._lean_send_request(fwd, TransactionKey(Role.CLIENT, method, branch), data,
                                         dest)
                 return
@@ -902,8 +959,8 @@ class ProxyCore:
         fwd.targets = [((n.host, n.port), n.transport, n) for n in nodes]
         # RFC 3327: the node learns the way back to the phone's flow
         ft = f";ft={_flow_token(transport, fwd.source)}" if received else ""
-        request.headers.prepend(
-            "Path", f"<sip:{format_host(self.settings.host)}:{self.settings.port};lr{ft}>")
+        fwd.prepend.append(
+            ("Path", f"<sip:{format_host(self.settings.host)}:{self.settings.port};lr{ft}>"))
         self._forward(fwd, "register", rr=None)
 
     def _store_registration(self, fwd: _Forward, response: Response) -> None:
@@ -1045,7 +1102,8 @@ class ProxyCore:
         fwd.final_sent = True
         resp = make_response(fwd.request, status, reason, to_tag=hashlib.blake2b(
             fwd.request.call_id.encode(), digest_size=6).hexdigest())
-        resp.headers.remove_first("Via")
+        if fwd.object_via:
+            resp.headers.remove_first("Via")
         resp.headers.remove(NODE_HEADER)
         if status == 503:
             resp.headers.add("Retry-After", "5")
@@ -1225,6 +1283,33 @@ def _first_route(request: Request, top: str | None = None) -> NameAddr:
     if line is not None and "," not in line:
         return parse_name_addr(line)
     return request.routes[0]
+
+
+_MAX_FORWARDS = re.compile(rb"\r\nmax-forwards[ \t]*:[ \t]*([^\r\n]*)", re.IGNORECASE)
+_NODE_LINE = re.compile(rb"\r\n" + NODE_HEADER.encode() + rb"[ \t]*:[^\r\n]*", re.IGNORECASE)
+
+
+def _splice_request(data: bytes, lines: list[str], mf: str, drop_node: bool) -> bytes | None:
+    """The forwarded copy of a request (§16.6) made from its wire form ``data``:
+    ``lines`` inserted after the request line, Max-Forwards set to ``mf``, the
+    ``X-SC-Node`` lines dropped when ``drop_node``. ``None`` when the header
+    section needs the parser (folded lines)."""
+    end = data.find(b"\r\n\r\n")
+    first = data.find(b"\r\n")
+    if end < 0 or first == end:
+        return None
+    rest = data[first:end]
+    if b"\r\n " in rest or b"\r\n\t" in rest:
+        return None
+    m = _MAX_FORWARDS.search(rest)
+    if m is not None:
+        rest = rest[:m.start(1)] + mf.encode() + rest[m.end(1):]
+    else:
+        lines = [*lines, f"Max-Forwards: {mf}"]
+    if drop_node:
+        rest = _NODE_LINE.sub(b"", rest)
+    top = "\r\n".join(lines).encode("utf-8", "surrogateescape")
+    return data[:first] + b"\r\n" + top + rest + data[end:]
 
 
 def _response_dest(request: Request, flow: Any) -> Address:
