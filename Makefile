@@ -8,7 +8,7 @@ DEB_TOOLS := sipp:sip-tester tshark:tshark sipsak:sipsak named:bind9 named-check
              dig:bind9-dnsutils systemd-analyze:systemd nft:nftables baresip:baresip \
              linphonec:linphone-cli
 # ... and the reference proxy the benchmarks compare against
-BENCH_TOOLS := kamailio:kamailio
+BENCH_TOOLS := kamailio:kamailio svwar:sipvicious
 APT_GET := $(shell [ "$$(id -u)" = 0 ] && echo apt-get || echo sudo apt-get)
 
 .PHONY: all venv tools bench-tools apt-tools lint typecheck test test-fast bench lab clean

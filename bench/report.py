@@ -1,0 +1,308 @@
+"""Summary rows from the benchmark scripts' ``RESULT {json}`` lines.
+
+Each ``bench/bench_*.py`` ends with one JSON object; :func:`rows_for` maps
+it to rows of the summary table (what, ours, target, met?, failures, CPU s
+per 1,000 transactions, Kamailio, ratio, memory). Missing keys print
+``n/a``: a script that changed its JSON or failed half-way never breaks
+the report.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+NA = "n/a"
+KIB = 1024
+
+
+@dataclass
+class Row:
+    """One figure of the summary table (every cell already text)."""
+
+    what: str
+    ours: str = NA
+    target: str = NA
+    met: str = NA
+    failures: str = NA
+    cpu: str = NA
+    kamailio: str = NA
+    ratio: str = NA
+    memory: str = NA
+
+    def cells(self) -> list[str]:
+        return [self.what, self.ours, self.target, self.met, self.failures, self.cpu,
+                self.kamailio, self.ratio, self.memory]
+
+
+HEADER = ["what", "ours", "target", "met?", "failures", "CPU s / 1,000", "Kamailio",
+          "ratio ours/Kamailio (or as noted)", "memory"]
+
+
+def get(data: Any, *path: str | int) -> Any:
+    """``data[path0][path1]...`` or None when any step is missing."""
+    for key in path:
+        if isinstance(data, dict) and key in data:
+            data = data[key]
+        elif isinstance(data, list) and isinstance(key, int) and -len(data) <= key < len(data):
+            data = data[key]
+        else:
+            return None
+    return data
+
+
+def num(value: Any, fmt: str = "{:,.0f}", unit: str = "") -> str:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return NA
+    if value != value:  # NaN
+        return NA
+    return fmt.format(value) + unit
+
+
+def yes_no(value: Any) -> str:
+    if value is None:
+        return NA
+    return "yes" if value else "**NO**"
+
+
+def at_least(value: Any, target: float) -> str:
+    return yes_no(value >= target) if isinstance(value, int | float) else NA
+
+
+def at_most(value: Any, target: float) -> str:
+    return yes_no(value <= target) if isinstance(value, int | float) else NA
+
+
+# --------------------------------------------------------------------------- per script
+
+
+def parser_rows(r: dict[str, Any]) -> list[Row]:
+    rows = []
+    for w in r.get("workloads") or []:
+        rows.append(Row(
+            f"SIP parser: {w.get('label', w.get('workload', '?'))}",
+            num(w.get("ours_msg_s"), unit=" msg/s"),
+            num(w.get("target_msg_s"), "≥ {:,.0f}", " msg/s"),
+            yes_no(w.get("target_met")),
+            num(w.get("failures_ours"), "{:d}"),
+            ratio=num(w.get("ratio"), "{:.1f}x vs sipmessage")))
+    return rows or [Row("SIP parser")]
+
+
+def transaction_rows(r: dict[str, Any]) -> list[Row]:
+    rows = []
+    target = r.get("target_per_s")
+    for transport in ("UDP", "TCP"):
+        rate = get(r, "median_per_s", transport)
+        cpu_rate = get(r, "cpu_median_per_s", transport)
+        rows.append(Row(
+            f"non-INVITE transactions, two transaction layers, {transport}",
+            num(rate, unit=" /s"), num(target, "≥ {:,.0f}", " /s"),
+            at_least(rate, target) if isinstance(target, int | float) else NA,
+            num(r.get("failures"), "{:d}"),
+            num(1000.0 / cpu_rate if isinstance(cpu_rate, int | float) and cpu_rate else None,
+                "{:.3f}")))
+    return rows
+
+
+def tlib_rows(r: dict[str, Any]) -> list[Row]:
+    return [Row("T-Library framing (encode/decode)", "see its table (no RESULT line)")]
+
+
+def node_calls_rows(r: dict[str, Any]) -> list[Row]:
+    failures = [f"{r['failed_calls']} failed calls" if "failed_calls" in r else None,
+                f"{r['events_missing']} events missing" if "events_missing" in r else None]
+    return [Row(
+        f"sip-server call setups (B2BUA), offered {num(r.get('offered_rate'))}/s",
+        num(r.get("median_calls_per_s"), "{:,.1f}", " calls/s"), NA, NA,
+        ", ".join(f for f in failures if f) or NA,
+        num(r.get("cpu_s_per_1000_calls"), "{:.3f}"))]
+
+
+def proxy_rows(r: dict[str, Any]) -> list[Row]:
+    rows = [
+        Row("sip-proxy memory per binding (100,000 bindings, tracemalloc)",
+            num(r.get("bytes_per_binding"), unit=" B"), "≤ 2,048 B",
+            at_most(r.get("bytes_per_binding"), 2048),
+            memory=num(r.get("bytes_per_binding"), unit=" B/binding")),
+        Row("sip-proxy catch-up of the bindings from a peer",
+            num(r.get("catch_up_seconds"), "{:.2f}", " s"), "< 10 s",
+            yes_no(r["catch_up_seconds"] < 10)
+            if isinstance(r.get("catch_up_seconds"), int | float) else NA),
+    ]
+    if "sipp_error" in r:
+        rows.append(Row("sip-proxy SIPp loads", r["sipp_error"]))
+    for kind, label in (("register", "REGISTER relayed to the node"),
+                        ("invite", "proxy-only calls (INVITE/ACK/BYE)")):
+        ours = r.get(f"{kind}_ours")
+        kam = r.get(f"{kind}_kamailio")
+        if ours is None and kam is None:
+            continue
+        ours = ours or {}
+        kam = kam or {}
+        rate_ratio = r.get(f"{kind}_rate_ratio_ours_over_kamailio")
+        cpu_ratio = r.get(f"{kind}_cpu_ratio_ours_over_kamailio")
+        failures = f"{num(ours.get('failed'), '{:,.0f}')} failed, " \
+                   f"{num(ours.get('retrans'), '{:,.0f}')} retrans"
+        rows.append(Row(
+            f"sip-proxy {label}: max zero-failure rate",
+            num(ours.get("rate"), unit=" /s"), NA, NA, failures,
+            num(ours.get("cpu_s_per_1000"), "{:.3f}"),
+            f"{num(kam.get('rate'), unit=' /s')}, CPU {num(kam.get('cpu_s_per_1000'), '{:.3f}')}",
+            f"rate {num(rate_ratio, '{:.2f}')}, CPU {num(cpu_ratio, '{:.2f}')}"))
+    return rows
+
+
+def tcontroller_rows(r: dict[str, Any]) -> list[Row]:
+    targets = r.get("targets") or {}
+    fan = r.get("fanout_delivered_events_per_s")
+    fan_target = targets.get("fanout_delivered_events_per_s", 20000)
+    p99 = r.get("rtt_p99_ms")
+    p99_target = targets.get("rtt_p99_ms", 5)
+    cpu_ms = r.get("fanout_cpu_ms_per_1000_delivered")
+    return [
+        Row(f"t-controller event fan-out to {num(r.get('clients'))} desktops",
+            num(fan, unit=" events/s"), num(fan_target, "≥ {:,.0f}", " events/s"),
+            at_least(fan, fan_target), NA,
+            num(cpu_ms / 1000 if isinstance(cpu_ms, int | float) else None, "{:.3f}")),
+        Row(f"t-controller request round trip at {num(r.get('request_rate'))}/s, p99",
+            num(p99, "{:.2f}", " ms") + f" (p50 {num(r.get('rtt_p50_ms'), '{:.2f}')} ms)",
+            num(p99_target, "< {:g}", " ms"),
+            yes_no(p99 < p99_target) if isinstance(p99, int | float) else NA,
+            "exit " + num(r.get("daemon_exit_code"), "{:d}")),
+    ]
+
+
+def mesh_rows(r: dict[str, Any]) -> list[Row]:
+    rows = []
+    counts = r.get("counts") or {}
+    if counts:
+        four_on = counts.get("4-on") or {}
+        four_off = counts.get("4-off") or {}
+        rows.append(Row(
+            "t-controller mesh: messages per DN state change, 4 nodes",
+            f"{num(get(four_on, 'mesh'), '{:.2f}')} with smart-proxy-enabled, "
+            f"{num(get(four_off, 'mesh'), '{:.2f}')} without"))
+    lat = r.get("latency") or {}
+    if lat:
+        rows.append(Row(
+            f"state change to a desktop on another node at {num(lat.get('rate'))}/s, p99",
+            num(lat.get("p99_ms"), "{:.2f}", " ms") + f" (p50 {num(lat.get('p50_ms'), '{:.2f}')})",
+            "< 20 ms", yes_no(lat["p99_ms"] < 20)
+            if isinstance(lat.get("p99_ms"), int | float) else NA,
+            num(lat.get("undelivered"), "{:d}", " undelivered")))
+    bulk = r.get("bulk") or {}
+    if bulk:
+        secs = bulk.get("seconds")
+        rows.append(Row(
+            f"Smart Proxy bulk registration of {num(bulk.get('dns'))} DNs on 4 nodes",
+            num(secs, "{:.2f}", " s") if secs is not None else f"not measured: "
+            f"{bulk.get('error', NA)}", "< 10 s",
+            yes_no(secs < 10) if isinstance(secs, int | float) else NA,
+            f"{num(bulk.get('registered'))} in service" if "registered" in bulk else NA))
+    mem = r.get("memory") or {}
+    if mem:
+        per = mem.get("bytes_per_dn")
+        rows.append(Row(
+            f"t-controller memory per DN with an agent ({num(mem.get('dns'))} DNs, tracemalloc)",
+            num(per / KIB if isinstance(per, int | float) else None, "{:.2f}", " KiB"),
+            "≤ 5 KiB", at_most(per, 5 * KIB), NA,
+            memory=num(per / KIB if isinstance(per, int | float) else None, "{:.2f}",
+                       " KiB/DN")))
+    return rows or [Row("t-controller mesh")]
+
+
+def node_memory_rows(r: dict[str, Any]) -> list[Row]:
+    def kib(key: str) -> str:
+        v = r.get(key)
+        return num(v / KIB if isinstance(v, int | float) else None, "{:.2f}", " KiB")
+    reg = num(r.get("register_failed"), "{:d}", " failed REGISTERs")
+    logins = num(r.get("agent_refused"), "{:d}", " refused logins")
+    return [
+        Row(f"sip-server RSS per registered DN ({num(r.get('dns'))} DNs)", kib("node_bytes_per_dn"),
+            NA, NA, reg, memory=kib("node_bytes_per_dn") + "/DN"),
+        Row("sip-server RSS per DN with a logged-in agent", kib("node_bytes_per_dn_with_agent"),
+            "≤ 5 KiB", at_most(r.get("node_bytes_per_dn_with_agent"), 5 * KIB), logins,
+            memory=kib("node_bytes_per_dn_with_agent") + "/DN"),
+        Row("t-controller RSS per DN with a logged-in agent", kib("tc_bytes_per_dn_with_agent"),
+            "≤ 5 KiB", at_most(r.get("tc_bytes_per_dn_with_agent"), 5 * KIB), logins,
+            memory=kib("tc_bytes_per_dn_with_agent") + "/DN"),
+        Row(f"sip-server RSS per active call ({num(r.get('calls_up_at_sample'))} calls up)",
+            kib("node_bytes_per_call"), "≤ 20 KiB",
+            at_most(r.get("node_bytes_per_call"), 20 * KIB),
+            num(r.get("calls_failed"), "{:d}", " failed calls"),
+            memory=kib("node_bytes_per_call") + "/call"),
+    ]
+
+
+def security_rows(r: dict[str, Any]) -> list[Row]:
+    if "error" in r:
+        return [Row("SIPVicious against the sip-proxy", r["error"])]
+    found = [f"{sv.get('method')}: {sorted(sv.get('found') or {}) or 'nothing'}"
+             for sv in r.get("svwar") or []]
+    leak = r.get("enumeration_leak")
+    att = r.get("attack") or {}
+    by = r.get("bystander") or {}
+    worst = max((s.get("max_ms") or 0 for s in by.values()), default=None)
+    return [
+        Row("svwar extension enumeration 1000-1020 (exist: "
+            f"{', '.join(r.get('existing_in_range') or []) or NA})",
+            "; ".join(found) or NA, "tells nothing",
+            yes_no(not leak) if leak is not None else NA),
+        Row("svcrack password guessing on one extension",
+            f"{num(r.get('guesses_per_s_before_slowdown'), '{:.2f}')} guesses/s, slowed "
+            f"{num(r.get('guesses_per_s_slowed'), '{:.2f}')}/s, then blocked "
+            f"({num(get(att, 'blocked', 'guesses'), '{:d}')} refused); cracked: "
+            f"{'yes' if r.get('attack_cracked') else 'no'}",
+            "slowed, then blocked; not cracked",
+            yes_no(not r.get("attack_cracked") and bool(r.get("blocked_sources")))
+            if "attack_cracked" in r else NA,
+            f"control run cracked: {'yes' if r.get('control_cracked') else 'NO'}"),
+        Row("another source served during the attacks",
+            f"worst round trip {num(worst, '{:.1f}', ' ms')}", "all answered",
+            yes_no(r.get("bystander_served")),
+            ", ".join(f"{k}: {s.get('unanswered')} unanswered" for k, s in by.items()
+                      if s.get("unanswered")) or "0 unanswered"),
+    ]
+
+
+MAPPERS: dict[str, Callable[[dict[str, Any]], list[Row]]] = {
+    "bench_parser": parser_rows,
+    "bench_transaction": transaction_rows,
+    "bench_tlib": tlib_rows,
+    "bench_node_calls": node_calls_rows,
+    "bench_proxy": proxy_rows,
+    "bench_tcontroller": tcontroller_rows,
+    "bench_mesh": mesh_rows,
+    "bench_node_memory": node_memory_rows,
+    "bench_security": security_rows,
+}
+
+
+def rows_for(name: str, figures: Any, exit_code: int | None = 0) -> list[Row]:
+    """Rows for one script; never raises (an unexpected shape gives one n/a row)."""
+    status = "" if not exit_code else f" (exit {exit_code})"
+    if not isinstance(figures, dict):
+        if name == "bench_tlib" and not exit_code:
+            return tlib_rows({})
+        return [Row(f"{name}{status}", "no RESULT line")]
+    mapper = MAPPERS.get(name)
+    if mapper is None:
+        return [Row(f"{name}{status}", "no summary mapping; see its table")]
+    try:
+        rows = mapper(figures)
+    except Exception as exc:  # the report must survive a changed JSON shape
+        return [Row(f"{name}{status}", f"n/a ({type(exc).__name__}: {exc})")]
+    if status:
+        for row in rows:
+            row.what += status
+    return rows
+
+
+def markdown(rows: list[Row]) -> str:
+    def cell(text: str) -> str:
+        return text.replace("|", "\\|").replace("\n", " ")
+    lines = ["| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
+    lines += ["| " + " | ".join(cell(c) for c in row.cells()) + " |" for row in rows]
+    return "\n".join(lines)
