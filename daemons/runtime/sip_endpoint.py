@@ -233,6 +233,10 @@ class SipEndpoint:
         """Listen for ``transport`` on (host, port); returns the bound address."""
         return await self.transport.listen(transport, host, port)
 
+    async def listen_pair(self, host: str, port: int = 0) -> Address:
+        """Listen for UDP and TCP on one port (see SipTransportManager.listen_pair)."""
+        return await self.transport.listen_pair(host, port)
+
     def local_address(self, transport: str) -> Address | None:
         return self.transport.local_address(transport)
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import functools
 import ipaddress
 import itertools
@@ -530,6 +531,29 @@ class SipTransportManager:
         self._servers.append((transport, server, local))
         self.log.info("sip_listening", transport=transport, address=_fmt(local))
         return local
+
+    async def listen_pair(self, host: str, port: int = 0, *, attempts: int = 20) -> Address:
+        """Listen for UDP and TCP on one port (a Via sent-by serves both, RFC 3261
+        §18); with port 0, a number free for both (the UDP pick may be taken for
+        TCP: try again). Returns the bound address."""
+        for _ in range(attempts if port == 0 else 1):
+            udp = await self.listen("UDP", host, port)
+            try:
+                await self.listen("TCP", host, udp[1])
+            except OSError as exc:
+                if port != 0 or exc.errno != errno.EADDRINUSE:
+                    raise
+                self._close_udp_listener(udp)
+                continue
+            return udp
+        raise OSError(errno.EADDRINUSE, f"no port free for both UDP and TCP on {host}")
+
+    def _close_udp_listener(self, local: Address) -> None:
+        for proto in list(self._udp):
+            if proto.local == local:
+                self._udp.remove(proto)
+                if proto.transport is not None:
+                    proto.transport.close()
 
     def local_address(self, transport: str) -> Address | None:
         """The first listening address for ``transport`` (what goes in Via sent-by)."""

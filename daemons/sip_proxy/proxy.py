@@ -106,6 +106,10 @@ class ProxySettings:
     #: other proxies of the cluster: name -> (host, sip-port)
     peers: dict[str, Address] = field(default_factory=dict)
     sync_retry_after: int = 5
+    #: names that stand for every proxy of the cluster: the SIP Outbound Proxy
+    #: DN's contact / external-contact host (the SRV FQDN). A Route naming one
+    #: of them without a port is this proxy (RFC 3261 §16.4, RFC 3263 §4.2).
+    own_names: frozenset[str] = frozenset()
 
 
 class _Labelled:
@@ -284,8 +288,7 @@ class ProxyCore:
         self.transport = SipTransportManager(self.on_message, metrics=self.metrics,
                                              logger=self.log, proxy_checks=True)
         host, port = self.settings.host, self.settings.port
-        udp = await self.transport.listen("UDP", host, port)
-        await self.transport.listen("TCP", host, udp[1])
+        udp = await self.transport.listen_pair(host, port)
         self._own = {(host, udp[1])}
         if udp[1] != port:
             self.settings = _replace_port(self.settings, udp[1])
@@ -597,6 +600,8 @@ class ProxyCore:
     def is_own(self, host: str | None, port: int | None) -> bool:
         if host is None:
             return False
+        if port is None and host.lower() in self.settings.own_names:
+            return True
         return (host.strip("[]"), port or 5060) in self._own
 
     def _respond(self, key: TransactionKey, request: Request, status: int,

@@ -53,6 +53,22 @@ def replication_port(app: Application) -> int:
     return int(app.ports["sip-port"]) + REPLICATION_PORT_OFFSET
 
 
+def outbound_proxy_names(cfg: ClusterConfig) -> frozenset[str]:
+    """Host names of the SIP Outbound Proxy DN's contact and external-contact."""
+    proxy = cfg.outbound_proxy
+    if proxy is None:
+        return frozenset()
+    names = set()
+    for value in (proxy.contact, proxy.external_contact):
+        if not value:
+            continue
+        text = value.split(":", 1)[1] if value.lower().startswith("sip:") else value
+        host = text.split(";", 1)[0].split(">", 1)[0].rsplit("@", 1)[-1]
+        if host and ":" not in host:  # a name without a port: the SRV FQDN
+            names.add(host.lower())
+    return frozenset(names)
+
+
 def nodes_of(cfg: ClusterConfig) -> list[NodeTarget]:
     """Every cluster node and its HA backup as routing targets."""
     out: list[NodeTarget] = []
@@ -112,7 +128,8 @@ class SipProxy(Service):
             domain=self.cfg.switch.domain,
             registrar_default_timeout=int(opts.get("registrar-default-timeout", 140)),
             feature_server=fs,
-            peers={p.name: (p.host, p.ports["sip-port"]) for p in peers})
+            peers={p.name: (p.host, p.ports["sip-port"]) for p in peers},
+            own_names=outbound_proxy_names(self.cfg))
         self.repl_port = args.replication_port if args.replication_port is not None else \
             replication_port(app)
         self.nodes = nodes_of(self.cfg)

@@ -858,6 +858,8 @@ class SessionController:
                       callee=leg_b.number)
         self._event(call, "EventEstablished", leg_b, other=leg_a.number)
         self._event(call, "EventEstablished", leg_a, other=leg_b.number)
+        leg_a.settle()
+        leg_b.settle()
 
     def _ack_received(self, inc: IncomingRequest) -> None:
         leg = self._leg_for(inc.request)
@@ -867,6 +869,8 @@ class SessionController:
             if other.pending_response is not None and other.invite is not None:
                 resp, other.pending_response = other.pending_response, None
                 self._spawn(self._ack(other.invite, resp, inc.request.body))
+                if other.connected:
+                    other.settle()
 
     # ------------------------------------------------------------------ in-dialog
 

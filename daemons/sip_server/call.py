@@ -124,7 +124,7 @@ def hold_sdp(body: bytes) -> bytes:
     return ("\r\nm=".join(parts) + "\r\n").encode()
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class Leg:
     """One party of a call and its dialog with the node.
 
@@ -164,6 +164,16 @@ class Leg:
             raise InvalidTransition(f"leg {self.number}: {self.state.value} -> {new.value}")
         self.state = new
 
+    def settle(self) -> None:
+        """Let go of the setup messages once the dialog is confirmed and ACKed: in-dialog
+        requests need only :attr:`dialog` (RFC 3261 §12.2), so an active call keeps no
+        INVITE, provisional response or server-transaction handle."""
+        if self.pending_response is None:
+            self.invite = None
+        self.incoming = None
+        self.early_response = None
+        self.early_dialog = None
+
     @property
     def alive(self) -> bool:
         return self.state is not LegState.RELEASED
@@ -173,7 +183,7 @@ class Leg:
         return self.state in (LegState.ESTABLISHED, LegState.HELD)
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class Call:
     """One call on this node (ConnID, CallUUID, type, parties, attached data)."""
 

@@ -85,14 +85,7 @@ class Uac:
                                logger=self.log, client_ssl_context=tls)
 
         ep = new_endpoint()
-        for _ in range(10):
-            udp = await ep.listen("UDP", self.args.bind, 0)
-            try:
-                await ep.listen("TCP", self.args.bind, udp[1])
-                break
-            except OSError:
-                await ep.close()
-                ep = new_endpoint()
+        await ep.listen_pair(self.args.bind)
         self.endpoint = ep
         return ep
 

@@ -60,11 +60,9 @@ def build(method: str, uri: str, uac: SipEndpoint, transport: str, cseq: int = 1
 async def pair() -> AsyncIterator[tuple[SipEndpoint, SipEndpoint, Uas, int]]:
     tu = Uas()
     uas = SipEndpoint(tu, timers=FAST)
-    port = (await uas.listen("UDP", "127.0.0.1", 0))[1]
-    await uas.listen("TCP", "127.0.0.1", port)
+    port = (await uas.listen_pair("127.0.0.1"))[1]
     uac = SipEndpoint(None, timers=FAST)
-    cport = (await uac.listen("UDP", "127.0.0.1", 0))[1]
-    await uac.listen("TCP", "127.0.0.1", cport)
+    await uac.listen_pair("127.0.0.1")
     yield uac, uas, tu, port
     await uac.close()
     await uas.close()

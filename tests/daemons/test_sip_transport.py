@@ -47,8 +47,7 @@ async def server() -> AsyncIterator[tuple[SipTransportManager, Sink, Metrics, in
     sink = Sink()
     metrics = Metrics("test")
     mgr = SipTransportManager(sink, metrics=metrics, max_message_size=4000)
-    _, port = await mgr.listen("UDP", "127.0.0.1", 0)
-    await mgr.listen("TCP", "127.0.0.1", port)
+    _, port = await mgr.listen_pair("127.0.0.1")
     yield mgr, sink, metrics, port
     await mgr.close()
 
@@ -164,8 +163,7 @@ def test_whitespace_in_request_uri_is_answered_400(line: bytes) -> None:
 async def test_large_udp_request_switches_to_tcp(server: tuple) -> None:
     _, sink, _, port = server
     client = SipTransportManager(lambda m, f: None)
-    cport = (await client.listen("UDP", "127.0.0.1", 0))[1]
-    await client.listen("TCP", "127.0.0.1", cport)
+    cport = (await client.listen_pair("127.0.0.1"))[1]
     request = parse_message(options(f"SIP/2.0/UDP 127.0.0.1:{cport};branch=z9hG4bKi",
                                     extra="Content-Type: text/plain\r\n", body=b"x" * 1500))
     assert isinstance(request, Request)

@@ -163,11 +163,10 @@ class Cluster:
                        handler: Callable[[IncomingRequest], Awaitable[Any]] | None = None,
                        tcp: bool = False) -> SipEndpoint:
         ep = SipEndpoint(handler)
-        await ep.listen("UDP", host, 0)
         if tcp:
-            port = ep.local_address("UDP")
-            assert port is not None
-            await ep.listen("TCP", host, port[1])
+            await ep.listen_pair(host)
+        else:
+            await ep.listen("UDP", host, 0)
         self.endpoints.append(ep)
         return ep
 

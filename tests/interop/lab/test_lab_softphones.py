@@ -34,10 +34,6 @@ SILENCE_RMS = 500.0
 #: seconds both sides talk before the hang-up
 TALK = 2.0
 
-GAP_ROUTE_TO_SRV_NAME = (
-    "sip-proxy does not take a Route naming the SIP Outbound Proxy DN's SRV FQDN "
-    "(sip:spx-srv.cluster.lab;lr) as its own (RFC 3261 §16.4): SipProxy.is_own only "
-    "knows the proxy's host:port, so it forwards to the name and answers 503")
 
 
 def registered_on(lab: Any, dn: str) -> tuple[str, str]:
@@ -83,7 +79,6 @@ def test_register_by_naptr_in_each_data_centre(
     assert dc_resolvers["dc1"].queries > 0 and dc_resolvers["dc2"].queries > 0
 
 
-@pytest.mark.xfail(strict=True, reason=GAP_ROUTE_TO_SRV_NAME)
 @pytest.mark.parametrize("transport", ["udp", "tcp"])
 def test_register_by_srv_outbound_proxy(
     lab: Any, baresip_phone: Callable[..., Any], transport: str,
