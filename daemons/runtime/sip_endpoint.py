@@ -210,6 +210,9 @@ class SipEndpoint:
         self._flow: Flow | None = None
         self._server_flows: dict[TransactionKey, Flow] = {}
         self._incoming: dict[TransactionKey, IncomingRequest] = {}
+        #: INVITEs whose final response went out -> its To tag, until the
+        #: transaction ends (a late CANCEL gets 200 with it)
+        self._answered_invites: dict[TransactionKey, str | None] = {}
         self._handler_tasks: dict[TransactionKey, asyncio.Task[None]] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._clients: dict[TransactionKey, _ClientRequest] = {}
@@ -441,6 +444,12 @@ class SipEndpoint:
         incoming = self._incoming.get(key)
         if incoming is not None and response.status >= 200:
             incoming.final_sent = True
+            # the transaction absorbs retransmissions from here on: do not hold
+            # the request for timers J/H/L; a late CANCEL of an INVITE only
+            # needs the To tag (§9.2: 200, no effect)
+            del self._incoming[key]
+            if incoming.method == "INVITE":
+                self._answered_invites[key] = incoming.to_tag
         if (response.cseq.method == "INVITE" and 200 <= response.status < 300):
             txn = self.layer.get(key)
             if txn is not None and not txn.reliable:
@@ -505,6 +514,11 @@ class SipEndpoint:
         invite = self._incoming.get(event.invite_key) if event.invite_key else None
         to_tag = invite.to_tag if invite is not None else None
         if invite is None:
+            if event.invite_key is not None and event.invite_key in self._answered_invites:
+                # the INVITE already has its final response: 200, no effect (§9.2)
+                tag = self._answered_invites[event.invite_key]
+                self._send_plain(make_response(event.request, 200, to_tag=tag))
+                return
             self._send_plain(make_response(event.request, 481, to_tag=secrets.token_hex(6)))
             return
         self._send_plain(make_response(event.request, 200, to_tag=to_tag))
@@ -527,6 +541,7 @@ class SipEndpoint:
     def _on_terminated(self, key: TransactionKey) -> None:
         self._server_flows.pop(key, None)
         self._incoming.pop(key, None)
+        self._answered_invites.pop(key, None)
         for ident in self._ack_keys.pop(key, []):
             self._acks.pop(ident, None)
         client = self._clients.pop(key, None)
