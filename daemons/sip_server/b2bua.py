@@ -135,8 +135,7 @@ class SessionController:
                                source=host if _is_ip(host) else None)
         self.endpoint = SipEndpoint(self.handle, metrics=self.server.metrics, logger=self.log,
                                     user_agent="sipcluster-sip-server", resolver=resolver)
-        _, self.sip_port = await self.endpoint.listen("UDP", host, port)
-        await self.endpoint.listen("TCP", host, self.sip_port)
+        _, self.sip_port = await self.endpoint.listen_pair(host, port)
         self._expiry_task = asyncio.create_task(self._expire_loop())
         proxy_dn = self.config.outbound_proxy
         if proxy_dn is not None:

@@ -220,10 +220,11 @@ class SipResponder(Service):
         self.endpoint = SipEndpoint(self.handle, metrics=self.metrics, logger=self.log,
                                     user_agent="sipcluster-responder",
                                     ssl_context=self.ssl_context)
-        udp = await self.endpoint.listen("UDP", self.host, self.port)
-        self.port = udp[1]
         if self.tcp:
-            await self.endpoint.listen("TCP", self.host, self.port)
+            udp = await self.endpoint.listen_pair(self.host, self.port)
+        else:
+            udp = await self.endpoint.listen("UDP", self.host, self.port)
+        self.port = udp[1]
         if self.tls_listen is not None:
             self.tls_address = await self.endpoint.listen("TLS", *self.tls_listen)
         self.management.add_health_check("sip", lambda: (True, {"calls": len(self.calls)}))
