@@ -94,7 +94,14 @@ def _print_guide(desc_path: Path, skipped: list[str]) -> None:
         print(f"  SRV {desc['srv_fqdn']} via DNS {desc['dns']['host']}:{desc['dns']['port']}")
     print("  accounts: " + ", ".join(f"{a['dn']}/{a['password']}" for a in desc["accounts"][:3])
           + f" ... ({len(desc['accounts'])} in lab.json)")
-    print("  point a softphone at a node's SIP address above, user 1001, password from lab.json")
+    if desc.get("srv_fqdn") and desc.get("dns"):
+        dns = desc["dns"]
+        print(f"  softphone: DNS server {dns['host']}:{dns['port']}, outbound proxy "
+              f"sip:{desc['srv_fqdn']} (or a proxy address above), "
+              f"user 1001@{desc['domain']}")
+    else:
+        print("  softphone: outbound proxy = a proxy address above, user 1001, "
+              "password in lab.json")
     if skipped:
         print("  not started (daemon kind not built yet): " + ", ".join(skipped))
     print(f"\n  everything above, for scripts: {desc_path}")
