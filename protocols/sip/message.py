@@ -217,35 +217,29 @@ class Message:
             via = headers._cache["top_via"] = parse_via(first)
         return via
 
+    def _name_addr(self, key: str, label: str) -> NameAddr:
+        """The parsed From or To header, cached (§20.20, §20.39)."""
+        headers = self.headers
+        value: NameAddr | None = headers._cache.get(key)
+        if value is None:
+            try:
+                index = headers._keys.index(key)
+            except ValueError:
+                raise ParseError(f"missing {label} header") from None
+            parts = headers._parts
+            raw = headers._values_list[index] if parts is None else parts[index][2].strip(_WS)
+            value = headers._cache[key] = parse_name_addr(raw)
+        return value
+
     @property
     def from_(self) -> NameAddr:
         """The From address (§20.20)."""
-        headers = self.headers
-        value = headers._cache.get("from")
-        if value is None:
-            try:
-                index = headers._keys.index("from")
-            except ValueError:
-                raise ParseError("missing From header") from None
-            parts = headers._parts
-            raw = headers._values_list[index] if parts is None else parts[index][2].strip(_WS)
-            value = headers._cache["from"] = parse_name_addr(raw)
-        return value
+        return self._name_addr("from", "From")
 
     @property
     def to(self) -> NameAddr:
         """The To address (§20.39)."""
-        headers = self.headers
-        value = headers._cache.get("to")
-        if value is None:
-            try:
-                index = headers._keys.index("to")
-            except ValueError:
-                raise ParseError("missing To header") from None
-            parts = headers._parts
-            raw = headers._values_list[index] if parts is None else parts[index][2].strip(_WS)
-            value = headers._cache["to"] = parse_name_addr(raw)
-        return value
+        return self._name_addr("to", "To")
 
     @property
     def call_id(self) -> str:

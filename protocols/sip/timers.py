@@ -25,12 +25,16 @@ def is_reliable(transport: str) -> bool:
     return transport.upper() in RELIABLE_TRANSPORTS
 
 
-class TimerName(enum.Enum):
-    """The transaction timers of RFC 3261 Appendix A (and L, M of RFC 6026 §8)."""
+class IdentityEnum(enum.Enum):
+    """An enum hashed by identity: members are singletons, so this is correct
+    and, unlike Enum's name-based ``__hash__``, runs in C (states and timers
+    key the transaction layer's hot dictionaries)."""
 
-    # Members are singletons: identity hashing is correct and, unlike Enum's
-    # name-based __hash__, runs in C (states and timers key hot dictionaries).
     __hash__ = object.__hash__
+
+
+class TimerName(IdentityEnum):
+    """The transaction timers of RFC 3261 Appendix A (and L, M of RFC 6026 §8)."""
 
     A = "A"  # INVITE request retransmit interval, unreliable transports only
     B = "B"  # INVITE transaction timeout

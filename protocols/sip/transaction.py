@@ -24,7 +24,6 @@ responses still reach the TU (which resends its ACK, §13.2.2.4).
 from __future__ import annotations
 
 import collections
-import enum
 import itertools
 import random
 import secrets
@@ -35,7 +34,7 @@ from typing import Any, ClassVar, Final, NamedTuple, cast
 from protocols.sip.errors import SipError
 from protocols.sip.headers import Headers, Via
 from protocols.sip.message import Request, Response, make_response, parse_message
-from protocols.sip.timers import TimerName, TimerQueue, TimerSettings, is_reliable
+from protocols.sip.timers import IdentityEnum, TimerName, TimerQueue, TimerSettings, is_reliable
 
 __all__ = [
     "MAGIC_COOKIE",
@@ -97,12 +96,8 @@ class TransactionStateError(TransactionError):
 # --------------------------------------------------------------------------- keys
 
 
-class Role(enum.Enum):
+class Role(IdentityEnum):
     """Which side of the transaction we are."""
-
-    # Members are singletons: identity hashing is correct and, unlike Enum's
-    # name-based __hash__, runs in C (states and timers key hot dictionaries).
-    __hash__ = object.__hash__
 
     CLIENT = "client"
     SERVER = "server"
@@ -391,12 +386,8 @@ def _transaction_terminated(key: TransactionKey) -> TransactionTerminated:
 # --------------------------------------------------------------------------- state tables
 
 
-class TransactionKind(enum.Enum):
+class TransactionKind(IdentityEnum):
     """The four transaction state machines of RFC 3261 §17."""
-
-    # Members are singletons: identity hashing is correct and, unlike Enum's
-    # name-based __hash__, runs in C (states and timers key hot dictionaries).
-    __hash__ = object.__hash__
 
     INVITE_CLIENT = "invite-client"
     NON_INVITE_CLIENT = "non-invite-client"
@@ -404,12 +395,8 @@ class TransactionKind(enum.Enum):
     NON_INVITE_SERVER = "non-invite-server"
 
 
-class TransactionState(enum.Enum):
+class TransactionState(IdentityEnum):
     """States of Figures 5-8 of RFC 3261 and Figures 5-6 of RFC 6026."""
-
-    # Members are singletons: identity hashing is correct and, unlike Enum's
-    # name-based __hash__, runs in C (states and timers key hot dictionaries).
-    __hash__ = object.__hash__
 
     CALLING = "Calling"
     TRYING = "Trying"
@@ -420,12 +407,8 @@ class TransactionState(enum.Enum):
     TERMINATED = "Terminated"
 
 
-class Input(enum.Enum):
+class Input(IdentityEnum):
     """Inputs of the machines besides timers (which are :class:`TimerName`)."""
-
-    # Members are singletons: identity hashing is correct and, unlike Enum's
-    # name-based __hash__, runs in C (states and timers key hot dictionaries).
-    __hash__ = object.__hash__
 
     RECV_1XX = "receive 1xx"
     RECV_2XX = "receive 2xx"
