@@ -6,22 +6,35 @@ STAMP  := $(VENV)/.installed
 # Debian packages the tests drive as real peers (command -> package)
 DEB_TOOLS := sipp:sip-tester tshark:tshark sipsak:sipsak named:bind9 named-checkconf:bind9-utils \
              dig:bind9-dnsutils systemd-analyze:systemd nft:nftables baresip:baresip \
-             linphonec:linphone-cli
+             linphonec:linphone-cli gcc:gcc
 # ... and the reference proxy the benchmarks compare against
 BENCH_TOOLS := kamailio:kamailio svwar:sipvicious
 APT_GET := $(shell [ "$$(id -u)" = 0 ] && echo apt-get || echo sudo apt-get)
 
-.PHONY: all venv tools bench-tools apt-tools lint typecheck test test-fast bench lab clean
+.PHONY: all venv compile tools bench-tools apt-tools lint typecheck test test-fast bench lab clean
 
 all: test
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q --upgrade pip "setuptools>=77"
+	SIPCLUSTER_COMPILE=0 $(PY) -m pip install -q -e '.[dev]'
 	touch $(STAMP)
 
 venv: $(STAMP)
+
+# The SIP message model and transaction layer compiled with mypyc (setup.py);
+# rebuilt whenever one of their sources changes.
+SIP_COMPILED := $(patsubst %,protocols/sip/%.py,uri headers message timers transaction)
+COMPILE_STAMP := build/.sip-compiled
+
+$(COMPILE_STAMP): $(STAMP) setup.py $(SIP_COMPILED)
+	@command -v cc >/dev/null 2>&1 || $(MAKE) --no-print-directory apt-tools PAIRS="gcc:gcc"
+	$(PY) setup.py -q build_ext --inplace
+	$(PY) -c "import sys, protocols.sip as s; sys.exit(0 if s.COMPILED else 'compiled SIP modules not in use')"
+	@mkdir -p build && touch $@
+
+compile: $(COMPILE_STAMP)
 
 tools:
 	@$(MAKE) --no-print-directory apt-tools PAIRS="$(DEB_TOOLS)"
@@ -46,17 +59,20 @@ lint: venv
 typecheck: venv
 	$(VENV)/bin/mypy protocols
 
-test: venv tools lint typecheck
+test: venv compile tools lint typecheck
 	$(VENV)/bin/pytest -q -p no:randomly
+	# the same SIP stack from its pure Python sources (the fallback without a C compiler)
+	SIPCLUSTER_PURE_PYTHON=1 $(VENV)/bin/pytest -q -p no:randomly tests/protocols/sip
 
-test-fast: venv
+test-fast: venv compile
 	$(VENV)/bin/pytest -q -x -m "not interop"
 
-bench: venv bench-tools
+bench: venv compile bench-tools
 	$(PY) bench/run_all.py
 
-lab: venv
+lab: venv compile
 	$(VENV)/bin/sipcluster lab run
 
 clean:
-	rm -rf $(VENV) .mypy_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) build .mypy_cache .ruff_cache .hypothesis
+	rm -f *__mypyc*.so protocols/sip/*.so

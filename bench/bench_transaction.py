@@ -14,8 +14,10 @@ the request, serialise, parse, make_response, serialise, parse), which is the
 floor the message model sets. Rates are given by wall time and by the
 process's CPU time (steadier on a shared machine); the ratio to "messages
 only" in the same run is the figure to compare between machines. The last
-line is ``RESULT {json}``: medians, failures and whether the target of
-20,000 complete transactions per second (wall time, both transports) is met.
+line is ``RESULT {json}``: medians, failures, whether the mypyc-compiled
+modules were in use (``make compile``; ``SIPCLUSTER_PURE_PYTHON=1`` measures
+the pure Python sources) and whether the target of 20,000 complete
+transactions per second (wall time, both transports) is met.
 
     .venv/bin/python bench/bench_transaction.py [--count 20000] [--runs 5]
 """
@@ -31,6 +33,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from protocols.sip import COMPILED
 from protocols.sip.headers import Headers
 from protocols.sip.message import Request, make_response, parse_message
 from protocols.sip.transaction import (
@@ -144,7 +147,9 @@ def main() -> None:
     cpu_medians = {name: statistics.median(values) for name, values in cpu_rates.items()}
     floor = medians["messages only"]
     cpu_floor = cpu_medians["messages only"]
-    print(f"{count} OPTIONS/200 per run, {args.runs} runs, one core, failures {failures}")
+    build = "mypyc-compiled" if COMPILED else "pure Python"
+    print(f"{count} OPTIONS/200 per run, {args.runs} runs, one core, {build} SIP stack, "
+          f"failures {failures}")
     for name, values in rates.items():
         median = medians[name]
         print(
@@ -157,6 +162,7 @@ def main() -> None:
     met = failures == 0 and min(medians["UDP"], medians["TCP"]) >= TARGET
     result = {
         "count": count,
+        "compiled": COMPILED,
         "runs": args.runs,
         "median_per_s": {name: round(value) for name, value in medians.items()},
         "cpu_median_per_s": {name: round(value) for name, value in cpu_medians.items()},

@@ -1,0 +1,74 @@
+"""The SIP stack (RFC 3261 and companions), sans-I/O.
+
+The message model and the transaction layer (``COMPILED_MODULES``) may be
+compiled with mypyc (``setup.py``). The compiled extensions sit next to their
+sources; they are used only while they are newer than the source they were
+built from, so an edited module never runs as stale machine code. Setting
+``SIPCLUSTER_PURE_PYTHON=1`` makes every module load from source. ``COMPILED``
+tells which of the two is in use.
+"""
+
+from __future__ import annotations
+
+import importlib.machinery
+import importlib.util
+import os
+import sys
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from types import ModuleType
+
+__all__ = ["COMPILED", "COMPILED_MODULES"]
+
+#: The modules setup.py compiles, in dependency order.
+COMPILED_MODULES = ("uri", "headers", "message", "timers", "transaction")
+
+_HERE = Path(__file__).resolve().parent
+
+
+def _extension(name: str) -> Path | None:
+    for suffix in importlib.machinery.EXTENSION_SUFFIXES:
+        path = _HERE / f"{name}{suffix}"
+        if path.exists():
+            return path
+    return None
+
+
+class _SourceFinder:
+    """Loads the compiled modules from their ``.py`` source instead."""
+
+    @staticmethod
+    def find_spec(
+        fullname: str, path: Sequence[str] | None = None, target: ModuleType | None = None
+    ) -> importlib.machinery.ModuleSpec | None:
+        package, _, name = fullname.rpartition(".")
+        if package != __name__ or name not in COMPILED_MODULES:
+            return None
+        return importlib.util.spec_from_file_location(fullname, _HERE / f"{name}.py")
+
+
+def _select() -> bool:
+    built = {name: _extension(name) for name in COMPILED_MODULES}
+    if all(path is None for path in built.values()):
+        return False
+    stale = [
+        name for name, path in built.items()
+        if path is None or path.stat().st_mtime < (_HERE / f"{name}.py").stat().st_mtime
+    ]
+    pure = os.environ.get("SIPCLUSTER_PURE_PYTHON", "") not in ("", "0")
+    if stale and not pure:
+        warnings.warn(
+            f"compiled protocols.sip modules older than their source ({', '.join(stale)}): "
+            "running the pure Python sources; rebuild with `make compile`",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+    if stale or pure:
+        sys.meta_path.insert(0, _SourceFinder)
+        return False
+    return True
+
+
+#: True when the mypyc-compiled message model and transaction layer are in use.
+COMPILED: bool = _select()

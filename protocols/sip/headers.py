@@ -392,13 +392,7 @@ def parse_via(text: str) -> Via:
         if port is None or port <= 65535:
             params = {} if ptext is None else _params_fast(ptext)
             if params is not None:
-                via = Via.__new__(Via)
-                via.protocol = "SIP/2.0"
-                via.transport = transport if transport in _UPPER_TRANSPORTS else transport.upper()
-                via.host = host
-                via.port = port
-                via.params = params
-                return via
+                return Via(transport, host, port, params)
     return _parse_via_full(s)
 
 
@@ -536,12 +530,7 @@ def parse_name_addr(text: str) -> NameAddr:
         display, uri, ptext = m.groups()
         params = {} if ptext is None else _params_fast(ptext)
         if params is not None:
-            addr = NameAddr.__new__(NameAddr)
-            addr.uri = uri
-            addr.display_name = display.rstrip(_WS) or None
-            addr.params = params
-            addr._parsed = None
-            return addr
+            return NameAddr(uri, display.rstrip(_WS) or None, params)
     return _parse_name_addr_full(s)
 
 
@@ -654,10 +643,7 @@ def parse_cseq(text: str) -> CSeq:
     digits, sp, method = text.partition(" ")
     if sp and method in _COMMON_METHODS and len(digits) < 10 and digits.isdigit():
         if digits.isascii():
-            cseq = CSeq.__new__(CSeq)
-            cseq.number = int(digits)
-            cseq.method = method
-            return cseq
+            return CSeq(int(digits), method)
     parts = text.split()
     if len(parts) != 2:
         raise ParseError(f"malformed CSeq {text[:40]!r}")
@@ -703,7 +689,7 @@ class Headers:
     def _from_parsed(
         cls, names: list[str], keys: list[str], values: list[str], raws: list[str | None]
     ) -> Headers:
-        self = cls.__new__(cls)
+        self = cls()
         self._names_list = names
         self._keys = keys
         self._values_list = values

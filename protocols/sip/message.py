@@ -621,7 +621,7 @@ def _parse_head(
             content_length = parse_scalar(cl_text, "Content-Length", 2**32)
     else:
         content_length = None
-    headers = Headers.__new__(Headers)
+    headers = Headers()
     headers._keys = cast("list[str]", keys)
     headers._parts = parts
     headers._raws = cast("list[str | None]", lines)
@@ -673,10 +673,7 @@ def _finish_head(
         code = parts[1]
         if len(code) != 3 or not code.isdigit() or not code.isascii() or code[0] not in "123456":
             raise ParseError(f"invalid status code {code[:20]!r}")
-        resp = Response.__new__(Response)
-        resp._status = int(code)
-        resp._reason = parts[2] if len(parts) == 3 else ""
-        msg = resp
+        msg = Response(int(code), parts[2] if len(parts) == 3 else "", headers)
     else:
         parts = start.split(" ")
         if len(parts) != 3 or not parts[0] or not parts[1]:
@@ -693,13 +690,7 @@ def _finish_head(
             for ch in uri[:colon]:
                 if ch not in _SCHEME_CHARS:
                     raise ParseError(f"malformed Request-URI scheme in {uri[:60]!r}")
-        req = Request.__new__(Request)
-        req._method = method
-        req._uri = uri
-        req._ruri = None
-        msg = req
-    msg.version = SIP_VERSION
-    msg.headers = headers
+        msg = Request(method, uri, headers)
     return msg, content_length
 
 
@@ -765,14 +756,7 @@ def make_response(
         raws.append(f"Timestamp: {value}")
     headers = Headers._from_parsed(names, keys, values, raws)
     headers._dirty = True
-    response = Response.__new__(Response)
-    response._status = status
-    response._reason = _default_reason(status) if reason is None else reason
-    response.version = SIP_VERSION
-    response.headers = headers
-    response._body = bytes(body)
-    response._raw = None
-    return response
+    return Response(status, reason, headers, body)
 
 
 # --------------------------------------------------------------------------- validation

@@ -27,9 +27,9 @@ import collections
 import itertools
 import random
 import secrets
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, ClassVar, Final, NamedTuple, cast
+from typing import ClassVar, Final, NamedTuple
 
 from protocols.sip.errors import SipError
 from protocols.sip.headers import Headers, Via
@@ -338,49 +338,20 @@ class Transmit(NamedTuple):
     key: TransactionKey | None
 
 
-def _slot_setter(cls: type, name: str) -> Callable[[object, object], None]:
-    setter: Callable[[object, object], None] = cast(Any, cls.__dict__[name]).__set__
-    return setter
-
-
-# The events made for every transaction are built through their slot
-# descriptors: a frozen dataclass's __init__ goes through object.__setattr__
-# once per field, which costs more than the rest of building the event.
-_new_object = object.__new__
-_rr_key, _rr_request, _rr_source, _rr_transport = (
-    _slot_setter(RequestReceived, name) for name in ("key", "request", "source", "transport")
-)
-_resp_key, _resp_response, _resp_source = (
-    _slot_setter(ResponseReceived, name) for name in ("key", "response", "source")
-)
-_term_key = _slot_setter(TransactionTerminated, "key")
-
-
 def _request_received(
     key: TransactionKey, request: Request, source: Address, transport: str
 ) -> RequestReceived:
-    event: RequestReceived = _new_object(RequestReceived)
-    _rr_key(event, key)
-    _rr_request(event, request)
-    _rr_source(event, source)
-    _rr_transport(event, transport)
-    return event
+    return RequestReceived(key, request, source, transport)
 
 
 def _response_received(
     key: TransactionKey, response: Response, source: Address
 ) -> ResponseReceived:
-    event: ResponseReceived = _new_object(ResponseReceived)
-    _resp_key(event, key)
-    _resp_response(event, response)
-    _resp_source(event, source)
-    return event
+    return ResponseReceived(key, response, source)
 
 
 def _transaction_terminated(key: TransactionKey) -> TransactionTerminated:
-    event: TransactionTerminated = _new_object(TransactionTerminated)
-    _term_key(event, key)
-    return event
+    return TransactionTerminated(key)
 
 
 # --------------------------------------------------------------------------- state tables
@@ -614,11 +585,6 @@ class Transaction:
             return parsed
         return response
 
-    def __init_subclass__(cls) -> None:
-        super().__init_subclass__()
-        if "kind" in cls.__dict__:
-            cls._table = TRANSITIONS[cls.kind]
-
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.key.method} {self.state.value}>"
 
@@ -677,6 +643,7 @@ class ClientInviteTransaction(Transaction):
     """INVITE client transaction (RFC 3261 §17.1.1, RFC 6026 §8.4)."""
 
     kind = TransactionKind.INVITE_CLIENT
+    _table = TRANSITIONS[TransactionKind.INVITE_CLIENT]
     __slots__ = ()
 
     def start(self, now: float) -> None:
@@ -743,6 +710,7 @@ class ClientNonInviteTransaction(Transaction):
     """Non-INVITE client transaction (RFC 3261 §17.1.2)."""
 
     kind = TransactionKind.NON_INVITE_CLIENT
+    _table = TRANSITIONS[TransactionKind.NON_INVITE_CLIENT]
     __slots__ = ()
 
     def start(self, now: float) -> None:
@@ -818,6 +786,7 @@ class ServerInviteTransaction(ServerTransaction):
     """INVITE server transaction (RFC 3261 §17.2.1, RFC 6026 §8.5-8.7)."""
 
     kind = TransactionKind.INVITE_SERVER
+    _table = TRANSITIONS[TransactionKind.INVITE_SERVER]
     __slots__ = ()
 
     def start(self, now: float) -> None:
@@ -897,6 +866,7 @@ class ServerNonInviteTransaction(ServerTransaction):
     """Non-INVITE server transaction (RFC 3261 §17.2.2)."""
 
     kind = TransactionKind.NON_INVITE_SERVER
+    _table = TRANSITIONS[TransactionKind.NON_INVITE_SERVER]
     __slots__ = ()
 
     def on_request(self, request: Request, now: float) -> None:
