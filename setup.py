@@ -20,6 +20,7 @@ import sysconfig
 from pathlib import Path
 
 from setuptools import setup
+from setuptools.command.build_ext import build_ext
 
 ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT))
@@ -45,4 +46,21 @@ def extensions() -> list[object]:
     return list(mypycify(paths, opt_level="3", debug_level="0"))
 
 
-setup(ext_modules=extensions())
+class BuildExt(build_ext):
+    """build_ext that marks every module it built in place as new.
+
+    mypyc puts the code of all modules in one shared library and gives each
+    module a small stub; a stub whose text did not change is not rebuilt and
+    keeps its old time, which ``protocols.sip`` would take for a stale build.
+    """
+
+    def run(self) -> None:
+        super().run()
+        if self.inplace:
+            for ext in self.extensions:
+                path = Path(self.get_ext_fullpath(ext.name))
+                if path.exists():
+                    os.utime(path)
+
+
+setup(ext_modules=extensions(), cmdclass={"build_ext": BuildExt})

@@ -25,6 +25,7 @@ __all__ = ["COMPILED", "COMPILED_MODULES"]
 COMPILED_MODULES = ("uri", "headers", "message", "timers", "transaction")
 
 _HERE = Path(__file__).resolve().parent
+_SLACK_SECONDS = 2.0
 
 
 def _extension(name: str) -> Path | None:
@@ -52,9 +53,12 @@ def _select() -> bool:
     built = {name: _extension(name) for name in COMPILED_MODULES}
     if all(path is None for path in built.values()):
         return False
+    # an installed package unpacks sources and extensions a moment apart: only a
+    # source edited after the build (by more than that moment) makes it stale
     stale = [
         name for name, path in built.items()
-        if path is None or path.stat().st_mtime < (_HERE / f"{name}.py").stat().st_mtime
+        if path is None
+        or (_HERE / f"{name}.py").stat().st_mtime - path.stat().st_mtime > _SLACK_SECONDS
     ]
     pure = os.environ.get("SIPCLUSTER_PURE_PYTHON", "") not in ("", "0")
     if stale and not pure:

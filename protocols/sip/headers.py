@@ -366,33 +366,40 @@ class Via:
         return hash(str(self))
 
 
-# The usual shape of a Via value: ``SIP/2.0/UDP host[:port]`` then parameters
-# without whitespace or quotes, or the end. Hosts in brackets, whitespace
-# around the port colon or in the sent-protocol, and other versions take the
-# general path.
-_VIA_FAST_RE = re.compile(
-    r"SIP/2\.0/([A-Za-z0-9\-.!%*_+`'~]+) ([A-Za-z0-9.\-]+)(?::([0-9]{1,5}))?"
-    r"(?:;([^ \t\"]*))?"
-)
-
-
 def parse_via(text: str) -> Via:
     """Parse one via-parm (RFC 3261 §25.1): ``sent-protocol LWS sent-by *( SEMI via-params )``.
 
-    The common shape (``SIP/2.0/UDP host:port;branch=...;rport``, no quotes or
-    whitespace in the parameters) is read with one regular expression match
-    and one split; anything else goes through the full grammar, which gives
-    the same result or raises.
+    The usual shape -- ``SIP/2.0/<known transport> host[:port]`` with a host of
+    letters, digits, dots and dashes, then parameters without whitespace or
+    quotes -- is read with a few string operations; anything else (brackets,
+    whitespace around the port colon or in the sent-protocol, other versions,
+    quoted parameter values) goes through the full grammar, which gives the
+    same result or raises.
     """
     s = text.strip(_WS)
-    m = _VIA_FAST_RE.fullmatch(s)
-    if m is not None:
-        transport, host, port_text, ptext = m.groups()
-        port = None if port_text is None else int(port_text)
-        if port is None or port <= 65535:
-            params = {} if ptext is None else _params_fast(ptext)
-            if params is not None:
-                return Via(transport, host, port, params)
+    if s.startswith("SIP/2.0/"):
+        sp = s.find(" ", 8)
+        transport = s[8:sp]
+        if sp != -1 and transport in _TRANSPORTS:
+            semi = s.find(";", sp)
+            sent_by = s[sp + 1 :] if semi == -1 else s[sp + 1 : semi]
+            host, colon, port_text = sent_by.partition(":")
+            if (
+                host
+                and host.isascii()
+                and host.replace(".", "").replace("-", "").isalnum()
+                and (not colon or (0 < len(port_text) <= 5 and port_text.isdigit()
+                                   and port_text.isascii()))
+            ):
+                port = int(port_text) if colon else None
+                if port is None or port <= 65535:
+                    if semi == -1:
+                        return Via(transport, host, port, {})
+                    ptext = s[semi + 1 :]
+                    if " " not in ptext and "\t" not in ptext and '"' not in ptext:
+                        params = _params_fast(ptext)
+                        if params is not None:
+                            return Via(transport, host, port, params)
     return _parse_via_full(s)
 
 

@@ -24,9 +24,8 @@ responses still reach the TU (which resends its ACK, §13.2.2.4).
 from __future__ import annotations
 
 import collections
-import itertools
+import os
 import random
-import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import ClassVar, Final, NamedTuple
@@ -166,10 +165,12 @@ def server_key(message: Request | Response) -> TransactionKey:
 def make_branch(rng: random.Random | None = None) -> str:
     """A new RFC 3261 branch: the magic cookie and 64 random bits (§8.1.1.7).
 
-    ``rng`` makes branches reproducible in tests; the default uses ``secrets``.
+    ``rng`` makes branches reproducible in tests; the default takes 64 bits
+    from the operating system's CSPRNG (what ``secrets.token_hex`` does,
+    without its Python-level frame: this runs for every request sent).
     """
     if rng is None:
-        return MAGIC_COOKIE + secrets.token_hex(8)
+        return MAGIC_COOKIE + os.urandom(8).hex()
     return f"{MAGIC_COOKIE}{rng.getrandbits(64):016x}"
 
 
@@ -931,7 +932,7 @@ class TransactionLayer:
         # finished transaction is not kept alive by its stale entries.
         self._timer_queue = TimerQueue()
         self._timer_owners: dict[int, Transaction] = {}
-        self._seq = itertools.count()
+        self._seq = 0
 
     # ---------------------------------------------------------------- queries
 
@@ -1209,7 +1210,7 @@ class TransactionLayer:
             # Zero timers (D, I, J, K over reliable transports) fire at once.
             txn.on_timer(timer, now)
             return
-        seq = next(self._seq)
+        seq = self._seq = self._seq + 1
         running[timer] = seq
         self._timer_owners[seq] = txn
         self._timer_queue.push(delay, now + delay, seq)
