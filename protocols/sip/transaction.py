@@ -102,6 +102,10 @@ class Role(IdentityEnum):
     SERVER = "server"
 
 
+_CLIENT: Final = Role.CLIENT
+_SERVER: Final = Role.SERVER
+
+
 class TransactionKey(NamedTuple):
     """Identifies a transaction (RFC 3261 §17.1.3 client, §17.2.3 server).
 
@@ -131,7 +135,7 @@ def client_key(message: Request | Response) -> TransactionKey:
     """The client transaction key of a request we send or a response we get (§17.1.3)."""
     branch = message.top_via.params.get("branch") or ""
     method = message.method if isinstance(message, Request) else message.cseq.method
-    return _key(Role.CLIENT, method, branch)
+    return _key(_CLIENT, method, branch)
 
 
 def _sent_by(via: Via) -> str:
@@ -152,9 +156,9 @@ def server_key(message: Request | Response) -> TransactionKey:
         method = "INVITE"
     branch = via.params.get("branch")
     if branch is not None and branch.startswith(MAGIC_COOKIE):
-        return _key(Role.SERVER, method, branch, _sent_by(via))
+        return _key(_SERVER, method, branch, _sent_by(via))
     return TransactionKey(
-        Role.SERVER,
+        _SERVER,
         method,
         "",
         "",
@@ -490,20 +494,53 @@ INITIAL_STATE: Final[Mapping[TransactionKind, TransactionState]] = {
 }
 
 
+
+# Members used on every message, as module constants: compiled code reads a
+# Final module constant directly instead of looking the member up on its enum.
+_ACCEPTED: Final = TransactionState.ACCEPTED
+_CALLING: Final = TransactionState.CALLING
+_COMPLETED: Final = TransactionState.COMPLETED
+_PROCEEDING: Final = TransactionState.PROCEEDING
+_TERMINATED: Final = TransactionState.TERMINATED
+_TRYING: Final = TransactionState.TRYING
+_RECV_1XX: Final = Input.RECV_1XX
+_RECV_2XX: Final = Input.RECV_2XX
+_RECV_ACK: Final = Input.RECV_ACK
+_RECV_FINAL: Final = Input.RECV_FINAL
+_RECV_REQUEST: Final = Input.RECV_REQUEST
+_SEND_1XX: Final = Input.SEND_1XX
+_SEND_2XX: Final = Input.SEND_2XX
+_SEND_FINAL: Final = Input.SEND_FINAL
+_TRANSPORT_ERROR: Final = Input.TRANSPORT_ERROR
+_TIMER_A: Final = TimerName.A
+_TIMER_B: Final = TimerName.B
+_TIMER_D: Final = TimerName.D
+_TIMER_E: Final = TimerName.E
+_TIMER_F: Final = TimerName.F
+_TIMER_G: Final = TimerName.G
+_TIMER_H: Final = TimerName.H
+_TIMER_I: Final = TimerName.I
+_TIMER_J: Final = TimerName.J
+_TIMER_K: Final = TimerName.K
+_TIMER_L: Final = TimerName.L
+_TIMER_M: Final = TimerName.M
+_TIMER_TRYING: Final = TimerName.TRYING
+
+
 def _received_input(status: int) -> Input:
     if status < 200:
-        return Input.RECV_1XX
+        return _RECV_1XX
     if status < 300:
-        return Input.RECV_2XX
-    return Input.RECV_FINAL
+        return _RECV_2XX
+    return _RECV_FINAL
 
 
 def _send_input(status: int) -> Input:
     if status < 200:
-        return Input.SEND_1XX
+        return _SEND_1XX
     if status < 300:
-        return Input.SEND_2XX
-    return Input.SEND_FINAL
+        return _SEND_2XX
+    return _SEND_FINAL
 
 
 # --------------------------------------------------------------------------- transactions
@@ -634,7 +671,7 @@ class Transaction:
 
     def on_transport_error(self) -> None:
         """§17.1.4 / §17.2.4: tell the TU and terminate."""
-        if self._next(Input.TRANSPORT_ERROR) is None:
+        if self._next(_TRANSPORT_ERROR) is None:
             return
         self._layer._emit(TransportFailed(self.key))
         self._layer._terminate(self)
@@ -652,8 +689,8 @@ class ClientInviteTransaction(Transaction):
         settings = self._layer.settings
         if not self.reliable:
             self._interval = settings.t1
-            self._start(TimerName.A, self._interval, now)
-        self._start(TimerName.B, settings.timeout, now)
+            self._start(_TIMER_A, self._interval, now)
+        self._start(_TIMER_B, settings.timeout, now)
 
     def on_response(self, response: Response, source: Address, now: float) -> None:
         what = _received_input(response.status)
@@ -664,16 +701,16 @@ class ClientInviteTransaction(Transaction):
             return
         self.state = new
         layer = self._layer
-        if what is Input.RECV_FINAL and old is _S.COMPLETED:
+        if what is _RECV_FINAL and old is _COMPLETED:
             # §17.1.1.2: a retransmitted final response is answered with the ACK again.
             if self._ack:
                 ack = parse_message(self._ack)
                 layer._transmit_data(self, self._ack, ack)
             layer.counters["response_absorbed"] += 1
             return
-        self._stop(TimerName.A, TimerName.B)
+        self._stop(_TIMER_A, _TIMER_B)
         layer._events.append(_response_received(self.key, response, source))
-        if what is Input.RECV_1XX:
+        if what is _RECV_1XX:
             if self.pending_cancel:
                 self.pending_cancel = False
                 layer._start_cancel(self, now)
@@ -682,25 +719,25 @@ class ClientInviteTransaction(Transaction):
             # §9.1: a final response arrived before any provisional, nothing to cancel.
             self.pending_cancel = False
             layer._emit(TransactionTerminated(layer._cancel_key(self.key)))
-        if what is Input.RECV_2XX:
-            if old is not _S.ACCEPTED:
+        if what is _RECV_2XX:
+            if old is not _ACCEPTED:
                 self._release()
                 self._request_data = b""
-                self._start(TimerName.M, layer.settings.timeout, now)
+                self._start(_TIMER_M, layer.settings.timeout, now)
             return
         ack = make_ack(self._request(), response)
         # only the bytes are kept for retransmitted final responses
         self._ack = layer._transmit(self, ack)
         self._release()
         self._request_data = b""
-        self._start(TimerName.D, layer.settings.timer_d(self.reliable), now)
+        self._start(_TIMER_D, layer.settings.timer_d(self.reliable), now)
 
     def _timer_action(self, timer: TimerName, now: float) -> None:
         if timer is TimerName.A:
             self._layer._transmit_data(self, self._request_data, self._request())
             self._layer.counters["retransmissions"] += 1
             self._interval *= 2
-            self._start(TimerName.A, self._interval, now)
+            self._start(_TIMER_A, self._interval, now)
             return
         if timer is TimerName.B:
             self._layer._emit(TransactionTimeout(self.key, timer))
@@ -719,26 +756,26 @@ class ClientNonInviteTransaction(Transaction):
         settings = self._layer.settings
         if not self.reliable:
             self._interval = settings.t1
-            self._start(TimerName.E, self._interval, now)
-        self._start(TimerName.F, settings.timeout, now)
+            self._start(_TIMER_E, self._interval, now)
+        self._start(_TIMER_F, settings.timeout, now)
 
     def on_response(self, response: Response, source: Address, now: float) -> None:
         what = _received_input(response.status)
         old = self.state
         new = self._next(what)
-        if new is None or old is _S.COMPLETED:
+        if new is None or old is _COMPLETED:
             # §17.1.2.2: retransmissions of the final response are absorbed in Completed.
             self._layer.counters["response_absorbed"] += 1
             return
         self.state = new
         layer = self._layer
         layer._events.append(_response_received(self.key, response, source))
-        if new is _S.COMPLETED:
+        if new is _COMPLETED:
             self.request = None
             self._request_data = b""
-            self._stop(TimerName.E, TimerName.F)
+            self._stop(_TIMER_E, _TIMER_F)
             settings = layer.settings
-            layer._start_timer(self, TimerName.K, settings.timer_k(self.reliable), now)
+            layer._start_timer(self, _TIMER_K, settings.timer_k(self.reliable), now)
 
     def _timer_action(self, timer: TimerName, now: float) -> None:
         layer = self._layer
@@ -747,8 +784,8 @@ class ClientNonInviteTransaction(Transaction):
             layer.counters["retransmissions"] += 1
             t2 = layer.settings.t2
             # Trying doubles up to T2; Proceeding retransmits every T2 (§17.1.2.2).
-            self._interval = min(2 * self._interval, t2) if self.state is _S.TRYING else t2
-            self._start(TimerName.E, self._interval, now)
+            self._interval = min(2 * self._interval, t2) if self.state is _TRYING else t2
+            self._start(_TIMER_E, self._interval, now)
             return
         if timer is TimerName.F:
             layer._emit(TransactionTimeout(self.key, timer))
@@ -793,14 +830,14 @@ class ServerInviteTransaction(ServerTransaction):
     def start(self, now: float) -> None:
         delay = self._layer.settings.trying_delay
         if delay is not None:
-            self._start(TimerName.TRYING, delay, now)
+            self._start(_TIMER_TRYING, delay, now)
 
     def on_request(self, request: Request, now: float) -> None:
-        new = self._next(Input.RECV_REQUEST)
+        new = self._next(_RECV_REQUEST)
         if new is None:
             return
         self.state = new
-        if new is _S.PROCEEDING or new is _S.COMPLETED:
+        if new is _PROCEEDING or new is _COMPLETED:
             # §17.2.1: resend the most recent provisional, or the final response.
             self._resend()
         else:
@@ -809,17 +846,17 @@ class ServerInviteTransaction(ServerTransaction):
     def on_ack(self, request: Request, source: Address, transport: str, now: float) -> None:
         """An ACK matched this transaction (§17.2.1, RFC 6026 §8.7)."""
         old = self.state
-        new = self._next(Input.RECV_ACK)
+        new = self._next(_RECV_ACK)
         if new is None:
             self._layer.counters["ack_absorbed"] += 1
             return
         self.state = new
-        if old is _S.ACCEPTED:
+        if old is _ACCEPTED:
             self._layer._emit(AckFor2xx(request, self.key, source, transport))
-        elif old is _S.COMPLETED:
+        elif old is _COMPLETED:
             self._last_response = None
-            self._stop(TimerName.G, TimerName.H)
-            self._start(TimerName.I, self._layer.settings.timer_i(self.reliable), now)
+            self._stop(_TIMER_G, _TIMER_H)
+            self._start(_TIMER_I, self._layer.settings.timer_i(self.reliable), now)
         else:
             self._layer.counters["ack_absorbed"] += 1
 
@@ -832,20 +869,20 @@ class ServerInviteTransaction(ServerTransaction):
                 f"cannot send {response.status} in INVITE server state {old.value}"
             )
         self.state = new
-        self._stop(TimerName.TRYING)
+        self._stop(_TIMER_TRYING)
         self._send(response)
-        if new is not _S.PROCEEDING:
+        if new is not _PROCEEDING:
             self._release()
-            if new is _S.ACCEPTED:
+            if new is _ACCEPTED:
                 self._last_response = None
         settings = self._layer.settings
-        if what is Input.SEND_2XX and old is _S.PROCEEDING:
-            self._start(TimerName.L, settings.timeout, now)
-        elif what is Input.SEND_FINAL:
+        if what is _SEND_2XX and old is _PROCEEDING:
+            self._start(_TIMER_L, settings.timeout, now)
+        elif what is _SEND_FINAL:
             if not self.reliable:
                 self._interval = settings.t1
-                self._start(TimerName.G, self._interval, now)
-            self._start(TimerName.H, settings.timeout, now)
+                self._start(_TIMER_G, self._interval, now)
+            self._start(_TIMER_H, settings.timeout, now)
 
     def _timer_action(self, timer: TimerName, now: float) -> None:
         layer = self._layer
@@ -856,7 +893,7 @@ class ServerInviteTransaction(ServerTransaction):
         if timer is TimerName.G:
             self._resend()
             self._interval = min(2 * self._interval, layer.settings.t2)
-            self._start(TimerName.G, self._interval, now)
+            self._start(_TIMER_G, self._interval, now)
             return
         if timer is TimerName.H:
             layer._emit(TransactionTimeout(self.key, timer))
@@ -871,11 +908,11 @@ class ServerNonInviteTransaction(ServerTransaction):
     __slots__ = ()
 
     def on_request(self, request: Request, now: float) -> None:
-        new = self._next(Input.RECV_REQUEST)
+        new = self._next(_RECV_REQUEST)
         if new is None:
             return
         self.state = new
-        if new is _S.TRYING:
+        if new is _TRYING:
             # §17.2.2: retransmissions in Trying are discarded.
             self._layer.counters["request_absorbed"] += 1
         else:
@@ -892,11 +929,11 @@ class ServerNonInviteTransaction(ServerTransaction):
         self.state = new
         layer = self._layer
         self._response_data = layer._transmit(self, response)
-        if new is _S.COMPLETED:
+        if new is _COMPLETED:
             # Only the bytes are kept to answer retransmissions for 64*T1.
             self.request = None
             self._last_response = None
-            layer._start_timer(self, TimerName.J, layer.settings.timer_j(self.reliable), now)
+            layer._start_timer(self, _TIMER_J, layer.settings.timer_j(self.reliable), now)
         else:
             self._last_response = response
 
@@ -949,7 +986,7 @@ class TransactionLayer:
     def state(self, key: TransactionKey) -> TransactionState:
         """The state of a transaction; ``TERMINATED`` once it is gone."""
         txn = self._transactions.get(key)
-        return TransactionState.TERMINATED if txn is None else txn.state
+        return _TERMINATED if txn is None else txn.state
 
     def new_branch(self) -> str:
         """A fresh branch for a Via we are about to add (§8.1.1.7)."""
@@ -1105,7 +1142,7 @@ class TransactionLayer:
         branch = via.params.get("branch")
         if branch is None or not branch.startswith(MAGIC_COOKIE):
             raise TransactionError("the top Via of a request we send needs a z9hG4bK branch")
-        key = _key(Role.CLIENT, method, branch)
+        key = _key(_CLIENT, method, branch)
         if key in self._transactions:
             raise TransactionError(f"a client transaction with branch {branch} exists")
         transport = via.transport if transport is None else transport
@@ -1156,9 +1193,9 @@ class TransactionLayer:
         if not isinstance(txn, ClientInviteTransaction):
             return None
         cancel_key = self._cancel_key(invite_key)
-        if txn.state is _S.CALLING:
+        if txn.state is _CALLING:
             txn.pending_cancel = True
-        elif txn.state is _S.PROCEEDING:
+        elif txn.state is _PROCEEDING:
             if cancel_key not in self._transactions:
                 self._start_cancel(txn, now)
         else:
@@ -1175,7 +1212,7 @@ class TransactionLayer:
 
     @staticmethod
     def _cancel_key(invite_key: TransactionKey) -> TransactionKey:
-        return _key(Role.CLIENT, "CANCEL", invite_key.branch)
+        return _key(_CLIENT, "CANCEL", invite_key.branch)
 
     def _start_cancel(self, invite: ClientInviteTransaction, now: float) -> None:
         cancel = make_cancel(invite._request())
@@ -1220,7 +1257,7 @@ class TransactionLayer:
             # §9.1: the INVITE ended before any provisional; the CANCEL is never sent.
             txn.pending_cancel = False
             self._events.append(TransactionTerminated(self._cancel_key(txn.key)))
-        txn.state = _S.TERMINATED
+        txn.state = _TERMINATED
         running = txn._timers
         if running:
             owners = self._timer_owners
