@@ -7,7 +7,6 @@ and reports its next deadline.
 
 from __future__ import annotations
 
-import collections
 import enum
 import heapq
 from collections.abc import Container
@@ -95,6 +94,31 @@ class TimerSettings:
         return 0.0 if reliable else self.t4
 
 
+class _Fifo:
+    """Entries of one duration in deadline order: a list and the index of its head.
+
+    Taking the head moves the index; the taken part is cut off once it is both
+    long and most of the list, so each entry is copied at most once more.
+    """
+
+    __slots__ = ("entries", "head")
+
+    def __init__(self) -> None:
+        self.entries: list[tuple[float, int]] = []
+        self.head = 0
+
+    def popleft(self) -> None:
+        head = self.head + 1
+        entries = self.entries
+        if head >= len(entries):
+            entries.clear()
+            head = 0
+        elif head >= 1024 and 2 * head >= len(entries):
+            del entries[:head]
+            head = 0
+        self.head = head
+
+
 class TimerQueue:
     """Deadlines of running timers, earliest first; ties in the order they were set.
 
@@ -110,36 +134,39 @@ class TimerQueue:
     still running, and entries not in it are dropped when they come up.
     """
 
-    __slots__ = ("_fifos", "_heap")
+    __slots__ = ("_by_delay", "_fifos", "_heap")
 
     #: Beyond this many distinct durations, entries go to the heap.
     MAX_FIFOS = 64
 
     def __init__(self) -> None:
-        self._fifos: dict[float, collections.deque[tuple[float, int]]] = {}
+        self._by_delay: dict[float, _Fifo] = {}
+        self._fifos: list[_Fifo] = []
         self._heap: list[tuple[float, int]] = []
 
     def push(self, delay: float, deadline: float, seq: int) -> None:
         """Add the timer ``seq`` of duration ``delay`` due at ``deadline``."""
-        fifo = self._fifos.get(delay)
+        fifo = self._by_delay.get(delay)
         if fifo is None:
             if len(self._fifos) >= self.MAX_FIFOS:
                 heapq.heappush(self._heap, (deadline, seq))
                 return
-            fifo = self._fifos[delay] = collections.deque()
-        elif fifo and fifo[-1][0] > deadline:
-            heapq.heappush(self._heap, (deadline, seq))
-            return
-        fifo.append((deadline, seq))
+            fifo = self._by_delay[delay] = _Fifo()
+            self._fifos.append(fifo)
+        else:
+            entries = fifo.entries
+            if len(entries) > fifo.head and entries[-1][0] > deadline:
+                heapq.heappush(self._heap, (deadline, seq))
+                return
+        fifo.entries.append((deadline, seq))
 
-    def _first(
-        self, live: Container[int]
-    ) -> tuple[tuple[float, int] | None, collections.deque[tuple[float, int]] | None]:
+    def _first(self, live: Container[int]) -> tuple[tuple[float, int] | None, _Fifo | None]:
         best: tuple[float, int] | None = None
-        source: collections.deque[tuple[float, int]] | None = None
-        for fifo in self._fifos.values():
-            while fifo:
-                head = fifo[0]
+        source: _Fifo | None = None
+        for fifo in self._fifos:
+            entries = fifo.entries
+            while fifo.head < len(entries):
+                head = entries[fifo.head]
                 if head[1] in live:
                     if best is None or head < best:
                         best = head
@@ -175,4 +202,4 @@ class TimerQueue:
 
     def __len__(self) -> int:
         """Entries held, stopped ones included until they come up."""
-        return sum(len(fifo) for fifo in self._fifos.values()) + len(self._heap)
+        return sum(len(fifo.entries) - fifo.head for fifo in self._fifos) + len(self._heap)

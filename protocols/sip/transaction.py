@@ -525,6 +525,8 @@ _TIMER_K: Final = TimerName.K
 _TIMER_L: Final = TimerName.L
 _TIMER_M: Final = TimerName.M
 _TIMER_TRYING: Final = TimerName.TRYING
+#: Timers that retransmit; every other timer ends a state (see Transaction).
+_RETRANSMIT_TIMERS: Final = frozenset({TimerName.A, TimerName.E, TimerName.G, TimerName.TRYING})
 
 
 def _received_input(status: int) -> Input:
@@ -570,7 +572,10 @@ class Transaction:
         "_layer",
         "_request_data",
         "_response_data",
-        "_timers",
+        "_retransmit_seq",
+        "_retransmit_timer",
+        "_timeout_seq",
+        "_timeout_timer",
         "destination",
         "key",
         "legacy_match",
@@ -590,8 +595,14 @@ class Transaction:
         transport: str,
     ) -> None:
         self._layer = layer
-        # timer name -> sequence number of its entry in the layer's timer heap
-        self._timers: dict[TimerName, int] = {}
+        # At most two timers run at once: one that retransmits (A, E, G, 100
+        # Trying) and one that ends a state (B, D, F, H, I, J, K, L, M). Each is
+        # kept as its name and the sequence number of its timer queue entry
+        # (0: none); two fields cost less than a dictionary per transaction.
+        self._retransmit_timer: TimerName | None = None
+        self._retransmit_seq = 0
+        self._timeout_timer: TimerName | None = None
+        self._timeout_seq = 0
         self._interval = 0.0
         self.key = key
         self.request: Request | None = request
@@ -629,7 +640,9 @@ class Transaction:
     @property
     def timers(self) -> frozenset[TimerName]:
         """Timers currently running."""
-        return frozenset(self._timers)
+        return frozenset(
+            t for t in (self._retransmit_timer, self._timeout_timer) if t is not None
+        )
 
     def _request(self) -> Request:
         request = self.request
@@ -650,13 +663,16 @@ class Transaction:
         self._layer._start_timer(self, timer, delay, now)
 
     def _stop(self, *timers: TimerName) -> None:
-        running = self._timers
-        if running:
-            owners = self._layer._timer_owners
-            for timer in timers:
-                seq = running.pop(timer, None)
-                if seq is not None:
-                    del owners[seq]
+        owners = self._layer._timer_owners
+        for timer in timers:
+            if timer is self._retransmit_timer:
+                del owners[self._retransmit_seq]
+                self._retransmit_timer = None
+                self._retransmit_seq = 0
+            elif timer is self._timeout_timer:
+                del owners[self._timeout_seq]
+                self._timeout_timer = None
+                self._timeout_seq = 0
 
     def on_timer(self, timer: TimerName, now: float) -> None:
         """A timer of this transaction fired."""
@@ -1029,12 +1045,16 @@ class TransactionLayer:
         pop_due = self._timer_queue.pop_due
         while (seq := pop_due(now, owners)) is not None:
             txn = owners.pop(seq)
-            running = txn._timers
-            for timer, running_seq in running.items():
-                if running_seq == seq:
-                    del running[timer]
-                    txn.on_timer(timer, now)
-                    break
+            if txn._retransmit_seq == seq:
+                timer = txn._retransmit_timer
+                txn._retransmit_timer = None
+                txn._retransmit_seq = 0
+            else:
+                timer = txn._timeout_timer
+                txn._timeout_timer = None
+                txn._timeout_seq = 0
+            assert timer is not None
+            txn.on_timer(timer, now)
 
     # ---------------------------------------------------------------- input
 
@@ -1239,16 +1259,28 @@ class TransactionLayer:
         )
 
     def _start_timer(self, txn: Transaction, timer: TimerName, delay: float, now: float) -> None:
-        running = txn._timers
-        old = running.pop(timer, None)
-        if old is not None:
+        # a timer of the same kind still running is replaced
+        retransmits = timer in _RETRANSMIT_TIMERS
+        old = txn._retransmit_seq if retransmits else txn._timeout_seq
+        if old:
             del self._timer_owners[old]
         if delay <= 0:
             # Zero timers (D, I, J, K over reliable transports) fire at once.
+            if retransmits:
+                txn._retransmit_timer = None
+                txn._retransmit_seq = 0
+            else:
+                txn._timeout_timer = None
+                txn._timeout_seq = 0
             txn.on_timer(timer, now)
             return
         seq = self._seq = self._seq + 1
-        running[timer] = seq
+        if retransmits:
+            txn._retransmit_timer = timer
+            txn._retransmit_seq = seq
+        else:
+            txn._timeout_timer = timer
+            txn._timeout_seq = seq
         self._timer_owners[seq] = txn
         self._timer_queue.push(delay, now + delay, seq)
 
@@ -1258,12 +1290,15 @@ class TransactionLayer:
             txn.pending_cancel = False
             self._events.append(TransactionTerminated(self._cancel_key(txn.key)))
         txn.state = _TERMINATED
-        running = txn._timers
-        if running:
-            owners = self._timer_owners
-            for seq in running.values():
-                del owners[seq]
-            running.clear()
+        owners = self._timer_owners
+        if txn._retransmit_seq:
+            del owners[txn._retransmit_seq]
+            txn._retransmit_timer = None
+            txn._retransmit_seq = 0
+        if txn._timeout_seq:
+            del owners[txn._timeout_seq]
+            txn._timeout_timer = None
+            txn._timeout_seq = 0
         if self._transactions.get(txn.key) is txn:
             del self._transactions[txn.key]
         self._events.append(_transaction_terminated(txn.key))
