@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from types import ModuleType
 
-__all__ = ["COMPILED", "COMPILED_MODULES"]
+__all__ = ["COMPILED", "COMPILED_MODULES", "stale_modules"]
 
 #: The modules setup.py compiles, in dependency order.
 COMPILED_MODULES = ("uri", "headers", "message", "timers", "transaction")
@@ -28,12 +28,30 @@ _HERE = Path(__file__).resolve().parent
 _SLACK_SECONDS = 2.0
 
 
-def _extension(name: str) -> Path | None:
+def _extension(directory: Path, name: str) -> Path | None:
     for suffix in importlib.machinery.EXTENSION_SUFFIXES:
-        path = _HERE / f"{name}{suffix}"
+        path = directory / f"{name}{suffix}"
         if path.exists():
             return path
     return None
+
+
+def stale_modules(directory: Path = _HERE) -> list[str] | None:
+    """The compiled modules in ``directory`` built before their source was last changed.
+
+    ``None`` when none is compiled at all; a module with a source but no
+    extension while others have one counts as stale. An installed package
+    unpacks sources and extensions a moment apart, so only a source newer than
+    its extension by more than two seconds makes it stale.
+    """
+    built = {name: _extension(directory, name) for name in COMPILED_MODULES}
+    if all(path is None for path in built.values()):
+        return None
+    return [
+        name for name, path in built.items()
+        if path is None
+        or (directory / f"{name}.py").stat().st_mtime - path.stat().st_mtime > _SLACK_SECONDS
+    ]
 
 
 class _SourceFinder:
@@ -50,16 +68,9 @@ class _SourceFinder:
 
 
 def _select() -> bool:
-    built = {name: _extension(name) for name in COMPILED_MODULES}
-    if all(path is None for path in built.values()):
+    stale = stale_modules()
+    if stale is None:
         return False
-    # an installed package unpacks sources and extensions a moment apart: only a
-    # source edited after the build (by more than that moment) makes it stale
-    stale = [
-        name for name, path in built.items()
-        if path is None
-        or (_HERE / f"{name}.py").stat().st_mtime - path.stat().st_mtime > _SLACK_SECONDS
-    ]
     pure = os.environ.get("SIPCLUSTER_PURE_PYTHON", "") not in ("", "0")
     if stale and not pure:
         warnings.warn(
