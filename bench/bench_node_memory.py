@@ -17,7 +17,8 @@ callee. Per run (fresh processes each run):
    after the last login). Target <= 5 KiB per DN with a logged-in agent.
 2. **per active call**: SIPp UAS registered as DN 2002, SIPp UAC (built-in
    ``uac``) places ``--calls`` calls through the sip-server (B2BUA) and holds
-   each ``--hold`` seconds before BYE; RSS delta with all calls up / calls.
+   each ``--hold`` seconds before BYE; RSS delta with all calls up / calls, beside how many
+   the node itself reports connected at that moment (``/status/calls``).
    Target <= 20 KiB per call.
 
 RSS is psutil's resident set size, read after a short settle. Medians of
@@ -44,6 +45,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import psutil
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -160,6 +162,17 @@ async def wait_port(port: int, proc: subprocess.Popen[bytes], what: str) -> None
             await asyncio.sleep(0.1)
 
 
+async def calls_connected(http_port: int) -> int:
+    """Calls the node reports ``connected`` on ``/status/calls``: every call counted
+    in the per-call figure must be fully set up (both dialogs confirmed), not
+    still ringing or half-released."""
+    async with aiohttp.ClientSession() as session, session.get(
+            f"http://{HOST}:{http_port}/status/calls",
+            timeout=aiohttp.ClientTimeout(total=30)) as resp:
+        calls = await resp.json()
+    return sum(1 for call in calls if call.get("state") == "connected")
+
+
 async def login_agents(tc_port: int, dns: int) -> tuple[TLibClient, int, int]:
     """Register every DN on TCport and log an agent in: (the desktop, logged in, refused).
 
@@ -259,6 +272,7 @@ async def one_run(args: argparse.Namespace, index: int) -> dict[str, Any]:
         node4 = rss(node)
         up = stats(tmp / f"uac{index}")
         current = int(up.get("CurrentCall", "0") or 0)
+        connected = await calls_connected(ports["http"])
         await asyncio.to_thread(uac.wait, ramp + args.hold + ramp + 120)
         try:
             await asyncio.to_thread(uas.wait, 30)
@@ -268,6 +282,7 @@ async def one_run(args: argparse.Namespace, index: int) -> dict[str, Any]:
         calls_ok = int(end.get("SuccessfulCall(C)", "0"))
         out["calls"] = args.calls
         out["calls_up_at_sample"] = current
+        out["calls_connected_at_sample"] = connected
         out["calls_ok"] = calls_ok
         out["calls_failed"] = args.calls - calls_ok
         out["node_bytes_per_call"] = (node4 - node3) / max(current or args.calls, 1)
@@ -295,7 +310,8 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
               f"with agents {run['node_bytes_per_dn_with_agent'] / KIB:.2f} KiB/DN "
               f"({run['agents_logged_in']} agents, {run['agent_refused']} refused), "
               f"t-controller {run['tc_bytes_per_dn_with_agent'] / KIB:.2f} KiB/DN; "
-              f"{run['calls_up_at_sample']} calls up: {run['node_bytes_per_call'] / KIB:.2f} "
+              f"{run['calls_up_at_sample']} calls up ({run['calls_connected_at_sample']} "
+              f"connected on the node): {run['node_bytes_per_call'] / KIB:.2f} "
               f"KiB/call, {run['calls_failed']} failed", flush=True)
         runs.append(run)
 
@@ -312,6 +328,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         "agent_refused": sum(r["agent_refused"] for r in runs),
         "calls_failed": sum(r["calls_failed"] for r in runs),
         "calls_up_at_sample": min(r["calls_up_at_sample"] for r in runs),
+        "calls_connected_at_sample": min(r["calls_connected_at_sample"] for r in runs),
         "targets": {"bytes_per_dn_with_agent": 5 * KIB, "bytes_per_call": 20 * KIB},
         "runs_detail": [{k: round(v) if isinstance(v, float) else v for k, v in r.items()}
                         for r in runs],
@@ -344,12 +361,15 @@ def main() -> int:
           f"{result['tc_bytes_per_dn_with_agent'] / KIB:.2f} KiB | <= 5 KiB | "
           f"{'yes' if result['tc_bytes_per_dn_with_agent'] <= 5 * KIB else 'NO'} | "
           f"{result['agent_refused']} refused logins |")
-    print(f"| sip-server per active call ({result['calls_up_at_sample']} up) | "
+    print(f"| sip-server per active call ({result['calls_up_at_sample']} up, "
+          f"{result['calls_connected_at_sample']} connected) | "
           f"{result['node_bytes_per_call'] / KIB:.2f} KiB | <= 20 KiB | "
           f"{'yes' if result['node_bytes_per_call'] <= 20 * KIB else 'NO'} | "
           f"{result['calls_failed']} failed calls |")
     result["targets_met"] = (dn_agent <= 5 * KIB and result["node_bytes_per_call"] <= 20 * KIB
-                             and result["register_failed"] == 0 and result["calls_failed"] == 0)
+                             and result["register_failed"] == 0 and result["calls_failed"] == 0
+                             and result["calls_connected_at_sample"]
+                             >= result["calls_up_at_sample"])
     print("RESULT " + json.dumps(result))
     return 0
 

@@ -98,8 +98,12 @@ class IncomingRequest:
 
     ``to_tag`` is the tag every response of ours carries (§8.2.6.2), so all
     responses to this request, and the 200 to its CANCEL, agree. ``cancelled``
-    is set when a CANCEL for it arrives.
+    is set when a CANCEL for it arrives (created when first asked for: most
+    requests are never cancelled, and an event costs as much as the request's
+    other state).
     """
+
+    __slots__ = ("_cancelled", "endpoint", "final_sent", "flow", "key", "request", "to_tag")
 
     def __init__(
         self, endpoint: SipEndpoint, request: Request, flow: Flow, key: TransactionKey | None
@@ -109,8 +113,16 @@ class IncomingRequest:
         self.flow = flow
         self.key = key
         self.to_tag = request.to.tag or secrets.token_hex(6)
-        self.cancelled = asyncio.Event()
+        self._cancelled: asyncio.Event | None = None
         self.final_sent = False
+
+    @property
+    def cancelled(self) -> asyncio.Event:
+        """Set when a CANCEL for this request arrives (§9.2)."""
+        event = self._cancelled
+        if event is None:
+            event = self._cancelled = asyncio.Event()
+        return event
 
     @property
     def method(self) -> str:
@@ -217,7 +229,9 @@ class SipEndpoint:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._clients: dict[TransactionKey, _ClientRequest] = {}
         self._acks: dict[tuple[str, int, str], tuple[bytes, Destination]] = {}
-        self._ack_keys: dict[TransactionKey, list[tuple[str, int, str]]] = {}
+        #: INVITE client transaction -> the ACKs above sent for its 2xx (one per
+        #: dialog the INVITE created), dropped when the transaction ends
+        self._ack_keys: dict[TransactionKey, tuple[tuple[str, int, str], ...]] = {}
         self._retrans: dict[tuple[str, int, str], _Retransmit2xx] = {}
         self._closed = False
         self._requests_in = self.metrics.counter(
@@ -449,7 +463,8 @@ class SipEndpoint:
             # needs the To tag (§9.2: 200, no effect)
             del self._incoming[key]
             if incoming.method == "INVITE":
-                self._answered_invites[key] = incoming.to_tag
+                # keyed by the layer's own key object (``incoming.key``), not a copy
+                self._answered_invites[incoming.key or key] = incoming.to_tag
         if (response.cseq.method == "INVITE" and 200 <= response.status < 300):
             txn = self.layer.get(key)
             if txn is not None and not txn.reliable:
@@ -542,7 +557,7 @@ class SipEndpoint:
         self._server_flows.pop(key, None)
         self._incoming.pop(key, None)
         self._answered_invites.pop(key, None)
-        for ident in self._ack_keys.pop(key, []):
+        for ident in self._ack_keys.pop(key, ()):
             self._acks.pop(ident, None)
         client = self._clients.pop(key, None)
         if client is not None and not client.future.done():
@@ -660,7 +675,12 @@ class SipEndpoint:
     def _on_response(self, key: TransactionKey, response: Response) -> None:
         client = self._clients.get(key)
         if client is None:
-            return  # the response to a CANCEL, or to a request the TU gave up on
+            # a 2xx retransmission (or a forked 2xx) to an INVITE already answered:
+            # the same ACK again (§13.2.2.4); else the response to a CANCEL, or to a
+            # request the TU gave up on
+            if response.cseq.method == "INVITE" and 200 <= response.status < 300:
+                self._resend_ack(response)
+            return
         if response.status < 200:
             client.got_provisional = True
             if client.on_provisional is not None and not client.future.done():
@@ -669,6 +689,11 @@ class SipEndpoint:
                 except Exception:
                     self.log.exception("sip_provisional_callback_failed")
             return
+        # The final response ends the TU's wait: the transaction alone absorbs what
+        # follows (RFC 6026 Accepted state), so the request, the response and the
+        # provisional callback (and whatever it holds) are let go now rather than
+        # after timer M / K.
+        del self._clients[key]
         if not client.future.done():
             client.future.set_result(response)
             return
@@ -722,11 +747,12 @@ class SipEndpoint:
                 ack.headers.add(name, value)
         ack.headers.add("User-Agent", self.user_agent)
         data = ack.serialize()
-        ident = (response.call_id, response.cseq.number, response.to.tag or "")
+        # the INVITE's Call-ID string (the TU keeps it anyway) rather than the response's copy
+        ident = (invite.call_id, response.cseq.number, response.to.tag or "")
         self._acks[ident] = (data, destination)
-        key = client_key(invite)
-        if key in self.layer:
-            self._ack_keys.setdefault(key, []).append(ident)
+        txn = self.layer.get(client_key(invite))
+        if txn is not None:  # the layer's own key: no second copy per call
+            self._ack_keys[txn.key] = (*self._ack_keys.get(txn.key, ()), ident)
         await self.transport.send(data, destination.transport,
                                   (destination.host, destination.port))
         return ack

@@ -63,6 +63,7 @@ __all__ = ["ALLOW", "CallControlError", "SessionController"]
 
 ALLOW = "INVITE, ACK, CANCEL, BYE, OPTIONS, REGISTER, REFER, NOTIFY, INFO"
 _AGENT_TYPES = (DnType.EXTENSION, DnType.ACD_POSITION)
+_NO_CTI: frozenset[str] = frozenset()
 #: Final statuses from the called side that the caller sees as 480.
 _AS_UNAVAILABLE = {503, 487, 481}
 
@@ -109,6 +110,8 @@ class SessionController:
         self._destinations: dict[tuple[str, str], Destination | None] = {}
         #: our Contact per (transport, remote host): the listening address does not move
         self._contacts: dict[tuple[str, str], str] = {}
+        #: sip-cti-control events -> the one set every leg with them shares
+        self._cti_sets: dict[tuple[str, ...], frozenset[str]] = {}
         self._expiry_task: asyncio.Task[None] | None = None
         #: the SIP Proxies (SIP Outbound Proxy DN), for phones this node has no binding of
         self.outbound: OutboundProxies | None = None
@@ -260,10 +263,17 @@ class SessionController:
         return entry.number if entry is not None and entry.type in _AGENT_TYPES else None
 
     def _cti(self, dn: str | None) -> frozenset[str]:
+        """The DN's ``sip-cti-control`` events, one shared set per distinct list: every
+        leg holds its set for the whole call."""
         entry = self.config.dns.get(dn or "")
-        if entry is None:
-            return frozenset()
-        return frozenset(entry.options.get("sip-cti-control") or ())
+        events = entry.options.get("sip-cti-control") if entry is not None else None
+        if not events:
+            return _NO_CTI
+        key = tuple(events)
+        cti = self._cti_sets.get(key)
+        if cti is None:
+            cti = self._cti_sets[key] = frozenset(key)
+        return cti
 
     def is_registered(self, dn: str) -> bool:
         return bool(self.registrar.bindings(dn, self._now()))
@@ -762,12 +772,14 @@ class SessionController:
 
     async def _invite(self, inc: IncomingRequest) -> Response | None:
         req = inc.request
-        caller = req.from_.sip_uri.user or ""
+        # parse_uri, not ``.sip_uri``: the From / To headers become the dialog's remote /
+        # local party for the whole call, and ``.sip_uri`` would cache a parsed URI on them
+        caller = parse_uri(req.from_.uri).user or ""
         caller_dn = self._agent_dn(caller)
         if caller_dn is not None and self.config.strict_auth(caller_dn, self.server.app_name):
             if not self._authenticate(inc, caller_dn, "Proxy-Authorization"):
                 return self._challenge(inc, 407)
-        dest = req.ruri.user or req.to.sip_uri.user or ""
+        dest = req.ruri.user or parse_uri(req.to.uri).user or ""
         if not dest:
             return self._refuse(inc, 404, "No Destination")
         # no explicit 100 Trying: the transaction sends it after 200 ms unless the

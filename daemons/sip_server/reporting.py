@@ -35,13 +35,39 @@ __all__ = ["InteractionProxy"]
 #: EventServerInfo every connection starts with.
 FIRST_SEQUENCE = 2
 
+#: Distinct attribute-name lists kept for sharing (call events come in a few shapes).
+_MAX_SHAPES = 1_000
+_shapes: dict[tuple[str, ...], tuple[str, ...]] = {}
+
+#: An event's attributes as kept in a backlog: the attribute names (one tuple shared
+#: by every event of the same shape) and the values in that order. A backlog holds
+#: every event of the last ``backlog_window`` seconds, and a dict per event costs
+#: about twice its values.
+Packed = tuple[tuple[str, ...], tuple[Any, ...]]
+
+
+def _pack(attrs: Mapping[str, Any]) -> Packed:
+    names = tuple(attrs)
+    shared = _shapes.get(names)
+    if shared is None:
+        if len(_shapes) < _MAX_SHAPES:
+            _shapes[names] = names
+        shared = names
+    return shared, tuple(attrs.values())
+
+
+def _unpack(packed: Packed) -> dict[str, Any]:
+    names, values = packed
+    return dict(zip(names, values, strict=True))
+
 
 @dataclass
 class _Application:
     name: str
     last_seq: int = FIRST_SEQUENCE - 1
     delivered: int = FIRST_SEQUENCE - 1
-    backlog: deque[tuple[int, float, str, dict[str, Any]]] = field(default_factory=deque)
+    #: (sequence number, time, event name, attributes)
+    backlog: deque[tuple[int, float, str, Packed]] = field(default_factory=deque)
     conn: TLibConnection | None = None
     disconnected_at: float | None = None
 
@@ -62,7 +88,7 @@ class InteractionProxy:
         self.events_dropped = 0
         self._next_expiry_check = 0.0
         #: events of calls without a client: (time, call key, name, attributes)
-        self._unassigned: deque[tuple[float, str, str, dict[str, Any]]] = deque()
+        self._unassigned: deque[tuple[float, str, str, Packed]] = deque()
         #: calls whose unassigned events went to a client, until their next event
         self._adopted: dict[str, tuple[str, float]] = {}
 
@@ -87,7 +113,7 @@ class InteractionProxy:
         for seq, _when, name, attrs in app.backlog:
             if seq <= start:
                 continue
-            if conn.send_event(name, attrs, sequence=seq, trusted=True) is None:
+            if conn.send_event(name, _unpack(attrs), sequence=seq, trusted=True) is None:
                 break
             app.delivered = seq
             replayed += 1
@@ -150,17 +176,16 @@ class InteractionProxy:
         (module doc); returns ``None`` then."""
         app = self.apps.get(client) if client is not None else None
         if app is None:
-            self._unassigned.append((self.clock(), key, name, dict(attrs)))
+            self._unassigned.append((self.clock(), key, name, _pack(attrs)))
             self._expire_unassigned()
             return None
         now = self.clock()
         app.last_seq += 1
-        event = dict(attrs)
-        app.backlog.append((app.last_seq, now, name, event))
+        app.backlog.append((app.last_seq, now, name, _pack(attrs)))
         cutoff = now - self.backlog_window
         while app.backlog and (app.backlog[0][1] < cutoff or len(app.backlog) > self.max_backlog):
             app.backlog.popleft()
-        if app.conn is not None and app.conn.send_event(name, event, sequence=app.last_seq,
+        if app.conn is not None and app.conn.send_event(name, attrs, sequence=app.last_seq,
                                                         trusted=True):
             app.delivered = app.last_seq
             self.events_sent += 1

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import socket
+import weakref
 from collections.abc import AsyncIterator
 
 import pytest
@@ -200,3 +202,60 @@ async def test_2xx_is_retransmitted_until_ack() -> None:
     assert statuses[:2] == [180, 200]
     sock.close()
     await uas.close()
+
+
+class _Ringing:
+    """A provisional-response callback whose lifetime the test can watch."""
+
+    def __init__(self) -> None:
+        self.statuses: list[int] = []
+
+    def __call__(self, resp: Response) -> None:
+        self.statuses.append(resp.status)
+
+
+async def test_2xx_retransmission_after_answer_gets_the_same_ack() -> None:
+    """§13.2.2.4 / RFC 6026 §8.4: once the final response is handed to the TU the
+    endpoint lets go of the request and its callback, and a retransmitted 2xx
+    (passed up by the Accepted client transaction) is still answered with the
+    same ACK."""
+    uac = SipEndpoint(None, timers=FAST)
+    await uac.listen("UDP", "127.0.0.1", 0)
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind(("127.0.0.1", 0))
+    sock.settimeout(5)
+    port = sock.getsockname()[1]
+    loop = asyncio.get_running_loop()
+    invite = build("INVITE", f"sip:svc@127.0.0.1:{port}", uac, "UDP")
+    ringing = _Ringing()
+    watch = weakref.ref(ringing)
+    task = asyncio.create_task(
+        uac.request(invite, Destination("UDP", "127.0.0.1", port), on_provisional=ringing))
+    del ringing
+    data, peer = await loop.run_in_executor(None, sock.recvfrom, 65536)
+    head = data.decode().split("\r\n\r\n")[0].split("\r\n")
+    copied = [line for line in head[1:] if line.split(":")[0] in ("Via", "From", "Call-ID",
+                                                                  "CSeq")]
+    to = next(line for line in head if line.startswith("To:"))
+
+    def response(status: int, reason: str) -> bytes:
+        return (f"SIP/2.0 {status} {reason}\r\n" + "\r\n".join(copied) + "\r\n"
+                f"{to};tag=uas1\r\nContact: <sip:svc@127.0.0.1:{port}>\r\n"
+                "Content-Length: 0\r\n\r\n").encode()
+
+    sock.sendto(response(180, "Ringing"), peer)
+    sock.sendto(response(200, "OK"), peer)
+    final = await asyncio.wait_for(task, 5)
+    assert final.status == 200
+    ack = await uac.send_ack(invite, final)
+    first = await loop.run_in_executor(None, sock.recv, 65536)
+    assert first.startswith(b"ACK ")
+    gc.collect()
+    assert watch() is None, "the provisional callback outlives the final response"
+    for _ in range(2):
+        sock.sendto(response(200, "OK"), peer)
+        again = await loop.run_in_executor(None, sock.recv, 65536)
+        assert again == first
+    assert ack.cseq.number == invite.cseq.number
+    sock.close()
+    await uac.close()

@@ -89,3 +89,37 @@ def test_reconnect_replays_missed_events_once() -> None:
     again = FakeConn("ICON_1")
     assert proxy.connected(again, 2) == 2  # type: ignore[arg-type]
     assert [(s, n) for s, n, _ in again.sent] == [(3, "EventEstablished"), (4, "EventReleased")]
+
+
+def test_backlog_replays_the_attributes_as_sent() -> None:
+    """Events kept in the backlogs (of a client gone, and of calls without a client)
+    come back with the same attributes, in order, whatever their shape; changing
+    the caller's mapping afterwards does not change what was kept."""
+    clock = Clock()
+    proxy = InteractionProxy(clock, backlog_window=30.0)
+    sent = [
+        ("EventRinging", {"AttributeConnID": "c1", "AttributeThisDN": "2002",
+                          "AttributeOtherDN": "2001"}),
+        ("EventEstablished", {"AttributeConnID": "c1", "AttributeThisDN": "2002",
+                              "AttributeUserData": {"case": "42"}}),
+        ("EventReleased", {"AttributeConnID": "c1", "AttributeThisDN": "2002",
+                           "AttributeOtherDN": "2001"}),
+    ]
+    for name, attrs in sent:  # no client yet: the unassigned backlog
+        proxy.send(proxy.assign(None, "c1"), name, attrs, "c1")
+    sent[0][1]["AttributeOtherDN"] = "changed later"
+    first = FakeConn("ICON_1")
+    assert proxy.connected(first, None) == 3  # type: ignore[arg-type]
+    expected = [
+        (2, "EventRinging", {"AttributeConnID": "c1", "AttributeThisDN": "2002",
+                             "AttributeOtherDN": "2001"}),
+        (3, "EventEstablished", {"AttributeConnID": "c1", "AttributeThisDN": "2002",
+                                 "AttributeUserData": {"case": "42"}}),
+        (4, "EventReleased", {"AttributeConnID": "c1", "AttributeThisDN": "2002",
+                              "AttributeOtherDN": "2001"}),
+    ]
+    assert first.sent == expected
+    proxy.disconnected(first)  # type: ignore[arg-type]
+    again = FakeConn("ICON_1")
+    assert proxy.connected(again, 2) == 2  # type: ignore[arg-type]  # the application's backlog
+    assert again.sent == expected[1:]
