@@ -77,11 +77,17 @@ Address = tuple[str, int]
 
 @dataclass(frozen=True, slots=True)
 class Destination:
-    """An explicit next hop: transport, host (IP or name) and port."""
+    """An explicit next hop: transport, host (IP or name) and port.
+
+    ``server_name`` is the SIP domain the hop was located under (RFC 3263): a
+    TLS connection checks the server's certificate against it, not against
+    the address (RFC 5922 §4.1, §7.2). Empty: the host itself is checked.
+    """
 
     transport: str
     host: str
     port: int
+    server_name: str = ""
 
     @classmethod
     def parse(cls, text: str, transport: str = "UDP") -> Destination:
@@ -602,7 +608,8 @@ class SipEndpoint:
         targets = await self._resolver.resolve(
             uri.params.get("maddr") or uri.host, port=uri.port, transport=transport,
             secure=uri.scheme == "sips")
-        return [Destination(str(t.transport), t.host_ip, t.port) for t in targets]
+        return [Destination(str(t.transport), t.host_ip, t.port, t.server_name)
+                for t in targets]
 
     async def request(
         self,
@@ -647,6 +654,8 @@ class SipEndpoint:
         if transport != dest.transport:
             dest = Destination(transport, dest.host, dest.port)
             client.destination = dest
+        if dest.server_name and transport == "TLS":
+            self.transport.expect_tls_name((dest.host, dest.port), dest.server_name)
         try:
             key = self.layer.send_request(request, (dest.host, dest.port), self._now(),
                                           transport=transport)
@@ -753,6 +762,9 @@ class SipEndpoint:
         txn = self.layer.get(client_key(invite))
         if txn is not None:  # the layer's own key: no second copy per call
             self._ack_keys[txn.key] = (*self._ack_keys.get(txn.key, ()), ident)
+        if destination.server_name and destination.transport == "TLS":
+            self.transport.expect_tls_name((destination.host, destination.port),
+                                           destination.server_name)
         await self.transport.send(data, destination.transport,
                                   (destination.host, destination.port))
         return ack

@@ -354,6 +354,8 @@ class _StreamConnection(asyncio.Protocol):
         self.manager = manager
         self.transport_name = transport_name
         self.outbound = outbound
+        #: the name an outbound TLS server proved (RFC 5922); None otherwise
+        self.server_name: str | None = None
         self.id = next(manager._ids)
         self.transport: asyncio.Transport | None = None
         self.framer = StreamFramer(max_size=manager.max_message_size)
@@ -477,6 +479,8 @@ class SipTransportManager:
         self._check = _check_proxied if proxy_checks else _check_received
         self.ssl_context = ssl_context
         self.client_ssl_context = client_ssl_context
+        # (IP, port) -> the SIP domain a TLS server there must prove (RFC 5922)
+        self._tls_names: dict[Address, str] = {}
         self.idle_timeout = idle_timeout
         self.connect_timeout = connect_timeout
         self.max_message_size = max_message_size
@@ -489,7 +493,7 @@ class SipTransportManager:
         self._servers: list[tuple[str, asyncio.AbstractServer, Address]] = []
         self._connections: dict[int, _StreamConnection] = {}
         self._by_remote: dict[tuple[str, str, int], int] = {}
-        self._connecting: dict[tuple[str, str, int], asyncio.Future[_StreamConnection]] = {}
+        self._connecting: dict[tuple[str, str, int, str], asyncio.Future[_StreamConnection]] = {}
         metrics = metrics if metrics is not None else Metrics("sipcluster")
         self._received = TallyCounter(
             metrics, "sip_messages_received", "SIP messages received", ("transport", "kind"))
@@ -702,8 +706,26 @@ class SipTransportManager:
         self.log.debug("sip_connection_closed", conn_id=conn.id, peer=_fmt(conn.remote),
                        transport=conn.transport_name, error=str(exc) if exc else None)
 
-    async def _connect(self, transport: str, addr: Address) -> _StreamConnection:
-        key = (transport, addr[0], addr[1])
+    def expect_tls_name(self, addr: Address, server_name: str) -> None:
+        """A TLS connection to ``addr`` must present a certificate for ``server_name``.
+
+        RFC 5922 §4.1, §7.2: the client checks the server's identity against
+        the SIP domain it resolved (the URI's host, before NAPTR/SRV), not the
+        address it connects to. Without an entry the address itself, or the
+        host name a message was sent to, is checked.
+        """
+        names = self._tls_names
+        if len(names) >= 4096 and addr not in names:
+            names.clear()
+        names[addr] = server_name
+
+    async def _connect(
+        self, transport: str, addr: Address, host_name: str | None = None
+    ) -> _StreamConnection:
+        server_name: str | None = None
+        if transport == "TLS":
+            server_name = self._tls_names.get(addr) or host_name or addr[0]
+        key = (transport, addr[0], addr[1], server_name or "")
         pending = self._connecting.get(key)
         if pending is not None:
             return await asyncio.shield(pending)
@@ -716,14 +738,16 @@ class SipTransportManager:
             _, proto = await asyncio.wait_for(
                 self._loop.create_connection(
                     lambda: _StreamConnection(self, transport, outbound=True), addr[0], addr[1],
-                    ssl=ctx, server_hostname=addr[0] if ctx is not None else None),
+                    ssl=ctx, server_hostname=server_name),
                 self.connect_timeout)
+            proto.server_name = server_name
             fut.set_result(proto)
             return proto
         except (OSError, TimeoutError, ssl.SSLError) as exc:
             if isinstance(exc, ssl.SSLError):
                 # a certificate or protocol mismatch is a configuration fault: say so loudly
                 self.log.warning("sip_tls_handshake_failed", peer=_fmt(addr),
+                                 server_name=server_name,
                                  reason=getattr(exc, "verify_message", None) or str(exc))
             err = TransportError(f"cannot connect over {transport} to {_fmt(addr)}: {exc}")
             fut.set_exception(err)
@@ -784,6 +808,8 @@ class SipTransportManager:
                         for line in reversed(original):
                             message.headers.prepend("Via", line)
             data = message.serialize()
+        # a host name (not an address) is also the name a TLS server must prove
+        host_name = addr[0] if _ip(addr[0]) is None else None
         host = await self._resolve(addr[0])
         addr = (host, addr[1])
         try:
@@ -792,9 +818,10 @@ class SipTransportManager:
                 ep.sendto(data, addr)
                 flow = Flow("UDP", addr, ep.local, None)
             elif transport in ("TCP", "TLS"):
-                conn = self._stream_for(transport, addr, connection_id)
+                conn = self._stream_for(transport, addr, connection_id,
+                                        self._tls_name(transport, addr, host_name))
                 if conn is None:
-                    conn = await self._connect(transport, addr)
+                    conn = await self._connect(transport, addr, host_name)
                 conn.write(data)
                 flow = conn.flow
             else:
@@ -836,7 +863,8 @@ class SipTransportManager:
                 ep.sendto(data, addr)
                 flow = Flow("UDP", addr, ep.local, None)
             else:
-                conn = self._stream_for(transport, addr, connection_id)
+                conn = self._stream_for(transport, addr, connection_id,
+                                        self._tls_name(transport, addr, None))
                 if conn is None:
                     return None
                 conn.write(data)
@@ -876,8 +904,16 @@ class SipTransportManager:
         (:meth:`send_nowait` needs neither a DNS lookup nor a new socket)."""
         return _ip(host) is not None and self._ready_udp_endpoint(host) is not None
 
+    def _tls_name(self, transport: str, addr: Address, host_name: str | None) -> str | None:
+        """The name a TLS server at ``addr`` must have proved for a request to reuse
+        its connection; None for other transports."""
+        if transport != "TLS":
+            return None
+        return self._tls_names.get(addr) or host_name or addr[0]
+
     def _stream_for(
-        self, transport: str, addr: Address, connection_id: int | None
+        self, transport: str, addr: Address, connection_id: int | None,
+        server_name: str | None = None,
     ) -> _StreamConnection | None:
         if connection_id is not None:
             conn = self._connections.get(connection_id)
@@ -887,7 +923,10 @@ class SipTransportManager:
         if cid is not None:
             conn = self._connections.get(cid)
             if conn is not None and conn.transport is not None and not conn.transport.is_closing():
-                return conn
+                # RFC 5922 §7.2 / RFC 5923: an outbound TLS connection serves requests
+                # for the name its server proved, not any name at the same address
+                if conn.server_name is None or conn.server_name == server_name:
+                    return conn
         return None
 
     async def _resolve(self, host: str) -> str:

@@ -153,8 +153,9 @@ class Query:
 class Target:
     """One place to send to (RFC 3263 §4): transport, IP address, port.
 
-    ``server_name`` is the domain the target was found under, for TLS
-    certificate checks (RFC 5922 §4.1); for a numeric URI host it is the IP.
+    ``server_name`` is the SIP domain of the URI that was resolved (its host,
+    before NAPTR and SRV), which a TLS server there must prove (RFC 5922 §4.1);
+    for a numeric URI host it is the IP.
     """
 
     transport: Transport
@@ -644,8 +645,10 @@ class Locator:
         srv = [r for r in records if isinstance(r, SrvRecord)]
         targets: list[Target] = []
         for record in order_srv(srv, self._rng):
+            # RFC 5922 §4.1: the server proves the URI's domain, not the SRV
+            # target's name (the DNS answer is not trusted for identity)
             found = yield from self._addresses(
-                record.target, transport, record.port, normalise_name(record.target)
+                record.target, transport, record.port, normalise_name(self.host)
             )
             targets.extend(found)
         return targets

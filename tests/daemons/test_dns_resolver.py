@@ -177,9 +177,9 @@ async def test_naptr_srv_a_chain_over_real_dns(lab_dns: tuple[ZoneServer, int, i
     resolver = make_resolver(dns_port, FakeClock())
     targets = await resolver.resolve("lab.test")
     assert targets == [
-        Target(Transport.TCP, "127.0.0.1", dead_port, "dead.lab.test"),
-        Target(Transport.TCP, "127.0.0.1", live_port, "live.lab.test"),
-        Target(Transport.UDP, "127.0.0.1", 5060, "live.lab.test"),
+        Target(Transport.TCP, "127.0.0.1", dead_port, "lab.test"),
+        Target(Transport.TCP, "127.0.0.1", live_port, "lab.test"),
+        Target(Transport.UDP, "127.0.0.1", 5060, "lab.test"),
     ]
     assert server.count("lab.test", "NAPTR") == 1
     assert server.count("_sip._tcp.lab.test", "SRV") == 1
@@ -320,7 +320,7 @@ async def test_static_records_bypass_dns(lab_dns: tuple[ZoneServer, int, int, in
     )
     resolver = make_resolver(dns_port, FakeClock(), static=static)
     assert await resolver.resolve("pbx.lab", transport="udp") == [
-        Target(Transport.UDP, "127.0.2.10", 5070, "127.0.2.10")
+        Target(Transport.UDP, "127.0.2.10", 5070, "pbx.lab")
     ]
     # A static entry overrides what DNS would have said for that name.
     assert await resolver.resolve("lab.test") == [

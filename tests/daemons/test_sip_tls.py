@@ -47,7 +47,7 @@ class Pems:
     """PEM files of one test PKI."""
 
     ca: Path  # the CA that issued ``cert``
-    cert: Path  # server certificate for 127.0.0.1 and localhost
+    cert: Path  # server certificate for 127.0.0.1, localhost and the domain tls.lab
     key: Path
     combined: Path  # key + chain in one file
     other_ca: Path  # a CA that issued nothing we serve
@@ -60,7 +60,7 @@ class Pems:
 def pems(tmp_path_factory: pytest.TempPathFactory) -> Pems:
     base = tmp_path_factory.mktemp("pki")
     ca = trustme.CA()
-    leaf = ca.issue_cert("127.0.0.1", "localhost")
+    leaf = ca.issue_cert("127.0.0.1", "localhost", "tls.lab")
     other = trustme.CA()
     wrong = ca.issue_cert("sip.example.net")
     stray = other.issue_cert("127.0.0.1")
@@ -299,11 +299,56 @@ async def test_sips_request_reaches_the_srv_target_over_tls(tls_uas: Uas, pems: 
     _, tu, port = tls_uas
     resolver = lab_resolver(port)
     uac = await make_uac(client_ssl_context(str(pems.ca)), resolver)
-    assert await uac.resolve("sips:svc@tls.lab") == [Destination("TLS", "127.0.0.1", port)]
+    assert await uac.resolve("sips:svc@tls.lab") == [
+        Destination("TLS", "127.0.0.1", port, server_name="tls.lab")]
     response = await uac.request(build("OPTIONS", "sips:svc@tls.lab", "srv@test"))
     assert response.status == 200 and tu.seen[0][1].transport == "TLS"
     assert resolver.queries_sent == 0
     await uac.close()
+
+
+async def test_certificate_is_checked_against_the_sip_domain(pems: Pems) -> None:
+    """RFC 5922 §4.1, §7.2: the server proves the domain of the URI (sip.example.net),
+    found through SRV at 127.0.0.1, not the address; the address alone is refused."""
+    uas = SipEndpoint(Tu(), timers=FAST, ssl_context=server_ssl_context(
+        str(pems.wrong_name_cert), str(pems.wrong_name_key)))
+    port = (await uas.listen("TLS", "127.0.0.1", 0))[1]
+    static = StaticRecords.from_config({
+        "sip.example.net": {"NAPTR": []},
+        "_sips._tcp.sip.example.net": {"SRV": [f"10 0 {port} edge1.example.net"]},
+        "edge1.example.net": {"A": ["127.0.0.1"]},
+    })
+    resolver = SipResolver(["127.0.0.1:9"], timeout=0.2, static=static)
+    uac = await make_uac(client_ssl_context(str(pems.ca)), resolver)
+    with capture_logs() as logs:
+        by_domain = await uac.request(build("OPTIONS", "sips:svc@sip.example.net", "domain"))
+        by_address = await uac.request(build("OPTIONS", f"sips:svc@127.0.0.1:{port}", "addr"))
+    assert by_domain.status == 200
+    assert by_address.status == 503
+    [warning] = [e for e in logs if e["event"] == "sip_tls_handshake_failed"]
+    assert warning["server_name"] == "127.0.0.1"
+    await uac.close()
+    await uas.close()
+
+
+async def test_host_name_destination_is_the_name_checked(pems: Pems) -> None:
+    """An explicit next hop given by name (here ``localhost``) is checked against that
+    name; the certificate of the suite's server holds it."""
+    uas = SipEndpoint(Tu(), timers=FAST, ssl_context=server_ssl_context(
+        str(pems.wrong_name_cert), str(pems.wrong_name_key)))
+    port = (await uas.listen("TLS", "127.0.0.1", 0))[1]
+    uac = await make_uac(client_ssl_context(str(pems.ca)))
+    with capture_logs() as logs:
+        refused = await uac.request(build("OPTIONS", "sips:svc@sip.example.net", "name"),
+                                    Destination("TLS", "localhost", port))
+    assert refused.status == 503
+    [warning] = [e for e in logs if e["event"] == "sip_tls_handshake_failed"]
+    assert warning["server_name"] == "localhost"
+    ok = await uac.request(build("OPTIONS", "sips:svc@sip.example.net", "named"),
+                           Destination("TLS", "127.0.0.1", port, server_name="sip.example.net"))
+    assert ok.status == 200
+    await uac.close()
+    await uas.close()
 
 
 # --------------------------------------------------------------------------- the commands

@@ -130,11 +130,11 @@ def test_naptr_order_preference_and_failover_list() -> None:
     asked = resolve(loc, EXAMPLE)
     assert asked[0] == Query("example.com", RdType.NAPTR)
     assert loc.targets == [
-        Target(TLS, "192.0.2.1", 5061, "tls1.example.com"),
-        Target(TLS, "2001:db8::1", 5061, "tls1.example.com"),
-        Target(TCP, "192.0.2.2", 5060, "tcp1.example.com"),
-        Target(UDP, "192.0.2.3", 5070, "udp1.example.com"),
-        Target(UDP, "192.0.2.4", 5060, "udp2.example.com"),
+        Target(TLS, "192.0.2.1", 5061, "example.com"),
+        Target(TLS, "2001:db8::1", 5061, "example.com"),
+        Target(TCP, "192.0.2.2", 5060, "example.com"),
+        Target(UDP, "192.0.2.3", 5070, "example.com"),
+        Target(UDP, "192.0.2.4", 5060, "example.com"),
     ]
     # No fallback SRV queries once NAPTR gave targets.
     assert Query("_sip._udp.example.com", RdType.SRV) in asked
@@ -162,7 +162,7 @@ def test_sips_uses_only_tls() -> None:
     loc = Locator("example.com", secure=True)
     resolve(loc, EXAMPLE)
     assert {t.transport for t in loc.targets} == {TLS}
-    assert loc.current == Target(TLS, "192.0.2.1", 5061, "tls1.example.com")
+    assert loc.current == Target(TLS, "192.0.2.1", 5061, "example.com")
 
 
 def test_srv_fallback_without_naptr() -> None:
@@ -184,8 +184,8 @@ def test_srv_fallback_without_naptr() -> None:
         ("_sips._tcp.lab.test", RdType.SRV),
     ]
     assert loc.targets == [
-        Target(UDP, "127.0.1.5", 5080, "a.lab.test"),
-        Target(TLS, "127.0.1.5", 5081, "a.lab.test"),
+        Target(UDP, "127.0.1.5", 5080, "lab.test"),
+        Target(TLS, "127.0.1.5", 5081, "lab.test"),
     ]
 
 
@@ -197,7 +197,7 @@ def test_unusable_naptr_falls_back_to_srv() -> None:
     }
     loc = Locator("lab.test", supported=("tcp", "udp"))
     resolve(loc, zone)
-    assert loc.targets == [Target(TCP, "127.0.1.6", 5062, "b.lab.test")]
+    assert loc.targets == [Target(TCP, "127.0.1.6", 5062, "lab.test")]
 
 
 def test_a_record_fallback_default_ports() -> None:
@@ -257,7 +257,7 @@ def test_explicit_transport_uses_its_srv_only() -> None:
     loc = Locator("example.com", transport="tcp")
     asked = resolve(loc, EXAMPLE)
     assert asked[0] == Query("_sip._tcp.example.com", RdType.SRV)
-    assert loc.targets == [Target(TCP, "192.0.2.2", 5060, "tcp1.example.com")]
+    assert loc.targets == [Target(TCP, "192.0.2.2", 5060, "example.com")]
     # No SRV for it: A records and the default port.
     loc = Locator("tcp1.example.com", transport="tcp")
     resolve(loc, EXAMPLE)
@@ -320,7 +320,7 @@ def test_duplicate_targets_are_tried_once() -> None:
     }
     loc = Locator("lab.test", supported=("udp",))
     resolve(loc, zone)
-    assert loc.targets == [Target(UDP, "127.0.1.5", 5060, "a.lab.test")]
+    assert loc.targets == [Target(UDP, "127.0.1.5", 5060, "lab.test")]
 
 
 def test_for_uri_reads_scheme_host_port_params() -> None:
@@ -357,9 +357,9 @@ def test_static_records_answer_before_dns() -> None:
     asked = resolve(loc, {})
     assert asked == []
     assert loc.targets == [
-        Target(TCP, "127.0.1.10", 5070, "sip1.pbx.lab"),
-        Target(TCP, "127.0.1.11", 5071, "sip2.pbx.lab"),
-        Target(TCP, "::1", 5071, "sip2.pbx.lab"),
+        Target(TCP, "127.0.1.10", 5070, "pbx.lab"),
+        Target(TCP, "127.0.1.11", 5071, "pbx.lab"),
+        Target(TCP, "::1", 5071, "pbx.lab"),
     ]
 
 
