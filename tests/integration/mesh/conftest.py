@@ -14,15 +14,7 @@ lab partition`` cuts it off from the other data centre like the daemons.
 from __future__ import annotations
 
 import asyncio
-import json
-import os
-import re
-import subprocess
-import sys
-import time
-import urllib.error
-import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,11 +23,22 @@ import pytest
 
 from daemons.runtime.tlib_client import TLibClient
 from protocols.tlib.framing import TMap
+from tests.integration.support import (  # type: ignore[import-not-found]
+    SCENARIOS as SHARED_SCENARIOS,
+)
+from tests.integration.support import (  # type: ignore[import-not-found]
+    ClusterLab,
+    SippPhones,
+    SippRun,
+    generate_cluster_file,
+    http_json,
+    phones_fixture,
+    poll,
+    running_lab,
+    until,
+)
 
-ROOT = Path(__file__).resolve().parents[3]
-EXAMPLE_CLUSTER = ROOT / "deploy" / "etc" / "cluster.toml"
 SCENARIOS = Path(__file__).resolve().parent / "scenarios"
-SHARED_SCENARIOS = Path(__file__).resolve().parents[1] / "scenarios"
 DC1 = "127.0.41."
 DC2 = "127.0.42."
 SUBNETS = {"127.0.1.": DC1, "127.0.2.": DC2}
@@ -45,105 +48,27 @@ ADDP_REMOTE_TIMEOUT = 2
 #: ... and its DNs go out of service TC_RECONNECT_TIMEOUT s later
 TC_RECONNECT_TIMEOUT = 1
 WRAP_UP_TIME = 1
-PROXY_OOS_CHECK = 1
-PROXY_OOS_FORCE = 2
-NODE_OOS_CHECK = 2
-NODE_OOS_FORCE = 1
-PROXIES = ("SIPProxy_dc1_1", "SIPProxy_dc1_2", "SIPProxy_dc2_1", "SIPProxy_dc2_2")
 #: how long a link loss takes to show, with margin for a busy machine
 LOSS_BOUND = ADDP_TIMEOUT + ADDP_REMOTE_TIMEOUT + TC_RECONNECT_TIMEOUT + 6.0
 
 
-def _sub(pattern: str, repl: str, text: str) -> str:
-    text, count = re.subn(pattern, repl, text, flags=re.M | re.S)
-    assert count == 1, f"the example cluster file changed shape: {pattern}"
-    return text
-
-
-def generate_cluster_file(path: Path) -> Path:
-    """The example cluster file on 127.0.41.x / 127.0.42.x with short timers."""
-    text = EXAMPLE_CLUSTER.read_text()
-    for old, new in SUBNETS.items():
-        text = text.replace(old, new)
-    text = _sub(r"^tc-reconnect-timeout = \d+", f"tc-reconnect-timeout = {TC_RECONNECT_TIMEOUT}",
-                text)
-    text = _sub(r"^addp-timeout = \d+", f"addp-timeout = {ADDP_TIMEOUT}", text)
-    text = _sub(r"^addp-remote-timeout = \d+", f"addp-remote-timeout = {ADDP_REMOTE_TIMEOUT}",
-                text)
-    text = _sub(r"^wrap-up-time = \d+", f"wrap-up-time = {WRAP_UP_TIME}", text)
-    text = _sub(r"(service-type = \"sip-outbound-proxy\".*?)oos-check = \d+\noos-force = \d+",
-                rf"\1oos-check = {NODE_OOS_CHECK}\noos-force = {NODE_OOS_FORCE}", text)
-    text = re.sub(r"(?ms)^\[applications\.[^\]]+\.sipproxy\]\n.*?(?=^\[|\Z)", "", text)
-    for name in PROXIES:
-        text += (f"\n[applications.{name}.sipproxy]\noos-check = {PROXY_OOS_CHECK}\n"
-                 f"oos-force = {PROXY_OOS_FORCE}\n")
-    path.write_text(text)
-    return path
-
-
-def http_json(host: str, port: int, path: str) -> Any:
-    with urllib.request.urlopen(f"http://{host}:{port}{path}", timeout=5) as resp:
-        return json.loads(resp.read().decode())
-
-
-def poll(check: Callable[[], Any]) -> Any:
-    try:
-        return check()
-    except (urllib.error.URLError, OSError, ValueError, KeyError):
-        return None
-
-
-async def until(what: str, check: Callable[[], Any], timeout: float = 10.0) -> Any:
-    """Poll ``check`` (in a thread: it may do HTTP) until it returns something true."""
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = await asyncio.to_thread(poll, check)
-        if last:
-            return last
-        await asyncio.sleep(0.1)
-    raise AssertionError(f"not within {timeout:g} s: {what} (last: {last!r})")
-
-
 @dataclass
-class MeshLab:
+class MeshLab(ClusterLab):
     """A running lab: its directory, lab.json and what the tests ask of it."""
 
-    directory: Path
-    desc: dict[str, Any]
     #: seconds a cut link takes to show (ADDP, then tc-reconnect-timeout), with margin
     loss_bound: float = LOSS_BOUND
     wrap_up_time: float = WRAP_UP_TIME
     until = staticmethod(until)
-
-    def command(self, *args: str, timeout: float = 90) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "daemons.cli", "lab", *args, "--dir",
-                               str(self.directory)], cwd=ROOT, capture_output=True, text=True,
-                              timeout=timeout)
 
     async def lab(self, *args: str) -> None:
         """``sipcluster lab ARGS`` (kill, restart, partition, heal); fails the test on error."""
         done = await asyncio.to_thread(self.command, *args)
         assert done.returncode == 0, f"lab {' '.join(args)}: {done.stdout}{done.stderr}"
 
-    @property
-    def domain(self) -> str:
-        return str(self.desc["domain"])
-
-    def password(self, dn: str) -> str:
-        return next(str(a["password"]) for a in self.desc["accounts"] if a["dn"] == dn)
-
-    def nodes(self, geo: str | None = None) -> dict[str, dict[str, Any]]:
-        return {n["name"]: n for g, c in self.desc["data_centres"].items() if geo in (None, g)
-                for n in c["nodes"]}
-
-    def proxies(self, geo: str | None = None) -> dict[str, dict[str, Any]]:
-        return {p["name"]: p for g, c in self.desc["data_centres"].items() if geo in (None, g)
-                for p in c["proxies"]}
-
     def geo_of(self, node: str) -> str:
-        return next(g for g, c in self.desc["data_centres"].items()
-                    if any(n["name"] == node for n in c["nodes"]))
+        return str(next(g for g, c in self.desc["data_centres"].items()
+                        if any(n["name"] == node for n in c["nodes"])))
 
     def node_of(self, dn: str) -> str | None:
         """The node that took ``dn``'s latest REGISTER (the binding that expires
@@ -156,16 +81,6 @@ class MeshLab:
                 if latest is None or int(b["expires"]) > latest[0]:
                     latest = (int(b["expires"]), name)
         return latest[1] if latest else None
-
-    def binding(self, proxy: str, dn: str) -> dict[str, Any] | None:
-        """The live binding of ``dn`` in ``proxy``'s replicated registrar."""
-        p = self.proxies()[proxy]
-        regs = http_json(p["host"], p["http_port"], "/status/registrations")
-        aor = f"sip:{dn}@{self.domain}"
-        for b in regs["bindings"]:
-            if b.get("aor") in (aor, f"{dn}@{self.domain}"):
-                return dict(b)
-        return None
 
     def replicated(self, dn: str, origin: str, contact: str) -> bool:
         """Every proxy holds ``dn``'s binding to ``contact`` taken by ``origin``."""
@@ -209,57 +124,23 @@ class MeshLab:
         await until(f"{dn} owned by {node} as seen from {names}",
                     lambda: all(self.owner(dn, seen_from=x) == node for x in names), timeout)
 
-    def log(self, name: str) -> str:
-        path = self.directory / "logs" / f"{name}.log"
-        return path.read_text(errors="replace") if path.exists() else ""
-
 
 @pytest.fixture(scope="session")
 def mesh_lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MeshLab]:
     """The whole cluster, started once for the mesh tests; stopped in any case."""
     tmp = tmp_path_factory.mktemp("mesh")
-    config = generate_cluster_file(tmp / "cluster.toml")
-    lab = MeshLab(tmp / "run", {})
-    try:
-        started = lab.command("start", "--config", str(config), "--timeout", "60",
-                              timeout=120)
-        if started.returncode != 0:
-            pytest.fail(f"lab did not start:\n{started.stdout}\n{started.stderr}")
-        lab.desc = json.loads((lab.directory / "lab.json").read_text())
-        yield lab
-    finally:
-        lab.command("stop")
+    config = generate_cluster_file(
+        tmp / "cluster.toml", SUBNETS,
+        options={"tc-reconnect-timeout": TC_RECONNECT_TIMEOUT, "addp-timeout": ADDP_TIMEOUT,
+                 "addp-remote-timeout": ADDP_REMOTE_TIMEOUT, "wrap-up-time": WRAP_UP_TIME})
+    yield from running_lab(MeshLab(tmp / "run", {}), config)
 
 
 # =========================================================================== phones
 
 
-@dataclass
-class SippRun:
-    proc: subprocess.Popen[str]
-    workdir: Path
-
-    def wait(self, timeout: float = 30) -> int:
-        try:
-            return self.proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-            return -9
-
-    def output(self) -> str:
-        parts = []
-        for name in ("stdout.txt", "errors.log", "messages.log"):
-            path = self.workdir / name
-            if path.exists():
-                parts.append(f"--- {name}\n" + path.read_text(errors="replace")[-4000:])
-        return "\n".join(parts)
-
-    def check(self, timeout: float = 30) -> str:
-        code = self.wait(timeout)
-        assert code == 0, f"sipp exited {code}\n{self.output()}"
-        path = self.workdir / "messages.log"
-        return path.read_text(errors="replace") if path.exists() else ""
+class AsyncSippRun(SippRun):
+    """A SIPp run that the (asyncio) tests await."""
 
     async def ok(self, timeout: float = 30) -> str:
         """Wait (without blocking the loop) for a successful end; the message log."""
@@ -275,34 +156,11 @@ class Phone:
     port: int = 5060
 
 
-class Phones:
+class Phones(SippPhones[AsyncSippRun]):
     """SIPp phones and trunks bound to data centre addresses."""
 
-    def __init__(self, lab: MeshLab, sipp: str, tmp: Path,
-                 free_port: Callable[..., int]) -> None:
-        self.lab = lab
-        self.sipp = sipp
-        self.tmp = tmp
-        self.free_port = free_port
-        self.runs: list[SippRun] = []
-
-    def run(self, scenario: Path, address: str, port: int, target: tuple[str, int],
-            service: str, *args: str, timeout: int = 20) -> SippRun:
-        workdir = self.tmp / f"sipp-{len(self.runs)}-{scenario.stem}-{service}"
-        workdir.mkdir()
-        cmd = [self.sipp, f"{target[0]}:{target[1]}", "-sf", str(scenario),
-               "-i", address, "-p", str(port), "-mi", address,
-               "-mp", str(self.free_port(address)), "-s", service, "-t", "u1", "-m", "1",
-               "-nostdin", "-trace_err", "-error_file", str(workdir / "errors.log"),
-               "-trace_logs", "-log_file", str(workdir / "messages.log"),
-               "-timeout", f"{timeout}s", "-timeout_error", "-set", "domain", self.lab.domain,
-               *args]
-        out = (workdir / "stdout.txt").open("w")
-        proc = subprocess.Popen(cmd, cwd=workdir, stdout=out, stderr=subprocess.STDOUT,
-                                text=True, env={**os.environ, "TERM": "dumb"})
-        run = SippRun(proc, workdir)
-        self.runs.append(run)
-        return run
+    run_type = AsyncSippRun
+    lab: MeshLab
 
     @staticmethod
     def phone(dn: str, address: str, port: int = 5060) -> Phone:
@@ -323,7 +181,7 @@ class Phones:
                        "-ap", self.lab.password(dn), "-set", "expires", str(expires)).ok()
         return Phone(dn, address)
 
-    def register_at(self, dn: str, address: str, node: str) -> tuple[Phone, SippRun]:
+    def register_at(self, dn: str, address: str, node: str) -> tuple[Phone, AsyncSippRun]:
         """Start a REGISTER of ``dn`` from ``address``:5060 straight to ``node``
         (no proxy: the node's binding has no Path, only that node reaches it)."""
         run = self.run(SHARED_SCENARIOS / "register.xml", address, 5060, self.node(node), dn,
@@ -341,13 +199,14 @@ class Phones:
         node = await until(f"a node holds {dn}", lambda: self.lab.node_of(dn), 5)
         return phone, str(node)
 
-    def answer(self, phone: Phone) -> SippRun:
+    def answer(self, phone: Phone) -> AsyncSippRun:
         """The phone waits for one call, answers it (with an offer when the INVITE
         has none, RFC 3264 §5) and waits for the BYE."""
         return self.run(SHARED_SCENARIOS / "uas_answer.xml", phone.address, phone.port,
                         ("127.0.0.1", 9), phone.dn, timeout=25)
 
-    def trunk(self, address: str, node: str, callee: str, *, wait_bye: bool = False) -> SippRun:
+    def trunk(self, address: str, node: str, callee: str, *,
+              wait_bye: bool = False) -> AsyncSippRun:
         """An inbound trunk call to ``callee`` sent straight to ``node``: hung up
         by the trunk 200 ms after the answer, or (``wait_bye``) by the cluster."""
         scenario = (SCENARIOS / "trunk_wait_bye.xml" if wait_bye
@@ -356,16 +215,7 @@ class Phones:
                         "-set", "caller", "+15550100", timeout=25)
 
 
-@pytest.fixture
-def phones(require_tool: Any, tmp_path: Path, free_port: Callable[..., int],
-           request: pytest.FixtureRequest) -> Iterator[Phones]:
-    sipp = require_tool("sipp")  # skips (or fails in CI) before the lab starts
-    factory = Phones(request.getfixturevalue("mesh_lab"), sipp, tmp_path, free_port)
-    yield factory
-    for run in factory.runs:
-        if run.proc.poll() is None:
-            run.proc.kill()
-            run.proc.wait()
+phones = phones_fixture(Phones, "mesh_lab")
 
 
 # ========================================================================= desktops
@@ -433,21 +283,19 @@ class Desktops:
         Proxy port), bound to ``address`` (default: .150 of the node's data centre)."""
         n = self.lab.nodes()[node]
         port = n["smart_proxy_port"] if smart_proxy else n["tc_port"]
-        local = address or n["host"].rsplit(".", 1)[0] + ".150"
-        client = await TLibClient.connect(n["host"], int(port), app, "legacy",
-                                          addp_timeout=None, local_addr=(local, 0))
-        desk = Desktop(client)
-        client.add_listener(desk._record)
-        asyncio.get_running_loop().create_task(desk._drain())
-        self.opened.append(desk)
-        return desk
+        return await self._open(n["host"], int(port), app,
+                                address or n["host"].rsplit(".", 1)[0] + ".150")
 
     async def connect_node(self, node: str, app: str = "router") -> Desktop:
         """A routing client on ``node``'s sip-server ``default-port``."""
         n = self.lab.nodes()[node]
-        local = n["host"].rsplit(".", 1)[0] + ".151"
-        client = await TLibClient.connect(n["host"], int(n["default_port"]), app, "legacy",
-                                          addp_timeout=None, local_addr=(local, 0))
+        return await self._open(n["host"], int(n["default_port"]), app,
+                                n["host"].rsplit(".", 1)[0] + ".151")
+
+    async def _open(self, host: str, port: int, app: str, local: str) -> Desktop:
+        """A T-Library client of ``host``:``port`` named ``app``, bound to ``local``."""
+        client = await TLibClient.connect(host, port, app, "legacy", addp_timeout=None,
+                                          local_addr=(local, 0))
         desk = Desktop(client)
         client.add_listener(desk._record)
         asyncio.get_running_loop().create_task(desk._drain())

@@ -33,6 +33,11 @@ from typing import Any
 
 import pytest
 
+from tests.integration.support import (  # type: ignore[import-not-found]
+    LabDescription,
+    http_json,
+)
+
 ROOT = Path(__file__).resolve().parents[3]
 LAB_SCENARIOS = Path(__file__).resolve().parent / "scenarios"
 EXAMPLE_CLUSTER = ROOT / "deploy" / "etc" / "cluster.toml"
@@ -74,34 +79,15 @@ def generate_cluster_file(
 
 
 @dataclass
-class Lab:
+class Lab(LabDescription):
     """A running ``sipcluster lab`` and what its lab.json says."""
 
-    directory: Path
-    desc: dict[str, Any]
     subnets: dict[str, str]
-
-    @property
-    def dns(self) -> tuple[str, int]:
-        return self.desc["dns"]["host"], int(self.desc["dns"]["port"])
-
-    @property
-    def domain(self) -> str:
-        return str(self.desc["domain"])
-
-    @property
-    def srv_fqdn(self) -> str:
-        return str(self.desc["srv_fqdn"])
+    http_json = staticmethod(http_json)
 
     def prefix(self, geo: str) -> str:
         """``127.0.11.`` for dc1 ...: where a phone "in" that data centre binds."""
         return self.desc["data_centres"][geo]["nodes"][0]["host"].rsplit(".", 1)[0] + "."
-
-    def password(self, dn: str) -> str:
-        for account in self.desc["accounts"]:
-            if account["dn"] == dn:
-                return str(account["password"])
-        raise KeyError(dn)
 
     def nodes(self, geo: str | None = None) -> list[dict[str, Any]]:
         return [n for g, c in self.desc["data_centres"].items() if geo in (None, g)
@@ -110,10 +96,6 @@ class Lab:
     def proxies(self, geo: str | None = None) -> list[dict[str, Any]]:
         return [p for g, c in self.desc["data_centres"].items() if geo in (None, g)
                 for p in c["proxies"]]
-
-    def http_json(self, host: str, port: int, path: str) -> Any:
-        with urllib.request.urlopen(f"http://{host}:{port}{path}", timeout=5) as resp:
-            return json.loads(resp.read().decode())
 
     def registrations(self) -> dict[str, Any]:
         """``/status/registrations`` of every node, merged: DN -> (node name, entry)."""
@@ -126,10 +108,6 @@ class Lab:
             for dn, entry in regs.items():
                 merged[dn] = (node["name"], entry)
         return merged
-
-    def log(self, name: str) -> str:
-        path = self.directory / "logs" / f"{name}.log"
-        return path.read_text(errors="replace") if path.exists() else ""
 
 
 def _lab_command(
