@@ -16,6 +16,7 @@ import socket
 import sys
 from typing import Any
 
+import protocols.sip as sip_stack
 from daemons.runtime.logs import get_logger
 from daemons.runtime.management import ManagementServer, Metrics
 
@@ -100,7 +101,8 @@ def run_service(service: Service, *, use_uvloop: bool = True) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, _on_signal, service, sig)
-        service.log.info("daemon_starting", loop=loop_name, pid=os.getpid())
+        service.log.info("daemon_starting", loop=loop_name, pid=os.getpid(),
+                         sip_stack="compiled" if sip_stack.COMPILED else "pure-python")
         await service.serve()
 
     try:

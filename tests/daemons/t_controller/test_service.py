@@ -13,6 +13,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+import protocols.sip as sip_stack
 from daemons.cluster.config import load_cluster
 from daemons.sip_server.service import SipServer
 
@@ -163,6 +164,9 @@ async def test_cli_daemon_serves_and_stops_on_sigterm(tmp_path: Path, free_port:
         lines = [json.loads(x) for x in (tmp_path / "tc.log").read_text().splitlines()
                  if x.startswith("{")]
         assert "daemon_stopped" in [x["event"] for x in lines]
+        # the start line tells operators which build of the SIP stack runs
+        [starting] = [x for x in lines if x["event"] == "daemon_starting"]
+        assert starting["sip_stack"] == ("compiled" if sip_stack.COMPILED else "pure-python")
     finally:
         if proc.returncode is None:
             proc.kill()
