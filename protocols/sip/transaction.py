@@ -43,6 +43,7 @@ __all__ = [
     "CancelReceived",
     "ClientInviteTransaction",
     "ClientNonInviteTransaction",
+    "ClientTransaction",
     "Event",
     "Input",
     "NoSuchTransaction",
@@ -693,11 +694,14 @@ class Transaction:
         self._layer._terminate(self)
 
 
-class ClientInviteTransaction(Transaction):
-    """INVITE client transaction (RFC 3261 §17.1.1, RFC 6026 §8.4)."""
+class ClientTransaction(Transaction):
+    """Common part of the two client machines: the request goes out at once,
+    is retransmitted over unreliable transports from T1 on, and the
+    transaction times out after 64*T1 (§17.1.1.2, §17.1.2.2)."""
 
-    kind = TransactionKind.INVITE_CLIENT
-    _table = TRANSITIONS[TransactionKind.INVITE_CLIENT]
+    #: the retransmission timer (A or E) and the timeout timer (B or F)
+    retransmit_timer: ClassVar[TimerName]
+    timeout_timer: ClassVar[TimerName]
     __slots__ = ()
 
     def start(self, now: float) -> None:
@@ -705,8 +709,22 @@ class ClientInviteTransaction(Transaction):
         settings = self._layer.settings
         if not self.reliable:
             self._interval = settings.t1
-            self._start(_TIMER_A, self._interval, now)
-        self._start(_TIMER_B, settings.timeout, now)
+            self._start(self.retransmit_timer, self._interval, now)
+        self._start(self.timeout_timer, settings.timeout, now)
+
+    def on_response(self, response: Response, source: Address, now: float) -> None:
+        """A response matched this transaction (§17.1.3)."""
+        raise NotImplementedError
+
+
+class ClientInviteTransaction(ClientTransaction):
+    """INVITE client transaction (RFC 3261 §17.1.1, RFC 6026 §8.4)."""
+
+    kind = TransactionKind.INVITE_CLIENT
+    _table = TRANSITIONS[TransactionKind.INVITE_CLIENT]
+    retransmit_timer = TimerName.A
+    timeout_timer = TimerName.B
+    __slots__ = ()
 
     def on_response(self, response: Response, source: Address, now: float) -> None:
         what = _received_input(response.status)
@@ -749,31 +767,25 @@ class ClientInviteTransaction(Transaction):
         self._start(_TIMER_D, layer.settings.timer_d(self.reliable), now)
 
     def _timer_action(self, timer: TimerName, now: float) -> None:
-        if timer is TimerName.A:
+        if timer is _TIMER_A:
             self._layer._transmit_data(self, self._request_data, self._request())
             self._layer.counters["retransmissions"] += 1
             self._interval *= 2
             self._start(_TIMER_A, self._interval, now)
             return
-        if timer is TimerName.B:
+        if timer is _TIMER_B:
             self._layer._emit(TransactionTimeout(self.key, timer))
         self._layer._terminate(self)
 
 
-class ClientNonInviteTransaction(Transaction):
+class ClientNonInviteTransaction(ClientTransaction):
     """Non-INVITE client transaction (RFC 3261 §17.1.2)."""
 
     kind = TransactionKind.NON_INVITE_CLIENT
     _table = TRANSITIONS[TransactionKind.NON_INVITE_CLIENT]
+    retransmit_timer = TimerName.E
+    timeout_timer = TimerName.F
     __slots__ = ()
-
-    def start(self, now: float) -> None:
-        self._request_data = self._layer._transmit(self, self._request())
-        settings = self._layer.settings
-        if not self.reliable:
-            self._interval = settings.t1
-            self._start(_TIMER_E, self._interval, now)
-        self._start(_TIMER_F, settings.timeout, now)
 
     def on_response(self, response: Response, source: Address, now: float) -> None:
         what = _received_input(response.status)
@@ -795,7 +807,7 @@ class ClientNonInviteTransaction(Transaction):
 
     def _timer_action(self, timer: TimerName, now: float) -> None:
         layer = self._layer
-        if timer is TimerName.E:
+        if timer is _TIMER_E:
             layer._transmit_data(self, self._request_data, self._request())
             layer.counters["retransmissions"] += 1
             t2 = layer.settings.t2
@@ -803,7 +815,7 @@ class ClientNonInviteTransaction(Transaction):
             self._interval = min(2 * self._interval, t2) if self.state is _TRYING else t2
             self._start(_TIMER_E, self._interval, now)
             return
-        if timer is TimerName.F:
+        if timer is _TIMER_F:
             layer._emit(TransactionTimeout(self.key, timer))
         layer._terminate(self)
 
@@ -902,16 +914,16 @@ class ServerInviteTransaction(ServerTransaction):
 
     def _timer_action(self, timer: TimerName, now: float) -> None:
         layer = self._layer
-        if timer is TimerName.TRYING:
+        if timer is _TIMER_TRYING:
             if not self._response_data:
                 self._send(make_response(self._request(), 100))
             return
-        if timer is TimerName.G:
+        if timer is _TIMER_G:
             self._resend()
             self._interval = min(2 * self._interval, layer.settings.t2)
             self._start(_TIMER_G, self._interval, now)
             return
-        if timer is TimerName.H:
+        if timer is _TIMER_H:
             layer._emit(TransactionTimeout(self.key, timer))
         layer._terminate(self)
 
@@ -1084,7 +1096,7 @@ class TransactionLayer:
         if txn is None:
             self._events.append(StrayResponse(response, source, transport))
             return
-        assert isinstance(txn, ClientInviteTransaction | ClientNonInviteTransaction)
+        assert isinstance(txn, ClientTransaction)
         txn.on_response(response, source, now)
 
     def _receive_request(

@@ -22,8 +22,7 @@ ROOT = Path(__file__).resolve().parents[3]
 SUFFIX = importlib.machinery.EXTENSION_SUFFIXES[0]
 
 PROBE = (
-    "import json, warnings\n"
-    "warnings.simplefilter('error')\n"
+    "import json\n"
     "import protocols.sip as s\n"
     "import protocols.sip.message as m, protocols.sip.transaction as t\n"
     "print(json.dumps([s.COMPILED, m.__file__, t.__file__]))\n"
