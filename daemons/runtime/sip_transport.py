@@ -706,6 +706,20 @@ class SipTransportManager:
         self.log.debug("sip_connection_closed", conn_id=conn.id, peer=_fmt(conn.remote),
                        transport=conn.transport_name, error=str(exc) if exc else None)
 
+    def _source_for(self, addr: Address) -> Address | None:
+        """The local address outgoing connections to ``addr`` leave from: the host
+        of our first listener bound to one address of the same family, so that
+        peers that know us by address (a proxy recognising its nodes) see it,
+        as they do for our UDP datagrams; ``None`` (the kernel's choice) when
+        we listen on a wildcard address only."""
+        v6 = ":" in addr[0]
+        hosts = [local[0] for _, _, local in self._servers]
+        hosts.extend(ep.local[0] for ep in self._udp)
+        for host in hosts:
+            if (":" in host) == v6 and host not in ("0.0.0.0", "::"):
+                return (host, 0)
+        return None
+
     def expect_tls_name(self, addr: Address, server_name: str) -> None:
         """A TLS connection to ``addr`` must present a certificate for ``server_name``.
 
@@ -738,7 +752,7 @@ class SipTransportManager:
             _, proto = await asyncio.wait_for(
                 self._loop.create_connection(
                     lambda: _StreamConnection(self, transport, outbound=True), addr[0], addr[1],
-                    ssl=ctx, server_hostname=server_name),
+                    ssl=ctx, server_hostname=server_name, local_addr=self._source_for(addr)),
                 self.connect_timeout)
             proto.server_name = server_name
             fut.set_result(proto)

@@ -714,7 +714,7 @@ class SessionController:
             # registered through another node (or its proxy is down): the proxies
             # hold every binding of the cluster and deliver to the phone
             self.log.info("call_via_outbound_proxy", conn_id=call.conn_id, dn=dn,
-                          proxy=f"{hop.host}:{hop.port}")
+                          proxy=f"{hop.host}:{hop.port}", transport=hop.transport)
             return f"sip:{dn}@{self.domain}", (), hop
         self.log.info("call_dn_unavailable", conn_id=call.conn_id, dn=dn)
         return None

@@ -12,10 +12,10 @@ active out-of-service detection, the same rule as the proxies apply to the
 nodes: :class:`protocols.sip.oos.OosMonitor`). :meth:`OutboundProxies.choose`
 gives the first target in RFC 3263 order that is in service.
 
-Requests leave over UDP from the node's ``sip-port``: a proxy recognises a
-node by the source address of its requests, and the node's UDP socket is
-bound to the node's host, while an outgoing TCP connection would leave from
-whatever address the kernel picks.
+Requests go over the transport the contact names (``;transport=tcp`` in the
+lab; UDP without one, RFC 3263 §4.1 otherwise): a proxy recognises a node by
+the source address of its requests, and both the node's UDP socket and its
+outgoing TCP connections leave from the node's host.
 """
 
 from __future__ import annotations
@@ -37,8 +37,8 @@ __all__ = ["NODE_HEADER", "OutboundProxies", "PeerWatch", "answered"]
 #: The proxies' private header naming the node of a dialog (docs/sip-proxy.md).
 NODE_HEADER = "X-SC-Node"
 
-#: Transport of node -> proxy requests (see the module docstring).
-NODE_TO_PROXY_TRANSPORT = "UDP"
+#: Transport of node -> proxy requests when the contact names none.
+DEFAULT_TRANSPORT = "UDP"
 
 
 def answered(response: Response) -> bool:
@@ -132,6 +132,8 @@ class OutboundProxies:
                  log: Any) -> None:
         uri = parse_uri(contact if contact.startswith(("sip:", "sips:")) else f"sip:{contact}")
         self.uri = uri
+        #: what the requests to the proxies go over (the contact's transport parameter)
+        self.transport = (uri.params.get("transport") or DEFAULT_TRANSPORT).upper()
         self.resolver = resolver
         self.watch = watch
         self.targets: list[Destination] = []
@@ -144,12 +146,12 @@ class OutboundProxies:
         targets when DNS fails."""
         try:
             found = await self.resolver.resolve(
-                self.uri.host, port=self.uri.port, transport=NODE_TO_PROXY_TRANSPORT)
+                self.uri.host, port=self.uri.port, transport=self.transport)
         except (OSError, ValueError, ParseError) as exc:
             self.log.warning("outbound_proxy_resolve_failed", host=self.uri.host,
                              reason=str(exc))
             return self.targets
-        targets = [Destination(NODE_TO_PROXY_TRANSPORT, t.host_ip, t.port) for t in found]
+        targets = [Destination(self.transport, t.host_ip, t.port) for t in found]
         if not targets:
             self.log.warning("outbound_proxy_no_targets", host=self.uri.host)
             return self.targets
@@ -199,7 +201,7 @@ class OutboundProxies:
         return False
 
     def status(self) -> dict[str, Any]:
-        return {"contact": str(self.uri), "targets": [
+        return {"contact": str(self.uri), "transport": self.transport, "targets": [
             {"target": PeerWatch.key(d), "usable": self.watch.usable(d),
              **self.watch.monitor.nodes[PeerWatch.key(d)].as_dict()}
             for d in self.targets if PeerWatch.key(d) in self.watch.monitor.nodes]}

@@ -205,3 +205,22 @@ async def test_udp_send_uses_listening_socket(server: tuple) -> None:
     data = await recv_datagram(sock)
     assert data.startswith(b"SIP/2.0 200 OK")
     sock.close()
+
+
+@pytest.mark.parametrize("listen_on", ["127.0.0.7", "0.0.0.0"])
+async def test_outgoing_tcp_leaves_from_the_listening_host(server: tuple, listen_on: str) -> None:
+    """A peer that knows us by address (a proxy and its nodes) sees our listening
+    host as the source of our TCP connections, as for our UDP datagrams; with a
+    wildcard listener the kernel picks the source."""
+    _, sink, _, peer_port = server
+    mgr = SipTransportManager(Sink(), metrics=Metrics("test-client"))
+    await mgr.listen_pair(listen_on)
+    try:
+        flow = await mgr.send(options(f"SIP/2.0/TCP {listen_on}:5060;branch=z9hG4bKsrc"), "TCP",
+                              ("127.0.0.1", peer_port))
+        _, seen = await sink.get()
+        expected = "127.0.0.1" if listen_on == "0.0.0.0" else listen_on
+        assert seen.transport == "TCP" and seen.remote[0] == expected
+        assert flow.local[0] == expected
+    finally:
+        await mgr.close()

@@ -48,6 +48,15 @@ def test_inbound_call_on_another_node_reaches_the_phone(lab: Any, phones: Any) -
         uas.ok()
         assert '"call_via_outbound_proxy"' in lab.log(other) or \
             "call_via_outbound_proxy" in lab.log(other)
+        # the SIP Outbound Proxy DN says transport=tcp: the node checks and uses its
+        # proxies over TCP, from its own address (the proxies know it by that address)
+        outbound = lab.status(other, "/status/outbound")["proxies"]
+        assert outbound["transport"] == "TCP"
+        assert outbound["targets"] and all(t["target"].startswith("tcp:")
+                                           for t in outbound["targets"])
+        lab.wait_for(f"{other} has its proxies in service over TCP", lambda o=other: all(
+            t["usable"] for t in lab.status(o, "/status/outbound")["proxies"]["targets"]),
+            lab.node_oos_check + lab.node_oos_force + 1.0)
 
 
 def test_proxy_restart_catches_up_and_routes(lab: Any, phones: Any) -> None:
