@@ -108,13 +108,28 @@ class PeerWatch:
         return max(0.05, min(1.0, self.monitor.next_deadline(now) - now))
 
     async def _probe(self, key: str, dest: Destination) -> None:
-        try:
-            resp = await self._endpoint().request(_options(dest, self.name, self.host), dest)
-        except (SipError, OSError, ParseError) as exc:
-            self.log.debug("sip_peer_check_failed", peer=key, reason=str(exc))
-            return
-        if not answered(resp) or key not in self.monitor.nodes:
-            return
+        """One check. Over UDP the OPTIONS transaction retransmits until it is
+        answered or times out; over TCP/TLS a refused or reset connection fails at
+        once, so the check is tried again (0.5 s, doubling to 2 s) while its
+        ``oos-force`` window is open: a proxy that starts listening a moment after
+        the node is in service at once, as over UDP."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.monitor.oos_force
+        delay = 0.5
+        while True:
+            resp: Response | None = None
+            try:
+                resp = await self._endpoint().request(_options(dest, self.name, self.host), dest)
+            except (SipError, OSError, ParseError) as exc:
+                self.log.debug("sip_peer_check_failed", peer=key, reason=str(exc))
+            if key not in self.monitor.nodes:
+                return
+            if resp is not None and answered(resp):
+                break
+            if dest.transport == "UDP" or loop.time() + delay > deadline:
+                return
+            await asyncio.sleep(delay)
+            delay = min(2 * delay, 2.0)
         was = self.monitor.nodes[key].state
         if self.monitor.answered(key, resp.status, asyncio.get_running_loop().time()) \
                 and was is NodeState.OUT_OF_SERVICE:
