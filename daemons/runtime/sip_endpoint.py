@@ -654,8 +654,7 @@ class SipEndpoint:
         if transport != dest.transport:
             dest = Destination(transport, dest.host, dest.port)
             client.destination = dest
-        if dest.server_name and transport == "TLS":
-            self.transport.expect_tls_name((dest.host, dest.port), dest.server_name)
+        self._expect_tls_name(dest)
         try:
             key = self.layer.send_request(request, (dest.host, dest.port), self._now(),
                                           transport=transport)
@@ -665,6 +664,12 @@ class SipEndpoint:
             return
         self._clients[key] = client
         self._flush()
+
+    def _expect_tls_name(self, dest: Destination) -> None:
+        """Tell the transport the SIP domain a TLS server at ``dest`` must prove
+        (RFC 5922): the transaction layer passes only addresses down."""
+        if dest.server_name and dest.transport == "TLS":
+            self.transport.expect_tls_name((dest.host, dest.port), dest.server_name)
 
     def _client_failed(self, key: TransactionKey, status: int, why: str) -> None:
         client = self._clients.pop(key, None)
@@ -762,9 +767,7 @@ class SipEndpoint:
         txn = self.layer.get(client_key(invite))
         if txn is not None:  # the layer's own key: no second copy per call
             self._ack_keys[txn.key] = (*self._ack_keys.get(txn.key, ()), ident)
-        if destination.server_name and destination.transport == "TLS":
-            self.transport.expect_tls_name((destination.host, destination.port),
-                                           destination.server_name)
+        self._expect_tls_name(destination)
         await self.transport.send(data, destination.transport,
                                   (destination.host, destination.port))
         return ack

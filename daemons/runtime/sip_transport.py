@@ -736,9 +736,7 @@ class SipTransportManager:
     async def _connect(
         self, transport: str, addr: Address, host_name: str | None = None
     ) -> _StreamConnection:
-        server_name: str | None = None
-        if transport == "TLS":
-            server_name = self._tls_names.get(addr) or host_name or addr[0]
+        server_name = self._tls_name(transport, addr, host_name)
         key = (transport, addr[0], addr[1], server_name or "")
         pending = self._connecting.get(key)
         if pending is not None:

@@ -344,22 +344,6 @@ class Transmit(NamedTuple):
     key: TransactionKey | None
 
 
-def _request_received(
-    key: TransactionKey, request: Request, source: Address, transport: str
-) -> RequestReceived:
-    return RequestReceived(key, request, source, transport)
-
-
-def _response_received(
-    key: TransactionKey, response: Response, source: Address
-) -> ResponseReceived:
-    return ResponseReceived(key, response, source)
-
-
-def _transaction_terminated(key: TransactionKey) -> TransactionTerminated:
-    return TransactionTerminated(key)
-
-
 # --------------------------------------------------------------------------- state tables
 
 
@@ -664,16 +648,24 @@ class Transaction:
         self._layer._start_timer(self, timer, delay, now)
 
     def _stop(self, *timers: TimerName) -> None:
-        owners = self._layer._timer_owners
         for timer in timers:
             if timer is self._retransmit_timer:
-                del owners[self._retransmit_seq]
+                self._clear_timer(True)
+            elif timer is self._timeout_timer:
+                self._clear_timer(False)
+
+    def _clear_timer(self, retransmits: bool) -> None:
+        """Stop the retransmission (or the timeout) timer if it runs: its queue
+        entry is left behind and skipped when it comes up (see TimerQueue)."""
+        if retransmits:
+            if self._retransmit_seq:
+                del self._layer._timer_owners[self._retransmit_seq]
                 self._retransmit_timer = None
                 self._retransmit_seq = 0
-            elif timer is self._timeout_timer:
-                del owners[self._timeout_seq]
-                self._timeout_timer = None
-                self._timeout_seq = 0
+        elif self._timeout_seq:
+            del self._layer._timer_owners[self._timeout_seq]
+            self._timeout_timer = None
+            self._timeout_seq = 0
 
     def on_timer(self, timer: TimerName, now: float) -> None:
         """A timer of this transaction fired."""
@@ -743,7 +735,7 @@ class ClientInviteTransaction(ClientTransaction):
             layer.counters["response_absorbed"] += 1
             return
         self._stop(_TIMER_A, _TIMER_B)
-        layer._events.append(_response_received(self.key, response, source))
+        layer._events.append(ResponseReceived(self.key, response, source))
         if what is _RECV_1XX:
             if self.pending_cancel:
                 self.pending_cancel = False
@@ -797,7 +789,7 @@ class ClientNonInviteTransaction(ClientTransaction):
             return
         self.state = new
         layer = self._layer
-        layer._events.append(_response_received(self.key, response, source))
+        layer._events.append(ResponseReceived(self.key, response, source))
         if new is _COMPLETED:
             self.request = None
             self._request_data = b""
@@ -1056,16 +1048,11 @@ class TransactionLayer:
         owners = self._timer_owners
         pop_due = self._timer_queue.pop_due
         while (seq := pop_due(now, owners)) is not None:
-            txn = owners.pop(seq)
-            if txn._retransmit_seq == seq:
-                timer = txn._retransmit_timer
-                txn._retransmit_timer = None
-                txn._retransmit_seq = 0
-            else:
-                timer = txn._timeout_timer
-                txn._timeout_timer = None
-                txn._timeout_seq = 0
+            txn = owners[seq]
+            retransmits = txn._retransmit_seq == seq
+            timer = txn._retransmit_timer if retransmits else txn._timeout_timer
             assert timer is not None
+            txn._clear_timer(retransmits)
             txn.on_timer(timer, now)
 
     # ---------------------------------------------------------------- input
@@ -1134,7 +1121,7 @@ class TransactionLayer:
             invite = self.find_invite_for_cancel(request)
             self._events.append(CancelReceived(key, request, invite, source, transport))
         else:
-            self._events.append(_request_received(key, request, source, transport))
+            self._events.append(RequestReceived(key, request, source, transport))
         new.start(now)
 
     def _legacy_match(self, txn: Transaction, request: Request) -> bool:
@@ -1273,17 +1260,9 @@ class TransactionLayer:
     def _start_timer(self, txn: Transaction, timer: TimerName, delay: float, now: float) -> None:
         # a timer of the same kind still running is replaced
         retransmits = timer in _RETRANSMIT_TIMERS
-        old = txn._retransmit_seq if retransmits else txn._timeout_seq
-        if old:
-            del self._timer_owners[old]
+        txn._clear_timer(retransmits)
         if delay <= 0:
             # Zero timers (D, I, J, K over reliable transports) fire at once.
-            if retransmits:
-                txn._retransmit_timer = None
-                txn._retransmit_seq = 0
-            else:
-                txn._timeout_timer = None
-                txn._timeout_seq = 0
             txn.on_timer(timer, now)
             return
         seq = self._seq = self._seq + 1
@@ -1302,15 +1281,8 @@ class TransactionLayer:
             txn.pending_cancel = False
             self._events.append(TransactionTerminated(self._cancel_key(txn.key)))
         txn.state = _TERMINATED
-        owners = self._timer_owners
-        if txn._retransmit_seq:
-            del owners[txn._retransmit_seq]
-            txn._retransmit_timer = None
-            txn._retransmit_seq = 0
-        if txn._timeout_seq:
-            del owners[txn._timeout_seq]
-            txn._timeout_timer = None
-            txn._timeout_seq = 0
+        txn._clear_timer(True)
+        txn._clear_timer(False)
         if self._transactions.get(txn.key) is txn:
             del self._transactions[txn.key]
-        self._events.append(_transaction_terminated(txn.key))
+        self._events.append(TransactionTerminated(txn.key))
