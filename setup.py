@@ -43,7 +43,10 @@ def extensions() -> list[object]:
         print("sipcluster: mypyc not installed: SIP stack stays pure Python", file=sys.stderr)
         return []
     paths = [f"protocols/sip/{name}.py" for name in COMPILED_MODULES]
-    return list(mypycify(paths, opt_level="3", debug_level="0"))
+    # the shared library inside the package, so every install (wheel, editable,
+    # in place) finds it where the compiled modules look for it
+    return list(mypycify(paths, opt_level="3", debug_level="0",
+                         group_name="protocols.sip._sipstack"))
 
 
 class BuildExt(build_ext):
