@@ -39,6 +39,7 @@ from types import MappingProxyType
 from typing import Any
 
 from daemons.runtime.config import ConfigError, Section, load_file
+from protocols.sip.digest import LEGACY_USER_AGENTS
 
 __all__ = [
     "AppKind",
@@ -204,6 +205,22 @@ def _cti_control(s: Section, n: str, d: Any) -> Any:
     return tuple(items)
 
 
+def _digest_algorithms(s: Section, n: str, d: Any) -> Any:
+    """A list of digest algorithms (RFC 8760 §2.2), preferred first; None when not given
+    and ``d`` is None."""
+    if d is None and n not in s:
+        return None
+    algorithms = tuple(s.get_str_list(n, list(d or ())))
+    for algorithm in algorithms:
+        if algorithm not in DIGEST_ALGORITHMS:
+            raise s.error(n, f"expected some of {', '.join(DIGEST_ALGORITHMS)}, got {algorithm!r}")
+    if not algorithms:
+        raise s.error(n, "must name at least one algorithm")
+    if len(set(algorithms)) != len(algorithms):
+        raise s.error(n, "names an algorithm twice")
+    return algorithms
+
+
 Schema = dict[str, tuple[Reader, Any]]
 
 #: ``[switch] digest-algorithms`` values (RFC 7616 §3.4 / RFC 8760 §2.2)
@@ -269,6 +286,7 @@ _EXTENSION_OPTIONS: Schema = {
     "sip-ring-tone-mode": (_range(0, 2), 1),
     "sip-cti-control": (_cti_control, ()),
     "sip-enable-strict-auth": (_opt_bool, None),
+    "digest-algorithms": (_digest_algorithms, None),
     "record": (_bool, False),
     "geo-location": (_opt_str, None),
 }
@@ -431,8 +449,11 @@ class Switch:
     tserver: Mapping[str, Any]  # options given in [switch.tserver], by attribute name
     #: secret of the digest nonces, shared by every node (None: not configured)
     digest_secret: str | None = None
-    #: digest algorithms the nodes challenge with, preferred first (RFC 8760 §2.4)
-    digest_algorithms: tuple[str, ...] = ("MD5", "SHA-256")
+    #: digest algorithms the nodes accept and challenge with, preferred first (RFC 8760 §2.4)
+    digest_algorithms: tuple[str, ...] = ("SHA-256", "MD5")
+    #: (User-Agent pattern, algorithms offered to it): clients that cannot take
+    #: the RFC 8760 offer (``[switch.digest-user-agents]``)
+    digest_user_agents: tuple[tuple[str, tuple[str, ...]], ...] = LEGACY_USER_AGENTS
     #: name servers the daemons resolve SIP names with (RFC 3263), ``"HOST:PORT"``;
     #: empty: the host's resolv.conf
     dns_servers: tuple[str, ...] = ()
@@ -493,6 +514,12 @@ class Dn:
     def password(self) -> str | None:
         value = self.options.get("password")
         return value if isinstance(value, str) else None
+
+    @property
+    def digest_algorithms(self) -> tuple[str, ...] | None:
+        """The digest algorithms this account accepts, if narrower than the switch's."""
+        value = self.options.get("digest-algorithms")
+        return value if isinstance(value, tuple) else None
 
     @property
     def contact(self) -> str | None:
@@ -652,13 +679,8 @@ def _parse_switch(s: Section) -> Switch:
     digest_secret = s.get_optional_str("digest-secret")
     if digest_secret is not None and len(digest_secret) < 16:
         raise s.error("digest-secret", "must be at least 16 characters")
-    algorithms = tuple(s.get_str_list("digest-algorithms", ["MD5", "SHA-256"]))
-    for algorithm in algorithms:
-        if algorithm not in DIGEST_ALGORITHMS:
-            raise s.error("digest-algorithms",
-                          f"expected some of {', '.join(DIGEST_ALGORITHMS)}, got {algorithm!r}")
-    if not algorithms:
-        raise s.error("digest-algorithms", "must name at least one algorithm")
+    algorithms = _digest_algorithms(s, "digest-algorithms", ("SHA-256", "MD5"))
+    user_agents = _digest_user_agents(s, algorithms)
     dns_servers = tuple(s.get_str_list("dns-servers", []))
     for server in dns_servers:
         if not _is_nameserver(server):
@@ -668,12 +690,31 @@ def _parse_switch(s: Section) -> Switch:
     given = _read_schema(tserver, TSERVER_OPTIONS, only_given=True)
     _check_unknown(tserver, set(TSERVER_OPTIONS))
     _check_unknown(s, {"name", "domain", "realm", "digest-secret", "digest-algorithms",
-                       "dns-servers", "tserver"})
+                       "digest-user-agents", "dns-servers", "tserver"})
     if not name:
         raise s.error("name", "must not be empty")
     return Switch(name=name, domain=domain, realm=realm, tserver=_frozen_map(given),
                   digest_secret=digest_secret, digest_algorithms=algorithms,
+                  digest_user_agents=user_agents,
                   dns_servers=dns_servers)
+
+
+def _digest_user_agents(
+    s: Section, accepted: tuple[str, ...]
+) -> tuple[tuple[str, tuple[str, ...]], ...]:
+    """``[switch.digest-user-agents]``: User-Agent pattern -> algorithms offered to it.
+    Absent: the built-in list of clients known to break on the RFC 8760 offer."""
+    if "digest-user-agents" not in s:
+        return LEGACY_USER_AGENTS
+    table = s.section("digest-user-agents")
+    result = []
+    for pattern in table.keys():
+        algorithms = _digest_algorithms(table, pattern, ())
+        extra = [a for a in algorithms if a not in accepted]
+        if extra:
+            raise table.error(pattern, f"{', '.join(extra)} not in [switch] digest-algorithms")
+        result.append((pattern, algorithms))
+    return tuple(result)
 
 
 def _is_nameserver(text: str) -> bool:
@@ -981,6 +1022,13 @@ def _cross_check(root: Section, cfg: ClusterConfig) -> list[ConfigError]:
                             + hint(target_dn, cfg.dns))
                 elif entry.type is DnType.VOIP_SERVICE:
                     problem(key, f"{target_dn!r} is a VoIPService DN, not a destination")
+
+    # an account narrows the switch's digest algorithms, never widens them
+    for dn in cfg.agent_dns():
+        extra = [a for a in dn.digest_algorithms or () if a not in cfg.switch.digest_algorithms]
+        if extra:
+            problem(f"dns.{dn.number}.digest-algorithms",
+                    f"{', '.join(extra)} not in [switch] digest-algorithms")
 
     # sip-enable-strict-auth, per DN (guide: "Configuring the SIP Cluster Node DN")
     nodes_apps = [n for n in cfg.nodes.applications if n in apps]

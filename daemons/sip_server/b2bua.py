@@ -47,7 +47,7 @@ from daemons.sip_server.outbound import NODE_HEADER, OutboundProxies, PeerWatch
 from daemons.sip_server.registrar import RegisterError, Registrar
 from daemons.sip_server.tlib_server import TLibConnection
 from protocols.sip.dialog import Dialog, DialogError
-from protocols.sip.digest import DigestAuthenticator
+from protocols.sip.digest import AlgorithmPolicy, DigestAuthenticator
 from protocols.sip.errors import ParseError, SipError
 from protocols.sip.headers import Headers, parse_name_addr
 from protocols.sip.message import Request, Response, make_response
@@ -96,11 +96,12 @@ class SessionController:
             self.log.warning("digest_secret_derived", switch=self.config.switch.name,
                              realm=realm, hint="set [switch] digest-secret: the derived "
                              "key is guessable from the cluster file")
-        # MD5 first by default: most phones and SIPp answer only MD5 (RFC 8760 §2.4
-        # allows the order); some (baresip 1.0) fail on any challenge they cannot
-        # answer, hence [switch] digest-algorithms
-        self.auth = DigestAuthenticator(realm, self.config.switch.nonce_secret(),
-                                        algorithms=self.config.switch.digest_algorithms)
+        # RFC 8760 offer (SHA-256 first) except to clients known to break on it,
+        # narrowed per account (docs/configuration.md, "Digest algorithms")
+        switch = self.config.switch
+        self.auth = DigestAuthenticator(realm, switch.nonce_secret(),
+                                        algorithms=switch.digest_algorithms)
+        self.auth_policy = AlgorithmPolicy(switch.digest_algorithms, switch.digest_user_agents)
         self.endpoint: SipEndpoint | None = None
         self.sip_port = 0
         self.calls: dict[str, Call] = {}
@@ -360,7 +361,8 @@ class SessionController:
             return None
         result = self.auth.verify(inc.method, value, now=time.time(),
                                   password_lookup=lambda user: self._password(dn)
-                                  if user == dn else None)
+                                  if user == dn else None,
+                                  algorithms=self._accepted_algorithms(dn))
         if not result.ok:
             reason = result.reason.value if result.reason is not None else "unknown"
             self.m_auth_failures.labels(inc.method, reason).inc()
@@ -370,12 +372,19 @@ class SessionController:
             return None
         return True
 
-    def _challenge(self, inc: IncomingRequest, status: int) -> Response:
+    def _accepted_algorithms(self, dn: str) -> tuple[str, ...]:
+        entry = self.config.dns.get(dn)
+        narrowed = entry.digest_algorithms if entry is not None else None
+        return narrowed or self.auth.algorithms
+
+    def _challenge(self, inc: IncomingRequest, status: int, dn: str) -> Response:
         stale = inc.request.headers.get("X-Stale") == "true"
         name = "WWW-Authenticate" if status == 401 else "Proxy-Authenticate"
         self.m_refused.labels(inc.method, str(status)).inc()
-        return inc.response(status, headers=[(name, v)
-                                             for v in self.auth.challenge(time.time(), stale)])
+        offer = self.auth_policy.offer(inc.request.headers.get("User-Agent"),
+                                       self._accepted_algorithms(dn))
+        return inc.response(status, headers=[
+            (name, v) for v in self.auth.challenge(time.time(), stale, offer)])
 
     def _register(self, inc: IncomingRequest) -> Response:
         req = inc.request
@@ -384,7 +393,7 @@ class SessionController:
             ok = dn in self.config.dns and self._authenticate(inc, dn, "Authorization")
             if not ok:
                 self.m_registrations.labels("challenged").inc()
-                return self._challenge(inc, 401)
+                return self._challenge(inc, 401, dn)
         entry = self.config.dns[dn]
         now = self._now()
         try:
@@ -778,7 +787,7 @@ class SessionController:
         caller_dn = self._agent_dn(caller)
         if caller_dn is not None and self.config.strict_auth(caller_dn, self.server.app_name):
             if not self._authenticate(inc, caller_dn, "Proxy-Authorization"):
-                return self._challenge(inc, 407)
+                return self._challenge(inc, 407, caller_dn)
         dest = req.ruri.user or parse_uri(req.to.uri).user or ""
         if not dest:
             return self._refuse(inc, 404, "No Destination")

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import base64
 import enum
+import fnmatch
 import hashlib
 import hmac
 import os
@@ -40,6 +41,8 @@ from protocols.sip.errors import ParseError
 
 __all__ = [
     "ALGORITHMS",
+    "LEGACY_USER_AGENTS",
+    "AlgorithmPolicy",
     "AuthFailure",
     "AuthResult",
     "DigestAuthenticator",
@@ -814,12 +817,17 @@ class DigestAuthenticator:
 
     # -- challenge ---------------------------------------------------------
 
-    def challenge(self, now: float, stale: bool = False) -> list[str]:
+    def challenge(
+        self, now: float, stale: bool = False, algorithms: Iterable[str] | None = None
+    ) -> list[str]:
         """One header value per algorithm, preferred first (RFC 8760 §2.4, RFC 3261 §22.1).
 
         All values share one nonce so whichever the client picks is counted
-        against the same nonce-count.
+        against the same nonce-count. ``algorithms`` narrows or reorders the
+        offer for one client (see :class:`AlgorithmPolicy`); each must be one
+        this authenticator accepts.
         """
+        offered = self._offered(algorithms)
         nonce = self.make_nonce(now)
         return [
             DigestChallenge(
@@ -830,8 +838,17 @@ class DigestAuthenticator:
                 opaque=self.opaque,
                 stale=stale,
             ).serialize()
-            for algorithm in self.algorithms
+            for algorithm in offered
         ]
+
+    def _offered(self, algorithms: Iterable[str] | None) -> tuple[str, ...]:
+        if algorithms is None:
+            return self.algorithms
+        chosen = tuple(_canonical_algorithm(a) for a in algorithms)
+        unknown = [a for a in chosen if a not in self.algorithms]
+        if unknown or not chosen:
+            raise ValueError(f"algorithms {unknown or 'none'} not among {self.algorithms}")
+        return chosen
 
     # -- verification ------------------------------------------------------
 
@@ -845,6 +862,7 @@ class DigestAuthenticator:
         ha1_lookup: Ha1Lookup | None = None,
         body: bytes = b"",
         request_uri: str | None = None,
+        algorithms: Iterable[str] | None = None,
     ) -> AuthResult:
         """Check an Authorization / Proxy-Authorization value (RFC 3261 §22.4, RFC 7616 §3.4).
 
@@ -852,6 +870,9 @@ class DigestAuthenticator:
         ``ha1_lookup(username, realm, base_algorithm) -> hex | None`` supplies
         the secret. ``request_uri``, when given, must equal the ``uri``
         parameter (RFC 3261 §22.4 step "the Request-URI ... matches").
+        ``algorithms``, when given, are the ones this account accepts (a
+        subset of the authenticator's); an answer in any other algorithm
+        fails with ``UNSUPPORTED_ALGORITHM``.
         Never raises for anything the peer sent.
         """
         if (password_lookup is None) == (ha1_lookup is None):
@@ -874,7 +895,7 @@ class DigestAuthenticator:
         if creds.realm != self.realm:
             return fail(AuthFailure.BAD_REALM)
         algorithm = creds.effective_algorithm
-        if algorithm not in self.algorithms:
+        if algorithm not in self._offered(algorithms):
             return fail(AuthFailure.UNSUPPORTED_ALGORITHM)
         base = _base_algorithm(algorithm)
         if creds.qop is None:
@@ -951,3 +972,49 @@ class DigestAuthenticator:
     def tracked_nonces(self) -> int:
         """Size of the nonce-count table (bounded by ``max_nonces``)."""
         return len(self._nc)
+
+
+#: Client software that cannot use the RFC 8760 offer (several challenges,
+#: SHA-256 first), by User-Agent pattern (``fnmatch``, case-insensitive); the
+#: empty pattern stands for a request without User-Agent. Measured against
+#: the Debian packages: baresip 1.0 (libre 1.1) fails the whole REGISTER with
+#: ENOSYS when any challenge names an algorithm other than MD5; sipsak 0.9.8
+#: and SIPp 3.6 read only the first challenge and answer only MD5 (SIPp sends
+#: no User-Agent unless its scenario does).
+LEGACY_USER_AGENTS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("baresip v0.*", ("MD5",)),
+    ("baresip v1.*", ("MD5",)),
+    ("sipsak*", ("MD5",)),
+    ("", ("MD5", "SHA-256")),
+)
+
+
+@dataclass(frozen=True)
+class AlgorithmPolicy:
+    """Which digest algorithms to offer one client, most preferred first.
+
+    RFC 8760 §2.4: a server sends one challenge per algorithm in its order of
+    preference and a client answers the topmost one it supports. Clients that
+    break on that offer are matched by their User-Agent (``user_agents``, the
+    first matching pattern wins) and get the narrower offer listed for them.
+    An account may accept fewer algorithms than the switch (``accepted``);
+    the offer never leaves what the account accepts, so a SHA-256-only
+    account stays SHA-256-only whatever the client claims to be.
+    """
+
+    algorithms: tuple[str, ...] = ("SHA-256", "MD5")
+    user_agents: tuple[tuple[str, tuple[str, ...]], ...] = LEGACY_USER_AGENTS
+
+    def offer(
+        self, user_agent: str | None, accepted: tuple[str, ...] | None = None
+    ) -> tuple[str, ...]:
+        """The algorithms to challenge a client with ``user_agent`` (None: header absent)."""
+        allowed = accepted if accepted else self.algorithms
+        agent = (user_agent or "").strip().lower()
+        for pattern, algorithms in self.user_agents:
+            hit = not agent if pattern == "" else bool(agent) and fnmatch.fnmatchcase(
+                agent, pattern.lower())
+            if hit:
+                chosen = tuple(a for a in algorithms if a in allowed)
+                return chosen if chosen else allowed
+        return allowed

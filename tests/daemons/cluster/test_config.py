@@ -510,7 +510,10 @@ def test_digest_secret_is_shared_by_every_node(tmp_path: Path) -> None:
 
 
 def test_digest_algorithms(tmp_path: Path) -> None:
-    assert load_text(tmp_path, MINIMAL).switch.digest_algorithms == ("MD5", "SHA-256")
+    cfg = load_text(tmp_path, MINIMAL)
+    assert cfg.switch.digest_algorithms == ("SHA-256", "MD5")  # RFC 8760 order
+    assert ("baresip v1.*", ("MD5",)) in cfg.switch.digest_user_agents
+    assert cfg.dns["1001"].digest_algorithms is None
     only_md5 = MINIMAL.replace('domain = "cluster.lab"',
                                'domain = "cluster.lab"\ndigest-algorithms = "MD5"')
     assert load_text(tmp_path, only_md5).switch.digest_algorithms == ("MD5",)
@@ -529,3 +532,20 @@ def test_dns_servers(tmp_path: Path) -> None:
         bad = error_of(tmp_path, MINIMAL.replace(
             'domain = "cluster.lab"', f'domain = "cluster.lab"\ndns-servers = {bad_value}'))
         assert bad.key == "switch.dns-servers"
+
+
+def test_digest_user_agents_and_account_algorithms(tmp_path: Path) -> None:
+    table = MINIMAL.replace('[dns.1001]\n', '[switch.digest-user-agents]\n'
+                            '"Acme*" = ["MD5"]\n"" = "MD5"\n\n[dns.1001]\n'
+                            'digest-algorithms = ["SHA-256"]\n')
+    cfg = load_text(tmp_path, table)
+    assert cfg.switch.digest_user_agents == (("Acme*", ("MD5",)), ("", ("MD5",)))
+    assert cfg.dns["1001"].digest_algorithms == ("SHA-256",)
+    narrow = MINIMAL.replace('domain = "cluster.lab"',
+                             'domain = "cluster.lab"\ndigest-algorithms = ["SHA-256"]')
+    wider = error_of(tmp_path, narrow.replace('[dns.1001]\n', '[switch.digest-user-agents]\n'
+                                              '"Acme*" = ["MD5"]\n\n[dns.1001]\n'))
+    assert wider.key == "switch.digest-user-agents.Acme*" and "MD5" in wider.reason
+    account = error_of(tmp_path, narrow.replace('[dns.1001]\n',
+                                                '[dns.1001]\ndigest-algorithms = "MD5"\n'))
+    assert "dns.1001.digest-algorithms" in str(account) and "MD5" in str(account)

@@ -11,6 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from protocols.sip.digest import (
+    LEGACY_USER_AGENTS,
+    AlgorithmPolicy,
     AuthFailure,
     DigestAuthenticator,
     DigestChallenge,
@@ -622,3 +624,48 @@ def test_rfc2069_answers_only_when_allowed() -> None:
         AuthFailure.UNSUPPORTED_QOP
     )
     assert lenient.verify("REGISTER", value, now=NOW, password_lookup=USERS.get).ok
+
+
+# --------------------------------------------------------------- algorithm policy
+
+
+@pytest.mark.parametrize(("user_agent", "offer"), [
+    ("baresip v1.0.0 (x86_64/linux)", ("MD5",)),        # fails on any SHA-256 challenge
+    ("sipsak 0.9.8.1", ("MD5",)),                       # reads the first challenge only
+    (None, ("MD5", "SHA-256")),                         # SIPp scenarios send no User-Agent
+    ("", ("MD5", "SHA-256")),
+    ("Linphone/5.1.65 (belle-sip/5.1.64)", ("SHA-256", "MD5")),  # RFC 8760 order
+    ("baresip v3.10.0 (x86_64/linux)", ("SHA-256", "MD5")),      # newer libre: both
+])
+def test_policy_offers_rfc8760_order_except_to_known_legacy_clients(
+    user_agent: str | None, offer: tuple[str, ...],
+) -> None:
+    assert AlgorithmPolicy().offer(user_agent) == offer
+
+
+def test_policy_never_leaves_what_the_account_accepts() -> None:
+    policy = AlgorithmPolicy(("SHA-256", "MD5"), LEGACY_USER_AGENTS)
+    # a SHA-256-only account stays so, whatever the client says it is
+    assert policy.offer("baresip v1.0.0", accepted=("SHA-256",)) == ("SHA-256",)
+    assert policy.offer(None, accepted=("SHA-256",)) == ("SHA-256",)
+    custom = AlgorithmPolicy(("SHA-256", "MD5"), (("Acme*", ("MD5",)),))
+    assert custom.offer("ACME phone 2") == ("MD5",)      # patterns ignore case
+    assert custom.offer("baresip v1.0.0") == ("SHA-256", "MD5")
+
+
+def test_challenge_and_verify_follow_the_offer() -> None:
+    auth = DigestAuthenticator("r", b"k", algorithms=("SHA-256", "MD5"))
+    values = auth.challenge(100.0, algorithms=("MD5",))
+    assert [parse_challenge(v).algorithm for v in values] == ["MD5"]
+    assert [parse_challenge(v).algorithm for v in auth.challenge(100.0)] == ["SHA-256", "MD5"]
+    with pytest.raises(ValueError):
+        auth.challenge(100.0, algorithms=("SHA-256-sess",))
+    md5 = parse_challenge(values[0])
+    creds = make_credentials(md5, username="u", method="REGISTER", uri="sip:r",
+                             password="pw", cnonce="c")
+    lookup = {"u": "pw"}.get
+    # an account that accepts SHA-256 only refuses a right MD5 answer
+    refused = auth.verify("REGISTER", creds.serialize(), now=101.0,
+                          password_lookup=lookup, algorithms=("SHA-256",))
+    assert not refused.ok and refused.reason is AuthFailure.UNSUPPORTED_ALGORITHM
+    assert auth.verify("REGISTER", creds.serialize(), now=101.0, password_lookup=lookup).ok
