@@ -31,7 +31,9 @@ from daemons.lab.supervisor import Supervisor
 from daemons.lab.topology import lab_description, lab_dns_addresses, process_specs
 from daemons.runtime.config import ConfigError
 
-EXAMPLE_CONFIG = Path(__file__).resolve().parents[2] / "deploy" / "etc" / "cluster.toml"
+#: deploy/etc/cluster.toml, shipped inside the package (a link in the source tree,
+#: a copy in a wheel) so that an installed sipcluster finds it too
+EXAMPLE_CONFIG = Path(__file__).resolve().with_name("cluster.toml")
 DEFAULT_DIR = Path("lab-run")
 
 
