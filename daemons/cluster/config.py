@@ -38,8 +38,16 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-from daemons.runtime.config import ConfigError, Section, load_file
+from daemons.runtime.config import (
+    ConfigError,
+    Section,
+    is_host_name,
+    is_ip_address,
+    load_file,
+)
 from protocols.sip.digest import LEGACY_USER_AGENTS
+from protocols.sip.errors import ParseError
+from protocols.sip.uri import parse_uri
 
 __all__ = [
     "AppKind",
@@ -119,10 +127,6 @@ class OwnershipKind(StrEnum):
 Reader = Callable[[Section, str, Any], Any]
 
 
-def _req_str(s: Section, n: str, d: Any) -> Any:
-    return s.get_str(n)
-
-
 def _opt_str(s: Section, n: str, d: Any) -> Any:
     return s.get_optional_str(n)
 
@@ -148,16 +152,48 @@ def _seconds(s: Section, n: str, d: Any) -> Any:
 
 
 def _opt_hostport(s: Section, n: str, d: Any) -> Any:
-    """``HOST:PORT`` (``[v6]:PORT`` for IPv6) or absent; read as ``(host, port)``."""
+    """``IP:PORT`` (``[v6]:PORT`` for IPv6) or absent; read as ``(address, port)``.
+
+    An address, not a name: the daemon sends to it as it is."""
     value = s.get_optional_str(n)
     if value is None:
         return d
     host, colon, port = value.strip().rpartition(":")
     host = host.strip("[]")
-    if not colon or not host or not port.isdigit() or not 0 < int(port) <= 65535 \
-            or any(c.isspace() for c in host):
-        raise s.error(n, f"expected HOST:PORT, got {value!r}")
+    if not colon or not host or not port.isdigit() or not 0 < int(port) <= 65535:
+        raise s.error(n, f"expected IP:PORT, got {value!r}")
+    if not is_ip_address(host):
+        raise s.error(n, f"expected IP:PORT, got {value!r}: {host!r} is not an IP address")
     return (host, int(port))
+
+
+def _check_contact(s: Section, n: str, value: str) -> str:
+    """A ``contact``: ``"*"`` (SIP registration), a SIP URI or ``HOST[:PORT]``.
+
+    Its host may be a name (resolved through the name servers, RFC 3263), but
+    it must be an IP address or have the form of a host name, so that a typo
+    such as ``127.0.1.300`` is refused here and not by a resolver at run time."""
+    text = value.strip()
+    if text in ("", "*"):
+        return value
+    if not text.lower().startswith(("sip:", "sips:")):
+        text = "sip:" + text
+    try:
+        host = parse_uri(text).host
+    except ParseError as exc:
+        raise s.error(n, f"expected a SIP URI or HOST[:PORT], got {value!r}: {exc}") from None
+    if not is_ip_address(host) and not is_host_name(host):
+        raise s.error(n, f"{host!r} in {value!r} is neither an IP address nor a host name")
+    return value
+
+
+def _contact(s: Section, n: str, d: Any) -> Any:
+    return _check_contact(s, n, s.get_str(n))
+
+
+def _opt_contact(s: Section, n: str, d: Any) -> Any:
+    value = s.get_optional_str(n)
+    return None if value is None else _check_contact(s, n, value)
 
 
 def _range(lo: int, hi: int) -> Reader:
@@ -269,15 +305,15 @@ CLUSTER_NODE_OPTIONS: Schema = {
 
 #: Options of the SIP Outbound Proxy DN (service-type = sip-outbound-proxy).
 OUTBOUND_PROXY_OPTIONS: Schema = {
-    "contact": (_req_str, None),
-    "external-contact": (_opt_str, None),
+    "contact": (_contact, None),
+    "external-contact": (_opt_contact, None),
     "oos-check": (_nonneg, 10),
     "oos-force": (_nonneg, 2),
 }
 
 _EXTENSION_OPTIONS: Schema = {
     "password": (_opt_str, None),
-    "contact": (_opt_str, None),
+    "contact": (_opt_contact, None),
     "dual-dialog-enabled": (_bool, True),
     "make-call-rfc3725-flow": (_range(0, 1), 1),
     "refer-enabled": (_bool, False),
@@ -292,7 +328,7 @@ _EXTENSION_OPTIONS: Schema = {
 }
 
 _GATEWAY_OPTIONS: Schema = {
-    "contact": (_opt_str, None),
+    "contact": (_opt_contact, None),
     "geo-location": (_opt_str, None),
     "dual-dialog-enabled": (_bool, False),
     "oos-check": (_nonneg, 0),
@@ -312,7 +348,7 @@ DN_OPTIONS: dict[DnType, Schema] = {
     DnType.ACD_POSITION: _EXTENSION_OPTIONS,
     DnType.ROUTING_POINT: {"default-dn": (_opt_str, None), "geo-location": (_opt_str, None)},
     DnType.VIRTUAL_QUEUE: {"geo-location": (_opt_str, None)},
-    DnType.TRUNK_GROUP: {"contact": (_opt_str, None), "geo-location": (_opt_str, None)},
+    DnType.TRUNK_GROUP: {"contact": (_opt_contact, None), "geo-location": (_opt_str, None)},
     DnType.TRUNK: _GATEWAY_OPTIONS,
 }
 
@@ -799,7 +835,7 @@ def _parse_applications(root: Section) -> dict[str, Application]:
     apps: dict[str, Application] = {}
     for name, s in root.sections("applications").items():
         kind = AppKind(s.get_choice("kind", tuple(k.value for k in AppKind)))
-        host = s.get_host("host")
+        host = s.get_ip_address("host")
         geo = s.get_optional_str("geo-location")
         required, optional = PORTS[kind]
         ports: dict[str, int] = {}

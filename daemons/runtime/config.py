@@ -8,6 +8,7 @@ Option names keep the spelling of the reference guides (``oos-check``,
 from __future__ import annotations
 
 import ipaddress
+import re
 import tomllib
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -130,15 +131,20 @@ class Section:
         return value
 
     def get_host(self, name: str, default: Any = _MISSING) -> str:
-        """An IP address or a host name (not validated against DNS)."""
+        """An IP address or a host name (not looked up: a name is checked for
+        its form only, see :func:`is_host_name`)."""
         value = self.get_str(name, default)
-        try:
-            ipaddress.ip_address(value)
-        except ValueError:
-            if not value or any(c.isspace() for c in value) or "/" in value:
-                raise self.error(
-                    name, f"expected an IP address or host name, got {value!r}"
-                ) from None
+        if not is_ip_address(value) and not is_host_name(value):
+            raise self.error(name, f"expected an IP address or host name, got {value!r}")
+        return value
+
+    def get_ip_address(self, name: str, default: Any = _MISSING) -> str:
+        """An IPv4 or IPv6 address literal, for options that are an address:
+        a daemon binds it or sends to it, so a name would go to the system
+        resolver at run time and a typo would surface only then."""
+        value = self.get_str(name, default)
+        if not is_ip_address(value):
+            raise self.error(name, f"expected an IP address, got {value!r}")
         return value
 
     def get_str_list(self, name: str, default: Any = _MISSING) -> list[str]:
@@ -163,6 +169,30 @@ class Section:
         for key in outer.keys():
             result[key] = outer.section(key, required=True)
         return result
+
+
+def is_ip_address(text: str) -> bool:
+    """True for an IPv4 or IPv6 address literal (without brackets)."""
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
+
+
+#: hostname = *( domainlabel "." ) toplabel [ "." ] (RFC 3261 §25.1, after
+#: RFC 1123 §2.1): the last label starts with a letter, so a mistyped dotted
+#: quad such as ``127.0.1.300`` is neither an address nor a name
+_HOST_NAME = re.compile(
+    r"(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)*"
+    r"[A-Za-z](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.?"
+)
+
+
+def is_host_name(text: str) -> bool:
+    """True when ``text`` has the form of a host name (RFC 3261 §25.1, labels of
+    at most 63 characters, 253 in all besides a final dot); nothing is looked up."""
+    return len(text) <= 254 and _HOST_NAME.fullmatch(text) is not None
 
 
 def load_file(path: str | Path) -> Section:

@@ -23,6 +23,7 @@ import argparse
 import asyncio
 import contextlib
 import gc
+import sys
 import time
 from collections.abc import Callable
 from typing import Any
@@ -312,7 +313,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         service = SipProxy(args)
     except (ConfigError, ValueError) as exc:
-        print(f"sip-proxy: {exc}")
+        print(f"sip-proxy: {exc}", file=sys.stderr)
         return 2
     with contextlib.suppress(KeyboardInterrupt):
         return run_service(service)

@@ -24,6 +24,7 @@ import argparse
 import asyncio
 import gc
 import os
+import sys
 from dataclasses import dataclass
 from typing import Any
 
@@ -438,6 +439,6 @@ def run(args: argparse.Namespace) -> int:
         config = load_cluster(args.config)
         service = SipServer(config, args.name, backlog_window=args.backlog_window)
     except ConfigError as exc:
-        print(f"sip-server: {exc}")
+        print(f"sip-server: {exc}", file=sys.stderr)
         return 2
     return run_service(service)

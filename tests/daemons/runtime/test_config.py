@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from daemons.runtime.config import ConfigError, load_file
+from daemons.runtime.config import ConfigError, is_host_name, load_file
 
 
 def write(tmp_path: Path, text: str) -> Path:
@@ -59,6 +59,11 @@ def test_missing_file(tmp_path: Path) -> None:
         ("t = true", lambda s: s.get_float("t"), "app.t", "expected a number"),
         ('b = "maybe"', lambda s: s.get_bool("b"), "app.b", "expected true or false"),
         ("h = 'a b'", lambda s: s.get_host("h"), "app.h", "IP address or host name"),
+        ("h = '127.0.1.300'", lambda s: s.get_host("h"), "app.h", "got '127.0.1.300'"),
+        ("a = '127.0.1.300'", lambda s: s.get_ip_address("a"), "app.a",
+         "expected an IP address, got '127.0.1.300'"),
+        ("a = 'node1.cluster.lab'", lambda s: s.get_ip_address("a"), "app.a",
+         "expected an IP address"),
         ("", lambda s: s.get_str("name"), "app.name", "required option is missing"),
         ('m = "x"', lambda s: s.get_choice("m", ("a", "b")), "app.m", "expected one of a, b"),
     ],
@@ -80,3 +85,25 @@ def test_unknown_option_suggests_the_close_name(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as info:
         section.check_unknown({"oos-check", "oos-force"})
     assert "app.oos-chek: unknown option (did you mean 'oos-check'?)" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("spx-srv.cluster.lab", True),
+        ("spx-srv.cluster.lab.", True),  # fully qualified
+        ("sbc1", True),
+        ("1und1.de", True),  # a domain label may start with a digit
+        ("127.0.1.300", False),  # the last label may not: a mistyped address
+        ("127.0.1.11", False),  # an address is not a name
+        ("-a.lab", False),
+        ("a-.lab", False),
+        ("a..lab", False),
+        ("a b", False),
+        ("", False),
+        ("a" * 64 + ".lab", False),  # a label has at most 63 characters
+    ],
+)
+def test_host_name_form(text: str, expected: bool) -> None:
+    """RFC 3261 §25.1 hostname: what a contact may name instead of an address."""
+    assert is_host_name(text) is expected
