@@ -1,19 +1,34 @@
 """The HTTP management listener every daemon exposes: ``/healthz`` and
 Prometheus ``/metrics``, plus JSON status pages a daemon registers.
+
+A request the listener refuses before any handler runs (a malformed request
+line, a header line over aiohttp's 8190-byte limit: RFC 9112 §2.2, §3) gets
+aiohttp's 400 answer, one ``http_bad_request`` log line with the peer and the
+reason, and a count in ``sipcluster_http_bad_requests_total{reason}``; the
+listener goes on serving.
 """
 
 from __future__ import annotations
 
 import json
+import logging
+import re
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
+from daemons.runtime.logs import get_logger
+
 HealthCheck = Callable[[], tuple[bool, dict[str, Any]]]
 StatusPage = Callable[[], Any]
+
+#: longest ``detail`` of an ``http_bad_request`` line: the refused input is
+#: quoted in aiohttp's message and may be any size
+_DETAIL_MAX = 200
 
 
 class Metrics:
@@ -44,12 +59,60 @@ class Metrics:
         return generate_latest(self.registry)
 
 
+class _ServerLog(logging.LoggerAdapter[logging.Logger]):
+    """The ``logger`` aiohttp's request handler writes to, turned into structlog
+    events of one line each.
+
+    aiohttp reports a request it refuses as ``logger.exception("Error handling
+    request from %s", peer, exc_info=exc)`` (``logger.debug`` for a bad method
+    on a fresh connection) with an :class:`HttpProcessingError`; through the
+    standard library that is a multi-line traceback per request. Here it is one
+    ``http_bad_request`` event and a count by reason. Anything else aiohttp
+    logs (a page handler that raised) is one ``http_server_error`` event.
+    """
+
+    def __init__(self, log: Any, refused: Any) -> None:
+        super().__init__(logging.getLogger("aiohttp.server"), {})
+        self._events = log
+        self._refused = refused
+
+    def log(self, level: int, msg: object, *args: object, **kwargs: Any) -> None:
+        exc = kwargs.get("exc_info")
+        if isinstance(exc, HttpProcessingError):
+            reason = _reason(exc)
+            self._refused.labels(reason).inc()
+            detail = " ".join(str(exc.message).split())
+            if len(detail) > _DETAIL_MAX:
+                detail = detail[:_DETAIL_MAX] + "..."
+            self._events.warning("http_bad_request", peer=str(args[0]) if args else None,
+                                 reason=reason, status=exc.code, detail=detail)
+            return
+        if level < logging.WARNING:
+            return  # aiohttp's debug chatter (client disconnects ...)
+        message = str(msg) % args if args else str(msg)
+        error = exc if isinstance(exc, BaseException) else None
+        self._events.error("http_server_error", message=message,
+                           error=repr(error) if error is not None else None, exc_info=error)
+
+
+def _reason(exc: HttpProcessingError) -> str:
+    """``LineTooLong`` -> ``line_too_long``: a label from aiohttp's own (bounded)
+    set of refusal classes."""
+    return re.sub(r"(?<!^)(?=[A-Z])", "_", type(exc).__name__).lower()
+
+
 class ManagementServer:
     """aiohttp application serving health, metrics and status pages."""
 
     def __init__(self, metrics: Metrics, *, app_name: str) -> None:
         self.metrics = metrics
         self.app_name = app_name
+        self.bad_requests = metrics.counter(
+            "http_bad_requests",
+            "HTTP requests the management listener refused before any handler ran",
+            ("reason",))
+        self._server_log = _ServerLog(
+            get_logger("management", application=app_name), self.bad_requests)
         self._checks: dict[str, HealthCheck] = {}
         self._pages: dict[str, StatusPage] = {}
         self._runner: web.AppRunner | None = None
@@ -93,7 +156,7 @@ class ManagementServer:
         app.router.add_get("/metrics", self._metrics)
         for path, page in self._pages.items():
             app.router.add_get(path, self._page_handler(page))
-        self._runner = web.AppRunner(app, access_log=None)
+        self._runner = web.AppRunner(app, access_log=None, logger=self._server_log)
         await self._runner.setup()
         site = web.TCPSite(self._runner, host, port, reuse_address=True)
         await site.start()
