@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
+import signal
 import sys
 from collections.abc import Sequence
 
@@ -62,6 +64,28 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command; its exit status.
+
+    A reader that goes away early (``sipcluster lab status | head -1``) ends
+    the command quietly with status 141, as SIGPIPE would end a C program (128 +
+    13), instead of a BrokenPipeError traceback (Python ignores SIGPIPE; see
+    the Python documentation, "Note on SIGPIPE").
+    """
+    try:
+        try:
+            return _run(argv)
+        finally:
+            sys.stdout.flush()  # here, not at exit, where an error is only "ignored"
+    except BrokenPipeError:
+        # nothing more reaches the reader: send what is still buffered nowhere,
+        # so the interpreter's own flush at exit does not fail again
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        return 128 + signal.SIGPIPE
+
+
+def _run(argv: Sequence[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     run = getattr(args, "run", None)
