@@ -63,6 +63,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def command_names(parser: argparse.ArgumentParser | None = None) -> set[str]:
+    """The top-level subcommands of this build (``sip-server``, ``lab`` ...)."""
+    parser = parser if parser is not None else build_parser()
+    return {name for action in parser._actions
+            if isinstance(action, argparse._SubParsersAction) for name in action.choices}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one command; its exit status.
 

@@ -25,7 +25,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from daemons.cluster.config import ClusterConfig, load_cluster
+from daemons.cluster.config import Application, ClusterConfig, load_cluster
 from daemons.lab.partition import PartitionError, heal, is_partitioned, partition, subnet_of
 from daemons.lab.supervisor import Supervisor
 from daemons.lab.topology import lab_description, lab_dns_addresses, process_specs
@@ -55,7 +55,7 @@ def add_parser(subparsers: Any) -> None:
     parser.set_defaults(run=run)
 
 
-def _prepare(args: argparse.Namespace) -> tuple[ClusterConfig, Supervisor, list[str]]:
+def _prepare(args: argparse.Namespace) -> tuple[ClusterConfig, Supervisor, list[Application]]:
     directory: Path = args.dir.resolve()
     directory.mkdir(parents=True, exist_ok=True)
     config_path = directory / "cluster.toml"
@@ -75,7 +75,12 @@ def _write_description(cfg: ClusterConfig, sup: Supervisor) -> Path:
     return path
 
 
-def _print_guide(desc_path: Path, skipped: list[str]) -> None:
+def _not_built(app: Application) -> str:
+    """Why an application of the cluster file is not part of the lab."""
+    return f"not started: this build has no `sipcluster {app.kind.value}`"
+
+
+def _print_guide(desc_path: Path, skipped: list[Application]) -> None:
     desc = json.loads(desc_path.read_text())
     print("\nsipcluster lab is up.\n")
     for geo, centre in desc["data_centres"].items():
@@ -91,6 +96,10 @@ def _print_guide(desc_path: Path, skipped: list[str]) -> None:
         for proxy in centre["proxies"]:
             if proxy["running"]:
                 print(f"    proxy {proxy['name']:<12} SIP {proxy['host']}:{proxy['sip_port']}")
+    if desc.get("dns"):
+        dns = desc["dns"]
+        print(f"  geo DNS GeoDNS  DNS {dns['host']}:{dns['port']}  "
+              f"HTTP {dns['host']}:{dns['http_port']}")
     print(f"\n  SIP domain {desc['domain']}, digest realm {desc['realm']}")
     if desc.get("srv_fqdn") and desc.get("dns"):
         print(f"  SRV {desc['srv_fqdn']} via DNS {desc['dns']['host']}:{desc['dns']['port']}")
@@ -104,8 +113,8 @@ def _print_guide(desc_path: Path, skipped: list[str]) -> None:
     else:
         print("  softphone: outbound proxy = a proxy address above, user 1001, "
               "password in lab.json")
-    if skipped:
-        print("  not started (daemon kind not built yet): " + ", ".join(skipped))
+    for app in skipped:
+        print(f"  {app.name} ({app.kind.value}) {_not_built(app)}")
     print(f"\n  everything above, for scripts: {desc_path}")
 
 
@@ -126,7 +135,7 @@ def run(args: argparse.Namespace) -> int:
     if action in ("partition", "heal"):
         return _partition(cfg, sup, action, names)
     if action == "status":
-        return _status(cfg, sup)
+        return _status(cfg, sup, skipped)
     if action == "stop":
         with contextlib.suppress(PartitionError):
             heal(sup.directory)
@@ -209,7 +218,7 @@ def _partition(cfg: ClusterConfig, sup: Supervisor, action: str, names: list[str
     return 0
 
 
-def _status(cfg: ClusterConfig, sup: Supervisor) -> int:
+def _status(cfg: ClusterConfig, sup: Supervisor, skipped: list[Application]) -> int:
     if is_partitioned(sup.directory):
         print("partitioned: links between data centres are cut (`sipcluster lab heal`)")
     worst = 0
@@ -220,4 +229,6 @@ def _status(cfg: ClusterConfig, sup: Supervisor) -> int:
         if not healthy:
             worst = 1
         print(f"{name:<16} {state}")
+    for app in skipped:
+        print(f"{app.name:<16} {_not_built(app)}")
     return worst

@@ -1,45 +1,28 @@
 """The lab's view of a cluster file: which daemons to start, and lab.json.
 
 ``lab.json`` is the lab's address book for people and scripts: the SRV name,
-the DNS server, each data centre's proxies and nodes with their ports, and
-the phone accounts.
+the DNS server (its DNS and management HTTP ports), each data centre's proxies
+and nodes with their ports, and the phone accounts.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import sys
 from pathlib import Path
 from typing import Any
 
+from daemons.cli import command_names
 from daemons.cluster.config import AppKind, Application, ClusterConfig, DnType
 from daemons.lab.supervisor import ProcessSpec
 
-#: daemon kind -> module implementing ``sipcluster KIND``
-DAEMON_MODULES: dict[AppKind, str] = {
-    AppKind.SIP_SERVER: "daemons.sip_server.service",
-    AppKind.T_CONTROLLER: "daemons.t_controller.service",
-    AppKind.SIP_PROXY: "daemons.sip_proxy.service",
-    AppKind.FEATURE_SERVER: "daemons.feature_server.service",
-}
-
-#: start order: a t-controller links to its sip-server, proxies probe the nodes
+#: start order: a t-controller links to its sip-server, proxies probe the nodes;
+#: kinds not listed start last
 START_ORDER = [AppKind.SIP_SERVER, AppKind.T_CONTROLLER, AppKind.SIP_PROXY, AppKind.FEATURE_SERVER]
 
-
-def module_exists(name: str) -> bool:
-    try:
-        return importlib.util.find_spec(name) is not None
-    except ModuleNotFoundError:  # the parent package is not there
-        return False
-
-
-def available_kinds() -> set[AppKind]:
-    """Daemon kinds this installation implements."""
-    return {k for k, mod in DAEMON_MODULES.items() if module_exists(mod)}
-
-
-#: the lab's geo-aware DNS: one listener per data centre, unprivileged port
+#: the lab's geo-aware DNS (``sipcluster geo-dns``): one listener per data
+#: centre, unprivileged port; its management HTTP listener (/healthz,
+#: /metrics, /status/views) on the first data centre's DNS address
+GEO_DNS_COMMAND = "geo-dns"
 LAB_DNS_PORT = 5300
 LAB_DNS_HTTP_PORT = 9053
 
@@ -55,33 +38,37 @@ def lab_dns_addresses(cfg: ClusterConfig) -> list[tuple[str, int]]:
     return result
 
 
-def process_specs(cfg: ClusterConfig, config_path: Path) -> tuple[list[ProcessSpec], list[str]]:
-    """The processes to start for ``cfg``, and the applications left out (not built)."""
-    kinds = available_kinds()
+def process_specs(
+    cfg: ClusterConfig, config_path: Path
+) -> tuple[list[ProcessSpec], list[Application]]:
+    """The processes to start for ``cfg``, and the applications left out: those
+    of a kind this build has no ``sipcluster KIND`` command for."""
+    commands = command_names()
+    kinds = {kind for kind in AppKind if kind.value in commands}
     specs: list[ProcessSpec] = []
-    skipped: list[str] = []
+    skipped: list[Application] = []
     dns_addresses = lab_dns_addresses(cfg)
-    has_dns = module_exists("daemons.geo_dns.service")
+    has_dns = GEO_DNS_COMMAND in commands
     if cfg.outbound_proxy is not None and dns_addresses and has_dns:
         http = f"{dns_addresses[0][0]}:{LAB_DNS_HTTP_PORT}"
-        argv = [sys.executable, "-m", "daemons.cli", "geo-dns", "--config", str(config_path),
+        argv = [sys.executable, "-m", "daemons.cli", GEO_DNS_COMMAND, "--config", str(config_path),
                 "--name", "GeoDNS", "--http", http]
         for host, port in dns_addresses:
             argv += ["--listen", f"{host}:{port}"]
         specs.append(ProcessSpec(name="GeoDNS", argv=tuple(argv),
                                  health_url=f"http://{http}/healthz"))
-    for kind in START_ORDER:
-        for app in cfg.by_kind(kind):
-            if kind not in kinds:
-                skipped.append(f"{app.name} ({kind.value})")
-                continue
-            http_port = app.port("http-port")
-            url = f"http://{app.host}:{http_port}/healthz" if http_port else None
-            command = (
-                sys.executable, "-m", "daemons.cli", kind.value,
-                "--config", str(config_path), "--name", app.name,
-            )
-            specs.append(ProcessSpec(name=app.name, argv=command, health_url=url))
+    rank = {kind: i for i, kind in enumerate(START_ORDER)}
+    for app in sorted(cfg.applications.values(), key=lambda a: rank.get(a.kind, len(rank))):
+        if app.kind not in kinds:
+            skipped.append(app)
+            continue
+        http_port = app.port("http-port")
+        url = f"http://{app.host}:{http_port}/healthz" if http_port else None
+        command = (
+            sys.executable, "-m", "daemons.cli", app.kind.value,
+            "--config", str(config_path), "--name", app.name,
+        )
+        specs.append(ProcessSpec(name=app.name, argv=command, health_url=url))
     return specs, skipped
 
 
@@ -131,7 +118,8 @@ def lab_description(
         "srv_fqdn": srv_fqdn,
         "domain": cfg.switch.domain,
         "realm": cfg.switch.realm,
-        "dns": {"host": dns[0], "port": dns[1]} if dns else None,
+        "dns": ({"host": dns[0], "port": dns[1], "http_port": LAB_DNS_HTTP_PORT}
+                if dns else None),
         "data_centres": centres,
         "accounts": accounts,
     }
