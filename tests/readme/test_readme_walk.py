@@ -228,7 +228,7 @@ def dc1_proxies(lab: dict[str, Any]) -> set[str]:
 
 @pytest.fixture(scope="module")
 def recipe_phones(
-    user_lab: dict[str, Any], walk: Walk, tmp_path_factory: pytest.TempPathFactory,
+    user_lab: dict[str, Any], tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[dict[str, Any]]:
     """baresip and linphonec set up as the README says, each also told (as a test
     harness, not as part of the recipe) to play a tone, answer automatically and
@@ -237,14 +237,26 @@ def recipe_phones(
 
     tmp = tmp_path_factory.mktemp("phones")
     phones: dict[str, Any] = {}
-    # baresip: the harness config, then the recipe's lines in place of the same keys
+    try:
+        _start_baresip(tmp, phones, free_port(), require_tool("baresip"))
+        _start_linphonec(tmp, phones, require_tool("linphonec"))
+        yield phones
+    finally:
+        if "linphonec" in phones:
+            phones["linphonec"].stop()
+        if "baresip" in phones:
+            phones["baresip"].stop()
+
+
+def _start_baresip(tmp: Path, phones: dict[str, Any], ctrl_port: int, binary: str) -> None:
+    """baresip: the harness config, then the recipe's lines in place of the same keys."""
     config_lines = recipe("baresip-config")
     listen = dict(line.split(None, 1) for line in config_lines)["sip_listen"].strip()
     host, port = listen.rsplit(":", 1)
     bdir = tmp / "baresip"
     bdir.mkdir()
     phone = Baresip(name="readme-baresip", workdir=bdir, address=host, sip_port=int(port),
-                    ctrl_port=free_port(host), aor="sip:1001@cluster.lab")
+                    ctrl_port=ctrl_port, aor="sip:1001@cluster.lab")
     tone = write_tone(bdir / "tone.wav", 440.0)
     baresip_config(phone, dns=("0.0.0.0", 0), tone=tone)
     keys = {line.split(None, 1)[0] for line in config_lines} | {"net_interface"}
@@ -253,10 +265,12 @@ def recipe_phones(
     (bdir / "config").write_text("\n".join([*harness, *config_lines]) + "\n")
     (account,) = recipe("baresip-accounts")
     (bdir / "accounts").write_text(account + ";answermode=auto;audio_codecs=PCMU\n")
-    phone.start(require_tool("baresip"))
     phones["baresip"] = phone
+    phone.start(binary)
 
-    # linphonec: the shell lines, the command, then what is typed at its prompt
+
+def _start_linphonec(tmp: Path, phones: dict[str, Any], binary: str) -> None:
+    """linphonec: the shell lines, the command, then what is typed at its prompt."""
     home = tmp / "linphonec-home"
     home.mkdir()
     lines = recipe("linphonec")
@@ -264,25 +278,19 @@ def recipe_phones(
     command = next(line for line in lines if line.startswith("linphonec "))
     for line in lines[:lines.index(command)]:
         run(["bash", "-c", line], cwd=home, env=env)
-    argv = shlex.split(os.path.expanduser(command).replace(
-        os.path.expanduser("~"), str(home)))
-    proc = subprocess.Popen([require_tool("linphonec"), *argv[1:], "-d", "0", "-a"], cwd=home,
+    argv = shlex.split(command.replace("~/", f"{home}/"))  # as the shell would, HOME=home
+    proc = subprocess.Popen([binary, *argv[1:], "-d", "0", "-a"], cwd=home,
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, env=env, bufsize=1)
     linphonec = Linphonec(home, proc)
-    threading.Thread(target=linphonec._read, daemon=True).start()
     phones["linphonec"] = linphonec
+    threading.Thread(target=linphonec._read, daemon=True).start()
     linphonec.send("soundcard use files")
     linphonec.send(f"play {write_tone(home / 'tone.wav', 880.0)}")
     linphonec.send(f"record {home / 'heard.wav'}")
     for line in lines[lines.index(command) + 1:]:
         assert line.startswith("linphonec> "), line
         linphonec.send(line.removeprefix("linphonec> "))
-    try:
-        yield phones
-    finally:
-        linphonec.stop()
-        phone.stop()
 
 
 def test_baresip_recipe_registers_through_dc1(
@@ -325,9 +333,7 @@ def test_generic_recipe_with_sipsak_and_sipp(
     from tests.conftest import require_tool  # type: ignore[import-not-found]
 
     (line,) = recipe("sipsak")
-    sipsak = run([require_tool("sipsak"), *shlex.split(line)[1:]], cwd=tmp_path,
-                 env=user_env())
-    assert "successful" in sipsak.stdout, sipsak.stdout
+    run([require_tool("sipsak"), *shlex.split(line)[1:]], cwd=tmp_path, env=user_env())
     settings = generic_settings()
     proxy = settings["outbound proxy"]
     binding = wait_for("sipsak's binding", lambda: proxy_binding(
