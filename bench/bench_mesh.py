@@ -40,7 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from daemons.cluster.config import load_cluster
 from daemons.runtime.logs import configure_logging
 from daemons.runtime.tlib_client import TLibClient
-from daemons.sip_server.tlib_server import TLibConnection, TLibServer
+from daemons.runtime.tlib_server import TLibConnection, TLibServer
 from daemons.t_controller.service import TControllerService
 
 

@@ -42,7 +42,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from daemons.runtime.tlib_client import TLibClient  # noqa: E402
-from daemons.sip_server.tlib_server import TLibConnection, TLibServer  # noqa: E402
+from daemons.runtime.tlib_server import TLibConnection, TLibServer  # noqa: E402
 from protocols.tlib.framing import encode_frame  # noqa: E402
 from protocols.tlib.session import RequestReceived  # noqa: E402
 

@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 from daemons.cluster.config import DnType
 from daemons.runtime.dns import SipResolver
 from daemons.runtime.sip_endpoint import Destination, IncomingRequest, SipEndpoint
+from daemons.runtime.tlib_server import TLibConnection
 from daemons.sip_server.call import (
     Call,
     CallState,
@@ -45,7 +46,6 @@ from daemons.sip_server.call import (
 )
 from daemons.sip_server.outbound import NODE_HEADER, OutboundProxies, PeerWatch
 from daemons.sip_server.registrar import RegisterError, Registrar
-from daemons.sip_server.tlib_server import TLibConnection
 from protocols.sip.dialog import Dialog, DialogError
 from protocols.sip.digest import AlgorithmPolicy, DigestAuthenticator
 from protocols.sip.errors import ParseError, SipError

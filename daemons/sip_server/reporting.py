@@ -27,7 +27,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from daemons.sip_server.tlib_server import TLibConnection
+from daemons.runtime.tlib_server import TLibConnection
 
 __all__ = ["InteractionProxy"]
 

@@ -32,11 +32,11 @@ from daemons.cluster.config import AppKind, ClusterConfig, DnType, load_cluster
 from daemons.runtime.config import ConfigError
 from daemons.runtime.logs import configure_logging
 from daemons.runtime.service import Service, run_service
+from daemons.runtime.tlib_server import TLibConnection, TLibServer
 from daemons.sip_server.b2bua import CallControlError, SessionController
 from daemons.sip_server.call import Call
 from daemons.sip_server.reporting import InteractionProxy
 from daemons.sip_server.routing import RouteDecision, RoutingPoints
-from daemons.sip_server.tlib_server import TLibConnection, TLibServer
 from protocols.tlib.errors import ErrorCode
 from protocols.tlib.session import RequestReceived
 

@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from daemons.cluster.config import AppKind, ClusterConfig, OwnershipKind
 from daemons.runtime.logs import get_logger
 from daemons.runtime.management import Metrics
-from daemons.sip_server.tlib_server import TLibConnection
+from daemons.runtime.tlib_server import TLibConnection
 from daemons.t_controller.agent import (
     AgentEvent,
     AgentOptions,

@@ -52,7 +52,7 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
 from daemons.cluster.config import OwnershipKind
-from daemons.sip_server.tlib_server import TLibConnection
+from daemons.runtime.tlib_server import TLibConnection
 from daemons.t_controller.agent import AgentSnapshot, AgentState, AgentWorkMode
 from daemons.t_controller.controller import CALL_EVENTS, event_is_valid
 from daemons.t_controller.latency import LatencyStats, event_wall_time

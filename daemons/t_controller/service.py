@@ -25,7 +25,7 @@ from daemons.cluster.config import AppKind, ClusterConfig, load_cluster
 from daemons.runtime.config import ConfigError
 from daemons.runtime.logs import configure_logging
 from daemons.runtime.service import Service, run_service
-from daemons.sip_server.tlib_server import TLibServer
+from daemons.runtime.tlib_server import TLibServer
 from daemons.t_controller.controller import TController
 from daemons.t_controller.mesh import Mesh
 from daemons.t_controller.node_link import NodeLink

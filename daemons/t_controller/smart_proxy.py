@@ -34,7 +34,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from daemons.sip_server.tlib_server import TLibConnection
+from daemons.runtime.tlib_server import TLibConnection
 from daemons.t_controller.controller import TController, event_is_valid
 from daemons.t_controller.mesh import PeerLink, smart_proxy_name
 from daemons.t_controller.node_link import ForwardedRequest

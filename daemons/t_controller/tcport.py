@@ -24,7 +24,7 @@ import itertools
 from collections.abc import Iterable, Iterator
 from typing import Any
 
-from daemons.sip_server.tlib_server import TLibConnection
+from daemons.runtime.tlib_server import TLibConnection
 from daemons.t_controller.agent import AgentError, AgentEvent, AgentState
 from daemons.t_controller.agent_events import request_reasons, request_work_mode
 from daemons.t_controller.controller import Recipients, TController
@@ -92,7 +92,7 @@ def address_info(controller: TController, conn: TLibConnection,
 
 
 class TCPort(Recipients):
-    """The TCport handler (a :class:`~daemons.sip_server.tlib_server.TLibHandler`)."""
+    """The TCport handler (a :class:`~daemons.runtime.tlib_server.TLibHandler`)."""
 
     def __init__(self, controller: TController, node_link: NodeLink | None) -> None:
         self.controller = controller

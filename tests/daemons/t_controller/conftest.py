@@ -16,7 +16,7 @@ import pytest
 
 from daemons.cluster.config import load_cluster
 from daemons.runtime.tlib_client import TLibClient
-from daemons.sip_server.tlib_server import TLibConnection, TLibServer
+from daemons.runtime.tlib_server import TLibConnection, TLibServer
 from daemons.t_controller.service import TControllerService
 from protocols.tlib.session import RequestReceived
 
