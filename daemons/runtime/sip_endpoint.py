@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from daemons.runtime.dns import SipResolver
+from daemons.runtime.driver import TimerSlot
 from daemons.runtime.logs import get_logger
 from daemons.runtime.management import Metrics
 from daemons.runtime.sip_transport import (
@@ -223,8 +224,7 @@ class SipEndpoint:
         self._resolver = resolver
         self.user_agent = user_agent
         self._loop = asyncio.get_running_loop()
-        self._timer: asyncio.TimerHandle | None = None
-        self._timer_at: float | None = None
+        self._timer = TimerSlot(self._loop, self._on_timer)
         self._flow: Flow | None = None
         self._server_flows: dict[TransactionKey, Flow] = {}
         self._incoming: dict[TransactionKey, IncomingRequest] = {}
@@ -266,8 +266,7 @@ class SipEndpoint:
     async def close(self) -> None:
         """Stop timers, handlers and sockets."""
         self._closed = True
-        if self._timer is not None:
-            self._timer.cancel()
+        self._timer.cancel()
         for retrans in self._retrans.values():
             if retrans.handle is not None:
                 retrans.handle.cancel()
@@ -302,22 +301,11 @@ class SipEndpoint:
         self._arm_timer()
 
     def _arm_timer(self) -> None:
-        if self._closed:
-            return
-        when = self.layer.next_timer()
-        if when == self._timer_at:
-            return
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        self._timer_at = when
-        if when is not None:
-            self._timer = self._loop.call_at(when, self._on_timer)
+        if not self._closed:
+            self._timer.arm(self.layer.next_timer())
 
-    def _on_timer(self) -> None:
-        self._timer = None
-        self._timer_at = None
-        self.layer.handle_timer(self._now())
+    def _on_timer(self, now: float) -> None:
+        self.layer.handle_timer(now)
         self._flush()
 
     def _spawn(self, coro: Awaitable[Any]) -> asyncio.Task[Any]:

@@ -21,6 +21,7 @@ import contextlib
 from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any, cast
 
+from daemons.runtime.driver import StreamDriver
 from daemons.runtime.logs import get_logger
 from protocols.tlib.catalogue import PROTOCOL_VERSION
 from protocols.tlib.framing import MAX_FRAME_SIZE, TMap
@@ -102,7 +103,7 @@ class TLibClient:
         self.application_name = application_name
         self._session: ClientSession | None = None
         self._transport: asyncio.Transport | None = None
-        self._timer: asyncio.TimerHandle | None = None
+        self._driver: StreamDriver | None = None
         self._handshake: asyncio.Future[TMap] = self._loop.create_future()
         self._pending: dict[int, asyncio.Future[TMap]] = {}
         self._queue: asyncio.Queue[Any] = asyncio.Queue()
@@ -253,6 +254,8 @@ class TLibClient:
     def _connection_made(self, transport: asyncio.Transport) -> None:
         self._transport = transport
         self._session = ClientSession(now=self._loop.time(), **self._session_args)
+        self._driver = StreamDriver(self._loop, self._session, transport,
+                                    on_timer=lambda _now: self._handle_events())
         self._flush()
 
     def _data_received(self, data: bytes) -> None:
@@ -268,14 +271,11 @@ class TLibClient:
         self._shutdown("connection-closed")
         self._closed.set()
 
-    def _on_timer(self) -> None:
-        self._timer = None
-        if self._session is None:
-            return
-        self._session.handle_timer(self._loop.time())
-        self._process()
-
     def _process(self) -> None:
+        self._handle_events()
+        self._flush()
+
+    def _handle_events(self) -> None:
         session = self._session
         assert session is not None
         while (event := session.next_event()) is not None:
@@ -297,7 +297,6 @@ class TLibClient:
             elif isinstance(event, SessionClosed):
                 self.log.warning("tlib_session_closed", code=int(event.code), text=event.text)
                 self._shutdown(event.text)
-        self._flush()
 
     def _dispatch(self, event: EventReceived) -> None:
         for listener in self._listeners:
@@ -312,34 +311,16 @@ class TLibClient:
         self._queue.put_nowait(event.message)
 
     def _flush(self) -> None:
-        session = self._session
-        transport = self._transport
-        if session is None or transport is None:
-            return
-        data = session.data_to_send()
-        if data and not transport.is_closing():
-            transport.write(data)
-        if session.closed:
-            transport.close()
-        self._schedule(session.next_timer())
-
-    def _schedule(self, when: float | None) -> None:
-        if self._timer is not None:
-            if when is not None and self._timer.when() == when:
-                return
-            self._timer.cancel()
-            self._timer = None
-        if when is not None:
-            self._timer = self._loop.call_at(when, self._on_timer)
+        if self._driver is not None:
+            self._driver.flush()
 
     def _shutdown(self, reason: str) -> None:
         """Fail everything waiting; idempotent."""
         if self.lost_reason is not None:
             return
         self.lost_reason = reason
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        if self._driver is not None:
+            self._driver.timer.cancel()
         error = TLibConnectionLost(reason)
         if not self._handshake.done():
             self._handshake.set_exception(error)

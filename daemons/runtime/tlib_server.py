@@ -25,6 +25,7 @@ import time
 from collections.abc import Mapping
 from typing import Any, Protocol, cast
 
+from daemons.runtime.driver import TimerSlot
 from daemons.runtime.logs import get_logger
 from daemons.runtime.management import Metrics
 from protocols.tlib.catalogue import CLIENT_TYPES
@@ -76,7 +77,7 @@ class TLibConnection:
         self.peer = f"{peer[0]}:{peer[1]}"
         self.registered = False
         self.closed = False
-        self._timer: asyncio.TimerHandle | None = None
+        self._timer = TimerSlot(loop, self._on_timer)
         self._flush_scheduled = False
         #: free for the handler (registered DNs, role ...)
         self.context: dict[str, Any] = {}
@@ -157,9 +158,8 @@ class TLibConnection:
         self._process()
         self._finish("connection-closed")
 
-    def _on_timer(self) -> None:
-        self._timer = None
-        self.session.handle_timer(self.server.loop.time())
+    def _on_timer(self, now: float) -> None:
+        self.session.handle_timer(now)
         self._process()
 
     def _process(self) -> None:
@@ -205,20 +205,13 @@ class TLibConnection:
             self.transport.close()
             self._finish("closed")
             return
-        when = self.session.next_timer()
-        if self._timer is not None and (when is None or self._timer.when() != when):
-            self._timer.cancel()
-            self._timer = None
-        if when is not None and self._timer is None:
-            self._timer = self.server.loop.call_at(when, self._on_timer)
+        self._timer.arm(self.session.next_timer())
 
     def _finish(self, reason: str) -> None:
         if self.closed:
             return
         self.closed = True
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        self._timer.cancel()
         self.server.connections.discard(self)
         if self.registered:
             try:

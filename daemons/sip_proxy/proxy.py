@@ -41,6 +41,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from daemons.runtime.driver import TimerSlot
 from daemons.runtime.management import Metrics
 from daemons.runtime.sip_transport import (
     DEFAULT_PORTS,
@@ -240,8 +241,7 @@ class ProxyCore:
         self.transport: SipTransportManager | None = None
         self.metrics = metrics
         self._loop = asyncio.get_running_loop()
-        self._timer: asyncio.TimerHandle | None = None
-        self._timer_at: float | None = None
+        self._timer = TimerSlot(self._loop, self._on_timer)
         self._by_server: dict[TransactionKey, _Forward] = {}
         self._by_client: dict[TransactionKey, _Forward] = {}
         self._probes: dict[TransactionKey, Callable[[int | None], None]] = {}
@@ -294,8 +294,7 @@ class ProxyCore:
             self.settings = _replace_port(self.settings, udp[1])
 
     async def close(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
+        self._timer.cancel()
         if self._tick is not None:
             self._tick.cancel()
         for task in list(self._tasks):
@@ -327,17 +326,10 @@ class ProxyCore:
                 except SipError as exc:
                     self.log.warning("proxy_event_failed", error=str(exc),
                                      event=type(event).__name__)
-        when = layer.next_timer()
-        if when != self._timer_at:
-            if self._timer is not None:
-                self._timer.cancel()
-            self._timer_at = when
-            self._timer = self._loop.call_at(when, self._on_timer) if when is not None else None
+        self._timer.arm(layer.next_timer())
 
-    def _on_timer(self) -> None:
-        self._timer = None
-        self._timer_at = None
-        self.layer.handle_timer(self._now())
+    def _on_timer(self, now: float) -> None:
+        self.layer.handle_timer(now)
         self._flush()
 
     def _spawn(self, coro: Any) -> None:
