@@ -54,7 +54,7 @@ from protocols.sip.message import Request, Response, make_response
 from protocols.sip.oos import NodeState
 from protocols.sip.uri import parse_uri
 from protocols.tlib.errors import ErrorCode
-from protocols.tlib.session import RequestReceived
+from protocols.tlib.events import RequestReceived
 
 if TYPE_CHECKING:
     from daemons.sip_server.service import SipServer

@@ -38,7 +38,7 @@ from daemons.sip_server.call import Call
 from daemons.sip_server.reporting import InteractionProxy
 from daemons.sip_server.routing import RouteDecision, RoutingPoints
 from protocols.tlib.errors import ErrorCode
-from protocols.tlib.session import RequestReceived
+from protocols.tlib.events import RequestReceived
 
 __all__ = ["SipServer", "add_parser", "run"]
 

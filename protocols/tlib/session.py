@@ -8,6 +8,11 @@ returns, reads session events from :meth:`next_event`, and calls
 time for the ``AttributeTimeinSecs`` / ``AttributeTimeinuSecs`` stamps
 (pass ``time.time() - time.monotonic()``).
 
+A session is in one :class:`SessionState`; :data:`TRANSITIONS` is its one
+(state, :class:`SessionInput`) -> state table and :meth:`_Session.apply` the
+only place that moves it. The events it reports are in
+:mod:`protocols.tlib.events` (re-exported here).
+
 Rules (docs/tlib.md):
 
 * Handshake: the first frame a client sends is ``RequestRegisterClient``
@@ -35,7 +40,6 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Mapping
-from dataclasses import dataclass
 from enum import Enum
 from typing import Any, Final
 
@@ -55,7 +59,43 @@ from protocols.tlib.errors import (
     TLibError,
     ValidationError,
 )
+from protocols.tlib.events import (
+    ClientRegistered,
+    EventReceived,
+    HandshakeFailed,
+    PeerLost,
+    ProtocolViolation,
+    RequestReceived,
+    RequestRejected,
+    ServerInfoReceived,
+    SessionClosed,
+    SessionEvent,
+)
 from protocols.tlib.framing import MAX_FRAME_SIZE, FrameDecoder, TMap, encode_frame
+
+__all__ = [
+    "ADDP_REMOTE_TIMEOUT_KEY",
+    "ADDP_TIMEOUT_KEY",
+    "DEFAULT_ADDP_REMOTE_TIMEOUT",
+    "DEFAULT_ADDP_TIMEOUT",
+    "DEFAULT_REGISTRATION_TIMEOUT",
+    "MAX_ADDP_SECONDS",
+    "TRANSITIONS",
+    "ClientRegistered",
+    "ClientSession",
+    "EventReceived",
+    "HandshakeFailed",
+    "PeerLost",
+    "ProtocolViolation",
+    "RequestReceived",
+    "RequestRejected",
+    "ServerInfoReceived",
+    "ServerSession",
+    "SessionClosed",
+    "SessionEvent",
+    "SessionInput",
+    "SessionState",
+]
 
 #: Defaults from the SIP Cluster Node DN options (guide: addp-timeout, addp-remote-timeout).
 DEFAULT_ADDP_TIMEOUT: Final = 7.0
@@ -77,103 +117,47 @@ class SessionState(Enum):
     CLOSED = "closed"
 
 
-# -- session events -----------------------------------------------------------
+class SessionInput(Enum):
+    """What moves a session between :class:`SessionState` values (docs/tlib.md, "Session")."""
+
+    #: server: a valid ``RequestRegisterClient`` accepted; client: ``EventServerInfo``
+    #: answering it
+    HANDSHAKE_ACCEPTED = "handshake-accepted"
+    #: server: a first frame that is not a valid, acceptable ``RequestRegisterClient``
+    #: (``EventError`` 43, 44, 45, 46 ...); client: ``EventError`` answering it
+    HANDSHAKE_REFUSED = "handshake-refused"
+    #: a frame over the maximum size: the stream cannot be resynchronised (47)
+    FRAME_TOO_LARGE = "frame-too-large"
+    #: server: no ``RequestRegisterClient`` within the registration timeout
+    REGISTRATION_TIMEOUT = "registration-timeout"
+    #: nothing arrived for ``addp-timeout + addp-remote-timeout`` seconds (ADDP)
+    ADDP_TIMEOUT = "addp-timeout"
+    #: the transport closed under the session
+    CONNECTION_LOST = "connection-lost"
+    #: the owner closed the session
+    CLOSE = "close"
 
 
-@dataclass(frozen=True)
-class ClientRegistered:
-    """Server side: a valid ``RequestRegisterClient`` was accepted."""
+_AWAITING: Final = SessionState.AWAITING_REGISTRATION
+_REGISTERED: Final = SessionState.REGISTERED
+_CLOSED: Final = SessionState.CLOSED
 
-    application_name: str
-    client_type: str
-    protocol_version: int
-    addp_timeout: float | None
-    addp_remote_timeout: float | None
-
-
-@dataclass(frozen=True)
-class RequestReceived:
-    """Server side: a valid request for the daemon to answer (``answer``)."""
-
-    name: str
-    reference_id: int
-    message: TMap
-
-
-@dataclass(frozen=True)
-class RequestRejected:
-    """Server side: the session itself answered ``EventError`` (bad frame or request)."""
-
-    name: str | None
-    reference_id: int | None
-    code: ErrorCode
-    text: str
-
-
-@dataclass(frozen=True)
-class ServerInfoReceived:
-    """Client side: the handshake is complete."""
-
-    application_name: str
-    server_version: str
-    protocol_version: int
-    message: TMap
-
-
-@dataclass(frozen=True)
-class HandshakeFailed:
-    """Client side: the server refused ``RequestRegisterClient``; the session is closed."""
-
-    code: int
-    text: str
-
-
-@dataclass(frozen=True)
-class EventReceived:
-    """Client side: an event from the server (answer or unsolicited)."""
-
-    name: str
-    reference_id: int | None
-    sequence: int | None
-    message: TMap
-
-
-@dataclass(frozen=True)
-class ProtocolViolation:
-    """Client side: a frame from the server that breaks the rules; it was dropped
-    unless the violation is only about ordering."""
-
-    code: ErrorCode
-    text: str
-
-
-@dataclass(frozen=True)
-class PeerLost:
-    """The peer is gone: ``addp-timeout``, ``registration-timeout`` or
-    ``connection-closed``. The session is closed."""
-
-    reason: str
-
-
-@dataclass(frozen=True)
-class SessionClosed:
-    """This side closed the session after a protocol error (code and text)."""
-
-    code: ErrorCode
-    text: str
-
-
-SessionEvent = (
-    ClientRegistered
-    | RequestReceived
-    | RequestRejected
-    | ServerInfoReceived
-    | HandshakeFailed
-    | EventReceived
-    | ProtocolViolation
-    | PeerLost
-    | SessionClosed
-)
+#: The session's transitions, both roles: (state, input) -> next state. ``CLOSED``
+#: is final: a closed session ignores bytes, timers and a second close, so no input
+#: is applied to it, and an input missing here raises :class:`SessionError`.
+TRANSITIONS: Final[Mapping[tuple[SessionState, SessionInput], SessionState]] = {
+    (_AWAITING, SessionInput.HANDSHAKE_ACCEPTED): _REGISTERED,
+    (_AWAITING, SessionInput.HANDSHAKE_REFUSED): _CLOSED,
+    (_AWAITING, SessionInput.FRAME_TOO_LARGE): _CLOSED,
+    (_AWAITING, SessionInput.REGISTRATION_TIMEOUT): _CLOSED,
+    (_AWAITING, SessionInput.ADDP_TIMEOUT): _CLOSED,
+    (_AWAITING, SessionInput.CONNECTION_LOST): _CLOSED,
+    (_AWAITING, SessionInput.CLOSE): _CLOSED,
+    (_REGISTERED, SessionInput.FRAME_TOO_LARGE): _CLOSED,
+    (_REGISTERED, SessionInput.ADDP_TIMEOUT): _CLOSED,
+    (_REGISTERED, SessionInput.CONNECTION_LOST): _CLOSED,
+    (_REGISTERED, SessionInput.CLOSE): _CLOSED,
+}
 
 
 def _reference_id(message: Mapping[str, Any]) -> int | None:
@@ -196,15 +180,34 @@ class _Session:
         self.max_frame_size = max_frame_size
         self._out = bytearray()
         self._events: deque[SessionEvent] = deque()
-        self.state = SessionState.AWAITING_REGISTRATION
+        self._state = SessionState.AWAITING_REGISTRATION
         self._last_received = now
         self._last_sent = now
         self.frames_received = 0
         self.frames_sent = 0
 
     @property
+    def state(self) -> SessionState:
+        """Where the session is; only :meth:`apply` moves it (:data:`TRANSITIONS`)."""
+        return self._state
+
+    @property
     def closed(self) -> bool:
-        return self.state is SessionState.CLOSED
+        return self._state is SessionState.CLOSED
+
+    def apply(self, trigger: SessionInput) -> SessionState:
+        """Move the session by one input through :data:`TRANSITIONS`; the new state.
+
+        Raises :class:`SessionError` (the session is left as it was) when the
+        table has no transition for ``trigger`` in the current state.
+        """
+        try:
+            self._state = TRANSITIONS[self._state, trigger]
+        except KeyError:
+            raise SessionError(
+                f"Session {self._state.value}: {trigger.value} is not allowed"
+            ) from None
+        return self._state
 
     def data_to_send(self) -> bytes:
         """Bytes to write to the transport (the buffer is emptied)."""
@@ -240,12 +243,13 @@ class _Session:
     def connection_lost(self, now: float) -> None:
         """The transport closed under the session."""
         if not self.closed:
-            self.state = SessionState.CLOSED
+            self.apply(SessionInput.CONNECTION_LOST)
             self._events.append(PeerLost("connection-closed"))
 
     def close(self, now: float) -> None:
         """Close locally; pending output is still returned by :meth:`data_to_send`."""
-        self.state = SessionState.CLOSED
+        if not self.closed:
+            self.apply(SessionInput.CLOSE)
 
     def _write(self, message: TMap, now: float) -> None:
         self._out += encode_frame(message, max_frame_size=self.max_frame_size)
@@ -409,12 +413,12 @@ class ServerSession(_Session):
             and self._registration_deadline is not None
             and now >= self._registration_deadline
         ):
-            self.state = SessionState.CLOSED
+            self.apply(SessionInput.REGISTRATION_TIMEOUT)
             self._events.append(PeerLost("registration-timeout"))
             return
         deadline = self._lost_deadline()
         if deadline is not None and now >= deadline:
-            self.state = SessionState.CLOSED
+            self.apply(SessionInput.ADDP_TIMEOUT)
             self._events.append(PeerLost("addp-timeout"))
 
     def next_timer(self) -> float | None:
@@ -461,18 +465,20 @@ class ServerSession(_Session):
         self._error(ref, exc.code, exc.text, now)
         self._events.append(RequestRejected(name, ref, exc.code, exc.text))
 
-    def _fail(self, frame: TMap | None, exc: TLibError, now: float) -> None:
+    def _fail(
+        self, frame: TMap | None, exc: TLibError, trigger: SessionInput, now: float
+    ) -> None:
         """Refuse and close (handshake errors, oversized frames)."""
         self._reject(frame, exc, now)
-        self.state = SessionState.CLOSED
+        self.apply(trigger)
         self._events.append(SessionClosed(exc.code, exc.text))
 
     def _on_frame_too_large(self, exc: FrameTooLarge, now: float) -> None:
-        self._fail(None, exc, now)
+        self._fail(None, exc, SessionInput.FRAME_TOO_LARGE, now)
 
     def _on_malformed(self, exc: MalformedFrame, now: float) -> None:
         if self.state is SessionState.AWAITING_REGISTRATION:
-            self._fail(None, exc, now)
+            self._fail(None, exc, SessionInput.HANDSHAKE_REFUSED, now)
         else:
             self._reject(None, exc, now)
 
@@ -507,6 +513,7 @@ class ServerSession(_Session):
                     f"Client not registered: {name} before RequestRegisterClient",
                     code=ErrorCode.CLIENT_NOT_REGISTERED,
                 ),
+                SessionInput.HANDSHAKE_REFUSED,
                 now,
             )
             return
@@ -527,7 +534,7 @@ class ServerSession(_Session):
                 )
             timeout, remote = _announced_addp(frame.get("AttributeExtensions") or {})
         except TLibError as exc:
-            self._fail(frame, exc, now)
+            self._fail(frame, exc, SessionInput.HANDSHAKE_REFUSED, now)
             return
         if timeout is not None and remote is not None:
             self.addp_timeout, self.addp_remote_timeout = timeout, remote
@@ -535,7 +542,7 @@ class ServerSession(_Session):
         self.client_extensions = dict(frame.get("AttributeExtensions") or {})
         self.client_type = client_type
         self.negotiated_version = min(version, self.protocol_version)
-        self.state = SessionState.REGISTERED
+        self.apply(SessionInput.HANDSHAKE_ACCEPTED)
         self._send_server_info(frame["AttributeReferenceID"], now)
         self._events.append(
             ClientRegistered(
@@ -664,7 +671,7 @@ class ClientSession(_Session):
             return
         deadline = self._lost_deadline()
         if deadline is not None and now >= deadline:
-            self.state = SessionState.CLOSED
+            self.apply(SessionInput.ADDP_TIMEOUT)
             self._events.append(PeerLost("addp-timeout"))
             return
         if now >= self._last_sent + self.addp_timeout:
@@ -700,7 +707,7 @@ class ClientSession(_Session):
         self._events.append(ProtocolViolation(code, text))
 
     def _on_frame_too_large(self, exc: FrameTooLarge, now: float) -> None:
-        self.state = SessionState.CLOSED
+        self.apply(SessionInput.FRAME_TOO_LARGE)
         self._events.append(SessionClosed(exc.code, exc.text))
 
     def _on_malformed(self, exc: MalformedFrame, now: float) -> None:
@@ -741,13 +748,13 @@ class ClientSession(_Session):
                 )
             return
         if name == "EventError":
-            self.state = SessionState.CLOSED
+            self.apply(SessionInput.HANDSHAKE_REFUSED)
             self._events.append(
                 HandshakeFailed(frame["AttributeErrorCode"], frame["AttributeErrorMessage"])
             )
             return
         self.server_info = frame
-        self.state = SessionState.REGISTERED
+        self.apply(SessionInput.HANDSHAKE_ACCEPTED)
         self._events.append(
             ServerInfoReceived(
                 frame["AttributeApplicationName"],

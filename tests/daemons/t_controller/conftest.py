@@ -18,7 +18,7 @@ from daemons.cluster.config import load_cluster
 from daemons.runtime.tlib_client import TLibClient
 from daemons.runtime.tlib_server import TLibConnection, TLibServer
 from daemons.t_controller.service import TControllerService
-from protocols.tlib.session import RequestReceived
+from protocols.tlib.events import RequestReceived
 
 TMap = dict[str, Any]
 

@@ -10,10 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from protocols.tlib.errors import ErrorCode, FrameTooLarge, SessionError, ValidationError
-from protocols.tlib.framing import FrameDecoder, encode_frame
-from protocols.tlib.session import (
+from protocols.tlib.events import (
     ClientRegistered,
-    ClientSession,
     EventReceived,
     HandshakeFailed,
     PeerLost,
@@ -21,9 +19,16 @@ from protocols.tlib.session import (
     RequestReceived,
     RequestRejected,
     ServerInfoReceived,
-    ServerSession,
     SessionClosed,
     SessionEvent,
+)
+from protocols.tlib.framing import MAX_FRAME_SIZE, FrameDecoder, encode_frame
+from protocols.tlib.session import (
+    DEFAULT_REGISTRATION_TIMEOUT,
+    TRANSITIONS,
+    ClientSession,
+    ServerSession,
+    SessionInput,
     SessionState,
 )
 
@@ -644,3 +649,119 @@ def test_next_sequence_can_move_forward_only() -> None:
     s.set_next_sequence(10)  # never backwards
     assert s.send_event("EventACK", T0) == 43
     assert s.last_sequence == 43
+
+
+# -- the (state, input) -> state table --------------------------------------------
+
+Session = ServerSession | ClientSession
+#: The inputs each role has a real cause for (only a server waits for registration).
+ROLES: dict[SessionInput, tuple[str, ...]] = {
+    trigger: ("server",) if trigger is SessionInput.REGISTRATION_TIMEOUT else ("server", "client")
+    for trigger in SessionInput
+}
+
+
+def session_in(role: str, state: SessionState, trigger: SessionInput) -> Session:
+    """A session of ``role`` brought to ``state`` through its public API at ``T0``."""
+    server_kwargs: dict[str, Any] = {}
+    if trigger is SessionInput.ADDP_TIMEOUT:
+        # ADDP alone decides: no registration deadline before it
+        server_kwargs = {"registration_timeout": None, "addp_timeout": 7.0,
+                         "addp_remote_timeout": 11.0}
+    if state is SessionState.REGISTERED:
+        c, s = registered_pair(**server_kwargs)
+        session: Session = s if role == "server" else c
+    else:
+        session = server(**server_kwargs) if role == "server" else client()
+        session.data_to_send()
+    if state is SessionState.CLOSED:
+        session.close(T0)
+    assert session.state is state
+    return session
+
+
+def fire(session: Session, trigger: SessionInput) -> None:
+    """What causes ``trigger`` on a real connection: bytes, a timer, a close."""
+    if trigger is SessionInput.HANDSHAKE_ACCEPTED:
+        if isinstance(session, ServerSession):
+            session.receive_data(client().data_to_send(), T0 + 1)
+        else:  # EventServerInfo answering ReferenceID 1, the client's RequestRegisterClient
+            peer = server()
+            peer.receive_data(client().data_to_send(), T0)
+            session.receive_data(peer.data_to_send(), T0 + 1)
+    elif trigger is SessionInput.HANDSHAKE_REFUSED:
+        if isinstance(session, ServerSession):
+            session.receive_data(raw_request("RequestQueryServer", AttributeReferenceID=5), T0 + 1)
+        else:  # EventError answering ReferenceID 1
+            peer = server(accepted_client_types=frozenset({"smart"}))
+            peer.receive_data(client().data_to_send(), T0)
+            session.receive_data(peer.data_to_send(), T0 + 1)
+    elif trigger is SessionInput.FRAME_TOO_LARGE:
+        session.receive_data(struct.pack(">I", MAX_FRAME_SIZE + 1), T0 + 1)
+    elif trigger is SessionInput.REGISTRATION_TIMEOUT:
+        session.handle_timer(T0 + DEFAULT_REGISTRATION_TIMEOUT)
+    elif trigger is SessionInput.ADDP_TIMEOUT:
+        session.handle_timer(T0 + 7.0 + 11.0)
+    elif trigger is SessionInput.CONNECTION_LOST:
+        session.connection_lost(T0 + 1)
+    else:
+        session.close(T0 + 1)
+
+
+IN_TABLE = [
+    (role, state, trigger) for (state, trigger) in TRANSITIONS for role in ROLES[trigger]
+]
+NOT_IN_TABLE = [
+    (role, state, trigger)
+    for state in SessionState
+    for trigger in SessionInput
+    if (state, trigger) not in TRANSITIONS
+    for role in ROLES[trigger]
+]
+
+
+@pytest.mark.parametrize(("role", "state", "trigger"), IN_TABLE)
+def test_every_transition_of_the_table(
+    role: str, state: SessionState, trigger: SessionInput
+) -> None:
+    session = session_in(role, state, trigger)
+    events(session)
+    fire(session, trigger)
+    assert session.state is TRANSITIONS[state, trigger]
+    if session.closed:
+        # every way into CLOSED tells the owner why (PeerLost, SessionClosed, HandshakeFailed)
+        # except the owner's own close
+        evs = events(session)
+        if trigger is SessionInput.CLOSE:
+            assert evs == []
+        else:
+            assert isinstance(evs[-1], PeerLost | SessionClosed | HandshakeFailed)
+
+
+@pytest.mark.parametrize(("role", "state", "trigger"), NOT_IN_TABLE)
+def test_inputs_missing_from_the_table_are_refused(
+    role: str, state: SessionState, trigger: SessionInput
+) -> None:
+    session = session_in(role, state, trigger)
+    with pytest.raises(SessionError):
+        session.apply(trigger)
+    assert session.state is state
+    # the real cause does not move the session either
+    fire(session, trigger)
+    assert session.state is state
+
+
+def test_table_covers_every_state_and_closed_is_final() -> None:
+    assert {state for state, _ in TRANSITIONS} == {
+        SessionState.AWAITING_REGISTRATION,
+        SessionState.REGISTERED,
+    }
+    assert set(TRANSITIONS.values()) == {SessionState.REGISTERED, SessionState.CLOSED}
+    assert {trigger for _, trigger in TRANSITIONS} == set(SessionInput)
+
+
+def test_state_is_read_only() -> None:
+    s = server()
+    with pytest.raises(AttributeError):
+        s.state = SessionState.REGISTERED  # type: ignore[misc]
+    assert s.state is SessionState.AWAITING_REGISTRATION
