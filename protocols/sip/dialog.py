@@ -4,6 +4,10 @@ A :class:`Dialog` is plain state plus the rules of §12 that read or change it.
 It builds in-dialog requests (§12.2.1.1, loose and strict routing), checks the
 order of requests it receives (§12.2.2) and applies target refreshes. It does
 not send anything: the TU hands the requests it builds to the transaction layer.
+
+A dialog is early, confirmed or terminated (:class:`DialogState`);
+:data:`TRANSITIONS` is its one (state, :class:`DialogInput`) -> state table and
+:meth:`Dialog.apply` the only place that moves it.
 """
 
 from __future__ import annotations
@@ -11,7 +15,7 @@ from __future__ import annotations
 import enum
 import random
 import secrets
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Final
 
@@ -22,9 +26,11 @@ from protocols.sip.uri import parse_uri
 
 __all__ = [
     "TARGET_REFRESH_METHODS",
+    "TRANSITIONS",
     "Dialog",
     "DialogError",
     "DialogId",
+    "DialogInput",
     "DialogState",
     "OutOfOrderRequest",
 ]
@@ -54,11 +60,52 @@ class OutOfOrderRequest(DialogError):
 
 
 class DialogState(enum.Enum):
-    """Early (created by a provisional response) or confirmed (by a 2xx), §12."""
+    """Early (created by a provisional response), confirmed (by a 2xx) or terminated, §12."""
 
     EARLY = "early"
     CONFIRMED = "confirmed"
     TERMINATED = "terminated"
+
+
+class DialogInput(enum.Enum):
+    """What moves a dialog between :class:`DialogState` values."""
+
+    #: we build a request within the dialog (§12.2.1.1)
+    LOCAL_REQUEST = "local-request"
+    #: a 2xx to the INVITE, sent or received (§12.1, §13.2.2.4, §13.3.1.4)
+    INVITE_ACCEPTED = "invite-accepted"
+    #: a 3xx-6xx to the INVITE, sent or received (§12.3, §13.2.2.3, §14.1)
+    INVITE_REJECTED = "invite-rejected"
+    #: a 481 or 408 to a request we sent in the dialog (§12.2.1.2)
+    DIALOG_GONE = "dialog-gone"
+    #: BYE sent or received (§15)
+    BYE = "bye"
+
+
+_EARLY: Final = DialogState.EARLY
+_CONFIRMED: Final = DialogState.CONFIRMED
+_TERMINATED: Final = DialogState.TERMINATED
+
+#: The dialog's transitions: (state, input) -> next state. A failed re-INVITE
+#: leaves a confirmed dialog as it was (§14.1); answers arriving after the
+#: dialog ended do not revive it. The one thing refused is building a request
+#: in a terminated dialog: :meth:`Dialog.apply` raises :class:`DialogError`.
+TRANSITIONS: Final[Mapping[tuple[DialogState, DialogInput], DialogState]] = {
+    (_EARLY, DialogInput.LOCAL_REQUEST): _EARLY,
+    (_EARLY, DialogInput.INVITE_ACCEPTED): _CONFIRMED,
+    (_EARLY, DialogInput.INVITE_REJECTED): _TERMINATED,
+    (_EARLY, DialogInput.DIALOG_GONE): _TERMINATED,
+    (_EARLY, DialogInput.BYE): _TERMINATED,
+    (_CONFIRMED, DialogInput.LOCAL_REQUEST): _CONFIRMED,
+    (_CONFIRMED, DialogInput.INVITE_ACCEPTED): _CONFIRMED,
+    (_CONFIRMED, DialogInput.INVITE_REJECTED): _CONFIRMED,
+    (_CONFIRMED, DialogInput.DIALOG_GONE): _TERMINATED,
+    (_CONFIRMED, DialogInput.BYE): _TERMINATED,
+    (_TERMINATED, DialogInput.INVITE_ACCEPTED): _TERMINATED,
+    (_TERMINATED, DialogInput.INVITE_REJECTED): _TERMINATED,
+    (_TERMINATED, DialogInput.DIALOG_GONE): _TERMINATED,
+    (_TERMINATED, DialogInput.BYE): _TERMINATED,
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,6 +164,7 @@ class Dialog:
 
     __slots__ = (
         "_rng",
+        "_state",
         "id",
         "last_invite_seq",
         "local",
@@ -126,7 +174,6 @@ class Dialog:
         "remote_target",
         "route_set",
         "secure",
-        "state",
     )
 
     def __init__(
@@ -151,12 +198,29 @@ class Dialog:
         self.local_seq = local_seq
         self.remote_seq = remote_seq
         self.secure = secure
-        self.state = state
+        self._state = state
         self.last_invite_seq: int | None = None
         self._rng = rng
 
     def __repr__(self) -> str:
         return f"<Dialog {self.id.call_id} {self.state.value}>"
+
+    @property
+    def state(self) -> DialogState:
+        """Early, confirmed or terminated; only :meth:`apply` moves it (:data:`TRANSITIONS`)."""
+        return self._state
+
+    def apply(self, trigger: DialogInput) -> DialogState:
+        """Move the dialog by one input through :data:`TRANSITIONS`; the new state.
+
+        Raises :class:`DialogError` (the dialog is left as it was) when the
+        table has no transition for ``trigger`` in the current state.
+        """
+        try:
+            self._state = TRANSITIONS[self._state, trigger]
+        except KeyError:
+            raise DialogError(f"the dialog is {self._state.value}") from None
+        return self._state
 
     @property
     def local_uri(self) -> str:
@@ -279,8 +343,7 @@ class Dialog:
         the first route, Route the rest followed by the remote target.
         ``via``, ``contact`` and ``headers`` are added as given.
         """
-        if self.state is DialogState.TERMINATED:
-            raise DialogError("the dialog is terminated")
+        self.apply(DialogInput.LOCAL_REQUEST)
         method = method.upper()
         if method == "CANCEL":
             # §9.1: a CANCEL copies the INVITE's Via (branch) and headers.
@@ -340,19 +403,21 @@ class Dialog:
         if status < 200:
             return
         if status in (408, 481):
-            self.state = DialogState.TERMINATED
+            self.apply(DialogInput.DIALOG_GONE)
             return
         if status >= 300:
-            if method == "INVITE" and self.state is DialogState.EARLY:
-                self.state = DialogState.TERMINATED
+            if method == "INVITE":
+                self.apply(DialogInput.INVITE_REJECTED)
             return
         if method in TARGET_REFRESH_METHODS:
             target = _contact_uri(response)
             if target is not None:
                 self.remote_target = target
-        if method == "INVITE" and self.state is DialogState.EARLY:
-            self.state = DialogState.CONFIRMED
-            self.route_set = [r.uri for r in reversed(response.record_routes)]
+        if method == "INVITE":
+            was = self._state
+            if self.apply(DialogInput.INVITE_ACCEPTED) is not was:
+                # the 2xx confirming an early dialog sets its route set (§13.2.2.4)
+                self.route_set = [r.uri for r in reversed(response.record_routes)]
 
     # ---------------------------------------------------------------- UAS behaviour
 
@@ -377,14 +442,14 @@ class Dialog:
                 self.remote_target = target
 
     def response_sent(self, response: Response) -> None:
-        """Apply a final response we sent to the INVITE of an early dialog (§12.1.1, §13.3.1)."""
-        if response.cseq.method != "INVITE" or self.state is not DialogState.EARLY:
+        """Apply a final response we sent to the INVITE of the dialog (§12.1.1, §13.3.1)."""
+        if response.cseq.method != "INVITE":
             return
         if 200 <= response.status < 300:
-            self.state = DialogState.CONFIRMED
+            self.apply(DialogInput.INVITE_ACCEPTED)
         elif response.status >= 300:
-            self.state = DialogState.TERMINATED
+            self.apply(DialogInput.INVITE_REJECTED)
 
     def terminate(self) -> None:
         """End the dialog (BYE sent or received, §15)."""
-        self.state = DialogState.TERMINATED
+        self.apply(DialogInput.BYE)

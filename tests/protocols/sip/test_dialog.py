@@ -7,9 +7,11 @@ import random
 import pytest
 
 from protocols.sip.dialog import (
+    TRANSITIONS,
     Dialog,
     DialogError,
     DialogId,
+    DialogInput,
     DialogState,
     OutOfOrderRequest,
 )
@@ -353,3 +355,86 @@ def test_cancel_is_not_built_by_the_dialog() -> None:
     with pytest.raises(DialogError):
         dialog.create_request("CANCEL")
     assert dialog.local_seq == 314
+
+
+# --------------------------------------------------------------------------- state table
+# A dialog has no timers of its own (the transaction layer has them), so the table
+# is driven by messages alone.
+
+
+def dialog_in(role: str, state: DialogState) -> tuple[Dialog, Request]:
+    """A dialog of ``role`` (uac/uas) brought to ``state`` through its public API."""
+    req = invite(record_route=RR)
+    provisional = state is DialogState.EARLY
+    if role == "uac":
+        resp = answer(req, 180 if provisional else 200)
+        dialog = Dialog.create_uac(req, resp)
+    else:
+        dialog = Dialog.create_uas(req, make_response(req, 180 if provisional else 200,
+                                                      to_tag="bob-tag"))
+    if state is DialogState.TERMINATED:
+        dialog.terminate()
+    assert dialog.state is state
+    return dialog, req
+
+
+def cause(role: str, dialog: Dialog, req: Request, trigger: DialogInput) -> None:
+    """What makes ``trigger`` happen: a request built, a response sent or received, a BYE."""
+    if trigger is DialogInput.LOCAL_REQUEST:
+        dialog.create_request("INFO")
+    elif trigger in (DialogInput.INVITE_ACCEPTED, DialogInput.INVITE_REJECTED):
+        status = 200 if trigger is DialogInput.INVITE_ACCEPTED else 486
+        if role == "uac":
+            dialog.receive_response(answer(req, status))
+        else:
+            dialog.response_sent(make_response(req, status, to_tag="bob-tag"))
+    elif trigger is DialogInput.DIALOG_GONE:
+        info = invite(method="INFO", cseq=900, to_tag="bob-tag", contact=None)
+        dialog.receive_response(answer(info, 481))
+    else:
+        dialog.terminate()
+
+
+@pytest.mark.parametrize("role", ["uac", "uas"])
+@pytest.mark.parametrize(("state", "trigger"), list(TRANSITIONS))
+def test_every_transition_of_the_table(
+    role: str, state: DialogState, trigger: DialogInput
+) -> None:
+    dialog, req = dialog_in(role, state)
+    cause(role, dialog, req, trigger)
+    assert dialog.state is TRANSITIONS[state, trigger]
+
+
+NOT_IN_TABLE = [
+    (state, trigger)
+    for state in DialogState
+    for trigger in DialogInput
+    if (state, trigger) not in TRANSITIONS
+]
+
+
+def test_only_requests_in_a_terminated_dialog_are_refused() -> None:
+    assert NOT_IN_TABLE == [(DialogState.TERMINATED, DialogInput.LOCAL_REQUEST)]
+
+
+@pytest.mark.parametrize("role", ["uac", "uas"])
+@pytest.mark.parametrize(("state", "trigger"), NOT_IN_TABLE)
+def test_inputs_missing_from_the_table_are_refused(
+    role: str, state: DialogState, trigger: DialogInput
+) -> None:
+    dialog, req = dialog_in(role, state)
+    seqs = (dialog.local_seq, dialog.remote_seq)
+    with pytest.raises(DialogError) as err:
+        dialog.apply(trigger)
+    assert err.value.reason == f"the dialog is {state.value}"
+    with pytest.raises(DialogError):
+        cause(role, dialog, req, trigger)
+    assert dialog.state is state
+    assert (dialog.local_seq, dialog.remote_seq) == seqs
+
+
+def test_dialog_state_is_read_only() -> None:
+    dialog, _ = uac_dialog()
+    with pytest.raises(AttributeError):
+        dialog.state = DialogState.TERMINATED  # type: ignore[misc]
+    assert dialog.state is DialogState.CONFIRMED
