@@ -14,15 +14,26 @@ Any final answer proves the node is alive; a 2xx says it is the *active*
 503) says it is alive but must not get traffic. Routing only uses nodes that
 are in service *and* active (guide: "SIP Proxy forwards SIP messages only to
 the primary SIP Server of the HA pair").
+
+Each node is in one :class:`NodeState`; :data:`TRANSITIONS` is its one
+(state, :class:`NodeInput`) -> state table and :meth:`NodeHealth.apply` the
+only place that moves it.
 """
 
 from __future__ import annotations
 
 import enum
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Final
 
-__all__ = ["NodeHealth", "NodeState", "OosMonitor"]
+from protocols.sip.errors import SipError
+
+__all__ = ["TRANSITIONS", "NodeHealth", "NodeInput", "NodeState", "OosError", "OosMonitor"]
+
+
+class OosError(SipError):
+    """An input the node state table does not allow in the node's current state."""
 
 
 class NodeState(enum.Enum):
@@ -31,9 +42,40 @@ class NodeState(enum.Enum):
     OUT_OF_SERVICE = "out-of-service"
 
 
+class NodeInput(enum.Enum):
+    """What the checks of one node tell (guide: ``oos-check``, ``oos-force``)."""
+
+    #: a 2xx to a check: alive and the primary of its HA pair
+    ACTIVE_ANSWER = "active-answer"
+    #: any other answer (a hot-standby backup answers 503): alive, not for traffic
+    STANDBY_ANSWER = "standby-answer"
+    #: ``oos-force`` seconds passed after a check without any answer to it
+    OOS_FORCE = "oos-force"
+
+
+_UNKNOWN: Final = NodeState.UNKNOWN
+_IN_SERVICE: Final = NodeState.IN_SERVICE
+_OUT_OF_SERVICE: Final = NodeState.OUT_OF_SERVICE
+
+#: A node's transitions: (state, input) -> next state. The first answer puts a
+#: node in service whatever it was; ``oos-force`` puts it out of service once,
+#: so a node already out of service refuses it (:class:`OosError`).
+TRANSITIONS: Final[Mapping[tuple[NodeState, NodeInput], NodeState]] = {
+    (_UNKNOWN, NodeInput.ACTIVE_ANSWER): _IN_SERVICE,
+    (_UNKNOWN, NodeInput.STANDBY_ANSWER): _IN_SERVICE,
+    (_UNKNOWN, NodeInput.OOS_FORCE): _OUT_OF_SERVICE,
+    (_IN_SERVICE, NodeInput.ACTIVE_ANSWER): _IN_SERVICE,
+    (_IN_SERVICE, NodeInput.STANDBY_ANSWER): _IN_SERVICE,
+    (_IN_SERVICE, NodeInput.OOS_FORCE): _OUT_OF_SERVICE,
+    (_OUT_OF_SERVICE, NodeInput.ACTIVE_ANSWER): _IN_SERVICE,
+    (_OUT_OF_SERVICE, NodeInput.STANDBY_ANSWER): _IN_SERVICE,
+}
+
+
 @dataclass(slots=True)
 class NodeHealth:
-    """What the monitor knows about one node."""
+    """What the monitor knows about one node; only :meth:`apply` changes ``state``
+    and ``active``."""
 
     name: str
     state: NodeState = NodeState.UNKNOWN
@@ -46,6 +88,31 @@ class NodeHealth:
     answers: int = 0
     transitions: int = 0
     changed: list[tuple[float, str]] = field(default_factory=list)
+
+    def apply(self, trigger: NodeInput, now: float) -> bool:
+        """Move the node by one input through :data:`TRANSITIONS` at ``now``.
+
+        ``active`` becomes True on a 2xx answer only. Returns True when the
+        routing state (state, active) changed; raises :class:`OosError` (the
+        node is left as it was) when the table has no transition for
+        ``trigger`` in the current state.
+        """
+        try:
+            state = TRANSITIONS[self.state, trigger]
+        except KeyError:
+            raise OosError(
+                f"node {self.name} is {self.state.value}: {trigger.value} is not allowed"
+            ) from None
+        before = (self.state, self.active)
+        self.state = state
+        self.active = trigger is NodeInput.ACTIVE_ANSWER
+        if (self.state, self.active) == before:
+            return False
+        self.transitions += 1
+        self.changed.append((now, self.state.value if self.active or self.state is not
+                             NodeState.IN_SERVICE else "standby"))
+        del self.changed[:-10]
+        return True
 
     def as_dict(self) -> dict[str, Any]:
         return {"state": self.state.value, "active": self.active,
@@ -83,10 +150,8 @@ class OosMonitor:
         h.last_answer = now
         h.last_status = status
         h.pending_since = None
-        before = (h.state, h.active)
-        h.state = NodeState.IN_SERVICE
-        h.active = 200 <= status < 300
-        return self._changed(h, before, now)
+        active = 200 <= status < 300
+        return h.apply(NodeInput.ACTIVE_ANSWER if active else NodeInput.STANDBY_ANSWER, now)
 
     def tick(self, now: float) -> list[str]:
         """Apply ``oos-force``; returns the nodes that just went out of service."""
@@ -94,10 +159,7 @@ class OosMonitor:
         for h in self.nodes.values():
             if (h.pending_since is not None and h.state is not NodeState.OUT_OF_SERVICE
                     and now - h.pending_since >= self.oos_force):
-                before = (h.state, h.active)
-                h.state = NodeState.OUT_OF_SERVICE
-                h.active = False
-                self._changed(h, before, now)
+                h.apply(NodeInput.OOS_FORCE, now)
                 gone.append(h.name)
         return gone
 
@@ -117,13 +179,3 @@ class OosMonitor:
     def alive(self, name: str) -> bool:
         h = self.nodes.get(name)
         return h is not None and h.state is NodeState.IN_SERVICE
-
-    @staticmethod
-    def _changed(h: NodeHealth, before: tuple[NodeState, bool], now: float) -> bool:
-        if (h.state, h.active) == before:
-            return False
-        h.transitions += 1
-        h.changed.append((now, h.state.value if h.active or h.state is not
-                          NodeState.IN_SERVICE else "standby"))
-        del h.changed[:-10]
-        return True
