@@ -59,6 +59,7 @@ from daemons.t_controller.ownership import (
 from protocols.tlib.catalogue import validate
 from protocols.tlib.errors import ErrorCode, TLibError
 from protocols.tlib.framing import TMap
+from protocols.tlib.mesh import DnGranted
 from protocols.tlib.session import RequestReceived
 
 if TYPE_CHECKING:
@@ -77,6 +78,8 @@ CALL_EVENTS = frozenset({
 #: Call events after which the DN is on the call.
 _ON_CALL = frozenset({"EventRinging", "EventDialing", "EventEstablished", "EventHeld",
                       "EventRetrieved", "EventPartyChanged"})
+#: ``agent-state`` values of a peer's DN that its agent's mirror here takes.
+_ANNOUNCED_AGENT_STATES = frozenset({"Ready", "NotReady", "AfterCallWork"})
 #: Calls of this node on agent DNs remembered for a peer owner's repeat (oldest dropped first).
 MAX_NODE_CALLS = 100_000
 #: Attributes of a received event that belong to the link, not to the event.
@@ -402,6 +405,19 @@ class TController:
         if reasons:
             entry["AttributeReason"] = dict(reasons)
         self.remote_agents[dn] = entry
+
+    def mirror_announced_agent(self, message: DnGranted) -> None:
+        """The agent of a peer's DN as its owner announced it with the DN
+        (a grant, or the state of the DN at a Smart Proxy's bulk registration)."""
+        attributes = message.attributes
+        if "AttributeAgentID" not in attributes:
+            return
+        dn = message.dn
+        self.mirror_agent("EventAgentLogin", {"AttributeThisDN": dn, **attributes})
+        state = message.state.get("agent-state")
+        remote = self.remote_agents.get(dn)
+        if remote is not None and state in _ANNOUNCED_AGENT_STATES:
+            remote["state"] = AgentState(state)
 
     def publish_agent_events(self, events: Iterable[AgentEvent],
                              answer: Answer | None = None, *,

@@ -66,6 +66,21 @@ from daemons.t_controller.ownership import (
 )
 from protocols.tlib.errors import ErrorCode, TLibError
 from protocols.tlib.framing import TMap
+from protocols.tlib.mesh import (
+    CallState,
+    ClaimWithdrawn,
+    DnGranted,
+    DnMoved,
+    DnReleased,
+    DnSnapshot,
+    Interest,
+    MalformedMeshMessage,
+    MovedAgent,
+    OwnershipClaim,
+    RelayedRequest,
+    decode_event,
+    decode_request,
+)
 from protocols.tlib.session import RequestReceived
 
 if TYPE_CHECKING:
@@ -80,14 +95,11 @@ SMART_PROXY_PREFIX = "SmartProxy@"
 #: Attributes of a received event that belong to the link, not to the event.
 _LINK_ATTRIBUTES = frozenset({"message", "AttributeReferenceID", "AttributeEventSequenceNumber",
                               "AttributeTimeinSecs", "AttributeTimeinuSecs"})
-#: Keys of AttributeExtensions that belong to the mesh, not to the request.
-_MESH_KEYS = ("mesh", "mesh-client", "mesh-node", "mesh-application", "mesh-kind",
-              "mesh-expires")
-#: ``mesh = call-state``: a call's repeat; ``mesh-answered``: it reached EventEstablished.
-_CALL_STATE_KEYS = ("mesh", "mesh-answered")
 #: Calls of other nodes remembered for routing call control (oldest dropped first).
 MAX_CALL_ROUTES = 100_000
 _POLL = object()  # origin of a latency poll
+#: ``mesh`` values of the ownership decisions (a malformed one counts as bad-decision).
+_DECISIONS = frozenset({DnGranted.marker, DnMoved.marker, DnReleased.marker})
 
 
 def smart_proxy_name(t_controller: str) -> str:
@@ -235,7 +247,7 @@ class Mesh:
             peer.link.log = peer.link.log.bind(peer_tc=peer.tc)
             peer.link.start()
         if self.poll_interval > 0 and self.peers:
-            self._poll_task = asyncio.create_task(self._poll_loop(), name="mesh-latency-polls")
+            self._poll_task = asyncio.create_task(self._poll_loop(), name="tc-latency-polls")
 
     async def stop(self) -> None:
         if self._poll_task is not None:
@@ -313,6 +325,11 @@ class Mesh:
         peer.tx.inc()
         return True
 
+    def _send_message(self, peer: Peer, message: Interest | OwnershipClaim | ClaimWithdrawn,
+                      ) -> bool:
+        name, attributes = message.to_wire()
+        return self._send_request(peer, name, attributes)
+
     # -- events out ------------------------------------------------------------------------
     def publish(self, name: str, attributes: TMap, dn: str | None,
                 requester: TLibConnection | None = None, *,
@@ -358,52 +375,50 @@ class Mesh:
             return
         if isinstance(decision, OwnershipMoved) and decision.from_node != local:
             return
-        name, attributes = self.decision_event(decision)
+        name, attributes = self.decision_message(decision).to_wire()
         trusted = event_is_valid(name, attributes)  # checked once for every peer
         for peer in self.peers.values():
             self._send_event(peer, name, attributes, trusted=trusted)
 
-    def decision_event(self, decision: OwnershipDecision) -> tuple[str, TMap]:
+    def decision_message(self, decision: OwnershipDecision,
+                         granted: type[DnGranted] = DnGranted,
+                         ) -> DnGranted | DnMoved | DnReleased:
+        """The mesh message of an ownership decision of this node; a grant
+        carries the DN's state here (``granted``: :class:`DnSnapshot` for a
+        Smart Proxy's bulk registration)."""
         controller = self.controller
         offset = _wall_offset()
         now = controller.clock()
         if isinstance(decision, OwnershipReleased):
-            return "EventDNOutOfService", {
-                "AttributeThisDN": decision.dn,
-                "AttributeExtensions": {"mesh": "released", "owner": decision.node,
-                                        "cause": decision.cause}}
-        ext: dict[str, Any] = {
-            "ownership": decision.kind.value,
-            "since": decision.since + offset,
-            "expires-in": None if decision.expires is None else decision.expires - now,
-        }
+            return DnReleased(decision.dn, decision.node, decision.cause)
+        since = decision.since + offset
+        expires_in = None if decision.expires is None else decision.expires - now
         if isinstance(decision, OwnershipMoved):
-            ext.update({"mesh": "moved", "owner": decision.to_node, "from": decision.from_node})
-            if decision.snapshot is not None:
-                ext["snapshot"] = decision.snapshot.to_map()
-            return "EventDNBackInService", {"AttributeThisDN": decision.dn,
-                                            "AttributeExtensions": ext}
+            snapshot = decision.snapshot
+            return DnMoved(decision.dn, decision.to_node, decision.from_node,
+                           decision.kind.value, since, expires_in,
+                           None if snapshot is None else MovedAgent(
+                               snapshot.agent_id, snapshot.dn, snapshot.state.value,
+                               int(snapshot.work_mode), dict(snapshot.reasons)))
         attributes = controller.dn_service_attributes(decision.dn)
         state = attributes.pop("AttributeExtensions", {})
-        attributes["AttributeExtensions"] = {**state, **ext, "mesh": "granted",
-                                             "owner": decision.node}
-        return "EventDNBackInService", attributes
+        del attributes["AttributeThisDN"]
+        return granted(decision.dn, decision.node, decision.kind.value, since, expires_in,
+                       state, attributes)
 
-    def snapshot(self, conn: TLibConnection, *, marker: str) -> int:
-        """Every DN this node owns, with its state, to one connection."""
+    def snapshot(self, conn: TLibConnection, *, granted: type[DnGranted]) -> int:
+        """Every DN this node owns, with its state, to one connection (as
+        ``granted`` decisions to a peer, as :class:`DnSnapshot` to a Smart Proxy)."""
         controller = self.controller
-        now = controller.clock()
         sent = 0
         for dn in controller.ownership.owned_by(controller.node):
             view = controller.ownership.view(dn)
             if view is None:
                 continue
             decision = OwnershipGranted(dn, view.node, view.kind, view.since, view.expires)
-            name, attributes = self.decision_event(decision)
-            attributes["AttributeExtensions"]["mesh"] = marker
+            name, attributes = self.decision_message(decision, granted).to_wire()
             if conn.send_event(name, attributes) is not None:
                 sent += 1
-        del now
         return sent
 
     # -- requests out ----------------------------------------------------------------------
@@ -413,11 +428,8 @@ class Mesh:
         ``peer``'s node): sent there, answered back with the client's ReferenceID."""
         attrs = {k: v for k, v in request.message.items()
                  if k not in ("message", "AttributeReferenceID")}
-        if client is not None:
-            ext = dict(attrs.get("AttributeExtensions") or {})
-            ext["mesh-client"] = client
-            attrs["AttributeExtensions"] = ext
-        return self._send_request(peer, request.name, attrs, origin=conn,
+        name, attributes = RelayedRequest(request.name, attrs, client).to_wire()
+        return self._send_request(peer, name, attributes, origin=conn,
                                   reference_id=request.reference_id)
 
     def send_claim(self, claim: ForwardClaim, *, client: str | None = None,
@@ -426,16 +438,8 @@ class Mesh:
         peer = self.peers.get(claim.owner)
         if peer is None:
             return False
-        ext: dict[str, Any] = {"mesh": "claim", "mesh-node": claim.claimant,
-                               "mesh-kind": claim.kind.value}
-        if client is not None:
-            ext["mesh-client"] = client
-        if application is not None:
-            ext["mesh-application"] = application
-        if expires is not None:
-            ext["mesh-expires"] = float(expires)
-        sent = self._send_request(peer, "RequestRegisterAddress", {
-            "AttributeThisDN": claim.dn, "AttributeExtensions": ext})
+        sent = self._send_message(peer, OwnershipClaim(
+            claim.dn, claim.claimant, claim.kind.value, client, application, expires))
         self.log.info("dn_ownership_claim_sent", dn=claim.dn, owner=claim.owner,
                       peer=peer.tc, sent=sent)
         return sent
@@ -445,10 +449,7 @@ class Mesh:
         peer = self.owner_peer(dn)
         if peer is None:
             return
-        self._send_request(peer, "RequestUnregisterAddress", {
-            "AttributeThisDN": dn,
-            "AttributeExtensions": {"mesh": "client-gone" if gone else "withdraw",
-                                    "mesh-node": self.controller.node, "mesh-client": client}})
+        self._send_message(peer, ClaimWithdrawn(dn, self.controller.node, client, gone))
 
     def add_interest(self, dn: str, *, skip: Peer | None = None) -> None:
         """A local client registered ``dn``: the peers send its events here."""
@@ -458,8 +459,7 @@ class Mesh:
             return
         for peer in self.peers.values():
             if peer is not skip:
-                self._send_request(peer, "RequestRegisterAddress", {
-                    "AttributeThisDN": dn, "AttributeExtensions": {"mesh": "interest"}})
+                self._send_message(peer, Interest(dn))
 
     def remove_interest(self, dn: str) -> None:
         count = self.local_interest.get(dn, 0)
@@ -467,8 +467,7 @@ class Mesh:
             self.local_interest.pop(dn, None)
             if count == 1:
                 for peer in self.peers.values():
-                    self._send_request(peer, "RequestUnregisterAddress", {
-                        "AttributeThisDN": dn, "AttributeExtensions": {"mesh": "interest"}})
+                    self._send_message(peer, Interest(dn, registered=False))
         else:
             self.local_interest[dn] = count - 1
 
@@ -488,8 +487,7 @@ class Mesh:
         if new:
             for peer in self.peers.values():
                 if peer is not owner:
-                    self._send_request(peer, "RequestRegisterAddress", {
-                        "AttributeThisDN": dn, "AttributeExtensions": {"mesh": "interest"}})
+                    self._send_message(peer, Interest(dn))
         return True
 
     def route_call_control(self, conn: TLibConnection, request: RequestReceived,
@@ -515,7 +513,7 @@ class Mesh:
         old, peer.conn = peer.conn, conn
         if old is not None and old is not conn:
             old.close()
-        sent = self.snapshot(conn, marker="granted")
+        sent = self.snapshot(conn, granted=DnGranted)
         peer.tx.inc(sent)
         calls = self.repeat_calls(peer)
         self.log.info("peer_connected", peer=peer.tc, owned_dns_sent=sent, calls_sent=calls)
@@ -544,10 +542,13 @@ class Mesh:
         peer.rx.inc()
         controller = self.controller
         name = request.name
-        message = request.message
-        ext = message.get("AttributeExtensions") or {}
-        kind = ext.get("mesh")
-        dn = message.get("AttributeThisDN")
+        try:
+            message = decode_request(name, request.message)
+        except MalformedMeshMessage as exc:
+            self.refused(peer.tc, name, exc)
+            conn.answer_error(request, exc.code, exc.text)
+            return
+        dn = request.message.get("AttributeThisDN")
         now = controller.clock()
         tcport = controller.tcport
         from daemons.t_controller.tcport import AGENT_REQUESTS, CALL_CONTROL_REQUESTS
@@ -555,17 +556,15 @@ class Mesh:
             if not controller.known_dn(dn):
                 conn.answer_error(request, ErrorCode.UNKNOWN_DN, f"Unknown DN: {dn[:64]}")
                 return
-            if kind == "claim":
-                claimant = str(ext.get("mesh-node") or peer.node)
-                if ext.get("mesh-kind") == OwnershipKind.SIP.value:
-                    expires = ext.get("mesh-expires")
+            if isinstance(message, OwnershipClaim):
+                if message.kind == OwnershipKind.SIP.value:
                     outputs = controller.ownership.sip_registered(
-                        dn, claimant, float(expires) if isinstance(expires, int | float)
-                        else 3600.0, now)
+                        dn, message.node or peer.node,
+                        message.expires if message.expires is not None else 3600.0, now)
                 else:
                     outputs = controller.ownership.register_address(
-                        dn, claimant, str(ext.get("mesh-client") or ""),
-                        str(ext.get("mesh-application") or ""), now)
+                        dn, message.node or peer.node, message.client or "",
+                        message.application or "", now)
                 conn.answer(request, "EventACK", {"AttributeThisDN": dn})
                 controller.apply(outputs)
                 return
@@ -573,17 +572,17 @@ class Mesh:
             conn.answer(request, "EventRegistered", controller.dn_attributes(dn))
             return
         if name == "RequestUnregisterAddress" and isinstance(dn, str):
-            if kind in ("withdraw", "client-gone"):
-                client = str(ext.get("mesh-client") or "")
-                node = str(ext.get("mesh-node") or peer.node)
+            if isinstance(message, ClaimWithdrawn):
                 conn.answer(request, "EventACK", {"AttributeThisDN": dn})
-                if kind == "client-gone":
-                    events = controller.agents.client_disconnected(f"{peer.tc}/{client}", now)
+                if message.gone:
+                    events = controller.agents.client_disconnected(
+                        f"{peer.tc}/{message.client}", now)
                     controller.publish_agent_events(events)
-                    controller.apply(controller.ownership.client_disconnected(node, client, now))
+                    controller.apply(controller.ownership.client_disconnected(
+                        message.node or peer.node, message.client, now))
                 else:
                     controller.apply(controller.ownership.unregister_address(
-                        dn, node, client, now))
+                        dn, message.node or peer.node, message.client, now))
                 return
             peer.interests.discard(dn)
             conn.answer(request, "EventUnregistered", {"AttributeThisDN": dn})
@@ -599,7 +598,7 @@ class Mesh:
             if owner is not None and owner is not peer:
                 self.forward(owner, conn, request)  # the DN moved meanwhile
                 return
-            desktop = ext.get("mesh-client")
+            desktop = message.client if isinstance(message, RelayedRequest) else None
             tcport.agent_request(conn, request, dn,
                                  f"{peer.tc}/{desktop}" if desktop else f"{peer.tc}/?")
         elif name in CALL_CONTROL_REQUESTS and isinstance(dn, str):
@@ -609,6 +608,13 @@ class Mesh:
             conn.answer_error(request, ErrorCode.REQUEST_NOT_SUPPORTED,
                               f"{name} is not supported between t-controllers")
 
+    def refused(self, peer: str, name: str, exc: MalformedMeshMessage) -> None:
+        """A malformed mesh message from ``peer``: counted and logged, not used."""
+        reason = "bad-decision" if exc.marker in _DECISIONS else "malformed"
+        self.dropped.labels(reason).inc()
+        self.log.warning("mesh_message_refused", peer=peer, tlib_message=name, mesh=exc.marker,
+                         reason=reason, error=exc.text)
+
     # -- peer links (our client connections) ---------------------------------------------
     def link_up(self, peer: Peer) -> None:
         controller = self.controller
@@ -617,8 +623,7 @@ class Mesh:
         controller.schedule_timer()
         # the peer's clients see our events again only for what we ask for
         for dn in list(self.local_interest):
-            self._send_request(peer, "RequestRegisterAddress", {
-                "AttributeThisDN": dn, "AttributeExtensions": {"mesh": "interest"}})
+            self._send_message(peer, Interest(dn))
         self.log.info("peer_link_up", peer=peer.tc, interests=len(self.local_interest))
 
     def link_down(self, peer: Peer, reason: str, lost: list[ForwardedRequest]) -> None:
@@ -652,14 +657,19 @@ class Mesh:
         answer: tuple[TLibConnection, int] | None = None
         if answers is not None and isinstance(answers.origin, TLibConnection):
             answer = (answers.origin, answers.reference_id)
-        ext = attributes.get("AttributeExtensions")
-        mesh_kind = ext.get("mesh") if isinstance(ext, dict) else None
-        if mesh_kind in ("granted", "moved", "released") and answer is None:
-            self._apply_decision(peer, name, attributes, mesh_kind)
-            return
-        if mesh_kind == "call-state" and answer is None:
-            self._call_state(peer, name, attributes)
-            return
+        if answers is None:
+            try:
+                message = decode_event(name, attributes)
+            except MalformedMeshMessage as exc:
+                self.refused(peer.tc, name, exc)
+                return
+            if isinstance(message, DnGranted | DnMoved | DnReleased) \
+                    and not isinstance(message, DnSnapshot):
+                self._apply_decision(peer, message)
+                return
+            if isinstance(message, CallState):
+                self._call_state(peer, message)
+                return
         if name in ("EventACK", "EventError") or (answers is not None and answer is None):
             if answer is not None:
                 answered = dict(attributes)
@@ -691,24 +701,15 @@ class Mesh:
             return 0
         sent = 0
         for call in self.controller.calls_for_owner(peer.node, dn):
-            attributes = dict(call.attributes)
-            ext = dict(attributes.get("AttributeExtensions") or {})
-            ext.update({"mesh": "call-state", "mesh-answered": call.answered})
-            attributes["AttributeExtensions"] = ext
-            if self._send_event(peer, call.name, attributes):
+            name, attributes = CallState(call.name, call.attributes, call.answered).to_wire()
+            if self._send_event(peer, name, attributes):
                 sent += 1
         return sent
 
-    def _call_state(self, peer: Peer, name: str, attributes: TMap) -> None:
+    def _call_state(self, peer: Peer, message: CallState) -> None:
         """A peer's repeat of a call on its node (:meth:`repeat_calls`)."""
         controller = self.controller
-        ext = dict(attributes.get("AttributeExtensions") or {})
-        answered = ext.get("mesh-answered") is True
-        for key in _CALL_STATE_KEYS:
-            ext.pop(key, None)
-        event = {k: v for k, v in attributes.items() if k != "AttributeExtensions"}
-        if ext:
-            event["AttributeExtensions"] = ext
+        name, event = message.name, dict(message.attributes)
         dn = event.get("AttributeThisDN")
         conn_id = event.get("AttributeConnID")
         if (name not in CALL_EVENTS or not isinstance(dn, str) or not isinstance(conn_id, str)
@@ -717,7 +718,7 @@ class Mesh:
             self.log.info("peer_call_state_ignored", peer=peer.tc, dn=dn, tlib_event=name)
             return
         self._remember_call(conn_id, peer.node)
-        controller.restore_call(name, event, answered=answered)
+        controller.restore_call(name, event, answered=message.answered)
 
     def _remember_call(self, conn_id: str, node: str) -> None:
         self.call_nodes[conn_id] = node
@@ -725,32 +726,23 @@ class Mesh:
         while len(self.call_nodes) > MAX_CALL_ROUTES:
             self.call_nodes.popitem(last=False)
 
-    def _apply_decision(self, peer: Peer, name: str, attributes: TMap, kind: str) -> None:
+    def _apply_decision(self, peer: Peer, message: DnGranted | DnMoved | DnReleased) -> None:
         controller = self.controller
-        ext = dict(attributes.get("AttributeExtensions") or {})
-        dn = attributes.get("AttributeThisDN")
-        if not isinstance(dn, str):
-            return
+        dn = message.dn
         now = controller.clock()
-        decision = decode_decision(dn, ext, kind, now, peer.node)
-        if decision is None:
+        try:
+            decision = decode_decision(message, now, peer.node)
+        except ValueError as exc:
             self.dropped.labels("bad-decision").inc()
+            self.log.warning("mesh_message_refused", peer=peer.tc, dn=dn, mesh=message.marker,
+                             reason="bad-decision", error=str(exc))
             return
-        if kind == "released":
-            controller.remote_agents.pop(dn, None)
-        else:
-            controller.remote_agents.pop(dn, None)
-            if "AttributeAgentID" in attributes:
-                controller.mirror_agent("EventAgentLogin", attributes)
-                state = ext.get("agent-state")
-                if state in ("Ready", "NotReady", "AfterCallWork"):
-                    controller.remote_agents[dn]["state"] = AgentState(state)
-        details = {k: v for k, v in attributes.items() if k != "AttributeExtensions"}
-        details["AttributeExtensions"] = {k: v for k, v in ext.items()
-                                          if k not in ("mesh", "since", "expires-in",
-                                                       "snapshot", "from", "cause")}
-        controller.apply(controller.ownership.apply(decision, now), details={dn: details})
-        if kind != "released":
+        controller.remote_agents.pop(dn, None)
+        if isinstance(message, DnGranted):
+            controller.mirror_announced_agent(message)
+        controller.apply(controller.ownership.apply(decision, now),
+                         details={dn: message.announced_attributes()})
+        if not isinstance(message, DnReleased):
             owner = self.owner_peer(dn)
             if owner is not None:
                 self.repeat_calls(owner, dn)  # the owner may have forgotten them
@@ -779,45 +771,29 @@ class Mesh:
         return sent
 
 
-def decode_decision(dn: str, ext: Mapping[str, Any], kind: str, now: float,
-                    sender: str) -> OwnershipDecision | None:
-    """An ownership decision from its mesh event (see :meth:`Mesh.decision_event`)."""
-    owner = ext.get("owner")
-    if not isinstance(owner, str):
-        return None
-    if kind == "released":
-        return OwnershipReleased(dn, owner, str(ext.get("cause") or "released"))
-    kind_value = ext.get("ownership")
-    if not isinstance(kind_value, str):
-        return None
-    try:
-        ownership = OwnershipKind(kind_value)
-    except ValueError:
-        return None
-    since_wall = ext.get("since")
-    since = (float(since_wall) - _wall_offset() if isinstance(since_wall, int | float)
-             else now)
-    expires_in = ext.get("expires-in")
-    expires = now + float(expires_in) if isinstance(expires_in, int | float) else None
-    if kind == "moved":
-        source = ext.get("from")
-        snapshot = decode_snapshot(ext.get("snapshot"))
-        return OwnershipMoved(dn, str(source or sender), owner, ownership, since, expires,
-                              snapshot)
-    return OwnershipGranted(dn, owner, ownership, since, expires)
+def decode_decision(message: DnGranted | DnMoved | DnReleased, now: float,
+                    sender: str) -> OwnershipDecision:
+    """The ownership decision of a peer's mesh message (see
+    :meth:`Mesh.decision_message`); ValueError for an ownership kind or an
+    agent state this build does not know."""
+    if isinstance(message, DnReleased):
+        return OwnershipReleased(message.dn, message.owner, message.cause or "released")
+    ownership = OwnershipKind(message.ownership)
+    since = message.since - _wall_offset()
+    expires = now + message.expires_in if message.expires_in is not None else None
+    if isinstance(message, DnMoved):
+        return OwnershipMoved(message.dn, message.from_node or sender, message.owner,
+                              ownership, since, expires, decode_snapshot(message.snapshot))
+    return OwnershipGranted(message.dn, message.owner, ownership, since, expires)
 
 
-def decode_snapshot(value: Any) -> AgentSnapshot | None:
-    if not isinstance(value, dict):
+def decode_snapshot(agent: MovedAgent | None) -> AgentSnapshot | None:
+    """The agent a move carries, for ``agent-state-auto-restore``."""
+    if agent is None:
         return None
-    try:
-        return AgentSnapshot(
-            agent_id=str(value["AttributeAgentID"]), dn=str(value["AttributeThisDN"]),
-            state=AgentState(value["state"]),
-            work_mode=AgentWorkMode(int(value.get("AttributeAgentWorkMode", 0))),
-            reasons=MappingProxyType(dict(value.get("AttributeReasons") or {})))
-    except (KeyError, ValueError, TypeError):
-        return None
+    return AgentSnapshot(agent_id=agent.agent_id, dn=agent.dn, state=AgentState(agent.state),
+                         work_mode=AgentWorkMode(agent.work_mode),
+                         reasons=MappingProxyType(dict(agent.reasons)))
 
 
 def _peer_gauge(peer: Peer, value: Callable[[Peer], float | int]) -> Callable[[], float]:

@@ -41,6 +41,7 @@ from daemons.t_controller.node_link import ForwardedRequest
 from daemons.t_controller.tcport import AGENT_REQUESTS, CALL_CONTROL_REQUESTS, address_info
 from protocols.tlib.errors import ErrorCode
 from protocols.tlib.framing import TMap
+from protocols.tlib.mesh import DnSnapshot, MalformedMeshMessage, decode_event
 from protocols.tlib.session import RequestReceived
 
 __all__ = ["ACCEPTED_CLIENT_TYPES", "SmartProxy"]
@@ -170,6 +171,7 @@ class SmartProxy:
     def describe(self) -> dict[str, Any]:
         return {"clients": len(self.clients), "fed": dict(self.fed),
                 "service-events-from-decisions": dict(self.from_decisions),
+
                 "mode": "optimised" if self.optimised else "normal",
                 "bulk-links": {node: "up" if link.up else "down"
                                for node, link in self.bulk_links.items()}}
@@ -193,16 +195,16 @@ class _BulkSink:
         if not isinstance(name, str) or name == "EventServerInfo" or answers is not None:
             return
         attributes = {k: v for k, v in event.items() if k not in _LINK_ATTRIBUTES}
-        ext = attributes.get("AttributeExtensions")
-        if isinstance(ext, dict) and ext.get("mesh") == "snapshot":
+        try:
+            message = decode_event(name, attributes)
+        except MalformedMeshMessage as exc:
+            mesh = self.proxy.controller.mesh
+            if mesh is not None:
+                mesh.refused(self.node, name, exc)
+            return
+        if isinstance(message, DnSnapshot):
             # the state of a DN at bulk registration: kept, not an event for the clients
-            if "AttributeAgentID" in attributes:
-                self.proxy.controller.mirror_agent("EventAgentLogin", attributes)
-                state = ext.get("agent-state")
-                remote = self.proxy.controller.remote_agents.get(attributes["AttributeThisDN"])
-                if remote is not None and state in ("Ready", "NotReady", "AfterCallWork"):
-                    from daemons.t_controller.agent import AgentState
-                    remote["state"] = AgentState(state)
+            self.proxy.controller.mirror_announced_agent(message)
             return
         if name in _FROM_DECISIONS:
             counts = self.proxy.from_decisions

@@ -31,6 +31,7 @@ from daemons.t_controller.controller import Recipients, TController
 from daemons.t_controller.mesh import SMART_PROXY_PREFIX
 from daemons.t_controller.node_link import NodeLink, NodeLinkDown
 from protocols.tlib.errors import ErrorCode, TLibError
+from protocols.tlib.mesh import DnSnapshot
 from protocols.tlib.session import RequestReceived
 
 __all__ = ["AGENT_REQUESTS", "CALL_CONTROL_REQUESTS", "TCPort", "address_info"]
@@ -129,7 +130,7 @@ class TCPort(Recipients):
             self._smart.add(conn)
             if mesh is not None and conn.application.startswith(SMART_PROXY_PREFIX):
                 # a Smart Proxy's bulk registration: the state of every DN owned here
-                mesh.snapshot(conn, marker="snapshot")
+                mesh.snapshot(conn, granted=DnSnapshot)
 
     def on_closed(self, conn: TLibConnection, reason: str) -> None:
         mesh = self.controller.mesh

@@ -26,6 +26,7 @@ from daemons.t_controller.ownership import (
     OwnershipTable,
     PeerLost,
 )
+from protocols.tlib.mesh import OWNERSHIP_KINDS
 
 A, B, C = "SIPS_dc1_1", "SIPS_dc2_1", "SIPS_dc2_2"
 SIP_DN, PSTN_DN = "1001", "2001"
@@ -391,3 +392,9 @@ def test_client_disconnect_only_touches_that_nodes_client() -> None:
     assert t.view(PSTN_DN).pending_claimant is None  # type: ignore[union-attr]
     out = t.client_disconnected(A, "gws-1", 3.0)
     assert out[0] == OwnershipReleased(PSTN_DN, A, "client-disconnected")
+
+
+def test_ownership_kinds_are_the_values_the_mesh_carries() -> None:
+    """``ownership`` / ``mesh-kind`` of the mesh messages name the cluster
+    file's ownership kinds: a kind the protocol refused would drop decisions."""
+    assert {kind.value for kind in OwnershipKind} == OWNERSHIP_KINDS
