@@ -11,6 +11,15 @@
 The target is located with RFC 3263 (``--transport`` forces one); ``--proxy
 HOST:PORT`` sends to an outbound proxy instead.
 
+Name servers, as the daemons' ``dns-servers`` (docs/configuration.md): ``--dns
+HOST:PORT`` (repeat, or a comma list); else the lab's DNS from ``--lab
+DIR/lab.json``, or from ``lab-run/lab.json`` when the tool runs in the
+directory of a lab that ``sipcluster lab`` started; else the system's
+resolver. Queries to named servers leave from ``--bind``: the lab's geo-aware
+DNS answers by the client's address (docs/dns.md), so ``--bind 127.0.2.100``
+gets DC2's proxies first, and an address in no data centre (127.0.0.1) gets
+the default view, DC1's.
+
 TLS: a ``sips:`` URI (RFC 3263 §4.1: TLS, ``_sips._tcp``) or ``--transport
 tls``. The server certificate is verified against the system's CAs or
 ``--ca-file``, and its subjectAltName must match the address connected to
@@ -23,11 +32,17 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import ipaddress
+import json
 import secrets
 import ssl
+import sys
 import time
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
+from daemons.runtime.dns import SipResolver, parse_nameserver
 from daemons.runtime.logs import configure_logging, get_logger
 from daemons.runtime.sip_endpoint import Destination, IncomingRequest, SipEndpoint
 from daemons.runtime.sip_transport import TransportError
@@ -56,6 +71,96 @@ def client_ssl_context(ca_file: str | None = None, *, insecure: bool = False) ->
     return ctx
 
 
+LAB_DESCRIPTION = "lab.json"
+
+
+class NameServerError(ValueError):
+    """``--lab`` names no usable lab description (missing, unreadable, no DNS)."""
+
+
+@dataclass(frozen=True)
+class NameServers:
+    """The name servers a tool resolves SIP URIs with, and where they came from.
+
+    ``servers`` None: the system's resolver. ``origin`` says which option (or
+    lab.json) gave them, for logs and messages.
+    """
+
+    servers: tuple[tuple[str, int], ...] | None
+    origin: str
+
+    def resolver(self, bind: str) -> SipResolver:
+        """A resolver asking these servers; queries leave from ``bind`` when it
+        is one address and can reach them (a loopback source only reaches
+        loopback servers), so that a geo-aware DNS answers by it."""
+        if self.servers is None:
+            return SipResolver()
+        try:
+            local = ipaddress.ip_address(bind)
+        except ValueError:
+            return SipResolver(self.servers)
+        remote = [ipaddress.ip_address(host) for host, _ in self.servers]
+        usable = not local.is_unspecified and all(
+            r.version == local.version and (r.is_loopback or not local.is_loopback)
+            for r in remote)
+        return SipResolver(self.servers, source=bind if usable else None)
+
+
+def dns_servers_arg(text: str) -> list[tuple[str, int]]:
+    """``--dns`` value: ``HOST[:PORT]`` or a comma list of them, each HOST an
+    IP address (as ``dns-servers`` in the cluster file); port 53 by default."""
+    servers = []
+    for item in text.split(","):
+        try:
+            host, port = parse_nameserver(item.strip())
+            ipaddress.ip_address(host)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"expected HOST:PORT with an IP address, got {item.strip()!r}") from None
+        if not 0 < port < 65536:
+            raise argparse.ArgumentTypeError(f"port out of range in {item.strip()!r}")
+        servers.append((host, port))
+    return servers
+
+
+def lab_name_server(path: Path) -> tuple[str, int]:
+    """The DNS server of a lab from its ``lab.json`` (``"dns": {"host", "port"}``);
+    ``path`` is the file or the lab directory."""
+    if path.is_dir():
+        path = path / LAB_DESCRIPTION
+    try:
+        desc = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise NameServerError(f"cannot read {path}: {exc}") from exc
+    dns = desc.get("dns") if isinstance(desc, dict) else None
+    if not isinstance(dns, dict) or "host" not in dns or "port" not in dns:
+        raise NameServerError(f"{path} names no DNS server (the lab runs without its GeoDNS)")
+    try:
+        (server,) = dns_servers_arg(f"{dns['host']}:{dns['port']}")
+    except argparse.ArgumentTypeError as exc:
+        raise NameServerError(f"{path}: dns: {exc}") from exc
+    return server
+
+
+def name_servers(args: argparse.Namespace, cwd: Path | None = None) -> NameServers:
+    """``--dns``, else ``--lab``, else ``lab-run/lab.json`` in ``cwd`` (when it
+    names a DNS server), else the system's resolver."""
+    if args.dns:
+        servers = tuple(server for group in args.dns for server in group)
+        return NameServers(servers, "--dns")
+    if args.lab is not None:
+        return NameServers((lab_name_server(args.lab),), str(args.lab))
+    from daemons.lab.cli import DEFAULT_DIR  # the directory `sipcluster lab` uses
+
+    found = (cwd if cwd is not None else Path.cwd()) / DEFAULT_DIR / LAB_DESCRIPTION
+    if found.is_file():
+        try:
+            return NameServers((lab_name_server(found),), str(found))
+        except NameServerError:
+            pass  # a lab without its DNS: nothing to take from it
+    return NameServers(None, "system")
+
+
 class Uac:
     """One UAC session: an endpoint listening on an ephemeral port, requests built here."""
 
@@ -73,18 +178,19 @@ class Uac:
         self.digest = (DigestClient(args.user, password=args.password)
                        if getattr(args, "user", None) and getattr(args, "password", None)
                        else None)
+        self.name_servers = name_servers(args)
 
     async def start(self) -> SipEndpoint:
         timers = TimerSettings(t1=self.args.t1) if self.args.t1 else None
         if self.args.insecure:
             self.log.warning("sip_tls_verification_disabled")
         tls = client_ssl_context(self.args.ca_file, insecure=self.args.insecure)
-
-        def new_endpoint() -> SipEndpoint:
-            return SipEndpoint(self.handle, timers=timers, user_agent="sipcluster-uac",
-                               logger=self.log, client_ssl_context=tls)
-
-        ep = new_endpoint()
+        resolver = self.name_servers.resolver(self.args.bind)
+        self.log.debug("sip_dns_servers", origin=self.name_servers.origin,
+                       servers=[f"{h}:{p}" for h, p in self.name_servers.servers or ()],
+                       source=resolver.source)
+        ep = SipEndpoint(self.handle, timers=timers, user_agent="sipcluster-uac",
+                         logger=self.log, client_ssl_context=tls, resolver=resolver)
         await ep.listen_pair(self.args.bind)
         self.endpoint = ep
         return ep
@@ -223,7 +329,14 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--transport", choices=("udp", "tcp", "tls"),
                         help="force a transport (default: RFC 3263 selection)")
     parser.add_argument("--proxy", metavar="HOST:PORT", help="send via this outbound proxy")
-    parser.add_argument("--bind", default="127.0.0.1", help="local address to use")
+    parser.add_argument("--bind", default="127.0.0.1",
+                        help="local address to use (DNS queries leave from it too)")
+    parser.add_argument("--dns", type=dns_servers_arg, action="append", metavar="HOST:PORT",
+                        help="name server to locate the target with (RFC 3263); repeat or "
+                             "give a comma list (default: the lab's DNS from --lab or "
+                             "./lab-run/lab.json, else the system's resolver)")
+    parser.add_argument("--lab", type=Path, metavar="DIR/lab.json",
+                        help="use the DNS server of this lab (its lab.json or directory)")
     parser.add_argument("--from", dest="from_uri", help="From URI (default from --user)")
     parser.add_argument("--user", help="digest user name (and From user)")
     parser.add_argument("--password", help="digest password")
@@ -257,4 +370,8 @@ def add_parser(subparsers: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     configure_logging(args.log_level, fmt="console")
     action = _call if args.action == "call" else _options
-    return asyncio.run(action(args))
+    try:
+        return asyncio.run(action(args))
+    except NameServerError as exc:
+        print(f"sip {args.action}: {exc}", file=sys.stderr)
+        return 2
