@@ -2,32 +2,37 @@
 agent state and the fan-out of events to its clients (guide: "T-Controller",
 "T-Controller DN Ownership", "Agent Availability for Routing"; docs/node.md).
 
-It sits between three parties:
-
-* the **node link** to its sip-server (:mod:`daemons.t_controller.node_link`):
-  ``EventDNBackInService`` / ``EventDNOutOfService`` feed SIP-based
-  ownership, call events feed agent activity (on a call; after-call work for
-  ``wrap-up-time`` once the last call is released) and are relayed, answers
-  to forwarded requests go back to the desktop that asked;
-* the **TCport** (:mod:`daemons.t_controller.tcport`): desktops and smart
-  clients, whose requests land here;
-* the **Smart Proxy** port (:mod:`daemons.t_controller.smart_proxy`):
-  monitoring clients that see every event of the node.
-
-All state changes go through the sans-I/O tables
+The controller owns the state of the t-controller: the sans-I/O tables
 (:class:`~daemons.t_controller.agent.AgentTable`,
-:class:`~daemons.t_controller.ownership.OwnershipTable`); this class turns
-their outputs into events, and keeps one loop timer for their deadlines.
+:class:`~daemons.t_controller.ownership.OwnershipTable`), what the node link
+said about each DN, the calls of its node, and who gets the events -- the
+clients of TCport and of the Smart Proxy port
+(:mod:`daemons.t_controller.clients`) and the peer t-controllers
+(:mod:`daemons.t_controller.peers`). It turns the tables' outputs into events
+for all of them, and keeps one loop timer for the tables' deadlines.
+
+It is the sink of the **node link** to its sip-server
+(:mod:`daemons.t_controller.node_link`): ``EventDNBackInService`` /
+``EventDNOutOfService`` feed SIP-based ownership, call events feed agent
+activity (on a call; after-call work for ``wrap-up-time`` once the last call
+is released) and are relayed, answers to forwarded requests go back to the
+desktop that asked. What the clients ask (:mod:`daemons.t_controller.requests`)
+and what the peers send (:mod:`daemons.t_controller.mesh`) comes in through
+its methods; the port handlers (:mod:`daemons.t_controller.tcport`,
+:mod:`daemons.t_controller.smart_proxy`) and the mesh get the controller at
+construction, the controller knows none of them.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+from types import MappingProxyType
+from typing import Any
 
 from daemons.cluster.config import AppKind, ClusterConfig, OwnershipKind
 from daemons.runtime.logs import get_logger
@@ -36,12 +41,15 @@ from daemons.runtime.tlib_server import TLibConnection
 from daemons.t_controller.agent import (
     AgentEvent,
     AgentOptions,
+    AgentSnapshot,
     AgentState,
     AgentTable,
+    AgentWorkMode,
     EventAgentLogin,
     EventAgentNotReady,
 )
 from daemons.t_controller.agent_events import agent_event_attributes, agent_view_attributes
+from daemons.t_controller.clients import SmartProxyClients, TCPortClients, event_is_valid
 from daemons.t_controller.node_link import ForwardedRequest
 from daemons.t_controller.ownership import (
     ClaimIgnored,
@@ -56,18 +64,13 @@ from daemons.t_controller.ownership import (
     OwnershipTable,
     PeerLost,
 )
-from protocols.tlib.catalogue import validate
-from protocols.tlib.errors import ErrorCode, TLibError
+from daemons.t_controller.peers import MeshOptions, PeerTable
+from protocols.tlib.errors import ErrorCode
 from protocols.tlib.framing import TMap
-from protocols.tlib.mesh import DnGranted
-from protocols.tlib.session import RequestReceived
+from protocols.tlib.mesh import DnGranted, DnMoved, DnReleased, MovedAgent
 
-if TYPE_CHECKING:
-    from daemons.t_controller.mesh import Mesh
-    from daemons.t_controller.smart_proxy import SmartProxy
-
-__all__ = ["CALL_EVENTS", "Answer", "DnService", "NodeCall", "Recipients", "TController",
-           "event_is_valid"]
+__all__ = ["CALL_EVENTS", "Answer", "DnService", "NodeCall", "TController", "decision_of",
+           "wall_offset"]
 
 #: Call events the sip-server sends on the node link (docs/node.md).
 CALL_EVENTS = frozenset({
@@ -100,37 +103,9 @@ DEFAULT_RESYNC_GRACE = 2.0
 Answer = tuple[TLibConnection, int]
 
 
-class Recipients(Protocol):
-    """What the controller and the mesh need of the TCport
-    (:class:`daemons.t_controller.tcport.TCPort`)."""
-
-    def recipients(self, dn: str | None, local: bool) -> Iterable[TLibConnection]:
-        """The clients that get the events of ``dn`` (``local``: the smart
-        clients too, for the events of this node)."""
-        ...
-
-    def agent_request(self, conn: TLibConnection, request: RequestReceived, dn: str,
-                      client: str) -> None:
-        """An agent request for a DN this node owns."""
-        ...
-
-    def call_control(self, conn: TLibConnection, request: RequestReceived) -> None:
-        """A call-control request for this node's sip-server."""
-        ...
-
-
-def event_is_valid(name: str, attributes: Mapping[str, Any]) -> bool:
-    """The catalogue check of an event, made once per fan-out (docs/tlib.md,
-    "Catalogue"): a valid event then goes to every recipient as a *trusted*
-    event, not checked again per connection. An invalid one is sent unchecked
-    to no one: each connection refuses, counts and logs it."""
-    message: TMap = {"message": name}
-    message.update(attributes)
-    try:
-        validate(message, kind="event")
-    except TLibError:
-        return False
-    return True
+def wall_offset() -> float:
+    """Unix time minus the loop clock: the mesh carries times as Unix seconds."""
+    return time.time() - time.monotonic()
 
 
 @dataclass(slots=True)
@@ -168,6 +143,7 @@ class TController:
         metrics: Metrics,
         clock: Callable[[], float] | None = None,
         resync_grace: float = DEFAULT_RESYNC_GRACE,
+        mesh_options: MeshOptions | None = None,
     ) -> None:
         me = config.application(name, AppKind.T_CONTROLLER)
         self.config = config
@@ -190,14 +166,19 @@ class TController:
         self.ownership = OwnershipTable.from_config(config, self.node, self.agents)
         self.kinds: dict[str, OwnershipKind] = dict(self.ownership.kinds)
         self.dn_services: dict[str, DnService] = {}
-        self.tcport: Recipients | None = None
-        self.smart_proxy: SmartProxy | None = None  # set by the service
-        self.mesh: Mesh | None = None  # set by the service
         self.metrics = metrics
+        #: who gets the events: TCport's clients, the Smart Proxy port's (when
+        #: the application has one), the peer t-controllers
+        self.tcport_clients = TCPortClients()
+        self.smart_proxy_clients = (SmartProxyClients() if me.port("smart-proxy-port")
+                                    is not None else None)
+        self.peers = PeerTable(
+            config, self.node, self.ownership,
+            options=mesh_options or MeshOptions.from_config(config.nodes),
+            metrics=metrics, log=self.log.bind(component="mesh"),
+            application_name=name, local_host=me.host)
         #: agents logged in on DNs peers own, as their events tell (AttributeAgentID ...)
         self.remote_agents: dict[str, dict[str, Any]] = {}
-        #: ownership decisions, for the peers of the mesh
-        self.decision_listeners: list[Callable[[OwnershipDecision], None]] = []
         self.link_up = False
         self._answered: set[tuple[str, str]] = set()  # (dn, conn id) that reached Established
         #: (dn, conn id) -> the calls of this node's sip-server on agent DNs
@@ -327,8 +308,7 @@ class TController:
         if local is None:
             local = self.is_local(dn)
         requester = answer[0] if answer is not None else None
-        targets = [c for c in self.tcport.recipients(dn, local) if c is not requester] \
-            if self.tcport is not None else []
+        targets = [c for c in self.tcport_clients.recipients(dn, local) if c is not requester]
         # checked once here for every recipient, and only when there is one
         trusted = event_is_valid(name, attributes) if targets or answer is not None else None
         sent = 0
@@ -342,13 +322,12 @@ class TController:
                 sent += 1
         if sent:
             self._sent_tc.inc(sent)
-        if self.smart_proxy is not None:
-            delivered = self.smart_proxy.publish(name, attributes, trusted=trusted)
+        if self.smart_proxy_clients is not None:
+            delivered = self.smart_proxy_clients.publish(name, attributes, trusted=trusted)
             if delivered:
                 self._sent_sp.inc(delivered)
-        if self.mesh is not None:
-            self.mesh.publish(name, attributes, dn if isinstance(dn, str) else None, requester,
-                              trusted=trusted)
+        self.peers.publish(name, attributes, dn if isinstance(dn, str) else None, requester,
+                           trusted=trusted)
 
     def deliver_remote(self, name: str, attributes: TMap,
                        answer: Answer | None = None) -> None:
@@ -359,8 +338,8 @@ class TController:
         if isinstance(dn, str) and name.startswith("EventAgent"):
             self.mirror_agent(name, attributes)
         requester = answer[0] if answer is not None else None
-        targets = [c for c in self.tcport.recipients(dn if isinstance(dn, str) else None, False)
-                   if c is not requester] if self.tcport is not None else []
+        targets = [c for c in self.tcport_clients.recipients(
+            dn if isinstance(dn, str) else None, False) if c is not requester]
         trusted = event_is_valid(name, attributes) if targets or answer is not None else None
         sent = 0
         if answer is not None:
@@ -373,9 +352,24 @@ class TController:
                 sent += 1
         if sent:
             self._sent_tc.inc(sent)
-        mesh = self.mesh
-        if self.smart_proxy is not None and mesh is not None and not mesh.optimised:
-            self.smart_proxy.feed(name, attributes, "mesh", trusted=trusted)
+        if self.smart_proxy_clients is not None and not self.peers.optimised:
+            self.feed_smart_proxy(name, attributes, "mesh", trusted=trusted)
+
+    def feed_smart_proxy(self, name: str, attributes: TMap, origin: str, *,
+                         trusted: bool | None = None) -> int:
+        """An event of another node for the Smart Proxy's clients (``origin``
+        = its sip-server name, or ``mesh`` when a peer sent it here);
+        ``trusted`` as for :meth:`SmartProxyClients.publish`. Returns how many
+        clients got it."""
+        clients = self.smart_proxy_clients
+        if clients is None:
+            return 0
+        if name.startswith("EventAgent"):
+            self.mirror_agent(name, attributes)
+        delivered = clients.feed(name, attributes, origin, trusted=trusted)
+        if delivered:
+            self._sent_sp.inc(delivered)
+        return delivered
 
     def mirror_agent(self, name: str, attributes: TMap) -> None:
         """Keep the agent state of a peer's DN from its agent events."""
@@ -486,18 +480,17 @@ class TController:
                 if self.log_info:
                     self.log.info("dn_ownership_" + type(out).__name__[9:].lower(), dn=out.dn,
                                   decision=repr(out))
-                for listener in self.decision_listeners:
-                    listener(out)
+                if self._is_own_decision(out):
+                    self.peers.announce(self.decision_message(out))
             elif isinstance(out, PeerLost):
                 self.forget_calls_of(out.node, now)
             elif isinstance(out, ForwardClaim):
                 self.log.info("dn_ownership_claim_for_peer", dn=out.dn, owner=out.owner,
                               claimant=out.claimant)
-                if self.mesh is not None:
-                    if out.kind is OwnershipKind.SIP:
-                        self.mesh.send_claim(out, expires=NODE_AUTHORITATIVE_EXPIRES)
-                    elif claimant is not None:
-                        self.mesh.send_claim(out, client=claimant[0], application=claimant[1])
+                if out.kind is OwnershipKind.SIP:
+                    self.peers.send_claim(out, expires=NODE_AUTHORITATIVE_EXPIRES)
+                elif claimant is not None:
+                    self.peers.send_claim(out, client=claimant[0], application=claimant[1])
             elif isinstance(out, MovePending):
                 self.log.info("dn_ownership_move_pending", dn=out.dn, owner=out.owner,
                               claimant=out.claimant, waiting_for=out.waiting_for)
@@ -509,6 +502,53 @@ class TController:
                                                      now))
         self.schedule_timer()
 
+    # -- ownership decisions on the mesh ------------------------------------------------
+    def _is_own_decision(self, decision: OwnershipDecision) -> bool:
+        """A decision of this node (announced to the peers), not one taken
+        here about a peer's DNs (out of service when the peer is lost)."""
+        if isinstance(decision, OwnershipMoved):
+            return decision.from_node == self.node
+        return decision.node == self.node
+
+    def decision_message(self, decision: OwnershipDecision,
+                         granted: type[DnGranted] = DnGranted,
+                         ) -> DnGranted | DnMoved | DnReleased:
+        """The mesh message of an ownership decision of this node; a grant
+        carries the DN's state here (``granted``: :class:`DnSnapshot` for a
+        Smart Proxy's bulk registration)."""
+        offset = wall_offset()
+        now = self.clock()
+        if isinstance(decision, OwnershipReleased):
+            return DnReleased(decision.dn, decision.node, decision.cause)
+        since = decision.since + offset
+        expires_in = None if decision.expires is None else decision.expires - now
+        if isinstance(decision, OwnershipMoved):
+            snapshot = decision.snapshot
+            return DnMoved(decision.dn, decision.to_node, decision.from_node,
+                           decision.kind.value, since, expires_in,
+                           None if snapshot is None else MovedAgent(
+                               snapshot.agent_id, snapshot.dn, snapshot.state.value,
+                               int(snapshot.work_mode), dict(snapshot.reasons)))
+        attributes = self.dn_service_attributes(decision.dn)
+        state = {k: v for k, v in attributes.pop("AttributeExtensions").items()
+                 if k not in ("owner", "ownership")}  # the decision's own
+        del attributes["AttributeThisDN"]
+        return granted(decision.dn, decision.node, decision.kind.value, since, expires_in,
+                       state, attributes)
+
+    def owned_dn_messages(self, granted: type[DnGranted] = DnGranted) -> Iterator[DnGranted]:
+        """Every DN this node owns, with its state: the ``granted`` decisions a
+        peer gets when it connects, the :class:`DnSnapshot` a Smart Proxy gets."""
+        ownership = self.ownership
+        for dn in ownership.owned_by(self.node):
+            view = ownership.view(dn)
+            if view is None:
+                continue
+            decision = OwnershipGranted(dn, view.node, view.kind, view.since, view.expires)
+            message = self.decision_message(decision, granted)
+            assert isinstance(message, DnGranted)
+            yield message
+
     # -- calls on other nodes ---------------------------------------------------------
     def forget_calls_of(self, node: str, now: float) -> None:
         """The peer ``node`` is lost (``tc-reconnect-timeout``): its calls no
@@ -517,10 +557,7 @@ class TController:
         desktops: the guide reports no call (Agent 2, step 7) and no release
         (Agent 1: no call-related T-Events until the link is back). The peer's
         repeat on reconnection (:meth:`restore_call`) brings them back."""
-        mesh = self.mesh
-        if mesh is None:
-            return
-        conn_ids = mesh.forget_calls(node)
+        conn_ids = self.peers.forget_calls(node)
         if not conn_ids:
             return
         dns = self.agents.drop_calls(conn_ids, now)
@@ -693,12 +730,11 @@ class TController:
         dn = attributes.get("AttributeThisDN")
         if isinstance(dn, str) and dn in self.kinds:
             self._track_node_call(name, dn, attributes)
-        mesh = self.mesh
-        if mesh is not None and isinstance(dn, str):
-            owner = mesh.owner_peer(dn)
+        if isinstance(dn, str):
+            owner = self.peers.owner_peer(dn)
             if owner is not None:
                 # the owner processes and relays the events of its DNs
-                mesh.to_owner(owner, name, attributes, answer)
+                self.peers.to_owner(owner, name, attributes, answer)
                 return
         self.on_owned_call_event(name, attributes, answer)
 
@@ -779,3 +815,24 @@ def _wrap_up_override(attributes: TMap) -> float | None:
     if isinstance(value, int | float) and not isinstance(value, bool) and value >= 0:
         return float(value)
     return None
+
+
+def decision_of(message: DnGranted | DnMoved | DnReleased, now: float,
+                sender: str) -> OwnershipDecision:
+    """The ownership decision of a peer's mesh message (the other way:
+    :meth:`TController.decision_message`); ValueError for an ownership kind,
+    an agent state or a work mode this build does not know."""
+    if isinstance(message, DnReleased):
+        return OwnershipReleased(message.dn, message.owner, message.cause or "released")
+    ownership = OwnershipKind(message.ownership)
+    since = message.since - wall_offset()
+    expires = now + message.expires_in if message.expires_in is not None else None
+    if isinstance(message, DnMoved):
+        agent = message.snapshot
+        snapshot = None if agent is None else AgentSnapshot(
+            agent_id=agent.agent_id, dn=agent.dn, state=AgentState(agent.state),
+            work_mode=AgentWorkMode(agent.work_mode),
+            reasons=MappingProxyType(dict(agent.reasons)))
+        return OwnershipMoved(message.dn, message.from_node or sender, message.owner,
+                              ownership, since, expires, snapshot)
+    return OwnershipGranted(message.dn, message.owner, ownership, since, expires)

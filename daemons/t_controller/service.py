@@ -29,6 +29,8 @@ from daemons.runtime.tlib_server import TLibServer
 from daemons.t_controller.controller import TController
 from daemons.t_controller.mesh import Mesh
 from daemons.t_controller.node_link import NodeLink
+from daemons.t_controller.peers import MeshOptions
+from daemons.t_controller.requests import Requests
 from daemons.t_controller.smart_proxy import ACCEPTED_CLIENT_TYPES, SmartProxy
 from daemons.t_controller.tcport import TCPort
 
@@ -66,7 +68,9 @@ class TControllerService(Service):
         kwargs: dict[str, Any] = {}
         if self._resync_grace is not None:
             kwargs["resync_grace"] = self._resync_grace
-        controller = TController(self.config, self.app_name, metrics=self.metrics, **kwargs)
+        mesh_options = MeshOptions.from_config(nodes, **self._mesh_options)
+        controller = TController(self.config, self.app_name, metrics=self.metrics,
+                                 mesh_options=mesh_options, **kwargs)
         self.controller = controller
         node_port = self.sip_server.port("default-port")
         assert node_port is not None  # required by the cluster file
@@ -78,15 +82,17 @@ class TControllerService(Service):
             addp_timeout=float(nodes.addp_timeout),
             addp_remote_timeout=float(nodes.addp_remote_timeout),
         )
-        self.mesh = Mesh(controller, **self._mesh_options)
-        self.tcport = TCPort(controller, self.node_link)
+        requests = Requests(controller, self.node_link,
+                            log=controller.log.bind(port_name="tc-port"))
+        self.mesh = Mesh(controller)
+        self.tcport = TCPort(controller, requests, self.mesh)
         self.tc_server = TLibServer(
             self.tcport, application_name=self.app_name, port_name="tc-port",
             metrics=self.metrics, logger=self.log)
         self.tc_address = await self.tc_server.listen(self.app.host, self.app.ports["tc-port"])
         sp_port = self.app.port("smart-proxy-port")
         if sp_port is not None:
-            self.smart_proxy = SmartProxy(controller)
+            self.smart_proxy = SmartProxy(controller, requests)
             self.sp_server = TLibServer(
                 self.smart_proxy, application_name=self.app_name,
                 port_name="smart-proxy-port", metrics=self.metrics, logger=self.log,
@@ -94,10 +100,9 @@ class TControllerService(Service):
             self.smart_proxy_address = await self.sp_server.listen(self.app.host, sp_port)
         clients = self.metrics.gauge("tcontroller_clients", "Connected T-Library clients",
                                      ("port",))
-        clients.labels("tc-port").set_function(lambda: len(self.tcport.clients)
-                                               if self.tcport else 0)
+        clients.labels("tc-port").set_function(lambda: len(controller.tcport_clients))
         clients.labels("smart-proxy-port").set_function(
-            lambda: len(self.smart_proxy.clients) if self.smart_proxy else 0)
+            lambda: len(controller.smart_proxy_clients or ()))
         self.management.add_health_check("tc-port", self._tcport_health)
         self.management.add_health_check("node-link", self._link_health)
         self.management.add_status_page("/status/dns", controller.status)

@@ -7,8 +7,9 @@ refused (``EventError`` 60: "Smart Proxy does not accept agent and
 supervisor requests, and smart T-Library connections"). A client may
 register DNs (answered with the DN's state) but gets every event anyway.
 
-Events come from this node's t-controller through :meth:`SmartProxy.publish`;
-the events of other nodes enter through :meth:`SmartProxy.feed`:
+Events come from this node's t-controller (its
+:class:`~daemons.t_controller.clients.SmartProxyClients`); the events of other
+nodes are fed in (:meth:`~daemons.t_controller.controller.TController.feed_smart_proxy`):
 
 * normal mode (``smart-proxy-enabled = false``, the guide's "compatibility
   mode"): the t-controller mesh sends every event to every t-controller, and
@@ -32,58 +33,82 @@ service event once, with the same shape for every DN: the DN's state in
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import Any, Protocol
 
 from daemons.runtime.tlib_server import TLibConnection
-from daemons.t_controller.controller import TController, event_is_valid
-from daemons.t_controller.mesh import PeerLink, smart_proxy_name
+from daemons.t_controller.clients import SmartProxyClients
 from daemons.t_controller.node_link import ForwardedRequest
-from daemons.t_controller.tcport import AGENT_REQUESTS, CALL_CONTROL_REQUESTS, address_info
-from protocols.tlib.errors import ErrorCode
+from daemons.t_controller.peers import PeerLink, PeerTable, smart_proxy_name
+from daemons.t_controller.requests import Requests
 from protocols.tlib.framing import TMap
-from protocols.tlib.mesh import DnSnapshot, MalformedMeshMessage, decode_event
+from protocols.tlib.mesh import DnGranted, DnSnapshot, MalformedMeshMessage, decode_event
 from protocols.tlib.session import RequestReceived
 
-__all__ = ["ACCEPTED_CLIENT_TYPES", "SmartProxy"]
+__all__ = ["ACCEPTED_CLIENT_TYPES", "SmartProxy", "SmartProxyController"]
 
 #: The Smart Proxy port refuses smart connections (guide: "Smart Proxy").
 ACCEPTED_CLIENT_TYPES = frozenset({"legacy"})
 #: Events a bulk link carries that the clients get from the ownership decisions.
 _FROM_DECISIONS = frozenset({"EventDNBackInService", "EventDNOutOfService"})
+#: Attributes of a received event that belong to the link, not to the event.
+_LINK_ATTRIBUTES = frozenset({"message", "AttributeReferenceID", "AttributeEventSequenceNumber",
+                              "AttributeTimeinSecs", "AttributeTimeinuSecs"})
+
+
+class SmartProxyController(Protocol):
+    """What the Smart Proxy needs of the
+    :class:`~daemons.t_controller.controller.TController`."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def log(self) -> Any: ...
+    @property
+    def peers(self) -> PeerTable: ...
+    @property
+    def smart_proxy_clients(self) -> SmartProxyClients | None: ...
+
+    def feed_smart_proxy(self, name: str, attributes: TMap, origin: str, *,
+                         trusted: bool | None = None) -> int: ...
+    def mirror_announced_agent(self, message: DnGranted) -> None: ...
 
 
 class SmartProxy:
     """The Smart Proxy port handler (a ``TLibHandler``)."""
 
-    def __init__(self, controller: TController) -> None:
+    def __init__(self, controller: SmartProxyController, requests: Requests) -> None:
+        clients = controller.smart_proxy_clients
+        assert clients is not None, "the application has no smart-proxy-port"
         self.controller = controller
+        self.requests = requests
+        self.peers = controller.peers
+        self.audience = clients
         self.log = controller.log.bind(port_name="smart-proxy-port")
-        self.clients: set[TLibConnection] = set()
-        self._clients_snapshot: tuple[TLibConnection, ...] = ()
-        self.fed: dict[str, int] = {}
         #: service events of bulk links not passed on (the decisions gave them), by node
         self.from_decisions: dict[str, int] = {}
         self.bulk_links: dict[str, PeerLink] = {}
         self._stopping: asyncio.Task[None] | None = None
-        controller.smart_proxy = self
+
+    @property
+    def clients(self) -> set[TLibConnection]:
+        return self.audience.clients
+
+    @property
+    def fed(self) -> dict[str, int]:
+        """Events of other nodes fed to the clients, by origin."""
+        return self.audience.fed
 
     # -- bulk registration to the other t-controllers (optimised mode) ----------------
     @property
     def optimised(self) -> bool:
-        mesh = self.controller.mesh
-        return mesh is not None and bool(mesh.optimised)
+        return bool(self.peers.optimised)
 
     def start_bulk_links(self) -> None:
-        mesh = self.controller.mesh
-        if mesh is None or self.bulk_links:
+        if self.bulk_links:
             return
-        for peer in mesh.peers.values():
-            link = PeerLink(
-                _BulkSink(self, peer.node), local_host=self.controller.app.host,
-                host=peer.host, port=peer.port,
-                application_name=smart_proxy_name(self.controller.name),
-                addp_timeout=mesh.addp_timeout, addp_remote_timeout=mesh.addp_remote_timeout,
-                backoff_max=mesh.backoff_max)
+        name = smart_proxy_name(self.controller.name)
+        for peer in self.peers.peers.values():
+            link = self.peers.new_link(peer, _BulkSink(self, peer.node), application_name=name)
             self.bulk_links[peer.node] = link
             link.start()
         self.log.info("smart_proxy_bulk_registration", peers=len(self.bulk_links))
@@ -97,81 +122,30 @@ class SmartProxy:
         return sum(1 for link in self.bulk_links.values() if link.up)
 
     # -- events in --------------------------------------------------------------------
-    def publish(self, name: str, attributes: TMap, *, trusted: bool | None = None) -> int:
-        """Send one event of this node to every client; returns how many got it.
-        ``trusted``: whether the event passed the catalogue check
-        (:func:`~daemons.t_controller.controller.event_is_valid`); None: not
-        checked yet, checked here once for every client."""
-        clients = self._clients_snapshot
-        if not clients:
-            return 0
-        if trusted is None:
-            trusted = event_is_valid(name, attributes)
-        sent = 0
-        for conn in clients:
-            if conn.send_event(name, attributes, trusted=trusted) is not None:
-                sent += 1
-        return sent
-
     def feed(self, name: str, attributes: TMap, origin: str, *,
              trusted: bool | None = None) -> int:
         """An event of another node (``origin`` = its sip-server name, or
-        ``mesh`` when the t-controller relays it); ``trusted`` as for
-        :meth:`publish` (None: checked here, once for every client)."""
-        self.fed[origin] = self.fed.get(origin, 0) + 1
-        if name.startswith("EventAgent"):
-            self.controller.mirror_agent(name, attributes)
-        delivered = self.publish(name, attributes, trusted=trusted)
-        if delivered:
-            self.controller._sent_sp.inc(delivered)
-        return delivered
+        ``mesh`` when the t-controller relays it) for the clients; returns
+        how many got it."""
+        return self.controller.feed_smart_proxy(name, attributes, origin, trusted=trusted)
 
     # -- TLibHandler ------------------------------------------------------------------
     def on_registered(self, conn: TLibConnection) -> None:
-        self.clients.add(conn)
-        self._clients_snapshot = tuple(self.clients)
+        self.audience.add(conn)
         if self.optimised:
             self.start_bulk_links()
 
     def on_closed(self, conn: TLibConnection, reason: str) -> None:
-        self.clients.discard(conn)
-        self._clients_snapshot = tuple(self.clients)
-        if not self.clients and self.bulk_links:
+        self.audience.remove(conn)
+        if not self.audience.clients and self.bulk_links:
             self._stopping = asyncio.get_running_loop().create_task(self.stop_bulk_links())
 
     def on_request(self, conn: TLibConnection, request: RequestReceived) -> None:
-        name = request.name
-        controller = self.controller
-        if name in AGENT_REQUESTS or name in CALL_CONTROL_REQUESTS:
-            conn.answer_error(request, ErrorCode.REQUEST_NOT_SUPPORTED,
-                              f"{name} is not accepted on the Smart Proxy port; "
-                              "agent desktops connect to TCport")
-        elif name == "RequestRegisterAddress":
-            dn: str = request.message["AttributeThisDN"]
-            if not controller.known_dn(dn):
-                conn.answer_error(request, ErrorCode.UNKNOWN_DN, f"Unknown DN: {dn[:64]}")
-                return
-            conn.context.setdefault("dns", set()).add(dn)
-            conn.answer(request, "EventRegistered", controller.dn_attributes(dn))
-        elif name == "RequestUnregisterAddress":
-            dn = request.message["AttributeThisDN"]
-            dns: set[str] = conn.context.setdefault("dns", set())
-            if dn not in dns:
-                conn.answer_error(request, ErrorCode.CLIENT_NOT_REGISTERED,
-                                  f"DN {dn[:64]} is not registered by this client")
-                return
-            dns.discard(dn)
-            conn.answer(request, "EventUnregistered", {"AttributeThisDN": dn})
-        elif name == "RequestQueryAddress":
-            address_info(controller, conn, request)
-        else:
-            conn.answer_error(request, ErrorCode.REQUEST_NOT_SUPPORTED,
-                              f"{name} is not supported on the Smart Proxy port")
+        self.requests.on_smart_proxy_request(conn, request)
 
     def describe(self) -> dict[str, Any]:
-        return {"clients": len(self.clients), "fed": dict(self.fed),
+        return {"clients": len(self.audience.clients), "fed": dict(self.fed),
                 "service-events-from-decisions": dict(self.from_decisions),
-
                 "mode": "optimised" if self.optimised else "normal",
                 "bulk-links": {node: "up" if link.up else "down"
                                for node, link in self.bulk_links.items()}}
@@ -198,9 +172,7 @@ class _BulkSink:
         try:
             message = decode_event(name, attributes)
         except MalformedMeshMessage as exc:
-            mesh = self.proxy.controller.mesh
-            if mesh is not None:
-                mesh.refused(self.node, name, exc)
+            self.proxy.peers.refused(self.node, name, exc)
             return
         if isinstance(message, DnSnapshot):
             # the state of a DN at bulk registration: kept, not an event for the clients
@@ -211,7 +183,3 @@ class _BulkSink:
             counts[self.node] = counts.get(self.node, 0) + 1
             return
         self.proxy.feed(name, attributes, self.node)
-
-
-_LINK_ATTRIBUTES = frozenset({"message", "AttributeReferenceID", "AttributeEventSequenceNumber",
-                              "AttributeTimeinSecs", "AttributeTimeinuSecs"})

@@ -377,9 +377,9 @@ class DnGranted:
     seconds), for ``expires_in`` seconds more (None: until released). Sent to
     every peer when it is decided, and again for every owned DN when a peer
     connects; ``state`` is the DN's state there (``AttributeExtensions``
-    ``dn-state``, ``agent-state``, ``on-call`` ...; the decision's own keys in
-    it are overridden) and ``attributes`` the agent's (``AttributeAgentID``
-    ...)."""
+    ``dn-state``, ``agent-state``, ``on-call`` ..., without the decision's
+    own keys: ``owner``, ``ownership``, ``since``, ``expires-in``, ``mesh``)
+    and ``attributes`` the agent's (``AttributeAgentID`` ...)."""
 
     marker: ClassVar[str] = "granted"
 

@@ -7,16 +7,23 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import urllib.request
 from collections.abc import AsyncIterator
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 import pytest
 
+from daemons.cluster.config import OwnershipKind
 from daemons.lab.partition import PartitionError, heal, partition
+from daemons.t_controller.agent import AgentSnapshot, AgentState, AgentWorkMode
+from daemons.t_controller.controller import decision_of
+from daemons.t_controller.ownership import OwnershipGranted, OwnershipMoved, OwnershipReleased
 from daemons.t_controller.service import TControllerService
+from protocols.tlib.mesh import DnGranted, DnMoved, DnReleased, decode_event
 
 NODES = [("A", "127.61.1.11", "dc1"), ("B", "127.61.1.12", "dc1"),
          ("C", "127.61.2.11", "dc2"), ("D", "127.61.2.12", "dc2")]
@@ -273,14 +280,14 @@ async def test_owner_forgets_the_calls_of_a_lost_node_until_it_repeats_them(
     node_b.call("EventEstablished", "1004", "00b4", AttributeOtherDN="+15551230000")
     await desk.wait_for("EventEstablished", AttributeConnID="00b4")
     assert owner.agents.on_call("1004")
-    assert owner.mesh is not None and owner.mesh.call_nodes["00b4"] == "SIPS_B"
+    assert owner.peers.call_nodes["00b4"] == "SIPS_B"
     try:
         partition(cluster.tmp_path, *_subnets())
     except PartitionError as exc:
         pytest.skip(f"no nftables: {exc}")
     try:
         await cluster.until(lambda: not owner.agents.on_call("1004"), timeout=10)
-        assert "00b4" not in owner.mesh.call_nodes
+        assert "00b4" not in owner.peers.call_nodes
         assert owner.dn_state("1004")["on-call"] is False
         registered = await desk.request("RequestRegisterAddress", AttributeThisDN="1004")
         assert registered["AttributeExtensions"]["on-call"] is False  # no call reported
@@ -293,7 +300,7 @@ async def test_owner_forgets_the_calls_of_a_lost_node_until_it_repeats_them(
     finally:
         heal(cluster.tmp_path)
     await cluster.until(lambda: owner.agents.on_call("1004"), timeout=15)
-    assert owner.mesh.call_nodes["00b4"] == "SIPS_B"
+    assert owner.peers.call_nodes["00b4"] == "SIPS_B"
     again = await desk.wait_for("EventEstablished", count=2, AttributeConnID="00b4")
     assert again["AttributeThisDN"] == "1004"
     released = await desk.request("RequestReleaseCall", AttributeThisDN="1004",
@@ -488,3 +495,91 @@ async def test_latency_polls_on_status_peers_and_metrics(cluster: Cluster) -> No
     metrics = (await asyncio.to_thread(get, "/metrics")).decode()
     assert 'sipcluster_tcontroller_peer_latency_seconds{peer="TC_C",stat="rtt"}' in metrics
     assert 'sipcluster_tcontroller_peer_queue_bytes{peer="TC_D",queue="tx"}' in metrics
+
+
+def dropped(service: TControllerService, reason: str) -> float:
+    """``tcontroller_mesh_dropped{reason}`` of one t-controller."""
+    value = service.metrics.registry.get_sample_value(
+        "sipcluster_tcontroller_mesh_dropped_total", {"reason": reason})
+    return value or 0.0
+
+
+async def test_malformed_mesh_messages_are_refused_and_the_mesh_keeps_serving(
+        cluster: Cluster) -> None:
+    """A decision with no owner is counted (bad-decision) and not applied; a
+    peer's malformed request gets EventError 41 (malformed); the links go on."""
+    await cluster.start(smart_proxy=False)
+    a = cluster.services["A"]
+    # B's connection to A's link: B's events for A go there
+    to_a = cluster.tc("B").peers.peers["SIPS_A"].conn
+    assert to_a is not None
+    to_a.send_event("EventDNBackInService", {
+        "AttributeThisDN": "1001",
+        "AttributeExtensions": {"mesh": "granted", "ownership": "sip", "since": 1.0}})
+    await cluster.until(lambda: dropped(a, "bad-decision") == 1)
+    assert cluster.tc("A").ownership.owner("1001") is None
+    cluster.nodes["B"].register("1001")
+    await cluster.owned("1001", "B")  # the next decision on the same link is applied
+
+    # A's TCport, as B's link to it: B's own link to A stops, a stand-in takes its place
+    link = cluster.tc("B").peers.peers["SIPS_A"].link
+    assert link is not None
+    await link.stop()
+    await cluster.until(lambda: cluster.tc("A").peers.peers["SIPS_B"].conn is None)
+    peer = await cluster.kit.Desktop.connect(a.tc_address, "TC_B", "smart")
+    cluster.desktops.append(peer)
+    await cluster.until(lambda: cluster.tc("A").peers.peers["SIPS_B"].conn is not None)
+    refused = await peer.request("RequestRegisterAddress", AttributeThisDN="1002",
+                                 AttributeExtensions={"mesh": "claim", "mesh-node": 7,
+                                                      "mesh-kind": "sip"})
+    assert refused["message"] == "EventError" and refused["AttributeErrorCode"] == 41
+    assert "mesh-node" in refused["AttributeErrorMessage"]
+    refused = await peer.request("RequestAgentReady", AttributeThisDN="1001",
+                                 AttributeExtensions={"mesh-client": ["wwe"]})
+    assert refused["message"] == "EventError" and refused["AttributeErrorCode"] == 41
+    assert dropped(a, "malformed") == 2
+    assert cluster.tc("A").ownership.owner("1002") is None
+    interest = await peer.request("RequestRegisterAddress", AttributeThisDN="1001",
+                                  AttributeExtensions={"mesh": "interest"})
+    assert interest["message"] == "EventRegistered"
+    assert interest["AttributeExtensions"]["owner"] == "SIPS_B"
+    assert "1001" in cluster.tc("A").peers.peers["SIPS_B"].interests
+
+
+async def test_ownership_decisions_on_the_mesh_and_back(make_harness: Any) -> None:
+    """Each kind of ownership decision, as the owner puts it on the mesh and
+    as a peer takes it back (times through Unix seconds, the agent of a move)."""
+    h = await make_harness(registered={"1001": "sip:1001@127.0.0.1:5099"})
+    controller = h.service.controller
+    now = controller.clock()
+    agent = AgentSnapshot("a2001", "2001", AgentState.READY, AgentWorkMode.MANUAL_IN,
+                          MappingProxyType({"ReasonCode": "7"}))
+    decisions = [
+        OwnershipGranted("1001", "SIPS_1", OwnershipKind.SIP, now - 5.0),
+        OwnershipGranted("2001", "SIPS_1", OwnershipKind.TLIB, now - 1.0, now + 30.0),
+        OwnershipMoved("2001", "SIPS_1", "SIPS_2", OwnershipKind.TLIB, now, None, agent),
+        OwnershipReleased("1001", "SIPS_1", "unregistered"),
+    ]
+    for decision, kind in zip(decisions, (DnGranted, DnGranted, DnMoved, DnReleased),
+                              strict=True):
+        message = controller.decision_message(decision)
+        assert type(message) is kind
+        received = decode_event(*message.to_wire())
+        assert received == message
+        assert isinstance(received, DnGranted | DnMoved | DnReleased)
+        back = decision_of(received, now, "SIPS_1")
+        if isinstance(decision, OwnershipReleased):
+            assert back == decision
+            continue
+        assert isinstance(back, OwnershipGranted | OwnershipMoved)
+        assert back.since == pytest.approx(decision.since, abs=0.01)
+        if decision.expires is None:
+            assert back.expires is None
+        else:
+            assert back.expires == pytest.approx(decision.expires, abs=0.01)
+        assert dataclasses.replace(back, since=decision.since,
+                                   expires=decision.expires) == decision
+    granted = controller.decision_message(decisions[0])
+    assert isinstance(granted, DnGranted)
+    assert granted.state["dn-state"] == "in-service"
+    assert granted.announced_attributes()["AttributeExtensions"]["owner"] == "SIPS_1"

@@ -15,7 +15,7 @@ import msgpack
 import pytest
 
 from daemons.runtime.tlib_client import TLibClient, TLibHandshakeError
-from daemons.t_controller.controller import event_is_valid
+from daemons.t_controller.clients import event_is_valid
 from protocols.tlib.framing import FrameDecoder, encode_frame
 
 SIP_1001 = {"1001": "sip:1001@127.0.0.1:5099"}

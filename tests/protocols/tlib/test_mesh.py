@@ -78,8 +78,7 @@ def test_relayed_request_on_the_wire() -> None:
 def test_decisions_on_the_wire() -> None:
     granted = DnGranted(
         "1001", "SIPS_A", "sip", 1763779200.5, None,
-        state={"dn-state": "in-service", "agent-state": "Ready", "on-call": False,
-               "owner": "SIPS_A", "ownership": "sip"},
+        state={"dn-state": "in-service", "agent-state": "Ready", "on-call": False},
         attributes={"AttributeAgentID": "agent1", "AttributeAgentWorkMode": "ManualIn"})
     name, attributes = granted.to_wire()
     assert name == "EventDNBackInService"
@@ -87,9 +86,9 @@ def test_decisions_on_the_wire() -> None:
         "AttributeThisDN": "1001", "AttributeAgentID": "agent1",
         "AttributeAgentWorkMode": "ManualIn",
         "AttributeExtensions": {"dn-state": "in-service", "agent-state": "Ready",
-                                "on-call": False, "owner": "SIPS_A", "ownership": "sip",
+                                "on-call": False, "ownership": "sip",
                                 "since": 1763779200.5, "expires-in": None,
-                                "mesh": "granted"}}
+                                "mesh": "granted", "owner": "SIPS_A"}}
     assert list(attributes) == ["AttributeThisDN", "AttributeAgentID", "AttributeAgentWorkMode",
                                 "AttributeExtensions"]
     snapshot = DnSnapshot("1001", "SIPS_A", "sip", 1763779200.5)
