@@ -48,7 +48,7 @@ def test_lab_json_describes_both_data_centres(running_lab: Path) -> None:
     desc = json.loads((running_lab / "lab.json").read_text())
     assert desc["srv_fqdn"] == "spx-srv.cluster.lab"
     assert desc["domain"] == "cluster.lab"
-    assert desc["dns"] == {"host": "127.0.1.53", "port": 5300}
+    assert desc["dns"] == {"host": "127.0.1.53", "port": 5300, "http_port": 9053}
     assert set(desc["data_centres"]) == {"dc1", "dc2"}
     for geo, prefix in (("dc1", "127.0.1."), ("dc2", "127.0.2.")):
         centre = desc["data_centres"][geo]
