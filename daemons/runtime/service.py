@@ -2,22 +2,29 @@
 installed), SIGTERM/SIGINT for a clean stop, systemd readiness and watchdog
 notifications (``Type=notify``), the management listener.
 
-A daemon subclasses :class:`Service`, implements ``start()`` / ``stop()`` and
-is run by :func:`run_service`.
+A daemon subclasses :class:`Service`, implements ``start()`` / ``stop()``; a
+daemon of the cluster file declares its command line with
+:func:`add_daemon_arguments` and its ``run(args)`` is one call of
+:func:`run_daemon` (logging, the cluster file, a one-line refusal of a bad
+config, signals, systemd notify, health and metrics).
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import os
 import signal
 import socket
 import sys
+from collections.abc import Callable
 from typing import Any
 
 import protocols.sip as sip_stack
-from daemons.runtime.logs import get_logger
+from daemons.cluster.config import ClusterConfig, load_cluster
+from daemons.runtime.config import ConfigError
+from daemons.runtime.logs import configure_logging, get_logger
 from daemons.runtime.management import ManagementServer, Metrics
 
 
@@ -127,3 +134,34 @@ async def cancel_and_wait(*tasks: asyncio.Task[Any] | None) -> None:
     for task in live:
         with contextlib.suppress(asyncio.CancelledError):
             await task
+
+
+def add_daemon_arguments(parser: argparse.ArgumentParser, *, name_help: str) -> None:
+    """The options every daemon of the cluster file takes: ``--config``, ``--name``,
+    ``--log-level`` (default ``$SIPCLUSTER_LOG_LEVEL`` or info), ``--log-format``."""
+    parser.add_argument("--config", required=True, metavar="FILE",
+                        help="the cluster file (TOML)")
+    parser.add_argument("--name", required=True, metavar="APP", help=name_help)
+    parser.add_argument("--log-level", default=os.environ.get("SIPCLUSTER_LOG_LEVEL", "info"))
+    parser.add_argument("--log-format", default="auto", choices=("auto", "json", "console"))
+
+
+def run_daemon(
+    args: argparse.Namespace, command: str, build: Callable[[ClusterConfig], Service]
+) -> int:
+    """Run the daemon ``build`` makes from the cluster file ``args.config``.
+
+    A cluster file the daemon cannot use (ConfigError, ValueError from a
+    constructor) is refused with one line on stderr, ``COMMAND: FILE: KEY:
+    REASON``, and exit status 2; otherwise the daemon serves until SIGTERM or
+    SIGINT (exit status 0) or fails to open a socket (1).
+    """
+    configure_logging(args.log_level, fmt=args.log_format)
+    try:
+        service = build(load_cluster(args.config))
+    except (ConfigError, ValueError) as exc:
+        print(f"{command}: {exc}", file=sys.stderr)
+        return 2
+    with contextlib.suppress(KeyboardInterrupt):
+        return run_service(service)
+    return 0

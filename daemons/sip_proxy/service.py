@@ -21,17 +21,18 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import gc
-import sys
 import time
 from collections.abc import Callable
 from typing import Any
 
 from daemons.cluster.config import AppKind, Application, ClusterConfig, load_cluster
-from daemons.runtime.config import ConfigError
-from daemons.runtime.logs import configure_logging
-from daemons.runtime.service import Service, cancel_and_wait, run_service
+from daemons.runtime.service import (
+    Service,
+    add_daemon_arguments,
+    cancel_and_wait,
+    run_daemon,
+)
 from daemons.sip_proxy.proxy import ProxyCore, ProxySettings
 from daemons.sip_proxy.registrar import BindingStore
 from daemons.sip_proxy.replication import PeerAddress, Replicator
@@ -280,8 +281,7 @@ def add_parser(subparsers: Any) -> None:
             "replicated to every proxy, Call-ID load balancing over the in-service nodes of "
             "its geo-location, active out-of-service detection (oos-check / oos-force), MWI "
             "SUBSCRIBEs to the feature-server. See docs/sip-proxy.md."))
-    p.add_argument("--config", required=True, help="the cluster file (TOML)")
-    p.add_argument("--name", required=True, help="this proxy's application name")
+    add_daemon_arguments(p, name_help="this proxy's application name in the cluster file")
     p.add_argument("--replication-port", type=int, default=None,
                    help="override the replication port (default: replication-port of the "
                         "entry, else sip-port + 1000)")
@@ -304,17 +304,7 @@ def add_parser(subparsers: Any) -> None:
                    help="how long a source is refused")
     p.add_argument("--sync-timeout", type=float, default=30.0,
                    help="serve anyway after this many seconds without a full snapshot")
-    p.add_argument("--log-level", default="info")
-    p.add_argument("--log-format", default="auto", choices=("auto", "json", "console"))
 
 
 def run(args: argparse.Namespace) -> int:
-    configure_logging(args.log_level, fmt=args.log_format)
-    try:
-        service = SipProxy(args)
-    except (ConfigError, ValueError) as exc:
-        print(f"sip-proxy: {exc}", file=sys.stderr)
-        return 2
-    with contextlib.suppress(KeyboardInterrupt):
-        return run_service(service)
-    return 0
+    return run_daemon(args, "sip-proxy", lambda config: SipProxy(args, config))

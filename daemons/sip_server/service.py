@@ -23,15 +23,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
-import os
-import sys
 from dataclasses import dataclass
 from typing import Any
 
-from daemons.cluster.config import AppKind, ClusterConfig, DnType, load_cluster
+from daemons.cluster.config import AppKind, ClusterConfig, DnType
 from daemons.runtime.config import ConfigError
-from daemons.runtime.logs import configure_logging
-from daemons.runtime.service import Service, run_service
+from daemons.runtime.service import Service, add_daemon_arguments, run_daemon
 from daemons.runtime.tlib_server import TLibConnection, TLibServer
 from daemons.sip_server.b2bua import CallControlError, SessionController
 from daemons.sip_server.call import Call
@@ -424,21 +421,12 @@ def add_parser(subparsers: Any) -> None:
             "health and metrics on http-port. Ports, DNs and options come from the "
             "cluster file."),
     )
-    parser.add_argument("--config", required=True, help="the cluster file (TOML)")
-    parser.add_argument("--name", required=True,
-                        help="this sip-server's application name in the cluster file")
+    add_daemon_arguments(parser,
+                         name_help="this sip-server's application name in the cluster file")
     parser.add_argument("--backlog-window", type=float, default=60.0, metavar="SECONDS",
                         help="how long IPport keeps events for a disconnected client")
-    parser.add_argument("--log-level", default=os.environ.get("SIPCLUSTER_LOG_LEVEL", "info"))
-    parser.add_argument("--log-format", default="auto", choices=("auto", "json", "console"))
 
 
 def run(args: argparse.Namespace) -> int:
-    configure_logging(args.log_level, fmt=args.log_format)
-    try:
-        config = load_cluster(args.config)
-        service = SipServer(config, args.name, backlog_window=args.backlog_window)
-    except ConfigError as exc:
-        print(f"sip-server: {exc}", file=sys.stderr)
-        return 2
-    return run_service(service)
+    return run_daemon(args, "sip-server", lambda config: SipServer(
+        config, args.name, backlog_window=args.backlog_window))

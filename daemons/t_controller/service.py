@@ -18,13 +18,10 @@ It connects to the ``default-port`` of its sip-server (the node link,
 from __future__ import annotations
 
 import argparse
-import sys
 from typing import Any
 
-from daemons.cluster.config import AppKind, ClusterConfig, load_cluster
-from daemons.runtime.config import ConfigError
-from daemons.runtime.logs import configure_logging
-from daemons.runtime.service import Service, run_service
+from daemons.cluster.config import AppKind, ClusterConfig
+from daemons.runtime.service import Service, add_daemon_arguments, run_daemon
 from daemons.runtime.tlib_server import TLibServer
 from daemons.t_controller.controller import TController
 from daemons.t_controller.mesh import Mesh
@@ -158,19 +155,9 @@ def add_parser(subparsers: Any) -> None:
             "TCport for desktops and smart clients, SmartProxy port for monitoring "
             "clients; linked to its sip-server's default-port. Stops on SIGTERM."),
     )
-    parser.add_argument("--config", required=True, metavar="FILE", help="the cluster file")
-    parser.add_argument("--name", required=True, metavar="APP",
-                        help="this t-controller's application name in the cluster file")
-    parser.add_argument("--log-level", default="info")
-    parser.add_argument("--log-format", default="auto", choices=("auto", "json", "console"))
+    add_daemon_arguments(parser,
+                         name_help="this t-controller's application name in the cluster file")
 
 
 def run(args: argparse.Namespace) -> int:
-    configure_logging(args.log_level, fmt=args.log_format)
-    try:
-        config = load_cluster(args.config)
-        service = TControllerService(config, args.name)
-    except ConfigError as exc:
-        print(f"t-controller: {exc}", file=sys.stderr)
-        return 2
-    return run_service(service)
+    return run_daemon(args, "t-controller", lambda config: TControllerService(config, args.name))
