@@ -31,11 +31,9 @@ import re
 import secrets
 import socket
 import ssl
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Final, cast
-
-from prometheus_client.core import CounterMetricFamily
 
 from daemons.runtime.logs import get_logger
 from daemons.runtime.management import Metrics
@@ -52,7 +50,6 @@ __all__ = [
     "Flow",
     "MessageHandler",
     "SipTransportManager",
-    "TallyCounter",
     "TransportError",
     "build_error_response",
     "fix_top_via",
@@ -100,48 +97,6 @@ class Flow:
 
 
 MessageHandler = Callable[[Request | Response, Flow], None]
-
-
-class _Tally:
-    __slots__ = ("value",)
-
-    def __init__(self) -> None:
-        self.value = 0
-
-    def inc(self, amount: int = 1) -> None:
-        self.value += amount
-
-
-class TallyCounter:
-    """A labelled Prometheus counter for per-message paths.
-
-    ``labels(*values).inc()`` adds to a plain integer; the registry reads the
-    integers when ``/metrics`` is scraped (a custom collector), so counting costs
-    an attribute update instead of the client library's lock and checks. Same
-    exposition as a ``Counter``: ``NAMESPACE_NAME_total{labels}``.
-    """
-
-    def __init__(self, metrics: Metrics, name: str, doc: str, labels: tuple[str, ...]) -> None:
-        self.name = f"{metrics.namespace}_{name}" if metrics.namespace else name
-        self.doc = doc
-        self.label_names = labels
-        self._children: dict[tuple[str, ...], _Tally] = {}
-        metrics.registry.register(self)
-
-    def labels(self, *values: str) -> _Tally:
-        child = self._children.get(values)
-        if child is None:
-            child = self._children[values] = _Tally()
-        return child
-
-    def describe(self) -> Iterator[CounterMetricFamily]:
-        yield CounterMetricFamily(self.name, self.doc, labels=self.label_names)
-
-    def collect(self) -> Iterator[CounterMetricFamily]:
-        family = CounterMetricFamily(self.name, self.doc, labels=self.label_names)
-        for values, child in list(self._children.items()):
-            family.add_metric(list(values), child.value)
-        yield family
 
 
 # --------------------------------------------------------------------------- Via rules
@@ -495,10 +450,10 @@ class SipTransportManager:
         self._by_remote: dict[tuple[str, str, int], int] = {}
         self._connecting: dict[tuple[str, str, int, str], asyncio.Future[_StreamConnection]] = {}
         metrics = metrics if metrics is not None else Metrics("sipcluster")
-        self._received = TallyCounter(
-            metrics, "sip_messages_received", "SIP messages received", ("transport", "kind"))
-        self._sent = TallyCounter(
-            metrics, "sip_messages_sent", "SIP messages sent", ("transport", "kind"))
+        self._received = metrics.tally(
+            "sip_messages_received", "SIP messages received", ("transport", "kind"))
+        self._sent = metrics.tally(
+            "sip_messages_sent", "SIP messages sent", ("transport", "kind"))
         self._dropped = metrics.counter(
             "sip_transport_errors", "SIP input dropped or refused, and failed sends",
             ("transport", "reason"))

@@ -46,7 +46,6 @@ from daemons.runtime.management import Metrics
 from daemons.runtime.sip_transport import (
     DEFAULT_PORTS,
     SipTransportManager,
-    TallyCounter,
     TransportError,
 )
 from daemons.sip_proxy.registrar import Binding, BindingStore, aor_of
@@ -111,23 +110,6 @@ class ProxySettings:
     #: DN's contact / external-contact host (the SRV FQDN). A Route naming one
     #: of them without a port is this proxy (RFC 3261 §16.4, RFC 3263 §4.2).
     own_names: frozenset[str] = frozenset()
-
-
-class _Labelled:
-    """A labelled metric whose children are looked up once per label set
-    (``labels()`` of the client library takes a lock and builds a key each call)."""
-
-    __slots__ = ("_children", "_metric")
-
-    def __init__(self, metric: Any) -> None:
-        self._metric = metric
-        self._children: dict[tuple[str, ...], Any] = {}
-
-    def labels(self, *values: str) -> Any:
-        child = self._children.get(values)
-        if child is None:
-            child = self._children[values] = self._metric.labels(*values)
-        return child
 
 
 @dataclass(slots=True)
@@ -268,18 +250,18 @@ class ProxyCore:
         self._last_stamp = 0.0
         self._own = {(settings.host, settings.port)}
         self._peer_hosts = {h for h, _ in settings.peers.values()}
-        self.requests = TallyCounter(
-            metrics, "proxy_requests", "Requests by method and what the proxy did",
+        self.requests = metrics.tally(
+            "proxy_requests", "Requests by method and what the proxy did",
             ("method", "action"))
-        self.responses = TallyCounter(
-            metrics, "proxy_responses_forwarded", "Responses forwarded upstream",
+        self.responses = metrics.tally(
+            "proxy_responses_forwarded", "Responses forwarded upstream",
             ("status_class",))
-        self.refused = _Labelled(metrics.counter(
-            "proxy_refused", "Requests refused by protection rules", ("reason",)))
-        self.registrations = _Labelled(metrics.counter(
-            "proxy_registrations", "Bindings stored or removed from node answers", ("action",)))
-        self.failovers = _Labelled(metrics.counter(
-            "proxy_node_failovers", "Requests moved to another node", ("reason",)))
+        self.refused = metrics.tally(
+            "proxy_refused", "Requests refused by protection rules", ("reason",))
+        self.registrations = metrics.tally(
+            "proxy_registrations", "Bindings stored or removed from node answers", ("action",))
+        self.failovers = metrics.tally(
+            "proxy_node_failovers", "Requests moved to another node", ("reason",))
         self.bindings_gauge = metrics.gauge("proxy_bindings", "Live bindings known")
 
     # ------------------------------------------------------------ lifecycle

@@ -124,8 +124,7 @@ class SessionController:
         self.m_registered = m.gauge("registered_dns", "DNs with at least one binding")
         self.m_calls_active = m.gauge("calls_active", "Calls in progress")
         self.m_calls_active.set_function(lambda: len(self.calls))
-        self.m_calls = m.counter("calls", "Finished calls by outcome", ("outcome",))
-        self._m_outcomes: dict[str, Any] = {}
+        self.m_calls = m.tally("calls", "Finished calls by outcome", ("outcome",))
         self.m_refused = m.counter("sip_requests_refused", "Requests answered with an error",
                                    ("method", "status"))
         self.m_auth_failures = m.counter("auth_failures", "Digest failures", ("method", "reason"))
@@ -475,10 +474,7 @@ class SessionController:
         self.server.routing.abandon(call.conn_id)
         self.server.fail_pending(call.conn_id, None, ErrorCode.INVALID_CALL_STATE,
                                  "Invalid call state: the call was released")
-        counter = self._m_outcomes.get(outcome)
-        if counter is None:
-            counter = self._m_outcomes[outcome] = self.m_calls.labels(outcome)
-        counter.inc()
+        self.m_calls.labels(outcome).inc()
         self.log.info("call_finished", conn_id=call.conn_id, outcome=outcome)
 
     def _event(self, call: Call, name: str, leg: Leg | None, *, other: str | None = None,

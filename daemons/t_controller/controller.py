@@ -193,9 +193,8 @@ class TController:
             "tcontroller_events_sent", "T-Library events sent to clients", ("port",))
         self._sent_tc = self.events_sent.labels("tc-port")
         self._sent_sp = self.events_sent.labels("smart-proxy-port")
-        self.node_events = metrics.counter(
+        self.node_events = metrics.tally(
             "tcontroller_node_events", "Events received on the node link", ("event",))
-        self._node_event_counters: dict[str, Any] = {}  # labels(name), looked up once
         #: log lines per ownership decision only when INFO is on (50,000 DNs at
         #: start-up); per registration and agent request only at DEBUG
         self.log_info = bool(self.log.is_enabled_for(logging.INFO))
@@ -668,10 +667,7 @@ class TController:
         if not isinstance(name, str):
             self.node_events_dropped.labels("no-name").inc()
             return
-        counter = self._node_event_counters.get(name)
-        if counter is None:
-            counter = self._node_event_counters[name] = self.node_events.labels(name)
-        counter.inc()
+        self.node_events.labels(name).inc()
         attributes = {k: v for k, v in event.items() if k not in _LINK_ATTRIBUTES}
         answer: Answer | None = None
         if answers is not None and isinstance(answers.origin, TLibConnection):

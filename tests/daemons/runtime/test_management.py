@@ -138,3 +138,22 @@ def test_refused_requests_are_one_line_and_a_count(
         assert event["application"] == "GeoDNS"
         assert len(event["detail"]) < 300  # not the 100 KB header
     assert events[-1]["event"] == "daemon_stopped"
+
+
+def test_tally_counts_per_label_set_and_exposes_like_a_counter() -> None:
+    from daemons.runtime.management import Metrics
+
+    metrics = Metrics(namespace="sipcluster")
+    calls = metrics.tally("calls", "Finished calls by outcome", ("outcome",))
+    calls.labels("answered").inc()
+    calls.labels("answered").inc(2)
+    calls.labels("busy").inc()
+    assert calls.labels("answered") is calls.labels("answered")
+    text = metrics.render().decode()
+    assert 'sipcluster_calls_total{outcome="answered"} 3.0' in text
+    assert 'sipcluster_calls_total{outcome="busy"} 1.0' in text
+    real = Metrics(namespace="sipcluster")
+    real.counter("calls", "Finished calls by outcome", ("outcome",)).labels("busy").inc()
+    type_line = next(line for line in real.render().decode().splitlines()
+                     if line.startswith("# TYPE"))
+    assert type_line in text  # the same exposition as the client library's Counter
