@@ -167,8 +167,14 @@ class GeoDnsServer:
 
     # ------------------------------------------------------------ answering
 
-    def respond(self, wire: bytes, source: str, transport: str = "udp") -> Outcome:
-        """The answer to one message from ``source`` (no I/O); ``wire`` None means drop."""
+    def respond(
+        self, wire: bytes, source: str, transport: str = "udp", destination: str | None = None
+    ) -> Outcome:
+        """The answer to one message from ``source`` (no I/O); ``wire`` None means drop.
+
+        ``destination`` is the address the query reached (the listener's); it
+        chooses the view for a client that belongs to no data centre.
+        """
         if len(wire) < _HEADER.size:
             return self._drop("short", source, transport, len(wire))
         qid, flags, *_ = _HEADER.unpack_from(wire)
@@ -177,11 +183,11 @@ class GeoDnsServer:
         try:
             query = dns.message.from_wire(wire)
         except _PARSE_ERRORS as exc:
-            return self._formerr(qid, flags, source, transport, exc)
+            return self._formerr(qid, flags, source, transport, exc, destination)
         if len(query.question) != 1:
             return self._formerr(qid, flags, source, transport,
-                                 ValueError(f"{len(query.question)} questions"))
-        outcome = self._answer(query, source, transport)
+                                 ValueError(f"{len(query.question)} questions"), destination)
+        outcome = self._answer(query, source, transport, destination)
         self.queries.labels(outcome.view, outcome.rcode, transport).inc()
         if outcome.truncated:
             self.truncated.inc()
@@ -194,10 +200,11 @@ class GeoDnsServer:
         return Outcome(None)
 
     def _formerr(
-        self, qid: int, flags: int, source: str, transport: str, exc: BaseException
+        self, qid: int, flags: int, source: str, transport: str, exc: BaseException,
+        destination: str | None = None,
     ) -> Outcome:
         self.malformed.labels(transport).inc()
-        view = select_view(self._views, source)
+        view = select_view(self._views, source, destination)
         view_name = view.name if view is not None else "-"
         self.queries.labels(view_name, "FORMERR", transport).inc()
         self.log.warning("dns_query_malformed", peer=source, transport=transport,
@@ -206,10 +213,12 @@ class GeoDnsServer:
         out_flags = _QR | (flags & 0x7800) | (flags & dns.flags.RD) | dns.rcode.FORMERR
         return Outcome(_HEADER.pack(qid, out_flags, 0, 0, 0, 0), view=view_name, rcode="FORMERR")
 
-    def _answer(self, query: dns.message.Message, source: str, transport: str) -> Outcome:
+    def _answer(
+        self, query: dns.message.Message, source: str, transport: str, destination: str | None
+    ) -> Outcome:
         question = query.question[0]
         qname, qtype = question.name, question.rdtype
-        view = select_view(self._views, source)
+        view = select_view(self._views, source, destination)
         outcome = Outcome(
             None,
             view=view.name if view is not None else "-",
@@ -376,6 +385,8 @@ class GeoDnsServer:
         self._tcp_tasks.add(task)
         peer = writer.get_extra_info("peername")
         source = str(peer[0]) if peer else ""
+        local = writer.get_extra_info("sockname")
+        destination = str(local[0]) if local else None
         try:
             while True:
                 try:
@@ -384,7 +395,7 @@ class GeoDnsServer:
                         wire = await reader.readexactly(size)
                 except (TimeoutError, asyncio.IncompleteReadError):
                     return
-                outcome = self.respond(wire, source, "tcp")
+                outcome = self.respond(wire, source, "tcp", destination)
                 if outcome.wire is None:
                     return  # nothing to answer on a stream: close it
                 writer.write(len(outcome.wire).to_bytes(2, "big") + outcome.wire)
@@ -402,12 +413,17 @@ class _UdpProtocol(asyncio.DatagramProtocol):
     def __init__(self, server: GeoDnsServer) -> None:
         self.server = server
         self.transport: asyncio.DatagramTransport | None = None
+        self.destination: str | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+        local = transport.get_extra_info("sockname")
+        host = str(local[0]) if local else ""
+        # a listener on one address knows where every query reached it
+        self.destination = None if host in ("", "0.0.0.0", "::") else host
 
     def datagram_received(self, data: bytes, addr: tuple[str | Any, int]) -> None:
-        outcome = self.server.respond(data, str(addr[0]), "udp")
+        outcome = self.server.respond(data, str(addr[0]), "udp", self.destination)
         if outcome.wire is not None and self.transport is not None:
             self.transport.sendto(outcome.wire, addr)
 

@@ -502,12 +502,30 @@ def compile_views(zone_set: ZoneSet) -> list[View]:
     return views
 
 
-def select_view(views: Sequence[View], address: str) -> View | None:
-    """The view whose ``match-clients`` holds ``address`` with the longest prefix."""
+def select_view(
+    views: Sequence[View], address: str, destination: str | None = None
+) -> View | None:
+    """The view whose ``match-clients`` holds ``address`` with the longest prefix.
+
+    A client that belongs to no data centre (only a catch-all ``/0`` view
+    holds it: a resolver on 127.0.0.1, a host outside every site) is answered
+    by the address its query reached, when ``destination`` lies in a data
+    centre's view: a phone told to use DC2's DNS server gets DC2's answer
+    whatever address its resolver sends from.
+    """
+    best, best_len = _longest_match(views, address)
+    if best_len <= 0 and destination is not None:
+        by_destination, length = _longest_match(views, destination)
+        if length > 0:
+            return by_destination
+    return best
+
+
+def _longest_match(views: Sequence[View], address: str) -> tuple[View | None, int]:
     try:
         addr = ipaddress.ip_address(address.split("%", 1)[0])
     except ValueError:
-        return None
+        return None, -1
     if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
         addr = addr.ipv4_mapped
     best: View | None = None
@@ -516,4 +534,4 @@ def select_view(views: Sequence[View], address: str) -> View | None:
         for net in view.match_clients:
             if net.version == addr.version and addr in net and net.prefixlen > best_len:
                 best, best_len = view, net.prefixlen
-    return best
+    return best, best_len

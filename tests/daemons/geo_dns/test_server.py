@@ -306,3 +306,22 @@ async def test_udp_truncation_without_edns_and_full_answer_over_tcp(
         assert _counter(server, "trunc_geo_dns_truncated_total") == 2
     finally:
         await server.stop()
+
+
+async def test_client_of_no_data_centre_gets_the_view_of_the_listener_it_asked(
+    example_zone_set: ZoneSet, sip_resolver: Any,
+) -> None:
+    """A phone told to use DC2's DNS server whose resolver sends from 127.0.0.1
+    gets DC2's proxies first, over UDP and TCP; a DC1 client asking the same
+    listener keeps DC1's answer."""
+    server = GeoDnsServer(compile_views(example_zone_set), metrics=Metrics("test"))
+    await server.start([("127.0.2.53", 0)])
+    try:
+        for transport in ("udp", "tcp"):
+            resolver = sip_resolver(server.bound[0], OTHER_CLIENT)
+            targets = await resolver.resolve(SRV_FQDN, transport=transport)
+            assert {t.host_ip for t in targets[:2]} == DC2_PROXIES, transport
+        dc1 = await sip_resolver(server.bound[0], DC1_CLIENT).resolve(SRV_FQDN, transport="udp")
+        assert {t.host_ip for t in dc1[:2]} == DC1_PROXIES
+    finally:
+        await server.stop()

@@ -187,3 +187,19 @@ def test_broken_zone_file_is_reported(tmp_path: Path) -> None:
     with pytest.raises(ZoneError) as info:
         compile_views(load_views_file(tmp_path))
     assert info.value.file == "x.zone"
+
+
+def test_client_of_no_data_centre_gets_the_view_of_the_address_it_asked(
+    example_zone_set: ZoneSet,
+) -> None:
+    views = compile_views(example_zone_set)
+
+    def name(source: str, destination: str | None) -> str | None:
+        view = select_view(views, source, destination)
+        return view.name if view is not None else None
+
+    assert name("127.0.0.1", "127.0.2.53") == "dc2"   # a resolver on 127.0.0.1 asks DC2's DNS
+    assert name("127.0.0.1", "127.0.1.53") == "dc1"
+    assert name("127.0.1.9", "127.0.2.53") == "dc1"   # a data centre's client keeps its own
+    assert name("127.0.0.1", "127.0.0.1") == "default"
+    assert name("127.0.0.1", None) == "default"
