@@ -241,33 +241,44 @@ def recipe_phones(
     phones: dict[str, Any] = {}
     try:
         _start_baresip(tmp, phones, free_port(), require_tool("baresip"))
+        _start_baresip(tmp, phones, free_port(), require_tool("baresip"), dc2=True)
         _start_linphonec(tmp, phones, require_tool("linphonec"))
         yield phones
     finally:
         if "linphonec" in phones:
             phones["linphonec"].stop()
-        if "baresip" in phones:
-            phones["baresip"].stop()
+        for key in ("baresip", "baresip-dc2"):
+            if key in phones:
+                phones[key].stop()
 
 
-def _start_baresip(tmp: Path, phones: dict[str, Any], ctrl_port: int, binary: str) -> None:
+def _start_baresip(tmp: Path, phones: dict[str, Any], ctrl_port: int, binary: str,
+                   *, dc2: bool = False) -> None:
     """baresip: the harness config, then the recipe's lines in place of the same keys."""
-    config_lines = recipe("baresip-config")
+    key = "baresip-dc2" if dc2 else "baresip"
+    config_lines = recipe("baresip-config-dc2" if dc2 else "baresip-config")
     listen = dict(line.split(None, 1) for line in config_lines)["sip_listen"].strip()
     host, port = listen.rsplit(":", 1)
-    bdir = tmp / "baresip"
+    bdir = tmp / key
     bdir.mkdir()
-    phone = Baresip(name="readme-baresip", workdir=bdir, address=host, sip_port=int(port),
-                    ctrl_port=ctrl_port, aor="sip:1001@cluster.lab")
+    if dc2:
+        found = re.search(r"`(<sip:1002@[^`]+)`", README.read_text())
+        assert found is not None, "README: no account line for the DC2 phone"
+        account = found.group(1)
+    else:
+        (account,) = recipe("baresip-accounts")
+    aor = re.search(r"<(sip:[^>;]+)", account)
+    assert aor is not None
+    phone = Baresip(name=f"readme-{key}", workdir=bdir, address=host, sip_port=int(port),
+                    ctrl_port=ctrl_port, aor=aor.group(1))
     tone = write_tone(bdir / "tone.wav", 440.0)
     baresip_config(phone, dns=("0.0.0.0", 0), tone=tone)
     keys = {line.split(None, 1)[0] for line in config_lines} | {"net_interface"}
     harness = [line for line in (bdir / "config").read_text().splitlines()
                if line.split(None, 1)[0] not in keys]
     (bdir / "config").write_text("\n".join([*harness, *config_lines]) + "\n")
-    (account,) = recipe("baresip-accounts")
     (bdir / "accounts").write_text(account + ";answermode=auto;audio_codecs=PCMU\n")
-    phones["baresip"] = phone
+    phones[key] = phone
     phone.start(binary)
 
 
@@ -302,6 +313,17 @@ def test_baresip_recipe_registers_through_dc1(
     binding = wait_for("baresip's binding", lambda: proxy_binding(
         user_lab, "1001@cluster.lab", "baresip"))
     assert binding["origin"] in dc1_proxies(user_lab), binding
+
+
+def test_baresip_recipe_in_dc2_registers_through_dc2(
+    user_lab: dict[str, Any], recipe_phones: dict[str, Any],
+) -> None:
+    """Its resolver sends from 127.0.0.1; the DNS answers by the address it asked."""
+    recipe_phones["baresip-dc2"].wait_registered()
+    binding = wait_for("the DC2 baresip's binding", lambda: proxy_binding(
+        user_lab, "1002@cluster.lab", "baresip"))
+    dc2 = {p["name"] for p in user_lab["data_centres"]["dc2"]["proxies"]}
+    assert binding["origin"] in dc2, binding
 
 
 def test_linphonec_recipe_registers_through_the_named_proxy(
