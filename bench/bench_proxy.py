@@ -19,9 +19,17 @@ Loads (SIPp 3.6 on loopback, UDP):
   ACK + BYE follow the Route set (INVITE/180/200/ACK/BYE/200 per call).
 
 The same SIPp commands drive Kamailio (``bench/kamailio/kamailio.cfg``), run
-in the foreground with ``-DD -E -m 64 -M 8`` and ``children=1`` (one UDP
+in the foreground with ``-DD -E -m 1024 -M 32`` and ``children=1`` (one UDP
 worker, like the sip-proxy's one event loop; Kamailio also runs its timer
-processes) on its own loopback address. Fairest REGISTER comparison: Kamailio
+processes) on its own loopback address. Memory is sized as Kamailio's
+documentation says for a load with 30 s transaction timers: 1,024 MB of shared
+memory (``-m``; the 64 MB default runs out at 2,000 REGISTER/s: ``tm:
+build_cell(): could not allocate shared memory``) and 32 MB of private memory
+per process (``-M``). Each server's log is read after every step: a step in
+which a server logged an error counts as failed for that server, and no
+ours/Kamailio ratio is printed for a load where either side logged errors
+or failed at the lowest (idle-like) step -- that is a wrong set-up, not a
+result. Fairest REGISTER comparison: Kamailio
 does what the sip-proxy does -- it adds Path, relays the REGISTER statefully
 to the same SIPp node and stores the binding from the node's 200
 (``save()`` on the reply) -- instead of answering as the registrar itself,
@@ -278,6 +286,7 @@ class Step:
     cpu_s: float
     sipp_cpu: float = 0.0  # the SIPp UAC's CPU, % of one core
     peer_cpu: float = 0.0  # the SIPp node and phone, % of one core
+    log_errors: tuple[str, ...] = ()  # error lines the server logged during the step
 
     @property
     def rate(self) -> float:
@@ -289,9 +298,10 @@ class Step:
 
     @property
     def clean(self) -> bool:
-        """Zero failed calls, every call successful, and the rate kept up."""
+        """Zero failed calls, every call successful, the rate kept up and no error
+        in the server's log."""
         return self.failed == 0 and self.ok == self.calls and \
-            self.rate >= RATE_SHARE * self.offered
+            self.rate >= RATE_SHARE * self.offered and not self.log_errors
 
 
 def _epoch(field: str) -> float:
@@ -347,6 +357,23 @@ class Server:
         self.host = host
         self.port = port
         self.proc: subprocess.Popen[bytes] | None = None
+        self.log_path: Path | None = None
+        self._log_offset = 0
+
+    #: what marks an error line in this server's log
+    ERROR_MARKS: tuple[str, ...] = ('"level": "error"', '"level": "critical"', "Traceback")
+
+    def new_log_errors(self) -> tuple[str, ...]:
+        """Error lines logged since the last call (the server's own log)."""
+        if self.log_path is None or not self.log_path.exists():
+            return ()
+        with self.log_path.open("rb") as f:
+            f.seek(self._log_offset)
+            data = f.read()
+        self._log_offset += len(data)
+        lines = data.decode(errors="replace").splitlines()
+        return tuple(line.strip()[:200] for line in lines
+                     if any(mark in line for mark in self.ERROR_MARKS))
 
     def start(self, work: Path, node_port: int) -> None:
         raise NotImplementedError
@@ -387,11 +414,12 @@ class OurProxy(Server):
     def start(self, work: Path, node_port: int) -> None:
         write_cluster(work / "cluster.toml", self.port, node_port)
         env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        self.log_path = work / "sip-proxy.log"
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "daemons.cli", "sip-proxy", "--config",
              str(work / "cluster.toml"), "--name", "SPX_1", "--rate-limit", "0",
-             "--log-level", "error"], env=env, cwd=ROOT,
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+             "--log-level", "error", "--log-format", "json"], env=env, cwd=ROOT,
+            stdout=self.log_path.open("wb"), stderr=subprocess.STDOUT)
 
 
 class OurProxyBefore(OurProxy):
@@ -406,23 +434,28 @@ class OurProxyBefore(OurProxy):
     def start(self, work: Path, node_port: int) -> None:
         write_cluster(work / "cluster-before.toml", self.port, node_port, self.host)
         env = {**os.environ, "PYTHONPATH": str(self.root)}
+        self.log_path = work / "sip-proxy-before.log"
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "daemons.cli", "sip-proxy", "--config",
              str(work / "cluster-before.toml"), "--name", "SPX_1", "--rate-limit", "0",
-             "--log-level", "error"], env=env, cwd=self.root,
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+             "--log-level", "error", "--log-format", "json"], env=env, cwd=self.root,
+            stdout=self.log_path.open("wb"), stderr=subprocess.STDOUT)
 
 
 class Kamailio(Server):
     name = "kamailio"
+    #: Kamailio's log levels that mean the step is not a clean result
+    ERROR_MARKS = (" ERROR: ", " CRITICAL: ", " ALERT: ", "out of mem",
+                   "could not allocate")
 
     def start(self, work: Path, node_port: int) -> None:
         kam = shutil.which("kamailio") or "/usr/sbin/kamailio"
+        self.log_path = work / "kamailio.log"
         self.proc = subprocess.Popen(
-            [kam, "-DD", "-E", "-m", "64", "-M", "8", "-f", str(KAMAILIO_CFG),
+            [kam, "-DD", "-E", "-m", "1024", "-M", "32", "-f", str(KAMAILIO_CFG),
              "-l", f"udp:{self.host}:{self.port}", "-Y", str(work),
              "-A", "REGISTRAR_FRONT", "-A", f'NODE="sip:{NODE}:{node_port}"'],
-            cwd=work, stdout=subprocess.DEVNULL, stderr=open(work / "kamailio.log", "wb"))
+            cwd=work, stdout=subprocess.DEVNULL, stderr=self.log_path.open("wb"))
 
 
 def register_contact(server: Server, contact: tuple[str, int]) -> None:
@@ -485,12 +518,15 @@ def step_search(server: Server, rates: list[int], seconds: float, work: Path,
         peer = proc_cpu(peers) - peer0
         wall = max(secs, 1e-3)
         step = Step(rate, calls, ok, failed, retrans, secs, cpu,
-                    round(100 * sipp_cpu / wall), round(100 * peer / wall))
+                    round(100 * sipp_cpu / wall), round(100 * peer / wall),
+                    server.new_log_errors())
         steps.append(step)
         print(f"  {tag:8} {server.name:16} offered {rate:5}/s: {step.rate:7.0f}/s "
               f"retrans {retrans:5} ok {ok:6} failed {failed:4} "
               f"{'pass' if step.clean else 'FAIL'}  CPU {step.cpu_per_1000:.3f} s/1000  "
-              f"(SIPp UAC {step.sipp_cpu:.0f}%, node+phone {step.peer_cpu:.0f}%)",
+              f"(SIPp UAC {step.sipp_cpu:.0f}%, node+phone {step.peer_cpu:.0f}%)"
+              + (f"  LOG ERRORS {len(step.log_errors)}: {step.log_errors[0]}"
+                 if step.log_errors else ""),
               flush=True)
         time.sleep(1.0)  # let the servers drain before the next step
         if not step.clean:
@@ -522,8 +558,10 @@ def best(steps: list[Step]) -> dict[str, Any]:
         "cpu_per_1000": round(top.cpu_per_1000, 4) if top else None,
         "first_failing": ({"offered": failing.offered, "rate": round(failing.rate),
                            "failed": failing.failed, "retrans": failing.retrans,
-                           "cpu_per_1000": round(failing.cpu_per_1000, 4)}
+                           "cpu_per_1000": round(failing.cpu_per_1000, 4),
+                           "log_errors": list(failing.log_errors[:3])}
                           if failing else None),
+        "failed_at_lowest_step": bool(steps) and not steps[0].clean,
         "steps": [{**asdict(s), "rate": round(s.rate)} for s in steps],
     }
 
@@ -610,8 +648,10 @@ def summarise(load: dict[str, Any]) -> tuple[list[str], dict[str, Any]]:
                    "memory": statistics.median(data["memory_mb"]) if data["memory_mb"] else 0}
             meds[name] = med
             first = ", ".join(f"{f['offered']}/s: {f['rate']}/s, {f['failed']} failed, "
-                              f"{f['retrans']} retrans" for f in fails) or \
-                "none up to the top step"
+                              f"{f['retrans']} retrans"
+                              + (f", log: {f['log_errors'][0]}" if f.get("log_errors") else "")
+                              for f in fails) or "none up to the top step"
+            med["broken"] = float(any(r.get("failed_at_lowest_step") for r in runs))
             rows.append(f"| {kind} | {name} | {med['offered']:.0f} | {med['rate']:.0f} | "
                         f"{med['failed']} | {med['retrans']:.0f} | {med['cpu']:.3f} | "
                         f"{med['memory']:.1f} | {first} |")
@@ -632,7 +672,11 @@ def summarise(load: dict[str, Any]) -> tuple[list[str], dict[str, Any]]:
                                        "cpu_s_per_1000": round(med["cpu"], 4),
                                        "runs": [{k: v for k, v in r.items() if k != "steps"}
                                                 for r in data[kind]]}
-        if "sip-proxy" in meds and "kamailio" in meds:
+        broken = [n for n in ("sip-proxy", "kamailio") if meds.get(n, {}).get("broken")]
+        if broken:
+            rows.append(f"| {kind} | no ratio ours/Kamailio | | {', '.join(broken)} failed at "
+                        "the lowest step: the set-up is wrong, not a result | | | | | |")
+        elif "sip-proxy" in meds and "kamailio" in meds:
             o, k = meds["sip-proxy"], meds["kamailio"]
             cpu_ratio = o["cpu"] / k["cpu"] if k["cpu"] else float("nan")
             rate_ratio = o["rate"] / k["rate"] if k["rate"] else float("nan")
