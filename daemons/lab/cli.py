@@ -113,6 +113,8 @@ def _print_guide(desc_path: Path, skipped: list[Application]) -> None:
     else:
         print("  softphone: outbound proxy = a proxy address above, user 1001, "
               "password in lab.json")
+    print("  step by step for baresip, linphonec and any other phone: README.md, "
+          "\"Softphones on the lab\"")
     for app in skipped:
         print(f"  {app.name} ({app.kind.value}) {_not_built(app)}")
     print(f"\n  everything above, for scripts: {desc_path}")
