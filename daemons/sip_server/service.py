@@ -30,10 +30,11 @@ from daemons.cluster.config import AppKind, ClusterConfig, DnType
 from daemons.runtime.config import ConfigError
 from daemons.runtime.service import Service, add_daemon_arguments, run_daemon
 from daemons.runtime.tlib_server import TLibConnection, TLibServer
-from daemons.sip_server.b2bua import CallControlError, SessionController
+from daemons.sip_server.b2bua import SessionController
 from daemons.sip_server.call import Call
 from daemons.sip_server.reporting import InteractionProxy
 from daemons.sip_server.routing import RouteDecision, RoutingPoints
+from daemons.sip_server.session import CallControlError
 from protocols.tlib.errors import ErrorCode
 from protocols.tlib.events import RequestReceived
 

@@ -1,0 +1,253 @@
+"""How the Session Controller reaches a DN (docs/node.md, "Reaching phones",
+"Routing points").
+
+An outgoing leg's INVITE, its provisional responses and no-answer timer
+(``extn-`` / ``posn-no-answer-timeout``, then the ``-no-answer-overflow``
+DNs), a 2xx that comes after the node gave up (ACK + BYE), routing points
+(EventRouteRequest, ``router-timeout``, ``default-dn``), and where an agent
+DN's phone is: its binding's Path (RFC 3327 §5.3), a fixed contact, or the
+SIP Proxies.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+from collections.abc import Iterable
+
+from daemons.cluster.config import DnType
+from daemons.runtime.sip_endpoint import Destination
+from daemons.sip_server.call import Call, CallState, Leg, LegState
+from daemons.sip_server.outbound import NODE_HEADER
+from daemons.sip_server.session import AGENT_TYPES, ALLOW, Ringing, SessionBase
+from protocols.sip.dialog import Dialog, DialogError
+from protocols.sip.errors import ParseError
+from protocols.sip.headers import Headers
+from protocols.sip.message import Request, Response, make_response
+from protocols.sip.uri import parse_uri
+
+__all__ = ["Dialing", "done_future"]
+
+
+class Dialing(SessionBase):
+    """Outgoing legs: reaching a DN for a call."""
+
+    def _new_invite(self, leg: Leg, target: str, from_number: str, to_number: str,
+                    body: bytes, path: Iterable[str] = (),
+                    extra: Iterable[tuple[str, str]] = (),
+                    hop: Destination | None = None) -> Request:
+        call_id = secrets.token_hex(12) + "@" + self.server.host
+        local_tag = secrets.token_hex(6)
+        dest = hop or self._destination(target)
+        if dest is not None:
+            transport, host = dest.transport, dest.host
+        else:
+            uri = parse_uri(target)
+            transport, host = (uri.params.get("transport") or "udp").upper(), uri.host
+        headers = Headers()
+        for route in path:
+            headers.add("Route", f"<{route}>")
+        headers.add("From", f"<sip:{from_number}@{self.domain}>;tag={local_tag}")
+        headers.add("To", f"<sip:{to_number}@{self.domain}>")
+        headers.add("Call-ID", call_id)
+        headers.add("CSeq", "1 INVITE")
+        headers.add("Contact", self._contact(transport, host))
+        headers.add("Allow", ALLOW)
+        for name, value in extra:
+            headers.add(name, value)
+        if body:
+            headers.add("Content-Type", "application/sdp")
+        leg.call_id, leg.local_tag = call_id, local_tag
+        self.legs[(call_id, local_tag)] = leg
+        return Request("INVITE", target, headers=headers, body=body)
+
+    async def _dial(self, call: Call, leg: Leg, invite: Request, timeout: float | None,
+                    ringing: Ringing | None, hop: Destination | None = None
+                    ) -> tuple[Response, bool]:
+        """Send ``invite`` to ``leg``; the final response and whether no-answer fired."""
+        leg.invite = invite
+
+        def provisional(resp: Response) -> None:
+            if not leg.alive or resp.status == 100:
+                return
+            if resp.to.tag and leg.early_response is None:
+                leg.early_response = resp  # its early dialog is built when needed
+            first = leg.state is LegState.CALLING
+            leg.move(LegState.RINGING)
+            if call.state is CallState.SETUP:
+                call.move(CallState.ALERTING)
+            if ringing is not None:
+                ringing(leg, resp, first)
+
+        task = self._spawn(self._request(invite, hop, on_provisional=provisional))
+        task.add_done_callback(lambda t: self._late_final(leg, t))
+        try:
+            if timeout:
+                return await asyncio.wait_for(asyncio.shield(task), timeout), False
+            return await asyncio.shield(task), False
+        except TimeoutError:
+            leg.abandoned = True
+            self.ep.cancel(invite)
+            self.log.info("call_no_answer", conn_id=call.conn_id, dn=leg.dn, timeout=timeout)
+            return make_response(invite, 480, "No Answer"), True
+
+    def _late_final(self, leg: Leg, task: asyncio.Future[Response]) -> None:
+        """A 2xx for a leg the node gave up on (no answer, caller gone): ACK + BYE."""
+        if task.cancelled() or task.exception() is not None:
+            return
+        resp = task.result()
+        if not 200 <= resp.status < 300 or not leg.abandoned:
+            return
+        invite = leg.invite
+        assert invite is not None
+
+        async def ack_and_bye() -> None:
+            await self._ack(invite, resp)
+            try:
+                dialog = Dialog.create_uac(invite, resp)
+            except (DialogError, ParseError):
+                return
+            await self._send_in_dialog(leg, "BYE", dialog=dialog)
+        self._spawn(ack_and_bye())
+
+    async def _reach(self, call: Call, origin: Leg, dest: str, offer: bytes,
+                     ringing: Ringing | None) -> tuple[Leg | None, Response | int]:
+        """Reach ``dest`` for ``origin``: routing points, bindings, no-answer handling.
+
+        Returns the answering leg and its 2xx, or ``None`` and the failure
+        status (or the failing response).
+        """
+        tried: set[str] = set()
+        while True:
+            entry = self.config.dns.get(dest)
+            if entry is not None and entry.type is DnType.ROUTING_POINT:
+                if dest in call.visited_routing_points:
+                    return None, 480
+                target = await self._route(call, origin, dest)
+                if target is None:
+                    return None, 480
+                dest = target
+                continue
+            if entry is None or entry.type not in AGENT_TYPES:
+                return None, 404
+            located = await self._locate(call, dest)
+            if located is None:
+                return None, 480
+            contact, path, hop = located
+            tried.add(dest)
+            leg = call.add_leg(dest, dest, outbound=True, cti=self._cti(dest))
+            extra: list[tuple[str, str]] = []
+            if hop is not None:
+                extra.append((NODE_HEADER, self.server.app_name))  # pins the dialog here
+            invite = self._new_invite(leg, contact, origin.number, dest, offer, path, extra,
+                                      hop)
+            timeout = (self.tserver.posn_no_answer_timeout
+                       if entry.type is DnType.ACD_POSITION
+                       else self.tserver.extn_no_answer_timeout)
+            resp, no_answer = await self._dial(call, leg, invite, timeout, ringing, hop)
+            if 200 <= resp.status < 300:
+                return leg, resp
+            rang = leg.state is LegState.RINGING
+            if leg.alive:
+                leg.move(LegState.RELEASED)
+                self.legs.pop((leg.call_id, leg.local_tag), None)
+                if rang:
+                    self._event(call, "EventReleased", leg, other=origin.number)
+            overflow = next((d for d in self._overflow(entry.type) if d not in tried), None)
+            if no_answer and overflow is not None and origin.alive:
+                self.log.info("call_no_answer_overflow", conn_id=call.conn_id, to=overflow)
+                if call.state is CallState.ALERTING:
+                    call.move(CallState.SETUP)
+                dest = overflow
+                continue
+            return None, resp
+
+    def _reachable_here(self, dn: str) -> bool:
+        """Whether :meth:`_locate` may find a way to ``dn``'s phone: a usable binding
+        on this node, a fixed contact, or the SIP Proxies (docs/node.md, "Reaching
+        phones")."""
+        bindings = self.registrar.bindings(dn, self._now())
+        if bindings and not self._path_down(bindings[0].path):
+            return True
+        entry = self.config.dns.get(dn)
+        return entry is not None and (bool(entry.contact) or self.outbound is not None)
+
+    async def _locate(self, call: Call, dn: str
+                      ) -> tuple[str, tuple[str, ...], Destination | None] | None:
+        """Where an INVITE to agent DN ``dn``'s phone goes (docs/node.md, "Reaching
+        phones"): Request-URI, Route set (the binding's Path, RFC 3327 §5.3) and
+        the SIP Proxy to send it to (None: resolve the Request-URI); None when the
+        DN cannot be reached from this node."""
+        entry = self.config.dns[dn]
+        bindings = self.registrar.bindings(dn, self._now())
+        if bindings and not self._path_down(bindings[0].path):
+            # registered through this node: the Path (RFC 3327 §5.3) leads back
+            return bindings[0].contact, bindings[0].path, None
+        if entry.contact and entry.contact != "*":
+            contact = entry.contact
+            if not contact.startswith(("sip:", "sips:")):
+                contact = f"sip:{dn}@{contact}"
+            return contact, (), None
+        if self.outbound is not None and (hop := await self.outbound.choose()):
+            # registered through another node (or its proxy is down): the proxies
+            # hold every binding of the cluster and deliver to the phone
+            self.log.info("call_via_outbound_proxy", conn_id=call.conn_id, dn=dn,
+                          proxy=f"{hop.host}:{hop.port}", transport=hop.transport)
+            return f"sip:{dn}@{self.domain}", (), hop
+        self.log.info("call_dn_unavailable", conn_id=call.conn_id, dn=dn)
+        return None
+
+    def _path_down(self, path: tuple[str, ...]) -> bool:
+        """The first Path hop is a SIP Proxy known to be out of service."""
+        if not path or self.outbound is None:
+            return False
+        try:
+            first = parse_uri(path[0])
+        except ParseError:
+            return False
+        return self.outbound.out_of_service(first.host, first.port or 5060)
+
+    def _overflow(self, dn_type: DnType) -> tuple[str, ...]:
+        """Where an unanswered call goes next (``extn-`` / ``posn-no-answer-overflow``)."""
+        if dn_type is DnType.ACD_POSITION:
+            return self.tserver.posn_no_answer_overflow
+        return self.tserver.extn_no_answer_overflow
+
+    async def _route(self, call: Call, origin: Leg, rp: str) -> str | None:
+        """Wait on routing point ``rp`` (docs/node.md, "Routing points")."""
+        call.routing_point = rp
+        call.visited_routing_points.append(rp)
+        call.move(CallState.ROUTING)
+        rp_leg = Leg(call, rp, rp, True)  # the routing point as a party, for events only
+        self._event(call, "EventQueued", rp_leg, other=origin.number, role="Destination")
+        self._event(call, "EventRouteRequest", rp_leg, other=origin.number, role="Destination")
+        entry = self.config.dns[rp]
+        default = entry.options.get("default-dn") or self.tserver.default_dn
+        decision = await self.server.routing.wait(call.conn_id, rp, self.tserver.router_timeout,
+                                                  default if isinstance(default, str) else None)
+        if decision.user_data:
+            call.user_data.update(decision.user_data)
+        if decision.requester is not None:
+            conn, request = decision.requester
+            self.server.expect_answer(conn, request, rp, call.conn_id,
+                                      frozenset({"EventRouteUsed"}))
+        extra = {"AttributeReason": {"route": "default"}} if decision.default else None
+        if decision.destination is None:
+            self.log.warning("route_no_default", conn_id=call.conn_id, rp=rp)
+            return None
+        self._event(call, "EventRouteUsed", rp_leg, other=decision.destination,
+                    role="Destination", extra=extra)
+        self._event(call, "EventDiverted", rp_leg, other=decision.destination,
+                    role="Destination")
+        self.log.info("call_routed", conn_id=call.conn_id, rp=rp, to=decision.destination,
+                      default=decision.default)
+        call.move(CallState.SETUP)
+        if decision.route_type == "Reject":
+            return None
+        return decision.destination
+
+
+def done_future(resp: Response) -> asyncio.Future[Response]:
+    future: asyncio.Future[Response] = asyncio.get_running_loop().create_future()
+    future.set_result(resp)
+    return future  # a finished "task" for _late_final
