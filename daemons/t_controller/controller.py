@@ -35,6 +35,7 @@ from types import MappingProxyType
 from typing import Any
 
 from daemons.cluster.config import AppKind, ClusterConfig, OwnershipKind
+from daemons.runtime.driver import TimerSlot
 from daemons.runtime.logs import get_logger
 from daemons.runtime.management import Metrics
 from daemons.runtime.tlib_server import TLibConnection
@@ -186,8 +187,7 @@ class TController:
         self._node_call_ids: dict[str, set[str]] = {}  # dn -> conn ids of node_calls
         self._unconfirmed: set[str] = set()
         self._resync_deadline: float | None = None
-        self._timer: asyncio.TimerHandle | None = None
-        self._timer_when: float | None = None
+        self._timer = TimerSlot(self.loop, lambda _now: self._on_timer())
         # metrics
         self.events_sent = metrics.counter(
             "tcontroller_events_sent", "T-Library events sent to clients", ("port",))
@@ -769,19 +769,9 @@ class TController:
     def schedule_timer(self) -> None:
         times = [t for t in (self.agents.next_timer(), self.ownership.next_timer(),
                              self._resync_deadline) if t is not None]
-        when = min(times) if times else None
-        if when == self._timer_when:
-            return
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        self._timer_when = when
-        if when is not None:
-            self._timer = self.loop.call_at(max(when, self.loop.time()), self._on_timer)
+        self._timer.arm(min(times) if times else None)
 
     def _on_timer(self) -> None:
-        self._timer = None
-        self._timer_when = None
         now = self.clock()
         try:
             if self._resync_deadline is not None and now >= self._resync_deadline:
@@ -798,9 +788,7 @@ class TController:
         self.schedule_timer()
 
     def close(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        self._timer.cancel()
 
 
 def _wrap_up_override(attributes: TMap) -> float | None:
