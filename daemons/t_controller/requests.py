@@ -29,6 +29,7 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Protocol
 
 from daemons.cluster.config import OwnershipKind
+from daemons.runtime.management import Metrics
 from daemons.runtime.tlib_server import TLibConnection
 from daemons.t_controller.agent import AgentError, AgentEvent, AgentState, AgentTable
 from daemons.t_controller.agent_events import request_reasons, request_work_mode
@@ -45,6 +46,7 @@ from protocols.tlib.mesh import (
     OwnershipClaim,
     RelayedRequest,
     decode_request,
+    reserved_keys,
 )
 from protocols.tlib.session import RequestReceived
 
@@ -123,8 +125,12 @@ class Requests:
     Proxy clients (module doc)."""
 
     def __init__(self, controller: RequestController, node_link: CallControlLink | None,
-                 *, log: Any) -> None:
+                 *, log: Any, metrics: Metrics | None = None) -> None:
         self.controller = controller
+        #: client requests refused before any handler (reserved mesh keys)
+        self.refused = (metrics or Metrics("sipcluster")).tally(
+            "tcontroller_client_requests_refused",
+            "Client requests refused before handling, by port and reason", ("port", "reason"))
         self.clients = controller.tcport_clients
         self.peers = controller.peers
         self.node_link = node_link
@@ -151,8 +157,24 @@ class Requests:
         }
 
     # -- dispatch ---------------------------------------------------------------------
+    def _reserved(self, port: str, conn: TLibConnection, request: RequestReceived) -> bool:
+        """Refuse a client request that carries the mesh's own keys (EventError 41)."""
+        keys = reserved_keys(request.message)
+        if not keys:
+            return False
+        self.refused.labels(port, "reserved-mesh-keys").inc()
+        self.log.warning("tlib_request_refused", request=request.name, peer=conn.peer,
+                         application=conn.application, reason="reserved-mesh-keys",
+                         keys=keys)
+        conn.answer_error(request, ErrorCode.INVALID_ATTRIBUTE,
+                          f"Invalid attribute: AttributeExtensions {', '.join(keys)} are "
+                          "reserved for the t-controller mesh")
+        return True
+
     def on_tcport_request(self, conn: TLibConnection, request: RequestReceived) -> None:
         """A request of a TCport client (desktop, smart client)."""
+        if self._reserved("tc-port", conn, request):
+            return
         handler = self.tcport.get(request.name)
         if handler is None:
             conn.answer_error(request, ErrorCode.REQUEST_NOT_SUPPORTED,
@@ -183,6 +205,8 @@ class Requests:
 
     def on_smart_proxy_request(self, conn: TLibConnection, request: RequestReceived) -> None:
         """A request of a Smart Proxy client."""
+        if self._reserved("smart-proxy-port", conn, request):
+            return
         handler = self.smart_proxy.get(request.name)
         if handler is None:
             conn.answer_error(request, ErrorCode.REQUEST_NOT_SUPPORTED,

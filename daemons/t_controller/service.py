@@ -80,7 +80,8 @@ class TControllerService(Service):
             addp_remote_timeout=float(nodes.addp_remote_timeout),
         )
         requests = Requests(controller, self.node_link,
-                            log=controller.log.bind(port_name="tc-port"))
+                            log=controller.log.bind(port_name="tc-port"),
+                            metrics=self.metrics)
         self.mesh = Mesh(controller)
         self.tcport = TCPort(controller, requests, self.mesh)
         self.tc_server = TLibServer(

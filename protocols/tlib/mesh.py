@@ -64,6 +64,7 @@ __all__ = [
     "RelayedRequest",
     "decode_event",
     "decode_request",
+    "reserved_keys",
 ]
 
 #: Values of ``ownership`` / ``mesh-kind``: SIP-based or T-Library-based ownership.
@@ -87,6 +88,17 @@ _LINK: Final = frozenset({"message", "AttributeReferenceID", "AttributeEventSequ
                           "AttributeTimeinSecs", "AttributeTimeinuSecs"})
 #: Keys of a granted decision's AttributeExtensions that are not the DN's state.
 _GRANTED_KEYS: Final = frozenset({_MARKER, "owner", "ownership", "since", "expires-in"})
+
+
+def reserved_keys(attributes: Mapping[str, Any]) -> list[str]:
+    """The keys of a client's ``AttributeExtensions`` that only the t-controller
+    mesh may set (``mesh`` and ``mesh-*``): a desktop that sends them would
+    speak for a peer t-controller (claim a DN, name another client)."""
+    ext = attributes.get(_EXT)
+    if not isinstance(ext, Mapping):
+        return []
+    return sorted(k for k in ext if isinstance(k, str)
+                  and (k == _MARKER or k.startswith(_MARKER + "-")))
 
 
 class MalformedMeshMessage(InvalidAttribute):

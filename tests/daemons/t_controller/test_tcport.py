@@ -502,3 +502,21 @@ def test_fan_out_checks_an_event_once_against_the_catalogue() -> None:
     assert not event_is_valid("EventEstablished", {**call, "AttributeBogus": 1})
     assert not event_is_valid("RequestAgentReady", {"AttributeThisDN": "1001"})  # a request
     assert not event_is_valid("EventNoSuchThing", {})
+
+
+async def test_desktop_cannot_speak_for_the_mesh(make_harness: Any) -> None:
+    """A desktop's RequestRegisterAddress carrying the mesh's own keys (a forged
+    ownership claim) gets EventError 41, is counted and changes nothing; the
+    desktop's next, clean request is served."""
+    h = await make_harness(registered=SIP_1001)
+    desk = await h.desktop()
+    forged = await desk.request("RequestRegisterAddress", AttributeThisDN="1001",
+                                AttributeExtensions={"mesh": "claim", "mesh-node": "other"})
+    assert forged["message"] == "EventError" and forged["AttributeErrorCode"] == 41
+    assert "reserved for the t-controller mesh" in forged["AttributeErrorMessage"]
+    status, metrics = await get(h.http + "/metrics")
+    assert status == 200
+    assert ('sipcluster_tcontroller_client_requests_refused_total{port="tc-port",'
+            'reason="reserved-mesh-keys"} 1.0') in metrics.decode()
+    registered = await desk.request("RequestRegisterAddress", AttributeThisDN="1001")
+    assert registered["message"] == "EventRegistered"

@@ -395,3 +395,14 @@ def test_optional_keys_may_be_left_out() -> None:
     agent = MovedAgent.from_wire({"AttributeAgentID": "a", "AttributeThisDN": "1001",
                                   "state": "Ready"})
     assert agent == MovedAgent("a", "1001", "Ready", 0, {})
+
+
+def test_reserved_keys_are_the_mesh_marker_and_its_family() -> None:
+    from protocols.tlib.mesh import reserved_keys
+
+    assert reserved_keys({"AttributeExtensions": {"mesh": "claim", "mesh-node": "n",
+                                                  "meshy": 1, "ReasonCode": 3}}) == [
+        "mesh", "mesh-node"]
+    assert reserved_keys({"AttributeExtensions": {"ReasonCode": 3}}) == []
+    assert reserved_keys({"AttributeThisDN": "1001"}) == []
+    assert reserved_keys({"AttributeExtensions": "not a map"}) == []
