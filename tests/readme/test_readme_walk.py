@@ -386,6 +386,11 @@ def test_lab_stop_leaves_no_process(user_lab: dict[str, Any], walk: Walk) -> Non
         env=user_env())
     assert pids_alive(pids) == []
     assert processes_mentioning(str(lab_dir)) == []
+    # lab.json says so: the tools that default to it no longer ask a stopped DNS
+    stopped = json.loads((lab_dir / "lab.json").read_text())
+    assert stopped["dns"] is None
+    assert not any(p["running"] for c in stopped["data_centres"].values()
+                   for p in [*c["proxies"], *c["nodes"]])
 
 
 def test_make_lab_runs_until_ctrl_c(walk: Walk) -> None:
