@@ -49,12 +49,13 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Protocol
 
 from daemons.runtime.tlib_server import TLibConnection
-from daemons.t_controller.agent import AgentEvent, AgentTable
+from daemons.t_controller.agent import AgentEvent
 from daemons.t_controller.controller import CALL_EVENTS, NodeCall, decision_of
 from daemons.t_controller.latency import event_wall_time
 from daemons.t_controller.node_link import ForwardedRequest, NodeLinkDown
-from daemons.t_controller.ownership import OwnershipOutput, OwnershipTable
-from daemons.t_controller.peers import Peer, PeerTable
+from daemons.t_controller.ownership import OwnershipOutput
+from daemons.t_controller.peers import Peer
+from daemons.t_controller.state import ControllerState
 from protocols.tlib.errors import ErrorCode, TLibError
 from protocols.tlib.framing import TMap
 from protocols.tlib.mesh import (
@@ -76,21 +77,11 @@ _LINK_ATTRIBUTES = frozenset({"message", "AttributeReferenceID", "AttributeEvent
 _POLL = object()  # origin of a latency poll
 
 
-class MeshController(Protocol):
+class MeshController(ControllerState, Protocol):
     """What the mesh needs of the :class:`~daemons.t_controller.controller.TController`."""
 
     @property
     def name(self) -> str: ...
-    @property
-    def node(self) -> str: ...
-    @property
-    def clock(self) -> Callable[[], float]: ...
-    @property
-    def agents(self) -> AgentTable: ...
-    @property
-    def ownership(self) -> OwnershipTable: ...
-    @property
-    def peers(self) -> PeerTable: ...
     @property
     def remote_agents(self) -> dict[str, dict[str, Any]]: ...
 

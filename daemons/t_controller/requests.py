@@ -31,12 +31,13 @@ from typing import Any, Protocol
 from daemons.cluster.config import OwnershipKind
 from daemons.runtime.management import Metrics
 from daemons.runtime.tlib_server import TLibConnection
-from daemons.t_controller.agent import AgentError, AgentEvent, AgentState, AgentTable
+from daemons.t_controller.agent import AgentError, AgentEvent, AgentState
 from daemons.t_controller.agent_events import request_reasons, request_work_mode
 from daemons.t_controller.clients import TCPortClients, client_id, registered_dns
 from daemons.t_controller.node_link import ForwardedRequest, NodeLinkDown
-from daemons.t_controller.ownership import OwnershipOutput, OwnershipTable
-from daemons.t_controller.peers import Peer, PeerTable
+from daemons.t_controller.ownership import OwnershipOutput
+from daemons.t_controller.peers import Peer
+from daemons.t_controller.state import ControllerState
 from protocols.tlib.errors import ErrorCode, TLibError
 from protocols.tlib.framing import TMap
 from protocols.tlib.mesh import (
@@ -78,24 +79,14 @@ Handler = Callable[[TLibConnection, RequestReceived], None]
 PeerHandler = Callable[[TLibConnection, RequestReceived, Peer, MeshRequest], None]
 
 
-class RequestController(Protocol):
+class RequestController(ControllerState, Protocol):
     """What request handling needs of the
     :class:`~daemons.t_controller.controller.TController`."""
 
     @property
-    def node(self) -> str: ...
-    @property
     def log_debug(self) -> bool: ...
     @property
-    def clock(self) -> Callable[[], float]: ...
-    @property
-    def agents(self) -> AgentTable: ...
-    @property
-    def ownership(self) -> OwnershipTable: ...
-    @property
     def tcport_clients(self) -> TCPortClients: ...
-    @property
-    def peers(self) -> PeerTable: ...
 
     def known_dn(self, dn: str) -> bool: ...
     def in_service(self, dn: str) -> bool: ...

@@ -20,37 +20,28 @@ ownership, interest withdrawn from the peers). The requests go to
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from typing import Any, Protocol
 
 from daemons.runtime.tlib_server import TLibConnection
-from daemons.t_controller.agent import AgentEvent, AgentTable
+from daemons.t_controller.agent import AgentEvent
 from daemons.t_controller.clients import TCPortClients, client_id
-from daemons.t_controller.ownership import OwnershipOutput, OwnershipTable
-from daemons.t_controller.peers import SMART_PROXY_PREFIX, PeerTable
+from daemons.t_controller.ownership import OwnershipOutput
+from daemons.t_controller.peers import SMART_PROXY_PREFIX
 from daemons.t_controller.requests import Requests
+from daemons.t_controller.state import ControllerState
 from protocols.tlib.session import RequestReceived
 
 __all__ = ["PeerConnections", "TCPort", "TCPortController"]
 
 
-class TCPortController(Protocol):
+class TCPortController(ControllerState, Protocol):
     """What TCport needs of the :class:`~daemons.t_controller.controller.TController`."""
 
     @property
-    def node(self) -> str: ...
-    @property
     def log(self) -> Any: ...
     @property
-    def clock(self) -> Callable[[], float]: ...
-    @property
-    def agents(self) -> AgentTable: ...
-    @property
-    def ownership(self) -> OwnershipTable: ...
-    @property
     def tcport_clients(self) -> TCPortClients: ...
-    @property
-    def peers(self) -> PeerTable: ...
 
     def publish_agent_events(self, events: Iterable[AgentEvent],
                              answer: tuple[TLibConnection, int] | None = None, *,
