@@ -43,7 +43,7 @@ class TimerSlot:
 
     def arm(self, when: float | None) -> None:
         """Follow ``when`` (the object's ``next_timer()``); None disarms."""
-        if when == self._when and (when is None or self._handle is not None):
+        if when == self._when:  # a fired slot has no deadline, so this is the armed one
             return
         if self._handle is not None:
             self._handle.cancel()

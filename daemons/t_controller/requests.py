@@ -164,12 +164,21 @@ class Requests:
 
     def on_tcport_request(self, conn: TLibConnection, request: RequestReceived) -> None:
         """A request of a TCport client (desktop, smart client)."""
-        if self._reserved("tc-port", conn, request):
+        self._client_request("tc-port", "TCport", self.tcport, conn, request)
+
+    def on_smart_proxy_request(self, conn: TLibConnection, request: RequestReceived) -> None:
+        """A request of a Smart Proxy client."""
+        self._client_request("smart-proxy-port", "the Smart Proxy port", self.smart_proxy,
+                             conn, request)
+
+    def _client_request(self, port: str, where: str, table: dict[str, Handler],
+                        conn: TLibConnection, request: RequestReceived) -> None:
+        if self._reserved(port, conn, request):
             return
-        handler = self.tcport.get(request.name)
+        handler = table.get(request.name)
         if handler is None:
             conn.answer_error(request, ErrorCode.REQUEST_NOT_SUPPORTED,
-                              f"{request.name} is not supported on TCport")
+                              f"{request.name} is not supported on {where}")
             return
         handler(conn, request)
 
@@ -193,17 +202,6 @@ class Requests:
                               f"{request.name} is not supported between t-controllers")
             return
         handler(conn, request, peer, message)
-
-    def on_smart_proxy_request(self, conn: TLibConnection, request: RequestReceived) -> None:
-        """A request of a Smart Proxy client."""
-        if self._reserved("smart-proxy-port", conn, request):
-            return
-        handler = self.smart_proxy.get(request.name)
-        if handler is None:
-            conn.answer_error(request, ErrorCode.REQUEST_NOT_SUPPORTED,
-                              f"{request.name} is not supported on the Smart Proxy port")
-            return
-        handler(conn, request)
 
     # -- every port -----------------------------------------------------------------------
     def address_info(self, conn: TLibConnection, request: RequestReceived) -> None:

@@ -842,7 +842,7 @@ class DigestAuthenticator:
         ]
 
     def _offered(self, algorithms: Iterable[str] | None) -> tuple[str, ...]:
-        if algorithms is None:
+        if algorithms is None or algorithms is self.algorithms:
             return self.algorithms
         chosen = tuple(_canonical_algorithm(a) for a in algorithms)
         unknown = [a for a in chosen if a not in self.algorithms]
