@@ -138,9 +138,30 @@ def lab(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
         if started.returncode != 0:
             pytest.fail(f"lab did not start:\n{started.stdout}\n{started.stderr}")
         desc = json.loads((directory / "lab.json").read_text())
-        yield Lab(directory, desc, subnets)
+        lab = Lab(directory, desc, subnets)
+        _wait_local_nodes_usable(lab)
+        yield lab
     finally:
         _lab_command(directory, "stop")
+
+
+def _wait_local_nodes_usable(lab: Lab, timeout: float = 20.0) -> None:
+    """Healthy is not routed: until its first node checks answer, a proxy knows no
+    node of its own data centre in service and sends new dialogs elsewhere. Wait
+    until every running proxy has a usable node of its own geo-location."""
+    deadline = time.monotonic() + timeout
+    pending = [p for p in lab.proxies() if p["running"]]
+    while pending:
+        for proxy in list(pending):
+            with contextlib.suppress(urllib.error.URLError, OSError, ValueError, KeyError):
+                nodes = lab.http_json(proxy["host"], proxy["http_port"], "/status/nodes")["nodes"]
+                if any(n["local"] and n["usable"] for n in nodes.values()):
+                    pending.remove(proxy)
+        if pending and time.monotonic() > deadline:
+            pytest.fail("proxies without a usable local node: "
+                        + ", ".join(p["name"] for p in pending))
+        if pending:
+            time.sleep(0.2)
 
 
 # =========================================================================== DNS
