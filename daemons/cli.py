@@ -26,6 +26,15 @@ COMMANDS: list[tuple[str | None, str]] = [
     (None, "daemons.t_controller.service"),
     (None, "daemons.geo_dns.service"),
     (None, "daemons.sip_proxy.service"),
+    (None, "daemons.feature_server.service"),
+    (None, "daemons.feature_server.cli"),
+    (None, "daemons.rtm_server.service"),
+    (None, "daemons.rtm_server.cli"),
+    (None, "daemons.status_aggregator.service"),
+    (None, "daemons.status_aggregator.cli"),
+    (None, "daemons.runtime.certs"),
+    (None, "daemons.director.service"),
+    (None, "daemons.director.cli"),
 ]
 
 GROUP_HELP = {"sip": "SIP tools (lint a message, test endpoints)"}

@@ -50,3 +50,30 @@ def _require_tool_fixture() -> object:
 def _free_port_fixture() -> object:
     """Fixture form of :func:`free_port`."""
     return free_port
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> object:
+    """A real PostgreSQL server for this test session (tests/support/postgres.py).
+
+    Missing binaries skip on a developer machine and fail in CI, like any peer.
+    """
+    from tests.support.postgres import PostgresServer, find_bindir
+
+    bindir = find_bindir()
+    if bindir is None:
+        require_tool("initdb")  # fails in CI, skips elsewhere
+    assert bindir is not None
+    server = PostgresServer(bindir)
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def postgres_dsn(postgres_server: object) -> str:
+    """The DSN of a fresh, empty database on the session's PostgreSQL server."""
+    from tests.support.postgres import PostgresServer
+
+    assert isinstance(postgres_server, PostgresServer)
+    return postgres_server.create_database()

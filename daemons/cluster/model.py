@@ -55,6 +55,9 @@ class AppKind(StrEnum):
     SIP_PROXY = "sip-proxy"
     FEATURE_SERVER = "feature-server"
     VQ_SIP_SERVER = "vq-sip-server"
+    RTM_SERVER = "rtm-server"
+    STATUS_AGGREGATOR = "status-aggregator"
+    DIRECTOR = "director"
 
 
 class OwnershipKind(StrEnum):

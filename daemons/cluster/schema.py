@@ -322,6 +322,9 @@ PORTS: dict[AppKind, tuple[tuple[str, ...], tuple[str, ...]]] = {
     ),
     AppKind.FEATURE_SERVER: (("http-port",), ("sip-port", "management-port")),
     AppKind.VQ_SIP_SERVER: (("default-port",), ("sip-port", "http-port", "management-port")),
+    AppKind.RTM_SERVER: (("rtm-port",), ("http-port",)),
+    AppKind.STATUS_AGGREGATOR: (("status-port",), ("http-port",)),
+    AppKind.DIRECTOR: (("http-port",), ("director-port",)),
 }
 
 

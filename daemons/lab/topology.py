@@ -17,7 +17,10 @@ from daemons.lab.supervisor import ProcessSpec
 
 #: start order: a t-controller links to its sip-server, proxies probe the nodes;
 #: kinds not listed start last
-START_ORDER = [AppKind.SIP_SERVER, AppKind.T_CONTROLLER, AppKind.SIP_PROXY, AppKind.FEATURE_SERVER]
+START_ORDER = [
+    AppKind.RTM_SERVER, AppKind.STATUS_AGGREGATOR, AppKind.FEATURE_SERVER,
+    AppKind.SIP_SERVER, AppKind.T_CONTROLLER, AppKind.SIP_PROXY, AppKind.DIRECTOR,
+]
 
 #: the lab's geo-aware DNS (``sipcluster geo-dns``): one listener per data
 #: centre, unprivileged port; its management HTTP listener (/healthz,
