@@ -221,6 +221,8 @@ ATTRIBUTES: Final[Mapping[str, AttributeSpec]] = {
         _a("AttributeAddressInfoStatus", N, "Answer to RequestQueryAddress (count or status)"),
         _a("AttributeRouteType", S, "How RequestRouteCall routes", ROUTE_TYPES),
         _a("AttributeMakeCallType", S, "Kind of RequestMakeCall", MAKE_CALL_TYPES),
+        _a("AttributePriority", N, "Priority of a reservation (agent_reservation): higher wins"),
+        _a("AttributeTimeout", N, "Seconds a reservation holds if no call follows"),
         _a("AttributeReferenceID", N, "Request correlation, echoed by the answering event"),
         _a("AttributeEventSequenceNumber", N, "Per-connection event counter, from 1"),
         _a("AttributeTimeinSecs", N, "Event time, whole seconds since the Unix epoch"),
@@ -359,6 +361,11 @@ _MESSAGES: tuple[MessageSpec, ...] = (
     _req("RequestRouteCall", "EventRouteUsed", (_DN, _CONN, "AttributeOtherDN"),
          ("AttributeRouteType", "AttributeUserData"),
          "Answer an EventRouteRequest: send the call to OtherDN."),
+    _req("RequestReserveAgent", "EventAgentReserved", (_DN,),
+         ("AttributeAgentID", "AttributeConnID", "AttributePriority", "AttributeTimeout"),
+         "Reserve the Ready agent of ThisDN for one routed call (guide: 'Agent "
+         "Reservation'); answered by the DN's owner t-controller after "
+         "request-collection-time."),
     # -- user data ------------------------------------------------------------
     _req("RequestAttachUserData", "EventAttachedDataChanged", (_DN, _CONN, "AttributeUserData"),
          (), "Add keys to the call's data."),
@@ -388,6 +395,10 @@ _MESSAGES: tuple[MessageSpec, ...] = (
     _ev("EventAgentLogout", (_DN,), _AGENT_OPT, "Agent logged out."),
     _ev("EventAgentReady", (_DN,), _AGENT_OPT, "Agent ready."),
     _ev("EventAgentNotReady", (_DN,), _AGENT_OPT, "Agent not ready (work mode, reason)."),
+    _ev("EventAgentReserved", (_DN,),
+        ("AttributeAgentID", "AttributeConnID", "AttributePriority", "AttributeTimeout"),
+        "The agent is reserved for the requester until a call reaches the DN or "
+        "AttributeTimeout passes."),
     # -- events: calls --------------------------------------------------------
     _ev("EventDialing", (_DN, _CONN), _CALL_OPT, "ThisDN dials OtherDN."),
     _ev("EventRinging", (_DN, _CONN), _CALL_OPT, "A call rings on ThisDN."),

@@ -39,6 +39,8 @@ class ErrorCode(IntEnum):
     INVALID_CALL_STATE = 59
     REQUEST_NOT_SUPPORTED = 60
     ROUTE_TIMEOUT = 61
+    AGENT_RESERVATION_CONFLICT = 62
+    AGENT_NOT_AVAILABLE = 63
     INTERNAL_ERROR = 70
 
 
@@ -66,6 +68,8 @@ ERROR_TEXT: dict[ErrorCode, str] = {
     ErrorCode.INVALID_CALL_STATE: "Invalid call state",
     ErrorCode.REQUEST_NOT_SUPPORTED: "Request not supported on this port",
     ErrorCode.ROUTE_TIMEOUT: "Routing timeout",
+    ErrorCode.AGENT_RESERVATION_CONFLICT: "Agent reserved for another request",
+    ErrorCode.AGENT_NOT_AVAILABLE: "Agent not available for routing",
     ErrorCode.INTERNAL_ERROR: "Internal error",
 }
 

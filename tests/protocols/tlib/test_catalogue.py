@@ -32,12 +32,13 @@ RequestAgentLogin RequestAgentLogout RequestAgentReady RequestAgentNotReady Requ
 RequestQueryServer RequestMakeCall RequestAnswerCall RequestReleaseCall RequestHoldCall
 RequestRetrieveCall RequestSingleStepTransfer RequestInitiateTransfer RequestCompleteTransfer
 RequestRouteCall RequestAttachUserData RequestUpdateUserData RequestDeleteUserData
-RequestKeepAlive""".split()
+RequestKeepAlive RequestReserveAgent""".split()
 BRIEF_EVENTS = """EventServerInfo EventRegistered EventUnregistered EventDNOutOfService
 EventDNBackInService EventAgentLogin EventAgentLogout EventAgentReady EventAgentNotReady
 EventDialing EventRinging EventEstablished EventReleased EventHeld EventRetrieved
 EventPartyChanged EventQueued EventDiverted EventRouteRequest EventRouteUsed
-EventAttachedDataChanged EventAddressInfo EventError EventACK EventKeepAlive""".split()
+EventAttachedDataChanged EventAddressInfo EventError EventACK EventKeepAlive
+EventAgentReserved""".split()
 
 
 def test_catalogue_holds_the_classic_names() -> None:
@@ -198,3 +199,13 @@ def test_documentation_lists_the_whole_catalogue() -> None:
         assert f"`{attribute}`" in doc, attribute
     for code in ErrorCode:
         assert f"| {int(code)} | `{code.name}` |" in doc, code
+
+
+def test_reserve_agent_request() -> None:
+    msg = make_message("RequestReserveAgent", AttributeReferenceID=3, AttributeThisDN="1001",
+                       AttributeAgentID="a1001", AttributePriority=8, AttributeTimeout=6)
+    assert validate(msg, kind="request").answer == "EventAgentReserved"
+    with pytest.raises(InvalidAttribute):
+        validate({**msg, "AttributePriority": "high"}, kind="request")
+    with pytest.raises(MissingAttribute):
+        validate(make_message("RequestReserveAgent", AttributeReferenceID=4), kind="request")
