@@ -1,0 +1,1 @@
+"""The feature-server daemon: dial plan, trunks and provisioning (docs/feature-server.md)."""
