@@ -93,6 +93,9 @@ class TServerOptions:
     agent_no_answer_overflow: tuple[str, ...] = ()
     after_routing_timeout: float = 18.0
     set_notready_on_busy: bool = True
+    #: agent reservation (guide: "[agent-reservation] request-collection-time")
+    request_collection_time: float = 0.3
+    agent_reservation_timeout: float = 6.0
     wrap_up_time: int = 0
     emulated_login_state: str = "not_ready"
     logout_on_disconnect: bool = False

@@ -191,6 +191,10 @@ TSERVER_OPTIONS: Schema = {
     "agent-no-answer-overflow": (_overflow, ()),
     "after-routing-timeout": (_seconds, 18.0),
     "set-notready-on-busy": (_bool, True),
+    # [agent-reservation] (guide: "Agent Reservation in SIP Cluster"): seconds
+    # reservation requests for one agent are gathered, and a reservation's hold
+    "request-collection-time": (_seconds, 0.3),
+    "agent-reservation-timeout": (_seconds, 6.0),
     "wrap-up-time": (_wrap_up, 0),
     "emulated-login-state": (_choice("ready", "not_ready"), "not_ready"),
     "logout-on-disconnect": (_bool, False),
