@@ -1,0 +1,326 @@
+"""The aggregator's status table: every user's record, who publishes it, who
+watches it, and what a silent publisher means (docs/status-aggregator.md,
+"Status table"; guide: "How Status Aggregator works").
+
+The table keeps each publisher's last record per user as published (the
+*raw* record) and derives what consumers see (:meth:`StatusTable.view`):
+while its publisher is silent, a user is logged off and not on the phone and
+only a persistent status is left. Keeping the raw record is what lets a
+mirror that heard the publisher restore the user after a partition heals.
+
+Rules (each refusal is an :class:`ErrorCode` per user):
+
+* a record names a user of the directory (``known_user``), else ``UNKNOWN_USER``;
+* a publisher publishes only for itself, and not for a user logged on
+  through another publisher that is online (``NOT_OWNER``);
+* its records are ordered by ``(incarnation, seq)``; an older one is
+  ``STALE_SEQUENCE``;
+* ``status = None`` keeps a persistent status the table holds (a restarted
+  publisher that does not know it); a log-off (empty ``server``) clears a
+  non-persistent status;
+* a snapshot replaces the publisher's set: its users not in the snapshot
+  are logged off (:meth:`retire_before`).
+
+Sans-I/O: time is ``now``; :meth:`next_timer` / :meth:`handle_timer` run the
+``publisher-timeout``.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field, replace
+from typing import Any, Final
+
+from protocols.status.errors import ErrorCode
+from protocols.status.messages import StatusRecord
+
+DEFAULT_PUBLISHER_TIMEOUT: Final = 30.0
+
+#: ``Watch`` of every user
+ALL_USERS: Final = "*"
+
+_intern = sys.intern
+
+#: floor of a snapshot that has no record yet: every older record is retired
+_NO_FLOOR: Final = (2**63, 0)
+
+
+@dataclass(slots=True)
+class PublisherState:
+    """A publisher as this aggregator knows it (directly or through a mirror)."""
+
+    name: str
+    incarnation: int = 0
+    online: bool = False
+    last_heard: float = 0.0
+    users: set[str] = field(default_factory=set)
+    #: lowest ``(incarnation, seq)`` of the snapshot being received
+    snapshot_floor: tuple[int, int] | None = None
+
+
+def order(record: StatusRecord) -> tuple[int, int]:
+    return (record.incarnation, record.seq)
+
+
+class StatusTable:
+    """Records by user, publishers, watchers; see the module docstring."""
+
+    def __init__(
+        self,
+        *,
+        publisher_timeout: float = DEFAULT_PUBLISHER_TIMEOUT,
+        known_user: Callable[[str], bool] | None = None,
+    ) -> None:
+        self.publisher_timeout = publisher_timeout
+        self.known_user = known_user
+        self.raw: dict[str, StatusRecord] = {}
+        self.publishers: dict[str, PublisherState] = {}
+        self._watchers: dict[str, set[int]] = {}
+        self._watching: dict[int, set[str]] = {}
+        self._watch_all: set[int] = set()
+
+    # -- reading ------------------------------------------------------------
+    def __len__(self) -> int:
+        return len(self.raw)
+
+    def view(self, user: str) -> StatusRecord:
+        """What consumers see of ``user`` (an empty record if none is held)."""
+        record = self.raw.get(user)
+        if record is None:
+            return StatusRecord(user=user, status="")
+        publisher = self.publishers.get(record.publisher)
+        if publisher is not None and publisher.online:
+            return record
+        return _silenced(record)
+
+    def is_known(self, user: str) -> bool:
+        return user in self.raw or self.known_user is None or self.known_user(user)
+
+    def publisher(self, name: str) -> PublisherState:
+        state = self.publishers.get(name)
+        if state is None:
+            state = self.publishers[name] = PublisherState(_intern(name))
+        return state
+
+    # -- publishers ---------------------------------------------------------
+    def heard(self, name: str, incarnation: int, now: float) -> list[str]:
+        """The publisher (or a mirror on its behalf) was heard; users whose
+        view changed because it came back online."""
+        state = self.publisher(name)
+        if incarnation < state.incarnation:
+            return []
+        state.incarnation = incarnation
+        state.last_heard = max(state.last_heard, now)
+        if state.online:
+            return []
+        state.online = True
+        return sorted(state.users)
+
+    def publish(
+        self, publisher: str, incarnation: int, records: Iterable[StatusRecord], now: float
+    ) -> tuple[list[StatusRecord], dict[str, int]]:
+        """Records from ``publisher``'s own connection (heard first, with
+        :meth:`heard`): (accepted as stored, refused user -> code)."""
+        state = self.publisher(publisher)
+        accepted: list[StatusRecord] = []
+        refused: dict[str, int] = {}
+        for record in records:
+            record = replace(record, publisher=record.publisher or state.name,
+                             incarnation=record.incarnation or incarnation)
+            code = self._check(state, record)
+            if code is not None:
+                refused[record.user] = int(code)
+                continue
+            stored = self._store(state, record)
+            if state.snapshot_floor is not None:
+                state.snapshot_floor = min(state.snapshot_floor, order(stored))
+            accepted.append(stored)
+        return accepted, refused
+
+    def begin_snapshot(self, publisher: str) -> None:
+        """A snapshot starts: its records, up to :meth:`end_snapshot`, are the
+        publisher's whole set."""
+        self.publisher(publisher).snapshot_floor = _NO_FLOOR
+
+    def end_snapshot(self, publisher: str) -> tuple[tuple[int, int], list[StatusRecord]]:
+        """The snapshot is complete: its floor (the oldest record it holds) and
+        the records of the users it logged off (every user it did not name)."""
+        state = self.publisher(publisher)
+        floor = state.snapshot_floor or _NO_FLOOR
+        state.snapshot_floor = None
+        return floor, self.retire_before(publisher, floor)
+
+    def retire_before(self, publisher: str, floor: tuple[int, int]) -> list[StatusRecord]:
+        """Log off ``publisher``'s users whose record is older than ``floor``
+        (not in its latest snapshot); the records changed."""
+        state = self.publisher(publisher)
+        retired = []
+        for user in list(state.users):
+            record = self.raw[user]
+            if order(record) < floor and (record.server or record.on_phone
+                                          or (record.status and not record.persistent)):
+                retired.append(self._put(state, _silenced(record)))
+        return retired
+
+    def _check(self, state: PublisherState, record: StatusRecord) -> ErrorCode | None:
+        if record.publisher and record.publisher != state.name:
+            return ErrorCode.NOT_OWNER
+        if not self.is_known(record.user):
+            return ErrorCode.UNKNOWN_USER
+        held = self.raw.get(record.user)
+        if held is None:
+            return None
+        if held.publisher != state.name:
+            owner = self.publishers.get(held.publisher)
+            if held.server and owner is not None and owner.online:
+                return ErrorCode.NOT_OWNER
+            return None
+        if order(record) <= order(held):
+            return ErrorCode.STALE_SEQUENCE
+        return None
+
+    def _store(self, state: PublisherState, record: StatusRecord) -> StatusRecord:
+        held = self.raw.get(record.user)
+        status = record.status
+        persistent = record.persistent
+        detail, until = record.detail, record.until
+        if status is None:
+            if held is not None and held.persistent and held.status:
+                status, persistent, detail, until = held.status, True, held.detail, held.until
+            else:
+                status = ""
+        if not record.server and not persistent:
+            status, detail, until = "", "", None
+        stored = StatusRecord(
+            user=_intern(record.user), status=_intern(status), persistent=persistent,
+            until=until, detail=detail, on_phone=record.on_phone and bool(record.server),
+            server=_intern(record.server), publisher=state.name,
+            incarnation=record.incarnation, seq=record.seq)
+        return self._put(state, stored)
+
+    def _put(self, state: PublisherState, record: StatusRecord) -> StatusRecord:
+        held = self.raw.get(record.user)
+        if held is not None and held.publisher != state.name:
+            previous = self.publishers.get(held.publisher)
+            if previous is not None:
+                previous.users.discard(record.user)
+        self.raw[record.user] = record
+        state.users.add(record.user)
+        return record
+
+    # -- mirrors ------------------------------------------------------------
+    def merge(self, records: Iterable[StatusRecord]) -> list[StatusRecord]:
+        """Records a mirror accepted: keep each that is newer than ours (same
+        publisher: later ``(incarnation, seq)``; another publisher: the user is
+        logged on there and not here, or later ``(incarnation, seq)``)."""
+        taken = []
+        for record in records:
+            held = self.raw.get(record.user)
+            if held is not None and not _newer(record, held):
+                continue
+            state = self.publisher(record.publisher)
+            if state.incarnation < record.incarnation:
+                state.incarnation = record.incarnation
+            taken.append(self._put(state, replace(
+                record, user=_intern(record.user), status=_intern(record.status or ""),
+                server=_intern(record.server), publisher=state.name)))
+        return taken
+
+    def merge_publishers(self, publishers: dict[str, dict[str, Any]], now: float) -> list[str]:
+        """A mirror's publisher table: online ones count as heard."""
+        changed: list[str] = []
+        for name, info in publishers.items():
+            incarnation = info.get("incarnation", 0)
+            if info.get("online") and isinstance(incarnation, int):
+                changed.extend(self.heard(name, incarnation, now))
+        return changed
+
+    def publisher_summary(self) -> dict[str, dict[str, Any]]:
+        return {p.name: {"incarnation": p.incarnation, "online": p.online}
+                for p in self.publishers.values()}
+
+    # -- the publisher timeout ----------------------------------------------
+    def next_timer(self) -> float | None:
+        deadlines = [p.last_heard + self.publisher_timeout
+                     for p in self.publishers.values() if p.online]
+        return min(deadlines) if deadlines else None
+
+    def handle_timer(self, now: float) -> list[str]:
+        """Publishers silent for ``publisher-timeout`` go offline; the users
+        whose view changed."""
+        changed: list[str] = []
+        for state in self.publishers.values():
+            if state.online and now >= state.last_heard + self.publisher_timeout:
+                state.online = False
+                changed.extend(sorted(state.users))
+        return changed
+
+    # -- watchers -----------------------------------------------------------
+    def watch(
+        self, watcher: int, users: Iterable[str]
+    ) -> tuple[list[StatusRecord], dict[str, int]]:
+        """Add watches; the watched users' views and the users refused."""
+        records: list[StatusRecord] = []
+        refused: dict[str, int] = {}
+        watching = self._watching.setdefault(watcher, set())
+        for user in users:
+            if user == ALL_USERS:
+                self._watch_all.add(watcher)
+                records.extend(self.view(u) for u in self.raw)
+                continue
+            if not self.is_known(user):
+                refused[user] = int(ErrorCode.UNKNOWN_USER)
+                continue
+            self._watchers.setdefault(user, set()).add(watcher)
+            watching.add(user)
+            records.append(self.view(user))
+        return records, refused
+
+    def unwatch(self, watcher: int, users: Iterable[str]) -> None:
+        watching = self._watching.get(watcher, set())
+        for user in users:
+            if user == ALL_USERS:
+                self._watch_all.discard(watcher)
+                continue
+            watching.discard(user)
+            holders = self._watchers.get(user)
+            if holders is not None:
+                holders.discard(watcher)
+                if not holders:
+                    del self._watchers[user]
+
+    def drop_watcher(self, watcher: int) -> None:
+        self.unwatch(watcher, list(self._watching.pop(watcher, ())))
+        self._watch_all.discard(watcher)
+
+    @property
+    def watch_count(self) -> int:
+        return sum(len(w) for w in self._watching.values()) + len(self._watch_all)
+
+    def watchers_of(self, users: Iterable[str]) -> dict[int, list[str]]:
+        """Who is told of a change of ``users``: watcher -> its users."""
+        fan: dict[int, list[str]] = {}
+        every = self._watch_all
+        for user in users:
+            for watcher in self._watchers.get(user, ()):
+                fan.setdefault(watcher, []).append(user)
+            for watcher in every:
+                fan.setdefault(watcher, []).append(user)
+        return fan
+
+
+def _silenced(record: StatusRecord) -> StatusRecord:
+    """A record as it is when its user is logged off: not on the phone, only a
+    persistent status left."""
+    if record.persistent:
+        return replace(record, server="", on_phone=False)
+    return replace(record, server="", on_phone=False, status="", detail="", until=None)
+
+
+def _newer(record: StatusRecord, held: StatusRecord) -> bool:
+    if record.publisher == held.publisher:
+        return order(record) > order(held)
+    if bool(record.server) != bool(held.server):
+        return bool(record.server)
+    return order(record) > order(held)
