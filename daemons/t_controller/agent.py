@@ -187,6 +187,9 @@ class AgentOptions:
     logout_on_out_of_service: bool = True
     auto_logout_timeout: float = 0.0  # minutes, 0 = never
     auto_logout_ready: bool = True
+    #: agent reservation (guide: "Agent Reservation in SIP Cluster")
+    request_collection_time: float = 0.3
+    agent_reservation_timeout: float = 6.0
 
     @classmethod
     def from_tserver(cls, options: TServerOptions) -> AgentOptions:
@@ -197,6 +200,8 @@ class AgentOptions:
             logout_on_out_of_service=options.logout_on_out_of_service,
             auto_logout_timeout=float(options.auto_logout_timeout),
             auto_logout_ready=options.auto_logout_ready,
+            request_collection_time=float(options.request_collection_time),
+            agent_reservation_timeout=float(options.agent_reservation_timeout),
         )
 
 
@@ -274,6 +279,8 @@ class AgentTable:
         self._by_dn: dict[str, _Agent] = {}
         self._dn_of_agent: dict[str, str] = {}
         self._calls: dict[str, set[str]] = {}
+        #: calls that ever reached each DN (a reservation ends at the next one)
+        self._offered: dict[str, int] = {}
         self._order = itertools.count()
         #: (deadline, dn) of wrap-up ends and inactivity logouts; an item whose
         #: agent's deadline changed since is stale and skipped when it reaches the top
@@ -303,6 +310,10 @@ class AgentTable:
 
     def on_call(self, dn: str) -> bool:
         return bool(self._calls.get(dn))
+
+    def offered(self, dn: str) -> int:
+        """How many calls have reached the DN (rung or established) so far."""
+        return self._offered.get(dn, 0)
 
     def calls(self, dn: str) -> frozenset[str]:
         """The ConnIDs of the calls the DN is on."""
@@ -435,7 +446,10 @@ class AgentTable:
     # -- call events ---------------------------------------------------------
     def call_established(self, dn: str, conn_id: str, now: float) -> list[AgentEvent]:
         """A call of the DN reached the established state (or rings on it)."""
-        self._calls.setdefault(dn, set()).add(conn_id)
+        calls = self._calls.setdefault(dn, set())
+        if conn_id not in calls:
+            calls.add(conn_id)
+            self._offered[dn] = self._offered.get(dn, 0) + 1
         agent = self._by_dn.get(dn)
         if agent is not None:
             agent.last_activity = now

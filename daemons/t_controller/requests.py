@@ -25,10 +25,12 @@ the event it causes or ``EventError`` with a code and a text.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Protocol
 
 from daemons.cluster.config import OwnershipKind
+from daemons.runtime.driver import TimerSlot
 from daemons.runtime.management import Metrics
 from daemons.runtime.tlib_server import TLibConnection
 from daemons.t_controller.agent import AgentError, AgentEvent, AgentState
@@ -37,6 +39,13 @@ from daemons.t_controller.clients import TCPortClients, client_id, registered_dn
 from daemons.t_controller.node_link import ForwardedRequest, NodeLinkDown
 from daemons.t_controller.ownership import OwnershipOutput
 from daemons.t_controller.peers import Peer
+from daemons.t_controller.reservation import (
+    Output,
+    Refused,
+    ReservationGranted,
+    ReservationRequest,
+    ReservationTable,
+)
 from daemons.t_controller.state import ControllerState
 from protocols.tlib.errors import ErrorCode, TLibError
 from protocols.tlib.framing import TMap
@@ -126,12 +135,25 @@ class Requests:
         self.peers = controller.peers
         self.node_link = node_link
         self.log = log
+        options = controller.agents.options
+        #: agent reservation (guide: "Agent Reservation in SIP Cluster"): this
+        #: node is the one authority for the agents of the DNs it owns
+        self.reservations = ReservationTable(
+            self._reservable, controller.agents.offered,
+            collection_time=options.request_collection_time,
+            default_timeout=options.agent_reservation_timeout)
+        self.reservation_outcomes = (metrics or Metrics("sipcluster")).tally(
+            "tcontroller_agent_reservations",
+            "RequestReserveAgent answers of this node, by outcome", ("outcome",))
+        self._reservation_timer = TimerSlot(asyncio.get_running_loop(),
+                                            lambda _now: self._on_reservation_timer())
         self.tcport: dict[str, Handler] = {
             **dict.fromkeys(AGENT_REQUESTS, self._tcport_agent_request),
             **dict.fromkeys(CALL_CONTROL_REQUESTS, self._tcport_call_control),
             "RequestRegisterAddress": self._register_address,
             "RequestUnregisterAddress": self._unregister_address,
             "RequestQueryAddress": self.address_info,
+            "RequestReserveAgent": self._tcport_reserve_agent,
         }
         self.peer: dict[str, PeerHandler] = {
             **dict.fromkeys(AGENT_REQUESTS, self._peer_agent_request),
@@ -139,9 +161,11 @@ class Requests:
             "RequestRegisterAddress": self._peer_register_address,
             "RequestUnregisterAddress": self._peer_unregister_address,
             "RequestQueryAddress": self._peer_query_address,
+            "RequestReserveAgent": self._peer_reserve_agent,
         }
         self.smart_proxy: dict[str, Handler] = {
-            **dict.fromkeys(AGENT_REQUESTS | CALL_CONTROL_REQUESTS, self._not_on_smart_proxy),
+            **dict.fromkeys(AGENT_REQUESTS | CALL_CONTROL_REQUESTS | {"RequestReserveAgent"},
+                            self._not_on_smart_proxy),
             "RequestRegisterAddress": self._smart_proxy_register_address,
             "RequestUnregisterAddress": self._smart_proxy_unregister_address,
             "RequestQueryAddress": self.address_info,
@@ -446,6 +470,107 @@ class Requests:
         dn: str = request.message["AttributeThisDN"]
         if not self.peers.route_call_control(conn, request, dn, from_peer=peer):
             self.call_control(conn, request)
+
+    # -- agent reservation ------------------------------------------------------------------
+    def _tcport_reserve_agent(self, conn: TLibConnection, request: RequestReceived) -> None:
+        """A router reserves an agent: here when this node owns the DN, else at
+        the owner (the one authority; across the mesh, also between data
+        centres). No registration of the DN is needed: routers reserve any agent."""
+        dn: str = request.message["AttributeThisDN"]
+        if not self.controller.known_dn(dn):
+            self._reservation_refused(conn, request.reference_id, dn, ErrorCode.UNKNOWN_DN,
+                                      f"Unknown DN: {dn[:64]}")
+            return
+        owner = self.peers.owner_peer(dn)
+        if owner is not None:
+            if not self.peers.forward(owner, conn, request, client=client_id(conn)):
+                self._reservation_refused(
+                    conn, request.reference_id, dn, ErrorCode.DN_OUT_OF_SERVICE,
+                    f"DN {dn} is owned by {owner.node}; the link to {owner.tc} is down")
+            return
+        self.reserve_agent(conn, request, client_id(conn))
+
+    def _peer_reserve_agent(self, conn: TLibConnection, request: RequestReceived,
+                            peer: Peer, message: MeshRequest) -> None:
+        dn: str = request.message["AttributeThisDN"]
+        owner = self.peers.owner_peer(dn)
+        if owner is not None and owner is not peer:
+            self.peers.forward(owner, conn, request)  # the DN moved meanwhile
+            return
+        router = message.client if isinstance(message, RelayedRequest) else None
+        self.reserve_agent(conn, request, f"{peer.tc}/{router}" if router else f"{peer.tc}/?")
+
+    def reserve_agent(self, conn: TLibConnection, request: RequestReceived,
+                      holder: str) -> None:
+        """``RequestReserveAgent`` for a DN of this node: into the DN's collection window."""
+        message = request.message
+        timeout = message.get("AttributeTimeout")
+        reservation = ReservationRequest(
+            dn=message["AttributeThisDN"], holder=holder, token=(conn, request.reference_id),
+            agent_id=message.get("AttributeAgentID"), conn_id=message.get("AttributeConnID"),
+            priority=int(message.get("AttributePriority", 0)),
+            timeout=float(timeout) if timeout else None)
+        self._reservation_outputs(self.reservations.request(reservation, self.controller.clock()))
+
+    def _reservable(self, dn: str, agent_id: str | None) -> tuple[ErrorCode, str] | None:
+        """Whether the agent of ``dn`` (this node's) may be reserved now."""
+        controller = self.controller
+        refusal = controller.owner_check(dn)
+        if refusal is not None:
+            return refusal
+        view = controller.agents.agent(dn)
+        if view is None:
+            if agent_id is not None and controller.agents.dn_of(agent_id) is None:
+                return ErrorCode.UNKNOWN_AGENT, f"Unknown agent: {agent_id[:64]} is not logged in"
+            return ErrorCode.AGENT_NOT_LOGGED_IN, f"No agent is logged in on DN {dn}"
+        if agent_id is not None and view.agent_id != agent_id:
+            return ErrorCode.UNKNOWN_AGENT, f"Agent {agent_id[:64]} is not logged in on DN {dn}"
+        if not controller.agents.is_available(dn):
+            state = "on a call" if view.on_call else view.state.value
+            return (ErrorCode.AGENT_NOT_AVAILABLE,
+                    f"Agent {view.agent_id} on DN {dn} is not available for routing ({state})")
+        return None
+
+    def _on_reservation_timer(self) -> None:
+        try:
+            self._reservation_outputs(self.reservations.handle_timer(self.controller.clock()))
+        except Exception:
+            self.log.exception("agent_reservation_timer_failed")
+            self._reservation_timer.arm(self.reservations.next_timer())
+
+    def _reservation_outputs(self, outputs: list[Output]) -> None:
+        for out in outputs:
+            conn, reference_id = out.request.token
+            if isinstance(out, ReservationGranted):
+                held = out.reservation
+                attributes: dict[str, Any] = {
+                    "AttributeThisDN": held.dn, "AttributeReferenceID": reference_id,
+                    "AttributePriority": held.priority,
+                    "AttributeTimeout": max(1, round(held.expires - self.controller.clock())),
+                }
+                view = self.controller.agents.agent(held.dn)
+                if view is not None:
+                    attributes["AttributeAgentID"] = view.agent_id
+                if held.conn_id is not None:
+                    attributes["AttributeConnID"] = held.conn_id
+                self.reservation_outcomes.labels("granted").inc()
+                self.log.info("agent_reserved", dn=held.dn, holder=held.holder,
+                              priority=held.priority, conn_id=held.conn_id)
+                conn.send_event("EventAgentReserved", attributes)
+            else:
+                assert isinstance(out, Refused)
+                self._reservation_refused(conn, reference_id, out.request.dn, out.code,
+                                          out.text, holder=out.request.holder)
+        self._reservation_timer.arm(self.reservations.next_timer())
+
+    def _reservation_refused(self, conn: TLibConnection, reference_id: int, dn: str,
+                             code: ErrorCode, text: str, *, holder: str | None = None) -> None:
+        outcome = {ErrorCode.AGENT_RESERVATION_CONFLICT: "conflict",
+                   ErrorCode.AGENT_NOT_AVAILABLE: "not-available"}.get(code, "refused")
+        self.reservation_outcomes.labels(outcome).inc()
+        self.log.info("agent_reservation_refused", dn=dn, holder=holder, code=int(code),
+                      reason=text)
+        conn.answer_error(reference_id, code, text, AttributeThisDN=dn)
 
     # -- Smart Proxy ------------------------------------------------------------------------
     def _not_on_smart_proxy(self, conn: TLibConnection, request: RequestReceived) -> None:
