@@ -19,6 +19,7 @@ from daemons.cluster.config import DnType
 from daemons.runtime.sip_endpoint import Destination
 from daemons.sip_server.call import Call, CallState, Leg, LegState
 from daemons.sip_server.outbound import NODE_HEADER
+from daemons.sip_server.routing import route_extensions
 from daemons.sip_server.session import AGENT_TYPES, ALLOW, Ringing, SessionBase
 from protocols.sip.dialog import Dialog, DialogError
 from protocols.sip.errors import ParseError
@@ -219,8 +220,14 @@ class Dialing(SessionBase):
         call.visited_routing_points.append(rp)
         call.move(CallState.ROUTING)
         rp_leg = Leg(call, rp, rp, True)  # the routing point as a party, for events only
-        self._event(call, "EventQueued", rp_leg, other=origin.number, role="Destination")
-        self._event(call, "EventRouteRequest", rp_leg, other=origin.number, role="Destination")
+        flow = getattr(origin.incoming, "flow", None)
+        ext = {"AttributeExtensions": route_extensions(
+            self.config.dns, rp, self.config.applications[self.server.app_name].geo_location,
+            flow.remote[0] if flow else None)}
+        self._event(call, "EventQueued", rp_leg, other=origin.number, role="Destination",
+                    extra=ext)
+        self._event(call, "EventRouteRequest", rp_leg, other=origin.number, role="Destination",
+                    extra=ext)
         entry = self.config.dns[rp]
         default = entry.options.get("default-dn") or self.tserver.default_dn
         decision = await self.server.routing.wait(call.conn_id, rp, self.tserver.router_timeout,

@@ -5,15 +5,58 @@ A routing client registers a Routing Point DN; a call reaching it waits in
 :meth:`RoutingPoints.wait` until ``RequestRouteCall`` names a destination
 (:meth:`RoutingPoints.route`) or ``router-timeout`` passes, after which it
 goes to the routing point's ``default-dn`` (else the application's).
+
+:func:`route_extensions` is what ``EventQueued`` / ``EventRouteRequest``
+carry in AttributeExtensions for the routing strategies (guide:
+"Location-Based Routing"): ``geo-location`` (the routing point's, else the
+node's) and ``OtherTrunkName`` (the Trunk DN the call came in on).
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["RouteDecision", "RoutingPoints"]
+from daemons.cluster.config import Dn, DnType
+from protocols.sip.errors import ParseError
+from protocols.sip.uri import parse_uri
+
+__all__ = ["RouteDecision", "RoutingPoints", "route_extensions", "trunk_of"]
+
+
+def trunk_of(dns: Mapping[str, Dn], host: str | None) -> str | None:
+    """The Trunk DN whose ``contact`` is ``host`` (the address a call came from)."""
+    if not host:
+        return None
+    for number, dn in dns.items():
+        if dn.type is not DnType.TRUNK or not dn.contact:
+            continue
+        contact = dn.contact
+        try:
+            trunk_host = parse_uri(contact).host if contact.startswith(("sip:", "sips:")) \
+                else contact.rsplit(":", 1)[0] if contact.count(":") == 1 else contact
+        except ParseError:
+            continue
+        if trunk_host == host:
+            return number
+    return None
+
+
+def route_extensions(dns: Mapping[str, Dn], routing_point: str, node_geo: str | None,
+                     source_host: str | None) -> dict[str, Any]:
+    """AttributeExtensions of ``EventQueued`` / ``EventRouteRequest`` (module doc)."""
+    extensions: dict[str, Any] = {}
+    entry = dns.get(routing_point)
+    geo = entry.options.get("geo-location") if entry is not None else None
+    geo = geo if isinstance(geo, str) else node_geo
+    if geo:
+        extensions["geo-location"] = geo
+    trunk = trunk_of(dns, source_host)
+    if trunk is not None:
+        extensions["OtherTrunkName"] = trunk
+    return extensions
 
 
 @dataclass(frozen=True)
