@@ -351,16 +351,19 @@ class MirrorSync:
 @dataclass(frozen=True, slots=True)
 class MirrorUpdate:
     """Records a mirror accepted from its own publishers, passed on as accepted;
-    ``replaced`` names a publisher whose snapshot just replaced its set."""
+    ``replaced`` names a publisher whose snapshot just replaced its set, and
+    ``floor`` is that snapshot's oldest ``(incarnation, seq)``: the publisher's
+    users with older records were not in it and are logged off."""
 
     records: tuple[StatusRecord, ...]
     replaced: str | None = None
-    released: tuple[str, ...] = ()
+    floor: tuple[int, int] | None = None
     name = "MirrorUpdate"
 
     def to_wire(self) -> dict[str, Any]:
         return {"message": self.name, "records": [r.to_wire() for r in self.records],
-                "replaced": self.replaced, "released": list(self.released)}
+                "replaced": self.replaced,
+                "floor": list(self.floor) if self.floor is not None else None}
 
 
 Message = (Hello | Welcome | Snapshot | Publish | Query | Watch | Unwatch | Search | Result
@@ -411,8 +414,14 @@ def _parse_entries(m: Mapping[str, Any]) -> Message:
 
 
 def _parse_mirror_update(m: Mapping[str, Any]) -> Message:
+    floor = m.get("floor")
+    if floor is not None:
+        if (not isinstance(floor, list) or len(floor) != 2
+                or not all(isinstance(v, int) and not isinstance(v, bool) for v in floor)):
+            raise StatusProtocolError(ErrorCode.INVALID_FIELD, "floor must be [incarnation, seq]")
+        floor = (floor[0], floor[1])
     return MirrorUpdate(records=_records(m), replaced=_text(m, "replaced", default=None),
-                        released=_users(m, "released"))
+                        floor=floor)
 
 
 #: message name -> parser of its map

@@ -1,0 +1,147 @@
+"""The aggregator's HTTP port: ``/healthz``, ``/metrics`` and status pages like
+every daemon, plus the status page people look at (docs/status-aggregator.md,
+"Web view"):
+
+* ``/`` — directory search and live status, updating without reload;
+* ``/status/search?q=TEXT&limit=N`` — directory entries with their status (JSON);
+* ``/status/live?users=A,B`` — Server-Sent Events: the users' records now,
+  then each change (an in-process watcher of the status table).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Callable
+from typing import Any
+
+from aiohttp import web
+
+from daemons.runtime.management import ManagementServer, Metrics
+from daemons.status_aggregator.aggregator import Aggregator
+from protocols.status.messages import StatusRecord
+
+MAX_LIVE_USERS = 500
+
+
+class StatusWebServer(ManagementServer):
+    """The management listener with the status page and its two feeds."""
+
+    def __init__(self, metrics: Metrics, *, app_name: str,
+                 aggregator: Callable[[], Aggregator]) -> None:
+        super().__init__(metrics, app_name=app_name)
+        self._aggregator = aggregator
+
+    async def start(self, host: str, port: int) -> int:
+        app = web.Application()
+        app.router.add_get("/healthz", self._healthz)
+        app.router.add_get("/metrics", self._metrics)
+        for path, page in self._pages.items():
+            app.router.add_get(path, self._page_handler(page))
+        app.router.add_get("/", self._index)
+        app.router.add_get("/status/search", self._search)
+        app.router.add_get("/status/live", self._live)
+        self._runner = web.AppRunner(app, access_log=None, logger=self._server_log)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, host, port, reuse_address=True)
+        await site.start()
+        sockets = getattr(site._server, "sockets", None) or []
+        self.port = sockets[0].getsockname()[1] if sockets else port
+        return self.port
+
+    async def _index(self, request: web.Request) -> web.Response:
+        return web.Response(text=PAGE.replace("{{APP}}", self.app_name),
+                            content_type="text/html")
+
+    async def _search(self, request: web.Request) -> web.Response:
+        text = request.query.get("q", "")
+        try:
+            limit = max(1, min(int(request.query.get("limit", "50")), 500))
+        except ValueError:
+            return web.json_response({"error": "limit must be an integer"}, status=400)
+        return web.json_response(self._aggregator().search(text, limit))
+
+    async def _live(self, request: web.Request) -> web.StreamResponse:
+        users = [u for u in request.query.get("users", "").split(",") if u][:MAX_LIVE_USERS]
+        if not users:
+            return web.json_response({"error": "users=A,B,... required"}, status=400)
+        queue: asyncio.Queue[list[StatusRecord]] = asyncio.Queue()
+        aggregator = self._aggregator()
+        watcher, records = aggregator.watch_local(users, queue.put_nowait)
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream",
+                                               "Cache-Control": "no-cache"})
+        try:
+            await response.prepare(request)
+            await response.write(_sse(records))
+            while True:
+                try:
+                    changed = await asyncio.wait_for(queue.get(), 15.0)
+                except TimeoutError:
+                    await response.write(b": keep-alive\n\n")
+                    continue
+                await response.write(_sse(changed))
+        except (ConnectionError, asyncio.CancelledError):
+            pass
+        finally:
+            aggregator.unwatch_local(watcher)
+        return response
+
+
+def _sse(records: list[StatusRecord]) -> bytes:
+    body: list[dict[str, Any]] = [r.to_wire() for r in records]
+    return b"data: " + json.dumps(body).encode() + b"\n\n"
+
+
+PAGE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>{{APP}} - user status</title>
+<style>
+body{font-family:sans-serif;margin:1.5em}
+table{border-collapse:collapse;margin-top:1em}
+td,th{border:1px solid #bbb;padding:.3em .7em;text-align:left}
+.on{background:#d8f5d8}.off{color:#888}.phone{font-weight:bold;color:#a40}
+</style></head><body>
+<h1>User status <small>({{APP}})</small></h1>
+<form id="f"><input id="q" name="q" placeholder="name or e-mail" autofocus>
+<button>Search</button></form>
+<table><thead><tr><th>User</th><th>Name</th><th>Status</th><th>Detail</th><th>Until</th>
+<th>Logged on</th><th>On phone</th></tr></thead><tbody id="rows"></tbody></table>
+<p id="note"></p>
+<script>
+let source = null;
+const rows = document.getElementById('rows');
+function cell(tr, text) { const td = document.createElement('td'); td.textContent = text;
+  tr.appendChild(td); return td; }
+function show(r) {
+  let tr = document.getElementById('u:' + r.user);
+  if (!tr) return;
+  tr.className = r.server ? 'on' : 'off';
+  tr.children[2].textContent = r.status || '';
+  tr.children[3].textContent = r.detail || '';
+  tr.children[4].textContent = r.until ? new Date(r.until * 1000).toISOString() : '';
+  tr.children[5].textContent = r.server || '(logged off)';
+  tr.children[6].textContent = r.on_phone ? 'on the phone' : '';
+  tr.children[6].className = r.on_phone ? 'phone' : '';
+}
+async function search(text) {
+  const answer = await fetch('/status/search?q=' + encodeURIComponent(text));
+  const entries = await answer.json();
+  rows.innerHTML = '';
+  for (const e of entries) {
+    const tr = document.createElement('tr'); tr.id = 'u:' + e.email;
+    cell(tr, e.email); cell(tr, e.name || ''); for (let i = 0; i < 5; i++) cell(tr, '');
+    rows.appendChild(tr); show(Object.assign({user: e.email}, e));
+  }
+  document.getElementById('note').textContent = entries.length + ' users, live';
+  if (source) source.close();
+  if (entries.length) {
+    source = new EventSource('/status/live?users=' +
+      encodeURIComponent(entries.map(e => e.email).join(',')));
+    source.onmessage = m => JSON.parse(m.data).forEach(show);
+  }
+}
+document.getElementById('f').onsubmit = ev => { ev.preventDefault();
+  search(document.getElementById('q').value); };
+const initial = new URLSearchParams(location.search).get('q');
+if (initial !== null) { document.getElementById('q').value = initial; search(initial); }
+</script></body></html>
+"""
