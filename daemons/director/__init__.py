@@ -1,0 +1,2 @@
+"""The director: virtual queues, skills-based routing and agent reservation
+without an outside router (docs/director.md)."""

@@ -1,0 +1,81 @@
+"""``sipcluster director status``: the running director's wallboard in a
+terminal (docs/director.md, "Status"): queues (waiting calls, oldest wait,
+routed, abandoned, conflicts) and agents per site, read from its HTTP port.
+
+The ``director`` command itself is declared by :mod:`daemons.director.service`
+(``sipcluster director [run|status] --config F --name APP``); this module is
+its operators' side.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import urllib.error
+import urllib.request
+from typing import Any
+
+from daemons.cluster.config import AppKind, load_cluster
+from daemons.runtime.config import ConfigError
+
+__all__ = ["add_parser", "fetch_status", "format_status", "print_status", "run"]
+
+
+def add_parser(subparsers: Any) -> None:
+    """``status`` is an action of the ``director`` command (service.py)."""
+    if "director" not in subparsers.choices:
+        parser = subparsers.add_parser("director", help="ask a running director its status")
+        parser.add_argument("action", nargs="?", choices=("status",), default="status")
+        parser.add_argument("--config", required=True, metavar="FILE")
+        parser.add_argument("--name", required=True, metavar="APP")
+        parser.add_argument("--json", action="store_true")
+
+
+def run(args: argparse.Namespace) -> int:
+    return print_status(args)
+
+
+def fetch_status(host: str, port: int, timeout: float = 5.0) -> dict[str, Any]:
+    with urllib.request.urlopen(f"http://{host}:{port}/status/director",
+                                timeout=timeout) as resp:
+        data = json.loads(resp.read())
+    if not isinstance(data, dict):
+        raise ValueError("the status page is not a JSON object")
+    return data
+
+
+def format_status(status: dict[str, Any]) -> str:
+    lines = [f"director {status.get('application')}: nodes "
+             f"{', '.join(status.get('nodes') or []) or 'none'}; t-controller "
+             f"{status.get('t-controller') or 'none'}; decision p99 "
+             f"{status.get('decision-p99-ms')} ms"]
+    lines.append(f"{'queue':<12} {'waiting':>7} {'oldest':>7} {'entered':>7} {'routed':>7} "
+                 f"{'default':>7} {'abandon':>7} {'conflict':>8}")
+    for name, q in sorted((status.get("queues") or {}).items()):
+        lines.append(f"{name:<12} {q['waiting']:>7} {q['oldest-wait']:>7.1f} {q['entered']:>7} "
+                     f"{q['routed']:>7} {q['default-routed']:>7} {q['abandoned']:>7} "
+                     f"{q['conflicts']:>8}")
+    lines.append(f"{'site':<12} {'ready':>7} {'busy':>7} {'reserved':>8} {'notready':>8}")
+    for site, c in sorted((status.get("agents") or {}).items()):
+        lines.append(f"{site:<12} {c['ready']:>7} {c['busy']:>7} {c['reserved']:>8} "
+                     f"{c['not-ready']:>8}")
+    return "\n".join(lines)
+
+
+def print_status(args: argparse.Namespace) -> int:
+    try:
+        app = load_cluster(args.config).application(args.name, AppKind.DIRECTOR)
+    except ConfigError as exc:
+        print(f"director: {exc}", file=sys.stderr)
+        return 2
+    port = app.port("http-port")
+    assert port is not None  # required for a director
+    try:
+        status = fetch_status(app.host, port)
+    except (OSError, urllib.error.URLError, ValueError) as exc:
+        print(f"director: {args.name} at {app.host}:{port} does not answer: {exc}",
+              file=sys.stderr)
+        return 1
+    print(json.dumps(status, indent=2) if args.json else format_status(status))
+    return 0

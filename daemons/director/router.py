@@ -1,0 +1,303 @@
+"""What the director does with a call (docs/director.md, "Routing"; guides:
+"Routing Principles", "Agent Reservation in SIP Cluster").
+
+A call reaches a routing point of a node: the node's ``EventRouteRequest``
+puts it in the strategy's virtual queue. Whenever a call arrives or an agent
+becomes available, :meth:`Router.dispatch` walks the waiting calls (highest
+priority, then oldest) and picks an agent for each it can serve; then, for
+each pair, **reserve before route**: ``RequestReserveAgent`` at the
+t-controllers (the agent's owner decides), and only with
+``EventAgentReserved`` in hand ``RequestRouteCall`` on the node. A conflict
+(another router won the agent) or any refusal sends the call back to the
+queue, that agent excluded for it; a node that no longer knows the call
+(caller gone, ``router-timeout`` passed and ``default-dn`` took it) ends it.
+
+The router holds no sockets: :class:`Links` are the T-Library requests the
+service sends for it, so that the same code runs against real daemons and in
+a benchmark.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Mapping
+from typing import Any, Protocol
+
+from daemons.director.queue import AgentPool, QueuedCall, VirtualQueue
+from daemons.director.strategy import DirectorConfig
+from protocols.tlib.errors import ErrorCode
+
+__all__ = ["CALL_START", "Links", "Router"]
+
+#: Call events after which an agent's DN is on the call.
+CALL_START = frozenset({"EventRinging", "EventDialing", "EventEstablished", "EventHeld",
+                        "EventRetrieved", "EventPartyChanged"})
+#: Seconds an agent stays held for a routed call that never rang on its DN.
+HOLD_TIMEOUT = 8.0
+
+
+class Links(Protocol):
+    """The requests the router needs sent (the service's T-Library clients)."""
+
+    async def reserve(self, dn: str, agent_id: str, conn_id: str,
+                      priority: int) -> Mapping[str, Any]: ...
+    async def route(self, node: str, routing_point: str, conn_id: str,
+                    dn: str) -> Mapping[str, Any]: ...
+
+
+class Router:
+    """Virtual queues, the agent pool and the reserve-then-route flow."""
+
+    def __init__(self, config: DirectorConfig, links: Links, *, log: Any,
+                 metrics: Any = None, clock: Any = None,
+                 node_sites: Mapping[str, str] | None = None) -> None:
+        self.config = config
+        #: sip-server name -> geo-location: the site of an agent whose DN it owns
+        self.node_sites = dict(node_sites or {})
+        self.links = links
+        self.log = log
+        self.loop = asyncio.get_running_loop()
+        self.clock = clock if clock is not None else self.loop.time
+        self.pool = AgentPool(config.skills)
+        self.queues = {queue: VirtualQueue(s) for queue, s in config.strategies.items()}
+        self._queue_of_rp = {rp: self.queues[s.queue]
+                             for rp, s in config.by_routing_point.items()}
+        self._call_queue: dict[str, VirtualQueue] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._overflow_timer: asyncio.TimerHandle | None = None
+        self._holds: dict[str, asyncio.TimerHandle] = {}
+        #: decision times (seconds) of the last dispatches, for the status page
+        self.decisions: list[float] = []
+        self.outcomes = metrics.tally("director_calls", "Calls the director handled, by "
+                                      "virtual queue and outcome", ("queue", "outcome")) \
+            if metrics is not None else None
+        self.reservations = metrics.tally("director_reservations", "RequestReserveAgent "
+                                          "answers, by outcome", ("outcome",)) \
+            if metrics is not None else None
+        self.errors = metrics.tally("director_request_errors", "EventError answers to the "
+                                    "director's requests, by request and code",
+                                    ("request", "code")) if metrics is not None else None
+
+    # -- events from the nodes ----------------------------------------------------------
+    def on_route_request(self, node: str, event: Mapping[str, Any]) -> None:
+        rp, conn_id = event.get("AttributeThisDN"), event.get("AttributeConnID")
+        if not isinstance(rp, str) or not isinstance(conn_id, str):
+            return
+        queue = self._queue_of_rp.get(rp)
+        if queue is None or conn_id in self._call_queue:
+            return
+        extensions = event.get("AttributeExtensions") or {}
+        geo = extensions.get("geo-location") if isinstance(extensions, Mapping) else None
+        call = queue.add(conn_id, rp, node, self.clock(),
+                         user_data=event.get("AttributeUserData") or {},
+                         geo_location=geo if isinstance(geo, str) else None)
+        self._call_queue[conn_id] = queue
+        self.log.info("call_queued", conn_id=conn_id, rp=rp, queue=queue.strategy.queue,
+                      node=node, priority=call.priority, geo_location=call.geo_location)
+        self._count(queue, "queued")
+        self.dispatch()
+
+    def on_route_used(self, event: Mapping[str, Any]) -> None:
+        """The node routed the call itself (``router-timeout`` -> ``default-dn``)."""
+        conn_id = event.get("AttributeConnID")
+        queue = self._call_queue.get(conn_id) if isinstance(conn_id, str) else None
+        if queue is None or not isinstance(conn_id, str):
+            return
+        call = queue.calls.get(conn_id)
+        if call is None or call.busy:
+            return  # ours: the route in flight ends it
+        self._end(queue, conn_id, "default-routed")
+        self.log.warning("call_default_routed", conn_id=conn_id, queue=queue.strategy.queue,
+                         to=event.get("AttributeOtherDN"))
+
+    def node_lost(self, node: str) -> None:
+        """A node's link is gone: its calls route by themselves (``default-dn``)."""
+        for queue in self.queues.values():
+            for call in [c for c in queue.calls.values() if c.node == node and not c.busy]:
+                self._end(queue, call.conn_id, "default-routed")
+
+    # -- events from the t-controllers --------------------------------------------------
+    def on_agent_event(self, name: str, event: Mapping[str, Any]) -> None:
+        dn = event.get("AttributeThisDN")
+        if not isinstance(dn, str):
+            return
+        agent_id = event.get("AttributeAgentID")
+        agent_id = agent_id if isinstance(agent_id, str) else None
+        now = self.clock()
+        reasons = event.get("AttributeReason") or {}
+        site = reasons.get("site") if isinstance(reasons, Mapping) else None
+        if name == "EventAgentLogin" and agent_id is not None:
+            self.pool.login(dn, agent_id, now)
+        elif name == "EventAgentReady":
+            self.pool.ready(dn, agent_id, True, now, site if isinstance(site, str) else None)
+            self.dispatch()
+        elif name == "EventAgentNotReady":
+            self.pool.ready(dn, agent_id, False, now)
+        elif name == "EventAgentLogout":
+            self.pool.logout(dn)
+
+    def on_registered(self, event: Mapping[str, Any]) -> None:
+        """The DN's state when the director registered it (EventRegistered)."""
+        dn, agent_id = event.get("AttributeThisDN"), event.get("AttributeAgentID")
+        ext = event.get("AttributeExtensions") or {}
+        if not isinstance(dn, str) or not isinstance(ext, Mapping):
+            return
+        if not isinstance(agent_id, str) or ext.get("dn-state") != "in-service":
+            self.pool.logout(dn)
+            return
+        now = self.clock()
+        site = ext.get("site")
+        if not isinstance(site, str):
+            owner = ext.get("owner")
+            site = self.node_sites.get(owner) if isinstance(owner, str) else None
+        self.pool.login(dn, agent_id, now)
+        self.pool.ready(dn, agent_id, ext.get("agent-state") == "Ready", now, site)
+        if ext.get("on-call"):
+            self.pool.call_started(dn, "?", now)
+        self.dispatch()
+
+    def on_call_event(self, name: str, event: Mapping[str, Any]) -> None:
+        dn, conn_id = event.get("AttributeThisDN"), event.get("AttributeConnID")
+        if not isinstance(dn, str) or not isinstance(conn_id, str) \
+                or dn not in self.pool.agents:
+            return
+        now = self.clock()
+        if name in CALL_START:
+            self.pool.call_started(dn, conn_id, now)
+            handle = self._holds.pop(dn, None)
+            if handle is not None:
+                handle.cancel()
+        elif name in ("EventReleased", "EventDiverted"):
+            self.pool.call_ended(dn, conn_id, now)
+            if "?" in self.pool.agents[dn].calls:
+                self.pool.call_ended(dn, "?", now)
+            self.dispatch()
+
+    def t_controller_lost(self) -> None:
+        """The agent view is gone with the link: nothing is routed on stale state."""
+        for dn in list(self.pool.agents):
+            self.pool.logout(dn)
+
+    # -- distribution -------------------------------------------------------------------
+    def dispatch(self) -> None:
+        """Match waiting calls with available agents (module doc)."""
+        now = self.clock()
+        started = time.perf_counter()
+        next_overflow: float | None = None
+        for queue in self.queues.values():
+            for call in queue.waiting():
+                overflow = queue.overflow(call, now)
+                agent = self.pool.pick(queue.strategy, call.geo_location, overflow=overflow,
+                                       exclude=call.excluded)
+                if agent is None:
+                    if not overflow:
+                        due = call.arrived + queue.strategy.overflow_after
+                        next_overflow = due if next_overflow is None else min(next_overflow, due)
+                    continue
+                call.busy = True
+                self.pool.hold(agent.dn, now)
+                self._spawn(self._reserve_and_route(queue, call, agent.dn, agent.agent_id))
+        self.decisions.append(time.perf_counter() - started)
+        if len(self.decisions) > 1000:
+            del self.decisions[:500]
+        if self._overflow_timer is not None:
+            self._overflow_timer.cancel()
+            self._overflow_timer = None
+        if next_overflow is not None:
+            self._overflow_timer = self.loop.call_later(max(0.0, next_overflow - now) + 0.01,
+                                                        self.dispatch)
+
+    async def _reserve_and_route(self, queue: VirtualQueue, call: QueuedCall, dn: str,
+                                 agent_id: str) -> None:
+        conn_id = call.conn_id
+        try:
+            answer = await self.links.reserve(dn, agent_id, conn_id,
+                                              self.config.reservation_priority)
+        except (ConnectionError, TimeoutError, OSError) as exc:
+            answer = {"message": "EventError", "AttributeErrorCode": int(ErrorCode.INTERNAL_ERROR),
+                      "AttributeErrorMessage": f"no t-controller: {exc}"}
+        if answer.get("message") != "EventAgentReserved":
+            self._refused(queue, call, dn, "RequestReserveAgent", answer)
+            return
+        self._tally(self.reservations, "granted")
+        try:
+            routed = await self.links.route(call.node, call.routing_point, conn_id, dn)
+        except (ConnectionError, TimeoutError, OSError) as exc:
+            routed = {"message": "EventError", "AttributeErrorCode": int(ErrorCode.INTERNAL_ERROR),
+                      "AttributeErrorMessage": f"node {call.node} unreachable: {exc}"}
+        if routed.get("message") == "EventRouteUsed":
+            self._end(queue, conn_id, "routed")
+            self.log.info("call_routed", conn_id=conn_id, queue=queue.strategy.queue, to=dn,
+                          agent_id=agent_id, waited=round(call.waited(self.clock()), 3))
+            # held until the call rings on the DN (the t-controller reports it)
+            self._holds[dn] = self.loop.call_later(HOLD_TIMEOUT, self._hold_expired, dn)
+            return
+        self._refused(queue, call, dn, "RequestRouteCall", routed)
+
+    def _refused(self, queue: VirtualQueue, call: QueuedCall, dn: str, request: str,
+                 answer: Mapping[str, Any]) -> None:
+        code = answer.get("AttributeErrorCode")
+        text = answer.get("AttributeErrorMessage")
+        self.pool.release(dn, self.clock())
+        if self.errors is not None:
+            self.errors.labels(request, str(code)).inc()
+        if request == "RequestReserveAgent":
+            outcome = "conflict" if code == ErrorCode.AGENT_RESERVATION_CONFLICT else "refused"
+            self._tally(self.reservations, outcome)
+            if outcome == "conflict":
+                queue.stats["conflicts"] += 1
+        self.log.info("director_request_refused", request=request, conn_id=call.conn_id,
+                      dn=dn, code=code, reason=text)
+        if request == "RequestRouteCall" and code == ErrorCode.UNKNOWN_CONNID:
+            # the node no longer holds the call on the routing point
+            self._end(queue, call.conn_id, "abandoned")
+            return
+        if call.conn_id in queue.calls:
+            call.busy = False
+            call.excluded.add(dn)
+            self.dispatch()
+
+    def _hold_expired(self, dn: str) -> None:
+        self._holds.pop(dn, None)
+        self.pool.release(dn, self.clock())
+        self.dispatch()
+
+    def _end(self, queue: VirtualQueue, conn_id: str, outcome: str) -> None:
+        queue.remove(conn_id, outcome)
+        self._call_queue.pop(conn_id, None)
+        self._count(queue, outcome)
+
+    def _count(self, queue: VirtualQueue, outcome: str) -> None:
+        if self.outcomes is not None:
+            self.outcomes.labels(queue.strategy.queue, outcome).inc()
+
+    @staticmethod
+    def _tally(counter: Any, outcome: str) -> None:
+        if counter is not None:
+            counter.labels(outcome).inc()
+
+    def _spawn(self, coro: Any) -> None:
+        task = self.loop.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def close(self) -> None:
+        if self._overflow_timer is not None:
+            self._overflow_timer.cancel()
+        for handle in self._holds.values():
+            handle.cancel()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    # -- wallboard ----------------------------------------------------------------------
+    def status(self) -> dict[str, Any]:
+        now = self.clock()
+        decisions = sorted(self.decisions)
+        p99 = decisions[int(len(decisions) * 0.99)] if decisions else 0.0
+        return {
+            "queues": {name: q.status(now) for name, q in self.queues.items()},
+            "agents": self.pool.by_site(),
+            "decision-p99-ms": round(p99 * 1000, 3),
+        }
