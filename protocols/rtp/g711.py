@@ -18,6 +18,7 @@ __all__ = [
     "encode",
     "linear_to_alaw",
     "linear_to_ulaw",
+    "transcode",
     "ulaw_to_linear",
 ]
 
@@ -122,3 +123,16 @@ def decode(data: bytes, codec: Codec) -> array.array[int]:
     """G.711 codes to 16-bit linear samples."""
     table = _DEC[codec]
     return array.array("h", [table[b] for b in data])
+
+
+_TRANSCODE: dict[tuple[Codec, Codec], bytes] = {
+    (Codec.PCMU, Codec.PCMA): bytes(linear_to_alaw(ulaw_to_linear(c)) for c in range(256)),
+    (Codec.PCMA, Codec.PCMU): bytes(linear_to_ulaw(alaw_to_linear(c)) for c in range(256)),
+}
+
+
+def transcode(data: bytes, source: Codec, target: Codec) -> bytes:
+    """G.711 codes of one law to the other (G.711 Tables 3 and 4 by way of linear)."""
+    if source is target:
+        return data
+    return data.translate(_TRANSCODE[source, target])

@@ -2,15 +2,44 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
 from pathlib import Path
 from typing import Any
 
 from aiohttp import web
 
 from daemons.cluster.config import ClusterConfig
-from daemons.cluster.model import Application
+from daemons.cluster.model import Application, DnType
+from daemons.feature_server.voicemail.api import MailboxApi
+from daemons.feature_server.voicemail.call import VoicemailCall, transcoded_frames
+from daemons.feature_server.voicemail.messages import MessageFiles
+from daemons.feature_server.voicemail.mwi import MwiNotifier
+from daemons.feature_server.voicemail.prompts import PromptLibrary
+from daemons.feature_server.voicemail.store import Mailbox, MailboxStore, StoredMessage, open_store
+from daemons.feature_server.voicemail.ua import VoicemailUserAgent
+from daemons.runtime.config import ConfigError
 from daemons.runtime.logs import get_logger
 from daemons.runtime.management import Metrics
+from daemons.runtime.rtp import PortRange, RtpCounters, RtpPacer, RtpSession
+from daemons.runtime.sip_endpoint import SipEndpoint
+from protocols.rtp import RtpError
+from protocols.rtp.g711 import Codec
+
+__all__ = ["VoicemailService"]
+
+DEFAULT_SIP_PORT = 5160  # the guide's Feature Server SIP port
+
+
+def _option(app: Application, name: str, default: Any, cluster: ClusterConfig,
+            kind: type = str) -> Any:
+    value = app.options.get(name, default)
+    if value is None:
+        return None
+    if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
+        raise ConfigError(cluster.file, f"applications.{app.name}.options.{name}",
+                          f"must be a {kind.__name__}")
+    return value
 
 
 class VoicemailService:
@@ -19,7 +48,11 @@ class VoicemailService:
     SIP listens on the application's ``host``:``sip-port`` (UDP and TCP), RTP
     on option ``rtp-ports`` (default ``20000-20999``); ``store_url`` is
     ``sqlite:///abs/path.db`` or ``postgresql://...``; prompts and messages
-    live under ``state_dir``.
+    live under ``state_dir``. Options of ``[applications.NAME.options]``:
+    ``rtp-ports``, ``default-pin`` (mailboxes created for every Extension DN
+    that has none; unset: none are created), ``access-number`` (``5555``),
+    ``max-messages`` (100), ``max-message-length`` (seconds, 120),
+    ``mwi-max-expires`` (3600).
     """
 
     def __init__(self, *, cluster: ClusterConfig, app: Application, store_url: str,
@@ -30,19 +63,191 @@ class VoicemailService:
         self.state_dir = Path(state_dir)
         self.metrics = metrics
         self.log = get_logger("voicemail", application=app.name)
+        self.host = app.host
+        self.sip_port = app.port("sip-port") or DEFAULT_SIP_PORT
+        ports = _option(app, "rtp-ports", "20000-20999", cluster)
+        try:
+            self.rtp_ports = PortRange.parse(ports)
+        except ValueError as exc:
+            raise ConfigError(cluster.file, f"applications.{app.name}.options.rtp-ports",
+                              str(exc)) from None
+        pin = _option(app, "default-pin", None, cluster)
+        if pin is not None and not (pin.isdigit() and 4 <= len(pin) <= 12):
+            raise ConfigError(cluster.file, f"applications.{app.name}.options.default-pin",
+                              "must be 4 to 12 digits")
+        self.default_pin: str | None = pin
+        self.access_number: str = _option(app, "access-number", "5555", cluster)
+        self.max_messages: int = _option(app, "max-messages", 100, cluster, int)
+        self.max_message_length = float(_option(app, "max-message-length", 120, cluster, int))
+        self.mwi_max_expires: int = _option(app, "mwi-max-expires", 3600, cluster, int)
+        self.store: MailboxStore = open_store(store_url)
+        self.files = MessageFiles(self.state_dir / "messages")
+        self.prompts = PromptLibrary(self.state_dir / "prompts")
+        self.refused = metrics.tally("voicemail_refused", "Voicemail requests refused",
+                                     ("reason",))
+        self.calls_started = metrics.tally("voicemail_calls", "Voicemail calls answered",
+                                           ("mode",))
+        self.deposits = metrics.counter("voicemail_messages_deposited",
+                                        "Messages stored in a mailbox")
+        self.digit_counter = metrics.tally("voicemail_dtmf_digits", "Key presses received",
+                                           ("source",))
+        self.rtp_counters = RtpCounters(metrics)
+        self.rtp_dropped = self.rtp_counters.dropped
+        self.ua = VoicemailUserAgent(self)
+        self._endpoint: SipEndpoint | None = None
+        self._mwi: MwiNotifier | None = None
+        self._pacer: RtpPacer | None = None
+        self._cache: dict[str, tuple[Codec, bytes]] = {}
+        self._tasks: set[asyncio.Task[Any]] = set()
         self._started = False
+
+    # ---------------------------------------------------------------- lifecycle
+    @property
+    def endpoint(self) -> SipEndpoint:
+        assert self._endpoint is not None, "not started"
+        return self._endpoint
+
+    @property
+    def mwi(self) -> MwiNotifier:
+        assert self._mwi is not None, "not started"
+        return self._mwi
+
+    @property
+    def pacer(self) -> RtpPacer:
+        assert self._pacer is not None, "not started"
+        return self._pacer
 
     async def start(self) -> None:
         """Open the store, create missing mailboxes, bind SIP and RTP."""
+        loop = asyncio.get_running_loop()
+        made = await asyncio.to_thread(self.prompts.load)
+        if made:
+            self.log.info("voicemail_prompts_generated", files=made,
+                          directory=str(self.prompts.directory))
+        self.files.prepare()
+        await self.store.open()
+        await self._create_mailboxes()
+        orphans = self.files.remove_orphans(await self.store.message_files())
+        if orphans:
+            self.log.warning("voicemail_orphans_removed", files=len(orphans))
+        self._pacer = RtpPacer(loop)
+        self._endpoint = SipEndpoint(self.ua.handle, metrics=self.metrics,
+                                     user_agent="sipcluster-feature-server", logger=self.log)
+        await self._endpoint.listen_pair(self.host, self.sip_port)
+        self._mwi = MwiNotifier(self._endpoint, self.store, domain=self.cluster.switch.domain,
+                                metrics=self.metrics, log=self.log,
+                                max_expires=self.mwi_max_expires)
+        restored = await self._mwi.restore()
         self._started = True
+        self.log.info("voicemail_started", sip=f"{self.host}:{self.sip_port}",
+                      rtp_ports=f"{self.rtp_ports.first}-{self.rtp_ports.last}",
+                      store=self.store_url.split("://")[0], subscriptions=restored)
+
+    async def _create_mailboxes(self) -> None:
+        if self.default_pin is None:
+            self.log.info("voicemail_default_pin_unset", created=0)
+            return
+        created = 0
+        for dn in self.cluster.dns.values():
+            if dn.type is DnType.EXTENSION:
+                created += await self.store.create_mailbox(dn.number, self.default_pin,
+                                                           self.max_messages)
+        if created:
+            self.log.info("voicemail_mailboxes_created", count=created)
 
     async def stop(self) -> None:
         """End calls, close sockets and the store."""
         self._started = False
+        await self.ua.close()
+        if self._mwi is not None:
+            await self._mwi.close()
+        if self._endpoint is not None:
+            await self._endpoint.close()
+        if self._pacer is not None:
+            self._pacer.close()
+        tasks = list(self._tasks)
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await self.store.close()
 
     def add_routes(self, web_app: web.Application) -> None:
         """Mount ``/api/mailboxes``: create/list/delete a mailbox, set its PIN, list messages."""
+        MailboxApi(self).add_routes(web_app)
 
     def health(self) -> tuple[bool, dict[str, Any]]:
         """(healthy, detail) for /healthz."""
-        return self._started, {"started": self._started}
+        return self._started, {
+            "started": self._started,
+            "calls": len(self.ua.calls),
+            "subscriptions": len(self._mwi) if self._mwi is not None else 0,
+        }
+
+    # ---------------------------------------------------------------- what calls need
+    def new_rtp_session(self) -> RtpSession:
+        return RtpSession(self.pacer, self.rtp_counters, payload_type=0, logger=self.log)
+
+    def prompt_frames(self, name: str, codec: Codec) -> list[bytes]:
+        return self.prompts.frames(name, codec)
+
+    def greeting_frames(self, mailbox: Mailbox, codec: Codec) -> list[bytes]:
+        if mailbox.greeting:
+            audio = self._read(mailbox.greeting)
+            if audio is not None:
+                return transcoded_frames(codec, audio[1], audio[0])
+        return self.prompts.frames("greeting", codec)
+
+    def message_frames(self, message_id: str, codec: Codec) -> list[bytes]:
+        audio = self._read(f"{message_id}.wav")
+        if audio is None:
+            return self.prompts.frames("no_messages", codec)
+        return transcoded_frames(codec, audio[1], audio[0])
+
+    def _read(self, name: str) -> tuple[Codec, bytes] | None:
+        try:
+            return self.files.read(name)
+        except (OSError, RtpError) as exc:
+            self.log.warning("voicemail_file_unreadable", file=name, reason=str(exc))
+            return None
+
+    async def deposit(self, mailbox: str, caller: str, codec: Codec, data: bytes) -> None:
+        """Store a message: file first (atomic), then its row, then MWI."""
+        message_id = self.files.new_id()
+        name = f"{message_id}.wav"
+        await asyncio.to_thread(self.files.write, name, codec, data)
+        await self.store.add_message(StoredMessage(
+            id=message_id, mailbox=mailbox, caller=caller, created=time.time(),
+            duration_ms=len(data) // 8, codec=codec.name, status="new", file=name))
+        self.deposits.inc()
+        self.log.info("voicemail_message_stored", mailbox=mailbox, message=message_id,
+                      caller=caller, ms=len(data) // 8, codec=codec.name)
+        self.mwi.mailbox_changed(mailbox)
+
+    async def save_greeting(self, mailbox: str, codec: Codec, data: bytes) -> None:
+        name = f"greeting-{mailbox}-{self.files.new_id()}.wav"
+        await asyncio.to_thread(self.files.write, name, codec, data)
+        old = await self.store.get_mailbox(mailbox)
+        await self.store.set_greeting(mailbox, name)
+        if old is not None and old.greeting:
+            self.files.remove(old.greeting)
+        self.log.info("voicemail_greeting_recorded", mailbox=mailbox, ms=len(data) // 8)
+
+    async def delete_message(self, mailbox: str, message_id: str) -> None:
+        message = await self.store.get_message(message_id)
+        if message is None or message.mailbox != mailbox:
+            return
+        await self.store.delete_message(message_id)
+        self.files.remove(message.file)
+        self.log.info("voicemail_message_deleted", mailbox=mailbox, message=message_id)
+        self.mwi.mailbox_changed(mailbox)
+
+    async def save_message(self, mailbox: str, message_id: str) -> None:
+        if await self.store.save_message(message_id):
+            self.mwi.mailbox_changed(mailbox)
+
+    async def change_pin(self, mailbox: str, pin: str) -> None:
+        await self.store.set_pin(mailbox, pin)
+        self.log.info("voicemail_pin_changed", mailbox=mailbox)
+
+    def hangup(self, call: VoicemailCall) -> None:
+        task = asyncio.ensure_future(self.ua.hangup(call))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)

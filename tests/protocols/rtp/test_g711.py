@@ -38,3 +38,11 @@ def test_table_encoder_matches_the_function() -> None:
     samples = list(range(-32768, 32768, 97))
     assert g711.encode(samples, Codec.PCMU) == bytes(g711.linear_to_ulaw(s) for s in samples)
     assert g711.encode(samples, Codec.PCMA) == bytes(g711.linear_to_alaw(s) for s in samples)
+
+
+def test_transcode_keeps_the_signal() -> None:
+    from protocols.rtp.tones import tone, tone_share
+    ulaw = g711.encode(tone([800], 100), Codec.PCMU)
+    alaw = g711.transcode(ulaw, Codec.PCMU, Codec.PCMA)
+    assert tone_share(g711.decode(alaw, Codec.PCMA), 800) > 0.95
+    assert g711.transcode(ulaw, Codec.PCMU, Codec.PCMU) is ulaw

@@ -1,0 +1,104 @@
+"""Deposit and retrieval calls against the VoicemailService over real sockets."""
+
+from __future__ import annotations
+
+import asyncio
+
+from daemons.feature_server.voicemail.prompts import frames_of
+from protocols.rtp import g711
+from protocols.rtp.g711 import Codec
+from protocols.rtp.tones import tone, tone_share
+from tests.daemons.feature_server.voicemail.conftest import Factory
+
+TONE = 1850  # no prompt uses it
+
+
+async def _deposit(vm, caller: str, mailbox: str, *, codecs=("PCMU", "PCMA"),
+                   params: str = ";vm=deposit", ms: int = 1500) -> None:
+    phone = await vm.phone(caller)
+    call = await phone.call(vm.uri(mailbox, params), vm.destination, codecs=codecs)
+    assert call.response.status == 200, call.response
+    await asyncio.sleep(1.9)  # greeting (~1.9 s) then the beep
+    await call.play(frames_of(g711.encode(tone([TONE], ms), call.codec), call.codec))
+    await call.bye()
+
+
+async def _wait_messages(service, mailbox: str, count: int) -> list:
+    for _ in range(100):
+        messages = await service.store.list_messages(mailbox)
+        if len(messages) >= count:
+            return messages
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"{mailbox} has {len(messages)} messages")
+
+
+async def test_deposit_stores_the_callers_audio(make_voicemail: Factory) -> None:
+    vm = await make_voicemail()
+    await _deposit(vm, "1001", "1002", codecs=("PCMA",))
+    [message] = await _wait_messages(vm.service, "1002", 1)
+    assert (message.caller, message.codec, message.status) == ("1001", "PCMA", "new")
+    codec, data = vm.service.files.read(message.file)
+    assert codec is Codec.PCMA
+    heard = g711.decode(data, codec)
+    assert 1000 <= message.duration_ms <= 2500
+    assert tone_share(heard, TONE) > 0.5          # the caller's tone, not silence or the beep
+
+
+async def test_retrieval_pin_listen_and_delete(make_voicemail: Factory) -> None:
+    vm = await make_voicemail()
+    await _deposit(vm, "1001", "1002")
+    await _wait_messages(vm.service, "1002", 1)
+    phone = await vm.phone("1002")
+    call = await phone.call(vm.uri("5555"), vm.destination)   # access number, mailbox = From
+    assert call.response.status == 200
+    await asyncio.sleep(0.3)
+    await call.digits("1234#")
+    await asyncio.sleep(0.3)
+    call.heard.clear()
+    await call.digits("1")                                     # listen
+    await asyncio.sleep(2.0)
+    heard = g711.decode(bytes(call.heard), call.codec)
+    assert tone_share(heard, TONE) > 0.2, "the message's tone was not played"
+    [message] = await vm.service.store.list_messages("1002")
+    assert message.status == "saved"                           # heard to the end
+    await call.digits("7")                                     # delete
+    for _ in range(40):
+        if not await vm.service.store.list_messages("1002"):
+            break
+        await asyncio.sleep(0.05)
+    assert await vm.service.store.list_messages("1002") == []
+    assert not (vm.service.files.directory / message.file).exists()
+    await call.bye()
+
+
+async def test_wrong_pin_three_times_hangs_up(make_voicemail: Factory) -> None:
+    vm = await make_voicemail()
+    phone = await vm.phone("1003")
+    call = await phone.call(vm.uri("1003", ";vm=retrieve"), vm.destination)
+    assert call.response.status == 200
+    for _ in range(3):
+        await call.digits("9999#")
+    await asyncio.wait_for(call.ended.wait(), 10)              # BYE from voicemail
+
+
+async def test_sip_info_digits_work_as_fallback(make_voicemail: Factory) -> None:
+    vm = await make_voicemail()
+    phone = await vm.phone("1003")
+    call = await phone.call(vm.uri("1003", ";vm=retrieve"), vm.destination, event_pt=None)
+    assert call.response.status == 200
+    for key in "1234#":
+        assert (await call.info(key)).status == 200
+    call.heard.clear()
+    assert (await call.info("5", "application/dtmf")).status == 200   # change PIN
+    for key in "4321#":
+        assert (await call.info(key)).status == 200
+    for _ in range(40):
+        box = await vm.service.store.get_mailbox("1003")
+        if box.pin == "4321":
+            break
+        await asyncio.sleep(0.05)
+    assert box.pin == "4321"
+    bad = await call.info("x")
+    assert bad.status == 400
+    await call.bye()
+    assert vm.service.digit_counter.labels("info").value == 11
