@@ -103,6 +103,12 @@ class TServerOptions:
     auto_logout_timeout: int = 0
     auto_logout_ready: bool = True
     sip_enable_strict_auth: bool | None = None
+    #: the Dial Plan DN (None: the feature-server DN of the node's geo-location)
+    dial_plan: str | None = None
+    #: trunks of the node's geo-location first (guide: "Configuring SIP Servers")
+    find_trunk_by_location: bool = False
+    #: never a trunk of another geo-location
+    enable_strict_location_match: bool = False
 
 
 @dataclass(frozen=True)

@@ -202,6 +202,11 @@ TSERVER_OPTIONS: Schema = {
     "auto-logout-timeout": (_nonneg, 0),
     "auto-logout-ready": (_bool, True),
     "sip-enable-strict-auth": (_opt_bool, None),
+    # the Dial Plan DN the node queries (guide: "Configuring SIP Servers", dial-plan);
+    # absent: the feature-server DN of the node's geo-location
+    "dial-plan": (_opt_str, None),
+    "find-trunk-by-location": (_bool, False),
+    "enable-strict-location-match": (_bool, False),
 }
 
 #: Options of the SIP Cluster Node DN (service-type = sip-cluster-nodes).
@@ -282,6 +287,9 @@ SERVICE_OPTIONS: Schema = {
     "record": (_bool, False),
     "sip-error-conversion": (_opt_str, None),
     "url": (_opt_str, None),
+    # more feature-servers of the data centre, tried in turn (guide: "Configuring
+    # dial-plan DNs": url, url-1 ... url-N)
+    **{f"url-{n}": (_opt_str, None) for n in range(1, 10)},
 }
 SERVICE_TYPES = (
     "sip-cluster-nodes",
