@@ -1,0 +1,1 @@
+"""rtm-server: the hub that links the sites of a collective (docs/rtm-server.md)."""
