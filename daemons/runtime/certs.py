@@ -250,6 +250,9 @@ def authorize(
         return None
     kind = kinds_of.get(name)
     if kind is None:
+        roles = sorted(r for r, names in (extra or {}).items() if name in names)
+        if roles:
+            return f"{name!r} may connect as {', '.join(roles)}; role {role} is not for it"
         return f"{name!r} is not an application of the cluster file"
     kinds = allowed.get(role, ())
     if kind not in kinds:

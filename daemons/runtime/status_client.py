@@ -124,6 +124,8 @@ class StatusClient:
         self._seq = 0
         self._refs = itertools.count(1)
         self._pending: dict[int, asyncio.Future[Any]] = {}
+        #: Watch requests whose answer goes to ``on_records``
+        self._watch_refs: set[int] = set()
         self._outbox: list[StatusRecord] = []
         self._flush_scheduled = False
         self._session: StatusSession | None = None
@@ -211,6 +213,7 @@ class StatusClient:
                 if not future.done():
                     future.set_exception(ConnectionError("status-aggregator connection lost"))
             self._pending.clear()
+            self._watch_refs.clear()
         return was_open
 
     def _on_timer(self, now: float) -> None:
@@ -238,8 +241,7 @@ class StatusClient:
         if self.role is Role.PUBLISHER:
             self._send_snapshot()
         if self._watches:
-            self._request(Watch(ref=self._ref(), users=tuple(sorted(self._watches))),
-                          resync=True)
+            self._request(Watch(ref=self._ref(), users=tuple(sorted(self._watches))))
 
     def _on_message(self, message: Message) -> None:
         if isinstance(message, Event):
@@ -266,6 +268,11 @@ class StatusClient:
             parts = getattr(future, "parts", None)
             if parts and isinstance(message, Result):
                 message = replace(message, records=tuple(parts) + message.records)
+            if message.ref in self._watch_refs:
+                # in order with the events of this connection: before any later one
+                self._watch_refs.discard(message.ref)
+                if self.on_records is not None and isinstance(message, Result):
+                    self.on_records(list(message.records))
             if not future.done():
                 future.set_result(message)
         elif isinstance(message, Error):
@@ -279,26 +286,18 @@ class StatusClient:
     def _ref(self) -> int:
         return next(self._refs)
 
-    def _request(self, message: Watch | Unwatch | Query | Search, *,
-                 resync: bool = False) -> asyncio.Future[Any]:
+    def _request(self, message: Watch | Unwatch | Query | Search) -> asyncio.Future[Any]:
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         session, driver = self._session, self._driver
         if session is None or driver is None or not session.is_open:
             future.set_exception(ConnectionError("not connected to a status-aggregator"))
             return future
         self._pending[message.ref] = future
-        if resync:
-            future.add_done_callback(self._resynced)
+        if isinstance(message, Watch):
+            self._watch_refs.add(message.ref)
         session.send(message, asyncio.get_running_loop().time())
         driver.flush()
         return future
-
-    def _resynced(self, future: asyncio.Future[Any]) -> None:
-        if future.cancelled() or future.exception() is not None:
-            return
-        result = future.result()
-        if self.on_records is not None and result.records:
-            self.on_records(list(result.records))
 
     async def watch(self, users: Iterable[str], timeout: float = 10.0) -> Result:
         users = tuple(users)

@@ -60,6 +60,7 @@ class MirrorDialer:
             try:
                 reader, writer = await asyncio.wait_for(asyncio.open_connection(
                     host, port, ssl=self.context, server_hostname=name,
+                    local_addr=(self.aggregator.config.applications[self.aggregator.name].host, 0),
                     ssl_handshake_timeout=CONNECT_TIMEOUT), CONNECT_TIMEOUT + 1)
             except (OSError, ssl.SSLError, TimeoutError) as exc:
                 self.log.debug("mirror_unreachable", mirror=name, error=str(exc)[:200])
