@@ -271,6 +271,8 @@ class IvrMenu:
             return
         self._emit(DeleteMessage(message))
         del self.messages[self.current]
+        # the next message becomes current; after the last one, the one before it
+        self.current = min(self.current, max(len(self.messages) - 1, 0))
         self._menu(now, "message_deleted")
 
     def _save(self, now: float) -> None:

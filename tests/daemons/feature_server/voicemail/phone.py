@@ -79,6 +79,9 @@ class Phone:
         self.ports = PortRange.parse(rtp_ports)
         self.notifies: list[tuple[str, MessageSummary | None]] = []
         self.notified = asyncio.Event()
+        #: what NOTIFYs are answered with (481: "no such subscription here")
+        self.notify_status = 200
+        self.subscription: Dialog | None = None
         self.calls: dict[str, PhoneCall] = {}
         self.endpoint: SipEndpoint
         self.pacer: RtpPacer
@@ -106,7 +109,7 @@ class Phone:
                 summary = None
             self.notifies.append((req.headers.get("Subscription-State") or "", summary))
             self.notified.set()
-            return incoming.response(200)
+            return incoming.response(self.notify_status)
         if req.method == "BYE":
             call = self.calls.get(req.call_id)
             if call is not None:
@@ -164,7 +167,18 @@ class Phone:
         req = self._request("SUBSCRIBE", f"sip:{mailbox}@{destination.host}",
                             headers=[("Event", event), ("Expires", str(expires)),
                                      ("Accept", "application/simple-message-summary")])
-        return await self.endpoint.request(req, destination)
+        resp = await self.endpoint.request(req, destination)
+        if resp.status == 200:
+            self.subscription = Dialog.create_uac(req, resp)
+        return resp
+
+    async def resubscribe(self, expires: int) -> Response:
+        """SUBSCRIBE within the subscription's dialog (refresh; 0 unsubscribes)."""
+        assert self.subscription is not None
+        req = self.subscription.create_request(
+            "SUBSCRIBE", contact=f"<{self.endpoint.contact_uri('UDP', user=self.user)}>",
+            headers=[("Event", "message-summary"), ("Expires", str(expires))])
+        return await self.endpoint.request(req)
 
     async def wait_notify(self, count: int, timeout: float = 5.0) -> None:
         async def wait() -> None:
