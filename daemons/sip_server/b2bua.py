@@ -4,7 +4,8 @@
 :class:`SessionController` joins the concerns, each in its own module:
 REGISTER and digest (:mod:`registration`), reaching a DN (:mod:`dialing`),
 the basic call (:mod:`basic_call`), REFER and consultation transfer
-(:mod:`transfer`), third-party call control from T-Library
+(:mod:`transfer`), attended transfer by REFER with Replaces
+(:mod:`attended`), third-party call control from T-Library
 (:mod:`third_party`). It starts and stops the SIP endpoint (and the watch on
 the primary of an HA pair), dispatches SIP requests by method and T-Library
 call-control requests by name. It talks to the sip-server daemon only through
@@ -20,12 +21,13 @@ from typing import Any
 from daemons.runtime.dns import SipResolver
 from daemons.runtime.sip_endpoint import Destination, IncomingRequest, SipEndpoint
 from daemons.runtime.tlib_server import TLibConnection
+from daemons.sip_server.attended import AttendedTransfer
 from daemons.sip_server.basic_call import BasicCall
 from daemons.sip_server.call import LegState
-from daemons.sip_server.outbound import OutboundProxies, PeerWatch
+from daemons.sip_server.dialplan_client import DialPlanClient, dial_plan_urls
+from daemons.sip_server.outbound import OutboundProxies, PeerWatch, Trunks
 from daemons.sip_server.session import ALLOW, CallControlError
 from daemons.sip_server.third_party import ThirdPartyCallControl
-from daemons.sip_server.transfer import Transfer
 from protocols.sip.errors import ParseError
 from protocols.sip.message import Response
 from protocols.sip.oos import NodeState
@@ -35,7 +37,7 @@ from protocols.tlib.events import RequestReceived
 __all__ = ["SessionController"]
 
 
-class SessionController(BasicCall, Transfer, ThirdPartyCallControl):
+class SessionController(BasicCall, AttendedTransfer, ThirdPartyCallControl):
     """Registrar + B2BUA of one node; call events go through ``server.call_event``."""
 
     # ------------------------------------------------------------------ lifecycle
@@ -56,6 +58,14 @@ class SessionController(BasicCall, Transfer, ThirdPartyCallControl):
                               oos_force=float(proxy_dn.oos_force), log=self.log)
             self.outbound = OutboundProxies(proxy_dn.contact, resolver, watch, log=self.log)
             self.outbound.start()
+        urls = dial_plan_urls(self.config, self.config.applications[self.server.app_name])
+        if urls:
+            self.dialplan = DialPlanClient(
+                urls, geo_location=self.config.applications[self.server.app_name].geo_location,
+                metrics=self.server.metrics, log=self.log)
+        self.trunks = Trunks(self.config, self.server.app_name, lambda: self.ep, host=host,
+                             log=self.log)
+        self.trunks.start()
         primary = self.server.primary_name
         if primary is not None:
             # hot standby (guide: "Configuring SIP Servers"): answer OPTIONS with 503
@@ -102,6 +112,10 @@ class SessionController(BasicCall, Transfer, ThirdPartyCallControl):
             self._expiry_task.cancel()
         if self.outbound is not None:
             await self.outbound.close()
+        if self.trunks is not None:
+            await self.trunks.close()
+        if self.dialplan is not None:
+            await self.dialplan.close()
         if self._ha_task is not None:
             self._ha_task.cancel()
         if self.ha_watch is not None:
@@ -128,6 +142,8 @@ class SessionController(BasicCall, Transfer, ThirdPartyCallControl):
             if method == "INVITE":
                 if inc.request.to.tag:
                     return await self._reinvite(inc)
+                if inc.request.headers.get("Replaces") is not None:
+                    return await self._invite_replaces(inc)  # RFC 3891
                 return await self._invite(inc)
             if method == "ACK":
                 self._ack_received(inc)

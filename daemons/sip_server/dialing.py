@@ -1,12 +1,14 @@
 """How the Session Controller reaches a DN (docs/node.md, "Reaching phones",
-"Routing points").
+"Routing points") or anything else the dial plan knows (docs/feature-server.md).
 
 An outgoing leg's INVITE, its provisional responses and no-answer timer
 (``extn-`` / ``posn-no-answer-timeout``, then the ``-no-answer-overflow``
 DNs), a 2xx that comes after the node gave up (ACK + BYE), routing points
 (EventRouteRequest, ``router-timeout``, ``default-dn``), and where an agent
 DN's phone is: its binding's Path (RFC 3327 §5.3), a fixed contact, or the
-SIP Proxies.
+SIP Proxies. A number that is not a DN of the switch goes to the dial plan
+(an extension, a routing point, a trunk, voicemail or a reject code); a busy
+or unanswered DN is forwarded as its calling profile says.
 """
 
 from __future__ import annotations
@@ -18,7 +20,8 @@ from collections.abc import Iterable
 from daemons.cluster.config import DnType
 from daemons.runtime.sip_endpoint import Destination
 from daemons.sip_server.call import Call, CallState, Leg, LegState
-from daemons.sip_server.outbound import NODE_HEADER
+from daemons.sip_server.dialplan_client import DialPlanAnswer
+from daemons.sip_server.outbound import NODE_HEADER, answered
 from daemons.sip_server.routing import route_extensions
 from daemons.sip_server.session import AGENT_TYPES, ALLOW, Ringing, SessionBase
 from protocols.sip.dialog import Dialog, DialogError
@@ -28,6 +31,11 @@ from protocols.sip.message import Request, Response, make_response
 from protocols.sip.uri import parse_uri
 
 __all__ = ["Dialing", "done_future"]
+
+#: DNs that are not parties: a call "to" one leaves through it (default-dn)
+TRUNK_TYPES = (DnType.TRUNK, DnType.TRUNK_GROUP)
+#: dial-plan answers one call may follow (a plan that maps A to B and B to A)
+MAX_DIAL_PLAN_STEPS = 4
 
 
 class Dialing(SessionBase):
@@ -119,9 +127,25 @@ class Dialing(SessionBase):
         status (or the failing response).
         """
         tried: set[str] = set()
+        asked = 0
         while True:
             entry = self.config.dns.get(dest)
-            if entry is not None and entry.type is DnType.ROUTING_POINT:
+            if entry is None or entry.type in TRUNK_TYPES:
+                # not a DN of ours (or a trunk named as a destination, default-dn):
+                # the dial plan says where it goes
+                asked += 1
+                if asked > MAX_DIAL_PLAN_STEPS:
+                    self.log.warning("dial_plan_loop", conn_id=call.conn_id, dest=dest)
+                    return None, 482
+                if entry is not None:
+                    return await self._via_trunk(call, origin, call.dnis, entry.number, offer,
+                                                 ringing)
+                step = await self._dial_plan(call, origin, dest, offer, ringing)
+                if isinstance(step, str):
+                    dest = step
+                    continue
+                return step
+            if entry.type is DnType.ROUTING_POINT:
                 if dest in call.visited_routing_points:
                     return None, 480
                 target = await self._route(call, origin, dest)
@@ -129,7 +153,7 @@ class Dialing(SessionBase):
                     return None, 480
                 dest = target
                 continue
-            if entry is None or entry.type not in AGENT_TYPES:
+            if entry.type not in AGENT_TYPES:
                 return None, 404
             located = await self._locate(call, dest)
             if located is None:
@@ -161,7 +185,119 @@ class Dialing(SessionBase):
                     call.move(CallState.SETUP)
                 dest = overflow
                 continue
+            reason = "no-answer" if no_answer else "busy" if resp.status in (486, 600) else None
+            if reason is not None and origin.alive and self.dialplan is not None:
+                # the called DN's calling profile: forward-busy / forward-no-answer
+                if call.state is CallState.ALERTING:
+                    call.move(CallState.SETUP)
+                forwarded = await self._forward(call, origin, dest, reason, offer, ringing)
+                if isinstance(forwarded, str) and forwarded not in tried:
+                    dest = forwarded
+                    continue
+                if isinstance(forwarded, tuple):
+                    return forwarded
             return None, resp
+
+    async def _dial_plan(self, call: Call, origin: Leg, dest: str, offer: bytes,
+                         ringing: Ringing | None) -> str | tuple[Leg | None, Response | int]:
+        """Ask the feature-server about ``dest`` and obey: a DN of the switch to reach
+        next (returned as text), or the outcome of a trunk, voicemail or reject."""
+        if self.dialplan is None:
+            return None, 404
+        answer = await self.dialplan.query(dest, caller=origin.number, conn_id=call.conn_id)
+        if answer is None:
+            return None, 503  # every feature-server down: logged and counted by the client
+        if answer.action == "reject":
+            return None, answer.code or 404
+        if answer.action == "voicemail":
+            mailbox = origin.dn or origin.number
+            return await self._voicemail(call, origin, answer, mailbox, "retrieve", offer,
+                                         ringing)
+        if answer.action == "route" and answer.number:
+            if answer.via:
+                return await self._via_trunk(call, origin, answer.number, answer.via, offer,
+                                             ringing)
+            if answer.number != dest and answer.number in self.config.dns:
+                return answer.number
+        return None, 404
+
+    async def _forward(self, call: Call, origin: Leg, dn: str, reason: str, offer: bytes,
+                       ringing: Ringing | None) -> str | tuple[Leg | None, Response | int] | None:
+        """Busy / no-answer forwarding of ``dn`` per its calling profile: the next DN
+        (text), the outcome of a voicemail or trunk call, or None (nothing to do)."""
+        assert self.dialplan is not None
+        answer = await self.dialplan.query(dn, caller=origin.number, reason=reason,
+                                           conn_id=call.conn_id)
+        if answer is None or answer.action == "none":
+            return None
+        self.log.info("call_forwarded", conn_id=call.conn_id, dn=dn, reason=reason,
+                      action=answer.action, to=answer.number)
+        if answer.action == "voicemail":
+            return await self._voicemail(call, origin, answer, dn, "deposit", offer, ringing)
+        if answer.action == "route" and answer.number:
+            if answer.via:
+                return await self._via_trunk(call, origin, answer.number, answer.via, offer,
+                                             ringing)
+            if answer.number in self.config.dns:
+                return answer.number
+        return None
+
+    async def _voicemail(self, call: Call, origin: Leg, answer: DialPlanAnswer, mailbox: str,
+                         mode: str, offer: bytes, ringing: Ringing | None
+                         ) -> tuple[Leg | None, Response | int]:
+        """The call goes to the feature-server's voicemail: ``sip:MAILBOX@FS;vm=MODE``
+        (deposit after busy / no-answer forwarding, retrieve at the access number);
+        From keeps the original caller."""
+        if not answer.sip:
+            self.log.warning("voicemail_unavailable", conn_id=call.conn_id, mailbox=mailbox)
+            return None, 503
+        uri = f"sip:{mailbox}@{answer.sip};vm={mode}"
+        dest = self._destination(uri)
+        leg = call.add_leg(None, mailbox, outbound=True)
+        invite = self._new_invite(leg, uri, origin.number, mailbox, offer, hop=dest)
+        self.log.info("call_to_voicemail", conn_id=call.conn_id, mailbox=mailbox, mode=mode,
+                      uri=uri)
+        resp, _ = await self._dial(call, leg, invite, None, ringing, dest)
+        if 200 <= resp.status < 300:
+            return leg, resp
+        self._drop_leg(leg)
+        return None, resp
+
+    async def _via_trunk(self, call: Call, origin: Leg, number: str, via: str, offer: bytes,
+                         ringing: Ringing | None) -> tuple[Leg | None, Response | int]:
+        """A call to an external ``number`` through the trunks (``via``: ``trunk`` or a
+        Trunk / Trunk Group DN), in :meth:`Trunks.candidates` order: a trunk that
+        does not answer (408) or fails (5xx) passes the call to the next one."""
+        candidates = self.trunks.candidates(number, via) if self.trunks is not None else []
+        if not candidates:
+            self.log.warning("call_no_trunk", conn_id=call.conn_id, number=number, via=via)
+            return None, 503
+        last: Response | int = 503
+        for trunk in candidates:
+            if not origin.alive:
+                return None, 487
+            leg = call.add_leg(None, number, outbound=True)
+            uri = trunk.uri(number)
+            invite = self._new_invite(leg, uri, origin.number, number, offer,
+                                      hop=trunk.destination)
+            self.log.info("call_via_trunk", conn_id=call.conn_id, trunk=trunk.name,
+                          number=number, geo_location=trunk.geo_location)
+            resp, _ = await self._dial(call, leg, invite, None, ringing, trunk.destination)
+            if 200 <= resp.status < 300:
+                return leg, resp
+            self._drop_leg(leg)
+            last = resp
+            if resp.status == 408 or resp.status >= 500 or not answered(resp):
+                assert self.trunks is not None
+                self.trunks.failed(trunk, resp.status, self._now())
+                continue
+            return None, resp
+        return None, last
+
+    def _drop_leg(self, leg: Leg) -> None:
+        if leg.alive:
+            leg.move(LegState.RELEASED)
+        self.legs.pop((leg.call_id, leg.local_tag), None)
 
     def _reachable_here(self, dn: str) -> bool:
         """Whether :meth:`_locate` may find a way to ``dn``'s phone: a usable binding

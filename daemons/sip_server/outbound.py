@@ -12,6 +12,9 @@ active out-of-service detection, the same rule as the proxies apply to the
 nodes: :class:`protocols.sip.oos.OosMonitor`). :meth:`OutboundProxies.choose`
 gives the first target in RFC 3263 order that is in service.
 
+The same watch keeps the Trunk DNs' service state (:class:`Trunks`: guide,
+"Configuring Trunk DNs", ``find-trunk-by-location``).
+
 Requests go over the transport the contact names (``;transport=tcp`` in the
 lab; UDP without one, RFC 3263 §4.1 otherwise): a proxy recognises a node by
 the source address of its requests, and both the node's UDP socket and its
@@ -22,17 +25,20 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import ipaddress
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
+from daemons.cluster.config import ClusterConfig, DnType
 from daemons.runtime.dns import SipResolver
 from daemons.runtime.sip_endpoint import Destination, SipEndpoint
 from protocols.sip.errors import ParseError, SipError
 from protocols.sip.message import Request, Response
-from protocols.sip.oos import NodeHealth, NodeState, OosMonitor
+from protocols.sip.oos import NodeHealth, NodeInput, NodeState, OosMonitor
 from protocols.sip.uri import format_host, parse_uri
 
-__all__ = ["NODE_HEADER", "OutboundProxies", "PeerWatch", "answered"]
+__all__ = ["NODE_HEADER", "OutboundProxies", "PeerWatch", "Trunk", "Trunks", "answered"]
 
 #: The proxies' private header naming the node of a dialog (docs/sip-proxy.md).
 NODE_HEADER = "X-SC-Node"
@@ -229,3 +235,151 @@ class OutboundProxies:
                 await self._task
             except asyncio.CancelledError:
                 pass
+
+
+@dataclass(frozen=True)
+class Trunk:
+    """A Trunk (or Trunk Group) DN as a node uses it (guide: "Configuring Trunk DNs")."""
+
+    name: str
+    contact: str
+    destination: Destination | None  # None: the contact's host is a name (RFC 3263)
+    geo_location: str | None
+    prefix: str
+    priority: int
+    oos_error_check: bool
+    watch: PeerWatch | None  # active out-of-service detection (oos-check > 0)
+
+    def uri(self, number: str) -> str:
+        """The Request-URI of a call to ``number`` through this trunk."""
+        if self.destination is not None:
+            d = self.destination
+            params = f";transport={d.transport.lower()}" if d.transport != "UDP" else ""
+            return f"sip:{number}@{format_host(d.host)}:{d.port}{params}"
+        text = self.contact if self.contact.startswith(("sip:", "sips:")) else \
+            f"sip:{self.contact}"
+        uri = parse_uri(text)
+        return text.replace(f"sip:{uri.user}@" if uri.user else "sip:", f"sip:{number}@", 1)
+
+    def state(self) -> NodeState | None:
+        if self.watch is None or self.destination is None:
+            return None
+        return self.watch.state(self.destination)
+
+
+class Trunks:
+    """The switch's trunks and the order a call to an external number tries them.
+
+    ``@NAME`` in a dial-plan answer names one trunk (or trunk group). ``@trunk``
+    takes every Trunk DN whose ``prefix`` begins the number (no prefix: any
+    number) and is not out of service; with ``find-trunk-by-location`` those of
+    the node's geo-location come first, then the others (none of them with
+    ``enable-strict-location-match``); then by ``priority`` (lower first) and the
+    longer prefix. ``oos-check`` / ``oos-force`` watch each trunk with OPTIONS
+    (:class:`PeerWatch`); with ``oos-error-check`` a 408 or 5xx to a call puts the
+    trunk out of service at once, until it answers a check again.
+    """
+
+    def __init__(self, config: ClusterConfig, app_name: str, endpoint: Callable[[], SipEndpoint],
+                 *, host: str, log: Any) -> None:
+        tserver = config.tserver_for(app_name)
+        self.geo_location = config.applications[app_name].geo_location
+        self.by_location = tserver.find_trunk_by_location
+        self.strict = tserver.enable_strict_location_match
+        self.log = log
+        self.trunks: dict[str, Trunk] = {}
+        self.kinds: dict[str, DnType] = {}
+        self._task: asyncio.Task[None] | None = None
+        for dn in config.dns.values():
+            if dn.type not in (DnType.TRUNK, DnType.TRUNK_GROUP) or not dn.contact:
+                continue
+            destination = _ip_destination(dn.contact)
+            check = int(dn.options.get("oos-check") or 0)
+            watch: PeerWatch | None = None
+            if check > 0 and destination is not None:
+                watch = PeerWatch(endpoint, name=app_name, host=host, oos_check=float(check),
+                                  oos_force=float(dn.options.get("oos-force") or check), log=log)
+                watch.watch([destination])
+            self.trunks[dn.number] = Trunk(
+                name=dn.number, contact=dn.contact, destination=destination,
+                geo_location=dn.geo_location, prefix=str(dn.options.get("prefix") or ""),
+                priority=int(dn.options.get("priority") or 0),
+                oos_error_check=bool(dn.options.get("oos-error-check")), watch=watch)
+            self.kinds[dn.number] = dn.type
+
+    def candidates(self, number: str, via: str | None) -> list[Trunk]:
+        """The trunks a call to ``number`` tries, in order (see the class doc)."""
+        if via and via != "trunk":
+            trunk = self.trunks.get(via)
+            if trunk is None or trunk.state() is NodeState.OUT_OF_SERVICE:
+                return []
+            return [trunk]
+        found = [t for t in self.trunks.values()
+                 if self.kinds[t.name] is DnType.TRUNK and number.startswith(t.prefix)
+                 and t.state() is not NodeState.OUT_OF_SERVICE]
+        if self.strict and self.geo_location is not None:
+            found = [t for t in found if t.geo_location == self.geo_location]
+
+        def rank(t: Trunk) -> tuple[bool, bool, int, int, str]:
+            elsewhere = self.by_location and t.geo_location != self.geo_location
+            unknown = t.state() is not NodeState.IN_SERVICE and t.watch is not None
+            return (elsewhere, unknown, t.priority, -len(t.prefix), t.name)
+
+        return sorted(found, key=rank)
+
+    def failed(self, trunk: Trunk, status: int, now: float) -> None:
+        """A call through ``trunk`` got ``status`` (408 / 5xx): with ``oos-error-check``
+        the trunk is out of service until it answers a check again."""
+        if not trunk.oos_error_check or trunk.watch is None or trunk.destination is None:
+            return
+        health = trunk.watch.monitor.nodes.get(PeerWatch.key(trunk.destination))
+        if health is not None and health.state is not NodeState.OUT_OF_SERVICE:
+            health.apply(NodeInput.OOS_FORCE, now)
+            self.log.warning("trunk_out_of_service", trunk=trunk.name, status=status,
+                             reason="oos-error-check")
+
+    def start(self) -> None:
+        if any(t.watch is not None for t in self.trunks.values()):
+            self._task = asyncio.create_task(self._run())
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            delay = 1.0
+            for trunk in self.trunks.values():
+                if trunk.watch is not None:
+                    delay = min(delay, trunk.watch.step(loop.time()))
+            await asyncio.sleep(delay)
+
+    def status(self) -> list[dict[str, Any]]:
+        out = []
+        for t in self.trunks.values():
+            state = t.state()
+            out.append({"trunk": t.name, "type": self.kinds[t.name].value, "contact": t.contact,
+                        "geo_location": t.geo_location, "prefix": t.prefix,
+                        "priority": t.priority,
+                        "state": state.value if state is not None else "not-checked"})
+        return out
+
+    async def close(self) -> None:
+        for trunk in self.trunks.values():
+            if trunk.watch is not None:
+                trunk.watch.close()
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+
+
+def _ip_destination(contact: str) -> Destination | None:
+    """``HOST[:PORT]`` or a SIP URI whose host is an IP address, as a Destination."""
+    text = contact if contact.startswith(("sip:", "sips:")) else f"sip:{contact}"
+    try:
+        uri = parse_uri(text)
+        ipaddress.ip_address(uri.host)
+    except (ParseError, ValueError):
+        return None
+    transport = (uri.params.get("transport") or "udp").upper()
+    return Destination(transport, uri.host, uri.port or 5060)

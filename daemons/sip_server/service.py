@@ -10,7 +10,8 @@ Listeners, from the application's entry in the cluster file:
 * ``ip-port`` (T-Library, IPport): reporting clients
   (:mod:`daemons.sip_server.reporting`);
 * ``http-port``: ``/healthz`` (every listener up), ``/metrics``,
-  ``/status/calls``, ``/status/registrations``, ``/status/ipport``.
+  ``/status/calls``, ``/status/registrations``, ``/status/ipport``,
+  ``/status/trunks`` (trunks' service state, the dial-plan URLs).
 
 This module holds the T-Library side: who gets which event, the answers to
 requests (docs/node.md, "Call control from desktops": exactly one answer per
@@ -32,6 +33,7 @@ from daemons.runtime.service import Service, add_daemon_arguments, run_daemon
 from daemons.runtime.tlib_server import TLibConnection, TLibServer
 from daemons.sip_server.b2bua import SessionController
 from daemons.sip_server.call import Call
+from daemons.sip_server.dialplan_client import dial_plan_urls
 from daemons.sip_server.reporting import InteractionProxy
 from daemons.sip_server.routing import RouteDecision, RoutingPoints
 from daemons.sip_server.session import CallControlError
@@ -126,6 +128,7 @@ class SipServer(Service):
         #: the primary this sip-server is the hot-standby backup of (HA pair), if any
         self.primary_name: str | None = next(
             (a.name for a in config.by_kind(AppKind.SIP_SERVER) if a.backup == name), None)
+        dial_plan_urls(config, self.app)  # a Dial Plan DN the node cannot use is refused here
         self.routing = RoutingPoints()
         self.ipproxy = InteractionProxy(self._monotonic, backlog_window=backlog_window)
         self.controller = SessionController(self)
@@ -170,6 +173,7 @@ class SipServer(Service):
         self.management.add_status_page("/status/ipport", self.ipproxy.status)
         self.management.add_status_page("/status/ports", lambda: dict(self.bound))
         self.management.add_status_page("/status/outbound", self._outbound_status)
+        self.management.add_status_page("/status/trunks", self._trunks_status)
         self.log.info("sip_server_listening", **{k.replace("-", "_"): v
                                                  for k, v in self.bound.items()})
         # Long-lived state (config, registrations, code objects) leaves the
@@ -185,6 +189,11 @@ class SipServer(Service):
         return {"role": "backup" if ctl.standby else "primary",
                 "primary": self.primary_name,
                 "proxies": ctl.outbound.status() if ctl.outbound is not None else None}
+
+    def _trunks_status(self) -> dict[str, Any]:
+        ctl = self.controller
+        return {"trunks": ctl.trunks.status() if ctl.trunks is not None else [],
+                "dial_plan": ctl.dialplan.status() if ctl.dialplan is not None else None}
 
     def _health(self) -> tuple[bool, dict[str, Any]]:
         ok = self.controller.listening and bool(self.default_server and

@@ -23,7 +23,8 @@ from daemons.runtime.management import Metrics
 from daemons.runtime.sip_endpoint import Destination, IncomingRequest, SipEndpoint
 from daemons.runtime.tlib_server import TLibConnection
 from daemons.sip_server.call import Call, CallState, Leg, LegState, new_conn_id
-from daemons.sip_server.outbound import OutboundProxies, PeerWatch
+from daemons.sip_server.dialplan_client import DialPlanClient
+from daemons.sip_server.outbound import OutboundProxies, PeerWatch, Trunks
 from daemons.sip_server.registrar import Registrar
 from daemons.sip_server.routing import RoutingPoints
 from protocols.sip.dialog import Dialog
@@ -135,6 +136,10 @@ class SessionBase:
         self._expiry_task: asyncio.Task[None] | None = None
         #: the SIP Proxies (SIP Outbound Proxy DN), for phones this node has no binding of
         self.outbound: OutboundProxies | None = None
+        #: the feature-servers' dial plan (docs/feature-server.md), None without a Dial Plan DN
+        self.dialplan: DialPlanClient | None = None
+        #: the switch's Trunk and Trunk Group DNs, their service state
+        self.trunks: Trunks | None = None
         #: a backup's watch on its primary (HA pair), None on a primary
         self.ha_watch: PeerWatch | None = None
         self._ha_task: asyncio.Task[None] | None = None
