@@ -65,6 +65,8 @@ class Supervisor:
         env = dict(os.environ)
         env.update(dict(spec.env))
         env.setdefault("PYTHONUNBUFFERED", "1")
+        # each daemon's state (stores, voicemail) under the lab directory
+        env.setdefault("SIPCLUSTER_STATE_DIR", str(self.directory / "state"))
         with open(self.log_path(name), "ab") as log:
             proc = subprocess.Popen(
                 spec.argv,

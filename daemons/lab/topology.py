@@ -7,6 +7,7 @@ and nodes with their ports, and the phone accounts.
 
 from __future__ import annotations
 
+import shutil
 import sys
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,9 @@ from typing import Any
 from daemons.cli import command_names
 from daemons.cluster.config import AppKind, Application, ClusterConfig, DnType
 from daemons.lab.supervisor import ProcessSpec
+from daemons.runtime.config import is_ip_address
+from protocols.sip.errors import ParseError
+from protocols.sip.uri import parse_uri
 
 #: start order: a t-controller links to its sip-server, proxies probe the nodes;
 #: kinds not listed start last
@@ -60,6 +64,7 @@ def process_specs(
             argv += ["--listen", f"{host}:{port}"]
         specs.append(ProcessSpec(name="GeoDNS", argv=tuple(argv),
                                  health_url=f"http://{http}/healthz"))
+    specs += pstn_gateways(cfg)
     rank = {kind: i for i, kind in enumerate(START_ORDER)}
     for app in sorted(cfg.applications.values(), key=lambda a: rank.get(a.kind, len(rank))):
         if app.kind not in kinds:
@@ -73,6 +78,33 @@ def process_specs(
         )
         specs.append(ProcessSpec(name=app.name, argv=command, health_url=url))
     return specs, skipped
+
+
+def pstn_gateways(cfg: ClusterConfig) -> list[ProcessSpec]:
+    """A PSTN gateway behind each Trunk DN with an IP address contact: SIPp's UAS
+    (a real peer, ``sip-tester``), which answers every INVITE and the trunk's
+    OPTIONS checks (``-aa``). None when SIPp is not installed."""
+    sipp = shutil.which("sipp")
+    if sipp is None:
+        return []
+    specs = []
+    seen: set[tuple[str, int]] = set()
+    for dn in cfg.dns.values():
+        if dn.type is not DnType.TRUNK or not dn.contact:
+            continue
+        text = dn.contact if dn.contact.startswith("sip:") else f"sip:{dn.contact}"
+        try:
+            uri = parse_uri(text)
+        except ParseError:
+            continue
+        address = (uri.host, uri.port or 5060)
+        if not is_ip_address(uri.host) or address in seen:
+            continue
+        seen.add(address)
+        argv = (sipp, "-sn", "uas", "-aa", "-i", uri.host, "-p", str(address[1]), "-nostdin",
+                "-f", "3600")
+        specs.append(ProcessSpec(name=f"PSTN_{dn.number}", argv=argv, health_url=None))
+    return specs
 
 
 def _node_entry(cfg: ClusterConfig, sip_server: Application) -> dict[str, Any]:
