@@ -1,0 +1,352 @@
+"""Real processes for the director's tests: two cluster nodes (sip-server +
+t-controller) in two data centres, DC1 = 127.0.145.x and DC2 = 127.0.146.x,
+the director (127.0.145.80, or more than one), SIPp agents and callers, and
+T-Library desktops that log the agents in.
+
+Agents have a fixed contact (their SIPp UAS on 127.0.14x.1NN:5060), so any
+node reaches them directly; their DN's owner is the node whose t-controller
+their desktop registered them on (T-Library-based ownership).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from daemons.runtime.tlib_client import TLibClient
+
+ROOT = Path(__file__).resolve().parents[3]
+INTEROP = ROOT / "tests" / "interop" / "scenarios"
+INTEGRATION = ROOT / "tests" / "integration" / "scenarios"
+DC = {"dc1": "127.0.145.", "dc2": "127.0.146."}
+#: agent DN -> (AgentID, data centre, skills)
+AGENTS = {
+    "1001": ("a1001", "dc1", "{ sales = 5 }"),
+    "1002": ("a1002", "dc1", "{ sales = 3 }"),
+    "1003": ("a1003", "dc2", "{ sales = 4 }"),
+    "1004": ("a1004", "dc2", "{ sales = 2, support = 1 }"),
+    "1005": ("a1005", "dc1", "{ support = 5 }"),
+    "1006": ("a1006", "dc2", "{ support = 5 }"),
+}
+DEFAULT_PHONE = "1099"
+CALLER_HOST = "127.0.145.200"
+
+
+def agent_host(dn: str) -> str:
+    return DC[AGENTS[dn][1]] + str(100 + int(dn[-2:])) if dn in AGENTS else "127.0.145.199"
+
+
+def cluster_text(ports: dict[str, int], *, directors: int, router_timeout: float,
+                 overflow_after: float, collection: float = 0.3) -> str:
+    text = f"""
+[switch]
+name = "SIP_Cluster"
+domain = "cluster.test"
+
+[switch.tserver]
+router-timeout = {router_timeout}
+default-dn = "{DEFAULT_PHONE}"
+extn-no-answer-timeout = 5
+request-collection-time = {collection}
+agent-reservation-timeout = 3
+wrap-up-time = 0
+logout-on-disconnect = false
+
+[dns.SIP_Cluster_DN]
+type = "VoIPService"
+service-type = "sip-cluster-nodes"
+applications = ["SIPS_A", "SIPS_C"]
+dn-owner-applications = ["Cluster"]
+addp-timeout = 2
+addp-remote-timeout = 3
+tc-reconnect-timeout = 1
+
+[dns.5000]
+type = "RoutingPoint"
+
+[dns.8000]
+type = "VirtualQueue"
+
+[dns.Trunk_SBC_dc1]
+type = "Trunk"
+contact = "{CALLER_HOST}:5060"
+geo-location = "dc1"
+
+[dns.{DEFAULT_PHONE}]
+type = "Extension"
+contact = "sip:{DEFAULT_PHONE}@{agent_host(DEFAULT_PHONE)}:5060"
+"""
+    for dn in AGENTS:
+        text += f'\n[dns.{dn}]\ntype = "Extension"\ncontact = "sip:{dn}@{agent_host(dn)}:5060"\n'
+    for n, geo in (("A", "dc1"), ("C", "dc2")):
+        host = DC[geo] + "11"
+        text += f"""
+[applications.SIPS_{n}]
+kind = "sip-server"
+host = "{host}"
+geo-location = "{geo}"
+sip-port = {ports[f"sip_{n}"]}
+default-port = {ports[f"default_{n}"]}
+http-port = {ports[f"http_{n}"]}
+
+[applications.TC_{n}]
+kind = "t-controller"
+host = "{host}"
+sip-server = "SIPS_{n}"
+tc-port = {ports[f"tc_{n}"]}
+http-port = {ports[f"tchttp_{n}"]}
+"""
+    for d in range(1, directors + 1):
+        text += f"""
+[applications.Director{d}]
+kind = "director"
+host = "127.0.145.{79 + d}"
+geo-location = "dc1"
+http-port = {ports[f"director_{d}"]}
+
+[applications.Director{d}.options]
+reservation-priority = {d}
+
+[applications.Director{d}.options.skills]
+""" + "".join(f"{aid} = {skills}\n" for aid, _, skills in AGENTS.values()) + f"""
+[applications.Director{d}.options.strategies.8000]
+routing-points = ["5000"]
+skill = "sales"
+min-level = 1
+order = "longest-idle"
+site-preference = true
+overflow-after = {overflow_after}
+"""
+    return text
+
+
+@dataclass
+class Proc:
+    name: str
+    proc: subprocess.Popen[str]
+    log_path: Path
+
+    def events(self, event: str | None = None) -> list[dict[str, Any]]:
+        out = []
+        for line in self.log_path.read_text().splitlines():
+            if line.startswith("{"):
+                entry = json.loads(line)
+                if event is None or entry.get("event") == event:
+                    out.append(entry)
+        return out
+
+    def stop(self, sig: int = signal.SIGTERM) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        try:
+            return self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            return self.proc.wait()
+
+
+@dataclass
+class Sipp:
+    proc: subprocess.Popen[str]
+    workdir: Path
+
+    def stats(self, timeout: float = 60.0) -> dict[str, str]:
+        try:
+            self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        stat = self.workdir / "stat.csv"
+        rows = list(csv.DictReader(stat.open(), delimiter=";")) if stat.exists() else []
+        return rows[-1] if rows else {}
+
+    def errors(self) -> str:
+        path = self.workdir / "errors.log"
+        return path.read_text(errors="replace")[-2000:] if path.exists() else ""
+
+
+@dataclass
+class Desktop:
+    client: TLibClient
+    events: list[dict[str, Any]] = field(default_factory=list)
+
+    def record(self, event: dict[str, Any]) -> None:
+        self.events.append({**event, "at": time.monotonic()})
+
+    async def request(self, name: str, **attributes: Any) -> dict[str, Any]:
+        async with asyncio.timeout(10):
+            return dict(await self.client.request(name, attributes))
+
+
+@dataclass
+class DirectorLab:
+    """The running processes of one test, and what the tests ask of them."""
+
+    path: Path
+    ports: dict[str, int]
+    sipp_bin: str
+    procs: dict[str, Proc] = field(default_factory=dict)
+    sipps: list[Sipp] = field(default_factory=list)
+    desktops: list[Desktop] = field(default_factory=list)
+    runs: int = 0
+
+    @property
+    def config(self) -> Path:
+        return self.path / "cluster.toml"
+
+    def start(self, kind: str, name: str, *, wait: str = "daemon_ready") -> Proc:
+        log_path = self.path / f"{name}.{len(self.procs)}.log"
+        log = log_path.open("w")
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "daemons.cli", kind, "--config", str(self.config),
+             "--name", name, "--log-format", "json"],
+            cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, text=True)
+        deadline = time.monotonic() + 20
+        while wait not in log_path.read_text():
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                raise RuntimeError(f"{name} did not start:\n{log_path.read_text()[-3000:]}")
+            time.sleep(0.05)
+        p = self.procs[name] = Proc(name, proc, log_path)
+        return p
+
+    def director(self, n: int = 1) -> Proc:
+        return self.start("director", f"Director{n}")
+
+    async def until(self, what: str, check: Callable[[], Any], timeout: float = 15.0) -> Any:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            value = check()
+            if value:
+                return value
+            await asyncio.sleep(0.05)
+        raise AssertionError(f"timed out waiting for {what}")
+
+    def sipp(self, scenario: Path, host: str, port: int, args: list[str], *,
+             target: str | None = None, calls: int = 1, timeout: int = 60) -> Sipp:
+        self.runs += 1
+        workdir = self.path / f"sipp-{self.runs}-{scenario.stem}"
+        workdir.mkdir()
+        cmd = [self.sipp_bin, *( [target] if target else []), "-sf", str(scenario),
+               "-i", host, "-p", str(port), "-m", str(calls), "-nostdin", "-trace_err",
+               "-error_file", str(workdir / "errors.log"), "-trace_stat",
+               "-stf", str(workdir / "stat.csv"), "-fd", "1", "-timeout", f"{timeout}s",
+               "-timeout_error", *args]
+        out = (workdir / "stdout.txt").open("w")
+        run = Sipp(subprocess.Popen(cmd, cwd=workdir, stdout=out, stderr=subprocess.STDOUT,
+                                    text=True, env={**os.environ, "TERM": "dumb"}), workdir)
+        self.sipps.append(run)
+        return run
+
+    def agent_phone(self, dn: str, calls: int, ring_ms: int = 100) -> Sipp:
+        """The agent's phone: answers ``calls`` calls on its fixed contact."""
+        return self.sipp(INTEROP / "node_uas_answer.xml", agent_host(dn), 5060,
+                         ["-d", str(ring_ms)], calls=calls)
+
+    def callers(self, node: str, calls: int, rate: float, *, limit: int = 10,
+                port: int = 5060) -> Sipp:
+        """Inbound calls from the SBC's trunk to routing point 5000 at ``node``."""
+        host = DC["dc1" if node == "A" else "dc2"] + "11"
+        return self.sipp(INTEGRATION / "uac_inbound.xml", CALLER_HOST, port,
+                         ["-s", "5000", "-set", "caller", "+15550100", "-set", "domain",
+                          "cluster.test", "-r", str(rate), "-l", str(limit)],
+                         target=f"{host}:{self.ports[f'sip_{node}']}", calls=calls)
+
+    async def desktop(self, node: str, app: str = "Cluster") -> Desktop:
+        host = DC["dc1" if node == "A" else "dc2"]
+        client = await TLibClient.connect(host + "11", self.ports[f"tc_{node}"], app, "legacy",
+                                          local_addr=(host + "90", 0))
+        desk = Desktop(client)
+        client.add_listener(desk.record)
+        self.desktops.append(desk)
+        return desk
+
+    async def login_agents(self, dns: list[str]) -> dict[str, Desktop]:
+        """Each agent's desktop on its data centre's t-controller: ownership, login, Ready."""
+        desks: dict[str, Desktop] = {}
+        for dn in dns:
+            node = "A" if AGENTS[dn][1] == "dc1" else "C"
+            desk = desks.setdefault(node, await self.desktop(node))
+            answer = await desk.request("RequestRegisterAddress", AttributeThisDN=dn)
+            assert answer["message"] == "EventRegistered", answer
+            await self.until(f"{dn} owned", lambda dn=dn: self.tc_owner(dn) is not None, 10)
+            login = await desk.request("RequestAgentLogin", AttributeThisDN=dn,
+                                       AttributeAgentID=AGENTS[dn][0],
+                                       AttributeAgentWorkMode="AutoIn")
+            assert login["message"] == "EventAgentLogin", login
+            await asyncio.sleep(0.05)  # distinct idle times, in login order
+        return desks
+
+    def tc_owner(self, dn: str) -> str | None:
+        with urllib.request.urlopen(
+                f"http://{DC['dc1']}11:{self.ports['tchttp_A']}/status/dns", timeout=5) as r:
+            entry = json.loads(r.read())["dns"].get(dn) or {}
+        return entry.get("owner") if entry.get("dn-state") == "in-service" else None
+
+    async def close(self) -> None:
+        for desk in self.desktops:
+            with contextlib.suppress(Exception):
+                await desk.client.close()
+        for run in self.sipps:
+            if run.proc.poll() is None:
+                run.proc.kill()
+                run.proc.wait()
+        failures = []
+        for proc in reversed(list(self.procs.values())):
+            code = proc.stop()
+            text = proc.log_path.read_text()
+            if "Traceback" in text:
+                failures.append(f"{proc.name}: {text[text.index('Traceback') - 300:][:2000]}")
+            elif code not in (0, -signal.SIGKILL):
+                failures.append(f"{proc.name} exit {code}: {text[-1500:]}")
+        assert not failures, "\n".join(failures)
+
+
+@pytest.fixture
+async def director_lab(tmp_path: Path, free_port: Callable[..., int],
+                       require_tool: Callable[[str], str]) -> AsyncIterator[Any]:
+    """Factory: ``lab = await director_lab(directors=1, router_timeout=10)`` starts
+    both nodes (sip-server + t-controller); the test starts its directors."""
+    labs: list[DirectorLab] = []
+
+    async def make(*, directors: int = 1, router_timeout: float = 10.0,
+                   overflow_after: float = 0.5, collection: float = 0.3) -> DirectorLab:
+        sipp_bin = require_tool("sipp")
+        ports: dict[str, int] = {}
+        for n, geo in (("A", "dc1"), ("C", "dc2")):
+            host = DC[geo] + "11"
+            for key in ("sip", "default", "http", "tc", "tchttp"):
+                ports[f"{key}_{n}"] = free_port(host)
+        for d in range(1, directors + 1):
+            ports[f"director_{d}"] = free_port(f"127.0.145.{79 + d}")
+        lab = DirectorLab(tmp_path, ports, sipp_bin)
+        labs.append(lab)
+        lab.config.write_text(cluster_text(ports, directors=directors,
+                                           router_timeout=router_timeout,
+                                           overflow_after=overflow_after,
+                                           collection=collection))
+        for n in ("A", "C"):
+            lab.start("sip-server", f"SIPS_{n}")
+        for n in ("A", "C"):
+            lab.start("t-controller", f"TC_{n}", wait="node_link_up")
+        await lab.until("the t-controller mesh", lambda: all(
+            "peer_link_up" in lab.procs[f"TC_{n}"].log_path.read_text() for n in "AC"))
+        return lab
+
+    yield make
+    for lab in labs:
+        await lab.close()
