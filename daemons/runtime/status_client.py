@@ -50,7 +50,7 @@ __all__ = ["AggregatorAddress", "StatusClient", "aggregator_addresses", "aggrega
 
 #: records per Snapshot/Publish frame (well under the 1 MiB frame limit)
 RECORDS_PER_FRAME = 4000
-CONNECT_TIMEOUT = 2.0
+CONNECT_TIMEOUT = 5.0
 
 
 @dataclass(frozen=True)
@@ -99,6 +99,7 @@ class StatusClient:
         keep_alive_interval: float = 10.0,
         keep_alive_timeout: float = 30.0,
         local_address: str | None = None,
+        snapshot: bool = True,
     ) -> None:
         if not aggregators:
             raise ValueError("no status-aggregator to connect to")
@@ -112,9 +113,16 @@ class StatusClient:
         self.keep_alive_interval = keep_alive_interval
         self.keep_alive_timeout = keep_alive_timeout
         self.local_address = local_address
+        #: a publisher that holds a set of users sends it as a snapshot on every
+        #: connection; a script publishing a few records does not (``snapshot=False``)
+        self.snapshot = snapshot
         self.log = get_logger("status_client", application=name)
         self.connected_to: str | None = None
         self.opened = asyncio.Event()
+        self._pass_failed = asyncio.Event()
+        #: why each aggregator of the last pass over the list failed
+        self.last_error: str | None = None
+        self._errors: dict[str, str] = {}
         self.gaps = 0
         self.events = 0
         self.failovers = 0
@@ -133,31 +141,48 @@ class StatusClient:
         self._task: asyncio.Task[None] | None = None
         self._last_event = 0
         self._address = self.aggregators[0]
+        self._stopping = False
 
     # -- lifecycle -------------------------------------------------------------
     def start(self) -> None:
+        self._stopping = False
         self._task = asyncio.get_running_loop().create_task(self._run())
 
     async def stop(self) -> None:
+        self._stopping = True
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
 
-    async def wait_open(self, timeout: float = 10.0) -> str:
-        await asyncio.wait_for(self.opened.wait(), timeout)
-        assert self.connected_to is not None
+    async def wait_open(self, timeout: float = 10.0, *, fail_fast: bool = False) -> str:
+        """The aggregator connected to; with ``fail_fast``, ConnectionError (why
+        the last one refused or was unreachable) once every aggregator of the
+        list was tried in vain."""
+        waits = [asyncio.ensure_future(self.opened.wait())]
+        if fail_fast:
+            waits.append(asyncio.ensure_future(self._pass_failed.wait()))
+        try:
+            await asyncio.wait_for(asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED),
+                                   timeout)
+        finally:
+            for wait in waits:
+                wait.cancel()
+        if self.connected_to is None:
+            raise ConnectionError(self.last_error or "no status-aggregator answered")
         return self.connected_to
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
             served = False
+            self._errors = {}
             for address in self.aggregators:
                 try:
                     served = await self._connect(loop, address)
                 except (OSError, ssl.SSLError, TimeoutError, ConnectionError) as exc:
+                    self._errors[address.name] = str(exc) or type(exc).__name__
                     self.log.info("status_aggregator_unreachable", aggregator=address.name,
                                   error=str(exc)[:200])
                     continue
@@ -165,6 +190,8 @@ class StatusClient:
                     self.failovers += 1
                     break
             if not served:
+                self.last_error = "; ".join(f"{n}: {e}" for n, e in self._errors.items())
+                self._pass_failed.set()
                 await asyncio.sleep(self.retry)
 
     async def _connect(self, loop: asyncio.AbstractEventLoop, address: AggregatorAddress) -> bool:
@@ -205,7 +232,7 @@ class StatusClient:
         finally:
             driver.close()
             self._session = self._driver = None
-            if self.connected_to is not None:
+            if self.connected_to is not None and not self._stopping:
                 self.log.warning("status_aggregator_lost", aggregator=self.connected_to)
             self.connected_to = None
             self.opened.clear()
@@ -233,12 +260,13 @@ class StatusClient:
             elif isinstance(event, MessageReceived):
                 self._on_message(event.message)
             elif isinstance(event, Closed):
+                self._errors[address.name] = event.reason
                 self.log.info("status_session_closed", aggregator=address.name,
                               reason=event.reason)
         return opened
 
     def _on_open(self) -> None:
-        if self.role is Role.PUBLISHER:
+        if self.role is Role.PUBLISHER and self.snapshot:
             self._send_snapshot()
         if self._watches:
             self._request(Watch(ref=self._ref(), users=tuple(sorted(self._watches))))
@@ -286,7 +314,8 @@ class StatusClient:
     def _ref(self) -> int:
         return next(self._refs)
 
-    def _request(self, message: Watch | Unwatch | Query | Search) -> asyncio.Future[Any]:
+    def _request(self, message: Watch | Unwatch | Query | Search | Publish
+                 ) -> asyncio.Future[Any]:
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         session, driver = self._session, self._driver
         if session is None or driver is None or not session.is_open:
@@ -338,6 +367,17 @@ class StatusClient:
         if not self._flush_scheduled:
             self._flush_scheduled = True
             asyncio.get_running_loop().call_soon(self._flush_outbox)
+
+    async def publish_now(self, records: Iterable[StatusRecord], timeout: float = 10.0) -> Result:
+        """Publish at once and wait for the aggregator's answer."""
+        stamped = []
+        for record in records:
+            self._seq += 1
+            stamped.append(replace(record, publisher=self.name, incarnation=self.incarnation,
+                                   seq=self._seq))
+        result: Result = await asyncio.wait_for(
+            self._request(Publish(ref=self._ref(), records=tuple(stamped))), timeout)
+        return result
 
     def _flush_outbox(self) -> None:
         self._flush_scheduled = False

@@ -169,6 +169,20 @@ class Aggregator:
         self._arm()
 
     # -- connections ---------------------------------------------------------
+    async def listen(self, host: str, port: int, context: ssl.SSLContext) -> asyncio.Server:
+        """The status port: plain TCP accepted, TLS started by :meth:`accept`, so a
+        refused handshake is ours to log and count (asyncio's own TLS server
+        drops it silently)."""
+        loop = asyncio.get_running_loop()
+
+        def connected(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> Any:
+            return self.accept(reader, writer, context)
+
+        def factory() -> asyncio.Protocol:
+            return _PausedStreamProtocol(asyncio.StreamReader(limit=READ_SIZE), connected)
+
+        return await loop.create_server(factory, host, port, reuse_address=True)
+
     async def accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
                      context: ssl.SSLContext) -> None:
         """An inbound connection: the TLS handshake, then the session."""
@@ -545,6 +559,16 @@ class Aggregator:
         MirrorUpdate: _on_mirror_update,
         KeepAlive: _on_keep_alive,
     }
+
+
+class _PausedStreamProtocol(asyncio.StreamReaderProtocol):
+    """A stream that reads nothing before its TLS handshake starts: a client's
+    first TLS record must reach the TLS layer, not the plain reader's buffer."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports are not asyncio.Transport subclasses
+        transport.pause_reading()  # type: ignore[attr-defined]
+        super().connection_made(transport)
 
 
 def _peer(writer: asyncio.StreamWriter) -> str:

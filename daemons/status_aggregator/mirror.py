@@ -23,7 +23,7 @@ from daemons.runtime.certs import peer_name
 from daemons.status_aggregator.aggregator import Aggregator
 from protocols.status.messages import Hello, Role
 
-CONNECT_TIMEOUT = 2.0
+CONNECT_TIMEOUT = 5.0
 
 
 class MirrorDialer:

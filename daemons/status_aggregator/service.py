@@ -66,10 +66,8 @@ class StatusAggregatorService(Service):
 
     async def start(self) -> None:
         self.aggregator.start()
-        context = self.server_context
-        self.server = await asyncio.start_server(
-            lambda r, w: self.aggregator.accept(r, w, context),
-            self.app.host, self.app.ports["status-port"], reuse_address=True)
+        self.server = await self.aggregator.listen(
+            self.app.host, self.app.ports["status-port"], self.server_context)
         self.address = self.server.sockets[0].getsockname()[:2]
         self.log.info("status_port_listening", address=f"{self.address[0]}:{self.address[1]}",
                       mirrors=list(self.options.status_aggregators),
