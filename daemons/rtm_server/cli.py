@@ -158,7 +158,8 @@ def _hubs(args: argparse.Namespace) -> list[tuple[str, int]]:
             a.name for a in cfg.by_kind(AppKind.RTM_SERVER)]
         for name in names:
             app = cfg.application(name, AppKind.RTM_SERVER)
-            for entry in (app, cfg.applications.get(app.backup) if app.backup else None):
+            pair = app.options.get("pair")
+            for entry in (app, cfg.applications.get(pair) if isinstance(pair, str) else None):
                 if entry is not None and (entry.host, entry.ports["rtm-port"]) not in hubs:
                     hubs.append((entry.host, entry.ports["rtm-port"]))
     if not hubs:

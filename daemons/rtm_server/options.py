@@ -10,6 +10,7 @@ file (docs/rtm-server.md, "Configuration"), read and checked once.
     window = 512                     # deliveries in flight per site
     max-rate = 5000                  # messages/s one site may send; 0: no limit
     max-frame-size = 1048576
+    pair = "RTM2"                    # the other hub sharing this store (PostgreSQL)
     takeover-poll = 0.5              # seconds between a standby hub's attempts
     tls-cert = "/etc/sipcluster/rtm.pem"   # with tls-key: sites connect over TLS
     tls-key = "/etc/sipcluster/rtm.key"
@@ -23,7 +24,7 @@ from __future__ import annotations
 import ssl
 from dataclasses import dataclass
 
-from daemons.cluster.config import Application, ClusterConfig
+from daemons.cluster.config import AppKind, Application, ClusterConfig
 from daemons.rtm_server.hub import HubOptions
 from daemons.runtime.config import Section
 from protocols.rtm.auth import MAX_SITE_ID, MIN_SITE_ID
@@ -37,6 +38,7 @@ class ServerOptions:
     store: str
     store_sync: str
     takeover_poll: float
+    pair: str | None
     tls_cert: str | None
     tls_key: str | None
 
@@ -82,8 +84,19 @@ def read_options(config: ClusterConfig, app: Application) -> ServerOptions:
         store=s.get_str("store", f"sqlite:rtm-{app.name}.db"),
         store_sync=s.get_choice("store-sync", ("normal", "full"), "normal"),
         takeover_poll=s.get_float("takeover-poll", 0.5, min=0.05, max=60),
+        pair=_pair(config, app, s),
         tls_cert=tls_cert,
         tls_key=tls_key,
     )
     s.check_unknown()
     return options
+
+
+def _pair(config: ClusterConfig, app: Application, s: Section) -> str | None:
+    name = s.get_optional_str("pair")
+    if name is None:
+        return None
+    other = config.applications.get(name)
+    if other is None or other.kind is not AppKind.RTM_SERVER or name == app.name:
+        raise s.error("pair", f"expected another rtm-server application, got {name!r}")
+    return name

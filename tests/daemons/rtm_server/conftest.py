@@ -86,9 +86,10 @@ host = "{hub.host}"
 rtm-port = {hub.rtm_port}
 http-port = {hub.http_port}
 """
-        if len(hubs) == 2:
-            text += f'backup = "{hubs[1 - i].name}"\n'
         text += f"\n[applications.{hub.name}.options]\n"
+        if len(hubs) == 2:
+            text += f'pair = "{hubs[1 - i].name}"\n'
+
         for key, value in options.items():
             text += f"{key} = {_toml(value)}\n"
         text += f"\n[applications.{hub.name}.options.sites]\n"
