@@ -316,3 +316,14 @@ def procs() -> Iterator[list[Proc]]:
     yield started
     for p in started:
         p.stop(timeout=5)
+
+
+async def until(condition: Any, timeout: float, what: str) -> None:
+    """Poll ``condition`` from a coroutine until it holds (AssertionError after ``timeout``)."""
+    import asyncio
+
+    for _ in range(int(timeout / 0.05)):
+        if condition():
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
