@@ -29,6 +29,7 @@ from daemons.t_controller.node_link import NodeLink
 from daemons.t_controller.peers import MeshOptions
 from daemons.t_controller.requests import Requests
 from daemons.t_controller.smart_proxy import ACCEPTED_CLIENT_TYPES, SmartProxy
+from daemons.t_controller.status_publisher import StatusPublisher
 from daemons.t_controller.tcport import TCPort
 
 __all__ = ["TControllerService", "add_parser", "run"]
@@ -59,6 +60,7 @@ class TControllerService(Service):
         self.sp_server: TLibServer | None = None
         self.tc_address: tuple[str, int] | None = None
         self.smart_proxy_address: tuple[str, int] | None = None
+        self.status_publisher: StatusPublisher | None = None
 
     async def start(self) -> None:
         nodes = self.config.nodes
@@ -108,12 +110,19 @@ class TControllerService(Service):
         self.management.add_status_page("/status/peers", self.mesh.status)
         self.node_link.start()
         self.mesh.start()
+        # its agents' states to the status-aggregators (docs/status-aggregator.md)
+        self.status_publisher = StatusPublisher.from_config(
+            self.config, self.app_name, controller.agents, self.log)
+        if self.status_publisher is not None:
+            self.status_publisher.start()
         self.log.info("t_controller_started", tc_port=self.tc_address[1],
                       smart_proxy_port=self.smart_proxy_address[1]
                       if self.smart_proxy_address else None,
                       node=self.sip_server.name, node_port=node_port)
 
     async def stop(self) -> None:
+        if self.status_publisher is not None:
+            await self.status_publisher.stop()
         if self.mesh is not None:
             await self.mesh.stop()
         if self.smart_proxy is not None:
