@@ -461,7 +461,8 @@ class Hub:
                wall: float) -> StoredMessage:
         self.last_id += 1
         size = len(elements) + len(object_) + len(event_) + MESSAGE_OVERHEAD
-        ttl = self.options.message_ttl
+        # a request waits for its own timeout (0: forever), not for message-ttl
+        ttl = self.options.message_ttl if kind != "request" else 0
         message = StoredMessage(self.last_id, dest, origin, kind, object_, event_, elements,
                                 correlation, reply_to, in_reply_to, wall,
                                 wall + ttl if ttl > 0 else None, size)

@@ -28,22 +28,21 @@ from daemons.runtime.driver import StreamDriver
 from daemons.runtime.service import Service, add_daemon_arguments, cancel_and_wait, run_daemon
 from protocols.rtm.session import HubSession
 
-__all__ = ["RtmServerService", "add_parser", "run"]
+__all__ = ["HubProtocol", "RtmServerService", "add_parser", "run"]
 
 
-class _HubProtocol(asyncio.Protocol):
+class HubProtocol(asyncio.Protocol):
     """One site connection: bytes in and out of its :class:`HubSession`."""
 
-    def __init__(self, service: RtmServerService, hub: Hub) -> None:
-        self.service = service
+    def __init__(self, hub: Hub) -> None:
         self.hub = hub
         self.loop = asyncio.get_running_loop()
         self.link: Link | None = None
         self.driver: StreamDriver | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        options = self.service.options.hub
-        session = HubSession(hub=self.service.app_name, passwords=options.sites.get,
+        options = self.hub.options
+        session = HubSession(hub=self.hub.name, passwords=options.sites.get,
                              now=self.loop.time(), keepalive=options.keepalive,
                              window=options.window, max_frame_size=options.max_frame_size)
         peer = transport.get_extra_info("peername") or ("?", 0)
@@ -143,7 +142,7 @@ class RtmServerService(Service):
         hub.start()
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(
-            lambda: _HubProtocol(self, hub), self.app.host, self.app.ports["rtm-port"],
+            lambda: HubProtocol(hub), self.app.host, self.app.ports["rtm-port"],
             ssl=self.ssl, reuse_address=True)
         sockname = self._server.sockets[0].getsockname()
         self.address = (sockname[0], sockname[1])
