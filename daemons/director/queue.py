@@ -231,7 +231,8 @@ class VirtualQueue:
         self.calls: dict[str, QueuedCall] = {}
         self._order = itertools.count()
         self.stats: dict[str, int] = dict.fromkeys(
-            ("entered", "routed", "abandoned", "default-routed", "conflicts"), 0)
+            ("entered", "routed", "abandoned", "default-routed", "routed-elsewhere",
+             "conflicts"), 0)
 
     def add(self, conn_id: str, routing_point: str, node: str, now: float, *,
             user_data: Mapping[str, Any] | None = None,

@@ -99,7 +99,8 @@ class Router:
         self.dispatch()
 
     def on_route_used(self, event: Mapping[str, Any]) -> None:
-        """The node routed the call itself (``router-timeout`` -> ``default-dn``)."""
+        """The node routed the call without this director: ``router-timeout`` ->
+        ``default-dn``, or another routing client answered first."""
         conn_id = event.get("AttributeConnID")
         queue = self._call_queue.get(conn_id) if isinstance(conn_id, str) else None
         if queue is None or not isinstance(conn_id, str):
@@ -107,8 +108,11 @@ class Router:
         call = queue.calls.get(conn_id)
         if call is None or call.busy:
             return  # ours: the route in flight ends it
-        self._end(queue, conn_id, "default-routed")
-        self.log.warning("call_default_routed", conn_id=conn_id, queue=queue.strategy.queue,
+        reason = event.get("AttributeReason") or {}
+        default = isinstance(reason, Mapping) and reason.get("route") == "default"
+        self._end(queue, conn_id, "default-routed" if default else "routed-elsewhere")
+        self.log.warning("call_default_routed" if default else "call_routed_elsewhere",
+                         conn_id=conn_id, queue=queue.strategy.queue,
                          to=event.get("AttributeOtherDN"))
 
     def node_lost(self, node: str) -> None:

@@ -31,6 +31,7 @@ TEMPLATES = {
     "sipcluster-sip-server@.service": ("sip-server", "SIPS_dc1_1"),
     "sipcluster-t-controller@.service": ("t-controller", "TC_dc1_1"),
     "sipcluster-sip-proxy@.service": ("sip-proxy", "SIPProxy_dc1_1"),
+    "sipcluster-director@.service": ("director", "Director"),
 }
 GEO_DNS = "sipcluster-geo-dns.service"
 #: units whose daemon binds a port below 1024 (SIP 5060, DNS 53)
