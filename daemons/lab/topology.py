@@ -149,6 +149,19 @@ def lab_description(
         for dn in cfg.dns.values()
         if dn.type == DnType.EXTENSION and dn.contact == "*"
     ]
+    directors = [
+        {"name": d.name, "host": d.host, "http_port": d.port("http-port"),
+         "running": d.name in running,
+         # virtual queue -> its routing points and skill (docs/director.md)
+         "queues": {queue: {"routing_points": list(table.get("routing-points") or []),
+                            "skill": table.get("skill") or None}
+                    for queue, table in (d.options.get("strategies") or {}).items()
+                    if isinstance(table, dict)},
+         "skills": {agent: dict(levels)
+                    for agent, levels in (d.options.get("skills") or {}).items()
+                    if isinstance(levels, dict)}}
+        for d in cfg.by_kind(AppKind.DIRECTOR)
+    ]
     return {
         "srv_fqdn": srv_fqdn,
         "domain": cfg.switch.domain,
@@ -157,4 +170,5 @@ def lab_description(
                 if dns else None),
         "data_centres": centres,
         "accounts": accounts,
+        "directors": directors,
     }
