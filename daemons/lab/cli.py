@@ -28,7 +28,12 @@ from typing import Any
 from daemons.cluster.config import Application, ClusterConfig, load_cluster
 from daemons.lab.partition import PartitionError, heal, is_partitioned, partition, subnet_of
 from daemons.lab.supervisor import Supervisor
-from daemons.lab.topology import lab_description, lab_dns_addresses, process_specs
+from daemons.lab.topology import (
+    issue_lab_certificates,
+    lab_description,
+    lab_dns_addresses,
+    process_specs,
+)
 from daemons.runtime.config import ConfigError
 
 #: deploy/etc/cluster.toml, shipped inside the package (a link in the source tree,
@@ -167,6 +172,7 @@ def run(args: argparse.Namespace) -> int:
     if not sup.specs:
         print("lab: no daemon of this cluster file is built yet", file=sys.stderr)
         return 1
+    issue_lab_certificates(cfg)
     sup.start_all()
     try:
         late = sup.wait_healthy(timeout=args.timeout)

@@ -15,6 +15,7 @@ from typing import Any
 from daemons.cli import command_names
 from daemons.cluster.config import AppKind, Application, ClusterConfig, DnType
 from daemons.lab.supervisor import ProcessSpec
+from daemons.runtime.certs import certs_dir_for, init_ca, issue
 from daemons.runtime.config import is_ip_address
 from protocols.sip.errors import ParseError
 from protocols.sip.uri import parse_uri
@@ -162,7 +163,13 @@ def lab_description(
                     if isinstance(levels, dict)}}
         for d in cfg.by_kind(AppKind.DIRECTOR)
     ]
+    aggregators = cfg.by_kind(AppKind.STATUS_AGGREGATOR)
     return {
+        "status_aggregators": [
+            {"name": a.name, "host": a.host, "status_port": a.port("status-port"),
+             "http_port": a.port("http-port"), "running": a.name in running}
+            for a in aggregators],
+        "certificates": _certificates(cfg) if aggregators else None,
         "srv_fqdn": srv_fqdn,
         "domain": cfg.switch.domain,
         "realm": cfg.switch.realm,
@@ -172,3 +179,39 @@ def lab_description(
         "accounts": accounts,
         "directors": directors,
     }
+
+
+def _tls_names(cfg: ClusterConfig) -> list[str]:
+    """Who gets a certificate in the lab: the status-aggregators, the
+    t-controllers that publish to them, and the client names their options list."""
+    names = [a.name for a in cfg.by_kind(AppKind.STATUS_AGGREGATOR)]
+    names += [a.name for a in cfg.by_kind(AppKind.T_CONTROLLER)]
+    for app in cfg.by_kind(AppKind.STATUS_AGGREGATOR):
+        for option in ("consumers", "publishers"):
+            value = app.options.get(option)
+            if isinstance(value, list):
+                names += [n for n in value if isinstance(n, str)]
+    return list(dict.fromkeys(names))
+
+
+def _certificates(cfg: ClusterConfig) -> dict[str, Any]:
+    """lab.json's "certificates": the CA and each client's certificate and key."""
+    directory = certs_dir_for(cfg.file)
+    return {"dir": str(directory), "ca": str(directory / "ca.pem"),
+            "clients": {n: {"cert": str(directory / f"{n}.pem"),
+                            "key": str(directory / f"{n}.key")} for n in _tls_names(cfg)}}
+
+
+def issue_lab_certificates(cfg: ClusterConfig) -> Path | None:
+    """At lab start: the lab's private CA and a certificate for every name of
+    :func:`_tls_names` (``certs/`` beside the lab's cluster file; made once,
+    kept across restarts). None when the cluster file has no status-aggregator."""
+    if not cfg.by_kind(AppKind.STATUS_AGGREGATOR):
+        return None
+    directory = certs_dir_for(cfg.file)
+    if not (directory / "ca.pem").exists():
+        init_ca(directory, name=f"{cfg.switch.name} lab CA")
+    for name in _tls_names(cfg):
+        if not (directory / f"{name}.pem").exists():
+            issue(directory, name)
+    return directory
