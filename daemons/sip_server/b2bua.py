@@ -6,7 +6,8 @@ REGISTER and digest (:mod:`registration`), reaching a DN (:mod:`dialing`),
 the basic call (:mod:`basic_call`), REFER and consultation transfer
 (:mod:`transfer`), attended transfer by REFER with Replaces
 (:mod:`attended`), third-party call control from T-Library
-(:mod:`third_party`). It starts and stops the SIP endpoint (and the watch on
+(:mod:`third_party`), INFO and UPDATE relayed end to end (:mod:`relay`).
+It starts and stops the SIP endpoint (and the watch on
 the primary of an HA pair), dispatches SIP requests by method and T-Library
 call-control requests by name. It talks to the sip-server daemon only through
 :class:`ControllerHost`.
@@ -26,6 +27,7 @@ from daemons.sip_server.basic_call import BasicCall
 from daemons.sip_server.call import LegState
 from daemons.sip_server.dialplan_client import DialPlanClient, dial_plan_urls
 from daemons.sip_server.outbound import OutboundProxies, PeerWatch, Trunks
+from daemons.sip_server.relay import Relay
 from daemons.sip_server.session import ALLOW, CallControlError
 from daemons.sip_server.third_party import ThirdPartyCallControl
 from protocols.sip.errors import ParseError
@@ -37,7 +39,7 @@ from protocols.tlib.events import RequestReceived
 __all__ = ["SessionController"]
 
 
-class SessionController(BasicCall, AttendedTransfer, ThirdPartyCallControl):
+class SessionController(BasicCall, AttendedTransfer, ThirdPartyCallControl, Relay):
     """Registrar + B2BUA of one node; call events go through ``server.call_event``."""
 
     # ------------------------------------------------------------------ lifecycle
@@ -157,7 +159,9 @@ class SessionController(BasicCall, AttendedTransfer, ThirdPartyCallControl):
                                                   ("Accept", "application/sdp")])
             if method == "REFER":
                 return self._refer(inc)
-            if method in ("INFO", "NOTIFY", "UPDATE", "MESSAGE"):
+            if method in ("INFO", "UPDATE"):
+                return await self._relay(inc)  # to the other party (RFC 6086, RFC 3311)
+            if method in ("NOTIFY", "MESSAGE"):
                 leg = self._leg_for(inc.request)
                 if leg is None:
                     return self._refuse(inc, 481)

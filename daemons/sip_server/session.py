@@ -46,7 +46,7 @@ __all__ = [
     "SessionBase",
 ]
 
-ALLOW = "INVITE, ACK, CANCEL, BYE, OPTIONS, REGISTER, REFER, NOTIFY, INFO"
+ALLOW = "INVITE, ACK, CANCEL, BYE, OPTIONS, REGISTER, REFER, NOTIFY, INFO, UPDATE"
 AGENT_TYPES = (DnType.EXTENSION, DnType.ACD_POSITION)
 _NO_CTI: frozenset[str] = frozenset()
 #: Final statuses from the called side that the caller sees as 480.

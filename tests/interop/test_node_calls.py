@@ -647,6 +647,20 @@ async def test_phone_hold_and_retrieve_by_reinvite(node: Node, require_tool: Any
     assert log.index("dir=sendonly") < log.index("dir=sendrecv"), log
 
 
+async def test_info_and_update_reach_the_other_phone(node: Node, require_tool: Any) -> None:
+    """RFC 6086 / RFC 3311: the caller's INFO (DTMF) and UPDATE (a new offer) are
+    carried to the callee, whose answers (its INFO body, its SDP answer) come back;
+    the scenarios fail on a missing or different body."""
+    sipp_bin = require_tool("sipp")
+    callee = await asyncio.to_thread(phone, node, sipp_bin, "1006", "node_uas_info.xml")
+    caller = call(node, sipp_bin, "1007", "1006", "node_uac_info.xml", talk_ms=200)
+    assert await wait_proc(caller), caller.errors()
+    assert await wait_proc(callee), callee.errors()
+    _, metrics = node.http("/metrics")
+    assert 'sipcluster_sip_relayed_total{method="INFO",status="200"} 1.0' in metrics
+    assert 'sipcluster_sip_relayed_total{method="UPDATE",status="200"} 1.0' in metrics
+
+
 async def test_refer_transfer(node: Node, require_tool: Any) -> None:
     """RFC 3515: REFER in the call -> 202, NOTIFY sipfrag 100 then 200; the other
     party (re-INVITEd with the target's SDP) talks to the target."""

@@ -1,0 +1,77 @@
+"""In-dialog requests a B2BUA carries to the other party: INFO (RFC 6086:
+DTMF, application data) and UPDATE (RFC 3311: session refresh and offers).
+
+A phone's INFO reaches the party it talks to, not the node: a voicemail menu
+or an IVR behind the node reads SIP INFO DTMF, and the phone learns the far
+end's answer (its status, body and Content-Type) rather than a 200 the node
+made up. An UPDATE's offer goes to the other party, whose answer comes back
+in the 2xx; both legs remember the new SDP.
+"""
+
+from __future__ import annotations
+
+from functools import cached_property
+from typing import Any
+
+from daemons.runtime.sip_endpoint import IncomingRequest
+from daemons.sip_server.session import AS_UNAVAILABLE, SessionBase
+from protocols.sip.dialog import DialogError
+from protocols.sip.message import Response
+
+__all__ = ["RELAYED_HEADERS", "Relay"]
+
+#: headers of an INFO / UPDATE that carry meaning end to end (RFC 6086 §4.2, RFC 3311)
+RELAYED_HEADERS = ("Content-Type", "Content-Disposition", "Info-Package", "Recv-Info",
+                   "Event", "Signal")
+
+
+class Relay(SessionBase):
+    """INFO and UPDATE relayed to the other leg of the call."""
+
+    @cached_property
+    def m_relayed(self) -> Any:
+        return self.server.metrics.counter(
+            "sip_relayed", "In-dialog requests relayed to the other party", ("method", "status"))
+
+    async def _relay(self, inc: IncomingRequest) -> Response | None:
+        req = inc.request
+        method = inc.method
+        leg = self._leg_for(req)
+        if leg is None or not leg.alive:
+            return self._refuse(inc, 481)
+        if leg.dialog is not None:
+            try:
+                leg.dialog.receive_request(req)
+            except DialogError as exc:
+                return self._refuse(inc, exc.status, exc.reason)
+        other = leg.call.other(leg)
+        if other is None or other.dialog is None or not other.alive:
+            # nobody to carry it to yet (the call still rings): an INFO is taken as
+            # read; an offer in an UPDATE cannot be answered here
+            if method == "UPDATE" and req.body:
+                return self._refuse(inc, 491, "Request Pending: the other party is not "
+                                    "connected yet")
+            return inc.response(200)
+        headers = [(name, value) for name in RELAYED_HEADERS
+                   for value in req.headers.get_all(name)]
+        if method == "UPDATE":
+            headers.append(("Contact", self._contact()))
+        out = other.dialog.create_request(method, headers=headers, body=req.body)
+        resp = await self._request(out)
+        try:
+            other.dialog.receive_response(resp)
+        except DialogError:
+            pass
+        status = resp.status
+        self.m_relayed.labels(method, str(status)).inc()
+        if status in AS_UNAVAILABLE:
+            status = 480 if method == "INFO" else 488
+        if method == "UPDATE" and 200 <= status < 300 and req.body:
+            leg.sdp, other.sdp = req.body, resp.body
+        answer: list[tuple[str, str]] = [(n, v) for n in ("Content-Type", "Recv-Info")
+                                         for v in resp.headers.get_all(n) if resp.body or
+                                         n == "Recv-Info"]
+        if method == "UPDATE":
+            answer.append(("Contact", self._contact(inc.flow.transport, inc.flow.remote[0])))
+        return inc.response(status, resp.reason if status == resp.status else None,
+                            headers=answer, body=resp.body)
