@@ -162,9 +162,18 @@ class ProvisioningApi:
         if request.content_length is not None and request.content_length > self.max_body:
             raise ApiRefused(413, f"body of {request.content_length} bytes is over the "
                                   f"{self.max_body}-byte limit", "too_large")
-        raw = await request.content.read(self.max_body + 1)
-        if len(raw) > self.max_body:
-            raise ApiRefused(413, f"body is over the {self.max_body}-byte limit", "too_large")
+        chunks: list[bytes] = []
+        size = 0
+        while True:  # a chunked body has no Content-Length: count as it comes
+            chunk = await request.content.read(65536)
+            if not chunk:
+                break
+            size += len(chunk)
+            if size > self.max_body:
+                raise ApiRefused(413, f"body is over the {self.max_body}-byte limit",
+                                 "too_large")
+            chunks.append(chunk)
+        raw = b"".join(chunks)
         try:
             body = json.loads(raw)
         except (ValueError, UnicodeDecodeError) as exc:

@@ -20,6 +20,7 @@ import argparse
 import asyncio
 import os
 import signal
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -196,6 +197,7 @@ class FeatureServer(Service):
     async def reload(self, *, reread_config: bool, startup: bool = False) -> dict[str, Any]:
         """Read the plan's sources again and put the new plan in force; DialPlanError
         (or ConfigError for the cluster file) leaves the plan in force as it was."""
+        started = time.perf_counter()
         try:
             options = self.app.options
             if reread_config:
@@ -205,6 +207,7 @@ class FeatureServer(Service):
             self._generation = await self.store.generation()
             stored = await self.store.all()
             candidate = PlanSources.merge(options, stored)
+            read = time.perf_counter() - started
             plan = await self.holder.install(candidate)
         except (DialPlanError, ConfigError) as exc:
             self._reloads.labels("refused").inc()
@@ -215,7 +218,9 @@ class FeatureServer(Service):
             self.app = app
         self._reloads.labels("loaded").inc()
         self._rules.set(plan.rule_count)
-        summary = plan.summary()
+        summary = {**plan.summary(), "read_seconds": round(read, 3),
+                   "compile_cpu_seconds": round(self.holder.compile_cpu_seconds, 3),
+                   "seconds": round(time.perf_counter() - started, 3)}
         self.log.info("dial_plan_loaded", **summary)
         return summary
 
