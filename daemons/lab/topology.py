@@ -178,6 +178,12 @@ def lab_description(
         "data_centres": centres,
         "accounts": accounts,
         "directors": directors,
+        "rtm_servers": [
+            {"name": r.name, "host": r.host, "rtm_port": r.port("rtm-port"),
+             "http_port": r.port("http-port"), "running": r.name in running,
+             "sites": sorted(int(s) for s in (r.options.get("sites") or {})
+                             if str(s).isdigit())}
+            for r in cfg.by_kind(AppKind.RTM_SERVER)],
     }
 
 

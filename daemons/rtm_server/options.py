@@ -2,7 +2,8 @@
 file (docs/rtm-server.md, "Configuration"), read and checked once.
 
     [applications.RTM1.options]
-    store = "sqlite:rtm.db"          # or "postgresql://user@host/db" (a hub pair)
+    store = "sqlite:/var/lib/sipcluster/RTM1/rtm.db"   # default ($SIPCLUSTER_STATE_DIR/NAME
+                                     # in the lab); "postgresql://user@host/db": a pair
     store-sync = "normal"            # normal | full
     max-queue-bytes = 67108864       # per destination site
     message-ttl = 604800             # seconds a message waits for a site that is away; 0: forever
@@ -21,8 +22,10 @@ file (docs/rtm-server.md, "Configuration"), read and checked once.
 
 from __future__ import annotations
 
+import os
 import ssl
 from dataclasses import dataclass
+from pathlib import Path
 
 from daemons.cluster.config import AppKind, Application, ClusterConfig
 from daemons.rtm_server.hub import HubOptions
@@ -48,6 +51,12 @@ class ServerOptions:
         context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         context.load_cert_chain(self.tls_cert, self.tls_key)
         return context
+
+
+def state_dir(app: Application) -> Path:
+    """``$SIPCLUSTER_STATE_DIR/NAME`` (the lab), else ``/var/lib/sipcluster/NAME``
+    (the systemd unit's StateDirectory)."""
+    return Path(os.environ.get("SIPCLUSTER_STATE_DIR") or "/var/lib/sipcluster") / app.name
 
 
 def read_options(config: ClusterConfig, app: Application) -> ServerOptions:
@@ -81,7 +90,7 @@ def read_options(config: ClusterConfig, app: Application) -> ServerOptions:
                       "give tls-cert and tls-key together")
     options = ServerOptions(
         hub=hub,
-        store=s.get_str("store", f"sqlite:rtm-{app.name}.db"),
+        store=s.get_str("store", f"sqlite:{state_dir(app) / 'rtm.db'}"),
         store_sync=s.get_choice("store-sync", ("normal", "full"), "normal"),
         takeover_poll=s.get_float("takeover-poll", 0.5, min=0.05, max=60),
         pair=_pair(config, app, s),
