@@ -32,11 +32,13 @@ TEMPLATES = {
     "sipcluster-t-controller@.service": ("t-controller", "TC_dc1_1"),
     "sipcluster-sip-proxy@.service": ("sip-proxy", "SIPProxy_dc1_1"),
     "sipcluster-director@.service": ("director", "Director"),
+    "sipcluster-feature-server@.service": ("feature-server", "FS_dc1"),
 }
 GEO_DNS = "sipcluster-geo-dns.service"
 #: units whose daemon binds a port below 1024 (SIP 5060, DNS 53)
 BINDS_LOW_PORT = {"sipcluster-sip-proxy@.service", GEO_DNS}
 SERVICES = [*TEMPLATES, GEO_DNS]
+RELOADS_ON_SIGHUP = {"sipcluster-feature-server@.service"}
 
 SANDBOX = {
     "ProtectSystem": "strict",
@@ -149,7 +151,9 @@ def test_lifecycle_and_sandbox_directives(
     unit = read_unit(unit_files[unit_name])
     for key, expected in {**LIFECYCLE, **SANDBOX}.items():
         assert unit_values(unit, "Service", key) == [expected], key
-    assert unit_values(unit, "Service", "ExecReload") == []  # no SIGHUP reload yet
+    # only the feature-server reloads (its dial plan) on SIGHUP
+    reload = ["/bin/kill -HUP $MAINPID"] if unit_name in RELOADS_ON_SIGHUP else []
+    assert unit_values(unit, "Service", "ExecReload") == reload
     assert unit_values(unit, "Unit", "PartOf") == ["sipcluster.target"]
     assert unit_values(unit, "Install", "WantedBy") == ["sipcluster.target"]
     assert "network-online.target" in unit_values(unit, "Unit", "After")
