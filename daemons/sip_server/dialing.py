@@ -169,15 +169,29 @@ class Dialing(SessionBase):
             timeout = (self.tserver.posn_no_answer_timeout
                        if entry.type is DnType.ACD_POSITION
                        else self.tserver.extn_no_answer_timeout)
+            supervision = self.server.routing.supervision  # agent-no-answer-* of routed calls
+            timeout = supervision.timeout(call.conn_id, dest, self.tserver, timeout)
             resp, no_answer = await self._dial(call, leg, invite, timeout, ringing, hop)
             if 200 <= resp.status < 300:
                 return leg, resp
             rang = leg.state is LegState.RINGING
+            nas = supervision.after(call.conn_id, dest, no_answer=no_answer, status=resp.status,
+                                    options=self.tserver, tried=tried)
             if leg.alive:
                 leg.move(LegState.RELEASED)
                 self.legs.pop((leg.call_id, leg.local_tag), None)
-                if rang:
-                    self._event(call, "EventReleased", leg, other=origin.number)
+                if rang or nas is not None:
+                    self._event(call, "EventReleased", leg, other=origin.number,
+                                extra={"AttributeReason": nas.reason} if nas else None)
+            if nas is not None and nas.next_dn is not None and origin.alive:
+                self.log.info("agent_no_answer", conn_id=call.conn_id, dn=dest, to=nas.next_dn,
+                              **nas.reason)
+                if call.state is CallState.ALERTING:
+                    call.move(CallState.SETUP)
+                if nas.recall and nas.next_dn in call.visited_routing_points:
+                    call.visited_routing_points.remove(nas.next_dn)  # routed again
+                dest = nas.next_dn
+                continue
             overflow = next((d for d in self._overflow(entry.type) if d not in tried), None)
             if no_answer and overflow is not None and origin.alive:
                 self.log.info("call_no_answer_overflow", conn_id=call.conn_id, to=overflow)

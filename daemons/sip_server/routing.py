@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from daemons.cluster.config import Dn, DnType
+from daemons.sip_server.agent_no_answer import NoAnswerSupervision
 from protocols.sip.errors import ParseError
 from protocols.sip.uri import parse_uri
 
@@ -75,6 +76,8 @@ class RoutingPoints:
 
     def __init__(self) -> None:
         self._pending: dict[str, tuple[str, asyncio.Future[RouteDecision]]] = {}
+        #: the routed calls' no-answer supervision (agent-no-answer-*)
+        self.supervision = NoAnswerSupervision()
 
     def waiting(self, conn_id: str) -> str | None:
         """The routing point a call waits on, or ``None``."""
@@ -100,10 +103,16 @@ class RoutingPoints:
         if entry is None or entry[0] != routing_point or entry[1].done():
             return False
         entry[1].set_result(decision)
+        if decision.destination is not None and decision.requester is not None \
+                and decision.route_type != "Reject":
+            request = decision.requester[1]
+            self.supervision.routed(conn_id, routing_point, decision.destination,
+                                    request.message.get("AttributeExtensions"))
         return True
 
     def abandon(self, conn_id: str) -> None:
-        """The caller hung up while the call waited."""
+        """The caller hung up while the call waited, or the call ended."""
+        self.supervision.forget(conn_id)
         entry = self._pending.pop(conn_id, None)
         if entry is not None and not entry[1].done():
             entry[1].cancel()

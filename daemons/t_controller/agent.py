@@ -487,6 +487,32 @@ class AgentTable:
         self._touch(agent)
         return [self._not_ready_event(agent)]
 
+    def no_answer(self, dn: str, reason: Mapping[str, Any] | None,
+                  now: float) -> list[AgentEvent]:
+        """A routed call rang unanswered at the agent, or the agent was busy
+        (guide: "No-Answer Supervision"): the node's ``EventReleased`` says in
+        AttributeReason what to do (``no-answer-action``: ``notready`` -> Not
+        Ready in AuxWork, ``logout``, ``none``) and why (``cause``)."""
+        if not reason:
+            return []
+        action, cause = reason.get("no-answer-action"), reason.get("cause")
+        agent = self._by_dn.get(dn)
+        if agent is None or action not in ("notready", "logout"):
+            return []
+        reasons: dict[str, str | int] = {"cause": cause if isinstance(cause, str)
+                                         else "agent-no-answer"}
+        if action == "logout":
+            return [self._logout(agent, reasons)]
+        if (agent.state, Trigger.NOT_READY) not in TRANSITIONS:
+            return []
+        self._move(agent, Trigger.NOT_READY)
+        agent.work_mode = AgentWorkMode.AUX_WORK
+        agent.reasons = reasons
+        agent.wrap_up_deadline = None
+        agent.last_activity = now
+        self._touch(agent)
+        return [self._not_ready_event(agent)]
+
     def drop_calls(self, conn_ids: Collection[str], now: float) -> list[str]:
         """Forget the calls ``conn_ids`` without releasing them: they are on a
         node this t-controller lost (guide: "TC-layer between DC1 and DC2

@@ -759,6 +759,8 @@ class TController:
             if answered and name == "EventReleased":
                 wrap_up = _wrap_up_override(attributes)
             events += self.agents.call_released(dn, conn_id, now, wrap_up_time=wrap_up)
+            if name == "EventReleased":  # a routed call unanswered: agent-no-answer-action
+                events += self.agents.no_answer(dn, attributes.get("AttributeReason"), now)
         else:
             return
         if events:

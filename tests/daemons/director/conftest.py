@@ -51,7 +51,7 @@ def agent_host(dn: str) -> str:
 
 
 def cluster_text(ports: dict[str, int], *, directors: int, router_timeout: float,
-                 overflow_after: float, collection: float = 0.3) -> str:
+                 overflow_after: float, collection: float = 0.3, tserver: str = "") -> str:
     text = f"""
 [switch]
 name = "SIP_Cluster"
@@ -65,6 +65,7 @@ request-collection-time = {collection}
 agent-reservation-timeout = 3
 wrap-up-time = 0
 logout-on-disconnect = false
+{tserver}
 
 [dns.SIP_Cluster_DN]
 type = "VoIPService"
@@ -252,9 +253,11 @@ class DirectorLab:
         self.sipps.append(run)
         return run
 
-    def agent_phone(self, dn: str, calls: int, ring_ms: int = 100) -> Sipp:
-        """The agent's phone: answers ``calls`` calls on its fixed contact."""
-        return self.sipp(INTEROP / "node_uas_answer.xml", agent_host(dn), 5060,
+    def agent_phone(self, dn: str, calls: int, ring_ms: int = 100,
+                    scenario: str = "node_uas_answer.xml") -> Sipp:
+        """The agent's phone: answers ``calls`` calls on its fixed contact (or
+        rings and never answers: node_uas_ring.xml; answers busy: node_uas_busy.xml)."""
+        return self.sipp(INTEROP / scenario, agent_host(dn), 5060,
                          ["-d", str(ring_ms)], calls=calls)
 
     def callers(self, node: str, calls: int, rate: float, *, limit: int = 10,
@@ -324,7 +327,8 @@ async def director_lab(tmp_path: Path, free_port: Callable[..., int],
     labs: list[DirectorLab] = []
 
     async def make(*, directors: int = 1, router_timeout: float = 10.0,
-                   overflow_after: float = 0.5, collection: float = 0.3) -> DirectorLab:
+                   overflow_after: float = 0.5, collection: float = 0.3,
+                   tserver: str = "") -> DirectorLab:
         sipp_bin = require_tool("sipp")
         ports: dict[str, int] = {}
         for n, geo in (("A", "dc1"), ("C", "dc2")):
@@ -338,7 +342,7 @@ async def director_lab(tmp_path: Path, free_port: Callable[..., int],
         lab.config.write_text(cluster_text(ports, directors=directors,
                                            router_timeout=router_timeout,
                                            overflow_after=overflow_after,
-                                           collection=collection))
+                                           collection=collection, tserver=tserver))
         for n in ("A", "C"):
             lab.start("sip-server", f"SIPS_{n}")
         for n in ("A", "C"):
