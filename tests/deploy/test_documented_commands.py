@@ -250,29 +250,29 @@ def test_a_missing_command_is_caught_in_every_kind_of_file(
     parser: argparse.ArgumentParser,
 ) -> None:
     markdown = """
-Run `sipcluster feature-server --config F --name FS_dc1` or:
+Run `sipcluster media-server --config F --name FS_dc1` or:
 
 ```sh
-sudo SIPCLUSTER_LOG_LEVEL=debug /opt/sipcluster/bin/sipcluster rtm-server \\
+sudo SIPCLUSTER_LOG_LEVEL=debug /opt/sipcluster/bin/sipcluster sbc-server \\
     --config /etc/sipcluster/cluster.toml --name RTM_hub
-sipcluster lab status | head -1 && sipcluster status-aggregator --name SA_1
-python3 -m daemons.cli director --name D1
+sipcluster lab status | head -1 && sipcluster recorder --name SA_1
+python3 -m daemons.cli dialer --name D1
 sipcluster sip ping sip:127.0.1.11
 ```
 
 Not commands: `sipcluster KIND`, `sipcluster --help`, `sipcluster-sip-server@.service`,
 and the user in `install -g sipcluster my-cluster.toml`.
 """
-    unit = ("[Service]\n# systemctl enable --now sipcluster-feature-server@FS_dc1\n"
-            "ExecStart=-/opt/sipcluster/bin/sipcluster feature-server --name %i\n")
+    unit = ("[Service]\n# systemctl enable --now sipcluster-media-server@FS_dc1\n"
+            "ExecStart=-/opt/sipcluster/bin/sipcluster media-server --name %i\n")
     compose = f"""
 # the hub:
-#   sipcluster rtm-server --config cluster.toml \\
+#   sipcluster sbc-server --config cluster.toml \\
 #       --name RTM_hub
 services:
   FS_dc1:
     build: {{context: ../.., dockerfile: {DOCKERFILE}}}
-    command: ["feature-server", "--name", "FS_dc1"]
+    command: ["media-server", "--name", "FS_dc1"]
   SIPS_dc1_1:
     build: {{context: ../.., dockerfile: {DOCKERFILE}}}
     command: ["sip-server", "--name", "SIPS_dc1_1"]
@@ -284,14 +284,14 @@ services:
                 *mentions_in_compose(compose, "compose")]
     assert problems_of(mentions, parser) == [
         # fenced blocks first, then the inline spans
-        "doc: `sipcluster rtm-server` is not a command",
-        "doc: `sipcluster status-aggregator` is not a command",
-        "doc: `sipcluster director` is not a command",
+        "doc: `sipcluster sbc-server` is not a command",
+        "doc: `sipcluster recorder` is not a command",
+        "doc: `sipcluster dialer` is not a command",
         "doc: `sipcluster sip ping` is not a command",
-        "doc: `sipcluster feature-server` is not a command",
-        "unit: `sipcluster feature-server` is not a command",
-        "compose: services.FS_dc1.command: `sipcluster feature-server` is not a command",
-        "compose: `sipcluster rtm-server` is not a command",
+        "doc: `sipcluster media-server` is not a command",
+        "unit: `sipcluster media-server` is not a command",
+        "compose: services.FS_dc1.command: `sipcluster media-server` is not a command",
+        "compose: `sipcluster sbc-server` is not a command",
     ]
     assert unit_names_in(markdown + unit) == {"sipcluster-sip-server@.service",
-                                              "sipcluster-feature-server@.service"}
+                                              "sipcluster-media-server@.service"}
