@@ -109,6 +109,10 @@ class TServerOptions:
     find_trunk_by_location: bool = False
     #: never a trunk of another geo-location
     enable_strict_location_match: bool = False
+    #: [call-cleanup]: stuck calls found, probed and cleared (seconds, 0 = off)
+    periodic_check_tout: float = 600.0
+    notify_idle_tout: float = 300.0
+    cleanup_idle_tout: float = 3600.0
 
 
 @dataclass(frozen=True)

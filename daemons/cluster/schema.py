@@ -207,6 +207,12 @@ TSERVER_OPTIONS: Schema = {
     "dial-plan": (_opt_str, None),
     "find-trunk-by-location": (_bool, False),
     "enable-strict-location-match": (_bool, False),
+    # [call-cleanup] (guide: "Configuring SIP Servers"), seconds; 0 disables each:
+    # how often calls are checked, the idle time after which a call is reported and
+    # its parties probed, the idle time after which it is cleared
+    "periodic-check-tout": (_seconds, 600.0),
+    "notify-idle-tout": (_seconds, 300.0),
+    "cleanup-idle-tout": (_seconds, 3600.0),
 }
 
 #: Options of the SIP Cluster Node DN (service-type = sip-cluster-nodes).

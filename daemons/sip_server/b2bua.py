@@ -6,7 +6,8 @@ REGISTER and digest (:mod:`registration`), reaching a DN (:mod:`dialing`),
 the basic call (:mod:`basic_call`), REFER and consultation transfer
 (:mod:`transfer`), attended transfer by REFER with Replaces
 (:mod:`attended`), third-party call control from T-Library
-(:mod:`third_party`), INFO and UPDATE relayed end to end (:mod:`relay`).
+(:mod:`third_party`), INFO and UPDATE relayed end to end (:mod:`relay`),
+stuck calls found and cleared (:mod:`cleanup`).
 It starts and stops the SIP endpoint (and the watch on
 the primary of an HA pair), dispatches SIP requests by method and T-Library
 call-control requests by name. It talks to the sip-server daemon only through
@@ -25,6 +26,7 @@ from daemons.runtime.tlib_server import TLibConnection
 from daemons.sip_server.attended import AttendedTransfer
 from daemons.sip_server.basic_call import BasicCall
 from daemons.sip_server.call import LegState
+from daemons.sip_server.cleanup import CallCleanup
 from daemons.sip_server.dialplan_client import DialPlanClient, dial_plan_urls
 from daemons.sip_server.outbound import OutboundProxies, PeerWatch, Trunks
 from daemons.sip_server.relay import Relay
@@ -39,7 +41,8 @@ from protocols.tlib.events import RequestReceived
 __all__ = ["SessionController"]
 
 
-class SessionController(BasicCall, AttendedTransfer, ThirdPartyCallControl, Relay):
+class SessionController(BasicCall, AttendedTransfer, ThirdPartyCallControl, Relay,
+                        CallCleanup):
     """Registrar + B2BUA of one node; call events go through ``server.call_event``."""
 
     # ------------------------------------------------------------------ lifecycle
@@ -53,6 +56,8 @@ class SessionController(BasicCall, AttendedTransfer, ThirdPartyCallControl, Rela
                                     user_agent="sipcluster-sip-server", resolver=resolver)
         _, self.sip_port = await self.endpoint.listen_pair(host, port)
         self._expiry_task = asyncio.create_task(self._expire_loop())
+        if self.tserver.periodic_check_tout > 0:
+            self._cleanup_task = asyncio.create_task(self._cleanup_loop())
         proxy_dn = self.config.outbound_proxy
         if proxy_dn is not None:
             watch = PeerWatch(lambda: self.ep, name=self.server.app_name, host=host,
@@ -112,6 +117,8 @@ class SessionController(BasicCall, AttendedTransfer, ThirdPartyCallControl, Rela
             await asyncio.wait(list(self._tasks), timeout=1.0)
         if self._expiry_task is not None:
             self._expiry_task.cancel()
+        if self._cleanup_task is not None:
+            self._cleanup_task.cancel()
         if self.outbound is not None:
             await self.outbound.close()
         if self.trunks is not None:

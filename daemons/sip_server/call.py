@@ -198,6 +198,8 @@ class Call:
     routing_point: str | None = None
     visited_routing_points: list[str] = field(default_factory=list)
     created: float = 0.0
+    #: when a request or answer of the call was last seen (call cleanup)
+    last_activity: float = 0.0
     ipport_client: str | None = None
     #: the consultation call of a held call (RequestInitiateTransfer), and back
     consult: Call | None = None

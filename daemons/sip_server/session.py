@@ -134,6 +134,7 @@ class SessionBase:
         #: sip-cti-control events -> the one set every leg with them shares
         self._cti_sets: dict[tuple[str, ...], frozenset[str]] = {}
         self._expiry_task: asyncio.Task[None] | None = None
+        self._cleanup_task: asyncio.Task[None] | None = None
         #: the SIP Proxies (SIP Outbound Proxy DN), for phones this node has no binding of
         self.outbound: OutboundProxies | None = None
         #: the feature-servers' dial plan (docs/feature-server.md), None without a Dial Plan DN
@@ -244,13 +245,17 @@ class SessionBase:
         return inc.response(status, reason, headers=headers)
 
     def _leg_for(self, request: Request) -> Leg | None:
-        return self.legs.get((request.call_id, request.to.tag or ""))
+        leg = self.legs.get((request.call_id, request.to.tag or ""))
+        if leg is not None:
+            leg.call.last_activity = self._now()  # a party still knows the call
+        return leg
 
     def _new_call(self, ani: str, dnis: str, caller_dn: str | None) -> Call:
         dest_known = dnis in self.config.dns
         call_type = "Internal" if caller_dn and dest_known else (
             "Inbound" if not caller_dn else "Outbound")
-        call = Call(new_conn_id(), ani, dnis, call_type, created=self._now())
+        now = self._now()
+        call = Call(new_conn_id(), ani, dnis, call_type, created=now, last_activity=now)
         self.calls[call.conn_id] = call
         return call
 
