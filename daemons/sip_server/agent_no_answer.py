@@ -3,7 +3,7 @@
 ``agent-no-answer-action``, ``agent-no-answer-overflow`` at application
 level, the ``NO_ANSWER_TIMEOUT`` / ``NO_ANSWER_OVERFLOW`` /
 ``NO_ANSWER_ACTION`` extensions of the routing request, and
-``set-notready-on-busy``; docs/node.md, "Agent no-answer").
+``set-notready-on-busy``; docs/t-controller.md, "Agent no-answer").
 
 A router's ``RequestRouteCall`` sends a call from a routing point to an
 agent's DN. That leg rings for ``NO_ANSWER_TIMEOUT`` (the request's

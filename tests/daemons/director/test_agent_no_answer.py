@@ -1,5 +1,5 @@
 """Agent no-answer supervision through real SIP (guide: "No-Answer
-Supervision"; docs/node.md, "Agent no-answer"): a routed call rings
+Supervision"; docs/t-controller.md, "Agent no-answer"): a routed call rings
 ``agent-no-answer-timeout`` at an agent who does not answer (a SIPp phone that
 only rings), or an agent's phone answers busy; the agent's owner applies
 ``agent-no-answer-action`` / ``set-notready-on-busy`` and the call goes back
