@@ -190,17 +190,24 @@ def _tserver_tables(cfg: ClusterConfig) -> list[tuple[str, Mapping[str, Any]]]:
 
 def _check_default_dn(cfg: ClusterConfig) -> Iterator[Problem]:
     """``default-dn``, at application level and on routing points, is a DN of
-    the switch that can take a call."""
+    the switch that can take a call, or an external number in E.164 form
+    (``+`` and digits: a bare number is more likely a mistyped DN) when the
+    switch has a dial plan to route it."""
     dn_defaults: list[tuple[str, Mapping[str, Any]]] = [
         (f"dns.{d.number}", {"default_dn": d.options.get("default-dn")})
         for d in cfg.dns.values()
         if d.type is DnType.ROUTING_POINT
     ]
+    # an external number goes through the dial plan (a feature-server DN) to a trunk
+    dial_plan = any(d.service_type == "feature-server" for d in cfg.dns.values())
     for where, table in _tserver_tables(cfg) + dn_defaults:
         target_dn = table.get("default_dn")
         if target_dn is None:
             continue
         entry = cfg.dns.get(target_dn)
+        if entry is None and dial_plan and target_dn.startswith("+") \
+                and target_dn[1:].isdigit():
+            continue
         if entry is None:
             yield (
                 f"{where}.default-dn",
