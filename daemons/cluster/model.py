@@ -174,6 +174,7 @@ class OutboundProxy:
     external_contact: str | None
     oos_check: int
     oos_force: int
+    sbc_contact: str | None = None
 
 
 @dataclass(frozen=True)

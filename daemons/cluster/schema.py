@@ -237,6 +237,9 @@ CLUSTER_NODE_OPTIONS: Schema = {
 OUTBOUND_PROXY_OPTIONS: Schema = {
     "contact": (_contact, None),
     "external-contact": (_opt_contact, None),
+    # the extra SIP Cluster FQDN phones behind SBCs use: SRV records to the SBCs
+    # by priority (the "sbc" VoIPService DNs), the same in every view
+    "sbc-contact": (_opt_contact, None),
     "oos-check": (_nonneg, 10),
     "oos-force": (_nonneg, 2),
 }
@@ -303,6 +306,9 @@ SERVICE_TYPES = (
     "msml",
     "softswitch",
     "feature-server",
+    # a Session Border Controller in front of the proxies (guide: "SIP registration in
+    # failover scenarios based on SRV records"): contact, geo-location, priority
+    "sbc",
 )
 
 #: Options the guide lists as supported only at application level: a DN-level

@@ -261,6 +261,14 @@ def generate_zone_set(
             if _is_ip(app.host):
                 hosts[f"{name}.{origin}"] = app.host
 
+    ports = sorted(set(proxy_port.values()))
+    if len(ports) > 1:
+        odd = next(n for n, p in sorted(proxy_port.items()) if p != ports[0])
+        raise ConfigError(file, f"applications.{odd}.sip-port",
+                          f"{proxy_port[odd]} differs from the other SIP Proxies' {ports[0]}: "
+                          f"the SRV records of {srv_fqdn} need one port on every proxy")
+    sbc_lines = _sbc_records(cfg, origin, geos, hosts)
+
     views: list[ViewSpec] = []
     files: dict[str, str] = {}
     base = origin.rstrip(".")
@@ -293,6 +301,7 @@ def generate_zone_set(
                     f"_sip._{proto}.{srv_fqdn}\tIN\tSRV\t{prio} {SRV_WEIGHT} "
                     f"{proxy_port[app.name]} {targets[app.name]}"
                 )
+        lines.extend(sbc_lines)
         if external is not None:
             local = [p.host for p in proxies if p.geo_location == geo and _is_ip(p.host)]
             lines.extend(f"{external}\tIN\tA\t{addr}" for addr in local)
@@ -307,6 +316,60 @@ def generate_zone_set(
     views.sort(key=lambda v: -max(n.prefixlen for n in v.match_clients))
     views.append(ViewSpec(DEFAULT_VIEW, _ANY, {base: f"{base}.{default_view}.zone"}))
     return ZoneSet(tuple(views), files)
+
+
+def _sbc_records(cfg: ClusterConfig, origin: str, geos: Sequence[str],
+                 hosts: dict[str, str]) -> list[str]:
+    """The SBC fail-over SRV records (guide: "SIP registration in failover scenarios
+    based on SRV records"): the Outbound Proxy DN's ``sbc-contact`` names the SRV
+    set of the SBCs (``service-type = "sbc"`` DNs), by their ``priority`` (default:
+    10 for the first data centre, 20 for the next ...), the same in every view, so a
+    phone registers through the primary data centre's SBC and fails over to the
+    next. A, not SRV, records for the SBC hosts given as addresses go to ``hosts``."""
+    proxy_dn = cfg.outbound_proxy
+    assert proxy_dn is not None
+    file = cfg.file
+    sbcs = sorted((d for d in cfg.dns.values() if d.service_type == "sbc"),
+                  key=lambda d: d.number)
+    if proxy_dn.sbc_contact is None:
+        if sbcs:
+            raise ConfigError(file, f"dns.{proxy_dn.dn}.sbc-contact",
+                              f"required with the sbc DN {sbcs[0].number}: the FQDN phones "
+                              "behind the SBCs resolve")
+        return []
+    key = f"dns.{proxy_dn.dn}.sbc-contact"
+    fqdn = _fqdn(_contact_host(proxy_dn.sbc_contact, key, file))
+    if not dns.name.from_text(fqdn).is_subdomain(dns.name.from_text(origin)):
+        raise ConfigError(file, key, f"{fqdn} is outside the switch domain {origin}")
+    if not sbcs:
+        raise ConfigError(file, key, 'no VoIPService DN with service-type = "sbc": '
+                          "the SRV records would be empty")
+    lines: list[str] = []
+    counts: dict[str, int] = {}
+    for dn in sbcs:
+        contact = dn.options.get("contact")
+        geo = str(dn.options.get("geo-location") or "")
+        if not contact:
+            raise ConfigError(file, f"dns.{dn.number}.contact", "required for an sbc DN")
+        if geo not in geos:
+            raise ConfigError(file, f"dns.{dn.number}.geo-location",
+                              f"{geo!r} is not a geo-location (known: {', '.join(geos)})")
+        text = contact if contact.lower().startswith(("sip:", "sips:")) else "sip:" + contact
+        try:
+            uri = parse_uri(text)
+        except SipError as exc:
+            raise ConfigError(file, f"dns.{dn.number}.contact", str(exc)) from exc
+        priority = int(dn.options.get("priority") or 0) or 10 * (1 + list(geos).index(geo))
+        counts[geo] = counts.get(geo, 0) + 1
+        if _is_ip(uri.host):
+            target = f"sbc{counts[geo]}-{geo}.{origin}"
+            hosts[target] = uri.host
+        else:
+            target = _fqdn(uri.host)
+        port = uri.port or 5060
+        lines.extend(f"_sip._{proto}.{fqdn}\tIN\tSRV\t{priority} {SRV_WEIGHT} {port} {target}"
+                     for proto in ("udp", "tcp"))
+    return lines
 
 
 # ------------------------------------------------------------------ rendering
