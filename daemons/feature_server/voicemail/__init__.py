@@ -13,4 +13,8 @@ from __future__ import annotations
 
 from daemons.feature_server.voicemail.service import VoicemailService
 
-__all__ = ["VoicemailService"]
+__all__ = ["OPTIONS", "VoicemailService"]
+
+#: the options of ``[applications.NAME.options]`` the voicemail service reads
+OPTIONS = frozenset({"rtp-ports", "default-pin", "access-number", "max-messages",
+                     "max-message-length", "mwi-max-expires"})
