@@ -42,7 +42,10 @@ __all__ = ["FeatureServer", "add_parser", "run"]
 #: default largest provisioning body (a partition of 100,000 rules fits)
 MAX_BODY = 8 * 1024 * 1024
 OPTIONS = {"state-dir", "store", "max-body", "store-poll-interval", "partitions",
-           "calling-profiles", "assignments", "rtp-ports"}
+           "calling-profiles", "assignments",
+           # read by the voicemail service (daemons/feature_server/voicemail)
+           "rtp-ports", "default-pin", "access-number", "max-messages", "max-message-length",
+           "mwi-max-expires"}
 
 
 def state_dir_for(app: Application) -> Path:

@@ -29,7 +29,8 @@ rules = [".=>${{DIGITS}}"]
 [applications.{fs}.options.partitions.Voicemail]
 rules = ["5555=>gcti::voicemail"]
 [applications.{fs}.options.partitions.PSTN]
-rules = ["9.=>+${{DIGITS:1}}@trunk", "8.=>+${{DIGITS:1}}@Trunk_dc2", "7.=>gcti::reject=403"]
+rules = ["9.=>+${{DIGITS:1}}@trunk", "8.=>+${{DIGITS:1}}@Trunk_dc2", "7.=>gcti::reject=403",
+         "+.=>${{DIGITS}}@trunk"]
 [applications.{fs}.options.calling-profiles.System]
 partitions = ["Basic", "Voicemail", "PSTN"]
 forward-busy = "gcti::voicemail"
@@ -40,8 +41,9 @@ external = "System"
 
 
 def cluster_file(path: Path, http_port: int, *, store: str | None = None,
-                 sip_port: int = 5070) -> Path:
-    """The test cluster: FS_dc1 / FS_dc2 on ``http_port``, SIPS_dc1 on ``sip_port``."""
+                 sip_port: int = 5070, voicemail_port: int | None = None) -> Path:
+    """The test cluster: FS_dc1 / FS_dc2 on ``http_port``, SIPS_dc1 on ``sip_port``;
+    with ``voicemail_port`` FS_dc1 answers SIP there (its voicemail)."""
     text = f"""
 [switch]
 name = "SIP_Cluster"
@@ -50,6 +52,8 @@ domain = "cluster.test"
 [switch.tserver]
 find-trunk-by-location = true
 sip-enable-strict-auth = false
+router-timeout = 0.5
+extn-no-answer-timeout = 1
 
 [dns.SIP_Cluster_DN]
 type = "VoIPService"
@@ -90,6 +94,20 @@ prefix = "+"
 type = "Extension"
 contact = "*"
 
+# a phone at a fixed address (no registration): SIPp in the forwarding tests
+[dns.1002]
+type = "Extension"
+contact = "sip:1002@{DC1}.60:5060"
+
+# routing points nobody routes: after router-timeout, default-dn
+[dns.5000]
+type = "RoutingPoint"
+default-dn = "Trunk_dc2"
+
+[dns.5001]
+type = "RoutingPoint"
+default-dn = "+15550001"
+
 [applications.SIPS_dc1]
 kind = "sip-server"
 host = "{DC1}.11"
@@ -109,6 +127,7 @@ kind = "feature-server"
 host = "{DC1}.31"
 geo-location = "dc1"
 http-port = {http_port}
+{f"sip-port = {voicemail_port}" if voicemail_port else ""}
 
 [applications.FS_dc2]
 kind = "feature-server"
@@ -120,6 +139,8 @@ http-port = {http_port}
         text += f"\n[applications.{fs}.options]\nstate-dir = \"{path.parent / fs}\"\n"
         if store is not None:
             text += f'store = "{store}"\n'
+        if voicemail_port and fs == "FS_dc1":
+            text += 'default-pin = "2580"\nrtp-ports = "36100-36199"\n'
         text += DIAL_PLAN.format(fs=fs)
     path.write_text(text)
     return path
