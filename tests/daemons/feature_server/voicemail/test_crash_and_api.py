@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import subprocess
 import sys
 from pathlib import Path
 
@@ -93,7 +92,8 @@ async def test_killed_mid_deposit_leaves_no_message_and_no_file(
         'default-pin = "1234"', f'default-pin = "1234"\nstate-dir = "{state}"'))
     cmd = [sys.executable, "-m", "daemons.cli", "feature-server", "--config", str(config),
            "--name", "FS_1"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    log = (tmp_path / "fs.log").open("ab")  # the process writes its log lines here
+    proc = await asyncio.create_subprocess_exec(*cmd, stdout=log, stderr=log)
     phone = await Phone("127.0.110.40", "1001", rtp_ports="36000-36099").start()
     try:
         dest = Destination("UDP", FS_HOST, sip_port)
@@ -107,13 +107,14 @@ async def test_killed_mid_deposit_leaves_no_message_and_no_file(
         frames = g711.encode(tone([1850], 1000), call.codec)
         await call.play([frames[i:i + 160] for i in range(0, len(frames), 160)])
         proc.send_signal(signal.SIGKILL)
-        proc.wait(5)
+        await asyncio.wait_for(proc.wait(), 5)
     finally:
         await phone.close()
-        if proc.poll() is None:
+        if proc.returncode is None:
             proc.kill()
+            await proc.wait()
     messages = state / "messages"
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    proc = await asyncio.create_subprocess_exec(*cmd, stdout=log, stderr=log)
     try:
         async with aiohttp.ClientSession() as http:
             for _ in range(100):
@@ -128,6 +129,7 @@ async def test_killed_mid_deposit_leaves_no_message_and_no_file(
         assert [f for f in os.listdir(messages)] == []
     finally:
         proc.send_signal(signal.SIGTERM)
-        assert proc.wait(10) == 0
+        assert await asyncio.wait_for(proc.wait(), 10) == 0
+        log.close()
 
 
