@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
 from daemons.director.queue import AgentPool, QueuedCall, VirtualQueue
@@ -51,8 +51,15 @@ class Router:
 
     def __init__(self, config: DirectorConfig, links: Links, *, log: Any,
                  metrics: Any = None, clock: Any = None,
-                 node_sites: Mapping[str, str] | None = None) -> None:
+                 node_sites: Mapping[str, str] | None = None,
+                 router_timeouts: Mapping[str, float] | None = None,
+                 report: Callable[[str, dict[str, Any]], None] | None = None) -> None:
         self.config = config
+        #: sip-server name -> its router-timeout: a call queued longer is the node's again
+        self.router_timeouts = dict(router_timeouts or {})
+        #: EventQueued / EventDiverted / EventAbandoned of the virtual queues, for
+        #: the reporting clients (docs/director.md, "Reporting")
+        self.report = report
         #: sip-server name -> geo-location: the site of an agent whose DN it owns
         self.node_sites = dict(node_sites or {})
         self.links = links
@@ -93,6 +100,7 @@ class Router:
                          user_data=event.get("AttributeUserData") or {},
                          geo_location=geo if isinstance(geo, str) else None)
         self._call_queue[conn_id] = queue
+        self._report("EventQueued", queue, call, OtherDN=rp)
         self.log.info("call_queued", conn_id=conn_id, rp=rp, queue=queue.strategy.queue,
                       node=node, priority=call.priority, geo_location=call.geo_location)
         self._count(queue, "queued")
@@ -110,10 +118,25 @@ class Router:
             return  # ours: the route in flight ends it
         reason = event.get("AttributeReason") or {}
         default = isinstance(reason, Mapping) and reason.get("route") == "default"
+        to = event.get("AttributeOtherDN")
+        self._report("EventDiverted", queue, call, **({"OtherDN": to} if isinstance(to, str)
+                                                      else {}))
         self._end(queue, conn_id, "default-routed" if default else "routed-elsewhere")
         self.log.warning("call_default_routed" if default else "call_routed_elsewhere",
                          conn_id=conn_id, queue=queue.strategy.queue,
                          to=event.get("AttributeOtherDN"))
+
+    def on_abandoned(self, event: Mapping[str, Any]) -> None:
+        """The caller hung up while the call waited on the routing point."""
+        conn_id = event.get("AttributeConnID")
+        queue = self._call_queue.get(conn_id) if isinstance(conn_id, str) else None
+        if queue is None or not isinstance(conn_id, str):
+            return
+        call = queue.calls.get(conn_id)
+        if call is not None:
+            self._report("EventAbandoned", queue, call)
+        self._end(queue, conn_id, "abandoned")
+        self.log.info("call_abandoned", conn_id=conn_id, queue=queue.strategy.queue)
 
     def node_lost(self, node: str) -> None:
         """A node's link is gone: its calls route by themselves (``default-dn``)."""
@@ -191,6 +214,11 @@ class Router:
         next_overflow: float | None = None
         for queue in self.queues.values():
             for call in queue.waiting():
+                limit = self.router_timeouts.get(call.node)
+                if limit is not None and call.waited(now) > limit + 1.0:
+                    # the node gave up waiting (router-timeout): not ours any more
+                    self._end(queue, call.conn_id, "default-routed")
+                    continue
                 overflow = queue.overflow(call, now)
                 agent = self.pool.pick(queue.strategy, call.geo_location, overflow=overflow,
                                        exclude=call.excluded)
@@ -231,6 +259,7 @@ class Router:
             routed = {"message": "EventError", "AttributeErrorCode": int(ErrorCode.INTERNAL_ERROR),
                       "AttributeErrorMessage": f"node {call.node} unreachable: {exc}"}
         if routed.get("message") == "EventRouteUsed":
+            self._report("EventDiverted", queue, call, OtherDN=dn, AgentID=agent_id)
             self._end(queue, conn_id, "routed")
             self.log.info("call_routed", conn_id=conn_id, queue=queue.strategy.queue, to=dn,
                           agent_id=agent_id, waited=round(call.waited(self.clock()), 3))
@@ -255,6 +284,7 @@ class Router:
                       dn=dn, code=code, reason=text)
         if request == "RequestRouteCall" and code == ErrorCode.UNKNOWN_CONNID:
             # the node no longer holds the call on the routing point
+            self._report("EventAbandoned", queue, call)
             self._end(queue, call.conn_id, "abandoned")
             return
         if call.conn_id in queue.calls:
@@ -271,6 +301,17 @@ class Router:
         queue.remove(conn_id, outcome)
         self._call_queue.pop(conn_id, None)
         self._count(queue, outcome)
+
+    def _report(self, name: str, queue: VirtualQueue, call: QueuedCall, **attrs: Any) -> None:
+        if self.report is None:
+            return
+        event: dict[str, Any] = {"AttributeThisDN": queue.strategy.queue,
+                                 "AttributeThisQueue": queue.strategy.queue,
+                                 "AttributeConnID": call.conn_id}
+        if call.user_data:
+            event["AttributeUserData"] = dict(call.user_data)
+        event.update({f"Attribute{k}": v for k, v in attrs.items()})
+        self.report(name, event)
 
     def _count(self, queue: VirtualQueue, outcome: str) -> None:
         if self.outcomes is not None:

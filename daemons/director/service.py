@@ -14,7 +14,9 @@ Wiring only (the policy is in :mod:`daemons.director.router`,
   through the mesh) and sends ``RequestReserveAgent`` there, which reaches
   the DN's owner, the one authority;
 * ``http-port``: ``/healthz``, ``/metrics`` and ``/status/director`` (JSON
-  for wallboards: queues, agents per site, decision time).
+  for wallboards: queues, agents per site, decision time);
+* ``director-port`` (optional, T-Library): reporting clients get every
+  virtual queue's ``EventQueued``, ``EventDiverted`` and ``EventAbandoned``.
 
 Each node keeps routing on its own while the director is down: its routing
 points go to ``default-dn`` after ``router-timeout``.
@@ -35,6 +37,9 @@ from daemons.director.router import CALL_START, Router
 from daemons.director.strategy import read_director_config
 from daemons.runtime.service import Service, add_daemon_arguments, cancel_and_wait, run_daemon
 from daemons.runtime.tlib_client import TLibClient, TLibConnectionLost, TLibHandshakeError
+from daemons.runtime.tlib_server import TLibConnection, TLibServer
+from protocols.tlib.errors import ErrorCode
+from protocols.tlib.events import RequestReceived
 
 __all__ = ["Director", "add_parser", "run"]
 
@@ -45,6 +50,35 @@ REQUEST_TIMEOUT = 5.0
 #: ADDP between the director and the daemons it watches (seconds).
 ADDP_TIMEOUT, ADDP_REMOTE_TIMEOUT = 3.0, 5.0
 _CALL_ENDS = frozenset({"EventReleased", "EventDiverted"})
+
+
+class _ReportingPort:
+    """TLibHandler of ``director-port``: reporting clients receive the virtual
+    queues' events; they may register a queue's DN (answered), nothing else."""
+
+    def __init__(self, director: Director) -> None:
+        self.director = director
+
+    def on_registered(self, conn: TLibConnection) -> None:
+        self.director.reporting_clients.add(conn)
+
+    def on_request(self, conn: TLibConnection, request: RequestReceived) -> None:
+        dn = request.message.get("AttributeThisDN")
+        if request.name in ("RequestRegisterAddress", "RequestUnregisterAddress"):
+            if dn not in self.director.settings.strategies:
+                conn.answer_error(request, ErrorCode.UNKNOWN_DN,
+                                  f"Unknown DN: {str(dn)[:64]} is not a virtual queue of "
+                                  "this director")
+                return
+            conn.answer(request, "EventRegistered" if request.name == "RequestRegisterAddress"
+                        else "EventUnregistered", {"AttributeThisDN": dn})
+            return
+        conn.answer_error(request, ErrorCode.REQUEST_NOT_SUPPORTED,
+                          f"Request not supported on this port: {request.name} (director-port "
+                          "delivers the virtual queues' events)")
+
+    def on_closed(self, conn: TLibConnection, reason: str) -> None:
+        self.director.reporting_clients.discard(conn)
 
 
 class Director(Service):
@@ -66,6 +100,8 @@ class Director(Service):
         self.router: Router | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self.agent_dns = sorted(d.number for d in config.agent_dns())
+        self.reporting: TLibServer | None = None
+        self.reporting_clients: set[TLibConnection] = set()
         m = self.metrics
         self.links_up = m.gauge("director_links_up", "T-Library links up, by kind", ("link",))
 
@@ -73,8 +109,17 @@ class Director(Service):
     async def start(self) -> None:
         node_sites = {a.name: a.geo_location for a in self.config.by_kind(AppKind.SIP_SERVER)
                       if a.geo_location}
+        timeouts = {a.name: self.config.tserver_for(a.name).router_timeout
+                    for a in self.config.by_kind(AppKind.SIP_SERVER)}
         self.router = Router(self.settings, self, log=self.log, metrics=self.metrics,
-                             node_sites=node_sites)
+                             node_sites=node_sites, router_timeouts=timeouts,
+                             report=self._report)
+        port = self.app.port("director-port")
+        if port is not None:
+            self.reporting = TLibServer(_ReportingPort(self), application_name=self.app_name,
+                                        port_name="director-port", metrics=self.metrics,
+                                        logger=self.log)
+            await self.reporting.listen(self.host, port)
         for app in self.config.by_kind(AppKind.SIP_SERVER):
             self._tasks.append(asyncio.create_task(self._node_loop(app)))
         self._tasks.append(asyncio.create_task(self._t_controller_loop()))
@@ -97,6 +142,8 @@ class Director(Service):
                 await client.close()
         if self.router is not None:
             await self.router.close()
+        if self.reporting is not None:
+            await self.reporting.close()
 
     def _health(self) -> tuple[bool, dict[str, Any]]:
         ok = bool(self.nodes) and self.t_controller is not None
@@ -106,6 +153,10 @@ class Director(Service):
         assert self.router is not None
         return {"application": self.app_name, "nodes": sorted(self.nodes),
                 "t-controller": self.t_controller_name, **self.router.status()}
+
+    def _report(self, name: str, attributes: dict[str, Any]) -> None:
+        for conn in list(self.reporting_clients):
+            conn.send_event(name, attributes)
 
     # -- the requests the router sends ------------------------------------------------
     async def reserve(self, dn: str, agent_id: str, conn_id: str,
@@ -180,6 +231,8 @@ class Director(Service):
             self.router.on_route_request(node, event)
         elif name == "EventRouteUsed" and "AttributeReferenceID" not in event:
             self.router.on_route_used(event)
+        elif name == "EventAbandoned":
+            self.router.on_abandoned(event)
 
     def _t_controllers(self) -> list[Application]:
         """Its own data centre's t-controllers first."""

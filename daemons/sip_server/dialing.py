@@ -380,8 +380,13 @@ class Dialing(SessionBase):
                     extra=ext)
         entry = self.config.dns[rp]
         default = entry.options.get("default-dn") or self.tserver.default_dn
-        decision = await self.server.routing.wait(call.conn_id, rp, self.tserver.router_timeout,
-                                                  default if isinstance(default, str) else None)
+        try:
+            decision = await self.server.routing.wait(
+                call.conn_id, rp, self.tserver.router_timeout,
+                default if isinstance(default, str) else None)
+        except asyncio.CancelledError:  # the caller hung up while the call waited
+            self._event(call, "EventAbandoned", rp_leg, other=origin.number, role="Destination")
+            raise
         if decision.user_data:
             call.user_data.update(decision.user_data)
         if decision.requester is not None:

@@ -409,6 +409,8 @@ _MESSAGES: tuple[MessageSpec, ...] = (
     _ev("EventPartyChanged", (_DN, _CONN), _CALL_OPT, "A party was replaced (transfer)."),
     _ev("EventQueued", (_DN, _CONN), _CALL_OPT, "The call waits on a queue or routing point."),
     _ev("EventDiverted", (_DN, _CONN), _CALL_OPT, "The call left ThisDN for OtherDN."),
+    _ev("EventAbandoned", (_DN, _CONN), _CALL_OPT,
+        "The caller hung up while the call waited on ThisDN (routing point, queue)."),
     _ev("EventRouteRequest", (_DN, _CONN), _CALL_OPT, "A routing point asks where to route."),
     _ev("EventRouteUsed", (_DN, _CONN), _CALL_OPT, "The call was routed to OtherDN."),
     _ev("EventAttachedDataChanged", (_DN, _CONN), _CALL_OPT, "The call's UserData changed."),

@@ -118,6 +118,7 @@ kind = "director"
 host = "127.0.145.{79 + d}"
 geo-location = "dc1"
 http-port = {ports[f"director_{d}"]}
+director-port = {ports[f"dport_{d}"]}
 
 [applications.Director{d}.options]
 reservation-priority = {d}
@@ -337,6 +338,7 @@ async def director_lab(tmp_path: Path, free_port: Callable[..., int],
                 ports[f"{key}_{n}"] = free_port(host)
         for d in range(1, directors + 1):
             ports[f"director_{d}"] = free_port(f"127.0.145.{79 + d}")
+            ports[f"dport_{d}"] = free_port(f"127.0.145.{79 + d}")
         lab = DirectorLab(tmp_path, ports, sipp_bin)
         labs.append(lab)
         lab.config.write_text(cluster_text(ports, directors=directors,

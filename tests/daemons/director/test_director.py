@@ -12,6 +12,8 @@ import json
 import signal
 import subprocess
 import sys
+import urllib.request
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -28,6 +30,7 @@ from tests.daemons.director.conftest import (  # type: ignore[import-not-found]
 pytestmark = pytest.mark.timeout(120)
 
 SALES = ["1001", "1002", "1003", "1004"]
+SCENARIOS = Path(__file__).resolve().parent / "scenarios"
 
 
 def ringing_overlaps(events: list[dict[str, Any]]) -> list[str]:
@@ -169,7 +172,7 @@ async def test_director_killed_mid_load_no_call_lost_and_it_resumes(director_lab
 def test_a_strategy_naming_a_missing_routing_point_is_refused(tmp_path: Any) -> None:
     ports = {k: 5000 + i for i, k in enumerate(
         [f"{key}_{n}" for n in "AC" for key in ("sip", "default", "http", "tc", "tchttp")]
-        + ["director_1"])}
+        + ["director_1", "dport_1"])}
     config = tmp_path / "cluster.toml"
     config.write_text(cluster_text(ports, directors=1, router_timeout=5, overflow_after=1)
                       .replace('routing-points = ["5000"]', 'routing-points = ["5077"]'))
@@ -181,3 +184,52 @@ def test_a_strategy_naming_a_missing_routing_point_is_refused(tmp_path: Any) -> 
     assert len(lines) == 1
     assert "applications.Director1.options.strategies.8000.routing-points" in lines[0]
     assert "5077 is not a DN of the switch" in lines[0]
+
+
+async def test_reporting_clients_see_queued_abandoned_and_diverted(director_lab: Any) -> None:
+    lab = await director_lab(router_timeout=10)
+    director = lab.director()
+    await lab.until("agent view", lambda: director.events("t_controller_linked"))
+    report = await TLibClient.connect("127.0.145.80", lab.ports["dport_1"], "StatServer",
+                                      "legacy", local_addr=("127.0.145.92", 0))
+    events: list[dict[str, Any]] = []
+    report.add_listener(lambda e: events.append(dict(e)))
+    try:
+        registered = await report.request("RequestRegisterAddress", AttributeThisDN="8000")
+        assert registered["message"] == "EventRegistered"
+        refused = await report.request("RequestRegisterAddress", AttributeThisDN="5000")
+        assert refused["AttributeErrorCode"] == 50
+        # no agent is logged in: the caller waits in the queue, then hangs up
+        host = DC["dc1"] + "11"
+        gone = lab.sipp(SCENARIOS / "uac_cancel_queued.xml", "127.0.145.201", 5060,
+                        ["-s", "5000", "-d", "1500"], target=f"{host}:{lab.ports['sip_A']}")
+        stats = await asyncio.to_thread(gone.stats, 20)
+        assert stats.get("SuccessfulCall(C)") == "1", (stats, gone.errors())
+        await lab.until("EventAbandoned", lambda: any(
+            e["message"] == "EventAbandoned" for e in events))
+        queued = next(e for e in events if e["message"] == "EventQueued")
+        assert (queued["AttributeThisDN"], queued["AttributeOtherDN"]) == ("8000", "5000")
+        abandoned = next(e for e in events if e["message"] == "EventAbandoned")
+        assert abandoned["AttributeConnID"] == queued["AttributeConnID"]
+        # an agent: the next call is diverted to it
+        phone = lab.agent_phone("1001", calls=1)
+        await lab.login_agents(["1001"])
+        await asyncio.sleep(0.5)
+        callers = lab.callers("A", calls=1, rate=1)
+        stats = await asyncio.to_thread(callers.stats, 20)
+        assert stats.get("SuccessfulCall(C)") == "1", (stats, callers.errors())
+        diverted = [e for e in events if e["message"] == "EventDiverted"]
+        assert diverted and diverted[-1]["AttributeOtherDN"] == "1001"
+        assert diverted[-1]["AttributeAgentID"] == "a1001"
+        status = json.loads(await asyncio.to_thread(_get, lab, "/status/director"))
+        queue = status["queues"]["8000"]
+        assert (queue["abandoned"], queue["routed"], queue["waiting"]) == (1, 1, 0)
+        phone.proc.kill()
+    finally:
+        await report.close()
+
+
+def _get(lab: Any, path: str) -> str:
+    with urllib.request.urlopen(f"http://127.0.145.80:{lab.ports['director_1']}{path}",
+                                timeout=5) as resp:
+        return str(resp.read().decode())

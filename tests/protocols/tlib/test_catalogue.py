@@ -38,7 +38,7 @@ EventDNBackInService EventAgentLogin EventAgentLogout EventAgentReady EventAgent
 EventDialing EventRinging EventEstablished EventReleased EventHeld EventRetrieved
 EventPartyChanged EventQueued EventDiverted EventRouteRequest EventRouteUsed
 EventAttachedDataChanged EventAddressInfo EventError EventACK EventKeepAlive
-EventAgentReserved""".split()
+EventAgentReserved EventAbandoned""".split()
 
 
 def test_catalogue_holds_the_classic_names() -> None:
