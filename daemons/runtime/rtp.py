@@ -17,8 +17,10 @@ from __future__ import annotations
 import asyncio
 import secrets
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any, cast
+
+from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
 
 from daemons.runtime.logs import get_logger
 from daemons.runtime.management import Metrics, TallyCounter
@@ -47,6 +49,35 @@ class RtpCounters:
             "rtp_packets_dropped", "RTP packets dropped", ("reason",))
 
 
+class _LatenessCollector:
+    """``rtp_send_lateness_seconds`` (histogram, 0.25 ms buckets to 20 ms) and
+    ``rtp_frames_late_total``, read from the pacer when /metrics is scraped."""
+
+    def __init__(self, pacer: RtpPacer, namespace: str) -> None:
+        self.pacer = pacer
+        self.prefix = f"{namespace}_" if namespace else ""
+
+    def describe(self) -> Iterator[Metric]:
+        return iter(())
+
+    def collect(self) -> Iterator[Metric]:
+        pacer = self.pacer
+        buckets: list[tuple[str, float]] = []
+        seen = 0
+        for i, count in enumerate(pacer.lateness[:80]):
+            seen += count
+            buckets.append((f"{(i + 1) * _BUCKET:.5f}", seen))
+        buckets.append(("+Inf", pacer.frames))
+        yield HistogramMetricFamily(
+            f"{self.prefix}rtp_send_lateness_seconds",
+            "How late each RTP frame left after its 20 ms deadline",
+            buckets=buckets, sum_value=pacer.lateness_sum)
+        late = CounterMetricFamily(f"{self.prefix}rtp_frames_late",
+                                   f"RTP frames sent more than {LATE_AFTER * 1000:.0f} ms late")
+        late.add_metric([], pacer.late)
+        yield late
+
+
 class RtpPacer:
     """One timer at absolute 20 ms deadlines for every playing stream (see module doc)."""
 
@@ -61,6 +92,11 @@ class RtpPacer:
         self.lateness = [0] * _BUCKETS
         self.frames = 0
         self.late = 0
+        self.lateness_sum = 0.0
+
+    def register(self, metrics: Metrics) -> None:
+        """Expose the send-lateness figures on the daemon's /metrics."""
+        metrics.registry.register(_LatenessCollector(self, metrics.namespace))
 
     def add(self, session: RtpSession) -> None:
         self._streams[session] = None
@@ -92,6 +128,7 @@ class RtpPacer:
             index = min(int(delay / _BUCKET), _BUCKETS - 1) if delay > 0 else 0
             self.lateness[index] += sent
             self.frames += sent
+            self.lateness_sum += max(delay, 0.0) * sent
             if delay > LATE_AFTER:
                 self.late += sent
         if not self._streams:
@@ -115,6 +152,7 @@ class RtpPacer:
     def reset_stats(self) -> None:
         self.lateness = [0] * _BUCKETS
         self.frames = self.late = 0
+        self.lateness_sum = 0.0
 
 
 class RtpSession(asyncio.DatagramProtocol):

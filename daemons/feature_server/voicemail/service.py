@@ -131,6 +131,7 @@ class VoicemailService:
         if orphans:
             self.log.warning("voicemail_orphans_removed", files=len(orphans))
         self._pacer = RtpPacer(loop)
+        self._pacer.register(self.metrics)
         self._endpoint = SipEndpoint(self.ua.handle, metrics=self.metrics,
                                      user_agent="sipcluster-feature-server", logger=self.log)
         await self._endpoint.listen_pair(self.host, self.sip_port)
