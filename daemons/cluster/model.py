@@ -96,6 +96,11 @@ class TServerOptions:
     #: agent reservation (guide: "[agent-reservation] request-collection-time")
     request_collection_time: float = 0.3
     agent_reservation_timeout: float = 6.0
+    #: s an agent stays out of routing after a call (after wrap-up-time)
+    legal_guard_time: float = 0.0
+    #: after-call work asked while idle lasts wrap-up-time; then Ready (or back)
+    timed_acw_in_idle: bool = False
+    acw_in_idle_force_ready: bool = True
     wrap_up_time: int = 0
     emulated_login_state: str = "not_ready"
     logout_on_disconnect: bool = False

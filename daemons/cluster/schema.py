@@ -195,6 +195,10 @@ TSERVER_OPTIONS: Schema = {
     # reservation requests for one agent are gathered, and a reservation's hold
     "request-collection-time": (_seconds, 0.3),
     "agent-reservation-timeout": (_seconds, 6.0),
+    # after-call work (guide: "Emulated Agents", supported at application level)
+    "legal-guard-time": (_seconds, 0.0),
+    "timed-acw-in-idle": (_bool, False),
+    "acw-in-idle-force-ready": (_bool, True),
     "wrap-up-time": (_wrap_up, 0),
     "emulated-login-state": (_choice("ready", "not_ready"), "not_ready"),
     "logout-on-disconnect": (_bool, False),
