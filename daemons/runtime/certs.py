@@ -25,11 +25,12 @@ by address in the cluster file.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import datetime
 import os
 import ssl
 import sys
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +41,8 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 __all__ = [
     "CertError",
+    "TlsAcceptor",
+    "TlsTransport",
     "add_parser",
     "authorize",
     "certs_dir_for",
@@ -258,6 +261,205 @@ def authorize(
     if kind not in kinds:
         return f"{name!r} is a {kind}; role {role} is for {', '.join(sorted(kinds)) or 'nobody'}"
     return None
+
+
+# -- accepting -----------------------------------------------------------------
+
+#: seconds a new connection has to complete its TLS handshake
+HANDSHAKE_TIMEOUT = 10.0
+_READ_SIZE = 256 * 1024
+
+
+def refusal_reason(exc: BaseException) -> str:
+    """A bounded label for a refused handshake (metrics, log lines)."""
+    text = str(exc).lower()
+    for needle, reason in (("expired", "certificate_expired"),
+                           ("unknown ca", "unknown_ca"),
+                           ("certificate verify failed", "certificate_verify_failed"),
+                           ("peer did not return a certificate", "no_certificate"),
+                           ("certificate required", "no_certificate"),
+                           ("wrong version number", "not_tls"),
+                           ("http request", "not_tls"),
+                           ("record layer failure", "not_tls"),
+                           ("unexpected eof", "eof")):
+        if needle in text:
+            return reason
+    if isinstance(exc, TimeoutError):
+        return "timeout"
+    return type(exc).__name__.lower()
+
+
+class TlsTransport(asyncio.WriteTransport):
+    """The application side of one accepted TLS connection: what is written is
+    encrypted onto the TCP transport under it."""
+
+    def __init__(self, acceptor: TlsAcceptor) -> None:
+        super().__init__()
+        self._acceptor = acceptor
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        self._acceptor.send(bytes(data))
+
+    def is_closing(self) -> bool:
+        return self._acceptor.closing
+
+    def close(self) -> None:
+        self._acceptor.close()
+
+    def abort(self) -> None:
+        self._acceptor.close(abort=True)
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return self._acceptor.extra_info(name, default)
+
+
+class TlsAcceptor(asyncio.Protocol):
+    """Server side of a mutual-TLS connection, the TLS done here in memory
+    (``ssl.SSLObject`` over two ``MemoryBIO``), so that a refused handshake
+    (foreign CA, no or expired certificate, plaintext) is the daemon's to log
+    and count: asyncio's own TLS server drops it without a word.
+
+    ``on_refused(peer, reason, error)`` runs for a failed handshake;
+    ``on_open(transport, peer, name)`` once the peer is verified (``name`` is
+    its certificate's application name) and returns ``(on_data, on_lost)``
+    callbacks for the application bytes and the end of the connection.
+    """
+
+    def __init__(
+        self,
+        context: ssl.SSLContext,
+        on_open: Callable[[TlsTransport, str, str | None],
+                          tuple[Callable[[bytes], None], Callable[[], None]]],
+        on_refused: Callable[[str, str, str], None],
+        *,
+        handshake_timeout: float = HANDSHAKE_TIMEOUT,
+    ) -> None:
+        self._context = context
+        self._on_open = on_open
+        self._on_refused = on_refused
+        self._handshake_timeout = handshake_timeout
+        self._incoming = ssl.MemoryBIO()
+        self._outgoing = ssl.MemoryBIO()
+        self._sslobj: ssl.SSLObject | None = None
+        self._transport: asyncio.Transport | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._on_data: Callable[[bytes], None] | None = None
+        self._on_lost: Callable[[], None] | None = None
+        self.peer = "?"
+        self.closing = False
+
+    # -- asyncio.Protocol -------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = transport  # type: ignore[assignment]
+        address = transport.get_extra_info("peername")
+        self.peer = f"{address[0]}:{address[1]}" if isinstance(address, tuple) else str(address)
+        self._sslobj = self._context.wrap_bio(self._incoming, self._outgoing, server_side=True)
+        self._timer = asyncio.get_running_loop().call_later(
+            self._handshake_timeout, self._timed_out)
+
+    def data_received(self, data: bytes) -> None:
+        if self.closing or self._sslobj is None:
+            return
+        self._incoming.write(data)
+        if self._on_data is None and not self._handshake():
+            return
+        chunks = []
+        while True:
+            try:
+                chunk = self._sslobj.read(_READ_SIZE)
+            except ssl.SSLWantReadError:
+                break
+            except ssl.SSLError:
+                self.close(abort=True)
+                break
+            if not chunk:  # the peer's close_notify
+                self.close()
+                break
+            chunks.append(chunk)
+        self._flush()
+        if chunks and self._on_data is not None:
+            self._on_data(b"".join(chunks))
+
+    def eof_received(self) -> bool | None:
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closing = True
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        on_lost, self._on_lost = self._on_lost, None
+        if on_lost is not None:
+            on_lost()
+
+    # -- the handshake ----------------------------------------------------------
+    def _handshake(self) -> bool:
+        assert self._sslobj is not None
+        try:
+            self._sslobj.do_handshake()
+        except ssl.SSLWantReadError:
+            self._flush()
+            return False
+        except (ssl.SSLError, OSError) as exc:
+            self._flush()
+            self._refuse(refusal_reason(exc), str(exc))
+            return False
+        self._flush()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        name = peer_name(self._sslobj)
+        self._on_data, self._on_lost = self._on_open(TlsTransport(self), self.peer, name)
+        return True
+
+    def _timed_out(self) -> None:
+        self._timer = None
+        if self._on_data is None and not self.closing:
+            self._refuse("timeout", f"no TLS handshake in {self._handshake_timeout:g} s")
+
+    def _refuse(self, reason: str, error: str) -> None:
+        self._on_refused(self.peer, reason, error)
+        self.close()  # the TLS alert goes out first
+
+    # -- output -------------------------------------------------------------------
+    def send(self, data: bytes) -> None:
+        if self.closing or self._sslobj is None:
+            return
+        view = memoryview(data)
+        while view:
+            written = self._sslobj.write(view)
+            view = view[written:]
+        self._flush()
+
+    def _flush(self) -> None:
+        out = self._outgoing.read()
+        if out and self._transport is not None and not self._transport.is_closing():
+            self._transport.write(out)
+
+    def close(self, *, abort: bool = False) -> None:
+        if self.closing:
+            return
+        self.closing = True
+        if self._sslobj is not None and self._on_data is not None and not abort:
+            try:
+                self._sslobj.unwrap()
+            except ssl.SSLError:
+                pass
+            self._flush()
+        if self._transport is not None:
+            if abort:
+                self._transport.abort()
+            else:
+                self._transport.close()
+
+    def extra_info(self, name: str, default: Any = None) -> Any:
+        if name == "ssl_object":
+            return self._sslobj
+        if name == "peercert" and self._sslobj is not None:
+            return self._sslobj.getpeercert()
+        if self._transport is not None:
+            return self._transport.get_extra_info(name, default)
+        return default
 
 
 # -- command line --------------------------------------------------------------

@@ -26,7 +26,7 @@ from typing import Any
 import msgpack
 
 from daemons.cluster.config import AppKind, ClusterConfig
-from daemons.runtime.certs import authorize, peer_name
+from daemons.runtime.certs import TlsAcceptor, authorize
 from daemons.runtime.driver import StreamDriver, TimerSlot
 from daemons.runtime.management import Metrics
 from daemons.status_aggregator.directory import FileDirectory, OpenDirectory
@@ -62,7 +62,6 @@ from protocols.status.table import StatusTable
 
 #: most records in one Event or MirrorSync frame
 RECORDS_PER_FRAME = 2000
-TLS_HANDSHAKE_TIMEOUT = 5.0
 READ_SIZE = 256 * 1024
 
 
@@ -170,38 +169,26 @@ class Aggregator:
 
     # -- connections ---------------------------------------------------------
     async def listen(self, host: str, port: int, context: ssl.SSLContext) -> asyncio.Server:
-        """The status port: plain TCP accepted, TLS started by :meth:`accept`, so a
-        refused handshake is ours to log and count (asyncio's own TLS server
-        drops it silently)."""
+        """The status port: mutual TLS (:class:`TlsAcceptor`), so a refused
+        handshake is logged and counted here."""
         loop = asyncio.get_running_loop()
+        return await loop.create_server(
+            lambda: TlsAcceptor(context, self._accepted, self._tls_refused),
+            host, port, reuse_address=True)
 
-        def connected(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> Any:
-            return self.accept(reader, writer, context)
+    def _tls_refused(self, peer: str, reason: str, error: str) -> None:
+        self.tls_refused.labels(reason).inc()
+        self.log.warning("tls_refused", peer=peer, reason=reason, error=error[:200])
 
-        def factory() -> asyncio.Protocol:
-            return _PausedStreamProtocol(asyncio.StreamReader(limit=READ_SIZE), connected)
+    def _accepted(self, transport: asyncio.WriteTransport, peer: str, name: str | None
+                  ) -> tuple[Callable[[bytes], None], Callable[[], None]]:
+        conn = self.open_connection(transport, peer=peer, name=name, outbound=False)
+        return (lambda data: self.received(conn, data)), (lambda: self.lost(conn))
 
-        return await loop.create_server(factory, host, port, reuse_address=True)
-
-    async def accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                     context: ssl.SSLContext) -> None:
-        """An inbound connection: the TLS handshake, then the session."""
-        peer = _peer(writer)
-        try:
-            await writer.start_tls(context, ssl_handshake_timeout=TLS_HANDSHAKE_TIMEOUT)
-        except (ssl.SSLError, OSError, TimeoutError, ConnectionError) as exc:
-            reason = _tls_reason(exc)
-            self.tls_refused.labels(reason).inc()
-            self.log.warning("tls_refused", peer=peer, reason=reason, error=str(exc)[:200])
-            writer.close()
-            return
-        name = peer_name(writer.get_extra_info("ssl_object"))
-        await self.serve(reader, writer, peer=peer, name=name, outbound=False)
-
-    async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *,
-                    peer: str, name: str | None, outbound: bool,
-                    hello: Hello | None = None) -> None:
-        """Run one TLS connection's session until it closes."""
+    def open_connection(self, transport: asyncio.WriteTransport, *, peer: str,
+                        name: str | None, outbound: bool,
+                        hello: Hello | None = None) -> Connection:
+        """A TLS connection's session (``hello``: a mirror link this side dialled)."""
         assert self._loop is not None
         now = self.now()
         session = StatusSession(client=outbound, now=now,
@@ -211,35 +198,52 @@ class Aggregator:
         self._next_id += 1
         conn = Connection(id=self._next_id, session=session, peer=peer, name=name,
                           outbound=outbound, driver=None)  # type: ignore[arg-type]
-        conn.driver = StreamDriver(self._loop, session, writer.transport,
-                                   on_timer=lambda _now: self._drain(conn))
+        conn.driver = StreamDriver(self._loop, session, transport,
+                                   on_timer=lambda _now: self._drain(conn),
+                                   on_closed=lambda: self._closed(conn))
         self.connections[conn.id] = conn
         if hello is not None:
             session.send_hello(hello, now)
             conn.role = Role.MIRROR
         conn.driver.flush()
+        return conn
+
+    def received(self, conn: Connection, data: bytes) -> None:
+        """Bytes of one connection."""
+        session = conn.session
+        now = self.now()
+        session.receive_data(data, now)
+        if conn.role is Role.PUBLISHER and conn.name is not None and session.is_open:
+            back = self.table.heard(conn.name, conn.incarnation, now)
+            if back:
+                self.notify(back)
+        self._drain(conn)
+        conn.driver.flush()
+        self._arm()
+
+    def lost(self, conn: Connection) -> None:
+        """The connection under the session is gone."""
+        conn.session.connection_lost(self.now())
+        self._drain(conn)
+        conn.driver.close()
+        self._closed(conn)
+
+    async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *,
+                    peer: str, name: str | None, hello: Hello) -> None:
+        """Run a mirror link this side dialled until it closes."""
+        conn = self.open_connection(writer.transport, peer=peer, name=name, outbound=True,
+                                    hello=hello)
         try:
-            while not session.closed:
+            while not conn.session.closed:
                 try:
                     data = await reader.read(READ_SIZE)
                 except (ConnectionError, OSError, ssl.SSLError):
                     data = b""
                 if not data:
-                    session.connection_lost(self.now())
-                    self._drain(conn)
                     break
-                now = self.now()
-                session.receive_data(data, now)
-                if conn.role is Role.PUBLISHER and conn.name is not None:
-                    back = self.table.heard(conn.name, conn.incarnation, now)
-                    if back:
-                        self.notify(back)
-                self._drain(conn)
-                conn.driver.flush()
-                self._arm()
+                self.received(conn, data)
         finally:
-            conn.driver.close()
-            self._closed(conn)
+            self.lost(conn)
 
     def _closed(self, conn: Connection) -> None:
         if self.connections.pop(conn.id, None) is None:
@@ -559,40 +563,6 @@ class Aggregator:
         MirrorUpdate: _on_mirror_update,
         KeepAlive: _on_keep_alive,
     }
-
-
-class _PausedStreamProtocol(asyncio.StreamReaderProtocol):
-    """A stream that reads nothing before its TLS handshake starts: a client's
-    first TLS record must reach the TLS layer, not the plain reader's buffer."""
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        # uvloop's transports are not asyncio.Transport subclasses
-        transport.pause_reading()  # type: ignore[attr-defined]
-        super().connection_made(transport)
-
-
-def _peer(writer: asyncio.StreamWriter) -> str:
-    address = writer.get_extra_info("peername")
-    return f"{address[0]}:{address[1]}" if isinstance(address, tuple) else str(address)
-
-
-def _tls_reason(exc: BaseException) -> str:
-    """A bounded label for a refused handshake."""
-    text = str(exc).lower()
-    for needle, reason in (("expired", "certificate_expired"),
-                           ("unknown ca", "unknown_ca"),
-                           ("certificate verify failed", "certificate_verify_failed"),
-                           ("peer did not return a certificate", "no_certificate"),
-                           ("certificate required", "no_certificate"),
-                           ("wrong version number", "not_tls"),
-                           ("http request", "not_tls"),
-                           ("record layer failure", "not_tls"),
-                           ("unexpected eof", "eof")):
-        if needle in text:
-            return reason
-    if isinstance(exc, TimeoutError):
-        return "timeout"
-    return type(exc).__name__.lower()
 
 
 def wall_clock_ms() -> int:

@@ -74,7 +74,7 @@ class MirrorDialer:
                 await asyncio.sleep(self.retry)
                 continue
             await self.aggregator.serve(
-                reader, writer, peer=address, name=name, outbound=True,
+                reader, writer, peer=address, name=name,
                 hello=Hello(role=Role.MIRROR, application=self.aggregator.name))
             self.log.warning("mirror_link_lost", mirror=name)
             await asyncio.sleep(self.retry)
