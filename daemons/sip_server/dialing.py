@@ -218,7 +218,12 @@ class Dialing(SessionBase):
         next (returned as text), or the outcome of a trunk, voicemail or reject."""
         if self.dialplan is None:
             return None, 404
-        answer = await self.dialplan.query(dest, caller=origin.number, conn_id=call.conn_id)
+        trunk = None
+        if origin.dn is None and origin.incoming is not None and self.trunks is not None:
+            came_in = self.trunks.by_address(origin.incoming.flow.remote[0])
+            trunk = came_in.name if came_in is not None else None
+        answer = await self.dialplan.query(dest, caller=origin.number, trunk=trunk,
+                                           conn_id=call.conn_id)
         if answer is None:
             return None, 503  # every feature-server down: logged and counted by the client
         if answer.action == "reject":

@@ -105,14 +105,18 @@ class DialPlanClient:
         return live + [u for u in self.urls if u not in live]
 
     async def query(self, digits: str, *, caller: str | None = None,
-                    reason: str | None = None, conn_id: str | None = None
-                    ) -> DialPlanAnswer | None:
-        """The decision for ``digits``, or None when no feature-server answered."""
+                    reason: str | None = None, trunk: str | None = None,
+                    conn_id: str | None = None) -> DialPlanAnswer | None:
+        """The decision for ``digits`` (``trunk``: the call came in through that
+        Trunk DN, whose calling profile applies), or None when no feature-server
+        answered."""
         params = {"digits": digits}
         if caller:
             params["caller"] = caller
         if reason:
             params["reason"] = reason
+        if trunk:
+            params["trunk"] = trunk
         if self.geo_location:
             params["geo-location"] = self.geo_location
         for url in self._order():

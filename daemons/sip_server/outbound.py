@@ -327,6 +327,15 @@ class Trunks:
 
         return sorted(found, key=rank)
 
+    def by_address(self, host: str) -> Trunk | None:
+        """The Trunk DN whose contact is ``host``: where a call from that address
+        came in (its calling profile applies to the call's dial-plan query)."""
+        for trunk in self.trunks.values():
+            if trunk.destination is not None and trunk.destination.host == host \
+                    and self.kinds[trunk.name] is DnType.TRUNK:
+                return trunk
+        return None
+
     def failed(self, trunk: Trunk, status: int, now: float) -> None:
         """A call through ``trunk`` got ``status`` (408 / 5xx): with ``oos-error-check``
         the trunk is out of service until it answers a check again."""

@@ -34,9 +34,15 @@ rules = ["9.=>+${{DIGITS:1}}@trunk", "8.=>+${{DIGITS:1}}@Trunk_dc2", "7.=>gcti::
 [applications.{fs}.options.calling-profiles.System]
 partitions = ["Basic", "Voicemail", "PSTN"]
 forward-busy = "gcti::voicemail"
+[applications.{fs}.options.partitions.FromCarrier]
+rules = ["9.=>gcti::reject=488"]
+[applications.{fs}.options.calling-profiles.Inbound]
+partitions = ["FromCarrier"]
 [applications.{fs}.options.assignments.switch]
 internal = "System"
 external = "System"
+[applications.{fs}.options.assignments.trunk]
+Trunk_dc2 = "Inbound"
 """
 
 

@@ -28,7 +28,7 @@ def test_operators_provision_and_query(processes: Processes, tmp_path: Path) -> 
     assert (answer["number"], answer["via"]) == ("+112", "Trunk_dc1")
     users = json.loads(fs(config, "list", "users").stdout)
     assert users == {"carol": {"dns": ["1005"], "pin-set": True}}
-    assert json.loads(fs(config, "status").stdout)["partitions"] == 4
+    assert json.loads(fs(config, "status").stdout)["partitions"] == 5
 
     refused = fs(config, "partition", "Bad", "--rule", "1[2=>x")
     assert refused.returncode == 1

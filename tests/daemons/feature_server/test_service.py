@@ -148,7 +148,7 @@ def test_sighup_reload_and_a_broken_plan_refused(processes: Processes, tmp_path:
 
     config.write_text(text)
     status, body = http("POST", f"{FS1}/api/dial-plan/reload")
-    assert status == 200 and body["rules"] == 6
+    assert status == 200 and body["rules"] == 7
     assert fs.proc.poll() is None
 
 

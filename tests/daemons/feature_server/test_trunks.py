@@ -28,11 +28,12 @@ from tests.daemons.feature_server.conftest import (
 pytestmark = pytest.mark.interop
 
 
-def call(number: str, *, expect_ok: bool = True) -> subprocess.CompletedProcess[str]:
+def call(number: str, *, expect_ok: bool = True, caller: str = "1001",
+         bind: str = f"{DC1}.50") -> subprocess.CompletedProcess[str]:
     """``sipcluster sip call`` from extension 1001 (a SIP client in dc1) to the node."""
     result = subprocess.run(
         [sys.executable, "-m", "daemons.cli", "sip", "call", f"sip:{number}@{DC1}.11:5070",
-         "--from", f"sip:1001@{DC1}.11", "--duration", "0.2", "--bind", f"{DC1}.50"],
+         "--from", f"sip:{caller}@{DC1}.11", "--duration", "0.2", "--bind", bind],
         cwd=ROOT, capture_output=True, text=True, timeout=30)
     if expect_ok:
         assert result.returncode == 0, result.stdout + result.stderr
@@ -100,7 +101,8 @@ def test_nine_plus_digits_leaves_through_the_local_trunk_then_the_other(
     assert {a["url"] for a in answers} == {f"http://{DC1}.31:8080/dialplan"}
 
 
-def test_rule_names_a_trunk_rejects_and_unknown_numbers(cluster: dict[str, Any]) -> None:
+def test_rule_names_a_trunk_rejects_unknown_numbers_and_inbound_profile(
+        cluster: dict[str, Any]) -> None:
     call("85551111")  # 8.=>+${DIGITS:1}@Trunk_dc2: that trunk, whatever the location
     dc2 = cluster["gateways"]["dc2"]
     assert wait_for(lambda: dc2.invites(), timeout=5)
@@ -109,6 +111,9 @@ def test_rule_names_a_trunk_rejects_and_unknown_numbers(cluster: dict[str, Any])
     assert "403" in rejected.stdout + rejected.stderr
     unknown = call("4242", expect_ok=False)  # .=>${DIGITS}: not a DN, no trunk
     assert "404" in unknown.stdout + unknown.stderr
+    # a call that comes in from Trunk_dc2's address gets that trunk's calling profile
+    inbound = call("95551234", expect_ok=False, caller="+4930123", bind=f"{DC2}.40")
+    assert "488" in inbound.stdout + inbound.stderr
     assert cluster["gateways"]["dc1"].invites() == []
 
 
