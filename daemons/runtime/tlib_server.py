@@ -15,6 +15,14 @@ default-port and IPport, the t-controller's TCport and SmartProxy port)::
 Protocol errors (unknown message, bad attribute, frame too large ...) are
 answered by the session itself; the server counts them
 (``tlib_errors{port,code}``) and logs one line each.
+
+Slow consumers (a client that does not read what it is sent), as Redis
+bounds a client's output buffer: past ``output_high_water`` bytes queued for
+a client, the server stops reading that client's requests (so it cannot make
+the server queue more answers) until the queue drains below a quarter of it;
+a client whose queue passes ``max_output_bytes`` (events keep coming) is
+disconnected with a log line and ``tlib_slow_consumers_dropped_total{port}``.
+Memory per client stays bounded by those two figures.
 """
 
 from __future__ import annotations
@@ -79,6 +87,8 @@ class TLibConnection:
         self.closed = False
         self._timer = TimerSlot(loop, self._on_timer)
         self._flush_scheduled = False
+        #: the client does not read: its requests wait in the kernel, not in us
+        self.reading_paused = False
         #: free for the handler (registered DNs, role ...)
         self.context: dict[str, Any] = {}
 
@@ -201,11 +211,40 @@ class TLibConnection:
         data = self.session.data_to_send()
         if data and not self.transport.is_closing():
             self.transport.write(data)
+            queued = self.transport.get_write_buffer_size()
+            if queued > self.server.max_output_bytes:
+                self._drop_slow_consumer(queued)
+                return
         if self.session.closed:
             self.transport.close()
             self._finish("closed")
             return
         self._timer.arm(self.session.next_timer())
+
+    # -- flow control (slow consumers) -----------------------------------------
+
+    def pause_writing(self) -> None:
+        """The client reads slower than we answer: read no more of its requests."""
+        if not self.reading_paused and not self.transport.is_closing():
+            self.reading_paused = True
+            self.transport.pause_reading()
+            self.server.count_slow("paused")
+            self.server.log.info("tlib_client_not_reading", peer=self.peer,
+                                 application=self.application,
+                                 queued=self.transport.get_write_buffer_size())
+
+    def resume_writing(self) -> None:
+        if self.reading_paused and not self.transport.is_closing():
+            self.reading_paused = False
+            self.transport.resume_reading()
+
+    def _drop_slow_consumer(self, queued: int) -> None:
+        self.server.count_slow("dropped")
+        self.server.log.warning("tlib_slow_consumer_dropped", peer=self.peer,
+                                application=self.application, queued=queued,
+                                limit=self.server.max_output_bytes)
+        self.transport.abort()  # what is queued is dropped with the connection
+        self._finish("slow-consumer")
 
     def _finish(self, reason: str) -> None:
         if self.closed:
@@ -227,9 +266,20 @@ class _Protocol(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports do not subclass asyncio.Transport
-        self.conn = TLibConnection(self.server, cast(asyncio.Transport, transport))
+        tcp = cast(asyncio.Transport, transport)
+        high = self.server.output_high_water
+        tcp.set_write_buffer_limits(high=high, low=high // 4)
+        self.conn = TLibConnection(self.server, tcp)
         self.server.connections.add(self.conn)
         self.conn._flush()  # arms the registration timer
+
+    def pause_writing(self) -> None:
+        if self.conn is not None:
+            self.conn.pause_writing()
+
+    def resume_writing(self) -> None:
+        if self.conn is not None:
+            self.conn.resume_writing()
 
     def data_received(self, data: bytes) -> None:
         if self.conn is not None:
@@ -254,8 +304,12 @@ class TLibServer:
         addp_timeout: float | None = None,
         addp_remote_timeout: float | None = None,
         logger: Any = None,
+        output_high_water: int = 256 * 1024,
+        max_output_bytes: int = 16 * 1024 * 1024,
     ) -> None:
         self.handler = handler
+        self.output_high_water = output_high_water
+        self.max_output_bytes = max_output_bytes
         self.application_name = application_name
         self.port_name = port_name
         self.accepted_client_types = accepted_client_types
@@ -268,6 +322,9 @@ class TLibServer:
         self._errors = _shared_counter(self.metrics, "tlib_errors",
                                        "T-Library EventError answers and rejected frames",
                                        ("port", "code"))
+        self._slow = _shared_counter(self.metrics, "tlib_slow_consumers",
+                                     "Clients that stopped reading: reading paused, or dropped "
+                                     "past max_output_bytes", ("port", "outcome"))
         self.connections: set[TLibConnection] = set()
         self._server: asyncio.AbstractServer | None = None
         self.address: tuple[str, int] | None = None
@@ -286,6 +343,9 @@ class TLibServer:
 
     def count_error(self, code: ErrorCode | int) -> None:
         self._errors.labels(self.port_name, str(int(code))).inc()
+
+    def count_slow(self, outcome: str) -> None:
+        self._slow.labels(self.port_name, outcome).inc()
 
     async def close(self) -> None:
         if self._server is not None:
