@@ -117,8 +117,18 @@ def test_rule_names_a_trunk_rejects_unknown_numbers_and_inbound_profile(
     assert cluster["gateways"]["dc1"].invites() == []
 
 
-def test_feature_servers_down_the_lookup_fails_loudly(cluster: dict[str, Any]) -> None:
+def test_feature_servers_down_the_lookup_fails_loudly(cluster: dict[str, Any],
+                                                      require_tool: Any) -> None:
     cluster["fs"].stop()
+    # extension to extension goes on: 1002 (a SIPp UAS at its fixed contact) answers
+    phone = start_gateway(require_tool("sipp"), f"{DC1}.60", cluster["config"].parent)
+    try:
+        assert "200 OK" in call("1002").stdout
+    finally:
+        phone.stop()
+    assert not [line for line in cluster["node"].lines()
+                if line.get("event", "").startswith("dial_plan") and
+                line.get("digits") == "1002"]
     node_metrics = f"http://{DC1}.11:9096/metrics"
     before = metric(node_metrics, 'sipcluster_dialplan_queries_total{result="failed"}')
     out = call("95551234", expect_ok=False)
