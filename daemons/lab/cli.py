@@ -101,6 +101,10 @@ def _print_guide(desc_path: Path, skipped: list[Application]) -> None:
         for proxy in centre["proxies"]:
             if proxy["running"]:
                 print(f"    proxy {proxy['name']:<12} SIP {proxy['host']}:{proxy['sip_port']}")
+        for gateway in centre.get("pstn_gateways", []):
+            if gateway["running"]:
+                print(f"    PSTN gateway {gateway['name']} SIP {gateway['host']}:"
+                      f"{gateway['sip_port']} (dial 9 + digits)")
     if desc.get("dns"):
         dns = desc["dns"]
         print(f"  geo DNS GeoDNS  DNS {dns['host']}:{dns['port']}  "

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from daemons.cli import command_names
-from daemons.cluster.config import AppKind, Application, ClusterConfig, DnType
+from daemons.cluster.config import AppKind, Application, ClusterConfig, Dn, DnType
 from daemons.lab.supervisor import ProcessSpec
 from daemons.runtime.certs import certs_dir_for, init_ca, issue
 from daemons.runtime.config import is_ip_address
@@ -81,14 +81,10 @@ def process_specs(
     return specs, skipped
 
 
-def pstn_gateways(cfg: ClusterConfig) -> list[ProcessSpec]:
-    """A PSTN gateway behind each Trunk DN with an IP address contact: SIPp's UAS
-    (a real peer, ``sip-tester``), which answers every INVITE and the trunk's
-    OPTIONS checks (``-aa``). None when SIPp is not installed."""
-    sipp = shutil.which("sipp")
-    if sipp is None:
-        return []
-    specs = []
+def gateway_addresses(cfg: ClusterConfig) -> list[tuple[Dn, str, int]]:
+    """(Trunk DN, host, port) of each trunk whose contact is an IP address: where
+    the lab puts a PSTN gateway (one per address)."""
+    out: list[tuple[Dn, str, int]] = []
     seen: set[tuple[str, int]] = set()
     for dn in cfg.dns.values():
         if dn.type is not DnType.TRUNK or not dn.contact:
@@ -99,13 +95,23 @@ def pstn_gateways(cfg: ClusterConfig) -> list[ProcessSpec]:
         except ParseError:
             continue
         address = (uri.host, uri.port or 5060)
-        if not is_ip_address(uri.host) or address in seen:
-            continue
-        seen.add(address)
-        argv = (sipp, "-sn", "uas", "-aa", "-i", uri.host, "-p", str(address[1]), "-nostdin",
-                "-f", "3600")
-        specs.append(ProcessSpec(name=f"PSTN_{dn.number}", argv=argv, health_url=None))
-    return specs
+        if is_ip_address(uri.host) and address not in seen:
+            seen.add(address)
+            out.append((dn, *address))
+    return out
+
+
+def pstn_gateways(cfg: ClusterConfig) -> list[ProcessSpec]:
+    """A PSTN gateway behind each Trunk DN with an IP address contact: SIPp's UAS
+    (a real peer, ``sip-tester``), which answers every INVITE and the trunk's
+    OPTIONS checks (``-aa``). None when SIPp is not installed."""
+    sipp = shutil.which("sipp")
+    if sipp is None:
+        return []
+    return [ProcessSpec(name=f"PSTN_{dn.number}", health_url=None,
+                        argv=(sipp, "-sn", "uas", "-aa", "-i", host, "-p", str(port),
+                              "-nostdin", "-f", "3600"))
+            for dn, host, port in gateway_addresses(cfg)]
 
 
 def _node_entry(cfg: ClusterConfig, sip_server: Application) -> dict[str, Any]:
@@ -143,6 +149,12 @@ def lab_description(
             "nodes": [
                 {**_node_entry(cfg, n), "running": n.name in running}
                 for n in cfg.by_kind(AppKind.SIP_SERVER, geo)
+            ],
+            # dial 9 + digits: the node's trunk of this data centre leads there
+            "pstn_gateways": [
+                {"name": f"PSTN_{dn.number}", "host": host, "sip_port": port,
+                 "running": f"PSTN_{dn.number}" in running}
+                for dn, host, port in gateway_addresses(cfg) if dn.geo_location == geo
             ],
         }
     accounts = [
