@@ -33,6 +33,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import inspect
+import sqlite3
 import ssl as ssl_module
 import time
 from collections import deque
@@ -346,14 +347,23 @@ class RtmClient:
 
     # -- the state file (one writer, group commit) ------------------------------------
     async def _writer(self) -> None:
-        while True:
-            await self._wake_writer.wait()
-            self._wake_writer.clear()
-            while self._to_write or self._incoming or self._accepted_dirty:
-                if self._to_write or self._accepted_dirty:
-                    await self._write_outbox()
-                if self._incoming:
-                    await self._handle_incoming()
+        try:
+            while True:
+                await self._wake_writer.wait()
+                self._wake_writer.clear()
+                while self._to_write or self._incoming or self._accepted_dirty:
+                    if self._to_write or self._accepted_dirty:
+                        await self._write_outbox()
+                    if self._incoming:
+                        await self._handle_incoming()
+        except (sqlite3.Error, OSError) as exc:
+            # nothing is acknowledged that is not written: stop the link, keep the state
+            self.log.error("rtm_state_write_failed", state=str(self.state_path), error=str(exc))
+            self._closing = True
+            if self._proto is not None:
+                self._proto.session.close("state-write-failed")
+                self._proto.flush()
+            raise
 
     async def _write_outbox(self) -> None:
         db = self._db
