@@ -195,3 +195,41 @@ async def test_site_cut_off_gets_everything_once_in_order_after_the_heal(
         for s in sites:
             with contextlib.suppress(Exception):
                 s.signal(signal.SIGTERM)
+
+
+def test_a_site_killed_and_restarted_resends_its_outbox_and_handles_nothing_twice(
+        tmp_path: Path, procs: list[Proc]) -> None:
+    spec = hub_spec("RTM1", "127.0.121.9")
+    config = write_cluster(tmp_path / "cluster.toml", [spec],
+                           {"store": f"sqlite:{tmp_path}/hub.db", "keep-alive": 0.5})
+    hub = Hub(config, spec, tmp_path / "hub.log").start()
+    procs.append(hub)
+    hub.wait_role("active")
+    hubs = [(spec.host, spec.rtm_port)]
+    state = tmp_path / "state"
+    state.mkdir()
+    count = 1500
+    one = Site(1, state, hubs, tmp_path / "site1.log", send_to=["2", "*"], count=count,
+               request_every=5)
+    two = Site(2, state, hubs, tmp_path / "site2.log", send_to=["1", "3"], count=count,
+               request_every=5)
+    three = Site(3, state, hubs, tmp_path / "site3.log")
+    sites = [one, two, three]
+    for s in sites:
+        procs.append(s.start())
+    wait_for(lambda: len(two.journal()) >= 200 and len(one.sent()) >= 300, 40, "load flowing")
+    one.kill9()  # mid-load: its outbox and journal are all that is left of it
+    time.sleep(0.5)
+    one.start()
+
+    def complete() -> bool:
+        if any(s.outbox() != 0 for s in sites) or len(one.sent()) < count \
+                or len(two.sent()) < count:
+            return False
+        v = verify(sites)
+        return v.handled >= v.expected and v.answered == v.requests
+
+    wait_for(complete, 60, "everything after the site's restart")
+    v = verify(sites)
+    assert (v.missing, v.duplicates, v.out_of_order) == (0, 0, [])
+    assert v.answered == v.requests and v.answered_twice == 0
