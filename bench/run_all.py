@@ -46,6 +46,7 @@ QUICK: dict[str, list[str]] = {
     "bench_rtm": ["--quick"],
     "bench_feature_server": ["--runs", "3", "--lookups", "5000", "--queries", "500"],
     "bench_director": ["--decisions", "5000", "--calls", "500", "--runs", "1"],
+    "bench_voicemail": ["--sessions", "200", "--seconds", "10", "--runs", "1"],
 }
 #: Wall-time bound per script (the scripts bound their own loops; this is a last resort).
 TIMEOUT = 45 * 60
