@@ -360,8 +360,8 @@ class StatusClient:
         one batch with whatever else is published meanwhile)."""
         for record in records:
             self._seq += 1
-            stamped = replace(record, publisher=self.name, incarnation=self.incarnation,
-                              seq=self._seq)
+            stamped = record._replace(publisher=self.name, incarnation=self.incarnation,
+                                      seq=self._seq)
             self._records[record.user] = stamped
             self._outbox.append(stamped)
         if not self._flush_scheduled:
@@ -373,8 +373,8 @@ class StatusClient:
         stamped = []
         for record in records:
             self._seq += 1
-            stamped.append(replace(record, publisher=self.name, incarnation=self.incarnation,
-                                   seq=self._seq))
+            stamped.append(record._replace(publisher=self.name, incarnation=self.incarnation,
+                                           seq=self._seq))
         result: Result = await asyncio.wait_for(
             self._request(Publish(ref=self._ref(), records=tuple(stamped))), timeout)
         return result
@@ -398,7 +398,7 @@ class StatusClient:
         records = []
         for user, record in list(self._records.items()):
             self._seq += 1
-            stamped = self._records[user] = replace(record, seq=self._seq)
+            stamped = self._records[user] = record._replace(seq=self._seq)
             records.append(stamped)
         now = asyncio.get_running_loop().time()
         for start in range(0, max(len(records), 1), RECORDS_PER_FRAME):

@@ -416,7 +416,7 @@ class Aggregator:
         entries = self.directory.search(text, limit)
         for entry in entries:
             view = self.table.view(entry["email"])
-            entry.update({k: v for k, v in view.to_wire().items() if k != "user"})
+            entry.update({k: v for k, v in view.to_map().items() if k != "user"})
         return entries
 
     # -- mirrors -------------------------------------------------------------------
@@ -526,7 +526,7 @@ class Aggregator:
                     chunk = packed.get(user)
                     if chunk is None:
                         view = views.get(user) or views.setdefault(user, self.table.view(user))
-                        chunk = packed[user] = msgpack.packb(view.to_wire())
+                        chunk = packed[user] = msgpack.packb(view)
                     chunks.append(chunk)
                 conn.session.send_event(_array_header(len(chunks)) + b"".join(chunks), now)
                 self.events_out.labels().inc()

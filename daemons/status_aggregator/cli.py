@@ -128,7 +128,7 @@ async def _run(args: argparse.Namespace, addresses: Any, context: Any, role: Rol
     def on_records(records: list[StatusRecord]) -> None:
         nonlocal seen
         for record in records:
-            _print(record.to_wire())
+            _print(record.to_map())
             seen += 1
             if args.status_action == "watch" and args.count is not None and seen >= args.count:
                 done.set()
@@ -150,7 +150,7 @@ async def _run(args: argparse.Namespace, addresses: Any, context: Any, role: Rol
         if action == "query":
             result = await client.query(args.users, args.timeout)
             for record in result.records:
-                _print(record.to_wire())
+                _print(record.to_map())
             return _report_refused(result.refused)
         if action == "search":
             found = await client.search(args.text, args.limit, args.timeout)

@@ -88,7 +88,7 @@ class StatusWebServer(ManagementServer):
 
 
 def _sse(records: list[StatusRecord]) -> bytes:
-    body: list[dict[str, Any]] = [r.to_wire() for r in records]
+    body: list[dict[str, Any]] = [r.to_map() for r in records]
     return b"data: " + json.dumps(body).encode() + b"\n\n"
 
 

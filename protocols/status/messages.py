@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 
 from protocols.status.errors import ErrorCode, StatusProtocolError
 
@@ -40,13 +40,14 @@ class Role(StrEnum):
     MIRROR = "mirror"
 
 
-@dataclass(frozen=True, slots=True)
-class StatusRecord:
+class StatusRecord(NamedTuple):
     """One user's status as the aggregator holds it.
 
     ``status`` is ``None`` in a publish that leaves the status key as it is
     (a publisher that restarted and does not know a persistent status).
-    ``until`` is a UNIX time or ``None``.
+    ``until`` is a UNIX time or ``None``. A tuple: cheap to make, compare and
+    keep by the hundred thousand (the garbage collector does not track a
+    tuple of strings and numbers).
     """
 
     user: str
@@ -64,19 +65,13 @@ class StatusRecord:
     def logged_on(self) -> bool:
         return bool(self.server)
 
-    def to_wire(self) -> dict[str, Any]:
-        return {
-            "user": self.user,
-            "status": self.status,
-            "persistent": self.persistent,
-            "until": self.until,
-            "detail": self.detail,
-            "on_phone": self.on_phone,
-            "server": self.server,
-            "publisher": self.publisher,
-            "incarnation": self.incarnation,
-            "seq": self.seq,
-        }
+    def to_wire(self) -> list[Any]:
+        """The wire form: an array in field order (docs/status-aggregator.md)."""
+        return list(self)
+
+    def to_map(self) -> dict[str, Any]:
+        """The record by field name (JSON output, the web page)."""
+        return self._asdict()
 
 
 # -- field readers ----------------------------------------------------------
@@ -129,28 +124,41 @@ def _users(m: Mapping[str, Any], key: str = "users") -> tuple[str, ...]:
     return tuple(users)
 
 
+_RECORD_FIELDS: Final = len(StatusRecord._fields)
+
+
+def _bad(text: str) -> StatusProtocolError:
+    return StatusProtocolError(ErrorCode.INVALID_FIELD, text)
+
+
 def record_from_wire(m: Any) -> StatusRecord:
-    """One record map; :class:`StatusProtocolError` (``INVALID_FIELD``) if malformed."""
-    if not isinstance(m, dict):
-        raise StatusProtocolError(ErrorCode.INVALID_FIELD, "a record must be a map")
-    user = _text(m, "user")
-    if not user:
-        raise StatusProtocolError(ErrorCode.INVALID_FIELD, "user must not be empty")
-    until = m.get("until")
-    if until is not None and (isinstance(until, bool) or not isinstance(until, int | float)):
-        raise StatusProtocolError(ErrorCode.INVALID_FIELD, "until must be a number or nil")
-    return StatusRecord(
-        user=user,
-        status=_text(m, "status", default=None),
-        persistent=_bool(m, "persistent"),
-        until=None if until is None else float(until),
-        detail=_text(m, "detail", limit=MAX_DETAIL, default=""),
-        on_phone=_bool(m, "on_phone"),
-        server=_text(m, "server", default=""),
-        publisher=_text(m, "publisher", default=""),
-        incarnation=_int(m, "incarnation", 0),
-        seq=_int(m, "seq", 0),
-    )
+    """One record array; :class:`StatusProtocolError` (``INVALID_FIELD``) if malformed.
+
+    The hot path of a snapshot: one type check per field, no call per field."""
+    if type(m) is not list or len(m) != _RECORD_FIELDS:
+        raise _bad(f"a record is an array of {_RECORD_FIELDS} fields")
+    user, status, persistent, until, detail, on_phone, server, publisher, incarnation, seq = m
+    if type(user) is not str or not user or len(user) > MAX_TEXT:
+        raise _bad("user must be a non-empty string of at most 256 characters")
+    if status is not None and (type(status) is not str or len(status) > MAX_TEXT):
+        raise _bad("status must be a string of at most 256 characters or nil")
+    if type(persistent) is not bool or type(on_phone) is not bool:
+        raise _bad("persistent and on_phone must be booleans")
+    if until is not None:
+        if type(until) is int:
+            until = float(until)
+        elif type(until) is not float:
+            raise _bad("until must be a number or nil")
+    if type(detail) is not str or len(detail) > MAX_DETAIL:
+        raise _bad("detail must be a string of at most 1024 characters")
+    if type(server) is not str or len(server) > MAX_TEXT \
+            or type(publisher) is not str or len(publisher) > MAX_TEXT:
+        raise _bad("server and publisher must be strings of at most 256 characters")
+    if type(incarnation) is not int or type(seq) is not int \
+            or not 0 <= incarnation < 2**63 or not 0 <= seq < 2**63:
+        raise _bad("incarnation and seq must be non-negative integers")
+    return StatusRecord(user, status, persistent, until, detail, on_phone, server, publisher,
+                        incarnation, seq)
 
 
 def _records(m: Mapping[str, Any], key: str = "records") -> tuple[StatusRecord, ...]:
@@ -203,7 +211,7 @@ class Snapshot:
 
     def to_wire(self) -> dict[str, Any]:
         return {"message": self.name, "ref": self.ref, "final": self.final,
-                "records": [r.to_wire() for r in self.records]}
+                "records": list(self.records)}
 
 
 @dataclass(frozen=True, slots=True)
@@ -216,7 +224,7 @@ class Publish:
 
     def to_wire(self) -> dict[str, Any]:
         return {"message": self.name, "ref": self.ref,
-                "records": [r.to_wire() for r in self.records]}
+                "records": list(self.records)}
 
 
 @dataclass(frozen=True, slots=True)
@@ -278,7 +286,7 @@ class Result:
 
     def to_wire(self) -> dict[str, Any]:
         return {"message": self.name, "ref": self.ref, "accepted": self.accepted,
-                "records": [r.to_wire() for r in self.records], "refused": dict(self.refused)}
+                "records": list(self.records), "refused": dict(self.refused)}
 
 
 @dataclass(frozen=True, slots=True)
@@ -302,7 +310,7 @@ class Event:
 
     def to_wire(self) -> dict[str, Any]:
         return {"message": self.name, "seq": self.seq,
-                "records": [r.to_wire() for r in self.records]}
+                "records": list(self.records)}
 
 
 @dataclass(frozen=True, slots=True)
@@ -344,7 +352,7 @@ class MirrorSync:
 
     def to_wire(self) -> dict[str, Any]:
         return {"message": self.name, "final": self.final,
-                "records": [r.to_wire() for r in self.records],
+                "records": list(self.records),
                 "publishers": {k: dict(v) for k, v in self.publishers.items()}}
 
 
@@ -361,7 +369,7 @@ class MirrorUpdate:
     name = "MirrorUpdate"
 
     def to_wire(self) -> dict[str, Any]:
-        return {"message": self.name, "records": [r.to_wire() for r in self.records],
+        return {"message": self.name, "records": list(self.records),
                 "replaced": self.replaced,
                 "floor": list(self.floor) if self.floor is not None else None}
 
