@@ -74,6 +74,7 @@ class Router:
         self._tasks: set[asyncio.Task[None]] = set()
         self._overflow_timer: asyncio.TimerHandle | None = None
         self._holds: dict[str, asyncio.TimerHandle] = {}
+        self._dispatch_pending = False
         #: decision times (seconds) of the last dispatches, for the status page
         self.decisions: list[float] = []
         self.outcomes = metrics.tally("director_calls", "Calls the director handled, by "
@@ -199,7 +200,8 @@ class Router:
             self.pool.call_ended(dn, conn_id, now)
             if "?" in self.pool.agents[dn].calls:
                 self.pool.call_ended(dn, "?", now)
-            self.dispatch()
+            # after the events that came with it (wrap-up's EventAgentNotReady)
+            self.dispatch_soon()
 
     def t_controller_lost(self) -> None:
         """The agent view is gone with the link: nothing is routed on stale state."""
@@ -207,6 +209,16 @@ class Router:
             self.pool.logout(dn)
 
     # -- distribution -------------------------------------------------------------------
+    def dispatch_soon(self) -> None:
+        """Dispatch once the events already received are taken in."""
+        if not self._dispatch_pending:
+            self._dispatch_pending = True
+            self.loop.call_soon(self._deferred_dispatch)
+
+    def _deferred_dispatch(self) -> None:
+        self._dispatch_pending = False
+        self.dispatch()
+
     def dispatch(self) -> None:
         """Match waiting calls with available agents (module doc)."""
         now = self.clock()
@@ -287,10 +299,14 @@ class Router:
             self._report("EventAbandoned", queue, call)
             self._end(queue, call.conn_id, "abandoned")
             return
+        if code == ErrorCode.AGENT_NOT_AVAILABLE:
+            # the owner knows better (wrap-up, legal guard): not Ready until it says so
+            self.pool.ready(dn, None, False, self.clock())
         if call.conn_id in queue.calls:
             call.busy = False
-            call.excluded.add(dn)
-            self.dispatch()
+            if code != ErrorCode.AGENT_NOT_AVAILABLE:
+                call.excluded.add(dn)
+            self.dispatch_soon()
 
     def _hold_expired(self, dn: str) -> None:
         self._holds.pop(dn, None)

@@ -81,6 +81,7 @@ class Trigger(StrEnum):
     NOT_READY = "not-ready"
     WRAP_UP_START = "wrap-up-start"  # the agent's last call released, wrap-up-time > 0
     WRAP_UP_EXPIRED = "wrap-up-expired"
+    ACW_IN_IDLE = "acw-in-idle"  # after-call work asked with no call, timed-acw-in-idle
     LOGOUT = "logout"  # requested, or logout-on-disconnect, auto-logout, DN out of service
 
 
@@ -100,6 +101,9 @@ TRANSITIONS: Mapping[tuple[AgentState, Trigger], AgentState] = MappingProxyType(
         (S.READY, T.WRAP_UP_START): S.AFTER_CALL_WORK,
         (S.AFTER_CALL_WORK, T.WRAP_UP_START): S.AFTER_CALL_WORK,
         (S.AFTER_CALL_WORK, T.WRAP_UP_EXPIRED): S.READY,
+        (S.READY, T.ACW_IN_IDLE): S.AFTER_CALL_WORK,
+        (S.NOT_READY, T.ACW_IN_IDLE): S.AFTER_CALL_WORK,
+        (S.AFTER_CALL_WORK, T.ACW_IN_IDLE): S.AFTER_CALL_WORK,
         (S.NOT_READY, T.LOGOUT): S.LOGGED_OUT,
         (S.READY, T.LOGOUT): S.LOGGED_OUT,
         (S.AFTER_CALL_WORK, T.LOGOUT): S.LOGGED_OUT,
@@ -190,6 +194,10 @@ class AgentOptions:
     #: agent reservation (guide: "Agent Reservation in SIP Cluster")
     request_collection_time: float = 0.3
     agent_reservation_timeout: float = 6.0
+    #: after a call (and its wrap-up), seconds more of after-call work
+    legal_guard_time: float = 0.0
+    timed_acw_in_idle: bool = False
+    acw_in_idle_force_ready: bool = True
 
     @classmethod
     def from_tserver(cls, options: TServerOptions) -> AgentOptions:
@@ -202,6 +210,9 @@ class AgentOptions:
             auto_logout_ready=options.auto_logout_ready,
             request_collection_time=float(options.request_collection_time),
             agent_reservation_timeout=float(options.agent_reservation_timeout),
+            legal_guard_time=float(options.legal_guard_time),
+            timed_acw_in_idle=options.timed_acw_in_idle,
+            acw_in_idle_force_ready=options.acw_in_idle_force_ready,
         )
 
 
@@ -249,6 +260,8 @@ class _Agent:
     last_activity: float
     wrap_up_deadline: float | None = None
     order: int = 0  # login order: timer outputs come in table order
+    #: timed after-call work in idle: the state it ends in (acw-in-idle-force-ready)
+    acw_return: AgentState | None = None
 
 
 # --------------------------------------------------------------------------
@@ -408,6 +421,7 @@ class AgentTable:
         agent.work_mode = work_mode
         agent.reasons = dict(reasons or {})
         agent.wrap_up_deadline = None
+        agent.acw_return = None
         agent.last_activity = now
         self._touch(agent)
         return [self._ready_event(agent)]
@@ -424,7 +438,23 @@ class AgentTable:
         and reason codes. NotReady with AfterCallWork set by hand is untimed
         and marked ``ManualSetACWPeriod`` (guide, agent-state-auto-restore)."""
         agent = self._require(dn)
+        options = self.options
+        if (work_mode is AgentWorkMode.AFTER_CALL_WORK and options.timed_acw_in_idle
+                and options.wrap_up_time > 0 and not self.on_call(dn)):
+            # timed-acw-in-idle: wrap-up-time of after-call work, then Ready
+            # (acw-in-idle-force-ready) or the state the agent had
+            before = agent.state
+            self._move(agent, Trigger.ACW_IN_IDLE)
+            agent.acw_return = (AgentState.READY if options.acw_in_idle_force_ready
+                                or before is AgentState.AFTER_CALL_WORK else before)
+            agent.work_mode = work_mode
+            agent.reasons = dict(reasons or {})
+            agent.wrap_up_deadline = now + options.wrap_up_time
+            agent.last_activity = now
+            self._touch(agent)
+            return [self._not_ready_event(agent)]
         self._move(agent, Trigger.NOT_READY)
+        agent.acw_return = None
         agent.work_mode = work_mode
         agent.reasons = dict(reasons or {})
         if work_mode is AgentWorkMode.AFTER_CALL_WORK:
@@ -477,13 +507,16 @@ class AgentTable:
         if calls:
             return []
         duration = self.options.wrap_up_time if wrap_up_time is None else wrap_up_time
-        if duration <= 0 or (agent.state, Trigger.WRAP_UP_START) not in TRANSITIONS:
+        # legal-guard-time: answered calls only (wrap_up_time 0.0 = not answered)
+        guard = self.options.legal_guard_time if wrap_up_time != 0.0 else 0.0
+        if duration + guard <= 0 or (agent.state, Trigger.WRAP_UP_START) not in TRANSITIONS:
             self._touch(agent)  # off the call: inactivity counts again
             return []
         self._move(agent, Trigger.WRAP_UP_START)
+        agent.acw_return = None
         agent.work_mode = AgentWorkMode.AFTER_CALL_WORK
-        agent.reasons = {}
-        agent.wrap_up_deadline = now + duration
+        agent.reasons = {"legal-guard-time": round(guard)} if guard > 0 else {}
+        agent.wrap_up_deadline = now + duration + guard
         self._touch(agent)
         return [self._not_ready_event(agent)]
 
@@ -633,12 +666,18 @@ class AgentTable:
                 due[dn] = agent_due
         for agent in sorted(due.values(), key=lambda a: a.order):
             if agent.wrap_up_deadline is not None and now >= agent.wrap_up_deadline:
-                self._move(agent, Trigger.WRAP_UP_EXPIRED)
+                back, agent.acw_return = agent.acw_return, None
                 agent.wrap_up_deadline = None
-                agent.work_mode = AgentWorkMode.UNKNOWN
                 agent.reasons = {}
                 agent.last_activity = now
-                events.append(self._ready_event(agent))
+                if back is AgentState.NOT_READY:  # acw-in-idle-force-ready = false
+                    self._move(agent, Trigger.NOT_READY)
+                    agent.work_mode = AgentWorkMode.AUX_WORK
+                    events.append(self._not_ready_event(agent))
+                else:
+                    self._move(agent, Trigger.WRAP_UP_EXPIRED)
+                    agent.work_mode = AgentWorkMode.UNKNOWN
+                    events.append(self._ready_event(agent))
                 self._touch(agent)
                 continue
             auto = self._auto_logout_deadline(agent)

@@ -63,7 +63,7 @@ default-dn = "{DEFAULT_PHONE}"
 extn-no-answer-timeout = 5
 request-collection-time = {collection}
 agent-reservation-timeout = 3
-wrap-up-time = 0
+{"" if "wrap-up-time" in tserver else "wrap-up-time = 0"}
 logout-on-disconnect = false
 {tserver}
 
