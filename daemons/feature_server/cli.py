@@ -9,10 +9,13 @@
     sipcluster fs ... partition NAME --rule 'PATTERN=>TARGET' ... [--block] [--inactive]
     sipcluster fs ... user NAME --dn DN ... [--pin PIN] [--calling-profile P]
     sipcluster fs ... assign KIND NAME PROFILE
+    sipcluster fs ... mailbox NUMBER [--pin PIN] [--max-messages N]
+    sipcluster fs ... mailbox-pin NUMBER PIN
     sipcluster fs ... reload
     sipcluster fs ... status
 
-Answers are printed as JSON; the exit status is 0 for a 2xx, 1 for a refusal
+``list``, ``show`` and ``delete`` also take ``mailboxes`` (the voicemail's
+``/api/mailboxes``). Answers are printed as JSON; the exit status is 0 for a 2xx, 1 for a refusal
 (its reason on stderr), 2 when the feature-server cannot be reached.
 """
 
@@ -49,11 +52,18 @@ def add_parser(subparsers: Any) -> None:
     q.add_argument("--reason", choices=("busy", "no-answer", "all"),
                    help="forwarding of the DN DIGITS instead")
     lst = sub.add_parser("list", help="list a collection")
-    lst.add_argument("collection", choices=(*COLLECTIONS, "assignments"))
+    lst.add_argument("collection", choices=(*COLLECTIONS, "assignments", "mailboxes"))
     for action, text in (("show", "show one object"), ("delete", "delete one object")):
         p = sub.add_parser(action, help=text)
-        p.add_argument("collection", choices=COLLECTIONS)
+        p.add_argument("collection", choices=(*COLLECTIONS, "mailboxes"))
         p.add_argument("object_name", metavar="NAME")
+    box = sub.add_parser("mailbox", help="create a voicemail mailbox")
+    box.add_argument("object_name", metavar="NUMBER")
+    box.add_argument("--pin")
+    box.add_argument("--max-messages", type=int)
+    box_pin = sub.add_parser("mailbox-pin", help="set a mailbox's PIN")
+    box_pin.add_argument("object_name", metavar="NUMBER")
+    box_pin.add_argument("pin")
     put = sub.add_parser("put", help="create or replace one object from JSON")
     put.add_argument("collection", choices=COLLECTIONS)
     put.add_argument("object_name", metavar="NAME")
@@ -136,6 +146,15 @@ def _request(args: argparse.Namespace) -> tuple[str, str, Any]:
     if action == "assign":
         return ("PUT", f"/api/assignments/{args.kind}/{args.object_name}",
                 {"calling-profile": args.profile})
+    if action == "mailbox":
+        body = {"mailbox": args.object_name}
+        if args.pin:
+            body["pin"] = args.pin
+        if args.max_messages is not None:
+            body["max-messages"] = args.max_messages
+        return "POST", "/api/mailboxes", body
+    if action == "mailbox-pin":
+        return "PUT", f"/api/mailboxes/{args.object_name}/pin", {"pin": args.pin}
     if action == "reload":
         return "POST", "/api/dial-plan/reload", None
     return "GET", "/api/dial-plan", None
