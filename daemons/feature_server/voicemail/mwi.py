@@ -25,6 +25,10 @@ from protocols.sip.mwi import CONTENT_TYPE, EVENT_PACKAGE, MessageSummary, MwiEr
 __all__ = ["MwiNotifier"]
 
 DEFAULT_EXPIRES = 3600
+#: how far the NOTIFY CSeq of a restored subscription jumps past the stored one
+#: (RFC 3261 §12.2.1.1: it must only grow; NOTIFYs sent since the last store
+#: write are fewer than this)
+CSEQ_RESTART_STEP = 100_000
 MIN_EXPIRES = 60
 
 
@@ -58,9 +62,9 @@ class MwiNotifier:
         self.refused = metrics.tally("mwi_subscribe_refused", "SUBSCRIBEs refused",
                                      ("reason",))
         self.gauge = metrics.gauge("mwi_subscriptions", "Active MWI subscriptions")
-        #: loop time a mailbox changed -> for the NOTIFY latency figure
         self.notify_latency = metrics.histogram(
-            "mwi_notify_latency_seconds", "From a mailbox change to the NOTIFY's answer")
+            "mwi_notify_latency_seconds", "From a mailbox change stored to its NOTIFY sent",
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.15, 0.2, 0.25, 0.5, 1.0))
 
     def __len__(self) -> int:
         return len(self._subs)
@@ -210,6 +214,10 @@ class MwiNotifier:
                 body=summary.serialize())
         except DialogError:
             return
+        if changed is not None:
+            # from the change stored to the NOTIFY on the wire (the answer's
+            # round trip is the subscriber's, not ours)
+            self.notify_latency.observe(self.loop.time() - changed)
         try:
             response = await self.endpoint.request(request)
         except Exception as exc:  # transport failure: the subscriber is unreachable
@@ -226,12 +234,6 @@ class MwiNotifier:
                 self._remove(call_id)
             return
         self.notifies.labels("ok").inc()
-        if changed is not None:
-            self.notify_latency.observe(self.loop.time() - changed)
-        if sub.state.active:
-            await self.store.update_subscription(
-                call_id, sub.dialog.local_seq or 0,
-                time.time() + sub.state.expires_at - self.loop.time())
 
     # ---------------------------------------------------------------- restart
     async def restore(self) -> int:
@@ -247,7 +249,9 @@ class MwiNotifier:
                     remote=parse_name_addr(stored.remote_uri),
                     remote_target=stored.remote_target,
                     route_set=[r for r in stored.route_set.split("\n") if r],
-                    local_seq=stored.cseq or None)
+                    # the CSeq is stored when the subscription is made or
+                    # refreshed, not at every NOTIFY: a restart jumps ahead
+                    local_seq=stored.cseq + CSEQ_RESTART_STEP)
                 state = Subscription(max(1, int(stored.expires_at - wall)), now,
                                      min_expires=1, max_expires=self.max_expires)
             except Exception as exc:
@@ -257,6 +261,7 @@ class MwiNotifier:
                 continue
             sub = _Subscriber(stored.mailbox, dialog, state, stored.transport)
             self._add(stored.call_id, sub)
+            await self._persist(stored.call_id, sub)
             self._spawn(self._notify(stored.call_id, sub, None))
             restored += 1
         return restored
