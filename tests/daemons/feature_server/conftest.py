@@ -238,6 +238,16 @@ def processes(tmp_path: Path) -> Iterator[Processes]:
         procs.stop_all()
 
 
+@pytest.fixture(scope="module")
+def module_processes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Processes]:
+    """Daemons shared by the tests of one module (started once: seconds each)."""
+    procs = Processes(tmp_path_factory.mktemp("cluster"))
+    try:
+        yield procs
+    finally:
+        procs.stop_all()
+
+
 @dataclass
 class Gateway:
     """SIPp's UAS as a data centre's PSTN gateway: answers INVITE and OPTIONS."""
@@ -246,11 +256,12 @@ class Gateway:
     proc: subprocess.Popen[bytes]
     messages: Path
 
-    def invites(self) -> list[str]:
+    def invites(self, after: int = 0) -> list[str]:
+        """Request lines of the INVITEs the gateway received (from the ``after``-th on)."""
         if not self.messages.exists():
             return []
         text = self.messages.read_text(errors="replace")
-        return [line for line in text.splitlines() if line.startswith("INVITE sip:")]
+        return [line for line in text.splitlines() if line.startswith("INVITE sip:")][after:]
 
     def stop(self) -> None:
         if self.proc.poll() is None:

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests.conftest import require_tool
 from tests.daemons.feature_server.conftest import (
     DC1,
     DC2,
@@ -57,8 +57,12 @@ def metric(url: str, name: str) -> float:
     return total
 
 
-@pytest.fixture
-def cluster(processes: Processes, tmp_path: Path, require_tool: Any) -> dict[str, Any]:
+@pytest.fixture(scope="module")
+def cluster(module_processes: Processes) -> dict[str, Any]:
+    """One cluster for the module; the tests run in file order (the last ones stop
+    a gateway, then the feature-server)."""
+    processes = module_processes
+    tmp_path = processes.tmp
     sipp = require_tool("sipp")
     config = cluster_file(tmp_path / "cluster.toml", 8080)
     gateways = {dc: start_gateway(sipp, host, tmp_path) for dc, host in
@@ -71,34 +75,6 @@ def cluster(processes: Processes, tmp_path: Path, require_tool: Any) -> dict[str
     yield {"config": config, "gateways": gateways, "fs": fs, "node": node}
     for gw in gateways.values():
         gw.stop()
-
-
-def test_nine_plus_digits_leaves_through_the_local_trunk_then_the_other(
-        cluster: dict[str, Any], require_tool: Any) -> None:
-    dc1, dc2 = cluster["gateways"]["dc1"], cluster["gateways"]["dc2"]
-    out = call("95551234")
-    assert "200 OK" in out.stdout
-    assert wait_for(lambda: dc1.invites(), timeout=5)
-    assert dc1.invites()[0].startswith(f"INVITE sip:+5551234@{DC1}.40:5060 SIP/2.0")
-    assert dc2.invites() == []
-
-    # the dc1 gateway dies: after oos-force its trunk is out of service and the
-    # next call leaves through dc2's trunk
-    dc1.stop()
-    assert wait_for(lambda: trunk_state("Trunk_dc1") == "out-of-service", timeout=8)
-    call("95550000")
-    assert wait_for(lambda: dc2.invites(), timeout=5)
-    assert dc2.invites()[0].startswith(f"INVITE sip:+5550000@{DC2}.40:5060 SIP/2.0")
-
-    lines = cluster["node"].lines()
-    trunks = [(line["trunk"], line["number"]) for line in lines
-              if line.get("event") == "call_via_trunk"]
-    assert trunks == [("Trunk_dc1", "+5551234"), ("Trunk_dc2", "+5550000")]
-    # the first URL of the Dial Plan DN has no feature-server: url-1 answered
-    failed = [line for line in lines if line.get("event") == "dial_plan_query_failed"]
-    assert failed and failed[0]["url"] == f"http://{DC1}.32:8080/dialplan"
-    answers = [line for line in lines if line.get("event") == "dial_plan_answer"]
-    assert {a["url"] for a in answers} == {f"http://{DC1}.31:8080/dialplan"}
 
 
 def test_rule_names_a_trunk_rejects_unknown_numbers_and_inbound_profile(
@@ -117,8 +93,36 @@ def test_rule_names_a_trunk_rejects_unknown_numbers_and_inbound_profile(
     assert cluster["gateways"]["dc1"].invites() == []
 
 
-def test_feature_servers_down_the_lookup_fails_loudly(cluster: dict[str, Any],
-                                                      require_tool: Any) -> None:
+def test_nine_plus_digits_leaves_through_the_local_trunk_then_the_other(
+        cluster: dict[str, Any]) -> None:
+    dc1, dc2 = cluster["gateways"]["dc1"], cluster["gateways"]["dc2"]
+    seen = len(dc2.invites())
+    out = call("95551234")
+    assert "200 OK" in out.stdout
+    assert wait_for(lambda: dc1.invites(), timeout=5)
+    assert dc1.invites()[0].startswith(f"INVITE sip:+5551234@{DC1}.40:5060 SIP/2.0")
+    assert dc2.invites(seen) == []
+
+    # the dc1 gateway dies: after oos-force its trunk is out of service and the
+    # next call leaves through dc2's trunk
+    dc1.stop()
+    assert wait_for(lambda: trunk_state("Trunk_dc1") == "out-of-service", timeout=8)
+    call("95550000")
+    assert wait_for(lambda: dc2.invites(seen), timeout=5)
+    assert dc2.invites(seen)[0].startswith(f"INVITE sip:+5550000@{DC2}.40:5060 SIP/2.0")
+
+    lines = cluster["node"].lines()
+    trunks = [(line["trunk"], line["number"]) for line in lines
+              if line.get("event") == "call_via_trunk"]
+    assert trunks[-2:] == [("Trunk_dc1", "+5551234"), ("Trunk_dc2", "+5550000")]
+    # the first URL of the Dial Plan DN has no feature-server: url-1 answered
+    failed = [line for line in lines if line.get("event") == "dial_plan_query_failed"]
+    assert failed and failed[0]["url"] == f"http://{DC1}.32:8080/dialplan"
+    answers = [line for line in lines if line.get("event") == "dial_plan_answer"]
+    assert {a["url"] for a in answers} == {f"http://{DC1}.31:8080/dialplan"}
+
+
+def test_feature_servers_down_the_lookup_fails_loudly(cluster: dict[str, Any]) -> None:
     cluster["fs"].stop()
     # extension to extension goes on: 1002 (a SIPp UAS at its fixed contact) answers
     phone = start_gateway(require_tool("sipp"), f"{DC1}.60", cluster["config"].parent)
@@ -137,4 +141,3 @@ def test_feature_servers_down_the_lookup_fails_loudly(cluster: dict[str, Any],
     assert after == before + 1
     assert any(line.get("event") == "dial_plan_unavailable"
                for line in cluster["node"].lines())
-    assert cluster["gateways"]["dc1"].invites() == []
