@@ -203,6 +203,24 @@ class Router:
             # after the events that came with it (wrap-up's EventAgentNotReady)
             self.dispatch_soon()
 
+    def on_reserved_elsewhere(self, event: Mapping[str, Any]) -> None:
+        """Another router reserved an agent (the owner's ``EventAgentReserved``
+        to the DN's clients): it is offered no call of ours until that call
+        reaches it or the reservation's Timeout passes."""
+        dn = event.get("AttributeThisDN")
+        if not isinstance(dn, str):
+            return
+        record = self.pool.agents.get(dn)
+        if record is None or record.held:
+            return  # unknown, or held by us: our own reservation
+        timeout = event.get("AttributeTimeout")
+        hold = float(timeout) if isinstance(timeout, int) and timeout > 0 else HOLD_TIMEOUT
+        self.pool.hold(dn, self.clock())
+        handle = self._holds.pop(dn, None)
+        if handle is not None:
+            handle.cancel()
+        self._holds[dn] = self.loop.call_later(hold, self._hold_expired, dn)
+
     def t_controller_lost(self) -> None:
         """The agent view is gone with the link: nothing is routed on stale state."""
         for dn in list(self.pool.agents):

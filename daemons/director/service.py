@@ -280,7 +280,10 @@ class Director(Service):
         name = event.get("message")
         if not isinstance(name, str):
             return
-        if name.startswith("EventAgent") and name != "EventAgentReserved":
+        if name == "EventAgentReserved":
+            if "AttributeReferenceID" not in event:  # not the answer to our own request
+                self.router.on_reserved_elsewhere(event)
+        elif name.startswith("EventAgent"):
             self.router.on_agent_event(name, event)
         elif name in CALL_START or name in _CALL_ENDS:
             self.router.on_call_event(name, event)

@@ -107,6 +107,9 @@ class RequestController(ControllerState, Protocol):
                              answer: tuple[TLibConnection, int] | None = None, *,
                              local: bool | None = None) -> None: ...
     def schedule_timer(self) -> None: ...
+    def publish(self, name: str, attributes: TMap, *,
+                answer: tuple[TLibConnection, int] | None = None,
+                local: bool | None = None) -> None: ...
     def apply(self, outputs: Iterable[OwnershipOutput],
               answer: tuple[TLibConnection, int] | None = None, *,
               claimant: tuple[str, str] | None = None,
@@ -544,9 +547,9 @@ class Requests:
             if isinstance(out, ReservationGranted):
                 held = out.reservation
                 attributes: dict[str, Any] = {
-                    "AttributeThisDN": held.dn, "AttributeReferenceID": reference_id,
-                    "AttributePriority": held.priority,
+                    "AttributeThisDN": held.dn, "AttributePriority": held.priority,
                     "AttributeTimeout": max(1, round(held.expires - self.controller.clock())),
+                    "AttributeExtensions": {"holder": held.holder},
                 }
                 view = self.controller.agents.agent(held.dn)
                 if view is not None:
@@ -556,7 +559,10 @@ class Requests:
                 self.reservation_outcomes.labels("granted").inc()
                 self.log.info("agent_reserved", dn=held.dn, holder=held.holder,
                               priority=held.priority, conn_id=held.conn_id)
-                conn.send_event("EventAgentReserved", attributes)
+                # the answer to the holder; every other client of the DN (other
+                # routers, here and on the peers) learns the agent is taken
+                self.controller.publish("EventAgentReserved", attributes,
+                                        answer=(conn, reference_id))
             else:
                 assert isinstance(out, Refused)
                 self._reservation_refused(conn, reference_id, out.request.dn, out.code,

@@ -233,3 +233,23 @@ def _get(lab: Any, path: str) -> str:
     with urllib.request.urlopen(f"http://127.0.145.80:{lab.ports['director_1']}{path}",
                                 timeout=5) as resp:
         return str(resp.read().decode())
+
+
+async def test_an_agent_another_router_reserved_is_not_offered(director_lab: Any) -> None:
+    lab = await director_lab(router_timeout=10)
+    phone = lab.agent_phone("1002", calls=1)
+    await lab.login_agents(["1001", "1002"])  # 1001 is the longest idle
+    director = lab.director()
+    await lab.until("agent view", lambda: director.events("t_controller_linked"))
+    await asyncio.sleep(1.0)
+    urs = await lab.desktop("A", "URS_other")
+    held = await urs.request("RequestReserveAgent", AttributeThisDN="1001",
+                             AttributeTimeout=20)
+    assert held["message"] == "EventAgentReserved"
+    await asyncio.sleep(0.3)
+    callers = lab.callers("A", calls=1, rate=1)
+    stats = await asyncio.to_thread(callers.stats, 20)
+    assert stats.get("SuccessfulCall(C)") == "1", (stats, callers.errors())
+    assert [r["to"] for r in director.events("call_routed")] == ["1002"]
+    assert not lab.procs["TC_A"].events("agent_reservation_refused")  # no conflict needed
+    assert (await asyncio.to_thread(phone.stats, 10)).get("SuccessfulCall(C)") == "1"

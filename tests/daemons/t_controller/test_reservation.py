@@ -155,6 +155,8 @@ async def test_two_routers_one_reservation(make_harness: Any) -> None:
     h = await make_harness(registered={"1001": "sip:1001@127.0.0.1:5099"},
                            tserver="request-collection-time = 0.3")
     await _ready_agent(h)
+    watcher = await h.desktop("URS_3")  # another router, watching the agent's DN
+    await watcher.request("RequestRegisterAddress", AttributeThisDN="1001")
     urs1, urs2 = await h.desktop("URS_1", "smart"), await h.desktop("URS_2", "smart")
     a, b = await asyncio.gather(
         urs1.request("RequestReserveAgent", AttributeThisDN="1001", AttributePriority=1,
@@ -165,6 +167,11 @@ async def test_two_routers_one_reservation(make_harness: Any) -> None:
     assert a["AttributeErrorCode"] == ErrorCode.AGENT_RESERVATION_CONFLICT
     assert b["message"] == "EventAgentReserved"
     assert b["AttributeAgentID"] == "a1001" and b["AttributeConnID"] == "00c2"
+    # the DN's other clients learn that the agent is taken, and by whom
+    seen = await watcher.wait_for("EventAgentReserved", AttributeThisDN="1001")
+    assert "AttributeReferenceID" not in seen
+    assert seen["AttributeExtensions"]["holder"].startswith("URS_2")
+    assert len(urs2.of("EventAgentReserved")) == 1  # the holder: its answer only
     # held: a later request is refused at once
     late = await urs1.request("RequestReserveAgent", AttributeThisDN="1001")
     assert late["AttributeErrorCode"] == ErrorCode.AGENT_RESERVATION_CONFLICT
