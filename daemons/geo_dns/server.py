@@ -31,6 +31,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import socket
 import struct
 from collections.abc import Sequence
 from typing import Any
@@ -53,6 +55,9 @@ from daemons.runtime.logs import get_logger
 from daemons.runtime.management import Metrics
 
 __all__ = ["GeoDnsServer", "Outcome"]
+
+#: Linux socket(7): SO_RCVBUF past net.core.rmem_max, for a privileged process
+SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)
 
 _HEADER = struct.Struct("!HHHHHH")
 _QR = 0x8000
@@ -130,8 +135,10 @@ class GeoDnsServer:
         metrics: Metrics | None = None,
         max_udp_payload: int = 1232,
         tcp_idle_timeout: float = 10.0,
+        udp_receive_buffer: int = 8 * 1024 * 1024,
     ) -> None:
         self.log = get_logger("geo_dns")
+        self.udp_receive_buffer = udp_receive_buffer
         self.max_udp_payload = max(512, max_udp_payload)
         self.tcp_idle_timeout = tcp_idle_timeout
         self._views: list[View] = []
@@ -147,6 +154,12 @@ class GeoDnsServer:
         )
         self.dropped = m.counter("geo_dns_dropped", "messages dropped unanswered", ("reason",))
         self.truncated = m.counter("geo_dns_truncated", "UDP answers cut with TC set")
+        self.kernel_drops = m.gauge(
+            "geo_dns_udp_receive_drops",
+            "queries the kernel dropped because the socket's receive buffer was full "
+            "(/proc/net/udp drops of the listening sockets)")
+        self.kernel_drops.set_function(self._kernel_drops)
+        self._inodes: list[int] = []
         self._udp: list[asyncio.DatagramTransport] = []
         self._tcp: list[asyncio.Server] = []
         self._tcp_tasks: set[asyncio.Task[None]] = set()
@@ -344,6 +357,7 @@ class GeoDnsServer:
                 )
                 sock = transport.get_extra_info("sockname")
                 bound = (str(sock[0]), int(sock[1]))
+                self._size_receive_buffer(transport, bound)
                 try:
                     server = await asyncio.start_server(
                         self._serve_tcp, bound[0], bound[1], reuse_address=True
@@ -361,6 +375,45 @@ class GeoDnsServer:
             self.log.info("dns_listening", host=bound[0], port=bound[1])
         return list(self.bound)
 
+    def _size_receive_buffer(self, transport: asyncio.DatagramTransport,
+                             bound: tuple[str, int]) -> None:
+        """A burst of queries waits in the kernel while the loop answers: give the
+        socket room for it (SO_RCVBUFFORCE when allowed, else SO_RCVBUF, which the
+        kernel caps at net.core.rmem_max)."""
+        sock = transport.get_extra_info("socket")
+        if sock is None:
+            return
+        wanted = self.udp_receive_buffer
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, wanted)
+        except OSError:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, wanted)
+        got = sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
+        with contextlib.suppress(OSError):
+            self._inodes.append(os.fstat(sock.fileno()).st_ino)
+        level = "info" if got >= wanted else "warning"
+        getattr(self.log, level)("dns_receive_buffer", host=bound[0], port=bound[1],
+                                 wanted=wanted, bytes=got)
+
+    def _kernel_drops(self) -> float:
+        """Sum of the kernel's drop counters of our UDP sockets."""
+        if not self._inodes:
+            return 0.0
+        inodes = {str(i) for i in self._inodes}
+        total = 0
+        for table in ("/proc/net/udp", "/proc/net/udp6"):
+            try:
+                with open(table) as f:
+                    next(f, None)
+                    for line in f:
+                        fields = line.split()
+                        if len(fields) >= 13 and fields[9] in inodes:
+                            total += int(fields[12])
+            except OSError:
+                continue
+        return float(total)
+
     async def stop(self) -> None:
         for transport in self._udp:
             transport.close()
@@ -377,6 +430,7 @@ class GeoDnsServer:
         self._udp.clear()
         self._tcp.clear()
         self.bound.clear()
+        self._inodes.clear()
 
     async def _serve_tcp(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         """RFC 7766 §6.2: several queries per connection, closed when idle."""
