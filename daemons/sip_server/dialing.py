@@ -131,8 +131,8 @@ class Dialing(SessionBase):
         while True:
             entry = self.config.dns.get(dest)
             if entry is None or entry.type in TRUNK_TYPES:
-                # not a DN of ours (or a trunk named as a destination, default-dn):
-                # the dial plan says where it goes
+                # not a DN of ours: the dial plan says where it goes; a trunk named as
+                # the destination (a default-dn) takes the call with its dialled number
                 asked += 1
                 if asked > MAX_DIAL_PLAN_STEPS:
                     self.log.warning("dial_plan_loop", conn_id=call.conn_id, dest=dest)
@@ -157,6 +157,14 @@ class Dialing(SessionBase):
                 return None, 404
             located = await self._locate(call, dest)
             if located is None:
+                fallback = self.server.routing.supervision.unreachable(
+                    call.conn_id, dest, self.config, self.tserver, self.server.metrics)
+                if fallback is not None and fallback not in tried and origin.alive:
+                    self.log.warning("route_target_unreachable", conn_id=call.conn_id,
+                                     dn=dest, to=fallback)
+                    tried.add(dest)
+                    dest = fallback  # no call lost: the routing point's default-dn
+                    continue
                 return None, 480
             contact, path, hop = located
             tried.add(dest)
