@@ -30,7 +30,8 @@ from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from daemons.cluster.config import TServerOptions
+from daemons.cluster.config import ClusterConfig, TServerOptions
+from daemons.runtime.management import Metrics, TallyCounter
 
 __all__ = ["MAX_RECALLS", "NoAnswerOutcome", "NoAnswerSupervision"]
 
@@ -61,6 +62,7 @@ class NoAnswerSupervision:
     """The routed calls of a node, by ConnID."""
 
     _routed: dict[str, _Routed] = field(default_factory=dict)
+    _unreachable: TallyCounter | None = None
 
     def routed(self, conn_id: str, routing_point: str, agent_dn: str,
                extensions: Mapping[str, Any] | None) -> None:
@@ -73,6 +75,26 @@ class NoAnswerSupervision:
 
     def forget(self, conn_id: str) -> None:
         self._routed.pop(conn_id, None)
+
+    def unreachable(self, conn_id: str, dn: str, config: ClusterConfig,
+                    options: TServerOptions, metrics: Metrics) -> str | None:
+        """A router sent the call to ``dn``, which cannot be reached (out of
+        service, no binding): the routing point's ``default-dn`` (else the
+        application's) takes it, so that no call is lost; counted. None when
+        the call was not routed to ``dn`` or there is no default."""
+        entry = self._routed.get(conn_id)
+        if entry is None or entry.agent_dn != dn:
+            return None
+        rp = config.dns.get(entry.routing_point)
+        default = rp.options.get("default-dn") if rp is not None else None
+        default = default if isinstance(default, str) else options.default_dn
+        if self._unreachable is None:
+            self._unreachable = metrics.tally(
+                "routed_to_unreachable", "Calls a router sent to a DN that could not be "
+                "reached, by what took them", ("to",))
+        self._unreachable.labels("default-dn" if default and default != dn else "none").inc()
+        entry.agent_dn = ""  # decided: the default is not supervised as an agent
+        return default if default != dn else None
 
     def timeout(self, conn_id: str, dn: str, options: TServerOptions,
                 default: float) -> float:

@@ -43,6 +43,7 @@ AGENTS = {
     "1006": ("a1006", "dc2", "{ support = 5 }"),
 }
 DEFAULT_PHONE = "1099"
+UNREGISTERED = "1098"
 CALLER_HOST = "127.0.145.200"
 
 
@@ -90,6 +91,12 @@ geo-location = "dc1"
 [dns.{DEFAULT_PHONE}]
 type = "Extension"
 contact = "sip:{DEFAULT_PHONE}@{agent_host(DEFAULT_PHONE)}:5060"
+
+# a SIP phone that never registered: out of service
+[dns.{UNREGISTERED}]
+type = "Extension"
+contact = "*"
+password = "s-{UNREGISTERED}-x"
 """
     for dn in AGENTS:
         text += f'\n[dns.{dn}]\ntype = "Extension"\ncontact = "sip:{dn}@{agent_host(dn)}:5060"\n'
