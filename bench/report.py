@@ -267,6 +267,26 @@ def security_rows(r: dict[str, Any]) -> list[Row]:
     ]
 
 
+def feature_server_rows(r: dict[str, Any]) -> list[Row]:
+    p99 = get(r, "lookup", "10000", "p99_us")
+    linear = get(r, "lookup", "10000", "linear_p99_us")
+    quiet = get(r, "quiet_reload", "seconds")
+    loaded = get(r, "reload", "seconds")
+    failed = get(r, "reload", "failed")
+    return [
+        Row("dial-plan look-up p99, 10,000 rules", num(p99, "{:.1f}", " µs"), "< 50 µs",
+            at_most(p99, 50), "0",
+            ratio=num(linear / p99 if isinstance(linear, int | float) and p99 else None,
+                      "{:.0f}x faster than a regex list")),
+        Row("dial-plan reload, 100,000 rules (idle / under queries; met: under queries)",
+            f"{num(quiet, '{:.2f}')} / {num(loaded, '{:.2f}')} s", "< 1 s, 0 failed",
+            yes_no(isinstance(loaded, int | float) and loaded < 1 and failed == 0),
+            num(failed, "{:d}")),
+        Row("node -> feature-server query p99", num(get(r, "http", "p99_us"), "{:.0f}", " µs"),
+            failures=num(get(r, "http", "failed"), "{:d}")),
+    ]
+
+
 MAPPERS: dict[str, Callable[[dict[str, Any]], list[Row]]] = {
     "bench_parser": parser_rows,
     "bench_transaction": transaction_rows,
@@ -277,6 +297,7 @@ MAPPERS: dict[str, Callable[[dict[str, Any]], list[Row]]] = {
     "bench_mesh": mesh_rows,
     "bench_node_memory": node_memory_rows,
     "bench_security": security_rows,
+    "bench_feature_server": feature_server_rows,
 }
 
 
