@@ -25,6 +25,7 @@ import argparse
 import json
 import sys
 import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -109,9 +110,10 @@ def _base_url(args: argparse.Namespace) -> str:
 
 def _request(args: argparse.Namespace) -> tuple[str, str, Any]:
     action = args.fs_action
+    body: dict[str, Any]
     if action == "query":
         params = {"digits": args.digits, "caller": args.caller, "reason": args.reason}
-        text = "&".join(f"{k}={urllib.request.quote(v)}" for k, v in params.items() if v)
+        text = urllib.parse.urlencode({k: v for k, v in params.items() if v})
         return "GET", f"/dialplan?{text}", None
     if action == "list":
         return "GET", f"/api/{args.collection}", None
@@ -123,13 +125,12 @@ def _request(args: argparse.Namespace) -> tuple[str, str, Any]:
         raw = args.json if args.json is not None else (
             sys.stdin.read() if str(args.file) == "-" else args.file.read_text())
         try:
-            body = json.loads(raw)
+            given = json.loads(raw)
         except ValueError as exc:
             raise ConfigError("fs put", None, f"not JSON: {exc}") from None
-        return "PUT", f"/api/{args.collection}/{args.object_name}", body
+        return "PUT", f"/api/{args.collection}/{args.object_name}", given
     if action == "partition":
-        body: dict[str, Any] = {"rules": args.rule, "block": args.block,
-                                "active": not args.inactive}
+        body = {"rules": args.rule, "block": args.block, "active": not args.inactive}
         for key in ("time_zone", "time_start", "time_end", "start_date", "end_date"):
             if getattr(args, key):
                 body[key.replace("_", "-")] = getattr(args, key)

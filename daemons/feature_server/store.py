@@ -199,7 +199,7 @@ class PostgresStore:
         async with self.pool.acquire() as conn, conn.transaction():
             status = await conn.execute(
                 "DELETE FROM fs_objects WHERE kind = $1 AND name = $2", kind, name)
-            found = status != "DELETE 0"
+            found = bool(status != "DELETE 0")
             if found:
                 await conn.execute("UPDATE fs_generation SET value = value + 1 WHERE id = 1")
         return found
