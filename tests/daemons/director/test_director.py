@@ -253,3 +253,21 @@ async def test_an_agent_another_router_reserved_is_not_offered(director_lab: Any
     assert [r["to"] for r in director.events("call_routed")] == ["1002"]
     assert not lab.procs["TC_A"].events("agent_reservation_refused")  # no conflict needed
     assert (await asyncio.to_thread(phone.stats, 10)).get("SuccessfulCall(C)") == "1"
+
+
+async def test_site_preference_then_overflow_to_the_other_data_centre(director_lab: Any) -> None:
+    lab = await director_lab(router_timeout=10, overflow_after=1.5)
+    phone = lab.agent_phone("1003", calls=1)
+    await lab.login_agents(["1003"])  # the only agent is in DC2
+    director = lab.director()
+    await lab.until("agent view", lambda: director.events("t_controller_linked"))
+    await asyncio.sleep(1.0)
+    health = json.loads(await asyncio.to_thread(_get, lab, "/healthz"))
+    assert health["status"] == "ok"  # linked to the nodes and a t-controller
+    callers = lab.callers("A", calls=1, rate=1)  # a DC1 call: DC1 agents first
+    stats = await asyncio.to_thread(callers.stats, 20)
+    assert stats.get("SuccessfulCall(C)") == "1", (stats, callers.errors())
+    (routed,) = director.events("call_routed")
+    assert routed["to"] == "1003"
+    assert 1.5 <= routed["waited"] < 4  # waited overflow-after for its own data centre
+    assert (await asyncio.to_thread(phone.stats, 10)).get("SuccessfulCall(C)") == "1"
