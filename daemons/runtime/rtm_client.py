@@ -223,6 +223,9 @@ class RtmClient:
         self._resume: asyncio.TimerHandle | None = None
         self._to_write: list[tuple[dict[str, Any], asyncio.Future[int]]] = []
         self._incoming: deque[Deliver] = deque()
+        self._rewrite: list[tuple[int, bytes]] | None = None
+        self._welcome_last: int | None = None
+        self._ready = False  # the outbox is lined up with this session's Welcome
         self._journal_max = 0
         self._waiters: dict[int, asyncio.Future[Delivery]] = {}
         self._flushed: list[asyncio.Future[None]] = []
@@ -351,7 +354,10 @@ class RtmClient:
             while True:
                 await self._wake_writer.wait()
                 self._wake_writer.clear()
-                while self._to_write or self._incoming or self._accepted_dirty:
+                while (self._to_write or self._incoming or self._accepted_dirty
+                       or self._welcome_last is not None):
+                    if self._welcome_last is not None:
+                        await self._apply_welcome()
                     if self._to_write or self._accepted_dirty:
                         await self._write_outbox()
                     if self._incoming:
@@ -513,6 +519,8 @@ class RtmClient:
             self._proto = proto
             reason = await proto.lost
             self._proto = None
+            self._ready = False
+            self._welcome_last = None
             was_open = self.connected.is_set()
             self.connected.clear()
             self._sent_upto = self._accepted
@@ -538,13 +546,23 @@ class RtmClient:
         self.hub_address = (peer[0], peer[1]) if peer else None
         self.sessions += 1
         self.refusal = None
-        last = welcome.last_seq
+        # the outbox is lined up with the hub's last_seq by the writer, the one
+        # place that numbers messages; nothing is sent before
+        self._welcome_last = welcome.last_seq
+        self._wake_writer.set()
+
+    async def _apply_welcome(self) -> None:
+        last = self._welcome_last
+        assert last is not None
+        self._welcome_last = None
         if last >= self._next_seq:
-            self._renumber(last + 1 - self._next_seq)
+            self._renumber(last - self._accepted)
+            await self._rewrite_outbox()
         self._on_accepted_seq(last)
         self._sent_upto = self._accepted
+        self._ready = True
         self.connected.set()
-        self.log.info("rtm_connected", hub=welcome.hub, last_seq=last,
+        self.log.info("rtm_connected", hub=self.hub_name, last_seq=last,
                       outbox=len(self._outbox))
         self._pump()
 
@@ -559,18 +577,25 @@ class RtmClient:
             renumbered.append((seq + delta, frame))
         self._outbox = renumbered
         self._accepted += delta
-        rows = [(seq, msgpack.packb(frame, use_bin_type=True)) for seq, frame in renumbered]
-        self._tasks.append(asyncio.create_task(self._rewrite_outbox(rows)))
+        self._rewrite = [(seq, msgpack.packb(frame, use_bin_type=True))
+                         for seq, frame in renumbered]
 
-    async def _rewrite_outbox(self, rows: list[tuple[int, bytes]]) -> None:
+    async def _rewrite_outbox(self) -> None:
         db = self._db
-        assert db is not None
+        assert db is not None and self._rewrite is not None
+        rows, self._rewrite = self._rewrite, None
         await db.execute("BEGIN IMMEDIATE")
-        await db.execute("DELETE FROM outbox")
-        await db.executemany("INSERT INTO outbox (seq, frame) VALUES (?, ?)", rows)
-        await db.execute("INSERT INTO meta (key, value) VALUES ('next_seq', ?) ON CONFLICT (key) "
-                         "DO UPDATE SET value = excluded.value", (self._next_seq,))
-        await db.execute("COMMIT")
+        try:
+            await db.execute("DELETE FROM outbox")
+            await db.executemany("INSERT INTO outbox (seq, frame) VALUES (?, ?)", rows)
+            await db.execute(
+                "INSERT INTO meta (key, value) VALUES ('next_seq', ?) ON CONFLICT (key) "
+                "DO UPDATE SET value = excluded.value", (self._next_seq,))
+            await db.execute("COMMIT")
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await db.execute("ROLLBACK")
+            raise
 
     def _on_accepted(self, proto: _Protocol, event: AcceptedReceived) -> None:
         self._on_accepted_seq(event.seq)
@@ -629,7 +654,7 @@ class RtmClient:
 
     def _pump(self) -> None:
         proto = self._proto
-        if proto is None or not proto.session.open or not self._outbox:
+        if proto is None or not self._ready or not proto.session.open or not self._outbox:
             return
         loop = asyncio.get_running_loop()
         now = loop.time()

@@ -206,3 +206,32 @@ async def test_max_queue_bytes_bounds_an_away_site_queue(bench: Bench) -> None:
     await bench.client(2, got.append)
     await until(lambda: len(got) == kept, 5, "the queued messages")
     assert [d.reader().get_integer() for d in got] == list(range(kept))
+
+
+async def test_a_site_whose_state_file_was_replaced_is_not_taken_for_a_resend(
+        bench: Bench) -> None:
+    """The hub holds seqs 1-3 of site 1; site 1 comes back with a new, empty state
+    file (a restored host) and numbers from 1 again: its outbox moves above 3, so
+    its new messages are delivered, not dropped as duplicates."""
+    await bench.start()
+    one = await bench.client(1)
+    for i in range(3):
+        await one.send_event(2, "o", "e", ints(i))
+    await asyncio.wait_for(one.flushed(), 5)
+    await one.close()
+    bench.clients.remove(one)
+    (bench.tmp / "site1.db").unlink()
+    again = RtmClient(site=1, password=PASSWORDS[1], hubs=[(HOST, bench.port)],
+                      state=bench.tmp / "site1.db", reconnect_max=0.2)
+    await again.start()
+    bench.clients.append(again)
+    first = await again.send_event(2, "o", "e", ints(100))  # numbered 1, before the Welcome
+    await asyncio.wait_for(again.connected.wait(), 5)
+    await asyncio.wait_for(again.flushed(), 5)
+    second = await again.send_event(2, "o", "e", ints(101))
+    await asyncio.wait_for(again.flushed(), 5)
+    assert (first, second) in ((1, 5), (4, 5))  # numbered before or after the Welcome
+    got: list[Delivery] = []
+    await bench.client(2, got.append)
+    await until(lambda: len(got) == 5, 5, "all five messages")
+    assert [d.reader().get_integer() for d in got] == [0, 1, 2, 100, 101]
