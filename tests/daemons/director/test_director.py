@@ -271,3 +271,23 @@ async def test_site_preference_then_overflow_to_the_other_data_centre(director_l
     assert routed["to"] == "1003"
     assert 1.5 <= routed["waited"] < 4  # waited overflow-after for its own data centre
     assert (await asyncio.to_thread(phone.stats, 10)).get("SuccessfulCall(C)") == "1"
+
+
+async def test_director_moves_to_another_t_controller(director_lab: Any) -> None:
+    lab = await director_lab(router_timeout=10, overflow_after=0)
+    phone = lab.agent_phone("1003", calls=1)
+    await lab.login_agents(["1001", "1003"])
+    director = lab.director()
+    await lab.until("linked to TC_A (its own data centre's)", lambda: [
+        e for e in director.events("t_controller_linked") if e["t_controller"] == "TC_A"])
+    lab.procs["TC_A"].stop(signal.SIGKILL)
+    await lab.until("linked to TC_C", lambda: [
+        e for e in director.events("t_controller_linked") if e["t_controller"] == "TC_C"], 20)
+    await asyncio.sleep(1.0)
+    # node C's t-controller serves DC2's agent; a call into node C reaches it
+    callers = lab.callers("C", calls=1, rate=1, port=5063)
+    stats = await asyncio.to_thread(callers.stats, 20)
+    assert stats.get("SuccessfulCall(C)") == "1", (stats, callers.errors())
+    assert [r["to"] for r in director.events("call_routed")] == ["1003"]
+    assert director.events("t_controller_link_lost")
+    assert (await asyncio.to_thread(phone.stats, 10)).get("SuccessfulCall(C)") == "1"
