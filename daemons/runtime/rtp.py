@@ -9,7 +9,9 @@ tick ran (the send jitter) in 0.25 ms buckets. :class:`RtpSession` is one
 stream: it sends the frames it is given, at 8,000 timestamp units per second
 measured by the pacer's tick, and passes every valid packet from the expected
 source to ``on_packet``; a packet from elsewhere or a malformed one is dropped
-with a counter and one log line per stream.
+with a counter and one log line per stream. The expected source is the one
+the SDP announced, or the first packet's address when it comes from the
+announced port (symmetric RTP, RFC 4961): then that address only.
 """
 
 from __future__ import annotations
@@ -167,6 +169,9 @@ class RtpSession(asyncio.DatagramProtocol):
         self.log = logger if logger is not None else get_logger("rtp")
         self.transport: asyncio.DatagramTransport | None = None
         self.remote: Address | None = None
+        #: where packets are accepted from: ``remote`` until a packet from the
+        #: announced port on another address latches it (see :meth:`_latch`)
+        self.source: Address | None = None
         self.ssrc = secrets.randbits(32)
         self._seq = secrets.randbits(16)
         self._ts_base = secrets.randbits(32)
@@ -181,8 +186,10 @@ class RtpSession(asyncio.DatagramProtocol):
         self.transport = cast(asyncio.DatagramTransport, transport)
 
     def datagram_received(self, data: bytes, addr: Address) -> None:
-        remote = self.remote
-        if remote is None or addr[0] != remote[0] or addr[1] != remote[1]:
+        source = self.source
+        if source is None:
+            source = self._first_source(addr)
+        if source is None or addr[0] != source[0] or addr[1] != source[1]:
             self._drop("unexpected_source", addr, "rtp_unexpected_source")
             return
         try:
@@ -192,6 +199,20 @@ class RtpSession(asyncio.DatagramProtocol):
             return
         if self.on_packet is not None:
             self.on_packet(packet, self.pacer.loop.time())
+
+    def _first_source(self, addr: Address) -> Address | None:
+        """The source the first packet fixes: the announced address, or
+        (symmetric RTP, RFC 4961) another address with the announced port: a
+        phone bound to every address sends from the kernel's choice, a NAT
+        may keep the port. From then on only that source is accepted."""
+        remote = self.remote
+        if remote is None or addr[1] != remote[1]:
+            return None
+        self.source = addr
+        if addr[0] != remote[0]:
+            self.log.info("rtp_source_latched", peer=f"{addr[0]}:{addr[1]}",
+                          announced=f"{remote[0]}:{remote[1]}")
+        return addr
 
     def _drop(self, reason: str, addr: Address, event: str, detail: str = "") -> None:
         self.counters.dropped.labels(reason).inc()

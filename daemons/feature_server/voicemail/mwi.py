@@ -19,10 +19,10 @@ from daemons.runtime.driver import TimerSlot
 from daemons.runtime.sip_endpoint import IncomingRequest, SipEndpoint
 from protocols.sip.dialog import Dialog, DialogError, DialogId
 from protocols.sip.headers import parse_name_addr
-from protocols.sip.message import Response
+from protocols.sip.message import Request, Response
 from protocols.sip.mwi import CONTENT_TYPE, EVENT_PACKAGE, MessageSummary, MwiError, Subscription
 
-__all__ = ["MwiNotifier"]
+__all__ = ["MwiNotifier", "record_route"]
 
 DEFAULT_EXPIRES = 3600
 #: how far the NOTIFY CSeq of a restored subscription jumps past the stored one
@@ -30,6 +30,12 @@ DEFAULT_EXPIRES = 3600
 #: write are fewer than this)
 CSEQ_RESTART_STEP = 100_000
 MIN_EXPIRES = 60
+
+
+def record_route(request: Request) -> list[tuple[str, str]]:
+    """The request's Record-Route, copied into a 2xx that creates a dialog
+    (RFC 3261 §12.1.1): the proxies that asked stay on the dialog's path."""
+    return [("Record-Route", value) for value in request.headers.get_lines("Record-Route")]
 
 
 class _Subscriber:
@@ -98,6 +104,11 @@ class MwiNotifier:
             return self._refuse(incoming, exc.status, "interval_too_brief", headers=[
                 ("Min-Expires", str(MIN_EXPIRES))])
         transport = incoming.flow.transport
+        # No Record-Route in the 200 and no route set: the sip-proxies
+        # Record-Route a SUBSCRIBE but send an in-dialog request that comes
+        # from outside the cluster nodes to a node, not to its Request-URI, so
+        # NOTIFYs go straight to the subscriber's Contact and its refreshes
+        # come straight here (docs/feature-server.md, MWI).
         response = incoming.response(200, headers=[
             ("Expires", str(state.remaining(now))),
             ("Contact", f"<{self.endpoint.contact_uri(transport, user=mailbox)}>")])
@@ -105,6 +116,7 @@ class MwiNotifier:
             dialog = Dialog.create_uas(request, response, transport=transport)
         except DialogError as exc:
             return self._refuse(incoming, 400, "no_dialog", reason=str(exc))
+        dialog.route_set = []
         if expires == 0:  # a fetch: one NOTIFY, no subscription (RFC 6665 §4.4.3)
             state.refresh(0, now)
         sub = _Subscriber(mailbox, dialog, state, transport)

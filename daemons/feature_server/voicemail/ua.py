@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from daemons.feature_server.voicemail.call import VoicemailCall
 from daemons.feature_server.voicemail.ivr import Mode
+from daemons.feature_server.voicemail.mwi import record_route
 from daemons.runtime.rtp import open_rtp_session
 from daemons.runtime.sip_endpoint import IncomingRequest
 from protocols.rtp.telephone_event import DIGITS
@@ -132,6 +133,7 @@ class VoicemailUserAgent:
         rtp.payload_type = answer.payload_type
         transport = incoming.flow.transport
         response = incoming.response(200, headers=[
+            *record_route(request),
             ("Contact", f"<{svc.endpoint.contact_uri(transport, user=number)}>"),
             ("Allow", ALLOW), ("Content-Type", "application/sdp")],
             body=answer.sdp.serialize())
@@ -167,6 +169,7 @@ class VoicemailUserAgent:
             return incoming.response(500)
         # the stream stays as agreed: the same answer again (RFC 3264 §8, no change)
         return incoming.response(200, headers=[
+            *record_route(incoming.request),
             ("Contact", f"<{self.service.endpoint.contact_uri(call.transport)}>"),
             ("Content-Type", "application/sdp")], body=call.answer.sdp.serialize())
 
