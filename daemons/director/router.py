@@ -86,14 +86,22 @@ class Router:
         self.errors = metrics.tally("director_request_errors", "EventError answers to the "
                                     "director's requests, by request and code",
                                     ("request", "code")) if metrics is not None else None
+        self.dropped = metrics.tally("director_events_dropped", "Events the director could "
+                                     "not use, by event and reason",
+                                     ("event", "reason")) if metrics is not None else None
 
     # -- events from the nodes ----------------------------------------------------------
     def on_route_request(self, node: str, event: Mapping[str, Any]) -> None:
         rp, conn_id = event.get("AttributeThisDN"), event.get("AttributeConnID")
         if not isinstance(rp, str) or not isinstance(conn_id, str):
+            self._drop("EventRouteRequest", "no-dn-or-connid", node=node)
             return
         queue = self._queue_of_rp.get(rp)
-        if queue is None or conn_id in self._call_queue:
+        if queue is None:
+            self._drop("EventRouteRequest", "not-a-routing-point-of-a-strategy", node=node, rp=rp)
+            return
+        if conn_id in self._call_queue:
+            self._drop("EventRouteRequest", "already-queued", node=node, conn_id=conn_id)
             return
         extensions = event.get("AttributeExtensions") or {}
         geo = extensions.get("geo-location") if isinstance(extensions, Mapping) else None
@@ -346,6 +354,11 @@ class Router:
             event["AttributeUserData"] = dict(call.user_data)
         event.update({f"Attribute{k}": v for k, v in attrs.items()})
         self.report(name, event)
+
+    def _drop(self, event: str, reason: str, **context: Any) -> None:
+        if self.dropped is not None:
+            self.dropped.labels(event, reason).inc()
+        self.log.warning("director_event_dropped", tlib_event=event, reason=reason, **context)
 
     def _count(self, queue: VirtualQueue, outcome: str) -> None:
         if self.outcomes is not None:
