@@ -253,7 +253,7 @@ class Director(Service):
             if client is None:
                 await asyncio.sleep(RECONNECT_DELAY / len(candidates))
                 continue
-            index = candidates.index(app)  # reconnect here first next time
+            index = candidates.index(app)  # once lost, the next one is tried first
             client.add_listener(self._agent_event)
             self.t_controller, self.t_controller_name = client, app.name
             self.log.info("t_controller_linked", t_controller=app.name, peer=client.peer,

@@ -144,7 +144,8 @@ class Requests:
         self.reservations = ReservationTable(
             self._reservable, controller.agents.offered,
             collection_time=options.request_collection_time,
-            default_timeout=options.agent_reservation_timeout)
+            default_timeout=options.agent_reservation_timeout,
+            alive=lambda token: not token[0].closed)
         self.reservation_outcomes = (metrics or Metrics("sipcluster")).tally(
             "tcontroller_agent_reservations",
             "RequestReserveAgent answers of this node, by outcome", ("outcome",))

@@ -19,8 +19,9 @@ t-controller of the agent's DN is the one authority that says who gets it:
   agent table's own error;
 * a reservation holds until a call reaches the DN (the routed one: the agent
   is then on a call and not available anyway) or ``Timeout`` seconds pass
-  with no call (``agent-reservation-timeout``, 6 s by default); its holder
-  going away (disconnect) drops it.
+  with no call (``agent-reservation-timeout``, 6 s by default); a holder
+  whose connection is gone (``alive(token)`` false) holds nothing, and its
+  gathered requests take no part in the decision.
 
 Availability is checked twice: when a request arrives and again when its
 window closes (the agent may have gone Not Ready meanwhile). Time comes in as
@@ -80,6 +81,7 @@ class Reservation:
     priority: int
     expires: float
     calls_at_grant: int  # the DN's offered-call count then: one more consumes it
+    token: Any = None  # the holder's answer handle (alive(token): still connected)
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,9 +120,11 @@ class ReservationTable:
 
     def __init__(self, check: AvailabilityCheck, offered: Callable[[str], int], *,
                  collection_time: float = DEFAULT_COLLECTION_TIME,
-                 default_timeout: float = DEFAULT_RESERVATION_TIMEOUT) -> None:
+                 default_timeout: float = DEFAULT_RESERVATION_TIMEOUT,
+                 alive: Callable[[Any], bool] | None = None) -> None:
         self._check = check
         self._offered = offered
+        self._alive = alive
         self.collection_time = collection_time
         self.default_timeout = default_timeout
         self._windows: dict[str, _Window] = {}
@@ -128,7 +132,8 @@ class ReservationTable:
         self._arrival = itertools.count()
         #: decisions so far, by outcome (granted, conflict, not-available, refused)
         self.counts: dict[str, int] = dict.fromkeys(
-            ("granted", "conflict", "not-available", "refused", "expired", "consumed"), 0)
+            ("granted", "conflict", "not-available", "refused", "expired", "consumed",
+             "holder-gone"), 0)
 
     # -- queries -------------------------------------------------------------------
     def reservation(self, dn: str, now: float) -> Reservation | None:
@@ -143,6 +148,10 @@ class ReservationTable:
         if self._offered(dn) != held.calls_at_grant:
             del self._held[dn]
             self.counts["consumed"] += 1
+            return None
+        if self._alive is not None and not self._alive(held.token):
+            del self._held[dn]
+            self.counts["holder-gone"] += 1
             return None
         return held
 
@@ -206,17 +215,19 @@ class ReservationTable:
     # -- internals -----------------------------------------------------------------
     def _close(self, dn: str, now: float) -> list[Output]:
         window = self._windows.pop(dn)
-        if not window.requests:
+        alive = self._alive
+        requests = [(n, r) for n, r in window.requests if alive is None or alive(r.token)]
+        if not requests:
             return []
         # highest priority first, then arrival
-        ordered = sorted(window.requests, key=lambda item: (-item[1].priority, item[0]))
+        ordered = sorted(requests, key=lambda item: (-item[1].priority, item[0]))
         winner = ordered[0][1]
         refusal = self._check(dn, winner.agent_id)
         if refusal is not None:
             return [self._refuse(r, *refusal) for _, r in ordered]
         timeout = winner.timeout if winner.timeout else self.default_timeout
         held = Reservation(dn, winner.agent_id, winner.holder, winner.conn_id,
-                           winner.priority, now + timeout, self._offered(dn))
+                           winner.priority, now + timeout, self._offered(dn), winner.token)
         self._held[dn] = held
         self.counts["granted"] += 1
         outputs: list[Output] = [ReservationGranted(winner, held)]

@@ -343,3 +343,18 @@ async def test_routers_in_two_data_centres_reserve_at_the_owner(mesh: dict[str, 
         assert ok["message"] == "EventAgentReserved"
     finally:
         heal(mesh["path"])
+
+
+def test_a_holder_that_is_gone_holds_nothing() -> None:
+    agents = Agents()
+    gone: set[str] = set()
+    t = ReservationTable(agents.check, agents.offered, alive=lambda token: token not in gone)
+    t.request(req("urs1", priority=9), 0.0)
+    t.request(req("urs2"), 0.1)
+    gone.add("urs1")  # disconnected inside the window: no part in the decision
+    out = t.handle_timer(0.3)
+    assert [(type(o), o.request.holder) for o in out] == [(ReservationGranted, "urs2")]
+    gone.add("urs2")  # the holder disconnects: the agent is free again
+    assert t.reservation("1001", 1.0) is None and t.counts["holder-gone"] == 1
+    t.request(req("urs3"), 1.0)
+    assert [type(o) for o in t.handle_timer(1.3)] == [ReservationGranted]
