@@ -195,6 +195,7 @@ class Hub:
         self._batch = Batch()
         self._fetches: deque[int] = deque()
         self._expire_due = False
+        self._ping_due = False
         self._wake = asyncio.Event()
         self.failed = asyncio.Event()
         self.failure = ""
@@ -582,7 +583,11 @@ class Hub:
             await self._wake.wait()
             self._wake.clear()
             try:
-                while self._batch or self._fetches or self._expire_due:
+                while self._batch or self._fetches or self._expire_due or self._ping_due:
+                    if self._ping_due:
+                        # an idle active hub learns it lost its store (and its lock)
+                        self._ping_due = False
+                        await store.ping()
                     if self._batch:
                         batch, self._batch = self._batch, Batch()
                         batch.last_id = self.last_id
@@ -610,7 +615,9 @@ class Hub:
     async def _sweep_loop(self) -> None:
         while True:
             await asyncio.sleep(self.options.sweep_interval)
+            self._ping_due = True
             self.sweep(self.clock())
+            self._wake.set()
 
     def sweep(self, wall: float) -> None:
         """Time out requests whose deadline passed; ask for the TTL sweep."""

@@ -154,6 +154,10 @@ class Store(Protocol):
 
     async def dead_letters(self, limit: int) -> list[dict[str, Any]]: ...
 
+    async def ping(self) -> None:
+        """Raise :class:`StoreError` when the store is gone (and with it the lock)."""
+        ...
+
     async def close(self) -> None: ...
 
 
@@ -322,6 +326,12 @@ class SqliteStore:
         keys = ("id", "dest", "origin", "kind", "object", "event", "reason", "dead_at")
         return [dict(zip(keys, r, strict=True)) for r in rows]
 
+    async def ping(self) -> None:
+        try:
+            await self.db.execute_fetchall("SELECT 1")
+        except Exception as exc:
+            raise StoreError(f"sqlite: {exc}") from exc
+
     async def close(self) -> None:
         if self._db is not None:
             with contextlib.suppress(Exception):
@@ -477,6 +487,14 @@ class PostgresStore:
             "SELECT id, dest, origin, kind, object, event, reason, dead_at FROM dead_letters "
             "ORDER BY id DESC LIMIT $1", limit)
         return [dict(r) for r in rows]
+
+    async def ping(self) -> None:
+        try:
+            await self.conn.fetchval("SELECT 1")
+        except StoreError:
+            raise
+        except Exception as exc:
+            raise StoreError(f"postgresql: {exc}") from exc
 
     async def close(self) -> None:
         if self._conn is not None:

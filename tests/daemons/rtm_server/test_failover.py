@@ -63,3 +63,51 @@ def test_standby_takes_over_with_nothing_lost(tmp_path: Path, procs: list[Proc],
     # the old active comes back as the standby
     hub1.start()
     hub1.wait_role("standby")
+
+
+async def test_a_hub_that_loses_its_database_stops_serving_and_takes_over_again(
+        tmp_path: Path, procs: list[Proc], postgres_dsn: str) -> None:
+    """PostgreSQL ends the active hub's connection (and with it the advisory
+    lock): the hub closes its sessions, becomes the standby, takes the lock
+    again and serves; the sites' messages all arrive once, in order."""
+    import asyncio
+
+    import asyncpg  # type: ignore[import-untyped]
+
+    spec = hub_spec("RTM1", "127.0.122.5")
+    config = write_cluster(tmp_path / "cluster.toml", [spec],
+                           {"store": postgres_dsn, "keep-alive": 1.0, "takeover-poll": 0.2})
+    hub = Hub(config, spec, tmp_path / "hub.log").start()
+    procs.append(hub)
+    await asyncio.to_thread(hub.wait_role, "active")
+    hubs = [(spec.host, spec.rtm_port)]
+    state = tmp_path / "state"
+    state.mkdir()
+    sites = [Site(1, state, hubs, tmp_path / "site1.log", send_to=["2"], count=800, rate=200),
+             Site(2, state, hubs, tmp_path / "site2.log", send_to=["1"], count=800, rate=200)]
+    for s in sites:
+        procs.append(s.start())
+    await asyncio.to_thread(wait_for, lambda: sum(len(s.journal()) for s in sites) >= 100, 40,
+                            "load flowing")
+    admin = await asyncpg.connect(postgres_dsn)
+    try:
+        ended = await admin.fetchval(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_locks "
+            "WHERE locktype = 'advisory' AND granted")
+    finally:
+        await admin.close()
+    assert ended == 1
+
+    def complete() -> bool:
+        if any(s.outbox() != 0 or len(s.sent()) < 800 for s in sites):
+            return False
+        v = verify(sites)
+        return v.handled >= v.expected
+
+    await asyncio.to_thread(wait_for, complete, 60, "everything after the store came back")
+    v = verify(sites)
+    assert (v.missing, v.duplicates, v.out_of_order) == (0, 0, [])
+    log = hub.log.read_text()
+    assert '"rtm_store_lost"' in log
+    assert log.count('"rtm_active"') == 2
+    assert hub.role() == "active"

@@ -14,6 +14,7 @@ from daemons.rtm_server.store import (
     SqliteStore,
     Store,
     StoredMessage,
+    StoreError,
     open_store,
 )
 
@@ -110,3 +111,10 @@ def test_store_option_names_the_engine(tmp_path: Path) -> None:
     assert isinstance(open_store("postgresql://u@127.0.0.1/db"), PostgresStore)
     with pytest.raises(ValueError):
         open_store("sqlite:")
+
+
+async def test_ping_tells_a_lost_store(store: Store) -> None:
+    await store.ping()
+    await store.close()
+    with pytest.raises(StoreError):
+        await store.ping()
