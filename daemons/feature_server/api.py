@@ -34,7 +34,7 @@ from daemons.feature_server.dialplan import (
     Query,
     decision_json,
 )
-from daemons.feature_server.store import Store
+from daemons.feature_server.store import Store, StoreError
 from protocols.dialplan import ASSIGNMENT_KINDS, DialPlanError, check_name
 
 __all__ = ["ProvisioningApi"]
@@ -114,6 +114,12 @@ class ProvisioningApi:
                                       path=request.path, status=exc.status, reason=exc.reason,
                                       peer=request.remote)
                 return web.json_response({"error": exc.reason}, status=exc.status)
+            except StoreError as exc:
+                # the store is down: nothing was changed, the plan in force answers queries
+                self.host.counted_refusal("store_unavailable")
+                self.host.log.error("api_store_unavailable", method=request.method,
+                                    path=request.path, reason=str(exc))
+                return web.json_response({"error": f"store unavailable: {exc}"}, status=503)
         return run
 
     # ------------------------------------------------------------------ dial-plan query

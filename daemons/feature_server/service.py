@@ -159,11 +159,14 @@ class FeatureServer(Service):
     async def start(self) -> None:
         try:
             await self.store.open()
+            self._store_ok = True
+            self._generation = await self.store.generation()
+            await self.reload(reread_config=False, startup=True)
         except StoreError as exc:
             raise OSError(f"store: {exc}") from exc
-        self._store_ok = True
-        self._generation = await self.store.generation()
-        await self.reload(reread_config=False, startup=True)
+        except DialPlanError as exc:
+            # the cluster file's plan with what the store holds (each checked alone)
+            raise OSError(f"dial plan refused: {exc}") from exc
         if self.voicemail is not None:
             await self.voicemail.start()
         loop = asyncio.get_running_loop()
@@ -194,7 +197,7 @@ class FeatureServer(Service):
     async def _reload_logged(self) -> None:
         try:
             await self.reload(reread_config=True)
-        except (DialPlanError, ValueError):
+        except (DialPlanError, ValueError, StoreError):
             pass  # logged and counted by reload()
 
     async def reload(self, *, reread_config: bool, startup: bool = False) -> dict[str, Any]:
@@ -215,6 +218,12 @@ class FeatureServer(Service):
         except (DialPlanError, ConfigError) as exc:
             self._reloads.labels("refused").inc()
             self.log.error("dial_plan_refused", reason=str(exc), startup=startup,
+                           rules_in_force=self.holder.plan.rule_count)
+            raise
+        except StoreError as exc:
+            self._store_ok = False
+            self._reloads.labels("store_unreachable").inc()
+            self.log.error("dial_plan_reload_failed", reason=str(exc), startup=startup,
                            rules_in_force=self.holder.plan.rule_count)
             raise
         if reread_config:
@@ -245,7 +254,7 @@ class FeatureServer(Service):
                 self._generation = generation
                 try:
                     await self.reload(reread_config=False)
-                except DialPlanError:
+                except (DialPlanError, StoreError):
                     pass  # logged and counted by reload()
 
     # ------------------------------------------------------------------ API host

@@ -17,7 +17,9 @@ database but are not this module's.
 
 from __future__ import annotations
 
+import contextlib
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import urlsplit
@@ -74,6 +76,20 @@ class Store(Protocol):
     async def generation(self) -> int: ...
 
 
+_SQLITE_ERRORS = (OSError, aiosqlite.Error)
+_POSTGRES_ERRORS = (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError)
+
+
+@contextlib.contextmanager
+def _failures(errors: tuple[type[BaseException], ...], url: str) -> Iterator[None]:
+    """A driver's error as :class:`StoreError`: the daemon answers 503 and keeps the
+    plan in force instead of failing the request (or the task) with a traceback."""
+    try:
+        yield
+    except errors as exc:
+        raise StoreError(f"{_redacted(url)}: {exc}") from exc
+
+
 def _empty() -> dict[str, dict[str, Any]]:
     return {kind: {} for kind in KINDS}
 
@@ -109,40 +125,43 @@ class SqliteStore:
 
     async def all(self) -> dict[str, dict[str, Any]]:
         out = _empty()
-        async with self.db.execute("SELECT kind, name, body FROM fs_objects") as cur:
-            async for kind, name, body in cur:
-                out.setdefault(kind, {})[name] = json.loads(body)
+        with _failures(_SQLITE_ERRORS, self.url):
+            async with self.db.execute("SELECT kind, name, body FROM fs_objects") as cur:
+                async for kind, name, body in cur:
+                    out.setdefault(kind, {})[name] = json.loads(body)
         return out
 
     async def get(self, kind: str, name: str) -> Any | None:
-        async with self.db.execute("SELECT body FROM fs_objects WHERE kind = ? AND name = ?",
-                                   (kind, name)) as cur:
-            row = await cur.fetchone()
+        with _failures(_SQLITE_ERRORS, self.url):
+            async with self.db.execute(
+                    "SELECT body FROM fs_objects WHERE kind = ? AND name = ?",
+                    (kind, name)) as cur:
+                row = await cur.fetchone()
         return json.loads(row[0]) if row is not None else None
 
     async def put(self, kind: str, name: str, body: Any) -> None:
-        await self.db.execute(
-            "INSERT INTO fs_objects (kind, name, body) VALUES (?, ?, ?) "
-            "ON CONFLICT (kind, name) DO UPDATE SET body = excluded.body",
-            (kind, name, json.dumps(body)))
-        await self.db.execute("UPDATE fs_generation SET value = value + 1 WHERE id = 1")
-        await self.db.commit()
+        with _failures(_SQLITE_ERRORS, self.url):
+            await self.db.execute(
+                "INSERT INTO fs_objects (kind, name, body) VALUES (?, ?, ?) "
+                "ON CONFLICT (kind, name) DO UPDATE SET body = excluded.body",
+                (kind, name, json.dumps(body)))
+            await self.db.execute("UPDATE fs_generation SET value = value + 1 WHERE id = 1")
+            await self.db.commit()
 
     async def delete(self, kind: str, name: str) -> bool:
-        cur = await self.db.execute("DELETE FROM fs_objects WHERE kind = ? AND name = ?",
-                                    (kind, name))
-        found = cur.rowcount > 0
-        if found:
-            await self.db.execute("UPDATE fs_generation SET value = value + 1 WHERE id = 1")
-        await self.db.commit()
+        with _failures(_SQLITE_ERRORS, self.url):
+            cur = await self.db.execute("DELETE FROM fs_objects WHERE kind = ? AND name = ?",
+                                        (kind, name))
+            found = cur.rowcount > 0
+            if found:
+                await self.db.execute("UPDATE fs_generation SET value = value + 1 WHERE id = 1")
+            await self.db.commit()
         return found
 
     async def generation(self) -> int:
-        try:
+        with _failures(_SQLITE_ERRORS, self.url):
             async with self.db.execute("SELECT value FROM fs_generation WHERE id = 1") as cur:
                 row = await cur.fetchone()
-        except aiosqlite.Error as exc:
-            raise StoreError(str(exc)) from exc
         return int(row[0]) if row is not None else 0
 
 
@@ -178,37 +197,41 @@ class PostgresStore:
 
     async def all(self) -> dict[str, dict[str, Any]]:
         out = _empty()
-        for row in await self.pool.fetch("SELECT kind, name, body::text AS body FROM fs_objects"):
+        with _failures(_POSTGRES_ERRORS, self.url):
+            rows = await self.pool.fetch("SELECT kind, name, body::text AS body FROM fs_objects")
+        for row in rows:
             out.setdefault(row["kind"], {})[row["name"]] = json.loads(row["body"])
         return out
 
     async def get(self, kind: str, name: str) -> Any | None:
-        body = await self.pool.fetchval(
-            "SELECT body::text FROM fs_objects WHERE kind = $1 AND name = $2", kind, name)
+        with _failures(_POSTGRES_ERRORS, self.url):
+            body = await self.pool.fetchval(
+                "SELECT body::text FROM fs_objects WHERE kind = $1 AND name = $2", kind, name)
         return json.loads(body) if body is not None else None
 
     async def put(self, kind: str, name: str, body: Any) -> None:
-        async with self.pool.acquire() as conn, conn.transaction():
-            await conn.execute(
-                "INSERT INTO fs_objects (kind, name, body) VALUES ($1, $2, $3::jsonb) "
-                "ON CONFLICT (kind, name) DO UPDATE SET body = excluded.body",
-                kind, name, json.dumps(body))
-            await conn.execute("UPDATE fs_generation SET value = value + 1 WHERE id = 1")
+        with _failures(_POSTGRES_ERRORS, self.url):
+            async with self.pool.acquire() as conn, conn.transaction():
+                await conn.execute(
+                    "INSERT INTO fs_objects (kind, name, body) VALUES ($1, $2, $3::jsonb) "
+                    "ON CONFLICT (kind, name) DO UPDATE SET body = excluded.body",
+                    kind, name, json.dumps(body))
+                await conn.execute("UPDATE fs_generation SET value = value + 1 WHERE id = 1")
 
     async def delete(self, kind: str, name: str) -> bool:
-        async with self.pool.acquire() as conn, conn.transaction():
-            status = await conn.execute(
-                "DELETE FROM fs_objects WHERE kind = $1 AND name = $2", kind, name)
-            found = bool(status != "DELETE 0")
-            if found:
-                await conn.execute("UPDATE fs_generation SET value = value + 1 WHERE id = 1")
+        with _failures(_POSTGRES_ERRORS, self.url):
+            async with self.pool.acquire() as conn, conn.transaction():
+                status = await conn.execute(
+                    "DELETE FROM fs_objects WHERE kind = $1 AND name = $2", kind, name)
+                found = bool(status != "DELETE 0")
+                if found:
+                    await conn.execute(
+                        "UPDATE fs_generation SET value = value + 1 WHERE id = 1")
         return found
 
     async def generation(self) -> int:
-        try:
+        with _failures(_POSTGRES_ERRORS, self.url):
             value = await self.pool.fetchval("SELECT value FROM fs_generation WHERE id = 1")
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-            raise StoreError(str(exc)) from exc
         return int(value or 0)
 
 

@@ -175,3 +175,46 @@ def test_broken_cluster_file_is_refused_in_one_line(tmp_path: Path) -> None:
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1
     assert "applications.FS_dc1.options" in lines[0] and "unclosed '['" in lines[0]
+
+
+def test_store_down_queries_go_on_writes_get_503(processes: Processes, tmp_path: Path,
+                                                 postgres_server: Any) -> None:
+    """PostgreSQL refuses the feature-server's database: the plan in force keeps
+    answering, a write gets 503 with the reason (logged, counted), a reload is
+    refused and counted; when the database is back, so is provisioning."""
+    import asyncio
+
+    import asyncpg
+
+    dsn = postgres_server.create_database()
+    database = dsn.rsplit("/", 1)[1]
+    config = cluster_file(tmp_path / "cluster.toml", 8080, store=dsn)
+    processes.daemon("feature-server", config, "FS_dc1", f"{FS1}/healthz")
+
+    async def admin(sql: str) -> None:
+        conn = await asyncpg.connect(postgres_server.dsn())
+        try:
+            await conn.execute(sql)
+        finally:
+            await conn.close()
+
+    asyncio.run(admin(f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS false'))
+    asyncio.run(admin("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                      f"WHERE datname = '{database}'"))
+    try:
+        assert query(FS1, "95551234")["via"] == "trunk"
+        status, body = http("PUT", f"{FS1}/api/partitions/New", {"rules": ["1=>x"]})
+        assert status == 503 and body["error"].startswith("store unavailable")
+        status, body = http("POST", f"{FS1}/api/dial-plan/reload")
+        assert status == 503
+        text = metrics(FS1)
+        assert 'sipcluster_feature_server_api_refused_total{reason="store_unavailable"} 2.0' \
+            in text
+        assert 'sipcluster_feature_server_dialplan_reloads_total{result="store_unreachable"}' \
+            in text
+        assert query(FS1, "95551234")["via"] == "trunk"
+    finally:
+        asyncio.run(admin(f'ALTER DATABASE "{database}" ALLOW_CONNECTIONS true'))
+    assert wait_for(lambda: http("PUT", f"{FS1}/api/partitions/New",
+                                 {"rules": ["1=>x"]})[0] == 201, timeout=10)
+    assert http("GET", f"{FS1}/api/partitions")[1]["New"]["stored"] is True
