@@ -137,15 +137,28 @@ class AgentPool:
         """The agent a call of ``strategy`` goes to: among the available agents
         with the skill (at ``min-level`` or more), those of ``site`` first
         unless ``overflow`` (site preference off, or the call waited
-        ``overflow-after``); longest idle or least occupied."""
+        ``overflow-after``); longest idle or least occupied, across every site
+        or (``spread = "site"``) in the site with most available agents first."""
         by_site = self._idle.get(strategy.skill or _ANY)
         if not by_site:
             return None
         excluded = exclude if isinstance(exclude, set | frozenset) else set(exclude)
         if strategy.site_preference and site and not overflow:
             sites: Iterable[dict[str, None]] = (by_site.get(site) or {},)
+        elif strategy.spread == "site":
+            # the site with the most available agents of the skill first
+            ranked = sorted(by_site.values(), key=len, reverse=True)
+            for dns in ranked:
+                picked = self._best((dns,), strategy, excluded)
+                if picked is not None:
+                    return picked
+            return None
         else:
             sites = by_site.values()
+        return self._best(sites, strategy, excluded)
+
+    def _best(self, sites: Iterable[dict[str, None]], strategy: Strategy,
+              excluded: set[str] | frozenset[str]) -> AgentRecord | None:
         best: AgentRecord | None = None
         if strategy.order == "longest-idle":
             for dns in sites:

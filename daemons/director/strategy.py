@@ -15,6 +15,7 @@ across sites by the agents each site has).
     order = "longest-idle"          # or "least-occupied"
     site-preference = true          # agents of the call's geo-location first ...
     overflow-after = 10             # ... for this many seconds, then every site
+    spread = "agent"                # or "site": the site with most available agents first
     priority-key = "priority"       # UserData key with the call's priority
     default-priority = 0
 
@@ -37,8 +38,12 @@ __all__ = ["ORDERS", "DirectorConfig", "Strategy", "read_director_config"]
 
 #: How a queue picks among the agents that qualify.
 ORDERS = ("longest-idle", "least-occupied")
+#: Across sites: the best agent wherever it is, or the site with the most
+#: available agents first (Interaction Director: calls spread by the
+#: availability each site reports).
+SPREADS = ("agent", "site")
 _STRATEGY_KEYS = {"routing-points", "skill", "min-level", "order", "site-preference",
-                  "overflow-after", "priority-key", "default-priority"}
+                  "overflow-after", "priority-key", "default-priority", "spread"}
 _OPTION_KEYS = {"reservation-priority", "skills", "strategies"}
 
 
@@ -55,6 +60,7 @@ class Strategy:
     overflow_after: float = 10.0
     priority_key: str = "priority"
     default_priority: int = 0
+    spread: str = "agent"
 
     def call_priority(self, user_data: Mapping[str, Any] | None) -> int:
         """The call's priority from its attached data (``priority-key``)."""
@@ -119,6 +125,7 @@ def read_director_config(config: ClusterConfig, app: Application) -> DirectorCon
             overflow_after=s.get_float("overflow-after", 10.0, min=0),
             priority_key=s.get_str("priority-key", "priority"),
             default_priority=s.get_int("default-priority", 0),
+            spread=s.get_choice("spread", SPREADS, "agent"),
         )
         strategies[queue] = strategy
         for rp in rps:

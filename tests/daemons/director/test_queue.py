@@ -180,3 +180,16 @@ def test_a_strategy_naming_nothing_that_exists_is_refused(tmp_path: Path, kw: di
         director_config(tmp_path, **kw)
     assert reason in str(info.value)
     assert "applications.Director.options.strategies" in str(info.value)
+
+
+def test_spread_by_site_availability() -> None:
+    # dc1 has the longest-idle agent, dc2 has more available agents
+    pool = pool_with([("1001", "a1", "dc1", 1.0), ("1002", "a2", "dc2", 2.0),
+                      ("1003", "a3", "dc2", 3.0)])
+    by_agent = strategy(skill="sales", site_preference=False)
+    by_site = strategy(skill="sales", site_preference=False, spread="site")
+    assert pool.pick(by_agent, None, overflow=True).dn == "1001"
+    assert pool.pick(by_site, None, overflow=True).dn == "1002"  # dc2's longest idle
+    pool.hold("1002", 4.0)
+    pool.hold("1003", 4.0)
+    assert pool.pick(by_site, None, overflow=True).dn == "1001"  # dc2 has none left
