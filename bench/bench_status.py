@@ -185,19 +185,23 @@ async def run_load_and_rate(root: Path, ports: dict[str, int], pubs: list[str],
         rss_before = rss_kib(pid)
         per = args.users // len(pubs)
         publishers = []
+        load_cpu0, own_cpu0 = cpu_seconds(pid), time.process_time()
         started = time.perf_counter()
+        total = args.users
         for p, name in enumerate(pubs):
             c = client(root, ports, name, Role.PUBLISHER, ["SA_1"])
             publishers.append(c)
-            c.publish([StatusRecord(user=user(p * per + i), status="Available",
-                                    server=name) for i in range(per)])
+            last = total if p == len(pubs) - 1 else (p + 1) * per
+            c.publish([StatusRecord(user=user(i), status="Available", server=name)
+                       for i in range(p * per, last)])
         clients += publishers
-        total = per * len(pubs)
         loaded = 0
         while loaded < total and time.perf_counter() - started < 300:
             await asyncio.sleep(0.1)
             loaded = await daemon.users()
         load_seconds = time.perf_counter() - started
+        load_cpu = cpu_seconds(pid) - load_cpu0
+        client_cpu = time.process_time() - own_cpu0
         await asyncio.sleep(1.0)
         rss_after = rss_kib(pid)
         # watches, spread over the consumer connections
@@ -221,7 +225,7 @@ async def run_load_and_rate(root: Path, ports: dict[str, int], pubs: list[str],
         for k, w in enumerate(watchers):
             await w.watch(watched[k * per_conn:(k + 1) * per_conn], timeout=60)
         # changes at --rate per second, paced in 20 ms ticks
-        owner = {u: publishers[(int(u[4:11])) // per] for u in watched}
+        owner = {u: publishers[min(int(u[4:11]) // per, len(pubs) - 1)] for u in watched}
         tick = 0.02
         per_tick = max(1, int(args.rate * tick))
         changes = int(args.rate * args.seconds)
@@ -256,6 +260,7 @@ async def run_load_and_rate(root: Path, ports: dict[str, int], pubs: list[str],
 
         return {
             "users": loaded, "load_seconds": load_seconds,
+            "load_cpu_s": load_cpu, "load_client_cpu_s": client_cpu,
             "rss_kib_before": rss_before, "rss_kib_after": rss_after,
             "bytes_per_user": (rss_after - rss_before) * 1024 / max(loaded, 1),
             "changes": changes, "achieved_rate": changes / send_seconds,
