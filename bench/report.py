@@ -287,6 +287,29 @@ def feature_server_rows(r: dict[str, Any]) -> list[Row]:
     ]
 
 
+def status_rows(r: dict[str, Any]) -> list[Row]:
+    load = r.get("load_seconds")
+    per_user = r.get("bytes_per_user")
+    p99 = r.get("p99_ms")
+    fo = r.get("failover_seconds")
+    failures = len(r.get("failures") or [])
+    lost = f"{num(r.get('missing'), '{:d}')} missing, {num(r.get('gaps'), '{:d}')} gaps"
+    return [
+        Row(f"status-aggregator: {num(r.get('users'))} users from "
+            f"{num(r.get('publishers'))} publishers loaded",
+            num(load, "{:.1f}", " s"), "< 30 s", at_most(load, 30), num(failures, "{:d}"),
+            memory=num(per_user, "{:,.0f}", " B/user (<= 2 KiB)")),
+        Row(f"status-aggregator: publish -> event p99, {num(r.get('achieved_rate'))} changes/s, "
+            f"{num(r.get('watches'))} watches",
+            num(p99, "{:.1f}", " ms"), "< 100 ms, 0 missing, 0 gaps",
+            yes_no(isinstance(p99, int | float) and p99 < 100 and r.get("missing") == 0
+                   and r.get("gaps") == 0), lost,
+            cpu=num(r.get("cpu_s_per_1000"), "{:.3f}")),
+        Row("status-aggregator: fail-over to the mirror, watchers restored",
+            num(fo, "{:.2f}", " s"), "< 5 s", at_most(fo, 5)),
+    ]
+
+
 MAPPERS: dict[str, Callable[[dict[str, Any]], list[Row]]] = {
     "bench_parser": parser_rows,
     "bench_transaction": transaction_rows,
@@ -298,6 +321,7 @@ MAPPERS: dict[str, Callable[[dict[str, Any]], list[Row]]] = {
     "bench_node_memory": node_memory_rows,
     "bench_security": security_rows,
     "bench_feature_server": feature_server_rows,
+    "bench_status": status_rows,
 }
 
 
