@@ -312,7 +312,7 @@ def main(argv: list[str]) -> int:
                         help="run the feature-server at this nice value (a systemd unit's "
                              "Nice=); negative needs root")
     args = parser.parse_args(argv)
-    configure_logging(level="warning")
+    configure_logging(level="error")  # the callers' own warnings (early RTP) are not figures
     try:
         import uvloop
         asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
