@@ -281,9 +281,11 @@ class Router:
     async def _reserve_and_route(self, queue: VirtualQueue, call: QueuedCall, dn: str,
                                  agent_id: str) -> None:
         conn_id = call.conn_id
+        priority = queue.strategy.reservation_priority
+        if priority is None:
+            priority = self.config.reservation_priority
         try:
-            answer = await self.links.reserve(dn, agent_id, conn_id,
-                                              self.config.reservation_priority)
+            answer = await self.links.reserve(dn, agent_id, conn_id, priority)
         except (ConnectionError, TimeoutError, OSError) as exc:
             answer = {"message": "EventError", "AttributeErrorCode": int(ErrorCode.INTERNAL_ERROR),
                       "AttributeErrorMessage": f"no t-controller: {exc}"}

@@ -16,6 +16,7 @@ across sites by the agents each site has).
     site-preference = true          # agents of the call's geo-location first ...
     overflow-after = 10             # ... for this many seconds, then every site
     spread = "agent"                # or "site": the site with most available agents first
+    reservation-priority = 8        # this queue's agent_reservation ([__ROUTER__] of a VQ)
     priority-key = "priority"       # UserData key with the call's priority
     default-priority = 0
 
@@ -43,7 +44,8 @@ ORDERS = ("longest-idle", "least-occupied")
 #: availability each site reports).
 SPREADS = ("agent", "site")
 _STRATEGY_KEYS = {"routing-points", "skill", "min-level", "order", "site-preference",
-                  "overflow-after", "priority-key", "default-priority", "spread"}
+                  "overflow-after", "priority-key", "default-priority", "spread",
+                  "reservation-priority"}
 _OPTION_KEYS = {"reservation-priority", "skills", "strategies"}
 
 
@@ -61,6 +63,8 @@ class Strategy:
     priority_key: str = "priority"
     default_priority: int = 0
     spread: str = "agent"
+    #: the queue's own agent_reservation priority (None: the director's)
+    reservation_priority: int | None = None
 
     def call_priority(self, user_data: Mapping[str, Any] | None) -> int:
         """The call's priority from its attached data (``priority-key``)."""
@@ -126,6 +130,8 @@ def read_director_config(config: ClusterConfig, app: Application) -> DirectorCon
             priority_key=s.get_str("priority-key", "priority"),
             default_priority=s.get_int("default-priority", 0),
             spread=s.get_choice("spread", SPREADS, "agent"),
+            reservation_priority=(s.get_int("reservation-priority", min=0)
+                                  if "reservation-priority" in s else None),
         )
         strategies[queue] = strategy
         for rp in rps:

@@ -164,6 +164,7 @@ def test_strategy_read_from_the_cluster_file(tmp_path: Path) -> None:
     s = settings.by_routing_point["5000"]  # type: ignore[attr-defined]
     assert (s.queue, s.skill, s.order, s.site_preference) == ("8000", "sales",
                                                               "longest-idle", True)
+    assert s.reservation_priority is None  # the director's own (3)
 
 
 @pytest.mark.parametrize(("kw", "reason"), [
