@@ -203,3 +203,33 @@ def test_trie_finds_exactly_the_matching_patterns(patterns: list[str], digits: s
 def test_parse_rule_keeps_the_text() -> None:
     rule = parse_rule("  9.=>${DIGITS:1}@trunk ")
     assert rule.text == "9.=>${DIGITS:1}@trunk"
+
+
+def _specificity(text: str) -> tuple[tuple[int, ...], ...]:
+    """The documented order, written out: position by position a character, then
+    a narrower set, then '.', then '!'; a pattern that ends beats one that goes on."""
+    key: list[tuple[int, ...]] = []
+    for e in parse_pattern(text).elements:
+        if e.char is not None:
+            key.append((0,))
+        elif e.chars is not None:
+            key.append((1, len(e.chars), *sorted(int(c) for c in e.chars)))
+        else:
+            key.append((2,) if e.tail == "." else (3,))
+    return (*key, (-1,))
+
+
+@given(st.lists(_pattern(), min_size=1, max_size=12, unique=True),
+       st.text(alphabet="0123", max_size=5))
+def test_trie_gives_matches_most_specific_first(patterns: list[str], digits: str) -> None:
+    trie: PatternTrie[str] = PatternTrie()
+    for text in patterns:
+        trie.insert(parse_pattern(text), text)
+    order: list[str] = []
+
+    def collect(values: list[str]) -> None:
+        order.extend(values)
+
+    trie.first(digits, collect)
+    expected = sorted((t for t in patterns if _reference_matches(t, digits)), key=_specificity)
+    assert order == expected
