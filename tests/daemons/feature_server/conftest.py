@@ -43,6 +43,11 @@ internal = "System"
 external = "System"
 [applications.{fs}.options.assignments.trunk]
 Trunk_dc2 = "Inbound"
+[applications.{fs}.options.calling-profiles.NoAnswerToVoicemail]
+partitions = ["Basic", "Voicemail", "PSTN"]
+forward-no-answer = "gcti::voicemail"
+[applications.{fs}.options.assignments.extension]
+1003 = "NoAnswerToVoicemail"
 """
 
 
@@ -104,6 +109,11 @@ contact = "*"
 [dns.1002]
 type = "Extension"
 contact = "sip:1002@{DC1}.60:5060"
+
+# a phone that rings and never answers (SIPp): no-answer forwarding
+[dns.1003]
+type = "Extension"
+contact = "sip:1003@{DC1}.61:5060"
 
 # routing points nobody routes: after router-timeout, default-dn
 [dns.5000]

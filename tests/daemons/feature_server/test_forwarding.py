@@ -52,17 +52,22 @@ def cluster(module_processes: Processes) -> dict[str, Any]:
         [sipp, "-sf", str(SCENARIOS / "node_uas_busy.xml"), "-i", f"{DC1}.60", "-p", "5060",
          "-nostdin", "-m", "1", "-timeout", "30s"],
         cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    ringing = subprocess.Popen(
+        [sipp, "-sf", str(SCENARIOS / "node_uas_ring.xml"), "-i", f"{DC1}.61", "-p", "5060",
+         "-nostdin", "-m", "1", "-timeout", "30s"],
+        cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     fs = processes.daemon("feature-server", config, "FS_dc1", f"http://{DC1}.31:8080/healthz")
     node = processes.daemon("sip-server", config, "SIPS_dc1", f"http://{DC1}.11:9096/healthz")
     assert wait_for(lambda: all(
         t["state"] == "in-service"
         for t in http("GET", f"http://{DC1}.11:9096/status/trunks")[1]["trunks"]), timeout=10)
-    yield {"gateways": gateways, "fs": fs, "node": node, "busy": busy}
+    yield {"gateways": gateways, "fs": fs, "node": node, "busy": busy, "ringing": ringing}
     for gw in gateways.values():
         gw.stop()
-    if busy.poll() is None:
-        busy.kill()
-        busy.wait()
+    for phone in (busy, ringing):
+        if phone.poll() is None:
+            phone.kill()
+            phone.wait()
 
 
 def test_default_dn_a_trunk_or_an_external_number(cluster: dict[str, Any]) -> None:
@@ -82,18 +87,25 @@ def test_default_dn_a_trunk_or_an_external_number(cluster: dict[str, Any]) -> No
         "Trunk_dc2", "Trunk_dc1"]
 
 
-def test_access_number_and_busy_forwarding_reach_voicemail(cluster: dict[str, Any]) -> None:
+def test_access_number_busy_and_no_answer_forwarding_reach_voicemail(
+        cluster: dict[str, Any]) -> None:
     out = call("5555")
     assert out.returncode == 0, out.stdout + out.stderr
     out = call("1002")  # SIPp answers 486: forward-busy = gcti::voicemail
     assert out.returncode == 0, out.stdout + out.stderr
     assert cluster["busy"].wait(timeout=10) == 0
+    # SIPp rings for longer than extn-no-answer-timeout (1 s): the node cancels, and
+    # 1003's own profile sends the call to its mailbox
+    out = call("1003")
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert cluster["ringing"].wait(timeout=10) == 0
     node = cluster["node"]
     sent = [(e["mailbox"], e["mode"], e["uri"]) for e in events(node, "call_to_voicemail")]
     assert sent == [("1001", "retrieve", f"sip:1001@{DC1}.31:5080;vm=retrieve"),
-                    ("1002", "deposit", f"sip:1002@{DC1}.31:5080;vm=deposit")]
+                    ("1002", "deposit", f"sip:1002@{DC1}.31:5080;vm=deposit"),
+                    ("1003", "deposit", f"sip:1003@{DC1}.31:5080;vm=deposit")]
     forwarded = events(node, "call_forwarded")
     assert [(f["dn"], f["reason"], f["action"]) for f in forwarded] == [
-        ("1002", "busy", "voicemail")]
-    assert [e["outcome"] for e in events(node, "call_finished")][-2:] == [
-        "completed", "completed"]
+        ("1002", "busy", "voicemail"), ("1003", "no-answer", "voicemail")]
+    assert [e["outcome"] for e in events(node, "call_finished")][-3:] == [
+        "completed", "completed", "completed"]
