@@ -9,9 +9,10 @@ A pattern is read one character at a time:
 * ``.`` (last only): one or more characters of any kind;
 * ``!`` (last only): zero or more characters.
 
-:class:`PatternTrie` holds every pattern of a dial plan in one tree, so the
-cost of a look-up depends on the length of the dialled number and on how many
-*kinds* of element branch from one position, never on the number of rules.
+:class:`PatternTrie` holds every pattern of a dial plan (a hash table of
+leading character runs, a small tree under each), so the cost of a look-up
+depends on the length of the dialled number and on how many *kinds* of
+element branch from one position, never on the number of rules.
 Matches come out most specific first: at the first position where two
 patterns differ, a character beats a set, a narrower set beats a wider one
 (``N`` before ``X``), and a completed pattern beats a ``.`` or ``!`` tail.
@@ -130,15 +131,39 @@ def _new_node() -> list[Any]:
 
 
 class PatternTrie(Generic[V]):
-    """Every pattern of a plan in one tree; each pattern carries values (rules)."""
+    """Every pattern of a plan, each carrying values (rules).
+
+    A pattern's leading run of characters is a key of one hash table; what
+    follows the run (sets, tails, later characters) is a small tree under that
+    key. A look-up tries the prefixes of the number from the longest down --
+    the longer run is the more specific at the first position where two
+    patterns differ -- and walks the tree of each prefix found. So it costs a
+    table probe per length of run in use and a walk as long as the number,
+    whatever the number of rules; and building takes a few objects per rule,
+    not one per character.
+    """
 
     def __init__(self) -> None:
-        self._root: list[Any] = _new_node()
+        self._runs: dict[str, list[Any]] = {}
+        self._lengths: set[int] = set()
+        self._longest_first: tuple[int, ...] = ()
         self.size = 0
 
     def insert(self, pattern: Pattern, value: V) -> None:
-        node = self._root
-        for element in pattern.elements:
+        elements = pattern.elements
+        run = 0
+        for element in elements:
+            if element.char is None:
+                break
+            run += 1
+        key = pattern.text[:run]  # the run's characters are the text's first ones
+        node = self._runs.get(key)
+        if node is None:
+            node = self._runs[key] = _new_node()
+            if run not in self._lengths:
+                self._lengths.add(run)
+                self._longest_first = tuple(sorted(self._lengths, reverse=True))
+        for element in elements[run:]:
             char = element.char
             if char is not None:
                 children = node[_EXACT]
@@ -173,7 +198,17 @@ class PatternTrie(Generic[V]):
     def first(self, digits: str, accept: Callable[[list[V]], R | None]) -> R | None:
         """The first non-None ``accept(values)`` over the patterns matching
         ``digits``, most specific first (see the module doc)."""
-        return _walk(self._root, digits, 0, len(digits), accept)
+        n = len(digits)
+        runs = self._runs
+        for run in self._longest_first:
+            if run > n:
+                continue
+            node = runs.get(digits[:run])
+            if node is not None:
+                found = _walk(node, digits, run, n, accept)
+                if found is not None:
+                    return found
+        return None
 
 
 def _walk(node: list[Any], digits: str, i: int, n: int,
