@@ -140,6 +140,8 @@ class Aggregator:
             lambda: sum(1 for p in self.table.publishers.values() if p.online))
         self.mirrors_gauge = metrics.gauge("status_mirror_links", "Mirror links open")
         self.mirrors_gauge.set_function(lambda: len(self.mirror_links()))
+        #: users whose record changed since the store last saw them
+        self.dirty: set[str] = set()
         #: the web page's live watchers: watcher id -> callback
         self.local_watchers: dict[int, Callable[[list[StatusRecord]], None]] = {}
 
@@ -505,6 +507,7 @@ class Aggregator:
         watcher (in parts of at most RECORDS_PER_FRAME)."""
         if not users:
             return
+        self.dirty.update(users)
         fan = self.table.watchers_of(dict.fromkeys(users))
         if not fan:
             return

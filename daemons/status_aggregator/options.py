@@ -14,6 +14,7 @@ from daemons.cluster.config import AppKind, ClusterConfig
 from daemons.runtime.certs import certs_dir_for
 from daemons.runtime.config import Section
 from daemons.runtime.status_client import aggregator_group
+from daemons.status_aggregator.store import state_dir
 from protocols.status.framing import MAX_FRAME_SIZE
 
 #: kinds whose applications may publish (their certificate name is one of them)
@@ -37,10 +38,13 @@ class AggregatorOptions:
     consumers: tuple[str, ...] = ()
     #: ... and as publishers
     publishers: tuple[str, ...] = ()
+    #: where persistent statuses are kept: sqlite:PATH, postgresql://..., or "none"
+    store: str = "none"
 
 
-KNOWN = {"status-aggregators", "publisher-timeout", "keep-alive-interval", "keep-alive-timeout",
-         "max-frame-size", "directory", "certs", "publisher-kinds", "consumers", "publishers"}
+KNOWN = {"store", "status-aggregators", "publisher-timeout", "keep-alive-interval",
+         "keep-alive-timeout", "max-frame-size", "directory", "certs", "publisher-kinds",
+         "consumers", "publishers"}
 
 
 def read_options(config: ClusterConfig, name: str) -> AggregatorOptions:
@@ -76,4 +80,12 @@ def read_options(config: ClusterConfig, name: str) -> AggregatorOptions:
         publisher_kinds=kinds,
         consumers=tuple(s.get_str_list("consumers", [])),
         publishers=tuple(s.get_str_list("publishers", [])),
+        store=_store(s, name),
     )
+
+
+def _store(s: Section, name: str) -> str:
+    value = s.get_str("store", f"sqlite:{state_dir(name) / 'status.db'}")
+    if value != "none" and not value.startswith(("sqlite:", "postgresql://", "postgres://")):
+        raise s.error("store", f"expected sqlite:PATH, postgresql://... or none, got {value!r}")
+    return value

@@ -27,8 +27,12 @@ from daemons.runtime.service import Service, add_daemon_arguments, cancel_and_wa
 from daemons.status_aggregator.aggregator import Aggregator
 from daemons.status_aggregator.mirror import MirrorDialer
 from daemons.status_aggregator.options import read_options
+from daemons.status_aggregator.store import Store, open_store, split
 from daemons.status_aggregator.web import StatusWebServer
-from protocols.status.messages import Role
+from protocols.status.messages import Role, StatusRecord
+
+#: seconds between two writes of changed persistent statuses
+SAVE_INTERVAL = 0.5
 
 __all__ = ["StatusAggregatorService", "add_parser", "run"]
 
@@ -63,8 +67,17 @@ class StatusAggregatorService(Service):
         self.server: asyncio.Server | None = None
         self.address: tuple[str, int] | None = None
         self._keep_alive: asyncio.Task[None] | None = None
+        self.store: Store | None = (open_store(self.options.store)
+                                    if self.options.store != "none" else None)
+        self._saver: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
+        if self.store is not None:
+            await self.store.open()
+            kept = await self.store.load()
+            self.aggregator.table.merge(kept)
+            self.log.info("store_loaded", engine=self.store.engine, persistent=len(kept))
+            self._saver = asyncio.get_running_loop().create_task(self._save_loop())
         self.aggregator.start()
         self.server = await self.aggregator.listen(
             self.app.host, self.app.ports["status-port"], self.server_context)
@@ -76,13 +89,34 @@ class StatusAggregatorService(Service):
         self._keep_alive = asyncio.get_running_loop().create_task(self._mirror_keep_alive())
 
     async def stop(self) -> None:
-        await cancel_and_wait(self._keep_alive)
+        await cancel_and_wait(self._keep_alive, self._saver)
         await self.mirrors.stop()
         if self.server is not None:
             self.server.close()
         self.aggregator.close_all()
         if self.server is not None:
             await self.server.wait_closed()
+        if self.store is not None:
+            await self.save()
+            await self.store.close()
+
+    async def save(self) -> int:
+        """Write the changed users' persistent statuses; how many users."""
+        if self.store is None or not self.aggregator.dirty:
+            return 0
+        users, self.aggregator.dirty = self.aggregator.dirty, set()
+        raw = self.aggregator.table.raw
+        kept, dropped = split(raw.get(u) or StatusRecord(user=u) for u in users)
+        await self.store.save(kept, dropped)
+        return len(users)
+
+    async def _save_loop(self) -> None:
+        while True:
+            await asyncio.sleep(SAVE_INTERVAL)
+            try:
+                await self.save()
+            except Exception as exc:  # a store error must not stop the daemon
+                self.log.error("store_save_failed", error=str(exc)[:200])
 
     async def _mirror_keep_alive(self) -> None:
         period = min(self.options.keep_alive_interval, self.options.publisher_timeout / 3)

@@ -141,7 +141,8 @@ class Lab:
 
 
 @pytest.fixture
-async def lab(tmp_path: Path) -> AsyncIterator[Lab]:
+async def lab(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Lab]:
+    monkeypatch.setenv("SIPCLUSTER_STATE_DIR", str(tmp_path / "state"))
     ports = {n: free_port(h) for n, h in SA_HOSTS.items()}
     ports.update({f"{n}_http": free_port(h) for n, h in SA_HOSTS.items()})
     lab = Lab(tmp_path, ports)
