@@ -324,6 +324,7 @@ def median(values: list[float]) -> float:
 
 async def main(args: argparse.Namespace) -> dict[str, Any]:
     root = Path(tempfile.mkdtemp(prefix="bench-status-"))
+    os.environ["SIPCLUSTER_STATE_DIR"] = str(root / "state")  # the daemons' stores
     pubs = [f"pub{p:02d}" for p in range(args.publishers)]
     ports = write_cluster(root, pubs)
     certs.init_ca(root / "certs")

@@ -70,12 +70,15 @@ class StatusAggregatorService(Service):
         self.store: Store | None = (open_store(self.options.store)
                                     if self.options.store != "none" else None)
         self._saver: asyncio.Task[None] | None = None
+        #: users the store holds a row for
+        self._stored: set[str] = set()
 
     async def start(self) -> None:
         if self.store is not None:
             await self.store.open()
             kept = await self.store.load()
             self.aggregator.table.merge(kept)
+            self._stored.update(r.user for r in kept)
             self.log.info("store_loaded", engine=self.store.engine, persistent=len(kept))
             self._saver = asyncio.get_running_loop().create_task(self._save_loop())
         self.aggregator.start()
@@ -101,14 +104,20 @@ class StatusAggregatorService(Service):
             await self.store.close()
 
     async def save(self) -> int:
-        """Write the changed users' persistent statuses; how many users."""
+        """Write the changed users' persistent statuses; how many rows changed."""
         if self.store is None or not self.aggregator.dirty:
             return 0
         users, self.aggregator.dirty = self.aggregator.dirty, set()
         raw = self.aggregator.table.raw
         kept, dropped = split(raw.get(u) or StatusRecord(user=u) for u in users)
+        stored = self._stored
+        dropped = [u for u in dropped if u in stored]  # only what the store holds
+        if not kept and not dropped:
+            return 0
         await self.store.save(kept, dropped)
-        return len(users)
+        stored.difference_update(dropped)
+        stored.update(r.user for r in kept)
+        return len(kept) + len(dropped)
 
     async def _save_loop(self) -> None:
         while True:
