@@ -67,6 +67,7 @@ from protocols.rtm.session import SiteSession
 __all__ = [
     "Delivery",
     "Handler",
+    "HandlerTable",
     "RequestRejected",
     "RequestTimeout",
     "RtmClient",
@@ -130,6 +131,44 @@ class Delivery:
 #: A handler gets each delivery once; for a request it may return the elements
 #: of the response (sent in the journal's transaction), None for no response.
 Handler = Callable[[Delivery], "Awaitable[Sequence[Element] | None] | Sequence[Element] | None"]
+
+class HandlerTable:
+    """Message handlers by (object id, event id), the guide's "Multi-Site Message
+    Received" initiator: a handler starts for the messages whose object and event
+    ids match. Use it as an :class:`RtmClient` handler::
+
+        handlers = HandlerTable()
+
+        @handlers.on("Multisite", "WhereIs")
+        def where_is(delivery: Delivery) -> Sequence[Element]:
+            ...
+
+    A message no handler matches goes to ``default`` (None: it is logged and
+    counted in ``unhandled``, and journaled like any other, so it is not
+    delivered again).
+    """
+
+    def __init__(self, default: Handler | None = None) -> None:
+        self._handlers: dict[tuple[str, str], Handler] = {}
+        self.default = default
+        self.unhandled = 0
+        self.log = get_logger("rtm_handlers")
+
+    def on(self, object_: str, event: str) -> Callable[[Handler], Handler]:
+        def register(handler: Handler) -> Handler:
+            self._handlers[(object_, event)] = handler
+            return handler
+        return register
+
+    def __call__(self, delivery: Delivery) -> Any:
+        handler = self._handlers.get((delivery.object, delivery.event), self.default)
+        if handler is None:
+            self.unhandled += 1
+            self.log.warning("rtm_no_handler", object_id=delivery.object, event_id=delivery.event,
+                             origin=delivery.origin, id=delivery.id)
+            return None
+        return handler(delivery)
+
 
 _SCHEMA = [
     "CREATE TABLE IF NOT EXISTS outbox (seq INTEGER PRIMARY KEY, frame BLOB NOT NULL)",
@@ -444,7 +483,7 @@ class RtmClient:
                 except Exception as exc:  # a handler's bug must not stop the site
                     self.handler_errors += 1
                     self.log.error("rtm_handler_failed", id=d.id, origin=d.origin,
-                                   object=d.object, event=d.event, error=repr(exc))
+                                   object_id=d.object, event_id=d.event, error=repr(exc))
                     result = None
                 if d.kind == "request" and result is not None:
                     responses.append(self._response_map(delivery, list(result)))

@@ -17,7 +17,7 @@ from daemons.rtm_server.service import HubProtocol
 from daemons.rtm_server.store import SqliteStore
 from daemons.runtime.logs import get_logger
 from daemons.runtime.management import Metrics
-from daemons.runtime.rtm_client import Delivery, RequestTimeout, RtmClient
+from daemons.runtime.rtm_client import Delivery, HandlerTable, RequestTimeout, RtmClient
 from protocols.rtm.elements import MessageBuilder
 from tests.conftest import free_port
 from tests.daemons.rtm_server.conftest import PASSWORDS, until
@@ -235,3 +235,41 @@ async def test_a_site_whose_state_file_was_replaced_is_not_taken_for_a_resend(
     await bench.client(2, got.append)
     await until(lambda: len(got) == 5, 5, "all five messages")
     assert [d.reader().get_integer() for d in got] == [0, 1, 2, 100, 101]
+
+
+async def test_handlers_by_object_and_event_id(bench: Bench) -> None:
+    """The guide's Handler1/2/3: an event with a string and an integer, a request
+    answered by the handler matching its object and event ids; a message no
+    handler matches is counted, journaled, not delivered again."""
+    await bench.start()
+    seen: list[tuple[str, int]] = []
+    handlers = HandlerTable()
+
+    @handlers.on("Multisite", "Handler1")
+    def handler1(d: Delivery) -> None:
+        reader = d.reader()
+        seen.append((reader.get_string(), reader.get_integer()))
+        assert d.correlation == 0 and d.reply_to == 0  # an event
+
+    @handlers.on("Multisite", "Handler2")
+    def handler2(d: Delivery) -> tuple:  # type: ignore[type-arg]
+        assert d.correlation != 0 and d.reply_to == 1  # a request
+        return ints(d.reader().get_integer() + 1)
+
+    @handlers.on("Multisite", "Boom")
+    def boom(d: Delivery) -> None:
+        raise ValueError("a handler's bug")
+
+    two = await bench.client(2, handlers)
+    one = await bench.client(1)
+    await one.send_event(2, "Multisite", "Boom", ints(0))  # logged, counted; the site goes on
+    await one.send_event(2, "Multisite", "Handler1",
+                         MessageBuilder().put_string("jdoe").put_integer(7).elements)
+    await one.send_event(2, "Multisite", "Nobody", ints(0))
+    answer = await asyncio.wait_for(one.send_request(2, "Multisite", "Handler2", ints(41),
+                                                     timeout_ms=5000), 10)
+    assert answer.reader().get_integer() == 42
+    await until(lambda: two.handled == 4, 5, "four messages handled")
+    assert seen == [("jdoe", 7)]
+    assert handlers.unhandled == 1
+    assert two.handler_errors == 1
