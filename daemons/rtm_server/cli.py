@@ -4,6 +4,7 @@
     sipcluster rtm check-site PEER (--hub HOST:PORT | --config F --hub-name RTM1) --password-file F
     sipcluster rtm send --site N --to DEST --object O --event E [-i INT] [-s STR] [--request]
     sipcluster rtm listen --handler NAME --site N [--respond] [--send-to DEST ... --count N]
+    sipcluster rtm dead-letters --config F --name RTM1 [--limit N]
 
 ``check-site`` is the guide's "Check Site": it logs on to the hub with the
 peer's site id and password (without taking the peer's session) and prints
@@ -110,6 +111,13 @@ def add_parser(subparsers: Any) -> None:
                       help="request timeout in ms (0: wait forever)")
     send.set_defaults(run=run_send)
 
+    dead = sub.add_parser("dead-letters",
+                          help="list the hub's dead letters (newest first) as JSON lines")
+    dead.add_argument("--config", type=Path, required=True, help="the cluster file")
+    dead.add_argument("--name", required=True, metavar="APP", help="the rtm-server application")
+    dead.add_argument("--limit", type=int, default=100)
+    dead.set_defaults(run=run_dead_letters)
+
     listen = sub.add_parser("listen", help="a durable handler printing what it handles")
     _common(listen)
     _client_options(listen)
@@ -190,6 +198,35 @@ def _print(obj: dict[str, Any]) -> None:
 
 
 # ----------------------------------------------------------------------------- commands
+
+
+def run_dead_letters(args: argparse.Namespace) -> int:
+    """Read the dead letters from the hub's store (the hub may be running)."""
+    from daemons.rtm_server.options import read_options
+    from daemons.rtm_server.store import StoreError, open_store
+
+    try:
+        cfg = load_cluster(args.config)
+        options = read_options(cfg, cfg.application(args.name, AppKind.RTM_SERVER))
+    except (ConfigError, ValueError) as exc:
+        print(f"rtm dead-letters: {exc}", file=sys.stderr)
+        return 2
+
+    async def main() -> int:
+        store = open_store(options.store)
+        try:
+            await store.open()
+            rows = await store.dead_letters(args.limit)
+        except StoreError as exc:
+            print(f"rtm dead-letters: {exc}", file=sys.stderr)
+            return 1
+        finally:
+            await store.close()
+        for row in rows:
+            _print(dict(row))
+        return 0
+
+    return int(asyncio.run(main()))
 
 
 def run_check(args: argparse.Namespace) -> int:

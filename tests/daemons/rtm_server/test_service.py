@@ -113,3 +113,37 @@ def test_daemon_over_tls_with_the_operators_tools_and_a_clean_stop(
     hub.signal(signal.SIGTERM)
     assert hub.process is not None and hub.process.wait(timeout=10) == 0
     assert '"daemon_stopped"' in hub.log.read_text()
+
+
+async def test_dead_letters_are_listed_for_operators(tmp_path: Path, procs: list[Proc]) -> None:
+    import asyncio
+
+    from daemons.runtime.rtm_client import RtmClient
+    from protocols.rtm.elements import MessageBuilder
+
+    spec = hub_spec("RTM1", "127.0.125.3")
+    config = write_cluster(tmp_path / "c.toml", [spec], {
+        "store": f"sqlite:{tmp_path}/hub.db", "max-queue-bytes": 2048})
+    hub = Hub(config, spec, tmp_path / "hub.log").start()
+    procs.append(hub)
+    await asyncio.to_thread(hub.wait_role, "active")
+    client = RtmClient(site=1, password=PASSWORDS[1], hubs=[(spec.host, spec.rtm_port)],
+                       state=tmp_path / "s1.db")
+    await client.start()
+    try:
+        for i in range(20):  # site 2 is away: its queue fills up
+            await client.send_event(2, "Multisite", "Big",
+                                    MessageBuilder().put_integer(i).put_string("x" * 200)
+                                    .elements)
+        await asyncio.wait_for(client.flushed(), 10)
+    finally:
+        await client.close()
+    result = await asyncio.to_thread(sipcluster, "rtm", "dead-letters", "--config",
+                                     str(config), "--name", "RTM1")
+    assert result.returncode == 0, result.stderr
+    rows = [json.loads(line) for line in result.stdout.splitlines()]
+    assert rows and all(r["reason"] == "queue-full" and r["dest"] == 2 for r in rows)
+    queued = await asyncio.to_thread(hub.metric, "sipcluster_rtm_queue_messages", site="2")
+    assert len(rows) + queued == 20
+    assert await asyncio.to_thread(
+        hub.metric, "sipcluster_rtm_dead_letters_total", reason="queue-full") == len(rows)
