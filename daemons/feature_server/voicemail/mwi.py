@@ -17,7 +17,9 @@ from typing import Any
 from daemons.feature_server.voicemail.store import MailboxStore, StoredSubscription
 from daemons.runtime.driver import TimerSlot
 from daemons.runtime.sip_endpoint import IncomingRequest, SipEndpoint
+from daemons.runtime.sip_transport import TransportError
 from protocols.sip.dialog import Dialog, DialogError, DialogId
+from protocols.sip.errors import SipError
 from protocols.sip.headers import parse_name_addr
 from protocols.sip.message import Request, Response
 from protocols.sip.mwi import CONTENT_TYPE, EVENT_PACKAGE, MessageSummary, MwiError, Subscription
@@ -232,7 +234,7 @@ class MwiNotifier:
             self.notify_latency.observe(self.loop.time() - changed)
         try:
             response = await self.endpoint.request(request)
-        except Exception as exc:  # transport failure: the subscriber is unreachable
+        except (TransportError, OSError) as exc:  # the subscriber is unreachable
             response = None
             self.log.info("mwi_notify_failed", call_id=call_id, reason=str(exc))
         if response is None or response.status >= 300:
@@ -266,7 +268,7 @@ class MwiNotifier:
                     local_seq=stored.cseq + CSEQ_RESTART_STEP)
                 state = Subscription(max(1, int(stored.expires_at - wall)), now,
                                      min_expires=1, max_expires=self.max_expires)
-            except Exception as exc:
+            except (SipError, ValueError) as exc:
                 self.log.warning("mwi_subscription_unreadable", call_id=stored.call_id,
                                  reason=str(exc))
                 await self.store.delete_subscription(stored.call_id)

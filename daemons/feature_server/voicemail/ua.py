@@ -26,8 +26,10 @@ from daemons.feature_server.voicemail.ivr import Mode
 from daemons.feature_server.voicemail.mwi import record_route
 from daemons.runtime.rtp import open_rtp_session
 from daemons.runtime.sip_endpoint import IncomingRequest
+from daemons.runtime.sip_transport import TransportError
 from protocols.rtp.telephone_event import DIGITS
 from protocols.sip.dialog import Dialog, DialogError
+from protocols.sip.errors import SipError
 from protocols.sip.message import Response
 from protocols.sip.sdp import NotAcceptable, SdpError, answer_audio, parse_sdp
 
@@ -98,7 +100,7 @@ class VoicemailUserAgent:
         svc = self.service
         try:
             mode, number = self.classify(incoming)
-        except Exception:
+        except SipError:
             return self._refuse(incoming, 400, "bad_uri")
         mailbox = await svc.store.get_mailbox(number) if number else None
         if mailbox is None:
@@ -220,7 +222,7 @@ class VoicemailUserAgent:
         try:
             bye = call.dialog.create_request("BYE")
             await self.service.endpoint.request(bye)
-        except Exception as exc:
+        except (TransportError, DialogError, OSError) as exc:
             call.log.info("voicemail_bye_failed", reason=str(exc))
 
     async def close(self) -> None:
