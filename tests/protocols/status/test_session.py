@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import msgpack
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from protocols.status.errors import ErrorCode
 from protocols.status.framing import FrameDecoder, encode
@@ -149,3 +151,28 @@ def test_refused_client_sees_closed() -> None:
     client.receive_data(server.data_to_send(), 0.0)
     [closed] = events(client)
     assert isinstance(closed, Closed) and "may not publish" in closed.reason and client.closed
+
+
+@given(st.binary(max_size=2048))
+@settings(max_examples=300, deadline=None)
+def test_any_bytes_are_answered_never_raised(data: bytes) -> None:
+    _, server = open_pair()
+    server.receive_data(data, 1.0)
+    for event in events(server):
+        assert isinstance(event, ProtocolViolation | MessageReceived | Closed)
+    server.data_to_send()
+
+
+@given(st.lists(st.one_of(st.none(), st.booleans(), st.integers(-(2**63), 2**63 - 1),
+                          st.floats(), st.text(),
+                          st.lists(st.integers(0, 9))), max_size=12))
+@settings(max_examples=300, deadline=None)
+def test_malformed_records_are_invalid_field(fields: list[object]) -> None:
+    _, server = open_pair()
+    server.receive_data(encode({"message": "Publish", "ref": 1, "records": [fields]}), 1.0)
+    out = events(server)
+    assert len(out) == 1
+    if isinstance(out[0], ProtocolViolation):
+        assert out[0].code is ErrorCode.INVALID_FIELD
+    else:  # a well-formed record by chance
+        assert isinstance(out[0], MessageReceived)
