@@ -88,6 +88,8 @@ class HubMetrics:
         self.hub: Hub | None = None
         self.accepted = m.tally("rtm_messages_accepted", "Messages the hub took durably",
                                 ("kind",))
+        self.received = m.tally("rtm_messages_received", "Messages taken from each site",
+                                ("site",))
         self.delivered = m.tally("rtm_messages_delivered",
                                  "Deliveries acknowledged by their destination", ("site",))
         self.duplicates = m.tally("rtm_duplicates", "Resent messages the hub already held",
@@ -205,6 +207,7 @@ class Hub:
         m = metrics
         self.m_accepted = m.accepted
         self.m_delivered = m.delivered
+        self.m_received = m.received
         self.m_duplicates = m.duplicates
         self.m_refused = m.refused
         self.m_dead = m.dead
@@ -405,6 +408,7 @@ class Hub:
             link.session.busy(send.seq, retry_ms, now)
             return
         link.received += 1
+        self.m_received.labels(str(site)).inc()
         wall = self.clock()
         if send.kind == "response":
             self._route_response(link, site, send.seq, send.correlation, send.reply_to,

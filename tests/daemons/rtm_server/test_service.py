@@ -109,6 +109,7 @@ def test_daemon_over_tls_with_the_operators_tools_and_a_clean_stop(
     status, body = hub.http("/healthz")
     assert status == 200 and json.loads(body)["checks"]["hub"]["role"] == "active"
     assert hub.metric("sipcluster_rtm_messages_delivered_total", site="2") == 1
+    assert hub.metric("sipcluster_rtm_messages_received_total", site="1") == 1
     assert hub.metric("sipcluster_rtm_link_up", site="2") == 0
     hub.signal(signal.SIGTERM)
     assert hub.process is not None and hub.process.wait(timeout=10) == 0
