@@ -11,6 +11,7 @@ from protocols.rtp.tones import tone, tone_share
 from tests.daemons.feature_server.voicemail.conftest import Factory
 
 TONE = 1850  # no prompt uses it
+GREETING = 2200
 
 
 async def _deposit(vm, caller: str, mailbox: str, *, codecs=("PCMU", "PCMA"),
@@ -46,11 +47,12 @@ async def test_deposit_stores_the_callers_audio(make_voicemail: Factory) -> None
 
 async def test_retrieval_pin_listen_and_delete(make_voicemail: Factory) -> None:
     vm = await make_voicemail()
-    await _deposit(vm, "1001", "1002")
+    await _deposit(vm, "1001", "1002", codecs=("PCMA",))   # stored as A-law ...
     await _wait_messages(vm.service, "1002", 1)
     phone = await vm.phone("1002")
-    call = await phone.call(vm.uri("5555"), vm.destination)   # access number, mailbox = From
-    assert call.response.status == 200
+    call = await phone.call(vm.uri("5555"), vm.destination,   # access number, mailbox = From
+                            codecs=("PCMU",))                 # ... heard in µ-law
+    assert call.response.status == 200 and call.codec is Codec.PCMU
     await asyncio.sleep(0.3)
     await call.digits("1234#")
     await asyncio.sleep(0.3)
@@ -102,3 +104,31 @@ async def test_sip_info_digits_work_as_fallback(make_voicemail: Factory) -> None
     assert bad.status == 400
     await call.bye()
     assert vm.service.digit_counter.labels("info").value == 11
+
+
+async def test_recorded_greeting_replaces_the_default(make_voicemail: Factory) -> None:
+    vm = await make_voicemail()
+    owner = await (await vm.phone("1003")).call(vm.uri("1003", ";vm=retrieve"), vm.destination)
+    assert owner.response.status == 200
+    await asyncio.sleep(0.3)
+    await owner.digits("1234#")
+    await asyncio.sleep(0.5)
+    await owner.digits("3")                      # record a greeting
+    await asyncio.sleep(1.5)                     # "record your greeting", beep
+    await owner.play(frames_of(g711.encode(tone([GREETING], 1200), owner.codec), owner.codec))
+    await owner.digits("#")
+    for _ in range(40):
+        box = await vm.service.store.get_mailbox("1003")
+        if box is not None and box.greeting:
+            break
+        await asyncio.sleep(0.05)
+    assert box is not None and box.greeting
+    await owner.bye()
+
+    caller = await (await vm.phone("1001")).call(vm.uri("1003", ";vm=deposit"), vm.destination)
+    assert caller.response.status == 200
+    await asyncio.sleep(1.6)
+    heard = g711.decode(bytes(caller.heard), caller.codec)
+    assert tone_share(heard, GREETING) > 0.3     # the owner's greeting ...
+    assert tone_share(heard, 440) < 0.05         # ... not the default one
+    await caller.bye()
