@@ -217,7 +217,12 @@ class Dialing(SessionBase):
                     dest = forwarded
                     continue
                 if isinstance(forwarded, tuple):
-                    return forwarded
+                    if forwarded[0] is not None:
+                        return forwarded
+                    # voicemail or the trunk refused too: the caller learns why the DN
+                    # itself did not take the call
+                    self.log.info("call_forward_failed", conn_id=call.conn_id, dn=dest,
+                                  reason=reason, status=_status(forwarded[1]))
             return None, resp
 
     async def _dial_plan(self, call: Call, origin: Leg, dest: str, offer: bytes,
@@ -420,6 +425,10 @@ class Dialing(SessionBase):
         if decision.route_type == "Reject":
             return None
         return decision.destination
+
+
+def _status(result: Response | int) -> int:
+    return result if isinstance(result, int) else result.status
 
 
 def done_future(resp: Response) -> asyncio.Future[Response]:

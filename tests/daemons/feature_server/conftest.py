@@ -46,8 +46,12 @@ Trunk_dc2 = "Inbound"
 [applications.{fs}.options.calling-profiles.NoAnswerToVoicemail]
 partitions = ["Basic", "Voicemail", "PSTN"]
 forward-no-answer = "gcti::voicemail"
+[applications.{fs}.options.calling-profiles.BusyToNowhere]
+partitions = ["Basic"]
+forward-busy = "+1999@NoSuchTrunk"
 [applications.{fs}.options.assignments.extension]
 1003 = "NoAnswerToVoicemail"
+1004 = "BusyToNowhere"
 """
 
 
@@ -114,6 +118,11 @@ contact = "sip:1002@{DC1}.60:5060"
 [dns.1003]
 type = "Extension"
 contact = "sip:1003@{DC1}.61:5060"
+
+# busy, and its forwarding leads nowhere: the caller hears busy
+[dns.1004]
+type = "Extension"
+contact = "sip:1004@{DC1}.62:5060"
 
 # routing points nobody routes: after router-timeout, default-dn
 [dns.5000]

@@ -52,6 +52,10 @@ def cluster(module_processes: Processes) -> dict[str, Any]:
         [sipp, "-sf", str(SCENARIOS / "node_uas_busy.xml"), "-i", f"{DC1}.60", "-p", "5060",
          "-nostdin", "-m", "1", "-timeout", "30s"],
         cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    busy_too = subprocess.Popen(
+        [sipp, "-sf", str(SCENARIOS / "node_uas_busy.xml"), "-i", f"{DC1}.62", "-p", "5060",
+         "-nostdin", "-m", "1", "-timeout", "30s"],
+        cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     ringing = subprocess.Popen(
         [sipp, "-sf", str(SCENARIOS / "node_uas_ring.xml"), "-i", f"{DC1}.61", "-p", "5060",
          "-nostdin", "-m", "1", "-timeout", "30s"],
@@ -61,10 +65,11 @@ def cluster(module_processes: Processes) -> dict[str, Any]:
     assert wait_for(lambda: all(
         t["state"] == "in-service"
         for t in http("GET", f"http://{DC1}.11:9096/status/trunks")[1]["trunks"]), timeout=10)
-    yield {"gateways": gateways, "fs": fs, "node": node, "busy": busy, "ringing": ringing}
+    yield {"gateways": gateways, "fs": fs, "node": node, "busy": busy, "ringing": ringing,
+           "busy_too": busy_too}
     for gw in gateways.values():
         gw.stop()
-    for phone in (busy, ringing):
+    for phone in (busy, ringing, busy_too):
         if phone.poll() is None:
             phone.kill()
             phone.wait()
@@ -109,3 +114,11 @@ def test_access_number_busy_and_no_answer_forwarding_reach_voicemail(
         ("1002", "busy", "voicemail"), ("1003", "no-answer", "voicemail")]
     assert [e["outcome"] for e in events(node, "call_finished")][-3:] == [
         "completed", "completed", "completed"]
+
+
+def test_forwarding_that_fails_leaves_the_busy_answer(cluster: dict[str, Any]) -> None:
+    out = call("1004")  # busy; its profile forwards to a trunk that does not exist
+    assert out.returncode == 1 and "486" in out.stdout, out.stdout + out.stderr
+    assert cluster["busy_too"].wait(timeout=10) == 0
+    failed = events(cluster["node"], "call_forward_failed")
+    assert [(f["dn"], f["reason"], f["status"]) for f in failed] == [("1004", "busy", 503)]
