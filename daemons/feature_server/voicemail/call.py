@@ -12,6 +12,7 @@ here; store work runs in order on one task per call.
 from __future__ import annotations
 
 import asyncio
+from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
@@ -93,6 +94,7 @@ class VoicemailCall:
         self.menu = IvrMenu(mode, now, pin=mailbox.pin, messages=messages,
                             max_record=ctx.max_message_length)
         self.dtmf = DtmfReceiver()
+        self._info_keys: deque[float] = deque()
         self.jitter = JitterBuffer()
         self.recording: bytearray | None = None
         self.recording_what = ""
@@ -118,6 +120,20 @@ class VoicemailCall:
         for action in self.menu.actions():
             _ACTIONS[type(action)](self, action)
         self._timer.arm(self.menu.next_timer())
+
+    def info_digit(self, digit: str) -> bool:
+        """A key press by SIP INFO; False when it is over the flood limit (the
+        same limit as RFC 4733 keys: ``max_digits`` per ``window``)."""
+        now = self.loop.time()
+        recent = self._info_keys
+        while recent and recent[0] <= now - self.dtmf.window:
+            recent.popleft()
+        if len(recent) >= self.dtmf.max_digits:
+            self.ctx.rtp_dropped.labels("dtmf_flood").inc()
+            return False
+        recent.append(now)
+        self.digit(digit, "info")
+        return True
 
     def digit(self, digit: str, source: str) -> None:
         """A key press from RFC 4733 or SIP INFO."""

@@ -201,7 +201,9 @@ class VoicemailUserAgent:
             self.service.refused.labels("bad_info").inc()
             call.log.info("voicemail_bad_info", body=request.body[:40].decode("utf-8", "replace"))
             return incoming.response(400)
-        call.digit(digit, "info")
+        if not call.info_digit(digit):
+            call.log.warning("dtmf_flood", source="info")
+            return incoming.response(403, "Too Many Digits")
         return incoming.response(200)
 
     async def _options(self, incoming: IncomingRequest) -> Response:

@@ -100,3 +100,15 @@ async def test_unknown_methods_and_dialogs(make_voicemail: Factory) -> None:
     await call.bye()
     again = await call.info("1")                  # the call is over
     assert again.status == 481
+
+
+async def test_info_flood_is_cut(make_voicemail: Factory) -> None:
+    vm = await make_voicemail()
+    phone = await vm.phone("1002")
+    call = await phone.call(vm.uri("1002", ";vm=retrieve"), vm.destination, event_pt=None)
+    answers = await asyncio.gather(*(call.info("1") for _ in range(25)))
+    statuses = sorted(r.status for r in answers)
+    assert statuses.count(200) == 10 and statuses.count(403) == 15
+    assert vm.service.digit_counter.labels("info").value == 10
+    assert vm.service.rtp_dropped.labels("dtmf_flood").value == 15
+    await call.bye()
