@@ -59,10 +59,10 @@ lint: venv
 typecheck: venv
 	$(VENV)/bin/mypy protocols
 
+# the suites side by side, one per core (tests/run_suites.py: which directories
+# share nothing on the network), then a summary; the pure-Python SIP stack is one
 test: venv compile tools lint typecheck
-	$(VENV)/bin/pytest -q -p no:randomly
-	# the same SIP stack from its pure Python sources (the fallback without a C compiler)
-	SIPCLUSTER_PURE_PYTHON=1 $(VENV)/bin/pytest -q -p no:randomly tests/protocols/sip
+	$(PY) tests/run_suites.py
 
 test-fast: venv compile
 	$(VENV)/bin/pytest -q -x -m "not interop"
