@@ -29,7 +29,7 @@ from daemons.cluster.config import AppKind, ClusterConfig
 from daemons.runtime.certs import TlsAcceptor, authorize
 from daemons.runtime.driver import StreamDriver, TimerSlot
 from daemons.runtime.management import Metrics
-from daemons.status_aggregator.directory import FileDirectory, OpenDirectory
+from daemons.status_aggregator.directory import FileDirectory, LdapDirectory, OpenDirectory
 from daemons.status_aggregator.options import AggregatorOptions
 from protocols.status.errors import ErrorCode, StatusProtocolError
 from protocols.status.messages import (
@@ -106,10 +106,15 @@ class Aggregator:
         self.name = name
         self.options = options
         self.log = log
-        self.directory: FileDirectory | OpenDirectory = (
-            FileDirectory(options.directory) if options.directory is not None
-            else OpenDirectory(lambda: self.table.raw.keys()))
-        known = self.directory.__contains__ if options.directory is not None else None
+        self.directory: FileDirectory | LdapDirectory | OpenDirectory
+        if options.ldap is not None:
+            self.directory = LdapDirectory(options.ldap)
+        elif options.directory is not None:
+            self.directory = FileDirectory(options.directory)
+        else:
+            self.directory = OpenDirectory(lambda: self.table.raw.keys())
+        known = (self.directory.__contains__
+                 if not isinstance(self.directory, OpenDirectory) else None)
         self.table = StatusTable(publisher_timeout=options.publisher_timeout, known_user=known)
         self.kinds_of = {a.name: a.kind.value for a in config.applications.values()}
         self.allowed = {

@@ -7,6 +7,7 @@ the file, the key and the reason, which ``run_daemon`` prints as one line.
 
 from __future__ import annotations
 
+import datetime
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from daemons.cluster.config import AppKind, ClusterConfig
 from daemons.runtime.certs import certs_dir_for
 from daemons.runtime.config import Section
 from daemons.runtime.status_client import aggregator_group
+from daemons.status_aggregator.directory import LdapSource
 from daemons.status_aggregator.store import state_dir
 from protocols.status.framing import MAX_FRAME_SIZE
 
@@ -38,13 +40,16 @@ class AggregatorOptions:
     consumers: tuple[str, ...] = ()
     #: ... and as publishers
     publishers: tuple[str, ...] = ()
+    #: the LDAP directory source (``directory = "ldap://..."``)
+    ldap: LdapSource | None = None
     #: where persistent statuses are kept: sqlite:PATH, postgresql://..., or "none"
     store: str = "none"
 
 
 KNOWN = {"store", "status-aggregators", "publisher-timeout", "keep-alive-interval",
          "keep-alive-timeout", "max-frame-size", "directory", "certs", "publisher-kinds",
-         "consumers", "publishers"}
+         "consumers", "publishers", "ldap-base", "ldap-bind-dn", "ldap-password", "ldap-filter",
+         "polling-interval", "next-polling-time"}
 
 
 def read_options(config: ClusterConfig, name: str) -> AggregatorOptions:
@@ -75,12 +80,39 @@ def read_options(config: ClusterConfig, name: str) -> AggregatorOptions:
         keep_alive_interval=interval,
         keep_alive_timeout=timeout,
         max_frame_size=s.get_int("max-frame-size", MAX_FRAME_SIZE, min=4096, max=64 * 2**20),
-        directory=(base / directory) if directory else None,
+        directory=(base / directory) if directory and not _is_ldap(directory) else None,
+        ldap=_ldap(s, directory) if directory and _is_ldap(directory) else None,
         certs=(base / certs) if certs else certs_dir_for(config.file),
         publisher_kinds=kinds,
         consumers=tuple(s.get_str_list("consumers", [])),
         publishers=tuple(s.get_str_list("publishers", [])),
         store=_store(s, name),
+    )
+
+
+def _is_ldap(directory: str) -> bool:
+    return directory.startswith(("ldap://", "ldaps://"))
+
+
+def _ldap(s: Section, url: str) -> LdapSource:
+    """The guide's LDAP data source: where, and its polling schedule."""
+    when = s.get_optional_str("next-polling-time")
+    first: float | None = None
+    if when is not None:
+        try:
+            moment = datetime.datetime.strptime(when, "%Y-%m-%d %H:%M:%S")
+        except ValueError:
+            raise s.error("next-polling-time",
+                          f"expected UTC time as YYYY-MM-DD hh:mm:ss, got {when!r}") from None
+        first = moment.replace(tzinfo=datetime.UTC).timestamp()
+    return LdapSource(
+        url=url,
+        base=s.get_str("ldap-base"),
+        bind_dn=s.get_optional_str("ldap-bind-dn"),
+        password=s.get_optional_str("ldap-password"),
+        filter=s.get_str("ldap-filter", "(mail=*)"),
+        polling_interval=s.get_float("polling-interval", 86400.0, min=1.0),
+        next_polling_time=first,
     )
 
 

@@ -18,13 +18,17 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import time
 from typing import Any
+
+from ldap3.core.exceptions import LDAPException  # type: ignore[import-untyped]
 
 from daemons.cluster.config import AppKind, ClusterConfig
 from daemons.runtime.certs import CertError, client_context, server_context
 from daemons.runtime.config import ConfigError
 from daemons.runtime.service import Service, add_daemon_arguments, cancel_and_wait, run_daemon
 from daemons.status_aggregator.aggregator import Aggregator
+from daemons.status_aggregator.directory import LdapDirectory, next_poll
 from daemons.status_aggregator.mirror import MirrorDialer
 from daemons.status_aggregator.options import read_options
 from daemons.status_aggregator.store import Store, open_store, split
@@ -70,6 +74,7 @@ class StatusAggregatorService(Service):
         self.store: Store | None = (open_store(self.options.store)
                                     if self.options.store != "none" else None)
         self._saver: asyncio.Task[None] | None = None
+        self._poller: asyncio.Task[None] | None = None
         #: users the store holds a row for
         self._stored: set[str] = set()
 
@@ -82,6 +87,10 @@ class StatusAggregatorService(Service):
             self.log.info("store_loaded", engine=self.store.engine, persistent=len(kept))
             self._saver = asyncio.get_running_loop().create_task(self._save_loop())
         self.aggregator.start()
+        if isinstance(self.aggregator.directory, LdapDirectory):
+            await self.poll_directory()
+            self._poller = asyncio.get_running_loop().create_task(
+                self._poll_loop(self.aggregator.directory))
         self.server = await self.aggregator.listen(
             self.app.host, self.app.ports["status-port"], self.server_context)
         self.address = self.server.sockets[0].getsockname()[:2]
@@ -92,7 +101,7 @@ class StatusAggregatorService(Service):
         self._keep_alive = asyncio.get_running_loop().create_task(self._mirror_keep_alive())
 
     async def stop(self) -> None:
-        await cancel_and_wait(self._keep_alive, self._saver)
+        await cancel_and_wait(self._keep_alive, self._saver, self._poller)
         await self.mirrors.stop()
         if self.server is not None:
             self.server.close()
@@ -118,6 +127,32 @@ class StatusAggregatorService(Service):
         stored.difference_update(dropped)
         stored.update(r.user for r in kept)
         return len(kept) + len(dropped)
+
+    async def poll_directory(self) -> bool:
+        """Read the LDAP directory source now (in a thread); False (logged) if it
+        cannot be read: the entries read last stay."""
+        directory = self.aggregator.directory
+        assert isinstance(directory, LdapDirectory)
+        try:
+            entries = await asyncio.to_thread(directory.fetch)
+        except (LDAPException, OSError) as exc:
+            self.log.error("directory_poll_failed", source=directory.source.url,
+                           error=str(exc)[:200])
+            return False
+        directory.replace(entries)
+        self.log.info("directory_polled", source=directory.source.url, users=len(entries))
+        return True
+
+    async def _poll_loop(self, directory: LdapDirectory) -> None:
+        source = directory.source
+        while True:
+            if directory.loaded:
+                delay = next_poll(time.time(), source.next_polling_time,
+                                  source.polling_interval) - time.time()
+            else:  # never read yet: try again soon
+                delay = min(30.0, source.polling_interval)
+            await asyncio.sleep(max(delay, 0.0))
+            await self.poll_directory()
 
     async def _save_loop(self) -> None:
         while True:
