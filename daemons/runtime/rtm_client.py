@@ -594,10 +594,13 @@ class RtmClient:
         last = self._welcome_last
         assert last is not None
         self._welcome_last = None
+        proto = self._proto
         if last >= self._next_seq:
             self._renumber(last - self._accepted)
             await self._rewrite_outbox()
         self._on_accepted_seq(last)
+        if proto is None or proto is not self._proto or not proto.session.open:
+            return  # that session is gone; the next Welcome lines the outbox up again
         self._sent_upto = self._accepted
         self._ready = True
         self.connected.set()
