@@ -37,7 +37,7 @@ from daemons.feature_server.dialplan import (
 from daemons.feature_server.store import Store, StoreError
 from protocols.dialplan import ASSIGNMENT_KINDS, DialPlanError, check_name
 
-__all__ = ["ProvisioningApi"]
+__all__ = ["ProvisioningApi", "token_middleware"]
 
 _NUMBER = re.compile(r"^[A-Za-z0-9_+*#.\-]{1,64}$")
 _PIN = re.compile(r"^\d{4,12}$")
@@ -73,6 +73,29 @@ class ApiHost(Protocol):
     def counted_query(self, action: str) -> None: ...
 
     def counted_refusal(self, reason: str) -> None: ...
+
+
+def token_middleware(token: str, host: ApiHost) -> Any:
+    """With ``api-token`` set, every ``/api/...`` request (the voicemail's too) must
+    carry ``Authorization: Bearer TOKEN``; the nodes' ``/dialplan`` query, health
+    and metrics stay open. A request without it gets 401, a log line and a count."""
+    expected = f"Bearer {token}".encode()
+
+    @web.middleware
+    async def check(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if request.path.startswith("/api/"):
+            given = request.headers.get("Authorization", "").encode()
+            if not secrets.compare_digest(given, expected):
+                host.counted_refusal("unauthorized")
+                host.log.warning("api_request_refused", method=request.method,
+                                 path=request.path, status=401, reason="no valid api token",
+                                 peer=request.remote)
+                return web.json_response({"error": "Authorization: Bearer TOKEN required"},
+                                         status=401,
+                                         headers={"WWW-Authenticate": "Bearer"})
+        return await handler(request)
+
+    return check
 
 
 def pin_hash(pin: str, salt: bytes | None = None) -> str:

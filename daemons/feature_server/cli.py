@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import urllib.error
 import urllib.parse
@@ -45,6 +46,9 @@ def add_parser(subparsers: Any) -> None:
     parser.add_argument("--url", help="the feature-server, e.g. http://127.0.1.31:8080")
     parser.add_argument("--config", type=Path, help="the cluster file (with --name)")
     parser.add_argument("--name", help="the feature-server's application name (with --config)")
+    parser.add_argument("--token", default=os.environ.get("SIPCLUSTER_FS_TOKEN"),
+                        help="the feature-server's api-token (default $SIPCLUSTER_FS_TOKEN; "
+                             "with --config, read from the cluster file)")
     sub = parser.add_subparsers(dest="fs_action", metavar="ACTION")
     sub.required = True
     q = sub.add_parser("query", help="what the dial plan says about a number")
@@ -105,6 +109,9 @@ def _base_url(args: argparse.Namespace) -> str:
         raise ConfigError("fs", None, "give --url URL, or --config FILE --name FS")
     cfg = load_cluster(args.config)
     app = cfg.application(args.name, AppKind.FEATURE_SERVER)
+    token = app.options.get("api-token")
+    if args.token is None and isinstance(token, str):
+        args.token = token
     return f"http://{app.host}:{app.port('http-port')}"
 
 
@@ -169,8 +176,10 @@ def run(args: argparse.Namespace) -> int:
         print(f"fs: {exc}", file=sys.stderr)
         return 2
     data = json.dumps(body).encode() if body is not None else None
-    req = urllib.request.Request(base + path, data=data, method=method,
-                                 headers={"Content-Type": "application/json"})
+    headers = {"Content-Type": "application/json"}
+    if args.token:
+        headers["Authorization"] = f"Bearer {args.token}"
+    req = urllib.request.Request(base + path, data=data, method=method, headers=headers)
     try:
         with urllib.request.urlopen(req, timeout=30) as resp:
             answer = json.loads(resp.read() or b"null")

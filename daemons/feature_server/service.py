@@ -28,7 +28,7 @@ from typing import Any
 from aiohttp import web
 
 from daemons.cluster.config import AppKind, Application, ClusterConfig, load_cluster
-from daemons.feature_server.api import ProvisioningApi
+from daemons.feature_server.api import ProvisioningApi, token_middleware
 from daemons.feature_server.dialplan import DialPlanHolder, PlanSources
 from daemons.feature_server.store import Store, StoreError, open_store
 from daemons.feature_server.voicemail import VoicemailService
@@ -41,7 +41,7 @@ __all__ = ["FeatureServer", "add_parser", "run"]
 
 #: default largest provisioning body (a partition of 100,000 rules fits)
 MAX_BODY = 8 * 1024 * 1024
-OPTIONS = {"state-dir", "store", "max-body", "store-poll-interval", "partitions",
+OPTIONS = {"state-dir", "store", "max-body", "store-poll-interval", "api-token", "partitions",
            "calling-profiles", "assignments",
            # read by the voicemail service (daemons/feature_server/voicemail)
            "rtp-ports", "default-pin", "access-number", "max-messages", "max-message-length",
@@ -58,7 +58,8 @@ def state_dir_for(app: Application) -> Path:
     return Path(base) / app.name
 
 
-def _options(config: ClusterConfig, app: Application) -> tuple[str, int, float]:
+def _options(config: ClusterConfig, app: Application
+             ) -> tuple[str, int, float, str | None]:
     where = f"applications.{app.name}.options"
     for key in app.options:
         if key not in OPTIONS:
@@ -77,11 +78,14 @@ def _options(config: ClusterConfig, app: Application) -> tuple[str, int, float]:
     poll = app.options.get("store-poll-interval", 2.0)
     if not isinstance(poll, (int, float)) or isinstance(poll, bool) or poll <= 0:
         raise ConfigError(config.file, f"{where}.store-poll-interval", "expected seconds > 0")
+    token = app.options.get("api-token")
+    if token is not None and (not isinstance(token, str) or len(token) < 16):
+        raise ConfigError(config.file, f"{where}.api-token", "expected at least 16 characters")
     try:
         PlanSources.merge(app.options, {}).compile()
     except DialPlanError as exc:
         raise ConfigError(config.file, where, f"dial plan refused: {exc}") from None
-    return store, max_body, float(poll)
+    return store, max_body, float(poll), token
 
 
 class _HttpServer(ManagementServer):
@@ -91,9 +95,10 @@ class _HttpServer(ManagementServer):
         super().__init__(metrics, app_name=app_name)
         self.max_body = max_body
         self.route_adders: list[Callable[[web.Application], None]] = []
+        self.middlewares: list[Any] = []
 
     async def start(self, host: str, port: int) -> int:
-        app = web.Application(client_max_size=self.max_body)
+        app = web.Application(client_max_size=self.max_body, middlewares=self.middlewares)
         app.router.add_get("/healthz", self._healthz)
         app.router.add_get("/metrics", self._metrics)
         for path, page in self._pages.items():
@@ -118,7 +123,7 @@ class FeatureServer(Service):
         super().__init__(app_name=name)
         self.config = config
         self.app = config.application(name, AppKind.FEATURE_SERVER)
-        store_url, max_body, self.poll_interval = _options(config, self.app)
+        store_url, max_body, self.poll_interval, self.api_token = _options(config, self.app)
         self.state_dir = state_dir_for(self.app)
         self.store: Store = open_store(store_url)
         # the base class's listener is replaced by one that also serves the API
@@ -144,6 +149,8 @@ class FeatureServer(Service):
                                   "Dial-plan reloads, by result", ("result",))
         self._rules = m.gauge("feature_server_dialplan_rules", "Rules of the plan in force")
         self.api = ProvisioningApi(self, max_body=max_body)
+        if self.api_token is not None:
+            self.management.middlewares.append(token_middleware(self.api_token, self))
         self.management.route_adders.append(self.api.add_routes)
         if self.voicemail is not None:
             self.management.route_adders.append(self.voicemail.add_routes)

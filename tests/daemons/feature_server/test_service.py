@@ -6,6 +6,7 @@ feature-servers sharing PostgreSQL, a broken cluster file refused in one line.""
 
 from __future__ import annotations
 
+import json
 import signal
 import sqlite3
 import subprocess
@@ -218,3 +219,40 @@ def test_store_down_queries_go_on_writes_get_503(processes: Processes, tmp_path:
     assert wait_for(lambda: http("PUT", f"{FS1}/api/partitions/New",
                                  {"rules": ["1=>x"]})[0] == 201, timeout=10)
     assert http("GET", f"{FS1}/api/partitions")[1]["New"]["stored"] is True
+
+
+def test_api_token_guards_provisioning_not_the_nodes_query(processes: Processes,
+                                                           tmp_path: Path) -> None:
+    import urllib.error
+
+    token = "s3cret-provisioning-token"
+    config = cluster_file(tmp_path / "cluster.toml", 8080, voicemail_port=5080)
+    config.write_text(config.read_text().replace(
+        '[applications.FS_dc1.options]\n',
+        f'[applications.FS_dc1.options]\napi-token = "{token}"\n'))
+    processes.daemon("feature-server", config, "FS_dc1", f"{FS1}/healthz")
+    assert query(FS1, "95551234")["via"] == "trunk"  # the nodes need no token
+    for method, path, body in (("GET", "/api/partitions", None),
+                               ("PUT", "/api/partitions/X", {"rules": ["1=>2"]}),
+                               ("GET", "/api/mailboxes", None)):
+        status, answer = http(method, f"{FS1}{path}", body)
+        assert status == 401, (path, answer)
+    req = urllib.request.Request(f"{FS1}/api/partitions/X", method="PUT",
+                                 data=b'{"rules": ["1=>2"]}',
+                                 headers={"Authorization": f"Bearer {token}"})
+    with urllib.request.urlopen(req, timeout=5) as resp:
+        assert resp.status == 201
+    wrong = urllib.request.Request(f"{FS1}/api/partitions", headers={
+        "Authorization": "Bearer not-the-token"})
+    try:
+        urllib.request.urlopen(wrong, timeout=5)
+        raise AssertionError("a wrong token was accepted")
+    except urllib.error.HTTPError as exc:
+        assert exc.code == 401
+    assert 'sipcluster_feature_server_api_refused_total{reason="unauthorized"} 4.0' \
+        in metrics(FS1)
+    # the operators' command finds the token in the cluster file
+    cli = subprocess.run([*SIPCLUSTER, "fs", "--config", str(config), "--name", "FS_dc1",
+                          "show", "partitions", "X"], cwd=ROOT, capture_output=True, text=True,
+                         timeout=30)
+    assert cli.returncode == 0 and json.loads(cli.stdout) == {"rules": ["1=>2"]}, cli.stderr
