@@ -132,6 +132,8 @@ class StatusClient:
         self._seq = 0
         self._refs = itertools.count(1)
         self._pending: dict[int, asyncio.Future[Any]] = {}
+        #: records of long answers received so far, by ref
+        self._parts: dict[int, list[StatusRecord]] = {}
         #: Watch requests whose answer goes to ``on_records``
         self._watch_refs: set[int] = set()
         self._outbox: list[StatusRecord] = []
@@ -240,6 +242,7 @@ class StatusClient:
                 if not future.done():
                     future.set_exception(ConnectionError("status-aggregator connection lost"))
             self._pending.clear()
+            self._parts.clear()
             self._watch_refs.clear()
         return was_open
 
@@ -287,13 +290,11 @@ class StatusClient:
                 return
             if isinstance(message, Result) and not message.accepted and not message.refused \
                     and message.records:
-                # a part of a long answer: gather the records
-                parts = getattr(future, "parts", [])
-                parts.extend(message.records)
-                future.parts = parts  # type: ignore[attr-defined]
+                # a part of a long answer (docs/status-aggregator.md): gather the records
+                self._parts.setdefault(message.ref, []).extend(message.records)
                 return
             self._pending.pop(message.ref, None)
-            parts = getattr(future, "parts", None)
+            parts = self._parts.pop(message.ref, None)
             if parts and isinstance(message, Result):
                 message = replace(message, records=tuple(parts) + message.records)
             if message.ref in self._watch_refs:

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import ssl
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -571,8 +570,3 @@ class Aggregator:
         MirrorUpdate: _on_mirror_update,
         KeepAlive: _on_keep_alive,
     }
-
-
-def wall_clock_ms() -> int:
-    """A publisher's incarnation: its start time in milliseconds."""
-    return time.time_ns() // 1_000_000

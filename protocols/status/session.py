@@ -20,7 +20,7 @@ from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import Enum
-from typing import Any, Final
+from typing import Final
 
 import msgpack
 
@@ -314,9 +314,8 @@ class StatusSession:
         return min(self._last_sent + self.keep_alive_interval,
                    self._last_received + self.keep_alive_timeout)
 
-    def handle_timer(self, now: float, *, keep_alive: dict[str, Any] | None = None) -> None:
-        """Keep-alive and loss detection; ``keep_alive`` (mirror links) is the
-        ``publishers`` map the keep-alive carries."""
+    def handle_timer(self, now: float) -> None:
+        """Keep-alive and loss detection."""
         if self.closed:
             return
         if self._state is not _OPEN:
@@ -329,4 +328,4 @@ class StatusSession:
             self._events.append(Closed(f"nothing heard for {self.keep_alive_timeout:g} s"))
             return
         if now >= self._last_sent + self.keep_alive_interval:
-            self.send(KeepAlive(publishers=keep_alive or {}), now)
+            self.send(KeepAlive(), now)

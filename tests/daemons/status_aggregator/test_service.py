@@ -98,3 +98,25 @@ async def test_web_search_and_health(lab: Lab) -> None:
         assert publisher["publisher"] == "TC_1" and publisher["online"] is True
         async with http.get(base + "/") as answer:
             assert "EventSource" in await answer.text()
+
+
+async def test_long_answers_come_in_parts_and_are_gathered(lab: Lab) -> None:
+    service = await lab.start("SA_1")
+    tc = lab.client("TC_1", Role.PUBLISHER)
+    await tc.wait_open()
+    tc.publish([StatusRecord(user=f"u{i:05d}@cluster.lab", status="Available", server="SIPS_1")
+                for i in range(4500)])
+    for _ in range(200):
+        if len(service.aggregator.table) == 4500:
+            break
+        await asyncio.sleep(0.05)
+    watcher = Watcher()
+    wallboard = lab.client("desk", Role.CONSUMER, on_records=watcher)
+    await wallboard.wait_open()
+    result = await wallboard.watch(["*"])
+    assert len(result.records) == 4500 and len(watcher.seen) == 4500
+    answer = await wallboard.query([f"u{i:05d}@cluster.lab" for i in range(4500)])
+    assert {r.user for r in answer.records} == {f"u{i:05d}@cluster.lab" for i in range(4500)}
+    tc.publish([StatusRecord(user="u00007@cluster.lab", status="Busy", server="SIPS_1")])
+    await watcher.until(lambda: watcher.last("u00007@cluster.lab").status == "Busy")
+    assert wallboard.gaps == 0
