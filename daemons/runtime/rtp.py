@@ -172,6 +172,8 @@ class RtpSession(asyncio.DatagramProtocol):
         #: where packets are accepted from: ``remote`` until a packet from the
         #: announced port on another address latches it (see :meth:`_latch`)
         self.source: Address | None = None
+        #: nothing is sent while set (a stream on hold); paced playing goes on
+        self.muted = False
         self.ssrc = secrets.randbits(32)
         self._seq = secrets.randbits(16)
         self._ts_base = secrets.randbits(32)
@@ -271,7 +273,7 @@ class RtpSession(asyncio.DatagramProtocol):
     def send(self, payload: bytes, *, timestamp: int, payload_type: int | None = None,
              marker: bool | None = None, kind: str = "audio") -> None:
         """Send one packet now (the pacer calls this; so do DTMF senders)."""
-        if self.transport is None or self.remote is None or self.closed:
+        if self.transport is None or self.remote is None or self.closed or self.muted:
             return
         if marker is None:
             marker, self._marker = self._marker, False

@@ -225,9 +225,11 @@ _ANSWER_DIRECTION = {"sendrecv": "sendrecv", "sendonly": "recvonly",
 
 def answer_audio(offer: SessionDescription, *, address: str, port: int,
                  codecs: Sequence[str] = ("PCMU", "PCMA"), session_id: int = 1,
-                 user: str = "sipcluster") -> AudioAnswer:
+                 version: int = 1, user: str = "sipcluster") -> AudioAnswer:
     """Answer ``offer`` (RFC 3264 §6.1): its first audio codec among ``codecs``,
-    with telephone-event/8000 when offered; other media streams are rejected
+    with telephone-event/8000 when offered; other media streams are rejected.
+    A later answer in the same session (a re-INVITE, §8) passes the next
+    ``version`` of the origin line;
     with port 0. :class:`NotAcceptable` when no audio stream can be taken."""
     chosen: tuple[int, str] | None = None
     event_pt: int | None = None
@@ -265,7 +267,7 @@ def answer_audio(offer: SessionDescription, *, address: str, port: int,
     remote = offer.address_of(audio)
     if remote is None:
         raise SdpError("the audio stream has no connection address")
-    sdp = SessionDescription(user, session_id, 1, address,
+    sdp = SessionDescription(user, session_id, version, address,
                              address, tuple(answered))
     return AudioAnswer(sdp, chosen[1], chosen[0], event_pt, remote, audio.port,
                        audio.direction)

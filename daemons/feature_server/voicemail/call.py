@@ -144,6 +144,20 @@ class VoicemailCall:
         self.menu.digit(digit, self.loop.time())
         self._run()
 
+    def update_media(self, answer: AudioAnswer) -> None:
+        """A re-INVITE's offer/answer: the peer's address may have moved, and
+        a stream on hold (we only receive or nothing flows) sends nothing."""
+        self.answer = answer
+        remote = (answer.remote_address, answer.remote_port)
+        if remote != self.rtp.remote:
+            self.rtp.remote = remote
+            self.rtp.source = None  # the next packet fixes the source again
+        audio = answer.sdp.audio()
+        direction = audio.direction if audio is not None else "inactive"
+        self.rtp.muted = direction in ("recvonly", "inactive")
+        self.log.info("voicemail_media_updated", remote=f"{remote[0]}:{remote[1]}",
+                      direction=direction)
+
     def _on_packet(self, packet: RtpPacket, now: float) -> None:
         pt = packet.payload_type
         if pt == self.answer.event_payload_type:

@@ -162,18 +162,34 @@ class VoicemailUserAgent:
         return response
 
     def _reinvite(self, incoming: IncomingRequest) -> Response:
-        call = self.calls.get(incoming.request.call_id)
+        """A new offer within the call (hold, resume, a new address; RFC 3264
+        §8): answered with the call's codec and the next SDP version; without
+        an offer, the current answer is offered again."""
+        request = incoming.request
+        call = self.calls.get(request.call_id)
         if call is None:
             return self._refuse(incoming, 481, "no_call")
         try:
-            call.dialog.receive_request(incoming.request)
+            call.dialog.receive_request(request)
         except DialogError:
             return incoming.response(500)
-        # the stream stays as agreed: the same answer again (RFC 3264 §8, no change)
+        answer = call.answer
+        if request.body:
+            try:
+                answer = answer_audio(
+                    parse_sdp(request.body), address=self.service.host,
+                    port=call.rtp.local_address[1], codecs=(call.answer.codec,),
+                    session_id=call.answer.sdp.session_id,
+                    version=call.answer.sdp.session_version + 1)
+            except NotAcceptable as exc:
+                return self._refuse(incoming, 488, "unknown_codec", detail=str(exc))
+            except SdpError as exc:
+                return self._refuse(incoming, 400, "malformed_sdp", detail=str(exc))
+            call.update_media(answer)
         return incoming.response(200, headers=[
-            *record_route(incoming.request),
+            *record_route(request),
             ("Contact", f"<{self.service.endpoint.contact_uri(call.transport)}>"),
-            ("Content-Type", "application/sdp")], body=call.answer.sdp.serialize())
+            ("Content-Type", "application/sdp")], body=answer.sdp.serialize())
 
     # ---------------------------------------------------------------- in the call
     async def _ack(self, incoming: IncomingRequest) -> None:

@@ -60,6 +60,20 @@ class PhoneCall:
                                          body=body.encode())
         return await self.phone.endpoint.request(req)
 
+    async def reinvite(self, direction: str) -> Response:
+        """A new offer in the call (``sendonly`` puts the other side on hold)."""
+        assert self.dialog is not None and self.rtp is not None
+        offer = audio_offer(address=self.phone.host, port=self.rtp.local_address[1],
+                            codecs=(self.codec.name,), session_id=7)
+        body = offer.serialize().replace(b"a=sendrecv", f"a={direction}".encode())
+        req = self.dialog.create_request(
+            "INVITE", contact=f"<{self.phone.endpoint.contact_uri('UDP', user=self.phone.user)}>",
+            headers=[("Content-Type", "application/sdp")], body=body)
+        resp = await self.phone.endpoint.request(req)
+        if resp.status == 200:
+            await self.phone.endpoint.send_ack(req, resp)
+        return resp
+
     async def bye(self) -> Response:
         assert self.dialog is not None
         if self.rtp is not None:

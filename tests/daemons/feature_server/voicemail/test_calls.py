@@ -8,6 +8,7 @@ from daemons.feature_server.voicemail.prompts import frames_of
 from protocols.rtp import g711
 from protocols.rtp.g711 import Codec
 from protocols.rtp.tones import tone, tone_share
+from protocols.sip.sdp import parse_sdp
 from tests.daemons.feature_server.voicemail.conftest import Factory
 
 TONE = 1850  # no prompt uses it
@@ -91,6 +92,7 @@ async def test_sip_info_digits_work_as_fallback(make_voicemail: Factory) -> None
     for key in "1234#":
         assert (await call.info(key)).status == 200
     call.heard.clear()
+    await asyncio.sleep(1.0)                      # keys faster than 10 a second are a flood
     assert (await call.info("5", "application/dtmf")).status == 200   # change PIN
     for key in "4321#":
         assert (await call.info(key)).status == 200
@@ -132,3 +134,25 @@ async def test_recorded_greeting_replaces_the_default(make_voicemail: Factory) -
     assert tone_share(heard, GREETING) > 0.3     # the owner's greeting ...
     assert tone_share(heard, 440) < 0.05         # ... not the default one
     await caller.bye()
+
+
+async def test_hold_and_resume_by_reinvite(make_voicemail: Factory) -> None:
+    vm = await make_voicemail()
+    phone = await vm.phone("1001")
+    call = await phone.call(vm.uri("1003", ";vm=deposit"), vm.destination)
+    assert call.response.status == 200
+    await asyncio.sleep(0.2)
+    held = await call.reinvite("sendonly")                 # the caller holds
+    assert held.status == 200
+    answer = parse_sdp(held.body)
+    assert answer.audio().direction == "recvonly"          # type: ignore[union-attr]
+    assert answer.session_version == 2
+    await asyncio.sleep(0.1)
+    before = len(call.heard)
+    await asyncio.sleep(0.3)
+    assert len(call.heard) == before                       # nothing sent while held
+    resumed = await call.reinvite("sendrecv")
+    assert resumed.status == 200 and parse_sdp(resumed.body).session_version == 3
+    await asyncio.sleep(0.3)
+    assert len(call.heard) > before                        # the greeting goes on
+    await call.bye()
