@@ -95,3 +95,23 @@ async def test_phone_answering_481_ends_the_subscription(make_voicemail: Factory
     assert len(vm.service.mwi) == 0
     assert await vm.service.store.list_subscriptions() == []
     assert vm.service.mwi.notifies.labels("failed").value == 1
+
+
+async def test_deposit_and_restart_on_postgresql(make_voicemail: Factory,
+                                                 postgres_dsn: str) -> None:
+    """The same service on a shared PostgreSQL store: mailboxes created, a
+    deposit notified, the subscription taken back by a restarted service."""
+    vm = await make_voicemail(store_url=postgres_dsn)
+    assert [m.number for m in await vm.service.store.list_mailboxes()] == [
+        "1001", "1002", "1003"]
+    phone = await vm.phone("1002")
+    assert (await phone.subscribe("1002", vm.destination)).status == 200
+    await phone.wait_notify(1)
+    await vm.service.deposit("1002", "1001", Codec.PCMU, b"\xff" * 8000)
+    await phone.wait_notify(2, timeout=1.0)
+    assert phone.notifies[1][1] is not None and phone.notifies[1][1].new == 1
+    await vm.service.stop()
+    again = await make_voicemail(store_url=postgres_dsn)
+    assert len(again.service.mwi) == 1
+    await phone.wait_notify(3)
+    assert phone.notifies[2][1] is not None and phone.notifies[2][1].new == 1
