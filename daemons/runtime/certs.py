@@ -303,6 +303,9 @@ class TlsTransport(asyncio.WriteTransport):
     def is_closing(self) -> bool:
         return self._acceptor.closing
 
+    def get_write_buffer_size(self) -> int:
+        return self._acceptor.write_buffer_size()
+
     def close(self) -> None:
         self._acceptor.close()
 
@@ -451,6 +454,12 @@ class TlsAcceptor(asyncio.Protocol):
                 self._transport.abort()
             else:
                 self._transport.close()
+
+    def write_buffer_size(self) -> int:
+        """Bytes written and not yet taken by the kernel."""
+        if self._transport is None:
+            return 0
+        return self._transport.get_write_buffer_size() + self._outgoing.pending
 
     def extra_info(self, name: str, default: Any = None) -> Any:
         if name == "ssl_object":

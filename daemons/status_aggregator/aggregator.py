@@ -538,6 +538,22 @@ class Aggregator:
                 conn.session.send_event(_array_header(len(chunks)) + b"".join(chunks), now)
                 self.events_out.labels().inc()
             conn.driver.flush()
+            self._check_backlog(conn)
+
+    def _check_backlog(self, conn: Connection) -> None:
+        """A watcher that does not read its events is cut off at
+        ``max-consumer-backlog`` bytes waiting: its memory is not the
+        aggregator's to grow (it reconnects and watches again)."""
+        backlog = conn.driver.transport.get_write_buffer_size()
+        if backlog <= self.options.max_consumer_backlog:
+            return
+        self.refused.labels("slow_consumer").inc()
+        self.log.warning("slow_consumer_closed", peer=conn.peer, application=conn.name,
+                         backlog=backlog)
+        conn.session.close(self.now())
+        conn.driver.transport.abort()
+        conn.driver.close()
+        self._closed(conn)
 
     def watch_local(self, users: list[str], callback: Callable[[list[StatusRecord]], None]
                     ) -> tuple[int, list[StatusRecord]]:

@@ -31,6 +31,8 @@ class AggregatorOptions:
     keep_alive_interval: float = 10.0
     keep_alive_timeout: float = 30.0
     max_frame_size: int = MAX_FRAME_SIZE
+    #: bytes of events waiting for a watcher before it is cut off
+    max_consumer_backlog: int = 16 * 2**20
     #: the file directory source (None: every published user is known)
     directory: Path | None = None
     certs: Path = Path("certs")
@@ -48,8 +50,8 @@ class AggregatorOptions:
 
 KNOWN = {"store", "status-aggregators", "publisher-timeout", "keep-alive-interval",
          "keep-alive-timeout", "max-frame-size", "directory", "certs", "publisher-kinds",
-         "consumers", "publishers", "ldap-base", "ldap-bind-dn", "ldap-password", "ldap-filter",
-         "polling-interval", "next-polling-time"}
+         "consumers", "publishers", "max-consumer-backlog", "ldap-base", "ldap-bind-dn",
+         "ldap-password", "ldap-filter", "polling-interval", "next-polling-time"}
 
 
 def read_options(config: ClusterConfig, name: str) -> AggregatorOptions:
@@ -80,6 +82,7 @@ def read_options(config: ClusterConfig, name: str) -> AggregatorOptions:
         keep_alive_interval=interval,
         keep_alive_timeout=timeout,
         max_frame_size=s.get_int("max-frame-size", MAX_FRAME_SIZE, min=4096, max=64 * 2**20),
+        max_consumer_backlog=s.get_int("max-consumer-backlog", 16 * 2**20, min=65536),
         directory=(base / directory) if directory and not _is_ldap(directory) else None,
         ldap=_ldap(s, directory) if directory and _is_ldap(directory) else None,
         certs=(base / certs) if certs else certs_dir_for(config.file),

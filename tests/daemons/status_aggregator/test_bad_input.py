@@ -18,6 +18,7 @@ from protocols.status.messages import (
     Result,
     Role,
     StatusRecord,
+    Watch,
 )
 from protocols.status.session import Closed, MessageReceived, Opened, StatusSession
 from tests.daemons.status_aggregator.conftest import CLIENT_HOST, SA_HOSTS, Lab
@@ -142,3 +143,31 @@ async def test_unknown_users_refused_with_a_directory_file(lab: Lab) -> None:
     assert answer.refused == {"nobody@cluster.lab": ErrorCode.UNKNOWN_USER}
     assert await metric(lab, "SA_1",
                         'sipcluster_status_refused_total{reason="unknown_user"}') == 2
+
+
+async def test_a_watcher_that_does_not_read_is_cut_off(lab: Lab) -> None:
+    lab.write("max-consumer-backlog = 65536")
+    service = await lab.start("SA_1")
+    stuck = await Raw.open(lab, "desk", Role.CONSUMER)
+    stuck.send(Watch(ref=1, users=("*",)))
+    tc = await Raw.open(lab, "TC_1", Role.PUBLISHER)
+    detail = "x" * 1000
+    seq = 0
+    for _ in range(40):  # about 40 MB of events for the watcher that never reads
+        if not any(c.name == "desk" for c in service.aggregator.connections.values()):
+            break
+        records = []
+        for i in range(1000):
+            seq += 1
+            records.append(StatusRecord(user=f"u{i}@cluster.lab", status="Busy",
+                                        server="SIPS_1", detail=detail, seq=seq))
+        tc.send(Publish(ref=seq, records=tuple(records)))
+        answer = await tc.next()
+        assert isinstance(answer, Result) and answer.accepted == 1000
+    assert not any(c.name == "desk" for c in service.aggregator.connections.values())
+    assert await metric(lab, "SA_1",
+                        'sipcluster_status_refused_total{reason="slow_consumer"}') == 1
+    desk = await Raw.open(lab, "desk", Role.CONSUMER)  # still serving
+    desk.send(Query(ref=2, users=("u1@cluster.lab",)))
+    answer = await desk.next()
+    assert isinstance(answer, Result) and answer.records[0].status == "Busy"
