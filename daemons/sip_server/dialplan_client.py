@@ -5,12 +5,13 @@ For a dialled number that is not a DN of the switch (and for a DN that is
 busy or does not answer) the node asks its data centre's feature-server:
 ``GET URL?digits=D&caller=C&geo-location=G[&reason=busy|no-answer]``. The
 Dial Plan DN is the node's ``dial-plan`` option, else the feature-server DN of
-the node's geo-location; its ``url``, ``url-1`` ... ``url-N`` are tried in
-turn. A URL that failed (connection refused, timeout, 5xx, an answer that is
-not a decision) is skipped for :data:`RETRY_AFTER` seconds unless every URL
-failed. When none answers the look-up fails: a log line, a count in
+the node's geo-location (then those of the other data centres, last); its
+``url``, ``url-1`` ... ``url-N`` are tried in turn. A URL that failed
+(connection refused, timeout, 5xx, an answer that is not a decision) is
+skipped for :data:`RETRY_AFTER` seconds unless every URL failed. When none
+answers the look-up fails: a log line, a count in
 ``sipcluster_dialplan_queries_total{result="failed"}``, and the caller gets
-503; extension-to-extension calls never ask and go on as before.
+480; extension-to-extension calls never ask and go on as before.
 """
 
 from __future__ import annotations
@@ -59,9 +60,11 @@ def dial_plan_urls(config: ClusterConfig, app: Application) -> list[str]:
                               "feature-server")
         candidates = [dn]
     else:
-        candidates = [d for d in config.dns.values()
-                      if d.type is DnType.VOIP_SERVICE and d.service_type == "feature-server"
-                      and d.geo_location == app.geo_location]
+        # the node's data centre first; the others' last, so that external calls still
+        # find a dial plan while every feature-server of the data centre is down
+        services = [d for d in config.dns.values()
+                    if d.type is DnType.VOIP_SERVICE and d.service_type == "feature-server"]
+        candidates = sorted(services, key=lambda d: d.geo_location != app.geo_location)
     urls: list[str] = []
     for dn in candidates:
         for key in ("url", *(f"url-{n}" for n in range(1, 10))):
