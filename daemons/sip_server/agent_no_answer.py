@@ -3,12 +3,16 @@
 ``agent-no-answer-action``, ``agent-no-answer-overflow`` at application
 level, the ``NO_ANSWER_TIMEOUT`` / ``NO_ANSWER_OVERFLOW`` /
 ``NO_ANSWER_ACTION`` extensions of the routing request, and
-``set-notready-on-busy``; docs/t-controller.md, "Agent no-answer").
+``set-notready-on-busy``, and ``after-routing-timeout``; docs/t-controller.md,
+"Agent no-answer").
 
 A router's ``RequestRouteCall`` sends a call from a routing point to an
 agent's DN. That leg rings for ``NO_ANSWER_TIMEOUT`` (the request's
 AttributeExtensions) or ``agent-no-answer-timeout`` seconds instead of
-``extn-no-answer-timeout``. When the agent does not answer, or answers busy:
+``extn-no-answer-timeout``, never longer than ``after-routing-timeout`` (the
+most a routed call waits for its destination; when that is what ends the
+ringing the cause is ``after-routing-timeout`` and the action ``none``: the
+agent is not blamed). When the agent does not answer, or answers busy:
 
 * the leg's ``EventReleased`` carries ``AttributeReason``
   ``{"cause": "agent-no-answer" | "agent-busy", "no-answer-action": ACTION}``
@@ -46,6 +50,7 @@ class _Routed:
     agent_dn: str
     extensions: Mapping[str, Any]
     recalls: int = 0
+    capped: bool = False  # after-routing-timeout is shorter than the no-answer timeout
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,7 +108,10 @@ class NoAnswerSupervision:
         if entry is None or entry.agent_dn != dn:
             return default
         value = _number(entry.extensions.get("NO_ANSWER_TIMEOUT"))
-        return value if value is not None else options.agent_no_answer_timeout
+        no_answer = value if value is not None else options.agent_no_answer_timeout
+        cap = options.after_routing_timeout
+        entry.capped = 0 < cap < no_answer
+        return cap if entry.capped else no_answer
 
     def after(self, conn_id: str, dn: str, *, no_answer: bool, status: int,
               options: TServerOptions, tried: Collection[str]) -> NoAnswerOutcome | None:
@@ -116,7 +124,9 @@ class NoAnswerSupervision:
         busy = status in (486, 600)
         if not no_answer and not busy:
             return None
-        if no_answer:
+        if no_answer and entry.capped:
+            action, cause = "none", "after-routing-timeout"
+        elif no_answer:
             action = str(entry.extensions.get("NO_ANSWER_ACTION") or "")
             if action not in ACTIONS:
                 action = options.agent_no_answer_action

@@ -68,3 +68,20 @@ async def test_busy_agent_is_set_not_ready_on_busy(director_lab: Any) -> None:
     not_ready = [e for e in desk.events if e["message"] == "EventAgentNotReady"
                  and e.get("AttributeThisDN") == "1001"]
     assert not_ready and not_ready[-1]["AttributeReason"] == {"cause": "agent-busy"}
+
+
+async def test_after_routing_timeout_ends_the_ringing_without_blaming_the_agent(
+        director_lab: Any) -> None:
+    _, desk, _ = await _one_call_two_agents(
+        director_lab, "agent-no-answer-timeout = 10\nafter-routing-timeout = 1",
+        "node_uas_ring.xml")
+    released = next(e for e in desk.events if e["message"] == "EventReleased"
+                    and e.get("AttributeThisDN") == "1001")
+    assert released["AttributeReason"] == {"cause": "after-routing-timeout",
+                                           "no-answer-action": "none"}
+    ringing = next(e for e in desk.events if e["message"] == "EventRinging"
+                   and e.get("AttributeThisDN") == "1001")
+    assert 0.8 <= released["at"] - ringing["at"] < 4  # after-routing-timeout, not 10 s
+    assert not [e for e in desk.events if e["message"] in ("EventAgentNotReady",
+                                                           "EventAgentLogout")
+                and e.get("AttributeThisDN") == "1001"]  # still Ready
