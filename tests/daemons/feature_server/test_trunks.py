@@ -3,7 +3,8 @@ node, the node's dial-plan query to its feature-server (the first URL of the
 Dial Plan DN is down: fail-over to url-1), the trunk of the node's data centre
 to a PSTN gateway that is SIPp's UAS; the other data centre's trunk once the
 first is out of service; feature-servers down: the failed look-up is logged
-and counted and the caller gets an error, not silence."""
+and counted and the caller gets an error, not silence; the other data centre's
+feature-server up: external calls work again."""
 
 from __future__ import annotations
 
@@ -72,7 +73,8 @@ def cluster(module_processes: Processes) -> dict[str, Any]:
     # both trunks answer their OPTIONS checks
     assert wait_for(lambda: trunk_state("Trunk_dc1") == trunk_state("Trunk_dc2") ==
                     "in-service", timeout=10), http("GET", f"http://{DC1}.11:9096/status/trunks")
-    yield {"config": config, "gateways": gateways, "fs": fs, "node": node}
+    yield {"config": config, "gateways": gateways, "fs": fs, "node": node,
+           "processes": processes}
     for gw in gateways.values():
         gw.stop()
 
@@ -141,3 +143,11 @@ def test_feature_servers_down_the_lookup_fails_loudly(cluster: dict[str, Any]) -
     assert after == before + 1
     assert any(line.get("event") == "dial_plan_unavailable"
                for line in cluster["node"].lines())
+
+    # the other data centre's feature-server comes up: external calls work again
+    cluster["processes"].daemon("feature-server", cluster["config"], "FS_dc2",
+                                f"http://{DC2}.31:8080/healthz")
+    assert "200 OK" in call("95557777").stdout
+    answers = [line for line in cluster["node"].lines()
+               if line.get("event") == "dial_plan_answer"]
+    assert answers[-1]["url"] == f"http://{DC2}.31:8080/dialplan"
