@@ -63,6 +63,7 @@ from protocols.rtm.events import (
 )
 from protocols.rtm.messages import PROTOCOL_VERSION, Deliver
 from protocols.rtm.session import SiteSession
+from protocols.tlib.framing import MAX_FRAME_SIZE
 
 __all__ = [
     "Delivery",
@@ -74,6 +75,10 @@ __all__ = [
     "RtmRefused",
     "check_site",
 ]
+
+
+#: what the outbox adds to a message's map (message name and seq)
+_SEND_OVERHEAD = 32
 
 
 class RequestTimeout(Exception):
@@ -231,7 +236,7 @@ class RtmClient:
                  ssl: ssl_module.SSLContext | None = None, window: int = 1000,
                  keep_sent: bool = False, reconnect_min: float = 0.1,
                  reconnect_max: float = 2.0, connect_timeout: float = 5.0,
-                 version: int = PROTOCOL_VERSION,
+                 version: int = PROTOCOL_VERSION, max_frame_size: int = MAX_FRAME_SIZE,
                  on_handled: Callable[[list[Delivery]], None] | None = None) -> None:
         if not hubs:
             raise ValueError("give at least one hub address")
@@ -247,6 +252,8 @@ class RtmClient:
         self.reconnect_max = reconnect_max
         self.connect_timeout = connect_timeout
         self.version = version
+        #: the hub's max-frame-size: a bigger message is refused by send_* (ValueError)
+        self.max_frame_size = max_frame_size
         self.on_handled = on_handled
         self.log = get_logger("rtm_client", site=site)
         self._db: aiosqlite.Connection | None = None
@@ -366,6 +373,10 @@ class RtmClient:
         assert self._loop is not None
         if self._closing:
             raise ConnectionError("client closed")
+        size = len(msgpack.packb(frame, use_bin_type=True)) + _SEND_OVERHEAD
+        if size > self.max_frame_size:
+            raise ValueError(f"message of {size} bytes, the largest frame is "
+                             f"{self.max_frame_size}")
         future: asyncio.Future[int] = self._loop.create_future()
         self._to_write.append((frame, future))
         self._wake_writer.set()

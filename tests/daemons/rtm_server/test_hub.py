@@ -273,3 +273,12 @@ async def test_handlers_by_object_and_event_id(bench: Bench) -> None:
     assert seen == [("jdoe", 7)]
     assert handlers.unhandled == 1
     assert two.handler_errors == 1
+
+
+async def test_a_message_larger_than_a_frame_is_refused_at_the_site(bench: Bench) -> None:
+    await bench.start()
+    one = await bench.client(1)
+    with pytest.raises(ValueError, match="largest frame"):
+        await one.send_event(2, "o", "e", MessageBuilder().put_string("x" * 2_000_000).elements)
+    assert one.outbox_size == 0
+    assert await one.send_event(2, "o", "e", ints(1)) == 1  # the site goes on
