@@ -321,10 +321,13 @@ class ProvisioningApi:
                     src.users_by_dn[dn] = name
                 if body.get("calling-profile"):
                     src.assignments.setdefault("user", {})[name] = body["calling-profile"]
-            elif kind == "dn" and body.get("calling-profile"):
-                dn_kind = {"Trunk": "trunk", "TrunkGroup": "trunk-group",
-                           "RoutingPoint": "routing-point"}.get(body["type"], "extension")
-                src.assignments.setdefault(dn_kind, {})[name] = body["calling-profile"]
+            elif kind == "dn":
+                if body.get("user"):
+                    src.users_by_dn.setdefault(name, body["user"])
+                if body.get("calling-profile"):
+                    dn_kind = {"Trunk": "trunk", "TrunkGroup": "trunk-group",
+                               "RoutingPoint": "routing-point"}.get(body["type"], "extension")
+                    src.assignments.setdefault(dn_kind, {})[name] = body["calling-profile"]
         except DialPlanError as exc:
             raise ApiRefused(400, str(exc), "bad_object") from None
         return src

@@ -77,6 +77,8 @@ class PlanSources:
             if user.get("calling-profile"):
                 src.assignments.setdefault("user", {})[name] = user["calling-profile"]
         for number, dn in stored.get("dn", {}).items():
+            if dn.get("user"):
+                src.users_by_dn.setdefault(number, dn["user"])
             if dn.get("calling-profile"):
                 kind = {"Trunk": "trunk", "TrunkGroup": "trunk-group",
                         "RoutingPoint": "routing-point"}.get(dn.get("type", ""), "extension")

@@ -85,6 +85,9 @@ def test_query_provisioning_and_bad_input(processes: Processes, tmp_path: Path,
     assert http("PUT", f"{FS1}/api/assignments/extension/1003",
                 {"calling-profile": "Restricted"})[0] == 200
     assert "via" not in query(FS1, "95551234", caller="1003")
+    # a provisioned DN that names its user: alice's profile applies to it too
+    assert http("PUT", f"{FS1}/api/dns/1006", {"user": "alice"})[0] == 201
+    assert "via" not in query(FS1, "95551234", caller="1006")
 
     # bad input: a broken rule, a profile naming no partition, a partition in use,
     # an unknown field, a huge body, a bad query -- 4xx with the reason, plan unchanged
