@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import msgpack
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from protocols.rtm.elements import MessageBuilder
 from protocols.rtm.errors import RtmCode
@@ -253,3 +255,36 @@ def test_closed_is_final_and_every_open_state_can_close() -> None:
 def test_site_id_out_of_range_is_refused_locally() -> None:
     with pytest.raises(ValueError):
         SiteSession(site=1000, password="x", now=0.0)
+
+
+@given(st.lists(st.binary(max_size=300), max_size=8))
+def test_any_bytes_before_or_after_the_handshake_never_break_the_hub_session(
+        chunks: list[bytes]) -> None:
+    fresh = hub()
+    opened, _ = open_pair()
+    for session in (fresh, opened):
+        for chunk in chunks:
+            session.receive_data(chunk, 1.0)
+        session.data_to_send()
+        events(session)
+        assert session.state in (SessionState.CLOSED, SessionState.OPEN,
+                                 SessionState.AWAITING_HELLO)
+
+
+@given(st.dictionaries(st.sampled_from(["message", "seq", "kind", "to", "object", "event",
+                                        "elements", "timeout_ms", "correlation"]),
+                       st.one_of(st.integers(min_value=-(2**63), max_value=2**64 - 1),
+                                 st.text(max_size=5), st.none(),
+                                 st.lists(st.integers(min_value=-5, max_value=5), max_size=3),
+                                 st.binary(max_size=3)),
+                       max_size=9))
+def test_any_map_on_an_open_session_is_an_event_or_an_error_answer(
+        frame: dict[str, object]) -> None:
+    h, _ = open_pair()
+    h.receive_data(encode_frame(frame), 1.0)
+    got = events(h)
+    out = frames(h.data_to_send())
+    assert h.open
+    assert got  # reported, never silently dropped
+    if not any(isinstance(e, (SendReceived, SendInvalid)) for e in got):
+        assert out and out[0]["message"] == "Error"
