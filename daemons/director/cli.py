@@ -1,6 +1,9 @@
 """``sipcluster director status``: the running director's wallboard in a
-terminal (docs/director.md, "Status"): queues (waiting calls, oldest wait,
-routed, abandoned, conflicts) and agents per site, read from its HTTP port.
+terminal (docs/director.md, "Status for wallboards"): queues (waiting calls,
+oldest wait, routed, abandoned, conflicts) and agents per site, read from its
+HTTP port. Without ``--config`` the running lab's cluster file
+(``lab-run/cluster.toml``), else ``/etc/sipcluster/cluster.toml``; without
+``--name`` the one director application of that file.
 
 The ``director`` command itself is declared by :mod:`daemons.director.service`
 (``sipcluster director [run|status] --config F --name APP``); this module is
@@ -14,6 +17,7 @@ import json
 import sys
 import urllib.error
 import urllib.request
+from pathlib import Path
 from typing import Any
 
 from daemons.cluster.config import AppKind, load_cluster
@@ -21,14 +25,17 @@ from daemons.runtime.config import ConfigError
 
 __all__ = ["add_parser", "fetch_status", "format_status", "print_status", "run"]
 
+#: where ``status`` looks for the cluster file when none is given
+DEFAULT_CONFIGS = (Path("lab-run") / "cluster.toml", Path("/etc/sipcluster/cluster.toml"))
+
 
 def add_parser(subparsers: Any) -> None:
     """``status`` is an action of the ``director`` command (service.py)."""
     if "director" not in subparsers.choices:
         parser = subparsers.add_parser("director", help="ask a running director its status")
         parser.add_argument("action", nargs="?", choices=("status",), default="status")
-        parser.add_argument("--config", required=True, metavar="FILE")
-        parser.add_argument("--name", required=True, metavar="APP")
+        parser.add_argument("--config", metavar="FILE")
+        parser.add_argument("--name", metavar="APP")
         parser.add_argument("--json", action="store_true")
 
 
@@ -64,8 +71,23 @@ def format_status(status: dict[str, Any]) -> str:
 
 
 def print_status(args: argparse.Namespace) -> int:
+    config = args.config or next((str(p) for p in DEFAULT_CONFIGS if p.exists()), None)
+    if config is None:
+        print("director: no cluster file (--config FILE; none in "
+              f"{' or '.join(map(str, DEFAULT_CONFIGS))})", file=sys.stderr)
+        return 2
     try:
-        app = load_cluster(args.config).application(args.name, AppKind.DIRECTOR)
+        cluster = load_cluster(config)
+        name = args.name
+        if name is None:
+            directors = [a.name for a in cluster.by_kind(AppKind.DIRECTOR)]
+            if len(directors) != 1:
+                print(f"director: {config}: {len(directors)} director applications "
+                      f"({', '.join(directors) or 'none'}); name one with --name",
+                      file=sys.stderr)
+                return 2
+            name = directors[0]
+        app = cluster.application(name, AppKind.DIRECTOR)
     except ConfigError as exc:
         print(f"director: {exc}", file=sys.stderr)
         return 2
@@ -74,7 +96,7 @@ def print_status(args: argparse.Namespace) -> int:
     try:
         status = fetch_status(app.host, port)
     except (OSError, urllib.error.URLError, ValueError) as exc:
-        print(f"director: {args.name} at {app.host}:{port} does not answer: {exc}",
+        print(f"director: {app.name} at {app.host}:{port} does not answer: {exc}",
               file=sys.stderr)
         return 1
     print(json.dumps(status, indent=2) if args.json else format_status(status))

@@ -28,6 +28,7 @@ import argparse
 import asyncio
 import contextlib
 import functools
+import sys
 from collections.abc import Mapping
 from typing import Any
 
@@ -309,10 +310,18 @@ def add_parser(subparsers: Any) -> None:
     parser.add_argument("action", nargs="?", choices=("run", "status"), default="run",
                         help="run the daemon (default) or print its status")
     add_daemon_arguments(parser, name_help="the director's application name in the cluster file")
+    for action in parser._actions:
+        if action.dest in ("config", "name"):
+            # 'status' finds them on its own (the lab's cluster file, its one director)
+            action.required = False
     parser.add_argument("--json", action="store_true", help="status: print the raw JSON")
 
 
 def run(args: argparse.Namespace) -> int:
     if args.action == "status":
         return print_status(args)
+    if not args.config or not args.name:
+        print("director: --config FILE and --name APP are required to run the daemon",
+              file=sys.stderr)
+        return 2
     return run_daemon(args, "director", lambda config: Director(config, args.name))

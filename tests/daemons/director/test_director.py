@@ -106,10 +106,9 @@ async def test_calls_reach_ready_agents_with_the_skill_in_two_data_centres(
         queue = status["queues"]["8000"]
         assert queue["routed"] == 30 and queue["waiting"] == 0 and queue["conflicts"] == 0
         assert status["agents"]["dc1"]["ready"] + status["agents"]["dc2"]["ready"] >= 4
-        text = await asyncio.to_thread(subprocess.run, [
+        text = await asyncio.to_thread(subprocess.run, [  # its one director: no --name
             sys.executable, "-m", "daemons.cli", "director", "status", "--config",
-            str(lab.config), "--name", "Director1"], cwd=ROOT, capture_output=True,
-            text=True, timeout=20)
+            str(lab.config)], cwd=ROOT, capture_output=True, text=True, timeout=20)
         assert "8000" in text.stdout and "dc2" in text.stdout
     finally:
         await monitor.close()
