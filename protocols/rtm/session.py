@@ -30,7 +30,6 @@ from typing import Any, Final
 import msgpack
 
 from protocols.rtm import auth
-from protocols.rtm.elements import encode_elements
 from protocols.rtm.errors import BadMessage, RtmCode
 from protocols.rtm.events import (
     AcceptedReceived,
@@ -289,7 +288,7 @@ class HubSession(_Session):
         self._cnonce = b""
         self.site: int | None = None
         self.mode = "site"
-        self._ping_sent: dict[float, float] = {}
+        self._raw: dict[str, Any] = {}
 
     # owner's answers to SiteAuthenticated
     def welcome(self, last_seq: int, now: float,
@@ -334,6 +333,7 @@ class HubSession(_Session):
         self.frames_sent += 1
 
     def _frame(self, frame: dict[str, Any], now: float) -> None:
+        self._raw = frame
         try:
             message = parse(frame)
         except BadMessage as exc:
@@ -400,8 +400,10 @@ class HubSession(_Session):
         self._events.append(SiteAuthenticated(self.site, self.mode))
 
     def _on_send(self, send: Send, now: float) -> None:
-        self._events.append(SendReceived(send, msgpack.packb(
-            encode_elements(send.elements), use_bin_type=True)))
+        # the element list as received, checked by parse(): packed again as it
+        # came, not rebuilt from the decoded elements
+        self._events.append(SendReceived(send, msgpack.packb(self._raw["elements"],
+                                                             use_bin_type=True)))
 
     def _on_ack(self, ack: Ack, now: float) -> None:
         self._events.append(AckReceived(ack.id))
