@@ -22,6 +22,7 @@ from daemons.feature_server.voicemail.ivr import (
     Hangup,
     IvrMenu,
     Mode,
+    PinChecked,
     Play,
     SaveMessage,
     StartRecording,
@@ -68,6 +69,8 @@ class CallContext(Protocol):
     async def save_message(self, mailbox: str, message_id: str) -> None: ...
 
     async def change_pin(self, mailbox: str, pin: str) -> None: ...
+
+    def pin_checked(self, mailbox: str, ok: bool) -> None: ...
 
     def hangup(self, call: VoicemailCall) -> None: ...
 
@@ -243,6 +246,9 @@ class VoicemailCall:
     def _change_pin(self, action: ChangePin) -> None:
         self._job(self.ctx.change_pin, self.mailbox.number, action.pin)
 
+    def _pin_checked(self, action: PinChecked) -> None:
+        self.ctx.pin_checked(self.mailbox.number, action.ok)
+
     def _hangup(self, action: Hangup) -> None:
         self.ctx.hangup(self)
 
@@ -289,6 +295,7 @@ _ACTIONS: dict[type, Callable[[VoicemailCall, Any], None]] = {
     SaveMessage: VoicemailCall._save,
     ChangePin: VoicemailCall._change_pin,
     Hangup: VoicemailCall._hangup,
+    PinChecked: VoicemailCall._pin_checked,
 }
 
 

@@ -29,6 +29,7 @@ A message heard to its end is saved (it is no longer new, so MWI clears).
 from __future__ import annotations
 
 import enum
+import secrets
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -41,6 +42,7 @@ __all__ = [
     "IvrMenu",
     "IvrState",
     "Mode",
+    "PinChecked",
     "Play",
     "SaveMessage",
     "StartRecording",
@@ -109,7 +111,15 @@ class Hangup:
     pass
 
 
-Action = Play | StartRecording | StopRecording | DeleteMessage | SaveMessage | ChangePin | Hangup
+@dataclass(frozen=True, slots=True)
+class PinChecked:
+    """A PIN was entered: right or wrong (the service counts wrong ones)."""
+
+    ok: bool
+
+
+Action = (Play | StartRecording | StopRecording | DeleteMessage | SaveMessage | ChangePin
+          | Hangup | PinChecked)
 
 PIN_ATTEMPTS = 3
 MIN_PIN, MAX_PIN = 4, 12
@@ -218,7 +228,9 @@ class IvrMenu:
 
     def _check_pin(self, now: float) -> None:
         entered, self.entered = self.entered, ""
-        if self.pin and entered == self.pin:
+        ok = bool(self.pin) and secrets.compare_digest(entered, self.pin)
+        self._emit(PinChecked(ok))
+        if ok:
             self.authenticated = True
             self.state = IvrState.MENU
             self._timer = now + self.idle_timeout

@@ -16,6 +16,7 @@ from daemons.feature_server.voicemail.api import MailboxApi
 from daemons.feature_server.voicemail.call import VoicemailCall, transcoded_frames
 from daemons.feature_server.voicemail.messages import MessageFiles
 from daemons.feature_server.voicemail.mwi import MwiNotifier
+from daemons.feature_server.voicemail.pin_guard import PinGuard
 from daemons.feature_server.voicemail.prompts import PromptLibrary
 from daemons.feature_server.voicemail.store import Mailbox, MailboxStore, StoredMessage, open_store
 from daemons.feature_server.voicemail.ua import VoicemailUserAgent
@@ -54,7 +55,8 @@ class VoicemailService:
     ``rtp-ports``, ``default-pin`` (mailboxes created for every Extension DN
     that has none; unset: none are created), ``access-number`` (``5555``),
     ``max-messages`` (100), ``max-message-length`` (seconds, 120),
-    ``mwi-max-expires`` (3600).
+    ``mwi-max-expires`` (3600), ``pin-max-failures`` (6) and ``pin-lock-time``
+    (seconds, 900).
     """
 
     def __init__(self, *, cluster: ClusterConfig, app: Application, store_url: str,
@@ -93,6 +95,11 @@ class VoicemailService:
                                         "Messages stored in a mailbox")
         self.digit_counter = metrics.tally("voicemail_dtmf_digits", "Key presses received",
                                            ("source",))
+        self.pin_failures = metrics.counter("voicemail_pin_failures",
+                                            "Wrong PINs entered at retrieval")
+        self.pin_guard = PinGuard(max_failures=_option(app, "pin-max-failures", 6, cluster, int),
+                                  lock_time=float(_option(app, "pin-lock-time", 900, cluster,
+                                                          int)))
         self.rtp_counters = RtpCounters(metrics)
         self.rtp_dropped = self.rtp_counters.dropped
         self.ua = VoicemailUserAgent(self)
@@ -249,6 +256,14 @@ class VoicemailService:
     async def save_message(self, mailbox: str, message_id: str) -> None:
         if await self.store.save_message(message_id):
             self.mwi.mailbox_changed(mailbox)
+
+    def pin_checked(self, mailbox: str, ok: bool) -> None:
+        if not ok:
+            self.pin_failures.inc()
+            self.log.warning("voicemail_pin_wrong", mailbox=mailbox)
+        if self.pin_guard.checked(mailbox, ok, asyncio.get_running_loop().time()):
+            self.log.warning("voicemail_mailbox_locked", mailbox=mailbox,
+                             seconds=self.pin_guard.lock_time)
 
     async def change_pin(self, mailbox: str, pin: str) -> None:
         await self.store.set_pin(mailbox, pin)

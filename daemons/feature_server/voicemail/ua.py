@@ -105,6 +105,9 @@ class VoicemailUserAgent:
         mailbox = await svc.store.get_mailbox(number) if number else None
         if mailbox is None:
             return self._refuse(incoming, 404, "no_mailbox", mailbox=number)
+        if mode is Mode.RETRIEVE and svc.pin_guard.locked(number, asyncio.get_running_loop()
+                                                          .time()):
+            return self._refuse(incoming, 403, "mailbox_locked", mailbox=number)
         if mode is Mode.DEPOSIT:
             new, old = await svc.store.counts(number)
             if new + old >= mailbox.max_messages:

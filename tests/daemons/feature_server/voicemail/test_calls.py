@@ -82,6 +82,17 @@ async def test_wrong_pin_three_times_hangs_up(make_voicemail: Factory) -> None:
     for _ in range(3):
         await call.digits("9999#")
     await asyncio.wait_for(call.ended.wait(), 10)              # BYE from voicemail
+    assert vm.service.pin_failures._value.get() == 3
+    again = await phone.call(vm.uri("1003", ";vm=retrieve"), vm.destination)
+    for _ in range(3):                                         # 6 wrong: locked
+        await again.digits("9999#")
+    await asyncio.wait_for(again.ended.wait(), 10)
+    locked = await phone.call(vm.uri("1003", ";vm=retrieve"), vm.destination)
+    assert locked.response.status == 403
+    assert vm.service.refused.labels("mailbox_locked").value == 1
+    deposit = await phone.call(vm.uri("1003", ";vm=deposit"), vm.destination)
+    assert deposit.response.status == 200                      # callers still reach it
+    await deposit.bye()
 
 
 async def test_sip_info_digits_work_as_fallback(make_voicemail: Factory) -> None:

@@ -7,6 +7,7 @@ from daemons.feature_server.voicemail.ivr import (
     IvrMenu,
     IvrState,
     Mode,
+    PinChecked,
     Play,
     SaveMessage,
     StartRecording,
@@ -47,7 +48,8 @@ def test_deposit_stops_at_the_maximum_length() -> None:
 def test_pin_then_menu_listen_save_delete() -> None:
     menu = IvrMenu(Mode.RETRIEVE, 0.0, pin="1234", messages=["a", "b"])
     assert menu.actions() == [Play(("enter_pin",))]
-    assert keys(menu, "1234#") == [Play(("you_have", "pip", "pip", "messages", "menu"))]
+    assert keys(menu, "1234#") == [PinChecked(True),
+                                   Play(("you_have", "pip", "pip", "messages", "menu"))]
     assert keys(menu, "1") == [Play(("message:a",))]
     menu.played(5.0)
     assert menu.actions() == [SaveMessage("a"), Play(("menu",))]
@@ -64,9 +66,10 @@ def test_pin_by_pause_and_three_failures() -> None:
     keys(menu, "12", 1.0)
     assert menu.next_timer() == 6.0
     menu.handle_timer(6.0)                       # a pause ends the PIN
-    assert menu.actions() == [Play(("pin_wrong", "enter_pin"))]
+    assert menu.actions() == [PinChecked(False), Play(("pin_wrong", "enter_pin"))]
     keys(menu, "0000#")
-    assert keys(menu, "1111#") == [Play(("pin_wrong",)), Play(("goodbye",))]
+    assert keys(menu, "1111#") == [PinChecked(False), Play(("pin_wrong",)),
+                                   Play(("goodbye",))]
     assert menu.state is IvrState.GOODBYE and not menu.authenticated
 
 
@@ -74,7 +77,7 @@ def test_digits_before_the_pin_is_checked_do_nothing_else() -> None:
     menu = IvrMenu(Mode.RETRIEVE, 0.0, pin="1234", messages=["a"])
     menu.actions()
     assert keys(menu, "7") == []                 # not a delete: still collecting the PIN
-    assert keys(menu, "#") == [Play(("pin_wrong", "enter_pin"))]
+    assert keys(menu, "#") == [PinChecked(False), Play(("pin_wrong", "enter_pin"))]
 
 
 def test_change_pin_and_record_greeting() -> None:
@@ -98,3 +101,16 @@ def test_idle_menu_says_goodbye() -> None:
     assert menu.next_timer() == 31.0
     menu.handle_timer(31.0)
     assert menu.actions() == [Play(("goodbye",))]
+
+
+def test_pin_guard_locks_after_repeated_failures_and_unlocks_later() -> None:
+    from daemons.feature_server.voicemail.pin_guard import PinGuard
+    guard = PinGuard(max_failures=3, lock_time=100)
+    assert not guard.checked("1002", False, 0.0)
+    assert not guard.checked("1002", True, 1.0)            # a right PIN clears the count
+    for t in (2.0, 3.0):
+        assert not guard.checked("1002", False, t)
+    assert guard.checked("1002", False, 4.0)
+    assert guard.locked("1002", 103.9) and not guard.locked("1003", 50.0)
+    assert not guard.locked("1002", 104.0)                 # lock_time after the last failure
+    assert not guard.checked("1002", False, 200.0)         # counting starts again
