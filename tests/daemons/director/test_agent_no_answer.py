@@ -12,6 +12,9 @@ from typing import Any
 
 import pytest
 
+from daemons.runtime.tlib_client import TLibClient
+from tests.daemons.director.conftest import DC  # type: ignore[import-not-found]
+
 pytestmark = pytest.mark.timeout(90)
 
 
@@ -85,3 +88,46 @@ async def test_after_routing_timeout_ends_the_ringing_without_blaming_the_agent(
     assert not [e for e in desk.events if e["message"] in ("EventAgentNotReady",
                                                            "EventAgentLogout")
                 and e.get("AttributeThisDN") == "1001"]  # still Ready
+
+
+async def test_no_answer_extensions_of_the_route_request(director_lab: Any) -> None:
+    """A router's NO_ANSWER_TIMEOUT / NO_ANSWER_OVERFLOW / NO_ANSWER_ACTION win
+    over the options (agent-no-answer-timeout 10 s, action notready)."""
+    lab = await director_lab(router_timeout=15, tserver="agent-no-answer-timeout = 10")
+    silent = lab.agent_phone("1001", calls=1, scenario="node_uas_ring.xml")
+    answering = lab.agent_phone("1002", calls=1)
+    desk = (await lab.login_agents(["1001", "1002"]))["A"]
+    router = await TLibClient.connect(DC["dc1"] + "11", lab.ports["default_A"], "URS", "legacy",
+                                      local_addr=(DC["dc1"] + "94", 0))
+    events: list[dict[str, Any]] = []
+    router.add_listener(lambda e: events.append(dict(e)))
+    try:
+        await router.request("RequestRegisterAddress", AttributeThisDN="5000")
+        caller = lab.callers("A", calls=1, rate=1)
+        await lab.until("EventRouteRequest", lambda: any(
+            e["message"] == "EventRouteRequest" for e in events))
+        request = next(e for e in events if e["message"] == "EventRouteRequest")
+        routed = await router.request(
+            "RequestRouteCall", AttributeThisDN="5000", AttributeConnID=request["AttributeConnID"],
+            AttributeOtherDN="1001", AttributeExtensions={
+                "NO_ANSWER_TIMEOUT": 1, "NO_ANSWER_OVERFLOW": "1002",
+                "NO_ANSWER_ACTION": "logout"})
+        assert routed["message"] == "EventRouteUsed"
+        stats = await asyncio.to_thread(caller.stats, 30)
+        assert stats.get("SuccessfulCall(C)") == "1", (stats, caller.errors())
+        assert (await asyncio.to_thread(answering.stats, 10)).get("SuccessfulCall(C)") == "1"
+        released = next(e for e in desk.events if e["message"] == "EventReleased"
+                        and e.get("AttributeThisDN") == "1001")
+        assert released["AttributeReason"] == {"cause": "agent-no-answer",
+                                               "no-answer-action": "logout"}
+        ringing = next(e for e in desk.events if e["message"] == "EventRinging"
+                       and e.get("AttributeThisDN") == "1001")
+        assert 0.8 <= released["at"] - ringing["at"] < 4  # NO_ANSWER_TIMEOUT, not 10 s
+        logout = [e for e in desk.events if e["message"] == "EventAgentLogout"
+                  and e.get("AttributeThisDN") == "1001"]
+        assert logout and logout[0]["AttributeReason"] == {"cause": "agent-no-answer"}
+        # the overflow DN took the call straight away: no second route request
+        assert len([e for e in events if e["message"] == "EventRouteRequest"]) == 1
+    finally:
+        await router.close()
+        silent.proc.kill()
