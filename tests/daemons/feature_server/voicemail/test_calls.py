@@ -82,7 +82,7 @@ async def test_wrong_pin_three_times_hangs_up(make_voicemail: Factory) -> None:
     for _ in range(3):
         await call.digits("9999#")
     await asyncio.wait_for(call.ended.wait(), 10)              # BYE from voicemail
-    assert vm.service.pin_failures._value.get() == 3
+    assert b"sipcluster_voicemail_pin_failures_total 3.0" in vm.service.metrics.render()
     again = await phone.call(vm.uri("1003", ";vm=retrieve"), vm.destination)
     for _ in range(3):                                         # 6 wrong: locked
         await again.digits("9999#")
