@@ -145,7 +145,7 @@ async def test_site_cut_off_gets_everything_once_in_order_after_the_heal(
     state = tmp_path / "state"
     state.mkdir()
     direct = [(spec.host, spec.rtm_port)]
-    count = 600
+    count = 1500  # 7.5 s of sending at 200/s: the load goes on across the cut
     sites = [
         Site(1, state, direct, tmp_path / "site1.log", send_to=["2", "3", "*"], count=count,
              rate=200, request_every=5),
@@ -154,7 +154,14 @@ async def test_site_cut_off_gets_everything_once_in_order_after_the_heal(
         Site(3, state, [("127.0.121.3", spec.rtm_port)], tmp_path / "site3.log",
              send_to=["1"], count=100, rate=100),
     ]
-    for s in sites:
+    def connected(site: int) -> bool:
+        status = json.loads(hub.http("/status/sites")[1])
+        return bool(status["sites"][str(site)]["connected"])
+
+    # site 3 first, so that the others' paced load is still going when the cut comes
+    procs.append(sites[2].start())
+    await asyncio.to_thread(wait_for, lambda: connected(3), 30, "site 3 connected")
+    for s in sites[:2]:
         procs.append(s.start())
     try:
         def flowing() -> bool:
@@ -169,6 +176,7 @@ async def test_site_cut_off_gets_everything_once_in_order_after_the_heal(
         await asyncio.sleep(3.0)
         during = {s.site: len(s.journal()) for s in sites}
         # sites 1 and 2 carried on with each other while 3 was away
+        assert len(sites[1].sent()) < count, "the load ended before the cut"
         assert during[1] > before[1] and during[2] > before[2]
         assert during[3] == before[3]
         status = json.loads(hub.http("/status/sites")[1])
