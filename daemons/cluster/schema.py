@@ -343,7 +343,7 @@ PORTS: dict[AppKind, tuple[tuple[str, ...], tuple[str, ...]]] = {
         ("sip-port", "default-port"),
         ("ip-port", "http-port", "management-port"),
     ),
-    AppKind.T_CONTROLLER: (("tc-port",), ("smart-proxy-port", "http-port")),
+    AppKind.T_CONTROLLER: (("tc-port",), ("smart-proxy-port", "http-port", "tc-tls-port")),
     AppKind.SIP_PROXY: (
         ("sip-port",),
         ("replication-port", "default-port", "http-port", "mgmt-port"),

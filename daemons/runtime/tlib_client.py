@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ssl
 from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any, cast
 
@@ -135,6 +136,8 @@ class TLibClient:
         extensions: Mapping[str, Any] | None = None,
         connect_timeout: float = 10.0,
         local_addr: tuple[str, int] | None = None,
+        tls: ssl.SSLContext | None = None,
+        server_hostname: str | None = None,
     ) -> TLibClient:
         """Open the TCP connection and complete the handshake.
 
@@ -156,7 +159,8 @@ class TLibClient:
         try:
             async with asyncio.timeout(connect_timeout):
                 await client._loop.create_connection(
-                    lambda: _Protocol(client), host, port, local_addr=local_addr
+                    lambda: _Protocol(client), host, port, local_addr=local_addr,
+                    ssl=tls, server_hostname=(server_hostname or host) if tls else None,
                 )
                 client.server_info = await asyncio.shield(client._handshake)
         except BaseException:

@@ -23,16 +23,26 @@ the server queue more answers) until the queue drains below a quarter of it;
 a client whose queue passes ``max_output_bytes`` (events keep coming) is
 disconnected with a log line and ``tlib_slow_consumers_dropped_total{port}``.
 Memory per client stays bounded by those two figures.
+
+TLS (``listen(..., tls=context)``): for desktops that ask for it (the
+t-controller's ``tc-tls-port``). The handshake is done by
+:class:`daemons.runtime.certs.TlsAcceptor`, so a refused one (plaintext,
+an old protocol, a certificate of another CA) is one log line and a count in
+``tlib_tls_refused_total{port,reason}``; :func:`tls_server_context` makes the
+context from the installation's certificates.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import ssl
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any, Protocol, cast
 
+from daemons.runtime.certs import CA_CERT, CertError, TlsAcceptor, TlsTransport
 from daemons.runtime.driver import TimerSlot
 from daemons.runtime.logs import get_logger
 from daemons.runtime.management import Metrics
@@ -47,7 +57,7 @@ from protocols.tlib.session import (
     SessionClosed,
 )
 
-__all__ = ["TLibConnection", "TLibHandler", "TLibServer"]
+__all__ = ["TLibConnection", "TLibHandler", "TLibServer", "tls_server_context"]
 
 SERVER_VERSION = "sipcluster-1"
 
@@ -225,6 +235,8 @@ class TLibConnection:
 
     def pause_writing(self) -> None:
         """The client reads slower than we answer: read no more of its requests."""
+        if not hasattr(self.transport, "pause_reading"):
+            return  # TLS done in memory: only the max_output_bytes limit applies
         if not self.reading_paused and not self.transport.is_closing():
             self.reading_paused = True
             self.transport.pause_reading()
@@ -325,17 +337,37 @@ class TLibServer:
         self._slow = _shared_counter(self.metrics, "tlib_slow_consumers",
                                      "Clients that stopped reading: reading paused, or dropped "
                                      "past max_output_bytes", ("port", "outcome"))
+        self._tls_refusals = _shared_counter(self.metrics, "tlib_tls_refused",
+                                             "TLS handshakes refused on a T-Library port",
+                                             ("port", "reason"))
         self.connections: set[TLibConnection] = set()
         self._server: asyncio.AbstractServer | None = None
         self.address: tuple[str, int] | None = None
 
-    async def listen(self, host: str, port: int) -> tuple[str, int]:
-        self._server = await self.loop.create_server(lambda: _Protocol(self), host, port,
-                                                     reuse_address=True)
+    async def listen(self, host: str, port: int, *,
+                     tls: ssl.SSLContext | None = None) -> tuple[str, int]:
+        factory: Callable[[], asyncio.Protocol]
+        if tls is None:
+            factory = lambda: _Protocol(self)  # noqa: E731
+        else:
+            factory = lambda: TlsAcceptor(tls, self._tls_open, self._tls_refused)  # noqa: E731
+        self._server = await self.loop.create_server(factory, host, port, reuse_address=True)
         sock = self._server.sockets[0].getsockname()
         self.address = (str(sock[0]), int(sock[1]))
-        self.log.info("tlib_listening", host=self.address[0], port=self.address[1])
+        self.log.info("tlib_listening", host=self.address[0], port=self.address[1],
+                      tls=tls is not None)
         return self.address
+
+    def _tls_open(self, transport: TlsTransport, peer: str,
+                  name: str | None) -> tuple[Callable[[bytes], None], Callable[[], None]]:
+        conn = TLibConnection(self, cast(asyncio.Transport, transport))
+        self.connections.add(conn)
+        conn._flush()  # arms the registration timer
+        return conn.data_received, conn.connection_lost
+
+    def _tls_refused(self, peer: str, reason: str, error: str) -> None:
+        self._tls_refusals.labels(self.port_name, reason).inc()
+        self.log.info("tlib_tls_refused", peer=peer, reason=reason, error=error)
 
     @property
     def serving(self) -> bool:
@@ -365,3 +397,19 @@ def _shared_counter(metrics: Metrics, name: str, doc: str, labels: tuple[str, ..
     if name not in cache:
         cache[name] = metrics.counter(name, doc, labels)
     return cache[name]
+
+
+def tls_server_context(directory: Path, name: str) -> ssl.SSLContext:
+    """A T-Library port's TLS: ``NAME.pem`` / ``NAME.key`` of the installation's
+    certificates (``sipcluster certs issue NAME``), TLS 1.2 at least; a desktop
+    needs no certificate of its own, one that shows a certificate must show one
+    of this CA. :class:`CertError` says which file is missing or wrong."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        context.load_cert_chain(directory / f"{name}.pem", directory / f"{name}.key")
+        context.load_verify_locations(cafile=directory / CA_CERT)
+    except (OSError, ssl.SSLError) as exc:
+        raise CertError(f"certificates of {name} in {directory}: {exc}") from exc
+    context.verify_mode = ssl.CERT_OPTIONAL
+    return context

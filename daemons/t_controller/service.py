@@ -7,6 +7,9 @@ Listeners, from the application's entry in the cluster file:
   (:mod:`daemons.t_controller.tcport`);
 * ``smart-proxy-port`` (T-Library, legacy clients only): monitoring clients
   (:mod:`daemons.t_controller.smart_proxy`), when the entry has one;
+* ``tc-tls-port``: TCport over TLS for desktops that ask for it, when the
+  entry has one, with the certificate ``certs/NAME.pem`` beside the cluster
+  file (``sipcluster certs issue NAME``);
 * ``http-port``: ``/healthz`` (TCport listening, node link up), ``/metrics``,
   ``/status/peers`` (mesh links and latency polls),
   ``/status/dns``.
@@ -18,11 +21,14 @@ It connects to the ``default-port`` of its sip-server (the node link,
 from __future__ import annotations
 
 import argparse
+import ssl
 from typing import Any
 
 from daemons.cluster.config import AppKind, ClusterConfig
+from daemons.runtime.certs import CertError, certs_dir_for
+from daemons.runtime.config import ConfigError
 from daemons.runtime.service import Service, add_daemon_arguments, run_daemon
-from daemons.runtime.tlib_server import TLibServer
+from daemons.runtime.tlib_server import TLibServer, tls_server_context
 from daemons.t_controller.controller import TController
 from daemons.t_controller.mesh import Mesh
 from daemons.t_controller.node_link import NodeLink
@@ -51,6 +57,17 @@ class TControllerService(Service):
         self.management_port = self.app.port("http-port") or 0
         self._resync_grace = resync_grace
         self._mesh_options = dict(mesh_options or {})
+        #: TCport over TLS for desktops that ask for it: the installation's
+        #: certificate of this t-controller (``sipcluster certs issue NAME``)
+        self.tls_context: ssl.SSLContext | None = None
+        if self.app.port("tc-tls-port") is not None:
+            try:
+                self.tls_context = tls_server_context(certs_dir_for(config.file), name)
+            except CertError as exc:
+                raise ConfigError(config.file, f"applications.{name}.tc-tls-port",
+                                  str(exc)) from exc
+        self.tls_server: TLibServer | None = None
+        self.tls_address: tuple[str, int] | None = None
         self.mesh: Mesh | None = None
         self.controller: TController | None = None
         self.node_link: NodeLink | None = None
@@ -90,6 +107,13 @@ class TControllerService(Service):
             self.tcport, application_name=self.app_name, port_name="tc-port",
             metrics=self.metrics, logger=self.log)
         self.tc_address = await self.tc_server.listen(self.app.host, self.app.ports["tc-port"])
+        tls_port = self.app.port("tc-tls-port")
+        if tls_port is not None and self.tls_context is not None:
+            self.tls_server = TLibServer(
+                self.tcport, application_name=self.app_name, port_name="tc-tls-port",
+                metrics=self.metrics, logger=self.log)
+            self.tls_address = await self.tls_server.listen(self.app.host, tls_port,
+                                                            tls=self.tls_context)
         sp_port = self.app.port("smart-proxy-port")
         if sp_port is not None:
             self.smart_proxy = SmartProxy(controller, requests)
@@ -129,7 +153,7 @@ class TControllerService(Service):
             await self.smart_proxy.stop_bulk_links()
         if self.node_link is not None:
             await self.node_link.stop()
-        for server in (self.tc_server, self.sp_server):
+        for server in (self.tc_server, self.sp_server, self.tls_server):
             if server is not None:
                 await server.close()
         if self.controller is not None:

@@ -25,6 +25,7 @@ import base64
 import binascii
 import contextlib
 import json
+import ssl
 import sys
 import threading
 from collections.abc import AsyncIterator, Sequence
@@ -59,6 +60,15 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--smart", action="store_true", help="register as a smart client (default: legacy)"
+    )
+    parser.add_argument(
+        "--tls-ca", metavar="CA_PEM",
+        help="connect over TLS (a t-controller's tc-tls-port), trusting this CA "
+             "(certs/ca.pem of the installation)"
+    )
+    parser.add_argument(
+        "--tls-name", metavar="APP",
+        help="the application the server's certificate must name (default: HOST)"
     )
     parser.add_argument(
         "--addp-timeout",
@@ -181,6 +191,13 @@ async def run_session(
     except ValueError as exc:
         err.write(f"tlib: {exc}\n")
         return 2
+    tls = None
+    if args.tls_ca:
+        try:
+            tls = ssl.create_default_context(cafile=args.tls_ca)
+        except (OSError, ssl.SSLError) as exc:
+            err.write(f"tlib: --tls-ca {args.tls_ca}: {exc}\n")
+            return 2
     try:
         client = await TLibClient.connect(
             host,
@@ -189,6 +206,8 @@ async def run_session(
             "smart" if args.smart else "legacy",
             addp_timeout=args.addp_timeout if args.addp_timeout > 0 else None,
             addp_remote_timeout=args.addp_remote_timeout,
+            tls=tls,
+            server_hostname=args.tls_name,
         )
     except TLibHandshakeError as exc:
         err.write(f"tlib: {exc}\n")
