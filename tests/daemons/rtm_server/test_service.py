@@ -148,3 +148,13 @@ async def test_dead_letters_are_listed_for_operators(tmp_path: Path, procs: list
     assert len(rows) + queued == 20
     assert await asyncio.to_thread(
         hub.metric, "sipcluster_rtm_dead_letters_total", reason="queue-full") == len(rows)
+
+
+def test_the_store_defaults_to_the_state_directory(tmp_path: Path, procs: list[Proc]) -> None:
+    spec = hub_spec("RTM1", "127.0.125.4")
+    config = write_cluster(tmp_path / "c.toml", [spec], {})
+    hub = Hub(config, spec, tmp_path / "hub.log")
+    hub.env = {"SIPCLUSTER_STATE_DIR": str(tmp_path / "state")}
+    procs.append(hub.start())
+    hub.wait_role("active")
+    assert (tmp_path / "state" / "RTM1" / "rtm.db").is_file()
