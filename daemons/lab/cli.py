@@ -105,6 +105,11 @@ def _print_guide(desc_path: Path, skipped: list[Application]) -> None:
             if gateway["running"]:
                 print(f"    PSTN gateway {gateway['name']} SIP {gateway['host']}:"
                       f"{gateway['sip_port']} (dial 9 + digits)")
+    for sa in desc.get("status_aggregators") or []:
+        if sa["running"]:
+            print(f"  status-aggregator {sa['name']}  status {sa['host']}:{sa['status_port']} "
+                  f"(mutual TLS, certificates in {desc['certificates']['dir']})  "
+                  f"web http://{sa['host']}:{sa['http_port']}/")
     if desc.get("dns"):
         dns = desc["dns"]
         print(f"  geo DNS GeoDNS  DNS {dns['host']}:{dns['port']}  "
