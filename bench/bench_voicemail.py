@@ -26,6 +26,7 @@ import asyncio
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import statistics
@@ -36,7 +37,8 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))
 
 from daemons.runtime.logs import configure_logging  # noqa: E402
@@ -49,6 +51,7 @@ from tests.daemons.feature_server.voicemail.phone import Phone  # noqa: E402
 SERVER = "127.0.115.1"
 CLIENT = "127.0.115.10"
 FIRST_MAILBOX = 2000
+PCAPS = "/usr/share/sip-tester"  # sip-tester's g711a.pcap and dtmf_2833_*.pcap
 
 
 def free_port(host: str) -> int:
@@ -98,7 +101,7 @@ http-port = {http_port}
 sip-port = {sip_port}
 
 [applications.FS_B.options]
-default-pin = "1234"
+default-pin = "2345"
 rtp-ports = "22000-23999"
 state-dir = "{directory / 'state'}"
 """
@@ -175,7 +178,6 @@ class Load:
             self.failed += 1
             return None
         self.active += 1
-        self.peak = max(self.peak, self.active)
         return call
 
     async def deposit_loop(self, mailbox: int, delay: float) -> None:
@@ -204,7 +206,7 @@ class Load:
                     await asyncio.sleep(0.5)
                     continue
                 await asyncio.sleep(0.5)
-                await call.digits("1234#", gap=0.05)
+                await call.digits("2345#", gap=0.05)
                 await asyncio.sleep(1.0)
                 await call.digits("1", gap=0.05)
                 await asyncio.sleep(3.0)
@@ -217,14 +219,66 @@ class Load:
                 self.errors += 1
                 await asyncio.sleep(0.5)
 
-    async def sample(self) -> None:
-        while time.monotonic() < self.deadline:
-            self.samples.append(self.active)
-            await asyncio.sleep(0.5)
+
+async def sipp_load(load: Load, workdir: Path, mailboxes: int, sessions: int,
+                    seconds: float, dest: Destination) -> None:
+    """Callers as two SIPp processes (deposits, retrievals) with RFC 4733 and
+    G.711 from the pcaps sip-tester ships: far less CPU than Python callers."""
+    sipp = shutil.which("sipp") or "sipp"
+    pcaps = PCAPS
+    inf = workdir / "mailboxes.csv"
+    inf.write_text("SEQUENTIAL\n" + "".join(f"{FIRST_MAILBOX + i};\n" for i in range(mailboxes)))
+    procs = []
+    for index, (mode, count) in enumerate((("deposit", sessions - sessions // 2),
+                                           ("retrieve", sessions // 2))):
+        scenario = workdir / f"{mode}.xml"
+        scenario.write_text((HERE / "voicemail" / f"{mode}.xml").read_text().replace(
+            "PCAP_DIR", pcaps))
+        calls = max(1, count * max(1, int(seconds / 7.5)))
+        address = f"127.0.115.{20 + index}"
+        procs.append(await asyncio.create_subprocess_exec(
+            sipp, "-sf", str(scenario), "-inf", str(inf), "-i", address, "-p", "0",
+            "-mi", address, "-mp", str(42000 + 2 * index), "-l", str(count), "-r", "25",
+            "-m", str(calls), "-timeout", f"{int(seconds * 3)}s", "-trace_stat", "-stf",
+            str(workdir / f"{mode}.csv"), "-fd", "1", "-nostdin",
+            f"{dest.host}:{dest.port}", stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.DEVNULL, cwd=workdir))
+    for proc in procs:
+        await proc.wait()
+    for mode in ("deposit", "retrieve"):
+        rows = (workdir / f"{mode}.csv").read_text().splitlines()
+        header = rows[0].split(";")
+        last = rows[-1].split(";")
+        ok = int(last[header.index("SuccessfulCall(C)")])
+        failed = int(last[header.index("FailedCall(C)")])
+        load.calls += ok + failed
+        load.failed += failed
 
 
-async def one_run(sessions: int, seconds: float, workdir: Path, nice: int = 0
-                  ) -> dict[str, Any]:
+def server_calls(http_port: int) -> int:
+    """Calls in progress at the feature-server (its /healthz voicemail check)."""
+    try:
+        with urllib.request.urlopen(f"http://{SERVER}:{http_port}/healthz", timeout=2) as r:
+            body = json.loads(r.read())
+    except (OSError, ValueError):
+        return -1
+    return int(body.get("checks", {}).get("voicemail", {}).get("calls", -1))
+
+
+async def sample_server(load: Load, http_port: int, done: asyncio.Event) -> None:
+    while not done.is_set():
+        calls = await asyncio.to_thread(server_calls, http_port)
+        if calls >= 0:
+            load.samples.append(calls)
+            load.peak = max(load.peak, calls)
+        try:
+            await asyncio.wait_for(done.wait(), 0.5)
+        except TimeoutError:
+            pass
+
+
+async def one_run(sessions: int, seconds: float, workdir: Path, nice: int = 0,
+                  callers: str = "sipp") -> dict[str, Any]:
     mailboxes = max(1, sessions // 2)
     sip_port, http_port = free_port(SERVER), free_port(SERVER)
     config = cluster_file(workdir, mailboxes, sip_port, http_port)
@@ -248,12 +302,19 @@ async def one_run(sessions: int, seconds: float, workdir: Path, nice: int = 0
         await asyncio.sleep(1.0)
         before, cpu0 = scrape(http_port), cpu_seconds(proc.pid)
         load = Load(phone, dest, seconds)
-        spread = 3.0
-        tasks = [load.deposit_loop(FIRST_MAILBOX + i % mailboxes, spread * i / sessions)
-                 for i in range(sessions - sessions // 2)]
-        tasks += [load.retrieve_loop(FIRST_MAILBOX + i % mailboxes, spread * i / sessions)
-                  for i in range(sessions // 2)]
-        await asyncio.gather(load.sample(), *tasks)
+        done = asyncio.Event()
+        sampler = asyncio.ensure_future(sample_server(load, http_port, done))
+        if callers == "sipp":
+            await sipp_load(load, workdir, mailboxes, sessions, seconds, dest)
+        else:
+            spread = 3.0
+            tasks = [load.deposit_loop(FIRST_MAILBOX + i % mailboxes, spread * i / sessions)
+                     for i in range(sessions - sessions // 2)]
+            tasks += [load.retrieve_loop(FIRST_MAILBOX + i % mailboxes, spread * i / sessions)
+                      for i in range(sessions // 2)]
+            await asyncio.gather(*tasks)
+        done.set()
+        await sampler
         await asyncio.sleep(1.0)
         after, cpu1 = scrape(http_port), cpu_seconds(proc.pid)
     finally:
@@ -267,15 +328,16 @@ async def one_run(sessions: int, seconds: float, workdir: Path, nice: int = 0
                 print(labels, value - before.get((name, labels), 0.0), file=sys.stderr)
     frames = delta(after, before, "sipcluster_rtp_send_lateness_seconds_count")
     late = delta(after, before, "sipcluster_rtp_frames_late_total")
-    # what the server received is what the callers sent (the server counts only
-    # the packets it dispatched)
-    server_rx = load.phone.counters.sent.labels("audio").value + \
-        load.phone.counters.sent.labels("event").value
-    packets = delta(after, before, "sipcluster_rtp_packets_sent_total", 'kind="audio"') + \
-        server_rx
     dropped = sum(value - before.get((name, labels), 0.0)
                   for (name, labels), value in after.items()
                   if name == "sipcluster_rtp_packets_dropped_total")
+    received = sum(value - before.get((name, labels), 0.0)
+                   for (name, labels), value in after.items()
+                   if name == "sipcluster_rtp_packets_received_total")
+    # every packet the server handled: sent, and received (dispatched or dropped)
+    packets = delta(after, before, "sipcluster_rtp_packets_sent_total", 'kind="audio"') + \
+        received + dropped
+    # calls in progress at the server, sampled every 0.5 s, after the ramp-up
     busy = statistics.mean(load.samples[len(load.samples) // 4:]) if load.samples else 0
     return {
         "sessions": sessions,
@@ -308,10 +370,18 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--sessions", type=int, default=200)
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--callers", choices=("sipp", "python"), default="sipp",
+                        help="who places the calls: SIPp (default, light) or the Python "
+                             "phone of the tests")
     parser.add_argument("--nice", type=int, default=0,
                         help="run the feature-server at this nice value (a systemd unit's "
                              "Nice=); negative needs root")
     args = parser.parse_args(argv)
+    if args.callers == "sipp" and (shutil.which("sipp") is None
+                                   or not Path(PCAPS, "g711a.pcap").exists()):
+        print("--callers sipp needs sipp and sip-tester's pcaps (make test installs them)",
+              file=sys.stderr)
+        return 2
     configure_logging(level="error")  # the callers' own warnings (early RTP) are not figures
     try:
         import uvloop
@@ -321,7 +391,8 @@ def main(argv: list[str]) -> int:
     runs = []
     for i in range(args.runs):
         with tempfile.TemporaryDirectory(prefix="bench-vm-") as tmp:
-            result = asyncio.run(one_run(args.sessions, args.seconds, Path(tmp), args.nice))
+            result = asyncio.run(one_run(args.sessions, args.seconds, Path(tmp), args.nice,
+                                         args.callers))
         runs.append(result)
         print(f"run {i + 1}: " + json.dumps(result), file=sys.stderr)
 

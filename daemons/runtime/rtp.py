@@ -199,6 +199,8 @@ class RtpSession(asyncio.DatagramProtocol):
         except RtpError as exc:
             self._drop("malformed", addr, "rtp_malformed", str(exc))
             return
+        self.counters.received.labels(
+            "audio" if packet.payload_type == self.payload_type else "other").inc()
         if self.on_packet is not None:
             self.on_packet(packet, self.pacer.loop.time())
 
