@@ -80,7 +80,7 @@ class Bench:
                       state=self.tmp / f"site{site}.db", handler=handler,  # type: ignore[arg-type]
                       reconnect_max=0.2)
         await c.start()
-        await asyncio.wait_for(c.connected.wait(), 5)
+        await asyncio.wait_for(c.connected.wait(), 20)
         self.clients.append(c)
         return c
 
@@ -119,7 +119,7 @@ async def test_request_to_an_away_site_times_out_and_is_dead_lettered(bench: Ben
     bench.clock.now += 1.0
     hub.sweep(bench.clock.now)
     with pytest.raises(RequestTimeout):
-        await asyncio.wait_for(answer, 5)
+        await asyncio.wait_for(answer, 20)
     await until(lambda: bench.metric("sipcluster_rtm_dead_letters_total",
                                      reason="request-timeout") == 1, 5, "dead letter")
     got: list[Delivery] = []
@@ -141,9 +141,9 @@ async def test_a_late_response_is_discarded_and_counted(bench: Bench) -> None:
     bench.clock.now += 2.0
     hub.sweep(bench.clock.now)
     with pytest.raises(RequestTimeout):
-        await asyncio.wait_for(answer, 5)
+        await asyncio.wait_for(answer, 20)
     await two.send_response(request, ints(99))
-    await asyncio.wait_for(two.flushed(), 5)
+    await asyncio.wait_for(two.flushed(), 20)
     assert bench.metric("sipcluster_rtm_late_responses_total", site="2") == 1
     await asyncio.sleep(0.2)
     assert one.handled == 1  # the timeout only
@@ -153,7 +153,7 @@ async def test_a_request_waiting_forever_survives_a_hub_restart(bench: Bench) ->
     await bench.start()
     one = await bench.client(1)
     seq, answer = await one.submit_request(2, "o", "double", ints(21), timeout_ms=0)
-    await asyncio.wait_for(one.flushed(), 5)
+    await asyncio.wait_for(one.flushed(), 20)
     await bench.stop()
     bench.clock.now += 86_400 * 30  # a month: no deadline
     hub = await bench.start()
@@ -164,7 +164,7 @@ async def test_a_request_waiting_forever_survives_a_hub_restart(bench: Bench) ->
         return ints(d.reader().get_integer() * 2)
 
     await bench.client(2, double)
-    response = await asyncio.wait_for(answer, 10)
+    response = await asyncio.wait_for(answer, 20)
     assert response.kind == "response" and response.in_reply_to == seq
     assert response.reader().get_integer() == 42
 
@@ -174,10 +174,10 @@ async def test_message_ttl_moves_what_waits_too_long_to_the_dead_letters(bench: 
     one = await bench.client(1)
     for i in range(3):
         await one.send_event(2, "o", "e", ints(i))
-    await asyncio.wait_for(one.flushed(), 5)
+    await asyncio.wait_for(one.flushed(), 20)
     bench.clock.now += 30
     await one.send_event(2, "o", "e", ints(3))  # younger than the TTL at the sweep
-    await asyncio.wait_for(one.flushed(), 5)
+    await asyncio.wait_for(one.flushed(), 20)
     bench.clock.now += 31
     hub.sweep(bench.clock.now)
     await until(lambda: hub.queues[2].count == 1, 5, "the TTL sweep")
@@ -197,7 +197,7 @@ async def test_max_queue_bytes_bounds_an_away_site_queue(bench: Bench) -> None:
     for i in range(40):
         await one.send_event(2, "o", "e", MessageBuilder().put_integer(i).put_string(text)
                              .elements)
-    await asyncio.wait_for(one.flushed(), 5)
+    await asyncio.wait_for(one.flushed(), 20)
     q = hub.queues[2]
     assert q.bytes <= 4096 and q.count > 0
     kept = q.count
@@ -217,7 +217,7 @@ async def test_a_site_whose_state_file_was_replaced_is_not_taken_for_a_resend(
     one = await bench.client(1)
     for i in range(3):
         await one.send_event(2, "o", "e", ints(i))
-    await asyncio.wait_for(one.flushed(), 5)
+    await asyncio.wait_for(one.flushed(), 20)
     await one.close()
     bench.clients.remove(one)
     (bench.tmp / "site1.db").unlink()
@@ -226,10 +226,10 @@ async def test_a_site_whose_state_file_was_replaced_is_not_taken_for_a_resend(
     await again.start()
     bench.clients.append(again)
     first = await again.send_event(2, "o", "e", ints(100))  # numbered 1, before the Welcome
-    await asyncio.wait_for(again.connected.wait(), 5)
-    await asyncio.wait_for(again.flushed(), 5)
+    await asyncio.wait_for(again.connected.wait(), 20)
+    await asyncio.wait_for(again.flushed(), 20)
     second = await again.send_event(2, "o", "e", ints(101))
-    await asyncio.wait_for(again.flushed(), 5)
+    await asyncio.wait_for(again.flushed(), 20)
     assert (first, second) in ((1, 5), (4, 5))  # numbered before or after the Welcome
     got: list[Delivery] = []
     await bench.client(2, got.append)

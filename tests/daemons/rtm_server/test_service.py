@@ -92,7 +92,7 @@ def test_daemon_over_tls_with_the_operators_tools_and_a_clean_stop(
                   tmp_path / "listen.out",
                   env={"SIPCLUSTER_RTM_PASSWORD": PASSWORDS[2]}).start()
     procs.append(listen)
-    wait_for(lambda: '"event":"Hello"' in listen.log.read_text(), 20, "the message printed")
+    wait_for(lambda: '"event":"Hello"' in listen.log.read_text(), 60, "the message printed")
     assert listen.stop() == 0
     lines = [json.loads(x) for x in listen.log.read_text().splitlines() if x.startswith("{")
              and '"handler"' in x]
@@ -102,7 +102,7 @@ def test_daemon_over_tls_with_the_operators_tools_and_a_clean_stop(
     # the handler's journal keeps it: a restarted listener does not print it again
     again = Proc(listen.argv, tmp_path / "listen2.out", env=listen.env).start()
     procs.append(again)
-    wait_for(lambda: "rtm_connected" in again.log.read_text(), 20, "reconnected")
+    wait_for(lambda: "rtm_connected" in again.log.read_text(), 60, "reconnected")
     assert again.stop() == 0
     assert '"handler"' not in again.log.read_text()
 
