@@ -2,12 +2,16 @@
 feature-server process, with MWI subscribers on every mailbox.
 
     .venv/bin/python bench/bench_voicemail.py [--sessions 200] [--seconds 20] [--runs 3]
+        [--callers sipp|python] [--nice N] [--realtime PRIORITY]
 
-Half the sessions deposit (INVITE ;vm=deposit, the greeting and beep, 3 s of
-a tone, BYE), half retrieve (INVITE ;vm=retrieve, the PIN by RFC 4733, "1"
-to listen, "7" to delete, BYE), each in a loop for ``--seconds``. One
-subscriber per mailbox takes the NOTIFYs. Figures, medians over ``--runs``,
-measured by the feature-server itself and read from its /metrics:
+Half the sessions deposit (INVITE ;vm=deposit, the greeting and beep, a few
+seconds of G.711, BYE), half retrieve (INVITE ;vm=retrieve, the PIN by RFC
+4733, "1" to listen, "7" to delete, BYE), again and again for about
+``--seconds``. By default SIPp places the calls (bench/voicemail/*.xml, the
+audio and keys from the pcaps sip-tester ships); ``--callers python`` uses the
+tests' Python phone instead (heavier on the shared cores). One subscriber per
+mailbox takes the NOTIFYs. Figures, medians over ``--runs``, measured by the
+feature-server itself and read from its /metrics:
 
 * RTP send jitter: how late each frame left after its 20 ms deadline (p99),
   and the share sent more than 10 ms late;
@@ -15,8 +19,9 @@ measured by the feature-server itself and read from its /metrics:
   received), from /proc/PID/stat;
 * MWI: from the deposit (or delete) stored to its NOTIFY sent (p99, bucket bound).
 
-Failures (calls not answered with 200, client errors) are reported beside
-every figure. The server runs on 127.0.115.1, the callers on 127.0.115.10.
+Failures (calls not answered or ended as scripted, client errors) are
+reported beside every figure, with the machine's load average. The server
+runs on 127.0.115.1, the callers on 127.0.115.10 / .20 / .21.
 """
 
 from __future__ import annotations
@@ -278,13 +283,14 @@ async def sample_server(load: Load, http_port: int, done: asyncio.Event) -> None
 
 
 async def one_run(sessions: int, seconds: float, workdir: Path, nice: int = 0,
-                  callers: str = "sipp") -> dict[str, Any]:
+                  callers: str = "sipp", realtime: int = 0) -> dict[str, Any]:
     mailboxes = max(1, sessions // 2)
     sip_port, http_port = free_port(SERVER), free_port(SERVER)
     config = cluster_file(workdir, mailboxes, sip_port, http_port)
     log = (workdir / "feature-server.log").open("ab")
     proc = await asyncio.create_subprocess_exec(
         *(["nice", "-n", str(nice)] if nice else []),
+        *(["chrt", "--fifo", str(realtime)] if realtime else []),
         sys.executable, "-m", "daemons.cli", "feature-server", "--config", str(config),
         "--name", "FS_B", "--log-level", "warning", stdout=log, stderr=log, cwd=ROOT)
     phone = await Phone(CLIENT, "1001", rtp_ports="40000-47999").start()
@@ -373,6 +379,10 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--callers", choices=("sipp", "python"), default="sipp",
                         help="who places the calls: SIPp (default, light) or the Python "
                              "phone of the tests")
+    parser.add_argument("--realtime", type=int, default=0, metavar="PRIORITY",
+                        help="run the feature-server under SCHED_FIFO at this priority "
+                             "(chrt; a unit's CPUSchedulingPolicy=fifo), as media servers "
+                             "run; needs root")
     parser.add_argument("--nice", type=int, default=0,
                         help="run the feature-server at this nice value (a systemd unit's "
                              "Nice=); negative needs root")
@@ -392,7 +402,7 @@ def main(argv: list[str]) -> int:
     for i in range(args.runs):
         with tempfile.TemporaryDirectory(prefix="bench-vm-") as tmp:
             result = asyncio.run(one_run(args.sessions, args.seconds, Path(tmp), args.nice,
-                                         args.callers))
+                                         args.callers, args.realtime))
         runs.append(result)
         print(f"run {i + 1}: " + json.dumps(result), file=sys.stderr)
 
@@ -408,7 +418,8 @@ def main(argv: list[str]) -> int:
     failures = int(sum(r["calls_failed"] + r["client_errors"] + r["subscribe_failed"]
                        + r["mwi_failed"] + (r["exit_code"] != 0) for r in runs))
     print(f"## Voicemail: {args.sessions} sessions for {args.seconds:.0f} s, "
-          f"median of {args.runs} runs, feature-server at nice {args.nice}\n")
+          f"median of {args.runs} runs, callers {args.callers}, feature-server at nice "
+          f"{args.nice}, SCHED_FIFO {args.realtime or 'no'}\n")
     print("| figure | median | target | runs |")
     print("|---|---|---|---|")
     targets = {"jitter_p99_ms": "< 5 ms", "late_percent": "< 0.5 %",
@@ -419,6 +430,7 @@ def main(argv: list[str]) -> int:
     print(f"\nfailures (calls not 200, client errors, refused SUBSCRIBEs, failed NOTIFYs, "
           f"unclean exits): {failures}")
     result = {"sessions": args.sessions, "seconds": args.seconds, "nice": args.nice,
+              "realtime": args.realtime, "callers": args.callers,
               "runs": runs,
               "median": median, "failures": failures}
     print("RESULT " + json.dumps(result))
