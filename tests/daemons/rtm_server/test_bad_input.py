@@ -54,7 +54,7 @@ class Raw:
         raw = cls(reader, writer, session)
         writer.write(session.data_to_send())
         while not session.open and not session.closed:
-            data = await asyncio.wait_for(reader.read(65536), 5)
+            data = await asyncio.wait_for(reader.read(65536), 20)
             if not data:
                 break
             session.receive_data(data, loop.time())
@@ -68,7 +68,7 @@ class Raw:
             assert not isinstance(e, Welcomed) or self.session.open
         return None
 
-    async def frames(self, wait: float = 1.0) -> list[dict[str, object]]:
+    async def frames(self, wait: float = 5.0) -> list[dict[str, object]]:
         out: list[dict[str, object]] = []
         try:
             while True:
@@ -77,7 +77,7 @@ class Raw:
                     break
                 self.decoder.feed(data)
                 out.extend(self.decoder)
-                wait = 0.3
+                wait = 1.0
         except TimeoutError:
             pass
         return out

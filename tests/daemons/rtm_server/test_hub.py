@@ -111,7 +111,7 @@ async def test_request_to_an_away_site_times_out_and_is_dead_lettered(bench: Ben
     hub = await bench.start()
     one = await bench.client(1)
     _, answer = await one.submit_request(2, "o", "where", ints(7), timeout_ms=1500)
-    await until(lambda: hub.pending, 5, "the request taken")
+    await until(lambda: hub.pending, 20, "the request taken")
     bench.clock.now += 1.0
     hub.sweep(bench.clock.now)
     await asyncio.sleep(0.1)
@@ -121,7 +121,7 @@ async def test_request_to_an_away_site_times_out_and_is_dead_lettered(bench: Ben
     with pytest.raises(RequestTimeout):
         await asyncio.wait_for(answer, 20)
     await until(lambda: bench.metric("sipcluster_rtm_dead_letters_total",
-                                     reason="request-timeout") == 1, 5, "dead letter")
+                                     reason="request-timeout") == 1, 20, "dead letter")
     got: list[Delivery] = []
     await bench.client(2, got.append)
     await asyncio.sleep(0.3)
@@ -135,7 +135,7 @@ async def test_a_late_response_is_discarded_and_counted(bench: Bench) -> None:
     two = await bench.client(2, requests.append)  # a handler that does not answer
     one = await bench.client(1)
     _, answer = await one.submit_request(2, "o", "where", ints(7), timeout_ms=1000)
-    await until(lambda: requests, 5, "the request delivered")
+    await until(lambda: requests, 20, "the request delivered")
     request = requests[0]
     assert request.correlation != 0 and request.reply_to == 1
     bench.clock.now += 2.0
@@ -180,11 +180,11 @@ async def test_message_ttl_moves_what_waits_too_long_to_the_dead_letters(bench: 
     await asyncio.wait_for(one.flushed(), 20)
     bench.clock.now += 31
     hub.sweep(bench.clock.now)
-    await until(lambda: hub.queues[2].count == 1, 5, "the TTL sweep")
+    await until(lambda: hub.queues[2].count == 1, 20, "the TTL sweep")
     assert bench.metric("sipcluster_rtm_dead_letters_total", reason="ttl-expired") == 3
     got: list[Delivery] = []
     await bench.client(2, got.append)
-    await until(lambda: got, 5, "the young message")
+    await until(lambda: got, 20, "the young message")
     assert [d.reader().get_integer() for d in got] == [3]
     dead = await hub.store.dead_letters(10)
     assert sorted(d["reason"] for d in dead) == ["ttl-expired"] * 3
@@ -204,7 +204,7 @@ async def test_max_queue_bytes_bounds_an_away_site_queue(bench: Bench) -> None:
     assert bench.metric("sipcluster_rtm_dead_letters_total", reason="queue-full") == 40 - kept
     got: list[Delivery] = []
     await bench.client(2, got.append)
-    await until(lambda: len(got) == kept, 5, "the queued messages")
+    await until(lambda: len(got) == kept, 20, "the queued messages")
     assert [d.reader().get_integer() for d in got] == list(range(kept))
 
 
@@ -233,7 +233,7 @@ async def test_a_site_whose_state_file_was_replaced_is_not_taken_for_a_resend(
     assert (first, second) in ((1, 5), (4, 5))  # numbered before or after the Welcome
     got: list[Delivery] = []
     await bench.client(2, got.append)
-    await until(lambda: len(got) == 5, 5, "all five messages")
+    await until(lambda: len(got) == 5, 20, "all five messages")
     assert [d.reader().get_integer() for d in got] == [0, 1, 2, 100, 101]
 
 
@@ -269,7 +269,7 @@ async def test_handlers_by_object_and_event_id(bench: Bench) -> None:
     answer = await asyncio.wait_for(one.send_request(2, "Multisite", "Handler2", ints(41),
                                                      timeout_ms=5000), 10)
     assert answer.reader().get_integer() == 42
-    await until(lambda: two.handled == 4, 5, "four messages handled")
+    await until(lambda: two.handled == 4, 20, "four messages handled")
     assert seen == [("jdoe", 7)]
     assert handlers.unhandled == 1
     assert two.handler_errors == 1
