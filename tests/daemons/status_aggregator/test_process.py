@@ -16,7 +16,7 @@ from tests.daemons.status_aggregator.conftest import SA_HOSTS, Lab
 SIPCLUSTER = [sys.executable, "-m", "daemons.cli"]
 
 
-async def run_cli(*args: str, timeout: float = 20.0) -> tuple[int, str, str]:
+async def run_cli(*args: str, timeout: float = 60.0) -> tuple[int, str, str]:
     proc = await asyncio.create_subprocess_exec(
         *SIPCLUSTER, *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
     out, err = await asyncio.wait_for(proc.communicate(), timeout)
@@ -38,6 +38,17 @@ async def wait_healthy(lab: Lab) -> None:
     raise AssertionError("status-aggregator did not become healthy")
 
 
+async def wait_watching(lab: Lab) -> None:
+    url = f"http://{SA_HOSTS['SA_1']}:{lab.ports['SA_1_http']}/metrics"
+    async with aiohttp.ClientSession() as http:
+        for _ in range(600):
+            async with http.get(url) as answer:
+                if "sipcluster_status_watches 1.0" in await answer.text():
+                    return
+            await asyncio.sleep(0.05)
+    raise AssertionError("the watcher never watched")
+
+
 async def test_daemon_serves_the_operators_tool_and_stops_on_sigterm(lab: Lab) -> None:
     daemon = await asyncio.create_subprocess_exec(
         *SIPCLUSTER, "status-aggregator", "--config", str(lab.config_file), "--name", "SA_1",
@@ -47,8 +58,8 @@ async def test_daemon_serves_the_operators_tool_and_stops_on_sigterm(lab: Lab) -
         cfg = str(lab.config_file)
         watch = asyncio.create_task(run_cli(
             "status", "watch", "--config", cfg, "--as", "desk", "--aggregator", "SA_1",
-            "eve@cluster.lab", "--count", "2"))
-        await asyncio.sleep(1.0)  # let the watcher connect (its first record is the empty one)
+            "eve@cluster.lab", "--count", "2", "--timeout", "30"))
+        await wait_watching(lab)  # its first record is the empty one, then the change
         code, _, err = await run_cli("status", "publish", "--config", cfg, "--as", "ops",
                                      "eve@cluster.lab", "On Vacation", "--persistent",
                                      "--until", "2027-01-04T09:00:00")
