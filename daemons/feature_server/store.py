@@ -30,6 +30,8 @@ import asyncpg
 __all__ = ["KINDS", "PostgresStore", "SqliteStore", "Store", "StoreError", "open_store"]
 
 KINDS = ("partition", "calling-profile", "assignment", "user", "dn")
+#: seconds a PostgreSQL connection or query may take
+STORE_TIMEOUT = 5.0
 
 _SQLITE_SCHEMA = """
 CREATE TABLE IF NOT EXISTS fs_objects (
@@ -174,8 +176,11 @@ class PostgresStore:
 
     async def open(self) -> None:
         try:
+            # a query, or a connection to a server that went away, fails within
+            # STORE_TIMEOUT seconds instead of holding the request that waits on it
             self._pool = await asyncpg.create_pool(self.url, min_size=1, max_size=4,
-                                                   timeout=10)
+                                                   timeout=STORE_TIMEOUT,
+                                                   command_timeout=STORE_TIMEOUT)
             async with self._pool.acquire() as conn:
                 # two feature-servers starting together create the tables once
                 async with conn.transaction():
@@ -211,7 +216,8 @@ class PostgresStore:
 
     async def put(self, kind: str, name: str, body: Any) -> None:
         with _failures(_POSTGRES_ERRORS, self.url):
-            async with self.pool.acquire() as conn, conn.transaction():
+            async with self.pool.acquire(timeout=STORE_TIMEOUT) as conn, \
+                    conn.transaction():
                 await conn.execute(
                     "INSERT INTO fs_objects (kind, name, body) VALUES ($1, $2, $3::jsonb) "
                     "ON CONFLICT (kind, name) DO UPDATE SET body = excluded.body",
@@ -220,7 +226,8 @@ class PostgresStore:
 
     async def delete(self, kind: str, name: str) -> bool:
         with _failures(_POSTGRES_ERRORS, self.url):
-            async with self.pool.acquire() as conn, conn.transaction():
+            async with self.pool.acquire(timeout=STORE_TIMEOUT) as conn, \
+                    conn.transaction():
                 status = await conn.execute(
                     "DELETE FROM fs_objects WHERE kind = $1 AND name = $2", kind, name)
                 found = bool(status != "DELETE 0")

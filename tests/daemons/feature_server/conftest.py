@@ -172,7 +172,7 @@ http-port = {http_port}
 
 
 def http(method: str, url: str, body: Any = None, *, raw: bytes | None = None,
-         timeout: float = 5.0) -> tuple[int, Any]:
+         timeout: float = 15.0) -> tuple[int, Any]:
     data = raw if raw is not None else (json.dumps(body).encode() if body is not None
                                         else None)
     req = urllib.request.Request(url, data=data, method=method)

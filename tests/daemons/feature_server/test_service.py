@@ -207,9 +207,10 @@ def test_store_down_queries_go_on_writes_get_503(processes: Processes, tmp_path:
                       f"WHERE datname = '{database}'"))
     try:
         assert query(FS1, "95551234")["via"] == "trunk"
-        status, body = http("PUT", f"{FS1}/api/partitions/New", {"rules": ["1=>x"]})
+        status, body = http("PUT", f"{FS1}/api/partitions/New", {"rules": ["1=>x"]},
+                            timeout=20)
         assert status == 503 and body["error"].startswith("store unavailable")
-        status, body = http("POST", f"{FS1}/api/dial-plan/reload")
+        status, body = http("POST", f"{FS1}/api/dial-plan/reload", timeout=20)
         assert status == 503
         text = metrics(FS1)
         assert 'sipcluster_feature_server_api_refused_total{reason="store_unavailable"} 2.0' \
