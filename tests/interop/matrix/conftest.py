@@ -147,6 +147,7 @@ class MatrixSipp(SippFactory):
                "-trace_err", "-error_file", str(workdir / "errors.log"),
                "-trace_stat", "-stf", str(workdir / "stat.csv"),
                "-trace_logs", "-log_file", str(workdir / "messages.log"),
+               "-trace_msg", "-message_file", str(workdir / "wire.log"),
                "-fd", "1", "-timeout", f"{timeout}s", "-timeout_error",
                "-set", "domain", self.lab.domain, *args]
         out = (workdir / "stdout.txt").open("w")

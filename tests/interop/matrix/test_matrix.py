@@ -94,15 +94,22 @@ def bindings(lab: Any, dn: str) -> list[str]:
             if b.get("aor") in (f"{dn}@{lab.domain}", f"sip:{dn}@{lab.domain}")]
 
 
-def wait_binding(lab: Any, dn: str, host: str | None, timeout: float = 8.0) -> list[str]:
-    """Until ``dn`` has a binding at ``host`` (``None``: until it has none)."""
+def wait_binding(lab: Any, dn: str, host: str | None, timeout: float = 8.0, *,
+                 gone: str | None = None) -> list[str]:
+    """Until ``dn`` has a binding at ``host`` (``None``: until it has none; with
+    ``gone``: until it has none at that address)."""
     deadline = time.monotonic() + timeout
     while True:
         found = bindings(lab, dn)
-        if (host is None and not found) or (host is not None and any(host in c for c in found)):
+        if gone is not None:
+            if not any(gone in c for c in found):
+                return found
+        elif (host is None and not found) or (host is not None and
+                                              any(host in c for c in found)):
             return found
         if time.monotonic() > deadline:
-            raise AssertionError(f"{dn}: bindings {found}, wanted {host or 'none'}")
+            raise AssertionError(f"{dn}: bindings {found}, wanted {host or 'none'}"
+                                 + (f" (none at {gone})" if gone else ""))
         time.sleep(0.2)
 
 
@@ -235,7 +242,7 @@ def baresip_no_answer(ctx: Ctx, transport: str) -> None:
 
 
 def baresip_hold_resume(ctx: Ctx, transport: str) -> None:
-    callee = ctx.sipp.phone("1006", "lab_uas_stay.xml", transport=_sipp_t(transport))
+    callee = ctx.sipp.phone("1006", "matrix_uas_hold.xml", transport=_sipp_t(transport))
     a = _b(ctx, "1001", transport)
     mark = a.mark()
     a.dial(f"sip:1006@{ctx.lab.domain}")
@@ -390,15 +397,16 @@ def linphonec_busy(ctx: Ctx, transport: str) -> None:
 
 
 def linphonec_hold_resume(ctx: Ctx, transport: str) -> None:
-    callee = ctx.sipp.phone("1006", "lab_uas_stay.xml", transport=_sipp_t(transport))
+    callee = ctx.sipp.phone("1006", "matrix_uas_hold.xml", transport=_sipp_t(transport))
     a = _l(ctx, "1008", transport, A_HZ, "a.wav")
     ma = a.mark()
     a.send(f"call {_ltarget(ctx, '1006', transport)}")
     a.wait_for(r"[Cc]all 1 .*connected", after=ma)
     a.send("pause 1")
     a.wait_for(r"[Cc]all 1 .*paused", after=ma)
+    resumed = a.mark()
     a.send("resume 1")
-    a.wait_for(r"[Cc]all 1 .*(resumed|connected)", after=a.mark() - 1)
+    a.wait_for(r"Media streams established .* for call 1", after=resumed)
     time.sleep(0.5)
     a.send("terminate")
     a.wait_for(r"[Cc]all 1 .*(ended|terminated)", after=ma)
@@ -501,6 +509,7 @@ def sipp_register(ctx: Ctx, transport: str) -> None:
     run = ctx.sipp.register("1010", address, port, transport=_sipp_t(transport))
     assert "registered expires=" in run.logs(), run.logs()
     wait_binding(ctx.lab, "1010", f"{address}:{port}")
+    ctx.sipp.register("1010", address, port, transport=_sipp_t(transport), expires=0)
 
 
 def sipp_unregister(ctx: Ctx, transport: str) -> None:
@@ -509,7 +518,7 @@ def sipp_unregister(ctx: Ctx, transport: str) -> None:
     ctx.sipp.register("1010", address, port, transport=_sipp_t(transport))
     wait_binding(ctx.lab, "1010", f"{address}:{port}")
     ctx.sipp.register("1010", address, port, transport=_sipp_t(transport), expires=0)
-    wait_binding(ctx.lab, "1010", None)
+    wait_binding(ctx.lab, "1010", None, gone=f"{address}:{port}")
 
 
 def sipp_call(ctx: Ctx, transport: str) -> None:
@@ -548,7 +557,7 @@ def sipp_no_answer(ctx: Ctx, transport: str) -> None:
 
 def sipp_hold_resume(ctx: Ctx, transport: str) -> None:
     t = _sipp_t(transport)
-    callee = ctx.sipp.phone("1006", "lab_uas_stay.xml", transport=t)
+    callee = ctx.sipp.phone("1006", "matrix_uas_hold.xml", transport=t)
     caller = ctx.sipp.call("1001", "1006", "matrix_uac_hold.xml", transport=t)
     assert caller.ok(20), caller.errors()
     assert callee.ok(10), callee.errors()
