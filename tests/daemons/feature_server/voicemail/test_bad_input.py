@@ -112,3 +112,18 @@ async def test_info_flood_is_cut(make_voicemail: Factory) -> None:
     assert vm.service.digit_counter.labels("info").value == 10
     assert vm.service.rtp_dropped.labels("dtmf_flood").value == 15
     await call.bye()
+
+
+async def test_options_unknown_methods_and_invite_without_offer(make_voicemail: Factory) -> None:
+    vm = await make_voicemail()
+    phone = await vm.phone("1001")
+    options = await phone.endpoint.request(
+        phone._request("OPTIONS", vm.uri("1002")), vm.destination)
+    assert options.status == 200 and "SUBSCRIBE" in (options.headers.get("Allow") or "")
+    publish = await phone.endpoint.request(
+        phone._request("PUBLISH", vm.uri("1002")), vm.destination)
+    assert publish.status == 405 and "INVITE" in (publish.headers.get("Allow") or "")
+    no_offer = await phone.endpoint.request(
+        phone._request("INVITE", vm.uri("1002", ";vm=deposit")), vm.destination)
+    assert no_offer.status == 488
+    assert vm.service.refused.labels("no_offer").value == 1
