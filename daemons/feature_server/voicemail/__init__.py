@@ -18,4 +18,4 @@ __all__ = ["OPTIONS", "VoicemailService"]
 #: the options of ``[applications.NAME.options]`` the voicemail service reads
 OPTIONS = frozenset({"rtp-ports", "default-pin", "access-number", "max-messages",
                      "max-message-length", "mwi-max-expires", "pin-max-failures",
-                     "pin-lock-time"})
+                     "pin-lock-time", "rtp-timeout"})

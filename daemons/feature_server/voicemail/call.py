@@ -53,6 +53,7 @@ class CallContext(Protocol):
     digit_counter: Any
     rtp_dropped: Any
     max_message_length: float
+    rtp_timeout: float
 
     def prompt_frames(self, name: str, codec: Codec) -> list[bytes]: ...
 
@@ -104,6 +105,10 @@ class VoicemailCall:
         self._max_bytes = int(ctx.max_message_length * 8000)
         self._play_generation = 0
         self._timer = TimerSlot(loop, self._on_timer)
+        #: no RTP from the peer for ``rtp_timeout`` seconds (and not on hold):
+        #: the caller is gone without a BYE
+        self._media_timer = TimerSlot(loop, self._on_media_timer)
+        self.last_rtp = now
         self._jobs: asyncio.Task[None] | None = None
         self.ended = asyncio.Event()
         self.closed = False
@@ -112,6 +117,25 @@ class VoicemailCall:
     # ---------------------------------------------------------------- driving
     def start(self) -> None:
         self._run()
+        self._arm_media_timer()
+
+    def _arm_media_timer(self) -> None:
+        if self.ctx.rtp_timeout > 0 and not self.closed:
+            self._media_timer.arm(self.last_rtp + self.ctx.rtp_timeout)
+
+    def _on_media_timer(self, now: float) -> None:
+        if self.closed:
+            return
+        if now - self.last_rtp < self.ctx.rtp_timeout or self.rtp.muted:
+            if self.rtp.muted:
+                self.last_rtp = now  # on hold: the peer may well be silent
+            self._arm_media_timer()
+            return
+        self.log.warning("voicemail_rtp_timeout", seconds=self.ctx.rtp_timeout)
+        self.ctx.rtp_dropped.labels("rtp_timeout").inc()
+        if self.recording is not None:
+            self._stop_recording(StopRecording(keep=True))
+        self.ctx.hangup(self)
 
     def _on_timer(self, now: float) -> None:
         self.menu.handle_timer(now)
@@ -162,6 +186,7 @@ class VoicemailCall:
                       direction=direction)
 
     def _on_packet(self, packet: RtpPacket, now: float) -> None:
+        self.last_rtp = now
         pt = packet.payload_type
         if pt == self.answer.event_payload_type:
             try:
@@ -278,6 +303,7 @@ class VoicemailCall:
             return
         self.closed = True
         self._timer.cancel()
+        self._media_timer.cancel()
         self.rtp.close()
         self.ended.set()
 

@@ -55,8 +55,9 @@ class VoicemailService:
     ``rtp-ports``, ``default-pin`` (mailboxes created for every Extension DN
     that has none; unset: none are created), ``access-number`` (``5555``),
     ``max-messages`` (100), ``max-message-length`` (seconds, 120),
-    ``mwi-max-expires`` (3600), ``pin-max-failures`` (6) and ``pin-lock-time``
-    (seconds, 900).
+    ``mwi-max-expires`` (3600), ``pin-max-failures`` (6), ``pin-lock-time``
+    (seconds, 900) and ``rtp-timeout`` (seconds without RTP from the caller
+    before the call is ended, 60; 0: never).
     """
 
     def __init__(self, *, cluster: ClusterConfig, app: Application, store_url: str,
@@ -84,6 +85,7 @@ class VoicemailService:
         self.max_messages: int = _option(app, "max-messages", 100, cluster, int)
         self.max_message_length = float(_option(app, "max-message-length", 120, cluster, int))
         self.mwi_max_expires: int = _option(app, "mwi-max-expires", 3600, cluster, int)
+        self.rtp_timeout = float(_option(app, "rtp-timeout", 60, cluster, int))
         self.store: MailboxStore = open_store(store_url)
         self.files = MessageFiles(self.state_dir / "messages")
         self.prompts = PromptLibrary(self.state_dir / "prompts")

@@ -127,3 +127,21 @@ async def test_options_unknown_methods_and_invite_without_offer(make_voicemail: 
         phone._request("INVITE", vm.uri("1002", ";vm=deposit")), vm.destination)
     assert no_offer.status == 488
     assert vm.service.refused.labels("no_offer").value == 1
+
+
+async def test_caller_gone_without_bye_keeps_the_message_and_ends_the_call(
+        make_voicemail: Factory) -> None:
+    vm = await make_voicemail(options="rtp-timeout = 3")
+    phone = await vm.phone("1001")
+    call = await phone.call(vm.uri("1002", ";vm=deposit"), vm.destination)
+    assert call.response.status == 200 and call.rtp is not None
+    await asyncio.sleep(1.9)
+    await call.play([b"\x2a" * 160] * 50)         # one second of audio, then nothing
+    await asyncio.wait_for(call.ended.wait(), 8)  # voicemail hangs up (BYE)
+    assert vm.service.rtp_dropped.labels("rtp_timeout").value == 1
+    for _ in range(40):
+        if await vm.service.store.list_messages("1002"):
+            break
+        await asyncio.sleep(0.05)
+    [message] = await vm.service.store.list_messages("1002")
+    assert message.duration_ms >= 700            # what came after the beep
