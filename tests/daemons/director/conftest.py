@@ -208,6 +208,7 @@ class DirectorLab:
     path: Path
     ports: dict[str, int]
     sipp_bin: str
+    free_port: Callable[..., int]
     procs: dict[str, Proc] = field(default_factory=dict)
     sipps: list[Sipp] = field(default_factory=list)
     desktops: list[Desktop] = field(default_factory=list)
@@ -224,7 +225,7 @@ class DirectorLab:
             [sys.executable, "-m", "daemons.cli", kind, "--config", str(self.config),
              "--name", name, "--log-format", "json"],
             cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, text=True)
-        deadline = time.monotonic() + 20
+        deadline = time.monotonic() + 45  # a loaded machine starts Python slowly
         while wait not in log_path.read_text():
             if proc.poll() is not None or time.monotonic() > deadline:
                 proc.kill()
@@ -268,11 +269,12 @@ class DirectorLab:
         return self.sipp(INTEROP / scenario, agent_host(dn), 5060,
                          ["-d", str(ring_ms)], calls=calls)
 
-    def callers(self, node: str, calls: int, rate: float, *, limit: int = 10,
-                port: int = 5060) -> Sipp:
-        """Inbound calls from the SBC's trunk to routing point 5000 at ``node``."""
+    def callers(self, node: str, calls: int, rate: float, *, limit: int = 10) -> Sipp:
+        """Inbound calls from the SBC's trunk (its address, any port) to routing
+        point 5000 at ``node``."""
         host = DC["dc1" if node == "A" else "dc2"] + "11"
-        return self.sipp(INTEGRATION / "uac_inbound.xml", CALLER_HOST, port,
+        return self.sipp(INTEGRATION / "uac_inbound.xml", CALLER_HOST,
+                         self.free_port(CALLER_HOST),
                          ["-s", "5000", "-set", "caller", "+15550100", "-set", "domain",
                           "cluster.test", "-r", str(rate), "-l", str(limit)],
                          target=f"{host}:{self.ports[f'sip_{node}']}", calls=calls)
@@ -346,7 +348,7 @@ async def director_lab(tmp_path: Path, free_port: Callable[..., int],
         for d in range(1, directors + 1):
             ports[f"director_{d}"] = free_port(f"127.0.145.{79 + d}")
             ports[f"dport_{d}"] = free_port(f"127.0.145.{79 + d}")
-        lab = DirectorLab(tmp_path, ports, sipp_bin)
+        lab = DirectorLab(tmp_path, ports, sipp_bin, free_port)
         labs.append(lab)
         lab.config.write_text(cluster_text(ports, directors=directors,
                                            router_timeout=router_timeout,

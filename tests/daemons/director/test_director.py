@@ -69,7 +69,7 @@ async def test_calls_reach_ready_agents_with_the_skill_in_two_data_centres(
         # the routing point's calls come in on both nodes: 20 in DC1, 10 in DC2
         dc1 = lab.callers("A", calls=20, rate=3)
         await asyncio.sleep(2.0)
-        dc2 = lab.callers("C", calls=10, rate=2, port=5062)
+        dc2 = lab.callers("C", calls=10, rate=2)
         for callers, count in ((dc1, "20"), (dc2, "10")):
             stats = await asyncio.to_thread(callers.stats, 90)
             assert stats.get("SuccessfulCall(C)") == count, (stats, callers.errors())
@@ -200,7 +200,8 @@ async def test_reporting_clients_see_queued_abandoned_and_diverted(director_lab:
         assert refused["AttributeErrorCode"] == 50
         # no agent is logged in: the caller waits in the queue, then hangs up
         host = DC["dc1"] + "11"
-        gone = lab.sipp(SCENARIOS / "uac_cancel_queued.xml", "127.0.145.201", 5060,
+        gone = lab.sipp(SCENARIOS / "uac_cancel_queued.xml", "127.0.145.201",
+                        lab.free_port("127.0.145.201"),
                         ["-s", "5000", "-d", "1500"], target=f"{host}:{lab.ports['sip_A']}")
         stats = await asyncio.to_thread(gone.stats, 20)
         assert stats.get("SuccessfulCall(C)") == "1", (stats, gone.errors())
@@ -284,7 +285,7 @@ async def test_director_moves_to_another_t_controller(director_lab: Any) -> None
         e for e in director.events("t_controller_linked") if e["t_controller"] == "TC_C"], 20)
     await asyncio.sleep(1.0)
     # node C's t-controller serves DC2's agent; a call into node C reaches it
-    callers = lab.callers("C", calls=1, rate=1, port=5063)
+    callers = lab.callers("C", calls=1, rate=1)
     stats = await asyncio.to_thread(callers.stats, 20)
     assert stats.get("SuccessfulCall(C)") == "1", (stats, callers.errors())
     assert [r["to"] for r in director.events("call_routed")] == ["1003"]
