@@ -52,11 +52,20 @@ def add_parser(subparsers: Any) -> None:
     parser.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for health")
     parser.add_argument(
         "action",
-        choices=["run", "start", "status", "stop", "kill", "restart", "partition", "heal"],
+        choices=["run", "start", "status", "stop", "kill", "restart", "partition", "heal",
+                 "drill"],
     )
     parser.add_argument(
         "name", nargs="*", help="application name (kill, restart); two geo-locations (partition)"
     )
+    drill = parser.add_argument_group("drill (faults under load on a running lab)")
+    drill.add_argument("--duration", type=float, default=120.0,
+                       help="seconds of load (default: %(default)s)")
+    drill.add_argument("--register-rate", type=float, default=10.0,
+                       help="REGISTER/s over the data centres (default: %(default)s)")
+    drill.add_argument("--call-rate", type=float, default=4.0,
+                       help="calls/s to the PSTN gateways (default: %(default)s)")
+    drill.add_argument("--json", type=Path, default=None, help="write the report here too")
     parser.set_defaults(run=run)
 
 
@@ -150,6 +159,13 @@ def run(args: argparse.Namespace) -> int:
         args.name = names[0]
     if action in ("partition", "heal"):
         return _partition(cfg, sup, action, names)
+    if action == "drill":
+        if not any(sup.alive(n) for n in sup.specs):
+            print("lab: not running here; `sipcluster lab start` first", file=sys.stderr)
+            return 1
+        from daemons.lab.drill import main_args
+        return main_args(sup.directory, args.duration, args.register_rate, args.call_rate,
+                         args.json)
     if action == "status":
         return _status(cfg, sup, skipped)
     if action == "stop":
