@@ -70,6 +70,10 @@ test-fast: venv compile
 bench: venv compile bench-tools
 	$(PY) bench/run_all.py
 
+# scenario x peer x transport against the shipped lab -> docs/interop.md
+interop: venv compile bench-tools
+	$(PY) bench/interop_matrix.py
+
 lab: venv compile
 	$(VENV)/bin/sipcluster lab run
 
