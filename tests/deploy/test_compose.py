@@ -28,10 +28,13 @@ SCHEMA = Path(__file__).with_name("compose-spec.json")
 CONFIG_IN_CONTAINER = "/etc/sipcluster/cluster.toml"
 DNS_SERVICE = "bind"
 BIND_LISTEN = ("10.71.1.53:53", "10.71.2.53:53")
+#: one-shot services that prepare something and exit (the private CA and certificates)
+INIT_SERVICES = {"certs"}
 
 
 def _app_services(compose: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    return {n: s for n, s in compose["services"].items() if n != DNS_SERVICE}
+    return {n: s for n, s in compose["services"].items()
+            if n != DNS_SERVICE and n not in INIT_SERVICES}
 
 
 def _subnets(compose: dict[str, Any]) -> dict[str, ipaddress.IPv4Network]:
@@ -148,6 +151,9 @@ def test_depends_on_healthy_services_without_cycles(compose: dict[str, Any]) -> 
         deps = service.get("depends_on", {})
         for dep, opts in deps.items():
             assert dep in services, (name, dep)
+            if dep in INIT_SERVICES:  # done once it exited 0
+                assert opts == {"condition": "service_completed_successfully"}, (name, dep)
+                continue
             assert opts == {"condition": "service_healthy"}, (name, dep)
             assert "healthcheck" in services[dep], dep
         graph[name] = list(deps)
@@ -193,7 +199,29 @@ def test_stop_and_restart_policy(compose: dict[str, Any]) -> None:
     for name, service in compose["services"].items():
         assert service["stop_signal"] == "SIGTERM", name
         assert service["stop_grace_period"] == "20s", name
-        assert service["restart"] == "on-failure", name
+        assert service["restart"] == ("no" if name in INIT_SERVICES else "on-failure"), name
+
+
+def test_certificates_for_every_application_that_speaks_mutual_tls(
+    compose: dict[str, Any], compose_cluster: ClusterConfig
+) -> None:
+    """The certs service makes the CA once and a certificate for each
+    status-aggregator, each t-controller (their publishers) and each consumer
+    name the aggregators accept, into the volume every daemon mounts; the
+    status-aggregators start once it has."""
+    services = compose["services"]
+    script = " ".join(services["certs"]["command"])
+    assert "certs init --config cluster.toml" in script
+    names = [a.name for a in compose_cluster.applications.values()
+             if a.kind in (AppKind.STATUS_AGGREGATOR, AppKind.T_CONTROLLER)]
+    for sa in compose_cluster.by_kind(AppKind.STATUS_AGGREGATOR):
+        names += [*sa.options.get("consumers", ()), *sa.options.get("publishers", ())]
+        assert services[sa.name]["depends_on"]["certs"] == {
+            "condition": "service_completed_successfully"}
+    issued = script.split("for name in ", 1)[1].split(";", 1)[0].split()
+    assert set(names) <= set(issued), set(names) - set(issued)
+    for name, service in _app_services(compose).items():
+        assert "certs:/etc/sipcluster/certs" in service["volumes"], name
 
 
 def test_daemons_run_unprivileged(compose: dict[str, Any]) -> None:

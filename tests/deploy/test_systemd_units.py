@@ -33,6 +33,8 @@ TEMPLATES = {
     "sipcluster-sip-proxy@.service": ("sip-proxy", "SIPProxy_dc1_1"),
     "sipcluster-director@.service": ("director", "Director"),
     "sipcluster-feature-server@.service": ("feature-server", "FS_dc1"),
+    "sipcluster-rtm-server@.service": ("rtm-server", "RTM1"),
+    "sipcluster-status-aggregator@.service": ("status-aggregator", "SA_1"),
 }
 GEO_DNS = "sipcluster-geo-dns.service"
 #: units whose daemon binds a port below 1024 (SIP 5060, DNS 53)
