@@ -95,6 +95,7 @@ class SippPhones:
 
     lab: Any
     sipp: SippFactory
+    bound: list[tuple[str, str, int, str]] = field(default_factory=list)
 
     @property
     def proxy(self) -> dict[str, Any]:
@@ -107,7 +108,17 @@ class SippPhones:
                             args=["-s", dn, "-au", dn, "-ap", self.lab.password(dn),
                                   "-set", "expires", str(expires)])
         assert run.ok(), run.errors()
+        if expires:
+            self.bound.append((dn, address, port, transport))
         return run
+
+    def unregister_all(self) -> None:
+        """Expires: 0 for every binding this cell's SIPp phones made: no stale
+        contact of a finished cell is forked to by the next one."""
+        for dn, address, port, transport in self.bound:
+            with contextlib.suppress(AssertionError):
+                self.register(dn, address, port, transport=transport, expires=0)
+        self.bound.clear()
 
     def phone(self, dn: str, scenario: str, *, transport: str = "u1", ring_ms: int = 200,
               timeout: int = 30) -> Any:
@@ -162,11 +173,13 @@ class MatrixSipp(SippFactory):
 def sipp_phones(lab: Any, require_tool: Any, tmp_path: Path,
                 free_port: Callable[..., int]) -> Iterator[SippPhones]:
     factory = MatrixSipp(lab, require_tool("sipp"), tmp_path, free_port)
-    yield SippPhones(lab, factory)
+    phones = SippPhones(lab, factory)
+    yield phones
     for run in factory.started:
         if run.proc.poll() is None:
             run.proc.kill()
             run.proc.wait()
+    phones.unregister_all()
 
 
 # =========================================================================== Kamailio

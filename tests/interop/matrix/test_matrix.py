@@ -223,7 +223,7 @@ def baresip_to_voicemail(ctx: Ctx, transport: str, dn: str, scenario: str, reaso
     messages = mailbox_new(ctx.lab, dn)
     a.dial(f"sip:{dn}@{ctx.lab.domain}")
     a.wait_event("CALL_ESTABLISHED", after=mark, timeout=wait)
-    time.sleep(2.5)  # greeting, beep, then the caller's tone is the message
+    time.sleep(4.5)  # greeting and beep (about 2.5 s), then the caller's tone is the message
     a.hangup()
     a.wait_event("CALL_CLOSED", after=mark)
     assert callee.ok(10), callee.errors()
@@ -345,16 +345,22 @@ def _ltarget(ctx: Ctx, dn: str, transport: str) -> str:
     return f"sip:{dn}@{ctx.via}" + (";transport=tcp" if transport == "tcp" else "")
 
 
+def _lcontact(ctx: Ctx, transport: str) -> str:
+    """What identifies linphonec's binding: its address over UDP; over TCP it
+    puts 127.0.0.1 in its Contact whatever bind_address says (and listens there)."""
+    return ctx.lab.prefix("dc1") + "150" if transport == "udp" else "transport=tcp"
+
+
 def linphonec_register(ctx: Ctx, transport: str) -> None:
     _l(ctx, "1008", transport, A_HZ, "r.wav")
-    wait_binding(ctx.lab, "1008", ctx.lab.prefix("dc1") + "150")
+    wait_binding(ctx.lab, "1008", _lcontact(ctx, transport))
 
 
 def linphonec_unregister(ctx: Ctx, transport: str) -> None:
     phone = _l(ctx, "1008", transport, A_HZ, "r.wav")
-    wait_binding(ctx.lab, "1008", ctx.lab.prefix("dc1") + "150")
+    wait_binding(ctx.lab, "1008", _lcontact(ctx, transport))
     phone.send("unregister")
-    wait_binding(ctx.lab, "1008", None)
+    wait_binding(ctx.lab, "1008", None, gone=_lcontact(ctx, transport))
 
 
 def linphonec_call(ctx: Ctx, transport: str) -> None:
@@ -388,7 +394,7 @@ def linphonec_busy(ctx: Ctx, transport: str) -> None:
     ma = a.mark()
     a.send(f"call {_ltarget(ctx, '1004', transport)}")
     a.wait_for(r"[Cc]all 1 .*connected", after=ma)
-    time.sleep(2.0)
+    time.sleep(3.0)
     a.send("terminate")
     a.wait_for(r"[Cc]all 1 .*(ended|terminated)", after=ma)
     assert callee.ok(10), callee.errors()
