@@ -9,6 +9,7 @@ the report.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -310,7 +311,22 @@ def status_rows(r: dict[str, Any]) -> list[Row]:
     ]
 
 
+def drill_rows(r: dict[str, Any]) -> list[Row]:
+    growth = r.get("memory_mb_per_hour") or {}
+    worst = max(growth.items(), key=lambda kv: kv[1]) if growth else None
+    return [Row(f"lab drill {num(r.get('minutes'))} min: proxy, node, t-controller killed, "
+                "data centres cut",
+                f"{num(r.get('lost_bindings'), '{:d}')} lost bindings, "
+                f"{num(r.get('calls_left_up'), '{:d}')} calls left up",
+                "0 lost, 0 left up", yes_no(bool(r.get("ok"))),
+                f"{num(r.get('calls_failed'), '{:d}')} of "
+                f"{num((r.get('calls_ok') or 0) + (r.get('calls_failed') or 0), '{:d}')} calls "
+                f"failed: {json.dumps(r.get('failed_by_fault'))}",
+                memory=f"worst growth {worst[0]} {worst[1]:+.1f} MB/h" if worst else NA)]
+
+
 MAPPERS: dict[str, Callable[[dict[str, Any]], list[Row]]] = {
+    "bench_drill": drill_rows,
     "bench_parser": parser_rows,
     "bench_transaction": transaction_rows,
     "bench_tlib": tlib_rows,

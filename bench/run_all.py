@@ -48,6 +48,7 @@ QUICK: dict[str, list[str]] = {
     "bench_feature_server": ["--runs", "3", "--lookups", "5000", "--queries", "500"],
     "bench_director": ["--decisions", "5000", "--calls", "500", "--runs", "1"],
     "bench_voicemail": ["--sessions", "200", "--seconds", "10", "--runs", "1"],
+    "bench_drill": ["--minutes", "2"],
 }
 #: Wall-time bound per script (the scripts bound their own loops; this is a last resort).
 TIMEOUT = 45 * 60
