@@ -36,6 +36,7 @@ from __future__ import annotations
 from daemons.cluster.checks import ClusterConfigError
 from daemons.cluster.load import load_cluster, parse_cluster
 from daemons.cluster.model import (
+    AgentLogin,
     AppKind,
     Application,
     ClusterConfig,
@@ -61,6 +62,7 @@ from daemons.cluster.schema import Reader as Reader
 from daemons.cluster.schema import Schema as Schema
 
 __all__ = [
+    "AgentLogin",
     "AppKind",
     "Application",
     "ClusterConfig",

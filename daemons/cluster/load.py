@@ -19,6 +19,7 @@ from typing import Any
 
 from daemons.cluster.checks import ClusterConfigError, cross_check
 from daemons.cluster.model import (
+    AgentLogin,
     AppKind,
     Application,
     ClusterConfig,
@@ -55,7 +56,7 @@ def load_cluster(path: str | Path) -> ClusterConfig:
 
 def parse_cluster(root: Section) -> ClusterConfig:
     """Build the model from an already loaded top-level section."""
-    check_unknown(root, {"switch", "dns", "applications"})
+    check_unknown(root, {"switch", "dns", "applications", "agent-logins"})
     switch = _parse_switch(root.section("switch", required=True))
     dns, nodes, outbound = _parse_dns(root)
     apps = _parse_applications(root)
@@ -66,11 +67,26 @@ def parse_cluster(root: Section) -> ClusterConfig:
         outbound_proxy=outbound,
         dns=_frozen_map(dns),
         applications=_frozen_map(apps),
+        agent_logins=_frozen_map(_parse_agent_logins(root)),
     )
     problems = cross_check(config)
     if problems:
         raise ClusterConfigError(root.file, problems)
     return config
+
+
+def _parse_agent_logins(root: Section) -> dict[str, AgentLogin]:
+    """``[agent-logins.ID]``: ``password`` (optional)."""
+    logins: dict[str, AgentLogin] = {}
+    for agent_id, s in root.sections("agent-logins").items():
+        if not agent_id or any(c.isspace() for c in agent_id):
+            raise s.error(None, "an AgentID must be non-empty without spaces")
+        check_unknown(s, {"password"})
+        password = s.get_optional_str("password")
+        if password is not None and not password:
+            raise s.error("password", "empty: leave it out for an agent without a password")
+        logins[agent_id] = AgentLogin(agent_id, password)
+    return logins
 
 
 def _parse_switch(s: Section) -> Switch:

@@ -246,6 +246,16 @@ class Application:
 
 
 @dataclass(frozen=True)
+class AgentLogin:
+    """An agent login of the switch (``[agent-logins.ID]``; guide: the Agent
+    Login objects): the AttributeAgentID a desktop logs in with, and its
+    password when one is configured (RequestAgentLogin must then carry it)."""
+
+    agent_id: str
+    password: str | None = None
+
+
+@dataclass(frozen=True)
 class ClusterConfig:
     """The whole cluster file, checked."""
 
@@ -255,6 +265,8 @@ class ClusterConfig:
     outbound_proxy: OutboundProxy | None
     dns: Mapping[str, Dn]
     applications: Mapping[str, Application]
+    agent_logins: Mapping[str, AgentLogin] = field(
+        default_factory=lambda: MappingProxyType({}))
 
     # -- look-ups used by the daemons ---------------------------------------
     def application(self, name: str, kind: AppKind | None = None) -> Application:

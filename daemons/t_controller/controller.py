@@ -26,6 +26,7 @@ construction, the controller knows none of them.
 from __future__ import annotations
 
 import asyncio
+import hmac
 import logging
 import time
 from collections import OrderedDict
@@ -163,6 +164,7 @@ class TController:
             options,
             site=self.site,
             agent_dns=frozenset(d.number for d in config.agent_dns()),
+            check_password=_agent_password_check(config),
         )
         self.ownership = OwnershipTable.from_config(config, self.node, self.agents)
         self.kinds: dict[str, OwnershipKind] = dict(self.ownership.kinds)
@@ -822,3 +824,19 @@ def decision_of(message: DnGranted | DnMoved | DnReleased, now: float,
         return OwnershipMoved(message.dn, message.from_node or sender, message.owner,
                               ownership, since, expires, snapshot)
     return OwnershipGranted(message.dn, message.owner, ownership, since, expires)
+
+
+def _agent_password_check(config: ClusterConfig) -> Callable[[str, str | None], bool] | None:
+    """RequestAgentLogin's AttributePassword against the agent login's password
+    (``[agent-logins.ID] password``), compared in constant time; an agent with
+    no configured password logs in without one. None: no agent has one."""
+    passwords = {a.agent_id: a.password for a in config.agent_logins.values() if a.password}
+    if not passwords:
+        return None
+
+    def check(agent_id: str, given: str | None) -> bool:
+        expected = passwords.get(agent_id)
+        if expected is None:
+            return True
+        return given is not None and hmac.compare_digest(given.encode(), expected.encode())
+    return check
