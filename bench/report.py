@@ -311,6 +311,23 @@ def status_rows(r: dict[str, Any]) -> list[Row]:
     ]
 
 
+def voicemail_rows(r: dict[str, Any]) -> list[Row]:
+    m = r.get("median") or {}
+    sched = f"SCHED_FIFO {r['realtime']}" if r.get("realtime") else "normal scheduling"
+    failures = num(r.get("failures"), "{:d}")
+    cpu = num(m.get("cpu_per_1000_packets"), "{:.3f}")
+    return [
+        Row(f"voicemail: {num(r.get('sessions'))} sessions, RTP send lateness p99 ({sched})",
+            num(m.get("jitter_p99_ms"), "{:.1f}", " ms"), "< 5 ms",
+            at_most(m.get("jitter_p99_ms"), 5), failures, cpu=f"{cpu} per 1,000 packets"),
+        Row("voicemail: frames sent > 10 ms late", num(m.get("late_percent"), "{:.2f}", " %"),
+            "< 0.5 %", at_most(m.get("late_percent"), 0.5), failures),
+        Row("voicemail: MWI NOTIFY after the deposit is stored, p99",
+            num(m.get("mwi_p99_ms"), "{:.1f}", " ms"), "< 200 ms",
+            at_most(m.get("mwi_p99_ms"), 200), failures),
+    ]
+
+
 def drill_rows(r: dict[str, Any]) -> list[Row]:
     growth = r.get("memory_mb_per_hour") or {}
     worst = max(growth.items(), key=lambda kv: kv[1]) if growth else None
@@ -327,6 +344,7 @@ def drill_rows(r: dict[str, Any]) -> list[Row]:
 
 MAPPERS: dict[str, Callable[[dict[str, Any]], list[Row]]] = {
     "bench_drill": drill_rows,
+    "bench_voicemail": voicemail_rows,
     "bench_parser": parser_rows,
     "bench_transaction": transaction_rows,
     "bench_tlib": tlib_rows,
