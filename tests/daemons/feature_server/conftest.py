@@ -210,11 +210,10 @@ class Daemon:
         return self.proc.returncode
 
     def lines(self) -> list[dict[str, Any]]:
-        out = []
-        for line in self.log.read_text(errors="replace").splitlines():
-            if line.startswith("{"):
-                out.append(json.loads(line))
-        return out
+        """The daemon's JSON log lines so far (a line it is still writing is left out)."""
+        text = self.log.read_text(errors="replace")
+        complete = text[: text.rfind("\n") + 1]
+        return [json.loads(line) for line in complete.splitlines() if line.startswith("{")]
 
 
 @dataclass

@@ -27,7 +27,8 @@ pytestmark = [pytest.mark.interop, pytest.mark.timeout(120)]
 def node_events(lab: Any, name: str, event: str) -> list[dict[str, Any]]:
     log = Path(lab.directory) / "logs" / f"{name}.log"
     out = []
-    for line in log.read_text(errors="replace").splitlines():
+    text = log.read_text(errors="replace")
+    for line in text[: text.rfind("\n") + 1].splitlines():
         if line.startswith("{"):
             entry = json.loads(line)
             if entry.get("event") == event:
