@@ -79,12 +79,12 @@ def test_default_dn_a_trunk_or_an_external_number(cluster: dict[str, Any]) -> No
     out = call("5000")  # default-dn = Trunk_dc2: the call leaves there with its number
     assert out.returncode == 0, out.stdout + out.stderr
     dc2 = cluster["gateways"]["dc2"]
-    assert wait_for(lambda: dc2.invites(), timeout=5)
+    assert wait_for(lambda: dc2.invites(), timeout=15)
     assert dc2.invites()[0].startswith(f"INVITE sip:5000@{DC2}.40:5060")
     out = call("5001")  # default-dn = +15550001: the dial plan sends it to a trunk
     assert out.returncode == 0, out.stdout + out.stderr
     dc1 = cluster["gateways"]["dc1"]
-    assert wait_for(lambda: dc1.invites(), timeout=5)
+    assert wait_for(lambda: dc1.invites(), timeout=15)
     assert dc1.invites()[0].startswith(f"INVITE sip:+15550001@{DC1}.40:5060")
     routed = [(e["rp"], e["to"]) for e in events(cluster["node"], "call_routed")]
     assert routed == [("5000", "Trunk_dc2"), ("5001", "+15550001")]

@@ -49,7 +49,7 @@ def trunk_state(name: str) -> str:
 def metric(url: str, name: str) -> float:
     import urllib.request
 
-    with urllib.request.urlopen(url, timeout=5) as resp:
+    with urllib.request.urlopen(url, timeout=15) as resp:
         text = resp.read().decode()
     total = 0.0
     for line in text.splitlines():
@@ -83,7 +83,7 @@ def test_rule_names_a_trunk_rejects_unknown_numbers_and_inbound_profile(
         cluster: dict[str, Any]) -> None:
     call("85551111")  # 8.=>+${DIGITS:1}@Trunk_dc2: that trunk, whatever the location
     dc2 = cluster["gateways"]["dc2"]
-    assert wait_for(lambda: dc2.invites(), timeout=5)
+    assert wait_for(lambda: dc2.invites(), timeout=15)
     assert dc2.invites()[0].startswith(f"INVITE sip:+5551111@{DC2}.40:5060")
     rejected = call("7123", expect_ok=False)
     assert "403" in rejected.stdout + rejected.stderr
@@ -101,7 +101,7 @@ def test_nine_plus_digits_leaves_through_the_local_trunk_then_the_other(
     seen = len(dc2.invites())
     out = call("95551234")
     assert "200 OK" in out.stdout
-    assert wait_for(lambda: dc1.invites(), timeout=5)
+    assert wait_for(lambda: dc1.invites(), timeout=15)
     assert dc1.invites()[0].startswith(f"INVITE sip:+5551234@{DC1}.40:5060 SIP/2.0")
     assert dc2.invites(seen) == []
 
@@ -110,7 +110,7 @@ def test_nine_plus_digits_leaves_through_the_local_trunk_then_the_other(
     dc1.stop()
     assert wait_for(lambda: trunk_state("Trunk_dc1") == "out-of-service", timeout=8)
     call("95550000")
-    assert wait_for(lambda: dc2.invites(seen), timeout=5)
+    assert wait_for(lambda: dc2.invites(seen), timeout=15)
     assert dc2.invites(seen)[0].startswith(f"INVITE sip:+5550000@{DC2}.40:5060 SIP/2.0")
 
     lines = cluster["node"].lines()
