@@ -31,6 +31,7 @@ from daemons.cluster.config import AppKind, Application, ClusterConfig, load_clu
 from daemons.feature_server.api import ProvisioningApi, token_middleware
 from daemons.feature_server.dialplan import DialPlanHolder, PlanSources
 from daemons.feature_server.store import Store, StoreError, open_store
+from daemons.feature_server.voicemail import OPTIONS as VOICEMAIL_OPTIONS
 from daemons.feature_server.voicemail import VoicemailService
 from daemons.runtime.config import ConfigError
 from daemons.runtime.management import ManagementServer, Metrics
@@ -44,8 +45,7 @@ MAX_BODY = 8 * 1024 * 1024
 OPTIONS = {"state-dir", "store", "max-body", "store-poll-interval", "api-token", "partitions",
            "calling-profiles", "assignments",
            # read by the voicemail service (daemons/feature_server/voicemail)
-           "rtp-ports", "default-pin", "access-number", "max-messages", "max-message-length",
-           "mwi-max-expires"}
+           *VOICEMAIL_OPTIONS}
 
 
 def state_dir_for(app: Application) -> Path:
