@@ -136,6 +136,12 @@ def _print_guide(desc_path: Path, skipped: list[Application]) -> None:
     else:
         print("  softphone: outbound proxy = a proxy address above, user 1001, "
               "password in lab.json")
+    for fs in desc.get("feature_servers", []):
+        if fs.get("running") and fs.get("default_pin"):
+            print(f"  voicemail: dial {fs['voicemail_access_number']}, PIN "
+                  f"{fs['default_pin']} (every account has a mailbox; busy and unanswered "
+                  "calls go there)")
+            break
     print("  step by step for baresip, linphonec and any other phone: README.md, "
           "\"Softphones on the lab\"")
     for app in skipped:

@@ -190,6 +190,15 @@ def lab_description(
         "data_centres": centres,
         "accounts": accounts,
         "directors": directors,
+        # voicemail of each feature-server: the access number, the mailboxes' PIN
+        "feature_servers": [
+            {"name": f.name, "host": f.host, "geo_location": f.geo_location,
+             "http_port": f.port("http-port"), "sip_port": f.port("sip-port"),
+             "running": f.name in running,
+             "voicemail_access_number": str(f.options.get("access-number") or "5555"),
+             "default_pin": (str(f.options["default-pin"])
+                             if f.options.get("default-pin") is not None else None)}
+            for f in cfg.by_kind(AppKind.FEATURE_SERVER)],
         "rtm_servers": [
             {"name": r.name, "host": r.host, "rtm_port": r.port("rtm-port"),
              "http_port": r.port("http-port"), "running": r.name in running,
