@@ -30,7 +30,7 @@ from aiohttp import web
 from daemons.cluster.config import AppKind, Application, ClusterConfig, load_cluster
 from daemons.feature_server.api import ProvisioningApi, token_middleware
 from daemons.feature_server.dialplan import DialPlanHolder, PlanSources
-from daemons.feature_server.store import Store, StoreError, open_store
+from daemons.feature_server.store import Store, StoreError, open_store, redacted
 from daemons.feature_server.voicemail import OPTIONS as VOICEMAIL_OPTIONS
 from daemons.feature_server.voicemail import VoicemailService
 from daemons.runtime.config import ConfigError
@@ -179,7 +179,7 @@ class FeatureServer(Service):
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGHUP, self._on_sighup)
         self._poll_task = asyncio.create_task(self._poll_store())
-        self.log.info("feature_server_started", store=self.store.url,
+        self.log.info("feature_server_started", store=redacted(self.store.url),
                       state_dir=str(self.state_dir), voicemail_sip=self.voicemail_sip,
                       **self.holder.plan.summary())
 
@@ -191,7 +191,7 @@ class FeatureServer(Service):
         await self.store.close()
 
     def _health(self) -> tuple[bool, dict[str, Any]]:
-        return self._store_ok, {"store": self.store.url.split("@")[-1],
+        return self._store_ok, {"store": redacted(self.store.url),
                                 "rules": self.holder.plan.rule_count}
 
     # ------------------------------------------------------------------ reload

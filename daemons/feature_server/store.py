@@ -27,7 +27,8 @@ from urllib.parse import urlsplit
 import aiosqlite
 import asyncpg
 
-__all__ = ["KINDS", "PostgresStore", "SqliteStore", "Store", "StoreError", "open_store"]
+__all__ = ["KINDS", "PostgresStore", "SqliteStore", "Store", "StoreError", "open_store",
+           "redacted"]
 
 KINDS = ("partition", "calling-profile", "assignment", "user", "dn")
 #: seconds a PostgreSQL connection or query may take
@@ -89,7 +90,7 @@ def _failures(errors: tuple[type[BaseException], ...], url: str) -> Iterator[Non
     try:
         yield
     except errors as exc:
-        raise StoreError(f"{_redacted(url)}: {exc}") from exc
+        raise StoreError(f"{redacted(url)}: {exc}") from exc
 
 
 def _empty() -> dict[str, dict[str, Any]]:
@@ -187,7 +188,7 @@ class PostgresStore:
                     await conn.execute("SELECT pg_advisory_xact_lock(5160)")
                     await conn.execute(_POSTGRES_SCHEMA)
         except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
-            raise StoreError(f"cannot open {_redacted(self.url)}: {exc}") from exc
+            raise StoreError(f"cannot open {redacted(self.url)}: {exc}") from exc
 
     @property
     def pool(self) -> asyncpg.Pool:
@@ -242,7 +243,8 @@ class PostgresStore:
         return int(value or 0)
 
 
-def _redacted(url: str) -> str:
+def redacted(url: str) -> str:
+    """``url`` without its password, for logs and pages."""
     parts = urlsplit(url)
     if parts.password:
         return url.replace(f":{parts.password}@", ":***@")
