@@ -582,11 +582,17 @@ def sipp_dtmf(ctx: Ctx, transport: str) -> None:
           >= digits + 5, "5 SIP INFO keys counted by the voicemail")
 
 
-def sipp_scripted_only(what: str) -> Callable[[Ctx, str], None]:
-    def cell(ctx: Ctx, transport: str) -> None:
-        pytest.xfail(f"SIPp plays scripts, not a phone: {what} needs a third party "
-                     "driven by the script (not written for this matrix)")
-    return cell
+def sipp_mwi(ctx: Ctx, transport: str) -> None:
+    """SUBSCRIBE to 1007's message summary; the NOTIFY says Messages-Waiting: yes."""
+    if mailbox_new(ctx.lab, "1007") == 0:
+        baresip_to_voicemail(ctx, transport, "1007", "lab_uas_busy.xml", "busy", 10)
+    address = ctx.sipp.sipp.address("dc1")
+    run = ctx.sipp.sipp.run("matrix_mwi_subscribe.xml", address=address, proxy=ctx.proxy,
+                            transport=_sipp_t(transport),
+                            args=["-s", "1007", "-au", "1007",
+                                  "-ap", ctx.lab.password("1007")])
+    assert run.ok(15), run.errors()
+    assert re.findall(r"mwi: (\w+)", run.logs()) == ["yes"], run.logs()
 
 
 # =========================================================================== Kamailio edge
@@ -637,6 +643,7 @@ CELLS: dict[tuple[str, str], Callable[[Ctx, str], None]] = {
     ("no-answer", "sipp"): sipp_no_answer,
     ("hold-resume", "sipp"): sipp_hold_resume,
     ("dtmf", "sipp"): sipp_dtmf,
+    ("mwi", "sipp"): sipp_mwi,
     ("register", "kamailio"): kamailio_register,
     ("unregister", "kamailio"): kamailio_unregister,
     ("call", "kamailio"): kamailio_call,
