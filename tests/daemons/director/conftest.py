@@ -3,7 +3,8 @@ t-controller) in two data centres, DC1 = 127.0.145.x and DC2 = 127.0.146.x,
 the director (127.0.145.80, or more than one), SIPp agents and callers, and
 T-Library desktops that log the agents in.
 
-Agents have a fixed contact (their SIPp UAS on 127.0.14x.1NN:5060), so any
+Agents have a fixed contact (their SIPp UAS on 127.0.14x.1NN, a port picked
+for the run), so any
 node reaches them directly; their DN's owner is the node whose t-controller
 their desktop registered them on (T-Library-based ownership).
 """
@@ -90,7 +91,7 @@ geo-location = "dc1"
 
 [dns.{DEFAULT_PHONE}]
 type = "Extension"
-contact = "sip:{DEFAULT_PHONE}@{agent_host(DEFAULT_PHONE)}:5060"
+contact = "sip:{DEFAULT_PHONE}@{agent_host(DEFAULT_PHONE)}:{ports[f"phone_{DEFAULT_PHONE}"]}"
 
 # a SIP phone that never registered: out of service
 [dns.{UNREGISTERED}]
@@ -99,7 +100,8 @@ contact = "*"
 password = "s-{UNREGISTERED}-x"
 """
     for dn in AGENTS:
-        text += f'\n[dns.{dn}]\ntype = "Extension"\ncontact = "sip:{dn}@{agent_host(dn)}:5060"\n'
+        text += (f'\n[dns.{dn}]\ntype = "Extension"\n'
+                 f'contact = "sip:{dn}@{agent_host(dn)}:{ports[f"phone_{dn}"]}"\n')
     for n, geo in (("A", "dc1"), ("C", "dc2")):
         host = DC[geo] + "11"
         text += f"""
@@ -266,7 +268,7 @@ class DirectorLab:
                     scenario: str = "node_uas_answer.xml") -> Sipp:
         """The agent's phone: answers ``calls`` calls on its fixed contact (or
         rings and never answers: node_uas_ring.xml; answers busy: node_uas_busy.xml)."""
-        return self.sipp(INTEROP / scenario, agent_host(dn), 5060,
+        return self.sipp(INTEROP / scenario, agent_host(dn), self.ports[f"phone_{dn}"],
                          ["-d", str(ring_ms)], calls=calls)
 
     def callers(self, node: str, calls: int, rate: float, *, limit: int = 10) -> Sipp:
@@ -345,6 +347,8 @@ async def director_lab(tmp_path: Path, free_port: Callable[..., int],
             host = DC[geo] + "11"
             for key in ("sip", "default", "http", "tc", "tchttp"):
                 ports[f"{key}_{n}"] = free_port(host)
+        for dn in (*AGENTS, DEFAULT_PHONE):
+            ports[f"phone_{dn}"] = free_port(agent_host(dn))
         for d in range(1, directors + 1):
             ports[f"director_{d}"] = free_port(f"127.0.145.{79 + d}")
             ports[f"dport_{d}"] = free_port(f"127.0.145.{79 + d}")

@@ -171,13 +171,13 @@ async def test_director_killed_mid_load_no_call_lost_and_it_resumes(director_lab
 def test_a_strategy_naming_a_missing_routing_point_is_refused(tmp_path: Any) -> None:
     ports = {k: 5000 + i for i, k in enumerate(
         [f"{key}_{n}" for n in "AC" for key in ("sip", "default", "http", "tc", "tchttp")]
-        + ["director_1", "dport_1"])}
+        + ["director_1", "dport_1"] + [f"phone_{dn}" for dn in (*AGENTS, DEFAULT_PHONE)])}
     config = tmp_path / "cluster.toml"
     config.write_text(cluster_text(ports, directors=1, router_timeout=5, overflow_after=1)
                       .replace('routing-points = ["5000"]', 'routing-points = ["5077"]'))
     done = subprocess.run([sys.executable, "-m", "daemons.cli", "director", "--config",
                            str(config), "--name", "Director1"], cwd=ROOT,
-                          capture_output=True, text=True, timeout=20)
+                          capture_output=True, text=True, timeout=90)
     assert done.returncode == 2
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1
