@@ -100,7 +100,7 @@ async def test_calls_reach_ready_agents_with_the_skill_in_two_data_centres(
         done = await asyncio.to_thread(subprocess.run, [
             sys.executable, "-m", "daemons.cli", "director", "status", "--config",
             str(lab.config), "--name", "Director1", "--json"],
-            cwd=ROOT, capture_output=True, text=True, timeout=20)
+            cwd=ROOT, capture_output=True, text=True, timeout=60)
         assert done.returncode == 0, done.stderr
         status = json.loads(done.stdout)
         queue = status["queues"]["8000"]
@@ -108,7 +108,7 @@ async def test_calls_reach_ready_agents_with_the_skill_in_two_data_centres(
         assert status["agents"]["dc1"]["ready"] + status["agents"]["dc2"]["ready"] >= 4
         text = await asyncio.to_thread(subprocess.run, [  # its one director: no --name
             sys.executable, "-m", "daemons.cli", "director", "status", "--config",
-            str(lab.config)], cwd=ROOT, capture_output=True, text=True, timeout=20)
+            str(lab.config)], cwd=ROOT, capture_output=True, text=True, timeout=60)
         assert "8000" in text.stdout and "dc2" in text.stdout
     finally:
         await monitor.close()
