@@ -6,7 +6,8 @@ STAMP  := $(VENV)/.installed
 # Debian packages the tests drive as real peers (command -> package)
 DEB_TOOLS := sipp:sip-tester tshark:tshark sipsak:sipsak named:bind9 named-checkconf:bind9-utils \
              dig:bind9-dnsutils systemd-analyze:systemd nft:nftables baresip:baresip \
-             linphonec:linphone-cli gcc:gcc pg_ctlcluster:postgresql chromium:chromium slapd:slapd
+             linphonec:linphone-cli gcc:gcc pg_ctlcluster:postgresql chromium:chromium slapd:slapd \
+             kamailio:kamailio
 # ... and the reference proxy the benchmarks compare against
 BENCH_TOOLS := kamailio:kamailio svwar:sipvicious nats-server:nats-server
 APT_GET := $(shell [ "$$(id -u)" = 0 ] && echo apt-get || echo sudo apt-get)

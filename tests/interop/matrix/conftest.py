@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 
+from tests.conftest import require_tool
 from tests.interop.lab import conftest as lab_fixtures
 from tests.interop.lab.conftest import (
     LAB_SCENARIOS,
@@ -209,10 +210,7 @@ def kamailio_version(binary: str) -> str:
 @pytest.fixture(scope="module")
 def kamailio(lab: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Kamailio]:
     """One Kamailio per module on .90 of dc1, UDP and TCP, forwarding to SIPProxy_dc1_1."""
-    import shutil
-    binary = shutil.which("kamailio")
-    if binary is None:
-        pytest.skip("kamailio is not installed (make bench-tools installs it)")
+    binary = require_tool("kamailio")
     proxy = lab.proxies("dc1")[0]
     host = lab.prefix("dc1") + "90"
     port = 5060

@@ -204,15 +204,20 @@ def baresip_call(ctx: Ctx, transport: str, edge: bool = False) -> None:
         assert "edge-relay in-dialog BYE" in log, log[-2000:]
 
 
-def baresip_cancel(ctx: Ctx, transport: str) -> None:
+def baresip_cancel(ctx: Ctx, transport: str, edge: bool = False) -> None:
+    seen = len(ctx.kamailio().log()) if edge else 0
     callee = ctx.sipp.phone("1003", "lab_uas_ring.xml", transport=_sipp_t(transport))
-    a = _b(ctx, "1001", transport)
+    a = _b(ctx, "1001", transport, edge=edge)
     mark = a.mark()
     a.dial(f"sip:1003@{ctx.lab.domain}")
     a.wait_event("CALL_RINGING", after=mark)
     a.hangup()
     a.wait_event("CALL_CLOSED", after=mark)
     assert callee.ok(10), callee.errors()  # it saw the CANCEL, answered 200 then 487
+    if edge:
+        edge_log = ctx.kamailio().log()[seen:]
+        assert re.search(r"edge-relay INVITE sip:1003@(.|\n)*edge-relay CANCEL sip:1003@",
+                         edge_log), edge_log[-2000:]
 
 
 def baresip_to_voicemail(ctx: Ctx, transport: str, dn: str, scenario: str, reason: str,
@@ -241,9 +246,10 @@ def baresip_no_answer(ctx: Ctx, transport: str) -> None:
     baresip_to_voicemail(ctx, transport, "1005", "lab_uas_ring.xml", "no-answer", NO_ANSWER + 8)
 
 
-def baresip_hold_resume(ctx: Ctx, transport: str) -> None:
+def baresip_hold_resume(ctx: Ctx, transport: str, edge: bool = False) -> None:
+    seen = len(ctx.kamailio().log()) if edge else 0
     callee = ctx.sipp.phone("1006", "matrix_uas_hold.xml", transport=_sipp_t(transport))
-    a = _b(ctx, "1001", transport)
+    a = _b(ctx, "1001", transport, edge=edge)
     mark = a.mark()
     a.dial(f"sip:1006@{ctx.lab.domain}")
     a.wait_event("CALL_ESTABLISHED", after=mark)
@@ -257,6 +263,9 @@ def baresip_hold_resume(ctx: Ctx, transport: str) -> None:
     assert callee.ok(10), callee.errors()
     dirs = re.findall(r"reinvite dir=(\w+)", callee.logs())
     assert dirs[:2] == ["sendonly", "sendrecv"] or dirs[:2] == ["inactive", "sendrecv"], dirs
+    if edge:
+        edge_log = ctx.kamailio().log()[seen:]
+        assert re.search(r"edge-relay in-dialog INVITE ", edge_log), edge_log[-2000:]
 
 
 def baresip_blind_transfer(ctx: Ctx, transport: str) -> None:
@@ -276,7 +285,7 @@ def baresip_blind_transfer(ctx: Ctx, transport: str) -> None:
     time.sleep(TALK + 1)
     assert not any(e.get("type") == "CALL_CLOSED" for e in a.events[ma:]), a.log()
     a.hangup()
-    c.wait_event("CALL_CLOSED", after=mc)
+    c.wait_event("CALL_CLOSED", after=mc, timeout=6)
     assert_heard(c.heard(c_before), A_HZ, B_HZ, "transfer target")
     _heard_after_source_change(a, a_before, B_HZ, A_HZ, "transferee")
 
@@ -303,8 +312,9 @@ def baresip_attended_transfer(ctx: Ctx, transport: str) -> None:
     raise AssertionError("baresip now lists an attended-transfer command: write this cell")
 
 
-def baresip_dtmf(ctx: Ctx, transport: str) -> None:
-    a = _b(ctx, "1001", transport)
+def baresip_dtmf(ctx: Ctx, transport: str, edge: bool = False) -> None:
+    seen = len(ctx.kamailio().log()) if edge else 0
+    a = _b(ctx, "1001", transport, edge=edge)
     mark = a.mark()
     digits = fs_metric(ctx.lab, "sipcluster_voicemail_dtmf_digits_total")
     a.dial(f"sip:5555@{ctx.lab.domain}")
@@ -317,6 +327,9 @@ def baresip_dtmf(ctx: Ctx, transport: str) -> None:
           "5 DTMF digits counted by the voicemail")
     a.hangup()
     a.wait_event("CALL_CLOSED", after=mark)
+    if edge:
+        edge_log = ctx.kamailio().log()[seen:]
+        assert re.search(r"edge-relay INVITE sip:5555@", edge_log), edge_log[-2000:]
 
 
 def baresip_mwi(ctx: Ctx, transport: str) -> None:
@@ -439,7 +452,7 @@ def linphonec_blind_transfer(ctx: Ctx, transport: str) -> None:
     time.sleep(TALK + 1)
     assert not any(e.get("type") == "CALL_CLOSED" for e in a.events[ma:]), a.log()
     a.hangup()
-    c.wait_event("CALL_CLOSED", after=mc)
+    c.wait_event("CALL_CLOSED", after=mc, timeout=6)
     assert_heard(c.heard(c_before), A_HZ, B_HZ, "transfer target")
     _heard_after_source_change(a, a_before, B_HZ, A_HZ, "transferee")
 
@@ -610,6 +623,18 @@ def kamailio_call(ctx: Ctx, transport: str) -> None:
     baresip_call(ctx, transport, edge=True)
 
 
+def kamailio_cancel(ctx: Ctx, transport: str) -> None:
+    baresip_cancel(ctx, transport, edge=True)
+
+
+def kamailio_hold_resume(ctx: Ctx, transport: str) -> None:
+    baresip_hold_resume(ctx, transport, edge=True)
+
+
+def kamailio_dtmf(ctx: Ctx, transport: str) -> None:
+    baresip_dtmf(ctx, transport, edge=True)
+
+
 # =========================================================================== the cells
 
 
@@ -647,6 +672,9 @@ CELLS: dict[tuple[str, str], Callable[[Ctx, str], None]] = {
     ("register", "kamailio"): kamailio_register,
     ("unregister", "kamailio"): kamailio_unregister,
     ("call", "kamailio"): kamailio_call,
+    ("cancel", "kamailio"): kamailio_cancel,
+    ("hold-resume", "kamailio"): kamailio_hold_resume,
+    ("dtmf", "kamailio"): kamailio_dtmf,
 }
 
 ACK_BYPASSES_ROUTE = (
