@@ -55,9 +55,10 @@ COLUMNS = [("baresip", "udp"), ("baresip", "tcp"), ("baresip", "tls"),
            ("sipp", "udp"), ("sipp", "tcp"), ("sipp", "tls"),
            ("kamailio", "udp"), ("kamailio", "tcp")]
 
-NO_TLS = ("defect: the shipped lab's sip-proxies listen on UDP and TCP only (sip-proxy has no "
-          "TLS transport, lab.json lists no TLS port); a TLS handshake to the proxy's 5061 "
-          "is refused")
+NO_TLS = ("defect: the sip-proxy listens for SIP on sip-port over UDP and TCP only "
+          "(daemons/sip_proxy/service.py; no TLS option, though daemons/runtime/"
+          "sip_transport.py has TLS listeners) and lab.json lists no TLS port: a TLS "
+          "handshake with the dc1 proxy on 5061 is refused, so no phone can register over TLS")
 
 
 @dataclass
