@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import re
 import subprocess
 import sys
 import time
@@ -72,6 +73,31 @@ def _split(cell_id: str) -> tuple[str, str, str]:
     return scenario, peer, transport
 
 
+#: how each peer says its version: (command, regex of the version on its output)
+VERSIONS = {
+    "baresip": (["baresip", "-h"], r"baresip v(\S+)"),
+    "linphonec": (["linphonec", "-v"], r"version: (\S+)"),
+    "SIPp": (["sipp", "-v"], r"SIPp v(\S+?)[-.]?(?:SCTP|TLS|PCAP|\s)"),
+    "Kamailio": (["kamailio", "-v"], r"kamailio (\S+)"),
+    "tshark": (["tshark", "-v"], r"TShark \(Wireshark\) (\S+)"),
+}
+
+
+def peer_versions() -> str:
+    """``baresip 1.0.0, linphonec 5.1.65, ...`` as installed here."""
+    found = []
+    for name, (cmd, pattern) in VERSIONS.items():
+        try:
+            out = subprocess.run(cmd, capture_output=True, text=True, timeout=10,
+                                 stdin=subprocess.DEVNULL)
+            text = out.stdout + out.stderr
+        except (OSError, subprocess.TimeoutExpired):
+            text = ""
+        match = re.search(pattern, text)
+        found.append(f"{name} {match.group(1) if match else 'not installed'}")
+    return ", ".join(found)
+
+
 def _clean(reason: str) -> str:
     text = reason.removeprefix("reason: ").strip()
     text = text.removeprefix("XFAIL").strip(" :")
@@ -79,7 +105,7 @@ def _clean(reason: str) -> str:
 
 
 def render(cells: list[Cell], others: list[Cell], *, wall: float | None,
-           command: str) -> str:
+           command: str, versions: str = "") -> str:
     columns: list[tuple[str, str]] = []
     for peer in PEERS:
         for transport in ("udp", "tcp", "tls"):
@@ -140,6 +166,7 @@ def render(cells: list[Cell], others: list[Cell], *, wall: float | None,
         "defect of ours (a strict xfail: it fails the run once fixed, so the table is "
         "updated); `—`: not part of the matrix.",
         "",
+        *([f"Peers as run: {versions}.", ""] if versions else []),
         *lines,
         "",
         f"{counts['pass']} pass, {counts['xfail']} limitation or defect, "
@@ -193,7 +220,8 @@ def main() -> int:
             return 1
     cells, others = parse_junit(junit)
     text = render(cells, others, wall=wall,
-                  command=".venv/bin/python bench/interop_matrix.py   # or: make interop")
+                  command=".venv/bin/python bench/interop_matrix.py   # or: make interop",
+                  versions=peer_versions())
     args.out.write_text(text)
     print(text)
     failed = any(c.outcome == "fail" for c in cells + others)
