@@ -31,12 +31,9 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import heapq
 import itertools
-import re
 import secrets
 import time
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -54,15 +51,15 @@ from daemons.sip_proxy.security import AuthGuard, RateLimiter
 from protocols.sip.errors import ParseError, SipError
 from protocols.sip.headers import NameAddr, Via, parse_name_addr, unquote_param
 from protocols.sip.message import Request, Response, make_response
+from protocols.sip.rules import stateless_response_destination
+from protocols.sip.splice import edit_request, edit_response, pop_top_via, splice_request
 from protocols.sip.timers import TimerSettings
 from protocols.sip.transaction import (
-    MAGIC_COOKIE,
     AckFor2xx,
     CancelReceived,
     Event,
     RequestReceived,
     ResponseReceived,
-    Role,
     StrayResponse,
     TransactionError,
     TransactionKey,
@@ -71,9 +68,7 @@ from protocols.sip.transaction import (
     TransactionTimeout,
     Transmit,
     TransportFailed,
-    client_key,
     response_destination,
-    server_key,
 )
 from protocols.sip.uri import SipUri, format_host, parse_uri
 
@@ -88,6 +83,10 @@ _DIALOG_METHODS = frozenset({"INVITE", "SUBSCRIBE", "REFER", "NOTIFY"})
 _SCHEMES = frozenset({"sip", "sips", "tel"})
 _BRANCH_PREFIX = "z9hG4bKsc"
 _STATUS_CLASS = ("0xx", "1xx", "2xx", "3xx", "4xx", "5xx", "6xx")
+_NODE_ONLY = (NODE_HEADER,)
+#: How late a transaction timer may fire (seconds): one loop wake-up serves every
+#: timer due within it, instead of one per transaction at thousands a second.
+TIMER_RESOLUTION = 0.01
 
 Address = tuple[str, int]
 
@@ -117,7 +116,7 @@ class _Forward:
     """A request being proxied: its server transaction and current branch (§16)."""
 
     server_key: TransactionKey
-    request: Request  # the forwarded copy (our Via on top)
+    request: Request  # as received; the forwarded copy once ``applied``
     source: Address
     from_endpoint: bool
     client_key: TransactionKey | None = None
@@ -133,13 +132,12 @@ class _Forward:
     loop_hash: str = ""  # §16.6 step 8, of the request as received
     in_transport: str = "UDP"
     # §16.6 edits of the forwarded copy, kept aside so that a datagram can be
-    # spliced from the received bytes; applied to ``request`` when it is sent
-    # through the transaction layer (``applied``; ``object_via``: our Via is on it)
+    # spliced from the received bytes; ``applied``: made on ``request`` instead,
+    # our Via included (protocols.sip.splice)
     mf: str = "69"
     strip_node: bool = False
     prepend: list[tuple[str, str]] = field(default_factory=list)
     applied: bool = False
-    object_via: bool = False
 
 
 def _loop_hash(request: Request) -> str:
@@ -151,39 +149,6 @@ def _loop_hash(request: Request) -> str:
         if name in h:
             parts.extend(h.get_lines(name))
     return hashlib.blake2b("\x00".join(parts).encode(), digest_size=5).hexdigest()
-
-
-class _LeanServer:
-    """A non-INVITE server transaction over UDP (§17.2.2), kept by the proxy itself.
-
-    Trying/Proceeding/Completed collapse into ``last`` (the last response sent,
-    repeated for every retransmitted request) and ``final``; the entry lives
-    timer J (64*T1) after the final response.
-    """
-
-    __slots__ = ("dest", "final", "key", "last")
-
-    def __init__(self, key: TransactionKey, dest: Address) -> None:
-        self.key = key
-        self.dest = dest
-        self.last: bytes | None = None
-        self.final = False
-
-
-class _LeanClient:
-    """A non-INVITE client transaction over UDP (§17.1.2), kept by the proxy itself:
-    timer E retransmits ``data`` (T1 doubling to T2; T2 once a provisional came),
-    timer F (64*T1) times out, timer K (T4) absorbs retransmitted responses."""
-
-    __slots__ = ("data", "dest", "final", "interval", "key", "provisional")
-
-    def __init__(self, key: TransactionKey, data: bytes, dest: Address, interval: float) -> None:
-        self.key = key
-        self.data: bytes | None = data
-        self.dest = dest
-        self.interval = interval
-        self.final = False
-        self.provisional = False
 
 
 class ProxyCore:
@@ -223,33 +188,30 @@ class ProxyCore:
         self.transport: SipTransportManager | None = None
         self.metrics = metrics
         self._loop = asyncio.get_running_loop()
-        self._timer = TimerSlot(self._loop, self._on_timer)
+        self._timer = TimerSlot(self._loop, self._on_timer, TIMER_RESOLUTION)
         self._by_server: dict[TransactionKey, _Forward] = {}
         self._by_client: dict[TransactionKey, _Forward] = {}
         self._probes: dict[TransactionKey, Callable[[int | None], None]] = {}
-        # lean non-INVITE transactions over UDP (see _LeanServer/_LeanClient) and
-        # their timers: one FIFO per constant delay, a heap for later retransmissions
-        timer = self.layer.settings
-        self._t1, self._t2, self._t4 = timer.t1, timer.t2, timer.t4
-        self._t64 = 64 * timer.t1
-        self._lean_server: dict[TransactionKey, _LeanServer] = {}
-        self._lean_client: dict[TransactionKey, _LeanClient] = {}
-        self._q_e: deque[tuple[float, _LeanClient]] = deque()  # first retransmission (T1)
-        self._q_f: deque[tuple[float, _LeanClient]] = deque()  # timeout (F = 64*T1)
-        self._q_k: deque[tuple[float, _LeanClient]] = deque()  # absorb responses (K = T4)
-        self._q_j: deque[tuple[float, _LeanServer]] = deque()  # after the final (J = 64*T1)
-        self._q_s: deque[tuple[float, _LeanServer]] = deque()  # no final at all (2 * 64*T1)
-        self._q_retrans: list[tuple[float, int, _LeanClient]] = []
-        self._seq = itertools.count()
         # §8.1.1.7: branches unique in space and time: a random salt per start, then
         # a counter (no system call per request)
         self._branch_salt = secrets.token_hex(5)
         self._branches = itertools.count(1)
-        self._tick: asyncio.TimerHandle | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._flushing = False
         self._last_stamp = 0.0
         self._own = {(settings.host, settings.port)}
         self._peer_hosts = {h for h, _ in settings.peers.values()}
+        #: what the transaction layer reports, by event type
+        self._handlers: dict[type[Event], Callable[[Any], None]] = {
+            RequestReceived: self._on_request,
+            ResponseReceived: self._on_response,
+            CancelReceived: self._on_cancel,
+            AckFor2xx: self._on_ack,
+            StrayResponse: self._forward_stray,
+            TransactionTimeout: self._on_timeout,
+            TransportFailed: self._on_transport_failed,
+            TransactionTerminated: self._on_terminated,
+        }
         self.requests = metrics.tally(
             "proxy_requests", "Requests by method and what the proxy did",
             ("method", "action"))
@@ -277,8 +239,6 @@ class ProxyCore:
 
     async def close(self) -> None:
         self._timer.cancel()
-        if self._tick is not None:
-            self._tick.cancel()
         for task in list(self._tasks):
             task.cancel()
         if self.transport is not None:
@@ -294,6 +254,15 @@ class ProxyCore:
         return self._loop.time()
 
     def _flush(self) -> None:
+        if self._flushing:
+            return  # a handler's flush: the loop below drains what it queued
+        self._flushing = True
+        try:
+            self._drain()
+        finally:
+            self._flushing = False
+
+    def _drain(self) -> None:
         layer = self.layer
         while True:
             out = layer.messages_to_send()
@@ -304,8 +273,8 @@ class ProxyCore:
                 break
             if event is not None:
                 try:
-                    self._dispatch(event)
-                except SipError as exc:
+                    self._handlers[type(event)](event)
+                except (SipError, ValueError) as exc:
                     self.log.warning("proxy_event_failed", error=str(exc),
                                      event=type(event).__name__)
         self._timer.arm(layer.next_timer())
@@ -362,18 +331,9 @@ class ProxyCore:
                 if message.method != "ACK":
                     resp = make_response(message, 503, "Rate Limited")
                     resp.headers.add("Retry-After", str(self.rate_limiter.retry_after()))
-                    self.send_stateless(resp, flow.transport, _response_dest(message, flow))
+                    self.send_stateless(resp, flow.transport, response_destination(
+                        message.top_via, flow.remote, flow.transport))
                 return
-            if flow.transport == "UDP":
-                method = message.method
-                if method == "ACK":
-                    if self._ack_stateless(message, flow.remote):
-                        return
-                elif method != "INVITE" and method != "CANCEL":
-                    if self._lean_request(message, flow.remote):
-                        return
-        elif self._lean_client and self._lean_response(message):
-            return
         try:
             self.layer.receive(message, flow.remote, self._now(), flow.transport)
         except (ParseError, TransactionError) as exc:
@@ -381,193 +341,10 @@ class ProxyCore:
                              reason=str(exc))
         self._flush()
 
-    # ------------------------------------------------------------ lean non-INVITE over UDP
-
-    def _lean_request(self, request: Request, source: Address) -> bool:
-        """A non-INVITE request over UDP: its server transaction is a :class:`_LeanServer`
-        (§17.2.2). False when the general transaction layer must take it (an RFC 2543
-        branch, or a key the layer already holds)."""
-        via = request.top_via
-        branch = via.params.get("branch")
-        if branch is None or not branch.startswith(MAGIC_COOKIE):
-            return False
-        key = server_key(request)
-        st = self._lean_server.get(key)
-        if st is not None:
-            # a retransmission: absorbed, the last response repeated (§17.2.2)
-            self.layer.counters["request_absorbed"] += 1
-            if st.last is not None:
-                self._send_udp(st.last, st.dest)
-            return True
-        if key in self.layer:
-            return False
-        request.call_id  # noqa: B018 -- what the layer would check before any state
-        st = _LeanServer(key, response_destination(via, source, "UDP"))
-        self._lean_server[key] = st
-        self._q_s.append((self._now() + 2 * self._t64, st))
-        self._arm_tick()
-        try:
-            self._on_request(key, request, source, "UDP")
-        except SipError as exc:
-            self.log.warning("proxy_event_failed", error=str(exc), event="RequestReceived")
-        self._flush()
-        return True
-
-    def _lean_response(self, response: Response) -> bool:
-        """A response to a :class:`_LeanClient`: the first final ends retransmissions,
-        later copies are absorbed (timer K, §17.1.2.2)."""
-        ckey = client_key(response)
-        cl = self._lean_client.get(ckey)
-        if cl is None:
-            return False
-        if cl.final:
-            self.layer.counters["response_absorbed"] += 1
-            return True
-        if response.status >= 200:
-            cl.final = True
-            cl.data = None
-            self._q_k.append((self._now() + self._t4, cl))
-            self._arm_tick()
-        else:
-            cl.provisional = True
-        try:
-            self._on_response(ckey, response)
-        except SipError as exc:
-            self.log.warning("proxy_event_failed", error=str(exc), event="ResponseReceived")
-        self._flush()
-        return True
-
     def _send_udp(self, data: bytes, dest: Address) -> None:
         assert self.transport is not None
         if not self.transport.send_datagram(data, dest):
             self._spawn(self.transport.send(data, "UDP", dest))
-
-    def _lean_send_request(self, fwd: _Forward, ckey: TransactionKey, data: bytes,
-                           dest: Address) -> None:
-        cl = _LeanClient(ckey, data, dest, self._t1)
-        self._lean_client[ckey] = cl
-        now = self._now()
-        self._q_e.append((now + self._t1, cl))
-        self._q_f.append((now + self._t64, cl))
-        self._arm_tick()
-        fwd.client_key = ckey
-        self._by_server[fwd.server_key] = fwd
-        self._by_client[ckey] = fwd
-        assert self.transport is not None
-        try:
-            self.transport.send_datagram(data, dest)
-        except TransportError:
-            del self._lean_client[ckey]
-            self._client_failed(ckey, 503, "transport_failed")
-
-    def _send_response(self, key: TransactionKey, response: Response) -> None:
-        """Hand a response to its server transaction (lean or the layer's)."""
-        st = self._lean_server.get(key)
-        if st is None:
-            self.layer.send_response(response, self._now(), key=key)
-            return
-        self._send_lean(key, response.status, response.serialize())
-
-    def _send_lean(self, key: TransactionKey, status: int, data: bytes) -> None:
-        st = self._lean_server.get(key)
-        if st is None:
-            raise TransactionError("no server transaction for the response")
-        if st.final:
-            raise TransactionError("the transaction has sent its final response")
-        st.last = data
-        if status >= 200:
-            st.final = True
-            self._q_j.append((self._now() + self._t64, st))
-            self._arm_tick()
-        self._send_udp(data, st.dest)
-
-    def _arm_tick(self) -> None:
-        if self._tick is None:
-            self._tick = self._loop.call_later(0.05, self._on_tick)
-
-    def _on_tick(self) -> None:
-        """Timers E, F, K and J of the lean transactions, checked every 50 ms."""
-        self._tick = None
-        now = self._now()
-        clients, servers = self._lean_client, self._lean_server
-        q_e, heap = self._q_e, self._q_retrans
-        while q_e and q_e[0][0] <= now:
-            cl = q_e.popleft()[1]
-            if cl.data is not None and clients.get(cl.key) is cl:
-                self._retransmit(cl, now)
-        while heap and heap[0][0] <= now:
-            cl = heapq.heappop(heap)[2]
-            if cl.data is not None and clients.get(cl.key) is cl:
-                self._retransmit(cl, now)
-        q_f = self._q_f
-        while q_f and q_f[0][0] <= now:
-            cl = q_f.popleft()[1]
-            if not cl.final and clients.get(cl.key) is cl:
-                del clients[cl.key]
-                cl.data = None
-                self._client_failed(cl.key, 408, "timeout")
-        q_k = self._q_k
-        while q_k and q_k[0][0] <= now:
-            cl = q_k.popleft()[1]
-            if clients.get(cl.key) is cl:
-                del clients[cl.key]
-                fwd = self._by_client.get(cl.key)
-                if fwd is not None and fwd.client_key == cl.key:
-                    del self._by_client[cl.key]
-        for q, need_final in ((self._q_j, True), (self._q_s, False)):
-            while q and q[0][0] <= now:
-                st = q.popleft()[1]
-                if st.final == need_final and servers.get(st.key) is st:
-                    del servers[st.key]
-                    st.last = None  # the other queue may still hold the entry
-                    fwd = self._by_server.pop(st.key, None)
-                    if fwd is not None and fwd.client_key is not None:
-                        self._by_client.pop(fwd.client_key, None)
-        self._flush()
-        if q_e or heap or q_f or q_k or self._q_j or self._q_s:
-            self._arm_tick()
-
-    def _retransmit(self, cl: _LeanClient, now: float) -> None:
-        assert cl.data is not None
-        self.layer.counters["retransmissions"] += 1
-        cl.interval = self._t2 if cl.provisional else min(2 * cl.interval, self._t2)
-        heapq.heappush(self._q_retrans, (now + cl.interval, next(self._seq), cl))
-        assert self.transport is not None
-        try:
-            self.transport.send_datagram(cl.data, cl.dest)
-        except TransportError:
-            self._lean_client.pop(cl.key, None)
-            cl.data = None
-            self._client_failed(cl.key, 503, "transport_failed")
-
-    def _ack_stateless(self, ack: Request, source: Address) -> bool:
-        """An ACK over UDP that no INVITE server transaction of the layer matches is
-        an ACK for a 2xx: forwarded at once, statelessly (§16.11)."""
-        if server_key(ack) in self.layer:
-            return False
-        try:
-            self._on_ack(ack, source, "UDP")
-        except (SipError, ValueError) as exc:
-            self.log.warning("proxy_event_failed", error=str(exc), event="AckFor2xx")
-        return True
-
-    def _dispatch(self, event: Event) -> None:
-        if isinstance(event, RequestReceived):
-            self._on_request(event.key, event.request, event.source, event.transport)
-        elif isinstance(event, ResponseReceived):
-            self._on_response(event.key, event.response)
-        elif isinstance(event, CancelReceived):
-            self._on_cancel(event)
-        elif isinstance(event, AckFor2xx):
-            self._on_ack(event.request, event.source, event.transport)
-        elif isinstance(event, StrayResponse):
-            self._forward_stray(event.response)
-        elif isinstance(event, TransactionTimeout):
-            self._client_failed(event.key, 408, "timeout")
-        elif isinstance(event, TransportFailed):
-            self._client_failed(event.key, 503, "transport_failed")
-        elif isinstance(event, TransactionTerminated):
-            self._on_terminated(event.key)
 
     # ------------------------------------------------------------ helpers
 
@@ -586,7 +363,7 @@ class ProxyCore:
         for name, value in headers:
             resp.headers.add(name, value)
         try:
-            self._send_response(key, resp)
+            self.layer.send_response(resp, self._now(), key=key)
         except TransactionError as exc:
             self.log.info("sip_response_not_sent", status=status, reason=str(exc))
 
@@ -602,8 +379,9 @@ class ProxyCore:
 
     # ------------------------------------------------------------ requests
 
-    def _on_request(self, key: TransactionKey, request: Request, source: Address,
-                    transport: str) -> None:
+    def _on_request(self, event: RequestReceived) -> None:
+        key, request, source, transport = event.key, event.request, event.source, \
+            event.transport
         method = request.method
         src_host = source[0]
         from_node = self.router.is_node_host(src_host)
@@ -832,19 +610,15 @@ class ProxyCore:
                 fwd.prepend.append(("Record-Route", self._rr(transport, rr)))
         self._send_branch(fwd)
 
-    def _apply_edits(self, fwd: _Forward, node: NodeTarget | None) -> None:
-        """Make ``fwd.request`` the forwarded copy (§16.6 steps 3-5), our Via aside."""
-        h = fwd.request.headers
-        h.set("Max-Forwards", fwd.mf)
-        if fwd.strip_node and NODE_HEADER in h:
-            h.remove(NODE_HEADER)
-        if node is not None:
-            h.set(NODE_HEADER, node.name)
-        for name, value in fwd.prepend:
-            h.prepend(name, value)
-        fwd.applied = True
-
     def _send_branch(self, fwd: _Forward) -> None:
+        """Send ``fwd.request`` to its next target in a new client transaction (§16.6).
+
+        A non-INVITE over UDP leaves as the received bytes with the §16.6 edits
+        spliced in (:func:`~protocols.sip.splice.splice_request`); otherwise, or
+        when the bytes need the parser, the request object takes the same edits
+        (:func:`~protocols.sip.splice.edit_request`) and stays edited for a
+        fail-over, which then only swaps our Via and the node header.
+        """
         dest, transport, node = fwd.targets.pop(0)
         fwd.node = node
         request = fwd.request
@@ -854,35 +628,30 @@ class ProxyCore:
               f";branch={branch};rport"
         tm = self.transport
         assert tm is not None
-        lean = transport == "UDP" and method != "INVITE" and method != "CANCEL" \
-            and tm.udp_ready(dest[0])
-        if lean and not fwd.applied:
-            # the received bytes with our lines on top (same-name order kept)
-            lines = [f"Via: {via}", *(f"{n}: {v}" for n, v in reversed(fwd.prepend))]
-            if node is not None:
-                lines.append(f"{NODE_HEADER}: {node.name}")
-            data = _splice_request(request.serialize(), lines, fwd.mf,
-                                   fwd.strip_node or node is not None)
-            if data is not None and len(data) <= tm.udp_size_limit:
-                self._lean_send_request(fwd, TransactionKey(Role.CLIENT, method, branch), data,
-                                        dest)
-                return
-        if not fwd.applied:
-            self._apply_edits(fwd, node)
-        elif fwd.object_via:
-            request.headers.remove_first("Via")
-            if node is not None:
-                request.headers.set(NODE_HEADER, node.name)
-        request.headers.prepend("Via", via)
-        fwd.object_via = True
-        if lean:
-            data = request.serialize()
-            if len(data) <= tm.udp_size_limit:
-                self._lean_send_request(fwd, TransactionKey(Role.CLIENT, method, branch), data,
-                                        dest)
-                return
+        now = self._now()
         try:
-            ckey = self.layer.send_request(request, dest, self._now(), transport=transport)
+            if fwd.applied:
+                h = request.headers
+                h.remove_first("Via")
+                if node is not None:
+                    h.set(NODE_HEADER, node.name)
+                h.prepend("Via", via)
+                ckey = self.layer.send_request(request, dest, now, transport=transport)
+            else:
+                # same-name order: our Via and Record-Route (or Path) above the others
+                top = [("Via", via), *reversed(fwd.prepend)]
+                if node is not None:
+                    top.append((NODE_HEADER, node.name))
+                drop = _NODE_ONLY if fwd.strip_node or node is not None else ()
+                data = None
+                if transport == "UDP" and method != "INVITE" and tm.udp_ready(dest[0]):
+                    data = splice_request(request.serialize(), top, fwd.mf, drop)
+                if data is not None and len(data) <= tm.udp_size_limit:
+                    ckey = self.layer.send_request_data(request, data, branch, dest, now)
+                else:
+                    edit_request(request, top, fwd.mf, drop)
+                    fwd.applied = True
+                    ckey = self.layer.send_request(request, dest, now, transport=transport)
         except TransactionError as exc:
             self.log.warning("proxy_forward_failed", error=str(exc))
             self._upstream_error(fwd, 500)
@@ -891,7 +660,7 @@ class ProxyCore:
         self._by_server[fwd.server_key] = fwd
         self._by_client[ckey] = fwd
         if fwd.cancelled:
-            self.layer.send_cancel(ckey, self._now())
+            self.layer.send_cancel(ckey, now)
 
     # ------------------------------------------------------------ registrar front
 
@@ -992,7 +761,8 @@ class ProxyCore:
 
     # ------------------------------------------------------------ responses
 
-    def _on_response(self, ckey: TransactionKey, response: Response) -> None:
+    def _on_response(self, event: ResponseReceived) -> None:
+        ckey, response = event.key, event.response
         probe = self._probes.get(ckey)
         if probe is not None:
             if response.status >= 200:
@@ -1035,35 +805,19 @@ class ProxyCore:
         if status >= 200:
             fwd.final_sent = True
         self.responses.labels(_STATUS_CLASS[status // 100]).inc()
-        if fwd.delay <= 0 and fwd.server_key in self._lean_server:
-            data = _strip_raw(response.serialize(), removals)
-            if data is not None:
-                self._send_upstream_bytes(fwd, status, data)
-                return
-        headers.remove_first("Via")
-        for name in removals:
-            headers.remove(name)
+        # §16.7 step 3: our Via goes; on the received bytes when they allow it
+        data = pop_top_via(response.serialize(), removals) if fwd.delay <= 0 else None
+        if data is None:
+            edit_response(response, removals)
         if fwd.delay > 0 and status >= 200:
             self._loop.call_later(fwd.delay, self._send_upstream, fwd, response)
         else:
-            self._send_upstream(fwd, response)
+            self._send_upstream(fwd, response, data)
 
-    def _send_upstream_bytes(self, fwd: _Forward, status: int, data: bytes) -> None:
-        """:meth:`_send_upstream` for a lean server transaction and the response's
-        wire form (the top Via already popped)."""
+    def _send_upstream(self, fwd: _Forward, response: Response,
+                       data: bytes | None = None) -> None:
         try:
-            self._send_lean(fwd.server_key, status, data)
-        except TransactionError as exc:
-            self.log.info("sip_response_not_sent", status=status, reason=str(exc))
-        if status >= 200:
-            self._by_server.pop(fwd.server_key, None)
-            if fwd.client_key is not None:
-                self._by_client.pop(fwd.client_key, None)
-        self._flush()
-
-    def _send_upstream(self, fwd: _Forward, response: Response) -> None:
-        try:
-            self._send_response(fwd.server_key, response)
+            self.layer.send_response(response, self._now(), key=fwd.server_key, data=data)
         except TransactionError as exc:
             self.log.info("sip_response_not_sent", status=response.status, reason=str(exc))
         status = response.status
@@ -1081,7 +835,7 @@ class ProxyCore:
         fwd.final_sent = True
         resp = make_response(fwd.request, status, reason, to_tag=hashlib.blake2b(
             fwd.request.call_id.encode(), digest_size=6).hexdigest())
-        if fwd.object_via:
+        if fwd.applied:
             resp.headers.remove_first("Via")
         resp.headers.remove(NODE_HEADER)
         if status == 503:
@@ -1102,7 +856,14 @@ class ProxyCore:
             return
         self._upstream_error(fwd, status)
 
-    def _on_terminated(self, key: TransactionKey) -> None:
+    def _on_timeout(self, event: TransactionTimeout) -> None:
+        self._client_failed(event.key, 408, "timeout")
+
+    def _on_transport_failed(self, event: TransportFailed) -> None:
+        self._client_failed(event.key, 503, "transport_failed")
+
+    def _on_terminated(self, event: TransactionTerminated) -> None:
+        key = event.key
         fwd = self._by_server.pop(key, None)
         if fwd is not None and fwd.client_key is not None:
             self._by_client.pop(fwd.client_key, None)
@@ -1125,8 +886,9 @@ class ProxyCore:
         if fwd.client_key is not None and not fwd.final_sent:
             self.layer.send_cancel(fwd.client_key, self._now())
 
-    def _on_ack(self, ack: Request, source: Address, transport: str) -> None:
+    def _on_ack(self, event: AckFor2xx) -> None:
         """ACK for a 2xx: forwarded statelessly along the route (§16.6, §13.2.2.4)."""
+        ack, source = event.request, event.source
         if not self.synced():
             return
         mf = ack.max_forwards
@@ -1173,9 +935,10 @@ class ProxyCore:
                 return
         self.send_stateless(ack, tp, dest)
 
-    def _forward_stray(self, response: Response) -> None:
+    def _forward_stray(self, event: StrayResponse) -> None:
         """A response matching no client transaction (a late 2xx): forward it
         statelessly if the top Via is ours (§16.7, §18.1.2)."""
+        response = event.response
         try:
             vias = response.vias
         except ParseError:
@@ -1184,11 +947,10 @@ class ProxyCore:
             return
         response.headers.remove_first("Via")
         nxt = vias[1]
-        host = nxt.received or nxt.host
-        port = nxt.rport or nxt.port or DEFAULT_PORTS.get(nxt.transport, 5060)
-        if self.router.is_node_host(host) is False:
+        dest = stateless_response_destination(nxt)
+        if self.router.is_node_host(dest[0]) is False:
             response.headers.remove(NODE_HEADER)
-        self.send_stateless(response, nxt.transport, (host, port))
+        self.send_stateless(response, nxt.transport, dest)
 
     # ------------------------------------------------------------ OPTIONS probes
 
@@ -1225,36 +987,6 @@ def _replace_port(s: ProxySettings, port: int) -> ProxySettings:
     return replace(s, port=port)
 
 
-_FIRST_VIA = re.compile(rb"\r\n(?:via|v)[ \t]*:[ \t]*([^\r\n]*)", re.IGNORECASE)
-
-
-def _strip_raw(data: bytes, removals: list[str]) -> bytes | None:
-    """``data`` (a response) without its first Via value and the header lines named
-    in ``removals``, edited as bytes (§16.7 step 3); ``None`` when the header section
-    needs the parser (folded lines, a quoted string in the Via)."""
-    end = data.find(b"\r\n\r\n")
-    if end < 0:
-        return None
-    head = data[:end]
-    if b"\r\n " in head or b"\r\n\t" in head:
-        return None
-    m = _FIRST_VIA.search(head)
-    if m is None:
-        return None
-    value = m.group(1)
-    if b'"' in value:
-        return None
-    comma = value.find(b",")
-    if comma < 0:
-        head = head[:m.start()] + head[m.end():]
-    else:
-        head = head[:m.start(1)] + value[comma + 1:].lstrip(b" \t") + head[m.end():]
-    for name in removals:
-        head = re.sub(rb"\r\n" + name.encode() + rb"[ \t]*:[^\r\n]*", b"", head,
-                      flags=re.IGNORECASE)
-    return head + data[end:]
-
-
 def _first_route(request: Request, top: str | None = None) -> NameAddr:
     """The first Route value (§16.4), parsing only that one when the first line holds
     a single value."""
@@ -1262,42 +994,6 @@ def _first_route(request: Request, top: str | None = None) -> NameAddr:
     if line is not None and "," not in line:
         return parse_name_addr(line)
     return request.routes[0]
-
-
-_MAX_FORWARDS = re.compile(rb"\r\nmax-forwards[ \t]*:[ \t]*([^\r\n]*)", re.IGNORECASE)
-_NODE_LINE = re.compile(rb"\r\n" + NODE_HEADER.encode() + rb"[ \t]*:[^\r\n]*", re.IGNORECASE)
-
-
-def _splice_request(data: bytes, lines: list[str], mf: str, drop_node: bool) -> bytes | None:
-    """The forwarded copy of a request (§16.6) made from its wire form ``data``:
-    ``lines`` inserted after the request line, Max-Forwards set to ``mf``, the
-    ``X-SC-Node`` lines dropped when ``drop_node``. ``None`` when the header
-    section needs the parser (folded lines)."""
-    end = data.find(b"\r\n\r\n")
-    first = data.find(b"\r\n")
-    if end < 0 or first == end:
-        return None
-    rest = data[first:end]
-    if b"\r\n " in rest or b"\r\n\t" in rest:
-        return None
-    m = _MAX_FORWARDS.search(rest)
-    if m is not None:
-        rest = rest[:m.start(1)] + mf.encode() + rest[m.end(1):]
-    else:
-        lines = [*lines, f"Max-Forwards: {mf}"]
-    if drop_node:
-        rest = _NODE_LINE.sub(b"", rest)
-    top = "\r\n".join(lines).encode("utf-8", "surrogateescape")
-    return data[:first] + b"\r\n" + top + rest + data[end:]
-
-
-def _response_dest(request: Request, flow: Any) -> Address:
-    if flow.transport != "UDP":
-        return (flow.remote[0], flow.remote[1])
-    via = request.top_via
-    if via.rport is not None or "rport" in via.params:
-        return (flow.remote[0], flow.remote[1])
-    return (flow.remote[0], via.port or 5060)
 
 
 def _behind_nat(request: Request, source: Address) -> bool:
