@@ -41,15 +41,24 @@ from typing import Any
 from daemons.runtime.driver import TimerSlot
 from daemons.runtime.management import Metrics
 from daemons.runtime.sip_transport import (
-    DEFAULT_PORTS,
     SipTransportManager,
     TransportError,
 )
+from daemons.sip_proxy.flows import (
+    behind_nat,
+    first_route,
+    flow_token,
+    parse_flow_token,
+    split_hostport,
+    uri_dest,
+    uri_transport,
+)
 from daemons.sip_proxy.registrar import Binding, BindingStore, aor_of
+from daemons.sip_proxy.registrar_front import granted_bindings, planned_bindings
 from daemons.sip_proxy.routing import NodeTarget, Router
 from daemons.sip_proxy.security import AuthGuard, RateLimiter
 from protocols.sip.errors import ParseError, SipError
-from protocols.sip.headers import NameAddr, Via, parse_name_addr, unquote_param
+from protocols.sip.headers import Via, parse_name_addr
 from protocols.sip.message import Request, Response, make_response
 from protocols.sip.rules import stateless_response_destination
 from protocols.sip.splice import edit_request, edit_response, pop_top_via, splice_request
@@ -70,7 +79,7 @@ from protocols.sip.transaction import (
     TransportFailed,
     response_destination,
 )
-from protocols.sip.uri import SipUri, format_host, parse_uri
+from protocols.sip.uri import format_host, parse_uri
 
 __all__ = ["NODE_HEADER", "ProxyCore", "ProxySettings"]
 
@@ -475,7 +484,7 @@ class ProxyCore:
                     if v and (k == "sc-node" or k == "ft"):
                         pins[k] = v
             else:
-                uri = _first_route(request, top).sip_uri
+                uri = first_route(request, top).sip_uri
                 if not self.is_own(uri.host, uri.port):
                     return
                 for name in ("sc-node", "ft"):
@@ -493,8 +502,8 @@ class ProxyCore:
         rr: dict[str, str] | None = None
         # 1. loose routing: a Route that is not ours remains
         if request.headers.get("Route"):
-            nxt = _first_route(request).sip_uri
-            fwd.targets = [(_uri_dest(nxt), _uri_transport(nxt), None)]
+            nxt = first_route(request).sip_uri
+            fwd.targets = [(uri_dest(nxt), uri_transport(nxt), None)]
             inside = self.router.is_node_host(nxt.host) or nxt.host in self._peer_hosts
             self._forward(fwd, "route", rr=None, strip_node=not inside)
             return
@@ -533,8 +542,8 @@ class ProxyCore:
             fwd.targets = [((n.host, n.port), n.transport, n) for n in nodes]
             if dialog_creating:
                 rr = {"sc-node": nodes[0].name}
-                if transport != "UDP" or _behind_nat(request, fwd.source):
-                    rr["ft"] = _flow_token(transport, fwd.source)
+                if transport != "UDP" or behind_nat(request, fwd.source):
+                    rr["ft"] = flow_token(transport, fwd.source)
             self._forward(fwd, "node", rr=rr)
             return
         # from a node (or a peer proxy): toward an endpoint
@@ -544,7 +553,7 @@ class ProxyCore:
             node_name = src_node.name if src_node else None
         flow = pins.get("ft")
         if flow is not None:
-            dest, tp = _parse_flow_token(flow)
+            dest, tp = parse_flow_token(flow)
             fwd.targets = [(dest, tp, None)]
             # a Path with the phone's flow (RFC 3327): a new dialog stays pinned here
             self._forward(fwd, "flow", rr={"sc-node": node_name, "ft": flow}
@@ -575,22 +584,22 @@ class ProxyCore:
                 request.headers.prepend("Route", p)
             if b.path:
                 nxt = request.routes[0].sip_uri
-                fwd.targets = [(_uri_dest(nxt), _uri_transport(nxt), None)]
+                fwd.targets = [(uri_dest(nxt), uri_transport(nxt), None)]
             elif b.received is not None:
-                fwd.targets = [(_split_hostport(b.received), b.transport, None)]
+                fwd.targets = [(split_hostport(b.received), b.transport, None)]
             else:
                 cu = parse_uri(b.contact)
-                fwd.targets = [(_uri_dest(cu), _uri_transport(cu), None)]
+                fwd.targets = [(uri_dest(cu), uri_transport(cu), None)]
             if dialog_creating:
                 rr = {}
                 if node_name:
                     rr["sc-node"] = node_name
                 if b.received is not None:
-                    rr["ft"] = _flow_token(b.transport, _split_hostport(b.received))
+                    rr["ft"] = flow_token(b.transport, split_hostport(b.received))
             self._forward(fwd, "aor", rr=rr, strip_node=True)
             return
         # anything else: on the Request-URI (trunks, other domains)
-        fwd.targets = [(_uri_dest(ruri), _uri_transport(ruri), None)]
+        fwd.targets = [(uri_dest(ruri), uri_transport(ruri), None)]
         self._forward(fwd, "ruri", rr={"sc-node": node_name} if dialog_creating and node_name
                       else None, strip_node=True)
 
@@ -670,30 +679,11 @@ class ProxyCore:
         to = request.to.sip_uri
         aor = aor_of(to.user, to.host if to.host.lower() != self.settings.host
                      else self.settings.domain)
-        now = time.time()
-        header_expires = request.expires
-        ua = request.headers.get("User-Agent")
-        behind = transport != "UDP" or _behind_nat(request, fwd.source)
+        behind = transport != "UDP" or behind_nat(request, fwd.source)
         received = f"{format_host(fwd.source[0])}:{fwd.source[1]}" if behind else None
-        planned: list[Binding] = []
-        for c in request.contacts:
-            if c.is_star:
-                planned = [Binding(aor, "*", now, now, self.settings.name)]
-                break
-            raw = c.params.get("expires")
-            expires = int(raw) if raw is not None and raw.isdigit() else (
-                header_expires if header_expires is not None
-                else self.settings.registrar_default_timeout)
-            reg_id = c.params.get("reg-id")
-            q = c.params.get("q")
-            try:
-                qv = float(q) if q is not None else None
-            except ValueError:
-                qv = None
-            planned.append(Binding(
-                aor, c.uri, now + expires, now, self.settings.name, transport, received, (),
-                unquote_param(c.params.get("+sip.instance")),
-                int(reg_id) if reg_id is not None and reg_id.isdigit() else None, ua, qv))
+        planned = planned_bindings(request, aor, now=time.time(), origin=self.settings.name,
+                                   transport=transport, received=received,
+                                   default_expires=self.settings.registrar_default_timeout)
         fwd.register = planned
         fwd.path_supported = "Supported" in request.headers and "path" in [
             s.strip().lower() for s in request.headers.get_all("Supported")]
@@ -706,51 +696,18 @@ class ProxyCore:
             return
         fwd.targets = [((n.host, n.port), n.transport, n) for n in nodes]
         # RFC 3327: the node learns the way back to the phone's flow
-        ft = f";ft={_flow_token(transport, fwd.source)}" if received else ""
+        ft = f";ft={flow_token(transport, fwd.source)}" if received else ""
         fwd.prepend.append(
             ("Path", f"<sip:{format_host(self.settings.host)}:{self.settings.port};lr{ft}>"))
         self._forward(fwd, "register", rr=None)
 
     def _store_registration(self, fwd: _Forward, response: Response) -> None:
-        assert fwd.register is not None
-        now = time.time()
-        answered: dict[str, int | None] = {}
-        try:
-            for c in response.contacts:
-                raw = c.params.get("expires")
-                # the node usually echoes the contact as sent: compare the text
-                # first, normalised URIs only when that fails
-                answered[c.uri] = int(raw) if raw is not None and raw.isdigit() else None
-            resp_expires = response.expires
-        except ParseError:
-            answered, resp_expires = {}, None
-        if answered and any(p.contact not in answered for p in fwd.register
-                            if p.contact != "*"):
-            answered = {_norm_uri(k): v for k, v in answered.items()}
-            normalise = True
-        else:
-            normalise = False
-        stamp = self._stamp()
-        for planned in fwd.register:
-            if planned.contact == "*":
-                for old in self.store.bindings_of(planned.aor):
-                    if not old.removed:
-                        self._apply(Binding(old.aor, old.contact, stamp, stamp,
-                                            self.settings.name, old.transport, old.received,
-                                            old.path, old.instance, old.reg_id))
-                continue
-            norm = _norm_uri(planned.contact) if normalise else planned.contact
-            if answered and norm not in answered:
-                expires_at = stamp  # the node no longer lists it: removed
-            else:
-                given = answered.get(norm)
-                if given is None and resp_expires is not None:
-                    given = resp_expires
-                expires_at = (now + given) if given is not None else planned.expires_at
-                expires_at = max(expires_at, stamp) if expires_at > now else stamp
-            b = Binding(planned.aor, planned.contact, expires_at, stamp, self.settings.name,
-                        planned.transport, planned.received, planned.path, planned.instance,
-                        planned.reg_id, planned.user_agent, planned.q)
+        planned = fwd.register
+        assert planned is not None
+        existing = self.store.bindings_of(planned[0].aor) \
+            if any(p.contact == "*" for p in planned) else []
+        for b in granted_bindings(planned, response, existing, now=time.time(),
+                                  stamp=self._stamp(), origin=self.settings.name):
             self._apply(b)
 
     def _apply(self, b: Binding) -> None:
@@ -902,8 +859,8 @@ class ProxyCore:
         dest: Address
         tp: str
         if "Route" in ack.headers:
-            nxt = _first_route(ack).sip_uri
-            dest, tp = _uri_dest(nxt), _uri_transport(nxt)
+            nxt = first_route(ack).sip_uri
+            dest, tp = uri_dest(nxt), uri_transport(nxt)
         elif from_endpoint:
             if NODE_HEADER in ack.headers:
                 ack.headers.remove(NODE_HEADER)
@@ -916,9 +873,9 @@ class ProxyCore:
             dest, tp = (node.host, node.port), node.transport
         else:
             if "ft" in pins:
-                dest, tp = _parse_flow_token(pins["ft"])
+                dest, tp = parse_flow_token(pins["ft"])
             else:
-                dest, tp = _uri_dest(ack.ruri), _uri_transport(ack.ruri)
+                dest, tp = uri_dest(ack.ruri), uri_transport(ack.ruri)
             if NODE_HEADER in ack.headers:
                 ack.headers.remove(NODE_HEADER)
         ack.headers.set("Max-Forwards", str(69 if mf is None else mf - 1))
@@ -987,59 +944,6 @@ def _replace_port(s: ProxySettings, port: int) -> ProxySettings:
     return replace(s, port=port)
 
 
-def _first_route(request: Request, top: str | None = None) -> NameAddr:
-    """The first Route value (§16.4), parsing only that one when the first line holds
-    a single value."""
-    line = request.headers.get("Route") if top is None else top
-    if line is not None and "," not in line:
-        return parse_name_addr(line)
-    return request.routes[0]
-
-
-def _behind_nat(request: Request, source: Address) -> bool:
-    """RFC 3581: the phone's sent-by is not where its packets come from."""
-    via = request.top_via
-    return via.host.strip("[]") != source[0] or (via.port or 5060) != source[1]
-
-
-def _flow_token(transport: str, addr: Address) -> str:
-    return f"{transport.lower()}-{addr[0].replace(':', '_')}-{addr[1]}"
-
-
-def _parse_flow_token(token: str) -> tuple[Address, str]:
-    transport, host, port = token.rsplit("-", 2)
-    return (host.replace("_", ":"), int(port)), transport.upper()
-
-
-def _split_hostport(text: str) -> Address:
-    host, _, port = text.rpartition(":")
-    return host.strip("[]"), int(port)
-
-
-def _uri_transport(uri: SipUri) -> str:
-    tp = (uri.params.get("transport") or "").upper()
-    if uri.scheme == "sips":
-        return "TLS"
-    return tp if tp in ("UDP", "TCP", "TLS") else "UDP"
-
-
-def _uri_dest(uri: SipUri) -> Address:
-    host = uri.params.get("maddr") or uri.host
-    if not host:
-        raise ValueError("URI without host")
-    tp = _uri_transport(uri)
-    return host, uri.port or DEFAULT_PORTS.get(tp, 5060)
-
-
-def _norm_uri(text: str) -> str:
-    try:
-        u = parse_uri(text.strip("<>"))
-    except ParseError:
-        return text
-    return f"{u.scheme}:{u.user or ''}@{u.host.lower()}:{u.port or 5060}"
-
-
 def _challenge_text(response: Response) -> str:
     return " ".join(response.headers.get_lines("WWW-Authenticate") +
                     response.headers.get_lines("Proxy-Authenticate")).lower()
-
