@@ -35,7 +35,6 @@ import itertools
 import secrets
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 from daemons.runtime.driver import TimerSlot
@@ -53,14 +52,15 @@ from daemons.sip_proxy.flows import (
     uri_dest,
     uri_transport,
 )
+from daemons.sip_proxy.forwarding import NODE_HEADER, Forward, ProxySettings, loop_hash
+from daemons.sip_proxy.hop_by_hop import HopByHop
 from daemons.sip_proxy.registrar import Binding, BindingStore, aor_of
-from daemons.sip_proxy.registrar_front import granted_bindings, planned_bindings
+from daemons.sip_proxy.registrar_front import RegistrarFront
 from daemons.sip_proxy.routing import NodeTarget, Router
 from daemons.sip_proxy.security import AuthGuard, RateLimiter
 from protocols.sip.errors import ParseError, SipError
-from protocols.sip.headers import Via, parse_name_addr
+from protocols.sip.headers import parse_name_addr
 from protocols.sip.message import Request, Response, make_response
-from protocols.sip.rules import stateless_response_destination
 from protocols.sip.splice import edit_request, edit_response, pop_top_via, splice_request
 from protocols.sip.timers import TimerSettings
 from protocols.sip.transaction import (
@@ -83,8 +83,6 @@ from protocols.sip.uri import format_host, parse_uri
 
 __all__ = ["NODE_HEADER", "ProxyCore", "ProxySettings"]
 
-#: The private header that names a dialog's node inside the cluster.
-NODE_HEADER = "X-SC-Node"
 ALLOW = "INVITE, ACK, CANCEL, BYE, OPTIONS, REGISTER, SUBSCRIBE, NOTIFY, REFER, INFO, " \
         "MESSAGE, UPDATE, PRACK, PUBLISH"
 #: Methods whose dialog-creating requests we record-route (§16.6 step 4).
@@ -100,67 +98,7 @@ TIMER_RESOLUTION = 0.01
 Address = tuple[str, int]
 
 
-@dataclass(frozen=True)
-class ProxySettings:
-    """What the core needs from the cluster file and the command line."""
-
-    name: str
-    host: str
-    port: int
-    geo_location: str
-    domain: str
-    registrar_default_timeout: int = 140
-    feature_server: tuple[str, int] | None = None
-    #: other proxies of the cluster: name -> (host, sip-port)
-    peers: dict[str, Address] = field(default_factory=dict)
-    sync_retry_after: int = 5
-    #: names that stand for every proxy of the cluster: the SIP Outbound Proxy
-    #: DN's contact / external-contact host (the SRV FQDN). A Route naming one
-    #: of them without a port is this proxy (RFC 3261 §16.4, RFC 3263 §4.2).
-    own_names: frozenset[str] = frozenset()
-
-
-@dataclass(slots=True)
-class _Forward:
-    """A request being proxied: its server transaction and current branch (§16)."""
-
-    server_key: TransactionKey
-    request: Request  # as received; the forwarded copy once ``applied``
-    source: Address
-    from_endpoint: bool
-    client_key: TransactionKey | None = None
-    targets: list[tuple[Address, str, NodeTarget | None]] = field(default_factory=list)
-    node: NodeTarget | None = None
-    final_sent: bool = False
-    got_provisional: bool = False
-    cancelled: bool = False
-    had_credentials: bool = False
-    delay: float = 0.0
-    register: list[Binding] | None = None
-    path_supported: bool = False
-    loop_hash: str = ""  # §16.6 step 8, of the request as received
-    in_transport: str = "UDP"
-    # §16.6 edits of the forwarded copy, kept aside so that a datagram can be
-    # spliced from the received bytes; ``applied``: made on ``request`` instead,
-    # our Via included (protocols.sip.splice)
-    mf: str = "69"
-    strip_node: bool = False
-    prepend: list[tuple[str, str]] = field(default_factory=list)
-    applied: bool = False
-
-
-def _loop_hash(request: Request) -> str:
-    """§16.6 step 8: a hash of what a looping request would keep unchanged."""
-    h = request.headers
-    parts = [request.uri, request.from_.tag or "", request.to.tag or "", request.call_id,
-             str(request.cseq.number)]
-    for name in ("Route", "Proxy-Require", "Proxy-Authorization"):
-        if name in h:
-            parts.extend(h.get_lines(name))
-    return hashlib.blake2b("\x00".join(parts).encode(), digest_size=5).hexdigest()
-
-
-class ProxyCore:
+class ProxyCore(RegistrarFront, HopByHop):
     """Transactions + transports + the proxy rules (see module docstring).
 
     ``store`` holds the cluster's bindings; ``on_binding`` is called with every
@@ -198,8 +136,8 @@ class ProxyCore:
         self.metrics = metrics
         self._loop = asyncio.get_running_loop()
         self._timer = TimerSlot(self._loop, self._on_timer, TIMER_RESOLUTION)
-        self._by_server: dict[TransactionKey, _Forward] = {}
-        self._by_client: dict[TransactionKey, _Forward] = {}
+        self._by_server: dict[TransactionKey, Forward] = {}
+        self._by_client: dict[TransactionKey, Forward] = {}
         self._probes: dict[TransactionKey, Callable[[int | None], None]] = {}
         # §8.1.1.7: branches unique in space and time: a random salt per start, then
         # a counter (no system call per request)
@@ -421,7 +359,7 @@ class ProxyCore:
             self._respond(key, request, 483)
             return
         # §16.3 step 4: loop detection
-        lh = _loop_hash(request)
+        lh = loop_hash(request)
         own_host = self.settings.host
         if any(own_host in line for line in request.headers.get_lines("Via")):
             for v in request.vias:
@@ -458,7 +396,7 @@ class ProxyCore:
                 request.headers.add("Route", value)
             request.uri = parse_name_addr(routes[-1]).uri
         self._pop_own_routes(request, pins)
-        fwd = _Forward(key, request, source, from_endpoint, delay=verdict_delay, loop_hash=lh,
+        fwd = Forward(key, request, source, from_endpoint, delay=verdict_delay, loop_hash=lh,
                        in_transport=transport)
         fwd.had_credentials = "authorization" in request.headers or \
             "proxy-authorization" in request.headers
@@ -493,7 +431,7 @@ class ProxyCore:
                         pins[name] = value
             request.headers.remove_first("Route")
 
-    def _route(self, fwd: _Forward, request: Request, transport: str, pins: dict[str, str],
+    def _route(self, fwd: Forward, request: Request, transport: str, pins: dict[str, str],
                from_node: bool, from_peer: bool) -> None:
         method = request.method
         key = fwd.server_key
@@ -603,7 +541,7 @@ class ProxyCore:
         self._forward(fwd, "ruri", rr={"sc-node": node_name} if dialog_creating and node_name
                       else None, strip_node=True)
 
-    def _forward(self, fwd: _Forward, action: str, *, rr: dict[str, str] | None,
+    def _forward(self, fwd: Forward, action: str, *, rr: dict[str, str] | None,
                  strip_node: bool = False) -> None:
         """§16.6: copy-free forwarding of ``fwd.request`` to ``fwd.targets[0]``."""
         request = fwd.request
@@ -619,7 +557,7 @@ class ProxyCore:
                 fwd.prepend.append(("Record-Route", self._rr(transport, rr)))
         self._send_branch(fwd)
 
-    def _send_branch(self, fwd: _Forward) -> None:
+    def _send_branch(self, fwd: Forward) -> None:
         """Send ``fwd.request`` to its next target in a new client transaction (§16.6).
 
         A non-INVITE over UDP leaves as the received bytes with the §16.6 edits
@@ -670,51 +608,6 @@ class ProxyCore:
         self._by_client[ckey] = fwd
         if fwd.cancelled:
             self.layer.send_cancel(ckey, now)
-
-    # ------------------------------------------------------------ registrar front
-
-    def _register(self, fwd: _Forward, request: Request, transport: str) -> None:
-        """Registrar front (guide: "SIP Registration"): pass REGISTER to a local node,
-        remember what to store when it answers 2xx."""
-        to = request.to.sip_uri
-        aor = aor_of(to.user, to.host if to.host.lower() != self.settings.host
-                     else self.settings.domain)
-        behind = transport != "UDP" or behind_nat(request, fwd.source)
-        received = f"{format_host(fwd.source[0])}:{fwd.source[1]}" if behind else None
-        planned = planned_bindings(request, aor, now=time.time(), origin=self.settings.name,
-                                   transport=transport, received=received,
-                                   default_expires=self.settings.registrar_default_timeout)
-        fwd.register = planned
-        fwd.path_supported = "Supported" in request.headers and "path" in [
-            s.strip().lower() for s in request.headers.get_all("Supported")]
-        nodes = self.router.candidates(request.call_id)
-        nodes = [n for n in nodes if n.geo_location == self.settings.geo_location] or nodes
-        if not nodes:
-            self.requests.labels("REGISTER", "no_node").inc()
-            self._respond(fwd.server_key, request, 503, "No Node In Service",
-                          (("Retry-After", "5"),))
-            return
-        fwd.targets = [((n.host, n.port), n.transport, n) for n in nodes]
-        # RFC 3327: the node learns the way back to the phone's flow
-        ft = f";ft={flow_token(transport, fwd.source)}" if received else ""
-        fwd.prepend.append(
-            ("Path", f"<sip:{format_host(self.settings.host)}:{self.settings.port};lr{ft}>"))
-        self._forward(fwd, "register", rr=None)
-
-    def _store_registration(self, fwd: _Forward, response: Response) -> None:
-        planned = fwd.register
-        assert planned is not None
-        existing = self.store.bindings_of(planned[0].aor) \
-            if any(p.contact == "*" for p in planned) else []
-        for b in granted_bindings(planned, response, existing, now=time.time(),
-                                  stamp=self._stamp(), origin=self.settings.name):
-            self._apply(b)
-
-    def _apply(self, b: Binding) -> None:
-        if self.store.apply(b):
-            self.registrations.labels("removed" if b.removed else "stored").inc()
-            self.on_binding(b)
-        self.bindings_gauge.set(len(self.store))
 
     # ------------------------------------------------------------ responses
 
@@ -771,7 +664,7 @@ class ProxyCore:
         else:
             self._send_upstream(fwd, response, data)
 
-    def _send_upstream(self, fwd: _Forward, response: Response,
+    def _send_upstream(self, fwd: Forward, response: Response,
                        data: bytes | None = None) -> None:
         try:
             self.layer.send_response(response, self._now(), key=fwd.server_key, data=data)
@@ -786,7 +679,7 @@ class ProxyCore:
                 self._by_client.pop(fwd.client_key, None)
         self._flush()
 
-    def _upstream_error(self, fwd: _Forward, status: int, reason: str | None = None) -> None:
+    def _upstream_error(self, fwd: Forward, status: int, reason: str | None = None) -> None:
         if fwd.final_sent:
             return
         fwd.final_sent = True
@@ -828,112 +721,6 @@ class ProxyCore:
         if fwd is not None and not fwd.final_sent:
             self._upstream_error(fwd, 408)
         self._probes.pop(key, None)
-
-    # ------------------------------------------------------------ CANCEL, ACK, strays
-
-    def _on_cancel(self, event: CancelReceived) -> None:
-        """§16.10: 200 to the CANCEL, then CANCEL every pending branch."""
-        fwd = self._by_server.get(event.invite_key) if event.invite_key else None
-        if fwd is None:
-            self._respond(event.key, event.request, 481)
-            return
-        self._respond(event.key, event.request, 200)
-        fwd.cancelled = True
-        fwd.targets = []
-        if fwd.client_key is not None and not fwd.final_sent:
-            self.layer.send_cancel(fwd.client_key, self._now())
-
-    def _on_ack(self, event: AckFor2xx) -> None:
-        """ACK for a 2xx: forwarded statelessly along the route (§16.6, §13.2.2.4)."""
-        ack, source = event.request, event.source
-        if not self.synced():
-            return
-        mf = ack.max_forwards
-        if mf is not None and mf <= 0:
-            return
-        top = ack.top_via.branch or ""
-        pins: dict[str, str] = {}
-        self._pop_own_routes(ack, pins)
-        from_endpoint = not self.router.is_node_host(source[0]) and \
-            source[0] not in self._peer_hosts
-        dest: Address
-        tp: str
-        if "Route" in ack.headers:
-            nxt = first_route(ack).sip_uri
-            dest, tp = uri_dest(nxt), uri_transport(nxt)
-        elif from_endpoint:
-            if NODE_HEADER in ack.headers:
-                ack.headers.remove(NODE_HEADER)
-            node = self.router.pinned(pins["sc-node"]) if "sc-node" in pins else None
-            if node is None and ack.ruri.host:
-                node = self.router.node_at(ack.ruri.host, ack.ruri.port or 5060)
-            if node is None:
-                self.requests.labels("ACK", "no_node").inc()
-                return
-            dest, tp = (node.host, node.port), node.transport
-        else:
-            if "ft" in pins:
-                dest, tp = parse_flow_token(pins["ft"])
-            else:
-                dest, tp = uri_dest(ack.ruri), uri_transport(ack.ruri)
-            if NODE_HEADER in ack.headers:
-                ack.headers.remove(NODE_HEADER)
-        ack.headers.set("Max-Forwards", str(69 if mf is None else mf - 1))
-        # the same branch for every copy of this ACK (§16.11: stateless forwarding)
-        branch = "z9hG4bKsa" + hashlib.blake2b(top.encode(), digest_size=8).hexdigest()
-        ack.headers.prepend("Via", f"SIP/2.0/{tp} {format_host(self.settings.host)}:"
-                                   f"{self.settings.port};branch={branch};rport")
-        self.requests.labels("ACK", "forwarded").inc()
-        if tp == "UDP":
-            assert self.transport is not None
-            data = ack.serialize()
-            if len(data) <= self.transport.udp_size_limit:
-                self._send_udp(data, dest)
-                return
-        self.send_stateless(ack, tp, dest)
-
-    def _forward_stray(self, event: StrayResponse) -> None:
-        """A response matching no client transaction (a late 2xx): forward it
-        statelessly if the top Via is ours (§16.7, §18.1.2)."""
-        response = event.response
-        try:
-            vias = response.vias
-        except ParseError:
-            return
-        if len(vias) < 2 or not self.is_own(vias[0].host, vias[0].port):
-            return
-        response.headers.remove_first("Via")
-        nxt = vias[1]
-        dest = stateless_response_destination(nxt)
-        if self.router.is_node_host(dest[0]) is False:
-            response.headers.remove(NODE_HEADER)
-        self.send_stateless(response, nxt.transport, dest)
-
-    # ------------------------------------------------------------ OPTIONS probes
-
-    def probe(self, target: NodeTarget, done: Callable[[int | None], None]) -> None:
-        """Send one OPTIONS to ``target`` (oos-check); ``done(status or None)``."""
-        uri = f"sip:{format_host(target.host)}:{target.port}"
-        tag = hashlib.blake2b(f"{self.settings.name}{self._now()}".encode(),
-                              digest_size=5).hexdigest()
-        req = Request("OPTIONS", uri)
-        h = req.headers
-        h.add("Via", str(Via(target.transport, self.settings.host, self.settings.port,
-                             {"branch": self.layer.new_branch(), "rport": None})))
-        h.add("Max-Forwards", "70")
-        h.add("From", f"<sip:{self.settings.name}@{format_host(self.settings.host)}>;tag={tag}")
-        h.add("To", f"<{uri}>")
-        h.add("Call-ID", f"oos-{tag}@{self.settings.host}")
-        h.add("CSeq", "1 OPTIONS")
-        h.add("User-Agent", "sipcluster-sip-proxy")
-        try:
-            key = self.layer.send_request(req, (target.host, target.port), self._now(),
-                                          transport=target.transport)
-        except TransactionError:
-            done(None)
-            return
-        self._probes[key] = done
-        self._flush()
 
 
 # --------------------------------------------------------------------------- small rules

@@ -6,21 +6,29 @@ the phone: :func:`planned_bindings` reads the Contacts of the request as it
 arrived (with the flow it came in on), :func:`granted_bindings` turns the
 node's 2xx into the bindings to store (the expiry the node granted per
 Contact, removals for Contacts it no longer lists, ``*`` removing every
-binding of the AoR). The store and its replication are
-:mod:`daemons.sip_proxy.registrar` and :mod:`daemons.sip_proxy.replication`.
+binding of the AoR). :class:`RegistrarFront` is the proxy core's part that
+uses them: choose a local node, add Path, store what the node granted. The
+store and its replication are :mod:`daemons.sip_proxy.registrar` and
+:mod:`daemons.sip_proxy.replication`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import time
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any
 
-from daemons.sip_proxy.registrar import Binding
+from daemons.sip_proxy.flows import behind_nat, flow_token
+from daemons.sip_proxy.forwarding import Forward, ProxySettings
+from daemons.sip_proxy.registrar import Binding, BindingStore, aor_of
+from daemons.sip_proxy.routing import Router
 from protocols.sip.errors import ParseError
 from protocols.sip.headers import unquote_param
 from protocols.sip.message import Request, Response
-from protocols.sip.uri import parse_uri
+from protocols.sip.transaction import TransactionKey
+from protocols.sip.uri import format_host, parse_uri
 
-__all__ = ["granted_bindings", "normalised_uri", "planned_bindings"]
+__all__ = ["RegistrarFront", "granted_bindings", "normalised_uri", "planned_bindings"]
 
 
 def planned_bindings(request: Request, aor: str, *, now: float, origin: str, transport: str,
@@ -104,3 +112,72 @@ def granted_bindings(planned: list[Binding], response: Response, existing: Itera
         out.append(Binding(p.aor, p.contact, expires_at, stamp, origin, p.transport, p.received,
                            p.path, p.instance, p.reg_id, p.user_agent, p.q))
     return out
+
+
+class RegistrarFront:
+    """The registrar front of :class:`~daemons.sip_proxy.proxy.ProxyCore`: REGISTER
+    from a phone goes to a node of the proxy's geo-location with a Path to the
+    phone's flow (RFC 3327); the node's 2xx is stored and replicated."""
+
+    settings: ProxySettings
+    router: Router
+    store: BindingStore
+    on_binding: Callable[[Binding], None]
+    requests: Any
+    registrations: Any
+    bindings_gauge: Any
+
+    if TYPE_CHECKING:  # provided by ProxyCore
+        def _respond(self, key: TransactionKey, request: Request, status: int,
+                     reason: str | None = None, headers: tuple[tuple[str, str], ...] = ()) -> None:
+            ...
+
+        def _forward(self, fwd: Forward, action: str, *, rr: dict[str, str] | None,
+                     strip_node: bool = False) -> None:
+            ...
+
+        def _stamp(self) -> float:
+            ...
+
+    def _register(self, fwd: Forward, request: Request, transport: str) -> None:
+        """Registrar front (guide: "SIP Registration"): pass REGISTER to a local node,
+        remember what to store when it answers 2xx."""
+        to = request.to.sip_uri
+        aor = aor_of(to.user, to.host if to.host.lower() != self.settings.host
+                     else self.settings.domain)
+        behind = transport != "UDP" or behind_nat(request, fwd.source)
+        received = f"{format_host(fwd.source[0])}:{fwd.source[1]}" if behind else None
+        planned = planned_bindings(request, aor, now=time.time(), origin=self.settings.name,
+                                   transport=transport, received=received,
+                                   default_expires=self.settings.registrar_default_timeout)
+        fwd.register = planned
+        fwd.path_supported = "Supported" in request.headers and "path" in [
+            s.strip().lower() for s in request.headers.get_all("Supported")]
+        nodes = self.router.candidates(request.call_id)
+        nodes = [n for n in nodes if n.geo_location == self.settings.geo_location] or nodes
+        if not nodes:
+            self.requests.labels("REGISTER", "no_node").inc()
+            self._respond(fwd.server_key, request, 503, "No Node In Service",
+                          (("Retry-After", "5"),))
+            return
+        fwd.targets = [((n.host, n.port), n.transport, n) for n in nodes]
+        # RFC 3327: the node learns the way back to the phone's flow
+        ft = f";ft={flow_token(transport, fwd.source)}" if received else ""
+        fwd.prepend.append(
+            ("Path", f"<sip:{format_host(self.settings.host)}:{self.settings.port};lr{ft}>"))
+        self._forward(fwd, "register", rr=None)
+
+    def _store_registration(self, fwd: Forward, response: Response) -> None:
+        planned = fwd.register
+        assert planned is not None
+        existing = self.store.bindings_of(planned[0].aor) \
+            if any(p.contact == "*" for p in planned) else []
+        for b in granted_bindings(planned, response, existing, now=time.time(),
+                                  stamp=self._stamp(), origin=self.settings.name):
+            self._apply(b)
+
+    def _apply(self, b: Binding) -> None:
+        if self.store.apply(b):
+            self.registrations.labels("removed" if b.removed else "stored").inc()
+            self.on_binding(b)
+        self.bindings_gauge.set(len(self.store))

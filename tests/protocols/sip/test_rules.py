@@ -21,8 +21,9 @@ from protocols.sip.rules import (
 
 def request(via: str) -> Request:
     msg = parse_message(
-        (f"OPTIONS sip:a@127.0.150.1 SIP/2.0\r\nVia: {via}\r\nVia: SIP/2.0/UDP lower;branch=z9hG4bKl"
-         "\r\nFrom: <sip:b@x>;tag=1\r\nTo: <sip:a@x>\r\nCall-ID: c\r\nCSeq: 1 OPTIONS\r\n"
+        (f"OPTIONS sip:a@127.0.150.1 SIP/2.0\r\nVia: {via}\r\n"
+         "Via: SIP/2.0/UDP lower;branch=z9hG4bKl\r\nFrom: <sip:b@x>;tag=1\r\n"
+         "To: <sip:a@x>\r\nCall-ID: c\r\nCSeq: 1 OPTIONS\r\n"
          "Content-Length: 0\r\n\r\n").encode())
     assert isinstance(msg, Request)
     return msg

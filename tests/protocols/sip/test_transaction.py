@@ -1038,7 +1038,7 @@ def test_timers_fire_in_deadline_order_across_durations() -> None:
     assert sent == [(0.5, keys[0]), (0.6, keys[1]), (1.5, keys[0]), (1.6, keys[1])]
 
 
-# --------------------------------------------------------------------------- wire forms made by the TU
+# ----------------------------------------------------------------- wire forms made by the TU
 
 
 def spliced(req: Request, branch: str) -> bytes:
