@@ -12,9 +12,11 @@ the received bytes:
 * :func:`pop_top_via` -- the first Via value removed (the rest of its line
   kept), named header lines removed.
 
-Each returns ``None`` when the header section needs the parser (folded
-lines, bare LF line ends, a quoted string in the first Via, several
-Max-Forwards lines); the caller then takes the slow path,
+``data`` is a message the parser accepted, or one the serialiser wrote
+(every line ends in CRLF); for other bytes the result is unspecified, but
+never an exception. Each returns ``None`` when the header section needs the
+parser (folded lines, a quoted string in the first Via, several Max-Forwards
+lines); the caller then takes the slow path,
 :func:`edit_request` / :func:`edit_response`, which makes the same edits on
 the parsed message. Both paths give the same message: same start line and
 body, and per header name the same values in the same order (the order of
@@ -51,9 +53,9 @@ def _line_of(name: str) -> re.Pattern[bytes]:
 
 
 def _plain(head: bytes) -> bool:
-    """True when every line of ``head`` ends in CRLF and none is folded (§7.3.1)."""
-    return b"\r\n " not in head and b"\r\n\t" not in head \
-        and head.count(b"\n") == head.count(b"\r\n") and b"\r" not in head.replace(b"\r\n", b"")
+    """True when no line of ``head`` is folded (§7.3.1). Lines end in CRLF: the
+    parser refuses a bare CR or LF, and the serialiser never writes one."""
+    return b"\r\n " not in head and b"\r\n\t" not in head
 
 
 def _drop_lines(head: bytes, drop: Iterable[str]) -> bytes:

@@ -245,4 +245,4 @@ def test_examples() -> None:
     assert pop_top_via(resp, ["Path"]) == (
         b"SIP/2.0 200 OK\r\nVia: SIP/2.0/UDP b;branch=z9hG4bK2\r\nCSeq: 1 REGISTER\r\n"
         b"Content-Length: 0\r\n\r\n")
-    assert pop_top_via(b"SIP/2.0 200 OK\nVia: a\n\n") is None
+    assert pop_top_via(b"SIP/2.0 200 OK\nVia: a\n\n") is None  # no CRLFCRLF: not a message
