@@ -3,6 +3,7 @@
     .venv/bin/python bench/bench_proxy.py [--runs 3] [--step-seconds 3]
         [--register-rates 500,1000,2000,3000,4000] [--call-rates 250,500,1000,1500,2000]
         [--servers ours,kamailio] [--baseline-root DIR] [--bindings 100000 | --skip-store]
+        [--subnet 127.0.1]
 
 ``--baseline-root DIR`` adds a third server, ``sip-proxy-before``: the sip-proxy
 run from another source tree (e.g. ``git archive HEAD daemons protocols | tar -x
@@ -412,7 +413,7 @@ class OurProxy(Server):
     name = "sip-proxy"
 
     def start(self, work: Path, node_port: int) -> None:
-        write_cluster(work / "cluster.toml", self.port, node_port)
+        write_cluster(work / "cluster.toml", self.port, node_port, self.host)
         env = {**os.environ, "PYTHONPATH": str(ROOT)}
         self.log_path = work / "sip-proxy.log"
         self.proc = subprocess.Popen(
@@ -741,6 +742,13 @@ async def catch_up(n: int) -> float:
     return took
 
 
+def use_subnet(prefix: str) -> None:
+    """Put every address of the benchmark in ``prefix``.0/24 (same last octets)."""
+    global OURS, KAMAILIO, BEFORE, NODE, PHONE, REG_UAC
+    OURS, KAMAILIO, BEFORE = f"{prefix}.151", f"{prefix}.152", f"{prefix}.153"
+    NODE, PHONE, REG_UAC = f"{prefix}.141", f"{prefix}.161", f"{prefix}.171"
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -750,12 +758,15 @@ def main() -> int:
     ap.add_argument("--servers", default="ours,kamailio", help="ours, kamailio or both")
     ap.add_argument("--baseline-root", default=None,
                     help="also run the sip-proxy from this source tree (before/after)")
+    ap.add_argument("--subnet", default="127.0.1",
+                    help="the /24 on loopback the servers and SIPp use (default: DC1's)")
     ap.add_argument("--bindings", type=int, default=100_000)
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--skip-store", action="store_true",
                     help="skip memory per binding and catch-up")
     ap.add_argument("--skip-sipp", action="store_true")
     args = ap.parse_args()
+    use_subnet(args.subnet)
     result: dict[str, Any] = {}
     if not args.skip_store:
         mem = statistics.median(memory_per_binding(args.bindings) for _ in range(args.runs))

@@ -17,6 +17,9 @@ One :class:`SipTransportManager` per daemon owns every SIP socket:
 * malformed input is counted, logged and, for a request carrying enough
   headers to build a response, answered with the parser's status and reason
   (§21.4.1); nothing a peer sends can stop the listener.
+
+The rules themselves (the Via fixed on receipt, the error answer, where
+responses go) are socket-free functions in :mod:`protocols.sip.rules`.
 """
 
 from __future__ import annotations
@@ -24,11 +27,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
-import functools
-import ipaddress
 import itertools
-import re
-import secrets
 import socket
 import ssl
 from collections.abc import Callable
@@ -39,8 +38,15 @@ from daemons.runtime.logs import get_logger
 from daemons.runtime.management import Metrics
 from protocols.sip.errors import MessageTooLarge, ParseError
 from protocols.sip.framing import PONG, KeepAlivePing, StreamFramer
-from protocols.sip.headers import Via, canonical_name
+from protocols.sip.headers import canonical_name
 from protocols.sip.message import KNOWN_METHODS, Request, Response, parse_message, validate
+from protocols.sip.rules import (
+    DEFAULT_PORTS,
+    build_error_response,
+    fix_top_via,
+    rewrite_top_via_transport,
+)
+from protocols.sip.rules import ip_address as _ip
 from protocols.sip.uri import format_host
 
 __all__ = [
@@ -51,15 +57,10 @@ __all__ = [
     "MessageHandler",
     "SipTransportManager",
     "TransportError",
-    "build_error_response",
-    "fix_top_via",
-    "same_host",
 ]
 
 #: The transports this manager speaks, as written in a Via (§20.42).
 TRANSPORTS: Final = ("UDP", "TCP", "TLS")
-#: Default ports when a Via or URI has none (§18.2.2, §19.1.2).
-DEFAULT_PORTS: Final = {"UDP": 5060, "TCP": 5060, "TLS": 5061}
 #: Socket buffers asked for on UDP listeners (the kernel caps them at
 #: net.core.rmem_max / wmem_max): a burst must wait in the buffer, not be dropped.
 UDP_BUFFER_SIZE: Final = 4 * 2**20
@@ -99,125 +100,7 @@ class Flow:
 MessageHandler = Callable[[Request | Response, Flow], None]
 
 
-# --------------------------------------------------------------------------- Via rules
-
-
-@functools.lru_cache(maxsize=4096)
-def _ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
-    # cached: every message sent and every Via received asks about the same few peers
-    try:
-        return ipaddress.ip_address(text.strip("[]"))
-    except ValueError:
-        return None
-
-
-def same_host(host: str, address: str) -> bool:
-    """True when ``host`` (a Via sent-by host) is the IP address ``address``.
-
-    A domain name never matches (§18.2.1: "If the host portion of the sent-by
-    field contains a domain name ... the server MUST add a received parameter").
-    """
-    a = _ip(host)
-    b = _ip(address)
-    return a is not None and b is not None and a == b
-
-
-def fix_top_via(request: Request, source: Address) -> bool:
-    """Apply §18.2.1 and RFC 3581 §4 to a received request; True if the Via changed.
-
-    ``received`` is added when the sent-by host is not the source IP; an empty
-    ``rport`` is set to the source port, and then ``received`` is added even
-    when it equals the sent-by host (RFC 3581 §4).
-    """
-    via = request.top_via
-    host, port = source
-    changed = False
-    params = dict(via.params)
-    if via.wants_rport:
-        params["rport"] = str(port)
-        params["received"] = host
-        changed = True
-    elif not same_host(via.host, host):
-        params["received"] = host
-        changed = True
-    if changed:
-        new = Via(via.transport, via.host, via.port, params, via.protocol)
-        request.headers.remove_first("Via")
-        request.headers.prepend("Via", str(new))
-    return changed
-
-
-def _rewrite_top_via_transport(request: Request, transport: str, port: int | None) -> None:
-    via = request.top_via
-    new = Via(transport, via.host, port if port is not None else via.port, dict(via.params),
-              via.protocol)
-    request.headers.remove_first("Via")
-    request.headers.prepend("Via", str(new))
-
-
-# --------------------------------------------------------------------------- 400 for bad input
-
-#: Lenient on purpose: whitespace inside the Request-URI (RFC 4475 §3.1.2.10
-#: "lwsruri") or around it (§3.1.2.11 "lwsstart") still yields a 400.
-_REQUEST_LINE = re.compile(rb"^([!-~]+)[ \t]+(\S(?:.*\S)?)[ \t]+SIP/\d+\.\d+\s*$", re.IGNORECASE)
-_ESSENTIAL = {"via": "Via", "v": "Via", "from": "From", "f": "From", "to": "To", "t": "To",
-              "call-id": "Call-ID", "i": "Call-ID", "cseq": "CSeq"}
-_PRINTABLE = re.compile(r"[^\x20-\x7e\u00a0-\uffff]")
-
-
-def _clean_reason(reason: str) -> str:
-    text = _PRINTABLE.sub(" ", reason).strip()
-    return (text[:200] or "Bad Request")
-
-
-def build_error_response(data: bytes, status: int, reason: str) -> bytes | None:
-    """A response to malformed ``data`` if it looks like a request (§21.4.1), else ``None``.
-
-    The scan is deliberately lenient: it only needs a request line and the
-    Via, From, To, Call-ID and CSeq lines to copy (§8.2.6.2). ACKs and
-    responses are never answered. The reason phrase is the parser's reason.
-    """
-    head = data.lstrip(b"\r\n")
-    end = head.find(b"\r\n\r\n")
-    if end == -1:
-        end = head.find(b"\n\n")
-    if end != -1:
-        head = head[:end]
-    lines = head.replace(b"\r\n", b"\n").split(b"\n")
-    match = _REQUEST_LINE.match(lines[0]) if lines else None
-    if match is None or match.group(1).upper() in (b"ACK", b"SIP/2.0"):
-        return None
-    found: dict[str, list[str]] = {}
-    current: list[str] | None = None
-    for raw in lines[1:]:
-        line = raw.decode("utf-8", "replace")
-        if line[:1] in (" ", "\t") and current:
-            current[-1] += " " + line.strip()  # folded continuation (§7.3.1)
-            continue
-        name, colon, value = line.partition(":")
-        if not colon:
-            current = None
-            continue
-        canonical = _ESSENTIAL.get(name.strip().lower())
-        if canonical is None:
-            current = None
-            continue
-        current = found.setdefault(canonical, [])
-        current.append(value.strip())
-    if any(not found.get(name) for name in ("Via", "From", "To", "Call-ID", "CSeq")):
-        return None
-    out = [f"SIP/2.0 {status} {_clean_reason(reason)}"]
-    out.extend(f"Via: {value}" for value in found["Via"])
-    out.append(f"From: {found['From'][0]}")
-    to = found["To"][0]
-    if ";tag=" not in to.replace(" ", "").lower():
-        to = f"{to};tag={secrets.token_hex(6)}"  # §8.2.6.2
-    out.append(f"To: {to}")
-    out.append(f"Call-ID: {found['Call-ID'][0]}")
-    out.append(f"CSeq: {found['CSeq'][0]}")
-    out.append("Content-Length: 0")
-    text = "\r\n".join(line.replace("\r", " ").replace("\n", " ") for line in out)
-    return (text + "\r\n\r\n").encode("utf-8", "replace")
+# --------------------------------------------------------------------------- checks
 
 
 def _check_proxied(msg: Request | Response) -> None:
@@ -736,7 +619,7 @@ class SipTransportManager:
         if transport != "UDP" or len(request.serialize()) <= self.udp_size_limit:
             return transport
         tcp = self.local_address("TCP")
-        _rewrite_top_via_transport(request, "TCP", tcp[1] if tcp else None)
+        rewrite_top_via_transport(request, "TCP", tcp[1] if tcp else None)
         self.log.debug("sip_request_switched_to_tcp", method=request.method,
                        size=len(request.serialize()))
         return "TCP"

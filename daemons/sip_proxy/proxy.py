@@ -31,38 +31,44 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import heapq
 import itertools
-import re
 import secrets
 import time
-from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 from daemons.runtime.driver import TimerSlot
 from daemons.runtime.management import Metrics
 from daemons.runtime.sip_transport import (
-    DEFAULT_PORTS,
     SipTransportManager,
     TransportError,
 )
+from daemons.sip_proxy.flows import (
+    behind_nat,
+    first_route,
+    flow_token,
+    parse_flow_token,
+    split_hostport,
+    uri_dest,
+    uri_transport,
+)
+from daemons.sip_proxy.forwarding import NODE_HEADER, Forward, ProxySettings, loop_hash
+from daemons.sip_proxy.hop_by_hop import HopByHop
 from daemons.sip_proxy.registrar import Binding, BindingStore, aor_of
+from daemons.sip_proxy.registrar_front import RegistrarFront
 from daemons.sip_proxy.routing import NodeTarget, Router
 from daemons.sip_proxy.security import AuthGuard, RateLimiter
 from protocols.sip.errors import ParseError, SipError
-from protocols.sip.headers import NameAddr, Via, parse_name_addr, unquote_param
+from protocols.sip.headers import parse_name_addr
 from protocols.sip.message import Request, Response, make_response
+from protocols.sip.splice import edit_request, edit_response, pop_top_via, splice_request
 from protocols.sip.timers import TimerSettings
 from protocols.sip.transaction import (
-    MAGIC_COOKIE,
     AckFor2xx,
     CancelReceived,
     Event,
     RequestReceived,
     ResponseReceived,
-    Role,
     StrayResponse,
     TransactionError,
     TransactionKey,
@@ -71,16 +77,12 @@ from protocols.sip.transaction import (
     TransactionTimeout,
     Transmit,
     TransportFailed,
-    client_key,
     response_destination,
-    server_key,
 )
-from protocols.sip.uri import SipUri, format_host, parse_uri
+from protocols.sip.uri import format_host, parse_uri
 
 __all__ = ["NODE_HEADER", "ProxyCore", "ProxySettings"]
 
-#: The private header that names a dialog's node inside the cluster.
-NODE_HEADER = "X-SC-Node"
 ALLOW = "INVITE, ACK, CANCEL, BYE, OPTIONS, REGISTER, SUBSCRIBE, NOTIFY, REFER, INFO, " \
         "MESSAGE, UPDATE, PRACK, PUBLISH"
 #: Methods whose dialog-creating requests we record-route (§16.6 step 4).
@@ -88,105 +90,15 @@ _DIALOG_METHODS = frozenset({"INVITE", "SUBSCRIBE", "REFER", "NOTIFY"})
 _SCHEMES = frozenset({"sip", "sips", "tel"})
 _BRANCH_PREFIX = "z9hG4bKsc"
 _STATUS_CLASS = ("0xx", "1xx", "2xx", "3xx", "4xx", "5xx", "6xx")
+_NODE_ONLY = (NODE_HEADER,)
+#: How late a transaction timer may fire (seconds): one loop wake-up serves every
+#: timer due within it, instead of one per transaction at thousands a second.
+TIMER_RESOLUTION = 0.01
 
 Address = tuple[str, int]
 
 
-@dataclass(frozen=True)
-class ProxySettings:
-    """What the core needs from the cluster file and the command line."""
-
-    name: str
-    host: str
-    port: int
-    geo_location: str
-    domain: str
-    registrar_default_timeout: int = 140
-    feature_server: tuple[str, int] | None = None
-    #: other proxies of the cluster: name -> (host, sip-port)
-    peers: dict[str, Address] = field(default_factory=dict)
-    sync_retry_after: int = 5
-    #: names that stand for every proxy of the cluster: the SIP Outbound Proxy
-    #: DN's contact / external-contact host (the SRV FQDN). A Route naming one
-    #: of them without a port is this proxy (RFC 3261 §16.4, RFC 3263 §4.2).
-    own_names: frozenset[str] = frozenset()
-
-
-@dataclass(slots=True)
-class _Forward:
-    """A request being proxied: its server transaction and current branch (§16)."""
-
-    server_key: TransactionKey
-    request: Request  # the forwarded copy (our Via on top)
-    source: Address
-    from_endpoint: bool
-    client_key: TransactionKey | None = None
-    targets: list[tuple[Address, str, NodeTarget | None]] = field(default_factory=list)
-    node: NodeTarget | None = None
-    final_sent: bool = False
-    got_provisional: bool = False
-    cancelled: bool = False
-    had_credentials: bool = False
-    delay: float = 0.0
-    register: list[Binding] | None = None
-    path_supported: bool = False
-    loop_hash: str = ""  # §16.6 step 8, of the request as received
-    in_transport: str = "UDP"
-    # §16.6 edits of the forwarded copy, kept aside so that a datagram can be
-    # spliced from the received bytes; applied to ``request`` when it is sent
-    # through the transaction layer (``applied``; ``object_via``: our Via is on it)
-    mf: str = "69"
-    strip_node: bool = False
-    prepend: list[tuple[str, str]] = field(default_factory=list)
-    applied: bool = False
-    object_via: bool = False
-
-
-def _loop_hash(request: Request) -> str:
-    """§16.6 step 8: a hash of what a looping request would keep unchanged."""
-    h = request.headers
-    parts = [request.uri, request.from_.tag or "", request.to.tag or "", request.call_id,
-             str(request.cseq.number)]
-    for name in ("Route", "Proxy-Require", "Proxy-Authorization"):
-        if name in h:
-            parts.extend(h.get_lines(name))
-    return hashlib.blake2b("\x00".join(parts).encode(), digest_size=5).hexdigest()
-
-
-class _LeanServer:
-    """A non-INVITE server transaction over UDP (§17.2.2), kept by the proxy itself.
-
-    Trying/Proceeding/Completed collapse into ``last`` (the last response sent,
-    repeated for every retransmitted request) and ``final``; the entry lives
-    timer J (64*T1) after the final response.
-    """
-
-    __slots__ = ("dest", "final", "key", "last")
-
-    def __init__(self, key: TransactionKey, dest: Address) -> None:
-        self.key = key
-        self.dest = dest
-        self.last: bytes | None = None
-        self.final = False
-
-
-class _LeanClient:
-    """A non-INVITE client transaction over UDP (§17.1.2), kept by the proxy itself:
-    timer E retransmits ``data`` (T1 doubling to T2; T2 once a provisional came),
-    timer F (64*T1) times out, timer K (T4) absorbs retransmitted responses."""
-
-    __slots__ = ("data", "dest", "final", "interval", "key", "provisional")
-
-    def __init__(self, key: TransactionKey, data: bytes, dest: Address, interval: float) -> None:
-        self.key = key
-        self.data: bytes | None = data
-        self.dest = dest
-        self.interval = interval
-        self.final = False
-        self.provisional = False
-
-
-class ProxyCore:
+class ProxyCore(RegistrarFront, HopByHop):
     """Transactions + transports + the proxy rules (see module docstring).
 
     ``store`` holds the cluster's bindings; ``on_binding`` is called with every
@@ -223,33 +135,30 @@ class ProxyCore:
         self.transport: SipTransportManager | None = None
         self.metrics = metrics
         self._loop = asyncio.get_running_loop()
-        self._timer = TimerSlot(self._loop, self._on_timer)
-        self._by_server: dict[TransactionKey, _Forward] = {}
-        self._by_client: dict[TransactionKey, _Forward] = {}
+        self._timer = TimerSlot(self._loop, self._on_timer, TIMER_RESOLUTION)
+        self._by_server: dict[TransactionKey, Forward] = {}
+        self._by_client: dict[TransactionKey, Forward] = {}
         self._probes: dict[TransactionKey, Callable[[int | None], None]] = {}
-        # lean non-INVITE transactions over UDP (see _LeanServer/_LeanClient) and
-        # their timers: one FIFO per constant delay, a heap for later retransmissions
-        timer = self.layer.settings
-        self._t1, self._t2, self._t4 = timer.t1, timer.t2, timer.t4
-        self._t64 = 64 * timer.t1
-        self._lean_server: dict[TransactionKey, _LeanServer] = {}
-        self._lean_client: dict[TransactionKey, _LeanClient] = {}
-        self._q_e: deque[tuple[float, _LeanClient]] = deque()  # first retransmission (T1)
-        self._q_f: deque[tuple[float, _LeanClient]] = deque()  # timeout (F = 64*T1)
-        self._q_k: deque[tuple[float, _LeanClient]] = deque()  # absorb responses (K = T4)
-        self._q_j: deque[tuple[float, _LeanServer]] = deque()  # after the final (J = 64*T1)
-        self._q_s: deque[tuple[float, _LeanServer]] = deque()  # no final at all (2 * 64*T1)
-        self._q_retrans: list[tuple[float, int, _LeanClient]] = []
-        self._seq = itertools.count()
         # §8.1.1.7: branches unique in space and time: a random salt per start, then
         # a counter (no system call per request)
         self._branch_salt = secrets.token_hex(5)
         self._branches = itertools.count(1)
-        self._tick: asyncio.TimerHandle | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._flushing = False
         self._last_stamp = 0.0
         self._own = {(settings.host, settings.port)}
         self._peer_hosts = {h for h, _ in settings.peers.values()}
+        #: what the transaction layer reports, by event type
+        self._handlers: dict[type[Event], Callable[[Any], None]] = {
+            RequestReceived: self._on_request,
+            ResponseReceived: self._on_response,
+            CancelReceived: self._on_cancel,
+            AckFor2xx: self._on_ack,
+            StrayResponse: self._forward_stray,
+            TransactionTimeout: self._on_timeout,
+            TransportFailed: self._on_transport_failed,
+            TransactionTerminated: self._on_terminated,
+        }
         self.requests = metrics.tally(
             "proxy_requests", "Requests by method and what the proxy did",
             ("method", "action"))
@@ -277,8 +186,6 @@ class ProxyCore:
 
     async def close(self) -> None:
         self._timer.cancel()
-        if self._tick is not None:
-            self._tick.cancel()
         for task in list(self._tasks):
             task.cancel()
         if self.transport is not None:
@@ -294,6 +201,15 @@ class ProxyCore:
         return self._loop.time()
 
     def _flush(self) -> None:
+        if self._flushing:
+            return  # a handler's flush: the loop below drains what it queued
+        self._flushing = True
+        try:
+            self._drain()
+        finally:
+            self._flushing = False
+
+    def _drain(self) -> None:
         layer = self.layer
         while True:
             out = layer.messages_to_send()
@@ -304,8 +220,8 @@ class ProxyCore:
                 break
             if event is not None:
                 try:
-                    self._dispatch(event)
-                except SipError as exc:
+                    self._handlers[type(event)](event)
+                except (SipError, ValueError) as exc:
                     self.log.warning("proxy_event_failed", error=str(exc),
                                      event=type(event).__name__)
         self._timer.arm(layer.next_timer())
@@ -362,18 +278,9 @@ class ProxyCore:
                 if message.method != "ACK":
                     resp = make_response(message, 503, "Rate Limited")
                     resp.headers.add("Retry-After", str(self.rate_limiter.retry_after()))
-                    self.send_stateless(resp, flow.transport, _response_dest(message, flow))
+                    self.send_stateless(resp, flow.transport, response_destination(
+                        message.top_via, flow.remote, flow.transport))
                 return
-            if flow.transport == "UDP":
-                method = message.method
-                if method == "ACK":
-                    if self._ack_stateless(message, flow.remote):
-                        return
-                elif method != "INVITE" and method != "CANCEL":
-                    if self._lean_request(message, flow.remote):
-                        return
-        elif self._lean_client and self._lean_response(message):
-            return
         try:
             self.layer.receive(message, flow.remote, self._now(), flow.transport)
         except (ParseError, TransactionError) as exc:
@@ -381,193 +288,10 @@ class ProxyCore:
                              reason=str(exc))
         self._flush()
 
-    # ------------------------------------------------------------ lean non-INVITE over UDP
-
-    def _lean_request(self, request: Request, source: Address) -> bool:
-        """A non-INVITE request over UDP: its server transaction is a :class:`_LeanServer`
-        (§17.2.2). False when the general transaction layer must take it (an RFC 2543
-        branch, or a key the layer already holds)."""
-        via = request.top_via
-        branch = via.params.get("branch")
-        if branch is None or not branch.startswith(MAGIC_COOKIE):
-            return False
-        key = server_key(request)
-        st = self._lean_server.get(key)
-        if st is not None:
-            # a retransmission: absorbed, the last response repeated (§17.2.2)
-            self.layer.counters["request_absorbed"] += 1
-            if st.last is not None:
-                self._send_udp(st.last, st.dest)
-            return True
-        if key in self.layer:
-            return False
-        request.call_id  # noqa: B018 -- what the layer would check before any state
-        st = _LeanServer(key, response_destination(via, source, "UDP"))
-        self._lean_server[key] = st
-        self._q_s.append((self._now() + 2 * self._t64, st))
-        self._arm_tick()
-        try:
-            self._on_request(key, request, source, "UDP")
-        except SipError as exc:
-            self.log.warning("proxy_event_failed", error=str(exc), event="RequestReceived")
-        self._flush()
-        return True
-
-    def _lean_response(self, response: Response) -> bool:
-        """A response to a :class:`_LeanClient`: the first final ends retransmissions,
-        later copies are absorbed (timer K, §17.1.2.2)."""
-        ckey = client_key(response)
-        cl = self._lean_client.get(ckey)
-        if cl is None:
-            return False
-        if cl.final:
-            self.layer.counters["response_absorbed"] += 1
-            return True
-        if response.status >= 200:
-            cl.final = True
-            cl.data = None
-            self._q_k.append((self._now() + self._t4, cl))
-            self._arm_tick()
-        else:
-            cl.provisional = True
-        try:
-            self._on_response(ckey, response)
-        except SipError as exc:
-            self.log.warning("proxy_event_failed", error=str(exc), event="ResponseReceived")
-        self._flush()
-        return True
-
     def _send_udp(self, data: bytes, dest: Address) -> None:
         assert self.transport is not None
         if not self.transport.send_datagram(data, dest):
             self._spawn(self.transport.send(data, "UDP", dest))
-
-    def _lean_send_request(self, fwd: _Forward, ckey: TransactionKey, data: bytes,
-                           dest: Address) -> None:
-        cl = _LeanClient(ckey, data, dest, self._t1)
-        self._lean_client[ckey] = cl
-        now = self._now()
-        self._q_e.append((now + self._t1, cl))
-        self._q_f.append((now + self._t64, cl))
-        self._arm_tick()
-        fwd.client_key = ckey
-        self._by_server[fwd.server_key] = fwd
-        self._by_client[ckey] = fwd
-        assert self.transport is not None
-        try:
-            self.transport.send_datagram(data, dest)
-        except TransportError:
-            del self._lean_client[ckey]
-            self._client_failed(ckey, 503, "transport_failed")
-
-    def _send_response(self, key: TransactionKey, response: Response) -> None:
-        """Hand a response to its server transaction (lean or the layer's)."""
-        st = self._lean_server.get(key)
-        if st is None:
-            self.layer.send_response(response, self._now(), key=key)
-            return
-        self._send_lean(key, response.status, response.serialize())
-
-    def _send_lean(self, key: TransactionKey, status: int, data: bytes) -> None:
-        st = self._lean_server.get(key)
-        if st is None:
-            raise TransactionError("no server transaction for the response")
-        if st.final:
-            raise TransactionError("the transaction has sent its final response")
-        st.last = data
-        if status >= 200:
-            st.final = True
-            self._q_j.append((self._now() + self._t64, st))
-            self._arm_tick()
-        self._send_udp(data, st.dest)
-
-    def _arm_tick(self) -> None:
-        if self._tick is None:
-            self._tick = self._loop.call_later(0.05, self._on_tick)
-
-    def _on_tick(self) -> None:
-        """Timers E, F, K and J of the lean transactions, checked every 50 ms."""
-        self._tick = None
-        now = self._now()
-        clients, servers = self._lean_client, self._lean_server
-        q_e, heap = self._q_e, self._q_retrans
-        while q_e and q_e[0][0] <= now:
-            cl = q_e.popleft()[1]
-            if cl.data is not None and clients.get(cl.key) is cl:
-                self._retransmit(cl, now)
-        while heap and heap[0][0] <= now:
-            cl = heapq.heappop(heap)[2]
-            if cl.data is not None and clients.get(cl.key) is cl:
-                self._retransmit(cl, now)
-        q_f = self._q_f
-        while q_f and q_f[0][0] <= now:
-            cl = q_f.popleft()[1]
-            if not cl.final and clients.get(cl.key) is cl:
-                del clients[cl.key]
-                cl.data = None
-                self._client_failed(cl.key, 408, "timeout")
-        q_k = self._q_k
-        while q_k and q_k[0][0] <= now:
-            cl = q_k.popleft()[1]
-            if clients.get(cl.key) is cl:
-                del clients[cl.key]
-                fwd = self._by_client.get(cl.key)
-                if fwd is not None and fwd.client_key == cl.key:
-                    del self._by_client[cl.key]
-        for q, need_final in ((self._q_j, True), (self._q_s, False)):
-            while q and q[0][0] <= now:
-                st = q.popleft()[1]
-                if st.final == need_final and servers.get(st.key) is st:
-                    del servers[st.key]
-                    st.last = None  # the other queue may still hold the entry
-                    fwd = self._by_server.pop(st.key, None)
-                    if fwd is not None and fwd.client_key is not None:
-                        self._by_client.pop(fwd.client_key, None)
-        self._flush()
-        if q_e or heap or q_f or q_k or self._q_j or self._q_s:
-            self._arm_tick()
-
-    def _retransmit(self, cl: _LeanClient, now: float) -> None:
-        assert cl.data is not None
-        self.layer.counters["retransmissions"] += 1
-        cl.interval = self._t2 if cl.provisional else min(2 * cl.interval, self._t2)
-        heapq.heappush(self._q_retrans, (now + cl.interval, next(self._seq), cl))
-        assert self.transport is not None
-        try:
-            self.transport.send_datagram(cl.data, cl.dest)
-        except TransportError:
-            self._lean_client.pop(cl.key, None)
-            cl.data = None
-            self._client_failed(cl.key, 503, "transport_failed")
-
-    def _ack_stateless(self, ack: Request, source: Address) -> bool:
-        """An ACK over UDP that no INVITE server transaction of the layer matches is
-        an ACK for a 2xx: forwarded at once, statelessly (§16.11)."""
-        if server_key(ack) in self.layer:
-            return False
-        try:
-            self._on_ack(ack, source, "UDP")
-        except (SipError, ValueError) as exc:
-            self.log.warning("proxy_event_failed", error=str(exc), event="AckFor2xx")
-        return True
-
-    def _dispatch(self, event: Event) -> None:
-        if isinstance(event, RequestReceived):
-            self._on_request(event.key, event.request, event.source, event.transport)
-        elif isinstance(event, ResponseReceived):
-            self._on_response(event.key, event.response)
-        elif isinstance(event, CancelReceived):
-            self._on_cancel(event)
-        elif isinstance(event, AckFor2xx):
-            self._on_ack(event.request, event.source, event.transport)
-        elif isinstance(event, StrayResponse):
-            self._forward_stray(event.response)
-        elif isinstance(event, TransactionTimeout):
-            self._client_failed(event.key, 408, "timeout")
-        elif isinstance(event, TransportFailed):
-            self._client_failed(event.key, 503, "transport_failed")
-        elif isinstance(event, TransactionTerminated):
-            self._on_terminated(event.key)
 
     # ------------------------------------------------------------ helpers
 
@@ -586,7 +310,7 @@ class ProxyCore:
         for name, value in headers:
             resp.headers.add(name, value)
         try:
-            self._send_response(key, resp)
+            self.layer.send_response(resp, self._now(), key=key)
         except TransactionError as exc:
             self.log.info("sip_response_not_sent", status=status, reason=str(exc))
 
@@ -602,8 +326,9 @@ class ProxyCore:
 
     # ------------------------------------------------------------ requests
 
-    def _on_request(self, key: TransactionKey, request: Request, source: Address,
-                    transport: str) -> None:
+    def _on_request(self, event: RequestReceived) -> None:
+        key, request, source, transport = event.key, event.request, event.source, \
+            event.transport
         method = request.method
         src_host = source[0]
         from_node = self.router.is_node_host(src_host)
@@ -634,7 +359,7 @@ class ProxyCore:
             self._respond(key, request, 483)
             return
         # §16.3 step 4: loop detection
-        lh = _loop_hash(request)
+        lh = loop_hash(request)
         own_host = self.settings.host
         if any(own_host in line for line in request.headers.get_lines("Via")):
             for v in request.vias:
@@ -671,7 +396,7 @@ class ProxyCore:
                 request.headers.add("Route", value)
             request.uri = parse_name_addr(routes[-1]).uri
         self._pop_own_routes(request, pins)
-        fwd = _Forward(key, request, source, from_endpoint, delay=verdict_delay, loop_hash=lh,
+        fwd = Forward(key, request, source, from_endpoint, delay=verdict_delay, loop_hash=lh,
                        in_transport=transport)
         fwd.had_credentials = "authorization" in request.headers or \
             "proxy-authorization" in request.headers
@@ -697,7 +422,7 @@ class ProxyCore:
                     if v and (k == "sc-node" or k == "ft"):
                         pins[k] = v
             else:
-                uri = _first_route(request, top).sip_uri
+                uri = first_route(request, top).sip_uri
                 if not self.is_own(uri.host, uri.port):
                     return
                 for name in ("sc-node", "ft"):
@@ -706,7 +431,7 @@ class ProxyCore:
                         pins[name] = value
             request.headers.remove_first("Route")
 
-    def _route(self, fwd: _Forward, request: Request, transport: str, pins: dict[str, str],
+    def _route(self, fwd: Forward, request: Request, transport: str, pins: dict[str, str],
                from_node: bool, from_peer: bool) -> None:
         method = request.method
         key = fwd.server_key
@@ -715,8 +440,8 @@ class ProxyCore:
         rr: dict[str, str] | None = None
         # 1. loose routing: a Route that is not ours remains
         if request.headers.get("Route"):
-            nxt = _first_route(request).sip_uri
-            fwd.targets = [(_uri_dest(nxt), _uri_transport(nxt), None)]
+            nxt = first_route(request).sip_uri
+            fwd.targets = [(uri_dest(nxt), uri_transport(nxt), None)]
             inside = self.router.is_node_host(nxt.host) or nxt.host in self._peer_hosts
             self._forward(fwd, "route", rr=None, strip_node=not inside)
             return
@@ -755,8 +480,8 @@ class ProxyCore:
             fwd.targets = [((n.host, n.port), n.transport, n) for n in nodes]
             if dialog_creating:
                 rr = {"sc-node": nodes[0].name}
-                if transport != "UDP" or _behind_nat(request, fwd.source):
-                    rr["ft"] = _flow_token(transport, fwd.source)
+                if transport != "UDP" or behind_nat(request, fwd.source):
+                    rr["ft"] = flow_token(transport, fwd.source)
             self._forward(fwd, "node", rr=rr)
             return
         # from a node (or a peer proxy): toward an endpoint
@@ -766,7 +491,7 @@ class ProxyCore:
             node_name = src_node.name if src_node else None
         flow = pins.get("ft")
         if flow is not None:
-            dest, tp = _parse_flow_token(flow)
+            dest, tp = parse_flow_token(flow)
             fwd.targets = [(dest, tp, None)]
             # a Path with the phone's flow (RFC 3327): a new dialog stays pinned here
             self._forward(fwd, "flow", rr={"sc-node": node_name, "ft": flow}
@@ -797,26 +522,26 @@ class ProxyCore:
                 request.headers.prepend("Route", p)
             if b.path:
                 nxt = request.routes[0].sip_uri
-                fwd.targets = [(_uri_dest(nxt), _uri_transport(nxt), None)]
+                fwd.targets = [(uri_dest(nxt), uri_transport(nxt), None)]
             elif b.received is not None:
-                fwd.targets = [(_split_hostport(b.received), b.transport, None)]
+                fwd.targets = [(split_hostport(b.received), b.transport, None)]
             else:
                 cu = parse_uri(b.contact)
-                fwd.targets = [(_uri_dest(cu), _uri_transport(cu), None)]
+                fwd.targets = [(uri_dest(cu), uri_transport(cu), None)]
             if dialog_creating:
                 rr = {}
                 if node_name:
                     rr["sc-node"] = node_name
                 if b.received is not None:
-                    rr["ft"] = _flow_token(b.transport, _split_hostport(b.received))
+                    rr["ft"] = flow_token(b.transport, split_hostport(b.received))
             self._forward(fwd, "aor", rr=rr, strip_node=True)
             return
         # anything else: on the Request-URI (trunks, other domains)
-        fwd.targets = [(_uri_dest(ruri), _uri_transport(ruri), None)]
+        fwd.targets = [(uri_dest(ruri), uri_transport(ruri), None)]
         self._forward(fwd, "ruri", rr={"sc-node": node_name} if dialog_creating and node_name
                       else None, strip_node=True)
 
-    def _forward(self, fwd: _Forward, action: str, *, rr: dict[str, str] | None,
+    def _forward(self, fwd: Forward, action: str, *, rr: dict[str, str] | None,
                  strip_node: bool = False) -> None:
         """§16.6: copy-free forwarding of ``fwd.request`` to ``fwd.targets[0]``."""
         request = fwd.request
@@ -832,19 +557,15 @@ class ProxyCore:
                 fwd.prepend.append(("Record-Route", self._rr(transport, rr)))
         self._send_branch(fwd)
 
-    def _apply_edits(self, fwd: _Forward, node: NodeTarget | None) -> None:
-        """Make ``fwd.request`` the forwarded copy (§16.6 steps 3-5), our Via aside."""
-        h = fwd.request.headers
-        h.set("Max-Forwards", fwd.mf)
-        if fwd.strip_node and NODE_HEADER in h:
-            h.remove(NODE_HEADER)
-        if node is not None:
-            h.set(NODE_HEADER, node.name)
-        for name, value in fwd.prepend:
-            h.prepend(name, value)
-        fwd.applied = True
+    def _send_branch(self, fwd: Forward) -> None:
+        """Send ``fwd.request`` to its next target in a new client transaction (§16.6).
 
-    def _send_branch(self, fwd: _Forward) -> None:
+        A non-INVITE over UDP leaves as the received bytes with the §16.6 edits
+        spliced in (:func:`~protocols.sip.splice.splice_request`); otherwise, or
+        when the bytes need the parser, the request object takes the same edits
+        (:func:`~protocols.sip.splice.edit_request`) and stays edited for a
+        fail-over, which then only swaps our Via and the node header.
+        """
         dest, transport, node = fwd.targets.pop(0)
         fwd.node = node
         request = fwd.request
@@ -854,35 +575,30 @@ class ProxyCore:
               f";branch={branch};rport"
         tm = self.transport
         assert tm is not None
-        lean = transport == "UDP" and method != "INVITE" and method != "CANCEL" \
-            and tm.udp_ready(dest[0])
-        if lean and not fwd.applied:
-            # the received bytes with our lines on top (same-name order kept)
-            lines = [f"Via: {via}", *(f"{n}: {v}" for n, v in reversed(fwd.prepend))]
-            if node is not None:
-                lines.append(f"{NODE_HEADER}: {node.name}")
-            data = _splice_request(request.serialize(), lines, fwd.mf,
-                                   fwd.strip_node or node is not None)
-            if data is not None and len(data) <= tm.udp_size_limit:
-                self._lean_send_request(fwd, TransactionKey(Role.CLIENT, method, branch), data,
-                                        dest)
-                return
-        if not fwd.applied:
-            self._apply_edits(fwd, node)
-        elif fwd.object_via:
-            request.headers.remove_first("Via")
-            if node is not None:
-                request.headers.set(NODE_HEADER, node.name)
-        request.headers.prepend("Via", via)
-        fwd.object_via = True
-        if lean:
-            data = request.serialize()
-            if len(data) <= tm.udp_size_limit:
-                self._lean_send_request(fwd, TransactionKey(Role.CLIENT, method, branch), data,
-                                        dest)
-                return
+        now = self._now()
         try:
-            ckey = self.layer.send_request(request, dest, self._now(), transport=transport)
+            if fwd.applied:
+                h = request.headers
+                h.remove_first("Via")
+                if node is not None:
+                    h.set(NODE_HEADER, node.name)
+                h.prepend("Via", via)
+                ckey = self.layer.send_request(request, dest, now, transport=transport)
+            else:
+                # same-name order: our Via and Record-Route (or Path) above the others
+                top = [("Via", via), *reversed(fwd.prepend)]
+                if node is not None:
+                    top.append((NODE_HEADER, node.name))
+                drop = _NODE_ONLY if fwd.strip_node or node is not None else ()
+                data = None
+                if transport == "UDP" and method != "INVITE" and tm.udp_ready(dest[0]):
+                    data = splice_request(request.serialize(), top, fwd.mf, drop)
+                if data is not None and len(data) <= tm.udp_size_limit:
+                    ckey = self.layer.send_request_data(request, data, branch, dest, now)
+                else:
+                    edit_request(request, top, fwd.mf, drop)
+                    fwd.applied = True
+                    ckey = self.layer.send_request(request, dest, now, transport=transport)
         except TransactionError as exc:
             self.log.warning("proxy_forward_failed", error=str(exc))
             self._upstream_error(fwd, 500)
@@ -891,108 +607,12 @@ class ProxyCore:
         self._by_server[fwd.server_key] = fwd
         self._by_client[ckey] = fwd
         if fwd.cancelled:
-            self.layer.send_cancel(ckey, self._now())
-
-    # ------------------------------------------------------------ registrar front
-
-    def _register(self, fwd: _Forward, request: Request, transport: str) -> None:
-        """Registrar front (guide: "SIP Registration"): pass REGISTER to a local node,
-        remember what to store when it answers 2xx."""
-        to = request.to.sip_uri
-        aor = aor_of(to.user, to.host if to.host.lower() != self.settings.host
-                     else self.settings.domain)
-        now = time.time()
-        header_expires = request.expires
-        ua = request.headers.get("User-Agent")
-        behind = transport != "UDP" or _behind_nat(request, fwd.source)
-        received = f"{format_host(fwd.source[0])}:{fwd.source[1]}" if behind else None
-        planned: list[Binding] = []
-        for c in request.contacts:
-            if c.is_star:
-                planned = [Binding(aor, "*", now, now, self.settings.name)]
-                break
-            raw = c.params.get("expires")
-            expires = int(raw) if raw is not None and raw.isdigit() else (
-                header_expires if header_expires is not None
-                else self.settings.registrar_default_timeout)
-            reg_id = c.params.get("reg-id")
-            q = c.params.get("q")
-            try:
-                qv = float(q) if q is not None else None
-            except ValueError:
-                qv = None
-            planned.append(Binding(
-                aor, c.uri, now + expires, now, self.settings.name, transport, received, (),
-                unquote_param(c.params.get("+sip.instance")),
-                int(reg_id) if reg_id is not None and reg_id.isdigit() else None, ua, qv))
-        fwd.register = planned
-        fwd.path_supported = "Supported" in request.headers and "path" in [
-            s.strip().lower() for s in request.headers.get_all("Supported")]
-        nodes = self.router.candidates(request.call_id)
-        nodes = [n for n in nodes if n.geo_location == self.settings.geo_location] or nodes
-        if not nodes:
-            self.requests.labels("REGISTER", "no_node").inc()
-            self._respond(fwd.server_key, request, 503, "No Node In Service",
-                          (("Retry-After", "5"),))
-            return
-        fwd.targets = [((n.host, n.port), n.transport, n) for n in nodes]
-        # RFC 3327: the node learns the way back to the phone's flow
-        ft = f";ft={_flow_token(transport, fwd.source)}" if received else ""
-        fwd.prepend.append(
-            ("Path", f"<sip:{format_host(self.settings.host)}:{self.settings.port};lr{ft}>"))
-        self._forward(fwd, "register", rr=None)
-
-    def _store_registration(self, fwd: _Forward, response: Response) -> None:
-        assert fwd.register is not None
-        now = time.time()
-        answered: dict[str, int | None] = {}
-        try:
-            for c in response.contacts:
-                raw = c.params.get("expires")
-                # the node usually echoes the contact as sent: compare the text
-                # first, normalised URIs only when that fails
-                answered[c.uri] = int(raw) if raw is not None and raw.isdigit() else None
-            resp_expires = response.expires
-        except ParseError:
-            answered, resp_expires = {}, None
-        if answered and any(p.contact not in answered for p in fwd.register
-                            if p.contact != "*"):
-            answered = {_norm_uri(k): v for k, v in answered.items()}
-            normalise = True
-        else:
-            normalise = False
-        stamp = self._stamp()
-        for planned in fwd.register:
-            if planned.contact == "*":
-                for old in self.store.bindings_of(planned.aor):
-                    if not old.removed:
-                        self._apply(Binding(old.aor, old.contact, stamp, stamp,
-                                            self.settings.name, old.transport, old.received,
-                                            old.path, old.instance, old.reg_id))
-                continue
-            norm = _norm_uri(planned.contact) if normalise else planned.contact
-            if answered and norm not in answered:
-                expires_at = stamp  # the node no longer lists it: removed
-            else:
-                given = answered.get(norm)
-                if given is None and resp_expires is not None:
-                    given = resp_expires
-                expires_at = (now + given) if given is not None else planned.expires_at
-                expires_at = max(expires_at, stamp) if expires_at > now else stamp
-            b = Binding(planned.aor, planned.contact, expires_at, stamp, self.settings.name,
-                        planned.transport, planned.received, planned.path, planned.instance,
-                        planned.reg_id, planned.user_agent, planned.q)
-            self._apply(b)
-
-    def _apply(self, b: Binding) -> None:
-        if self.store.apply(b):
-            self.registrations.labels("removed" if b.removed else "stored").inc()
-            self.on_binding(b)
-        self.bindings_gauge.set(len(self.store))
+            self.layer.send_cancel(ckey, now)
 
     # ------------------------------------------------------------ responses
 
-    def _on_response(self, ckey: TransactionKey, response: Response) -> None:
+    def _on_response(self, event: ResponseReceived) -> None:
+        ckey, response = event.key, event.response
         probe = self._probes.get(ckey)
         if probe is not None:
             if response.status >= 200:
@@ -1035,35 +655,19 @@ class ProxyCore:
         if status >= 200:
             fwd.final_sent = True
         self.responses.labels(_STATUS_CLASS[status // 100]).inc()
-        if fwd.delay <= 0 and fwd.server_key in self._lean_server:
-            data = _strip_raw(response.serialize(), removals)
-            if data is not None:
-                self._send_upstream_bytes(fwd, status, data)
-                return
-        headers.remove_first("Via")
-        for name in removals:
-            headers.remove(name)
+        # §16.7 step 3: our Via goes; on the received bytes when they allow it
+        data = pop_top_via(response.serialize(), removals) if fwd.delay <= 0 else None
+        if data is None:
+            edit_response(response, removals)
         if fwd.delay > 0 and status >= 200:
             self._loop.call_later(fwd.delay, self._send_upstream, fwd, response)
         else:
-            self._send_upstream(fwd, response)
+            self._send_upstream(fwd, response, data)
 
-    def _send_upstream_bytes(self, fwd: _Forward, status: int, data: bytes) -> None:
-        """:meth:`_send_upstream` for a lean server transaction and the response's
-        wire form (the top Via already popped)."""
+    def _send_upstream(self, fwd: Forward, response: Response,
+                       data: bytes | None = None) -> None:
         try:
-            self._send_lean(fwd.server_key, status, data)
-        except TransactionError as exc:
-            self.log.info("sip_response_not_sent", status=status, reason=str(exc))
-        if status >= 200:
-            self._by_server.pop(fwd.server_key, None)
-            if fwd.client_key is not None:
-                self._by_client.pop(fwd.client_key, None)
-        self._flush()
-
-    def _send_upstream(self, fwd: _Forward, response: Response) -> None:
-        try:
-            self._send_response(fwd.server_key, response)
+            self.layer.send_response(response, self._now(), key=fwd.server_key, data=data)
         except TransactionError as exc:
             self.log.info("sip_response_not_sent", status=response.status, reason=str(exc))
         status = response.status
@@ -1075,13 +679,13 @@ class ProxyCore:
                 self._by_client.pop(fwd.client_key, None)
         self._flush()
 
-    def _upstream_error(self, fwd: _Forward, status: int, reason: str | None = None) -> None:
+    def _upstream_error(self, fwd: Forward, status: int, reason: str | None = None) -> None:
         if fwd.final_sent:
             return
         fwd.final_sent = True
         resp = make_response(fwd.request, status, reason, to_tag=hashlib.blake2b(
             fwd.request.call_id.encode(), digest_size=6).hexdigest())
-        if fwd.object_via:
+        if fwd.applied:
             resp.headers.remove_first("Via")
         resp.headers.remove(NODE_HEADER)
         if status == 503:
@@ -1102,7 +706,14 @@ class ProxyCore:
             return
         self._upstream_error(fwd, status)
 
-    def _on_terminated(self, key: TransactionKey) -> None:
+    def _on_timeout(self, event: TransactionTimeout) -> None:
+        self._client_failed(event.key, 408, "timeout")
+
+    def _on_transport_failed(self, event: TransportFailed) -> None:
+        self._client_failed(event.key, 503, "transport_failed")
+
+    def _on_terminated(self, event: TransactionTerminated) -> None:
+        key = event.key
         fwd = self._by_server.pop(key, None)
         if fwd is not None and fwd.client_key is not None:
             self._by_client.pop(fwd.client_key, None)
@@ -1110,111 +721,6 @@ class ProxyCore:
         if fwd is not None and not fwd.final_sent:
             self._upstream_error(fwd, 408)
         self._probes.pop(key, None)
-
-    # ------------------------------------------------------------ CANCEL, ACK, strays
-
-    def _on_cancel(self, event: CancelReceived) -> None:
-        """§16.10: 200 to the CANCEL, then CANCEL every pending branch."""
-        fwd = self._by_server.get(event.invite_key) if event.invite_key else None
-        if fwd is None:
-            self._respond(event.key, event.request, 481)
-            return
-        self._respond(event.key, event.request, 200)
-        fwd.cancelled = True
-        fwd.targets = []
-        if fwd.client_key is not None and not fwd.final_sent:
-            self.layer.send_cancel(fwd.client_key, self._now())
-
-    def _on_ack(self, ack: Request, source: Address, transport: str) -> None:
-        """ACK for a 2xx: forwarded statelessly along the route (§16.6, §13.2.2.4)."""
-        if not self.synced():
-            return
-        mf = ack.max_forwards
-        if mf is not None and mf <= 0:
-            return
-        top = ack.top_via.branch or ""
-        pins: dict[str, str] = {}
-        self._pop_own_routes(ack, pins)
-        from_endpoint = not self.router.is_node_host(source[0]) and \
-            source[0] not in self._peer_hosts
-        dest: Address
-        tp: str
-        if "Route" in ack.headers:
-            nxt = _first_route(ack).sip_uri
-            dest, tp = _uri_dest(nxt), _uri_transport(nxt)
-        elif from_endpoint:
-            if NODE_HEADER in ack.headers:
-                ack.headers.remove(NODE_HEADER)
-            node = self.router.pinned(pins["sc-node"]) if "sc-node" in pins else None
-            if node is None and ack.ruri.host:
-                node = self.router.node_at(ack.ruri.host, ack.ruri.port or 5060)
-            if node is None:
-                self.requests.labels("ACK", "no_node").inc()
-                return
-            dest, tp = (node.host, node.port), node.transport
-        else:
-            if "ft" in pins:
-                dest, tp = _parse_flow_token(pins["ft"])
-            else:
-                dest, tp = _uri_dest(ack.ruri), _uri_transport(ack.ruri)
-            if NODE_HEADER in ack.headers:
-                ack.headers.remove(NODE_HEADER)
-        ack.headers.set("Max-Forwards", str(69 if mf is None else mf - 1))
-        # the same branch for every copy of this ACK (§16.11: stateless forwarding)
-        branch = "z9hG4bKsa" + hashlib.blake2b(top.encode(), digest_size=8).hexdigest()
-        ack.headers.prepend("Via", f"SIP/2.0/{tp} {format_host(self.settings.host)}:"
-                                   f"{self.settings.port};branch={branch};rport")
-        self.requests.labels("ACK", "forwarded").inc()
-        if tp == "UDP":
-            assert self.transport is not None
-            data = ack.serialize()
-            if len(data) <= self.transport.udp_size_limit:
-                self._send_udp(data, dest)
-                return
-        self.send_stateless(ack, tp, dest)
-
-    def _forward_stray(self, response: Response) -> None:
-        """A response matching no client transaction (a late 2xx): forward it
-        statelessly if the top Via is ours (§16.7, §18.1.2)."""
-        try:
-            vias = response.vias
-        except ParseError:
-            return
-        if len(vias) < 2 or not self.is_own(vias[0].host, vias[0].port):
-            return
-        response.headers.remove_first("Via")
-        nxt = vias[1]
-        host = nxt.received or nxt.host
-        port = nxt.rport or nxt.port or DEFAULT_PORTS.get(nxt.transport, 5060)
-        if self.router.is_node_host(host) is False:
-            response.headers.remove(NODE_HEADER)
-        self.send_stateless(response, nxt.transport, (host, port))
-
-    # ------------------------------------------------------------ OPTIONS probes
-
-    def probe(self, target: NodeTarget, done: Callable[[int | None], None]) -> None:
-        """Send one OPTIONS to ``target`` (oos-check); ``done(status or None)``."""
-        uri = f"sip:{format_host(target.host)}:{target.port}"
-        tag = hashlib.blake2b(f"{self.settings.name}{self._now()}".encode(),
-                              digest_size=5).hexdigest()
-        req = Request("OPTIONS", uri)
-        h = req.headers
-        h.add("Via", str(Via(target.transport, self.settings.host, self.settings.port,
-                             {"branch": self.layer.new_branch(), "rport": None})))
-        h.add("Max-Forwards", "70")
-        h.add("From", f"<sip:{self.settings.name}@{format_host(self.settings.host)}>;tag={tag}")
-        h.add("To", f"<{uri}>")
-        h.add("Call-ID", f"oos-{tag}@{self.settings.host}")
-        h.add("CSeq", "1 OPTIONS")
-        h.add("User-Agent", "sipcluster-sip-proxy")
-        try:
-            key = self.layer.send_request(req, (target.host, target.port), self._now(),
-                                          transport=target.transport)
-        except TransactionError:
-            done(None)
-            return
-        self._probes[key] = done
-        self._flush()
 
 
 # --------------------------------------------------------------------------- small rules
@@ -1225,125 +731,6 @@ def _replace_port(s: ProxySettings, port: int) -> ProxySettings:
     return replace(s, port=port)
 
 
-_FIRST_VIA = re.compile(rb"\r\n(?:via|v)[ \t]*:[ \t]*([^\r\n]*)", re.IGNORECASE)
-
-
-def _strip_raw(data: bytes, removals: list[str]) -> bytes | None:
-    """``data`` (a response) without its first Via value and the header lines named
-    in ``removals``, edited as bytes (§16.7 step 3); ``None`` when the header section
-    needs the parser (folded lines, a quoted string in the Via)."""
-    end = data.find(b"\r\n\r\n")
-    if end < 0:
-        return None
-    head = data[:end]
-    if b"\r\n " in head or b"\r\n\t" in head:
-        return None
-    m = _FIRST_VIA.search(head)
-    if m is None:
-        return None
-    value = m.group(1)
-    if b'"' in value:
-        return None
-    comma = value.find(b",")
-    if comma < 0:
-        head = head[:m.start()] + head[m.end():]
-    else:
-        head = head[:m.start(1)] + value[comma + 1:].lstrip(b" \t") + head[m.end():]
-    for name in removals:
-        head = re.sub(rb"\r\n" + name.encode() + rb"[ \t]*:[^\r\n]*", b"", head,
-                      flags=re.IGNORECASE)
-    return head + data[end:]
-
-
-def _first_route(request: Request, top: str | None = None) -> NameAddr:
-    """The first Route value (§16.4), parsing only that one when the first line holds
-    a single value."""
-    line = request.headers.get("Route") if top is None else top
-    if line is not None and "," not in line:
-        return parse_name_addr(line)
-    return request.routes[0]
-
-
-_MAX_FORWARDS = re.compile(rb"\r\nmax-forwards[ \t]*:[ \t]*([^\r\n]*)", re.IGNORECASE)
-_NODE_LINE = re.compile(rb"\r\n" + NODE_HEADER.encode() + rb"[ \t]*:[^\r\n]*", re.IGNORECASE)
-
-
-def _splice_request(data: bytes, lines: list[str], mf: str, drop_node: bool) -> bytes | None:
-    """The forwarded copy of a request (§16.6) made from its wire form ``data``:
-    ``lines`` inserted after the request line, Max-Forwards set to ``mf``, the
-    ``X-SC-Node`` lines dropped when ``drop_node``. ``None`` when the header
-    section needs the parser (folded lines)."""
-    end = data.find(b"\r\n\r\n")
-    first = data.find(b"\r\n")
-    if end < 0 or first == end:
-        return None
-    rest = data[first:end]
-    if b"\r\n " in rest or b"\r\n\t" in rest:
-        return None
-    m = _MAX_FORWARDS.search(rest)
-    if m is not None:
-        rest = rest[:m.start(1)] + mf.encode() + rest[m.end(1):]
-    else:
-        lines = [*lines, f"Max-Forwards: {mf}"]
-    if drop_node:
-        rest = _NODE_LINE.sub(b"", rest)
-    top = "\r\n".join(lines).encode("utf-8", "surrogateescape")
-    return data[:first] + b"\r\n" + top + rest + data[end:]
-
-
-def _response_dest(request: Request, flow: Any) -> Address:
-    if flow.transport != "UDP":
-        return (flow.remote[0], flow.remote[1])
-    via = request.top_via
-    if via.rport is not None or "rport" in via.params:
-        return (flow.remote[0], flow.remote[1])
-    return (flow.remote[0], via.port or 5060)
-
-
-def _behind_nat(request: Request, source: Address) -> bool:
-    """RFC 3581: the phone's sent-by is not where its packets come from."""
-    via = request.top_via
-    return via.host.strip("[]") != source[0] or (via.port or 5060) != source[1]
-
-
-def _flow_token(transport: str, addr: Address) -> str:
-    return f"{transport.lower()}-{addr[0].replace(':', '_')}-{addr[1]}"
-
-
-def _parse_flow_token(token: str) -> tuple[Address, str]:
-    transport, host, port = token.rsplit("-", 2)
-    return (host.replace("_", ":"), int(port)), transport.upper()
-
-
-def _split_hostport(text: str) -> Address:
-    host, _, port = text.rpartition(":")
-    return host.strip("[]"), int(port)
-
-
-def _uri_transport(uri: SipUri) -> str:
-    tp = (uri.params.get("transport") or "").upper()
-    if uri.scheme == "sips":
-        return "TLS"
-    return tp if tp in ("UDP", "TCP", "TLS") else "UDP"
-
-
-def _uri_dest(uri: SipUri) -> Address:
-    host = uri.params.get("maddr") or uri.host
-    if not host:
-        raise ValueError("URI without host")
-    tp = _uri_transport(uri)
-    return host, uri.port or DEFAULT_PORTS.get(tp, 5060)
-
-
-def _norm_uri(text: str) -> str:
-    try:
-        u = parse_uri(text.strip("<>"))
-    except ParseError:
-        return text
-    return f"{u.scheme}:{u.user or ''}@{u.host.lower()}:{u.port or 5060}"
-
-
 def _challenge_text(response: Response) -> str:
     return " ".join(response.headers.get_lines("WWW-Authenticate") +
                     response.headers.get_lines("Proxy-Authenticate")).lower()
-

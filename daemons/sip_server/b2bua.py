@@ -17,7 +17,9 @@ call-control requests by name. It talks to the sip-server daemon only through
 from __future__ import annotations
 
 import asyncio
+import inspect
 import ipaddress
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from daemons.runtime.dns import SipResolver
@@ -25,7 +27,7 @@ from daemons.runtime.sip_endpoint import Destination, IncomingRequest, SipEndpoi
 from daemons.runtime.tlib_server import TLibConnection
 from daemons.sip_server.attended import AttendedTransfer
 from daemons.sip_server.basic_call import BasicCall
-from daemons.sip_server.call import LegState
+from daemons.sip_server.call import Call, Leg, LegState
 from daemons.sip_server.cleanup import CallCleanup
 from daemons.sip_server.dialplan_client import DialPlanClient, dial_plan_urls
 from daemons.sip_server.outbound import OutboundProxies, PeerWatch, Trunks
@@ -144,43 +146,49 @@ class SessionController(BasicCall, AttendedTransfer, ThirdPartyCallControl, Rela
                 for c in self.calls.values()]
 
     async def handle(self, inc: IncomingRequest) -> Response | None:
-        method = inc.method
+        """One SIP request, by method (:data:`SIP_METHODS`); 501 for others."""
+        handler = SIP_METHODS.get(inc.method, SessionController._sip_not_implemented)
         try:
-            if method == "REGISTER":
-                return self._register(inc)
-            if method == "INVITE":
-                if inc.request.to.tag:
-                    return await self._reinvite(inc)
-                if inc.request.headers.get("Replaces") is not None:
-                    return await self._invite_replaces(inc)  # RFC 3891
-                return await self._invite(inc)
-            if method == "ACK":
-                self._ack_received(inc)
-                return None
-            if method == "BYE":
-                return self._bye(inc)
-            if method == "OPTIONS":
-                if self.standby:
-                    return inc.response(503, "Standby", headers=[("Retry-After", "5")])
-                return inc.response(200, headers=[("Allow", ALLOW),
-                                                  ("Accept", "application/sdp")])
-            if method == "REFER":
-                return self._refer(inc)
-            if method in ("INFO", "UPDATE"):
-                return await self._relay(inc)  # to the other party (RFC 6086, RFC 3311)
-            if method in ("NOTIFY", "MESSAGE"):
-                leg = self._leg_for(inc.request)
-                if leg is None:
-                    return self._refuse(inc, 481)
-                return inc.response(200)
-            if method in ("SUBSCRIBE", "PUBLISH", "PRACK"):
-                return self._refuse(inc, 405, headers=[("Allow", ALLOW)])
-            return self._refuse(inc, 501)
+            answer = handler(self, inc)
+            if inspect.isawaitable(answer):
+                return await answer
+            return answer
         except ParseError as exc:
             return self._refuse(inc, exc.status, exc.reason)
 
+    def _sip_invite(self, inc: IncomingRequest) -> Awaitable[Response | None]:
+        if inc.request.to.tag:
+            return self._reinvite(inc)
+        if inc.request.headers.get("Replaces") is not None:
+            return self._invite_replaces(inc)  # RFC 3891
+        return self._invite(inc)
+
+    def _sip_ack(self, inc: IncomingRequest) -> None:
+        self._ack_received(inc)
+
+    def _sip_options(self, inc: IncomingRequest) -> Response:
+        if self.standby:
+            return inc.response(503, "Standby", headers=[("Retry-After", "5")])
+        return inc.response(200, headers=[("Allow", ALLOW), ("Accept", "application/sdp")])
+
+    def _sip_in_dialog(self, inc: IncomingRequest) -> Response:
+        """NOTIFY, MESSAGE: 200 inside a call we hold, else 481."""
+        if self._leg_for(inc.request) is None:
+            return self._refuse(inc, 481)
+        return inc.response(200)
+
+    def _sip_not_allowed(self, inc: IncomingRequest) -> Response:
+        return self._refuse(inc, 405, headers=[("Allow", ALLOW)])
+
+    def _sip_not_implemented(self, inc: IncomingRequest) -> Response:
+        return self._refuse(inc, 501)
+
     def call_request(self, conn: TLibConnection, request: RequestReceived) -> None:
-        """Carry out one call-control request (docs/node.md); raise CallControlError."""
+        """Carry out one call-control request (docs/node.md); raise CallControlError.
+
+        RequestMakeCall needs no call; the user-data requests need the call;
+        the others (:data:`CALL_REQUESTS`) a leg of ``AttributeThisDN`` in it.
+        """
         name, msg = request.name, request.message
         dn: str = msg["AttributeThisDN"]
         if name == "RequestMakeCall":
@@ -192,44 +200,99 @@ class SessionController(BasicCall, AttendedTransfer, ThirdPartyCallControl, Rela
         if call is None:
             raise CallControlError(ErrorCode.UNKNOWN_CONNID, f"Unknown ConnID: {conn_id}")
         leg = call.leg_of(dn)
-        if name in ("RequestAttachUserData", "RequestUpdateUserData",
-                    "RequestDeleteUserData"):
+        if name in USER_DATA_REQUESTS:
             self._user_data(conn, request, call, dn)
             return
         if leg is None:
             raise CallControlError(ErrorCode.INVALID_CALL_STATE,
                                    f"Invalid call state: DN {dn} is not in call {conn_id}")
-        if name == "RequestReleaseCall":
-            self.server.expect_answer(conn, request, dn, conn_id, frozenset({"EventReleased"}))
-            self._hangup(leg, remote=False)
-        elif name == "RequestAnswerCall":
-            self._cti_notify(conn, request, leg, "talk", LegState.RINGING,
-                             "EventEstablished", "remote answer")
-        elif name == "RequestHoldCall":
-            self._cti_notify(conn, request, leg, "hold", LegState.ESTABLISHED,
-                             "EventHeld", "remote hold")
-        elif name == "RequestRetrieveCall" and leg.held_by_node:
-            self._retrieve_held(conn, request, call, leg)
-        elif name == "RequestRetrieveCall":
-            self._cti_notify(conn, request, leg, "talk", LegState.HELD,
-                             "EventRetrieved", "remote retrieve")
-        elif name == "RequestInitiateTransfer":
-            self._initiate_transfer(conn, request, call, leg, msg["AttributeOtherDN"])
-        elif name == "RequestCompleteTransfer":
-            self._complete_transfer(conn, request, call, leg, msg["AttributeTransferConnID"])
-        elif name == "RequestSingleStepTransfer":
-            target: str = msg["AttributeOtherDN"]
-            other = call.other(leg)
-            if not leg.connected or other is None or not other.connected:
-                raise CallControlError(ErrorCode.INVALID_CALL_STATE,
-                                       f"Invalid call state: DN {dn} is not talking")
-            if target not in self.config.dns:
-                raise CallControlError(ErrorCode.UNKNOWN_DN, f"Unknown DN: {target}")
-            self.server.expect_answer(conn, request, dn, conn_id, frozenset({"EventReleased"}))
-            self._spawn(self._transfer(call, leg, target, via_refer=False))
-        else:
+        handler = CALL_REQUESTS.get(name)
+        if handler is None:
             raise CallControlError(ErrorCode.REQUEST_NOT_SUPPORTED,
                                    f"Request not supported: {name}")
+        handler(self, conn, request, call, leg)
+
+    def _request_release(self, conn: TLibConnection, request: RequestReceived, call: Call,
+                         leg: Leg) -> None:
+        self.server.expect_answer(conn, request, request.message["AttributeThisDN"],
+                                  call.conn_id, frozenset({"EventReleased"}))
+        self._hangup(leg, remote=False)
+
+    def _request_answer(self, conn: TLibConnection, request: RequestReceived, call: Call,
+                        leg: Leg) -> None:
+        self._cti_notify(conn, request, leg, "talk", LegState.RINGING,
+                         "EventEstablished", "remote answer")
+
+    def _request_hold(self, conn: TLibConnection, request: RequestReceived, call: Call,
+                      leg: Leg) -> None:
+        self._cti_notify(conn, request, leg, "hold", LegState.ESTABLISHED,
+                         "EventHeld", "remote hold")
+
+    def _request_retrieve(self, conn: TLibConnection, request: RequestReceived, call: Call,
+                          leg: Leg) -> None:
+        if leg.held_by_node:
+            self._retrieve_held(conn, request, call, leg)
+        else:
+            self._cti_notify(conn, request, leg, "talk", LegState.HELD,
+                             "EventRetrieved", "remote retrieve")
+
+    def _request_initiate_transfer(self, conn: TLibConnection, request: RequestReceived,
+                                   call: Call, leg: Leg) -> None:
+        self._initiate_transfer(conn, request, call, leg, request.message["AttributeOtherDN"])
+
+    def _request_complete_transfer(self, conn: TLibConnection, request: RequestReceived,
+                                   call: Call, leg: Leg) -> None:
+        self._complete_transfer(conn, request, call, leg,
+                                request.message["AttributeTransferConnID"])
+
+    def _request_single_step_transfer(self, conn: TLibConnection, request: RequestReceived,
+                                      call: Call, leg: Leg) -> None:
+        target: str = request.message["AttributeOtherDN"]
+        other = call.other(leg)
+        if not leg.connected or other is None or not other.connected:
+            raise CallControlError(ErrorCode.INVALID_CALL_STATE,
+                                   f"Invalid call state: DN {leg.dn} is not talking")
+        if target not in self.config.dns:
+            raise CallControlError(ErrorCode.UNKNOWN_DN, f"Unknown DN: {target}")
+        self.server.expect_answer(conn, request, request.message["AttributeThisDN"],
+                                  call.conn_id, frozenset({"EventReleased"}))
+        self._spawn(self._transfer(call, leg, target, via_refer=False))
+
+
+#: SIP requests by method (RFC 3261 §8.2.1: 405 for a method we know but do
+#: not take, 501 for any other).
+SIP_METHODS: dict[str, Callable[[SessionController, IncomingRequest],
+                                Response | Awaitable[Response | None] | None]] = {
+    "REGISTER": SessionController._register,
+    "INVITE": SessionController._sip_invite,
+    "ACK": SessionController._sip_ack,
+    "BYE": SessionController._bye,
+    "OPTIONS": SessionController._sip_options,
+    "REFER": SessionController._refer,
+    # carried to the other party (RFC 6086, RFC 3311)
+    "INFO": SessionController._relay,
+    "UPDATE": SessionController._relay,
+    "NOTIFY": SessionController._sip_in_dialog,
+    "MESSAGE": SessionController._sip_in_dialog,
+    "SUBSCRIBE": SessionController._sip_not_allowed,
+    "PUBLISH": SessionController._sip_not_allowed,
+    "PRACK": SessionController._sip_not_allowed,
+}
+
+USER_DATA_REQUESTS = frozenset({"RequestAttachUserData", "RequestUpdateUserData",
+                                "RequestDeleteUserData"})
+
+#: T-Library call-control requests on a leg of a call, by message name.
+CALL_REQUESTS: dict[str, Callable[[SessionController, TLibConnection, RequestReceived, Call,
+                                   Leg], None]] = {
+    "RequestReleaseCall": SessionController._request_release,
+    "RequestAnswerCall": SessionController._request_answer,
+    "RequestHoldCall": SessionController._request_hold,
+    "RequestRetrieveCall": SessionController._request_retrieve,
+    "RequestInitiateTransfer": SessionController._request_initiate_transfer,
+    "RequestCompleteTransfer": SessionController._request_complete_transfer,
+    "RequestSingleStepTransfer": SessionController._request_single_step_transfer,
+}
 
 
 def _is_ip(text: str) -> bool:

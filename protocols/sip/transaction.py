@@ -33,6 +33,7 @@ from typing import ClassVar, Final, NamedTuple
 from protocols.sip.errors import SipError
 from protocols.sip.headers import Headers, Via
 from protocols.sip.message import Request, Response, make_response, parse_message
+from protocols.sip.rules import response_destination
 from protocols.sip.timers import IdentityEnum, TimerName, TimerQueue, TimerSettings, is_reliable
 
 __all__ = [
@@ -177,26 +178,6 @@ def make_branch(rng: random.Random | None = None) -> str:
     if rng is None:
         return MAGIC_COOKIE + os.urandom(8).hex()
     return f"{MAGIC_COOKIE}{rng.getrandbits(64):016x}"
-
-
-def response_destination(via: Via, source: Address, transport: str) -> Address:
-    """Where a server sends responses to a request (RFC 3261 §18.2.2, RFC 3581 §4).
-
-    Reliable transports answer on the connection the request came in on, i.e.
-    ``source``. Over UDP the answer goes to ``maddr`` if present, otherwise to
-    the packet's source address (which is what the "received" parameter the
-    server transport adds would hold) at the source port when the client asked
-    for ``rport``, else at the sent-by port (default 5060).
-    """
-    if is_reliable(transport):
-        return source
-    params = via.params
-    maddr = params.get("maddr")
-    if maddr:
-        return (maddr, via.port or 5060)
-    if "rport" in params:
-        return source
-    return (source[0], via.port or 5060)
 
 
 def _copy_header(target: Headers, source: Headers, name: str) -> None:
@@ -697,8 +678,13 @@ class ClientTransaction(Transaction):
     __slots__ = ()
 
     def start(self, now: float) -> None:
-        self._request_data = self._layer._transmit(self, self._request())
-        settings = self._layer.settings
+        layer = self._layer
+        if self._request_data:
+            # the TU made the wire form itself (TransactionLayer.send_request_data)
+            layer._transmit_data(self, self._request_data, self._request())
+        else:
+            self._request_data = layer._transmit(self, self._request())
+        settings = layer.settings
         if not self.reliable:
             self._interval = settings.t1
             self._start(self.retransmit_timer, self._interval, now)
@@ -820,9 +806,13 @@ class ServerTransaction(Transaction):
     def start(self, now: float) -> None:
         """Called once the request has been passed to the TU."""
 
-    def _send(self, response: Response) -> None:
+    def _send(self, response: Response, data: bytes | None = None) -> None:
         self._last_response = response
-        self._response_data = self._layer._transmit(self, response)
+        if data is None:
+            self._response_data = self._layer._transmit(self, response)
+        else:
+            self._layer._transmit_data(self, data, response)
+            self._response_data = data
 
     def _resend(self) -> None:
         if self._response_data:
@@ -835,8 +825,9 @@ class ServerTransaction(Transaction):
         """A retransmission of the request that created the transaction arrived."""
         raise NotImplementedError
 
-    def send_response(self, response: Response, now: float) -> None:
-        """The TU passes a response down (§17.2.1, §17.2.2)."""
+    def send_response(self, response: Response, now: float, data: bytes | None = None) -> None:
+        """The TU passes a response down (§17.2.1, §17.2.2); ``data`` is its wire
+        form when the TU made it (see :meth:`TransactionLayer.send_response`)."""
         raise NotImplementedError
 
 
@@ -880,7 +871,7 @@ class ServerInviteTransaction(ServerTransaction):
         else:
             self._layer.counters["ack_absorbed"] += 1
 
-    def send_response(self, response: Response, now: float) -> None:
+    def send_response(self, response: Response, now: float, data: bytes | None = None) -> None:
         what = _send_input(response.status)
         old = self.state
         new = self._next(what)
@@ -890,7 +881,7 @@ class ServerInviteTransaction(ServerTransaction):
             )
         self.state = new
         self._stop(_TIMER_TRYING)
-        self._send(response)
+        self._send(response, data)
         if new is not _PROCEEDING:
             self._release()
             if new is _ACCEPTED:
@@ -938,7 +929,7 @@ class ServerNonInviteTransaction(ServerTransaction):
         else:
             self._resend()
 
-    def send_response(self, response: Response, now: float) -> None:
+    def send_response(self, response: Response, now: float, data: bytes | None = None) -> None:
         what = _send_input(response.status)
         new = self._next(what)
         if new is None:
@@ -948,7 +939,11 @@ class ServerNonInviteTransaction(ServerTransaction):
             )
         self.state = new
         layer = self._layer
-        self._response_data = layer._transmit(self, response)
+        if data is None:
+            self._response_data = layer._transmit(self, response)
+        else:
+            layer._transmit_data(self, data, response)
+            self._response_data = data
         if new is _COMPLETED:
             # Only the bytes are kept to answer retransmissions for 64*T1.
             self.request = None
@@ -1172,7 +1167,12 @@ class TransactionLayer:
         return key
 
     def send_response(
-        self, response: Response, now: float, *, key: TransactionKey | None = None
+        self,
+        response: Response,
+        now: float,
+        *,
+        key: TransactionKey | None = None,
+        data: bytes | None = None,
     ) -> TransactionKey:
         """Pass a TU response to the server transaction it answers (§17.2).
 
@@ -1181,13 +1181,54 @@ class TransactionLayer:
         saves parsing the Via again). Raises :class:`NoSuchTransaction` if the
         transaction is gone and :class:`TransactionStateError` if its state
         does not allow the response.
+
+        ``data`` is the response's wire form when the TU already has it (a proxy
+        that pops its Via from the received bytes, §16.7 step 3, see
+        :mod:`protocols.sip.splice`); it is sent and retransmitted as given.
+        ``response`` then only drives the machine and is what the transaction
+        reports as its last response: it must have the status, To tag and CSeq
+        of ``data``, and may still hold headers the TU removed on the bytes.
         """
         if key is None:
             key = server_key(response)
         txn = self._transactions.get(key)
         if not isinstance(txn, ServerTransaction):
             raise NoSuchTransaction(f"no server transaction for {response.status} response")
-        txn.send_response(response, now)
+        txn.send_response(response, now, data)
+        return key
+
+    def send_request_data(
+        self,
+        request: Request,
+        data: bytes,
+        branch: str,
+        destination: Address,
+        now: float,
+        *,
+        transport: str = "UDP",
+    ) -> TransactionKey:
+        """Start a non-INVITE client transaction whose wire form the TU made (§17.1.2).
+
+        ``data`` is ``request`` as it goes out, with a top Via carrying
+        ``branch`` that ``request`` itself need not hold: a proxy adds its Via
+        and its §16.6 edits to the received bytes instead of serialising an
+        edited copy (see :mod:`protocols.sip.splice`). The transaction sends
+        and retransmits ``data`` and behaves as one started by
+        :meth:`send_request`. INVITE is refused: its CANCEL and ACK are built
+        from the request object, which must then hold the Via.
+        """
+        method = request.method
+        if method == "INVITE" or method == "ACK":
+            raise TransactionError(f"{method} needs send_request (its Via on the request)")
+        if not branch.startswith(MAGIC_COOKIE):
+            raise TransactionError("the top Via of a request we send needs a z9hG4bK branch")
+        key = _key(_CLIENT, method, branch)
+        if key in self._transactions:
+            raise TransactionError(f"a client transaction with branch {branch} exists")
+        txn = ClientNonInviteTransaction(self, key, request, destination, transport)
+        txn._request_data = data
+        self._transactions[key] = txn
+        txn.start(now)
         return key
 
     def send_stateless(

@@ -10,8 +10,9 @@ from collections.abc import AsyncIterator
 import pytest
 
 from daemons.runtime.management import Metrics
-from daemons.runtime.sip_transport import Flow, SipTransportManager, build_error_response
+from daemons.runtime.sip_transport import Flow, SipTransportManager
 from protocols.sip.message import Request, Response, make_response, parse_message
+from protocols.sip.rules import build_error_response
 
 
 def options(via: str, extra: str = "", body: bytes = b"") -> bytes:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+from collections.abc import Callable
 
 from daemons.runtime.driver import StreamDriver, TimerSlot
 
@@ -23,6 +24,58 @@ async def test_timer_slot_fires_at_the_deadline_and_follows_it() -> None:
     slot.cancel()
     await asyncio.sleep(0.06)
     assert len(fired) == 1    # cancelled: never fires
+
+
+class _FakeHandle:
+    def __init__(self, when: float, callback: Callable[[], None]) -> None:
+        self.when, self.callback, self.cancelled = when, callback, False
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
+class _FakeLoop:
+    """What TimerSlot uses of a loop (call_at, time), driven by hand."""
+
+    def __init__(self) -> None:
+        self.now = 100.0
+        self.scheduled: list[_FakeHandle] = []
+
+    def time(self) -> float:
+        return self.now
+
+    def call_at(self, when: float, callback: Callable[[], None]) -> _FakeHandle:
+        self.scheduled.append(_FakeHandle(when, callback))
+        return self.scheduled[-1]
+
+    def live(self) -> list[float]:
+        return [h.when for h in self.scheduled if not h.cancelled]
+
+    def run_due(self) -> None:
+        due = [h for h in self.scheduled if h.when <= self.now and not h.cancelled]
+        self.scheduled = [h for h in self.scheduled if h not in due]
+        for handle in due:
+            handle.callback()
+
+
+def test_timer_slot_with_a_resolution_wakes_once_per_window() -> None:
+    loop = _FakeLoop()
+    fired: list[float] = []
+    slot = TimerSlot(loop, fired.append, resolution=0.01)  # type: ignore[arg-type]
+    for deadline in (100.0012, 100.0046, 100.0099):  # the earliest first, as a queue reports it
+        slot.arm(deadline)
+    live = loop.live()
+    assert len(live) == 1 and abs(live[0] - 100.01) < 1e-9  # one wake-up, at the window's end
+    loop.now = 100.0095
+    loop.run_due()
+    assert fired == []  # never early
+    loop.now = 100.0100001
+    loop.run_due()
+    assert fired == [100.0100001]
+    slot.arm(100.0103)  # the next window
+    assert abs(slot.when - 100.02) < 1e-9  # type: ignore[operator]
+    slot.arm(None)
+    assert slot.when is None and loop.live() == []
 
 
 class EchoSession:

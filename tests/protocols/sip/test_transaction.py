@@ -1036,3 +1036,4 @@ def test_timers_fire_in_deadline_order_across_durations() -> None:
         layer.handle_timer(now)
         sent.extend((round(now, 3), t.key) for t in layer.messages_to_send())
     assert sent == [(0.5, keys[0]), (0.6, keys[1]), (1.5, keys[0]), (1.6, keys[1])]
+

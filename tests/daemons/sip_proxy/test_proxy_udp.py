@@ -1,12 +1,13 @@
-"""The proxy core's own UDP paths, driven with datagrams in-process: non-INVITE
-server and client transactions (RFC 3261 §17.2.2, §17.1.2), the top Via popped
-on the response bytes (§16.7 step 3) and ACK for 2xx forwarded statelessly
+"""The proxy core over UDP, driven with datagrams in-process: non-INVITE server
+and client transactions of the transaction layer (RFC 3261 §17.2.2, §17.1.2)
+carrying the request spliced from the received bytes, the top Via popped on
+the response bytes (§16.7 step 3) and ACK for 2xx forwarded statelessly
 (§16.11). The UDP listener's socket is replaced by a recorder, so every test
-sees exactly what the proxy sent and where."""
+sees exactly what the proxy sent and where; timers are driven by passing
+``now`` to the core (no sleeping)."""
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
@@ -20,10 +21,10 @@ from daemons.sip_proxy.routing import NodeTarget, Router
 from protocols.sip.message import Request, Response, parse_message
 from protocols.sip.timers import TimerSettings
 
-PROXY = ("127.0.1.151", 5060)
-NODE = ("127.0.1.141", 5070)
-PHONE = ("127.0.1.161", 5080)
-UAC = ("127.0.1.171", 5090)
+PROXY = ("127.0.150.1", 5060)
+NODE = ("127.0.150.2", 5070)
+PHONE = ("127.0.150.3", 5080)
+UAC = ("127.0.150.4", 5090)
 
 
 class _Log:
@@ -52,6 +53,8 @@ class Rig:
     core: ProxyCore
     sock: _Socket
     metrics: Metrics
+    #: the core's clock (loop time, moved by the test only)
+    now: float = 1000.0
 
     def deliver(self, data: bytes, source: tuple[str, int]) -> list[tuple[bytes, tuple[str, int]]]:
         """Hand one datagram to the listener; what the proxy sent because of it."""
@@ -65,13 +68,25 @@ class Rig:
         self.sock.sent.clear()
         return out
 
+    def run_timers(self, until: float) -> list[tuple[float, bytes, tuple[str, int]]]:
+        """Fire the core's timers in order up to ``until`` (loop time), as the
+        loop would; what was sent, and at which ``now``."""
+        sent: list[tuple[float, bytes, tuple[str, int]]] = []
+        self.drain()
+        layer = self.core.layer
+        while (deadline := layer.next_timer()) is not None and deadline <= until:
+            self.now = deadline
+            self.core._on_timer(deadline)
+            sent.extend((deadline, data, addr) for data, addr in self.drain())
+        return sent
 
-async def _rig(timers: TimerSettings | None = None) -> Rig:
+
+async def _rig() -> Rig:
     router = Router([NodeTarget("SIPS_1", "dc1", NODE[0], NODE[1])], "dc1", lambda name: True)
     metrics = Metrics("sipcluster")
     core = ProxyCore(ProxySettings("SPX_1", PROXY[0], PROXY[1], "dc1", "cluster.lab"),
                      router=router, store=BindingStore(), metrics=metrics, log=_Log(),
-                     timers=timers)
+                     timers=TimerSettings())
     await core.start()
     assert core.transport is not None
     ep = core.transport._udp[0]
@@ -81,7 +96,9 @@ async def _rig(timers: TimerSettings | None = None) -> Rig:
     ep.transport = sock  # type: ignore[assignment]
     ep.local = PROXY
     core._own = {PROXY}
-    return Rig(core, sock, metrics)
+    rig = Rig(core, sock, metrics)
+    core._now = lambda: rig.now  # type: ignore[method-assign]
+    return rig
 
 
 @pytest.fixture
@@ -162,26 +179,47 @@ async def test_response_with_several_vias_in_one_line_keeps_the_others(rig: Rig)
     assert [(v.host, v.branch) for v in ok.vias] == [(UAC[0], "z9hG4bK-r2")]
 
 
-async def test_unanswered_request_is_retransmitted_then_times_out_with_408() -> None:
-    r = await _rig(TimerSettings(t1=0.02, t2=0.08, t4=0.1))
-    try:
-        out = r.deliver(register("1003", UAC, "z9hG4bK-r3"), UAC)
-        assert [addr for _, addr in out] == [NODE]
-        to_node: list[bytes] = []
-        to_phone: list[bytes] = []
-        for _ in range(100):
-            await asyncio.sleep(0.05)
-            for data, addr in r.drain():
-                (to_node if addr == NODE else to_phone).append(data)
-            if to_phone:
-                break
-        assert to_node and all(d == out[0][0] for d in to_node)  # timer E, same bytes
-        assert len(to_phone) == 1
-        timeout = parsed(to_phone[0])
-        assert isinstance(timeout, Response) and timeout.status == 408
-        assert [v.host for v in timeout.vias] == [UAC[0]]
-    finally:
-        await r.core.close()
+async def test_unanswered_request_is_retransmitted_then_times_out_with_408(rig: Rig) -> None:
+    start = rig.now
+    out = rig.deliver(register("1003", UAC, "z9hG4bK-r3"), UAC)
+    assert [addr for _, addr in out] == [NODE]
+    sent = rig.run_timers(start + 40.0)
+    to_node = [(round(t - start, 1), data) for t, data, addr in sent if addr == NODE]
+    to_phone = [(round(t - start, 1), data) for t, data, addr in sent if addr == UAC]
+    # timer E: the same bytes at T1, doubling up to T2 (§17.1.2.2)
+    assert [t for t, _ in to_node] == [0.5, 1.5, 3.5, 7.5, 11.5, 15.5, 19.5, 23.5, 27.5, 31.5]
+    assert all(data == out[0][0] for _, data in to_node)
+    # timer F (64*T1): the 408 goes to the phone, our Via popped
+    assert len(to_phone) == 1 and to_phone[0][0] == 32.0
+    timeout = parsed(to_phone[0][1])
+    assert isinstance(timeout, Response) and timeout.status == 408
+    assert [v.host for v in timeout.vias] == [UAC[0]]
+    # the phone's retransmission now gets the 408 again; timer J ends that too
+    assert [d for d, _ in rig.deliver(register("1003", UAC, "z9hG4bK-r3"), UAC)] == \
+        [to_phone[0][1]]
+    rig.run_timers(start + 32.0 + 32.0 + 0.5)
+    assert len(rig.core.layer) == 0
+    assert rig.core._by_server == {} and rig.core._by_client == {}
+
+
+async def test_retransmitted_register_before_the_final_is_absorbed_then_answered(
+        rig: Rig) -> None:
+    """§17.2.2: retransmissions in Trying are absorbed; once the node's final is
+    forwarded, each one gets the same bytes again until timer J."""
+    start = rig.now
+    out = rig.deliver(register("1004", UAC, "z9hG4bK-r4"), UAC)
+    assert rig.deliver(register("1004", UAC, "z9hG4bK-r4"), UAC) == []
+    back = rig.deliver(answer(out[0][0], "200 OK"), NODE)
+    assert [a for _, a in back] == [UAC]
+    # the node's client transaction: the node's retransmitted 200 absorbed until K (T4)
+    assert rig.deliver(answer(out[0][0], "200 OK"), NODE) == []
+    rig.run_timers(start + 6.0)
+    assert len(rig.core.layer) == 1  # the server transaction waits out timer J
+    assert rig.deliver(register("1004", UAC, "z9hG4bK-r4"), UAC) == back
+    rig.run_timers(start + 33.0)
+    assert len(rig.core.layer) == 0
+    # after J the same branch is a new request again: forwarded anew
+    assert [a for _, a in rig.deliver(register("1004", UAC, "z9hG4bK-r4"), UAC)] == [NODE]
 
 
 async def test_dialog_ack_and_bye_follow_the_record_route(rig: Rig) -> None:
