@@ -304,12 +304,22 @@ def _heard_after_source_change(phone: Any, before: set[Path], tone: float, other
 
 
 def baresip_attended_transfer(ctx: Ctx, transport: str) -> None:
-    phone = _b(ctx, "1001", transport)
-    listing = str(phone.command("help").get("data", ""))
-    banner = next((ln for ln in phone.log().splitlines() if "baresip v" in ln), "baresip")
+    """baresip lists its in-call commands only during a call: look there."""
+    a = _b(ctx, "1001", transport)
+    b = _b(ctx, "1002", transport, B_HZ)
+    mark = a.mark()
+    a.dial(f"sip:1002@{ctx.lab.domain}")
+    a.wait_event("CALL_ESTABLISHED", after=mark)
+    listing = str(a.command("help").get("data", ""))
+    a.hangup()
+    a.wait_event("CALL_CLOSED", after=mark)
+    b.hangup()
+    version = re.search(r"baresip v\S+", a.log_path.read_text(errors="replace"))
+    banner = version.group(0) if version else "baresip"
+    assert "/transfer" in listing, listing  # the evidence is its real in-call command list
     if not re.search(r"attended|atransfer|replaces", listing, re.I):
-        pytest.xfail(f"{banner.strip()}: no attended-transfer command (its command list has "
-                     f"only 'transfer', a blind REFER without Replaces)")
+        pytest.xfail(f"{banner}: no attended-transfer command (its in-call command "
+                     "list has only /transfer, a blind REFER without Replaces)")
     raise AssertionError("baresip now lists an attended-transfer command: write this cell")
 
 
@@ -505,14 +515,15 @@ def linphonec_mwi(ctx: Ctx, transport: str) -> None:
     phone = _l(ctx, "1008", transport, A_HZ, "a.wav")
     mark = phone.mark()
     phone.send("help")
-    time.sleep(1.0)
+    time.sleep(0.5)
+    phone.wait_for(r"\bcall\b", after=mark)  # the evidence is its real help text
     listing = "\n".join(phone.output[mark:])
     version = subprocess.run(["linphonec", "-v"], capture_output=True, text=True, timeout=10,
                              input="quit\n")
     first = (version.stdout or version.stderr).strip().splitlines()
     if not re.search(r"\bmwi\b|subscribe|message-summary", listing, re.I):
         pytest.xfail(f"linphonec ({first[0] if first else '?'}): no command subscribes to "
-                     "message-summary (its help lists none) and it prints no NOTIFY body")
+                     "message-summary or shows a message summary (its help lists none)")
     raise AssertionError("linphonec lists an MWI command: write this cell")
 
 
