@@ -30,11 +30,13 @@ DNS_SERVICE = "bind"
 BIND_LISTEN = ("10.71.1.53:53", "10.71.2.53:53")
 #: one-shot services that prepare something and exit (the private CA and certificates)
 INIT_SERVICES = {"certs"}
+#: engines the daemons use, from their own images (the feature-servers' shared store)
+ENGINE_SERVICES = {"postgres"}
 
 
 def _app_services(compose: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return {n: s for n, s in compose["services"].items()
-            if n != DNS_SERVICE and n not in INIT_SERVICES}
+            if n != DNS_SERVICE and n not in INIT_SERVICES and n not in ENGINE_SERVICES}
 
 
 def _subnets(compose: dict[str, Any]) -> dict[str, ipaddress.IPv4Network]:
@@ -200,6 +202,24 @@ def test_stop_and_restart_policy(compose: dict[str, Any]) -> None:
         assert service["stop_signal"] == "SIGTERM", name
         assert service["stop_grace_period"] == "20s", name
         assert service["restart"] == ("no" if name in INIT_SERVICES else "on-failure"), name
+
+
+def test_feature_servers_share_one_postgresql(
+    compose: dict[str, Any], compose_cluster: ClusterConfig
+) -> None:
+    """Both data centres' feature-servers use the postgres service as their store
+    (its address, user, password and database) and start after it is healthy."""
+    pg = compose["services"]["postgres"]
+    env = pg["environment"]
+    (address,) = _static_addresses(pg).values()
+    expected = (f"postgresql://{env['POSTGRES_USER']}:{env['POSTGRES_PASSWORD']}@{address}:5432/"
+                f"{env['POSTGRES_DB']}")
+    servers = compose_cluster.by_kind(AppKind.FEATURE_SERVER)
+    assert len(servers) == 2
+    for fs in servers:
+        assert fs.options.get("store") == expected, fs.name
+        assert compose["services"][fs.name]["depends_on"]["postgres"] == {
+            "condition": "service_healthy"}
 
 
 def test_certificates_for_every_application_that_speaks_mutual_tls(
