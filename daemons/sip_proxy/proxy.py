@@ -79,7 +79,7 @@ from protocols.sip.transaction import (
     TransportFailed,
     response_destination,
 )
-from protocols.sip.uri import format_host, parse_uri
+from protocols.sip.uri import SipUri, format_host, parse_uri
 
 __all__ = ["NODE_HEADER", "ProxyCore", "ProxySettings"]
 
@@ -148,6 +148,7 @@ class ProxyCore(RegistrarFront, HopByHop):
         self._last_stamp = 0.0
         self._own = {(settings.host, settings.port)}
         self._peer_hosts = {h for h, _ in settings.peers.values()}
+        self._peers_at = {(h, p): name for name, (h, p) in settings.peers.items()}
         #: what the transaction layer reports, by event type
         self._handlers: dict[type[Event], Callable[[Any], None]] = {
             RequestReceived: self._on_request,
@@ -423,13 +424,23 @@ class ProxyCore(RegistrarFront, HopByHop):
                         pins[k] = v
             else:
                 uri = first_route(request, top).sip_uri
-                if not self.is_own(uri.host, uri.port):
+                if not self.is_own(uri.host, uri.port) and not self._dead_peer(uri):
                     return
                 for name in ("sc-node", "ft"):
                     value = uri.params.get(name)
                     if value:
                         pins[name] = value
             request.headers.remove_first("Route")
+
+    def _dead_peer(self, uri: SipUri) -> bool:
+        """A Route naming another proxy of the cluster that is down (its replication
+        link lost): this proxy takes the dialog over, so an in-dialog request outlives
+        the proxy that record-routed it (the ``sc-node`` pin names the node)."""
+        peer = self._peers_at.get((uri.host, uri.port or 5060))
+        if peer is None or self.peer_alive(peer):
+            return False
+        self.requests.labels("route", "dead_peer_taken_over").inc()
+        return True
 
     def _route(self, fwd: Forward, request: Request, transport: str, pins: dict[str, str],
                from_node: bool, from_peer: bool) -> None:

@@ -18,7 +18,7 @@ import ipaddress
 from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 
-from daemons.cluster.config import ClusterConfig, DnType, TServerOptions
+from daemons.cluster.config import AppKind, ClusterConfig, DnType, TServerOptions
 from daemons.runtime.management import Metrics
 from daemons.runtime.sip_endpoint import Destination, IncomingRequest, SipEndpoint
 from daemons.runtime.tlib_server import TLibConnection
@@ -334,7 +334,12 @@ class SessionBase:
         if method == "BYE":
             dialog.terminate()
         try:
-            response = await self._request(request)
+            answer: Response | None = None
+            if self._first_route_out_of_service(request):
+                answer = await self._via_another_proxy(request)
+            response = answer or await self._request(request)
+            if answer is None and response.status in (408, 503):
+                response = await self._via_another_proxy(request) or response
         except SipError as exc:
             self.log.info("sip_in_dialog_failed", method=method, reason=str(exc))
             return make_response(request, 503)
@@ -344,6 +349,55 @@ class SessionBase:
         if method != "BYE":
             dialog.receive_response(response)
         return response
+
+    def _first_route_out_of_service(self, request: Request) -> bool:
+        """The first Route is a SIP Proxy the node's checks (oos-check / oos-force)
+        found out of service: do not wait for its timers."""
+        routes = request.headers.get("Route")
+        if not routes or self.outbound is None:
+            return False
+        try:
+            first = parse_name_addr(routes.split(",")[0]).sip_uri
+        except (ParseError, ValueError):
+            return False
+        return self.outbound.out_of_service(first.host, first.port or 5060)
+
+    async def _via_another_proxy(self, request: Request) -> Response | None:
+        """The SIP Proxy the dialog was record-routed through did not answer (it died):
+        the same request through the cluster's other proxies, this data centre's first.
+        The proxy that takes it sees the dead proxy's Route, takes the dialog over and
+        delivers it (the sip-proxy's dead-peer take-over). None when the first Route is
+        no proxy of the cluster, or no other proxy answered."""
+        routes = request.headers.get("Route")
+        if not routes:
+            return None
+        try:
+            first = parse_name_addr(routes.split(",")[0]).sip_uri
+        except (ParseError, ValueError):
+            return None
+        proxies = self.config.by_kind(AppKind.SIP_PROXY)
+        dead = [p for p in proxies if p.host == first.host
+                and p.port("sip-port") == (first.port or 5060)]
+        if not dead:
+            return None
+        me = self.config.applications.get(self.server.app_name)
+        geo = me.geo_location if me is not None else None
+        others = sorted((p for p in proxies if p not in dead and p.port("sip-port")),
+                        key=lambda p: p.geo_location != geo)
+        transport = (first.params.get("transport") or "udp").upper()
+        answer: Response | None = None
+        for proxy in others:
+            retry = Request(request.method, request.uri, headers=request.headers.copy(),
+                            body=request.body)
+            retry.headers.remove_first("Via")
+            port = proxy.port("sip-port")
+            assert port is not None
+            self.log.info("sip_in_dialog_via_another_proxy", method=request.method,
+                          call_id=request.call_id, dead=dead[0].name, via=proxy.name)
+            answer = await self.ep.request(retry, Destination(transport, proxy.host, port))
+            if answer.status not in (408, 503):
+                return answer
+        return answer
 
     async def _ack(self, invite: Request, response: Response, body: bytes = b"") -> None:
         try:
