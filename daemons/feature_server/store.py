@@ -80,7 +80,8 @@ class Store(Protocol):
 
 
 _SQLITE_ERRORS = (OSError, aiosqlite.Error)
-_POSTGRES_ERRORS = (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError)
+_POSTGRES_ERRORS = (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError,
+                    asyncpg.InternalClientError)
 
 
 @contextlib.contextmanager
