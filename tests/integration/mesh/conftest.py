@@ -40,6 +40,8 @@ from tests.integration.support import (  # type: ignore[import-not-found]
 
 SCENARIOS = Path(__file__).resolve().parent / "scenarios"
 DC1 = "127.0.41."
+#: last byte of the PSTN agent's (DN 2001) phone in DC1
+PSTN_AGENT_HOST = "45"
 DC2 = "127.0.42."
 SUBNETS = {"127.0.1.": DC1, "127.0.2.": DC2}
 #: ADDP between t-controllers: a cut link is seen after ADDP_TIMEOUT + ADDP_REMOTE s ...
@@ -133,6 +135,12 @@ def mesh_lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MeshLab]:
         tmp / "cluster.toml", SUBNETS,
         options={"tc-reconnect-timeout": TC_RECONNECT_TIMEOUT, "addp-timeout": ADDP_TIMEOUT,
                  "addp-remote-timeout": ADDP_REMOTE_TIMEOUT, "wrap-up-time": WRAP_UP_TIME})
+    # the PSTN agent 2001 answers on a SIPp phone of the test's own (.45), not behind
+    # the lab's PSTN gateway (.40, SIPp's UAS, which answers every call by itself)
+    text = config.read_text()
+    assert f"@{DC1}40:5060" in text
+    config.write_text(text.replace(f"sip:+15550102001@{DC1}40:5060",
+                                   f"sip:+15550102001@{DC1}{PSTN_AGENT_HOST}:5060"))
     yield from running_lab(MeshLab(tmp / "run", {}), config)
 
 

@@ -18,6 +18,7 @@ import pytest
 pytestmark = pytest.mark.timeout(90)
 
 DC1 = "127.0.41."
+PSTN_AGENT_HOST = "45"  # the PSTN agent 2001's phone (conftest.py)
 DC2 = "127.0.42."
 
 
@@ -101,7 +102,7 @@ async def test_dr_desktop_reconnects_to_another_node(
                                 AttributeAgentID="a2001")
     assert login["message"] == "EventAgentLogin"
     # the PSTN agent's phone (the DN's contact) and a customer call on node 1
-    pstn = phones.answer(phones.phone("2001", DC1 + "40"))
+    pstn = phones.answer(phones.phone("2001", DC1 + PSTN_AGENT_HOST))
     await asyncio.sleep(0.2)
     customer = phones.trunk(DC1 + "141", node_1, "2001", wait_bye=True)
     established = await gws_1.wait_for("EventEstablished", AttributeThisDN="2001")
