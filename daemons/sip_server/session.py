@@ -404,7 +404,10 @@ class SessionBase:
             # §12.1.2: the route set is the Record-Route reversed, else the Contact
             rr = response.headers.get_all("Record-Route")
             contacts = response.contacts
-            hop = parse_name_addr(rr[-1]).uri if rr else contacts[0].uri if contacts else None
+            # a re-INVITE's 2xx has no Record-Route: its ACK follows the dialog's Routes
+            routes = invite.headers.get_all("Route") if invite.to.tag else []
+            hop = parse_name_addr(rr[-1]).uri if rr else parse_name_addr(routes[0]).uri \
+                if routes else contacts[0].uri if contacts else None
             dest = self._destination(hop, invite.top_via.transport) if hop else None
             await self.ep.send_ack(invite, response, body=body, destination=dest)
         except (SipError, OSError) as exc:

@@ -689,21 +689,8 @@ CELLS: dict[tuple[str, str], Callable[[Ctx, str], None]] = {
     ("dtmf", "kamailio"): kamailio_dtmf,
 }
 
-ACK_BYPASSES_ROUTE = (
-    "defect: sip-server session.py _ack() takes the next hop of the ACK to a re-INVITE's 2xx "
-    "from that response's Record-Route, else its Contact; an in-dialog 2xx carries no "
-    "Record-Route (RFC 3261 12.2.1.2: the route set is fixed), so the ACK of the transfer's "
-    "re-INVITE bypasses the dialog's route set (the sip-proxy) and goes to the phone's "
-    "Contact. Over TCP baresip 1.0 and linphonec put their connection's address in it "
-    "(127.0.0.1:ephemeral): node log sip_ack_failed 'cannot connect over TCP to "
-    "127.0.0.1:PORT', the transferee retransmits its 200, the transferred call has no "
-    "audio and its BYE does not reach the target")
 #: cells that fail because of a defect of ours (strict: they fail the run once fixed)
-DEFECTS = {
-    "blind-transfer-baresip-tcp": ACK_BYPASSES_ROUTE,
-    "blind-transfer-linphonec-tcp": ACK_BYPASSES_ROUTE,
-    "attended-transfer-linphonec-tcp": ACK_BYPASSES_ROUTE,
-}
+DEFECTS: dict[str, str] = {}
 
 #: the no-answer cells wait out the lab's 12 s timer: one transport per peer
 ONE_TRANSPORT = {"no-answer": "udp"}
