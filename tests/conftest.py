@@ -24,18 +24,27 @@ def require_tool(name: str) -> str:
     return path
 
 
+#: ports free_port has handed out in this process: two calls in a row (a phone's SIP
+#: and control ports) must not get the same one back from the OS
+_HANDED_OUT: set[tuple[str, int]] = set()
+
+
 def free_port(host: str = "127.0.0.1", kind: int = socket.SOCK_DGRAM) -> int:
-    """A port that is free right now for both UDP and TCP on ``host``."""
+    """A port that is free right now for both UDP and TCP on ``host``, and that this
+    process has not been given before."""
     for _ in range(50):
         with socket.socket(socket.AF_INET, kind) as s:
             s.bind((host, 0))
             port = int(s.getsockname()[1])
+        if (host, port) in _HANDED_OUT:
+            continue
         other = socket.SOCK_STREAM if kind == socket.SOCK_DGRAM else socket.SOCK_DGRAM
         with socket.socket(socket.AF_INET, other) as s2:
             try:
                 s2.bind((host, port))
             except OSError:
                 continue
+        _HANDED_OUT.add((host, port))
         return port
     raise RuntimeError("no free port")
 
