@@ -50,15 +50,15 @@ def cluster(module_processes: Processes) -> dict[str, Any]:
                 (("dc1", f"{DC1}.40"), ("dc2", f"{DC2}.40"))}
     busy = subprocess.Popen(
         [sipp, "-sf", str(SCENARIOS / "node_uas_busy.xml"), "-i", f"{DC1}.60", "-p", "5060",
-         "-nostdin", "-m", "1", "-timeout", "30s"],
+         "-nostdin", "-m", "1", "-timeout", "300s"],  # killed at teardown
         cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     busy_too = subprocess.Popen(
         [sipp, "-sf", str(SCENARIOS / "node_uas_busy.xml"), "-i", f"{DC1}.62", "-p", "5060",
-         "-nostdin", "-m", "1", "-timeout", "30s"],
+         "-nostdin", "-m", "1", "-timeout", "300s"],  # killed at teardown
         cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     ringing = subprocess.Popen(
         [sipp, "-sf", str(SCENARIOS / "node_uas_ring.xml"), "-i", f"{DC1}.61", "-p", "5060",
-         "-nostdin", "-m", "1", "-timeout", "30s"],
+         "-nostdin", "-m", "1", "-timeout", "300s"],  # killed at teardown
         cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     fs = processes.daemon("feature-server", config, "FS_dc1", f"http://{DC1}.31:8080/healthz")
     node = processes.daemon("sip-server", config, "SIPS_dc1", f"http://{DC1}.11:9096/healthz")
