@@ -42,9 +42,9 @@ from daemons.runtime.sip_transport import (
     SipTransportManager,
     TransportError,
 )
-from protocols.sip.dialog import Dialog
+from protocols.sip.dialog import Dialog, ack_route
 from protocols.sip.errors import ParseError, SipError
-from protocols.sip.headers import Via, parse_name_addr
+from protocols.sip.headers import Via
 from protocols.sip.message import Request, Response, make_response
 from protocols.sip.timers import TimerSettings
 from protocols.sip.transaction import (
@@ -736,12 +736,7 @@ class SipEndpoint:
         """
         invite_via = invite.top_via
         dialog = Dialog.create_uac(invite, response, transport=invite_via.transport)
-        # a re-INVITE's 2xx carries no Record-Route: the dialog's route set is fixed
-        # (§12.2.1.2) and the re-INVITE carried it, so the ACK follows the same Routes
-        routes = invite.headers.get_lines("Route") if invite.to.tag and \
-            "record-route" not in response.headers else []
-        next_hop = parse_name_addr(invite.headers.get_all("Route")[0]).uri if routes \
-            else dialog.next_hop()
+        routes, next_hop = ack_route(invite, response, dialog)
         if destination is None:
             targets = await self.resolve(next_hop, default_transport=invite_via.transport)
             if not targets:

@@ -68,9 +68,9 @@ class Relay(SessionBase):
             status = 480 if method == "INFO" else 488
         if method == "UPDATE" and 200 <= status < 300 and req.body:
             leg.sdp, other.sdp = req.body, resp.body
-        answer: list[tuple[str, str]] = [(n, v) for n in ("Content-Type", "Recv-Info")
-                                         for v in resp.headers.get_all(n) if resp.body or
-                                         n == "Recv-Info"]
+        answer = [("Recv-Info", v) for v in resp.headers.get_all("Recv-Info")]
+        if resp.body:
+            answer += [("Content-Type", v) for v in resp.headers.get_all("Content-Type")]
         if method == "UPDATE":
             answer.append(("Contact", self._contact(inc.flow.transport, inc.flow.remote[0])))
         return inc.response(status, resp.reason if status == resp.status else None,

@@ -27,12 +27,12 @@ from daemons.sip_server.dialplan_client import DialPlanClient
 from daemons.sip_server.outbound import OutboundProxies, PeerWatch, Trunks
 from daemons.sip_server.registrar import Registrar
 from daemons.sip_server.routing import RoutingPoints
-from protocols.sip.dialog import Dialog
+from protocols.sip.dialog import Dialog, ack_route
 from protocols.sip.digest import AlgorithmPolicy, DigestAuthenticator
 from protocols.sip.errors import ParseError, SipError
 from protocols.sip.headers import parse_name_addr
 from protocols.sip.message import Request, Response, make_response
-from protocols.sip.uri import parse_uri
+from protocols.sip.uri import SipUri, parse_uri
 from protocols.tlib.errors import ErrorCode
 from protocols.tlib.events import RequestReceived
 
@@ -353,12 +353,8 @@ class SessionBase:
     def _first_route_out_of_service(self, request: Request) -> bool:
         """The first Route is a SIP Proxy the node's checks (oos-check / oos-force)
         found out of service: do not wait for its timers."""
-        routes = request.headers.get("Route")
-        if not routes or self.outbound is None:
-            return False
-        try:
-            first = parse_name_addr(routes.split(",")[0]).sip_uri
-        except (ParseError, ValueError):
+        first = _first_route(request)
+        if first is None or self.outbound is None:
             return False
         return self.outbound.out_of_service(first.host, first.port or 5060)
 
@@ -368,12 +364,8 @@ class SessionBase:
         The proxy that takes it sees the dead proxy's Route, takes the dialog over and
         delivers it (the sip-proxy's dead-peer take-over). None when the first Route is
         no proxy of the cluster, or no other proxy answered."""
-        routes = request.headers.get("Route")
-        if not routes:
-            return None
-        try:
-            first = parse_name_addr(routes.split(",")[0]).sip_uri
-        except (ParseError, ValueError):
+        first = _first_route(request)
+        if first is None:
             return None
         proxies = self.config.by_kind(AppKind.SIP_PROXY)
         dead = [p for p in proxies if p.host == first.host
@@ -401,14 +393,19 @@ class SessionBase:
 
     async def _ack(self, invite: Request, response: Response, body: bytes = b"") -> None:
         try:
-            # §12.1.2: the route set is the Record-Route reversed, else the Contact
-            rr = response.headers.get_all("Record-Route")
-            contacts = response.contacts
-            # a re-INVITE's 2xx has no Record-Route: its ACK follows the dialog's Routes
-            routes = invite.headers.get_all("Route") if invite.to.tag else []
-            hop = parse_name_addr(rr[-1]).uri if rr else parse_name_addr(routes[0]).uri \
-                if routes else contacts[0].uri if contacts else None
-            dest = self._destination(hop, invite.top_via.transport) if hop else None
+            _, hop = ack_route(invite, response)
+            dest = self._destination(hop, invite.top_via.transport)
             await self.ep.send_ack(invite, response, body=body, destination=dest)
         except (SipError, OSError) as exc:
             self.log.warning("sip_ack_failed", call_id=invite.call_id, reason=str(exc))
+
+
+def _first_route(request: Request) -> SipUri | None:
+    """The URI of ``request``'s first Route, None without one (or unreadable)."""
+    routes = request.headers.get_all("Route")
+    if not routes:
+        return None
+    try:
+        return parse_name_addr(routes[0]).sip_uri
+    except (ParseError, ValueError):
+        return None

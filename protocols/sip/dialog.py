@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Final
 
 from protocols.sip.errors import SipError
-from protocols.sip.headers import Headers, NameAddr
+from protocols.sip.headers import Headers, NameAddr, parse_name_addr
 from protocols.sip.message import Request, Response
 from protocols.sip.uri import parse_uri
 
@@ -33,6 +33,7 @@ __all__ = [
     "DialogInput",
     "DialogState",
     "OutOfOrderRequest",
+    "ack_route",
 ]
 
 #: Methods whose Contact replaces the remote target (RFC 3261 §12.2, RFC 3311 §5.1
@@ -453,3 +454,22 @@ class Dialog:
     def terminate(self) -> None:
         """End the dialog (BYE sent or received, §15)."""
         self.apply(DialogInput.BYE)
+
+
+def ack_route(invite: Request, response: Response,
+              dialog: Dialog | None = None) -> tuple[list[str], str]:
+    """Where the ACK of a 2xx to ``invite`` goes (§13.2.2.4): the Route header lines
+    it carries and the URI of its next hop.
+
+    A 2xx to an initial INVITE sets the route set (its Record-Route reversed,
+    else the Contact: ``dialog``, or the one it creates, has them). A
+    re-INVITE's 2xx carries no Record-Route: the dialog's route set is fixed
+    (§12.2.1.2) and the re-INVITE carried it, so the ACK follows those Routes.
+    """
+    if invite.to.tag and "record-route" not in response.headers:
+        routes = invite.headers.get_lines("Route")
+        if routes:
+            return routes, parse_name_addr(invite.headers.get_all("Route")[0]).uri
+    if dialog is None:
+        dialog = Dialog.create_uac(invite, response)
+    return [], dialog.next_hop()
