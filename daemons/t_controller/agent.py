@@ -298,6 +298,18 @@ class AgentTable:
         #: (deadline, dn) of wrap-up ends and inactivity logouts; an item whose
         #: agent's deadline changed since is stale and skipped when it reaches the top
         self._deadlines: list[tuple[float, str]] = []
+        #: called with a DN whenever its agent's state or its calls change
+        self._listeners: list[Callable[[str], None]] = []
+
+    def watch(self, listener: Callable[[str], None]) -> None:
+        """Call ``listener(dn)`` after every change of a DN's agent state, work
+        mode, reasons or calls (it runs inside the change: it should only note
+        the DN and read the table later)."""
+        self._listeners.append(listener)
+
+    def _changed(self, dn: str) -> None:
+        for listener in self._listeners:
+            listener(dn)
 
     # -- queries -------------------------------------------------------------
     def state(self, dn: str) -> AgentState:
@@ -480,6 +492,7 @@ class AgentTable:
         if conn_id not in calls:
             calls.add(conn_id)
             self._offered[dn] = self._offered.get(dn, 0) + 1
+            self._changed(dn)
         agent = self._by_dn.get(dn)
         if agent is not None:
             agent.last_activity = now
@@ -500,6 +513,7 @@ class AgentTable:
         calls.discard(conn_id)
         if not calls:
             del self._calls[dn]
+        self._changed(dn)
         agent = self._by_dn.get(dn)
         if agent is None:
             return []
@@ -565,6 +579,7 @@ class AgentTable:
             if not calls:
                 del self._calls[dn]
             touched.append(dn)
+            self._changed(dn)
             agent = self._by_dn.get(dn)
             if agent is not None:
                 agent.last_activity = now
@@ -737,6 +752,7 @@ class AgentTable:
                 code=code,
             )
         agent.state = target
+        self._changed(agent.dn)
 
     def _logout(self, agent: _Agent, reasons: dict[str, str | int]) -> AgentEvent:
         self._move(agent, Trigger.LOGOUT)
