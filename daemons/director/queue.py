@@ -60,10 +60,23 @@ class AgentPool:
     """Every agent the t-controllers report, and an index of the available ones."""
 
     def __init__(self, skills: Mapping[str, Mapping[str, int]]) -> None:
-        self.skills = skills
+        self.skills = dict(skills)
         self.agents: dict[str, AgentRecord] = {}  # by DN
         #: skill -> site -> DNs in the order they became available (dict as ordered set)
         self._idle: dict[str, dict[str, dict[str, None]]] = {}
+
+    def set_skills(self, skills: Mapping[str, Mapping[str, int]]) -> None:
+        """New skill levels (the director store): agents logged in take theirs now."""
+        self.skills = dict(skills)
+        for record in self.agents.values():
+            levels = self.skills.get(record.agent_id, {})
+            if dict(levels) != dict(record.skills):
+                was = record.available
+                if was:
+                    self._unindex(record)
+                record.skills = levels
+                if was:
+                    self._index(record)
 
     # -- what the t-controllers report ------------------------------------------------
     def login(self, dn: str, agent_id: str, now: float) -> AgentRecord:
@@ -245,7 +258,14 @@ class VirtualQueue:
         self._order = itertools.count()
         self.stats: dict[str, int] = dict.fromkeys(
             ("entered", "routed", "abandoned", "default-routed", "routed-elsewhere",
-             "conflicts"), 0)
+             "conflicts", "routed-in-target"), 0)
+
+    def service_level(self) -> float | None:
+        """The share of calls routed within ``service-level-target`` seconds (the
+        router counts ``routed-in-target``), abandoned calls counting against
+        it; None before the first."""
+        done = self.stats["routed"] + self.stats["abandoned"]
+        return round(self.stats["routed-in-target"] / done, 4) if done else None
 
     def add(self, conn_id: str, routing_point: str, node: str, now: float, *,
             user_data: Mapping[str, Any] | None = None,

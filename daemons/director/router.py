@@ -25,6 +25,7 @@ from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
 from daemons.director.queue import AgentPool, QueuedCall, VirtualQueue
+from daemons.director.sites import MonitoredSite, SiteBoard, SiteReport, site_report
 from daemons.director.strategy import DirectorConfig
 from protocols.tlib.errors import ErrorCode
 
@@ -70,6 +71,9 @@ class Router:
         self.queues = {queue: VirtualQueue(s) for queue, s in config.strategies.items()}
         self._queue_of_rp = {rp: self.queues[s.queue]
                              for rp, s in config.by_routing_point.items()}
+        #: the monitored servers' reports (Director Server), if it monitors any
+        self.sites = SiteBoard({m.name: m.route_to for m in config.monitored_servers.values()},
+                               config.site_stale_after) if config.monitored_servers else None
         self._call_queue: dict[str, VirtualQueue] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._overflow_timer: asyncio.TimerHandle | None = None
@@ -89,6 +93,38 @@ class Router:
         self.dropped = metrics.tally("director_events_dropped", "Events the director could "
                                      "not use, by event and reason",
                                      ("event", "reason")) if metrics is not None else None
+
+    # -- strategies changed (the director store) ---------------------------------------
+    def apply_config(self, config: DirectorConfig) -> None:
+        """Other strategies and skills: queues kept (with their calls) or added;
+        a queue no longer configured must have no call waiting (the API checks)."""
+        self.config = config
+        for name, strategy in config.strategies.items():
+            queue = self.queues.get(name)
+            if queue is None:
+                self.queues[name] = VirtualQueue(strategy)
+            else:
+                queue.strategy = strategy
+        for name in [q for q in self.queues if q not in config.strategies]:
+            queue = self.queues.pop(name)
+            for conn_id in list(queue.calls):
+                self._end(queue, conn_id, "default-routed")
+        self._queue_of_rp = {rp: self.queues[s.queue]
+                             for rp, s in config.by_routing_point.items()}
+        self.pool.set_skills(config.skills)
+        self.dispatch_soon()
+
+    # -- monitored servers ----------------------------------------------------------------
+    def site_report(self, now: float | None = None) -> SiteReport:
+        """This director's report as a monitored server (sites.py)."""
+        return site_report(self.config.site or "", self.pool, self.queues.values(),
+                           self.clock() if now is None else now)
+
+    def on_site_report(self, name: str, report: SiteReport) -> None:
+        """A monitored server reported: its availability counts from now."""
+        assert self.sites is not None
+        self.sites.reported(name, report, self.clock())
+        self.dispatch_soon()
 
     # -- events from the nodes ----------------------------------------------------------
     def on_route_request(self, node: str, event: Mapping[str, Any]) -> None:
@@ -257,6 +293,14 @@ class Router:
                     # the node gave up waiting (router-timeout): not ours any more
                     self._end(queue, call.conn_id, "default-routed")
                     continue
+                if queue.strategy.spread == "monitored-sites":
+                    site = self.sites.pick(queue.strategy.skill, now, call.excluded) \
+                        if self.sites is not None else None
+                    if site is not None:
+                        call.busy = True
+                        self.sites.sent(site)  # type: ignore[union-attr]
+                        self._spawn(self._route_to_site(queue, call, site))
+                    continue
                 overflow = queue.overflow(call, now)
                 agent = self.pool.pick(queue.strategy, call.geo_location, overflow=overflow,
                                        exclude=call.excluded)
@@ -300,13 +344,51 @@ class Router:
                       "AttributeErrorMessage": f"node {call.node} unreachable: {exc}"}
         if routed.get("message") == "EventRouteUsed":
             self._report("EventDiverted", queue, call, OtherDN=dn, AgentID=agent_id)
-            self._end(queue, conn_id, "routed")
+            self._routed(queue, call)
             self.log.info("call_routed", conn_id=conn_id, queue=queue.strategy.queue, to=dn,
                           agent_id=agent_id, waited=round(call.waited(self.clock()), 3))
             # held until the call rings on the DN (the t-controller reports it)
             self._holds[dn] = self.loop.call_later(HOLD_TIMEOUT, self._hold_expired, dn)
             return
         self._refused(queue, call, dn, "RequestRouteCall", routed)
+
+    async def _route_to_site(self, queue: VirtualQueue, call: QueuedCall,
+                             site: MonitoredSite) -> None:
+        """A call for a monitored server's site: routed to the DN that reaches it;
+        the site's own director picks the agent."""
+        try:
+            routed = await self.links.route(call.node, call.routing_point, call.conn_id,
+                                            site.route_to)
+        except (ConnectionError, TimeoutError, OSError) as exc:
+            routed = {"message": "EventError", "AttributeErrorCode": int(ErrorCode.INTERNAL_ERROR),
+                      "AttributeErrorMessage": f"node {call.node} unreachable: {exc}"}
+        if routed.get("message") == "EventRouteUsed":
+            self._report("EventDiverted", queue, call, OtherDN=site.route_to,
+                         Reason={"monitored-server": site.name})
+            self._routed(queue, call)
+            self.log.info("call_routed_to_site", conn_id=call.conn_id,
+                          queue=queue.strategy.queue, monitored_server=site.name,
+                          to=site.route_to, waited=round(call.waited(self.clock()), 3))
+            return
+        code = routed.get("AttributeErrorCode")
+        if self.errors is not None:
+            self.errors.labels("RequestRouteCall", str(code)).inc()
+        self.log.info("director_request_refused", request="RequestRouteCall",
+                      conn_id=call.conn_id, monitored_server=site.name, dn=site.route_to,
+                      code=code, reason=routed.get("AttributeErrorMessage"))
+        if code == ErrorCode.UNKNOWN_CONNID:
+            self._report("EventAbandoned", queue, call)
+            self._end(queue, call.conn_id, "abandoned")
+            return
+        if call.conn_id in queue.calls:
+            call.busy = False
+            call.excluded.add(f"site:{site.name}")
+            self.dispatch_soon()
+
+    def _routed(self, queue: VirtualQueue, call: QueuedCall) -> None:
+        if call.waited(self.clock()) <= self.config.service_level_target:
+            queue.stats["routed-in-target"] += 1
+        self._end(queue, call.conn_id, "routed")
 
     def _refused(self, queue: VirtualQueue, call: QueuedCall, dn: str, request: str,
                  answer: Mapping[str, Any]) -> None:
@@ -390,8 +472,14 @@ class Router:
         now = self.clock()
         decisions = sorted(self.decisions)
         p99 = decisions[int(len(decisions) * 0.99)] if decisions else 0.0
-        return {
-            "queues": {name: q.status(now) for name, q in self.queues.items()},
+        status: dict[str, Any] = {
+            "queues": {name: {**q.status(now), "service-level": q.service_level()}
+                       for name, q in self.queues.items()},
             "agents": self.pool.by_site(),
             "decision-p99-ms": round(p99 * 1000, 3),
         }
+        if self.config.site:
+            status["site"] = self.config.site
+        if self.sites is not None:
+            status.update(self.sites.status(now))
+        return status

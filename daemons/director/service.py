@@ -13,10 +13,17 @@ Wiring only (the policy is in :mod:`daemons.director.router`,
   (the events of the agents and of their calls come from the DNs' owners
   through the mesh) and sends ``RequestReserveAgent`` there, which reaches
   the DN's owner, the one authority;
-* ``http-port``: ``/healthz``, ``/metrics`` and ``/status/director`` (JSON
-  for wallboards: queues, agents per site, decision time);
+* ``http-port``: ``/healthz``, ``/metrics``, ``/status/director`` (JSON
+  for wallboards: queues, agents per site, monitored sites, decision time),
+  the wallboard page and the strategies API (:mod:`daemons.director.web`);
 * ``director-port`` (optional, T-Library): reporting clients get every
-  virtual queue's ``EventQueued``, ``EventDiverted`` and ``EventAbandoned``.
+  virtual queue's ``EventQueued``, ``EventDiverted`` and ``EventAbandoned``;
+  a Director Server's ``RequestQueryAddress`` gets this director's report as a
+  Monitored Server (:mod:`daemons.director.sites`);
+* a T-Library client of every ``monitored-servers`` entry's director-port,
+  asking its report every ``report-interval``;
+* the director store (:mod:`daemons.director.store`): strategies and skills
+  changed through the HTTP API.
 
 Each node keeps routing on its own while the director is down: its routing
 points go to ``default-dn`` after ``router-timeout``.
@@ -29,13 +36,26 @@ import asyncio
 import contextlib
 import functools
 import sys
+import time
 from collections.abc import Mapping
 from typing import Any
 
 from daemons.cluster.config import AppKind, Application, ClusterConfig
 from daemons.director.cli import print_status
 from daemons.director.router import CALL_START, Router
-from daemons.director.strategy import read_director_config
+from daemons.director.sites import ANY_SKILL, BadSiteReport, parse_report
+from daemons.director.store import SKILLS, STRATEGY, Store, default_store, open_store
+from daemons.director.strategy import (
+    DirectorConfig,
+    MonitoredServer,
+    Strategy,
+    read_director_config,
+    read_skills,
+    read_strategy,
+    strategy_table,
+)
+from daemons.director.web import DirectorWebServer, StoreRefused
+from daemons.runtime.config import ConfigError, Section
 from daemons.runtime.service import Service, add_daemon_arguments, cancel_and_wait, run_daemon
 from daemons.runtime.tlib_client import TLibClient, TLibConnectionLost, TLibHandshakeError
 from daemons.runtime.tlib_server import TLibConnection, TLibServer
@@ -65,6 +85,9 @@ class _ReportingPort:
 
     def on_request(self, conn: TLibConnection, request: RequestReceived) -> None:
         dn = request.message.get("AttributeThisDN")
+        if request.name == "RequestQueryAddress":
+            self.director.answer_site_query(conn, request)
+            return
         if request.name in ("RequestRegisterAddress", "RequestUnregisterAddress"):
             if dn not in self.director.settings.strategies:
                 conn.answer_error(request, ErrorCode.UNKNOWN_DN,
@@ -92,6 +115,14 @@ class Director(Service):
         self.config = config
         self.app = config.application(name, AppKind.DIRECTOR)
         self.settings = read_director_config(config, self.app)
+        #: the cluster file's strategies and skills, under the store's changes
+        self.file_settings = self.settings
+        self.store: Store | None = open_store(self.settings.store)
+        self._store_lock = asyncio.Lock()
+        self.metrics.registry.unregister(self.management.bad_requests)
+        self.management = DirectorWebServer(self.metrics, app_name=name, status=self.status,
+                                            tables=self.tables, change=self.change,
+                                            log=self.log)
         self.host = self.app.host
         self.management_host = self.host
         self.management_port = self.app.port("http-port") or 0
@@ -105,9 +136,13 @@ class Director(Service):
         self.reporting_clients: set[TLibConnection] = set()
         m = self.metrics
         self.links_up = m.gauge("director_links_up", "T-Library links up, by kind", ("link",))
+        self.site_reports = m.counter("director_site_reports", "Monitored servers' reports, "
+                                      "by monitored server and outcome",
+                                      ("monitored_server", "outcome"))
 
     # -- lifecycle ------------------------------------------------------------------------
     async def start(self) -> None:
+        await self._open_store()
         node_sites = {a.name: a.geo_location for a in self.config.by_kind(AppKind.SIP_SERVER)
                       if a.geo_location}
         timeouts = {a.name: self.config.tserver_for(a.name).router_timeout
@@ -124,6 +159,8 @@ class Director(Service):
         for app in self.config.by_kind(AppKind.SIP_SERVER):
             self._tasks.append(asyncio.create_task(self._node_loop(app)))
         self._tasks.append(asyncio.create_task(self._t_controller_loop()))
+        for monitored in self.settings.monitored_servers.values():
+            self._tasks.append(asyncio.create_task(self._monitored_loop(monitored)))
         self.links_up.labels("node").set_function(lambda: float(len(self.nodes)))
         self.links_up.labels("t-controller").set_function(
             lambda: 1.0 if self.t_controller is not None else 0.0)
@@ -145,6 +182,8 @@ class Director(Service):
             await self.router.close()
         if self.reporting is not None:
             await self.reporting.close()
+        if self.store is not None:
+            await self.store.close()
 
     def _health(self) -> tuple[bool, dict[str, Any]]:
         ok = bool(self.nodes) and self.t_controller is not None
@@ -154,6 +193,180 @@ class Director(Service):
         assert self.router is not None
         return {"application": self.app_name, "nodes": sorted(self.nodes),
                 "t-controller": self.t_controller_name, **self.router.status()}
+
+    # -- the director store ---------------------------------------------------------------
+    async def _open_store(self) -> None:
+        store = self.store
+        if store is None:
+            return
+        try:
+            await store.open()
+            changes = await store.load()
+        except Exception as exc:  # sqlite, asyncpg, OS: the store is unusable
+            with contextlib.suppress(Exception):
+                await store.close()
+            self.store = None
+            if self.settings.store != default_store(self.app_name):
+                raise OSError(f"director store {self.settings.store}: {exc}") from exc
+            self.log.warning("director_store_unavailable", store=self.settings.store,
+                             error=str(exc))
+            return
+        tables = {q: strategy_table(s) for q, s in self.file_settings.strategies.items()}
+        skills = {a: dict(v) for a, v in self.file_settings.skills.items()}
+        skills.update({a: dict(v) for a, v in changes.skills.items()})
+        for queue, body in changes.strategies.items():
+            candidate = dict(tables)
+            if body is None:
+                candidate.pop(queue, None)
+            else:
+                candidate[queue] = dict(body)
+            try:
+                self.settings = self._build(candidate, skills)
+                tables = candidate
+            except ConfigError as exc:
+                self.log.warning("director_stored_strategy_refused", queue=queue,
+                                 reason=str(exc))
+        self.settings = self._build(tables, skills)
+        self.log.info("director_store_loaded", engine=store.engine,
+                      strategies=len(changes.strategies), skills=len(changes.skills))
+
+    def _build(self, tables: Mapping[str, Mapping[str, Any]],
+               skills: Mapping[str, Mapping[str, int]]) -> DirectorConfig:
+        """The settings with these strategy tables and skills, checked as the
+        cluster file is (ConfigError names the table and the reason)."""
+        levels = read_skills(Section(skills, file="director", path="skills"))
+        strategies: dict[str, Strategy] = {}
+        by_rp: dict[str, Strategy] = {}
+        for queue, table in tables.items():
+            strategy = read_strategy(
+                self.config, Section(table, file="director", path=f"strategies.{queue}"),
+                queue, levels, by_rp, app_name=self.app_name,
+                monitored=bool(self.settings.monitored_servers))
+            strategies[queue] = strategy
+            by_rp.update(dict.fromkeys(strategy.routing_points, strategy))
+        return self.settings.with_strategies(strategies, levels)
+
+    def tables(self, kind: str) -> dict[str, Any]:
+        """``GET /director/strategies`` and ``/director/skills``."""
+        if kind == "skills":
+            return {a: dict(v) for a, v in self.settings.skills.items()}
+        return {q: strategy_table(s) for q, s in self.settings.strategies.items()}
+
+    async def change(self, kind: str, name: str,
+                     body: Mapping[str, Any] | None) -> Mapping[str, Any]:
+        """A change from the HTTP API: checked, kept in the store, then in force."""
+        if self.store is None:
+            raise StoreRefused(503, f"no director store (store = {self.settings.store!r} "
+                                    "could not be used): changes are refused")
+        async with self._store_lock:
+            tables = self.tables("strategies")
+            skills = self.tables("skills")
+            if kind == "skills":
+                assert body is not None
+                skills[name] = dict(body)
+            elif body is None:
+                if name not in tables:
+                    raise StoreRefused(404, f"no strategy for virtual queue {name}")
+                del tables[name]
+            else:
+                tables[name] = dict(body)
+            try:
+                settings = self._build(tables, skills)
+            except ConfigError as exc:
+                raise StoreRefused(400, str(exc)) from exc
+            if kind == "skills":
+                stored: Mapping[str, Any] | None = dict(settings.skills[name])
+            else:
+                stored = strategy_table(settings.strategies[name]) if body is not None else None
+            try:
+                await self.store.put(SKILLS if kind == "skills" else STRATEGY, name, stored,
+                                     time.time())
+            except Exception as exc:  # the change is not kept: not in force either
+                self.log.error("director_store_failed", error=str(exc))
+                raise StoreRefused(503, f"the director store failed: {exc}") from exc
+            added = set(settings.by_routing_point) - set(self.settings.by_routing_point)
+            self.settings = settings
+            assert self.router is not None
+            self.router.apply_config(settings)
+            for client in self.nodes.values():
+                for rp in sorted(added):
+                    client.submit("RequestRegisterAddress", AttributeThisDN=rp)
+            self.log.info("director_changed", kind=kind, name=name,
+                          deleted=body is None and kind != "skills")
+            return stored or {}
+
+    # -- monitored servers ----------------------------------------------------------------
+    def answer_site_query(self, conn: TLibConnection, request: RequestReceived) -> None:
+        """``RequestQueryAddress`` from a Director Server: this site's report,
+        for this application's name (the whole site) or one of its queues."""
+        assert self.router is not None
+        dn = request.message.get("AttributeThisDN")
+        strategy = self.settings.strategies.get(dn) if isinstance(dn, str) else None
+        if dn != self.app_name and strategy is None:
+            conn.answer_error(request, ErrorCode.UNKNOWN_DN,
+                              f"Unknown DN: {str(dn)[:64]} (ask for {self.app_name}, the "
+                              "site, or one of its virtual queues)")
+            return
+        report = self.router.site_report()
+        skill = (strategy.skill if strategy is not None else "") or ANY_SKILL
+        conn.answer(request, "EventAddressInfo", {
+            "AttributeThisDN": dn,
+            "AttributeAddressInfoType": request.message.get(
+                "AttributeAddressInfoType", "NumberOfAvailableAgentsInQueue"),
+            "AttributeAddressInfoStatus": report.available.get(skill, 0),
+            "AttributeExtensions": report.to_map()})
+
+    async def _monitored_loop(self, monitored: MonitoredServer) -> None:
+        """Ask one monitored server its report every ``report-interval``."""
+        assert self.router is not None and self.router.sites is not None
+        router, board = self.router, self.router.sites
+        site = board.sites[monitored.name]
+        interval = self.settings.report_interval
+        while True:
+            try:
+                client = await TLibClient.connect(
+                    monitored.host, monitored.port, self.app_name, "legacy",
+                    addp_timeout=ADDP_TIMEOUT, addp_remote_timeout=ADDP_REMOTE_TIMEOUT,
+                    connect_timeout=3.0, local_addr=(self.host, 0))
+            except (OSError, TimeoutError, TLibHandshakeError, TLibConnectionLost):
+                await asyncio.sleep(RECONNECT_DELAY)
+                continue
+            site.link = True
+            self.log.info("monitored_server_linked", monitored_server=monitored.name,
+                          peer=client.peer)
+            try:
+                while True:
+                    async with asyncio.timeout(REQUEST_TIMEOUT):
+                        answer = await client.request(
+                            "RequestQueryAddress", AttributeThisDN=monitored.name,
+                            AttributeAddressInfoType="NumberOfAvailableAgentsInQueue")
+                    self._site_answer(monitored.name, answer)
+                    await asyncio.sleep(interval)
+            except (TLibConnectionLost, TimeoutError):
+                pass
+            finally:
+                site.link = False
+                await client.close()
+            self.log.warning("monitored_server_link_lost", monitored_server=monitored.name,
+                             reason=client.lost_reason)
+            router.dispatch_soon()
+            await asyncio.sleep(RECONNECT_DELAY)
+
+    def _site_answer(self, name: str, answer: Mapping[str, Any]) -> None:
+        assert self.router is not None and self.router.sites is not None
+        try:
+            if answer.get("message") != "EventAddressInfo":
+                raise BadSiteReport(f"{answer.get('message')} "
+                                    f"{answer.get('AttributeErrorCode', '')} "
+                                    f"{answer.get('AttributeErrorMessage', '')}".strip())
+            report = parse_report(answer.get("AttributeExtensions"))
+        except BadSiteReport as exc:
+            self.site_reports.labels(name, "refused").inc()
+            self.router.sites.refused(name, str(exc))
+            self.log.warning("site_report_refused", monitored_server=name, reason=str(exc))
+            return
+        self.site_reports.labels(name, "accepted").inc()
+        self.router.on_site_report(name, report)
 
     def _report(self, name: str, attributes: dict[str, Any]) -> None:
         for conn in list(self.reporting_clients):

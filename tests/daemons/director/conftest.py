@@ -226,7 +226,8 @@ class DirectorLab:
         proc = subprocess.Popen(
             [sys.executable, "-m", "daemons.cli", kind, "--config", str(self.config),
              "--name", name, "--log-format", "json"],
-            cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, text=True)
+            cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, text=True,
+            env={**os.environ, "SIPCLUSTER_STATE_DIR": str(self.path / "state")})
         deadline = time.monotonic() + 45  # a loaded machine starts Python slowly
         while wait not in log_path.read_text():
             if proc.poll() is not None or time.monotonic() > deadline:
