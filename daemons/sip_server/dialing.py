@@ -22,7 +22,7 @@ from daemons.runtime.sip_endpoint import Destination
 from daemons.sip_server.call import Call, CallState, Leg, LegState
 from daemons.sip_server.dialplan_client import DialPlanAnswer
 from daemons.sip_server.outbound import NODE_HEADER, answered
-from daemons.sip_server.routing import route_extensions
+from daemons.sip_server.routing import RouteDecision, route_extensions
 from daemons.sip_server.session import AGENT_TYPES, ALLOW, Ringing, SessionBase
 from protocols.sip.dialog import Dialog, DialogError
 from protocols.sip.errors import ParseError
@@ -36,6 +36,8 @@ __all__ = ["Dialing", "done_future"]
 TRUNK_TYPES = (DnType.TRUNK, DnType.TRUNK_GROUP)
 #: dial-plan answers one call may follow (a plan that maps A to B and B to A)
 MAX_DIAL_PLAN_STEPS = 4
+#: seconds between looks at a reservation a default routing waits for
+RESERVATION_RECHECK = 1.0
 
 
 class Dialing(SessionBase):
@@ -168,6 +170,7 @@ class Dialing(SessionBase):
                 return None, 480
             contact, path, hop = located
             tried.add(dest)
+            self.server.reserved.offered(dest)  # this call uses up a reservation of the agent
             leg = call.add_leg(dest, dest, outbound=True, cti=self._cti(dest))
             extra: list[tuple[str, str]] = []
             if hop is not None:
@@ -402,6 +405,7 @@ class Dialing(SessionBase):
             decision = await self.server.routing.wait(
                 call.conn_id, rp, self.tserver.router_timeout,
                 default if isinstance(default, str) else None)
+            decision = await self._default_not_reserved(call, rp, decision, default)
         except asyncio.CancelledError:  # the caller hung up while the call waited
             self._event(call, "EventAbandoned", rp_leg, other=origin.number, role="Destination")
             raise
@@ -425,6 +429,29 @@ class Dialing(SessionBase):
         if decision.route_type == "Reject":
             return None
         return decision.destination
+
+    async def _default_not_reserved(self, call: Call, rp: str, decision: RouteDecision,
+                                    default: object) -> RouteDecision:
+        """A default routing to an agent reserved for another call waits on the
+        routing point until the reservation ends (docs/node.md, "Reserved
+        agents"); a router may still route the call meanwhile."""
+        reserved = self.server.reserved
+        logged = False
+        while decision.default and decision.destination is not None:
+            now = self._now()
+            held = reserved.conflict(decision.destination, call.conn_id, None, now)
+            if held is None:
+                break
+            if not logged:
+                logged = True
+                self.server.reserved_refusals.labels("held").inc()
+                self.log.info("default_route_waits_for_reservation", conn_id=call.conn_id,
+                              rp=rp, dn=held.dn, holder=held.holder,
+                              reserved_for=held.conn_id)
+            decision = await self.server.routing.wait(
+                call.conn_id, rp, min(RESERVATION_RECHECK, max(0.05, held.expires - now)),
+                default if isinstance(default, str) else None)
+        return decision
 
 
 def _status(result: Response | int) -> int:

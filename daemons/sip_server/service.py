@@ -35,6 +35,7 @@ from daemons.sip_server.b2bua import SessionController
 from daemons.sip_server.call import Call
 from daemons.sip_server.dialplan_client import dial_plan_urls
 from daemons.sip_server.reporting import InteractionProxy
+from daemons.sip_server.reservation import HeldAgent, ReservedAgents
 from daemons.sip_server.routing import RouteDecision, RoutingPoints
 from daemons.sip_server.session import CallControlError
 from protocols.tlib.errors import ErrorCode
@@ -130,6 +131,8 @@ class SipServer(Service):
             (a.name for a in config.by_kind(AppKind.SIP_SERVER) if a.backup == name), None)
         dial_plan_urls(config, self.app)  # a Dial Plan DN the node cannot use is refused here
         self.routing = RoutingPoints()
+        #: the agents reserved for routers, as the t-controller passes them on
+        self.reserved = ReservedAgents()
         self.ipproxy = InteractionProxy(self._monotonic, backlog_window=backlog_window)
         self.controller = SessionController(self)
         self.default_server: TLibServer | None = None
@@ -145,6 +148,11 @@ class SipServer(Service):
         self._sent_ip = self.events_sent.labels("ip-port")
         self.requests = m.counter("tlib_requests", "T-Library requests received",
                                   ("port", "request"))
+        self.reserved_refusals = m.tally(
+            "routes_to_reserved_agents",
+            "Routes to an agent reserved for another call, by what the node did "
+            "(refused: RequestRouteCall answered EventError 62; held: a default routing "
+            "waits for the reservation to end)", ("outcome",))
 
     def _monotonic(self) -> float:
         return asyncio.get_running_loop().time()
@@ -174,6 +182,10 @@ class SipServer(Service):
         self.management.add_status_page("/status/ports", lambda: dict(self.bound))
         self.management.add_status_page("/status/outbound", self._outbound_status)
         self.management.add_status_page("/status/trunks", self._trunks_status)
+        self.management.add_status_page(
+            "/status/reservations",
+            lambda: {"reserved": self.reserved.status(self._monotonic()),
+                     "ended": dict(self.reserved.ended)})
         self.log.info("sip_server_listening", **{k.replace("-", "_"): v
                                                  for k, v in self.bound.items()})
         # Long-lived state (config, registrations, code objects) leaves the
@@ -265,6 +277,9 @@ class SipServer(Service):
         if name == "RequestRouteCall":
             self._route_call(conn, request)
             return
+        if name == "RequestReserveAgent":
+            self._reservation_noted(conn, request)
+            return
         if name in CALL_REQUESTS:
             self._call_request(conn, request)
             return
@@ -286,12 +301,54 @@ class SipServer(Service):
             conn.answer_error(request, ErrorCode.UNKNOWN_DN, f"Unknown DN: {dest}",
                               AttributeThisDN=rp, AttributeConnID=conn_id)
             return
+        held = self.reserved.conflict(dest, conn_id, conn.application, self._monotonic()) \
+            if msg.get("AttributeRouteType") != "Reject" else None
+        if held is not None:
+            self._refuse_reserved(conn, request, rp, conn_id, held)
+            return
         decision = RouteDecision(dest, False, msg.get("AttributeUserData"),
                                  msg.get("AttributeRouteType"), (conn, request))
         if not self.routing.route(conn_id, rp, decision):
             conn.answer_error(request, ErrorCode.UNKNOWN_CONNID,
                               f"ConnID {conn_id} does not wait on routing point {rp}",
                               AttributeThisDN=rp, AttributeConnID=conn_id)
+
+    def _refuse_reserved(self, conn: TLibConnection, request: RequestReceived, rp: str,
+                         conn_id: str, held: HeldAgent) -> None:
+        """A route to an agent kept for another call: EventError 62; the call
+        keeps waiting on its routing point for another route or router-timeout."""
+        self.reserved_refusals.labels("refused").inc()
+        self.log.info("route_to_reserved_agent_refused", conn_id=conn_id, rp=rp, dn=held.dn,
+                      router=conn.application, holder=held.holder, reserved_for=held.conn_id)
+        conn.answer_error(request, ErrorCode.AGENT_RESERVATION_CONFLICT,
+                          f"Agent reservation conflict: the agent of DN {held.dn} is reserved "
+                          f"for {held.holder}", AttributeThisDN=rp, AttributeConnID=conn_id)
+
+    def _reservation_noted(self, conn: TLibConnection, request: RequestReceived) -> None:
+        """The paired t-controller passes on a reservation its owner granted
+        (module :mod:`daemons.sip_server.reservation`); routers reserve at the
+        t-controllers, never here."""
+        msg = request.message
+        dn = msg["AttributeThisDN"]
+        if conn is not self.tc_conn:
+            conn.answer_error(request, ErrorCode.REQUEST_NOT_SUPPORTED,
+                              "Request not supported on this port: RequestReserveAgent "
+                              "(routers reserve agents at the t-controller)",
+                              AttributeThisDN=dn)
+            return
+        ext = msg.get("AttributeExtensions") or {}
+        holder = ext.get("holder") if isinstance(ext, dict) else None
+        conn_id, agent_id = msg.get("AttributeConnID"), msg.get("AttributeAgentID")
+        timeout = msg.get("AttributeTimeout")
+        held = self.reserved.note(
+            dn, holder=holder if isinstance(holder, str) else "?",
+            conn_id=conn_id if isinstance(conn_id, str) else None,
+            agent_id=agent_id if isinstance(agent_id, str) else None,
+            seconds=float(timeout) if isinstance(timeout, (int, float)) else 0.0,
+            now=self._monotonic())
+        self.log.info("agent_reservation_noted", dn=dn, holder=held.holder,
+                      reserved_for=held.conn_id, agent_id=held.agent_id, seconds=timeout)
+        conn.answer(request, "EventACK", {"AttributeThisDN": dn})
 
     def _call_request(self, conn: TLibConnection, request: RequestReceived) -> None:
         msg = request.message

@@ -19,13 +19,14 @@ from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 
 from daemons.cluster.config import AppKind, ClusterConfig, DnType, TServerOptions
-from daemons.runtime.management import Metrics
+from daemons.runtime.management import Metrics, TallyCounter
 from daemons.runtime.sip_endpoint import Destination, IncomingRequest, SipEndpoint
 from daemons.runtime.tlib_server import TLibConnection
 from daemons.sip_server.call import Call, CallState, Leg, LegState, new_conn_id
 from daemons.sip_server.dialplan_client import DialPlanClient
 from daemons.sip_server.outbound import OutboundProxies, PeerWatch, Trunks
 from daemons.sip_server.registrar import Registrar
+from daemons.sip_server.reservation import ReservedAgents
 from daemons.sip_server.routing import RoutingPoints
 from protocols.sip.dialog import Dialog, ack_route
 from protocols.sip.digest import AlgorithmPolicy, DigestAuthenticator
@@ -69,6 +70,8 @@ class ControllerHost(Protocol):
     host: str
     primary_name: str | None
     routing: RoutingPoints
+    reserved: ReservedAgents
+    reserved_refusals: TallyCounter
 
     def call_event(self, call: Call, name: str, this_dn: str | None, *,
                    other: str | None = None, role: str | None = None,

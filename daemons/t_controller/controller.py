@@ -214,6 +214,10 @@ class TController:
                 self.agents_by_state.labels(state.value).set_function(self._agent_counter(state))
         self.link_gauge = metrics.gauge("tcontroller_node_link_up", "1 while the node link is up")
         self.link_gauge.set_function(lambda: 1.0 if self.link_up else 0.0)
+        #: where the reservations granted here or announced by peers go, so the
+        #: node does not offer a reserved agent another call (set by the request
+        #: handling, which holds the node link; docs/t-controller.md, "Agent reservation")
+        self.reservation_sink: Callable[[TMap], None] | None = None
 
     def _agent_counter(self, state: AgentState) -> Callable[[], float]:
         def count() -> float:
@@ -306,6 +310,8 @@ class TController:
         """Send one event to the DN's clients on TCport and to the Smart Proxy;
         with ``answer`` the requester gets it with its own ReferenceID."""
         dn = attributes.get("AttributeThisDN")
+        if name == "EventAgentReserved" and self.reservation_sink is not None:
+            self.reservation_sink(attributes)
         if local is None:
             local = self.is_local(dn)
         requester = answer[0] if answer is not None else None
@@ -338,6 +344,8 @@ class TController:
         dn = attributes.get("AttributeThisDN")
         if isinstance(dn, str) and name.startswith("EventAgent"):
             self.mirror_agent(name, attributes)
+        if name == "EventAgentReserved" and self.reservation_sink is not None:
+            self.reservation_sink(attributes)
         requester = answer[0] if answer is not None else None
         targets = [c for c in self.tcport_clients.recipients(
             dn if isinstance(dn, str) else None, False) if c is not requester]
@@ -674,6 +682,8 @@ class TController:
         answer: Answer | None = None
         if answers is not None and isinstance(answers.origin, TLibConnection):
             answer = (answers.origin, answers.reference_id)
+        if answers is not None and answers.name == "RequestReserveAgent":
+            return  # the node noted a reservation passed on to it (reservation_sink)
         if name == "EventDNBackInService":
             self._dn_back_in_service(attributes)
         elif name == "EventDNOutOfService":

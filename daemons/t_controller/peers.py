@@ -298,7 +298,10 @@ class PeerTable:
             conn = peer.conn
             if conn is None or conn is requester:
                 continue
-            if self.optimised and (dn is None or dn not in peer.interests):
+            # every node hears of a reservation: a router may route to the agent
+            # from any node, and the node must not offer it another call
+            if self.optimised and name != "EventAgentReserved" \
+                    and (dn is None or dn not in peer.interests):
                 continue
             if trusted is None:
                 trusted = event_is_valid(name, attributes)

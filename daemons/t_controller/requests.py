@@ -92,6 +92,8 @@ class RequestController(ControllerState, Protocol):
     """What request handling needs of the
     :class:`~daemons.t_controller.controller.TController`."""
 
+    reservation_sink: Callable[[TMap], None] | None
+
     @property
     def log_debug(self) -> bool: ...
     @property
@@ -151,6 +153,7 @@ class Requests:
             "RequestReserveAgent answers of this node, by outcome", ("outcome",))
         self._reservation_timer = TimerSlot(asyncio.get_running_loop(),
                                             lambda _now: self._on_reservation_timer())
+        controller.reservation_sink = self._reservation_to_node
         self.tcport: dict[str, Handler] = {
             **dict.fromkeys(AGENT_REQUESTS, self._tcport_agent_request),
             **dict.fromkeys(CALL_CONTROL_REQUESTS, self._tcport_call_control),
@@ -569,6 +572,22 @@ class Requests:
                 self._reservation_refused(conn, reference_id, out.request.dn, out.code,
                                           out.text, holder=out.request.holder)
         self._reservation_timer.arm(self.reservations.next_timer())
+
+    def _reservation_to_node(self, attributes: Mapping[str, Any]) -> None:
+        """A reservation granted here or by a peer: to this node's sip-server, so
+        that it offers the reserved agent no other routed call (docs/node.md,
+        "Reserved agents"). Its EventACK is dropped by the controller."""
+        if self.node_link is None:
+            return
+        note = {k: attributes[k] for k in ("AttributeThisDN", "AttributeAgentID",
+                                           "AttributeConnID", "AttributePriority",
+                                           "AttributeTimeout", "AttributeExtensions")
+                if k in attributes}
+        try:
+            self.node_link.forward("RequestReserveAgent", note, origin=None, reference_id=0)
+        except (NodeLinkDown, TLibError) as exc:
+            self.log.warning("agent_reservation_not_passed_to_node",
+                             dn=attributes.get("AttributeThisDN"), reason=str(exc))
 
     def _reservation_refused(self, conn: TLibConnection, reference_id: int, dn: str,
                              code: ErrorCode, text: str, *, holder: str | None = None) -> None:
