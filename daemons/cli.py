@@ -35,6 +35,7 @@ COMMANDS: list[tuple[str | None, str]] = [
     (None, "daemons.runtime.certs"),
     (None, "daemons.director.service"),
     (None, "daemons.director.cli"),
+    (None, "daemons.collective.service"),
 ]
 
 GROUP_HELP = {"sip": "SIP tools (lint a message, test endpoints)"}

@@ -58,6 +58,7 @@ class AppKind(StrEnum):
     RTM_SERVER = "rtm-server"
     STATUS_AGGREGATOR = "status-aggregator"
     DIRECTOR = "director"
+    COLLECTIVE = "collective"
 
 
 class OwnershipKind(StrEnum):

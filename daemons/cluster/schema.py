@@ -335,6 +335,12 @@ SIPPROXY_OPTIONS: Schema = {
     "registrar-default-timeout": (_nonneg, 140),
     # where MWI SUBSCRIBEs go; absent: the feature-server of the geo-location
     "feature-server-address": (_opt_hostport, None),
+    # SIP over TLS on sip-tls-port (docs/sip-proxy.md): PEM certificate chain and
+    # key (absent: certs/NAME.pem and NAME.key beside the cluster file), and the CA
+    # that client certificates must come from (absent: certs/ca.pem when present)
+    "tls-cert": (_opt_str, None),
+    "tls-key": (_opt_str, None),
+    "tls-ca": (_opt_str, None),
 }
 
 #: Ports per application kind: (required, optional).

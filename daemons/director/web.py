@@ -118,8 +118,8 @@ class DirectorWebServer(ManagementServer):
         try:
             table = await self._change(kind, name, body)
         except StoreRefused as exc:
-            return self._refuse(exc.status, "invalid" if exc.status == 400 else
-                                "unavailable" if exc.status == 503 else "conflict", exc.reason)
+            label = {400: "invalid", 404: "unknown", 503: "unavailable"}.get(exc.status, "other")
+            return self._refuse(exc.status, label, exc.reason)
         return web.json_response({name: table} if body is not None else {"deleted": name})
 
     def _refuse(self, status: int, label: str, reason: str) -> web.Response:

@@ -23,7 +23,7 @@ import pytest
 from daemons.runtime.tlib_client import TLibClient
 from daemons.runtime.tlib_server import TLibConnection, TLibServer
 from protocols.tlib.events import RequestReceived
-from tests.daemons.director.conftest import (  # type: ignore[import-not-found]
+from tests.daemons.director.conftest import (
     INTEGRATION,
     INTEROP,
     DirectorLab,
@@ -108,7 +108,8 @@ tc-port = {ports[f"tc_{n}"]}
 http-port = {ports[f"tchttp_{n}"]}
 """
     skills = "".join(f"{aid} = {levels}\n" for aid, _, levels in AGENTS.values())
-    for n, dc in ((1, "dc1"), (2, "dc2")):
+    for i, dc in ((1, "dc1"), (2, "dc2")):
+        n = str(i)
         text += f"""
 [applications.SiteDirector{n}]
 kind = "director"
@@ -146,10 +147,10 @@ spread = "monitored-sites"
     sites = dict(ENTRY)
     if bad_site:
         sites[BAD_SITE] = ("9001", "")
-    for n, name in enumerate(sites, 1):
+    for i, name in enumerate(sites, 1):
         text += f"""
 [applications.Director.options.monitored-servers.{name}]
-address = "{HOST['dc1' if n != 2 else 'dc2']}{81 if n < 3 else 82}:{ports[f"site_port_{n}"]}"
+address = "{HOST['dc1' if i != 2 else 'dc2']}{81 if i < 3 else 82}:{ports[f"site_port_{i}"]}"
 route-to = "{sites[name][0]}"
 """
     return text
@@ -165,9 +166,9 @@ async def sites_lab(tmp_path: Path, free_port: Callable[..., int],
         for n, dc in (("A", "dc1"), ("C", "dc2")):
             for key in ("sip", "default", "http", "tc", "tchttp"):
                 ports[f"{key}_{n}"] = free_port(HOST[dc] + "11")
-        for n, dc in ((1, "dc1"), (2, "dc2")):
-            ports[f"site_http_{n}"] = free_port(HOST[dc] + "81")
-            ports[f"site_port_{n}"] = free_port(HOST[dc] + "81")
+        for i, dc in ((1, "dc1"), (2, "dc2")):
+            ports[f"site_http_{i}"] = free_port(HOST[dc] + "81")
+            ports[f"site_port_{i}"] = free_port(HOST[dc] + "81")
         ports["site_port_3"] = free_port(HOST["dc1"] + "82")
         ports["director_http"] = free_port(HOST["hq"] + "80")
         for name, (_, host) in ENTRY.items():

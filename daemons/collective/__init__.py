@@ -1,0 +1,1 @@
+"""One site of a multi-site collective (docs/collective.md)."""

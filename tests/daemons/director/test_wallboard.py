@@ -1,0 +1,45 @@
+"""The wallboard in a real browser (headless Chromium over the DevTools
+protocol, the status-aggregator tests' helper): the director's page shows its
+virtual queues and agents, and a queue added over the HTTP API appears
+without a reload (the page's Server-Sent Events feed)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from tests.daemons.director.test_store import HOST, call, start_lab
+from tests.daemons.status_aggregator.test_web import chromium
+
+pytestmark = pytest.mark.timeout(120)
+
+
+async def test_the_wallboard_shows_a_new_queue_without_reload(
+        tmp_path: Path, free_port: Callable[..., int]) -> None:
+    lab = start_lab(tmp_path, free_port, f"sqlite:{tmp_path / 'director.db'}")
+    port = lab.ports["http"]
+    try:
+        lab.start("director", "Director")
+        async with chromium(tmp_path) as browser:
+            await browser.call("Page.enable")
+            await browser.call("Page.navigate", url=f"http://{HOST}80:{port}/")
+            rows = "document.getElementById('queues').innerText"
+            await browser.until_text(rows, "8000")
+            await browser.until_text("document.getElementById('note').innerText", "live")
+            assert "8001" not in await browser.text_of(rows)
+            before = await browser.screenshot(tmp_path / "wallboard-before.png")
+            code, _ = await asyncio.to_thread(call, port, "PUT", "/director/strategies/8001",
+                                              {"routing-points": ["5001"], "skill": "support"})
+            assert code == 200
+            await browser.until_text(rows, "8001")
+            cells = await browser.text_of(
+                "[...document.getElementById('queues:8001').children]"
+                ".map(td => td.textContent).join('|')")
+            assert cells == "8001|0|0|0|0|0|-", cells
+            after = await browser.screenshot(tmp_path / "wallboard-after.png")
+            assert before != after
+    finally:
+        await lab.close()
