@@ -359,6 +359,7 @@ PORTS: dict[AppKind, tuple[tuple[str, ...], tuple[str, ...]]] = {
     AppKind.RTM_SERVER: (("rtm-port",), ("http-port",)),
     AppKind.STATUS_AGGREGATOR: (("status-port",), ("http-port",)),
     AppKind.DIRECTOR: (("http-port",), ("director-port",)),
+    AppKind.COLLECTIVE: (("http-port",), ()),
 }
 
 
