@@ -129,6 +129,7 @@ class Dialing(SessionBase):
         status (or the failing response).
         """
         tried: set[str] = set()
+        forwarded_all: set[str] = set()  # DNs whose forward-all was asked for this call
         asked = 0
         while True:
             entry = self.config.dns.get(dest)
@@ -157,6 +158,18 @@ class Dialing(SessionBase):
                 continue
             if entry.type not in AGENT_TYPES:
                 return None, 404
+            if self.dialplan is not None and dest not in forwarded_all and origin.alive:
+                # the DN's calling profile may forward every call before it rings
+                # (forward-all); a DN reached by forwarding is asked once per call
+                forwarded_all.add(dest)
+                forwarded = await self._forward(call, origin, dest, "all", offer, ringing)
+                if isinstance(forwarded, str):
+                    if forwarded not in tried and forwarded != dest:
+                        tried.add(dest)
+                        dest = forwarded
+                        continue
+                elif forwarded is not None:
+                    return forwarded
             located = await self._locate(call, dest)
             if located is None:
                 fallback = self.server.routing.supervision.unreachable(
@@ -258,8 +271,10 @@ class Dialing(SessionBase):
 
     async def _forward(self, call: Call, origin: Leg, dn: str, reason: str, offer: bytes,
                        ringing: Ringing | None) -> str | tuple[Leg | None, Response | int] | None:
-        """Busy / no-answer forwarding of ``dn`` per its calling profile: the next DN
-        (text), the outcome of a voicemail or trunk call, or None (nothing to do)."""
+        """Forwarding of ``dn`` per its calling profile on ``reason``: ``all`` (before
+        it rings: forward-all), ``busy``, ``no-answer``. The next DN (text), the
+        outcome of a voicemail, trunk call or reject, or None (nothing to do, or
+        no feature-server answered: the DN rings as if it had no profile)."""
         assert self.dialplan is not None
         answer = await self.dialplan.query(dn, caller=origin.number, reason=reason,
                                            conn_id=call.conn_id)
@@ -269,6 +284,8 @@ class Dialing(SessionBase):
                       action=answer.action, to=answer.number)
         if answer.action == "voicemail":
             return await self._voicemail(call, origin, answer, dn, "deposit", offer, ringing)
+        if answer.action == "reject":
+            return None, answer.code or 486  # e.g. do-not-disturb as forward-all
         if answer.action == "route" and answer.number:
             if answer.via:
                 return await self._via_trunk(call, origin, answer.number, answer.via, offer,

@@ -1,9 +1,10 @@
 """The node's dial-plan client (guide: "Configuring dial-plan DNs", "Configuring
 SIP Servers", option ``dial-plan``; docs/feature-server.md, "The nodes' query").
 
-For a dialled number that is not a DN of the switch (and for a DN that is
-busy or does not answer) the node asks its data centre's feature-server:
-``GET URL?digits=D&caller=C&geo-location=G[&reason=busy|no-answer]``. The
+For a dialled number that is not a DN of the switch, for a DN before it
+rings (its ``forward-all``) and for a DN that is busy or does not answer, the
+node asks its data centre's feature-server:
+``GET URL?digits=D&caller=C&geo-location=G[&reason=all|busy|no-answer]``. The
 Dial Plan DN is the node's ``dial-plan`` option, else the feature-server DN of
 the node's geo-location (then those of the other data centres, last); its
 ``url``, ``url-1`` ... ``url-N`` are tried in turn. A URL that failed
@@ -11,7 +12,8 @@ the node's geo-location (then those of the other data centres, last); its
 skipped for :data:`RETRY_AFTER` seconds unless every URL failed. When none
 answers the look-up fails: a log line, a count in
 ``sipcluster_dialplan_queries_total{result="failed"}``, and the caller gets
-480; extension-to-extension calls never ask and go on as before.
+503; a DN whose forward-all look-up failed rings as if it had no profile, so
+extension-to-extension calls go on as before.
 """
 
 from __future__ import annotations
