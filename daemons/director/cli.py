@@ -1,7 +1,8 @@
 """``sipcluster director status``: the running director's wallboard in a
 terminal (docs/director.md, "Status for wallboards"): queues (waiting calls,
-oldest wait, routed, abandoned, conflicts) and agents per site, read from its
-HTTP port. Without ``--config`` the running lab's cluster file
+oldest wait, routed, abandoned, conflicts, service level), agents per site
+and, for a Director Server, its monitored servers, read from its HTTP port.
+Without ``--config`` the running lab's cluster file
 (``lab-run/cluster.toml``), else ``/etc/sipcluster/cluster.toml``; without
 ``--name`` the one director application of that file.
 
@@ -58,15 +59,25 @@ def format_status(status: dict[str, Any]) -> str:
              f"{status.get('t-controller') or 'none'}; decision p99 "
              f"{status.get('decision-p99-ms')} ms"]
     lines.append(f"{'queue':<12} {'waiting':>7} {'oldest':>7} {'entered':>7} {'routed':>7} "
-                 f"{'default':>7} {'abandon':>7} {'conflict':>8}")
+                 f"{'default':>7} {'abandon':>7} {'conflict':>8} {'svc-lvl':>7}")
     for name, q in sorted((status.get("queues") or {}).items()):
+        level = q.get("service-level")
         lines.append(f"{name:<12} {q['waiting']:>7} {q['oldest-wait']:>7.1f} {q['entered']:>7} "
                      f"{q['routed']:>7} {q['default-routed']:>7} {q['abandoned']:>7} "
-                     f"{q['conflicts']:>8}")
+                     f"{q['conflicts']:>8} {'-' if level is None else f'{level:.0%}':>7}")
     lines.append(f"{'site':<12} {'ready':>7} {'busy':>7} {'reserved':>8} {'notready':>8}")
     for site, c in sorted((status.get("agents") or {}).items()):
         lines.append(f"{site:<12} {c['ready']:>7} {c['busy']:>7} {c['reserved']:>8} "
                      f"{c['not-ready']:>8}")
+    sites = status.get("sites") or {}
+    if sites:
+        lines.append(f"{'monitored':<14} {'site':<8} {'state':<14} {'avail':>5} {'waiting':>7} "
+                     f"{'routed':>6}")
+        for name, m in sorted(sites.items()):
+            waiting = sum(q.get("waiting", 0) for q in (m.get("queues") or {}).values())
+            lines.append(f"{name:<14} {m.get('site') or '-':<8} {m['state']:<14} "
+                         f"{(m.get('available') or {}).get('*', 0):>5} {waiting:>7} "
+                         f"{m['routed']:>6}")
     return "\n".join(lines)
 
 

@@ -13,6 +13,8 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import subprocess
+import sys
 import urllib.request
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -26,6 +28,7 @@ from protocols.tlib.events import RequestReceived
 from tests.daemons.director.conftest import (
     INTEGRATION,
     INTEROP,
+    ROOT,
     DirectorLab,
 )
 
@@ -292,6 +295,13 @@ async def test_calls_spread_across_sites_by_reported_availability_and_a_stale_si
         run = callers(lab, 6)
         assert run.stats(60).get("SuccessfulCall(C)") == "6", run.errors()
         assert routed_to(lab)["SiteDirector2"] > after["SiteDirector2"]
+        out = await asyncio.to_thread(
+            subprocess.run, [sys.executable, "-m", "daemons.cli", "director", "status",
+                             "--config", str(lab.config), "--name", "Director"],
+            cwd=ROOT, capture_output=True, text=True, timeout=30)
+        assert out.returncode == 0, out.stderr
+        assert re.search(r"^SiteDirector2 +dc2 +fresh +\d+ +0 +\d+$", out.stdout, re.M), \
+            out.stdout
     finally:
         for desk in desks:
             await desk.close()
