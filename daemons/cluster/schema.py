@@ -352,7 +352,7 @@ PORTS: dict[AppKind, tuple[tuple[str, ...], tuple[str, ...]]] = {
     AppKind.T_CONTROLLER: (("tc-port",), ("smart-proxy-port", "http-port", "tc-tls-port")),
     AppKind.SIP_PROXY: (
         ("sip-port",),
-        ("replication-port", "default-port", "http-port", "mgmt-port"),
+        ("replication-port", "default-port", "http-port", "mgmt-port", "sip-tls-port"),
     ),
     AppKind.FEATURE_SERVER: (("http-port",), ("sip-port", "management-port")),
     AppKind.VQ_SIP_SERVER: (("default-port",), ("sip-port", "http-port", "management-port")),

@@ -27,10 +27,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime
+import ipaddress
 import os
 import ssl
 import sys
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -140,9 +141,14 @@ def request(directory: Path, name: str) -> Path:
 
 
 def issue(directory: Path, name: str, *, csr: Path | None = None, days: int = CERT_DAYS,
-          not_before: datetime.datetime | None = None) -> Path:
+          not_before: datetime.datetime | None = None, dns_names: Sequence[str] = (),
+          ip_addresses: Sequence[str] = ()) -> Path:
     """Sign ``NAME.pem`` with the CA of ``directory``: for the key of ``csr``
-    (its subject must be ``name``), else for a key generated here (``NAME.key``)."""
+    (its subject must be ``name``), else for a key generated here (``NAME.key``).
+
+    ``dns_names`` and ``ip_addresses`` are more subject alternative names, for
+    a server that clients check by the name they dialled (a SIP Proxy: the SIP
+    domain, the SRV name and its host names, RFC 5922 §7.2)."""
     _check_name(name)
     try:
         ca_key = serialization.load_pem_private_key((directory / CA_KEY).read_bytes(), None)
@@ -174,7 +180,10 @@ def issue(directory: Path, name: str, *, csr: Path | None = None, days: int = CE
         .not_valid_before(start)
         .not_valid_after(start + datetime.timedelta(days=days))
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName(name)]), critical=False)
+        .add_extension(x509.SubjectAlternativeName(
+            [x509.DNSName(n) for n in dict.fromkeys([name, *dns_names])]
+            + [x509.IPAddress(ipaddress.ip_address(a)) for a in dict.fromkeys(ip_addresses)]),
+            critical=False)
         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH,
                                               ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
         .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()),
@@ -350,6 +359,11 @@ class TlsAcceptor(asyncio.Protocol):
         self._on_lost: Callable[[], None] | None = None
         self.peer = "?"
         self.closing = False
+
+    @property
+    def established(self) -> bool:
+        """True once the handshake has succeeded."""
+        return self._on_data is not None
 
     # -- asyncio.Protocol -------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:

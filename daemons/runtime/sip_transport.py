@@ -16,7 +16,12 @@ One :class:`SipTransportManager` per daemon owns every SIP socket:
   connections are closed after ``idle_timeout`` seconds;
 * malformed input is counted, logged and, for a request carrying enough
   headers to build a response, answered with the parser's status and reason
-  (§21.4.1); nothing a peer sends can stop the listener.
+  (§21.4.1); nothing a peer sends can stop the listener;
+* a TLS listener does its handshakes in memory
+  (:class:`daemons.runtime.certs.TlsAcceptor`), so a failed one (plaintext,
+  a client refusing our certificate, a client certificate of a foreign CA, a
+  timeout) is a ``sip_tls_handshake_refused`` warning and
+  ``sip_tls_refused_total{reason}``, not a silent drop.
 
 The rules themselves (the Via fixed on receipt, the error answer, where
 responses go) are socket-free functions in :mod:`protocols.sip.rules`.
@@ -34,6 +39,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Final, cast
 
+from daemons.runtime.certs import TlsAcceptor, TlsTransport
 from daemons.runtime.logs import get_logger
 from daemons.runtime.management import Metrics
 from protocols.sip.errors import MessageTooLarge, ParseError
@@ -271,6 +277,20 @@ class _StreamConnection(asyncio.Protocol):
             self.transport.close()
 
 
+class _TlsAccept(TlsAcceptor):
+    """A SIP TLS listener's handshake (:class:`TlsAcceptor`), which also reports a
+    client that goes away mid-handshake: a client refusing our certificate
+    often just closes (Python's asyncio sends no alert), and that is a refused
+    handshake too."""
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        abandoned = not self.closing and not self.established
+        super().connection_lost(exc)
+        if abandoned:
+            self._on_refused(self.peer, "eof",
+                             str(exc) if exc else "connection closed during the TLS handshake")
+
+
 def _grow_buffers(transport: asyncio.BaseTransport) -> None:
     """Ask for :data:`UDP_BUFFER_SIZE` socket buffers (best effort)."""
     sock = transport.get_extra_info("socket")
@@ -343,6 +363,9 @@ class SipTransportManager:
         self._keepalives = metrics.counter(
             "sip_keepalives_received", "CRLF keep-alives received (RFC 5626 §3.5.1)",
             ("transport",))
+        self._tls_refusals = metrics.counter(
+            "sip_tls_refused", "TLS handshakes that failed on a SIP TLS listener",
+            ("reason",))
         self._conn_gauge = metrics.gauge(
             "sip_connections", "Open SIP stream connections", ("transport",))
         # labelled children of the two per-message counters, looked up once
@@ -363,16 +386,36 @@ class SipTransportManager:
             return proto.local
         if transport not in ("TCP", "TLS"):
             raise ValueError(f"unsupported SIP transport {transport!r}")
-        if transport == "TLS" and self.ssl_context is None:
-            raise ValueError("a TLS listener needs an ssl_context")
-        server = await self._loop.create_server(
-            lambda: _StreamConnection(self, transport, outbound=False), host, port,
-            ssl=self.ssl_context if transport == "TLS" else None, reuse_address=True)
+        factory: Callable[[], asyncio.Protocol]
+        if transport == "TLS":
+            context = self.ssl_context
+            if context is None:
+                raise ValueError("a TLS listener needs an ssl_context")
+            # the handshake done in memory: a refused one is ours to log and count
+            factory = lambda: _TlsAccept(context, self._tls_open, self._tls_refused)  # noqa: E731
+        else:
+            factory = lambda: _StreamConnection(self, "TCP", outbound=False)  # noqa: E731
+        server = await self._loop.create_server(factory, host, port, reuse_address=True)
         sockname = server.sockets[0].getsockname()
         local = (sockname[0], sockname[1])
         self._servers.append((transport, server, local))
         self.log.info("sip_listening", transport=transport, address=_fmt(local))
         return local
+
+    def _tls_open(self, transport: TlsTransport, peer: str,
+                  name: str | None) -> tuple[Callable[[bytes], None], Callable[[], None]]:
+        """An accepted TLS connection whose handshake succeeded: from here on it
+        is a stream connection like TCP (the framer, keep-alives, idle timeout)."""
+        conn = _StreamConnection(self, "TLS", outbound=False)
+        conn.connection_made(cast(asyncio.Transport, transport))
+        return conn.data_received, lambda: conn.connection_lost(None)
+
+    def _tls_refused(self, peer: str, reason: str, error: str) -> None:
+        """A TLS handshake on a listener that failed: a client refusing our
+        certificate, a certificate of a foreign CA, plaintext, a timeout."""
+        self._tls_refusals.labels(reason).inc()
+        self._count_drop("TLS", "handshake_failed")
+        self.log.warning("sip_tls_handshake_refused", peer=peer, reason=reason, error=error)
 
     async def listen_pair(self, host: str, port: int = 0, *, attempts: int = 20) -> Address:
         """Listen for UDP and TCP on one port (a Via sent-by serves both, RFC 3261

@@ -38,6 +38,14 @@ class ProxySettings:
     #: DN's contact / external-contact host (the SRV FQDN). A Route naming one
     #: of them without a port is this proxy (RFC 3261 §16.4, RFC 3263 §4.2).
     own_names: frozenset[str] = frozenset()
+    #: ``sip-tls-port``: SIP over TLS for phones (RFC 3261 §26.2); None: no TLS
+    tls_port: int | None = None
+
+    def port_for(self, transport: str) -> int:
+        """The port of our listener for ``transport`` (a Via sent-by, a Record-Route)."""
+        if transport == "TLS" and self.tls_port is not None:
+            return self.tls_port
+        return self.port
 
 
 @dataclass(slots=True)

@@ -124,7 +124,7 @@ class HopByHop:
         # the same branch for every copy of this ACK (§16.11: stateless forwarding)
         branch = "z9hG4bKsa" + hashlib.blake2b(top.encode(), digest_size=8).hexdigest()
         ack.headers.prepend("Via", f"SIP/2.0/{tp} {format_host(self.settings.host)}:"
-                                   f"{self.settings.port};branch={branch};rport")
+                                   f"{self.settings.port_for(tp)};branch={branch};rport")
         self.requests.labels("ACK", "forwarded").inc()
         if tp == "UDP":
             assert self.transport is not None

@@ -33,8 +33,10 @@ import asyncio
 import hashlib
 import itertools
 import secrets
+import ssl
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 from daemons.runtime.driver import TimerSlot
@@ -120,8 +122,10 @@ class ProxyCore(RegistrarFront, HopByHop):
         rate_limiter: RateLimiter | None = None,
         auth_guard: AuthGuard | None = None,
         timers: TimerSettings | None = None,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         self.settings = settings
+        self.ssl_context = ssl_context
         self.router = router
         self.store = store
         self.log = log
@@ -178,12 +182,21 @@ class ProxyCore(RegistrarFront, HopByHop):
 
     async def start(self) -> None:
         self.transport = SipTransportManager(self.on_message, metrics=self.metrics,
-                                             logger=self.log, proxy_checks=True)
+                                             logger=self.log, proxy_checks=True,
+                                             ssl_context=self.ssl_context)
         host, port = self.settings.host, self.settings.port
         udp = await self.transport.listen_pair(host, port)
         self._own = {(host, udp[1])}
         if udp[1] != port:
-            self.settings = _replace_port(self.settings, udp[1])
+            self.settings = replace(self.settings, port=udp[1])
+        tls_port = self.settings.tls_port
+        if tls_port is not None and self.ssl_context is not None:
+            tls = await self.transport.listen("TLS", host, tls_port)
+            self._own.add((host, tls[1]))
+            if tls[1] != tls_port:
+                self.settings = replace(self.settings, tls_port=tls[1])
+        elif tls_port is not None:
+            self.settings = replace(self.settings, tls_port=None)
 
     async def close(self) -> None:
         self._timer.cancel()
@@ -320,10 +333,17 @@ class ProxyCore(RegistrarFront, HopByHop):
         self._last_stamp = stamp
         return stamp
 
-    def _rr(self, transport: str, params: dict[str, str]) -> str:
+    def _rr(self, transport: str, params: dict[str, str], secure: bool = False) -> str:
+        """Our Record-Route (or Path) for the side that uses ``transport``: the
+        port of that transport's listener; a SIPS URI when the request's is one
+        (§16.6 step 4), else ``transport=tls`` (RFC 5630 §3.1.3)."""
         extra = "".join(f";{k}={v}" for k, v in params.items())
+        host = format_host(self.settings.host)
+        port = self.settings.port_for(transport)
+        if transport == "TLS" and secure:
+            return f"<sips:{host}:{port};lr{extra}>"
         tp = "" if transport == "UDP" else f";transport={transport.lower()}"
-        return f"<sip:{format_host(self.settings.host)}:{self.settings.port}{tp};lr{extra}>"
+        return f"<sip:{host}:{port}{tp};lr{extra}>"
 
     # ------------------------------------------------------------ requests
 
@@ -563,9 +583,10 @@ class ProxyCore(RegistrarFront, HopByHop):
         transport = fwd.targets[0][1]
         if rr is not None:
             in_tp = fwd.in_transport
-            fwd.prepend.append(("Record-Route", self._rr(in_tp, rr)))
+            secure = request.ruri.scheme == "sips"
+            fwd.prepend.append(("Record-Route", self._rr(in_tp, rr, secure)))
             if in_tp != transport:
-                fwd.prepend.append(("Record-Route", self._rr(transport, rr)))
+                fwd.prepend.append(("Record-Route", self._rr(transport, rr, secure)))
         self._send_branch(fwd)
 
     def _send_branch(self, fwd: Forward) -> None:
@@ -582,8 +603,8 @@ class ProxyCore(RegistrarFront, HopByHop):
         request = fwd.request
         method = request.method
         branch = f"{_BRANCH_PREFIX}{fwd.loop_hash}.{self._branch_salt}{next(self._branches):x}"
-        via = f"SIP/2.0/{transport} {format_host(self.settings.host)}:{self.settings.port}" \
-              f";branch={branch};rport"
+        via = f"SIP/2.0/{transport} {format_host(self.settings.host)}:" \
+              f"{self.settings.port_for(transport)};branch={branch};rport"
         tm = self.transport
         assert tm is not None
         now = self._now()
@@ -735,11 +756,6 @@ class ProxyCore(RegistrarFront, HopByHop):
 
 
 # --------------------------------------------------------------------------- small rules
-
-
-def _replace_port(s: ProxySettings, port: int) -> ProxySettings:
-    from dataclasses import replace
-    return replace(s, port=port)
 
 
 def _challenge_text(response: Response) -> str:

@@ -8,7 +8,9 @@ the cluster nodes (primaries listed in the SIP Cluster Node DN and their HA
 ``backup``), the other SIP Proxies (``siproxy-applications``) and the
 feature-server of its geo-location, then:
 
-* listens for SIP on ``sip-port`` (UDP + TCP) -- :mod:`.proxy`;
+* listens for SIP on ``sip-port`` (UDP + TCP) -- :mod:`.proxy` -- and, with
+  ``sip-tls-port``, for SIP over TLS there (certificate, key and client CA
+  from ``tls-cert``, ``tls-key``, ``tls-ca``, checked at load -- :mod:`.tls`);
 * replicates bindings with every other proxy -- :mod:`.replication`
   (``replication-port``; an entry without it uses ``sip-port + 1000``);
 * checks every node with OPTIONS -- :mod:`.oos`;
@@ -38,6 +40,7 @@ from daemons.sip_proxy.registrar import BindingStore
 from daemons.sip_proxy.replication import PeerAddress, Replicator
 from daemons.sip_proxy.routing import NodeTarget, Router
 from daemons.sip_proxy.security import AuthGuard, RateLimiter
+from daemons.sip_proxy.tls import proxy_tls_context
 from protocols.sip.oos import OosMonitor
 
 __all__ = ["SipProxy", "add_parser", "replication_port", "run"]
@@ -105,6 +108,8 @@ class SipProxy(Service):
         app = self.app
         opts = app.options
         self.geo = app.geo_location or ""
+        #: SIP over TLS for phones on sip-tls-port; a bad file refuses the config
+        self.ssl_context = proxy_tls_context(self.cfg, app)
         self.oos_check = float(args.oos_check if args.oos_check is not None
                                else opts.get("oos-check", 5))
         self.oos_force = float(args.oos_force if args.oos_force is not None
@@ -131,7 +136,8 @@ class SipProxy(Service):
             registrar_default_timeout=int(opts.get("registrar-default-timeout", 140)),
             feature_server=fs,
             peers={p.name: (p.host, p.ports["sip-port"]) for p in peers},
-            own_names=outbound_proxy_names(self.cfg))
+            own_names=outbound_proxy_names(self.cfg),
+            tls_port=app.port("sip-tls-port") if self.ssl_context is not None else None)
         self.repl_port = args.replication_port if args.replication_port is not None else \
             replication_port(app)
         self.nodes = nodes_of(self.cfg)
@@ -170,7 +176,7 @@ class SipProxy(Service):
             self.settings, router=self.router, store=self.store, metrics=self.metrics,
             log=self.log, on_binding=replicator.publish, synced=lambda: replicator.synced,
             peer_alive=replicator.peer_alive, rate_limiter=self.rate_limiter,
-            auth_guard=self.auth_guard)
+            auth_guard=self.auth_guard, ssl_context=self.ssl_context)
         await self.core.start()
         self.repl_port = await replicator.start()
         self.management.add_health_check("replication", lambda: (
@@ -187,6 +193,7 @@ class SipProxy(Service):
         self._tasks.append(asyncio.create_task(self._oos_loop()))
         self._tasks.append(asyncio.create_task(self._purge_loop()))
         self.log.info("sip_proxy_started", sip_port=self.core.port,
+                      sip_tls_port=self.core.settings.tls_port,
                       replication_port=self.repl_port, geo_location=self.geo,
                       nodes=[n.name for n in self.nodes], oos_check=self.oos_check,
                       oos_force=self.oos_force)
