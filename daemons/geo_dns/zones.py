@@ -7,7 +7,10 @@ records (RFC 2782) in every data centre's view; the local SIP Proxies get
 priority 10 and the other data centres' proxies priority 200, all with weight
 50 and their ``sip-port``. NAPTR records (RFC 3403, RFC 3263 §4.1) for the
 switch domain and the SIP Cluster FQDN point at those SRV sets, so a client
-that only knows ``sip:1001@cluster.lab`` finds the proxies too. A records give
+that only knows ``sip:1001@cluster.lab`` finds the proxies too. Proxies with a
+``sip-tls-port`` also get ``_sips._tcp`` SRV records on that port (same
+priorities and weight) and a ``SIPS+D2T`` NAPTR after the other two (RFC 3263
+§4.1, RFC 5630), so ``sips:`` URIs and TLS phones find them. A records give
 the proxies' host names (``spx1-dc1.cluster.lab``), the cluster nodes'
 (``node1-dc1``), the name server's (``ns``) and, as the guide asks for clients
 without SRV support, the ``external-contact`` name (the local proxies only).
@@ -245,6 +248,7 @@ def generate_zone_set(
     hosts: dict[str, str] = {}  # fqdn -> address
     targets: dict[str, str] = {}  # proxy application name -> SRV target fqdn
     proxy_port: dict[str, int] = {}
+    tls_port: dict[str, int] = {}  # proxies with sip-tls-port
     for geo in geos:
         for name, app in _numbered([p for p in proxies if p.geo_location == geo], "spx", geo):
             port = app.port("sip-port") or 0
@@ -252,6 +256,12 @@ def generate_zone_set(
                 raise ConfigError(file, f"applications.{app.name}.sip-port",
                                   "an SRV record needs a fixed sip-port, not 0")
             proxy_port[app.name] = port
+            secure = app.port("sip-tls-port")
+            if secure is not None:
+                if secure == 0:
+                    raise ConfigError(file, f"applications.{app.name}.sip-tls-port",
+                                      "an SRV record needs a fixed sip-tls-port, not 0")
+                tls_port[app.name] = secure
             if _is_ip(app.host):
                 targets[app.name] = f"{name}.{origin}"
                 hosts[f"{name}.{origin}"] = app.host
@@ -267,6 +277,13 @@ def generate_zone_set(
         raise ConfigError(file, f"applications.{odd}.sip-port",
                           f"{proxy_port[odd]} differs from the other SIP Proxies' {ports[0]}: "
                           f"the SRV records of {srv_fqdn} need one port on every proxy")
+    tls_ports = sorted(set(tls_port.values()))
+    if len(tls_ports) > 1:
+        odd = next(n for n, p in sorted(tls_port.items()) if p != tls_ports[0])
+        raise ConfigError(file, f"applications.{odd}.sip-tls-port",
+                          f"{tls_port[odd]} differs from the other SIP Proxies' {tls_ports[0]}: "
+                          f"the _sips._tcp SRV records of {srv_fqdn} need one port on every "
+                          "proxy")
     sbc_lines = _sbc_records(cfg, origin, geos, hosts)
 
     views: list[ViewSpec] = []
@@ -291,6 +308,9 @@ def generate_zone_set(
         for owner in naptr_owners:
             lines.append(f'{owner}\tIN\tNAPTR\t10 50 "s" "SIP+D2T" "" _sip._tcp.{srv_fqdn}')
             lines.append(f'{owner}\tIN\tNAPTR\t20 50 "s" "SIP+D2U" "" _sip._udp.{srv_fqdn}')
+            if tls_port:
+                lines.append(f'{owner}\tIN\tNAPTR\t30 50 "s" "SIPS+D2T" "" '
+                             f'_sips._tcp.{srv_fqdn}')
         ordered = [p for p in proxies if p.geo_location == geo] + [
             p for p in proxies if p.geo_location != geo
         ]
@@ -301,6 +321,11 @@ def generate_zone_set(
                     f"_sip._{proto}.{srv_fqdn}\tIN\tSRV\t{prio} {SRV_WEIGHT} "
                     f"{proxy_port[app.name]} {targets[app.name]}"
                 )
+        for app in ordered:
+            if app.name in tls_port:
+                prio = LOCAL_PRIORITY if app.geo_location == geo else REMOTE_PRIORITY
+                lines.append(f"_sips._tcp.{srv_fqdn}\tIN\tSRV\t{prio} {SRV_WEIGHT} "
+                             f"{tls_port[app.name]} {targets[app.name]}")
         lines.extend(sbc_lines)
         if external is not None:
             local = [p.host for p in proxies if p.geo_location == geo and _is_ip(p.host)]

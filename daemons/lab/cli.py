@@ -109,7 +109,10 @@ def _print_guide(desc_path: Path, skipped: list[Application]) -> None:
             )
         for proxy in centre["proxies"]:
             if proxy["running"]:
-                print(f"    proxy {proxy['name']:<12} SIP {proxy['host']}:{proxy['sip_port']}")
+                tls = f"  TLS {proxy['host']}:{proxy['tls_port']}" \
+                    if proxy.get("tls_port") else ""
+                print(f"    proxy {proxy['name']:<12} SIP {proxy['host']}:{proxy['sip_port']}"
+                      f"{tls}")
         for gateway in centre.get("pstn_gateways", []):
             if gateway["running"]:
                 print(f"    PSTN gateway {gateway['name']} SIP {gateway['host']}:"
@@ -136,6 +139,14 @@ def _print_guide(desc_path: Path, skipped: list[Application]) -> None:
     else:
         print("  softphone: outbound proxy = a proxy address above, user 1001, "
               "password in lab.json")
+    tls_ports = sorted({p["tls_port"] for c in desc["data_centres"].values()
+                        for p in c["proxies"] if p.get("tls_port") and p["running"]})
+    if tls_ports and desc.get("certificates"):
+        target = f"sip:{desc['srv_fqdn']}" if desc.get("srv_fqdn") and desc.get("dns") \
+            else "sip:<proxy address>"
+        print(f"  over TLS: outbound proxy {target};transport=tls (or a proxy's TLS "
+              f"address above, port {', '.join(map(str, tls_ports))}), trusting the lab CA "
+              f"{desc['certificates']['ca']} (baresip: sip_cafile; linphonec: root_ca)")
     for fs in desc.get("feature_servers", []):
         if fs.get("running") and fs.get("default_pin"):
             print(f"  voicemail: dial {fs['voicemail_access_number']}, PIN "

@@ -7,6 +7,7 @@ and nodes with their ports, and the phone accounts.
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import sys
 from pathlib import Path
@@ -143,6 +144,8 @@ def lab_description(
         centres[geo] = {
             "proxies": [
                 {"name": p.name, "host": p.host, "sip_port": p.port("sip-port"),
+                 # SIP over TLS: the phone trusts certificates["ca"]
+                 "tls_port": p.port("sip-tls-port"),
                  "http_port": p.port("http-port"), "running": p.name in running}
                 for p in cfg.by_kind(AppKind.SIP_PROXY, geo)
             ],
@@ -181,7 +184,7 @@ def lab_description(
             {"name": a.name, "host": a.host, "status_port": a.port("status-port"),
              "http_port": a.port("http-port"), "running": a.name in running}
             for a in aggregators],
-        "certificates": _certificates(cfg) if aggregators else None,
+        "certificates": _certificates(cfg) if aggregators or _tls_proxies(cfg) else None,
         "srv_fqdn": srv_fqdn,
         "domain": cfg.switch.domain,
         "realm": cfg.switch.realm,
@@ -222,23 +225,63 @@ def _tls_names(cfg: ClusterConfig) -> list[str]:
 
 
 def _certificates(cfg: ClusterConfig) -> dict[str, Any]:
-    """lab.json's "certificates": the CA and each client's certificate and key."""
+    """lab.json's "certificates": the CA (the file a phone trusts for the proxies'
+    sip-tls-port), each client's certificate and key, and each proxy's."""
     directory = certs_dir_for(cfg.file)
+    names = _tls_names(cfg) if cfg.by_kind(AppKind.STATUS_AGGREGATOR) else []
     return {"dir": str(directory), "ca": str(directory / "ca.pem"),
             "clients": {n: {"cert": str(directory / f"{n}.pem"),
-                            "key": str(directory / f"{n}.key")} for n in _tls_names(cfg)}}
+                            "key": str(directory / f"{n}.key")} for n in names},
+            "proxies": {p.name: {"cert": str(directory / f"{p.name}.pem"),
+                                 "names": list(names_of)}
+                        for p, names_of in _tls_proxies(cfg)}}
+
+
+def _tls_proxies(cfg: ClusterConfig) -> list[tuple[Application, list[str]]]:
+    """The SIP Proxies with a ``sip-tls-port``, each with the names its certificate
+    carries: the names a phone dials (RFC 5922 §7.2: the SIP domain, the SRV FQDN of
+    the SIP Outbound Proxy DN, the proxy's host name in the lab's zones) and its
+    address (phones configured with the proxy's address check that)."""
+    names = [cfg.switch.domain]
+    proxy_dn = cfg.outbound_proxy
+    for contact in (proxy_dn.contact, proxy_dn.external_contact) if proxy_dn else ():
+        if not contact:
+            continue
+        text = contact if contact.lower().startswith(("sip:", "sips:")) else f"sip:{contact}"
+        with contextlib.suppress(ParseError):
+            host = parse_uri(text).host
+            if not is_ip_address(host):
+                names.append(host.lower())
+    out: list[tuple[Application, list[str]]] = []
+    for geo in cfg.geo_locations():
+        for i, proxy in enumerate(cfg.by_kind(AppKind.SIP_PROXY, geo), start=1):
+            if proxy.port("sip-tls-port") is None:
+                continue
+            # the host name the geo DNS gives it (daemons/geo_dns/zones.py)
+            own = [f"spx{i}-{geo}.{cfg.switch.domain}"] if is_ip_address(proxy.host) \
+                else [proxy.host]
+            out.append((proxy, list(dict.fromkeys(names + own + [proxy.host]))))
+    return out
 
 
 def issue_lab_certificates(cfg: ClusterConfig) -> Path | None:
-    """At lab start: the lab's private CA and a certificate for every name of
-    :func:`_tls_names` (``certs/`` beside the lab's cluster file; made once,
-    kept across restarts). None when the cluster file has no status-aggregator."""
-    if not cfg.by_kind(AppKind.STATUS_AGGREGATOR):
+    """At lab start: the lab's private CA, a certificate for every name of
+    :func:`_tls_names` when there are status-aggregators, and one for every SIP
+    Proxy with a ``sip-tls-port`` (:func:`_tls_proxies`), in ``certs/`` beside the
+    lab's cluster file; made once, kept across restarts. None when nothing needs one."""
+    aggregators = cfg.by_kind(AppKind.STATUS_AGGREGATOR)
+    proxies = _tls_proxies(cfg)
+    if not aggregators and not proxies:
         return None
     directory = certs_dir_for(cfg.file)
     if not (directory / "ca.pem").exists():
         init_ca(directory, name=f"{cfg.switch.name} lab CA")
-    for name in _tls_names(cfg):
+    for name in _tls_names(cfg) if aggregators else []:
         if not (directory / f"{name}.pem").exists():
             issue(directory, name)
+    for proxy, names in proxies:
+        if not (directory / f"{proxy.name}.pem").exists():
+            issue(directory, proxy.name,
+                  dns_names=[n for n in names if not is_ip_address(n)],
+                  ip_addresses=[n for n in names if is_ip_address(n)])
     return directory

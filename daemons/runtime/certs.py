@@ -5,7 +5,7 @@ Certificates").
 
     sipcluster certs init    [--config F | --dir DIR]          # the CA: ca.pem, ca.key
     sipcluster certs request NAME [--config F | --dir DIR]     # NAME.key + NAME.csr, on NAME's host
-    sipcluster certs issue   NAME [--csr FILE] [--days N] ...  # NAME.pem signed by the CA
+    sipcluster certs issue   NAME [--csr FILE] [--days N] [--san NAME|ADDRESS ...]  # NAME.pem
 
 The files live in ``certs/`` beside the cluster file (``--dir`` to choose).
 ``issue NAME`` without ``--csr`` generates the key too (a lab, or the host
@@ -193,6 +193,14 @@ def issue(directory: Path, name: str, *, csr: Path | None = None, days: int = CE
     path = directory / f"{name}.pem"
     _write(path, cert.public_bytes(serialization.Encoding.PEM))
     return path
+
+
+def _is_address(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
 
 
 def _check_name(name: str) -> None:
@@ -511,6 +519,9 @@ def add_parser(subparsers: Any) -> None:
     where(iss)
     iss.add_argument("--csr", type=Path, help="sign this request (its key stays where it is)")
     iss.add_argument("--days", type=int, default=CERT_DAYS)
+    iss.add_argument("--san", action="append", default=[], metavar="NAME|ADDRESS",
+                     help="one more subject alternative name, a DNS name or an IP address "
+                          "(repeat; a SIP Proxy's: the SIP domain, the SRV name, its address)")
     parser.set_defaults(run=run)
 
 
@@ -522,7 +533,11 @@ def run(args: argparse.Namespace) -> int:
         elif args.certs_action == "request":
             print(request(directory, args.name))
         else:
-            print(issue(directory, args.name, csr=args.csr, days=args.days))
+            sans: list[str] = args.san
+            addresses = [n for n in sans if _is_address(n)]
+            names = [n for n in sans if not _is_address(n)]
+            print(issue(directory, args.name, csr=args.csr, days=args.days, dns_names=names,
+                        ip_addresses=addresses))
     except (CertError, OSError, ValueError) as exc:
         print(f"certs {args.certs_action}: {exc}", file=sys.stderr)
         return 1

@@ -100,3 +100,25 @@ def test_proxies_on_different_ports_are_refused(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="differs from the other SIP Proxies' 5060") as info:
         generate_zone_set(load_cluster(path))
     assert info.value.key == "applications.SIPProxy_dc2_2.sip-port"
+
+
+def test_sips_records_need_one_tls_port_on_every_proxy(tmp_path: Path) -> None:
+    """The _sips._tcp records give one port, like the _sip ones: a proxy whose
+    sip-tls-port differs (or is 0) is refused with its key; proxies without
+    sip-tls-port get no SIPS record at all."""
+    text = EXAMPLE_CLUSTER.read_text()
+    first = "sip-tls-port = 5061"
+    assert text.count(first) == 4
+    for value, reason in (("5062", "differs from the other SIP Proxies' 5061"),
+                          ("0", "needs a fixed sip-tls-port")):
+        path = tmp_path / f"tls-{value}.toml"
+        path.write_text(text.replace(first, f"sip-tls-port = {value}", 1))
+        with pytest.raises(ConfigError) as err:
+            generate_zone_set(load_cluster(path))
+        assert err.value.key == "applications.SIPProxy_dc1_1.sip-tls-port", str(err.value)
+        assert reason in err.value.reason
+    path = tmp_path / "no-tls.toml"
+    path.write_text(text.replace(first, ""))
+    zones = generate_zone_set(load_cluster(path))
+    for zone in zones.files.values():
+        assert "_sips._tcp" not in zone and "SIPS+D2T" not in zone

@@ -67,16 +67,39 @@ async def test_dc2_client_gets_dc2_proxies_first(geo_server: GeoDnsServer,
         assert {t.host_ip for t in targets[2:]} == DC1_PROXIES
 
 
-async def test_naptr_leads_to_tcp_then_udp_in_data_centre_order(
+async def test_naptr_leads_to_tcp_then_udp_then_tls_in_data_centre_order(
     geo_server: GeoDnsServer, sip_resolver: Any
 ) -> None:
+    """SIP+D2T, SIP+D2U, then SIPS+D2T on the proxies' sip-tls-port (RFC 3263 §4.1)."""
     resolver = sip_resolver(geo_server.bound[0], DC2_CLIENT)
     for host in (SRV_FQDN, "cluster.lab"):
         targets = await resolver.resolve(host)
-        assert [t.transport for t in targets] == [Transport.TCP] * 4 + [Transport.UDP] * 4
-        for block in (targets[:4], targets[4:]):
+        assert [t.transport for t in targets] == \
+            [Transport.TCP] * 4 + [Transport.UDP] * 4 + [Transport.TLS] * 4
+        assert {t.port for t in targets[8:]} == {5061}
+        for block in (targets[:4], targets[4:8], targets[8:]):
             assert {t.host_ip for t in block[:2]} == DC2_PROXIES
             assert {t.host_ip for t in block[2:]} == DC1_PROXIES
+
+
+async def test_sips_uri_finds_the_local_tls_listeners_first(
+    geo_server: GeoDnsServer, sip_resolver: Any
+) -> None:
+    """A ``sips:`` URI (or ``transport=tls``) follows only SIPS+D2T / ``_sips._tcp``:
+    the data centre's own proxies on sip-tls-port first, with the SRV FQDN as the
+    name their certificate must prove (RFC 5922 §4.1)."""
+    for client, local, remote in ((DC1_CLIENT, DC1_PROXIES, DC2_PROXIES),
+                                  (DC2_CLIENT, DC2_PROXIES, DC1_PROXIES)):
+        resolver = sip_resolver(geo_server.bound[0], client)
+        for host in (SRV_FQDN, "cluster.lab"):
+            targets = await resolver.resolve(host, secure=True)
+            assert [t.transport for t in targets] == [Transport.TLS] * 4, targets
+            assert {t.port for t in targets} == {5061}
+            assert {t.host_ip for t in targets[:2]} == local
+            assert {t.host_ip for t in targets[2:]} == remote
+        tls = await resolver.resolve(SRV_FQDN, transport="tls")
+        assert {t.host_ip for t in tls[:2]} == local and {t.port for t in tls} == {5061}
+        assert {t.server_name for t in tls} == {SRV_FQDN}
 
 
 async def test_client_outside_data_centres_gets_default_view_dc1_first(

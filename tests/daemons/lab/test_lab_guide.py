@@ -9,6 +9,8 @@ default lab's addresses and of the other tests' labs."""
 from __future__ import annotations
 
 import json
+import socket
+import ssl
 import subprocess
 import sys
 import urllib.request
@@ -94,3 +96,35 @@ def test_applications_left_out_are_named(started: tuple[Path, str]) -> None:
             assert f"{app.name:<16} {reason}" in lines, status.stdout
             assert f"  {app.name} ({app.kind.value}) {reason}" in printed.splitlines(), printed
     assert any(a.kind is AppKind.FEATURE_SERVER for a in cfg.applications.values())
+
+
+def test_tls_port_and_ca_in_lab_json_and_in_the_guide(started: tuple[Path, str]) -> None:
+    """Every proxy listens for SIP over TLS on its sip-tls-port with a certificate
+    from the lab CA for the names a phone dials (the SIP domain, the SRV FQDN, the
+    proxy's zone name and address); lab.json and the printed guide give the port
+    and the CA file, and a TLS client that trusts only that CA is served."""
+    directory, printed = started
+    desc = json.loads((directory / "lab.json").read_text())
+    ca = desc["certificates"]["ca"]
+    assert Path(ca).is_file() and Path(ca).parent == directory / "certs"
+    assert f"trusting the lab CA {ca} (baresip: sip_cafile; linphonec: root_ca)" in printed
+    assert "outbound proxy sip:spx-srv.cluster.lab;transport=tls" in printed
+    for geo, centre in desc["data_centres"].items():
+        for i, proxy in enumerate(centre["proxies"], start=1):
+            assert proxy["tls_port"] == 5061
+            line = (f"    proxy {proxy['name']:<12} SIP {proxy['host']}:{proxy['sip_port']}"
+                    f"  TLS {proxy['host']}:5061")
+            assert line in printed.splitlines(), printed
+            names = desc["certificates"]["proxies"][proxy["name"]]["names"]
+            assert names == ["cluster.lab", "spx-srv.cluster.lab",
+                             f"spx{i}-{geo}.cluster.lab", proxy["host"]]
+            for name in names:  # RFC 5922 §7.2: the name the phone dialled
+                context = ssl.create_default_context(cafile=ca)
+                with socket.create_connection((proxy["host"], 5061), timeout=5) as raw, \
+                        context.wrap_socket(raw, server_hostname=name) as tls:
+                    tls.sendall(b"OPTIONS sip:cluster.lab SIP/2.0\r\n"
+                                b"Via: SIP/2.0/TLS 127.0.78.200:5061;branch=z9hG4bKlabtls\r\n"
+                                b"Max-Forwards: 70\r\nFrom: <sip:t@cluster.lab>;tag=1\r\n"
+                                b"To: <sip:cluster.lab>\r\nCall-ID: lab-tls@test\r\n"
+                                b"CSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n")
+                    assert tls.recv(4096).startswith(b"SIP/2.0 200 "), name
