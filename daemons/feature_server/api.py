@@ -1,6 +1,6 @@
 """The feature-server's HTTP interfaces (docs/feature-server.md, "HTTP API").
 
-* ``GET /dialplan?digits=D&caller=C`` (``reason``, ``trunk``,
+* ``GET /dialplan?digits=D&caller=C`` (``reason``, ``trunk``, ``trunk-group``,
   ``routing-point``, ``geo-location`` optional): the nodes' dial-plan query;
 * ``/api/partitions``, ``/api/calling-profiles``, ``/api/assignments``,
   ``/api/users``, ``/api/dns``: provisioning, JSON, ``GET`` (list or one),
@@ -157,7 +157,8 @@ class ProvisioningApi:
         if reason is not None and reason not in REASONS:
             raise ApiRefused(400, f"reason: expected one of {', '.join(REASONS)}", "bad_query")
         query = Query(digits=digits, caller=q.get("caller") or None, reason=reason,
-                      trunk=q.get("trunk") or None, routing_point=q.get("routing-point") or None,
+                      trunk=q.get("trunk") or None, trunk_group=q.get("trunk-group") or None,
+                      routing_point=q.get("routing-point") or None,
                       geo_location=q.get("geo-location") or None)
         decision = self.host.holder.answer(query)
         self.host.counted_query(decision.action.value)

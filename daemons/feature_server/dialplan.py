@@ -99,6 +99,7 @@ class Query:
     caller: str | None = None
     reason: str | None = None
     trunk: str | None = None
+    trunk_group: str | None = None
     routing_point: str | None = None
     geo_location: str | None = None
 
@@ -141,6 +142,8 @@ class DialPlanHolder:
                 subject["user"] = user
         if query.trunk:
             subject["trunk"] = query.trunk
+        if query.trunk_group:
+            subject["trunk-group"] = query.trunk_group
         if query.routing_point:
             subject["routing-point"] = query.routing_point
         if query.reason is not None:

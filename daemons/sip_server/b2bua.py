@@ -29,7 +29,7 @@ from daemons.sip_server.attended import AttendedTransfer
 from daemons.sip_server.basic_call import BasicCall
 from daemons.sip_server.call import Call, Leg, LegState
 from daemons.sip_server.cleanup import CallCleanup
-from daemons.sip_server.dialplan_client import DialPlanClient, dial_plan_urls
+from daemons.sip_server.dialplan_client import DialPlanClient, dial_plan_urls, is_dialable
 from daemons.sip_server.outbound import OutboundProxies, PeerWatch, Trunks
 from daemons.sip_server.relay import Relay
 from daemons.sip_server.session import ALLOW, CallControlError
@@ -137,7 +137,10 @@ class SessionController(BasicCall, AttendedTransfer, ThirdPartyCallControl, Rela
     # ------------------------------------------------------------------ dispatch
 
     def routable(self, number: str) -> bool:
-        return number in self.config.dns
+        """Whether a router may send a call to ``number``: a DN of the switch, or,
+        with a dial plan, an external number (routed like a dialled one)."""
+        return number in self.config.dns or (self.dialplan is not None
+                                             and is_dialable(number))
 
     def status_calls(self) -> list[dict[str, Any]]:
         return [{"conn_id": c.conn_id, "state": c.state.value, "ani": c.ani, "dnis": c.dnis,

@@ -158,9 +158,11 @@ class Dialing(SessionBase):
                 continue
             if entry.type not in AGENT_TYPES:
                 return None, 404
-            if self.dialplan is not None and dest not in forwarded_all and origin.alive:
+            if self.dialplan is not None and dest not in forwarded_all and origin.alive \
+                    and self.dialplan.available():
                 # the DN's calling profile may forward every call before it rings
-                # (forward-all); a DN reached by forwarding is asked once per call
+                # (forward-all); a DN reached by forwarding is asked once per call.
+                # While every feature-server failed lately the DN rings unasked.
                 forwarded_all.add(dest)
                 forwarded = await self._forward(call, origin, dest, "all", offer, ringing)
                 if isinstance(forwarded, str):
@@ -247,11 +249,19 @@ class Dialing(SessionBase):
         next (returned as text), or the outcome of a trunk, voicemail or reject."""
         if self.dialplan is None:
             return None, 404
-        trunk = None
+        trunk = group = None
         if origin.dn is None and origin.incoming is not None and self.trunks is not None:
-            came_in = self.trunks.by_address(origin.incoming.flow.remote[0])
+            source = origin.incoming.flow.remote[0]
+            came_in = self.trunks.by_address(source)
             trunk = came_in.name if came_in is not None else None
+            came_in = self.trunks.by_address(source, DnType.TRUNK_GROUP)
+            group = came_in.name if came_in is not None else None
+        # the calling profiles of the objects the call passed: its trunk or trunk
+        # group, the routing point that routed it (guide: "Calling profiles and
+        # its associations"; the feature-server picks the most specific)
         answer = await self.dialplan.query(dest, caller=origin.number, trunk=trunk,
+                                           trunk_group=group,
+                                           routing_point=call.routing_point,
                                            conn_id=call.conn_id)
         if answer is None:
             return None, 503  # every feature-server down: logged and counted by the client

@@ -18,6 +18,7 @@ extension-to-extension calls go on as before.
 
 from __future__ import annotations
 
+import re
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -28,7 +29,7 @@ from daemons.cluster.config import Application, ClusterConfig, DnType
 from daemons.runtime.config import ConfigError
 from daemons.runtime.management import Metrics
 
-__all__ = ["DialPlanAnswer", "DialPlanClient", "dial_plan_urls"]
+__all__ = ["DialPlanAnswer", "DialPlanClient", "dial_plan_urls", "is_dialable"]
 
 #: seconds a feature-server that failed is passed over
 RETRY_AFTER = 5.0
@@ -48,6 +49,16 @@ class DialPlanAnswer:
     sip: str | None = None  # HOST:PORT of the feature-server's voicemail
     rule: str | None = None
     url: str | None = None  # which feature-server answered
+
+
+#: a number a router may send a call to when it is no DN of the switch: the dial
+#: plan routes it like a dialled external number (E.164 or digits, * and #)
+_DIALABLE = re.compile(r"\+?[0-9*#]{1,32}")
+
+
+def is_dialable(number: str) -> bool:
+    """Whether ``number`` looks like a number the dial plan may route (not a DN name)."""
+    return _DIALABLE.fullmatch(number) is not None
 
 
 def dial_plan_urls(config: ClusterConfig, app: Application) -> list[str]:
@@ -111,10 +122,13 @@ class DialPlanClient:
 
     async def query(self, digits: str, *, caller: str | None = None,
                     reason: str | None = None, trunk: str | None = None,
+                    trunk_group: str | None = None, routing_point: str | None = None,
                     conn_id: str | None = None) -> DialPlanAnswer | None:
-        """The decision for ``digits`` (``trunk``: the call came in through that
-        Trunk DN, whose calling profile applies), or None when no feature-server
-        answered."""
+        """The decision for ``digits``, or None when no feature-server answered.
+        The objects whose calling profiles may apply (guide: "Calling profiles
+        and its associations"): ``trunk`` / ``trunk_group``, the Trunk or Trunk
+        Group DN the call came in through; ``routing_point``, the Routing Point
+        that routed the call."""
         params = {"digits": digits}
         if caller:
             params["caller"] = caller
@@ -122,6 +136,10 @@ class DialPlanClient:
             params["reason"] = reason
         if trunk:
             params["trunk"] = trunk
+        if trunk_group:
+            params["trunk-group"] = trunk_group
+        if routing_point:
+            params["routing-point"] = routing_point
         if self.geo_location:
             params["geo-location"] = self.geo_location
         for url in self._order():
@@ -154,6 +172,11 @@ class DialPlanClient:
         self.log.error("dial_plan_unavailable", digits=digits, caller=caller, urls=self.urls,
                        conn_id=conn_id)
         return None
+
+    def available(self) -> bool:
+        """Whether some URL has not failed within :data:`RETRY_AFTER` seconds."""
+        now = time.monotonic()
+        return any(self._down_until.get(u, 0.0) <= now for u in self.urls)
 
     def status(self) -> dict[str, Any]:
         now = time.monotonic()

@@ -327,12 +327,13 @@ class Trunks:
 
         return sorted(found, key=rank)
 
-    def by_address(self, host: str) -> Trunk | None:
-        """The Trunk DN whose contact is ``host``: where a call from that address
-        came in (its calling profile applies to the call's dial-plan query)."""
+    def by_address(self, host: str, kind: DnType = DnType.TRUNK) -> Trunk | None:
+        """The Trunk DN (or, with ``kind``, Trunk Group DN) whose contact is
+        ``host``: where a call from that address came in (its calling profile
+        applies to the call's dial-plan query)."""
         for trunk in self.trunks.values():
             if trunk.destination is not None and trunk.destination.host == host \
-                    and self.kinds[trunk.name] is DnType.TRUNK:
+                    and self.kinds[trunk.name] is kind:
                 return trunk
         return None
 
