@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 from daemons.collective.messages import SpanningUser, UserStatus
 
-__all__ = ["Directory", "Duplicate"]
+__all__ = ["Directory", "Duplicate", "Location"]
 
 Key = tuple[int, str]
 
@@ -29,6 +29,17 @@ class Duplicate:
     def to_map(self) -> dict[str, object]:
         return {"extension": self.extension,
                 "users": [{"home_site": h, "id": i} for h, i in self.users]}
+
+
+@dataclass(frozen=True)
+class Location:
+    """Where calls to a user's extension go (guide: "Multi-Site Supports Roaming
+    Users"): the site the user is logged on at, else (logged off, or not heard
+    of) the home site. With the hub away this is the last site heard of."""
+
+    user: SpanningUser
+    site: int
+    source: str  # "logged-on" | "home"
 
 
 @dataclass
@@ -48,9 +59,9 @@ class Directory:
         if old is not None:
             self._unindex(key, old.extension)
         self.users[key] = user
+        self._by_extension.setdefault(user.extension, set()).add(key)
         if spanning:
             self.spanning.add(key)
-            self._by_extension.setdefault(user.extension, set()).add(key)
         else:
             self.spanning.discard(key)
 
@@ -87,7 +98,7 @@ class Directory:
         names = self._by_extension if extensions is None else extensions
         out = []
         for extension in sorted(set(names)):
-            keys = self._by_extension.get(extension, set())
+            keys = self._by_extension.get(extension, set()) & self.spanning
             if len({h for h, _ in keys}) > 1:
                 out.append(Duplicate(extension, tuple(sorted(keys))))
         return out
@@ -100,6 +111,20 @@ class Directory:
             return home
         others = [self.users[k] for k in self.spanning if k[1] == user_id]
         return others[0] if len(others) == 1 else None
+
+    def locate(self, extension: str) -> list[Location]:
+        """Where each user on ``extension`` is: this site's users and the spanning
+        users of the others (more than one: a duplicate extension)."""
+        out = []
+        for key in sorted(self._by_extension.get(extension, ())):
+            if key[0] != self.home_site and key not in self.spanning:
+                continue
+            status = self.statuses.get(key)
+            if status is not None and status.logged_on:
+                out.append(Location(self.users[key], status.site, "logged-on"))
+            else:
+                out.append(Location(self.users[key], key[0], "home"))
+        return out
 
     # -- statuses ----------------------------------------------------------------
     def apply_status(self, status: UserStatus) -> bool:

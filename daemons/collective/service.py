@@ -17,7 +17,9 @@ status set from another site) and the HTTP listener (``http-port``):
 * ``GET /directory``, ``GET /directory/SITE/ID``: the company-wide
   directory with status; ``POST /directory/SITE/ID/status`` (``status``,
   ``detail``, ``persistent``): change a user's status, at its home site;
-* ``POST /sync``: full sync with every peer site.
+* ``POST /sync``: full sync with every peer site;
+* ``GET /locate/EXTENSION``: the site a call to the extension goes to (the
+  one the user is logged on at, else the home site) and its phone number.
 """
 
 from __future__ import annotations
@@ -554,6 +556,7 @@ class CollectiveService(Service):
         app.router.add_get("/directory/{site}/{id}", self._api_entry)
         app.router.add_post("/directory/{site}/{id}/status", self._api_set_status)
         app.router.add_post("/sync", self._api_sync)
+        app.router.add_get("/locate/{extension}", self._api_locate)
 
     def _bad(self, reason: str, text: str, status: int = 400) -> web.Response:
         self.m_api_refused.labels(reason).inc()
@@ -646,6 +649,33 @@ class CollectiveService(Service):
             return self._bad("status-refused", reason, 409)
         return web.json_response({"home_site": home, "id": user_id, "status": status,
                                   "result": reason})
+
+    async def _api_locate(self, request: web.Request) -> web.Response:
+        """Where a call to an extension goes: the site the user is logged on at,
+        else its home site; the phone number the dial plan reaches that site by."""
+        extension = request.match_info["extension"]
+        found = self.directory.locate(extension)
+        if not found:
+            return self._bad("unknown-extension", f"no user on extension {extension!r}", 404)
+        if len(found) > 1:
+            self.m_api_refused.labels("duplicate-extension").inc()
+            return web.json_response(
+                {"error": f"extension {extension} is shared by spanning users of several "
+                          "sites", "users": [f"{f.user.home_site}/{f.user.id}" for f in found]},
+                status=409)
+        where = found[0]
+        peer = self.options.peers.get(where.site)
+        local = where.site == self.site
+        return web.json_response({
+            "extension": extension, "user": where.user.id, "home_site": where.user.home_site,
+            "site": where.site, "site_name": self.options.site_name(where.site),
+            "source": where.source, "local": local,
+            "phone_number": self.options.home.phone_number if local or peer is None
+            else peer.phone_number,
+            "note_id_dial_string": (self.options.note_id_dial_string_digits
+                                    if peer is not None and peer.use_note_id_dial_string
+                                    else None),
+            "hub_connected": self.rtm.connected.is_set()})
 
     async def _api_sync(self, request: web.Request) -> web.Response:
         generation = await self.start_sync(reason="requested")

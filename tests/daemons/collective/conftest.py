@@ -1,11 +1,12 @@
 """Real processes for the collective's tests: one rtm-server hub and three
 sites (``sipcluster collective``), each site with its own cluster file, on
-127.0.210.x-127.0.215.x. Site Boca (1) also has a status-aggregator, with a
-private CA, so its t-controller's agent states reach the directory.
+127.0.210.x-127.0.215.x. Sites Boca (1) and Indy (2) also have a
+status-aggregator, each with a private CA, so their t-controllers' agent
+states reach the directory.
 
     hub   127.0.210.10      sites 1, 2, 3 and 4 (4 is no peer of anyone)
     Boca  127.0.211.1       site 1, status-aggregator SA_Boca on 127.0.211.5
-    Indy  127.0.212.1       site 2
+    Indy  127.0.212.1       site 2, status-aggregator SA_Indy on 127.0.212.5
     Lyon  127.0.213.1       site 3
 """
 
@@ -31,7 +32,8 @@ HUB_HOST = "127.0.210.10"
 PASSWORDS = {1: "Boca-Secret", 2: "Indy-Secret", 3: "Lyon-Secret", 4: "Oslo-Secret"}
 SITES = {1: ("Boca", "127.0.211.1"), 2: ("Indy", "127.0.212.1"), 3: ("Lyon", "127.0.213.1")}
 PHONES = {1: "5615550100", 2: "3175550100", 3: "33472000000"}
-SA_HOST = "127.0.211.5"
+#: the sites with a status-aggregator (and its address)
+SA_HOSTS = {1: "127.0.211.5", 2: "127.0.212.5"}
 SPANNING = "Multisite_RTM1"
 
 
@@ -105,7 +107,7 @@ master-administrator = false
         text += f"""
 [applications.SA_{name}]
 kind = "status-aggregator"
-host = "{SA_HOST}"
+host = "{SA_HOSTS[site]}"
 status-port = {sa_ports[0]}
 http-port = {sa_ports[1]}
 
@@ -222,13 +224,13 @@ class Collective:
     root: Path
     hub: Hub
     http_ports: dict[int, int]
-    sa_ports: tuple[int, int]
+    sa_ports: dict[int, tuple[int, int]]
     sites: dict[int, SiteProc] = field(default_factory=dict)
     extra: list[Proc] = field(default_factory=list)
 
     def config(self, site: int, **kwargs: Any) -> Path:
         return site_cluster(self.root, site, self.hub.spec, http_port=self.http_ports[site],
-                            sa_ports=self.sa_ports if site == 1 else None, **kwargs)
+                            sa_ports=self.sa_ports.get(site), **kwargs)
 
     def start_site(self, site: int, *, wait: bool = True, **kwargs: Any) -> SiteProc:
         config = self.config(site, **kwargs)
@@ -240,14 +242,16 @@ class Collective:
             proc.wait_ready()
         return proc
 
-    def start_aggregator(self) -> Proc:
-        config = self.root / "Boca" / "cluster.toml"
+    def start_aggregator(self, site: int = 1) -> Proc:
+        """The status-aggregator of ``site`` (Boca or Indy)."""
+        name = SITES[site][0]
+        config = self.root / name / "cluster.toml"
         proc = Proc([sys.executable, "-m", "daemons.cli", "status-aggregator", "--config",
-                     str(config), "--name", "SA_Boca", "--log-format", "json"],
-                    self.root / "SA_Boca.log",
+                     str(config), "--name", f"SA_{name}", "--log-format", "json"],
+                    self.root / f"SA_{name}.log",
                     env={"SIPCLUSTER_STATE_DIR": str(self.root / "sa-state")}).start()
         self.extra.append(proc)
-        until(lambda: _http_ok(SA_HOST, self.sa_ports[1]), 30.0,
+        until(lambda: _http_ok(SA_HOSTS[site], self.sa_ports[site][1]), 30.0,
               "status-aggregator not ready", alive=proc)
         return proc
 
@@ -270,7 +274,7 @@ def collective(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Collective]
                                sites=PASSWORDS)
     hub = Hub(hub_config, spec, root / "hub.log").start()
     lab = Collective(root, hub, {s: free_port(h) for s, (_, h) in SITES.items()},
-                     (free_port(SA_HOST), free_port(SA_HOST)))
+                     {s: (free_port(h), free_port(h)) for s, h in SA_HOSTS.items()})
     try:
         hub.wait_role("active", 30.0)
         for site in SITES:

@@ -101,3 +101,54 @@ async def test_agent_state_shows_at_every_site_and_changes_from_another(
     code, _ = await asyncio.to_thread(lyon.http, "POST", "/directory/1/5001/status",
                                       {"status": 7})
     assert code == 400
+
+
+async def test_a_roaming_user_is_located_at_the_site_it_is_logged_on_at(
+        collective: Collective) -> None:
+    boca, indy, lyon = (collective.sites[s] for s in (1, 2, 3))
+    await asyncio.to_thread(collective.start_aggregator, 2)
+    await asyncio.to_thread(boca.put_user, "5002", "Roamer", "5002", [SPANNING])
+    await eventually(lambda: (1, "5002") in indy.users() and (1, "5002") in lyon.users())
+    await eventually(lambda: indy.get("/status")["status_aggregator"] == "SA_Indy",
+                     20.0, "Indy not connected to its status-aggregator")
+    home = await asyncio.to_thread(lyon.get, "/locate/5002")
+    assert (home["site"], home["source"], home["phone_number"], home["local"]) == \
+        (1, "home", "5615550100", False)
+
+    # the Boca user logs on at Indy (Indy's t-controller publishes it)
+    table = AgentTable(AgentOptions())
+    publisher = StatusPublisher.from_config(load_cluster(indy.config), "TC_Indy", table,
+                                            get_logger("test"))
+    assert publisher is not None
+    publisher.start()
+    try:
+        table.login("2001", "5002", 0.0)
+        for site in (boca, indy, lyon):
+            status = await eventually(
+                lambda s=site: (st := status_at(s, 1, "5002")) and st["logged_on"] and st,
+                message=f"roaming log-on not shown at {site.name}")
+            assert (status["logged_on_site"], status["logged_on_site_name"]) == (2, "Indy")
+            assert status["server"] == "SIPS_Indy"
+        there = await asyncio.to_thread(lyon.get, "/locate/5002")
+        assert (there["site"], there["source"], there["phone_number"]) == \
+            (2, "logged-on", "3175550100")
+        assert (await asyncio.to_thread(indy.get, "/locate/5002"))["local"] is True
+        assert (await asyncio.to_thread(boca.get, "/locate/5002"))["site"] == 2
+
+        # the hub away: the last site heard of
+        collective.hub.kill9()
+        last = await eventually(lambda: (r := lyon.get("/locate/5002"))
+                                and not r["hub_connected"] and r)
+        assert last["site"] == 2
+        collective.hub.start()
+        await asyncio.to_thread(collective.hub.wait_role, "active", 30.0)
+        await eventually(lambda: lyon.get("/locate/5002")["hub_connected"], 20.0)
+
+        # logged off at Indy: calls go home again
+        table.logout("2001", 1.0)
+        await eventually(lambda: lyon.get("/locate/5002")["site"] == 1,
+                         message="log-off at Indy not seen at Lyon")
+        assert (await asyncio.to_thread(lyon.get, "/locate/5002"))["source"] == "home"
+    finally:
+        await publisher.stop()
+    assert (await asyncio.to_thread(lyon.http, "GET", "/locate/77777"))[0] == 404
