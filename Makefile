@@ -9,7 +9,8 @@ DEB_TOOLS := sipp:sip-tester tshark:tshark sipsak:sipsak named:bind9 named-check
              linphonec:linphone-cli gcc:gcc pg_ctlcluster:postgresql chromium:chromium slapd:slapd \
              kamailio:kamailio
 # ... and the reference proxy the benchmarks compare against
-BENCH_TOOLS := kamailio:kamailio svwar:sipvicious nats-server:nats-server
+BENCH_TOOLS := kamailio:kamailio svwar:sipvicious nats-server:nats-server \
+               /usr/lib/*/kamailio/modules/presence.so:kamailio-presence-modules
 APT_GET := $(shell [ "$$(id -u)" = 0 ] && echo apt-get || echo sudo apt-get)
 
 .PHONY: all venv compile tools bench-tools apt-tools lint typecheck test test-fast bench lab clean
@@ -46,7 +47,7 @@ bench-tools:
 apt-tools:
 	@missing=""; for pair in $(PAIRS); do \
 	  cmd=$${pair%%:*}; pkg=$${pair##*:}; \
-	  command -v $$cmd >/dev/null 2>&1 || missing="$$missing $$pkg"; \
+	  command -v $$cmd >/dev/null 2>&1 || ls $$cmd >/dev/null 2>&1 || missing="$$missing $$pkg"; \
 	done; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing Debian packages:$$missing"; \

@@ -44,6 +44,7 @@ QUICK: dict[str, list[str]] = {
     "bench_node_memory": ["--runs", "1"],
     "bench_security": [],
     "bench_status": ["--users", "100000", "--runs", "1", "--seconds", "5"],
+    "bench_presence": ["--runs", "1", "--rounds", "2"],
     "bench_rtm": ["--quick"],
     "bench_feature_server": ["--runs", "3", "--lookups", "5000", "--queries", "500"],
     "bench_director": ["--decisions", "5000", "--calls", "500", "--runs", "1"],
