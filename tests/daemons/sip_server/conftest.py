@@ -170,13 +170,17 @@ class Sipp:
 
     def received(self, method: str) -> list[str]:
         """The request lines of the ``method`` requests SIPp received."""
+        return [m.split("\r\n", 1)[0] for m in self.received_messages(method)]
+
+    def received_messages(self, method: str) -> list[str]:
+        """The ``method`` requests SIPp received, whole (CRLF line ends)."""
         out, text = [], self.messages()
         for block in text.split("----------------------------------------------- ")[1:]:
             # a block: the time, "UDP message received [N] bytes :", a blank line, the message
-            lines = block.splitlines()
-            if len(lines) > 3 and "message received" in lines[1] \
-                    and lines[3].startswith(method + " "):
-                out.append(lines[3].rstrip("\r"))
+            head = block.split("\n", 3)
+            if len(head) == 4 and "message received" in head[1] \
+                    and head[3].startswith(method + " "):
+                out.append(head[3].rstrip("\n"))
         return out
 
     def errors(self) -> str:
