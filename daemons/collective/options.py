@@ -11,7 +11,7 @@ site's cluster file, read and checked once (docs/collective.md,
     [applications.Boca.options]
     hubs = ["RTM1"]                      # rtm-server applications, or "HOST:PORT"
     spanning-workgroups = ["Multisite_RTM1"]
-    store = "sqlite:/var/lib/sipcluster/Boca/collective.db"
+    store = "sqlite:/var/lib/sipcluster/Boca/collective.db"   # or postgresql://USER@HOST/DB
 
     [applications.Boca.options.home-site]
     site-identifier = 1
@@ -39,6 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from daemons.cluster.config import AppKind, Application, ClusterConfig
+from daemons.collective.store import open_store
 from daemons.runtime.config import Section
 from protocols.rtm.auth import MAX_SITE_ID, MIN_SITE_ID
 
@@ -189,8 +190,10 @@ def _phone(s: Section) -> str:
 
 def _store(s: Section, app: Application) -> str:
     url = s.get_str("store", f"sqlite:{state_dir(app) / 'collective.db'}")
-    if not url.startswith("sqlite:") or not url[len("sqlite:"):]:
-        raise s.error("store", f"expected sqlite:PATH, got {url!r}")
+    try:
+        open_store(url)
+    except ValueError as exc:
+        raise s.error("store", str(exc)) from None
     return url
 
 

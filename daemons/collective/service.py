@@ -46,7 +46,7 @@ from daemons.collective.messages import (
     encode_users,
 )
 from daemons.collective.options import CollectiveOptions, read_options
-from daemons.collective.store import StoreError, UserStore
+from daemons.collective.store import StoreError, open_store, redacted
 from daemons.runtime.certs import CertError, certs_dir_for, client_context
 from daemons.runtime.management import ManagementServer, Metrics
 from daemons.runtime.rtm_client import (
@@ -117,7 +117,7 @@ class CollectiveService(Service):
         self.management_port = self.app.ports["http-port"]
         self.site = self.options.home.site_id
         self.directory = Directory(self.site)
-        self.store = UserStore(self.options.store)
+        self.store = open_store(self.options.store)
         handlers = HandlerTable(default=self._unknown_message)
         for event, handler in self._handlers().items():
             handlers.on(OBJECT, event)(handler)
@@ -545,6 +545,7 @@ class CollectiveService(Service):
             "status_aggregator": (self.status_client.connected_to
                                   if self.status_client is not None else None),
             "sync_generation": self.sync_generation,
+            "store": redacted(o.store),
         }
 
     # -- HTTP API --------------------------------------------------------------------
