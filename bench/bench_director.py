@@ -19,16 +19,29 @@
   second, median over the runs, the director's CPU seconds per 1,000 calls,
   and the calls that failed (routed elsewhere, refused, not routed in time).
 
+* **site spread**: a Director Server over ``--monitored`` monitored sites
+  (``daemons/director/sites.py``, in process, a simulated clock): each site
+  has 2-20 agents, reports its free agents every ``report-interval`` (1 s);
+  calls arrive at 85 % of the agents' capacity (3-minute mean hold); the
+  Director Server sends each to :meth:`SiteBoard.pick`'s site (a call with no
+  free agent anywhere waits for the next report), the site gives it to its
+  longest-idle agent or queues it locally. Beside it, the same calls sent
+  round-robin over the sites. Figures: agents' call share max/min (calls
+  handled per agent), calls that found no free agent at their site, the
+  calls' mean wait, and the pick time per call (p99).
+
 The last line is ``RESULT {json}``.
 
 Usage: ``.venv/bin/python bench/bench_director.py [--agents 5000] [--sites 10]
-[--decisions 20000] [--calls 2000] [--routing-agents 200] [--window 50] [--runs 3]``
+[--decisions 20000] [--calls 2000] [--routing-agents 200] [--window 50]
+[--monitored 100] [--spread-calls 30000] [--runs 3]``
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import heapq
 import json
 import random
 import socket
@@ -46,13 +59,14 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from daemons.director.queue import AgentPool  # noqa: E402
+from daemons.director.sites import ANY_SKILL, SiteBoard, SiteReport  # noqa: E402
 from daemons.director.strategy import Strategy  # noqa: E402
 from daemons.runtime.logs import configure_logging  # noqa: E402
 from daemons.runtime.tlib_client import TLibClient  # noqa: E402
 from daemons.runtime.tlib_server import TLibConnection, TLibServer  # noqa: E402
 from protocols.tlib.session import RequestReceived  # noqa: E402
 
-HOST = "127.0.147.1"
+HOST = "127.0.208.1"
 DECISION_TARGET_MS = 2.0
 
 
@@ -95,6 +109,98 @@ def decision_run(agents: int, sites: int, decisions: int, seed: int) -> dict[str
     times.sort()
     return {"p50_ms": times[len(times) // 2] * 1000, "p99_ms": times[int(len(times) * 0.99)] * 1000,
             "no_agent": misses}
+
+
+# -- site spread ------------------------------------------------------------------------
+
+REPORT_INTERVAL = 1.0
+MEAN_HOLD = 180.0
+
+
+def spread_run(monitored: int, calls: int, seed: int, policy: str) -> dict[str, float]:
+    """One simulated run (module doc, "site spread"); ``policy``: ``availability``
+    (SiteBoard.pick) or ``round-robin``."""
+    rng = random.Random(seed)
+    names = [f"site{n}" for n in range(monitored)]
+    size = {name: rng.randint(2, 20) for name in names}
+    free: dict[str, list[tuple[float, int]]] = {n: [(0.0, a) for a in range(size[n])]
+                                                 for n in names}  # (idle since, agent)
+    for heap in free.values():
+        heapq.heapify(heap)
+    handled = {(n, a): 0 for n in names for a in range(size[n])}
+    local_queue: dict[str, list[float]] = {n: [] for n in names}
+    board = SiteBoard({n: n for n in names}, stale_after=3 * REPORT_INTERVAL)
+    rate = sum(size.values()) / MEAN_HOLD * 0.85
+    events: list[tuple[float, int, str, Any]] = []  # (time, order, kind, data)
+    order = 0
+
+    def push(at: float, kind: str, data: Any) -> None:
+        nonlocal order
+        order += 1
+        heapq.heappush(events, (at, order, kind, data))
+
+    def report(now: float) -> None:
+        for n in names:
+            count = len(free[n])
+            board.reported(n, SiteReport(n, {ANY_SKILL: count, "sales": count}, size[n], {}),
+                           now)
+
+    def deliver(site: str, arrived: float, now: float) -> None:
+        nonlocal no_agent, waited
+        if free[site]:
+            _, agent = heapq.heappop(free[site])
+            handled[(site, agent)] += 1
+            waited += now - arrived
+            push(now + rng.expovariate(1 / MEAN_HOLD), "end", (site, agent))
+        else:
+            no_agent += 1
+            local_queue[site].append(arrived)
+
+    no_agent, waited, picks = 0, 0.0, []
+    central: list[float] = []
+    rr = 0
+    now = 0.0
+    report(now)
+    push(REPORT_INTERVAL, "report", None)
+    push(rng.expovariate(rate), "call", calls - 1)
+    perf = time.perf_counter
+    while events:
+        now, _, kind, data = heapq.heappop(events)
+        if kind == "call":
+            if policy == "round-robin":
+                deliver(names[rr % monitored], now, now)
+                rr += 1
+            else:
+                central.append(now)
+            if data:
+                push(now + rng.expovariate(rate), "call", data - 1)
+        elif kind == "end":
+            site, agent = data
+            if local_queue[site]:
+                arrived = local_queue[site].pop(0)
+                handled[(site, agent)] += 1
+                waited += now - arrived
+                push(now + rng.expovariate(1 / MEAN_HOLD), "end", (site, agent))
+            else:
+                heapq.heappush(free[site], (now, agent))
+        elif kind == "report":
+            report(now)
+            if any(events_kind == "call" for _, _, events_kind, _ in events) or central:
+                push(now + REPORT_INTERVAL, "report", None)
+        while central:  # the Director Server's queue: each call to the picked site
+            start = perf()
+            picked = board.pick("sales", now)
+            picks.append(perf() - start)
+            if picked is None:
+                break
+            board.sent(picked)
+            deliver(picked.name, central.pop(0), now)
+    shares = sorted(handled.values())
+    picks.sort()
+    return {"share_max_min": shares[-1] / shares[0] if shares[0] else float("inf"),
+            "share_max": shares[-1], "share_min": shares[0],
+            "no_agent_at_site": no_agent, "mean_wait_s": waited / calls,
+            "pick_p99_ms": picks[int(len(picks) * 0.99)] * 1000 if picks else 0.0}
 
 
 # -- calls routed per second ------------------------------------------------------------
@@ -158,7 +264,7 @@ site-preference = false
 """
     text += "".join(f"a{n} = {{ sales = 3 }}\n" for n in range(agents))
     text += "".join(f'\n[dns.{10000 + n}]\ntype = "Extension"\n'
-                    f'contact = "sip:{10000 + n}@127.0.147.9:5060"\n' for n in range(agents))
+                    f'contact = "sip:{10000 + n}@127.0.208.9:5060"\n' for n in range(agents))
     return text
 
 
@@ -293,6 +399,23 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         print(f"| {n + 1} | {d['p50_ms']:.4f} | {d['p99_ms']:.4f} | {d['no_agent']} |")
     print(f"\nmedian p99 {p99:.4f} ms (target < {DECISION_TARGET_MS:g} ms): "
           f"{'met' if p99 < DECISION_TARGET_MS else 'NOT met'}\n")
+    spread = {policy: [spread_run(args.monitored, args.spread_calls, seed, policy)
+                       for seed in range(args.runs)]
+              for policy in ("availability", "round-robin")}
+    print(f"## calls spread across {args.monitored} monitored sites ({args.spread_calls:,} "
+          f"calls x {args.runs} runs, report every {REPORT_INTERVAL:g} s)\n")
+    print("| policy | run | agents' call share max/min (max, min) | calls with no free agent "
+          "at their site | mean wait s | pick p99 ms |\n|---|---|---|---|---|---|")
+    for policy, results in spread.items():
+        for n, r in enumerate(results):
+            print(f"| {policy} | {n + 1} | {r['share_max_min']:.2f} ({r['share_max']}, "
+                  f"{r['share_min']}) | {r['no_agent_at_site']} | {r['mean_wait_s']:.3f} | "
+                  f"{r['pick_p99_ms']:.4f} |")
+    med = {p: {k: statistics.median(r[k] for r in rs) for k in rs[0]} for p, rs in spread.items()}
+    print(f"\nmedian share max/min {med['availability']['share_max_min']:.2f} by availability "
+          f"vs {med['round-robin']['share_max_min']:.2f} round-robin; calls with no free "
+          f"agent at their site {med['availability']['no_agent_at_site']:.0f} vs "
+          f"{med['round-robin']['no_agent_at_site']:.0f}\n")
     runs = []
     for _ in range(args.runs):
         with tempfile.TemporaryDirectory(prefix="bench-director-") as tmp:
@@ -311,7 +434,15 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
     return {"agents": args.agents, "sites": args.sites, "decision_p50_ms": p50,
             "decision_p99_ms": p99, "decision_target_ms": DECISION_TARGET_MS,
             "routed_calls_per_s": rate, "director_cpu_s_per_1000": cpu,
-            "routed_failed": failed, "routing_agents": args.routing_agents}
+            "routed_failed": failed, "routing_agents": args.routing_agents,
+            "monitored_sites": args.monitored,
+            "spread_share_max_min": med["availability"]["share_max_min"],
+            "spread_share_max_min_round_robin": med["round-robin"]["share_max_min"],
+            "spread_no_agent_at_site": med["availability"]["no_agent_at_site"],
+            "spread_no_agent_at_site_round_robin": med["round-robin"]["no_agent_at_site"],
+            "spread_mean_wait_s": med["availability"]["mean_wait_s"],
+            "spread_mean_wait_s_round_robin": med["round-robin"]["mean_wait_s"],
+            "spread_pick_p99_ms": med["availability"]["pick_p99_ms"]}
 
 
 if __name__ == "__main__":
@@ -322,6 +453,8 @@ if __name__ == "__main__":
     parser.add_argument("--calls", type=int, default=2000)
     parser.add_argument("--routing-agents", type=int, default=200)
     parser.add_argument("--window", type=int, default=50)
+    parser.add_argument("--monitored", type=int, default=100)
+    parser.add_argument("--spread-calls", type=int, default=30000)
     parser.add_argument("--runs", type=int, default=3)
     configure_logging("warning")
     figures = asyncio.run(main(parser.parse_args()))
