@@ -180,8 +180,10 @@ def issue(directory: Path, name: str, *, csr: Path | None = None, days: int = CE
         .not_valid_before(start)
         .not_valid_after(start + datetime.timedelta(days=days))
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        # an address is also written as a DNS name: mbed TLS (linphone's TLS) matches
+        # the host it dialled against DNS names only
         .add_extension(x509.SubjectAlternativeName(
-            [x509.DNSName(n) for n in dict.fromkeys([name, *dns_names])]
+            [x509.DNSName(n) for n in dict.fromkeys([name, *dns_names, *ip_addresses])]
             + [x509.IPAddress(ipaddress.ip_address(a)) for a in dict.fromkeys(ip_addresses)]),
             critical=False)
         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH,

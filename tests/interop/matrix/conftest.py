@@ -11,6 +11,7 @@ import os
 import re
 import signal
 import subprocess
+import threading
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -25,6 +26,7 @@ from tests.interop.lab import conftest as lab_fixtures
 from tests.interop.lab.conftest import (
     LAB_SCENARIOS,
     Baresip,
+    Linphonec,
     SippFactory,
     SippRun,
     baresip_config,
@@ -69,9 +71,13 @@ def baresip(lab: Any, dc_resolvers: dict[str, Any], tmp_path: Path, require_tool
         if mwi:
             with (workdir / "config").open("a") as config:
                 config.write("module_app\t\tmwi.so\n")
+        if transport == "tls":
+            # as the lab's guide says: trust the lab CA, the proxy's TLS port
+            with (workdir / "config").open("a") as config:
+                config.write(f"sip_cafile\t\t{lab.desc['certificates']['ca']}\n")
         if via is None:
             proxy = lab.proxies("dc1")[0]
-            via = (proxy["host"], proxy["sip_port"])
+            via = (proxy["host"], proxy["tls_port" if transport == "tls" else "sip_port"])
         (workdir / "accounts").write_text(
             f"<sip:{dn}@{lab.domain};transport={transport}>;auth_pass={lab.password(dn)};"
             f"outbound=\"sip:{via[0]}:{via[1]};transport={transport}\";regint=60;"
@@ -80,6 +86,63 @@ def baresip(lab: Any, dc_resolvers: dict[str, Any], tmp_path: Path, require_tool
         phones.append(phone)
         if register:
             phone.wait_registered()
+        return phone
+
+    yield start
+    for phone in phones:
+        phone.stop()
+
+
+# =========================================================================== linphonec over TLS
+
+
+@pytest.fixture
+def linphonec_tls(lab: Any, tmp_path: Path, require_tool: Any,
+                  free_port: Callable[..., int]) -> Iterator[Callable[..., Linphonec]]:
+    """Factory: ``linphonec_tls("1008", tone=Path, record=Path)``: linphonec of dc1
+    registered over TLS with the first dc1 proxy's ``tls_port``, trusting only the
+    lab CA (``root_ca``) and checking the proxy's certificate and name, as the
+    lab's guide says; otherwise as tests/interop/lab's ``linphonec_phone``."""
+    binary = require_tool("linphonec")
+    phones: list[Linphonec] = []
+
+    def start(dn: str, *, tone: Path, record: Path) -> Linphonec:
+        address = lab.prefix("dc1") + "150"
+        proxy = lab.proxies("dc1")[0]
+        workdir = tmp_path / f"linphonec-tls-{dn}"
+        (workdir / ".local" / "share" / "linphone").mkdir(parents=True)
+        rc = workdir / "linphonerc"
+        rc.write_text(f"""\
+[sip]
+sip_tls_port={free_port(address)}
+bind_address={address}
+default_proxy=0
+sip_random_port=0
+guess_hostname=0
+root_ca={lab.desc['certificates']['ca']}
+verify_server_certs=1
+verify_server_cn=1
+
+[rtp]
+audio_rtp_port=30000-39999
+
+[sound]
+echocancellation=0
+""")
+        env = {**os.environ, "HOME": str(workdir), "TERM": "dumb"}
+        proc = subprocess.Popen([binary, "-c", str(rc), "-d", "0", "-a"], cwd=workdir,
+                                stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True, env=env, bufsize=1)
+        phone = Linphonec(workdir, proc)
+        threading.Thread(target=phone._read, daemon=True).start()
+        phones.append(phone)
+        phone.send("soundcard use files")
+        phone.send(f"play {tone}")
+        phone.send(f"record {record}")
+        phone.send(f"register sip:{dn}@{lab.domain} "
+                   f"<sip:{proxy['host']}:{proxy['tls_port']};transport=tls> "
+                   f"{lab.password(dn)}")
+        phone.wait_registered()
         return phone
 
     yield start
