@@ -1,0 +1,234 @@
+"""What the forward-all look-up costs a node: calls to an extension through a
+node without a dial plan and through a node that asks the feature-server
+(``reason=all``) before it rings the DN, side by side on the same SIPp load.
+
+SIPp UAC (built-in ``uac``: INVITE, ACK, BYE) -> sip-server -> SIPp UAS (built-in
+``uas``, DN 2002's fixed contact). Two nodes run at once, each from its own
+cluster file: SIPS_plain (no Dial Plan DN) and SIPS_fs (FS_bench's dial plan,
+whose profile has no forward-all for 2002, so every call is asked about and
+rings). Runs alternate between them; prints per node the median call rate,
+SIPp failed calls and retransmissions, the node's and the feature-server's CPU
+seconds per 1,000 calls (psutil), and the ratio with / without. Addresses:
+127.0.222.x. Last line: ``RESULT {json}``.
+
+    .venv/bin/python bench/bench_node_forward_all.py [--calls 600] [--rate 100] [--runs 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+ROOT = Path(__file__).resolve().parents[1]
+NET = "127.0.222."
+HOSTS = {"plain": NET + "51", "fs": NET + "52", "feature-server": NET + "53",
+         "phone": NET + "54", "caller": NET + "55"}
+
+
+def free_port(host: str) -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def cluster(path: Path, ports: dict[str, int], node: str, *, dial_plan: bool) -> Path:
+    text = f"""
+[switch]
+name = "Bench"
+domain = "bench.test"
+
+[switch.tserver]
+extn-no-answer-timeout = 10
+sip-enable-strict-auth = false
+
+[dns.Nodes]
+type = "VoIPService"
+service-type = "sip-cluster-nodes"
+applications = ["SIPS_{node}"]
+
+[dns.2002]
+type = "Extension"
+contact = "sip:2002@{HOSTS['phone']}:{ports['phone']}"
+
+[applications.SIPS_{node}]
+kind = "sip-server"
+host = "{HOSTS[node]}"
+geo-location = "dc1"
+sip-port = {ports[node]}
+default-port = {ports[node + '_default']}
+http-port = {ports[node + '_http']}
+
+[applications.TC_{node}]
+kind = "t-controller"
+host = "{HOSTS[node]}"
+sip-server = "SIPS_{node}"
+tc-port = {ports[node + '_tc']}
+"""
+    if dial_plan:
+        text += f"""
+[dns.DialPlan]
+type = "VoIPService"
+service-type = "feature-server"
+url = "http://{HOSTS['feature-server']}:{ports['feature_server_http']}/dialplan"
+
+[applications.FS_bench]
+kind = "feature-server"
+host = "{HOSTS['feature-server']}"
+geo-location = "dc1"
+http-port = {ports['feature_server_http']}
+
+[applications.FS_bench.options]
+state-dir = "{path.parent / 'fs-state'}"
+[applications.FS_bench.options.partitions.Basic]
+rules = [".=>${{DIGITS}}"]
+[applications.FS_bench.options.calling-profiles.System]
+partitions = ["Basic"]
+forward-busy = "gcti::voicemail"
+[applications.FS_bench.options.assignments.switch]
+internal = "System"
+external = "System"
+"""
+    path.write_text(text)
+    return path
+
+
+def start(kind: str, config: Path, name: str, health: str, log: Path) -> subprocess.Popen[bytes]:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "daemons.cli", kind, "--config", str(config), "--name", name,
+         "--log-level", "warning"],
+        cwd=ROOT, stdout=log.open("wb"), stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 45
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(health, timeout=1) as resp:
+                if resp.status == 200:
+                    return proc
+        except OSError:
+            time.sleep(0.2)
+    proc.kill()
+    raise RuntimeError(f"{name} did not start: {log.read_text()[-2000:]}")
+
+
+def cpu(proc: psutil.Process) -> float:
+    t = proc.cpu_times()
+    return float(t.user + t.system)
+
+
+def run_sipp(sipp: str, target: str, calls: int, rate: int, workdir: Path) -> dict[str, str]:
+    workdir.mkdir()
+    subprocess.run(
+        [sipp, target, "-sn", "uac", "-s", "2002", "-i", HOSTS["caller"],
+         "-p", str(free_port(HOSTS["caller"])), "-m", str(calls), "-r", str(rate),
+         "-l", "200", "-nostdin", "-trace_stat", "-stf", str(workdir / "stat.csv"),
+         "-fd", "1", "-timeout", "120s", "-timeout_error"],
+        cwd=workdir, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=180,
+        env={**os.environ, "TERM": "dumb"})
+    rows = list(csv.DictReader((workdir / "stat.csv").open(), delimiter=";"))
+    return rows[-1] if rows else {}
+
+
+def elapsed(row: dict[str, str]) -> float:
+    h, m, s = row.get("ElapsedTime(C)", "0:0:0").split(":")
+    return int(h) * 3600 + int(m) * 60 + float(s)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--calls", type=int, default=600)
+    parser.add_argument("--rate", type=int, default=100, help="offered calls/s")
+    parser.add_argument("--runs", type=int, default=3)
+    args = parser.parse_args()
+    sipp = shutil.which("sipp")
+    if sipp is None:
+        print("sipp is not installed (apt-get install sip-tester)")
+        return 2
+    tmp = Path(tempfile.mkdtemp(prefix="bench-forward-all-"))
+    ports = {"plain": free_port(HOSTS["plain"]), "fs": free_port(HOSTS["fs"]),
+             "phone": free_port(HOSTS["phone"]),
+             "feature_server_http": free_port(HOSTS["feature-server"])}
+    for node in ("plain", "fs"):
+        ports[node + "_default"] = free_port(HOSTS[node])
+        ports[node + "_http"] = free_port(HOSTS[node])
+        ports[node + "_tc"] = free_port(HOSTS[node])  # named in the file, not started
+    plain_cfg = cluster(tmp / "plain.toml", ports, "plain", dial_plan=False)
+    fs_cfg = cluster(tmp / "fs.toml", ports, "fs", dial_plan=True)
+    phone = subprocess.Popen(
+        [sipp, "-sn", "uas", "-i", HOSTS["phone"], "-p", str(ports["phone"]), "-nostdin",
+         "-fd", "3600"], cwd=tmp, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    procs: dict[str, subprocess.Popen[bytes]] = {}
+    results: dict[str, list[dict[str, float]]] = {"plain": [], "fs": []}
+    try:
+        procs["feature-server"] = start(
+            "feature-server", fs_cfg, "FS_bench",
+            f"http://{HOSTS['feature-server']}:{ports['feature_server_http']}/healthz",
+            tmp / "fs.log")
+        procs["plain"] = start("sip-server", plain_cfg, "SIPS_plain",
+                               f"http://{HOSTS['plain']}:{ports['plain_http']}/healthz",
+                               tmp / "plain.log")
+        procs["fs"] = start("sip-server", fs_cfg, "SIPS_fs",
+                            f"http://{HOSTS['fs']}:{ports['fs_http']}/healthz",
+                            tmp / "fs-node.log")
+        ps = {k: psutil.Process(p.pid) for k, p in procs.items()}
+        run_no = 0
+        for _ in range(args.runs):
+            for node in ("plain", "fs"):
+                run_no += 1
+                before = {k: cpu(p) for k, p in ps.items()}
+                row = run_sipp(sipp, f"{HOSTS[node]}:{ports[node]}", args.calls, args.rate,
+                               tmp / f"run-{run_no}-{node}")
+                after = {k: cpu(p) for k, p in ps.items()}
+                ok = int(row.get("SuccessfulCall(C)", 0))
+                results[node].append({
+                    "rate": ok / max(elapsed(row), 1e-9),
+                    "failed": int(row.get("FailedCall(C)", 0)),
+                    "retransmissions": int(row.get("Retransmissions(C)", 0)),
+                    "node_cpu_per_1000": (after[node] - before[node]) * 1000 / max(ok, 1),
+                    "fs_cpu_per_1000": (after["feature-server"] - before["feature-server"])
+                    * 1000 / max(ok, 1),
+                })
+    finally:
+        for p in procs.values():
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+                try:
+                    p.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+        phone.kill()
+    summary: dict[str, Any] = {"calls": args.calls, "rate_offered": args.rate,
+                               "runs": args.runs}
+    for node, runs in results.items():
+        summary[node] = {key: round(statistics.median(r[key] for r in runs), 3)
+                         for key in runs[0]}
+        summary[node]["failed_total"] = sum(int(r["failed"]) for r in runs)
+    summary["node_cpu_ratio_fs_over_plain"] = round(
+        summary["fs"]["node_cpu_per_1000"] / max(summary["plain"]["node_cpu_per_1000"], 1e-9), 2)
+    for node in ("plain", "fs"):
+        s = summary[node]
+        print(f"{node:6} median {s['rate']:.1f} calls/s, failed {s['failed_total']}, "
+              f"retransmissions {s['retransmissions']:.0f}, node CPU "
+              f"{s['node_cpu_per_1000']:.2f} s / 1000 calls, feature-server CPU "
+              f"{s['fs_cpu_per_1000']:.2f} s / 1000 calls")
+    print(f"node CPU per call with the forward-all look-up / without: "
+          f"{summary['node_cpu_ratio_fs_over_plain']}")
+    print("RESULT " + json.dumps(summary))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
