@@ -43,6 +43,7 @@ import argparse
 import asyncio
 import heapq
 import json
+import os
 import random
 import socket
 import statistics
@@ -328,7 +329,8 @@ class Node:
 def spawn(config: Path, kind: str, name: str, log: Path) -> subprocess.Popen[bytes]:
     return subprocess.Popen([sys.executable, "-m", "daemons.cli", kind, "--config", str(config),
                              "--name", name, "--log-level", "warning"], cwd=ROOT,
-                            stdout=log.open("w"), stderr=subprocess.STDOUT)
+                            stdout=log.open("w"), stderr=subprocess.STDOUT,
+                            env={**os.environ, "SIPCLUSTER_STATE_DIR": str(config.parent)})
 
 
 async def routed_run(calls: int, agents: int, window: int, tmp: Path) -> dict[str, Any]:
