@@ -140,6 +140,9 @@ def spread_run(monitored: int, calls: int, seed: int, policy: str) -> dict[str, 
         order += 1
         heapq.heappush(events, (at, order, kind, data))
 
+    no_agent, waited = 0, 0.0
+    picks: list[float] = []
+
     def report(now: float) -> None:
         for n in names:
             count = len(free[n])
@@ -157,7 +160,6 @@ def spread_run(monitored: int, calls: int, seed: int, policy: str) -> dict[str, 
             no_agent += 1
             local_queue[site].append(arrived)
 
-    no_agent, waited, picks = 0, 0.0, []
     central: list[float] = []
     rr = 0
     now = 0.0
