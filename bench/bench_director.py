@@ -29,18 +29,25 @@
   round-robin over the sites. Figures: agents' call share max/min (calls
   handled per agent), calls that found no free agent at their site, the
   calls' mean wait, and the pick time per call (p99).
+* **monitored servers polled**: ``sipcluster director`` as a Director Server
+  over ``--monitored`` monitored servers (T-Library listeners in the bench
+  process answering ``RequestQueryAddress`` with a report), ``report-interval
+  = 1``; once every site is fresh, the director's CPU seconds per second
+  over ``--poll-seconds``, the reports answered per second and the sites
+  still fresh at the end (its ``/status/director``).
 
 The last line is ``RESULT {json}``.
 
 Usage: ``.venv/bin/python bench/bench_director.py [--agents 5000] [--sites 10]
 [--decisions 20000] [--calls 2000] [--routing-agents 200] [--window 50]
-[--monitored 100] [--spread-calls 30000] [--runs 3]``
+[--monitored 100] [--spread-calls 30000] [--poll-seconds 10] [--runs 3]``
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import heapq
 import json
 import os
@@ -51,6 +58,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -391,6 +399,89 @@ async def routed_run(calls: int, agents: int, window: int, tmp: Path) -> dict[st
     return result
 
 
+# -- monitored servers polled -----------------------------------------------------------
+
+
+class MonitoredServer:
+    """One site's director-port as a Director Server sees it: a report per query."""
+
+    def __init__(self, name: str, available: int) -> None:
+        self.server = TLibServer(self, application_name=name, port_name="director-port")
+        self.report = SiteReport(name, {ANY_SKILL: available, "sales": available}, available,
+                                 {}).to_map()
+        self.answered = 0
+
+    def on_registered(self, conn: TLibConnection) -> None:
+        pass
+
+    def on_closed(self, conn: TLibConnection, reason: str) -> None:
+        pass
+
+    def on_request(self, conn: TLibConnection, request: RequestReceived) -> None:
+        self.answered += 1
+        conn.answer(request, "EventAddressInfo", {
+            "AttributeThisDN": request.message["AttributeThisDN"],
+            "AttributeAddressInfoStatus": self.report["available"][ANY_SKILL],
+            "AttributeExtensions": self.report})
+
+
+def fresh_sites(port: int) -> int:
+    with urllib.request.urlopen(f"http://{HOST}:{port}/status/director", timeout=5) as resp:
+        sites = json.loads(resp.read()).get("sites", {})
+    return sum(1 for s in sites.values() if s["state"] == "fresh")
+
+
+async def monitored_run(count: int, seconds: float, tmp: Path) -> dict[str, Any]:
+    ports = {k: free_port(HOST) for k in ("sip", "default", "tc", "director")}
+    servers = [MonitoredServer(f"Site{n}", 1 + n % 20) for n in range(count)]
+    sites = []
+    for n, server in enumerate(servers):
+        port = free_port(HOST)
+        await server.server.listen(HOST, port)
+        sites.append(f'\n[applications.Director.options.monitored-servers.Site{n}]\n'
+                     f'address = "{HOST}:{port}"\nroute-to = "{9000 + n}"\n'
+                     f'\n[dns.{9000 + n}]\ntype = "Extension"\n'
+                     f'contact = "sip:{9000 + n}@127.0.208.9:5060"\n')
+    config = tmp / "cluster.toml"
+    text = cluster_text({**ports, "tchttp": free_port(HOST)}, 1)
+    text = text.replace('site-preference = false\n', 'spread = "monitored-sites"\n').replace(
+        '[applications.Director.options.strategies.8000]',
+        '[applications.Director.options]\nstore = "none"\nreport-interval = 1\n\n'
+        '[applications.Director.options.strategies.8000]')
+    config.write_text(text + "".join(sites))
+    director = spawn(config, "director", "Director", tmp / "director.log")
+    result: dict[str, Any] = {}
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            with contextlib.suppress(OSError):
+                if await asyncio.to_thread(fresh_sites, ports["director"]) == count:
+                    break
+            if time.monotonic() > deadline or director.poll() is not None:
+                raise RuntimeError(f"not every monitored server reported; see {tmp}")
+            await asyncio.sleep(0.2)
+        proc = psutil.Process(director.pid)
+        cpu0 = sum(proc.cpu_times()[:2])
+        answered0 = sum(s.answered for s in servers)
+        started = time.perf_counter()
+        await asyncio.sleep(seconds)
+        elapsed = time.perf_counter() - started
+        cpu = sum(proc.cpu_times()[:2]) - cpu0
+        result = {"monitored": count,
+                  "reports_per_s": (sum(s.answered for s in servers) - answered0) / elapsed,
+                  "director_cpu_s_per_s": cpu / elapsed,
+                  "fresh_at_end": await asyncio.to_thread(fresh_sites, ports["director"])}
+    finally:
+        director.terminate()
+        try:
+            director.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            director.kill()
+        for server in servers:
+            await server.server.close()
+    return result
+
+
 async def main(args: argparse.Namespace) -> dict[str, Any]:
     decisions = [decision_run(args.agents, args.sites, args.decisions, seed)
                  for seed in range(args.runs)]
@@ -420,6 +511,18 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
           f"vs {med['round-robin']['share_max_min']:.2f} round-robin; calls with no free "
           f"agent at their site {med['availability']['no_agent_at_site']:.0f} vs "
           f"{med['round-robin']['no_agent_at_site']:.0f}\n")
+    polls = []
+    for _ in range(args.runs):
+        with tempfile.TemporaryDirectory(prefix="bench-director-") as tmp:
+            polls.append(await monitored_run(args.monitored, args.poll_seconds, Path(tmp)))
+    print(f"## a Director Server polling {args.monitored} monitored servers every second "
+          f"({args.poll_seconds:g} s x {args.runs} runs)\n")
+    print("| run | reports/s | director CPU s per s | fresh at the end |\n|---|---|---|---|")
+    for n, r in enumerate(polls):
+        print(f"| {n + 1} | {r['reports_per_s']:.1f} | {r['director_cpu_s_per_s']:.4f} | "
+              f"{r['fresh_at_end']} / {r['monitored']} |")
+    poll_cpu = statistics.median(r["director_cpu_s_per_s"] for r in polls)
+    print(f"\nmedian {poll_cpu:.4f} CPU s per second for {args.monitored} sites\n")
     runs = []
     for _ in range(args.runs):
         with tempfile.TemporaryDirectory(prefix="bench-director-") as tmp:
@@ -446,7 +549,10 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
             "spread_no_agent_at_site_round_robin": med["round-robin"]["no_agent_at_site"],
             "spread_mean_wait_s": med["availability"]["mean_wait_s"],
             "spread_mean_wait_s_round_robin": med["round-robin"]["mean_wait_s"],
-            "spread_pick_p99_ms": med["availability"]["pick_p99_ms"]}
+            "spread_pick_p99_ms": med["availability"]["pick_p99_ms"],
+            "monitored_poll_cpu_s_per_s": poll_cpu,
+            "monitored_reports_per_s": statistics.median(r["reports_per_s"] for r in polls),
+            "monitored_fresh_at_end": min(r["fresh_at_end"] for r in polls)}
 
 
 if __name__ == "__main__":
@@ -459,6 +565,7 @@ if __name__ == "__main__":
     parser.add_argument("--window", type=int, default=50)
     parser.add_argument("--monitored", type=int, default=100)
     parser.add_argument("--spread-calls", type=int, default=30000)
+    parser.add_argument("--poll-seconds", type=float, default=10.0)
     parser.add_argument("--runs", type=int, default=3)
     configure_logging("warning")
     figures = asyncio.run(main(parser.parse_args()))
