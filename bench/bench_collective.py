@@ -9,6 +9,11 @@ change of one user takes to show at another site.
 * ``change``: ``--changes`` times, a user's extension changed at Boca (HTTP
   PUT) and Indy's directory polled until it shows it: send to visible, p50
   and p90 (includes the HTTP polling interval of 5 ms).
+* ``status``: Boca's t-controller publisher (its own agent table and
+  publisher code, in this process) and Boca's status-aggregator process; an
+  agent logged in, then ``--changes`` times made Ready / Not Ready: from the
+  agent table's change to Indy's directory showing it, p50 and p90 (the
+  product's aim: every site within a second).
 
 Real processes (``sipcluster rtm-server``, ``sipcluster collective``) on
 127.0.214.x. Medians over ``--runs``; every process's log is read after each
@@ -20,6 +25,7 @@ run and a log line at error level fails the run.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
 import sqlite3
@@ -32,12 +38,18 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import tests.daemons.collective.conftest as lab
+from daemons.cluster.config import load_cluster
+from daemons.runtime.logs import get_logger
+from daemons.t_controller.agent import AgentOptions, AgentTable
+from daemons.t_controller.status_publisher import StatusPublisher
 from tests.conftest import free_port
-from tests.daemons.rtm_server.conftest import Hub, HubSpec, write_cluster
+from tests.daemons.rtm_server.conftest import Hub, HubSpec, Proc, write_cluster
 
 HUB_HOST = "127.0.214.10"
 lab.SITES.update({1: ("Boca", "127.0.214.1"), 2: ("Indy", "127.0.214.2"),
                   3: ("Lyon", "127.0.214.3")})
+lab.SA_HOSTS.clear()
+lab.SA_HOSTS[1] = "127.0.214.5"
 
 
 def cpu_seconds(pid: int) -> float:
@@ -67,7 +79,14 @@ def one_run(users: int, changes: int) -> dict[str, float]:
     sites: list[lab.SiteProc] = []
     try:
         hub.wait_role("active", 30.0)
-        configs = {s: lab.site_cluster(root, s, spec, http_port=ports[s]) for s in (1, 2)}
+        sa_ports = (free_port(lab.SA_HOSTS[1]), free_port(lab.SA_HOSTS[1]))
+        configs = {s: lab.site_cluster(root, s, spec, http_port=ports[s],
+                                       sa_ports=sa_ports if s == 1 else None) for s in (1, 2)}
+        aggregator = Proc([sys.executable, "-m", "daemons.cli", "status-aggregator", "--config",
+                           str(configs[1]), "--name", "SA_Boca", "--log-format", "json"],
+                          root / "SA_Boca.log",
+                          env={"SIPCLUSTER_STATE_DIR": str(root / "sa-state")}).start()
+        sites.append(aggregator)  # type: ignore[arg-type]
         state = root / "Boca" / "state"
         state.mkdir(parents=True, exist_ok=True)
         with sqlite3.connect(state / "collective.db") as db:
@@ -102,15 +121,59 @@ def one_run(users: int, changes: int) -> dict[str, float]:
         lat.sort()
         result["change_p50_ms"] = 1000 * lat[len(lat) // 2]
         result["change_p90_ms"] = 1000 * lat[int(len(lat) * 0.9)]
+        lab.until(lambda: boca.get("/status")["status_aggregator"] == "SA_Boca", 30.0,
+                  "Boca not connected to its status-aggregator")
+        boca.put_user("7001", "Agent 7001", "7001", [lab.SPANNING])
+        lab.until(lambda: (1, "7001") in indy.users(), 30.0)
+        lat = asyncio.run(status_latencies(configs[1], indy, changes))
+        result["status_p50_ms"] = 1000 * lat[len(lat) // 2]
+        result["status_p90_ms"] = 1000 * lat[int(len(lat) * 0.9)]
         return result
     finally:
         for proc in sites:
             proc.stop()
         hub.stop()
-        bad = [line for p in (root / "hub.log", root / "Boca.log", root / "Indy.log")
+        bad = [line for p in (root / "hub.log", root / "Boca.log", root / "Indy.log",
+                              root / "SA_Boca.log")
                for line in errors(p)]
         if bad:
             raise RuntimeError(f"error lines in the logs: {bad[:3]}")
+
+
+async def status_latencies(config: Path, indy: lab.SiteProc, changes: int) -> list[float]:
+    """Agent state changes at Boca's t-controller until Indy's directory shows them."""
+    table = AgentTable(AgentOptions())
+    publisher = StatusPublisher.from_config(load_cluster(config), "TC_Boca", table,
+                                            get_logger("bench"))
+    assert publisher is not None
+    publisher.start()
+
+    def shown(status: str) -> bool:
+        entry = indy.get("/directory/1/7001")["status"]
+        return bool(entry and entry["logged_on"] and entry["status"] == status)
+
+    out = []
+    try:
+        for n in range(changes + 1):
+            t0 = time.monotonic()
+            if n == 0:
+                table.login("7001", "7001", 0.0)
+                wanted = "Not Ready"
+            elif n % 2:
+                table.ready("7001", float(n))
+                wanted = "Available"
+            else:
+                table.not_ready("7001", float(n))
+                wanted = "Not Ready"
+            while not await asyncio.to_thread(shown, wanted):
+                await asyncio.sleep(0.005)
+                if time.monotonic() - t0 > 30:
+                    raise AssertionError(f"status {wanted} not shown at Indy in 30 s")
+            if n:
+                out.append(time.monotonic() - t0)
+    finally:
+        await publisher.stop()
+    return sorted(out)
 
 
 def lab_schema() -> str:

@@ -127,6 +127,7 @@ class CollectiveService(Service):
         self.status_client = self._status_client()
         self._outgoing: asyncio.Queue[tuple[str, str, tuple[Element, ...]]] = asyncio.Queue()
         self._tasks: list[asyncio.Task[None]] = []
+        self._resync = asyncio.Event()
         self.peer_checks: dict[int, dict[str, Any]] = {}
         self.syncs: dict[int, dict[str, Any]] = {}
         self.sync_generation = 0
@@ -173,7 +174,8 @@ class CollectiveService(Service):
                       users=len(rows), peers=sorted(self.options.peers))
         await self.rtm.start()
         self._tasks = [asyncio.create_task(self._sender()),
-                       asyncio.create_task(self._check_peers())]
+                       asyncio.create_task(self._check_peers()),
+                       asyncio.create_task(self._resync_after_store_failure())]
         if self.status_client is not None:
             self.status_client.start()
             self._tasks.append(asyncio.create_task(self._watch_statuses()))
@@ -229,6 +231,14 @@ class CollectiveService(Service):
                     result = await result
             except (ElementTypeError, ValueError) as exc:
                 self._refuse(delivery, "bad-elements", str(exc))
+                return None
+            except StoreError as exc:
+                # the hub will not deliver it again (it is journaled as handled):
+                # a full sync brings what was missed once the store works again
+                self.m_refused.labels("store-failed").inc()
+                self.log.error("collective_store_failed", error=str(exc),
+                               origin=delivery.origin, event_id=delivery.event)
+                self._resync.set()
                 return None
             return result
         return handle
@@ -335,6 +345,17 @@ class CollectiveService(Service):
         self.log.info("collective_sync_started", reason=reason,
                       users=len(self.directory.home_spanning()))
         return self.sync_generation
+
+    async def _resync_after_store_failure(self) -> None:
+        while True:
+            await self._resync.wait()
+            try:
+                await self.start_sync(reason="store-failure")
+            except StoreError as exc:
+                self.log.warning("collective_resync_waiting", error=str(exc))
+                await asyncio.sleep(5.0)
+                continue
+            self._resync.clear()
 
     # -- home users ----------------------------------------------------------------
     def _spanning(self, workgroups: tuple[str, ...]) -> bool:
@@ -679,7 +700,10 @@ class CollectiveService(Service):
             "hub_connected": self.rtm.connected.is_set()})
 
     async def _api_sync(self, request: web.Request) -> web.Response:
-        generation = await self.start_sync(reason="requested")
+        try:
+            generation = await self.start_sync(reason="requested")
+        except StoreError as exc:
+            return self._bad("store", str(exc), 503)
         return web.json_response({"generation": generation,
                                   "users_sent": len(self.directory.home_spanning()),
                                   "peers": sorted(self.options.peers)})
