@@ -41,7 +41,7 @@ async def test_route_to_an_agent_reserved_for_another_call_is_refused(node_lab: 
     conn_id = request["AttributeConnID"]
 
     # another router holds agent 1003 for a call of its own; URS holds 1001 for this one
-    await _reserve(lab, "URS_other", "1003", "00000000000000ff")
+    await _reserve(lab, "URS_other", "1003", "00000000000000ff", AttributeTimeout=30)
     await _reserve(lab, "URS", "1001", conn_id)
 
     refused = await urs.request("RequestRouteCall", AttributeThisDN="5000",
@@ -62,6 +62,11 @@ async def test_route_to_an_agent_reserved_for_another_call_is_refused(node_lab: 
     assert [(e["dn"], e["router"]) for e in
             lab.node("A").events("route_to_reserved_agent_refused")] == [("1003", "URS")]
     assert lab.metric("A", 'sipcluster_routes_to_reserved_agents_total{outcome="refused"}') == 1
+    # routers reserve at the t-controllers; the node takes reservations from its own only
+    direct = await urs.request("RequestReserveAgent", AttributeThisDN="1002")
+    assert direct["message"] == "EventError" and \
+        direct["AttributeErrorCode"] == int(ErrorCode.REQUEST_NOT_SUPPORTED), direct
+    assert lab.status("A", "/status/reservations")["reserved"][0]["dn"] == "1003"
     # the reservation URS made for this call was used up by it
     assert lab.status("A", "/status/reservations")["ended"]["consumed"] == 1
 
