@@ -27,7 +27,7 @@ pytestmark = pytest.mark.timeout(120)
 HOST = "127.0.208."
 
 
-def cluster(ports: dict[str, int], store: str) -> str:
+def cluster(ports: dict[str, int], store: str, extra: str = "") -> str:
     return f"""
 [switch]
 name = "SIP_Cluster"
@@ -76,7 +76,7 @@ a2 = {{ support = 2 }}
 [applications.Director.options.strategies.8000]
 routing-points = ["5000"]
 skill = "sales"
-"""
+{extra}"""
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -122,11 +122,14 @@ def call(port: int, method: str, path: str, body: Any = None) -> tuple[int, Any]
         return exc.code, json.loads(exc.read())
 
 
-def start_lab(tmp_path: Path, free_port: Callable[..., int], store: str) -> DirectorLab:
+def start_lab(tmp_path: Path, free_port: Callable[..., int], store: str,
+              extra: Callable[[dict[str, int]], str] | None = None) -> DirectorLab:
+    """The cluster file of one director (``extra``: more of the file, from the ports)."""
     ports = {key: free_port(HOST + "11") for key in ("sip", "default", "tc")}
-    ports["http"] = free_port(HOST + "80")
+    for key, host in (("http", "80"), ("site_http", "81"), ("site_port", "81")):
+        ports[key] = free_port(HOST + host)
     lab = DirectorLab(tmp_path, ports, "sipp", free_port)
-    lab.config.write_text(cluster(ports, store))
+    lab.config.write_text(cluster(ports, store, extra(ports) if extra else ""))
     return lab
 
 

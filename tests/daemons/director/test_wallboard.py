@@ -1,7 +1,8 @@
 """The wallboard in a real browser (headless Chromium over the DevTools
 protocol, the status-aggregator tests' helper): the director's page shows its
-virtual queues and agents, and a queue added over the HTTP API appears
-without a reload (the page's Server-Sent Events feed)."""
+virtual queues and its monitored servers; a queue added over the HTTP API
+appears, and a monitored server whose director stops turns stale, without a
+reload (the page's Server-Sent Events feed)."""
 
 from __future__ import annotations
 
@@ -17,11 +18,39 @@ from tests.daemons.status_aggregator.test_web import chromium
 pytestmark = pytest.mark.timeout(120)
 
 
-async def test_the_wallboard_shows_a_new_queue_without_reload(
+def monitoring(ports: dict[str, int]) -> str:
+    """A second director, Site1, that the first one monitors (report every 0.3 s)."""
+    return f"""
+[applications.Director.options.monitored-servers.Site1]
+address = "{HOST}81:{ports['site_port']}"
+route-to = "5001"
+
+[applications.Site1]
+kind = "director"
+host = "{HOST}81"
+geo-location = "dc1"
+http-port = {ports['site_http']}
+director-port = {ports['site_port']}
+
+[applications.Site1.options]
+store = "none"
+
+[applications.Site1.options.skills]
+a1 = {{ sales = 5 }}
+
+[applications.Site1.options.strategies.8001]
+routing-points = ["5001"]
+"""
+
+
+async def test_the_wallboard_shows_changes_without_reload(
         tmp_path: Path, free_port: Callable[..., int]) -> None:
-    lab = start_lab(tmp_path, free_port, f"sqlite:{tmp_path / 'director.db'}")
+    lab = start_lab(tmp_path, free_port, f"sqlite:{tmp_path / 'director.db'}", monitoring)
+    lab.config.write_text(lab.config.read_text().replace(
+        'store = "sqlite:', 'report-interval = 0.3\nstore = "sqlite:'))
     port = lab.ports["http"]
     try:
+        lab.start("director", "Site1")
         lab.start("director", "Director")
         async with chromium(tmp_path) as browser:
             await browser.call("Page.enable")
@@ -39,6 +68,11 @@ async def test_the_wallboard_shows_a_new_queue_without_reload(
                 "[...document.getElementById('queues:8001').children]"
                 ".map(td => td.textContent).join('|')")
             assert cells == "8001|0|0|0|0|0|-", cells
+            sites = "document.getElementById('sites').innerText"
+            await browser.until_text(sites, "fresh")
+            assert "Site1\tdc1\tfresh" in await browser.text_of(sites)
+            lab.procs["Site1"].stop()
+            await browser.until_text(sites, "stale")  # 0.9 s without a report
             after = await browser.screenshot(tmp_path / "wallboard-after.png")
             assert before != after
     finally:
