@@ -22,6 +22,9 @@ from daemons.status_aggregator.aggregator import Aggregator
 from protocols.status.messages import StatusRecord
 
 MAX_LIVE_USERS = 500
+#: change batches a live feed may hold for a browser that does not read; past
+#: it the feed is closed (the page reconnects and starts from the records now)
+MAX_LIVE_BACKLOG = 1000
 
 
 class StatusWebServer(ManagementServer):
@@ -31,23 +34,16 @@ class StatusWebServer(ManagementServer):
                  aggregator: Callable[[], Aggregator]) -> None:
         super().__init__(metrics, app_name=app_name)
         self._aggregator = aggregator
+        self.live_dropped = metrics.counter(
+            "status_live_feeds_dropped",
+            "Live status feeds closed because the browser did not read them")
 
     async def start(self, host: str, port: int) -> int:
-        app = web.Application()
-        app.router.add_get("/healthz", self._healthz)
-        app.router.add_get("/metrics", self._metrics)
-        for path, page in self._pages.items():
-            app.router.add_get(path, self._page_handler(page))
+        app = self.base_app()
         app.router.add_get("/", self._index)
         app.router.add_get("/status/search", self._search)
         app.router.add_get("/status/live", self._live)
-        self._runner = web.AppRunner(app, access_log=None, logger=self._server_log)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, host, port, reuse_address=True)
-        await site.start()
-        sockets = getattr(site._server, "sockets", None) or []
-        self.port = sockets[0].getsockname()[1] if sockets else port
-        return self.port
+        return await self.serve(app, host, port)
 
     async def _index(self, request: web.Request) -> web.Response:
         return web.Response(text=PAGE.replace("{{APP}}", self.app_name),
@@ -65,9 +61,25 @@ class StatusWebServer(ManagementServer):
         users = [u for u in request.query.get("users", "").split(",") if u][:MAX_LIVE_USERS]
         if not users:
             return web.json_response({"error": "users=A,B,... required"}, status=400)
-        queue: asyncio.Queue[list[StatusRecord]] = asyncio.Queue()
+        queue: asyncio.Queue[list[StatusRecord] | None] = asyncio.Queue()
         aggregator = self._aggregator()
-        watcher, records = aggregator.watch_local(users, queue.put_nowait)
+
+        dropped = False
+
+        def feed(changed: list[StatusRecord]) -> None:
+            nonlocal dropped
+            if queue.qsize() < MAX_LIVE_BACKLOG:
+                queue.put_nowait(changed)
+            elif not dropped:  # the browser does not read: end the feed
+                dropped = True
+                self.live_dropped.inc()
+                self._log.warning("status_live_feed_dropped", peer=request.remote,
+                                  backlog=MAX_LIVE_BACKLOG)
+                queue.put_nowait(None)
+                if request.transport is not None:
+                    request.transport.close()  # also ends a write waiting to drain
+
+        watcher, records = aggregator.watch_local(users, feed)
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream",
                                                "Cache-Control": "no-cache"})
         try:
@@ -79,6 +91,8 @@ class StatusWebServer(ManagementServer):
                 except TimeoutError:
                     await response.write(b": keep-alive\n\n")
                     continue
+                if changed is None:
+                    break
                 await response.write(_sse(changed))
         except (ConnectionError, asyncio.CancelledError):
             pass
