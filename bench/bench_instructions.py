@@ -1,0 +1,224 @@
+"""Instructions per proxied transaction, counted by callgrind: a CPU figure
+that a shared or loaded host does not blur.
+
+    .venv/bin/python bench/bench_instructions.py [--baseline-rev REV] [--runs 3]
+        [--registers 300] [--calls 100] [--subnet 127.0.230]
+
+The sip-proxy runs under ``valgrind --tool=callgrind`` with the same cluster
+file and SIPp peers as ``bench/bench_proxy.py`` (a SIPp node answering
+REGISTER and OPTIONS, a registered SIPp phone answering INVITE). After a
+warm-up, the counters are zeroed (``callgrind_control --zero``), SIPp sends
+``--registers`` REGISTERs (then ``--calls`` INVITE/180/200/ACK/BYE dialogs)
+at a low rate, and the counters are dumped (``callgrind_control --dump``): the
+instructions of the whole proxy process (event loop, parsing, transactions,
+logging and timers included) divided by the transactions SIPp completed. The
+rate is low on purpose, so that no retransmission or overload path is
+counted; a run in which SIPp saw a failure is reported and left out of the
+median.
+
+``--baseline-rev REV`` measures the sip-proxy of git revision ``REV`` the same
+way in the same run (its sources exported with ``git archive`` and its SIP
+modules compiled with mypyc, as ``make compile`` does here) and prints
+ours/before side by side. The last line is ``RESULT {json}``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+sys.path.insert(0, str(HERE))
+
+import bench_proxy as bp  # noqa: E402
+
+#: callgrind makes the proxy ~50x slower: SIPp waits this long for answers
+SIPP_TIMEOUT = 300.0
+
+
+def export_rev(rev: str, dest: Path) -> Path:
+    """The sources of ``rev`` in ``dest``, SIP modules compiled with mypyc."""
+    archive = subprocess.run(["git", "archive", rev, "daemons", "protocols", "setup.py",
+                              "pyproject.toml"], cwd=ROOT, check=True,
+                             capture_output=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(dest)], input=archive, check=True)
+    subprocess.run([sys.executable, "setup.py", "-q", "build_ext", "--inplace"], cwd=dest,
+                   check=True, capture_output=True)
+    return dest
+
+
+def _total(out_file: Path) -> int:
+    """The event total of a callgrind dump (its ``totals:`` or ``summary:`` line)."""
+    text = out_file.read_text(errors="replace")
+    m = re.search(r"^(?:totals|summary):\s+(\d+)", text, re.M)
+    if m is None:
+        raise RuntimeError(f"no totals in {out_file}")
+    return int(m.group(1))
+
+
+class CallgrindProxy(bp.Server):
+    """The sip-proxy of one source tree under callgrind."""
+
+    def __init__(self, name: str, host: str, port: int, root: Path) -> None:
+        super().__init__(host, port)
+        self.name = name
+        self.root = root
+        self.out_prefix: Path | None = None
+
+    def start(self, work: Path, node_port: int) -> None:
+        config = work / f"cluster-{self.name}.toml"
+        bp.write_cluster(config, self.port, node_port, self.host)
+        self.out_prefix = work / f"callgrind-{self.name}"
+        self.log_path = work / f"{self.name}.log"
+        env = {**os.environ, "PYTHONPATH": str(self.root)}
+        self.proc = subprocess.Popen(
+            ["valgrind", "--tool=callgrind", f"--callgrind-out-file={self.out_prefix}.%p",
+             "--dump-instr=no", "--compress-strings=no", sys.executable, "-m", "daemons.cli",
+             "sip-proxy", "--config", str(config), "--name", "SPX_1", "--rate-limit", "0",
+             "--log-level", "error", "--log-format", "json"],
+            env=env, cwd=self.root, stdout=self.log_path.open("wb"), stderr=subprocess.STDOUT)
+
+    def _control(self, *args: str) -> None:
+        assert self.proc is not None
+        subprocess.run(["callgrind_control", *args, str(self.proc.pid)], check=True,
+                       capture_output=True, timeout=120)
+
+    def zero(self) -> None:
+        self._control("--zero")
+
+    def dump(self) -> int:
+        """Dump the counters since the last zero; their instruction total."""
+        assert self.proc is not None and self.out_prefix is not None
+        before = set(self.out_prefix.parent.glob(f"{self.out_prefix.name}.{self.proc.pid}*"))
+        self._control("--dump")
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            new = set(self.out_prefix.parent.glob(
+                f"{self.out_prefix.name}.{self.proc.pid}*")) - before
+            if new:
+                time.sleep(0.5)  # the file is complete once callgrind_control returned
+                return _total(max(new, key=lambda p: p.stat().st_mtime))
+            time.sleep(0.2)
+        raise RuntimeError("callgrind wrote no dump")
+
+
+def measure(server: CallgrindProxy, work: Path, kind: str, count: int, rate: int,
+            args: Any) -> dict[str, Any]:
+    sipp_args = bp.register_args if kind == "register" else bp.invite_args
+    # warm-up: imports, caches and the first-time paths out of the count
+    bp.run_sipp(sipp_args(server, rate, max(count // 5, 20)), work,
+                f"warm-{kind}-{server.name}", SIPP_TIMEOUT)
+    time.sleep(2.0)
+    server.zero()
+    ok, failed, retrans, _secs, _cpu = bp.run_sipp(
+        sipp_args(server, rate, count), work, f"{kind}-{server.name}", SIPP_TIMEOUT)
+    time.sleep(1.0)  # the last answers' timers and log lines inside the window
+    total = server.dump()
+    errors = server.new_log_errors()
+    return {"ok": ok, "failed": failed, "retrans": retrans, "instructions": total,
+            "per_transaction": round(total / max(ok, 1)),
+            "clean": failed == 0 and ok == count and not errors,
+            "log_errors": list(errors[:3])}
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    for tool in ("valgrind", "callgrind_control", "sipp"):
+        if shutil.which(tool) is None:
+            raise SystemExit(f"{tool} is not installed (apt-get install valgrind sip-tester)")
+    bp.use_subnet(args.subnet)
+    work = Path(tempfile.mkdtemp(prefix="bench-instr-"))
+    (work / "register.xml").write_text(bp.REGISTER_XML)
+    (work / "uac.xml").write_text(bp.UAC_XML)
+    (work / "node.xml").write_text(bp.NODE_XML)
+    (work / "phone.xml").write_text(bp.UAS_XML)
+    trees = [("ours", ROOT)]
+    if args.baseline_rev:
+        before = work / "before"
+        before.mkdir()
+        print(f"exporting and compiling {args.baseline_rev} ...", flush=True)
+        trees.append(("before", export_rev(args.baseline_rev, before)))
+    nport, uport = bp.free_port(bp.NODE), bp.free_port(bp.PHONE)
+    node = subprocess.Popen(["sipp", "-sf", "node.xml", "-i", bp.NODE, "-p", str(nport),
+                             *bp.SIPP_TUNING], cwd=work,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    phone = subprocess.Popen(["sipp", "-sf", "phone.xml", "-i", bp.PHONE, "-p", str(uport),
+                              *bp.SIPP_TUNING], cwd=work, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL)
+    hosts = {"ours": bp.OURS, "before": bp.BEFORE}
+    results: dict[str, dict[str, list[dict[str, Any]]]] = {
+        name: {"register": [], "invite": []} for name, _ in trees}
+    try:
+        for run_no in range(args.runs):
+            for name, root in trees:
+                server = CallgrindProxy(name, hosts[name], bp.free_port(hosts[name]), root)
+                server.start(work, nport)
+                try:
+                    bp.wait_ready(server, timeout=180)
+                    bp.register_contact(server, (bp.PHONE, uport))
+                    for kind, count in (("register", args.registers), ("invite", args.calls)):
+                        r = measure(server, work, kind, count, args.rate, args)
+                        results[name][kind].append(r)
+                        print(f"run {run_no + 1} {name:6} {kind:8}: {r['per_transaction']:>9,} "
+                              f"instructions per transaction (ok {r['ok']}, failed "
+                              f"{r['failed']}, retrans {r['retrans']})"
+                              + ("" if r["clean"] else f"  NOT CLEAN {r['log_errors']}"),
+                              flush=True)
+                finally:
+                    server.stop()
+    finally:
+        for p in (node, phone):
+            p.terminate()
+            p.wait(5)
+    summary: dict[str, Any] = {}
+    print()
+    print(f"| load | {' | '.join(n for n, _ in trees)} |"
+          + (" ours/before |" if len(trees) > 1 else ""))
+    print("|---|" + "---|" * len(trees) + ("---|" if len(trees) > 1 else ""))
+    for kind in ("register", "invite"):
+        medians = {}
+        for name, _ in trees:
+            clean = [r["per_transaction"] for r in results[name][kind] if r["clean"]]
+            medians[name] = statistics.median(clean) if clean else None
+            summary[f"{kind}_instructions_{name}"] = medians[name]
+            summary[f"{kind}_failed_runs_{name}"] = sum(not r["clean"]
+                                                       for r in results[name][kind])
+        cells = [f"{m:,.0f}" if m else "no clean run" for m in medians.values()]
+        ratio = ""
+        if len(trees) > 1 and medians["ours"] and medians["before"]:
+            summary[f"{kind}_ratio"] = round(medians["ours"] / medians["before"], 3)
+            ratio = f" {summary[f'{kind}_ratio']:.3f} |"
+        label = "REGISTER (relayed to the node)" if kind == "register" \
+            else "INVITE dialog (INVITE..BYE)"
+        print(f"| {label} | {' | '.join(cells)} |{ratio}")
+    return summary
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--baseline-rev", default=None,
+                    help="also count the sip-proxy of this git revision")
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--registers", type=int, default=300)
+    ap.add_argument("--calls", type=int, default=100)
+    ap.add_argument("--rate", type=int, default=10, help="SIPp calls per second")
+    ap.add_argument("--subnet", default="127.0.230")
+    args = ap.parse_args()
+    summary = run(args)
+    print("RESULT " + json.dumps(summary))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
