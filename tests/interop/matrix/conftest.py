@@ -51,7 +51,8 @@ def baresip(lab: Any, dc_resolvers: dict[str, Any], tmp_path: Path, require_tool
             free_port: Callable[..., int]) -> Iterator[Callable[..., Baresip]]:
     """Factory: ``baresip("1001", transport="udp", tone_hz=440, via=None, mwi=False)``:
     a baresip of dc1 registered through the first dc1 proxy (or through ``via``,
-    ``(host, port)`` of an edge proxy), auto-answering, playing a tone."""
+    ``(host, port)`` of an edge proxy; over TLS through ``sip:SRV-FQDN;transport=tls``
+    and the lab CA, as the lab's guide says), auto-answering, playing a tone."""
     binary = require_tool("baresip")
     phones: list[Baresip] = []
     counter = iter(range(101, 150))
@@ -75,13 +76,18 @@ def baresip(lab: Any, dc_resolvers: dict[str, Any], tmp_path: Path, require_tool
             # as the lab's guide says: trust the lab CA, the proxy's TLS port
             with (workdir / "config").open("a") as config:
                 config.write(f"sip_cafile\t\t{lab.desc['certificates']['ca']}\n")
-        if via is None:
-            proxy = lab.proxies("dc1")[0]
-            via = (proxy["host"], proxy["tls_port" if transport == "tls" else "sip_port"])
+        if via is None and transport == "tls":
+            # exactly as the lab's guide says: the SRV FQDN over TLS, found through the
+            # data centre's DNS (_sips._tcp: dc1's proxies on their TLS port)
+            outbound = f"sip:{lab.srv_fqdn};transport=tls"
+        else:
+            if via is None:
+                proxy = lab.proxies("dc1")[0]
+                via = (proxy["host"], proxy["sip_port"])
+            outbound = f"sip:{via[0]}:{via[1]};transport={transport}"
         (workdir / "accounts").write_text(
             f"<sip:{dn}@{lab.domain};transport={transport}>;auth_pass={lab.password(dn)};"
-            f"outbound=\"sip:{via[0]}:{via[1]};transport={transport}\";regint=60;"
-            f"answermode=auto;audio_codecs=PCMU\n")
+            f"outbound=\"{outbound}\";regint=60;answermode=auto;audio_codecs=PCMU\n")
         phone.start(binary)
         phones.append(phone)
         if register:
