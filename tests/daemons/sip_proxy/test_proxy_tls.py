@@ -338,6 +338,18 @@ async def test_phone_registers_is_called_and_calls_over_tls(tls_cluster: TlsClus
     await ep.send_ack(call_out, answer)
     bye = Dialog.create_uac(call_out, answer, transport="TLS").create_request("BYE")
     assert (await ep.request(bye)).status == 200
+    # a SIPS Request-URI: the Record-Route on the phone's side is a SIPS URI (§16.6 4)
+    call_sips = invite(f"sips:1002@{DOMAIN}", ep, "tls-sips@test", user="1001",
+                       transport="TLS")
+    answer = await ep.request(call_sips, c.tls())
+    assert answer.status == 200
+    (at_node, _) = c.node.invites[-1]
+    rr = at_node.headers.get_all("Record-Route")
+    assert rr[0].startswith(f"<sip:{PROXY_HOST}:{c.port};lr;sc-node=SIPS_1"), rr
+    assert rr[1].startswith(f"<sips:{PROXY_HOST}:{c.tls_port};lr"), rr
+    await ep.send_ack(call_sips, answer)
+    bye = Dialog.create_uac(call_sips, answer, transport="TLS").create_request("BYE")
+    assert (await ep.request(bye)).status == 200
     metrics = await c.get("/metrics")
     assert 'sipcluster_sip_messages_received_total{kind="request",transport="TLS"}' in metrics
 
