@@ -21,6 +21,12 @@ and what the peers send (:mod:`daemons.t_controller.mesh`) comes in through
 its methods; the port handlers (:mod:`daemons.t_controller.tcport`,
 :mod:`daemons.t_controller.smart_proxy`) and the mesh get the controller at
 construction, the controller knows none of them.
+
+The module is longer than the others (about 850 lines) on purpose: it is the
+one place where the outputs of the agent, ownership and reservation tables
+become events for desktops, peers and the Smart Proxy, so that an event's
+fan-out rules are read in one file; the tables, the ports, the mesh and the
+request handlers it drives live in their own modules.
 """
 
 from __future__ import annotations
