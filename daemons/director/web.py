@@ -57,24 +57,14 @@ class DirectorWebServer(ManagementServer):
                                        "Changes the HTTP API refused, by reason", ("reason",))
 
     async def start(self, host: str, port: int) -> int:
-        app = web.Application(client_max_size=MAX_BODY)
-        app.router.add_get("/healthz", self._healthz)
-        app.router.add_get("/metrics", self._metrics)
-        for path, page in self._pages.items():
-            app.router.add_get(path, self._page_handler(page))
+        app = self.base_app(client_max_size=MAX_BODY)
         app.router.add_get("/", self._index)
         app.router.add_get("/status/director/live", self._live)
         for kind in ("strategies", "skills"):
             app.router.add_get(f"/director/{kind}", self._list(kind))
             app.router.add_put(f"/director/{kind}/{{name}}", self._put(kind))
         app.router.add_delete("/director/strategies/{name}", self._delete)
-        self._runner = web.AppRunner(app, access_log=None, logger=self._server_log)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, host, port, reuse_address=True)
-        await site.start()
-        sockets = getattr(site._server, "sockets", None) or []
-        self.port = sockets[0].getsockname()[1] if sockets else port
-        return self.port
+        return await self.serve(app, host, port)
 
     async def _index(self, request: web.Request) -> web.Response:
         return web.Response(text=PAGE.replace("{{APP}}", self.app_name),
