@@ -16,6 +16,7 @@ rate is low on purpose, so that no retransmission or overload path is
 counted; a run in which SIPp saw a failure is reported and left out of the
 median.
 
+``--baseline-root DIR`` takes an already exported and compiled tree instead.
 ``--baseline-rev REV`` measures the sip-proxy of git revision ``REV`` the same
 way in the same run (its sources exported with ``git archive`` and its SIP
 modules compiled with mypyc, as ``make compile`` does here) and prints
@@ -143,7 +144,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     (work / "node.xml").write_text(bp.NODE_XML)
     (work / "phone.xml").write_text(bp.UAS_XML)
     trees = [("ours", ROOT)]
-    if args.baseline_rev:
+    if args.baseline_root:
+        trees.append(("before", Path(args.baseline_root).resolve()))
+    elif args.baseline_rev:
         before = work / "before"
         before.mkdir()
         print(f"exporting and compiling {args.baseline_rev} ...", flush=True)
@@ -209,6 +212,8 @@ def main() -> int:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--baseline-rev", default=None,
                     help="also count the sip-proxy of this git revision")
+    ap.add_argument("--baseline-root", default=None,
+                    help="or count the sip-proxy of this source tree (SIP modules compiled)")
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--registers", type=int, default=300)
     ap.add_argument("--calls", type=int, default=100)

@@ -27,7 +27,6 @@ import collections
 import os
 import random
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import ClassVar, Final, NamedTuple
 
 from protocols.sip.errors import SipError
@@ -229,22 +228,54 @@ def make_cancel(request: Request) -> Request:
 # --------------------------------------------------------------------------- events
 
 
-@dataclass(frozen=True, slots=True)
 class Event:
-    """Base class of everything :meth:`TransactionLayer.next_event` returns."""
+    """Base class of everything :meth:`TransactionLayer.next_event` returns.
+
+    Events are plain classes with their ``__init__`` written out, not
+    dataclasses: compiled with mypyc, a dataclass's generated ``__init__``
+    stays interpreted, and the layer makes several events per message.
+    Treat them as read-only; two events are equal when their type and
+    fields are.
+    """
+
+    __slots__ = ()
+    FIELDS: ClassVar[tuple[str, ...]] = ()
+
+    def _values(self) -> tuple[object, ...]:
+        return tuple(getattr(self, name) for name in self.FIELDS)
+
+    def __eq__(self, other: object) -> bool:
+        return type(other) is type(self) and \
+            self._values() == other._values()
+
+    def __hash__(self) -> int:
+        return hash((type(self).__name__, self._values()))
+
+    def __repr__(self) -> str:
+        inner = ", ".join(f"{n}={getattr(self, n)!r}" for n in self.FIELDS)
+        return f"{type(self).__name__}({inner})"
 
 
-@dataclass(frozen=True, slots=True)
 class RequestReceived(Event):
     """A new request created a server transaction; the TU must answer it (§17.2)."""
+
+    __slots__ = ('key', 'request', 'source', 'transport')
+    FIELDS: ClassVar[tuple[str, ...]] = ('key', 'request', 'source', 'transport')
 
     key: TransactionKey
     request: Request
     source: Address
     transport: str
 
+    def __init__(
+        self, key: TransactionKey, request: Request, source: Address, transport: str
+    ) -> None:
+        self.key = key
+        self.request = request
+        self.source = source
+        self.transport = transport
 
-@dataclass(frozen=True, slots=True)
+
 class CancelReceived(Event):
     """A CANCEL created a non-INVITE server transaction (§9.2).
 
@@ -252,64 +283,121 @@ class CancelReceived(Event):
     (the TU then answers 481). The TU answers the CANCEL itself on ``key``.
     """
 
+    __slots__ = ('invite_key', 'key', 'request', 'source', 'transport')
+    FIELDS: ClassVar[tuple[str, ...]] = ('key', 'request', 'invite_key', 'source', 'transport')
+
     key: TransactionKey
     request: Request
     invite_key: TransactionKey | None
     source: Address
     transport: str
 
+    def __init__(
+        self,
+        key: TransactionKey,
+        request: Request,
+        invite_key: TransactionKey | None,
+        source: Address,
+        transport: str,
+    ) -> None:
+        self.key = key
+        self.request = request
+        self.invite_key = invite_key
+        self.source = source
+        self.transport = transport
 
-@dataclass(frozen=True, slots=True)
+
 class AckFor2xx(Event):
     """An ACK that is not part of a non-2xx INVITE transaction (§17.2.3, §13.3.1.4).
 
     ``invite_key`` is the accepted INVITE server transaction it matched, if any.
     """
 
+    __slots__ = ('invite_key', 'request', 'source', 'transport')
+    FIELDS: ClassVar[tuple[str, ...]] = ('request', 'invite_key', 'source', 'transport')
+
     request: Request
     invite_key: TransactionKey | None
     source: Address
     transport: str
 
+    def __init__(
+        self, request: Request, invite_key: TransactionKey | None, source: Address, transport: str
+    ) -> None:
+        self.request = request
+        self.invite_key = invite_key
+        self.source = source
+        self.transport = transport
 
-@dataclass(frozen=True, slots=True)
+
 class ResponseReceived(Event):
     """A response matched a client transaction and is passed to the TU (§17.1)."""
+
+    __slots__ = ('key', 'response', 'source')
+    FIELDS: ClassVar[tuple[str, ...]] = ('key', 'response', 'source')
 
     key: TransactionKey
     response: Response
     source: Address
 
+    def __init__(self, key: TransactionKey, response: Response, source: Address) -> None:
+        self.key = key
+        self.response = response
+        self.source = source
 
-@dataclass(frozen=True, slots=True)
+
 class StrayResponse(Event):
     """A response that matches no client transaction (§18.1.2: passed to the core)."""
+
+    __slots__ = ('response', 'source', 'transport')
+    FIELDS: ClassVar[tuple[str, ...]] = ('response', 'source', 'transport')
 
     response: Response
     source: Address
     transport: str
 
+    def __init__(self, response: Response, source: Address, transport: str) -> None:
+        self.response = response
+        self.source = source
+        self.transport = transport
 
-@dataclass(frozen=True, slots=True)
+
 class TransactionTimeout(Event):
     """Timer B or F (no final response) or H (no ACK) fired (§17.1.1.2, §17.2.1)."""
+
+    __slots__ = ('key', 'timer')
+    FIELDS: ClassVar[tuple[str, ...]] = ('key', 'timer')
 
     key: TransactionKey
     timer: TimerName
 
+    def __init__(self, key: TransactionKey, timer: TimerName) -> None:
+        self.key = key
+        self.timer = timer
 
-@dataclass(frozen=True, slots=True)
+
 class TransportFailed(Event):
     """The transport reported a failure for this transaction (§17.1.4, §17.2.4)."""
 
+    __slots__ = ('key',)
+    FIELDS: ClassVar[tuple[str, ...]] = ('key',)
+
     key: TransactionKey
 
+    def __init__(self, key: TransactionKey) -> None:
+        self.key = key
 
-@dataclass(frozen=True, slots=True)
+
 class TransactionTerminated(Event):
     """The transaction reached ``TERMINATED`` and was removed."""
 
+    __slots__ = ('key',)
+    FIELDS: ClassVar[tuple[str, ...]] = ('key',)
+
     key: TransactionKey
+
+    def __init__(self, key: TransactionKey) -> None:
+        self.key = key
 
 
 class Transmit(NamedTuple):
