@@ -86,13 +86,3 @@ def postgres_dsn(postgres_server: object) -> str:
 
     assert isinstance(postgres_server, PostgresServer)
     return postgres_server.create_database()
-
-
-def pytest_configure(config: pytest.Config) -> None:
-    """Daemons started by the tests keep their state (stores, journals) under a
-    directory of this run, never in the host's /var/lib/sipcluster: a test that
-    needs its own sets SIPCLUSTER_STATE_DIR itself."""
-    if "SIPCLUSTER_STATE_DIR" not in os.environ:
-        import tempfile
-
-        os.environ["SIPCLUSTER_STATE_DIR"] = tempfile.mkdtemp(prefix="sipcluster-state-")
