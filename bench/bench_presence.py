@@ -65,7 +65,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-import psutil
+import psutil  # type: ignore[import-untyped]
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
@@ -459,10 +459,12 @@ async def run_ours(args: argparse.Namespace, root: Path, ports: dict[str, int]) 
             await w.wait_open(30)
         targets = watcher_targets(args)
         per = -(-len(targets) // conns)
+        refused = 0
         for k, w in enumerate(watchers):
             mine = targets[k * per:(k + 1) * per]
             if mine:
-                await w.watch([users[i] for i in mine], timeout=60)
+                answer = await w.watch([users[i] for i in mine], timeout=60)
+                refused += len(answer.refused)
         await asyncio.sleep(SETTLE)
         rss2 = bench_status.rss_kib(pid)
         errors = daemon_errors(daemon.log)
@@ -473,7 +475,8 @@ async def run_ours(args: argparse.Namespace, root: Path, ports: dict[str, int]) 
             "presentities": loaded, "watchers": len(targets),
             "rss_bytes_per_presentity": (rss1 - rss0) * 1024 / max(loaded, 1),
             "rss_bytes_per_watcher": (rss2 - rss1) * 1024 / max(len(targets), 1),
-            "idle_cpu_pct": 100 * idle / IDLE, "failures": 0,
+            "idle_cpu_pct": 100 * idle / IDLE,
+            "failures": refused + (len(users) - loaded),  # watches refused, users not loaded
             "log_errors": len(errors), "first_error": errors[0] if errors else "",
             "rates": {},
         }
@@ -564,7 +567,8 @@ def medians(rows: list[dict[str, Any]]) -> dict[str, Any]:
         return {}
     keys = [k for k, v in rows[0].items() if isinstance(v, int | float)]
     out: dict[str, Any] = {k: median([float(r[k]) for r in rows if k in r]) for k in keys}
-    for k in ("missing", "failures", "log_errors", "unexpected", "notify_retrans"):
+    for k in ("missing", "failures", "log_errors", "unexpected", "notify_retrans",
+              "publish_retrans"):
         if k in rows[0]:
             out[k] = sum(int(r[k]) for r in rows)
     out["runs"] = len(rows)
@@ -661,6 +665,8 @@ def report(args: argparse.Namespace, data: dict[str, list[dict[str, Any]]],
         ("deliveries received", "delivered", "{:,.0f}"),
         ("deliveries missing (all runs)", "missing", "{:,}"),
         ("failures (all runs)", "failures", "{:,}"),
+        ("PUBLISH retransmissions (SIPp; all runs)", "publish_retrans", "{:,}"),
+        ("NOTIFY retransmissions (Kamailio; all runs)", "notify_retrans", "{:,}"),
         ("errors in the server's log (all runs)", "log_errors", "{:,}"),
         ("server CPU s / 1,000 deliveries", "cpu_s_per_1000", "{:.3f}"),
         ("server CPU while sending, % of one core (all processes)", "server_cpu_pct",
