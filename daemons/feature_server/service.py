@@ -31,6 +31,7 @@ from daemons.cluster.config import AppKind, Application, ClusterConfig, load_clu
 from daemons.feature_server.api import ProvisioningApi, token_middleware
 from daemons.feature_server.dialplan import DialPlanHolder, PlanSources
 from daemons.feature_server.store import Store, StoreError, open_store, redacted
+from daemons.feature_server.treatments import TreatmentPlayer
 from daemons.feature_server.voicemail import OPTIONS as VOICEMAIL_OPTIONS
 from daemons.feature_server.voicemail import VoicemailService
 from daemons.runtime.config import ConfigError
@@ -136,6 +137,7 @@ class FeatureServer(Service):
         sip_port = self.app.port("sip-port")
         self.voicemail_sip = f"{self.app.host}:{sip_port}" if sip_port else None
         self.voicemail: VoicemailService | None = None
+        self.treatments: TreatmentPlayer | None = None
         if sip_port:
             self.voicemail = VoicemailService(cluster=config, app=self.app, store_url=store_url,
                                               state_dir=self.state_dir, metrics=self.metrics)
@@ -155,6 +157,9 @@ class FeatureServer(Service):
         if self.voicemail is not None:
             self.management.route_adders.append(self.voicemail.add_routes)
             self.management.add_health_check("voicemail", self.voicemail.health)
+            # media treatments share voicemail's SIP port and RTP (docs/feature-server.md)
+            self.treatments = TreatmentPlayer(self.voicemail, self.state_dir / "treatments")
+            self.voicemail.sip_front = self.treatments.front
         self.management.add_health_check("dial_plan", self._health)
         self.management.add_status_page("/status/dial-plan", self.holder.status)
         self._store_ok = False
@@ -174,6 +179,11 @@ class FeatureServer(Service):
         except DialPlanError as exc:
             # the cluster file's plan with what the store holds (each checked alone)
             raise OSError(f"dial plan refused: {exc}") from exc
+        if self.treatments is not None:
+            made = await asyncio.to_thread(self.treatments.prepare)
+            if made:
+                self.log.info("treatment_files_generated", files=made,
+                              directory=str(self.treatments.directory))
         if self.voicemail is not None:
             await self.voicemail.start()
         loop = asyncio.get_running_loop()
@@ -186,6 +196,8 @@ class FeatureServer(Service):
     async def stop(self) -> None:
         asyncio.get_running_loop().remove_signal_handler(signal.SIGHUP)
         await cancel_and_wait(self._poll_task)
+        if self.treatments is not None:
+            await self.treatments.close()
         if self.voicemail is not None:
             await self.voicemail.stop()
         await self.store.close()

@@ -221,6 +221,9 @@ ATTRIBUTES: Final[Mapping[str, AttributeSpec]] = {
         _a("AttributeAddressInfoStatus", N, "Answer to RequestQueryAddress (count or status)"),
         _a("AttributeRouteType", S, "How RequestRouteCall routes", ROUTE_TYPES),
         _a("AttributeMakeCallType", S, "Kind of RequestMakeCall", MAKE_CALL_TYPES),
+        _a("AttributeTreatmentType", S, "What RequestApplyTreatment plays: Music, RingBack, "
+           "Silence, Busy, FastBusy, PlayAnnouncement, PlayApplication ..."),
+        _a("AttributeTreatmentParms", KV, 'Parameters of a treatment, e.g. {"MUSIC": "jazz"}'),
         _a("AttributePriority", N, "Priority of a reservation (agent_reservation): higher wins"),
         _a("AttributeTimeout", N, "Seconds a reservation holds if no call follows"),
         _a("AttributeReferenceID", N, "Request correlation, echoed by the answering event"),
@@ -361,6 +364,10 @@ _MESSAGES: tuple[MessageSpec, ...] = (
     _req("RequestRouteCall", "EventRouteUsed", (_DN, _CONN, "AttributeOtherDN"),
          ("AttributeRouteType", "AttributeUserData"),
          "Answer an EventRouteRequest: send the call to OtherDN."),
+    _req("RequestApplyTreatment", "EventTreatmentApplied",
+         (_DN, _CONN, "AttributeTreatmentType"), ("AttributeTreatmentParms",),
+         "Play a treatment (music, ringback, announcement ...) to a call waiting on the "
+         "routing point ThisDN, from a media server (docs/node.md, 'Treatments')."),
     _req("RequestReserveAgent", "EventAgentReserved", (_DN,),
          ("AttributeAgentID", "AttributeConnID", "AttributePriority", "AttributeTimeout"),
          "Reserve the Ready agent of ThisDN for one routed call (guide: 'Agent "
@@ -414,6 +421,16 @@ _MESSAGES: tuple[MessageSpec, ...] = (
     _ev("EventRouteRequest", (_DN, _CONN), _CALL_OPT, "A routing point asks where to route."),
     _ev("EventRouteUsed", (_DN, _CONN), _CALL_OPT, "The call was routed to OtherDN."),
     _ev("EventAttachedDataChanged", (_DN, _CONN), _CALL_OPT, "The call's UserData changed."),
+    _ev("EventTreatmentApplied", (_DN, _CONN),
+        (*_CALL_OPT, "AttributeTreatmentType", "AttributeTreatmentParms"),
+        "The caller hears the treatment."),
+    _ev("EventTreatmentNotApplied", (_DN, _CONN),
+        (*_CALL_OPT, "AttributeTreatmentType", "AttributeTreatmentParms",
+         "AttributeErrorCode", "AttributeErrorMessage"),
+        "The treatment could not be played (the media server refused or is down)."),
+    _ev("EventTreatmentEnd", (_DN, _CONN),
+        (*_CALL_OPT, "AttributeTreatmentType", "AttributeTreatmentParms"),
+        "The treatment ended by itself (an announcement played to its end)."),
 )  # fmt: skip
 
 #: The catalogue, by message name.

@@ -41,6 +41,7 @@ class ErrorCode(IntEnum):
     ROUTE_TIMEOUT = 61
     AGENT_RESERVATION_CONFLICT = 62
     AGENT_NOT_AVAILABLE = 63
+    TREATMENT_NOT_APPLIED = 64
     INTERNAL_ERROR = 70
 
 
@@ -70,6 +71,7 @@ ERROR_TEXT: dict[ErrorCode, str] = {
     ErrorCode.ROUTE_TIMEOUT: "Routing timeout",
     ErrorCode.AGENT_RESERVATION_CONFLICT: "Agent reserved for another request",
     ErrorCode.AGENT_NOT_AVAILABLE: "Agent not available for routing",
+    ErrorCode.TREATMENT_NOT_APPLIED: "Treatment not applied",
     ErrorCode.INTERNAL_ERROR: "Internal error",
 }
 

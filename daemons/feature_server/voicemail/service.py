@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -27,8 +28,11 @@ from daemons.runtime.rtp import PortRange, RtpCounters, RtpPacer, RtpSession
 from daemons.runtime.sip_endpoint import SipEndpoint
 from protocols.rtp import RtpError
 from protocols.rtp.g711 import Codec
+from protocols.sip.message import Response
 
 __all__ = ["VoicemailService"]
+
+Handler = Callable[[Any], Awaitable[Response | None]]
 
 DEFAULT_SIP_PORT = 5160  # the guide's Feature Server SIP port
 RTP_SWITCH_INTERVAL = 0.0005
@@ -109,6 +113,8 @@ class VoicemailService:
         self._mwi: MwiNotifier | None = None
         self._pacer: RtpPacer | None = None
         self._cache: dict[str, tuple[Codec, bytes]] = {}
+        #: wraps the SIP handler: the feature-server's treatments take their requests first
+        self.sip_front: Callable[[Handler], Handler] | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._started = False
 
@@ -143,7 +149,8 @@ class VoicemailService:
             self.log.warning("voicemail_orphans_removed", files=len(orphans))
         self._pacer = RtpPacer(loop)
         self._pacer.register(self.metrics)
-        self._endpoint = SipEndpoint(self.ua.handle, metrics=self.metrics,
+        handler = self.ua.handle if self.sip_front is None else self.sip_front(self.ua.handle)
+        self._endpoint = SipEndpoint(handler, metrics=self.metrics,
                                      user_agent="sipcluster-feature-server", logger=self.log)
         await self._endpoint.listen_pair(self.host, self.sip_port)
         self._mwi = MwiNotifier(self._endpoint, self.store, domain=self.cluster.switch.domain,

@@ -32,13 +32,14 @@ RequestAgentLogin RequestAgentLogout RequestAgentReady RequestAgentNotReady Requ
 RequestQueryServer RequestMakeCall RequestAnswerCall RequestReleaseCall RequestHoldCall
 RequestRetrieveCall RequestSingleStepTransfer RequestInitiateTransfer RequestCompleteTransfer
 RequestRouteCall RequestAttachUserData RequestUpdateUserData RequestDeleteUserData
-RequestKeepAlive RequestReserveAgent""".split()
+RequestKeepAlive RequestReserveAgent RequestApplyTreatment""".split()
 BRIEF_EVENTS = """EventServerInfo EventRegistered EventUnregistered EventDNOutOfService
 EventDNBackInService EventAgentLogin EventAgentLogout EventAgentReady EventAgentNotReady
 EventDialing EventRinging EventEstablished EventReleased EventHeld EventRetrieved
 EventPartyChanged EventQueued EventDiverted EventRouteRequest EventRouteUsed
 EventAttachedDataChanged EventAddressInfo EventError EventACK EventKeepAlive
-EventAgentReserved EventAbandoned""".split()
+EventAgentReserved EventAbandoned EventTreatmentApplied EventTreatmentNotApplied
+EventTreatmentEnd""".split()
 
 
 def test_catalogue_holds_the_classic_names() -> None:
