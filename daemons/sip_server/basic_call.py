@@ -15,9 +15,10 @@ import asyncio
 
 from daemons.runtime.sip_endpoint import IncomingRequest
 from daemons.sip_server.call import Call, CallState, Leg, LegState, sdp_direction
-from daemons.sip_server.dialing import Dialing, done_future
+from daemons.sip_server.dialing import done_future
 from daemons.sip_server.registration import Registration
 from daemons.sip_server.session import ALLOW, AS_UNAVAILABLE
+from daemons.sip_server.treatment import TreatmentControl
 from protocols.sip.dialog import Dialog, DialogError
 from protocols.sip.errors import ParseError
 from protocols.sip.message import Response
@@ -26,7 +27,7 @@ from protocols.sip.uri import parse_uri
 __all__ = ["BasicCall"]
 
 
-class BasicCall(Registration, Dialing):
+class BasicCall(Registration, TreatmentControl):
     """INVITE / ACK / BYE / re-INVITE from phones and their calls."""
 
     async def _invite(self, inc: IncomingRequest) -> Response | None:
@@ -85,6 +86,9 @@ class BasicCall(Registration, Dialing):
                 inc.respond(status, headers=headers, body=resp.body)
 
         leg_b, result = await self._reach(call, leg_a, dest, leg_a.sdp, ringing)
+        if self._treated(call):  # answered for a treatment: the media changes by re-INVITE
+            await self._leave_treatment(call, leg_a, leg_b, result)
+            return
         if leg_b is None or not isinstance(result, Response) or result.status >= 300:
             status = result if isinstance(result, int) else result.status
             if status in AS_UNAVAILABLE:
@@ -143,6 +147,9 @@ class BasicCall(Registration, Dialing):
                     other.settle()
 
     def _bye(self, inc: IncomingRequest) -> Response:
+        ended = self._treatment_bye(inc)  # a media server ended a treatment
+        if ended is not None:
+            return ended
         leg = self._leg_for(inc.request)
         if leg is None or not leg.alive:
             return self._refuse(inc, 481)

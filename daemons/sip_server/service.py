@@ -280,6 +280,9 @@ class SipServer(Service):
         if name == "RequestReserveAgent":
             self._reservation_noted(conn, request)
             return
+        if name == "RequestApplyTreatment":
+            self.controller.apply_treatment(conn, request)  # docs/node.md, "Treatments"
+            return
         if name in CALL_REQUESTS:
             self._call_request(conn, request)
             return

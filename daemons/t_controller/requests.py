@@ -71,7 +71,7 @@ CALL_CONTROL_REQUESTS = frozenset({
     "RequestMakeCall", "RequestAnswerCall", "RequestReleaseCall", "RequestHoldCall",
     "RequestRetrieveCall", "RequestSingleStepTransfer", "RequestInitiateTransfer",
     "RequestCompleteTransfer", "RequestAttachUserData", "RequestUpdateUserData",
-    "RequestDeleteUserData",
+    "RequestDeleteUserData", "RequestApplyTreatment",
 })  # fmt: skip
 
 #: ``AttributeAddressInfoStatus`` of an ``AgentStatus`` query.
