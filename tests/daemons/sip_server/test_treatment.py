@@ -179,6 +179,12 @@ async def test_music_while_queued_then_routed_to_the_agent(treatment_lab: Any) -
     assert applied["AttributeTreatmentType"] == "Music"
     # the caller hears the music: SIPp echoes it back to the feature-server
     await lab.until("RTP from the caller's echo", lambda: lab.fs_rtp_received() > 25)
+    # a second treatment replaces the first (re-INVITE of the caller, BYE to the music)
+    applied = await router.request("RequestApplyTreatment", AttributeThisDN="5000",
+                                   AttributeConnID=conn_id, AttributeTreatmentType="RingBack")
+    assert applied["message"] == "EventTreatmentApplied", applied
+    heard = lab.fs_rtp_received()
+    await lab.until("RTP of the ringback", lambda: lab.fs_rtp_received() > heard + 25)
     routed = await router.request("RequestRouteCall", AttributeThisDN="5000",
                                   AttributeConnID=conn_id, AttributeOtherDN="1001")
     assert routed["message"] == "EventRouteUsed", routed
@@ -190,12 +196,20 @@ async def test_music_while_queued_then_routed_to_the_agent(treatment_lab: Any) -
     assert len(invites) == 1 and "o=caller " in invites[0] and f"c=IN IP4 {CALLER}" in \
         invites[0], invites
     reinvites = caller.received_messages("INVITE")
-    assert len(reinvites) == 1 and f"c=IN IP4 {AGENT}" in reinvites[0], reinvites
+    assert len(reinvites) == 2, reinvites
+    assert f"c=IN IP4 {FS}" in reinvites[0] and f"c=IN IP4 {AGENT}" in reinvites[1]
+    # one SDP session towards the caller: the node's o= line continues, version + 1
+    origins = [line.strip() for m in reinvites for line in m.splitlines()
+               if line.strip().startswith("o=")]
+    assert len({o.rsplit(" ", 4)[0] for o in origins}) == 1, origins
+    assert int(origins[1].split()[2]) == int(origins[0].split()[2]) + 1, origins
     fs = lab.metrics(FS, lab.ports["fs_http"])
     assert fs['sipcluster_treatments_total{outcome="ended",treatment="music"}'] == 1
+    assert fs['sipcluster_treatments_total{outcome="ended",treatment="ringback"}'] == 1
     node = lab.metrics(NODE, lab.ports["http"])
     assert node['sipcluster_treatments_total{outcome="applied",treatment="Music"}'] == 1
-    assert node['sipcluster_treatments_total{outcome="routed",treatment="Music"}'] == 1
+    assert node['sipcluster_treatments_total{outcome="replaced",treatment="Music"}'] == 1
+    assert node['sipcluster_treatments_total{outcome="routed",treatment="RingBack"}'] == 1
     established = lab.node_events("call_established")
     assert [(e["caller"], e["callee"], e.get("after")) for e in established] == \
         [("+15550100", "1001", "treatment")]
@@ -203,6 +217,7 @@ async def test_music_while_queued_then_routed_to_the_agent(treatment_lab: Any) -
     await lab.until("EventReleased", lambda: reporter.of("EventReleased"))
     names = [(e["message"], e["AttributeThisDN"]) for e in reporter.events
              if e.get("AttributeConnID") == conn_id]
+    assert names.count(("EventTreatmentApplied", "5000")) == 2, names
     for expected in (("EventQueued", "5000"), ("EventTreatmentApplied", "5000"),
                      ("EventDiverted", "5000"), ("EventEstablished", "1001")):
         assert expected in names, names
