@@ -45,6 +45,8 @@ class Links(Protocol):
                       priority: int) -> Mapping[str, Any]: ...
     async def route(self, node: str, routing_point: str, conn_id: str,
                     dn: str) -> Mapping[str, Any]: ...
+    async def apply_treatment(self, node: str, routing_point: str, conn_id: str,
+                              treatment: str, parms: Mapping[str, str]) -> Mapping[str, Any]: ...
 
 
 class Router:
@@ -150,6 +152,9 @@ class Router:
                       node=node, priority=call.priority, geo_location=call.geo_location)
         self._count(queue, "queued")
         self.dispatch()
+        if queue.strategy.treatment and not call.busy and conn_id in queue.calls:
+            # no agent for it now: the caller hears the queue's treatment while it waits
+            self._spawn(self._treat(queue, call))
 
     def on_route_used(self, event: Mapping[str, Any]) -> None:
         """The node routed the call without this director: ``router-timeout`` ->
@@ -384,6 +389,29 @@ class Router:
             call.busy = False
             call.excluded.add(f"site:{site.name}")
             self.dispatch_soon()
+
+    async def _treat(self, queue: VirtualQueue, call: QueuedCall) -> None:
+        """RequestApplyTreatment for a call that waits (docs/director.md, "Treatments");
+        a refusal is logged and counted, the call waits all the same."""
+        strategy = queue.strategy
+        try:
+            answer = await self.links.apply_treatment(call.node, call.routing_point,
+                                                      call.conn_id, strategy.treatment,
+                                                      strategy.treatment_parms)
+        except (ConnectionError, TimeoutError, OSError) as exc:
+            answer = {"message": "EventError", "AttributeErrorCode": int(ErrorCode.INTERNAL_ERROR),
+                      "AttributeErrorMessage": f"node {call.node} unreachable: {exc}"}
+        if answer.get("message") == "EventTreatmentApplied":
+            self._count(queue, "treated")
+            self.log.info("call_treatment_applied", conn_id=call.conn_id,
+                          queue=strategy.queue, treatment=strategy.treatment)
+            return
+        code = answer.get("AttributeErrorCode")
+        if self.errors is not None:
+            self.errors.labels("RequestApplyTreatment", str(code)).inc()
+        self.log.info("director_request_refused", request="RequestApplyTreatment",
+                      conn_id=call.conn_id, code=code,
+                      reason=answer.get("AttributeErrorMessage"))
 
     def _routed(self, queue: VirtualQueue, call: QueuedCall) -> None:
         if call.waited(self.clock()) <= self.config.service_level_target:

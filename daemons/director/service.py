@@ -68,6 +68,8 @@ __all__ = ["Director", "add_parser", "run"]
 RECONNECT_DELAY = 1.0
 #: Seconds a request waits for its answer.
 REQUEST_TIMEOUT = 5.0
+#: seconds RequestApplyTreatment may take (the node's 15 s INVITE timeout, and a margin)
+TREATMENT_TIMEOUT = 20.0
 #: ADDP between the director and the daemons it watches (seconds).
 ADDP_TIMEOUT, ADDP_REMOTE_TIMEOUT = 3.0, 5.0
 _CALL_ENDS = frozenset({"EventReleased", "EventDiverted"})
@@ -391,6 +393,19 @@ class Director(Service):
         async with asyncio.timeout(REQUEST_TIMEOUT):
             return await client.request("RequestRouteCall", AttributeThisDN=routing_point,
                                         AttributeConnID=conn_id, AttributeOtherDN=dn)
+
+    async def apply_treatment(self, node: str, routing_point: str, conn_id: str,
+                              treatment: str, parms: Mapping[str, str]) -> Mapping[str, Any]:
+        client = self.nodes.get(node)
+        if client is None:
+            raise TLibConnectionLost(f"no link to {node}")
+        # the node answers once the media server took the call (up to its
+        # sip-invite-treatment-timeout): longer than a route
+        async with asyncio.timeout(TREATMENT_TIMEOUT):
+            return await client.request("RequestApplyTreatment", AttributeThisDN=routing_point,
+                                        AttributeConnID=conn_id,
+                                        AttributeTreatmentType=treatment,
+                                        AttributeTreatmentParms=dict(parms))
 
     # -- links --------------------------------------------------------------------------
     async def _connect(self, app: Application, port_name: str) -> TLibClient | None:

@@ -19,6 +19,8 @@ across sites by the agents each site has).
                                     # or "monitored-sites": to the monitored server
                                     # that reports most available agents (sites.py)
     reservation-priority = 8        # this queue's agent_reservation ([__ROUTER__] of a VQ)
+    treatment = "Music"             # what a call hears while no agent is available
+    treatment-parms = { MUSIC = "music/on_hold" }   # its AttributeTreatmentParms
     priority-key = "priority"       # UserData key with the call's priority
     default-priority = 0
 
@@ -41,6 +43,7 @@ from typing import Any
 
 from daemons.cluster.config import Application, ClusterConfig, DnType
 from daemons.runtime.config import ConfigError, Section
+from protocols.tlib.catalogue import TREATMENT_TYPES
 
 __all__ = ["ORDERS", "DirectorConfig", "MonitoredServer", "Strategy", "read_director_config",
            "read_skills", "read_strategy", "strategy_table"]
@@ -53,7 +56,7 @@ ORDERS = ("longest-idle", "least-occupied")
 SPREADS = ("agent", "site", "monitored-sites")
 _STRATEGY_KEYS = {"routing-points", "skill", "min-level", "order", "site-preference",
                   "overflow-after", "priority-key", "default-priority", "spread",
-                  "reservation-priority"}
+                  "reservation-priority", "treatment", "treatment-parms"}
 _OPTION_KEYS = {"reservation-priority", "skills", "strategies", "store", "site",
                 "monitored-servers", "report-interval", "site-stale-after",
                 "service-level-target"}
@@ -76,6 +79,9 @@ class Strategy:
     spread: str = "agent"
     #: the queue's own agent_reservation priority (None: the director's)
     reservation_priority: int | None = None
+    #: RequestApplyTreatment for a call that waits with no agent available ("": none)
+    treatment: str = ""
+    treatment_parms: Mapping[str, str] = field(default_factory=dict)
 
     def call_priority(self, user_data: Mapping[str, Any] | None) -> int:
         """The call's priority from its attached data (``priority-key``)."""
@@ -207,7 +213,17 @@ def read_strategy(config: ClusterConfig, s: Section, queue: str,
         spread=spread,
         reservation_priority=(s.get_int("reservation-priority", min=0)
                               if "reservation-priority" in s else None),
+        treatment=s.get_choice("treatment", ("", *TREATMENT_TYPES), ""),
+        treatment_parms=MappingProxyType(_treatment_parms(s)),
     )
+
+
+def _treatment_parms(s: Section) -> dict[str, str]:
+    parms = s.section("treatment-parms")
+    values = {key: parms.get_str(key) for key in parms.keys()}
+    if values and not s.get_str("treatment", ""):
+        raise s.error("treatment-parms", "given without a treatment")
+    return values
 
 
 def strategy_table(strategy: Strategy) -> dict[str, Any]:
@@ -220,6 +236,9 @@ def strategy_table(strategy: Strategy) -> dict[str, Any]:
         "default-priority": strategy.default_priority, "spread": strategy.spread}
     if strategy.reservation_priority is not None:
         table["reservation-priority"] = strategy.reservation_priority
+    if strategy.treatment:
+        table["treatment"] = strategy.treatment
+        table["treatment-parms"] = dict(strategy.treatment_parms)
     return table
 
 

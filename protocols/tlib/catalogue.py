@@ -30,6 +30,12 @@ from protocols.tlib.errors import (
     UnknownMessage,
 )
 
+#: ``AttributeTreatmentType`` values the cluster plays (RequestApplyTreatment;
+#: docs/node.md, "Treatments"). The attribute itself takes any string: a type
+#: outside this list is the node's ``EventError`` 41, logged and counted.
+TREATMENT_TYPES: Final = ("Music", "RingBack", "Silence", "Busy", "FastBusy",
+                          "PlayAnnouncement", "PlayApplication")
+
 #: The protocol version this implementation speaks (``AttributeProtocolVersion``).
 PROTOCOL_VERSION: Final = 1
 #: The oldest protocol version a server accepts.

@@ -75,7 +75,8 @@ class TreatmentLab(NodeLab):
         return self.procs["SIPS_A"].events(event)
 
 
-def _cluster(ports: dict[str, int], *, router_timeout: float, msml: str) -> str:
+def cluster_text(ports: dict[str, int], *, router_timeout: float, msml: str,
+                 extra: str = "") -> str:
     return f"""
 [switch]
 name = "SIP_Cluster"
@@ -90,6 +91,7 @@ sip-enable-strict-auth = false
 type = "VoIPService"
 service-type = "sip-cluster-nodes"
 applications = ["SIPS_A"]
+dn-owner-applications = ["Cluster"]
 
 [dns.5000]
 type = "RoutingPoint"
@@ -130,7 +132,7 @@ http-port = {ports['fs_http']}
 [applications.FS_dc1.options]
 state-dir = "{{state}}"
 rtp-ports = "36100-36199"
-"""
+""" + extra
 
 
 @pytest.fixture
@@ -138,8 +140,8 @@ async def treatment_lab(tmp_path: Path, free_port: Callable[..., int],
                         require_tool: Callable[[str], str]) -> AsyncIterator[Any]:
     labs: list[TreatmentLab] = []
 
-    async def make(*, router_timeout: float = 10.0,
-                   media_server_down: bool = False) -> TreatmentLab:
+    async def make(*, router_timeout: float = 10.0, media_server_down: bool = False,
+                   extra: Callable[[dict[str, int]], str] | None = None) -> TreatmentLab:
         ports = {key: free_port(NODE) for key in ("sip", "default", "ip", "http", "tc",
                                                     "tchttp")}
         ports.update(fs_sip=free_port(FS), fs_http=free_port(FS), phone=free_port(AGENT),
@@ -148,8 +150,9 @@ async def treatment_lab(tmp_path: Path, free_port: Callable[..., int],
         labs.append(lab)
         # a media server that is down: nothing listens on its TCP port
         msml = f"{FS}:{ports['fs_sip']}" + (";transport=tcp" if media_server_down else "")
-        lab.config.write_text(_cluster(ports, router_timeout=router_timeout, msml=msml)
-                              .replace("{state}", str(tmp_path / "fs-state")))
+        text = cluster_text(ports, router_timeout=router_timeout, msml=msml,
+                            extra=extra(ports) if extra is not None else "")
+        lab.config.write_text(text.replace("{state}", str(tmp_path / "fs-state")))
         if not media_server_down:
             lab.start("feature-server", "FS_dc1")
         lab.start("sip-server", "SIPS_A")
