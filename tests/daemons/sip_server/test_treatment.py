@@ -21,6 +21,8 @@ from typing import Any
 
 import pytest
 
+from daemons.sip_server.treatment import TREATMENT_USERS, continue_origin
+from protocols.tlib.catalogue import TREATMENT_TYPES
 from tests.daemons.sip_server.conftest import ROOT, SCENARIOS, Client, NodeLab, Sipp
 
 pytestmark = pytest.mark.timeout(90)
@@ -288,3 +290,34 @@ async def test_bad_treatment_requests_and_media_server_down(treatment_lab: Any) 
                               ("Music", "not_at_routing_point"), ("Music", "not_applied")):
         key = f'sipcluster_treatments_total{{outcome="{reason}",treatment="{treatment}"}}'
         assert node[key] == 1, (key, json.dumps(node, indent=1)[:3000])
+
+
+async def test_default_routing_after_router_timeout_leaves_the_treatment(
+        treatment_lab: Any) -> None:
+    """No RequestRouteCall: router-timeout sends the treated call to default-dn;
+    the agent gets the caller's offer, the caller a re-INVITE with the agent's media."""
+    lab = await treatment_lab(router_timeout=3.0)
+    router = await lab.routing_client()
+    agent = lab.agent()
+    caller = lab.caller()
+    request = await lab.until("EventRouteRequest", lambda: _route_requests(router))
+    applied = await router.request("RequestApplyTreatment", AttributeThisDN="5000",
+                                   AttributeConnID=request[0]["AttributeConnID"],
+                                   AttributeTreatmentType="Silence")
+    assert applied["message"] == "EventTreatmentApplied", applied
+    stats = await asyncio.to_thread(caller.stats, 30)
+    assert stats.get("SuccessfulCall(C)") == "1", (stats, caller.errors())
+    used = router.of("EventRouteUsed", "5000")
+    assert used and used[0]["AttributeReason"] == {"route": "default"}, used
+    assert len(agent.received_messages("INVITE")) == 1
+    fs = lab.metrics(FS, lab.ports["fs_http"])
+    assert fs['sipcluster_treatments_total{outcome="ended",treatment="silence"}'] == 1
+
+
+def test_treatment_types_and_sdp_origin() -> None:
+    assert set(TREATMENT_USERS) == set(TREATMENT_TYPES)
+    sent = b"v=0\r\no=sipcluster 7 3 IN IP4 127.0.236.31\r\ns=-\r\nc=IN IP4 127.0.236.31\r\n"
+    agent = b"v=0\r\no=phone 1 1 IN IP4 10.0.0.5\r\ns=-\r\nc=IN IP4 10.0.0.5\r\n"
+    assert continue_origin(sent, agent) == \
+        b"v=0\r\no=sipcluster 7 4 IN IP4 127.0.236.31\r\ns=-\r\nc=IN IP4 10.0.0.5\r\n"
+    assert continue_origin(b"", agent) == agent
