@@ -231,14 +231,20 @@ async def test_music_while_queued_then_routed_to_the_agent(treatment_lab: Any) -
 
 
 async def test_caller_hangs_up_during_the_treatment(treatment_lab: Any) -> None:
+    """The treatment asked through the t-controller; the caller hangs up: the
+    treatment leg is released, EventAbandoned to the reporting client."""
     lab = await treatment_lab()
     router = await lab.routing_client()
     reporter = await lab.reporter()
     caller = lab.caller(hangup=True, hold_ms=1500)
     request = await lab.until("EventRouteRequest", lambda: _route_requests(router))
     conn_id = request[0]["AttributeConnID"]
-    applied = await router.request("RequestApplyTreatment", AttributeThisDN="5000",
-                                   AttributeConnID=conn_id, AttributeTreatmentType="RingBack")
+    # a third-party router on the t-controller's TCport: the request is relayed to the node
+    desk = await lab.tlib(NODE, lab.ports["tc"], "Cluster", "127.0.235.90")
+    registered = await desk.request("RequestRegisterAddress", AttributeThisDN="5000")
+    assert registered["message"] == "EventRegistered", registered
+    applied = await desk.request("RequestApplyTreatment", AttributeThisDN="5000",
+                                 AttributeConnID=conn_id, AttributeTreatmentType="RingBack")
     assert applied["message"] == "EventTreatmentApplied", applied
     stats = await asyncio.to_thread(caller.stats, 30)
     assert stats.get("SuccessfulCall(C)") == "1", (stats, caller.errors())
