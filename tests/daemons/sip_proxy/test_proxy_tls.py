@@ -487,3 +487,19 @@ def test_missing_certificate_is_refused_in_one_line(tmp_path: Path) -> None:
     assert len(lines) == 1, lines
     assert "applications.SPX_1.sip-tls-port" in lines[0] and "SPX_1.pem" in lines[0], lines
     assert "sipcluster certs issue" in lines[0], lines
+
+
+def test_certs_issue_san_names_what_phones_dial(tmp_path: Path) -> None:
+    """``sipcluster certs issue NAME --san ...`` (deploy, compose): DNS names, and each
+    address as an address and as a DNS name (mbed TLS matches DNS names only)."""
+    from cryptography import x509
+    certs = tmp_path / "certs"
+    init_ca(certs)
+    run = subprocess.run([sys.executable, "-m", "daemons.cli", "certs", "issue", "SPX_1",
+                          "--dir", str(certs), "--san", DOMAIN, "--san", PROXY_HOST],
+                         cwd=ROOT, capture_output=True, text=True, timeout=30)
+    assert run.returncode == 0, run.stderr
+    cert = x509.load_pem_x509_certificate((certs / "SPX_1.pem").read_bytes())
+    san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert san.get_values_for_type(x509.DNSName) == ["SPX_1", DOMAIN, PROXY_HOST]
+    assert [str(a) for a in san.get_values_for_type(x509.IPAddress)] == [PROXY_HOST]
