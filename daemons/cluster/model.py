@@ -21,7 +21,12 @@ from typing import Any
 from daemons.runtime.config import ConfigError
 from protocols.sip.digest import LEGACY_USER_AGENTS
 
+#: The cluster's private SIP header naming a dialog's node: the proxies add it
+#: and route by it, the nodes set it on what they send (docs/sip-proxy.md).
+NODE_HEADER = "X-SC-Node"
+
 __all__ = [
+    "NODE_HEADER",
     "AppKind",
     "Application",
     "ClusterConfig",

@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, field
 
+from daemons.cluster.model import NODE_HEADER
 from daemons.sip_proxy.registrar import Binding
 from daemons.sip_proxy.routing import NodeTarget
 from protocols.sip.message import Request
@@ -14,8 +15,6 @@ from protocols.sip.transaction import TransactionKey
 
 __all__ = ["NODE_HEADER", "Forward", "ProxySettings", "loop_hash"]
 
-#: The private header that names a dialog's node inside the cluster.
-NODE_HEADER = "X-SC-Node"
 
 Address = tuple[str, int]
 

@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from daemons.cluster.config import ClusterConfig, DnType
+from daemons.cluster.model import NODE_HEADER
 from daemons.runtime.dns import SipResolver
 from daemons.runtime.sip_endpoint import Destination, SipEndpoint
 from protocols.sip.errors import ParseError, SipError
@@ -40,8 +41,6 @@ from protocols.sip.uri import format_host, parse_uri
 
 __all__ = ["NODE_HEADER", "OutboundProxies", "PeerWatch", "Trunk", "Trunks", "answered"]
 
-#: The proxies' private header naming the node of a dialog (docs/sip-proxy.md).
-NODE_HEADER = "X-SC-Node"
 
 #: Transport of node -> proxy requests when the contact names none.
 DEFAULT_TRANSPORT = "UDP"
