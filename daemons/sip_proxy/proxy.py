@@ -12,9 +12,11 @@ the proxy rules:
   is replaced by the last Route;
 * target choice (docs/sip-proxy.md): REGISTER from endpoints to a local node
   (registrar front, :mod:`.registrar`); new dialogs from endpoints to a node
-  by Call-ID hash (:mod:`.routing`); MWI SUBSCRIBEs to the feature-server;
-  requests from nodes toward an AoR to the registered contact (flow reuse,
-  NAT), via the proxy that holds the phone's flow when that is another proxy;
+  by Call-ID hash (:mod:`.routing`); MWI SUBSCRIBEs to the feature-server
+  (record-routed with the phone's flow); requests from nodes, and the
+  feature-server's in-dialog requests (MWI NOTIFYs), toward the phone's flow or
+  registered contact (flow reuse, NAT), via the proxy that holds the phone's
+  flow when that is another proxy;
 * forwarding (§16.6): Max-Forwards decremented, Record-Route (the proxy stays
   in the dialog; two entries when the transport changes), a Via with a
   loop-hash branch and ``rport``, a client transaction per target;
@@ -286,7 +288,8 @@ class ProxyCore(RegistrarFront, HopByHop):
         """Transport callback: every valid message (sync, must not block)."""
         if isinstance(message, Request):
             src = flow.remote[0]
-            trusted = self.router.is_node_host(src) or src in self._peer_hosts
+            trusted = self.router.is_node_host(src) or src in self._peer_hosts or \
+                self._from_feature_server(src)
             if not trusted and not self.rate_limiter.allow(src, self._now()):
                 self.refused.labels("rate_limit").inc()
                 if message.method != "ACK":
@@ -328,6 +331,11 @@ class ProxyCore(RegistrarFront, HopByHop):
         except TransactionError as exc:
             self.log.info("sip_response_not_sent", status=status, reason=str(exc))
 
+    def _from_feature_server(self, host: str) -> bool:
+        """A request from the feature-server's host: inside the cluster, toward a phone."""
+        fs = self.settings.feature_server
+        return fs is not None and fs[0] == host
+
     def _stamp(self) -> float:
         stamp = max(time.time(), self._last_stamp + 1e-6)
         self._last_stamp = stamp
@@ -354,7 +362,10 @@ class ProxyCore(RegistrarFront, HopByHop):
         src_host = source[0]
         from_node = self.router.is_node_host(src_host)
         from_peer = src_host in self._peer_hosts and not from_node
-        from_endpoint = not from_node and not from_peer
+        # the feature-server's in-dialog requests (MWI NOTIFYs) go toward the
+        # phone like a node's, never to a node
+        from_endpoint = not from_node and not from_peer and \
+            not self._from_feature_server(src_host)
         if not self.synced():
             self.requests.labels(method, "not_synced").inc()
             self._respond(key, request, 503, "Registrations Not Synchronised",
@@ -487,7 +498,14 @@ class ProxyCore(RegistrarFront, HopByHop):
                     == "message-summary":
                 fs = self.settings.feature_server
                 fwd.targets = [(fs, "UDP", None)]
-                self._forward(fwd, "feature_server", rr={} if dialog_creating else None)
+                if dialog_creating:
+                    # the subscription's NOTIFYs come back through this proxy
+                    # (RFC 6665 §4.1.2.1, RFC 3261 §16.6 step 4) onto the
+                    # phone's own flow: a TCP or TLS phone has no listener
+                    rr = {}
+                    if transport != "UDP" or behind_nat(request, fwd.source):
+                        rr["ft"] = flow_token(transport, fwd.source)
+                self._forward(fwd, "feature_server", rr=rr)
                 return
             nodes: list[NodeTarget] = []
             pinned = pins.get("sc-node")

@@ -17,5 +17,5 @@ __all__ = ["OPTIONS", "VoicemailService"]
 
 #: the options of ``[applications.NAME.options]`` the voicemail service reads
 OPTIONS = frozenset({"rtp-ports", "default-pin", "access-number", "max-messages",
-                     "max-message-length", "mwi-max-expires", "pin-max-failures",
+                     "max-message-length", "mwi-max-expires", "mwi-delegates", "pin-max-failures",
                      "pin-lock-time", "rtp-timeout"})

@@ -1,7 +1,12 @@
 """MWI notifier: SUBSCRIBE/NOTIFY ``message-summary`` (RFC 6665, RFC 3842).
 
 A phone subscribes to ``mailbox@`` its proxy; the proxies forward the
-SUBSCRIBE here (guide: "Configure Message Waiting Indicator (MWI)"). Each
+SUBSCRIBE here (guide: "Configure Message Waiting Indicator (MWI)"). The
+subscriber is challenged and must own the mailbox or be one of its delegates
+(:mod:`.mwi_access`). The subscription's dialog keeps the proxy's
+Record-Route as its route set (RFC 3261 §12.1.1, RFC 6665 §4.1.2.1), so every
+NOTIFY goes back through the proxy that holds the phone's flow (a TCP or TLS
+phone has no listener of its own). Each
 accepted subscription gets an immediate NOTIFY with the counts (RFC 6665
 §4.2.1.4), another after every deposit, delete or save in its mailbox, and a
 last one when it ends. Subscriptions are written to the store with their
@@ -14,6 +19,7 @@ import asyncio
 import time
 from typing import Any
 
+from daemons.feature_server.voicemail.mwi_access import MwiAccess
 from daemons.feature_server.voicemail.store import MailboxStore, StoredSubscription
 from daemons.runtime.driver import TimerSlot
 from daemons.runtime.sip_endpoint import IncomingRequest, SipEndpoint
@@ -54,8 +60,11 @@ class MwiNotifier:
     """The subscriptions of one feature-server and the NOTIFYs they get."""
 
     def __init__(self, endpoint: SipEndpoint, store: MailboxStore, *, domain: str,
-                 metrics: Any, log: Any, max_expires: int = DEFAULT_EXPIRES) -> None:
+                 metrics: Any, log: Any, max_expires: int = DEFAULT_EXPIRES,
+                 access: MwiAccess | None = None) -> None:
         self.endpoint = endpoint
+        #: who may subscribe to which mailbox; None: anyone (no cluster file)
+        self.access = access
         self.store = store
         self.domain = domain
         self.log = log
@@ -96,9 +105,18 @@ class MwiNotifier:
         now = self.loop.time()
         if request.to.tag:
             return await self._refresh(incoming, expires, now)
+        mailbox = request.ruri.user or ""
+        if self.access is not None:
+            # before 404: whether a mailbox exists is nobody else's business
+            verdict = self.access.check(request, mailbox, time.time())
+            if verdict.status is not None:
+                return self._refuse(incoming, verdict.status, verdict.reason,
+                                    headers=list(verdict.headers), mailbox=mailbox,
+                                    subscriber=verdict.subscriber,
+                                    peer=f"{incoming.flow.remote[0]}:{incoming.flow.remote[1]}",
+                                    **({"detail": verdict.detail} if verdict.detail else {}))
         if not mailbox_exists:
             return self._refuse(incoming, 404, "no_mailbox")
-        mailbox = request.ruri.user or ""
         try:
             state = Subscription(expires, now, min_expires=MIN_EXPIRES,
                                  max_expires=self.max_expires)
@@ -106,19 +124,15 @@ class MwiNotifier:
             return self._refuse(incoming, exc.status, "interval_too_brief", headers=[
                 ("Min-Expires", str(MIN_EXPIRES))])
         transport = incoming.flow.transport
-        # No Record-Route in the 200 and no route set: the sip-proxies
-        # Record-Route a SUBSCRIBE but send an in-dialog request that comes
-        # from outside the cluster nodes to a node, not to its Request-URI, so
-        # NOTIFYs go straight to the subscriber's Contact and its refreshes
-        # come straight here (docs/feature-server.md, MWI).
+        # the proxy's Record-Route: NOTIFYs and refreshes pass through it
         response = incoming.response(200, headers=[
+            *record_route(request),
             ("Expires", str(state.remaining(now))),
             ("Contact", f"<{self.endpoint.contact_uri(transport, user=mailbox)}>")])
         try:
             dialog = Dialog.create_uas(request, response, transport=transport)
         except DialogError as exc:
-            return self._refuse(incoming, 400, "no_dialog", reason=str(exc))
-        dialog.route_set = []
+            return self._refuse(incoming, 400, "no_dialog", detail=str(exc))
         if expires == 0:  # a fetch: one NOTIFY, no subscription (RFC 6665 §4.4.3)
             state.refresh(0, now)
         sub = _Subscriber(mailbox, dialog, state, transport)
@@ -142,7 +156,7 @@ class MwiNotifier:
             return self._refuse(incoming, exc.status, "interval_too_brief", headers=[
                 ("Min-Expires", str(MIN_EXPIRES))])
         except DialogError as exc:
-            return self._refuse(incoming, 500, "out_of_order", reason=str(exc))
+            return self._refuse(incoming, 500, "out_of_order", detail=str(exc))
         if sub.state.active:
             await self._persist(request.call_id, sub)
         else:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +17,7 @@ from daemons.feature_server.voicemail.api import MailboxApi
 from daemons.feature_server.voicemail.call import VoicemailCall, transcoded_frames
 from daemons.feature_server.voicemail.messages import MessageFiles
 from daemons.feature_server.voicemail.mwi import MwiNotifier
+from daemons.feature_server.voicemail.mwi_access import MwiAccess
 from daemons.feature_server.voicemail.pin_guard import PinGuard
 from daemons.feature_server.voicemail.prompts import PromptLibrary
 from daemons.feature_server.voicemail.store import Mailbox, MailboxStore, StoredMessage, open_store
@@ -49,6 +50,20 @@ def _option(app: Application, name: str, default: Any, cluster: ClusterConfig,
     return value
 
 
+def _delegates(app: Application, cluster: ClusterConfig) -> dict[str, frozenset[str]]:
+    """``mwi-delegates``: ``{"2001" = ["1001", "1002"]}``, mailbox -> DNs."""
+    value = app.options.get("mwi-delegates", {})
+    where = f"applications.{app.name}.options.mwi-delegates"
+    if not isinstance(value, Mapping):
+        raise ConfigError(cluster.file, where, "must be a table: mailbox = [DN, ...]")
+    out: dict[str, frozenset[str]] = {}
+    for mailbox, dns in value.items():
+        if not isinstance(dns, (list, tuple)) or not all(isinstance(d, str) for d in dns):
+            raise ConfigError(cluster.file, f"{where}.{mailbox}", "must be a list of DNs")
+        out[str(mailbox)] = frozenset(dns)
+    return out
+
+
 class VoicemailService:
     """Mailboxes, deposit/retrieval calls, MWI and the mailbox API of one feature-server.
 
@@ -59,7 +74,8 @@ class VoicemailService:
     ``rtp-ports``, ``default-pin`` (mailboxes created for every Extension DN
     that has none; unset: none are created), ``access-number`` (``5555``),
     ``max-messages`` (100), ``max-message-length`` (seconds, 120),
-    ``mwi-max-expires`` (3600), ``pin-max-failures`` (6), ``pin-lock-time``
+    ``mwi-max-expires`` (3600), ``mwi-delegates`` (a table: mailbox -> the DNs
+    besides its owner that may subscribe to it), ``pin-max-failures`` (6), ``pin-lock-time``
     (seconds, 900) and ``rtp-timeout`` (seconds without RTP from the caller
     before the call is ended, 60; 0: never).
     """
@@ -89,6 +105,7 @@ class VoicemailService:
         self.max_messages: int = _option(app, "max-messages", 100, cluster, int)
         self.max_message_length = float(_option(app, "max-message-length", 120, cluster, int))
         self.mwi_max_expires: int = _option(app, "mwi-max-expires", 3600, cluster, int)
+        self.mwi_access = MwiAccess(cluster, _delegates(app, cluster))
         self.rtp_timeout = float(_option(app, "rtp-timeout", 60, cluster, int))
         self.store: MailboxStore = open_store(store_url)
         self.files = MessageFiles(self.state_dir / "messages")
@@ -155,7 +172,7 @@ class VoicemailService:
         await self._endpoint.listen_pair(self.host, self.sip_port)
         self._mwi = MwiNotifier(self._endpoint, self.store, domain=self.cluster.switch.domain,
                                 metrics=self.metrics, log=self.log,
-                                max_expires=self.mwi_max_expires)
+                                max_expires=self.mwi_max_expires, access=self.mwi_access)
         restored = await self._mwi.restore()
         # The pacer's ticks share the GIL with the store's thread (aiosqlite) and
         # the file writes: with the default 5 ms switch interval a busy store

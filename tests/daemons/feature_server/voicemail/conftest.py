@@ -102,6 +102,7 @@ class Harness:
         phone = await Phone(f"127.0.110.{self._next}", user,
                             rtp_ports=f"{31000 + self._next * 100}-{31099 + self._next * 100}"
                             ).start()
+        phone.password = f"lab-{user}-secret"  # the DN's, as in cluster_text
         self._phones.append(phone)
         return phone
 

@@ -1,6 +1,7 @@
 """A scriptable phone for voicemail tests and the benchmark: our SIP endpoint
 and RTP session as the caller (INVITE with an offer, RFC 4733 digits, audio,
-BYE) and as an MWI subscriber (SUBSCRIBE, NOTIFYs collected)."""
+BYE) and as an MWI subscriber (SUBSCRIBE, answering a digest challenge when it has a
+password; NOTIFYs collected)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from protocols.rtp.g711 import Codec
 from protocols.rtp.packet import RtpPacket
 from protocols.rtp.telephone_event import digit_payloads
 from protocols.sip.dialog import Dialog
+from protocols.sip.digest import DigestClient
 from protocols.sip.headers import Headers
 from protocols.sip.message import Request, Response
 from protocols.sip.mwi import MessageSummary, parse_message_summary
@@ -96,6 +98,8 @@ class Phone:
         #: what NOTIFYs are answered with (481: "no such subscription here")
         self.notify_status = 200
         self.subscription: Dialog | None = None
+        #: the DN's digest password: a challenged SUBSCRIBE is sent again with it
+        self.password: str | None = None
         self.calls: dict[str, PhoneCall] = {}
         self.endpoint: SipEndpoint
         self.pacer: RtpPacer
@@ -182,6 +186,18 @@ class Phone:
                             headers=[("Event", event), ("Expires", str(expires)),
                                      ("Accept", "application/simple-message-summary")])
         resp = await self.endpoint.request(req, destination)
+        if resp.status == 401 and self.password is not None:
+            again = self._request("SUBSCRIBE", req.uri, headers=[
+                ("Event", event), ("Expires", str(expires)),
+                ("Accept", "application/simple-message-summary")])
+            for name in ("From", "Call-ID"):
+                again.headers.set(name, req.headers.get(name) or "")
+            again.headers.set("CSeq", "2 SUBSCRIBE")
+            client = DigestClient(self.user, password=self.password)
+            again.headers.add("Authorization", client.authorize(
+                resp.headers.get_all("WWW-Authenticate"), method="SUBSCRIBE", uri=again.uri))
+            req = again
+            resp = await self.endpoint.request(req, destination)
         if resp.status == 200:
             self.subscription = Dialog.create_uac(req, resp)
         return resp

@@ -5,6 +5,9 @@ from __future__ import annotations
 import asyncio
 import time
 
+import pytest
+
+from daemons.runtime.config import ConfigError
 from protocols.rtp.g711 import Codec
 from tests.daemons.feature_server.voicemail.conftest import Factory
 
@@ -37,9 +40,10 @@ async def test_bad_subscriptions_get_their_answers(make_voicemail: Factory) -> N
     vm = await make_voicemail()
     phone = await vm.phone("1002")
     assert (await phone.subscribe("1002", vm.destination, event="presence")).status == 489
-    assert (await phone.subscribe("9999", vm.destination)).status == 404
     brief = await phone.subscribe("1002", vm.destination, expires=5)
     assert brief.status == 423 and brief.headers.get("Min-Expires") == "60"
+    await vm.service.store.delete_mailbox("1002")   # the owner's mailbox is gone
+    assert (await phone.subscribe("1002", vm.destination)).status == 404
     assert vm.service.mwi.refused.labels("bad_event").value == 1
     assert vm.service.mwi.refused.labels("no_mailbox").value == 1
 
@@ -115,3 +119,36 @@ async def test_deposit_and_restart_on_postgresql(make_voicemail: Factory,
     assert len(again.service.mwi) == 1
     await phone.wait_notify(3)
     assert phone.notifies[2][1] is not None and phone.notifies[2][1].new == 1
+
+
+async def test_subscriber_is_challenged_and_must_own_the_mailbox(
+        make_voicemail: Factory) -> None:
+    """No credentials: 401 with the switch realm's challenge; a wrong password: 401
+    again; the right one for another DN's mailbox: 403, logged and counted; a
+    delegate named by ``mwi-delegates``: 200."""
+    vm = await make_voicemail(options='[applications.FS_1.options.mwi-delegates]\n'
+                                      '1003 = ["1001"]\n')
+    phone = await vm.phone("1001")
+    phone.password = None
+    bare = await phone.subscribe("1001", vm.destination)
+    assert bare.status == 401
+    challenges = bare.headers.get_all("WWW-Authenticate")
+    assert challenges and all('realm="cluster.lab"' in c for c in challenges)
+    phone.password = "not-the-password"
+    assert (await phone.subscribe("1001", vm.destination)).status == 401
+    phone.password = "lab-1001-secret"
+    assert (await phone.subscribe("1002", vm.destination)).status == 403
+    assert (await phone.subscribe("1003", vm.destination)).status == 200   # a delegate
+    assert (await phone.subscribe("1001", vm.destination)).status == 200   # its own
+    mwi = vm.service.mwi
+    assert mwi.refused.labels("challenged").value == 5   # every first SUBSCRIBE
+    assert mwi.refused.labels("auth_failed").value == 1
+    assert mwi.refused.labels("not_owner").value == 1
+    assert mwi.subscriptions("1002") == 0 and mwi.subscriptions("1003") == 1
+    await phone.wait_notify(2)          # one NOTIFY per accepted subscription, none for 1002
+
+
+async def test_bad_mwi_delegates_refuse_the_config(make_voicemail: Factory) -> None:
+    with pytest.raises(ConfigError, match=r"mwi-delegates\.1003: must be a list of DNs"):
+        await make_voicemail(options='[applications.FS_1.options.mwi-delegates]\n'
+                                     '1003 = "1001"\n')
