@@ -274,6 +274,8 @@ _GATEWAY_OPTIONS: Schema = {
     "oos-options-max-forwards": (_nonneg, 0),
     "prefix": (_opt_str, None),
     "priority": (_nonneg, 0),
+    # the peer site of the collective this trunk leads to (roaming calls, docs/collective.md)
+    "collective-site": (_opt_str, None),
     "refer-enabled": (_bool, False),
     "sip-proxy-headers-enabled": (_bool, False),
     "sip-ring-tone-mode": (_range(0, 2), 1),

@@ -22,6 +22,7 @@ from daemons.runtime.sip_endpoint import Destination
 from daemons.sip_server.call import Call, CallState, Leg, LegState
 from daemons.sip_server.dialplan_client import DialPlanAnswer
 from daemons.sip_server.outbound import NODE_HEADER, answered
+from daemons.sip_server.roaming import roam
 from daemons.sip_server.routing import RouteDecision, route_extensions
 from daemons.sip_server.session import AGENT_TYPES, ALLOW, Ringing, SessionBase
 from protocols.sip.dialog import Dialog, DialogError
@@ -143,6 +144,13 @@ class Dialing(SessionBase):
                 if entry is not None:
                     return await self._via_trunk(call, origin, call.dnis, entry.number, offer,
                                                  ringing)
+                roamed = await roam(self, call, origin, dest, dn_here=False)  # roaming.py
+                if roamed is not None and roamed.dn is not None and roamed.dn not in tried:
+                    dest = roamed.dn
+                    continue
+                if roamed is not None and roamed.trunk is not None:
+                    return await self._via_trunk(call, origin, dest, roamed.trunk, offer,
+                                                 ringing)
                 step = await self._dial_plan(call, origin, dest, offer, ringing)
                 if isinstance(step, str):
                     dest = step
@@ -172,6 +180,12 @@ class Dialing(SessionBase):
                         continue
                 elif forwarded is not None:
                     return forwarded
+            if not self.registrar.bindings(dest, self._now()):
+                # no phone here: its user may be logged on at another site (roaming.py)
+                roamed = await roam(self, call, origin, dest, dn_here=True)
+                if roamed is not None and roamed.trunk is not None:
+                    return await self._via_trunk(call, origin, dest, roamed.trunk, offer,
+                                                 ringing)
             located = await self._locate(call, dest)
             if located is None:
                 fallback = self.server.routing.supervision.unreachable(
