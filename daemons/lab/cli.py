@@ -4,35 +4,47 @@
     sipcluster lab start   [--dir DIR]   background; returns when all answer /healthz
     sipcluster lab status  [--dir DIR]
     sipcluster lab stop    [--dir DIR]
-    sipcluster lab kill    NAME [--dir DIR]     abrupt failure of one daemon
+    sipcluster lab kill    NAME [--dir DIR]     abrupt failure of one daemon (site:NAME: a site)
     sipcluster lab restart NAME [--dir DIR]
     sipcluster lab partition dc1 dc2 [--dir DIR]   cut every link between two data centres
+    sipcluster lab partition site:Indy RTM1         ... or between sites, or a site and the hub
     sipcluster lab heal [--dir DIR]                restore them
 
 DC1 lives on 127.0.1.x and DC2 on 127.0.2.x; Linux routes all of 127/8 to
-``lo``, so nothing needs setting up.
+``lo``, so nothing needs setting up. The lab is a collective: that cluster is
+site 1 (Boca), sites Indy (127.0.3.x) and Lyon (127.0.4.x) are cluster files
+of their own under DIR/sites/, linked through the hub RTM1 (docs/collective.md).
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import ipaddress
 import json
 import shutil
 import signal
 import sys
 import threading
+import urllib.error
+import urllib.request
 from pathlib import Path
 from typing import Any
 
-from daemons.cluster.config import Application, ClusterConfig, load_cluster
+from daemons.cluster.config import AppKind, Application, ClusterConfig, load_cluster
 from daemons.lab.partition import PartitionError, heal, is_partitioned, partition, subnet_of
 from daemons.lab.supervisor import Supervisor
 from daemons.lab.topology import (
+    LAB_WORKGROUP,
+    hub_description,
+    install_sites,
     issue_lab_certificates,
     lab_description,
     lab_dns_addresses,
+    lab_user_id,
     process_specs,
+    site_description,
+    site_files,
 )
 from daemons.runtime.config import ConfigError
 
@@ -69,6 +81,12 @@ def add_parser(subparsers: Any) -> None:
     parser.set_defaults(run=run)
 
 
+#: the other sites' cluster files of the lab being handled (set by _prepare)
+_SITES: list[tuple[Path, ClusterConfig]] = []
+#: application name -> the site it belongs to (site:NAME), every site's
+_SITE_OF: dict[str, str] = {}
+
+
 def _prepare(args: argparse.Namespace) -> tuple[ClusterConfig, Supervisor, list[Application]]:
     directory: Path = args.dir.resolve()
     directory.mkdir(parents=True, exist_ok=True)
@@ -77,6 +95,30 @@ def _prepare(args: argparse.Namespace) -> tuple[ClusterConfig, Supervisor, list[
         shutil.copyfile(args.config or EXAMPLE_CONFIG, config_path)
     cfg = load_cluster(config_path)
     specs, skipped = process_specs(cfg, config_path)
+    # the other sites of the collective: the shipped ones with the shipped example
+    # (a lab from another cluster file runs the sites its directory holds)
+    files = install_sites(directory) if args.config is None and args.action in ("run", "start") \
+        else site_files(directory)
+    _SITES.clear()
+    _SITE_OF.clear()
+    home = site_description(cfg, running=set(), cluster_file=config_path)
+    for spec in specs:
+        _SITE_OF[spec.name] = f"site:{home['site_name']}" if home else "site:1"
+    names = {s.name for s in specs}
+    for path in files:
+        site_cfg = load_cluster(path)
+        site_specs, site_skipped = process_specs(site_cfg, path)
+        clash = names & {s.name for s in site_specs}
+        if clash:
+            raise ConfigError(str(path), "applications",
+                              f"{', '.join(sorted(clash))} also in another site of the lab")
+        names |= {s.name for s in site_specs}
+        specs += site_specs
+        skipped += site_skipped
+        _SITES.append((path, site_cfg))
+        desc = site_description(site_cfg, running=set(), cluster_file=path)
+        for spec in site_specs:
+            _SITE_OF[spec.name] = f"site:{desc['site_name'] if desc else path.parent.name}"
     return cfg, Supervisor(directory, {s.name: s for s in specs}), skipped
 
 
@@ -85,8 +127,44 @@ def _write_description(cfg: ClusterConfig, sup: Supervisor) -> Path:
     path = sup.directory / "lab.json"
     dns = lab_dns_addresses(cfg)[0] if "GeoDNS" in running else None
     desc = lab_description(cfg, running=running, dns=dns)
+    sites = [site_description(cfg, running=running, cluster_file=Path(cfg.file))]
+    sites += [site_description(c, running=running, cluster_file=p) for p, c in _SITES]
+    desc["sites"] = [s for s in sites if s is not None]
+    desc["hub"] = hub_description(cfg, running=running)
+    desc["workgroup"] = LAB_WORKGROUP if desc["sites"] else None
     path.write_text(json.dumps(desc, indent=2) + "\n")
     return path
+
+
+def _site_processes(name: str, sup: Supervisor) -> list[str]:
+    """The lab's processes of ``site:NAME`` (or ``site:ID``)."""
+    return [n for n in sup.specs if _SITE_OF.get(n, "").lower() == name.lower()]
+
+
+def _provision_users(desc_path: Path) -> list[str]:
+    """Every site's phone accounts become users of its collective (``a`` + DN,
+    extension DN, the spanning workgroup): the company-wide directory of the lab.
+    The sites whose collective refused, for the guide."""
+    desc = json.loads(desc_path.read_text())
+    failed = []
+    for site in desc.get("sites") or []:
+        collective = site["collective"]
+        if not collective["running"]:
+            continue
+        base = f"http://{collective['host']}:{collective['http_port']}"
+        for account in site["accounts"]:
+            body = json.dumps({"name": f"Agent {account['dn']}", "extension": account["dn"],
+                               "workgroups": [LAB_WORKGROUP]}).encode()
+            request = urllib.request.Request(f"{base}/users/{lab_user_id(account['dn'])}",
+                                             data=body, method="PUT",
+                                             headers={"Content-Type": "application/json"})
+            try:
+                with urllib.request.urlopen(request, timeout=5.0):
+                    pass
+            except (urllib.error.URLError, OSError) as exc:
+                failed.append(f"{site['site_name']}: {exc}")
+                break
+    return failed
 
 
 def _not_built(app: Application) -> str:
@@ -155,9 +233,43 @@ def _print_guide(desc_path: Path, skipped: list[Application]) -> None:
             break
     print("  step by step for baresip, linphonec and any other phone: README.md, "
           "\"Softphones on the lab\"")
+    _print_sites(desc)
     for app in skipped:
         print(f"  {app.name} ({app.kind.value}) {_not_built(app)}")
     print(f"\n  everything above, for scripts: {desc_path}")
+
+
+def _print_sites(desc: dict[str, Any]) -> None:
+    """The collective: the hub, each site and how a phone registers there."""
+    sites = desc.get("sites") or []
+    hub = desc.get("hub")
+    if not sites:
+        return
+    where = f"hub {hub['name']} {hub['host']}:{hub['rtm_port']}" if hub else "no hub"
+    print(f"\n  collective ({where}; users of workgroup {desc.get('workgroup')} "
+          "are at every site):")
+    for site in sites:
+        c = site["collective"]
+        state = "" if c["running"] else " (not running)"
+        print(f"    site {site['site_identifier']} {site['site_name']:<5} domain "
+              f"{site['domain']}  collective {c['name']} http://{c['host']}:{c['http_port']}/"
+              f"directory{state}")
+        if site["cluster_file"] == desc["sites"][0]["cluster_file"]:
+            print("      phones: as above")
+            continue
+        proxy = next((p for p in site["proxies"] if p["running"]), None)
+        node = next((n for n in site["nodes"] if n["running"]), None)
+        if proxy is not None and site["accounts"]:
+            first = site["accounts"][0]
+            print(f"      register: user {first['dn']}@{site['domain']}, password "
+                  f"{first['password']}, outbound proxy sip:{proxy['host']}:"
+                  f"{proxy['sip_port']} ({len(site['accounts'])} accounts in lab.json)")
+        if node is not None:
+            print(f"      node {node['name']} SIP {node['host']}:{node['sip_port']}  TCport "
+                  f"{node['tc_port']}; trunks to "
+                  + ", ".join(f"{s} ({t['dn']})" for s, t in site["site_trunks"].items()))
+    print("    roaming: agent aNNNN logs in (TCport, AgentID aNNNN) on a DN of another "
+          "site; calls to extension NNNN follow it there (docs/collective.md)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -168,10 +280,16 @@ def run(args: argparse.Namespace) -> int:
         return 2
     action = args.action
     names: list[str] = args.name
+    targets: list[str] = []
     if action in ("kill", "restart"):
-        if len(names) != 1 or names[0] not in sup.specs:
+        if len(names) == 1 and names[0].lower().startswith("site:"):
+            targets = _site_processes(names[0], sup)
+        elif len(names) == 1 and names[0] in sup.specs:
+            targets = [names[0]]
+        if not targets:
+            sites = sorted(set(_SITE_OF.values()))
             print(f"lab: unknown application {' '.join(names)!r}; one of: "
-                  f"{', '.join(sup.specs)}", file=sys.stderr)
+                  f"{', '.join([*sup.specs, *sites])}", file=sys.stderr)
             return 2
         args.name = names[0]
     if action in ("partition", "heal"):
@@ -195,13 +313,16 @@ def run(args: argparse.Namespace) -> int:
         print("lab stopped")
         return 0
     if action == "kill":
-        sup.kill(args.name)
+        for name in targets:
+            sup.kill(name)
         _write_description(cfg, sup)
-        print(f"{args.name} killed")
+        print(f"{args.name} killed" + (f" ({', '.join(targets)})" if len(targets) > 1 else ""))
         return 0
     if action == "restart":
-        sup.stop(args.name)
-        sup.start(args.name)
+        for name in targets:
+            sup.stop(name)
+        for name in targets:  # in the start order of the lab
+            sup.start(name)
         # the daemons linked to it (a t-controller to its sip-server) reconnect too
         late = sup.wait_healthy([n for n in sup.specs if sup.alive(n)], timeout=args.timeout)
         _write_description(cfg, sup)
@@ -215,6 +336,8 @@ def run(args: argparse.Namespace) -> int:
         print("lab: no daemon of this cluster file is built yet", file=sys.stderr)
         return 1
     issue_lab_certificates(cfg)
+    for _, site_cfg in _SITES:  # each site its own CA, in certs/ beside its cluster file
+        issue_lab_certificates(site_cfg)
     sup.start_all()
     try:
         late = sup.wait_healthy(timeout=args.timeout)
@@ -229,6 +352,8 @@ def run(args: argparse.Namespace) -> int:
         sup.stop_all()
         return 1
     desc = _write_description(cfg, sup)
+    for problem in _provision_users(desc):
+        print(f"lab: users not added: {problem}", file=sys.stderr)
     _print_guide(desc, skipped)
     if action == "start":
         return 0
@@ -253,22 +378,43 @@ def _partition(cfg: ClusterConfig, sup: Supervisor, action: str, names: list[str
             had = heal(sup.directory)
             print("links between data centres restored" if had else "no partition to heal")
             return 0
-        geos = cfg.geo_locations()
-        if len(names) != 2 or not set(names) <= set(geos) or names[0] == names[1]:
-            print(f"lab: partition takes two geo-locations of: {', '.join(geos)}",
+        parties = _parties(cfg)
+        if len(names) != 2 or names[0] == names[1] or \
+                not all(n.lower() in parties for n in names):
+            print(f"lab: partition takes two of: {', '.join(sorted(parties))}",
                   file=sys.stderr)
             return 2
-        subnets = [
-            subnet_of([a.host for a in cfg.applications.values() if a.geo_location == geo])
-            for geo in names
-        ]
-        partition(sup.directory, subnets[0], subnets[1])
+        a, b = (parties[n.lower()] for n in names)
+        if any(x.overlaps(y) for x in a for y in b):
+            print(f"lab: {names[0]} and {names[1]} share addresses", file=sys.stderr)
+            return 2
+        for x in a:
+            for y in b:
+                partition(sup.directory, x, y)
     except PartitionError as exc:
         print(f"lab: {exc}", file=sys.stderr)
         return 1
-    print(f"{names[0]} ({subnets[0]}) and {names[1]} ({subnets[1]}) are cut off from each other;"
-          " `sipcluster lab heal` restores them")
+    print(f"{names[0]} ({', '.join(map(str, a))}) and {names[1]} ({', '.join(map(str, b))}) "
+          "are cut off from each other; `sipcluster lab heal` restores them")
     return 0
+
+
+def _parties(cfg: ClusterConfig) -> dict[str, list[ipaddress.IPv4Network]]:
+    """What ``lab partition`` can cut apart (lower-case name -> its networks): the
+    data centres of site 1 (their /24), every site (``site:NAME``, its /24s) and
+    the hub (``RTM1``: its address)."""
+    out: dict[str, list[ipaddress.IPv4Network]] = {}
+    for geo in cfg.geo_locations():
+        out[geo.lower()] = [subnet_of([a.host for a in cfg.applications.values()
+                                       if a.geo_location == geo])]
+    for site_cfg in [cfg, *(c for _, c in _SITES)]:
+        desc = site_description(site_cfg, running=set(), cluster_file=Path(site_cfg.file))
+        if desc is not None:
+            out[f"site:{desc['site_name']}".lower()] = [
+                ipaddress.IPv4Network(s) for s in desc["subnets"]]
+    for hub in cfg.by_kind(AppKind.RTM_SERVER):
+        out[hub.name.lower()] = [ipaddress.IPv4Network(f"{hub.host}/32")]
+    return out
 
 
 def _status(cfg: ClusterConfig, sup: Supervisor, skipped: list[Application]) -> int:

@@ -2,7 +2,14 @@
 
 ``lab.json`` is the lab's address book for people and scripts: the SRV name,
 the DNS server (its DNS and management HTTP ports), each data centre's proxies
-and nodes with their ports, and the phone accounts.
+and nodes with their ports, and the phone accounts; ``sites``: every site of
+the lab's collective (its cluster file, proxies, nodes, accounts, collective
+application, password at the hub), ``hub``: the rtm-server they log on to.
+
+The lab is a collective (docs/collective.md): the lab directory's
+``cluster.toml`` is site 1 (the two-data-centre cluster), and each
+``sites/NAME/cluster.toml`` is one more site (its own switch and SIP domain),
+copied from ``daemons/lab/sites/`` when the lab runs the shipped example.
 """
 
 from __future__ import annotations
@@ -26,7 +33,44 @@ from protocols.sip.uri import parse_uri
 START_ORDER = [
     AppKind.RTM_SERVER, AppKind.STATUS_AGGREGATOR, AppKind.FEATURE_SERVER,
     AppKind.SIP_SERVER, AppKind.T_CONTROLLER, AppKind.SIP_PROXY, AppKind.DIRECTOR,
+    AppKind.COLLECTIVE,
 ]
+
+#: the other sites of the lab's collective, one cluster file each (NAME.toml)
+SITES_SOURCE = Path(__file__).resolve().with_name("sites")
+#: where a lab directory keeps them: sites/NAME/cluster.toml (certs/ beside each)
+SITES_DIR = "sites"
+#: the workgroup the lab's users are members of: they replicate to every site
+LAB_WORKGROUP = "Multisite_RTM1"
+
+
+def install_sites(directory: Path) -> list[Path]:
+    """Copy the shipped sites' cluster files into ``directory/sites/`` (those not
+    there yet); the cluster files of the lab's other sites."""
+    for source in sorted(SITES_SOURCE.glob("*.toml")):
+        target = directory / SITES_DIR / source.stem.capitalize() / "cluster.toml"
+        if not target.exists():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(source, target)
+    return site_files(directory)
+
+
+def site_files(directory: Path) -> list[Path]:
+    """The cluster files of the lab's other sites (``sites/NAME/cluster.toml``)."""
+    return sorted((directory / SITES_DIR).glob("*/cluster.toml"))
+
+
+def home_site(cfg: ClusterConfig) -> dict[str, Any] | None:
+    """The ``home-site`` of the cluster file's collective application: the site
+    this cluster is in the collective, with its collective application."""
+    for app in cfg.by_kind(AppKind.COLLECTIVE):
+        home = app.options.get("home-site")
+        if isinstance(home, dict):
+            return {"site_identifier": home.get("site-identifier"),
+                    "site_name": home.get("site-name"),
+                    "phone_number": str(home.get("phone-number") or ""),
+                    "password": home.get("password"), "collective": app}
+    return None
 
 #: the lab's geo-aware DNS (``sipcluster geo-dns``): one listener per data
 #: centre, unprivileged port; its management HTTP listener (/healthz,
@@ -112,7 +156,8 @@ def pstn_gateways(cfg: ClusterConfig) -> list[ProcessSpec]:
     return [ProcessSpec(name=f"PSTN_{dn.number}", health_url=None,
                         argv=(sipp, "-sn", "uas", "-aa", "-i", host, "-p", str(port),
                               "-nostdin", "-f", "3600"))
-            for dn, host, port in gateway_addresses(cfg)]
+            for dn, host, port in gateway_addresses(cfg)
+            if not dn.options.get("collective-site")]  # a trunk to another site: no gateway
 
 
 def _node_entry(cfg: ClusterConfig, sip_server: Application) -> dict[str, Any]:
@@ -157,7 +202,8 @@ def lab_description(
             "pstn_gateways": [
                 {"name": f"PSTN_{dn.number}", "host": host, "sip_port": port,
                  "running": f"PSTN_{dn.number}" in running}
-                for dn, host, port in gateway_addresses(cfg) if dn.geo_location == geo
+                for dn, host, port in gateway_addresses(cfg)
+                if dn.geo_location == geo and not dn.options.get("collective-site")
             ],
         }
     accounts = [
@@ -216,6 +262,8 @@ def _tls_names(cfg: ClusterConfig) -> list[str]:
     t-controllers that publish to them, and the client names their options list."""
     names = [a.name for a in cfg.by_kind(AppKind.STATUS_AGGREGATOR)]
     names += [a.name for a in cfg.by_kind(AppKind.T_CONTROLLER)]
+    # a collective watches its site's status-aggregator (docs/collective.md)
+    names += [a.name for a in cfg.by_kind(AppKind.COLLECTIVE)]
     for app in cfg.by_kind(AppKind.STATUS_AGGREGATOR):
         for option in ("consumers", "publishers"):
             value = app.options.get(option)
@@ -285,3 +333,56 @@ def issue_lab_certificates(cfg: ClusterConfig) -> Path | None:
                   dns_names=[n for n in names if not is_ip_address(n)],
                   ip_addresses=[n for n in names if is_ip_address(n)])
     return directory
+
+
+def site_description(cfg: ClusterConfig, *, running: set[str],
+                     cluster_file: Path) -> dict[str, Any] | None:
+    """One site of the lab's collective, for lab.json's ``sites``."""
+    home = home_site(cfg)
+    if home is None:
+        return None
+    collective: Application = home["collective"]
+    return {
+        "site_identifier": home["site_identifier"], "site_name": home["site_name"],
+        "phone_number": home["phone_number"], "password": home["password"],
+        "cluster_file": str(cluster_file), "switch": cfg.switch.name,
+        "domain": cfg.switch.domain, "realm": cfg.switch.realm,
+        "subnets": sorted({a.host.rsplit(".", 1)[0] + ".0/24"
+                           for a in cfg.applications.values() if is_ip_address(a.host)}),
+        "collective": {"name": collective.name, "host": collective.host,
+                       "http_port": collective.port("http-port"),
+                       "running": collective.name in running},
+        "proxies": [{"name": p.name, "host": p.host, "sip_port": p.port("sip-port"),
+                     "tls_port": p.port("sip-tls-port"), "http_port": p.port("http-port"),
+                     "geo_location": p.geo_location, "running": p.name in running}
+                    for p in cfg.by_kind(AppKind.SIP_PROXY)],
+        "nodes": [{**_node_entry(cfg, n), "geo_location": n.geo_location,
+                   "running": n.name in running}
+                  for n in cfg.by_kind(AppKind.SIP_SERVER)],
+        # the SIP trunks to the other sites: a roaming user's calls take them
+        "site_trunks": {str(dn.options["collective-site"]): {"dn": dn.number,
+                                                             "contact": dn.contact}
+                        for dn in cfg.dns.values()
+                        if dn.type is DnType.TRUNK and dn.options.get("collective-site")},
+        "accounts": [{"dn": dn.number, "password": dn.password,
+                      "user": lab_user_id(dn.number)}
+                     for dn in cfg.dns.values()
+                     if dn.type == DnType.EXTENSION and dn.contact == "*"],
+        "applications": sorted(cfg.applications),
+    }
+
+
+def lab_user_id(dn: str) -> str:
+    """The user (and AgentID) the lab gives an account: ``a`` + its DN (the
+    director's skills use these ids)."""
+    return f"a{dn}"
+
+
+def hub_description(cfg: ClusterConfig, *, running: set[str]) -> dict[str, Any] | None:
+    """lab.json's ``hub``: the rtm-server of site 1 and the site passwords it takes."""
+    for hub in cfg.by_kind(AppKind.RTM_SERVER):
+        sites = hub.options.get("sites") or {}
+        return {"name": hub.name, "host": hub.host, "rtm_port": hub.port("rtm-port"),
+                "http_port": hub.port("http-port"), "running": hub.name in running,
+                "credentials": {str(k): v for k, v in sites.items()}}
+    return None
