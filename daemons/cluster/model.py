@@ -124,6 +124,11 @@ class TServerOptions:
     periodic_check_tout: float = 600.0
     notify_idle_tout: float = 300.0
     cleanup_idle_tout: float = 3600.0
+    #: reliable provisional responses (RFC 3262) relayed end to end, PRACK answered
+    sip_enable_100rel: bool = True
+    #: session timers (RFC 4028): the interval the node asks for (0: off), the least it takes
+    sip_session_expires: int = 1800
+    sip_min_se: int = 90
 
 
 @dataclass(frozen=True)

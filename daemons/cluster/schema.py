@@ -172,6 +172,18 @@ def read_digest_algorithms(s: Section, n: str, d: Any) -> Any:
     return algorithms
 
 
+def _session_interval(s: Section, n: str, d: Any) -> Any:
+    """0 or at least 90 seconds (RFC 4028 §4: no Min-SE below 90)."""
+    value = s.get_int(n, d, min=0)
+    if 0 < value < 90:
+        raise s.error(n, f"expected 0 (off) or at least 90 seconds (RFC 4028), got {value}")
+    return value
+
+
+def _min_se(s: Section, n: str, d: Any) -> Any:
+    return s.get_int(n, d, min=90)
+
+
 Schema = dict[str, tuple[Reader, Any]]
 
 #: ``[switch] digest-algorithms`` values (RFC 7616 §3.4 / RFC 8760 §2.2)
@@ -217,6 +229,13 @@ TSERVER_OPTIONS: Schema = {
     "periodic-check-tout": (_seconds, 600.0),
     "notify-idle-tout": (_seconds, 300.0),
     "cleanup-idle-tout": (_seconds, 3600.0),
+    # reliable provisional responses (RFC 3262) through the node (guide: sample
+    # [TServer] section, sip-enable-100rel)
+    "sip-enable-100rel": (_bool, True),
+    # session timers (RFC 4028), seconds: the interval the node asks for (0: it asks
+    # for none and ignores Session-Expires) and the smallest it accepts (422 below)
+    "sip-session-expires": (_session_interval, 1800),
+    "sip-min-se": (_min_se, 90),
 }
 
 #: Options of the SIP Cluster Node DN (service-type = sip-cluster-nodes).

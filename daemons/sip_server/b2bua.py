@@ -279,7 +279,7 @@ SIP_METHODS: dict[str, Callable[[SessionController, IncomingRequest],
     "MESSAGE": SessionController._sip_in_dialog,
     "SUBSCRIBE": SessionController._sip_not_allowed,
     "PUBLISH": SessionController._sip_not_allowed,
-    "PRACK": SessionController._sip_not_allowed,
+    "PRACK": SessionController._prack,  # RFC 3262
 }
 
 USER_DATA_REQUESTS = frozenset({"RequestAttachUserData", "RequestUpdateUserData",

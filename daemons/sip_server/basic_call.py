@@ -16,8 +16,10 @@ import asyncio
 from daemons.runtime.sip_endpoint import IncomingRequest
 from daemons.sip_server.call import Call, CallState, Leg, LegState, sdp_direction
 from daemons.sip_server.dialing import done_future
+from daemons.sip_server.prack import ReliableProvisionals
 from daemons.sip_server.registration import Registration
 from daemons.sip_server.session import ALLOW, AS_UNAVAILABLE
+from daemons.sip_server.session_timer import SessionTimers
 from daemons.sip_server.treatment import TreatmentControl
 from protocols.sip.dialog import Dialog, DialogError
 from protocols.sip.errors import ParseError
@@ -27,7 +29,7 @@ from protocols.sip.uri import parse_uri
 __all__ = ["BasicCall"]
 
 
-class BasicCall(Registration, TreatmentControl):
+class BasicCall(Registration, TreatmentControl, ReliableProvisionals, SessionTimers):
     """INVITE / ACK / BYE / re-INVITE from phones and their calls."""
 
     async def _invite(self, inc: IncomingRequest) -> Response | None:
@@ -42,6 +44,9 @@ class BasicCall(Registration, TreatmentControl):
         dest = req.ruri.user or parse_uri(req.to.uri).user or ""
         if not dest:
             return self._refuse(inc, 404, "No Destination")
+        refusal = self._unsupported_100rel(inc) or self._session_refusal(inc)  # 420, 422
+        if refusal is not None:
+            return refusal
         # no explicit 100 Trying: the transaction sends it after 200 ms unless the
         # 180 relayed from the callee came first (RFC 3261 §17.2.1)
         call = self._new_call(caller, dest, caller_dn)
@@ -49,6 +54,8 @@ class BasicCall(Registration, TreatmentControl):
         leg_a.incoming, leg_a.sdp = inc, req.body
         leg_a.call_id, leg_a.local_tag = req.call_id, inc.to_tag
         self.legs[(leg_a.call_id, leg_a.local_tag)] = leg_a
+        self._take_100rel(leg_a)
+        self._take_session_timer(leg_a)
         self.log.info("call_started", conn_id=call.conn_id, call_id=req.call_id, ani=caller,
                       dnis=dest)
         self._event(call, "EventDialing", leg_a, other=dest)
@@ -75,15 +82,22 @@ class BasicCall(Registration, TreatmentControl):
             "Record-Route")]
 
         def ringing(leg: Leg, resp: Response, first: bool) -> None:
+            reliable = self._reliable_from_callee(leg, resp)  # RFC 3262 §4
+            if reliable is None:
+                return  # a reliable 18x repeated or out of order
             if first:
                 self._event(call, "EventRinging", leg, other=leg_a.number)
-            if first or (resp.body and resp.status == 183):
+            relay = reliable and leg_a.reliable is not None
+            if reliable and not relay:
+                self._prack_now(leg, resp)  # the caller takes no reliable 18x
+            if relay or first or (resp.body and resp.status == 183):
                 status = resp.status if resp.status in (180, 183) else 180
                 headers = [*record_route,
                            ("Contact", self._contact(flow.transport, flow.remote[0]))]
                 if resp.body:
                     headers.append(("Content-Type", "application/sdp"))
-                inc.respond(status, headers=headers, body=resp.body)
+                if not self._provisional_to_caller(leg_a, leg, resp, status, headers, relay):
+                    inc.respond(status, headers=headers, body=resp.body)
 
         leg_b, result = await self._reach(call, leg_a, dest, leg_a.sdp, ringing)
         if self._treated(call):  # answered for a treatment: the media changes by re-INVITE
@@ -104,6 +118,7 @@ class BasicCall(Registration, TreatmentControl):
             leg_b.dialog = Dialog.create_uac(leg_b.invite, resp)  # type: ignore[arg-type]
         except (DialogError, ParseError):
             leg_b.dialog = None
+        self._after_early_requests(leg_b)  # CSeq after the PRACKs
         if not leg_a.alive:
             leg_b.abandoned = True
             self._late_final(leg_b, done_future(resp))
@@ -113,8 +128,9 @@ class BasicCall(Registration, TreatmentControl):
             await self._ack(leg_b.invite, resp)  # type: ignore[arg-type]
         else:
             leg_b.pending_response = resp  # late offer: the caller's ACK holds the answer
+        await self._reliable_settled(leg_a)  # RFC 3262 §3: no 2xx before the PRACK of an offer
         headers = [*record_route, ("Contact", self._contact(flow.transport, flow.remote[0])),
-                   ("Allow", ALLOW)]
+                   ("Allow", ALLOW), *self._session_headers(leg_a)]
         if resp.body:
             headers.append(("Content-Type", "application/sdp"))
         sent = inc.respond(200, headers=headers, body=resp.body)
@@ -132,6 +148,7 @@ class BasicCall(Registration, TreatmentControl):
                       callee=leg_b.number)
         self._event(call, "EventEstablished", leg_b, other=leg_a.number)
         self._event(call, "EventEstablished", leg_a, other=leg_b.number)
+        self._start_session_timers(leg_a, leg_b, resp)
         leg_a.settle()
         leg_b.settle()
 
@@ -174,6 +191,9 @@ class BasicCall(Registration, TreatmentControl):
         other = call.other(leg)
         if not leg.connected or other is None or not other.connected or other.dialog is None:
             return self._refuse(inc, 491)
+        refusal = self._session_refusal(inc)  # 422 (RFC 4028 §8.1)
+        if refusal is not None:
+            return refusal
         if leg.dialog is not None:
             try:
                 leg.dialog.receive_request(req)
@@ -190,8 +210,10 @@ class BasicCall(Registration, TreatmentControl):
             return inc.response(resp.status if resp.status not in AS_UNAVAILABLE else 488)
         await self._ack(out, resp)
         leg.sdp, other.sdp = req.body, resp.body
+        # a 2xx to a re-INVITE refreshes both legs' sessions (RFC 4028 §10)
+        self._session_refreshed(other, None, resp.headers)
         answer_headers = [("Contact", self._contact(inc.flow.transport, inc.flow.remote[0])),
-                          ("Allow", ALLOW)]
+                          ("Allow", ALLOW), *self._session_refreshed(leg, req.headers, None)]
         if resp.body:
             answer_headers.append(("Content-Type", "application/sdp"))
         sent = inc.respond(200, headers=answer_headers, body=resp.body)

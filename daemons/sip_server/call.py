@@ -156,6 +156,10 @@ class Leg:
     shared_with: Leg | None = None
     #: the node itself put this party on hold (RequestInitiateTransfer), not its phone
     held_by_node: bool = False
+    #: reliable provisional responses on this leg (daemons.sip_server.prack), None: none
+    reliable: Any = None
+    #: this leg's session timer (daemons.sip_server.session_timer), None: none
+    session_timer: Any = None
 
     def move(self, new: LegState) -> None:
         if new is self.state:

@@ -65,6 +65,8 @@ class Dialing(SessionBase):
         headers.add("CSeq", "1 INVITE")
         headers.add("Contact", self._contact(transport, host))
         headers.add("Allow", ALLOW)
+        for name, value in self._extension_headers():  # 100rel, timer (RFC 3262, 4028)
+            headers.add(name, value)
         for name, value in extra:
             headers.add(name, value)
         if body:

@@ -47,7 +47,7 @@ __all__ = [
     "SessionBase",
 ]
 
-ALLOW = "INVITE, ACK, CANCEL, BYE, OPTIONS, REGISTER, REFER, NOTIFY, INFO, UPDATE"
+ALLOW = "INVITE, ACK, CANCEL, BYE, OPTIONS, REGISTER, REFER, NOTIFY, INFO, UPDATE, PRACK"
 AGENT_TYPES = (DnType.EXTENSION, DnType.ACD_POSITION)
 _NO_CTI: frozenset[str] = frozenset()
 #: Final statuses from the called side that the caller sees as 480.
@@ -156,6 +156,17 @@ class SessionBase:
         self.m_refused = m.counter("sip_requests_refused", "Requests answered with an error",
                                    ("method", "status"))
         self.m_auth_failures = m.counter("auth_failures", "Digest failures", ("method", "reason"))
+
+    def _extension_headers(self) -> list[tuple[str, str]]:
+        """Supported option tags, and the Session-Expires the node asks for, of an
+        INVITE the node sends (RFC 3262 §4, RFC 4028 §7.1)."""
+        ts = self.tserver
+        tags = [tag for tag, on in (("100rel", ts.sip_enable_100rel),
+                                    ("timer", ts.sip_session_expires > 0)) if on]
+        headers = [("Supported", ", ".join(tags))] if tags else []
+        if ts.sip_session_expires > 0:
+            headers.append(("Session-Expires", str(max(ts.sip_session_expires, ts.sip_min_se))))
+        return headers
 
     def _spawn(self, coro: Any) -> asyncio.Task[Any]:
         task: asyncio.Task[Any] = asyncio.ensure_future(coro)
@@ -271,6 +282,9 @@ class SessionBase:
             call.consult_of.consult = None
         for leg in call.legs:
             self.legs.pop((leg.call_id, leg.local_tag), None)
+            for timers in (leg.reliable, leg.session_timer):
+                if timers is not None:
+                    timers.close()  # RFC 3262 retransmissions, RFC 4028 refresh / expiry
         self.server.routing.abandon(call.conn_id)
         self.server.fail_pending(call.conn_id, None, ErrorCode.INVALID_CALL_STATE,
                                  "Invalid call state: the call was released")

@@ -1,0 +1,130 @@
+"""One cluster node on 127.0.245.x for the RFC 3262 / RFC 4028 tests: the node
+(SIPS_A; its t-controller is not started: the callee is an Extension DN with a
+fixed contact),
+the callee's phone (a SIPp UAS on 127.0.245.101) and SIPp callers from
+127.0.245.200, every message they exchange traced."""
+
+from __future__ import annotations
+
+import urllib.request
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.daemons.sip_server.conftest import SCENARIOS, NodeLab, Sipp
+
+NODE = "127.0.245.11"
+PHONE = "127.0.245.101"
+CALLER = "127.0.245.200"
+CALLEE_DN = "1001"
+
+
+class PrackLab(NodeLab):
+    def phone(self, scenario: str) -> Sipp:
+        """The callee's phone on DN 1001's contact, running ``scenario``."""
+        return self.sipp(SCENARIOS / scenario, PHONE, self.ports["phone"], [])
+
+    def caller(self, scenario: Path | str, *args: str) -> Sipp:
+        """A call to DN 1001 at the node (a scenario file, or SIPp's built-in one named)."""
+        params = [] if isinstance(scenario, str) else [
+            "-set", "caller", "+15550100", "-set", "domain", "cluster.test"]
+        return self.sipp(scenario, CALLER, self.free_port(CALLER),
+                         ["-s", CALLEE_DN, *params, *args],
+                         target=f"{NODE}:{self.ports['sip']}")
+
+    def metrics(self, name: str) -> dict[str, float]:
+        """The node's samples of ``name``, by their label text."""
+        url = f"http://{NODE}:{self.ports['http']}/metrics"
+        with urllib.request.urlopen(url, timeout=5) as r:
+            text = r.read().decode()
+        out: dict[str, float] = {}
+        for line in text.splitlines():
+            if line.startswith(name + "{") or line.startswith(name + " "):
+                key, value = line.rsplit(" ", 1)
+                out[key[len(name):]] = float(value)
+        return out
+
+
+def cluster_text(ports: dict[str, int], tserver: str) -> str:
+    return f"""
+[switch]
+name = "SIP_Cluster"
+domain = "cluster.test"
+
+[switch.tserver]
+sip-enable-strict-auth = false
+{tserver}
+
+[dns.SIP_Cluster_DN]
+type = "VoIPService"
+service-type = "sip-cluster-nodes"
+applications = ["SIPS_A"]
+
+[dns.{CALLEE_DN}]
+type = "Extension"
+contact = "sip:{CALLEE_DN}@{PHONE}:{ports['phone']}"
+
+[applications.SIPS_A]
+kind = "sip-server"
+host = "{NODE}"
+geo-location = "dc1"
+sip-port = {ports['sip']}
+default-port = {ports['default']}
+http-port = {ports['http']}
+
+[applications.TC_A]
+kind = "t-controller"
+host = "{NODE}"
+sip-server = "SIPS_A"
+tc-port = {ports['tc']}
+http-port = {ports['tchttp']}
+"""
+
+
+@pytest.fixture
+async def prack_lab(tmp_path: Path, free_port: Callable[..., int],
+                    require_tool: Callable[[str], str]) -> AsyncIterator[Any]:
+    """Factory: ``lab = await prack_lab(tserver="sip-enable-100rel = false")``."""
+    labs: list[PrackLab] = []
+
+    async def make(tserver: str = "") -> PrackLab:
+        ports = {key: free_port(NODE) for key in ("sip", "default", "http", "tc", "tchttp")}
+        ports["phone"] = free_port(PHONE)
+        lab = PrackLab(tmp_path, ports, require_tool("sipp"), free_port)
+        labs.append(lab)
+        lab.config.write_text(cluster_text(ports, tserver))
+        lab.start("sip-server", "SIPS_A")
+        return lab
+
+    yield make
+    for lab in labs:
+        await lab.close()
+
+
+def body(message: str) -> str:
+    text = message.replace("\r\n", "\n")
+    return text.split("\n\n", 1)[1].strip() if "\n\n" in text else ""
+
+
+def header(message: str, name: str) -> list[str]:
+    """The values of header ``name`` in a traced message."""
+    head = message.replace("\r\n", "\n").split("\n\n", 1)[0]
+    return [line.split(":", 1)[1].strip() for line in head.split("\n")[1:]
+            if line.split(":", 1)[0].strip().lower() == name.lower()]
+
+
+def received_responses(sipp: Sipp, status: int) -> list[str]:
+    """The ``status`` responses SIPp received, whole."""
+    out = []
+    for block in sipp.messages().split("----------------------------------------------- ")[1:]:
+        head = block.split("\n", 3)
+        if len(head) == 4 and "message received" in head[1] \
+                and head[3].startswith(f"SIP/2.0 {status} "):
+            out.append(head[3].rstrip("\n"))
+    return out
+
+
+__all__ = ["CALLEE_DN", "CALLER", "NODE", "PHONE", "PrackLab", "body", "cluster_text",
+           "header", "prack_lab", "received_responses"]
