@@ -35,6 +35,7 @@ TEMPLATES = {
     "sipcluster-feature-server@.service": ("feature-server", "FS_dc1"),
     "sipcluster-rtm-server@.service": ("rtm-server", "RTM1"),
     "sipcluster-status-aggregator@.service": ("status-aggregator", "SA_1"),
+    "sipcluster-collective@.service": ("collective", "Collective_Boca"),
 }
 GEO_DNS = "sipcluster-geo-dns.service"
 #: units whose daemon binds a port below 1024 (SIP 5060, DNS 53)
