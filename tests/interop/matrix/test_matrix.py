@@ -712,14 +712,7 @@ CELLS: dict[tuple[str, str], Callable[[Ctx, str], None]] = {
 }
 
 #: cells that fail because of a defect of ours (strict: they fail the run once fixed)
-DEFECTS: dict[str, str] = {
-    "mwi-baresip-tls": (
-        "defect: the feature-server sends its NOTIFYs straight to the subscriber's Contact "
-        "with no route set (daemons/feature_server/voicemail/mwi.py), so a phone registered "
-        "over TLS, which has no TLS listener of its own, gets none (mwi_notify_refused, "
-        "status 503); the NOTIFY must follow the SUBSCRIBE's Record-Route back through the "
-        "proxy that holds the phone's TLS flow"),
-}
+DEFECTS: dict[str, str] = {}
 
 #: the no-answer cells wait out the lab's 12 s timer: one transport per peer
 ONE_TRANSPORT = {"no-answer": "udp"}
