@@ -56,6 +56,9 @@ from tests.daemons.feature_server.voicemail.phone import Phone  # noqa: E402
 SERVER = "127.0.115.1"
 CLIENT = "127.0.115.10"
 FIRST_MAILBOX = 2000
+#: the DN whose phone watches every mailbox (delegate of each) and places the calls
+WATCHER = "1001"
+WATCHER_SECRET = "bench-watcher-secret"
 PCAPS = "/usr/share/sip-tester"  # sip-tester's g711a.pcap and dtmf_2833_*.pcap
 
 
@@ -75,6 +78,9 @@ def free_port(host: str) -> int:
 def cluster_file(directory: Path, mailboxes: int, sip_port: int, http_port: int) -> Path:
     dns = "".join(f'\n[dns.{FIRST_MAILBOX + i}]\ntype = "Extension"\ncontact = "*"\n'
                   f'password = "bench-{i}-secret"\n' for i in range(mailboxes))
+    # the watcher: one DN that may subscribe to every mailbox's summary (mwi-delegates)
+    dns += f'\n[dns.{WATCHER}]\ntype = "Extension"\ncontact = "*"\npassword = "{WATCHER_SECRET}"\n'
+    delegates = "".join(f'{FIRST_MAILBOX + i} = ["{WATCHER}"]\n' for i in range(mailboxes))
     text = f"""
 [switch]
 name = "SIP_Cluster"
@@ -109,7 +115,9 @@ sip-port = {sip_port}
 default-pin = "2345"
 rtp-ports = "22000-23999"
 state-dir = "{directory / 'state'}"
-"""
+
+[applications.FS_B.options.mwi-delegates]
+{delegates}"""
     path = directory / "cluster.toml"
     path.write_text(text)
     return path
@@ -293,7 +301,8 @@ async def one_run(sessions: int, seconds: float, workdir: Path, nice: int = 0,
         *(["chrt", "--fifo", str(realtime)] if realtime else []),
         sys.executable, "-m", "daemons.cli", "feature-server", "--config", str(config),
         "--name", "FS_B", "--log-level", "warning", stdout=log, stderr=log, cwd=ROOT)
-    phone = await Phone(CLIENT, "1001", rtp_ports="40000-47999").start()
+    phone = await Phone(CLIENT, WATCHER, rtp_ports="40000-47999").start()
+    phone.password = WATCHER_SECRET
     dest = Destination("UDP", SERVER, sip_port)
     try:
         for _ in range(200):
