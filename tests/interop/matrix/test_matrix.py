@@ -37,7 +37,7 @@ from tests.interop.matrix.conftest import fs_json, fs_metric
 
 LAB_SUBNETS = {"127.0.1.": "127.0.171.", "127.0.2.": "127.0.172."}
 LAB_DROP = ("SIPS_dc1_2", "TC_dc1_2", "SIPS_dc2_2", "TC_dc2_2", "Director", "SA_1", "SA_2",
-            "RTM1")
+            "RTM1", "Collective_Boca")
 
 pytestmark = [pytest.mark.interop, pytest.mark.timeout(60)]
 
