@@ -1,0 +1,67 @@
+"""Session timers (RFC 4028) through the node (docs/node.md, "Session timers"),
+on the wire with SIPp on both sides: 422 with Min-SE for a Session-Expires
+below sip-min-se; the caller's 2xx names the interval and the caller as
+refresher with Require: timer; the node asks the callee for its own interval;
+a refresh re-INVITE is answered with the session renewed on both legs.
+
+The expiry itself takes at least 58 s by the RFC (Min-SE 90 s), too long for a
+real clock: test_session_timer_expiry.py runs the node in this process and
+moves its clock."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from tests.daemons.sip_server import prack_lab as lab_module
+from tests.daemons.sip_server.conftest import SCENARIOS
+from tests.daemons.sip_server.prack_lab import header, received_responses
+
+prack_lab = lab_module.prack_lab  # the fixture
+
+pytestmark = pytest.mark.timeout(60)
+
+
+async def test_too_small_gets_422_and_refresher_negotiated_on_each_leg(prack_lab: Any) -> None:
+    lab = await prack_lab("sip-min-se = 100\nsip-session-expires = 600")
+    small = lab.caller(SCENARIOS / "uac_session_too_small.xml")
+    await asyncio.to_thread(small.stats, 20)
+    refused = received_responses(small, 422)
+    assert refused and header(refused[0], "Min-SE") == ["100"], small.messages()[-2000:]
+
+    phone = lab.phone("uas_session_timer.xml")
+    caller = lab.caller(SCENARIOS / "uac_session_timer.xml", "-set", "hangup", "1",
+                        "-set", "expires", "120")
+    stats = await asyncio.to_thread(caller.stats, 30)
+    assert stats.get("SuccessfulCall(C)") == "1", (stats, caller.errors(), phone.errors())
+    phone_stats = await asyncio.to_thread(phone.stats, 10)
+    assert phone_stats.get("SuccessfulCall(C)") == "1", (phone_stats, phone.errors())
+
+    answered = received_responses(caller, 200)
+    # the caller refreshes its 120 s session (above Min-SE 100, below the node's 600)
+    assert header(answered[0], "Session-Expires") == ["120;refresher=uac"], answered[0]
+    assert "timer" in header(answered[0], "Require")
+    assert header(answered[1], "Session-Expires") == ["120;refresher=uac"], answered[1]
+    # the callee was asked for the node's own interval, with 100rel and timer supported
+    invites = phone.received_messages("INVITE")
+    assert len(invites) == 2, invites  # the call, and the caller's refresh relayed
+    assert header(invites[0], "Session-Expires") == ["600"], invites[0]
+    assert header(invites[0], "Supported") == ["100rel, timer"], invites[0]
+    assert lab.metrics("sipcluster_session_refreshes_total") == {
+        '{by="party",outcome="ok"}': 1.0}
+    assert lab.metrics("sipcluster_sip_requests_refused_total").get(
+        '{method="INVITE",status="422"}') == 1.0
+
+
+async def test_session_timers_off(prack_lab: Any) -> None:
+    lab = await prack_lab("sip-session-expires = 0")
+    phone = lab.phone("uas_session_timer.xml")
+    small = lab.caller(SCENARIOS / "uac_session_too_small.xml")
+    await asyncio.to_thread(small.stats, 20)
+    # no 422: the node takes no part in session timers; the call goes through
+    assert not received_responses(small, 422)
+    invites = phone.received_messages("INVITE")
+    assert invites and not header(invites[0], "Session-Expires"), invites
+    assert header(invites[0], "Supported") == ["100rel"], invites[0]
