@@ -381,8 +381,8 @@ def _partition(cfg: ClusterConfig, sup: Supervisor, action: str, names: list[str
         parties = _parties(cfg)
         if len(names) != 2 or names[0] == names[1] or \
                 not all(n.lower() in parties for n in names):
-            print(f"lab: partition takes two of: {', '.join(sorted(parties))}",
-                  file=sys.stderr)
+            print("lab: partition takes two geo-locations, sites or hubs of: "
+                  + ", ".join(_display(cfg)), file=sys.stderr)
             return 2
         a, b = (parties[n.lower()] for n in names)
         if any(x.overlaps(y) for x in a for y in b):
@@ -397,6 +397,16 @@ def _partition(cfg: ClusterConfig, sup: Supervisor, action: str, names: list[str
     print(f"{names[0]} ({', '.join(map(str, a))}) and {names[1]} ({', '.join(map(str, b))}) "
           "are cut off from each other; `sipcluster lab heal` restores them")
     return 0
+
+
+def _display(cfg: ClusterConfig) -> list[str]:
+    """The names ``lab partition`` takes, as written in the cluster files."""
+    names = list(cfg.geo_locations())
+    for site_cfg in [cfg, *(c for _, c in _SITES)]:
+        desc = site_description(site_cfg, running=set(), cluster_file=Path(site_cfg.file))
+        if desc is not None:
+            names.append(f"site:{desc['site_name']}")
+    return names + [hub.name for hub in cfg.by_kind(AppKind.RTM_SERVER)]
 
 
 def _parties(cfg: ClusterConfig) -> dict[str, list[ipaddress.IPv4Network]]:

@@ -149,3 +149,37 @@ def test_partition_and_heal(running_lab: Path, require_tool: object) -> None:
     assert _reachable("127.0.1.200", dc2_node)
     bad = lab(running_lab, "partition", "dc1", "dc9")
     assert bad.returncode == 2 and "two geo-locations" in bad.stderr
+
+
+def test_a_site_is_killed_and_restarted_as_one(running_lab: Path) -> None:
+    """`lab kill site:Lyon` stops every daemon of that site's cluster file, and
+    only those; lab.json says so; `lab restart site:Lyon` brings them back."""
+    killed = lab(running_lab, "kill", "site:Lyon")
+    assert killed.returncode == 0, killed.stderr
+    status = lab(running_lab, "status").stdout
+    for name in ("SIPS_Lyon", "TC_Lyon", "SIPProxy_Lyon", "Collective_Lyon"):
+        assert f"{name:<16} stopped" in status, status
+    assert f"{'SIPS_Indy':<16} healthy" in status and f"{'RTM1':<16} healthy" in status
+    lyon = next(s for s in json.loads((running_lab / "lab.json").read_text())["sites"]
+                if s["site_name"] == "Lyon")
+    assert not lyon["collective"]["running"] and not lyon["nodes"][0]["running"]
+    restarted = lab(running_lab, "restart", "site:Lyon")
+    assert restarted.returncode == 0, restarted.stdout + restarted.stderr
+    assert lab(running_lab, "status").returncode == 0
+
+
+def test_partition_a_site_from_the_hub(running_lab: Path, require_tool: object) -> None:
+    require_tool("nft")  # type: ignore[operator]
+    hub = ("127.0.1.60", 7500)
+    try:
+        cut = lab(running_lab, "partition", "site:Indy", "RTM1")
+        assert cut.returncode == 0, cut.stderr
+        assert not _reachable("127.0.3.200", hub)
+        assert _reachable("127.0.4.200", hub)  # the other sites still reach the hub
+        assert _reachable("127.0.3.200", ("127.0.3.11", 7000))
+    finally:
+        healed = lab(running_lab, "heal")
+    assert healed.returncode == 0
+    assert _reachable("127.0.3.200", hub)
+    overlap = lab(running_lab, "partition", "site:Boca", "RTM1")
+    assert overlap.returncode == 2 and "share addresses" in overlap.stderr
