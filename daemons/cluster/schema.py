@@ -354,6 +354,11 @@ SIPPROXY_OPTIONS: Schema = {
     "oos-check": (_nonneg, 5),
     "oos-force": (_nonneg, 5),
     "registrar-default-timeout": (_nonneg, 140),
+    # processes sharing sip-port (docs/sip-proxy.md, "Workers"); worker I also
+    # listens on worker-port-base + I (SIP) and worker-port-base + workers + I
+    # (its siblings' replication links); 0: sip-port + 100
+    "workers": (_range(1, 64), 1),
+    "worker-port-base": (_nonneg, 0),
     # where MWI SUBSCRIBEs go; absent: the feature-server of the geo-location
     "feature-server-address": (_opt_hostport, None),
     # SIP over TLS on sip-tls-port (docs/sip-proxy.md): PEM certificate chain and

@@ -374,12 +374,18 @@ class SipTransportManager:
 
     # ------------------------------------------------------------ listening
 
-    async def listen(self, transport: str, host: str, port: int = 0) -> Address:
-        """Listen for ``transport`` on (host, port); return the bound address (port 0 = any)."""
+    async def listen(self, transport: str, host: str, port: int = 0, *,
+                     reuse_port: bool = False) -> Address:
+        """Listen for ``transport`` on (host, port); return the bound address (port 0 = any).
+
+        ``reuse_port``: SO_REUSEPORT, so that several processes share the port and
+        the kernel spreads datagrams (by source address and port) and connections
+        over them (a sip-proxy's ``workers``)."""
         transport = transport.upper()
         if transport == "UDP":
             transport_, proto = await self._loop.create_datagram_endpoint(
-                lambda: _UdpEndpoint(self), local_addr=(host, port))
+                lambda: _UdpEndpoint(self), local_addr=(host, port),
+                reuse_port=reuse_port or None)
             _grow_buffers(transport_)
             self._udp.append(proto)
             self.log.info("sip_listening", transport="UDP", address=_fmt(proto.local))
@@ -395,7 +401,8 @@ class SipTransportManager:
             factory = lambda: _TlsAccept(context, self._tls_open, self._tls_refused)  # noqa: E731
         else:
             factory = lambda: _StreamConnection(self, "TCP", outbound=False)  # noqa: E731
-        server = await self._loop.create_server(factory, host, port, reuse_address=True)
+        server = await self._loop.create_server(factory, host, port, reuse_address=True,
+                                                reuse_port=reuse_port or None)
         sockname = server.sockets[0].getsockname()
         local = (sockname[0], sockname[1])
         self._servers.append((transport, server, local))
@@ -417,14 +424,15 @@ class SipTransportManager:
         self._count_drop("TLS", "handshake_failed")
         self.log.warning("sip_tls_handshake_refused", peer=peer, reason=reason, error=error)
 
-    async def listen_pair(self, host: str, port: int = 0, *, attempts: int = 20) -> Address:
+    async def listen_pair(self, host: str, port: int = 0, *, attempts: int = 20,
+                          reuse_port: bool = False) -> Address:
         """Listen for UDP and TCP on one port (a Via sent-by serves both, RFC 3261
         §18); with port 0, a number free for both (the UDP pick may be taken for
         TCP: try again). Returns the bound address."""
         for _ in range(attempts if port == 0 else 1):
-            udp = await self.listen("UDP", host, port)
+            udp = await self.listen("UDP", host, port, reuse_port=reuse_port)
             try:
-                await self.listen("TCP", host, udp[1])
+                await self.listen("TCP", host, udp[1], reuse_port=reuse_port)
             except OSError as exc:
                 if port != 0 or exc.errno != errno.EADDRINUSE:
                     raise
@@ -771,14 +779,15 @@ class SipTransportManager:
         self._count_sent(transport, kind)
         return flow
 
-    def send_datagram(self, data: bytes, addr: Address) -> bool:
+    def send_datagram(self, data: bytes, addr: Address, local_port: int | None = None) -> bool:
         """Send ``data`` over UDP from a listening socket at once, without building a
         :class:`Flow` (a proxy's hot path). ``False`` when :meth:`send` is needed (the
         host is not an IP address, or no socket of its family is open); a request
-        above the size limit is the caller's business. Raises :class:`TransportError`."""
+        above the size limit is the caller's business. Raises :class:`TransportError`.
+        ``local_port``: from the listener on that port (else the first listener)."""
         if _ip(addr[0]) is None:
             return False
-        ep = self._ready_udp_endpoint(addr[0])
+        ep = self._ready_udp_endpoint(addr[0], local_port)
         if ep is None:
             return False
         try:
@@ -831,11 +840,13 @@ class SipTransportManager:
             raise TransportError(f"cannot resolve {host}: {exc}") from exc
         return str(infos[0][4][0])
 
-    def _ready_udp_endpoint(self, host: str) -> _UdpEndpoint | None:
+    def _ready_udp_endpoint(self, host: str, local_port: int | None = None
+                            ) -> _UdpEndpoint | None:
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         for ep in self._udp:
             ep_family = socket.AF_INET6 if ":" in ep.local[0] else socket.AF_INET
-            if ep_family == family and ep.transport is not None and not ep.transport.is_closing():
+            if ep_family == family and ep.transport is not None and \
+                    not ep.transport.is_closing() and local_port in (None, ep.local[1]):
                 return ep
         return self._udp_clients.get(family)
 

@@ -557,8 +557,10 @@ class ProxyCore(RegistrarFront, HopByHop):
                 return
             b = bindings[0]
             if b.origin != self.settings.name and b.origin in self.settings.peers \
-                    and self.peer_alive(b.origin) and not from_peer:
-                # the proxy holding the phone's flow delivers it
+                    and self.peer_alive(b.origin) and not from_peer \
+                    and (b.received is not None or not _same_proxy(b.origin, self.settings.name)):
+                # the proxy holding the phone's flow delivers it (a UDP phone without
+                # NAT answers any worker of this proxy: no hop to the sibling worker)
                 fwd.targets = [(self.settings.peers[b.origin], "UDP", None)]
                 if node_name:
                     request.headers.set(NODE_HEADER, node_name)
@@ -774,6 +776,11 @@ class ProxyCore(RegistrarFront, HopByHop):
 
 
 # --------------------------------------------------------------------------- small rules
+
+
+def _same_proxy(origin: str, name: str) -> bool:
+    """Two workers of one proxy (names ``APP~wI``, docs/sip-proxy.md, "Workers")."""
+    return origin.partition("~")[0] == name.partition("~")[0]
 
 
 def _challenge_text(response: Response) -> str:

@@ -99,8 +99,18 @@ class Replicator:
         sync_timeout: float = 30.0,
         retry_interval: float = 1.0,
         on_apply: Callable[[Binding], None] | None = None,
+        family: str | None = None,
+        sibling_port: int | None = None,
     ) -> None:
         self.name = name
+        #: a worker of a sip-proxy with ``workers > 1`` (docs/sip-proxy.md, "Workers"):
+        #: the proxy's name; bindings of every worker (origin ``NAME~wI``) go to the
+        #: other proxies as the proxy's own, whichever worker took their link
+        self.family = family
+        #: a worker's own port, where only its sibling workers subscribe (the
+        #: shared replication port is SO_REUSEPORT across the workers)
+        self.sibling_port = sibling_port
+        self._sibling_server: asyncio.AbstractServer | None = None
         self.host = host
         self.port = port
         self.store = store
@@ -143,8 +153,12 @@ class Replicator:
         """Listen, connect to every peer; returns the bound replication port."""
         self._started = time.monotonic()
         self._server = await asyncio.start_server(self._serve, self.host, self.port,
-                                                  reuse_address=True)
+                                                  reuse_address=True,
+                                                  reuse_port=self.family is not None or None)
         self.port = self._server.sockets[0].getsockname()[1]
+        if self.sibling_port is not None:
+            self._sibling_server = await asyncio.start_server(
+                self._serve, self.host, self.sibling_port, reuse_address=True)
         self.log.info("replication_listening", port=self.port, peers=sorted(self.peers))
         if not self.peers:
             self._mark_synced("no_peers")
@@ -161,6 +175,8 @@ class Replicator:
                 await task
         if self._server is not None:
             self._server.close()
+        if self._sibling_server is not None:
+            self._sibling_server.close()
         for sub in list(self.subscribers.values()):
             sub.writer.close()
         for link in self.links.values():
@@ -198,6 +214,20 @@ class Replicator:
             sub.pending.append(wire)
             sub.wake.set()
 
+    def in_family(self, origin: str) -> bool:
+        """``origin`` is this proxy or one of its workers."""
+        family = self.family
+        return family is not None and (origin == family or origin.startswith(family + "~"))
+
+    def _relay(self, binding: Binding) -> None:
+        """A sibling worker's binding: to the other proxies subscribed here (the
+        sibling streams it to the other workers itself)."""
+        wire = binding.to_wire()
+        for sub in self.subscribers.values():
+            if not self.in_family(sub.name):
+                sub.pending.append(wire)
+                sub.wake.set()
+
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         peer = writer.get_extra_info("peername")
         decoder = FrameDecoder()
@@ -207,14 +237,22 @@ class Replicator:
             hello = await asyncio.wait_for(self._read_one(reader, decoder), 10.0)
             name = hello.get("name") if hello.get("t") == "hello" else None
             known = self.peers.get(name) if isinstance(name, str) else None
+            if known is None and isinstance(name, str) and "~" in name:
+                # a worker of a proxy with several workers subscribes under NAME~wI
+                base = self.peers.get(name.split("~", 1)[0])
+                known = PeerAddress(name, base.host, base.port) if base is not None else None
             if known is None or (peer and known.host not in (peer[0], "0.0.0.0")):
                 self.log.warning("replication_peer_refused", peer=str(peer), name=name)
                 return
             sub = _Subscriber(known.name, writer)
             # capture the snapshot and subscribe in the same step: nothing falls between
             full = bool(hello.get("full"))
-            snapshot = [b.to_wire() for b in (self.store.all() if full
-                                              else self.store.from_origin(self.name))]
+            if full:
+                snapshot = [b.to_wire() for b in self.store.all()]
+            elif self.family is not None and not self.in_family(known.name):
+                snapshot = [b.to_wire() for b in self.store.all() if self.in_family(b.origin)]
+            else:
+                snapshot = [b.to_wire() for b in self.store.from_origin(self.name)]
             self.subscribers[id(sub)] = sub
             self.log.info("replication_subscriber", peer=known.name, full=full,
                           snapshot=len(snapshot))
@@ -343,6 +381,7 @@ class Replicator:
             decoder = FrameDecoder()
             apply = self.store.apply
             on_apply = self.on_apply
+            relay = self._relay if self.in_family(peer.name) else None
             counter = self._m_applied.labels(peer.name) if self._m_applied is not None \
                 else None
             while True:
@@ -366,6 +405,8 @@ class Replicator:
                                 changed += 1
                                 if on_apply is not None:
                                     on_apply(b)
+                                if relay is not None and b.origin == peer.name:
+                                    relay(b)
                         link.received += len(items)
                         self.applied += changed
                         if counter is not None and changed:

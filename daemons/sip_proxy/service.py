@@ -41,6 +41,7 @@ from daemons.sip_proxy.replication import PeerAddress, Replicator
 from daemons.sip_proxy.routing import NodeTarget, Router
 from daemons.sip_proxy.security import AuthGuard, RateLimiter
 from daemons.sip_proxy.tls import proxy_tls_context
+from daemons.sip_proxy.workers import WorkerCore, WorkerLayout, WorkerSupervisor, die_with_parent
 from protocols.sip.oos import OosMonitor
 
 __all__ = ["SipProxy", "add_parser", "replication_port", "run"]
@@ -106,6 +107,13 @@ class SipProxy(Service):
         self.cfg = cfg if cfg is not None else load_cluster(args.config)
         self.app = self.cfg.application(args.name, AppKind.SIP_PROXY)
         app = self.app
+        #: ``--worker I`` of a proxy with ``workers > 1`` (:mod:`.workers`)
+        self.worker: int | None = getattr(args, "worker", None)
+        layout = WorkerLayout.of(app)
+        own_name = app.name if self.worker is None else layout.name(self.worker)
+        if self.worker is not None:
+            die_with_parent()
+            self.log = self.log.bind(worker=self.worker)
         opts = app.options
         self.geo = app.geo_location or ""
         #: SIP over TLS for phones on sip-tls-port; a bad file refuses the config
@@ -130,12 +138,22 @@ class SipProxy(Service):
                     break
         peers = [a for a in self.cfg.by_kind(AppKind.SIP_PROXY) if a.name != app.name]
         self.peer_addresses = [PeerAddress(p.name, p.host, replication_port(p)) for p in peers]
+        peer_sip = {p.name: (p.host, p.ports["sip-port"]) for p in peers}
+        sip_port = app.ports["sip-port"]
+        if self.worker is not None:
+            # the other workers are peers like the other proxies, on their own ports
+            siblings = [i for i in range(layout.count) if i != self.worker]
+            self.peer_addresses += [PeerAddress(layout.name(i), app.host,
+                                                layout.replication_port(i)) for i in siblings]
+            peer_sip.update({layout.name(i): (app.host, layout.sip_port(i)) for i in siblings})
+            sip_port = layout.sip_port(self.worker)
+        self.layout = layout
         self.settings = ProxySettings(
-            name=app.name, host=app.host, port=app.ports["sip-port"], geo_location=self.geo,
+            name=own_name, host=app.host, port=sip_port, geo_location=self.geo,
             domain=self.cfg.switch.domain,
             registrar_default_timeout=int(opts.get("registrar-default-timeout", 140)),
             feature_server=fs,
-            peers={p.name: (p.host, p.ports["sip-port"]) for p in peers},
+            peers=peer_sip,
             own_names=outbound_proxy_names(self.cfg),
             tls_port=app.port("sip-tls-port") if self.ssl_context is not None else None)
         self.repl_port = args.replication_port if args.replication_port is not None else \
@@ -168,15 +186,22 @@ class SipProxy(Service):
     # ------------------------------------------------------------ lifecycle
 
     async def start(self) -> None:
+        worker = self.worker
         self.replicator = Replicator(
-            self.app.name, self.app.host, self.repl_port, self.store, self.peer_addresses,
-            log=self.log, metrics=self.metrics, sync_timeout=self.sync_timeout)
+            self.settings.name, self.app.host, self.repl_port, self.store, self.peer_addresses,
+            log=self.log, metrics=self.metrics, sync_timeout=self.sync_timeout,
+            family=None if worker is None else self.app.name,
+            sibling_port=None if worker is None else self.layout.replication_port(worker),
+            # a sibling worker restarts in a moment: catch it quickly
+            retry_interval=1.0 if worker is None else 0.1)
         replicator = self.replicator
-        self.core = ProxyCore(
-            self.settings, router=self.router, store=self.store, metrics=self.metrics,
+        kwargs: dict[str, Any] = dict(
+            router=self.router, store=self.store, metrics=self.metrics,
             log=self.log, on_binding=replicator.publish, synced=lambda: replicator.synced,
             peer_alive=replicator.peer_alive, rate_limiter=self.rate_limiter,
             auth_guard=self.auth_guard, ssl_context=self.ssl_context)
+        self.core = ProxyCore(self.settings, **kwargs) if worker is None else \
+            WorkerCore(self.settings, shared_port=self.app.ports["sip-port"], **kwargs)
         await self.core.start()
         self.repl_port = await replicator.start()
         self.management.add_health_check("replication", lambda: (
@@ -184,6 +209,12 @@ class SipProxy(Service):
                 1 for p in replicator.links.values() if p.connected)}))
         # a proxy with no node in service anywhere can only answer 503: not healthy
         self.management.add_health_check("nodes", self._nodes_health)
+        if worker is not None:
+            # until every sibling streams to us, a phone it registered is not ours to find
+            siblings = [self.layout.name(i) for i in range(self.layout.count) if i != worker]
+            self.management.add_health_check("workers", lambda: (
+                all(replicator.peer_alive(n) for n in siblings),
+                {"connected": [n for n in siblings if replicator.peer_alive(n)]}))
         self.management.add_status_page("/status/nodes", self.nodes_status)
         self.management.add_status_page("/status/replication", replicator.status)
         self.management.add_status_page("/status/registrations", self.registrations_status)
@@ -311,7 +342,19 @@ def add_parser(subparsers: Any) -> None:
                    help="how long a source is refused")
     p.add_argument("--sync-timeout", type=float, default=30.0,
                    help="serve anyway after this many seconds without a full snapshot")
+    p.add_argument("--worker", type=int, default=None, metavar="I",
+                   help="run as worker I of a proxy with workers > 1 (started by the "
+                        "proxy itself, see docs/sip-proxy.md)")
+
+
+def build(args: argparse.Namespace, config: ClusterConfig) -> Service:
+    """The daemon for ``args``: the proxy itself, or with ``workers > 1`` (and no
+    ``--worker``) the supervisor of its worker processes."""
+    proxy = SipProxy(args, config)  # checks the whole entry, for either role
+    if proxy.worker is None and proxy.layout.count > 1:
+        return WorkerSupervisor(args, config, proxy.management_port)
+    return proxy
 
 
 def run(args: argparse.Namespace) -> int:
-    return run_daemon(args, "sip-proxy", lambda config: SipProxy(args, config))
+    return run_daemon(args, "sip-proxy", lambda config: build(args, config))
