@@ -5,7 +5,8 @@ A phone's INFO reaches the party it talks to, not the node: a voicemail menu
 or an IVR behind the node reads SIP INFO DTMF, and the phone learns the far
 end's answer (its status, body and Content-Type) rather than a 200 the node
 made up. An UPDATE's offer goes to the other party, whose answer comes back
-in the 2xx; both legs remember the new SDP.
+in the 2xx; both legs remember the new SDP. A 2xx to an UPDATE refreshes both
+legs' session timers (:mod:`session_timer`).
 """
 
 from __future__ import annotations
@@ -14,7 +15,8 @@ from functools import cached_property
 from typing import Any
 
 from daemons.runtime.sip_endpoint import IncomingRequest
-from daemons.sip_server.session import AS_UNAVAILABLE, SessionBase
+from daemons.sip_server.session import AS_UNAVAILABLE
+from daemons.sip_server.session_timer import SessionTimers
 from protocols.sip.dialog import DialogError
 from protocols.sip.message import Response
 
@@ -25,7 +27,7 @@ RELAYED_HEADERS = ("Content-Type", "Content-Disposition", "Info-Package", "Recv-
                    "Event", "Signal")
 
 
-class Relay(SessionBase):
+class Relay(SessionTimers):
     """INFO and UPDATE relayed to the other leg of the call."""
 
     @cached_property
@@ -44,6 +46,10 @@ class Relay(SessionBase):
                 leg.dialog.receive_request(req)
             except DialogError as exc:
                 return self._refuse(inc, exc.status, exc.reason)
+        if method == "UPDATE":
+            refusal = self._session_refusal(inc)  # 422 (RFC 4028 §8.1)
+            if refusal is not None:
+                return refusal
         other = leg.call.other(leg)
         if other is None or other.dialog is None or not other.alive:
             # nobody to carry it to yet (the call still rings): an INFO is taken as
@@ -69,6 +75,10 @@ class Relay(SessionBase):
         if method == "UPDATE" and 200 <= status < 300 and req.body:
             leg.sdp, other.sdp = req.body, resp.body
         answer = [("Recv-Info", v) for v in resp.headers.get_all("Recv-Info")]
+        if method == "UPDATE" and 200 <= status < 300:
+            # a session refresh of both legs (RFC 4028 §10)
+            self._session_refreshed(other, None, resp.headers)
+            answer += self._session_refreshed(leg, req.headers, None)
         if resp.body:
             answer += [("Content-Type", v) for v in resp.headers.get_all("Content-Type")]
         if method == "UPDATE":

@@ -2,10 +2,14 @@
 (SIPS_A; its t-controller is not started: the callee is an Extension DN with a
 fixed contact),
 the callee's phone (a SIPp UAS on 127.0.245.101) and SIPp callers from
-127.0.245.200, every message they exchange traced."""
+127.0.245.200, every message they exchange traced. ``prack_lab`` runs the node
+as a process; ``node`` runs it in the test's own loop, whose clock the test
+moves forward (RFC 3262 and RFC 4028 times of 32 s to 30 min)."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import urllib.request
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -13,6 +17,8 @@ from typing import Any
 
 import pytest
 
+from daemons.cluster.config import load_cluster
+from daemons.sip_server.service import SipServer
 from tests.daemons.sip_server.conftest import SCENARIOS, NodeLab, Sipp
 
 NODE = "127.0.245.11"
@@ -103,6 +109,64 @@ async def prack_lab(tmp_path: Path, free_port: Callable[..., int],
         await lab.close()
 
 
+class MovedClock:
+    """The running loop's ``time()`` plus an offset the test moves forward."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.real = loop.time
+        self.offset = 0.0
+        loop.time = self.time  # type: ignore[method-assign]
+
+    def time(self) -> float:
+        return self.real() + self.offset
+
+    async def advance(self, seconds: float) -> None:
+        self.offset += seconds
+        self.loop.call_soon(lambda: None)  # the loop wakes and runs what is now due
+        await asyncio.sleep(0.05)
+
+    def restore(self) -> None:
+        self.loop.time = self.real  # type: ignore[method-assign]
+
+
+@pytest.fixture
+async def node(tmp_path: Path, free_port: Callable[..., int],
+               require_tool: Callable[[str], str]) -> AsyncIterator[tuple[PrackLab, MovedClock]]:
+    """The node in this process (sip-session-expires 90 s, no-answer after 60 s) on a
+    loop whose clock the test moves (:class:`MovedClock`), its peers SIPp processes."""
+    clock = MovedClock(asyncio.get_running_loop())
+    ports = {key: free_port(NODE) for key in ("sip", "default", "http", "tc", "tchttp")}
+    ports["phone"] = free_port(PHONE)
+    lab = PrackLab(tmp_path, ports, require_tool("sipp"), free_port)
+    lab.config.write_text(cluster_text(
+        ports, "sip-session-expires = 90\nextn-no-answer-timeout = 60"))
+    server = SipServer(load_cluster(lab.config), "SIPS_A")
+    task = asyncio.create_task(server.serve())
+    try:
+        async with asyncio.timeout(15):
+            while server.management.port is None:
+                assert not task.done(), task
+                await asyncio.sleep(0.02)
+        yield lab, clock
+    finally:
+        server.stopping.set()
+        with contextlib.suppress(Exception):
+            async with asyncio.timeout(10):
+                await task
+        await lab.close()
+        clock.restore()
+
+
+async def until(check: Callable[[], Any], timeout: float = 15.0) -> None:
+    """Poll ``check`` in a thread (it may ask the node's HTTP port, served on this loop)."""
+    async with asyncio.timeout(timeout):
+        while True:
+            if await asyncio.to_thread(check):
+                return
+            await asyncio.sleep(0.05)
+
+
 def body(message: str) -> str:
     text = message.replace("\r\n", "\n")
     return text.split("\n\n", 1)[1].strip() if "\n\n" in text else ""
@@ -126,5 +190,5 @@ def received_responses(sipp: Sipp, status: int) -> list[str]:
     return out
 
 
-__all__ = ["CALLEE_DN", "CALLER", "NODE", "PHONE", "PrackLab", "body", "cluster_text",
-           "header", "prack_lab", "received_responses"]
+__all__ = ["CALLEE_DN", "CALLER", "NODE", "PHONE", "MovedClock", "PrackLab", "body",
+           "cluster_text", "header", "node", "prack_lab", "received_responses", "until"]

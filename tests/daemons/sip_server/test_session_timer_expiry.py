@@ -11,74 +11,16 @@ its peers are real SIPp processes on 127.0.245.x.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-from collections.abc import AsyncIterator, Callable
-from pathlib import Path
-from typing import Any
 
 import pytest
 
-from daemons.cluster.config import load_cluster
-from daemons.sip_server.service import SipServer
+from tests.daemons.sip_server import prack_lab as lab_module
 from tests.daemons.sip_server.conftest import SCENARIOS
-from tests.daemons.sip_server.prack_lab import NODE, PHONE, PrackLab, cluster_text, header
+from tests.daemons.sip_server.prack_lab import MovedClock, PrackLab, header, until
+
+node = lab_module.node  # the fixture
 
 pytestmark = pytest.mark.timeout(60)
-
-
-class MovedClock:
-    """The running loop's ``time()`` plus an offset the test moves forward."""
-
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self.loop = loop
-        self.real = loop.time
-        self.offset = 0.0
-        loop.time = self.time  # type: ignore[method-assign]
-
-    def time(self) -> float:
-        return self.real() + self.offset
-
-    async def advance(self, seconds: float) -> None:
-        self.offset += seconds
-        self.loop.call_soon(lambda: None)  # the loop wakes and runs what is now due
-        await asyncio.sleep(0.05)
-
-    def restore(self) -> None:
-        self.loop.time = self.real  # type: ignore[method-assign]
-
-
-@pytest.fixture
-async def node(tmp_path: Path, free_port: Callable[..., int],
-               require_tool: Callable[[str], str]) -> AsyncIterator[tuple[PrackLab, MovedClock]]:
-    clock = MovedClock(asyncio.get_running_loop())
-    ports = {key: free_port(NODE) for key in ("sip", "default", "http", "tc", "tchttp")}
-    ports["phone"] = free_port(PHONE)
-    lab = PrackLab(tmp_path, ports, require_tool("sipp"), free_port)
-    lab.config.write_text(cluster_text(ports, "sip-session-expires = 90"))
-    server = SipServer(load_cluster(lab.config), "SIPS_A")
-    task = asyncio.create_task(server.serve())
-    try:
-        async with asyncio.timeout(15):
-            while server.management.port is None:
-                assert not task.done(), task
-                await asyncio.sleep(0.02)
-        yield lab, clock
-    finally:
-        server.stopping.set()
-        with contextlib.suppress(Exception):
-            async with asyncio.timeout(10):
-                await task
-        await lab.close()
-        clock.restore()
-
-
-async def _until(check: Callable[[], Any], timeout: float = 15.0) -> None:
-    """Poll ``check`` in a thread (it may ask the node's HTTP port, served on this loop)."""
-    async with asyncio.timeout(timeout):
-        while True:
-            if await asyncio.to_thread(check):
-                return
-            await asyncio.sleep(0.05)
 
 
 async def metrics(lab: PrackLab, name: str) -> dict[str, float]:
@@ -92,7 +34,7 @@ async def test_caller_that_stops_refreshing_gets_bye(node: tuple[PrackLab, Moved
                         "-set", "expires", "90")
     stats = asyncio.create_task(asyncio.to_thread(caller.stats, 40))
     # the call is up and the caller's refresh re-INVITE was answered
-    await _until(lambda: lab.metrics("sipcluster_session_refreshes_total"))
+    await until(lambda: lab.metrics("sipcluster_session_refreshes_total"))
     await clock.advance(50)  # 50 s after the refresh: not expired yet (58 s)
     await asyncio.sleep(0.5)
     assert not phone.received_messages("BYE") and not caller.received_messages("BYE")
@@ -100,7 +42,7 @@ async def test_caller_that_stops_refreshing_gets_bye(node: tuple[PrackLab, Moved
     result = await stats
     assert result.get("SuccessfulCall(C)") == "1", (result, caller.errors())
     assert len(caller.received_messages("BYE")) >= 1
-    await _until(lambda: phone.received_messages("BYE"))
+    await until(lambda: phone.received_messages("BYE"))
     assert await metrics(lab, "sipcluster_sessions_expired_total") == {"": 1.0}
 
 
@@ -110,7 +52,7 @@ async def test_node_refreshes_when_the_caller_asks_it_to(
     phone = lab.phone("uas_session_timer.xml")
     caller = lab.caller(SCENARIOS / "uac_session_node_refreshes.xml")
     stats = asyncio.create_task(asyncio.to_thread(caller.stats, 40))
-    await _until(lambda: phone.received_messages("ACK"))
+    await until(lambda: phone.received_messages("ACK"))
     await clock.advance(46)  # past half of the 90 s interval
     result = await stats
     assert result.get("SuccessfulCall(C)") == "1", (result, caller.errors())
