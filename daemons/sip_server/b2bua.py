@@ -7,7 +7,8 @@ the basic call (:mod:`basic_call`), REFER and consultation transfer
 (:mod:`transfer`), attended transfer by REFER with Replaces
 (:mod:`attended`), third-party call control from T-Library
 (:mod:`third_party`), INFO and UPDATE relayed end to end (:mod:`relay`),
-stuck calls found and cleared (:mod:`cleanup`).
+reliable provisional responses and PRACK (:mod:`prack`), session timers
+(:mod:`session_timer`), stuck calls found and cleared (:mod:`cleanup`).
 It starts and stops the SIP endpoint (and the watch on
 the primary of an HA pair), dispatches SIP requests by method and T-Library
 call-control requests by name. It talks to the sip-server daemon only through
