@@ -3,7 +3,15 @@
     .venv/bin/python bench/bench_proxy.py [--runs 3] [--step-seconds 3]
         [--register-rates 500,1000,2000,3000,4000] [--call-rates 250,500,1000,1500,2000]
         [--servers ours,kamailio] [--baseline-root DIR] [--bindings 100000 | --skip-store]
-        [--subnet 127.0.1]
+        [--subnet 127.0.1] [--workers N] [--sipp-transport u1|un]
+
+``--workers N`` runs the sip-proxy with ``workers = N`` (docs/sip-proxy.md,
+"Workers") and Kamailio with ``-n N`` (``children=N``: N UDP worker
+processes), side by side on the same SIPp loads. With N > 1 SIPp sends each
+call from a socket of its own (``-t un``, as many phones would), since the
+kernel spreads a shared port's datagrams over the workers by source address
+and port (a single SIPp socket would reach one worker); ``--sipp-transport
+un`` gives the N = 1 run the same load, for a like-for-like 1 -> N ratio.
 
 ``--baseline-root DIR`` adds a third server, ``sip-proxy-before``: the sip-proxy
 run from another source tree (e.g. ``git archive HEAD daemons protocols | tar -x
@@ -19,22 +27,21 @@ Loads (SIPp 3.6 on loopback, UDP):
   registered SIPp UAS (the phone) in its location table, record-routes, and
   ACK + BYE follow the Route set (INVITE/180/200/ACK/BYE/200 per call).
 
-The same SIPp commands drive Kamailio (``bench/kamailio/kamailio.cfg``), run
-in the foreground with ``-DD -E -m 1024 -M 32`` and ``children=1`` (one UDP
-worker, like the sip-proxy's one event loop; Kamailio also runs its timer
-processes) on its own loopback address. Memory is sized as Kamailio's
-documentation says for a load with 30 s transaction timers: 1,024 MB of shared
-memory (``-m``; the 64 MB default runs out at 2,000 REGISTER/s: ``tm:
-build_cell(): could not allocate shared memory``) and 32 MB of private memory
-per process (``-M``). Each server's log is read after every step: a step in
-which a server logged an error counts as failed for that server, and no
-ours/Kamailio ratio is printed for a load where either side logged errors
-or failed at the lowest (idle-like) step -- that is a wrong set-up, not a
-result. Fairest REGISTER comparison: Kamailio
-does what the sip-proxy does -- it adds Path, relays the REGISTER statefully
-to the same SIPp node and stores the binding from the node's 200
-(``save()`` on the reply) -- instead of answering as the registrar itself,
-which would halve its messages.
+The same SIPp commands drive Kamailio (``bench/kamailio/kamailio.cfg``), run in
+the foreground with ``-DD -E -m 1024 -M 32`` and ``-n N`` (``children=N``,
+``--workers``; 1 by default: one UDP worker, like the sip-proxy's one event
+loop; Kamailio also runs its timer processes) on its own loopback address.
+Memory is sized as Kamailio's documentation says for a load with 30 s
+transaction timers: 1,024 MB of shared memory (``-m``; the 64 MB default runs
+out at 2,000 REGISTER/s: ``tm: build_cell(): could not allocate shared
+memory``) and 32 MB of private memory per process (``-M``). Each server's log
+is read after every step: a step in which a server logged an error counts as
+failed for that server, and no ours/Kamailio ratio is printed for a load where
+either side logged errors or failed at the lowest (idle-like) step -- that is a
+wrong set-up, not a result. Fairest REGISTER comparison: Kamailio does what the
+sip-proxy does -- it adds Path, relays the REGISTER statefully to the same SIPp
+node and stores the binding from the node's 200 (``save()`` on the reply) --
+instead of answering as the registrar itself, which would halve its messages.
 
 Each load is a short step search per server: offered rates in increasing
 order, ``rate x step-seconds`` calls each (``-r``, ``-m``), stop at the first
@@ -93,6 +100,10 @@ SIPP_TUNING = ["-buff_size", str(SIPP_BUFFER), "-timer_resol", "1", "-deadcall_w
 #: A step passes when its rate is at least this share of the offered rate.
 RATE_SHARE = 0.9
 KAMAILIO_CFG = ROOT / "bench" / "kamailio" / "kamailio.cfg"
+#: sip-proxy workers and Kamailio children (--workers)
+WORKERS = 1
+#: SIPp's UDP socket mode (--sipp-transport): u1 one socket, un one per call
+SIPP_TRANSPORT = "u1"
 
 REGISTER_XML = """<?xml version="1.0" encoding="ISO-8859-1" ?>
 <scenario name="register">
@@ -237,7 +248,8 @@ def free_port(host: str) -> int:
     raise RuntimeError("no port")
 
 
-def write_cluster(path: Path, proxy_port: int, node_port: int, host: str = OURS) -> None:
+def write_cluster(path: Path, proxy_port: int, node_port: int, host: str = OURS,
+                  workers: int = 1) -> None:
     path.write_text(f"""
 [switch]
 name = "SIP_Cluster"
@@ -268,6 +280,7 @@ http-port = 0
 [applications.SPX_1.sipproxy]
 oos-check = 2
 oos-force = 2
+workers = {workers}
 """)
 
 
@@ -413,7 +426,7 @@ class OurProxy(Server):
     name = "sip-proxy"
 
     def start(self, work: Path, node_port: int) -> None:
-        write_cluster(work / "cluster.toml", self.port, node_port, self.host)
+        write_cluster(work / "cluster.toml", self.port, node_port, self.host, WORKERS)
         env = {**os.environ, "PYTHONPATH": str(ROOT)}
         self.log_path = work / "sip-proxy.log"
         self.proc = subprocess.Popen(
@@ -453,7 +466,8 @@ class Kamailio(Server):
         kam = shutil.which("kamailio") or "/usr/sbin/kamailio"
         self.log_path = work / "kamailio.log"
         self.proc = subprocess.Popen(
-            [kam, "-DD", "-E", "-m", "1024", "-M", "32", "-f", str(KAMAILIO_CFG),
+            [kam, "-DD", "-E", "-m", "1024", "-M", "32", "-n", str(WORKERS),
+             "-f", str(KAMAILIO_CFG),
              "-l", f"udp:{self.host}:{self.port}", "-Y", str(work),
              "-A", "REGISTRAR_FRONT", "-A", f'NODE="sip:{NODE}:{node_port}"'],
             cwd=work, stdout=subprocess.DEVNULL, stderr=self.log_path.open("wb"))
@@ -478,15 +492,18 @@ def register_contact(server: Server, contact: tuple[str, int]) -> None:
 
 
 def wait_ready(server: Server, timeout: float = 15.0) -> None:
-    """Until the server answers a REGISTER with 200 (node in service, synced)."""
+    """Until the server answers a REGISTER with 200 (node in service, synced), from
+    several source ports in a row (each may reach another worker)."""
     deadline = time.monotonic() + timeout
-    while True:
+    answered = 0
+    while answered < 4 * WORKERS:
         try:
             register_contact(server, (REG_UAC, 9))
-            return
+            answered += 1
         except (OSError, RuntimeError):
             if time.monotonic() > deadline:
                 raise
+            answered = 0
             time.sleep(0.3)
 
 
@@ -538,12 +555,14 @@ def step_search(server: Server, rates: list[int], seconds: float, work: Path,
 
 def register_args(server: Server, rate: int, calls: int) -> list[str]:
     return ["-sf", "register.xml", f"{server.host}:{server.port}", "-i", REG_UAC, "-p", "0",
-            "-m", str(calls), "-r", str(rate), "-l", str(max(rate * 4, 1000))]
+            "-m", str(calls), "-r", str(rate), "-l", str(max(rate * 4, 1000)),
+            "-t", SIPP_TRANSPORT, "-max_socket", "15000"]
 
 
 def invite_args(server: Server, rate: int, calls: int) -> list[str]:
     return ["-sf", "uac.xml", f"{server.host}:{server.port}", "-i", NODE, "-p", "0",
-            "-m", str(calls), "-r", str(rate), "-l", str(max(rate * 4, 1000))]
+            "-m", str(calls), "-r", str(rate), "-l", str(max(rate * 4, 1000)),
+            "-t", SIPP_TRANSPORT, "-max_socket", "15000"]
 
 
 def best(steps: list[Step]) -> dict[str, Any]:
@@ -765,8 +784,16 @@ def main() -> int:
     ap.add_argument("--skip-store", action="store_true",
                     help="skip memory per binding and catch-up")
     ap.add_argument("--skip-sipp", action="store_true")
+    ap.add_argument("--workers", type=int, default=1,
+                    help="sip-proxy workers = N and Kamailio children = N (-n N)")
+    ap.add_argument("--sipp-transport", choices=("u1", "un"), default=None,
+                    help="SIPp's UDP sockets: one (u1) or one per call (un); default u1, "
+                         "un with --workers > 1")
     args = ap.parse_args()
     use_subnet(args.subnet)
+    global WORKERS, SIPP_TRANSPORT
+    WORKERS = args.workers
+    SIPP_TRANSPORT = args.sipp_transport or ("un" if args.workers > 1 else "u1")
     result: dict[str, Any] = {}
     if not args.skip_store:
         mem = statistics.median(memory_per_binding(args.bindings) for _ in range(args.runs))
@@ -784,13 +811,16 @@ def main() -> int:
         else:
             rows, fields = summarise(load)
             print()
-            print(f"Median of {args.runs} runs; steps of {args.step_seconds:g} s; Kamailio "
-                  "children=1 (one UDP worker), REGISTER relayed to the same SIPp node "
+            print(f"Median of {args.runs} runs; steps of {args.step_seconds:g} s; sip-proxy "
+                  f"workers={WORKERS}, Kamailio children={WORKERS} (-n {WORKERS}); SIPp "
+                  f"-t {SIPP_TRANSPORT}; REGISTER relayed to the same SIPp node "
                   "with Path and saved from the node's 200, as the sip-proxy does.")
             print()
             print("\n".join(rows))
             print()
             result.update(fields)
+    result["workers"] = WORKERS
+    result["sipp_transport"] = SIPP_TRANSPORT
     print("RESULT " + json.dumps(result))
     return 0
 
