@@ -16,7 +16,6 @@ import asyncio
 from daemons.runtime.sip_endpoint import IncomingRequest
 from daemons.sip_server.call import Call, CallState, Leg, LegState, sdp_direction
 from daemons.sip_server.dialing import done_future
-from daemons.sip_server.prack import ReliableProvisionals
 from daemons.sip_server.registration import Registration
 from daemons.sip_server.session import ALLOW, AS_UNAVAILABLE
 from daemons.sip_server.session_timer import SessionTimers
@@ -24,12 +23,13 @@ from daemons.sip_server.treatment import TreatmentControl
 from protocols.sip.dialog import Dialog, DialogError
 from protocols.sip.errors import ParseError
 from protocols.sip.message import Response
+from protocols.sip.reliable import is_reliable
 from protocols.sip.uri import parse_uri
 
 __all__ = ["BasicCall"]
 
 
-class BasicCall(Registration, TreatmentControl, ReliableProvisionals, SessionTimers):
+class BasicCall(Registration, TreatmentControl, SessionTimers):
     """INVITE / ACK / BYE / re-INVITE from phones and their calls."""
 
     async def _invite(self, inc: IncomingRequest) -> Response | None:
@@ -82,14 +82,11 @@ class BasicCall(Registration, TreatmentControl, ReliableProvisionals, SessionTim
             "Record-Route")]
 
         def ringing(leg: Leg, resp: Response, first: bool) -> None:
-            reliable = self._reliable_from_callee(leg, resp)  # RFC 3262 §4
-            if reliable is None:
-                return  # a reliable 18x repeated or out of order
             if first:
                 self._event(call, "EventRinging", leg, other=leg_a.number)
-            relay = reliable and leg_a.reliable is not None
-            if reliable and not relay:
-                self._prack_now(leg, resp)  # the caller takes no reliable 18x
+            # a callee's reliable 18x goes reliably to a caller that takes them; the
+            # node PRACKs the others itself (Dialing._dial)
+            relay = is_reliable(resp) and leg_a.reliable is not None
             if relay or first or (resp.body and resp.status == 183):
                 status = resp.status if resp.status in (180, 183) else 180
                 headers = [*record_route,

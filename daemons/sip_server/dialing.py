@@ -22,9 +22,10 @@ from daemons.runtime.sip_endpoint import Destination
 from daemons.sip_server.call import Call, CallState, Leg, LegState
 from daemons.sip_server.dialplan_client import DialPlanAnswer
 from daemons.sip_server.outbound import NODE_HEADER, answered
+from daemons.sip_server.prack import ReliableProvisionals
 from daemons.sip_server.roaming import roam
 from daemons.sip_server.routing import RouteDecision, route_extensions
-from daemons.sip_server.session import AGENT_TYPES, ALLOW, Ringing, SessionBase
+from daemons.sip_server.session import AGENT_TYPES, ALLOW, Ringing
 from protocols.sip.dialog import Dialog, DialogError
 from protocols.sip.errors import ParseError
 from protocols.sip.headers import Headers
@@ -41,7 +42,7 @@ MAX_DIAL_PLAN_STEPS = 4
 RESERVATION_RECHECK = 1.0
 
 
-class Dialing(SessionBase):
+class Dialing(ReliableProvisionals):
     """Outgoing legs: reaching a DN for a call."""
 
     def _new_invite(self, leg: Leg, target: str, from_number: str, to_number: str,
@@ -84,6 +85,8 @@ class Dialing(SessionBase):
         def provisional(resp: Response) -> None:
             if not leg.alive or resp.status == 100:
                 return
+            if not self._reliable_in_order(leg, resp):
+                return  # RFC 3262 §4: a reliable 18x repeated or out of order
             if resp.to.tag and leg.early_response is None:
                 leg.early_response = resp  # its early dialog is built when needed
             first = leg.state is LegState.CALLING
@@ -92,6 +95,7 @@ class Dialing(SessionBase):
                 call.move(CallState.ALERTING)
             if ringing is not None:
                 ringing(leg, resp, first)
+            self._prack_unless_relayed(leg, resp)  # prack.py
 
         task = self._spawn(self._request(invite, hop, on_provisional=provisional))
         task.add_done_callback(lambda t: self._late_final(leg, t))

@@ -70,9 +70,12 @@ class CalleeReliability:
     receivers: dict[str, ReliableReceiver] = field(default_factory=dict)
     dialogs: dict[str, Dialog] = field(default_factory=dict)
     last_cseq: int = 0
+    #: (To tag, RSeq) of the reliable 18x relayed to a caller, who PRACKs them
+    relayed: set[tuple[str, int]] = field(default_factory=set)
 
     def close(self) -> None:
         self.dialogs.clear()
+        self.relayed.clear()
 
 
 class ReliableProvisionals(SessionBase):
@@ -121,8 +124,10 @@ class ReliableProvisionals(SessionBase):
         now = self._now()
         first = state.sender.send(out, now)
         rseq = int(out.headers.get("RSeq") or 0)
-        if relay:
+        callee = leg_b.reliable
+        if relay and isinstance(callee, CalleeReliability):
             state.relayed[rseq] = (leg_b, resp)
+            callee.relayed.add((resp.to.tag or "", parse_rseq(resp.headers.get("RSeq"))))
         state.settled.clear()
         self.m_reliable.labels("sent").inc()
         if first is not None:
@@ -210,24 +215,30 @@ class ReliableProvisionals(SessionBase):
 
     # ------------------------------------------------------------ the callee's side
 
-    def _reliable_from_callee(self, leg_b: Leg, resp: Response) -> bool | None:
-        """A callee's 18x: None to drop it (a reliable one repeated or out of order,
-        §4), True when it is reliable and new, False when it is not reliable."""
+    def _reliable_in_order(self, leg_b: Leg, resp: Response) -> bool:
+        """A callee's 18x: False to drop a reliable one that repeats an RSeq or comes
+        out of order (§4); True for a new one, and for any unreliable 18x."""
         if not is_reliable(resp):
-            return False
+            return True
         try:
             rseq = parse_rseq(resp.headers.get("RSeq"))
         except ParseError:
-            return None
+            return False
         state = leg_b.reliable
         if not isinstance(state, CalleeReliability):
             state = leg_b.reliable = CalleeReliability()
-        tag = resp.to.tag or ""
-        receiver = state.receivers.setdefault(tag, ReliableReceiver())
-        return True if receiver.accept(rseq) else None
+        receiver = state.receivers.setdefault(resp.to.tag or "", ReliableReceiver())
+        return receiver.accept(rseq)
 
-    def _prack_now(self, leg_b: Leg, resp: Response) -> None:
-        """The node PRACKs a callee's reliable 18x itself (the caller takes no 100rel)."""
+    def _prack_unless_relayed(self, leg_b: Leg, resp: Response) -> None:
+        """After a callee's 18x was handled: the node PRACKs a reliable one that no
+        caller will (the caller takes no 100rel, or the call is not a basic call)."""
+        state = leg_b.reliable
+        if not is_reliable(resp) or not isinstance(state, CalleeReliability):
+            return
+        key = (resp.to.tag or "", parse_rseq(resp.headers.get("RSeq")))
+        if key in state.relayed:
+            return
         self.m_reliable.labels("pracked_by_node").inc()
         self._spawn(self._prack_callee(leg_b, resp))
 
