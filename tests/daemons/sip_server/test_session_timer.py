@@ -11,13 +11,16 @@ moves its clock."""
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+from daemons.cluster.config import load_cluster
+from daemons.runtime.config import ConfigError
 from tests.daemons.sip_server import prack_lab as lab_module
 from tests.daemons.sip_server.conftest import SCENARIOS
-from tests.daemons.sip_server.prack_lab import header, received_responses
+from tests.daemons.sip_server.prack_lab import cluster_text, header, received_responses
 
 prack_lab = lab_module.prack_lab  # the fixture
 
@@ -65,3 +68,16 @@ async def test_session_timers_off(prack_lab: Any) -> None:
     invites = phone.received_messages("INVITE")
     assert invites and not header(invites[0], "Session-Expires"), invites
     assert header(invites[0], "Supported") == ["100rel"], invites[0]
+
+
+@pytest.mark.parametrize(("option", "expected"), [
+    ("sip-min-se = 60", "sip-min-se"),
+    ("sip-session-expires = 30", "at least 90 seconds"),
+])
+def test_bad_session_timer_options_are_refused(tmp_path: Path, option: str,
+                                               expected: str) -> None:
+    path = tmp_path / "cluster.toml"
+    ports = dict.fromkeys(("sip", "default", "http", "tc", "tchttp", "phone"), 5060)
+    path.write_text(cluster_text(ports, option))
+    with pytest.raises(ConfigError, match=expected):
+        load_cluster(path)
