@@ -17,6 +17,9 @@ feature-server of its geo-location, then:
 * serves ``/healthz`` (fails until the bindings are synced), ``/metrics``,
   ``/status/nodes``, ``/status/replication``, ``/status/registrations`` on
   ``http-port`` (else ``mgmt-port``).
+
+With ``workers = N`` (N > 1) the daemon is the supervisor of N processes that
+each do all of the above on the shared ports -- :mod:`.workers`.
 """
 
 from __future__ import annotations

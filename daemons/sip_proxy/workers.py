@@ -239,7 +239,9 @@ class _SupervisorManagement(ManagementServer):
                 with contextlib.suppress(ValueError):
                     detail = json.loads(answer[1]).get("checks")
             workers[str(w.index)] = {"ok": healthy, "pid": w.proc.pid if w.proc else None,
-                                     "starts": w.starts, "checks": detail}
+                                     "starts": w.starts, "http_port": w.http_port,
+                                     "sip_port": sup.layout.sip_port(w.index),
+                                     "checks": detail}
         body = {"status": "ok" if ok else "unhealthy", "application": self.app_name,
                 "checks": {"workers": {"ok": ok, "count": len(sup.workers),
                                        "workers": workers}}}
