@@ -134,6 +134,7 @@ class SessionTimers(SessionBase):
             state.timer = SessionTimer(state.answer.session.interval, state.answer.we_refresh,
                                        now)
             self._arm_session(leg_a)
+            self._log_timer(leg_a, state.timer)
         if not self._timers_on:
             return
         try:
@@ -147,6 +148,13 @@ class SessionTimers(SessionBase):
                 timer=SessionTimer(se.interval, se.refresher == "uac", now),
                 peer_allows_update=_allows_update(resp_b.headers))
             self._arm_session(leg_b)
+            self._log_timer(leg_b, leg_b.session_timer.timer)
+
+    def _log_timer(self, leg: Leg, timer: SessionTimer | None) -> None:
+        if timer is not None:
+            self.log.info("session_timer_started", conn_id=leg.call.conn_id, dn=leg.number,
+                          interval=timer.interval,
+                          refresher="node" if timer.we_refresh else "party")
 
     def _session_refreshed(self, leg: Leg, request: Headers | None,
                            response: Headers | None) -> list[tuple[str, str]]:
