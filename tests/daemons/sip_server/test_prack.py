@@ -85,3 +85,18 @@ async def test_caller_requiring_100rel_gets_420_when_it_is_off(prack_lab: Any) -
     assert refused and header(refused[0], "Unsupported") == ["100rel"], caller.messages()[-2000:]
     assert lab.metrics("sipcluster_sip_requests_refused_total").get(
         '{method="INVITE",status="420"}') == 1.0
+
+
+async def test_bad_pracks_get_400_and_481_and_the_call_goes_on(prack_lab: Any) -> None:
+    lab = await prack_lab()
+    phone = lab.phone("uas_reliable_183.xml")
+    caller = lab.caller(SCENARIOS / "uac_bad_prack.xml")
+    stats = await asyncio.to_thread(caller.stats, 30)
+    assert stats.get("SuccessfulCall(C)") == "1", (stats, caller.errors(), phone.errors())
+    # only the good PRACK reached the callee
+    assert len(phone.received_messages("PRACK")) == 1
+    refused = lab.metrics("sipcluster_sip_requests_refused_total")
+    assert refused.get('{method="PRACK",status="400"}') == 1.0, refused
+    assert refused.get('{method="PRACK",status="481"}') == 1.0, refused
+    logged = [(e["status"], e["method"]) for e in lab.node("A").events("sip_request_refused")]
+    assert logged == [(400, "PRACK"), (481, "PRACK")], logged
