@@ -35,6 +35,9 @@ __all__ = ["Roaming", "RoamingTarget", "roam"]
 
 #: seconds a lookup at the collective (or a t-controller) may take
 LOOKUP_TIMEOUT = 1.0
+#: seconds a collective that did not answer is not asked again (calls go on as
+#: if there were none: no call waits for a collective cut off by a partition)
+RETRY_AFTER = 10.0
 
 
 @dataclass(frozen=True)
@@ -65,6 +68,7 @@ class Roaming:
             site = dn.options.get("collective-site")
             if dn.type is DnType.TRUNK and isinstance(site, str) and site:
                 self.site_trunks[site] = dn.number
+        self._down_until: dict[str, float] = {}
         self.tc_urls = [f"http://{t.host}:{t.port('http-port')}/status/dns"
                         for t in config.by_kind(AppKind.T_CONTROLLER) if t.port("http-port")]
         self.m_lookups = metrics.tally(
@@ -98,13 +102,19 @@ class Roaming:
         trunk from another site of the collective."""
         started = time.monotonic()
         where = None
+        urls = [u for u in self.collective_urls if self._down_until.get(u, 0.0) <= started]
+        if not urls:
+            self.m_lookups.labels("unavailable").inc()
+            return None
         async with self._session() as session:
-            for url in self.collective_urls:
+            for url in urls:
                 try:
                     status, where = await self._get(session, f"{url}/locate/{extension}")
                 except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+                    self._down_until[url] = time.monotonic() + RETRY_AFTER
                     self.log.warning("roaming_collective_unavailable", url=url,
-                                     extension=extension, error=str(exc) or type(exc).__name__)
+                                     extension=extension, error=str(exc) or type(exc).__name__,
+                                     retry_after=RETRY_AFTER)
                     continue
                 if status != 200:
                     self.m_lookups.labels("unknown" if status == 404 else "refused").inc()
