@@ -473,16 +473,16 @@ class Kamailio(Server):
             cwd=work, stdout=subprocess.DEVNULL, stderr=self.log_path.open("wb"))
 
 
-def register_contact(server: Server, contact: tuple[str, int]) -> None:
-    """REGISTER sip:1001 from another port of the phone's host, Contact = the UAS."""
+def register_contact(server: Server, contact: tuple[str, int], user: str = "1001") -> None:
+    """REGISTER sip:USER from another port of the phone's host, Contact = the UAS."""
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         s.bind((contact[0], 0))
         port = s.getsockname()[1]
         msg = (f"REGISTER sip:cluster.lab SIP/2.0\r\nVia: SIP/2.0/UDP {contact[0]}:{port};"
-               f"branch=z9hG4bKbr{time.time_ns()}\r\nFrom: <sip:1001@cluster.lab>;tag=b\r\n"
-               f"To: <sip:1001@cluster.lab>\r\nCall-ID: bench-reg-{time.time_ns()}@x\r\n"
+               f"branch=z9hG4bKbr{time.time_ns()}\r\nFrom: <sip:{user}@cluster.lab>;tag=b\r\n"
+               f"To: <sip:{user}@cluster.lab>\r\nCall-ID: bench-reg-{time.time_ns()}@x\r\n"
                "CSeq: 1 REGISTER\r\n"
-               f"Contact: <sip:1001@{contact[0]}:{contact[1]}>\r\nExpires: 3600\r\n"
+               f"Contact: <sip:{user}@{contact[0]}:{contact[1]}>\r\nExpires: 3600\r\n"
                "Max-Forwards: 70\r\nContent-Length: 0\r\n\r\n").encode()
         s.settimeout(3)
         s.sendto(msg, (server.host, server.port))
@@ -498,7 +498,9 @@ def wait_ready(server: Server, timeout: float = 15.0) -> None:
     answered = 0
     while answered < 4 * WORKERS:
         try:
-            register_contact(server, (REG_UAC, 9))
+            # another user than the called one: 1001 keeps one contact, the phone
+            # (Kamailio would fork every call to a second one)
+            register_contact(server, (REG_UAC, 9), "ready")
             answered += 1
         except (OSError, RuntimeError):
             if time.monotonic() > deadline:
