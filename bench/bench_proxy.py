@@ -551,8 +551,27 @@ def step_search(server: Server, rates: list[int], seconds: float, work: Path,
         time.sleep(1.0)  # let the servers drain before the next step
         if not step.clean:
             wait_idle(server, peers)
+            settle_log(server)
             break
     return steps
+
+
+def settle_log(server: Server, quiet: float = 3.0, limit: float = 45.0) -> None:
+    """After a failed step: until the server has logged no error for ``quiet``
+    seconds. Its transactions of that step still time out for up to 30 s
+    (Kamailio's fr_timer) after the CPU is idle, and what they log belongs to
+    the failed step, not to the next load."""
+    deadline = time.monotonic() + limit
+    late = 0
+    while time.monotonic() < deadline:
+        time.sleep(quiet)
+        errors = server.new_log_errors()
+        if not errors:
+            break
+        late += len(errors)
+    if late:
+        print(f"  {server.name}: {late} error lines logged after its failed step "
+              "(counted with it)", flush=True)
 
 
 def register_args(server: Server, rate: int, calls: int) -> list[str]:
