@@ -17,6 +17,9 @@ site cannot change another site's users.
   ``status``, ``detail``, ``on_phone``, ``logged_on``, ``server``, ``at``;
 * ``SetStatus`` (request to the home site): integer home, string id, string
   status, string detail, integer persistent; the answer: integer ok, string reason.
+* ``SetAgentState`` (request to the site an agent is logged on at through a
+  t-controller): integer home, string id, string status, string detail; the
+  answer: integer ok, string reason.
 
 Workgroups travel as one string per user, names separated by ``\\n``.
 """

@@ -16,7 +16,10 @@ status set from another site) and the HTTP listener (``http-port``):
   spanning workgroup replicates to every site;
 * ``GET /directory``, ``GET /directory/SITE/ID``: the company-wide
   directory with status; ``POST /directory/SITE/ID/status`` (``status``,
-  ``detail``, ``persistent``): change a user's status, at its home site;
+  ``detail``, ``persistent``): change a user's status, at its home site, or
+  for an agent logged on through a t-controller at the site it is logged on
+  at, over T-Library (:mod:`daemons.collective.agents`), when this site's
+  trusted access there includes manage handlers;
 * ``POST /sync``: full sync with every peer site;
 * ``GET /locate/EXTENSION``: the site a call to the extension goes to (the
   one the user is logged on at, else the home site) and its phone number.
@@ -33,6 +36,7 @@ from typing import Any
 from aiohttp import web
 
 from daemons.cluster.config import AppKind, ClusterConfig
+from daemons.collective.agents import AgentStateError, change_agent_state, t_controllers_of
 from daemons.collective.directory import Directory, Duplicate
 from daemons.collective.messages import (
     OBJECT,
@@ -154,6 +158,9 @@ class CollectiveService(Service):
         self.m_syncs = m.counter("collective_syncs", "Full syncs, by direction", ("direction",))
         self.m_api_refused = m.counter("collective_api_refused",
                                        "API requests refused, by reason", ("reason",))
+        self.m_agent_changes = m.counter(
+            "collective_agent_state_changes",
+            "Agent states asked of this site's t-controllers, by result", ("result",))
         self.m_hub_up = m.gauge("collective_hub_connected", "1 while the hub link is open")
         self.m_hub_up.set_function(lambda: 1 if self.rtm.connected.is_set() else 0)
         self.management.add_health_check("collective", self._health)
@@ -215,6 +222,7 @@ class CollectiveService(Service):
             "SyncDone": self._on_sync_done,
             "UserStatus": self._on_user_status,
             "SetStatus": self._on_set_status,
+            "SetAgentState": self._on_set_agent_state,
         }
 
     def _guarded(self, handlers: HandlerTable) -> Callable[[Delivery], Awaitable[Any]]:
@@ -332,6 +340,15 @@ class CollectiveService(Service):
         else:
             ok, reason = await self.set_local_status(user_id, status, detail, bool(persistent),
                                                      by=delivery.origin)
+        return MessageBuilder().put_integer(int(ok)).put_string(reason).elements
+
+    async def _on_set_agent_state(self, delivery: Delivery) -> tuple[Element, ...]:
+        reader = delivery.reader()
+        home, user_id = reader.get_integer(), reader.get_string()
+        status, detail = reader.get_string(), reader.get_string()
+        self.m_received.labels("SetAgentState").inc()
+        ok, reason = await self.set_agent_state(home, user_id, status, detail,
+                                                by=delivery.origin)
         return MessageBuilder().put_integer(int(ok)).put_string(reason).elements
 
     # -- full sync -----------------------------------------------------------------
@@ -473,21 +490,71 @@ class CollectiveService(Service):
         self.log.info("collective_status_set", user=user_id, status=status, by=by)
         return True, "accepted"
 
+    async def set_agent_state(self, home_site: int, user_id: str, status: str, detail: str,
+                              *, by: int) -> tuple[bool, str]:
+        """Change the state of an agent logged on through a t-controller of this
+        site, asked by site ``by``: only with the trusted-access right manage
+        handlers of that site (this site itself may)."""
+        current = self.directory.statuses.get((home_site, user_id))
+        if current is None or not current.logged_on or current.site != self.site:
+            self.m_agent_changes.labels("not-logged-on").inc()
+            return False, f"{home_site}/{user_id} is not logged on at site {self.site}"
+        if by != self.site:
+            peer = self.options.peers.get(by)
+            if peer is None or not peer.trusted_access.manage_handlers:
+                self.m_agent_changes.labels("no-permission").inc()
+                self.log.warning("collective_agent_state_refused", user=user_id,
+                                 home_site=home_site, by=by, reason="no-permission")
+                return False, (f"site {self.options.site_name(by)} ({by}) lacks the "
+                               f"trusted-access right manage-handlers at site "
+                               f"{self.options.home.name} ({self.site}), where the "
+                               "agent state is its t-controller's")
+        controllers = t_controllers_of(self.config, current.server)
+        try:
+            done = await change_agent_state(self.config, controllers, user_id=user_id,
+                                            status=status, detail=detail,
+                                            client_name=self.app_name)
+        except AgentStateError as exc:
+            self.m_agent_changes.labels("failed").inc()
+            self.log.warning("collective_agent_state_failed", user=user_id,
+                             home_site=home_site, by=by, error=str(exc))
+            return False, str(exc)
+        self.m_agent_changes.labels("changed").inc()
+        self.log.info("collective_agent_state_set", user=user_id, home_site=home_site,
+                      status=status, detail=detail, by=by, **done)
+        return True, "accepted"
+
+    async def _ask(self, site: int, event: str, elements: Sequence[Element]
+                   ) -> tuple[bool, str]:
+        try:
+            answer = await self.rtm.send_request(site, OBJECT, event, elements,
+                                                 timeout_ms=SET_STATUS_TIMEOUT_MS)
+        except RequestTimeout:
+            return False, f"site {site} did not answer within {SET_STATUS_TIMEOUT_MS} ms"
+        reader = MessageReader(answer.elements)
+        return bool(reader.get_integer()), reader.get_string()
+
     async def change_status(self, home_site: int, user_id: str, status: str, detail: str,
                             persistent: bool) -> tuple[bool, str]:
+        """A status asked at this site: for an agent logged on through a
+        t-controller, its state at the site it is logged on at; otherwise a
+        status published at the home site."""
+        current = self.directory.statuses.get((home_site, user_id))
+        if current is not None and current.logged_on and current.server:
+            if current.site == self.site:
+                return await self.set_agent_state(home_site, user_id, status, detail,
+                                                  by=self.site)
+            if current.site in self.options.peers:
+                return await self._ask(current.site, "SetAgentState", MessageBuilder()
+                                       .put_integer(home_site).put_string(user_id)
+                                       .put_string(status).put_string(detail).elements)
         if home_site == self.site:
             return await self.set_local_status(user_id, status, detail, persistent, by=self.site)
         if home_site not in self.options.peers:
             return False, f"site {home_site} is not a peer site"
         elements = (MessageBuilder().put_integer(home_site).put_string(user_id)
                     .put_string(status).put_string(detail).put_integer(int(persistent)).elements)
-        try:
-            answer = await self.rtm.send_request(home_site, OBJECT, "SetStatus", elements,
-                                                 timeout_ms=SET_STATUS_TIMEOUT_MS)
-        except RequestTimeout:
-            return False, f"site {home_site} did not answer within {SET_STATUS_TIMEOUT_MS} ms"
-        reader = MessageReader(answer.elements)
-        return bool(reader.get_integer()), reader.get_string()
+        return await self._ask(home_site, "SetStatus", elements)
 
     # -- peers ---------------------------------------------------------------------
     async def _check_peers(self) -> None:
