@@ -1,7 +1,7 @@
 """Store-and-forward that loses nothing: three sites exchange a mixed load of
 events (to one site and to ``*``) and requests while the hub is killed with
 SIGKILL twice and restarted; a site cut off from the hub gets everything once,
-in order, after the heal, while the others carried on.
+in order, after a 60 s cut, while the others carried on.
 
 The load here is 3 x 5,000 messages (about 20,000 deliveries with the
 broadcasts) to stay within a minute on two cores; ``bench/bench_rtm.py
@@ -28,6 +28,8 @@ from tests.daemons.rtm_server.conftest import (
 )
 
 PER_SITE = 5000
+#: how long site 3 is cut off from the hub
+CUT_SECONDS = 60.0
 
 
 def test_hub_killed_twice_nothing_lost_nothing_twice_order_kept(
@@ -145,12 +147,13 @@ async def test_site_cut_off_gets_everything_once_in_order_after_the_heal(
     state = tmp_path / "state"
     state.mkdir()
     direct = [(spec.host, spec.rtm_port)]
-    count = 1500  # 7.5 s of sending at 200/s: the load goes on across the cut
+    # 85 s of sending at 100/s: the load goes on across the whole cut
+    count = 100 * int(CUT_SECONDS + 25)
     sites = [
         Site(1, state, direct, tmp_path / "site1.log", send_to=["2", "3", "*"], count=count,
-             rate=200, request_every=5),
+             rate=100, request_every=5),
         Site(2, state, direct, tmp_path / "site2.log", send_to=["3", "1"], count=count,
-             rate=200, request_every=5),
+             rate=100, request_every=5),
         Site(3, state, [("127.0.121.3", spec.rtm_port)], tmp_path / "site3.log",
              send_to=["1"], count=100, rate=100),
     ]
@@ -173,7 +176,7 @@ async def test_site_cut_off_gets_everything_once_in_order_after_the_heal(
         relay.sever()
         cut_at = time.monotonic()
         before = {s.site: len(s.journal()) for s in sites}
-        await asyncio.sleep(3.0)
+        await asyncio.sleep(CUT_SECONDS)
         during = {s.site: len(s.journal()) for s in sites}
         # sites 1 and 2 carried on with each other while 3 was away
         assert len(sites[1].sent()) < count, "the load ended before the cut"
@@ -181,9 +184,17 @@ async def test_site_cut_off_gets_everything_once_in_order_after_the_heal(
         assert during[3] == before[3]
         status = json.loads(hub.http("/status/sites")[1])
         assert not status["sites"]["3"]["connected"]
-        assert status["sites"]["3"]["queued"] > 0
+        queued = int(status["sites"]["3"]["queued"])
+        assert queued > 0
         relay.heal()
         healed_at = time.monotonic()
+        # what queued for site 3 while it was away reaches it after the heal (how soon is
+        # printed: a figure for the benchmark, not a pass mark on a shared host)
+        await asyncio.to_thread(wait_for, lambda: len(sites[2].journal()) >= during[3] + queued,
+                                60, "site 3's backlog after the heal")
+        caught_up = time.monotonic() - healed_at
+        print(f"site 3: {queued} messages queued during a {CUT_SECONDS:.0f} s cut, "
+              f"delivered {caught_up:.1f} s after the heal")
 
         def complete() -> bool:
             if any(s.outbox() != 0 or len(s.sent()) < (100 if s.site == 3 else count)
@@ -196,7 +207,7 @@ async def test_site_cut_off_gets_everything_once_in_order_after_the_heal(
         v = verify(sites)
         assert (v.missing, v.duplicates, v.out_of_order) == (0, 0, [])
         assert v.answered == v.requests and v.answered_twice == 0
-        assert healed_at - cut_at >= 3.0
+        assert healed_at - cut_at >= CUT_SECONDS
         assert '"rtm_site_lost"' in hub.log.read_text()
     finally:
         await relay.close()
