@@ -48,10 +48,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import csv
 import heapq
 import json
 import os
 import random
+import re
+import shutil
 import socket
 import statistics
 import subprocess
@@ -482,6 +485,412 @@ async def monitored_run(count: int, seconds: float, tmp: Path) -> dict[str, Any]
     return result
 
 
+# -- storm: SIPp agents and a SIPp caller, the director beside Kamailio's dispatcher ------
+
+#: the storm's two data centres (nodes .11, director .80, caller .200, agents .1NN)
+STORM_DC = {"dc1": "127.0.197.", "dc2": "127.0.198."}
+KAMAILIO_HOST = "127.0.197.20"
+SCENARIOS = ROOT / "tests" / "interop" / "scenarios"
+CALLER_XML = ROOT / "tests" / "integration" / "scenarios" / "uac_inbound.xml"
+KAMAILIO_ERRORS = (" ERROR: ", " CRITICAL: ", " ALERT: ", "out of mem", "could not allocate")
+
+
+def storm_agents(count: int) -> dict[str, tuple[str, str]]:
+    """Agent DN -> (its phone's address, data centre); the sites alternate."""
+    agents = {}
+    for n in range(1, count + 1):
+        geo = "dc1" if n % 2 else "dc2"
+        agents[str(3000 + n)] = (STORM_DC[geo] + str(100 + n), geo)
+    return agents
+
+
+def storm_cluster_text(ports: dict[str, int], agents: dict[str, tuple[str, str]]) -> str:
+    text = """
+[switch]
+name = "SIP_Cluster"
+domain = "bench.test"
+
+[switch.tserver]
+router-timeout = 60
+default-dn = "3999"
+request-collection-time = 0
+agent-reservation-timeout = 3
+wrap-up-time = 0
+logout-on-disconnect = false
+
+[dns.SIP_Cluster_DN]
+type = "VoIPService"
+service-type = "sip-cluster-nodes"
+applications = ["SIPS_A", "SIPS_C"]
+dn-owner-applications = ["Cluster"]
+
+[dns.5000]
+type = "RoutingPoint"
+
+[dns.8000]
+type = "VirtualQueue"
+
+[dns.3999]
+type = "Extension"
+contact = "sip:3999@127.0.197.99:5060"
+"""
+    for dn, (host, _) in agents.items():
+        text += (f'\n[dns.{dn}]\ntype = "Extension"\n'
+                 f'contact = "sip:{dn}@{host}:{ports[f"phone_{dn}"]}"\n')
+    for n, geo in (("A", "dc1"), ("C", "dc2")):
+        host = STORM_DC[geo] + "11"
+        text += f"""
+[applications.SIPS_{n}]
+kind = "sip-server"
+host = "{host}"
+geo-location = "{geo}"
+sip-port = {ports[f"sip_{n}"]}
+default-port = {ports[f"default_{n}"]}
+http-port = {ports[f"http_{n}"]}
+
+[applications.TC_{n}]
+kind = "t-controller"
+host = "{host}"
+sip-server = "SIPS_{n}"
+tc-port = {ports[f"tc_{n}"]}
+http-port = {ports[f"tchttp_{n}"]}
+"""
+    text += f"""
+[applications.Director]
+kind = "director"
+host = "127.0.197.80"
+geo-location = "dc1"
+http-port = {ports["director"]}
+
+[applications.Director.options]
+store = "none"
+
+[applications.Director.options.skills]
+""" + "".join(f"a{dn} = {{ sales = 3 }}\n" for dn in agents) + """
+[applications.Director.options.strategies.8000]
+routing-points = ["5000"]
+skill = "sales"
+order = "longest-idle"
+site-preference = false
+"""
+    return text
+
+
+def sipp(args: list[str], workdir: Path) -> subprocess.Popen[bytes]:
+    workdir.mkdir(parents=True, exist_ok=True)
+    return subprocess.Popen([shutil.which("sipp") or "sipp", *args, "-nostdin"], cwd=workdir,
+                            stdout=(workdir / "stdout.txt").open("wb"),
+                            stderr=subprocess.STDOUT, env={**os.environ, "TERM": "dumb"})
+
+
+def agent_phones(agents: dict[str, tuple[str, str]], ports: dict[str, int], calls: int,
+                 work: Path) -> dict[str, subprocess.Popen[bytes]]:
+    """Each agent's SIPp UAS: 180, 200 at once, ACK, BYE; every message traced."""
+    return {dn: sipp(["-sf", str(SCENARIOS / "node_uas_answer.xml"), "-i", host,
+                      "-p", str(ports[f"phone_{dn}"]), "-m", str(calls), "-d", "0",
+                      "-trace_msg"], work / dn)
+            for dn, (host, _) in agents.items()}
+
+
+def offers(workdir: Path) -> tuple[int, int]:
+    """(INVITEs, double offers) an agent's phone received, from its message trace:
+    a double offer is an INVITE that came while another call of the phone had
+    not yet got its BYE."""
+    calls: set[str] = set()
+    on: set[str] = set()
+    double = 0
+    for log in workdir.glob("*_messages.log"):
+        for block in re.split(r"\n?-{20,} [^\n]*\n", log.read_text(errors="replace")):
+            head, _, rest = block.partition("\n")
+            if "message received" not in head:
+                continue
+            body = rest.lstrip()
+            match = re.search(r"^Call-ID:\s*(\S+)", body, re.M | re.I)
+            if match is None:
+                continue
+            call = match.group(1)
+            if body.startswith("INVITE ") and call not in calls:
+                calls.add(call)
+                double += bool(on)
+                on.add(call)
+            elif body.startswith(("BYE ", "CANCEL ")):
+                on.discard(call)
+    return len(calls), double
+
+
+def tree_cpu(procs: list[psutil.Process]) -> float:
+    total = 0.0
+    for proc in procs:
+        with contextlib.suppress(psutil.Error):
+            for p in (proc, *proc.children(recursive=True)):
+                with contextlib.suppress(psutil.Error):
+                    total += sum(p.cpu_times()[:2])
+    return total
+
+
+def caller_stats(workdir: Path) -> dict[str, str]:
+    stat = workdir / "stat.csv"
+    rows = list(csv.DictReader(stat.open(), delimiter=";")) if stat.exists() else []
+    return rows[-1] if rows else {}
+
+
+def storm_figures(side: str, agents: dict[str, tuple[str, str]], work: Path,
+                  caller: subprocess.Popen[bytes], caller_dir: Path,
+                  procs: list[psutil.Process], calls: int, rate: int,
+                  limit: float) -> dict[str, Any]:
+    cpu0, started = tree_cpu(procs), time.perf_counter()
+    try:
+        caller.wait(timeout=limit)
+    except subprocess.TimeoutExpired:
+        caller.kill()
+        caller.wait()
+    elapsed = time.perf_counter() - started
+    cpu = tree_cpu(procs) - cpu0
+    time.sleep(1.0)  # the agents' last BYEs are traced
+    stats = caller_stats(caller_dir)
+    answered = int(stats.get("SuccessfulCall(C)", 0) or 0)
+    per_agent = {dn: offers(work / dn) for dn in agents}
+    shares = [n for n, _ in per_agent.values()]
+    return {"side": side, "offered": calls, "rate": rate, "answered": answered,
+            "failed": calls - answered, "elapsed_s": elapsed,
+            "calls_per_s": answered / elapsed,
+            "double_offers": sum(d for _, d in per_agent.values()),
+            "share_max": max(shares), "share_min": min(shares),
+            "share_max_min": max(shares) / min(shares) if min(shares) else float("inf"),
+            "cpu_s_per_1000": cpu / max(1, answered) * 1000, "cores_busy": cpu / elapsed}
+
+
+def caller(target: str, calls: int, rate: int, work: Path) -> subprocess.Popen[bytes]:
+    return sipp([target, "-sf", str(CALLER_XML), "-i", "127.0.197.200", "-p",
+                 str(free_port("127.0.197.200")), "-s", "5000", "-set", "caller", "+15550100",
+                 "-set", "domain", "bench.test", "-r", str(rate), "-m", str(calls),
+                 "-l", str(calls), "-trace_stat", "-stf", str(work / "stat.csv"), "-fd", "1",
+                 "-timeout", "120s", "-timeout_error"], work)
+
+
+def stop_all(procs: list[subprocess.Popen[bytes]]) -> None:
+    for p in procs:
+        if p.poll() is None:
+            p.terminate()
+    for p in procs:
+        try:
+            p.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+
+
+async def storm_ours(calls: int, rate: int, count: int, flips: int,
+                     tmp: Path) -> tuple[dict[str, Any], list[float], list[float]]:
+    """The director's storm, then agent state convergence across the sites:
+    (figures, seconds until TC_A saw a DC2 agent's change, until the director did)."""
+    agents = storm_agents(count)
+    ports: dict[str, int] = {}
+    for n, geo in (("A", "dc1"), ("C", "dc2")):
+        for key in ("sip", "default", "http", "tc", "tchttp"):
+            ports[f"{key}_{n}"] = free_port(STORM_DC[geo] + "11")
+    for dn, (host, _) in agents.items():
+        ports[f"phone_{dn}"] = free_port(host)
+    ports["director"] = free_port("127.0.197.80")
+    config = tmp / "cluster.toml"
+    config.write_text(storm_cluster_text(ports, agents))
+    daemons: list[subprocess.Popen[bytes]] = []
+    phones = agent_phones(agents, ports, calls, tmp)
+    desks: dict[str, TLibClient] = {}
+    try:
+        for kind, n in (("sip-server", "A"), ("sip-server", "C"),
+                        ("t-controller", "A"), ("t-controller", "C")):
+            name = f"{'SIPS' if kind == 'sip-server' else 'TC'}_{n}"
+            daemons.append(spawn(config, kind, name, tmp / f"{name}.log"))
+        for n, geo in (("A", "dc1"), ("C", "dc2")):
+            deadline = time.monotonic() + 60
+            while True:
+                with contextlib.suppress(OSError):
+                    desks[n] = await TLibClient.connect(
+                        STORM_DC[geo] + "11", ports[f"tc_{n}"], "Cluster", "legacy",
+                        local_addr=(STORM_DC[geo] + "90", 0))
+                    break
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"TC_{n} did not start; see {tmp}")
+                await asyncio.sleep(0.2)
+        daemons.append(spawn(config, "director", "Director", tmp / "director.log"))
+        for dn, (_, geo) in agents.items():
+            desk = desks["A" if geo == "dc1" else "C"]
+            deadline = time.monotonic() + 30
+            while (await desk.request("RequestRegisterAddress", {"AttributeThisDN": dn})
+                   )["message"] != "EventRegistered" or tc_dn(ports, dn).get(
+                       "dn-state") != "in-service":
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"{dn} not in service; see {tmp}")
+                await asyncio.sleep(0.2)
+            login = await desk.request("RequestAgentLogin", {
+                "AttributeThisDN": dn, "AttributeAgentID": f"a{dn}",
+                "AttributeAgentWorkMode": "AutoIn"})
+            assert login["message"] == "EventAgentLogin", login
+        deadline = time.monotonic() + 30
+        while ready_at_director(ports) < count:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the director does not see the agents; see {tmp}")
+            await asyncio.sleep(0.2)
+        run = caller(f"{STORM_DC['dc1']}11:{ports['sip_A']}", calls, rate, tmp / "caller")
+        figures = await asyncio.to_thread(
+            storm_figures, "director", agents, tmp, run, tmp / "caller",
+            [psutil.Process(p.pid) for p in daemons], calls, rate, calls / rate + 90)
+        # convergence: a DC2 agent's state changed at its own t-controller (TC_C)
+        dn = next(d for d, (_, geo) in agents.items() if geo == "dc2")
+        at_tc, at_director = [], []
+        for flip in range(flips):
+            ready = flip % 2 == 1
+            before = ready_at_director(ports)
+            state_before = tc_dn(ports, dn).get("agent-state")
+            sent = time.perf_counter()
+            await desks["C"].request("RequestAgentReady" if ready else "RequestAgentNotReady",
+                                     {"AttributeThisDN": dn})
+            seen_tc = seen_dir = None
+            while (seen_tc is None or seen_dir is None) and time.perf_counter() - sent < 10:
+                now = time.perf_counter()
+                if seen_tc is None and tc_dn(ports, dn).get("agent-state") != state_before:
+                    seen_tc = now - sent
+                if seen_dir is None and ready_at_director(ports) != before:
+                    seen_dir = now - sent
+                await asyncio.sleep(0.002)
+            at_tc.append(seen_tc if seen_tc is not None else float("inf"))
+            at_director.append(seen_dir if seen_dir is not None else float("inf"))
+            await asyncio.sleep(0.2)
+        return figures, at_tc, at_director
+    finally:
+        for desk in desks.values():
+            with contextlib.suppress(Exception):
+                await desk.close()
+        stop_all([*phones.values(), *reversed(daemons)])
+
+
+def tc_dn(ports: dict[str, int], dn: str) -> dict[str, Any]:
+    """The DN's state at DC1's t-controller (TC_A)."""
+    with urllib.request.urlopen(f"http://{STORM_DC['dc1']}11:{ports['tchttp_A']}/status/dns",
+                                timeout=5) as resp:
+        return dict(json.loads(resp.read())["dns"].get(dn) or {})
+
+
+def ready_at_director(ports: dict[str, int]) -> int:
+    try:
+        with urllib.request.urlopen(f"http://127.0.197.80:{ports['director']}/status/director",
+                                    timeout=5) as resp:
+            sites = json.loads(resp.read()).get("agents", {})
+    except OSError:
+        return -1
+    return sum(s.get("ready", 0) for s in sites.values())
+
+
+def kamailio_bin() -> str | None:
+    found = shutil.which("kamailio")
+    return found or ("/usr/sbin/kamailio" if os.path.exists("/usr/sbin/kamailio") else None)
+
+
+def storm_kamailio(calls: int, rate: int, count: int, workers: int,
+                   tmp: Path) -> dict[str, Any]:
+    """The same agents' phones and caller through Kamailio's dispatcher (algorithm 10)."""
+    agents = storm_agents(count)
+    ports = {f"phone_{dn}": free_port(host) for dn, (host, _) in agents.items()}
+    ds_list = tmp / "dispatcher.list"
+    ds_list.write_text("".join(f"1 sip:{host}:{ports[f'phone_{dn}']} 0 0 "
+                               f"duid=a{dn};maxload=1\n" for dn, (host, _) in agents.items()))
+    port = free_port(KAMAILIO_HOST)
+    log = tmp / "kamailio.log"
+    kam = subprocess.Popen(
+        [kamailio_bin() or "kamailio", "-DD", "-E", "-m", "256", "-M", "16",
+         "-n", str(workers), "-f", str(ROOT / "bench" / "kamailio" / "dispatcher.cfg"),
+         "-l", f"udp:{KAMAILIO_HOST}:{port}", "-Y", str(tmp), "-A", f'DS_LIST="{ds_list}"'],
+        cwd=tmp, stdout=subprocess.DEVNULL, stderr=log.open("wb"))
+    phones = agent_phones(agents, ports, calls, tmp)
+    try:
+        time.sleep(1.5)
+        if kam.poll() is not None:
+            raise RuntimeError(f"kamailio did not start:\n{log.read_text()[-2000:]}")
+        run = caller(f"{KAMAILIO_HOST}:{port}", calls, rate, tmp / "caller")
+        figures = storm_figures("kamailio", agents, tmp, run, tmp / "caller",
+                                [psutil.Process(kam.pid)], calls, rate, calls / rate + 90)
+    finally:
+        stop_all([*phones.values(), kam])
+    errors = [line for line in log.read_text(errors="replace").splitlines()
+              if any(mark in line for mark in KAMAILIO_ERRORS)]
+    figures["kamailio_log_errors"] = len(errors)
+    figures["kamailio_log_sample"] = errors[:3]
+    return figures
+
+
+async def storm_section(args: argparse.Namespace) -> dict[str, Any]:
+    """The storm side by side (director, Kamailio's dispatcher) and the convergence."""
+    if args.storm_calls <= 0:
+        return {}
+    if shutil.which("sipp") is None:
+        print("sipp not installed: no storm figures")
+        return {}
+    runs: dict[str, list[dict[str, Any]]] = {"director": [], "kamailio": []}
+    at_tc: list[float] = []
+    at_director: list[float] = []
+    have_kamailio = kamailio_bin() is not None
+    for _ in range(args.runs):
+        with tempfile.TemporaryDirectory(prefix="bench-director-") as tmp:
+            figures, tc, director = await storm_ours(args.storm_calls, args.storm_rate,
+                                                     args.storm_agents, args.flips, Path(tmp))
+            runs["director"].append(figures)
+            at_tc += tc
+            at_director += director
+        if have_kamailio:
+            with tempfile.TemporaryDirectory(prefix="bench-dispatcher-") as tmp:
+                figures = await asyncio.to_thread(
+                    storm_kamailio, args.storm_calls, args.storm_rate, args.storm_agents,
+                    args.kamailio_workers, Path(tmp))
+                runs["kamailio"].append(figures)
+                errors = figures["kamailio_log_errors"]
+                print(f"kamailio log: {errors} error lines"
+                      + (f", e.g. {figures['kamailio_log_sample']}" if errors else ""))
+    print(f"\n## a {args.storm_rate} calls/s storm: {args.storm_calls} calls into one routing "
+          f"point, {args.storm_agents} SIPp agents over two data centres "
+          f"({args.runs} runs per side)\n")
+    print("| side | run | answered | failed | calls/s | double offers | agents' share max/min "
+          "(max, min) | CPU s / 1,000 calls | cores busy |\n|---|---|---|---|---|---|---|---|---|")
+    for side, results in runs.items():
+        for n, r in enumerate(results):
+            print(f"| {side} | {n + 1} | {r['answered']} | {r['failed']} | "
+                  f"{r['calls_per_s']:.1f} | {r['double_offers']} | {r['share_max_min']:.2f} "
+                  f"({r['share_max']}, {r['share_min']}) | {r['cpu_s_per_1000']:.2f} | "
+                  f"{r['cores_busy']:.2f} |")
+    result: dict[str, Any] = {}
+    for side, results in runs.items():
+        if not results:
+            continue
+        med = {k: statistics.median(r[k] for r in results)
+               for k in ("calls_per_s", "share_max_min", "cpu_s_per_1000", "cores_busy")}
+        result.update({f"storm_{side}_calls_per_s": med["calls_per_s"],
+                       f"storm_{side}_failed": sum(r["failed"] for r in results),
+                       f"storm_{side}_double_offers": sum(r["double_offers"] for r in results),
+                       f"storm_{side}_share_max_min": med["share_max_min"],
+                       f"storm_{side}_cpu_s_per_1000": med["cpu_s_per_1000"],
+                       f"storm_{side}_cores_busy": med["cores_busy"]})
+        print(f"\n{side}: median {med['calls_per_s']:.1f} calls/s, share max/min "
+              f"{med['share_max_min']:.2f}, {med['cpu_s_per_1000']:.2f} CPU s per 1,000 calls, "
+              f"{result[f'storm_{side}_double_offers']} double offers, "
+              f"{result[f'storm_{side}_failed']} failed")
+    if at_tc:
+        finite_tc = sorted(at_tc)
+        finite_dir = sorted(at_director)
+        result.update({
+            "convergence_tc_ms_p50": statistics.median(finite_tc) * 1000,
+            "convergence_tc_ms_max": finite_tc[-1] * 1000,
+            "convergence_director_ms_p50": statistics.median(finite_dir) * 1000,
+            "convergence_director_ms_max": finite_dir[-1] * 1000})
+        print(f"\n## agent state convergence ({len(at_tc)} changes of a DC2 agent at TC_C; "
+              "HTTP polled every 2 ms)\n")
+        print("| seen by | p50 ms | max ms |\n|---|---|---|")
+        print(f"| DC1's t-controller (TC_A /status/dns) | "
+              f"{result['convergence_tc_ms_p50']:.1f} | {result['convergence_tc_ms_max']:.1f} |")
+        print(f"| the director (/status/director) | {result['convergence_director_ms_p50']:.1f} "
+              f"| {result['convergence_director_ms_max']:.1f} |")
+    return result
+
+
 async def main(args: argparse.Namespace) -> dict[str, Any]:
     decisions = [decision_run(args.agents, args.sites, args.decisions, seed)
                  for seed in range(args.runs)]
@@ -538,7 +947,8 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
     cpu = statistics.median(r["director_cpu_s_per_1000"] for r in runs)
     failed = sum(r["failed"] for r in runs)
     print(f"\nmedian {rate:.0f} calls/s, {cpu:.3f} CPU s per 1,000 calls, {failed} failed")
-    return {"agents": args.agents, "sites": args.sites, "decision_p50_ms": p50,
+    storm = await storm_section(args)
+    return {**storm, "agents": args.agents, "sites": args.sites, "decision_p50_ms": p50,
             "decision_p99_ms": p99, "decision_target_ms": DECISION_TARGET_MS,
             "routed_calls_per_s": rate, "director_cpu_s_per_1000": cpu,
             "routed_failed": failed, "routing_agents": args.routing_agents,
@@ -567,6 +977,13 @@ if __name__ == "__main__":
     parser.add_argument("--spread-calls", type=int, default=30000)
     parser.add_argument("--poll-seconds", type=float, default=10.0)
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--storm-calls", type=int, default=1000,
+                        help="calls of the storm per run and side (0: no storm)")
+    parser.add_argument("--storm-rate", type=int, default=200)
+    parser.add_argument("--storm-agents", type=int, default=20)
+    parser.add_argument("--flips", type=int, default=20,
+                        help="agent state changes timed for the convergence, per run")
+    parser.add_argument("--kamailio-workers", type=int, default=2)
     configure_logging("warning")
     figures = asyncio.run(main(parser.parse_args()))
     print("RESULT " + json.dumps(figures))
