@@ -36,11 +36,30 @@
   over ``--poll-seconds``, the reports answered per second and the sites
   still fresh at the end (its ``/status/director``).
 
+* **storm**: two nodes (sip-server + t-controller) in two data centres and
+  ``sipcluster director``, ``--storm-agents`` SIPp agents (answer at once)
+  logged in from T-Library desktops, a SIPp caller offering ``--storm-calls``
+  calls at ``--storm-rate`` calls/s into routing point 5000 (it hangs up
+  200 ms after the answer). Beside it, the same agents' phones and caller
+  through Kamailio's dispatcher (``bench/kamailio/dispatcher.cfg``: algorithm
+  10, call load, ``maxload=1`` per agent; 503 when every agent is busy), its
+  log read for errors after every run. Figures: calls answered per second,
+  failed calls, double offers (an INVITE reaching a phone before the BYE of
+  its previous call, from the phones' message traces), agents' share
+  max/min, CPU seconds per 1,000 answered calls (every daemon of the side)
+  and the cores it kept busy.
+* **convergence**: after the storm, a DC2 agent goes Not Ready / Ready at
+  its own t-controller ``--flips`` times; time from the request until DC1's
+  t-controller (``/status/dns``) and the director (``/status/director``)
+  show the change (polled every 2 ms).
+
 The last line is ``RESULT {json}``.
 
 Usage: ``.venv/bin/python bench/bench_director.py [--agents 5000] [--sites 10]
 [--decisions 20000] [--calls 2000] [--routing-agents 200] [--window 50]
-[--monitored 100] [--spread-calls 30000] [--poll-seconds 10] [--runs 3]``
+[--monitored 100] [--spread-calls 30000] [--poll-seconds 10] [--runs 3]
+[--storm-calls 1000] [--storm-rate 200] [--storm-agents 20] [--flips 20]
+[--kamailio-workers 2]``
 """
 
 from __future__ import annotations
