@@ -37,8 +37,11 @@ def node_events(lab: Any, name: str, event: str) -> list[dict[str, Any]]:
 
 
 def trunk_states(lab: Any, node: dict[str, Any]) -> dict[str, str]:
+    """The node's trunks to the PSTN gateways (the SBCs; not the trunks to the
+    collective's other sites) and their states."""
     status = lab.http_json(node["host"], node["http_port"], "/status/trunks")
-    return {t["trunk"]: t["state"] for t in status["trunks"]}
+    return {t["trunk"]: t["state"] for t in status["trunks"]
+            if t["trunk"].startswith("Trunk_SBC_")}
 
 
 def dial(lab: Any, sipp_lab: Any, number: str) -> Any:
