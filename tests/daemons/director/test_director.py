@@ -138,7 +138,7 @@ async def test_two_directors_one_agent_one_reservation(director_lab: Any) -> Non
 
 
 async def test_director_killed_mid_load_no_call_lost_and_it_resumes(director_lab: Any) -> None:
-    lab = await director_lab(router_timeout=2, overflow_after=0)
+    lab = await director_lab(router_timeout=5, overflow_after=0)
     phones = [lab.agent_phone(dn, calls=40) for dn in SALES]
     default = lab.agent_phone(DEFAULT_PHONE, calls=40)
     await lab.login_agents(SALES)
