@@ -12,6 +12,7 @@ import json
 import signal
 import subprocess
 import sys
+import time
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -159,7 +160,17 @@ async def test_director_killed_mid_load_no_call_lost_and_it_resumes(director_lab
     # restarted, it routes again
     again = lab.director()
     await lab.until("agent view", lambda: again.events("t_controller_linked"))
-    await asyncio.sleep(1.0)
+
+    async def ready_agents() -> int:
+        status = json.loads(await asyncio.to_thread(_get, lab, "/status/director"))
+        return sum(site["ready"] for site in status["agents"].values())
+
+    # the restarted director routes once it sees the agents Ready again (the killed one's
+    # reservations expire at their owners first)
+    deadline = time.monotonic() + 30
+    while await ready_agents() < len(SALES):
+        assert time.monotonic() < deadline, "the restarted director never saw the agents Ready"
+        await asyncio.sleep(0.2)
     more = lab.callers("A", calls=4, rate=4)
     stats = await asyncio.to_thread(more.stats, 40)
     assert stats.get("SuccessfulCall(C)") == "4", (stats, more.errors())

@@ -140,7 +140,7 @@ http-port = {ports["director_http"]}
 [applications.Director.options]
 store = "none"
 report-interval = 0.5
-site-stale-after = 1.5
+site-stale-after = 3.0
 
 [applications.Director.options.strategies.8100]
 routing-points = ["5100"]
@@ -260,7 +260,7 @@ async def test_calls_spread_across_sites_by_reported_availability_and_a_stale_si
             return [sites.get(n, {}).get("available", {}).get("sales") for n in ENTRY] == [2, 1]
 
         # each site reports its own agents: dc1 two with sales, dc2 one (2004 has support)
-        await lab.until("both sites' reports", reported, 20)
+        await lab.until("both sites' reports", reported, 60)  # 7 processes start on 2 cores
         view = central(lab)
         one, two = view["sites"]["SiteDirector1"], view["sites"]["SiteDirector2"]
         assert (one["site"], one["state"], one["logged-in"]) == ("dc1", "fresh", 2)
@@ -280,7 +280,7 @@ async def test_calls_spread_across_sites_by_reported_availability_and_a_stale_si
         # the dc2 site's director stops: stale after site-stale-after, no more calls
         lab.procs["SiteDirector2"].stop()
         await lab.until("dc2 stale", lambda: central(lab)["sites"]["SiteDirector2"]["state"]
-                        == "stale", 10)
+                        == "stale", 20)
         before = routed_to(lab)
         run = callers(lab, 4)
         assert run.stats(60).get("SuccessfulCall(C)") == "4", run.errors()
