@@ -406,11 +406,10 @@ async def test_baresip_over_tls_gets_its_lamp(mwi_cluster: MwiCluster, tmp_path:
     baresip_config(phone, dns=("127.0.250.53", 53), tone=write_tone(workdir / "tone.wav", 440.0))
     with (workdir / "config").open("a") as config:
         config.write(f"sip_cafile\t\t{c.ca}\nmodule_app\t\tmwi.so\n")
-    (workdir / "accounts").write_text(
-        f"<sip:1004@{DOMAIN};transport=tls>;auth_pass={PASSWORDS['1004']};"
-        f"outbound=\"sip:{PROXY}:{c.tls_port};transport=tls\";regint=60;"
-        "answermode=manual;audio_codecs=PCMU;mwi=yes\n")
-    await asyncio.to_thread(phone.start, binary)
+    account = (f"<sip:1004@{DOMAIN};transport=tls>;auth_pass={PASSWORDS['1004']};"
+               f"outbound=\"sip:{PROXY}:{c.tls_port};transport=tls\";regint=60;"
+               "answermode=manual;audio_codecs=PCMU;mwi=yes")
+    await asyncio.to_thread(lambda: phone.start(binary, account=account))
     try:
         await asyncio.to_thread(phone.wait_registered)
 

@@ -338,8 +338,16 @@ class Baresip:
     def record_dir(self) -> Path:
         return self.workdir / "heard"
 
-    def start(self, binary: str) -> None:
+    def start(self, binary: str, *, account: str | None = None) -> None:
+        """Start baresip from its ``workdir``; with ``account`` (an accounts-file line) the
+        user agent is created through the control port once baresip runs, not read from
+        the accounts file. Do that for an account with MWI: baresip 1.0's mwi module
+        walks its subscription list from a 1 ms start timer and appends to the list it
+        walks (modules/mwi/mwi.c, ``tmr_handler``), so an account that registered before
+        that timer fired makes it SUBSCRIBE in a loop that never ends."""
         self.record_dir.mkdir(exist_ok=True)
+        if account is not None:
+            (self.workdir / "accounts").write_text("")
         log = self.log_path.open("wb")
         self.proc = subprocess.Popen([binary, "-f", str(self.workdir), "-s"], cwd=self.workdir,
                                      stdin=subprocess.DEVNULL, stdout=log,
@@ -357,6 +365,11 @@ class Baresip:
         self._sock.settimeout(None)
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
+        if account is not None:
+            self.command("reginfo", timeout=15.0)  # answered from the main loop
+            time.sleep(0.05)                       # past the mwi module's start timer
+            created = self.command("uanew", account, timeout=15.0)
+            assert created.get("ok"), f"{self.name}: uanew refused: {created}\n{self.log()}"
 
     def _read(self) -> None:
         assert self._sock is not None

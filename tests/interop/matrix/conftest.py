@@ -85,10 +85,13 @@ def baresip(lab: Any, dc_resolvers: dict[str, Any], tmp_path: Path, require_tool
                 proxy = lab.proxies("dc1")[0]
                 via = (proxy["host"], proxy["sip_port"])
             outbound = f"sip:{via[0]}:{via[1]};transport={transport}"
-        (workdir / "accounts").write_text(
-            f"<sip:{dn}@{lab.domain};transport={transport}>;auth_pass={lab.password(dn)};"
-            f"outbound=\"{outbound}\";regint=60;answermode=auto;audio_codecs=PCMU\n")
-        phone.start(binary)
+        account = (f"<sip:{dn}@{lab.domain};transport={transport}>;auth_pass={lab.password(dn)};"
+                   f"outbound=\"{outbound}\";regint=60;answermode=auto;audio_codecs=PCMU")
+        if mwi:
+            phone.start(binary, account=account)
+        else:
+            (workdir / "accounts").write_text(account + "\n")
+            phone.start(binary)
         phones.append(phone)
         if register:
             phone.wait_registered()

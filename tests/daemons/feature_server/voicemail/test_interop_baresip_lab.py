@@ -57,19 +57,16 @@ def phones(lab: Lab, dc_resolvers: dict[str, DcResolver], tmp_path: Path,  # noq
             with (workdir / "config").open("a") as config:
                 config.write("module_app\t\tmwi.so\n")
         proxy = lab.proxies("dc1")[0]
-        (workdir / "accounts").write_text(
-            f"<sip:{dn}@{lab.domain};transport=udp>;auth_pass={lab.password(dn)};"
-            f"outbound=\"sip:{proxy['host']}:{proxy['sip_port']};transport=udp\";"
-            f"regint=60;answermode={answer};audio_codecs=PCMU;mwi={'yes' if mwi else 'no'}\n")
-        phone.start(binary)
+        account = (f"<sip:{dn}@{lab.domain};transport=udp>;auth_pass={lab.password(dn)};"
+                   f"outbound=\"sip:{proxy['host']}:{proxy['sip_port']};transport=udp\";"
+                   f"regint=60;answermode={answer};audio_codecs=PCMU;mwi={'yes' if mwi else 'no'}")
+        if mwi:
+            phone.start(binary, account=account)
+        else:
+            (workdir / "accounts").write_text(account + "\n")
+            phone.start(binary)
         started.append(phone)
-        for attempt in range(3):  # a loaded machine may leave one ctrl command unanswered
-            try:
-                phone.wait_registered(timeout=30)
-                break
-            except AssertionError:
-                if attempt == 2:
-                    raise
+        phone.wait_registered(timeout=30)
         return phone
 
     yield start
