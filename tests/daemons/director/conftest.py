@@ -237,13 +237,22 @@ class DirectorLab:
         p = self.procs[name] = Proc(name, proc, log_path)
         return p
 
-    def director(self, n: int = 1) -> Proc:
-        return self.start("director", f"Director{n}")
+    async def spawn(self, kind: str, name: str, *, wait: str = "daemon_ready") -> Proc:
+        """``start`` off the event loop. The test's desktops live on that loop and must go
+        on answering their t-controller's ADDP probes while a process starts: on a loaded
+        machine that takes longer than the ADDP timeout, and a desktop that does not
+        answer is dropped and its agents with it."""
+        return await asyncio.to_thread(self.start, kind, name, wait=wait)
+
+    async def director(self, n: int = 1) -> Proc:
+        return await self.spawn("director", f"Director{n}")
 
     async def until(self, what: str, check: Callable[[], Any], timeout: float = 15.0) -> Any:
+        """Until ``check()`` is true; it runs off the event loop (it reads logs and asks
+        HTTP status pages, which a loaded machine answers slowly)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            value = check()
+            value = await asyncio.to_thread(check)
             if value:
                 return value
             await asyncio.sleep(0.05)

@@ -24,7 +24,7 @@ async def _one_call_two_agents(director_lab: Any, tserver: str,
     silent = lab.agent_phone("1001", calls=1, scenario=scenario)
     answering = lab.agent_phone("1002", calls=1)
     desks = await lab.login_agents(["1001", "1002"])  # 1001 first: the longest idle
-    director = lab.director()
+    director = await lab.director()
     await lab.until("agent view", lambda: director.events("t_controller_linked"))
     await asyncio.sleep(1.0)
     caller = lab.callers("A", calls=1, rate=1)

@@ -57,7 +57,7 @@ async def test_legal_guard_time_keeps_the_agent_out_of_routing(director_lab: Any
     lab = await director_lab(router_timeout=15, tserver="legal-guard-time = 2")
     phone = lab.agent_phone("1001", calls=2)
     desk = (await lab.login_agents(["1001"]))["A"]
-    director = lab.director()
+    director = await lab.director()
     await lab.until("agent view", lambda: director.events("t_controller_linked"))
     await asyncio.sleep(1.0)
     callers = lab.callers("A", calls=2, rate=2)

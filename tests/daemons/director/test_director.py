@@ -63,7 +63,7 @@ async def test_calls_reach_ready_agents_with_the_skill_in_two_data_centres(
         requests: list[dict[str, Any]] = []
         monitor.add_listener(lambda e: requests.append(dict(e))
                              if e["message"] == "EventRouteRequest" else None)
-        director = lab.director()
+        director = await lab.director()
         await lab.until("the director sees the agents", lambda: any(
             e.get("t_controller") for e in director.events("t_controller_linked")))
         await asyncio.sleep(1.0)  # the agent DNs' states are in
@@ -121,7 +121,7 @@ async def test_two_directors_one_agent_one_reservation(director_lab: Any) -> Non
     lab = await director_lab(directors=2, router_timeout=10)
     phone = lab.agent_phone("1001", calls=1)
     await lab.login_agents(["1001"])
-    first, second = lab.director(1), lab.director(2)
+    first, second = await lab.director(1), await lab.director(2)
     for d in (first, second):
         await lab.until("agent view", lambda d=d: d.events("t_controller_linked"))
     await asyncio.sleep(1.0)
@@ -143,7 +143,7 @@ async def test_director_killed_mid_load_no_call_lost_and_it_resumes(director_lab
     phones = [lab.agent_phone(dn, calls=40) for dn in SALES]
     default = lab.agent_phone(DEFAULT_PHONE, calls=40)
     await lab.login_agents(SALES)
-    director = lab.director()
+    director = await lab.director()
     await lab.until("agent view", lambda: director.events("t_controller_linked"))
     await asyncio.sleep(1.0)
     callers = lab.callers("A", calls=12, rate=3)
@@ -158,7 +158,7 @@ async def test_director_killed_mid_load_no_call_lost_and_it_resumes(director_lab
     defaulted = [e for e in sip_a.events("call_routed") if e.get("default")]
     assert len(defaulted) >= 12 - routed_before - 1 and defaulted
     # restarted, it routes again
-    again = lab.director()
+    again = await lab.director()
     await lab.until("agent view", lambda: again.events("t_controller_linked"))
 
     async def ready_agents() -> int:
@@ -198,7 +198,7 @@ def test_a_strategy_naming_a_missing_routing_point_is_refused(tmp_path: Any) -> 
 
 async def test_reporting_clients_see_queued_abandoned_and_diverted(director_lab: Any) -> None:
     lab = await director_lab(router_timeout=10)
-    director = lab.director()
+    director = await lab.director()
     await lab.until("agent view", lambda: director.events("t_controller_linked"))
     report = await TLibClient.connect("127.0.145.80", lab.ports["dport_1"], "StatServer",
                                       "legacy", local_addr=("127.0.145.92", 0))
@@ -250,7 +250,7 @@ async def test_an_agent_another_router_reserved_is_not_offered(director_lab: Any
     lab = await director_lab(router_timeout=10)
     phone = lab.agent_phone("1002", calls=1)
     await lab.login_agents(["1001", "1002"])  # 1001 is the longest idle
-    director = lab.director()
+    director = await lab.director()
     await lab.until("agent view", lambda: director.events("t_controller_linked"))
     await asyncio.sleep(1.0)
     urs = await lab.desktop("A", "URS_other")
@@ -270,7 +270,7 @@ async def test_site_preference_then_overflow_to_the_other_data_centre(director_l
     lab = await director_lab(router_timeout=10, overflow_after=1.5)
     phone = lab.agent_phone("1003", calls=1)
     await lab.login_agents(["1003"])  # the only agent is in DC2
-    director = lab.director()
+    director = await lab.director()
     await lab.until("agent view", lambda: director.events("t_controller_linked"))
     await asyncio.sleep(1.0)
     health = json.loads(await asyncio.to_thread(_get, lab, "/healthz"))
@@ -288,7 +288,7 @@ async def test_director_moves_to_another_t_controller(director_lab: Any) -> None
     lab = await director_lab(router_timeout=10, overflow_after=0)
     phone = lab.agent_phone("1003", calls=1)
     await lab.login_agents(["1001", "1003"])
-    director = lab.director()
+    director = await lab.director()
     await lab.until("linked to TC_A (its own data centre's)", lambda: [
         e for e in director.events("t_controller_linked") if e["t_controller"] == "TC_A"])
     lab.procs["TC_A"].stop(signal.SIGKILL)

@@ -179,9 +179,9 @@ async def test_200_calls_at_20_per_second_reach_free_agents_with_the_skill(
     lab.config.write_text(config_text(ports))
     try:
         for n in ("A", "C"):
-            lab.start("sip-server", f"SIPS_{n}")
+            await lab.spawn("sip-server", f"SIPS_{n}")
         for n in ("A", "C"):
-            lab.start("t-controller", f"TC_{n}", wait="node_link_up")
+            await lab.spawn("t-controller", f"TC_{n}", wait="node_link_up")
         await lab.until("the t-controller mesh", lambda: all(
             "peer_link_up" in lab.procs[f"TC_{n}"].log_path.read_text() for n in "AC"))
         # each agent's phone answers after 50 ms ringing; the caller hangs up 200 ms after
@@ -192,7 +192,7 @@ async def test_200_calls_at_20_per_second_reach_free_agents_with_the_skill(
         default = lab.sipp(INTEROP / "node_uas_answer.xml", host_of(DEFAULT_PHONE),
                            ports[f"phone_{DEFAULT_PHONE}"], ["-d", "50", "-trace_msg"],
                            calls=CALLS)
-        director = lab.director()
+        director = await lab.director()
         await lab.until("the director linked", lambda: director.events("t_controller_linked"))
         # agents log in (Ready) one by one, the two data centres interleaved: the
         # director sees them become available in this order
@@ -219,23 +219,24 @@ async def test_200_calls_at_20_per_second_reach_free_agents_with_the_skill(
         await asyncio.sleep(1.0)  # the last BYEs and releases are in
 
         routed = director.events("call_routed")
-        assert len(routed) == CALLS
+        assert len(routed) == CALLS, len(routed)
         per_agent = Counter(r["to"] for r in routed)
         # every call went to an agent with the sales skill; none to default-dn
         assert set(per_agent) <= set(SALES), per_agent
-        assert not invites(default)
+        assert not invites(default), "calls reached default-dn"
         # each agent's phone got exactly the calls the director routed to it
         got = {dn: invites(phones[dn]) for dn in AGENTS}
-        assert {dn: len(ids) for dn, ids in got.items() if ids} == dict(per_agent)
+        assert {dn: len(ids) for dn, ids in got.items() if ids} == dict(per_agent), \
+            ({dn: len(ids) for dn, ids in got.items()}, per_agent)
         assert sum(len(ids) for ids in got.values()) == CALLS
         # longest idle: the first calls reach every sales agent once, in login order
-        assert [r["to"] for r in routed[:len(SALES)]] == SALES
+        assert [r["to"] for r in routed[:len(SALES)]] == SALES, routed[:len(SALES) + 4]
         # nobody was offered a call while on another one
         events = sorted((e for d in desks.values() for e in d.events), key=lambda e: e["at"])
-        assert not ringing_overlaps(events)
+        assert not ringing_overlaps(events), ringing_overlaps(events)
         ringing = Counter(e.get("AttributeThisDN") for e in events
                           if e["message"] == "EventRinging")
-        assert dict(ringing) == dict(per_agent)
+        assert dict(ringing) == dict(per_agent), (ringing, per_agent)
         # one router: no reservation conflict and no route to an agent reserved by another
         for n in "AC":
             assert not lab.procs[f"TC_{n}"].events("agent_reservation_refused")

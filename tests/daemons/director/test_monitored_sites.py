@@ -183,9 +183,9 @@ async def sites_lab(tmp_path: Path, free_port: Callable[..., int],
         labs.append(lab)
         lab.config.write_text(cluster(ports, bad_site=bad_site))
         for n in ("A", "C"):
-            lab.start("sip-server", f"SIPS_{n}")
+            await lab.spawn("sip-server", f"SIPS_{n}")
         for n in ("A", "C"):
-            lab.start("t-controller", f"TC_{n}", wait="node_link_up")
+            await lab.spawn("t-controller", f"TC_{n}", wait="node_link_up")
         await lab.until("the t-controller mesh", lambda: all(
             "peer_link_up" in lab.procs[f"TC_{n}"].log_path.read_text() for n in "AC"))
         return lab
@@ -251,9 +251,9 @@ async def test_calls_spread_across_sites_by_reported_availability_and_a_stale_si
         for name, (_, host) in ENTRY.items():
             lab.sipp(INTEROP / "node_uas_answer.xml", host, lab.ports[name], ["-d", "50"],
                      calls=100)
-        lab.start("director", "SiteDirector1")
-        lab.start("director", "SiteDirector2")
-        lab.start("director", "Director")
+        await lab.spawn("director", "SiteDirector1")
+        await lab.spawn("director", "SiteDirector2")
+        await lab.spawn("director", "Director")
 
         def reported() -> bool:
             sites = central(lab).get("sites", {})
@@ -261,7 +261,7 @@ async def test_calls_spread_across_sites_by_reported_availability_and_a_stale_si
 
         # each site reports its own agents: dc1 two with sales, dc2 one (2004 has support)
         await lab.until("both sites' reports", reported, 60)  # 7 processes start on 2 cores
-        view = central(lab)
+        view = await asyncio.to_thread(central, lab)
         one, two = view["sites"]["SiteDirector1"], view["sites"]["SiteDirector2"]
         assert (one["site"], one["state"], one["logged-in"]) == ("dc1", "fresh", 2)
         assert (two["site"], two["available"]["support"], two["logged-in"]) == ("dc2", 1, 2)
@@ -270,30 +270,32 @@ async def test_calls_spread_across_sites_by_reported_availability_and_a_stale_si
 
         # 9 calls at 10/s: each report interval, two to dc1 for one to dc2
         run = callers(lab, 9)
-        stats = run.stats(60)
+        stats = await asyncio.to_thread(run.stats, 60)
         assert stats.get("SuccessfulCall(C)") == "9", run.errors()
         counts = routed_to(lab)
         assert sum(counts.values()) == 9
         assert counts["SiteDirector1"] > counts["SiteDirector2"] > 0, counts
-        assert central(lab)["queues"]["8100"]["service-level"] == 1.0
+        assert (await asyncio.to_thread(central, lab))["queues"]["8100"]["service-level"] == 1.0
 
         # the dc2 site's director stops: stale after site-stale-after, no more calls
-        lab.procs["SiteDirector2"].stop()
+        await asyncio.to_thread(lab.procs["SiteDirector2"].stop)
         await lab.until("dc2 stale", lambda: central(lab)["sites"]["SiteDirector2"]["state"]
                         == "stale", 20)
         before = routed_to(lab)
         run = callers(lab, 4)
-        assert run.stats(60).get("SuccessfulCall(C)") == "4", run.errors()
+        stats = await asyncio.to_thread(run.stats, 60)
+        assert stats.get("SuccessfulCall(C)") == "4", run.errors()
         after = routed_to(lab)
         assert after["SiteDirector2"] == before["SiteDirector2"]
         assert after["SiteDirector1"] == before["SiteDirector1"] + 4
 
         # it reports again: in the spread again
-        lab.start("director", "SiteDirector2")
+        await lab.spawn("director", "SiteDirector2")
         await lab.until("dc2 fresh", lambda: central(lab)["sites"]["SiteDirector2"]["state"]
                         == "fresh", 20)
         run = callers(lab, 6)
-        assert run.stats(60).get("SuccessfulCall(C)") == "6", run.errors()
+        stats = await asyncio.to_thread(run.stats, 60)
+        assert stats.get("SuccessfulCall(C)") == "6", run.errors()
         assert routed_to(lab)["SiteDirector2"] > after["SiteDirector2"]
         out = await asyncio.to_thread(
             subprocess.run, [sys.executable, "-m", "daemons.cli", "director", "status",
@@ -329,11 +331,11 @@ async def test_a_bad_report_is_refused_and_the_other_sites_still_count(sites_lab
     bad = TLibServer(_Nonsense(), application_name=BAD_SITE, port_name="director-port")
     await bad.listen(HOST["dc1"] + "82", lab.ports["site_port_3"])
     try:
-        lab.start("director", "SiteDirector1")
-        lab.start("director", "Director")
+        await lab.spawn("director", "SiteDirector1")
+        await lab.spawn("director", "Director")
         await lab.until("the bad report refused", lambda: central(lab)["sites"][BAD_SITE]
                         ["refused-reports"] >= 2, 20)
-        view = central(lab)
+        view = await asyncio.to_thread(central, lab)
         assert view["sites"][BAD_SITE]["state"] == "never-reported"
         assert view["sites"]["SiteDirector1"]["state"] == "fresh"
         assert view["enterprise-group-details"]["available"]["sales"] == 2  # dc1's only

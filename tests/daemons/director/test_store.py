@@ -138,7 +138,7 @@ async def test_strategies_changed_over_http_are_checked_kept_and_in_force_after_
     lab = start_lab(tmp_path, free_port, store_spec)
     port = lab.ports["http"]
     try:
-        lab.start("director", "Director")
+        await lab.spawn("director", "Director")
         api = asyncio.to_thread
         # a strategy that names nothing that exists: refused with the reason, nothing kept
         for body, reason in (
@@ -176,8 +176,8 @@ async def test_strategies_changed_over_http_are_checked_kept_and_in_force_after_
         code, metrics = await api(call, port, "GET", "/metrics")
         assert re.search(r'director_api_refused_total\{reason="invalid"\} 8\.0', metrics)
 
-        lab.procs.pop("Director").stop()
-        lab.start("director", "Director")
+        await asyncio.to_thread(lab.procs.pop("Director").stop)
+        await lab.spawn("director", "Director")
         code, strategies = await api(call, port, "GET", "/director/strategies")
         assert sorted(strategies) == ["8001"]
         assert strategies["8001"]["routing-points"] == ["5001", "5000"]

@@ -50,7 +50,7 @@ async def test_queue_music_until_an_agent_is_ready(treatment_lab: Any,  # noqa: 
                                                    free_port: Callable[..., int]) -> None:
     director_ports = {"director_http": free_port(DIRECTOR), "director_port": free_port(DIRECTOR)}
     lab = await treatment_lab(extra=lambda ports: _director({**ports, **director_ports}))
-    director = lab.start("director", "Director1")
+    director = await lab.spawn("director", "Director1")
     await lab.until("the director's links", lambda: director.events("node_linked")
                     and director.events("t_controller_linked"))
     agent = lab.agent()

@@ -50,8 +50,8 @@ async def test_the_wallboard_shows_changes_without_reload(
         'store = "sqlite:', 'report-interval = 0.3\nstore = "sqlite:'))
     port = lab.ports["http"]
     try:
-        lab.start("director", "Site1")
-        lab.start("director", "Director")
+        await lab.spawn("director", "Site1")
+        await lab.spawn("director", "Director")
         async with chromium(tmp_path) as browser:
             await browser.call("Page.enable")
             await browser.call("Page.navigate", url=f"http://{HOST}80:{port}/")
@@ -71,7 +71,7 @@ async def test_the_wallboard_shows_changes_without_reload(
             sites = "document.getElementById('sites').innerText"
             await browser.until_text(sites, "fresh")
             assert "Site1\tdc1\tfresh" in await browser.text_of(sites)
-            lab.procs["Site1"].stop()
+            await asyncio.to_thread(lab.procs["Site1"].stop)
             await browser.until_text(sites, "stale")  # 0.9 s without a report
             after = await browser.screenshot(tmp_path / "wallboard-after.png")
             assert before != after
