@@ -21,6 +21,11 @@ Steps (each run on a fresh server; ours first, then NATS, one after the other):
   time until a site's message is accepted by the other. NATS: three servers
   with an R3 stream, SIGKILL the stream's leader, time until a publish is
   acknowledged again.
+* ``drain`` (``--only drain``; ours only): a site away while ``--backlog``
+  messages queue for it, then its durable handler (``sipcluster rtm listen``,
+  journal and all) comes back: seconds from its session's opening until the
+  last one is journaled, once each and in order, and the hub's and the site's
+  CPU seconds per 1,000. ``--profile DIR`` runs both under cProfile.
 * ``--drill``: the test drill at full size: three sites exchange
   ``--drill-messages`` events, broadcasts and requests while the hub is
   killed with SIGKILL twice; missing, duplicates and order from the senders'
@@ -42,6 +47,7 @@ import os
 import shutil
 import signal
 import socket
+import sqlite3
 import statistics
 import subprocess
 import sys
@@ -146,11 +152,18 @@ geo-location = "dc1"
     return text
 
 
+def _profiled(path: Path | None) -> list[str]:
+    """The interpreter's arguments that run the process under cProfile (statistics
+    written to ``path`` when it exits on SIGTERM)."""
+    return ["-m", "cProfile", "-o", str(path)] if path is not None else []
+
+
 class OurHub:
     def __init__(self, work: Path, sites: int, options: dict[str, Any], name: str = "RTM1",
                  host: str = HOST, config: Path | None = None,
-                 spec: tuple[int, int] | None = None) -> None:
+                 spec: tuple[int, int] | None = None, profile: Path | None = None) -> None:
         self.work = work
+        self.profile = profile
         self.name = name
         self.host = host
         self.rtm_port, self.http_port = spec or (free_port(host), free_port(host))
@@ -164,7 +177,8 @@ class OurHub:
     def start(self, role: str = "active") -> None:
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "daemons.cli", "rtm-server", "--config", str(self.config),
+                [sys.executable, *_profiled(self.profile), "-m", "daemons.cli", "rtm-server",
+                 "--config", str(self.config),
                  "--name", self.name, "--log-format", "json", "--log-level", "warning"],
                 stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
         self.wait_role(role)
@@ -408,6 +422,95 @@ async def ours_takeover(work: Path, dsn: str) -> dict[str, Any]:
     finally:
         one.stop()
         two.stop()
+
+
+async def ours_drain(work: Path, backlog: int, window: int,
+                     profile: Path | None = None) -> dict[str, Any]:
+    """A site away while ``backlog`` messages queue for it, then its durable
+    handler (``sipcluster rtm listen``: outbox, journal) starts: seconds from its
+    session's opening to the last delivery journaled, every message once and in
+    order; the hub's and the site's CPU seconds over the drain."""
+    hub = OurHub(work, 3, {"store": f"sqlite:{work}/hub.db", "max-rate": 0,
+                           "window": window, "keep-alive": 5,
+                           "max-queue-bytes": 1 << 34},
+                 profile=profile / "hub.prof" if profile else None)
+    hub.start()
+    site: subprocess.Popen[bytes] | None = None
+    try:
+        (sender,) = await our_sessions(hub.host, hub.rtm_port, [1], lambda s, d: None)
+        sender.window = 1000
+        for n in range(backlog):
+            await sender.send(3, n)
+        await held(sender, backlog)
+        assert sender.transport is not None
+        sender.transport.close()
+        state = work / "site3"
+        state.mkdir()
+        journal = state / "drain.db"
+        site = _listen(work, state, hub, profile / "site.prof" if profile else None)
+        deadline = time.monotonic() + 600
+        while not _hub_connected(hub, 3):
+            if time.monotonic() > deadline or site.poll() is not None:
+                raise RuntimeError("site 3 never connected")
+            await asyncio.sleep(0.01)
+        opened = time.perf_counter()
+        hub0, site0 = cpu_seconds(hub.pid), cpu_seconds(site.pid)
+        while _journaled(journal) < backlog:
+            if time.monotonic() > deadline or site.poll() is not None:
+                raise RuntimeError(f"{_journaled(journal)} of {backlog} journaled")
+            await asyncio.sleep(0.01)
+        took = time.perf_counter() - opened
+        hub_cpu, site_cpu = cpu_seconds(hub.pid) - hub0, cpu_seconds(site.pid) - site0
+        db = sqlite3.connect(journal)
+        try:
+            numbers = [msgpack.unpackb(el)[0][1] for (el,) in
+                       db.execute("SELECT elements FROM journal ORDER BY id")]
+        finally:
+            db.close()
+        return {"seconds": took, "rate": backlog / took,
+                "hub_cpu_per_1000": hub_cpu / backlog * 1000,
+                "site_cpu_per_1000": site_cpu / backlog * 1000,
+                "in_order_once": numbers == list(range(backlog)),
+                "errors": log_errors(hub.log) + log_errors(work / "site3.log")}
+    finally:
+        if site is not None and site.poll() is None:
+            site.send_signal(signal.SIGTERM)
+            site.wait(timeout=30)
+        hub.stop()
+
+
+def _listen(work: Path, state: Path, hub: OurHub, profile: Path | None
+            ) -> subprocess.Popen[bytes]:
+    """Site 3's durable handler, journal in ``state``/drain.db."""
+    with open(work / "site3.log", "ab") as log:
+        return subprocess.Popen(
+            [sys.executable, *_profiled(profile), "-m", "daemons.cli", "rtm", "listen",
+             "--site", "3", "--handler", "drain", "--state", str(state), "--quiet",
+             "--hub", f"{hub.host}:{hub.rtm_port}", "--log-level", "warning"],
+            stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
+            env={**os.environ, "SIPCLUSTER_RTM_PASSWORD": "pw3"})
+
+
+def _hub_connected(hub: OurHub, site: int) -> bool:
+    import urllib.request
+    try:
+        with urllib.request.urlopen(f"http://{hub.host}:{hub.http_port}/status/sites",
+                                    timeout=1) as r:
+            return bool(json.loads(r.read())["sites"][str(site)]["connected"])
+    except OSError:
+        return False
+
+
+def _journaled(path: Path) -> int:
+    if not path.exists():
+        return 0
+    db = sqlite3.connect(path, timeout=5)
+    try:
+        return int(db.execute("SELECT count(*) FROM journal").fetchone()[0])
+    except sqlite3.OperationalError:
+        return 0
+    finally:
+        db.close()
 
 
 # ---------------------------------------------------------------------------- NATS
@@ -669,7 +772,16 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="one run, smaller sizes")
     parser.add_argument("--drill", action="store_true", help="also the 100,000-message drill")
     parser.add_argument("--drill-messages", type=int, default=100_000)
-    parser.add_argument("--only", default="throughput,latency,memory,takeover")
+    parser.add_argument("--only", default="throughput,latency,memory,takeover",
+                        help="comma-separated steps; drain (ours only, no NATS) is not in "
+                             "the default")
+    parser.add_argument("--backlog", type=int, default=7000,
+                        help="drain step: messages queued for the site that is away")
+    parser.add_argument("--drain-window", type=int, default=512,
+                        help="drain step: the hub's window")
+    parser.add_argument("--profile", type=Path, metavar="DIR",
+                        help="drain step: run the hub and the site under cProfile, "
+                             "statistics to DIR/hub.prof and DIR/site.prof (one run)")
     args = parser.parse_args()
     if args.quick:
         args.runs, args.messages, args.queued, args.seconds = 1, 100, 20_000, 5.0
@@ -679,7 +791,7 @@ def main() -> int:
         uvloop.install()
     except ImportError:
         pass
-    if shutil.which("nats-server") is None:
+    if steps - {"drain"} and shutil.which("nats-server") is None:
         print("nats-server is not installed (make bench-tools)", file=sys.stderr)
         return 2
     figures: dict[str, Any] = {}
@@ -701,6 +813,25 @@ def main() -> int:
                     rows.append((f"{step} {who} FAILURE", e[:80], "", ""))
 
     sites, per = args.sites, args.messages
+    if "drain" in steps:
+        if args.profile is not None:
+            args.profile.mkdir(parents=True, exist_ok=True)
+        results = run_step("drain", 1 if args.profile else args.runs,
+                           lambda w: asyncio.run(ours_drain(w, args.backlog, args.drain_window,
+                                                            args.profile)))
+        figures["drain"] = results
+        for key, label, fmt in (
+                ("seconds", f"drain: {args.backlog} queued msgs to a returning site, s", ".2f"),
+                ("rate", "drain: msgs/s journaled at the site", ".0f"),
+                ("hub_cpu_per_1000", "drain: hub CPU s / 1,000 msgs", ".3f"),
+                ("site_cpu_per_1000", "drain: site CPU s / 1,000 msgs", ".3f")):
+            x = median_of(results, key)
+            rows.append((label, format(x, fmt) if x is not None else "failed", "", ""))
+        for r in results:
+            if not r.get("in_order_once", False) and not r.get("errors"):
+                r["errors"] = ["drain: a message missing, twice or out of order"]
+            for e in r.get("errors", []):
+                rows.append(("drain ours FAILURE", e[:80], "", ""))
     if "throughput" in steps:
         side("throughput",
              lambda w: ours_load(w, sites, per, args.window, 0.0),
@@ -755,6 +886,8 @@ def main() -> int:
 
 
 def nats_version() -> str:
+    if shutil.which("nats-server") is None:
+        return "(not installed)"
     out = subprocess.run(["nats-server", "--version"], capture_output=True, text=True)
     return out.stdout.strip().split()[-1] if out.returncode == 0 else "?"
 
