@@ -17,7 +17,8 @@ change of one user takes to show at another site.
 
 Real processes (``sipcluster rtm-server``, ``sipcluster collective``) on
 127.0.214.x. Medians over ``--runs``; every process's log is read after each
-run and a log line at error level fails the run.
+run and a log line at error level fails the run. The last line is
+``RESULT {json}`` (medians, each run's figures, the failed runs).
 
     .venv/bin/python bench/bench_collective.py --runs 3 --users 200000
 """
@@ -197,13 +198,21 @@ def main() -> int:
             continue
         results.append(r)
         print(f"run {run + 1}: " + ", ".join(f"{k} {v:.2f}" for k, v in r.items()), flush=True)
+    medians: dict[str, float] = {}
+    per_run: dict[str, list[float]] = {}
     if results:
         print(f"median of {len(results)} runs ({args.users} spanning users):")
         for key in results[0]:
             values = [r[key] for r in results]
+            medians[key] = round(statistics.median(values), 3)
+            per_run[key] = [round(v, 3) for v in values]
             print(f"  {key:18} {statistics.median(values):10.2f}   "
                   f"[{', '.join(f'{v:.2f}' for v in values)}]")
     print(f"failed runs: {len(failures)}")
+    print("RESULT " + json.dumps({"users": args.users, "changes": args.changes,
+                                  "runs": args.runs, "failed_runs": len(failures),
+                                  "failures": failures, "median": medians,
+                                  "per_run": per_run}))
     return 1 if failures else 0
 
 

@@ -8,7 +8,7 @@
   answers an OPTIONS addressed to itself), pipelined 50 at a time.
 
 Median of ``--runs`` runs, the ratio from the same runs; answers other than
-200 are reported as failures.
+200 are reported as failures. The last line is ``RESULT {json}``.
 
     .venv/bin/python bench/bench_proxy_tls.py [--runs 5] [--connections 300] [--requests 2000]
 """
@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import socket
 import ssl
@@ -26,6 +27,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -133,7 +135,7 @@ async def options(n: int, port: int, context: ssl.SSLContext | None) -> tuple[fl
 
 
 async def measure(pid: int, args: argparse.Namespace, port: int, tls_port: int,
-                  context: ssl.SSLContext) -> None:
+                  context: ssl.SSLContext) -> dict[str, Any]:
     results: dict[str, list[float]] = {k: [] for k in ("tcp_conn", "tls_conn", "tcp_opt",
                                                        "tls_opt")}
     failures = 0
@@ -154,6 +156,15 @@ async def measure(pid: int, args: argparse.Namespace, port: int, tls_port: int,
           f"TLS {m['tls_opt']:.0f} (TLS/TCP {m['tls_opt'] / m['tcp_opt']:.2f}); "
           f"answers other than 200 or missing: {failures}")
     print("runs: " + ", ".join(f"{k} {[round(x, 2) for x in v]}" for k, v in results.items()))
+    return {"runs": args.runs, "connections": args.connections, "requests": args.requests,
+            "tcp_connect_cpu_s_per_1000": round(m["tcp_conn"], 4),
+            "tls_connect_cpu_s_per_1000": round(m["tls_conn"], 4),
+            "tcp_options_per_s": round(m["tcp_opt"], 1),
+            "tls_options_per_s": round(m["tls_opt"], 1),
+            "connect_cpu_ratio_tls_over_tcp": round(m["tls_conn"] / max(m["tcp_conn"], 1e-9), 2),
+            "options_rate_ratio_tls_over_tcp": round(m["tls_opt"] / m["tcp_opt"], 3),
+            "failed_answers": failures,
+            "per_run": {k: [round(x, 3) for x in v] for k, v in results.items()}}
 
 
 def main() -> int:
@@ -185,10 +196,11 @@ def main() -> int:
                         return 1
                     time.sleep(0.2)
             context = ssl.create_default_context(cafile=str(certs / "ca.pem"))
-            asyncio.run(measure(proc.pid, args, port, tls_port, context))
+            figures = asyncio.run(measure(proc.pid, args, port, tls_port, context))
         finally:
             proc.terminate()
             proc.wait(10)
+    print("RESULT " + json.dumps(figures))
     return 0
 
 

@@ -18,12 +18,15 @@ over ``--runs``, read from the feature-server's /metrics and /proc:
   back; SIPp's echo and the kernel may drop some under load).
 
 Failures (SIPp calls that failed) are printed beside every figure. The server
-runs on 127.0.238.31, SIPp on 127.0.238.50.
+runs on 127.0.238.31, SIPp on 127.0.238.50. The last line is ``RESULT {json}``
+(one step per ``--streams``; a lateness p99 past the histogram's 20 ms is null and
+``p99_past_histogram``).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import signal
@@ -35,6 +38,7 @@ import tempfile
 import time
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -117,6 +121,10 @@ def lateness_p99(before: dict[str, float], after: dict[str, float]) -> float:
     return float("inf")
 
 
+def finite(value: float, digits: int) -> float | None:
+    return round(value, digits) if value not in (float("inf"), float("-inf")) else None
+
+
 def one_run(sipp: str, streams: int, seconds: float, work: Path) -> dict[str, float]:
     sip, http = free_port(SERVER), free_port(SERVER)
     config = cluster_file(work, sip, http)
@@ -188,6 +196,7 @@ def main(argv: list[str]) -> int:
           "medians")
     print(f"{'streams':>8} {'lateness p99 ms':>16} {'late>10ms':>10} {'CPU s/1000 pkt':>15} "
           f"{'core share':>11} {'echoed':>7} {'failed calls':>13}")
+    steps: list[dict[str, Any]] = []
     for streams in args.streams:
         runs = []
         for _ in range(args.runs):
@@ -201,6 +210,15 @@ def main(argv: list[str]) -> int:
         print(f"{streams:>8} {p99_text:>16} {med('late_share'):>10.2%} "
               f"{med('cpu_per_1000'):>15.4f} {med('core_share'):>11.2f} "
               f"{med('echoed'):>7.2%} {sum(r['failed'] for r in runs):>13.0f}")
+        # JSON has no infinity: a p99 past the histogram's last bucket (or a run that
+        # sent nothing) is null, p99_past_histogram says which
+        steps.append({"streams": streams,
+                      **{key: finite(med(key), 4) for key in
+                         ("late_share", "cpu_per_1000", "core_share", "echoed")},
+                      "p99_ms": finite(p99, 3), "p99_past_histogram": p99 == float("inf"),
+                      "failed": int(sum(r["failed"] for r in runs))})
+    print("RESULT " + json.dumps({"seconds": args.seconds, "runs": args.runs,
+                                  "steps": steps}))
     return 0
 
 
