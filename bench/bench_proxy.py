@@ -89,6 +89,12 @@ sys.path.insert(0, str(ROOT))
 
 from daemons.sip_proxy.registrar import Binding, BindingStore  # noqa: E402
 from daemons.sip_proxy.replication import PeerAddress, Replicator  # noqa: E402
+from tests.support.sip_proxy_site import (  # noqa: E402
+    NODE_XML,
+    PHONE_XML,
+    call_xml,
+    write_proxy_site,
+)
 
 OURS, KAMAILIO, BEFORE = "127.0.1.151", "127.0.1.152", "127.0.1.153"
 NODE, PHONE, REG_UAC = "127.0.1.141", "127.0.1.161", "127.0.1.171"
@@ -125,112 +131,8 @@ Content-Length: 0
 </scenario>
 """
 
-#: The registrar node: 200 to REGISTER (Contact echoed) and to OPTIONS checks.
-NODE_XML = """<?xml version="1.0" encoding="ISO-8859-1" ?>
-<scenario name="registrar node">
-  <recv request="REGISTER|OPTIONS" regexp_match="true"/>
-  <send><![CDATA[
-SIP/2.0 200 OK
-[last_Via:]
-[last_From:]
-[last_To:];tag=n[call_number]
-[last_Call-ID:]
-[last_CSeq:]
-[last_Contact:]
-[last_Path:]
-Content-Length: 0
-
-]]></send>
-</scenario>
-"""
-
-#: The phone: answers INVITE with 180 and 200 (Record-Route copied, §12.1.1), then BYE.
-UAS_XML = """<?xml version="1.0" encoding="ISO-8859-1" ?>
-<scenario name="phone">
-  <recv request="INVITE"/>
-  <send><![CDATA[
-SIP/2.0 180 Ringing
-[last_Via:]
-[last_From:]
-[last_To:];tag=p[call_number]
-[last_Call-ID:]
-[last_CSeq:]
-[last_Record-Route:]
-Contact: <sip:1001@[local_ip]:[local_port]>
-Content-Length: 0
-
-]]></send>
-  <send retrans="500"><![CDATA[
-SIP/2.0 200 OK
-[last_Via:]
-[last_From:]
-[last_To:];tag=p[call_number]
-[last_Call-ID:]
-[last_CSeq:]
-[last_Record-Route:]
-Contact: <sip:1001@[local_ip]:[local_port]>
-Content-Length: 0
-
-]]></send>
-  <recv request="ACK" optional="true"/>
-  <recv request="BYE"/>
-  <send><![CDATA[
-SIP/2.0 200 OK
-[last_Via:]
-[last_From:]
-[last_To:]
-[last_Call-ID:]
-[last_CSeq:]
-Content-Length: 0
-
-]]></send>
-</scenario>
-"""
-
-UAC_XML = """<?xml version="1.0" encoding="ISO-8859-1" ?>
-<scenario name="uac">
-  <send retrans="500"><![CDATA[
-INVITE sip:1001@cluster.lab SIP/2.0
-Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]
-From: <sip:node@[local_ip]:[local_port]>;tag=[call_number]
-To: <sip:1001@cluster.lab>
-Call-ID: [call_id]
-CSeq: 1 INVITE
-Contact: <sip:node@[local_ip]:[local_port]>
-Max-Forwards: 70
-Content-Length: 0
-
-]]></send>
-  <recv response="100" optional="true"/>
-  <recv response="180" optional="true"/>
-  <recv response="200" rrs="true"/>
-  <send><![CDATA[
-ACK [next_url] SIP/2.0
-Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]
-From: <sip:node@[local_ip]:[local_port]>;tag=[call_number]
-To: <sip:1001@cluster.lab>[peer_tag_param]
-Call-ID: [call_id]
-CSeq: 1 ACK
-[routes]
-Max-Forwards: 70
-Content-Length: 0
-
-]]></send>
-  <send retrans="500"><![CDATA[
-BYE [next_url] SIP/2.0
-Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]
-From: <sip:node@[local_ip]:[local_port]>;tag=[call_number]
-To: <sip:1001@cluster.lab>[peer_tag_param]
-Call-ID: [call_id]
-CSeq: 2 BYE
-[routes]
-Max-Forwards: 70
-Content-Length: 0
-
-]]></send>
-  <recv response="200"/>
-</scenario>
-"""
+UAS_XML = PHONE_XML
+UAC_XML = call_xml("1001")
 
 
 def free_port(host: str) -> int:
@@ -250,38 +152,9 @@ def free_port(host: str) -> int:
 
 def write_cluster(path: Path, proxy_port: int, node_port: int, host: str = OURS,
                   workers: int = 1) -> None:
-    path.write_text(f"""
-[switch]
-name = "SIP_Cluster"
-domain = "cluster.lab"
-[dns.SIP_Cluster_DN]
-type = "VoIPService"
-service-type = "sip-cluster-nodes"
-applications = ["SIPS_1"]
-siproxy-applications = ["SPX_1"]
-[applications.SIPS_1]
-kind = "sip-server"
-host = "{NODE}"
-geo-location = "dc1"
-sip-port = {node_port}
-default-port = 0
-[applications.TC_1]
-kind = "t-controller"
-host = "{NODE}"
-sip-server = "SIPS_1"
-tc-port = 0
-[applications.SPX_1]
-kind = "sip-proxy"
-host = "{host}"
-geo-location = "dc1"
-sip-port = {proxy_port}
-replication-port = 0
-http-port = 0
-[applications.SPX_1.sipproxy]
-oos-check = 2
-oos-force = 2
-workers = {workers}
-""")
+    """The cluster file of the sip-proxy at ``host`` in front of the SIPp node."""
+    write_proxy_site(path, proxy_host=host, proxy_port=proxy_port, node_host=NODE,
+                     node_port=node_port, workers=workers)
 
 
 # --------------------------------------------------------------------------- SIPp

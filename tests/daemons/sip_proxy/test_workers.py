@@ -28,6 +28,8 @@ from typing import Any
 
 import pytest
 
+from tests.support.sip_proxy_site import NODE_XML, PHONE_XML, call_xml, write_proxy_site
+
 ROOT = Path(__file__).resolve().parents[3]
 PROXY, NODE, PHONE, REG_UAC = "127.0.248.21", "127.0.248.22", "127.0.248.23", "127.0.248.24"
 SIPP = ["sipp", "-nostdin", "-timer_resol", "1", "-deadcall_wait", "2000", "-buff_size",
@@ -35,24 +37,6 @@ SIPP = ["sipp", "-nostdin", "-timer_resol", "1", "-deadcall_wait", "2000", "-buf
 
 pytestmark = pytest.mark.skipif(subprocess.run(["which", "sipp"], capture_output=True)
                                 .returncode != 0, reason="sipp not installed")
-
-NODE_XML = """<?xml version="1.0" encoding="ISO-8859-1" ?>
-<scenario name="registrar node">
-  <recv request="REGISTER|OPTIONS" regexp_match="true"/>
-  <send><![CDATA[
-SIP/2.0 200 OK
-[last_Via:]
-[last_From:]
-[last_To:];tag=n[call_number]
-[last_Call-ID:]
-[last_CSeq:]
-[last_Contact:]
-[last_Path:]
-Content-Length: 0
-
-]]></send>
-</scenario>
-"""
 
 REGISTER_XML = """<?xml version="1.0" encoding="ISO-8859-1" ?>
 <scenario name="register">
@@ -73,79 +57,7 @@ Content-Length: 0
 </scenario>
 """
 
-PHONE_XML = """<?xml version="1.0" encoding="ISO-8859-1" ?>
-<scenario name="phone">
-  <recv request="INVITE"/>
-  <send><![CDATA[
-SIP/2.0 200 OK
-[last_Via:]
-[last_From:]
-[last_To:];tag=p[call_number]
-[last_Call-ID:]
-[last_CSeq:]
-[last_Record-Route:]
-Contact: <sip:phone@[local_ip]:[local_port]>
-Content-Length: 0
-
-]]></send>
-  <recv request="ACK" optional="true"/>
-  <recv request="BYE"/>
-  <send><![CDATA[
-SIP/2.0 200 OK
-[last_Via:]
-[last_From:]
-[last_To:]
-[last_Call-ID:]
-[last_CSeq:]
-Content-Length: 0
-
-]]></send>
-</scenario>
-"""
-
-CALL_XML = """<?xml version="1.0" encoding="ISO-8859-1" ?>
-<scenario name="call">
-  <send retrans="500"><![CDATA[
-INVITE sip:w[call_number]@cluster.lab SIP/2.0
-Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]
-From: <sip:node@[local_ip]:[local_port]>;tag=[call_number]
-To: <sip:w[call_number]@cluster.lab>
-Call-ID: [call_id]
-CSeq: 1 INVITE
-Contact: <sip:node@[local_ip]:[local_port]>
-Max-Forwards: 70
-Content-Length: 0
-
-]]></send>
-  <recv response="100" optional="true"/>
-  <recv response="200" rrs="true"/>
-  <send><![CDATA[
-ACK [next_url] SIP/2.0
-Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]
-From: <sip:node@[local_ip]:[local_port]>;tag=[call_number]
-To: <sip:w[call_number]@cluster.lab>[peer_tag_param]
-Call-ID: [call_id]
-CSeq: 1 ACK
-[routes]
-Max-Forwards: 70
-Content-Length: 0
-
-]]></send>
-  <send retrans="500"><![CDATA[
-BYE [next_url] SIP/2.0
-Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]
-From: <sip:node@[local_ip]:[local_port]>;tag=[call_number]
-To: <sip:w[call_number]@cluster.lab>[peer_tag_param]
-Call-ID: [call_id]
-CSeq: 2 BYE
-[routes]
-Max-Forwards: 70
-Content-Length: 0
-
-]]></send>
-  <recv response="200"/>
-</scenario>
-"""
+CALL_XML = call_xml("w[call_number]")
 
 
 def _port_run(host: str, count: int) -> int:
@@ -232,39 +144,9 @@ def wait_for(check: Any, timeout: float = 15.0, what: str = "") -> Any:
 
 def write_config(path: Path, proxy_port: int, node_port: int, http_port: int,
                  worker_base: int, workers: int | str = 2) -> None:
-    path.write_text(f"""
-[switch]
-name = "SIP_Cluster"
-domain = "cluster.lab"
-[dns.SIP_Cluster_DN]
-type = "VoIPService"
-service-type = "sip-cluster-nodes"
-applications = ["SIPS_1"]
-siproxy-applications = ["SPX_1"]
-[applications.SIPS_1]
-kind = "sip-server"
-host = "{NODE}"
-geo-location = "dc1"
-sip-port = {node_port}
-default-port = 0
-[applications.TC_1]
-kind = "t-controller"
-host = "{NODE}"
-sip-server = "SIPS_1"
-tc-port = 0
-[applications.SPX_1]
-kind = "sip-proxy"
-host = "{PROXY}"
-geo-location = "dc1"
-sip-port = {proxy_port}
-replication-port = 0
-http-port = {http_port}
-[applications.SPX_1.sipproxy]
-oos-check = 1
-oos-force = 1
-workers = {workers}
-worker-port-base = {worker_base}
-""")
+    write_proxy_site(path, proxy_host=PROXY, proxy_port=proxy_port, node_host=NODE,
+                     node_port=node_port, http_port=http_port, oos=1, workers=workers,
+                     worker_port_base=worker_base)
 
 
 @pytest.fixture(name="cluster")
