@@ -17,33 +17,31 @@ seconds per 1,000 calls (psutil), and the ratio with / without. Addresses:
 from __future__ import annotations
 
 import argparse
-import csv
 import json
-import os
 import shutil
-import signal
-import socket
-import statistics
 import subprocess
 import sys
 import tempfile
-import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
 import psutil
 
-ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from node_call_load import (
+    call_figures,
+    cpu,
+    free_port,
+    medians,
+    run_sipp,
+    start,
+    stop,
+)
+
 NET = "127.0.222."
 HOSTS = {"plain": NET + "51", "fs": NET + "52", "feature-server": NET + "53",
          "phone": NET + "54", "caller": NET + "55"}
-
-
-def free_port(host: str) -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
 
 
 def cluster(path: Path, ports: dict[str, int], node: str, *, dial_plan: bool) -> Path:
@@ -107,46 +105,6 @@ external = "System"
     return path
 
 
-def start(kind: str, config: Path, name: str, health: str, log: Path) -> subprocess.Popen[bytes]:
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "daemons.cli", kind, "--config", str(config), "--name", name,
-         "--log-level", "warning"],
-        cwd=ROOT, stdout=log.open("wb"), stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 45
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(health, timeout=1) as resp:
-                if resp.status == 200:
-                    return proc
-        except OSError:
-            time.sleep(0.2)
-    proc.kill()
-    raise RuntimeError(f"{name} did not start: {log.read_text()[-2000:]}")
-
-
-def cpu(proc: psutil.Process) -> float:
-    t = proc.cpu_times()
-    return float(t.user + t.system)
-
-
-def run_sipp(sipp: str, target: str, calls: int, rate: int, workdir: Path) -> dict[str, str]:
-    workdir.mkdir()
-    subprocess.run(
-        [sipp, target, "-sn", "uac", "-s", "2002", "-i", HOSTS["caller"],
-         "-p", str(free_port(HOSTS["caller"])), "-m", str(calls), "-r", str(rate),
-         "-l", "200", "-nostdin", "-trace_stat", "-stf", str(workdir / "stat.csv"),
-         "-fd", "1", "-timeout", "120s", "-timeout_error"],
-        cwd=workdir, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=180,
-        env={**os.environ, "TERM": "dumb"})
-    rows = list(csv.DictReader((workdir / "stat.csv").open(), delimiter=";"))
-    return rows[-1] if rows else {}
-
-
-def elapsed(row: dict[str, str]) -> float:
-    h, m, s = row.get("ElapsedTime(C)", "0:0:0").split(":")
-    return int(h) * 3600 + int(m) * 60 + float(s)
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--calls", type=int, default=600)
@@ -189,33 +147,24 @@ def main() -> int:
             for node in ("plain", "fs"):
                 run_no += 1
                 before = {k: cpu(p) for k, p in ps.items()}
-                row = run_sipp(sipp, f"{HOSTS[node]}:{ports[node]}", args.calls, args.rate,
+                row = run_sipp(sipp, f"{HOSTS[node]}:{ports[node]}", ["-sn", "uac"], "2002",
+                               HOSTS["caller"], args.calls, args.rate,
                                tmp / f"run-{run_no}-{node}")
                 after = {k: cpu(p) for k, p in ps.items()}
-                ok = int(row.get("SuccessfulCall(C)", 0))
+                ok, figures = call_figures(row)
                 results[node].append({
-                    "rate": ok / max(elapsed(row), 1e-9),
-                    "failed": int(row.get("FailedCall(C)", 0)),
-                    "retransmissions": int(row.get("Retransmissions(C)", 0)),
+                    **figures,
                     "node_cpu_per_1000": (after[node] - before[node]) * 1000 / max(ok, 1),
                     "fs_cpu_per_1000": (after["feature-server"] - before["feature-server"])
                     * 1000 / max(ok, 1),
                 })
     finally:
-        for p in procs.values():
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-                try:
-                    p.wait(timeout=10)
-                except subprocess.TimeoutExpired:
-                    p.kill()
+        stop(procs.values())
         phone.kill()
     summary: dict[str, Any] = {"calls": args.calls, "rate_offered": args.rate,
                                "runs": args.runs}
     for node, runs in results.items():
-        summary[node] = {key: round(statistics.median(r[key] for r in runs), 3)
-                         for key in runs[0]}
-        summary[node]["failed_total"] = sum(int(r["failed"]) for r in runs)
+        summary[node] = medians(runs)
     summary["node_cpu_ratio_fs_over_plain"] = round(
         summary["fs"]["node_cpu_per_1000"] / max(summary["plain"]["node_cpu_per_1000"], 1e-9), 2)
     for node in ("plain", "fs"):

@@ -20,35 +20,33 @@ failed calls and retransmissions, the node's CPU seconds per 1,000 calls
 from __future__ import annotations
 
 import argparse
-import csv
 import json
-import os
 import shutil
-import signal
-import socket
-import statistics
 import subprocess
 import sys
 import tempfile
-import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
 import psutil
 
-ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from node_call_load import (
+    call_figures,
+    cpu,
+    free_port,
+    medians,
+    run_sipp,
+    start,
+    stop,
+)
+
 HERE = Path(__file__).resolve().parent / "prack"
 NET = "127.0.246."
 HOSTS = {"node": NET + "11", "plain": NET + "101", "reliable": NET + "102",
          "caller": NET + "200"}
 FLOWS = {"plain": ("3001", None), "100rel": ("3002", HERE / "uac_100rel.xml")}
-
-
-def free_port(host: str) -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
 
 
 def cluster(path: Path, ports: dict[str, int]) -> Path:
@@ -91,50 +89,6 @@ tc-port = {ports['tc']}
     return path
 
 
-def start_node(config: Path, health: str, log: Path) -> subprocess.Popen[bytes]:
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "daemons.cli", "sip-server", "--config", str(config),
-         "--name", "SIPS_bench", "--log-level", "warning"],
-        cwd=ROOT, stdout=log.open("wb"), stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 45
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(health, timeout=1) as resp:
-                if resp.status == 200:
-                    return proc
-        except OSError:
-            time.sleep(0.2)
-    proc.kill()
-    raise RuntimeError(f"SIPS_bench did not start: {log.read_text()[-2000:]}")
-
-
-def cpu(proc: psutil.Process) -> float:
-    t = proc.cpu_times()
-    return float(t.user + t.system)
-
-
-def run_sipp(sipp: str, target: str, flow: str, calls: int, rate: int,
-             workdir: Path) -> dict[str, str]:
-    workdir.mkdir()
-    dn, scenario = FLOWS[flow]
-    scen = ["-sn", "uac"] if scenario is None else [
-        "-sf", str(scenario), "-set", "caller", "+15550100", "-set", "domain", "bench.test"]
-    subprocess.run(
-        [sipp, target, *scen, "-s", dn, "-i", HOSTS["caller"],
-         "-p", str(free_port(HOSTS["caller"])), "-m", str(calls), "-r", str(rate),
-         "-l", "200", "-nostdin", "-trace_stat", "-stf", str(workdir / "stat.csv"),
-         "-fd", "1", "-timeout", "120s", "-timeout_error"],
-        cwd=workdir, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=180,
-        env={**os.environ, "TERM": "dumb"})
-    rows = list(csv.DictReader((workdir / "stat.csv").open(), delimiter=";"))
-    return rows[-1] if rows else {}
-
-
-def elapsed(row: dict[str, str]) -> float:
-    h, m, s = row.get("ElapsedTime(C)", "0:0:0").split(":")
-    return int(h) * 3600 + int(m) * 60 + float(s)
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--calls", type=int, default=300)
@@ -162,38 +116,35 @@ def main() -> int:
     node: subprocess.Popen[bytes] | None = None
     results: dict[str, list[dict[str, float]]] = {flow: [] for flow in FLOWS}
     try:
-        node = start_node(config, f"http://{HOSTS['node']}:{ports['http']}/healthz",
-                          tmp / "node.log")
+        node = start("sip-server", config, "SIPS_bench",
+                     f"http://{HOSTS['node']}:{ports['http']}/healthz", tmp / "node.log")
         ps = psutil.Process(node.pid)
         run_no = 0
         for _ in range(args.runs):
             for flow in FLOWS:
                 run_no += 1
                 before = cpu(ps)
-                row = run_sipp(sipp, f"{HOSTS['node']}:{ports['sip']}", flow, args.calls,
-                               args.rate, tmp / f"run-{run_no}-{flow}")
-                ok = int(row.get("SuccessfulCall(C)", 0))
+                dn, scenario = FLOWS[flow]
+                scen = ["-sn", "uac"] if scenario is None else [
+                    "-sf", str(scenario), "-set", "caller", "+15550100", "-set", "domain",
+                    "bench.test"]
+                row = run_sipp(sipp, f"{HOSTS['node']}:{ports['sip']}", scen, dn,
+                               HOSTS["caller"], args.calls, args.rate,
+                               tmp / f"run-{run_no}-{flow}")
+                ok, figures = call_figures(row)
                 results[flow].append({
-                    "rate": ok / max(elapsed(row), 1e-9),
-                    "failed": int(row.get("FailedCall(C)", 0)),
-                    "retransmissions": int(row.get("Retransmissions(C)", 0)),
+                    **figures,
                     "node_cpu_per_1000": (cpu(ps) - before) * 1000 / max(ok, 1),
                 })
     finally:
-        if node is not None and node.poll() is None:
-            node.send_signal(signal.SIGTERM)
-            try:
-                node.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                node.kill()
+        if node is not None:
+            stop([node])
         for phone in phones:
             phone.kill()
     summary: dict[str, Any] = {"calls": args.calls, "rate_offered": args.rate,
                                "runs": args.runs}
     for flow, runs in results.items():
-        summary[flow] = {key: round(statistics.median(r[key] for r in runs), 3)
-                         for key in runs[0]}
-        summary[flow]["failed_total"] = sum(int(r["failed"]) for r in runs)
+        summary[flow] = medians(runs)
     summary["node_cpu_ratio_100rel_over_plain"] = round(
         summary["100rel"]["node_cpu_per_1000"]
         / max(summary["plain"]["node_cpu_per_1000"], 1e-9), 2)
