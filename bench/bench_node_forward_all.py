@@ -16,28 +16,17 @@ seconds per 1,000 calls (psutil), and the ratio with / without. Addresses:
 
 from __future__ import annotations
 
-import argparse
 import json
-import shutil
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any
 
 import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from node_call_load import (
-    call_figures,
-    cpu,
-    free_port,
-    medians,
-    run_sipp,
-    start,
-    stop,
-)
+import node_call_load as load
 
 NET = "127.0.222."
 HOSTS = {"plain": NET + "51", "fs": NET + "52", "feature-server": NET + "53",
@@ -45,38 +34,10 @@ HOSTS = {"plain": NET + "51", "fs": NET + "52", "feature-server": NET + "53",
 
 
 def cluster(path: Path, ports: dict[str, int], node: str, *, dial_plan: bool) -> Path:
-    text = f"""
-[switch]
-name = "Bench"
-domain = "bench.test"
-
-[switch.tserver]
-extn-no-answer-timeout = 10
-sip-enable-strict-auth = false
-
-[dns.Nodes]
-type = "VoIPService"
-service-type = "sip-cluster-nodes"
-applications = ["SIPS_{node}"]
-
-[dns.2002]
-type = "Extension"
-contact = "sip:2002@{HOSTS['phone']}:{ports['phone']}"
-
-[applications.SIPS_{node}]
-kind = "sip-server"
-host = "{HOSTS[node]}"
-geo-location = "dc1"
-sip-port = {ports[node]}
-default-port = {ports[node + '_default']}
-http-port = {ports[node + '_http']}
-
-[applications.TC_{node}]
-kind = "t-controller"
-host = "{HOSTS[node]}"
-sip-server = "SIPS_{node}"
-tc-port = {ports[node + '_tc']}
-"""
+    text = load.node_cluster(
+        node, HOSTS[node], {"sip": ports[node], "default": ports[node + "_default"],
+                            "http": ports[node + "_http"], "tc": ports[node + "_tc"]},
+        {"2002": f"sip:2002@{HOSTS['phone']}:{ports['phone']}"})
     if dial_plan:
         text += f"""
 [dns.DialPlan]
@@ -106,23 +67,18 @@ external = "System"
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--calls", type=int, default=600)
-    parser.add_argument("--rate", type=int, default=100, help="offered calls/s")
-    parser.add_argument("--runs", type=int, default=3)
-    args = parser.parse_args()
-    sipp = shutil.which("sipp")
+    args = load.load_arguments(__doc__, calls=600, rate=100)
+    sipp = load.find_sipp()
     if sipp is None:
-        print("sipp is not installed (apt-get install sip-tester)")
         return 2
     tmp = Path(tempfile.mkdtemp(prefix="bench-forward-all-"))
-    ports = {"plain": free_port(HOSTS["plain"]), "fs": free_port(HOSTS["fs"]),
-             "phone": free_port(HOSTS["phone"]),
-             "feature_server_http": free_port(HOSTS["feature-server"])}
+    ports = {"plain": load.free_port(HOSTS["plain"]), "fs": load.free_port(HOSTS["fs"]),
+             "phone": load.free_port(HOSTS["phone"]),
+             "feature_server_http": load.free_port(HOSTS["feature-server"])}
     for node in ("plain", "fs"):
-        ports[node + "_default"] = free_port(HOSTS[node])
-        ports[node + "_http"] = free_port(HOSTS[node])
-        ports[node + "_tc"] = free_port(HOSTS[node])  # named in the file, not started
+        ports[node + "_default"] = load.free_port(HOSTS[node])
+        ports[node + "_http"] = load.free_port(HOSTS[node])
+        ports[node + "_tc"] = load.free_port(HOSTS[node])  # named in the file, not started
     plain_cfg = cluster(tmp / "plain.toml", ports, "plain", dial_plan=False)
     fs_cfg = cluster(tmp / "fs.toml", ports, "fs", dial_plan=True)
     phone = subprocess.Popen(
@@ -131,27 +87,27 @@ def main() -> int:
     procs: dict[str, subprocess.Popen[bytes]] = {}
     results: dict[str, list[dict[str, float]]] = {"plain": [], "fs": []}
     try:
-        procs["feature-server"] = start(
+        procs["feature-server"] = load.start(
             "feature-server", fs_cfg, "FS_bench",
             f"http://{HOSTS['feature-server']}:{ports['feature_server_http']}/healthz",
             tmp / "fs.log")
-        procs["plain"] = start("sip-server", plain_cfg, "SIPS_plain",
-                               f"http://{HOSTS['plain']}:{ports['plain_http']}/healthz",
-                               tmp / "plain.log")
-        procs["fs"] = start("sip-server", fs_cfg, "SIPS_fs",
-                            f"http://{HOSTS['fs']}:{ports['fs_http']}/healthz",
-                            tmp / "fs-node.log")
+        procs["plain"] = load.start("sip-server", plain_cfg, "SIPS_plain",
+                                    f"http://{HOSTS['plain']}:{ports['plain_http']}/healthz",
+                                    tmp / "plain.log")
+        procs["fs"] = load.start("sip-server", fs_cfg, "SIPS_fs",
+                                 f"http://{HOSTS['fs']}:{ports['fs_http']}/healthz",
+                                 tmp / "fs-node.log")
         ps = {k: psutil.Process(p.pid) for k, p in procs.items()}
         run_no = 0
         for _ in range(args.runs):
             for node in ("plain", "fs"):
                 run_no += 1
-                before = {k: cpu(p) for k, p in ps.items()}
-                row = run_sipp(sipp, f"{HOSTS[node]}:{ports[node]}", ["-sn", "uac"], "2002",
-                               HOSTS["caller"], args.calls, args.rate,
-                               tmp / f"run-{run_no}-{node}")
-                after = {k: cpu(p) for k, p in ps.items()}
-                ok, figures = call_figures(row)
+                before = {k: load.cpu(p) for k, p in ps.items()}
+                row = load.run_sipp(sipp, f"{HOSTS[node]}:{ports[node]}", ["-sn", "uac"],
+                                    "2002", HOSTS["caller"], args.calls, args.rate,
+                                    tmp / f"run-{run_no}-{node}")
+                after = {k: load.cpu(p) for k, p in ps.items()}
+                ok, figures = load.call_figures(row)
                 results[node].append({
                     **figures,
                     "node_cpu_per_1000": (after[node] - before[node]) * 1000 / max(ok, 1),
@@ -159,20 +115,13 @@ def main() -> int:
                     * 1000 / max(ok, 1),
                 })
     finally:
-        stop(procs.values())
+        load.stop(procs.values())
         phone.kill()
-    summary: dict[str, Any] = {"calls": args.calls, "rate_offered": args.rate,
-                               "runs": args.runs}
-    for node, runs in results.items():
-        summary[node] = medians(runs)
-    summary["node_cpu_ratio_fs_over_plain"] = round(
-        summary["fs"]["node_cpu_per_1000"] / max(summary["plain"]["node_cpu_per_1000"], 1e-9), 2)
+    summary = load.summarize(args.calls, args.rate, results)
+    summary["node_cpu_ratio_fs_over_plain"] = load.cpu_ratio(summary, "fs")
     for node in ("plain", "fs"):
-        s = summary[node]
-        print(f"{node:6} median {s['rate']:.1f} calls/s, failed {s['failed_total']}, "
-              f"retransmissions {s['retransmissions']:.0f}, node CPU "
-              f"{s['node_cpu_per_1000']:.2f} s / 1000 calls, feature-server CPU "
-              f"{s['fs_cpu_per_1000']:.2f} s / 1000 calls")
+        print(f"{load.flow_line(node, summary[node])}, feature-server CPU "
+              f"{summary[node]['fs_cpu_per_1000']:.2f} s / 1000 calls")
     print(f"node CPU per call with the forward-all look-up / without: "
           f"{summary['node_cpu_ratio_fs_over_plain']}")
     print("RESULT " + json.dumps(summary))

@@ -19,28 +19,17 @@ failed calls and retransmissions, the node's CPU seconds per 1,000 calls
 
 from __future__ import annotations
 
-import argparse
 import json
-import shutil
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any
 
 import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from node_call_load import (
-    call_figures,
-    cpu,
-    free_port,
-    medians,
-    run_sipp,
-    start,
-    stop,
-)
+import node_call_load as load
 
 HERE = Path(__file__).resolve().parent / "prack"
 NET = "127.0.246."
@@ -50,59 +39,22 @@ FLOWS = {"plain": ("3001", None), "100rel": ("3002", HERE / "uac_100rel.xml")}
 
 
 def cluster(path: Path, ports: dict[str, int]) -> Path:
-    path.write_text(f"""
-[switch]
-name = "Bench"
-domain = "bench.test"
-
-[switch.tserver]
-extn-no-answer-timeout = 10
-sip-enable-strict-auth = false
-
-[dns.Nodes]
-type = "VoIPService"
-service-type = "sip-cluster-nodes"
-applications = ["SIPS_bench"]
-
-[dns.3001]
-type = "Extension"
-contact = "sip:3001@{HOSTS['plain']}:{ports['plain']}"
-
-[dns.3002]
-type = "Extension"
-contact = "sip:3002@{HOSTS['reliable']}:{ports['reliable']}"
-
-[applications.SIPS_bench]
-kind = "sip-server"
-host = "{HOSTS['node']}"
-geo-location = "dc1"
-sip-port = {ports['sip']}
-default-port = {ports['default']}
-http-port = {ports['http']}
-
-[applications.TC_bench]
-kind = "t-controller"
-host = "{HOSTS['node']}"
-sip-server = "SIPS_bench"
-tc-port = {ports['tc']}
-""")
+    path.write_text(load.node_cluster("bench", HOSTS["node"], ports, {
+        "3001": f"sip:3001@{HOSTS['plain']}:{ports['plain']}",
+        "3002": f"sip:3002@{HOSTS['reliable']}:{ports['reliable']}"}))
     return path
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
-    parser.add_argument("--calls", type=int, default=300)
-    parser.add_argument("--rate", type=int, default=50, help="offered calls/s")
-    parser.add_argument("--runs", type=int, default=3)
-    args = parser.parse_args()
-    sipp = shutil.which("sipp")
+    args = load.load_arguments(__doc__, calls=300, rate=50)
+    sipp = load.find_sipp()
     if sipp is None:
-        print("sipp is not installed (apt-get install sip-tester)")
         return 2
     tmp = Path(tempfile.mkdtemp(prefix="bench-prack-"))
-    ports = {"plain": free_port(HOSTS["plain"]), "reliable": free_port(HOSTS["reliable"])}
+    ports = {"plain": load.free_port(HOSTS["plain"]),
+             "reliable": load.free_port(HOSTS["reliable"])}
     for key in ("sip", "default", "http", "tc"):
-        ports[key] = free_port(HOSTS["node"])  # tc: named in the file, not started
+        ports[key] = load.free_port(HOSTS["node"])  # tc: named in the file, not started
     config = cluster(tmp / "cluster.toml", ports)
     phones = [
         subprocess.Popen([sipp, "-sn", "uas", "-i", HOSTS["plain"], "-p", str(ports["plain"]),
@@ -116,43 +68,36 @@ def main() -> int:
     node: subprocess.Popen[bytes] | None = None
     results: dict[str, list[dict[str, float]]] = {flow: [] for flow in FLOWS}
     try:
-        node = start("sip-server", config, "SIPS_bench",
-                     f"http://{HOSTS['node']}:{ports['http']}/healthz", tmp / "node.log")
+        node = load.start("sip-server", config, "SIPS_bench",
+                          f"http://{HOSTS['node']}:{ports['http']}/healthz",
+                          tmp / "node.log")
         ps = psutil.Process(node.pid)
         run_no = 0
         for _ in range(args.runs):
             for flow in FLOWS:
                 run_no += 1
-                before = cpu(ps)
+                before = load.cpu(ps)
                 dn, scenario = FLOWS[flow]
                 scen = ["-sn", "uac"] if scenario is None else [
                     "-sf", str(scenario), "-set", "caller", "+15550100", "-set", "domain",
                     "bench.test"]
-                row = run_sipp(sipp, f"{HOSTS['node']}:{ports['sip']}", scen, dn,
-                               HOSTS["caller"], args.calls, args.rate,
-                               tmp / f"run-{run_no}-{flow}")
-                ok, figures = call_figures(row)
+                row = load.run_sipp(sipp, f"{HOSTS['node']}:{ports['sip']}", scen, dn,
+                                    HOSTS["caller"], args.calls, args.rate,
+                                    tmp / f"run-{run_no}-{flow}")
+                ok, figures = load.call_figures(row)
                 results[flow].append({
                     **figures,
-                    "node_cpu_per_1000": (cpu(ps) - before) * 1000 / max(ok, 1),
+                    "node_cpu_per_1000": (load.cpu(ps) - before) * 1000 / max(ok, 1),
                 })
     finally:
         if node is not None:
-            stop([node])
+            load.stop([node])
         for phone in phones:
             phone.kill()
-    summary: dict[str, Any] = {"calls": args.calls, "rate_offered": args.rate,
-                               "runs": args.runs}
-    for flow, runs in results.items():
-        summary[flow] = medians(runs)
-    summary["node_cpu_ratio_100rel_over_plain"] = round(
-        summary["100rel"]["node_cpu_per_1000"]
-        / max(summary["plain"]["node_cpu_per_1000"], 1e-9), 2)
+    summary = load.summarize(args.calls, args.rate, results)
+    summary["node_cpu_ratio_100rel_over_plain"] = load.cpu_ratio(summary, "100rel")
     for flow in FLOWS:
-        s = summary[flow]
-        print(f"{flow:6} median {s['rate']:.1f} calls/s, failed {s['failed_total']}, "
-              f"retransmissions {s['retransmissions']:.0f}, node CPU "
-              f"{s['node_cpu_per_1000']:.2f} s / 1000 calls")
+        print(load.flow_line(flow, summary[flow]))
     print(f"node CPU per call with 100rel / without: "
           f"{summary['node_cpu_ratio_100rel_over_plain']}")
     print("RESULT " + json.dumps(summary))

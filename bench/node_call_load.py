@@ -7,8 +7,10 @@ seconds, and the medians of several runs (docs/benchmarks.md, TESTING.md
 
 from __future__ import annotations
 
+import argparse
 import csv
 import os
+import shutil
 import signal
 import socket
 import statistics
@@ -23,6 +25,23 @@ from typing import Any
 import psutil
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def load_arguments(doc: str | None, calls: int, rate: int) -> argparse.Namespace:
+    """``--calls``, ``--rate`` (offered calls/s) and ``--runs``, with these defaults."""
+    parser = argparse.ArgumentParser(description=(doc or "").splitlines()[0])
+    parser.add_argument("--calls", type=int, default=calls)
+    parser.add_argument("--rate", type=int, default=rate, help="offered calls/s")
+    parser.add_argument("--runs", type=int, default=3)
+    return parser.parse_args()
+
+
+def find_sipp() -> str | None:
+    """SIPp's path; None (said on stdout) when it is not installed."""
+    sipp = shutil.which("sipp")
+    if sipp is None:
+        print("sipp is not installed (apt-get install sip-tester)")
+    return sipp
 
 
 def free_port(host: str) -> int:
@@ -102,3 +121,68 @@ def medians(runs: list[dict[str, float]]) -> dict[str, Any]:
                            for key in runs[0]}
     out["failed_total"] = sum(int(r["failed"]) for r in runs)
     return out
+
+
+def node_cluster(node: str, host: str, ports: dict[str, int],
+                 extensions: dict[str, str]) -> str:
+    """The cluster file's text for one node ``SIPS_<node>`` at ``host`` (its
+    t-controller ``TC_<node>`` named, not started): ``ports`` has its ``sip``,
+    ``default``, ``http`` and ``tc`` ports, ``extensions`` maps each DN to its contact."""
+    text = f"""
+[switch]
+name = "Bench"
+domain = "bench.test"
+
+[switch.tserver]
+extn-no-answer-timeout = 10
+sip-enable-strict-auth = false
+
+[dns.Nodes]
+type = "VoIPService"
+service-type = "sip-cluster-nodes"
+applications = ["SIPS_{node}"]
+"""
+    for dn, contact in extensions.items():
+        text += f"""
+[dns.{dn}]
+type = "Extension"
+contact = "{contact}"
+"""
+    return text + f"""
+[applications.SIPS_{node}]
+kind = "sip-server"
+host = "{host}"
+geo-location = "dc1"
+sip-port = {ports['sip']}
+default-port = {ports['default']}
+http-port = {ports['http']}
+
+[applications.TC_{node}]
+kind = "t-controller"
+host = "{host}"
+sip-server = "SIPS_{node}"
+tc-port = {ports['tc']}
+"""
+
+
+def summarize(calls: int, rate: int, results: dict[str, list[dict[str, float]]]
+              ) -> dict[str, Any]:
+    """The RESULT object: the load offered, and each flow's :func:`medians`."""
+    runs = len(next(iter(results.values()), []))
+    summary: dict[str, Any] = {"calls": calls, "rate_offered": rate, "runs": runs}
+    for flow, figures in results.items():
+        summary[flow] = medians(figures)
+    return summary
+
+
+def cpu_ratio(summary: dict[str, Any], flow: str, base: str = "plain") -> float:
+    """The node's CPU per call in ``flow`` over that in ``base`` (same run)."""
+    return round(summary[flow]["node_cpu_per_1000"]
+                 / max(summary[base]["node_cpu_per_1000"], 1e-9), 2)
+
+
+def flow_line(flow: str, s: dict[str, Any]) -> str:
+    """One flow's medians: rate, failed calls, retransmissions, node CPU per 1,000 calls."""
+    return (f"{flow:6} median {s['rate']:.1f} calls/s, failed {s['failed_total']}, "
+            f"retransmissions {s['retransmissions']:.0f}, node CPU "
+            f"{s['node_cpu_per_1000']:.2f} s / 1000 calls")
