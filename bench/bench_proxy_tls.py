@@ -161,7 +161,9 @@ async def measure(pid: int, args: argparse.Namespace, port: int, tls_port: int,
             "tls_connect_cpu_s_per_1000": round(m["tls_conn"], 4),
             "tcp_options_per_s": round(m["tcp_opt"], 1),
             "tls_options_per_s": round(m["tls_opt"], 1),
-            "connect_cpu_ratio_tls_over_tcp": round(m["tls_conn"] / max(m["tcp_conn"], 1e-9), 2),
+            # a TCP figure of 0 is below the clock tick (1/SC_CLK_TCK s): no ratio then
+            "connect_cpu_ratio_tls_over_tcp": round(m["tls_conn"] / m["tcp_conn"], 2)
+            if m["tcp_conn"] else None,
             "options_rate_ratio_tls_over_tcp": round(m["tls_opt"] / m["tcp_opt"], 3),
             "failed_answers": failures,
             "per_run": {k: [round(x, 3) for x in v] for k, v in results.items()}}
