@@ -96,6 +96,12 @@ from daemons.runtime.logs import configure_logging  # noqa: E402
 from daemons.runtime.tlib_client import TLibClient  # noqa: E402
 from daemons.runtime.tlib_server import TLibConnection, TLibServer  # noqa: E402
 from protocols.tlib.session import RequestReceived  # noqa: E402
+from tests.support.two_sites import (  # noqa: E402
+    extensions_text,
+    head_text,
+    node_ports,
+    nodes_text,
+)
 
 HOST = "127.0.208.1"
 DECISION_TARGET_MS = 2.0
@@ -524,56 +530,20 @@ def storm_agents(count: int) -> dict[str, tuple[str, str]]:
 
 
 def storm_cluster_text(ports: dict[str, int], agents: dict[str, tuple[str, str]]) -> str:
-    text = """
-[switch]
-name = "SIP_Cluster"
-domain = "bench.test"
-
-[switch.tserver]
+    text = head_text(domain="bench.test", tserver="""
 router-timeout = 60
 default-dn = "3999"
 request-collection-time = 0
 agent-reservation-timeout = 3
 wrap-up-time = 0
 logout-on-disconnect = false
-
-[dns.SIP_Cluster_DN]
-type = "VoIPService"
-service-type = "sip-cluster-nodes"
-applications = ["SIPS_A", "SIPS_C"]
-dn-owner-applications = ["Cluster"]
-
-[dns.5000]
-type = "RoutingPoint"
-
-[dns.8000]
-type = "VirtualQueue"
-
+""") + """
 [dns.3999]
 type = "Extension"
 contact = "sip:3999@127.0.197.99:5060"
 """
-    for dn, (host, _) in agents.items():
-        text += (f'\n[dns.{dn}]\ntype = "Extension"\n'
-                 f'contact = "sip:{dn}@{host}:{ports[f"phone_{dn}"]}"\n')
-    for n, geo in (("A", "dc1"), ("C", "dc2")):
-        host = STORM_DC[geo] + "11"
-        text += f"""
-[applications.SIPS_{n}]
-kind = "sip-server"
-host = "{host}"
-geo-location = "{geo}"
-sip-port = {ports[f"sip_{n}"]}
-default-port = {ports[f"default_{n}"]}
-http-port = {ports[f"http_{n}"]}
-
-[applications.TC_{n}]
-kind = "t-controller"
-host = "{host}"
-sip-server = "SIPS_{n}"
-tc-port = {ports[f"tc_{n}"]}
-http-port = {ports[f"tchttp_{n}"]}
-"""
+    text += extensions_text(((dn, host) for dn, (host, _) in agents.items()), ports)
+    text += nodes_text(STORM_DC, ports)
     text += f"""
 [applications.Director]
 kind = "director"
@@ -704,10 +674,7 @@ async def storm_ours(calls: int, rate: int, count: int, flips: int,
     """The director's storm, then agent state convergence across the sites:
     (figures, seconds until TC_A saw a DC2 agent's change, until the director did)."""
     agents = storm_agents(count)
-    ports: dict[str, int] = {}
-    for n, geo in (("A", "dc1"), ("C", "dc2")):
-        for key in ("sip", "default", "http", "tc", "tchttp"):
-            ports[f"{key}_{n}"] = free_port(STORM_DC[geo] + "11")
+    ports = node_ports(free_port, STORM_DC)
     for dn, (host, _) in agents.items():
         ports[f"phone_{dn}"] = free_port(host)
     ports["director"] = free_port("127.0.197.80")

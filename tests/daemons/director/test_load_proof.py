@@ -31,6 +31,7 @@ from tests.daemons.director.conftest import (
 from tests.daemons.director.test_director import (
     ringing_overlaps,
 )
+from tests.support.two_sites import extensions_text, head_text, node_ports, nodes_text
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -46,6 +47,8 @@ AGENTS = {
 }
 SALES = [dn for dn, (_, _, skills) in AGENTS.items() if "sales" in skills]
 DEFAULT_PHONE = "2099"
+#: the nodes' ADDP with their desktops and the t-controllers' reconnection
+ADDP = "addp-timeout = 2\naddp-remote-timeout = 3\ntc-reconnect-timeout = 1"
 
 
 def host_of(dn: str) -> str:
@@ -53,12 +56,7 @@ def host_of(dn: str) -> str:
 
 
 def config_text(ports: dict[str, int]) -> str:
-    text = f"""
-[switch]
-name = "SIP_Cluster"
-domain = "cluster.test"
-
-[switch.tserver]
+    text = head_text(domain="cluster.test", tserver=f"""
 router-timeout = 30
 default-dn = "{DEFAULT_PHONE}"
 extn-no-answer-timeout = 5
@@ -66,52 +64,14 @@ request-collection-time = 0.3
 agent-reservation-timeout = 3
 wrap-up-time = 0
 logout-on-disconnect = false
-
-[dns.SIP_Cluster_DN]
-type = "VoIPService"
-service-type = "sip-cluster-nodes"
-applications = ["SIPS_A", "SIPS_C"]
-dn-owner-applications = ["Cluster"]
-addp-timeout = 2
-addp-remote-timeout = 3
-tc-reconnect-timeout = 1
-
-[dns.5000]
-type = "RoutingPoint"
-
-[dns.8000]
-type = "VirtualQueue"
-
+""", service=ADDP) + f"""
 [dns.Trunk_SBC_dc1]
 type = "Trunk"
 contact = "{CALLER_HOST}:5060"
 geo-location = "dc1"
-
-[dns.{DEFAULT_PHONE}]
-type = "Extension"
-contact = "sip:{DEFAULT_PHONE}@{host_of(DEFAULT_PHONE)}:{ports[f"phone_{DEFAULT_PHONE}"]}"
 """
-    for dn in AGENTS:
-        text += (f'\n[dns.{dn}]\ntype = "Extension"\n'
-                 f'contact = "sip:{dn}@{host_of(dn)}:{ports[f"phone_{dn}"]}"\n')
-    for n, geo in (("A", "dc1"), ("C", "dc2")):
-        host = DC[geo] + "11"
-        text += f"""
-[applications.SIPS_{n}]
-kind = "sip-server"
-host = "{host}"
-geo-location = "{geo}"
-sip-port = {ports[f"sip_{n}"]}
-default-port = {ports[f"default_{n}"]}
-http-port = {ports[f"http_{n}"]}
-
-[applications.TC_{n}]
-kind = "t-controller"
-host = "{host}"
-sip-server = "SIPS_{n}"
-tc-port = {ports[f"tc_{n}"]}
-http-port = {ports[f"tchttp_{n}"]}
-"""
+    text += extensions_text(((dn, host_of(dn)) for dn in (DEFAULT_PHONE, *AGENTS)), ports)
+    text += nodes_text(DC, ports)
     text += f"""
 [applications.Director1]
 kind = "director"
@@ -167,10 +127,7 @@ async def test_200_calls_at_20_per_second_reach_free_agents_with_the_skill(
         tmp_path: Path, free_port: Callable[..., int],
         require_tool: Callable[[str], str]) -> None:
     started = time.monotonic()
-    ports: dict[str, int] = {}
-    for n, geo in (("A", "dc1"), ("C", "dc2")):
-        for key in ("sip", "default", "http", "tc", "tchttp"):
-            ports[f"{key}_{n}"] = free_port(DC[geo] + "11")
+    ports = node_ports(free_port, DC)
     for dn in (*AGENTS, DEFAULT_PHONE):
         ports[f"phone_{dn}"] = free_port(host_of(dn))
     ports["director_1"] = free_port("127.0.195.80")
