@@ -75,6 +75,11 @@ def at_most(value: Any, target: float) -> str:
     return yes_no(value <= target) if isinstance(value, int | float) else NA
 
 
+def percent(share: Any) -> float | None:
+    """A share (0..1) as a percentage, None when it is not a number."""
+    return share * 100 if isinstance(share, int | float) and not isinstance(share, bool) else None
+
+
 # --------------------------------------------------------------------------- per script
 
 
@@ -342,6 +347,177 @@ def drill_rows(r: dict[str, Any]) -> list[Row]:
                 memory=f"worst growth {worst[0]} {worst[1]:+.1f} MB/h" if worst else NA)]
 
 
+def presence_rows(r: dict[str, Any]) -> list[Row]:
+    ours, kam = r.get("ours") or {}, r.get("kamailio") or {}
+    load = f"{num(r.get('presentities'))} presentities, {num(r.get('watchers'))} watchers"
+    skipped = "; ".join(r.get("failures") or [])
+
+    def lost(step: dict[str, Any]) -> str:
+        if not step:
+            return "not run"
+        return (f"{num(step.get('missing'), '{:,.0f}')} missing, "
+                f"{num(step.get('failures'), '{:,.0f}')} failed, "
+                f"{num(step.get('log_errors'), '{:,.0f}')} log errors")
+
+    rows = []
+    for rate in r.get("rates") or []:
+        o = get(ours, "rates", str(rate)) or {}
+        k = get(kam, "rates", str(rate)) or {}
+        cpu_ratio = r.get(f"cpu_ratio_{rate}")
+        rows.append(Row(
+            f"status-aggregator vs Kamailio presence: {num(rate)} changes/s offered ({load})",
+            num(o.get("achieved_rate"), unit=" changes/s"), NA, NA,
+            "; ".join(f for f in (lost(o), skipped) if f),
+            num(o.get("cpu_s_per_1000"), "{:.3f}", " per 1,000 deliveries"),
+            f"{num(k.get('achieved_rate'), unit=' changes/s')}, CPU "
+            f"{num(k.get('cpu_s_per_1000'), '{:.3f}')}; {lost(k)}",
+            f"CPU {num(cpu_ratio, '{:.2f}')}" if cpu_ratio is not None
+            else "CPU n/a (a side not run or not clean)"))
+    rows.append(Row(
+        "status-aggregator vs Kamailio presence: memory per presentity / per watcher",
+        f"{num(ours.get('rss_bytes_per_presentity'), unit=' B')} / "
+        f"{num(ours.get('rss_bytes_per_watcher'), unit=' B')} (RSS)",
+        failures=skipped or NA,
+        kamailio=f"{num(kam.get('shm_bytes_per_presentity'), unit=' B')} / "
+                 f"{num(kam.get('shm_bytes_per_watcher'), unit=' B')} (shared memory)",
+        ratio=f"{num(r.get('memory_per_presentity_ratio'), '{:.2f}')} / "
+              f"{num(r.get('memory_per_watcher_ratio'), '{:.2f}')}",
+        memory=num(ours.get("rss_bytes_per_presentity"), unit=" B/presentity")))
+    return rows
+
+
+def _sipp_failures(side: dict[str, Any]) -> str:
+    return (f"{num(side.get('failed_total'), '{:,.0f}')} failed calls, "
+            f"{num(side.get('retransmissions'), '{:,.0f}')} retrans (median)")
+
+
+def prack_rows(r: dict[str, Any]) -> list[Row]:
+    plain, rel = r.get("plain") or {}, r.get("100rel") or {}
+    load = f"{num(r.get('calls'))} calls at {num(r.get('rate_offered'))}/s offered"
+    return [
+        Row(f"sip-server calls with an unreliable 180 ({load})",
+            num(plain.get("rate"), "{:,.1f}", " calls/s"), NA, NA, _sipp_failures(plain),
+            num(plain.get("node_cpu_per_1000"), "{:.3f}")),
+        Row(f"sip-server calls with a reliable 183 + PRACK relayed, RFC 3262 ({load})",
+            num(rel.get("rate"), "{:,.1f}", " calls/s"), NA, NA, _sipp_failures(rel),
+            num(rel.get("node_cpu_per_1000"), "{:.3f}"),
+            ratio=num(r.get("node_cpu_ratio_100rel_over_plain"), "{:.2f}",
+                      " node CPU 100rel / plain")),
+    ]
+
+
+def node_forward_all_rows(r: dict[str, Any]) -> list[Row]:
+    plain, fs = r.get("plain") or {}, r.get("fs") or {}
+    load = f"{num(r.get('calls'))} calls at {num(r.get('rate_offered'))}/s offered"
+    extra = None
+    if isinstance(fs.get("node_cpu_per_1000"), int | float) and \
+            isinstance(plain.get("node_cpu_per_1000"), int | float):
+        extra = fs["node_cpu_per_1000"] - plain["node_cpu_per_1000"]  # s/1,000 = ms/call
+    return [
+        Row(f"sip-server calls to an extension, no dial plan ({load})",
+            num(plain.get("rate"), "{:,.1f}", " calls/s"), NA, NA, _sipp_failures(plain),
+            num(plain.get("node_cpu_per_1000"), "{:.3f}")),
+        Row(f"sip-server calls to an extension, forward-all asked of the feature-server ({load})",
+            num(fs.get("rate"), "{:,.1f}", " calls/s"), NA, NA, _sipp_failures(fs),
+            f"{num(fs.get('node_cpu_per_1000'), '{:.3f}')} node + "
+            f"{num(fs.get('fs_cpu_per_1000'), '{:.3f}')} feature-server",
+            ratio=f"{num(r.get('node_cpu_ratio_fs_over_plain'), '{:.2f}')} node CPU with "
+                  f"look-up / without ({num(extra, '{:+.2f}')} ms per call)"),
+    ]
+
+
+def collective_rows(r: dict[str, Any]) -> list[Row]:
+    m = r.get("median") or {}
+    users = r.get("users")
+    runs = f"{num(r.get('failed_runs'), '{:d}')} of {num(r.get('runs'), '{:d}')} runs failed"
+    if r.get("failures"):
+        runs += f": {r['failures'][0][:200]}"
+    sync = m.get("sync_s")
+    indy = m.get("indy_cpu_s")
+    # the target is for 200,000 users; a smaller sync says nothing about it
+    full_size = isinstance(users, int) and users >= 200_000
+    return [
+        Row(f"collective: full sync of {num(users)} spanning users to a site that joins",
+            num(sync, "{:.1f}", " s") + f" ({num(m.get('sync_users_per_s'), unit=' users/s')})",
+            "< 60 s for 200,000 users",
+            at_most(sync, 60) if full_size else "n/a (fewer users)", runs,
+            num(indy * 1000 / users if isinstance(indy, int | float) and users else None,
+                "{:.3f}", " per 1,000 users (joining site)")
+            + f"; sending site {num(m.get('boca_cpu_s'), '{:.2f}')} s, hub "
+              f"{num(m.get('hub_cpu_s'), '{:.2f}')} s"),
+        Row("collective: a user changed at one site until another site's directory shows it, "
+            "p50 / p90",
+            f"{num(m.get('change_p50_ms'), '{:.1f}')} / {num(m.get('change_p90_ms'), '{:.1f}')} "
+            "ms", failures=runs),
+        Row("collective: an agent state changed at one site until another site's directory "
+            "shows it, p50 / p90",
+            f"{num(m.get('status_p50_ms'), '{:.1f}')} / {num(m.get('status_p90_ms'), '{:.1f}')} "
+            "ms", "p90 < 1 s", at_most(m.get("status_p90_ms"), 1000), runs),
+    ]
+
+
+def treatments_rows(r: dict[str, Any]) -> list[Row]:
+    rows = []
+    for step in r.get("steps") or []:
+        p99 = step.get("p99_ms")
+        late_pct = percent(step.get("late_share"))
+        met = yes_no(p99 < 5 and late_pct < 0.5) \
+            if isinstance(p99, int | float) and isinstance(late_pct, int | float) else (
+                "**NO**" if step.get("p99_past_histogram") else NA)
+        rows.append(Row(
+            f"feature-server treatments: {num(step.get('streams'))} music streams at once, "
+            "RTP send lateness p99, frames > 10 ms late",
+            ("> 20 ms" if step.get("p99_past_histogram") else num(p99, "{:.2f}", " ms"))
+            + f", {num(late_pct, '{:.2f}', ' %')} late",
+            "< 5 ms, < 0.5 % (the voicemail RTP targets)", met,
+            f"{num(step.get('failed'), '{:d}')} failed calls, "
+            f"{num(percent(step.get('echoed')), '{:.0f}', ' %')} "
+            "echoed back",
+            num(step.get("cpu_per_1000"), "{:.4f}", " per 1,000 packets")
+            + f" ({num(step.get('core_share'), '{:.2f}')} of a core)"))
+    return rows or [Row("feature-server treatments")]
+
+
+def instructions_rows(r: dict[str, Any]) -> list[Row]:
+    rows = []
+    for kind, label in (("register", "REGISTER relayed to the node"),
+                        ("invite", "INVITE dialog (INVITE..BYE)")):
+        ours = r.get(f"{kind}_instructions_ours")
+        before = r.get(f"{kind}_instructions_before")
+        ratio = r.get(f"{kind}_ratio")
+        failed = [f"{side} {num(r.get(f'{kind}_failed_runs_{side}'), '{:d}')}"
+                  for side in ("ours", "before") if f"{kind}_failed_runs_{side}" in r]
+        rows.append(Row(
+            f"sip-proxy instructions per {label} (callgrind, whole process)",
+            num(ours) if ours else "no clean run",
+            "no more than before" if ratio is not None else NA,
+            at_most(ratio, 1.0) if ratio is not None else NA,
+            "runs left out (not clean): " + ", ".join(failed) if failed else NA,
+            ratio=f"{num(ratio, '{:.3f}')} ours/before ({num(before)} before)"
+            if ratio is not None else "no baseline (--baseline-rev REV)"))
+    return rows
+
+
+def proxy_tls_rows(r: dict[str, Any]) -> list[Row]:
+    ratio = r.get("connect_cpu_ratio_tls_over_tcp")
+    return [
+        Row(f"sip-proxy TLS connection with its handshake vs TCP connect "
+            f"({num(r.get('connections'))} per run)",
+            num(r.get("tls_connect_cpu_s_per_1000"), "{:.3f}", " CPU s per 1,000"),
+            cpu=f"{num(r.get('tls_connect_cpu_s_per_1000'), '{:.3f}')} TLS, "
+                f"{num(r.get('tcp_connect_cpu_s_per_1000'), '{:.3f}')} TCP per 1,000 "
+                "connections",
+            ratio=f"{num(ratio, '{:.1f}')} TLS / TCP" if ratio is not None
+            else "TLS / TCP n/a (TCP below the clock tick)"),
+        Row(f"sip-proxy OPTIONS answered on one TLS vs one TCP connection "
+            f"({num(r.get('requests'))} per run)",
+            num(r.get("tls_options_per_s"), unit=" /s")
+            + f" (TCP {num(r.get('tcp_options_per_s'), unit=' /s')})",
+            failures=num(r.get("failed_answers"), "{:d}", " answers not 200"),
+            ratio=num(r.get("options_rate_ratio_tls_over_tcp"), "{:.2f}", " TLS / TCP")),
+    ]
+
+
 MAPPERS: dict[str, Callable[[dict[str, Any]], list[Row]]] = {
     "bench_drill": drill_rows,
     "bench_voicemail": voicemail_rows,
@@ -356,6 +532,13 @@ MAPPERS: dict[str, Callable[[dict[str, Any]], list[Row]]] = {
     "bench_security": security_rows,
     "bench_feature_server": feature_server_rows,
     "bench_status": status_rows,
+    "bench_presence": presence_rows,
+    "bench_prack": prack_rows,
+    "bench_node_forward_all": node_forward_all_rows,
+    "bench_collective": collective_rows,
+    "bench_treatments": treatments_rows,
+    "bench_instructions": instructions_rows,
+    "bench_proxy_tls": proxy_tls_rows,
 }
 
 
