@@ -13,12 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import csv
 import json
-import os
-import signal
-import subprocess
-import sys
 import time
 import urllib.request
 from collections.abc import AsyncIterator, Callable
@@ -29,8 +24,9 @@ from typing import Any
 import pytest
 
 from daemons.runtime.tlib_client import TLibClient
+from tests.support.processes import ROOT, Proc, ProcessLab, Sipp
+from tests.support.two_sites import extensions_text, head_text, node_ports, nodes_text
 
-ROOT = Path(__file__).resolve().parents[3]
 INTEROP = ROOT / "tests" / "interop" / "scenarios"
 INTEGRATION = ROOT / "tests" / "integration" / "scenarios"
 DC = {"dc1": "127.0.145.", "dc2": "127.0.146."}
@@ -54,12 +50,7 @@ def agent_host(dn: str) -> str:
 
 def cluster_text(ports: dict[str, int], *, directors: int, router_timeout: float,
                  overflow_after: float, collection: float = 0.3, tserver: str = "") -> str:
-    text = f"""
-[switch]
-name = "SIP_Cluster"
-domain = "cluster.test"
-
-[switch.tserver]
+    text = head_text(domain="cluster.test", tserver=f"""
 router-timeout = {router_timeout}
 default-dn = "{DEFAULT_PHONE}"
 extn-no-answer-timeout = 5
@@ -68,30 +59,11 @@ agent-reservation-timeout = 3
 {"" if "wrap-up-time" in tserver else "wrap-up-time = 0"}
 logout-on-disconnect = false
 {tserver}
-
-[dns.SIP_Cluster_DN]
-type = "VoIPService"
-service-type = "sip-cluster-nodes"
-applications = ["SIPS_A", "SIPS_C"]
-dn-owner-applications = ["Cluster"]
-addp-timeout = 2
-addp-remote-timeout = 3
-tc-reconnect-timeout = 1
-
-[dns.5000]
-type = "RoutingPoint"
-
-[dns.8000]
-type = "VirtualQueue"
-
+""", service="addp-timeout = 2\naddp-remote-timeout = 3\ntc-reconnect-timeout = 1") + f"""
 [dns.Trunk_SBC_dc1]
 type = "Trunk"
 contact = "{CALLER_HOST}:5060"
 geo-location = "dc1"
-
-[dns.{DEFAULT_PHONE}]
-type = "Extension"
-contact = "sip:{DEFAULT_PHONE}@{agent_host(DEFAULT_PHONE)}:{ports[f"phone_{DEFAULT_PHONE}"]}"
 
 # a SIP phone that never registered: out of service
 [dns.{UNREGISTERED}]
@@ -99,27 +71,8 @@ type = "Extension"
 contact = "*"
 password = "s-{UNREGISTERED}-x"
 """
-    for dn in AGENTS:
-        text += (f'\n[dns.{dn}]\ntype = "Extension"\n'
-                 f'contact = "sip:{dn}@{agent_host(dn)}:{ports[f"phone_{dn}"]}"\n')
-    for n, geo in (("A", "dc1"), ("C", "dc2")):
-        host = DC[geo] + "11"
-        text += f"""
-[applications.SIPS_{n}]
-kind = "sip-server"
-host = "{host}"
-geo-location = "{geo}"
-sip-port = {ports[f"sip_{n}"]}
-default-port = {ports[f"default_{n}"]}
-http-port = {ports[f"http_{n}"]}
-
-[applications.TC_{n}]
-kind = "t-controller"
-host = "{host}"
-sip-server = "SIPS_{n}"
-tc-port = {ports[f"tc_{n}"]}
-http-port = {ports[f"tchttp_{n}"]}
-"""
+    text += extensions_text(((dn, agent_host(dn)) for dn in (DEFAULT_PHONE, *AGENTS)), ports)
+    text += nodes_text(DC, ports)
     for d in range(1, directors + 1):
         text += f"""
 [applications.Director{d}]
@@ -146,51 +99,6 @@ overflow-after = {overflow_after}
 
 
 @dataclass
-class Proc:
-    name: str
-    proc: subprocess.Popen[str]
-    log_path: Path
-
-    def events(self, event: str | None = None) -> list[dict[str, Any]]:
-        out = []
-        for line in self.log_path.read_text().splitlines():
-            if line.startswith("{"):
-                entry = json.loads(line)
-                if event is None or entry.get("event") == event:
-                    out.append(entry)
-        return out
-
-    def stop(self, sig: int = signal.SIGTERM) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-        try:
-            return self.proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            return self.proc.wait()
-
-
-@dataclass
-class Sipp:
-    proc: subprocess.Popen[str]
-    workdir: Path
-
-    def stats(self, timeout: float = 60.0) -> dict[str, str]:
-        try:
-            self.proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-        stat = self.workdir / "stat.csv"
-        rows = list(csv.DictReader(stat.open(), delimiter=";")) if stat.exists() else []
-        return rows[-1] if rows else {}
-
-    def errors(self) -> str:
-        path = self.workdir / "errors.log"
-        return path.read_text(errors="replace")[-2000:] if path.exists() else ""
-
-
-@dataclass
 class Desktop:
     client: TLibClient
     events: list[dict[str, Any]] = field(default_factory=list)
@@ -204,73 +112,26 @@ class Desktop:
 
 
 @dataclass
-class DirectorLab:
+class DirectorLab(ProcessLab):
     """The running processes of one test, and what the tests ask of them."""
 
-    path: Path
-    ports: dict[str, int]
-    sipp_bin: str
-    free_port: Callable[..., int]
-    procs: dict[str, Proc] = field(default_factory=dict)
-    sipps: list[Sipp] = field(default_factory=list)
     desktops: list[Desktop] = field(default_factory=list)
-    runs: int = 0
 
-    @property
-    def config(self) -> Path:
-        return self.path / "cluster.toml"
+    def log_path(self, name: str) -> Path:
+        return self.path / f"{name}.{len(self.procs)}.log"  # a restart logs anew
 
-    def start(self, kind: str, name: str, *, wait: str = "daemon_ready") -> Proc:
-        log_path = self.path / f"{name}.{len(self.procs)}.log"
-        log = log_path.open("w")
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "daemons.cli", kind, "--config", str(self.config),
-             "--name", name, "--log-format", "json"],
-            cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, text=True,
-            env={**os.environ, "SIPCLUSTER_STATE_DIR": str(self.path / "state")})
-        deadline = time.monotonic() + 45  # a loaded machine starts Python slowly
-        while wait not in log_path.read_text():
-            if proc.poll() is not None or time.monotonic() > deadline:
-                proc.kill()
-                raise RuntimeError(f"{name} did not start:\n{log_path.read_text()[-3000:]}")
-            time.sleep(0.05)
-        p = self.procs[name] = Proc(name, proc, log_path)
-        return p
-
-    async def spawn(self, kind: str, name: str, *, wait: str = "daemon_ready") -> Proc:
-        """``start`` off the event loop. The test's desktops live on that loop and must go
-        on answering their t-controller's ADDP probes while a process starts: on a loaded
-        machine that takes longer than the ADDP timeout, and a desktop that does not
-        answer is dropped and its agents with it."""
-        return await asyncio.to_thread(self.start, kind, name, wait=wait)
+    def daemon_env(self) -> dict[str, str]:
+        return {"SIPCLUSTER_STATE_DIR": str(self.path / "state")}
 
     async def director(self, n: int = 1) -> Proc:
         return await self.spawn("director", f"Director{n}")
 
-    async def until(self, what: str, check: Callable[[], Any], timeout: float = 15.0) -> Any:
-        """Until ``check()`` is true; it runs off the event loop (it reads logs and asks
-        HTTP status pages, which a loaded machine answers slowly)."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            value = await asyncio.to_thread(check)
-            if value:
-                return value
-            await asyncio.sleep(0.05)
-        raise AssertionError(f"timed out waiting for {what}")
-
     def sipp(self, scenario: Path, host: str, port: int, args: list[str], *,
              target: str | None = None, calls: int = 1, timeout: int = 60) -> Sipp:
         self.runs += 1
-        workdir = self.path / f"sipp-{self.runs}-{scenario.stem}"
-        workdir.mkdir()
-        cmd = [self.sipp_bin, *( [target] if target else []), "-sf", str(scenario),
-               "-i", host, "-p", str(port), "-m", str(calls), "-nostdin", "-trace_err",
-               "-error_file", str(workdir / "errors.log"), "-trace_stat",
-               "-stf", str(workdir / "stat.csv"), "-fd", "1", "-timeout", f"{timeout}s",
-               "-timeout_error", *args]
-        out = (workdir / "stdout.txt").open("w")
-        run = Sipp(subprocess.Popen(cmd, cwd=workdir, stdout=out, stderr=subprocess.STDOUT,
-                                    text=True, env={**os.environ, "TERM": "dumb"}), workdir)
+        run = Sipp.start(self.sipp_bin, self.path / f"sipp-{self.runs}-{scenario.stem}",
+                         scenario, host, port, args, target=target, calls=calls,
+                         timeout=timeout)
         self.sipps.append(run)
         return run
 
@@ -326,19 +187,7 @@ class DirectorLab:
         for desk in self.desktops:
             with contextlib.suppress(Exception):
                 await desk.client.close()
-        for run in self.sipps:
-            if run.proc.poll() is None:
-                run.proc.kill()
-                run.proc.wait()
-        failures = []
-        for proc in reversed(list(self.procs.values())):
-            code = proc.stop()
-            text = proc.log_path.read_text()
-            if "Traceback" in text:
-                failures.append(f"{proc.name}: {text[text.index('Traceback') - 300:][:2000]}")
-            elif code not in (0, -signal.SIGKILL):
-                failures.append(f"{proc.name} exit {code}: {text[-1500:]}")
-        assert not failures, "\n".join(failures)
+        self.stop_processes()
 
 
 @pytest.fixture
@@ -352,11 +201,7 @@ async def director_lab(tmp_path: Path, free_port: Callable[..., int],
                    overflow_after: float = 0.5, collection: float = 0.3,
                    tserver: str = "") -> DirectorLab:
         sipp_bin = require_tool("sipp")
-        ports: dict[str, int] = {}
-        for n, geo in (("A", "dc1"), ("C", "dc2")):
-            host = DC[geo] + "11"
-            for key in ("sip", "default", "http", "tc", "tchttp"):
-                ports[f"{key}_{n}"] = free_port(host)
+        ports = node_ports(free_port, DC)
         for dn in (*AGENTS, DEFAULT_PHONE):
             ports[f"phone_{dn}"] = free_port(agent_host(dn))
         for d in range(1, directors + 1):

@@ -12,13 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import csv
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
 import urllib.request
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -29,8 +23,9 @@ from typing import Any
 import pytest
 
 from daemons.runtime.tlib_client import TLibClient
+from tests.support.processes import ROOT, Proc, ProcessLab, Sipp
+from tests.support.two_sites import extensions_text, nodes_text
 
-ROOT = Path(__file__).resolve().parents[3]
 INTEROP = ROOT / "tests" / "interop" / "scenarios"
 INTEGRATION = ROOT / "tests" / "integration" / "scenarios"
 SCENARIOS = Path(__file__).resolve().parent / "scenarios"
@@ -81,26 +76,8 @@ contact = "{GATEWAY_HOST}:{ports['gateway']}"
 geo-location = "dc1"
 prefix = "+"
 """
-    for dn in AGENTS:
-        text += (f'\n[dns.{dn}]\ntype = "Extension"\n'
-                 f'contact = "sip:{dn}@{agent_host(dn)}:{ports[f"phone_{dn}"]}"\n')
-    for n, geo in (("A", "dc1"), ("C", "dc2")):
-        text += f"""
-[applications.SIPS_{n}]
-kind = "sip-server"
-host = "{NODE_HOST[n]}"
-geo-location = "{geo}"
-sip-port = {ports[f"sip_{n}"]}
-default-port = {ports[f"default_{n}"]}
-http-port = {ports[f"http_{n}"]}
-
-[applications.TC_{n}]
-kind = "t-controller"
-host = "{NODE_HOST[n]}"
-sip-server = "SIPS_{n}"
-tc-port = {ports[f"tc_{n}"]}
-http-port = {ports[f"tchttp_{n}"]}
-"""
+    text += extensions_text(((dn, agent_host(dn)) for dn in AGENTS), ports)
+    text += nodes_text(DC, ports)
     if feature_server is not None:
         text += f"""
 [dns.DialPlan_dc1]
@@ -120,72 +97,6 @@ state-dir = "{{state}}"
 {feature_server}
 """
     return text + extra
-
-
-@dataclass
-class Proc:
-    name: str
-    proc: subprocess.Popen[str]
-    log_path: Path
-
-    def events(self, event: str | None = None) -> list[dict[str, Any]]:
-        text = self.log_path.read_text(errors="replace")
-        out = []
-        for line in text[: text.rfind("\n") + 1].splitlines():
-            if line.startswith("{"):
-                entry = json.loads(line)
-                if event is None or entry.get("event") == event:
-                    out.append(entry)
-        return out
-
-    def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        try:
-            return self.proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            return self.proc.wait()
-
-
-@dataclass
-class Sipp:
-    proc: subprocess.Popen[str]
-    workdir: Path
-
-    def stats(self, timeout: float = 30.0) -> dict[str, str]:
-        try:
-            self.proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-        stat = self.workdir / "stat.csv"
-        rows = list(csv.DictReader(stat.open(), delimiter=";")) if stat.exists() else []
-        return rows[-1] if rows else {}
-
-    def messages(self) -> str:
-        """Every SIP message SIPp sent or received so far (-trace_msg)."""
-        found = list(self.workdir.glob("*_messages.log"))
-        return found[0].read_text(errors="replace") if found else ""
-
-    def received(self, method: str) -> list[str]:
-        """The request lines of the ``method`` requests SIPp received."""
-        return [m.split("\r\n", 1)[0] for m in self.received_messages(method)]
-
-    def received_messages(self, method: str) -> list[str]:
-        """The ``method`` requests SIPp received, whole (CRLF line ends)."""
-        out, text = [], self.messages()
-        for block in text.split("----------------------------------------------- ")[1:]:
-            # a block: the time, "UDP message received [N] bytes :", a blank line, the message
-            head = block.split("\n", 3)
-            if len(head) == 4 and "message received" in head[1] \
-                    and head[3].startswith(method + " "):
-                out.append(head[3].rstrip("\n"))
-        return out
-
-    def errors(self) -> str:
-        path = self.workdir / "errors.log"
-        return path.read_text(errors="replace")[-2000:] if path.exists() else ""
 
 
 @dataclass
@@ -209,66 +120,21 @@ class Client:
 
 
 @dataclass
-class NodeLab:
+class NodeLab(ProcessLab):
     """The running processes of one test, and what the tests ask of them."""
 
-    path: Path
-    ports: dict[str, int]
-    sipp_bin: str
-    free_port: Callable[..., int]
-    procs: dict[str, Proc] = field(default_factory=dict)
-    sipps: list[Sipp] = field(default_factory=list)
     clients: list[Client] = field(default_factory=list)
-    runs: int = 0
-
-    @property
-    def config(self) -> Path:
-        return self.path / "cluster.toml"
-
-    def start(self, kind: str, name: str, *, wait: str = "daemon_ready") -> Proc:
-        log_path = self.path / f"{name}.log"
-        log = log_path.open("w")
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "daemons.cli", kind, "--config", str(self.config),
-             "--name", name, "--log-format", "json"],
-            cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, text=True,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"})
-        deadline = time.monotonic() + 45  # a loaded machine starts Python slowly
-        while wait not in log_path.read_text():
-            if proc.poll() is not None or time.monotonic() > deadline:
-                proc.kill()
-                raise RuntimeError(f"{name} did not start:\n{log_path.read_text()[-3000:]}")
-            time.sleep(0.05)
-        p = self.procs[name] = Proc(name, proc, log_path)
-        return p
 
     def node(self, n: str) -> Proc:
         return self.procs[f"SIPS_{n}"]
-
-    async def until(self, what: str, check: Callable[[], Any], timeout: float = 15.0) -> Any:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            value = check()
-            if value:
-                return value
-            await asyncio.sleep(0.05)
-        raise AssertionError(f"timed out waiting for {what}")
 
     def sipp(self, scenario: Path | str, host: str, port: int, args: list[str], *,
              target: str | None = None, calls: int = 1, timeout: int = 60) -> Sipp:
         self.runs += 1
         name = scenario if isinstance(scenario, str) else scenario.stem
-        workdir = self.path / f"sipp-{self.runs}-{name}"
-        workdir.mkdir()
-        scen = ["-sn", scenario] if isinstance(scenario, str) else ["-sf", str(scenario)]
-        cmd = [self.sipp_bin, *([target] if target else []), *scen,
-               "-i", host, "-p", str(port), "-m", str(calls), "-nostdin", "-trace_err",
-               "-error_file", str(workdir / "errors.log"), "-trace_stat",
-               "-stf", str(workdir / "stat.csv"), "-fd", "1", "-trace_msg",
-               "-timeout", f"{timeout}s", "-timeout_error", *args]
-        out = (workdir / "stdout.txt").open("w")
-        run = Sipp(subprocess.Popen(cmd, cwd=workdir, stdout=out, stderr=subprocess.STDOUT,
-                                    text=True, env={**os.environ, "TERM": "dumb"}), workdir)
+        run = Sipp.start(self.sipp_bin, self.path / f"sipp-{self.runs}-{name}", scenario,
+                         host, port, args, target=target, calls=calls, timeout=timeout,
+                         trace_msg=True, stats_timeout=30.0)
         self.sipps.append(run)
         return run
 
@@ -351,19 +217,7 @@ class NodeLab:
         for c in self.clients:
             with contextlib.suppress(Exception):
                 await c.client.close()
-        for run in self.sipps:
-            if run.proc.poll() is None:
-                run.proc.kill()
-                run.proc.wait()
-        failures = []
-        for proc in reversed(list(self.procs.values())):
-            code = proc.stop()
-            text = proc.log_path.read_text()
-            if "Traceback" in text:
-                failures.append(f"{proc.name}: {text[text.index('Traceback') - 300:][:2000]}")
-            elif code not in (0, -signal.SIGKILL):
-                failures.append(f"{proc.name} exit {code}: {text[-1500:]}")
-        assert not failures, "\n".join(failures)
+        self.stop_processes()
 
 
 @pytest.fixture
