@@ -52,7 +52,6 @@ from daemons.collective.messages import (
 from daemons.collective.options import CollectiveOptions, read_options
 from daemons.collective.store import StoreError, open_store, redacted
 from daemons.runtime.certs import CertError, certs_dir_for, client_context
-from daemons.runtime.management import ManagementServer, Metrics
 from daemons.runtime.rtm_client import (
     Delivery,
     HandlerTable,
@@ -77,30 +76,6 @@ CHECK_INTERVAL = 60.0
 _MAX_FIELD = 256
 
 
-class _HttpServer(ManagementServer):
-    """The management listener with the collective's routes on the same port."""
-
-    def __init__(self, metrics: Metrics, *, app_name: str,
-                 add_routes: Callable[[web.Application], None]) -> None:
-        super().__init__(metrics, app_name=app_name)
-        self.add_routes = add_routes
-
-    async def start(self, host: str, port: int) -> int:
-        app = web.Application(client_max_size=64 * 1024)
-        app.router.add_get("/healthz", self._healthz)
-        app.router.add_get("/metrics", self._metrics)
-        for path, page in self._pages.items():
-            app.router.add_get(path, self._page_handler(page))
-        self.add_routes(app)
-        self._runner = web.AppRunner(app, access_log=None, logger=self._server_log)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, host, port, reuse_address=True)
-        await site.start()
-        sockets = getattr(site._server, "sockets", None) or []
-        self.port = sockets[0].getsockname()[1] if sockets else port
-        return self.port
-
-
 class BadRequest(Exception):
     """Input the API refuses with 400."""
 
@@ -115,8 +90,8 @@ class CollectiveService(Service):
         self.config = config
         self.app = config.application(name, AppKind.COLLECTIVE)
         self.options: CollectiveOptions = read_options(config, self.app)
-        self.metrics = Metrics(namespace="sipcluster")  # the listener below registers anew
-        self.management = _HttpServer(self.metrics, app_name=name, add_routes=self._routes)
+        self.management.max_body = 64 * 1024
+        self.management.add_routes(self._routes)
         self.management_host = self.app.host
         self.management_port = self.app.ports["http-port"]
         self.site = self.options.home.site_id

@@ -54,7 +54,7 @@ from daemons.director.strategy import (
     read_strategy,
     strategy_table,
 )
-from daemons.director.web import DirectorWebServer, StoreRefused
+from daemons.director.web import DirectorWeb, StoreRefused
 from daemons.runtime.config import ConfigError, Section
 from daemons.runtime.service import Service, add_daemon_arguments, cancel_and_wait, run_daemon
 from daemons.runtime.tlib_client import TLibClient, TLibConnectionLost, TLibHandshakeError
@@ -121,10 +121,9 @@ class Director(Service):
         self.file_settings = self.settings
         self.store: Store | None = open_store(self.settings.store)
         self._store_lock = asyncio.Lock()
-        self.metrics.registry.unregister(self.management.bad_requests)
-        self.management = DirectorWebServer(self.metrics, app_name=name, status=self.status,
-                                            tables=self.tables, change=self.change,
-                                            log=self.log)
+        self.web = DirectorWeb(self.metrics, app_name=name, status=self.status,
+                               tables=self.tables, change=self.change, log=self.log)
+        self.web.serve_on(self.management)
         self.host = self.app.host
         self.management_host = self.host
         self.management_port = self.app.port("http-port") or 0

@@ -21,7 +21,7 @@ from aiohttp import web
 
 from daemons.runtime.management import ManagementServer, Metrics
 
-__all__ = ["LIVE_INTERVAL", "DirectorWebServer", "StoreRefused"]
+__all__ = ["LIVE_INTERVAL", "DirectorWeb", "StoreRefused"]
 
 #: seconds between two updates of the live feed
 LIVE_INTERVAL = 1.0
@@ -42,13 +42,14 @@ class StoreRefused(Exception):
 Change = Callable[[str, str, Mapping[str, Any] | None], Awaitable[Mapping[str, Any]]]
 
 
-class DirectorWebServer(ManagementServer):
-    """The management listener with the wallboard, its live feed and the API."""
+class DirectorWeb:
+    """The wallboard, its live feed and the API, served on the director's management
+    port (:meth:`serve_on`)."""
 
     def __init__(self, metrics: Metrics, *, app_name: str,
                  status: Callable[[], dict[str, Any]],
                  tables: Callable[[str], dict[str, Any]], change: Change, log: Any) -> None:
-        super().__init__(metrics, app_name=app_name)
+        self.app_name = app_name
         self.log = log
         self._status = status
         self._tables = tables
@@ -56,15 +57,17 @@ class DirectorWebServer(ManagementServer):
         self.refused = metrics.counter("director_api_refused",
                                        "Changes the HTTP API refused, by reason", ("reason",))
 
-    async def start(self, host: str, port: int) -> int:
-        app = self.base_app(client_max_size=MAX_BODY)
+    def serve_on(self, management: ManagementServer) -> None:
+        management.max_body = MAX_BODY
+        management.add_routes(self._add_routes)
+
+    def _add_routes(self, app: web.Application) -> None:
         app.router.add_get("/", self._index)
         app.router.add_get("/status/director/live", self._live)
         for kind in ("strategies", "skills"):
             app.router.add_get(f"/director/{kind}", self._list(kind))
             app.router.add_put(f"/director/{kind}/{{name}}", self._put(kind))
         app.router.add_delete("/director/strategies/{name}", self._delete)
-        return await self.serve(app, host, port)
 
     async def _index(self, request: web.Request) -> web.Response:
         return web.Response(text=PAGE.replace("{{APP}}", self.app_name),

@@ -21,11 +21,8 @@ import asyncio
 import os
 import signal
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
-
-from aiohttp import web
 
 from daemons.cluster.config import AppKind, Application, ClusterConfig, load_cluster
 from daemons.feature_server.api import ProvisioningApi, token_middleware
@@ -35,7 +32,7 @@ from daemons.feature_server.treatments import TreatmentPlayer
 from daemons.feature_server.voicemail import OPTIONS as VOICEMAIL_OPTIONS
 from daemons.feature_server.voicemail import VoicemailService
 from daemons.runtime.config import ConfigError
-from daemons.runtime.management import ManagementServer, Metrics
+from daemons.runtime.management import HttpLimits
 from daemons.runtime.service import Service, add_daemon_arguments, cancel_and_wait, run_daemon
 from protocols.dialplan import DialPlanError
 
@@ -89,32 +86,6 @@ def _options(config: ClusterConfig, app: Application
     return store, max_body, float(poll), token
 
 
-class _HttpServer(ManagementServer):
-    """The management listener with the feature-server's routes on the same port."""
-
-    def __init__(self, metrics: Metrics, *, app_name: str, max_body: int) -> None:
-        super().__init__(metrics, app_name=app_name)
-        self.max_body = max_body
-        self.route_adders: list[Callable[[web.Application], None]] = []
-        self.middlewares: list[Any] = []
-
-    async def start(self, host: str, port: int) -> int:
-        app = web.Application(client_max_size=self.max_body, middlewares=self.middlewares)
-        app.router.add_get("/healthz", self._healthz)
-        app.router.add_get("/metrics", self._metrics)
-        for path, page in self._pages.items():
-            app.router.add_get(path, self._page_handler(page))
-        for add in self.route_adders:
-            add(app)
-        self._runner = web.AppRunner(app, access_log=None, logger=self._server_log)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, host, port, reuse_address=True)
-        await site.start()
-        sockets = getattr(site._server, "sockets", None) or []
-        self.port = sockets[0].getsockname()[1] if sockets else port
-        return self.port
-
-
 class FeatureServer(Service):
     """The feature-server daemon (see module doc)."""
 
@@ -127,9 +98,10 @@ class FeatureServer(Service):
         store_url, max_body, self.poll_interval, self.api_token = _options(config, self.app)
         self.state_dir = state_dir_for(self.app)
         self.store: Store = open_store(store_url)
-        # the base class's listener is replaced by one that also serves the API
-        self.metrics = Metrics(namespace="sipcluster")
-        self.management = _HttpServer(self.metrics, app_name=name, max_body=max_body)
+        self.management.max_body = max_body
+        # every node of the data centre keeps a pool of up to 64 connections for its
+        # dial-plan look-ups, and a node may share its host address with a proxy
+        self.management.limits = HttpLimits(max_connections=4096, max_per_peer=1024)
         self.management_host = self.app.host
         self.management_port = self.app.port("http-port") or 0
         agent_dns = {d.number for d in config.agent_dns()}
@@ -153,9 +125,9 @@ class FeatureServer(Service):
         self.api = ProvisioningApi(self, max_body=max_body)
         if self.api_token is not None:
             self.management.middlewares.append(token_middleware(self.api_token, self))
-        self.management.route_adders.append(self.api.add_routes)
+        self.management.add_routes(self.api.add_routes)
         if self.voicemail is not None:
-            self.management.route_adders.append(self.voicemail.add_routes)
+            self.management.add_routes(self.voicemail.add_routes)
             self.management.add_health_check("voicemail", self.voicemail.health)
             # media treatments share voicemail's SIP port and RTP (docs/feature-server.md)
             self.treatments = TreatmentPlayer(self.voicemail, self.state_dir / "treatments")

@@ -38,6 +38,10 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from daemons.runtime.logs import get_logger
 
 HealthCheck = Callable[[], tuple[bool, dict[str, Any]]]
+#: adds a daemon's own routes to its management application
+RouteAdder = Callable[[web.Application], None]
+#: aiohttp's own default request body limit
+DEFAULT_MAX_BODY = 1024 * 1024
 StatusPage = Callable[[], Any]
 
 #: longest ``detail`` of an ``http_bad_request`` line: the refused input is
@@ -99,8 +103,8 @@ class Metrics:
         return Counter(name, doc, labels, namespace=self.namespace, registry=self.registry)
 
     def shared_counter(self, name: str, doc: str, labels: tuple[str, ...] = ()) -> Counter:
-        """The registry's one counter ``name``, made on first use (for a
-        listener that may be built twice for one registry)."""
+        """The registry's one counter ``name``, made on first use: for what several
+        listeners of one daemon count together (its T-Library ports)."""
         counter = self._shared.get(name)
         if counter is None:
             counter = self._shared[name] = self.counter(name, doc, labels)
@@ -305,7 +309,7 @@ class ManagementServer:
             "http_bad_requests",
             "HTTP requests the management listener refused before any handler ran",
             ("reason",))
-        self.closed_connections = metrics.shared_counter(
+        self.closed_connections = metrics.counter(
             "http_connections_closed",
             "HTTP connections closed by the listener's limits (slow head, too many)",
             ("reason",))
@@ -313,11 +317,21 @@ class ManagementServer:
         self._server_log = _ServerLog(self._log, self.bad_requests)
         self._checks: dict[str, HealthCheck] = {}
         self._pages: dict[str, StatusPage] = {}
+        self._route_adders: list[RouteAdder] = []
+        #: the largest request body a handler may read (aiohttp's ``client_max_size``)
+        self.max_body = DEFAULT_MAX_BODY
+        #: aiohttp middlewares around every handler (e.g. an API token check)
+        self.middlewares: list[Any] = []
         self._runner: web.AppRunner | None = None
         self.port: int | None = None
 
     def add_health_check(self, name: str, check: HealthCheck) -> None:
         self._checks[name] = check
+
+    def add_routes(self, adder: RouteAdder) -> None:
+        """Serve a daemon's own routes (its API, its pages) on this port too:
+        ``adder(app)`` adds them when the port starts."""
+        self._route_adders.append(adder)
 
     def add_status_page(self, path: str, page: StatusPage) -> None:
         """Serve ``page()`` as JSON at ``path`` (e.g. ``/status/peers``)."""
@@ -348,13 +362,16 @@ class ManagementServer:
 
         return handler
 
-    def base_app(self, **kwargs: Any) -> web.Application:
-        """An application with ``/healthz``, ``/metrics`` and the status pages."""
-        app = web.Application(**kwargs)
+    def base_app(self) -> web.Application:
+        """An application with ``/healthz``, ``/metrics``, the status pages and the
+        daemon's own routes."""
+        app = web.Application(client_max_size=self.max_body, middlewares=self.middlewares)
         app.router.add_get("/healthz", self._healthz)
         app.router.add_get("/metrics", self._metrics)
         for path, page in self._pages.items():
             app.router.add_get(path, self._page_handler(page))
+        for add in self._route_adders:
+            add(app)
         return app
 
     async def start(self, host: str, port: int) -> int:

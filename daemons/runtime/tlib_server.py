@@ -331,15 +331,16 @@ class TLibServer:
         self.log = (logger if logger is not None else get_logger("tlib_server")).bind(
             port_name=port_name)
         self.metrics = metrics if metrics is not None else Metrics("sipcluster")
-        self._errors = _shared_counter(self.metrics, "tlib_errors",
-                                       "T-Library EventError answers and rejected frames",
-                                       ("port", "code"))
-        self._slow = _shared_counter(self.metrics, "tlib_slow_consumers",
-                                     "Clients that stopped reading: reading paused, or dropped "
-                                     "past max_output_bytes", ("port", "outcome"))
-        self._tls_refusals = _shared_counter(self.metrics, "tlib_tls_refused",
-                                             "TLS handshakes refused on a T-Library port",
-                                             ("port", "reason"))
+        self._errors = self.metrics.shared_counter(
+            "tlib_errors", "T-Library EventError answers and rejected frames",
+            ("port", "code"))
+        self._slow = self.metrics.shared_counter(
+            "tlib_slow_consumers",
+            "Clients that stopped reading: reading paused, or dropped past max_output_bytes",
+            ("port", "outcome"))
+        self._tls_refusals = self.metrics.shared_counter(
+            "tlib_tls_refused", "TLS handshakes refused on a T-Library port",
+            ("port", "reason"))
         self.connections: set[TLibConnection] = set()
         self._server: asyncio.AbstractServer | None = None
         self.address: tuple[str, int] | None = None
@@ -389,14 +390,6 @@ class TLibServer:
                 async with asyncio.timeout(2.0):
                     await self._server.wait_closed()
             self._server = None
-
-
-def _shared_counter(metrics: Metrics, name: str, doc: str, labels: tuple[str, ...]) -> Any:
-    """One counter per registry, shared by every port of a daemon."""
-    cache: dict[str, Any] = metrics.__dict__.setdefault("_shared_counters", {})
-    if name not in cache:
-        cache[name] = metrics.counter(name, doc, labels)
-    return cache[name]
 
 
 def tls_server_context(directory: Path, name: str) -> ssl.SSLContext:

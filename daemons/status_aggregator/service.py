@@ -32,7 +32,7 @@ from daemons.status_aggregator.directory import LdapDirectory, next_poll
 from daemons.status_aggregator.mirror import MirrorDialer
 from daemons.status_aggregator.options import read_options
 from daemons.status_aggregator.store import Store, open_store, split
-from daemons.status_aggregator.web import StatusWebServer
+from daemons.status_aggregator.web import StatusWeb
 from protocols.status.messages import Role, StatusRecord
 
 #: seconds between two writes of changed persistent statuses
@@ -58,10 +58,9 @@ class StatusAggregatorService(Service):
             raise ConfigError(config.file, f"applications.{name}.options.certs",
                               f"{exc} (run: sipcluster certs issue {name})") from exc
         self.aggregator = Aggregator(config, name, self.options, self.metrics, self.log)
-        # the status page's listener replaces the plain one (same registry)
-        self.metrics.registry.unregister(self.management.bad_requests)
-        self.management = StatusWebServer(self.metrics, app_name=name,
-                                          aggregator=lambda: self.aggregator)
+        self.web = StatusWeb(self.metrics, app_name=name, aggregator=lambda: self.aggregator,
+                             log=self.log)
+        self.web.serve_on(self.management)
         self.management_host = self.app.host
         self.management_port = self.app.port("http-port") or 0
         self.management.add_health_check("status-port", self._health)

@@ -27,23 +27,26 @@ MAX_LIVE_USERS = 500
 MAX_LIVE_BACKLOG = 1000
 
 
-class StatusWebServer(ManagementServer):
-    """The management listener with the status page and its two feeds."""
+class StatusWeb:
+    """The status page and its two feeds, served on the aggregator's management port
+    (:meth:`serve_on`)."""
 
     def __init__(self, metrics: Metrics, *, app_name: str,
-                 aggregator: Callable[[], Aggregator]) -> None:
-        super().__init__(metrics, app_name=app_name)
+                 aggregator: Callable[[], Aggregator], log: Any) -> None:
+        self.app_name = app_name
+        self._log = log
         self._aggregator = aggregator
         self.live_dropped = metrics.counter(
             "status_live_feeds_dropped",
             "Live status feeds closed because the browser did not read them")
 
-    async def start(self, host: str, port: int) -> int:
-        app = self.base_app()
+    def serve_on(self, management: ManagementServer) -> None:
+        management.add_routes(self._add_routes)
+
+    def _add_routes(self, app: web.Application) -> None:
         app.router.add_get("/", self._index)
         app.router.add_get("/status/search", self._search)
         app.router.add_get("/status/live", self._live)
-        return await self.serve(app, host, port)
 
     async def _index(self, request: web.Request) -> web.Response:
         return web.Response(text=PAGE.replace("{{APP}}", self.app_name),

@@ -36,7 +36,7 @@ async def test_a_feed_nobody_reads_is_closed_not_hoarded(lab: Lab,
     sock.bind((CLIENT_HOST, 0))
     sock.connect((host, port))
     sock.sendall(b"GET /status/live?users=ann@cluster.lab HTTP/1.1\r\nHost: x\r\n\r\n")
-    web = service.management
+    web = service.web
     detail = "x" * 1000
     dropped = 0.0
     for n in range(20_000):  # ~20 MB, more than any socket buffers hold
