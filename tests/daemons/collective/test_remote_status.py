@@ -329,7 +329,8 @@ async def test_a_status_from_another_site_changes_the_agent_state_at_its_t_contr
         assert [(e["by"], e["reason"]) for e in refused] == [(3, "no-permission")]
         assert [e["message"] for e in events[before:]] == [], events[before:]
         for site in (boca, indy, lyon):
-            assert site.status_of(2, "a6001")["status"] == "Available"
+            status = await asyncio.to_thread(site.status_of, 2, "a6001")
+            assert status["status"] == "Available", status
         async with asyncio.timeout(5):
             logout = await desk.request("RequestAgentLogout", AttributeThisDN="6001")
             assert logout["message"] == "EventAgentLogout", logout
