@@ -149,9 +149,10 @@ async def measure(pid: int, args: argparse.Namespace, port: int, tls_port: int,
             results[key].append(rate)
             failures += failed
     m = {k: statistics.median(v) for k, v in results.items()}
+    ratio = (f"x{m['tls_conn'] / m['tcp_conn']:.1f}" if m["tcp_conn"] > 0
+             else "no ratio: the TCP figure is below the clock tick, raise --connections")
     print(f"proxy CPU s per 1,000 connections (median of {args.runs}): "
-          f"TCP {m['tcp_conn']:.2f}, TLS with handshake {m['tls_conn']:.2f} "
-          f"(x{m['tls_conn'] / max(m['tcp_conn'], 1e-9):.1f})")
+          f"TCP {m['tcp_conn']:.2f}, TLS with handshake {m['tls_conn']:.2f} ({ratio})")
     print(f"OPTIONS/s on one connection (median of {args.runs}): TCP {m['tcp_opt']:.0f}, "
           f"TLS {m['tls_opt']:.0f} (TLS/TCP {m['tls_opt'] / m['tcp_opt']:.2f}); "
           f"answers other than 200 or missing: {failures}")
