@@ -184,12 +184,13 @@ class AttendedTransfer(Transfer):
             leg.invite = invite
             resp: Response | None = None
             try:
-                resp = await asyncio.wait_for(self._request(invite, hop),
+                resp = await asyncio.wait_for(self._invite_final(leg, hop, None),
                                               REMOTE_REPLACE_TIMEOUT)
             except TimeoutError:
-                self.ep.cancel(invite)
+                self.ep.cancel(leg.invite or invite)
             except (SipError, OSError) as exc:
                 self.log.info("call_replace_unreachable", node=hop.host, reason=str(exc))
+            invite = leg.invite or invite  # the INVITE answered (a 422 retry, RFC 4028)
             if resp is None or resp.status >= 300 or not resp.body:
                 leg.abandoned = resp is None
                 if resp is not None and 200 <= resp.status < 300:
@@ -213,6 +214,7 @@ class AttendedTransfer(Transfer):
             await self._ack(invite, resp, resp_b.body)
             keep.sdp, leg.sdp = resp_b.body, resp.body
             leg.move(LegState.ESTABLISHED)
+            self._start_callee_timer(leg, resp)  # RFC 4028 on the new dialog
             leg.settle()
             self._event(call, "EventPartyChanged", keep, other=number,
                         third=transferor.number)
@@ -230,6 +232,9 @@ class AttendedTransfer(Transfer):
         """
         req = inc.request
         replaces = parse_replaces(req.headers.get("Replaces") or "")
+        refusal = self._session_refusal(inc)  # 420, 422 (RFC 4028 §8.1)
+        if refusal is not None:
+            return refusal
         old = self._replaced_leg(replaces)
         if old is None or not old.connected:
             return self._refuse(inc, 481, "Call/Transaction Does Not Exist: nothing to replace")
@@ -244,6 +249,7 @@ class AttendedTransfer(Transfer):
         new.incoming, new.sdp = inc, req.body
         new.call_id, new.local_tag = req.call_id, inc.to_tag
         self.legs[(new.call_id, new.local_tag)] = new
+        self._take_session_timer(new)  # RFC 4028 on the new dialog
         if call.state is CallState.CONNECTED:
             call.move(CallState.TRANSFERRING)
         inc.respond(100)
@@ -260,7 +266,8 @@ class AttendedTransfer(Transfer):
         else:
             stays.invite, stays.pending_response = out, resp  # the ACK brings the answer
         headers = [("Contact", self._contact(inc.flow.transport, inc.flow.remote[0])),
-                   ("Allow", ALLOW), ("Content-Type", "application/sdp")]
+                   ("Allow", ALLOW), ("Content-Type", "application/sdp"),
+                   *self._session_headers(new)]
         sent = inc.respond(200, headers=headers, body=resp.body)
         if sent is None:
             self._release(new)
@@ -270,6 +277,7 @@ class AttendedTransfer(Transfer):
         except (DialogError, ParseError) as exc:
             self.log.warning("call_dialog_failed", conn_id=call.conn_id, reason=str(exc))
         new.move(LegState.ESTABLISHED)
+        self._start_caller_timer(new)
         stays.sdp = resp.body
         old.transferred = True
         self._end_leg(old)

@@ -145,7 +145,8 @@ class SessionController(BasicCall, AttendedTransfer, ThirdPartyCallControl, Rela
 
     def status_calls(self) -> list[dict[str, Any]]:
         return [{"conn_id": c.conn_id, "state": c.state.value, "ani": c.ani, "dnis": c.dnis,
-                 "legs": [{"number": leg.number, "state": leg.state.value}
+                 "legs": [{"number": leg.number, "state": leg.state.value,
+                           "session_timer": self._session_status(leg)}
                           for leg in c.legs]}
                 for c in self.calls.values()]
 

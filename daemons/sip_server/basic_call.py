@@ -106,7 +106,10 @@ class BasicCall(Registration, TreatmentControl, SessionTimers):
                 status = 480
             if leg_a.alive:
                 self._release(leg_a, dest)
-                inc.respond(status)
+                # a callee's 422 that outlived the retry (RFC 4028 §8.2) keeps its Min-SE
+                min_se = result.headers.get("Min-SE") if isinstance(result, Response) \
+                    and status == 422 else None
+                inc.respond(status, headers=[("Min-SE", min_se)] if min_se else [])
                 self._finish(call, f"failed_{status}")
             return
         resp = result
@@ -200,15 +203,13 @@ class BasicCall(Registration, TreatmentControl, SessionTimers):
         headers = [("Contact", self._contact()), ("Allow", ALLOW)]
         if req.body:
             headers.append(("Content-Type", "application/sdp"))
-        out = other.dialog.create_request("INVITE", headers=headers, body=req.body)
-        resp = await self._request(out)
-        other.dialog.receive_response(resp)
+        # a 2xx to a re-INVITE refreshes both legs' sessions (RFC 4028 §10): the other
+        # leg's in _session_request, this one's in the 2xx the node answers with
+        out, resp = await self._session_request(other, "INVITE", headers, req.body)
         if resp.status >= 300:
             return inc.response(resp.status if resp.status not in AS_UNAVAILABLE else 488)
         await self._ack(out, resp)
         leg.sdp, other.sdp = req.body, resp.body
-        # a 2xx to a re-INVITE refreshes both legs' sessions (RFC 4028 §10)
-        self._session_refreshed(other, None, resp.headers)
         answer_headers = [("Contact", self._contact(inc.flow.transport, inc.flow.remote[0])),
                           ("Allow", ALLOW), *self._session_refreshed(leg, req.headers, None)]
         if resp.body:

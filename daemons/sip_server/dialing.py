@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import secrets
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from daemons.cluster.config import DnType
 from daemons.runtime.sip_endpoint import Destination
@@ -26,6 +26,7 @@ from daemons.sip_server.prack import ReliableProvisionals
 from daemons.sip_server.roaming import roam
 from daemons.sip_server.routing import RouteDecision, route_extensions
 from daemons.sip_server.session import AGENT_TYPES, ALLOW, Ringing
+from daemons.sip_server.session_timer import SessionTimers
 from protocols.sip.dialog import Dialog, DialogError
 from protocols.sip.errors import ParseError
 from protocols.sip.headers import Headers
@@ -42,7 +43,7 @@ MAX_DIAL_PLAN_STEPS = 4
 RESERVATION_RECHECK = 1.0
 
 
-class Dialing(ReliableProvisionals):
+class Dialing(ReliableProvisionals, SessionTimers):
     """Outgoing legs: reaching a DN for a call."""
 
     def _new_invite(self, leg: Leg, target: str, from_number: str, to_number: str,
@@ -79,7 +80,8 @@ class Dialing(ReliableProvisionals):
     async def _dial(self, call: Call, leg: Leg, invite: Request, timeout: float | None,
                     ringing: Ringing | None, hop: Destination | None = None
                     ) -> tuple[Response, bool]:
-        """Send ``invite`` to ``leg``; the final response and whether no-answer fired."""
+        """Send ``invite`` to ``leg``; the final response and whether no-answer fired.
+        After a 422 retry (RFC 4028 §8.2) ``leg.invite`` is the INVITE answered."""
         leg.invite = invite
 
         def provisional(resp: Response) -> None:
@@ -97,7 +99,7 @@ class Dialing(ReliableProvisionals):
                 ringing(leg, resp, first)
             self._prack_unless_relayed(leg, resp)  # prack.py
 
-        task = self._spawn(self._request(invite, hop, on_provisional=provisional))
+        task = self._spawn(self._invite_final(leg, hop, provisional))
         task.add_done_callback(lambda t: self._late_final(leg, t))
         try:
             if timeout:
@@ -105,9 +107,27 @@ class Dialing(ReliableProvisionals):
             return await asyncio.shield(task), False
         except TimeoutError:
             leg.abandoned = True
-            self.ep.cancel(invite)
+            self.ep.cancel(leg.invite or invite)
             self.log.info("call_no_answer", conn_id=call.conn_id, dn=leg.dn, timeout=timeout)
             return make_response(invite, 480, "No Answer"), True
+
+    async def _invite_final(self, leg: Leg, hop: Destination | None,
+                            provisional: Callable[[Response], None] | None) -> Response:
+        """The final response to ``leg.invite``; a callee's 422 gets the INVITE again
+        with its Min-SE (RFC 4028 §8.2, :meth:`_invite_again`), ``leg.invite`` then
+        being the retry."""
+        tried: set[int] = set()
+        while True:
+            invite = leg.invite
+            assert invite is not None
+            resp = await self._request(invite, hop, on_provisional=provisional)
+            if leg.abandoned or not leg.alive:
+                return resp
+            retry = self._invite_again(invite, resp, tried)
+            if retry is None:
+                return resp
+            leg.early_response = None  # the retry's provisional responses make its own
+            leg.invite = retry
 
     def _late_final(self, leg: Leg, task: asyncio.Future[Response]) -> None:
         """A 2xx for a leg the node gave up on (no answer, caller gone): ACK + BYE."""

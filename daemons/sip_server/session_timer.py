@@ -10,9 +10,16 @@ The node is a user agent on every leg, so each leg has its own timer:
   not ask otherwise, else the node;
 * the callee's leg (the node sends the INVITE with ``Supported: timer`` and
   ``Session-Expires: sip-session-expires``): the callee's 2xx says who
-  refreshes; no Session-Expires in it means no timer on that leg.
+  refreshes; no Session-Expires in it means no timer on that leg. A callee's
+  422 with a larger Min-SE gets the INVITE again (same Call-ID and From tag,
+  new CSeq) with Session-Expires and Min-SE of that value, once per distinct
+  value (§7.4, §8.2); the caller sees the 422 only when that fails too.
 
-Every 2xx to a re-INVITE on a leg refreshes its timer. When the node
+Every 2xx to a re-INVITE or UPDATE on a leg refreshes its timer (§10), the
+party's and the node's own alike: the node's re-INVITEs (a refresh, a
+transfer, a routed call leaving a treatment, a re-INVITE relayed from the
+other party) carry the leg's Session-Expires and Min-SE, a 422 to them is
+retried the same way, and their 2xx restarts the leg's session. When the node
 refreshes, it sends an UPDATE (a re-INVITE with the same SDP to a party that
 does not allow UPDATE) at half the interval. A leg whose session expires
 without a refresh ends the call: BYE to every party, ``sessions_expired``
@@ -22,6 +29,7 @@ counted. The clock itself is :class:`protocols.sip.session_timer.SessionTimer`.
 from __future__ import annotations
 
 import asyncio
+import math
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
@@ -29,21 +37,27 @@ from typing import Any
 from daemons.runtime.sip_endpoint import IncomingRequest
 from daemons.sip_server.call import Leg
 from daemons.sip_server.session import SessionBase
-from protocols.sip.errors import SipError
+from protocols.sip.errors import ParseError, SipError
 from protocols.sip.headers import Headers
-from protocols.sip.message import Response
+from protocols.sip.message import Request, Response
 from protocols.sip.reliable import option_tags
 from protocols.sip.session_timer import (
+    MIN_SE,
     OPTION_TAG,
     SessionExpires,
     SessionTimer,
     TimerAction,
     UasAnswer,
     answer_request,
+    parse_min_se,
+    parse_session_expires,
     read_response,
 )
 
-__all__ = ["LegSessionTimer", "SessionTimers"]
+__all__ = ["MAX_TOO_SMALL_RETRIES", "LegSessionTimer", "SessionTimers"]
+
+#: 422 retries of one request at most, each with a larger Min-SE (§7.4: once per value)
+MAX_TOO_SMALL_RETRIES = 3
 
 
 @dataclass(eq=False, slots=True)
@@ -56,6 +70,8 @@ class LegSessionTimer:
     handle: asyncio.TimerHandle | None = None
     #: the party allows UPDATE: the node refreshes with UPDATE, else re-INVITE
     peer_allows_update: bool = False
+    #: the largest Min-SE the node's requests on this leg carried (a party's 422, §7.4)
+    min_se: int = 0
 
     def close(self) -> None:
         if self.handle is not None:
@@ -127,14 +143,22 @@ class SessionTimers(SessionBase):
 
     def _start_session_timers(self, leg_a: Leg, leg_b: Leg, resp_b: Response) -> None:
         """Both legs are established: start the clocks the two INVITEs agreed on."""
-        now = self._now()
+        self._start_caller_timer(leg_a)
+        self._start_callee_timer(leg_b, resp_b)
+
+    def _start_caller_timer(self, leg_a: Leg) -> None:
+        """A leg whose INVITE the node answered with 2xx: the clock of what it said."""
         state = leg_a.session_timer
         if isinstance(state, LegSessionTimer) and state.answer is not None \
-                and state.answer.session is not None:
+                and state.answer.session is not None and state.timer is None:
             state.timer = SessionTimer(state.answer.session.interval, state.answer.we_refresh,
-                                       now)
+                                       self._now())
             self._arm_session(leg_a)
             self._log_timer(leg_a, state.timer)
+
+    def _start_callee_timer(self, leg_b: Leg, resp_b: Response) -> None:
+        """A leg the node called (the original callee, a transfer target, an agent a
+        routed call reached): the timer its 2xx asked for (§7.2)."""
         if not self._timers_on:
             return
         try:
@@ -144,9 +168,11 @@ class SessionTimers(SessionBase):
                           reason=str(exc))
             se = None
         if se is not None:
+            invite = leg_b.invite
             leg_b.session_timer = LegSessionTimer(
-                timer=SessionTimer(se.interval, se.refresher == "uac", now),
-                peer_allows_update=_allows_update(resp_b.headers))
+                timer=SessionTimer(se.interval, se.refresher == "uac", self._now()),
+                peer_allows_update=_allows_update(resp_b.headers),
+                min_se=_min_se_of(invite.headers) if invite is not None else 0)
             self._arm_session(leg_b)
             self._log_timer(leg_b, leg_b.session_timer.timer)
 
@@ -229,22 +255,16 @@ class SessionTimers(SessionBase):
         """The node refreshes ``leg``'s session (§7.4): UPDATE without SDP, or a
         re-INVITE with the SDP the party last got from the node."""
         state: LegSessionTimer = leg.session_timer
-        timer = state.timer
-        dialog = leg.dialog
-        if timer is None or dialog is None or not leg.connected:
+        if state.timer is None or leg.dialog is None or not leg.connected:
             return
-        se = SessionExpires(timer.interval, "uac")
-        headers = [("Supported", OPTION_TAG), ("Session-Expires", str(se)),
-                   ("Contact", self._contact())]
         other = leg.call.other(leg)
         method = "UPDATE" if state.peer_allows_update else "INVITE"
         body = b"" if method == "UPDATE" or other is None else other.sdp
+        headers = [("Contact", self._contact())]
         if body:
             headers.append(("Content-Type", "application/sdp"))
-        request = dialog.create_request(method, headers=headers, body=body)
         try:
-            resp = await self._request(request)
-            dialog.receive_response(resp)
+            request, resp = await self._session_request(leg, method, headers, body)
         except (SipError, OSError) as exc:
             self.log.info("session_refresh_failed", conn_id=leg.call.conn_id, reason=str(exc))
             self.m_session_refreshes.labels("node", "failed").inc()
@@ -257,9 +277,133 @@ class SessionTimers(SessionBase):
             self.m_session_refreshes.labels("node", str(resp.status)).inc()
             return  # the session expires unless a later refresh gets through
         self.m_session_refreshes.labels("node", "ok").inc()
-        if leg.alive and isinstance(leg.session_timer, LegSessionTimer):
+
+    # ------------------------------------------------ the node's own requests (§7.4)
+
+    def _refresh_headers(self, leg: Leg, min_se: int | None = None) -> list[tuple[str, str]]:
+        """Supported, Session-Expires and Min-SE of a re-INVITE / UPDATE the node sends
+        on ``leg`` (§7.4): the leg's interval (raised to ``min_se``, a party's 422) and
+        its refresher as it stands, seen from the node as the request's UAC. None
+        when the leg has no session timer."""
+        state = leg.session_timer
+        if not self._timers_on or not isinstance(state, LegSessionTimer) \
+                or state.timer is None:
+            return []
+        timer = state.timer
+        floor = max(self.tserver.sip_min_se, MIN_SE, state.min_se, min_se or 0)
+        se = SessionExpires(max(timer.interval, floor), "uac" if timer.we_refresh else "uas")
+        return [("Supported", OPTION_TAG), ("Session-Expires", str(se)),
+                ("Min-SE", str(floor))]
+
+    def _timer_running(self, leg: Leg) -> bool:
+        state = leg.session_timer
+        return isinstance(state, LegSessionTimer) and state.timer is not None
+
+    def _timer_offer(self) -> list[tuple[str, str]]:
+        """Supported: timer and the node's Session-Expires, for a re-INVITE that starts
+        a session timer on a leg without one (§7.1; the 2xx says who refreshes)."""
+        if not self._timers_on:
+            return []
+        ts = self.tserver
+        return [("Supported", OPTION_TAG),
+                ("Session-Expires", str(max(ts.sip_session_expires, ts.sip_min_se)))]
+
+    def _min_se_to_retry(self, request: Request, resp: Response, tried: set[int]) -> int | None:
+        """§7.4 / §8.2: the Min-SE to send ``request`` again with after a 422, or None
+        (no 422, no usable Min-SE in it, or a value already tried or not above the
+        Session-Expires that was refused)."""
+        raw_se = request.headers.get("Session-Expires")
+        if resp.status != 422 or not self._timers_on or raw_se is None:
+            return None
+        raw_min = resp.headers.get("Min-SE")
+        try:
+            min_se = parse_min_se(raw_min) if raw_min is not None else None
+            asked = parse_session_expires(raw_se).interval
+        except ParseError:
+            min_se = asked = None
+        if min_se is None or asked is None or min_se in tried or min_se <= asked \
+                or len(tried) >= MAX_TOO_SMALL_RETRIES:
+            self.log.info("session_interval_too_small_final", call_id=request.call_id,
+                          method=request.method, min_se=raw_min)
+            return None
+        tried.add(min_se)
+        self.log.info("session_interval_too_small_retry", call_id=request.call_id,
+                      method=request.method, min_se=min_se)
+        return min_se
+
+    def _invite_again(self, invite: Request, resp: Response, tried: set[int]) -> Request | None:
+        """The retry of an INVITE that opens a dialog, after the callee's 422 (§8.2):
+        same Call-ID, From tag, Request-URI and body, the next CSeq, Session-Expires
+        and Min-SE of the Min-SE received. None: the 422 is final."""
+        min_se = self._min_se_to_retry(invite, resp, tried)
+        if min_se is None:
+            return None
+        headers = invite.headers.copy()
+        headers.remove("Via")  # the endpoint adds its own, with a new branch
+        headers.set("CSeq", f"{invite.cseq.number + 1} INVITE")
+        raw = invite.headers.get("Session-Expires")
+        refresher = parse_session_expires(raw).refresher if raw is not None else None
+        headers.set("Session-Expires", str(SessionExpires(min_se, refresher)))
+        headers.set("Min-SE", str(min_se))
+        return Request("INVITE", invite.uri, headers=headers, body=invite.body)
+
+    async def _session_request(self, leg: Leg, method: str, headers: list[tuple[str, str]],
+                               body: bytes) -> tuple[Request, Response]:
+        """A re-INVITE or UPDATE the node sends on ``leg``'s dialog with the leg's
+        session-timer headers (:meth:`_refresh_headers`); a 422 retried with its
+        Min-SE (:meth:`_min_se_to_retry`); a 2xx restarts the leg's session (§10).
+        The request last sent and its final response (a 2xx to an INVITE is not
+        ACKed here: the ACK may carry an answer)."""
+        dialog = leg.dialog
+        assert dialog is not None
+        tried: set[int] = set()
+        min_se: int | None = None
+        while True:
+            out = dialog.create_request(method, headers=[
+                *headers, *self._refresh_headers(leg, min_se)], body=body)
+            resp = await self._request(out)
+            dialog.receive_response(resp)
+            min_se = self._min_se_to_retry(out, resp, tried)
+            if min_se is None or not leg.alive:
+                break
+        if 200 <= resp.status < 300 and leg.alive:
+            self._refresh_answered(leg, out, resp)
+        return out, resp
+
+    def _refresh_answered(self, leg: Leg, request: Request, resp: Response) -> None:
+        """A 2xx to a re-INVITE / UPDATE the node sent on ``leg``: its session restarts
+        with what the 2xx says (§7.4, §10); the Min-SE sent stays the leg's floor."""
+        state = leg.session_timer
+        if isinstance(state, LegSessionTimer) and state.timer is not None:
+            state.min_se = max(state.min_se, _min_se_of(request.headers))
             self._session_refreshed(leg, None, resp.headers)
+            self.log.info("session_timer_restarted", conn_id=leg.call.conn_id, dn=leg.number,
+                          method=request.method, interval=state.timer.interval,
+                          refresher="node" if state.timer.we_refresh else "party")
+
+    def _session_status(self, leg: Leg) -> dict[str, Any] | None:
+        """A leg's session timer for the status page: interval, refresher, the seconds
+        to the node's next refresh and to the expiry (None: no timer)."""
+        state = leg.session_timer
+        if not isinstance(state, LegSessionTimer) or state.timer is None:
+            return None
+        timer, now = state.timer, self._now()
+        return {"interval": timer.interval,
+                "refresher": "node" if timer.we_refresh else "party",
+                "refresh_in": round(timer.refresh_at - now, 1)
+                if timer.refresh_at != math.inf else None,
+                "expires_in": round(timer.expires_at - now, 1)
+                if timer.expires_at != math.inf else None}
 
 
 def _allows_update(headers: Headers) -> bool:
     return "UPDATE" in {m.upper() for m in headers.get_all("Allow")}
+
+
+def _min_se_of(headers: Headers) -> int:
+    """The Min-SE a request carried, 0 without one (or unreadable)."""
+    raw = headers.get("Min-SE")
+    try:
+        return parse_min_se(raw) if raw is not None else 0
+    except ParseError:
+        return 0

@@ -136,6 +136,7 @@ class ThirdPartyCallControl(Dialing):
         invite_a = self._new_invite(leg_a, contact, dest, leg_a.number, b"", path, extra, hop)
         resp_a, _ = await self._dial(call, leg_a, invite_a, self.tserver.extn_no_answer_timeout,
                                      None, hop)
+        invite_a = leg_a.invite or invite_a  # the INVITE answered (a 422 retry, RFC 4028)
         if resp_a.status >= 300 or not leg_a.alive:
             if leg_a.alive:
                 if hop is not None and resp_a.status in (404, 480):
@@ -152,6 +153,7 @@ class ThirdPartyCallControl(Dialing):
             leg_a.dialog = Dialog.create_uac(invite_a, resp_a)
         except (DialogError, ParseError):
             leg_a.dialog = None
+        self._start_callee_timer(leg_a, resp_a)  # RFC 4028 on the phone's leg
         leg_a.sdp = resp_a.body
         leg_a.move(LegState.ESTABLISHED)
         self._event(call, "EventDialing", leg_a, other=dest, role="Origination")
@@ -181,5 +183,6 @@ class ThirdPartyCallControl(Dialing):
             return
         leg_b.move(LegState.ESTABLISHED)
         call.move(CallState.CONNECTED)
+        self._start_callee_timer(leg_b, resp_b)
         self._event(call, "EventEstablished", leg_b, other=leg_a.number)
         self._event(call, "EventEstablished", leg_a, other=leg_b.number, role="Origination")

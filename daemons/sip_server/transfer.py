@@ -105,12 +105,9 @@ class Transfer(Dialing):
             self._release(leg_c)
             self._finish(call, "released")
             return
-        headers = [("Contact", self._contact()), ("Allow", ALLOW)]
-        if resp.body:
-            headers.append(("Content-Type", "application/sdp"))
-        out = keep.dialog.create_request("INVITE", headers=headers, body=resp.body)
-        answer = await self._request(out)
-        keep.dialog.receive_response(answer)
+        # the re-INVITE restarts the session timer of the party that stays, and the
+        # target's leg gets the timer its 2xx asked for (RFC 4028 §7.2, §10)
+        out, answer = await self._reinvite_leg(keep, resp.body)
         if answer.status >= 300:
             await self._ack(leg_c.invite, resp)
             self._end_leg(leg_c)
@@ -120,6 +117,7 @@ class Transfer(Dialing):
         await self._ack(leg_c.invite, resp, answer.body)
         leg_c.sdp, keep.sdp = resp.body, answer.body
         leg_c.move(LegState.ESTABLISHED)
+        self._start_callee_timer(leg_c, resp)
         call.move(CallState.CONNECTED)
         self._event(call, "EventEstablished", leg_c, other=keep.number, third=transferor.number)
         self._event(call, "EventPartyChanged", keep, other=leg_c.number,
@@ -147,15 +145,12 @@ class Transfer(Dialing):
                                        request.message.get("AttributeUserData")))
 
     async def _reinvite_leg(self, leg: Leg, body: bytes) -> tuple[Request, Response]:
-        """A re-INVITE to ``leg`` (an offer, or none for a late offer, RFC 3725 §4.1)."""
-        assert leg.dialog is not None
+        """A re-INVITE to ``leg`` (an offer, or none for a late offer, RFC 3725 §4.1),
+        a session refresh of the leg too (RFC 4028 §10: :meth:`_session_request`)."""
         headers = [("Contact", self._contact()), ("Allow", ALLOW)]
         if body:
             headers.append(("Content-Type", "application/sdp"))
-        out = leg.dialog.create_request("INVITE", headers=headers, body=body)
-        resp = await self._request(out)
-        leg.dialog.receive_response(resp)
-        return out, resp
+        return await self._session_request(leg, "INVITE", headers, body)
 
     async def _consultation(self, call: Call, leg_a: Leg, other: Leg, target: str,
                             user_data: dict[str, Any] | None) -> None:
@@ -222,6 +217,7 @@ class Transfer(Dialing):
         leg_c.move(LegState.ESTABLISHED)
         leg_b.move(LegState.ESTABLISHED)
         consult.move(CallState.CONNECTED)
+        self._start_callee_timer(leg_b, result)
         self._event(consult, "EventEstablished", leg_b, other=dn)
         self._event(consult, "EventEstablished", leg_c, other=leg_b.number, role="Origination")
 

@@ -309,6 +309,7 @@ class TreatmentControl(Dialing):
             self.treatment_legs.pop(key, None)
             self._drop_leg(leg)
             return resp
+        invite = leg.invite or invite  # the INVITE answered (a 422 retry, RFC 4028)
         try:
             leg.dialog = Dialog.create_uac(invite, resp)
         except (DialogError, ParseError):
@@ -347,12 +348,15 @@ class TreatmentControl(Dialing):
         if dialog is None or not caller.alive:
             return None
         offer = continue_origin(self._caller_sdp.get(conn_id, b""), sdp)
-        out = dialog.create_request("INVITE", headers=[
-            ("Contact", self._contact()), ("Allow", ALLOW),
-            ("Content-Type", "application/sdp")], body=offer)
+        # RFC 4028: a session refresh of the caller's leg, or, as the treatment's
+        # answer had no session timer (the caller cannot refresh while it plays), the
+        # start of one with the node's interval
+        starts = not self._timer_running(caller)
+        headers = [("Contact", self._contact()), ("Allow", ALLOW),
+                   ("Content-Type", "application/sdp"),
+                   *(self._timer_offer() if starts else [])]
         try:
-            resp = await self._request(out)
-            dialog.receive_response(resp)
+            out, resp = await self._session_request(caller, "INVITE", headers, offer)
         except (SipError, OSError, DialogError) as exc:
             self.log.info("treatment_reinvite_failed", conn_id=conn_id, reason=str(exc))
             return None
@@ -360,6 +364,8 @@ class TreatmentControl(Dialing):
             self.log.info("treatment_reinvite_refused", conn_id=conn_id, status=resp.status)
             return None
         await self._ack(out, resp)
+        if starts:
+            self._start_callee_timer(caller, resp)
         self._caller_sdp[conn_id] = offer
         return resp
 
@@ -432,6 +438,7 @@ class TreatmentControl(Dialing):
         caller.sdp = answer.body
         leg_b.move(LegState.ESTABLISHED)
         call.move(CallState.CONNECTED)
+        self._start_callee_timer(leg_b, result)
         self._caller_sdp.pop(call.conn_id, None)
         self.log.info("call_established", conn_id=call.conn_id, caller=caller.number,
                       callee=leg_b.number, after="treatment")
