@@ -341,11 +341,17 @@ class ProxyCore(RegistrarFront, HopByHop):
         self._last_stamp = stamp
         return stamp
 
-    def _rr(self, transport: str, params: dict[str, str], secure: bool = False) -> str:
+    def _rr(self, transport: str, params: dict[str, str], secure: bool = False,
+            name: str = "") -> str:
         """Our Record-Route (or Path) for the side that uses ``transport``: the
         port of that transport's listener; a SIPS URI when the request's is one
-        (§16.6 step 4), else ``transport=tls`` (RFC 5630 §3.1.3)."""
+        (§16.6 step 4), else ``transport=tls`` (RFC 5630 §3.1.3). With ``name``
+        (a UDP phone that reached us by the data centre's proxy name): that name,
+        without a port, so the phone's in-dialog requests find any proxy of the
+        data centre by SRV (RFC 3263) and outlive this one."""
         extra = "".join(f";{k}={v}" for k, v in params.items())
+        if name:
+            return f"<sip:{name};transport=udp;lr{extra}>"
         host = format_host(self.settings.host)
         port = self.settings.port_for(transport)
         if transport == "TLS" and secure:
@@ -457,6 +463,9 @@ class ProxyCore(RegistrarFront, HopByHop):
                 uri = first_route(request, top).sip_uri
                 if not self.is_own(uri.host, uri.port) and not self._dead_peer(uri):
                     return
+                if uri.port is None and uri.host.lower() in self.settings.own_names:
+                    # reached by the data centre's proxy name: it can resolve it
+                    pins["name"] = uri.host
                 for name in ("sc-node", "ft"):
                     value = uri.params.get(name)
                     if value:
@@ -527,11 +536,14 @@ class ProxyCore(RegistrarFront, HopByHop):
                               (("Retry-After", "5"),))
                 return
             fwd.targets = [((n.host, n.port), n.transport, n) for n in nodes]
+            rr_name = ""
             if dialog_creating:
                 rr = {"sc-node": nodes[0].name}
                 if transport != "UDP" or behind_nat(request, fwd.source):
                     rr["ft"] = flow_token(transport, fwd.source)
-            self._forward(fwd, "node", rr=rr)
+                else:
+                    rr_name = pins.get("name", "")
+            self._forward(fwd, "node", rr=rr, rr_name=rr_name)
             return
         # from a node (or a peer proxy): toward an endpoint
         node_name = request.headers.get(NODE_HEADER)
@@ -593,8 +605,10 @@ class ProxyCore(RegistrarFront, HopByHop):
                       else None, strip_node=True)
 
     def _forward(self, fwd: Forward, action: str, *, rr: dict[str, str] | None,
-                 strip_node: bool = False) -> None:
-        """§16.6: copy-free forwarding of ``fwd.request`` to ``fwd.targets[0]``."""
+                 strip_node: bool = False, rr_name: str = "") -> None:
+        """§16.6: copy-free forwarding of ``fwd.request`` to ``fwd.targets[0]``.
+        ``rr_name``: the phone's side is record-routed by that name, the node's
+        side by our address (RFC 5658 double Record-Route)."""
         request = fwd.request
         self.requests.labels(request.method, action).inc()
         mf = request.max_forwards
@@ -604,8 +618,8 @@ class ProxyCore(RegistrarFront, HopByHop):
         if rr is not None:
             in_tp = fwd.in_transport
             secure = request.ruri.scheme == "sips"
-            fwd.prepend.append(("Record-Route", self._rr(in_tp, rr, secure)))
-            if in_tp != transport:
+            fwd.prepend.append(("Record-Route", self._rr(in_tp, rr, secure, rr_name)))
+            if in_tp != transport or rr_name:
                 fwd.prepend.append(("Record-Route", self._rr(transport, rr, secure)))
         self._send_branch(fwd)
 
