@@ -1,15 +1,16 @@
 """One cluster node on 127.0.245.x for the RFC 3262 / RFC 4028 tests: the node
-(SIPS_A; its t-controller is not started: the callee is an Extension DN with a
-fixed contact),
-the callee's phone (a SIPp UAS on 127.0.245.101) and SIPp callers from
-127.0.245.200, every message they exchange traced. ``prack_lab`` runs the node
-as a process; ``node`` runs it in the test's own loop, whose clock the test
-moves forward (RFC 3262 and RFC 4028 times of 32 s to 30 min)."""
+(SIPS_A; its t-controller is not started: the callees are Extension DNs with
+fixed contacts), the callee's phone (a SIPp UAS on 127.0.245.101), a transfer
+target's phone (DN 1002, 127.0.245.102) and SIPp callers from 127.0.245.200,
+every message they exchange traced. ``prack_lab`` runs the node as a process;
+``node`` runs it in the test's own loop, whose clock the test moves forward
+(RFC 3262 and RFC 4028 times of 32 s to 30 min)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import urllib.request
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -25,12 +26,25 @@ NODE = "127.0.245.11"
 PHONE = "127.0.245.101"
 CALLER = "127.0.245.200"
 CALLEE_DN = "1001"
+TARGET = "127.0.245.102"
+TARGET_DN = "1002"
 
 
 class PrackLab(NodeLab):
     def phone(self, scenario: str) -> Sipp:
         """The callee's phone on DN 1001's contact, running ``scenario``."""
         return self.sipp(SCENARIOS / scenario, PHONE, self.ports["phone"], [])
+
+    def target(self, scenario: str) -> Sipp:
+        """The phone of DN 1002 (a transfer target), running ``scenario``."""
+        return self.sipp(SCENARIOS / scenario, TARGET, self.ports["target"], [])
+
+    def status_calls(self) -> list[dict[str, Any]]:
+        """The node's /status/calls page: its calls, their legs and session timers."""
+        url = f"http://{NODE}:{self.ports['http']}/status/calls"
+        with urllib.request.urlopen(url, timeout=5) as r:
+            answer: list[dict[str, Any]] = json.loads(r.read())
+        return answer
 
     def caller(self, scenario: Path | str, *args: str) -> Sipp:
         """A call to DN 1001 at the node (a scenario file, or SIPp's built-in one named)."""
@@ -72,6 +86,10 @@ applications = ["SIPS_A"]
 type = "Extension"
 contact = "sip:{CALLEE_DN}@{PHONE}:{ports['phone']}"
 
+[dns.{TARGET_DN}]
+type = "Extension"
+contact = "sip:{TARGET_DN}@{TARGET}:{ports['target']}"
+
 [applications.SIPS_A]
 kind = "sip-server"
 host = "{NODE}"
@@ -98,6 +116,7 @@ async def prack_lab(tmp_path: Path, free_port: Callable[..., int],
     async def make(tserver: str = "") -> PrackLab:
         ports = {key: free_port(NODE) for key in ("sip", "default", "http", "tc", "tchttp")}
         ports["phone"] = free_port(PHONE)
+        ports["target"] = free_port(TARGET)
         lab = PrackLab(tmp_path, ports, require_tool("sipp"), free_port)
         labs.append(lab)
         lab.config.write_text(cluster_text(ports, tserver))
@@ -138,6 +157,7 @@ async def node(tmp_path: Path, free_port: Callable[..., int],
     clock = MovedClock(asyncio.get_running_loop())
     ports = {key: free_port(NODE) for key in ("sip", "default", "http", "tc", "tchttp")}
     ports["phone"] = free_port(PHONE)
+    ports["target"] = free_port(TARGET)
     lab = PrackLab(tmp_path, ports, require_tool("sipp"), free_port)
     lab.config.write_text(cluster_text(
         ports, "sip-session-expires = 90\nextn-no-answer-timeout = 60"))
@@ -190,5 +210,6 @@ def received_responses(sipp: Sipp, status: int) -> list[str]:
     return out
 
 
-__all__ = ["CALLEE_DN", "CALLER", "NODE", "PHONE", "MovedClock", "PrackLab", "body",
-           "cluster_text", "header", "node", "prack_lab", "received_responses", "until"]
+__all__ = ["CALLEE_DN", "CALLER", "NODE", "PHONE", "TARGET", "TARGET_DN", "MovedClock",
+           "PrackLab", "body", "cluster_text", "header", "node", "prack_lab",
+           "received_responses", "until"]

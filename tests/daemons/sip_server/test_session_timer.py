@@ -77,7 +77,53 @@ async def test_session_timers_off(prack_lab: Any) -> None:
 def test_bad_session_timer_options_are_refused(tmp_path: Path, option: str,
                                                expected: str) -> None:
     path = tmp_path / "cluster.toml"
-    ports = dict.fromkeys(("sip", "default", "http", "tc", "tchttp", "phone"), 5060)
+    ports = dict.fromkeys(("sip", "default", "http", "tc", "tchttp", "phone", "target"), 5060)
     path.write_text(cluster_text(ports, option))
     with pytest.raises(ConfigError, match=expected):
         load_cluster(path)
+
+
+async def test_callee_422_is_retried_with_its_min_se(prack_lab: Any) -> None:
+    """RFC 4028 §8.2: the callee's 422 with Min-SE: 1800 gets the INVITE again (same
+    Call-ID and From tag, next CSeq) with Session-Expires and Min-SE 1800; the caller
+    sees only the 200. The node's later re-INVITEs on that leg keep the Min-SE."""
+    lab = await prack_lab("sip-session-expires = 600")
+    phone = lab.phone("uas_session_min_se.xml")
+    caller = lab.caller(SCENARIOS / "uac_session_timer.xml", "-set", "hangup", "1",
+                        "-set", "expires", "120")
+    stats = await asyncio.to_thread(caller.stats, 30)
+    assert stats.get("SuccessfulCall(C)") == "1", (stats, caller.errors(), phone.errors())
+    phone_stats = await asyncio.to_thread(phone.stats, 10)
+    assert phone_stats.get("SuccessfulCall(C)") == "1", (phone_stats, phone.errors())
+
+    assert not received_responses(caller, 422), caller.messages()[-3000:]
+    assert received_responses(caller, 200)
+    first, retry, relayed = phone.received_messages("INVITE")
+    assert header(first, "Session-Expires") == ["600"] and not header(first, "Min-SE"), first
+    assert header(retry, "Session-Expires") == ["1800"], retry
+    assert header(retry, "Min-SE") == ["1800"], retry
+    for name in ("Call-ID", "From", "To"):
+        assert header(retry, name) == header(first, name), (name, first, retry)
+    assert header(first, "CSeq") == ["1 INVITE"] and header(retry, "CSeq") == ["2 INVITE"]
+    assert retry.splitlines()[0] == first.splitlines()[0]  # the same Request-URI
+    # the caller's refresh reaches the callee with the leg's interval, refresher (the
+    # node) and the Min-SE the callee asked for
+    assert header(relayed, "Session-Expires") == ["1800;refresher=uac"], relayed
+    assert header(relayed, "Min-SE") == ["1800"], relayed
+    retries = lab.procs["SIPS_A"].events("session_interval_too_small_retry")
+    assert [e["min_se"] for e in retries] == [1800], retries
+
+
+async def test_callee_422_twice_with_the_same_min_se_fails_the_call(prack_lab: Any) -> None:
+    """One retry per distinct Min-SE (RFC 4028 §7.4): a callee that refuses the retry
+    too ends the call attempt; the caller gets the 422 with the callee's Min-SE."""
+    lab = await prack_lab("sip-session-expires = 600")
+    phone = lab.phone("uas_session_min_se_always.xml")
+    small = lab.caller(SCENARIOS / "uac_session_refused.xml")
+    await asyncio.to_thread(small.stats, 20)
+    await asyncio.to_thread(phone.stats, 10)
+    invites = phone.received_messages("INVITE")
+    assert len(invites) == 2, invites
+    assert header(invites[1], "Session-Expires") == ["1800"], invites[1]
+    refused = received_responses(small, 422)
+    assert refused and header(refused[0], "Min-SE") == ["1800"], small.messages()[-2000:]
