@@ -6,17 +6,31 @@ its peers are real SIPp processes on 127.0.245.x.
 * a caller that refreshed once and then stops gets BYE (and so does the
   callee) when its session expires: 90 - 32 = 58 s after the last refresh;
 * a caller that asks the node to refresh (refresher=uas) gets an UPDATE at
-  half the interval and its call goes on."""
+  half the interval and its call goes on;
+* a blind transfer (REFER) 46 s into the call: the node's re-INVITE to the
+  party that stays carries that leg's Session-Expires and Min-SE and its 2xx
+  restarts the leg's session, so the call outlives the old expiry (58 s) and
+  ends at the new one (46 + 58 s) when that party never refreshes; the
+  target's leg gets the timer its 2xx asked for and the node's UPDATE at half
+  its interval."""
 
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import pytest
 
 from tests.daemons.sip_server import prack_lab as lab_module
 from tests.daemons.sip_server.conftest import SCENARIOS
-from tests.daemons.sip_server.prack_lab import MovedClock, PrackLab, header, until
+from tests.daemons.sip_server.prack_lab import (
+    CALLEE_DN,
+    TARGET_DN,
+    MovedClock,
+    PrackLab,
+    header,
+    until,
+)
 
 node = lab_module.node  # the fixture
 
@@ -62,3 +76,59 @@ async def test_node_refreshes_when_the_caller_asks_it_to(
     refreshes = await metrics(lab, "sipcluster_session_refreshes_total")
     assert refreshes.get('{by="node",outcome="ok"}') == 1.0, refreshes
     assert (await metrics(lab, "sipcluster_sessions_expired_total")).get("", 0.0) == 0.0
+
+
+def leg_timers(lab: PrackLab) -> dict[str, dict[str, Any] | None]:
+    """The session timer of each live leg of the node's one call, by number."""
+    calls = lab.status_calls()
+    assert len(calls) == 1, calls
+    return {leg["number"]: leg["session_timer"] for leg in calls[0]["legs"]
+            if leg["state"] != "released"}
+
+
+async def test_blind_transfer_restarts_the_session_of_the_party_that_stays(
+        node: tuple[PrackLab, MovedClock]) -> None:
+    lab, clock = node
+    keep = lab.phone("uas_session_keep.xml")  # refreshes itself: refresher=uas
+    target = lab.target("uas_session_target.xml")  # the node refreshes: refresher=uac
+    caller = lab.caller(SCENARIOS / "uac_session_refer.xml", "-set", "target", TARGET_DN)
+    stats = asyncio.create_task(asyncio.to_thread(caller.stats, 40))
+    await until(lambda: keep.received_messages("ACK"))
+    started = await asyncio.to_thread(leg_timers, lab)
+    assert started[CALLEE_DN] == {"interval": 90, "refresher": "party", "refresh_in": None,
+                                  "expires_in": pytest.approx(58, abs=3)}, started
+    # 46 s on: the node refreshes the caller's leg, whose UPDATE answered lets the
+    # caller transfer; the leg of 1001 is 12 s from its expiry then
+    await clock.advance(46)
+    await until(lambda: len(keep.received_messages("ACK")) >= 2)
+    reinvite = keep.received_messages("INVITE")[1]
+    assert header(reinvite, "Session-Expires") == ["90;refresher=uas"], reinvite
+    assert header(reinvite, "Min-SE") == ["90"], reinvite
+    assert "timer" in ", ".join(header(reinvite, "Supported")), reinvite
+    await until(lambda: caller.proc.poll() is not None)  # the transferor left
+    timers = await asyncio.to_thread(leg_timers, lab)
+    assert set(timers) == {CALLEE_DN, TARGET_DN}, timers
+    assert timers[CALLEE_DN]["expires_in"] == pytest.approx(58, abs=3), timers
+    assert timers[TARGET_DN] == {"interval": 90, "refresher": "node",
+                                 "refresh_in": pytest.approx(45, abs=3),
+                                 "expires_in": pytest.approx(58, abs=3)}, timers
+
+    await clock.advance(30)  # 76 s into the call: past the old expiry (58 s)
+    await asyncio.sleep(0.5)
+    assert not keep.received_messages("BYE") and not target.received_messages("BYE")
+    assert (await metrics(lab, "sipcluster_sessions_expired_total")).get("", 0.0) == 0.0
+
+    await clock.advance(16)  # 92 s: the target's refresh is due (46 + 45 s)
+    await until(lambda: target.received_messages("UPDATE"))
+    update = target.received_messages("UPDATE")[0]
+    assert header(update, "Session-Expires") == ["90;refresher=uac"], update
+    assert not keep.received_messages("BYE")
+
+    await clock.advance(14)  # 106 s: 1001 never refreshed since the transfer (46 + 58 s)
+    await until(lambda: keep.received_messages("BYE") and target.received_messages("BYE"))
+    assert await metrics(lab, "sipcluster_sessions_expired_total") == {"": 1.0}
+    result = await stats
+    assert result.get("SuccessfulCall(C)") == "1", (result, caller.errors())
+    for phone in (keep, target):
+        phone_stats = await asyncio.to_thread(phone.stats, 10)
+        assert phone_stats.get("SuccessfulCall(C)") == "1", (phone_stats, phone.errors())
