@@ -340,18 +340,20 @@ class TreatmentControl(Dialing):
         self._caller_sdp[caller.call.conn_id] = sdp
         return sent
 
-    async def _reoffer_caller(self, caller: Leg, sdp: bytes) -> Response | None:
+    async def _reoffer_caller(self, caller: Leg, sdp: bytes, *, routed: bool = False
+                              ) -> Response | None:
         """New media for an answered caller: re-INVITE offering ``sdp`` (RFC 3264 §8);
-        the 2xx (ACKed) or None when the caller refused or is gone."""
+        the 2xx (ACKed) or None when the caller refused or is gone. ``routed``: the
+        agent's answer, the end of the treatments."""
         dialog = caller.dialog
         conn_id = caller.call.conn_id
         if dialog is None or not caller.alive:
             return None
         offer = continue_origin(self._caller_sdp.get(conn_id, b""), sdp)
-        # RFC 4028: a session refresh of the caller's leg, or, as the treatment's
-        # answer had no session timer (the caller cannot refresh while it plays), the
-        # start of one with the node's interval
-        starts = not self._timer_running(caller)
+        # RFC 4028: a session refresh of the caller's leg; the treatments' answers had no
+        # session timer (a caller's refresh has no party to go to while one plays), so
+        # the re-INVITE of the routed call asks for one with the node's interval
+        starts = routed and not self._timer_running(caller)
         headers = [("Contact", self._contact()), ("Allow", ALLOW),
                    ("Content-Type", "application/sdp"),
                    *(self._timer_offer() if starts else [])]
@@ -428,7 +430,7 @@ class TreatmentControl(Dialing):
         except (DialogError, ParseError):
             leg_b.dialog = None
         await self._ack(leg_b.invite, result)
-        answer = await self._reoffer_caller(caller, result.body)
+        answer = await self._reoffer_caller(caller, result.body, routed=True)
         if answer is None:
             if caller.alive:
                 self._hangup(caller, remote=False)

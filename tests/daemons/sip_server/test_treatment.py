@@ -24,6 +24,7 @@ import pytest
 from daemons.sip_server.treatment import TREATMENT_USERS, continue_origin
 from protocols.tlib.catalogue import TREATMENT_TYPES
 from tests.daemons.sip_server.conftest import ROOT, SCENARIOS, Client, NodeLab, Sipp
+from tests.daemons.sip_server.prack_lab import header
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -203,6 +204,11 @@ async def test_music_while_queued_then_routed_to_the_agent(treatment_lab: Any) -
     reinvites = caller.received_messages("INVITE")
     assert len(reinvites) == 2, reinvites
     assert f"c=IN IP4 {FS}" in reinvites[0] and f"c=IN IP4 {AGENT}" in reinvites[1]
+    # RFC 4028: no session timer while treatments play (the caller's refresh would have
+    # no party to go to); the routed call's re-INVITE asks the caller for one
+    assert not header(reinvites[0], "Session-Expires"), reinvites[0]
+    assert header(reinvites[1], "Session-Expires") == ["1800"], reinvites[1]
+    assert "timer" in header(reinvites[1], "Supported"), reinvites[1]
     # one SDP session towards the caller: the node's o= line continues, version + 1
     origins = [line.strip() for m in reinvites for line in m.splitlines()
                if line.strip().startswith("o=")]
