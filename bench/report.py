@@ -347,6 +347,26 @@ def drill_rows(r: dict[str, Any]) -> list[Row]:
                 memory=f"worst growth {worst[0]} {worst[1]:+.1f} MB/h" if worst else NA)]
 
 
+def failover_rows(r: dict[str, Any]) -> list[Row]:
+    """One row per measured failure: median seconds until the cluster's view
+    changed (min-max), calls failed around it, and whether WAN was emulated."""
+    wan = "" if get(r, "wan", "emulated") else ", no WAN emulation"
+    rows = []
+    for fault in (r.get("faults") or {}).values():
+        span = (f" ({num(fault.get('min_s'), '{:.2f}')}-{num(fault.get('max_s'), '{:.2f}')})"
+                if fault.get("min_s") is not None else "")
+        bound = fault.get("bound_s")
+        rows.append(Row(f"fail-over: {fault.get('what')}{wan}",
+                        num(fault.get("median_s"), "{:.2f}", " s") + span,
+                        num(bound, "≤ {:g} s", " (options' worst case)"),
+                        at_most(fault.get("median_s"), bound) if bound else NA,
+                        failures=f"{num(fault.get('calls_failed'), '{:d}')} of "
+                                 f"{num(fault.get('calls'), '{:d}')} calls failed, "
+                                 f"{num(fault.get('runs_failed'), '{:d}')} runs without a "
+                                 "mark"))
+    return rows
+
+
 def presence_rows(r: dict[str, Any]) -> list[Row]:
     ours, kam = r.get("ours") or {}, r.get("kamailio") or {}
     load = f"{num(r.get('presentities'))} presentities, {num(r.get('watchers'))} watchers"
@@ -520,6 +540,7 @@ def proxy_tls_rows(r: dict[str, Any]) -> list[Row]:
 
 MAPPERS: dict[str, Callable[[dict[str, Any]], list[Row]]] = {
     "bench_drill": drill_rows,
+    "bench_failover": failover_rows,
     "bench_voicemail": voicemail_rows,
     "bench_parser": parser_rows,
     "bench_transaction": transaction_rows,
