@@ -194,13 +194,16 @@ class SippPhones:
         self.bound.clear()
 
     def phone(self, dn: str, scenario: str, *, transport: str = "u1", ring_ms: int = 200,
-              timeout: int = 30) -> Any:
-        """``dn`` registered from a fresh address, then running UAS ``scenario`` there."""
-        address = self.sipp.address("dc1")
+              timeout: int = 30, address: str | None = None,
+              extra: tuple[str, ...] = ()) -> Any:
+        """``dn`` registered from ``address`` (by default a fresh one), then running UAS
+        ``scenario`` there with ``extra`` arguments."""
+        address = address or self.sipp.address("dc1")
         port = self.sipp.free_port(address)
         self.register(dn, address, port, transport=transport)
         return self.sipp.run(scenario, address=address, proxy=self.proxy, port=port,
-                             transport=transport, args=["-d", str(ring_ms)], timeout=timeout)
+                             transport=transport, args=["-d", str(ring_ms), *extra],
+                             timeout=timeout)
 
     def call(self, caller: str, callee: str, scenario: str = "lab_uac_call.xml", *,
              transport: str = "u1", talk_ms: int = 300, timeout: int = 30,

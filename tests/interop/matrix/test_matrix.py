@@ -220,9 +220,10 @@ def baresip_cancel(ctx: Ctx, transport: str, edge: bool = False) -> None:
 
 
 def baresip_to_voicemail(ctx: Ctx, transport: str, dn: str, scenario: str, reason: str,
-                         wait: float) -> None:
+                         wait: float, edge: bool = False) -> None:
+    seen = len(ctx.kamailio().log()) if edge else 0
     callee = ctx.sipp.phone(dn, scenario, transport=_sipp_t(transport), timeout=int(wait) + 20)
-    a = _b(ctx, "1001", transport)
+    a = _b(ctx, "1001", transport, edge=edge)
     before, mark = a.recordings(), a.mark()
     messages = mailbox_new(ctx.lab, dn)
     a.dial(f"sip:{dn}@{ctx.lab.domain}")
@@ -235,14 +236,18 @@ def baresip_to_voicemail(ctx: Ctx, transport: str, dn: str, scenario: str, reaso
     heard = a.heard(before)
     assert heard.rms > SILENCE_RMS, f"the caller heard no greeting: {heard}"
     until(lambda: mailbox_new(ctx.lab, dn) == messages + 1, f"a new message in {dn}")
+    if edge:
+        edge_log = ctx.kamailio().log()[seen:]
+        assert re.search(rf"edge-relay INVITE sip:{dn}@", edge_log), edge_log[-2000:]
 
 
-def baresip_busy(ctx: Ctx, transport: str) -> None:
-    baresip_to_voicemail(ctx, transport, "1004", "lab_uas_busy.xml", "busy", 10)
+def baresip_busy(ctx: Ctx, transport: str, edge: bool = False) -> None:
+    baresip_to_voicemail(ctx, transport, "1004", "lab_uas_busy.xml", "busy", 10, edge)
 
 
-def baresip_no_answer(ctx: Ctx, transport: str) -> None:
-    baresip_to_voicemail(ctx, transport, "1005", "lab_uas_ring.xml", "no-answer", NO_ANSWER + 8)
+def baresip_no_answer(ctx: Ctx, transport: str, edge: bool = False) -> None:
+    baresip_to_voicemail(ctx, transport, "1005", "lab_uas_ring.xml", "no-answer", NO_ANSWER + 8,
+                         edge)
 
 
 def baresip_hold_resume(ctx: Ctx, transport: str, edge: bool = False) -> None:
@@ -267,11 +272,12 @@ def baresip_hold_resume(ctx: Ctx, transport: str, edge: bool = False) -> None:
         assert re.search(r"edge-relay in-dialog INVITE ", edge_log), edge_log[-2000:]
 
 
-def baresip_blind_transfer(ctx: Ctx, transport: str) -> None:
+def baresip_blind_transfer(ctx: Ctx, transport: str, edge: bool = False) -> None:
     """A (440 Hz) calls B; B transfers A to C (880 Hz) with REFER; A and C talk."""
-    a = _b(ctx, "1001", transport, A_HZ)
-    b = _b(ctx, "1002", transport, 0.0)
-    c = _b(ctx, "1003", transport, B_HZ)
+    seen = len(ctx.kamailio().log()) if edge else 0
+    a = _b(ctx, "1001", transport, A_HZ, edge=edge)
+    b = _b(ctx, "1002", transport, 0.0, edge=edge)
+    c = _b(ctx, "1003", transport, B_HZ, edge=edge)
     a_before, c_before = a.recordings(), c.recordings()
     ma, mb, mc = a.mark(), b.mark(), c.mark()
     a.dial(f"sip:1002@{ctx.lab.domain}")
@@ -287,6 +293,11 @@ def baresip_blind_transfer(ctx: Ctx, transport: str) -> None:
     c.wait_event("CALL_CLOSED", after=mc, timeout=6)
     assert_heard(c.heard(c_before), A_HZ, B_HZ, "transfer target")
     _heard_after_source_change(a, a_before, B_HZ, A_HZ, "transferee")
+    if edge:
+        edge_log = ctx.kamailio().log()[seen:]
+        # the REFER came in the dialog through the edge; the call to C went out through it
+        assert re.search(r"edge-relay in-dialog REFER ", edge_log), edge_log[-2000:]
+        assert re.search(r"edge-relay INVITE sip:1003\S*@", edge_log), edge_log[-2000:]
 
 
 def _heard_after_source_change(phone: Any, before: set[Path], tone: float, other: float,
@@ -301,10 +312,10 @@ def _heard_after_source_change(phone: Any, before: set[Path], tone: float, other
         f"{who} did not hear {tone} Hz: {heard}\n{log[-3000:]}"
 
 
-def baresip_attended_transfer(ctx: Ctx, transport: str) -> None:
+def baresip_attended_transfer(ctx: Ctx, transport: str, edge: bool = False) -> None:
     """baresip lists its in-call commands only during a call: look there."""
-    a = _b(ctx, "1001", transport)
-    b = _b(ctx, "1002", transport, B_HZ)
+    a = _b(ctx, "1001", transport, edge=edge)
+    b = _b(ctx, "1002", transport, B_HZ, edge=edge)
     mark = a.mark()
     a.dial(f"sip:1002@{ctx.lab.domain}")
     a.wait_event("CALL_ESTABLISHED", after=mark)
@@ -341,18 +352,24 @@ def baresip_dtmf(ctx: Ctx, transport: str, edge: bool = False) -> None:
         assert re.search(r"edge-relay INVITE sip:5555@", edge_log), edge_log[-2000:]
 
 
-def baresip_mwi(ctx: Ctx, transport: str) -> None:
+def baresip_mwi(ctx: Ctx, transport: str, edge: bool = False) -> None:
     """A message for 1007 (a busy phone, the caller's tone), then baresip with its mwi
     module as 1007: the NOTIFY it receives says Messages-Waiting: yes."""
     if mailbox_new(ctx.lab, "1007") == 0:
         baresip_to_voicemail(ctx, transport, "1007", "lab_uas_busy.xml", "busy", 10)
-    phone = _b(ctx, "1007", transport, mwi=True)
+    seen = len(ctx.kamailio().log()) if edge else 0
+    phone = _b(ctx, "1007", transport, mwi=True, edge=edge)
 
     def notified() -> bool:
         return any(e.get("type") == "MWI_NOTIFY" and "Messages-Waiting: yes" in
                    str(e.get("param", "")) for e in phone.events) or \
             "Messages-Waiting: yes" in phone.log()
     until(notified, "MWI NOTIFY with Messages-Waiting: yes at baresip", 10)
+    if edge:
+        edge_log = ctx.kamailio().log()[seen:]
+        # the SUBSCRIBE went out through the edge, the NOTIFY came back along its route set
+        assert re.search(r"edge-relay SUBSCRIBE sip:1007@", edge_log), edge_log[-2000:]
+        assert re.search(r"edge-relay in-dialog NOTIFY ", edge_log), edge_log[-2000:]
 
 
 # =========================================================================== linphonec
@@ -415,18 +432,30 @@ def linphonec_cancel(ctx: Ctx, transport: str) -> None:
     assert callee.ok(10), callee.errors()
 
 
-def linphonec_busy(ctx: Ctx, transport: str) -> None:
-    callee = ctx.sipp.phone("1004", "lab_uas_busy.xml", transport=_sipp_t(transport))
+def linphonec_to_voicemail(ctx: Ctx, transport: str, dn: str, scenario: str, reason: str,
+                           wait: float) -> None:
+    callee = ctx.sipp.phone(dn, scenario, transport=_sipp_t(transport), timeout=int(wait) + 20)
     a = _l(ctx, "1008", transport, A_HZ, "a.wav")
     ma = a.mark()
-    a.send(f"call {_ltarget(ctx, '1004', transport)}")
-    a.wait_for(r"[Cc]all 1 .*connected", after=ma)
-    time.sleep(3.0)
+    messages = mailbox_new(ctx.lab, dn)
+    a.send(f"call {_ltarget(ctx, dn, transport)}")
+    a.wait_for(r"[Cc]all 1 .*connected", after=ma, timeout=wait)
+    time.sleep(4.5)  # greeting and beep (about 2.5 s), then the caller's tone is the message
     a.send("terminate")
     a.wait_for(r"[Cc]all 1 .*(ended|terminated)", after=ma)
     assert callee.ok(10), callee.errors()
-    assert forwarded(ctx.lab, "1004", "busy")
+    assert forwarded(ctx.lab, dn, reason), f"no call_forwarded {reason} for {dn}"
     assert analyse_wav(ctx.tmp / "a.wav").rms > SILENCE_RMS, "no greeting heard"
+    until(lambda: mailbox_new(ctx.lab, dn) == messages + 1, f"a new message in {dn}")
+
+
+def linphonec_busy(ctx: Ctx, transport: str) -> None:
+    linphonec_to_voicemail(ctx, transport, "1004", "lab_uas_busy.xml", "busy", 15)
+
+
+def linphonec_no_answer(ctx: Ctx, transport: str) -> None:
+    linphonec_to_voicemail(ctx, transport, "1005", "lab_uas_ring.xml", "no-answer",
+                           NO_ANSWER + 8)
 
 
 def linphonec_hold_resume(ctx: Ctx, transport: str) -> None:
@@ -620,6 +649,50 @@ def sipp_hold_resume(ctx: Ctx, transport: str) -> None:
     assert answers == [("sendonly", "recvonly"), ("sendrecv", "sendrecv")], answers
 
 
+def _sipp_calls_done(run: Any, calls: int, timeout: float = 20.0) -> None:
+    """The SIPp run ended with ``calls`` successful calls and no failed one."""
+    stats = run.wait(timeout)
+    assert (stats.get("SuccessfulCall(C)"), stats.get("FailedCall(C)"), run.proc.returncode) \
+        == (str(calls), "0", 0), run.errors()
+
+
+def _sipp_transferred(ctx: Ctx, transport: str, scenario: str, extra: tuple[str, ...],
+                      calls: int) -> None:
+    """B (1002, the transferor, SIPp ``scenario``) calls A (1001) and transfers it to C
+    (1003). Observed: B's REFER got a final NOTIFY sipfrag 200; A received a re-INVITE
+    offering C's media address and hung up; C received A's answer in an ACK and A's
+    BYE, so the node joined A and C."""
+    t = _sipp_t(transport)
+    a_ip, c_ip = ctx.sipp.sipp.address("dc1"), ctx.sipp.sipp.address("dc1")
+    target = ctx.sipp.phone("1003", "matrix_uas_target.xml", transport=t, address=c_ip)
+    transferee = ctx.sipp.phone("1001", "matrix_uas_transferee.xml", transport=t,
+                                address=a_ip, extra=("-set", "peer", c_ip))
+    transferor = ctx.sipp.call("1002", "1001", scenario, transport=t, talk_ms=500,
+                               extra=("-set", "target", "1003", *extra))
+    _sipp_calls_done(transferor, calls)
+    progress = re.findall(r"refer progress: (\d+)", transferor.logs())
+    assert progress and progress[-1] == "200", progress
+    assert transferee.ok(15), transferee.errors()
+    assert f"connected to {c_ip}" in transferee.logs(), transferee.logs()[-3000:]
+    assert target.ok(10), target.errors()
+    assert f"ack c={a_ip}" in target.logs(), target.logs()[-3000:]
+
+
+def sipp_blind_transfer(ctx: Ctx, transport: str) -> None:
+    """REFER with Refer-To: C in B's call with A (RFC 5589 §6)."""
+    _sipp_transferred(ctx, transport, "matrix_uac_blind_transfer.xml", (), 1)
+
+
+def sipp_attended_transfer(ctx: Ctx, transport: str) -> None:
+    """B's consultation call with C, then REFER in B's call with A whose Refer-To
+    names the consultation dialog in Replaces (RFC 5589 §7, RFC 3891): two calls of
+    one SIPp run sharing the dialog through Global variables."""
+    _sipp_transferred(ctx, transport, "matrix_uac_attended_transfer.xml",
+                      ("-m", "2", "-cid_str", "%u-%p-%s", "-set", "answered", "no",
+                       "-set", "consult_call_id", "none", "-set", "consult_from_tag", "none",
+                       "-set", "consult_to_tag", "none"), 2)
+
+
 def sipp_dtmf(ctx: Ctx, transport: str) -> None:
     digits = fs_metric(ctx.lab, "sipcluster_voicemail_dtmf_digits_total{source=\"info\"}")
     caller = ctx.sipp.call("1001", "5555", "matrix_uac_dtmf_info.xml",
@@ -669,6 +742,26 @@ def kamailio_dtmf(ctx: Ctx, transport: str) -> None:
     baresip_dtmf(ctx, transport, edge=True)
 
 
+def kamailio_busy(ctx: Ctx, transport: str) -> None:
+    baresip_busy(ctx, transport, edge=True)
+
+
+def kamailio_no_answer(ctx: Ctx, transport: str) -> None:
+    baresip_no_answer(ctx, transport, edge=True)
+
+
+def kamailio_blind_transfer(ctx: Ctx, transport: str) -> None:
+    baresip_blind_transfer(ctx, transport, edge=True)
+
+
+def kamailio_attended_transfer(ctx: Ctx, transport: str) -> None:
+    baresip_attended_transfer(ctx, transport, edge=True)
+
+
+def kamailio_mwi(ctx: Ctx, transport: str) -> None:
+    baresip_mwi(ctx, transport, edge=True)
+
+
 # =========================================================================== the cells
 
 
@@ -689,6 +782,7 @@ CELLS: dict[tuple[str, str], Callable[[Ctx, str], None]] = {
     ("call", "linphonec"): linphonec_call,
     ("cancel", "linphonec"): linphonec_cancel,
     ("busy", "linphonec"): linphonec_busy,
+    ("no-answer", "linphonec"): linphonec_no_answer,
     ("hold-resume", "linphonec"): linphonec_hold_resume,
     ("blind-transfer", "linphonec"): linphonec_blind_transfer,
     ("attended-transfer", "linphonec"): linphonec_attended_transfer,
@@ -701,6 +795,8 @@ CELLS: dict[tuple[str, str], Callable[[Ctx, str], None]] = {
     ("busy", "sipp"): sipp_busy,
     ("no-answer", "sipp"): sipp_no_answer,
     ("hold-resume", "sipp"): sipp_hold_resume,
+    ("blind-transfer", "sipp"): sipp_blind_transfer,
+    ("attended-transfer", "sipp"): sipp_attended_transfer,
     ("dtmf", "sipp"): sipp_dtmf,
     ("mwi", "sipp"): sipp_mwi,
     ("register", "kamailio"): kamailio_register,
@@ -709,13 +805,15 @@ CELLS: dict[tuple[str, str], Callable[[Ctx, str], None]] = {
     ("cancel", "kamailio"): kamailio_cancel,
     ("hold-resume", "kamailio"): kamailio_hold_resume,
     ("dtmf", "kamailio"): kamailio_dtmf,
+    ("busy", "kamailio"): kamailio_busy,
+    ("no-answer", "kamailio"): kamailio_no_answer,
+    ("blind-transfer", "kamailio"): kamailio_blind_transfer,
+    ("attended-transfer", "kamailio"): kamailio_attended_transfer,
+    ("mwi", "kamailio"): kamailio_mwi,
 }
 
 #: cells that fail because of a defect of ours (strict: they fail the run once fixed)
 DEFECTS: dict[str, str] = {}
-
-#: the no-answer cells wait out the lab's 12 s timer: one transport per peer
-ONE_TRANSPORT = {"no-answer": "udp"}
 
 
 def _cells() -> list[Any]:
@@ -724,8 +822,6 @@ def _cells() -> list[Any]:
         for peer, transport in COLUMNS:
             run = CELLS.get((scenario, peer))
             if run is None:
-                continue
-            if ONE_TRANSPORT.get(scenario, transport) != transport:
                 continue
             marks: list[Any] = []
             cell_id = f"{scenario}-{peer}-{transport}"
