@@ -17,10 +17,10 @@ around the fault:
    DNs out of service.
 4. ``data centre``: SIGKILL of both DC1 proxies; a DC1 phone re-resolves the SIP
    Outbound Proxy DN's SRV name through the geo DNS from its own address, takes
-   the first target that answers an OPTIONS and REGISTERs there (SIPp), again at
-   once after a failure; until a REGISTER through a DC2 proxy has its 200. The
-   call load goes from DC1 through SIPProxy_dc1_1, as a phone that has not failed
-   over yet: its failed calls are the calls placed during the window.
+   the first target that answers an OPTIONS within 0.5 s and REGISTERs there
+   (SIPp), again at once after a failure; until a REGISTER through a DC2 proxy
+   has its 200. The call load follows that phone: through SIPProxy_dc1_1 until it
+   registered in DC2, then through the DC2 proxy it registered with.
 
 The killed applications are restarted and their peers' view is back in service
 before the next fault. Calls failed: SIPp's FailedCall count of the load that ran
@@ -90,6 +90,10 @@ STEADY, AFTER = 3.0, 3.0
 #: bound of every wait for a mark or a recovery
 WAIT = 90.0
 POLL = 0.1
+#: how long the phone waits for an SRV target's answer to its OPTIONS before it
+#: tries the next one (a phone that waits for its REGISTER transaction's
+#: timeout instead, 32 s by RFC 3261 Timer F, takes that much longer)
+PROBE_TIMEOUT = 0.5
 
 
 @dataclass(frozen=True)
@@ -284,7 +288,8 @@ def dn_states(lab: Lab, tc: str) -> dict[str, dict[str, Any]]:
 # --------------------------------------------------------------------------- SIP
 
 
-def answers_options(address: str, target: tuple[str, int], timeout: float = 0.5) -> bool:
+def answers_options(address: str, target: tuple[str, int],
+                    timeout: float = PROBE_TIMEOUT) -> bool:
     """One OPTIONS over UDP from ``address`` to ``target``; True when a response comes
     (a phone's liveness probe of an SRV target)."""
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
