@@ -54,8 +54,12 @@ def _line_of(name: str) -> re.Pattern[bytes]:
 
 def _plain(head: bytes) -> bool:
     """True when no line of ``head`` is folded (§7.3.1). Lines end in CRLF: the
-    parser refuses a bare CR or LF, and the serialiser never writes one."""
-    return b"\r\n " not in head and b"\r\n\t" not in head
+    parser refuses a bare CR or LF, and the serialiser never writes one.
+
+    ``find`` rather than ``in``: ``bytes.__contains__`` first tries its operand
+    as an integer and builds (then drops) a TypeError for every bytes operand.
+    """
+    return head.find(b"\r\n ") < 0 and head.find(b"\r\n\t") < 0
 
 
 def _drop_lines(head: bytes, drop: Iterable[str]) -> bytes:
@@ -108,7 +112,7 @@ def pop_top_via(data: bytes, drop: Iterable[str] = ()) -> bytes | None:
     if m is None:
         return None
     value = m.group(1)
-    if b'"' in value:
+    if value.find(b'"') >= 0:
         return None
     comma = value.find(b",")
     if comma < 0:
