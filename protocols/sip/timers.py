@@ -122,7 +122,7 @@ class _Fifo:
 class TimerQueue:
     """Deadlines of running timers, earliest first; ties in the order they were set.
 
-    Entries are ``(deadline, seq)`` with ``seq`` increasing. Almost every timer
+    Entries are ``(deadline, seq)`` with ``seq`` increasing from 1. Almost every timer
     runs for one of a few durations (T1 and its doublings up to T2, T4,
     64*T1), and ``now`` does not go back, so the entries of one duration are
     set in deadline order: each duration gets a FIFO, and setting or taking a
@@ -134,7 +134,7 @@ class TimerQueue:
     still running, and entries not in it are dropped when they come up.
     """
 
-    __slots__ = ("_by_delay", "_fifos", "_heap")
+    __slots__ = ("_best_deadline", "_best_seq", "_by_delay", "_fifos", "_heap")
 
     #: Beyond this many distinct durations, entries go to the heap.
     MAX_FIFOS = 64
@@ -143,6 +143,8 @@ class TimerQueue:
         self._by_delay: dict[float, _Fifo] = {}
         self._fifos: list[_Fifo] = []
         self._heap: list[tuple[float, int]] = []
+        self._best_deadline = 0.0
+        self._best_seq = 0
 
     def push(self, delay: float, deadline: float, seq: int) -> None:
         """Add the timer ``seq`` of duration ``delay`` due at ``deadline``."""
@@ -160,45 +162,62 @@ class TimerQueue:
                 return
         fifo.entries.append((deadline, seq))
 
-    def _first(self, live: Container[int]) -> tuple[tuple[float, int] | None, _Fifo | None]:
-        best: tuple[float, int] | None = None
+    def _first(self, live: Container[int]) -> _Fifo | None:
+        """Find the earliest live entry: its deadline and number go to
+        ``_best_deadline`` and ``_best_seq`` (0: none), its FIFO is returned
+        (``None``: the heap). Plain fields rather than a returned tuple: this
+        runs after every message, and compiled code keeps them unboxed."""
+        best_deadline = 0.0
+        best_seq = 0
         source: _Fifo | None = None
         for fifo in self._fifos:
             entries = fifo.entries
             while fifo.head < len(entries):
-                head = entries[fifo.head]
-                if head[1] in live:
-                    if best is None or head < best:
-                        best = head
+                deadline, seq = entries[fifo.head]
+                if seq in live:
+                    if best_seq == 0 or deadline < best_deadline or (
+                            deadline == best_deadline and seq < best_seq):
+                        best_deadline = deadline
+                        best_seq = seq
                         source = fifo
                     break
                 fifo.popleft()
         heap = self._heap
         while heap:
-            head = heap[0]
-            if head[1] in live:
-                if best is None or head < best:
-                    best = head
+            deadline, seq = heap[0]
+            if seq in live:
+                if best_seq == 0 or deadline < best_deadline or (
+                        deadline == best_deadline and seq < best_seq):
+                    best_deadline = deadline
+                    best_seq = seq
                     source = None
                 break
             heapq.heappop(heap)
-        return best, source
+        self._best_deadline = best_deadline
+        self._best_seq = best_seq
+        return source
+
+    def first(self, live: Container[int]) -> tuple[float, int] | None:
+        """The earliest live entry (deadline, sequence number), or ``None``."""
+        self._first(live)
+        return None if self._best_seq == 0 else (self._best_deadline, self._best_seq)
 
     def next_deadline(self, live: Container[int]) -> float | None:
         """The earliest deadline of a live timer, or ``None``."""
-        best = self._first(live)[0]
-        return None if best is None else best[0]
+        self._first(live)
+        return None if self._best_seq == 0 else self._best_deadline
 
     def pop_due(self, now: float, live: Container[int]) -> int | None:
         """Remove and return the earliest live timer due at ``now``, or ``None``."""
-        best, source = self._first(live)
-        if best is None or best[0] > now:
+        source = self._first(live)
+        seq = self._best_seq
+        if seq == 0 or self._best_deadline > now:
             return None
         if source is None:
             heapq.heappop(self._heap)
         else:
             source.popleft()
-        return best[1]
+        return seq
 
     def __len__(self) -> int:
         """Entries held, stopped ones included until they come up."""

@@ -727,14 +727,23 @@ class Transaction:
         """Stop the retransmission (or the timeout) timer if it runs: its queue
         entry is left behind and skipped when it comes up (see TimerQueue)."""
         if retransmits:
-            if self._retransmit_seq:
-                del self._layer._timer_owners[self._retransmit_seq]
+            seq = self._retransmit_seq
+            if seq:
+                layer = self._layer
+                del layer._timer_owners[seq]
+                if seq == layer._earliest_seq:
+                    layer._earliest_seq = -1
                 self._retransmit_timer = None
                 self._retransmit_seq = 0
-        elif self._timeout_seq:
-            del self._layer._timer_owners[self._timeout_seq]
-            self._timeout_timer = None
-            self._timeout_seq = 0
+        else:
+            seq = self._timeout_seq
+            if seq:
+                layer = self._layer
+                del layer._timer_owners[seq]
+                if seq == layer._earliest_seq:
+                    layer._earliest_seq = -1
+                self._timeout_timer = None
+                self._timeout_seq = 0
 
     def on_timer(self, timer: TimerName, now: float) -> None:
         """A timer of this transaction fired."""
@@ -1073,6 +1082,11 @@ class TransactionLayer:
         self._timer_queue = TimerQueue()
         self._timer_owners: dict[int, Transaction] = {}
         self._seq = 0
+        # The earliest running timer, kept between calls of next_timer() (which
+        # the glue makes after every message): its sequence number (-1: not
+        # known, look in the queue; 0: no timer runs) and deadline.
+        self._earliest_seq = 0
+        self._earliest = 0.0
 
     # ---------------------------------------------------------------- queries
 
@@ -1124,12 +1138,21 @@ class TransactionLayer:
 
     def next_timer(self) -> float | None:
         """The earliest time :meth:`handle_timer` has work to do, or ``None``."""
-        return self._timer_queue.next_deadline(self._timer_owners)
+        seq = self._earliest_seq
+        if seq < 0:
+            first = self._timer_queue.first(self._timer_owners)
+            if first is None:
+                self._earliest_seq = 0
+                return None
+            self._earliest, self._earliest_seq = first
+            return first[0]
+        return None if seq == 0 else self._earliest
 
     def handle_timer(self, now: float) -> None:
         """Fire every timer due at ``now``."""
         owners = self._timer_owners
         pop_due = self._timer_queue.pop_due
+        self._earliest_seq = -1
         while (seq := pop_due(now, owners)) is not None:
             txn = owners[seq]
             retransmits = txn._retransmit_seq == seq
@@ -1137,6 +1160,7 @@ class TransactionLayer:
             assert timer is not None
             txn._clear_timer(retransmits)
             txn.on_timer(timer, now)
+        self._earliest_seq = -1
 
     # ---------------------------------------------------------------- input
 
@@ -1402,7 +1426,12 @@ class TransactionLayer:
             txn._timeout_timer = timer
             txn._timeout_seq = seq
         self._timer_owners[seq] = txn
-        self._timer_queue.push(delay, now + delay, seq)
+        deadline = now + delay
+        self._timer_queue.push(delay, deadline, seq)
+        earliest = self._earliest_seq
+        if earliest == 0 or (earliest > 0 and deadline < self._earliest):
+            self._earliest_seq = seq
+            self._earliest = deadline
 
     def _terminate(self, txn: Transaction) -> None:
         if isinstance(txn, ClientInviteTransaction) and txn.pending_cancel:

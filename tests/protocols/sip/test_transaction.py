@@ -360,6 +360,27 @@ def test_non_invite_client_final_then_timer_k(status: int, via_proceeding: bool)
     assert events(layer) == [TransactionTerminated(key)]
 
 
+def test_next_timer_follows_timers_set_stopped_and_fired() -> None:
+    """next_timer() is the earliest running timer whichever way the set changed:
+    an earlier one set, the earliest stopped by a final response, one fired."""
+    layer = TransactionLayer()
+    a = request("OPTIONS", branch="z9hG4bKa")
+    b = request("OPTIONS", branch="z9hG4bKb")
+    layer.send_request(a, UAS, 0.0)
+    assert layer.next_timer() == pytest.approx(T1)  # A's timer E
+    layer.send_request(b, UAS, 0.3)
+    assert layer.next_timer() == pytest.approx(T1)
+    layer.receive(response_to(a, 200), UAS, 0.4)  # A's E and F stop, K starts
+    assert layer.next_timer() == pytest.approx(0.3 + T1)  # B's timer E
+    layer.receive(response_to(b, 200), UAS, 0.45)
+    assert layer.next_timer() == pytest.approx(0.4 + T4)  # A's timer K
+    layer.handle_timer(0.4 + T4)
+    assert layer.next_timer() == pytest.approx(0.45 + T4)  # B's timer K
+    layer.handle_timer(0.45 + T4)
+    assert layer.next_timer() is None
+    assert len(layer) == 0
+
+
 def test_non_invite_client_final_over_tcp_terminates_at_once() -> None:
     layer, key, req = start_non_invite("TCP")
     assert layer.next_timer() == 64 * T1  # only F
