@@ -226,20 +226,26 @@ class ProxyCore(RegistrarFront, HopByHop):
             self._flushing = False
 
     def _drain(self) -> None:
+        # the events first, then what they queued for the wire in one batch: a
+        # message usually makes one event and one batch, and the layer is asked
+        # for each only until it has none
         layer = self.layer
+        next_event = layer.next_event
+        handlers = self._handlers
         while True:
-            out = layer.messages_to_send()
-            for tx in out:
-                self._transmit(tx)
-            event = layer.next_event()
-            if event is None and not out:
-                break
+            event = next_event()
             if event is not None:
                 try:
-                    self._handlers[type(event)](event)
+                    handlers[type(event)](event)
                 except (SipError, ValueError) as exc:
                     self.log.warning("proxy_event_failed", error=str(exc),
                                      event=type(event).__name__)
+                continue
+            out = layer.messages_to_send()
+            if not out:
+                break
+            for tx in out:
+                self._transmit(tx)
         self._timer.arm(layer.next_timer())
 
     def _on_timer(self, now: float) -> None:
