@@ -246,3 +246,11 @@ def test_examples() -> None:
         b"SIP/2.0 200 OK\r\nVia: SIP/2.0/UDP b;branch=z9hG4bK2\r\nCSeq: 1 REGISTER\r\n"
         b"Content-Length: 0\r\n\r\n")
     assert pop_top_via(b"SIP/2.0 200 OK\nVia: a\n\n") is None  # no CRLFCRLF: not a message
+    # a quoted string anywhere in the first Via line needs the parser; a folded
+    # line anywhere in the response too
+    assert pop_top_via(resp.replace(b"z9hG4bK1", b'z9hG4bK1;x="a,b"')) is None
+    assert pop_top_via(resp.replace(b"z9hG4bK2", b'z9hG4bK2;x="q"')) is None
+    assert pop_top_via(resp.replace(b"\r\nCSeq", b"\r\n\tx\r\nCSeq")) is None
+    single = resp.replace(b", SIP/2.0/UDP b;branch=z9hG4bK2", b"")
+    assert pop_top_via(single) == (
+        b"SIP/2.0 200 OK\r\nPath: <sip:p;lr>\r\nCSeq: 1 REGISTER\r\nContent-Length: 0\r\n\r\n")
