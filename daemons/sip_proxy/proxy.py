@@ -155,6 +155,8 @@ class ProxyCore(RegistrarFront, HopByHop):
         self._own = {(settings.host, settings.port)}
         self._peer_hosts = {h for h, _ in settings.peers.values()}
         self._peers_at = {(h, p): name for name, (h, p) in settings.peers.items()}
+        # the feature-server's host: its requests are inside the cluster, toward a phone
+        self._fs_host = settings.feature_server[0] if settings.feature_server else None
         #: what the transaction layer reports, by event type
         self._handlers: dict[type[Event], Callable[[Any], None]] = {
             RequestReceived: self._on_request,
@@ -217,35 +219,33 @@ class ProxyCore(RegistrarFront, HopByHop):
         return self._loop.time()
 
     def _flush(self) -> None:
+        """Handle the layer's events, send what they queued, re-arm the timer."""
         if self._flushing:
             return  # a handler's flush: the loop below drains what it queued
         self._flushing = True
-        try:
-            self._drain()
-        finally:
-            self._flushing = False
-
-    def _drain(self) -> None:
         # the events first, then what they queued for the wire in one batch: a
         # message usually makes one event and one batch, and the layer is asked
         # for each only until it has none
         layer = self.layer
         next_event = layer.next_event
         handlers = self._handlers
-        while True:
-            event = next_event()
-            if event is not None:
-                try:
-                    handlers[type(event)](event)
-                except (SipError, ValueError) as exc:
-                    self.log.warning("proxy_event_failed", error=str(exc),
-                                     event=type(event).__name__)
-                continue
-            out = layer.messages_to_send()
-            if not out:
-                break
-            for tx in out:
-                self._transmit(tx)
+        try:
+            while True:
+                event = next_event()
+                if event is not None:
+                    try:
+                        handlers[type(event)](event)
+                    except (SipError, ValueError) as exc:
+                        self.log.warning("proxy_event_failed", error=str(exc),
+                                         event=type(event).__name__)
+                    continue
+                out = layer.messages_to_send()
+                if not out:
+                    break
+                for tx in out:
+                    self._transmit(tx)
+        finally:
+            self._flushing = False
         self._timer.arm(layer.next_timer())
 
     def _on_timer(self, now: float) -> None:
@@ -295,7 +295,7 @@ class ProxyCore(RegistrarFront, HopByHop):
         if isinstance(message, Request):
             src = flow.remote[0]
             trusted = self.router.is_node_host(src) or src in self._peer_hosts or \
-                self._from_feature_server(src)
+                src == self._fs_host
             if not trusted and not self.rate_limiter.allow(src, self._now()):
                 self.refused.labels("rate_limit").inc()
                 if message.method != "ACK":
@@ -337,11 +337,6 @@ class ProxyCore(RegistrarFront, HopByHop):
         except TransactionError as exc:
             self.log.info("sip_response_not_sent", status=status, reason=str(exc))
 
-    def _from_feature_server(self, host: str) -> bool:
-        """A request from the feature-server's host: inside the cluster, toward a phone."""
-        fs = self.settings.feature_server
-        return fs is not None and fs[0] == host
-
     def _stamp(self) -> float:
         stamp = max(time.time(), self._last_stamp + 1e-6)
         self._last_stamp = stamp
@@ -376,8 +371,7 @@ class ProxyCore(RegistrarFront, HopByHop):
         from_peer = src_host in self._peer_hosts and not from_node
         # the feature-server's in-dialog requests (MWI NOTIFYs) go toward the
         # phone like a node's, never to a node
-        from_endpoint = not from_node and not from_peer and \
-            not self._from_feature_server(src_host)
+        from_endpoint = not from_node and not from_peer and src_host != self._fs_host
         if not self.synced():
             self.requests.labels(method, "not_synced").inc()
             self._respond(key, request, 503, "Registrations Not Synchronised",
@@ -453,11 +447,11 @@ class ProxyCore(RegistrarFront, HopByHop):
     def _pop_own_routes(self, request: Request, pins: dict[str, str]) -> None:
         """§16.4: remove the Route entries that name this proxy, keeping the pins
         (``sc-node``, ``ft``) our Record-Route put in them."""
+        top = request.headers.get("Route")
+        if top is None:
+            return
         prefix = f"<sip:{format_host(self.settings.host)}:{self.settings.port};"
         while True:
-            top = request.headers.get("Route")
-            if top is None:
-                return
             if top.startswith(prefix) and top.endswith(">") and "," not in top \
                     and ">" not in top[:-1]:
                 # our own Record-Route as we wrote it: read its parameters as text
@@ -477,6 +471,9 @@ class ProxyCore(RegistrarFront, HopByHop):
                     if value:
                         pins[name] = value
             request.headers.remove_first("Route")
+            top = request.headers.get("Route")
+            if top is None:
+                return
 
     def _dead_peer(self, uri: SipUri) -> bool:
         """A Route naming another proxy of the cluster that is down (its replication
