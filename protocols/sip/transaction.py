@@ -1221,8 +1221,13 @@ class TransactionLayer:
             # An RFC 2543 key collision with a different Request-URI or To tag.
             raise TransactionError("request matches no transaction but its key is in use")
         destination = response_destination(request.top_via, source, transport)
-        cls = ServerInviteTransaction if method == "INVITE" else ServerNonInviteTransaction
-        new = cls(self, key, request, destination, transport)
+        # each class named in its own call: compiled, a call through a variable
+        # holding a class goes through the generic (interpreted) constructor
+        new: ServerTransaction
+        if method == "INVITE":
+            new = ServerInviteTransaction(self, key, request, destination, transport)
+        else:
+            new = ServerNonInviteTransaction(self, key, request, destination, transport)
         self._transactions[key] = new
         if method == "CANCEL":
             invite = self.find_invite_for_cancel(request)
@@ -1272,8 +1277,11 @@ class TransactionLayer:
         if key in self._transactions:
             raise TransactionError(f"a client transaction with branch {branch} exists")
         transport = via.transport if transport is None else transport
-        cls = ClientInviteTransaction if method == "INVITE" else ClientNonInviteTransaction
-        txn = cls(self, key, request, destination, transport)
+        txn: ClientTransaction
+        if method == "INVITE":
+            txn = ClientInviteTransaction(self, key, request, destination, transport)
+        else:
+            txn = ClientNonInviteTransaction(self, key, request, destination, transport)
         self._transactions[key] = txn
         txn.start(now)
         return key
