@@ -48,7 +48,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -70,6 +69,7 @@ from daemons.lab.supervisor import Supervisor
 from daemons.lab.topology import process_specs
 from daemons.runtime.dns import SipResolver
 from daemons.runtime.logs import configure_logging
+from tests.support.sip_probe import answers_options
 
 ROOT = Path(__file__).resolve().parents[1]
 CLUSTER = ROOT / "deploy" / "etc" / "cluster.toml"
@@ -288,28 +288,6 @@ def dn_states(lab: Lab, tc: str) -> dict[str, dict[str, Any]]:
 # --------------------------------------------------------------------------- SIP
 
 
-def answers_options(address: str, target: tuple[str, int],
-                    timeout: float = PROBE_TIMEOUT) -> bool:
-    """One OPTIONS over UDP from ``address`` to ``target``; True when a response comes
-    (a phone's liveness probe of an SRV target)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        sock.bind((address, 0))
-        sock.settimeout(timeout)
-        port = sock.getsockname()[1]
-        tag = os.urandom(4).hex()
-        msg = (f"OPTIONS sip:{target[0]}:{target[1]} SIP/2.0\r\n"
-               f"Via: SIP/2.0/UDP {address}:{port};branch=z9hG4bK{tag};rport\r\n"
-               f"From: <sip:probe@{address}>;tag={tag}\r\nTo: <sip:{target[0]}:{target[1]}>\r\n"
-               f"Call-ID: probe-{tag}@{address}\r\nCSeq: 1 OPTIONS\r\nMax-Forwards: 70\r\n"
-               "Content-Length: 0\r\n\r\n")
-        try:
-            sock.sendto(msg.encode(), target)
-            data, _ = sock.recvfrom(65535)
-        except OSError:
-            return False
-        return data.startswith(b"SIP/2.0 ")
-
-
 def srv_targets(lab: Lab, address: str) -> list[tuple[str, int]]:
     """The SIP Outbound Proxy DN's SRV targets in RFC 3263 order, as a phone at
     ``address`` gets them from the geo DNS."""
@@ -490,7 +468,8 @@ class Bench:
                 targets = srv_targets(self.lab, PHONE_HOST)
             except OSError:
                 targets = []
-            target = next((t for t in targets if answers_options(PHONE_HOST, t)), None)
+            target = next((t for t in targets
+                           if answers_options(PHONE_HOST, t, PROBE_TIMEOUT)), None)
             if target is not None and register(
                     self.sipp, self.lab, self.work / f"phone-{index}-{attempts}", ROAMER,
                     PHONE_HOST, self.phone_port, target):

@@ -12,8 +12,6 @@ first, and they fail over to the next target when one does not answer.
 from __future__ import annotations
 
 import asyncio
-import os
-import socket
 import time
 import urllib.error
 from collections.abc import Iterator
@@ -24,6 +22,7 @@ import pytest
 
 from daemons.runtime.dns import SipResolver
 from tests.integration import support  # type: ignore[import-not-found]
+from tests.support.sip_probe import answers_options
 
 SUBNETS = {"127.0.1.": "127.0.21.", "127.0.2.": "127.0.22."}
 
@@ -83,26 +82,6 @@ def resolve_proxies(lab: Lab, address: str) -> list[tuple[str, int]]:
         targets = await resolver.resolve(lab.srv_fqdn, transport="udp")
         return [(t.host_ip, t.port) for t in targets]
     return asyncio.run(run())
-
-
-def answers_options(address: str, target: tuple[str, int], timeout: float = 0.5) -> bool:
-    """One OPTIONS from ``address`` to ``target``; True when any response comes."""
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        sock.bind((address, 0))
-        sock.settimeout(timeout)
-        port = sock.getsockname()[1]
-        tag = os.urandom(4).hex()
-        msg = (f"OPTIONS sip:{target[0]}:{target[1]} SIP/2.0\r\n"
-               f"Via: SIP/2.0/UDP {address}:{port};branch=z9hG4bK{tag};rport\r\n"
-               f"From: <sip:probe@{address}>;tag={tag}\r\nTo: <sip:{target[0]}:{target[1]}>\r\n"
-               f"Call-ID: probe-{tag}@{address}\r\nCSeq: 1 OPTIONS\r\nMax-Forwards: 70\r\n"
-               "Content-Length: 0\r\n\r\n")
-        try:
-            sock.sendto(msg.encode(), target)
-            data, _ = sock.recvfrom(65535)
-        except OSError:
-            return False
-        return data.startswith(b"SIP/2.0 ")
 
 
 @dataclass
