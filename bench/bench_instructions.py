@@ -80,9 +80,6 @@ class CallgrindProxy(bp.Server):
     def start(self, work: Path, node_port: int) -> None:
         config = work / f"cluster-{self.name}.toml"
         bp.write_cluster(config, self.port, node_port, self.host)
-        # workers = 1 is the default: left out, so that a revision from before
-        # the option reads the same file
-        config.write_text(re.sub(r"(?m)^workers = 1\n", "", config.read_text()))
         self.out_prefix = work / f"callgrind-{self.name}"
         self.log_path = work / f"{self.name}.log"
         env = {**os.environ, "PYTHONPATH": str(self.root)}

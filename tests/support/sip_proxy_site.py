@@ -129,9 +129,12 @@ def write_proxy_site(path: Path, *, proxy_host: str, proxy_port: int, node_host:
     """Write the cluster file of ``SPX_1`` at ``proxy_host`` and ``SIPS_1`` at ``node_host``.
 
     ``oos`` is both the proxy's ``oos-check`` and ``oos-force`` (seconds); ``workers``
-    is written as given, so a test can write a value the proxy must refuse.
+    is written as given, so a test can write a value the proxy must refuse, except the
+    default 1, which is left out: a sip-proxy from before the option reads the same file
+    (``bench_proxy.py --baseline-root``, ``bench_instructions.py --baseline-rev``).
     """
     base = "" if worker_port_base is None else f"worker-port-base = {worker_port_base}\n"
+    workers_line = "" if workers == 1 else f"workers = {workers}\n"
     path.write_text(f"""
 [switch]
 name = "SIP_Cluster"
@@ -162,5 +165,4 @@ http-port = {http_port}
 [applications.SPX_1.sipproxy]
 oos-check = {oos}
 oos-force = {oos}
-workers = {workers}
-{base}""")
+{workers_line}{base}""")
