@@ -10,6 +10,7 @@ the report.
 from __future__ import annotations
 
 import json
+import statistics
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -538,6 +539,119 @@ def proxy_tls_rows(r: dict[str, Any]) -> list[Row]:
     ]
 
 
+def _median_key(results: Any, key: str) -> float | None:
+    """The median of ``key`` over a step's clean runs (``bench_rtm`` runs lists)."""
+    if not isinstance(results, list):
+        return None
+    values = [r[key] for r in results if isinstance(r, dict) and not r.get("errors")
+              and isinstance(r.get(key), int | float)]
+    return statistics.median(values) if values else None
+
+
+def _failed_runs(results: Any) -> str:
+    if not isinstance(results, list):
+        return NA
+    failed = [r for r in results if not isinstance(r, dict) or r.get("errors")]
+    text = f"{len(failed)} of {len(results)} runs failed"
+    if failed and isinstance(failed[0], dict):
+        text += f": {str(failed[0]['errors'][0])[:120]}"
+    return text
+
+
+def rtm_rows(r: dict[str, Any]) -> list[Row]:
+    rows = []
+    steps = (("throughput", "rate", "rtm-server durable messages per second",
+              "{:,.0f}", " msg/s", "cpu_per_1000"),
+             ("latency", "p99_ms", "rtm-server delivery latency p99 at 1,000 msg/s",
+              "{:.2f}", " ms", None),
+             ("memory", "rss_per_message", "rtm-server RSS per queued message",
+              "{:,.0f}", " B", None),
+             ("takeover", "takeover_s", "rtm-server take-over after SIGKILL of the active",
+              "{:.2f}", " s", None))
+    for step, key, label, fmt, unit, cpu_key in steps:
+        sides = r.get(step)
+        if not isinstance(sides, dict):
+            continue
+        ours = _median_key(sides.get("ours"), key)
+        nats = _median_key(sides.get("nats"), key)
+        ratio = ours / nats if ours is not None and nats else None
+        cpu = NA
+        if cpu_key:
+            cpu = (f"{num(_median_key(sides.get('ours'), cpu_key), '{:.3f}')} ours, "
+                   f"{num(_median_key(sides.get('nats'), cpu_key), '{:.3f}')} NATS")
+        rows.append(Row(label, num(ours, fmt, unit),
+                        failures=f"ours {_failed_runs(sides.get('ours'))}; "
+                                 f"NATS {_failed_runs(sides.get('nats'))}",
+                        cpu=cpu, kamailio=f"NATS JetStream {num(nats, fmt, unit)}",
+                        ratio=f"{num(ratio, '{:.2f}')} ours/NATS"))
+    drain = r.get("drain")
+    if isinstance(drain, list):
+        seconds = _median_key(drain, "seconds")
+        rows.append(Row("rtm-server backlog drained to a returning site",
+                        num(seconds, "{:.2f}", " s")
+                        + f" ({num(_median_key(drain, 'rate'), unit=' msg/s')})",
+                        "< 10 s", at_most(seconds, 10), _failed_runs(drain),
+                        num(_median_key(drain, "hub_cpu_per_1000"), "{:.3f}", " hub")))
+    drill = r.get("drill")
+    if isinstance(drill, dict):
+        lost = [drill.get(k) for k in ("missing", "duplicates", "out_of_order_pairs")]
+        rows.append(Row("rtm-server drill: messages through two SIGKILLs",
+                        f"{num(drill.get('deliveries'))} of {num(drill.get('messages'))} "
+                        "delivered", "none missing, twice or out of order",
+                        yes_no(all(v == 0 for v in lost)) if all(
+                            isinstance(v, int) for v in lost) else NA,
+                        f"{num(lost[0], '{:d}')} missing, {num(lost[1], '{:d}')} twice, "
+                        f"{num(lost[2], '{:d}')} out of order"))
+    return rows or [Row("rtm-server", "no steps run")]
+
+
+def director_rows(r: dict[str, Any]) -> list[Row]:
+    p99 = r.get("decision_p99_ms")
+    target = r.get("decision_target_ms")
+    rows = [
+        Row(f"director routing decision over {num(r.get('agents'))} agents at "
+            f"{num(r.get('sites'))} sites, p99",
+            num(p99, "{:.4f}", " ms") + f" (p50 {num(r.get('decision_p50_ms'), '{:.4f}')})",
+            f"< {num(target, '{:g}')} ms" if target is not None else NA,
+            at_most(p99, target) if isinstance(target, int | float) else NA),
+        Row(f"director calls routed (reserve then route, {num(r.get('routing_agents'))} agents)",
+            num(r.get("routed_calls_per_s"), unit=" calls/s"),
+            failures=num(r.get("routed_failed"), "{:d}", " failed"),
+            cpu=num(r.get("director_cpu_s_per_1000"), "{:.3f}")),
+        Row("director spread: agents' call share max/min by availability",
+            num(r.get("spread_share_max_min"), "{:.2f}"),
+            failures=f"{num(r.get('spread_no_agent_at_site'))} calls with no free agent at "
+                     "their site",
+            ratio=f"{num(r.get('spread_share_max_min_round_robin'), '{:.2f}')} round-robin"),
+        Row(f"director polling {num(r.get('monitored_sites'))} monitored sites",
+            num(r.get("monitored_reports_per_s"), "{:,.1f}", " reports/s"),
+            failures=f"{num(r.get('monitored_fresh_at_end'))} fresh at the end",
+            cpu=num(r.get("monitored_poll_cpu_s_per_s"), "{:.4f}", " CPU s per s")),
+    ]
+    if "storm_director_calls_per_s" in r:
+        ours = r.get("storm_director_cpu_s_per_1000")
+        kam = r.get("storm_kamailio_cpu_s_per_1000")
+        rows.append(Row(
+            "director call storm into one routing point (SIPp agents, two data centres)",
+            num(r.get("storm_director_calls_per_s"), "{:,.1f}", " calls/s"),
+            failures=f"{num(r.get('storm_director_failed'), '{:d}')} failed, "
+                     f"{num(r.get('storm_director_double_offers'), '{:d}')} double offers",
+            cpu=num(ours, "{:.2f}"),
+            kamailio=(f"dispatcher {num(r.get('storm_kamailio_calls_per_s'), '{:,.1f}')} "
+                      f"calls/s, {num(r.get('storm_kamailio_failed'), '{:d}')} failed, "
+                      f"{num(r.get('storm_kamailio_double_offers'), '{:d}')} double offers, "
+                      f"CPU {num(kam, '{:.2f}')}")
+            if "storm_kamailio_calls_per_s" in r else "not run",
+            ratio=f"{num(ours / kam if isinstance(ours, int | float) and kam else None, '{:.2f}')}"
+                  " CPU ours/Kamailio"))
+    if "convergence_director_ms_p50" in r:
+        rows.append(Row("director: an agent state change at its t-controller until the "
+                        "director sees it, p50 / max",
+                        f"{num(r.get('convergence_director_ms_p50'), '{:.1f}')} / "
+                        f"{num(r.get('convergence_director_ms_max'), '{:.1f}')} ms"))
+    return rows
+
+
 MAPPERS: dict[str, Callable[[dict[str, Any]], list[Row]]] = {
     "bench_drill": drill_rows,
     "bench_failover": failover_rows,
@@ -560,6 +674,8 @@ MAPPERS: dict[str, Callable[[dict[str, Any]], list[Row]]] = {
     "bench_treatments": treatments_rows,
     "bench_instructions": instructions_rows,
     "bench_proxy_tls": proxy_tls_rows,
+    "bench_rtm": rtm_rows,
+    "bench_director": director_rows,
 }
 
 
