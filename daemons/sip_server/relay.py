@@ -5,7 +5,9 @@ A phone's INFO reaches the party it talks to, not the node: a voicemail menu
 or an IVR behind the node reads SIP INFO DTMF, and the phone learns the far
 end's answer (its status, body and Content-Type) rather than a 200 the node
 made up. An UPDATE's offer goes to the other party, whose answer comes back
-in the 2xx; both legs remember the new SDP. A 2xx to an UPDATE refreshes both
+in the 2xx; both legs remember the new SDP. An UPDATE is a session refresh
+(RFC 4028): the one the node sends on the other leg carries that leg's
+Session-Expires and Min-SE (a 422 to it retried), and the 2xx refreshes both
 legs' session timers (:mod:`session_timer`).
 """
 
@@ -61,13 +63,17 @@ class Relay(SessionTimers):
         headers = [(name, value) for name in RELAYED_HEADERS
                    for value in req.headers.get_all(name)]
         if method == "UPDATE":
+            # a session refresh of the other leg too (RFC 4028 §10): its own
+            # Session-Expires and Min-SE, its timer restarted by the 2xx
             headers.append(("Contact", self._contact()))
-        out = other.dialog.create_request(method, headers=headers, body=req.body)
-        resp = await self._request(out)
-        try:
-            other.dialog.receive_response(resp)
-        except DialogError:
-            pass
+            _, resp = await self._session_request(other, method, headers, req.body)
+        else:
+            out = other.dialog.create_request(method, headers=headers, body=req.body)
+            resp = await self._request(out)
+            try:
+                other.dialog.receive_response(resp)
+            except DialogError:
+                pass
         status = resp.status
         self.m_relayed.labels(method, str(status)).inc()
         if status in AS_UNAVAILABLE:
@@ -76,8 +82,7 @@ class Relay(SessionTimers):
             leg.sdp, other.sdp = req.body, resp.body
         answer = [("Recv-Info", v) for v in resp.headers.get_all("Recv-Info")]
         if method == "UPDATE" and 200 <= status < 300:
-            # a session refresh of both legs (RFC 4028 §10)
-            self._session_refreshed(other, None, resp.headers)
+            # the sender's leg is refreshed too (RFC 4028 §10)
             answer += self._session_refreshed(leg, req.headers, None)
         if resp.body:
             answer += [("Content-Type", v) for v in resp.headers.get_all("Content-Type")]

@@ -16,10 +16,12 @@ The node is a user agent on every leg, so each leg has its own timer:
   value (§7.4, §8.2); the caller sees the 422 only when that fails too.
 
 Every 2xx to a re-INVITE or UPDATE on a leg refreshes its timer (§10), the
-party's and the node's own alike: the node's re-INVITEs (a refresh, a
-transfer, a routed call leaving a treatment, a re-INVITE relayed from the
-other party) carry the leg's Session-Expires and Min-SE, a 422 to them is
-retried the same way, and their 2xx restarts the leg's session. When the node
+party's and the node's own alike: the node's re-INVITEs and UPDATEs (a
+refresh, a transfer, a routed call leaving a treatment, a re-INVITE or UPDATE
+relayed from the other party) carry the leg's Session-Expires and Min-SE
+(§7.1, §8), a 422 to them is retried the same way, and their 2xx restarts the
+leg's session with the interval and refresher it names; a 2xx without
+Session-Expires stops the leg's timer (the party wants none, §7.2, §7.4). When the node
 refreshes, it sends an UPDATE (a re-INVITE with the same SDP to a party that
 does not allow UPDATE) at half the interval. A leg whose session expires
 without a refresh ends the call: BYE to every party, ``sessions_expired``
@@ -185,8 +187,10 @@ class SessionTimers(SessionBase):
     def _session_refreshed(self, leg: Leg, request: Headers | None,
                            response: Headers | None) -> list[tuple[str, str]]:
         """A 2xx to a re-INVITE on ``leg``: its session is refreshed. ``request`` is
-        the party's re-INVITE (the node answers it: returns the 2xx's headers), or
-        ``response`` the party's 2xx to the node's re-INVITE."""
+        the party's re-INVITE or UPDATE (the node answers it: returns the 2xx's
+        headers), or ``response`` the party's 2xx to the node's re-INVITE or UPDATE:
+        its Session-Expires sets the interval and refresher, none stops the leg's
+        timer (§7.2, §7.4)."""
         state = leg.session_timer
         now = self._now()
         if request is not None and self._timers_on:
@@ -208,13 +212,22 @@ class SessionTimers(SessionBase):
             headers = [("Session-Expires", str(answer.session))]
             return headers + ([("Require", OPTION_TAG)] if answer.require else [])
         if isinstance(state, LegSessionTimer) and state.timer is not None:
-            se = None
-            if response is not None:
+            if response is None:
+                state.timer.refreshed(now)
+            else:
                 try:
                     se = read_response(response)
-                except SipError:
-                    se = None
-            state.timer.refreshed(now, se, se.refresher == "uac" if se else None)
+                except SipError as exc:
+                    # unreadable is not absent: the session goes on as agreed
+                    self.log.info("session_expires_unreadable", conn_id=leg.call.conn_id,
+                                  reason=str(exc))
+                    state.timer.refreshed(now)
+                else:
+                    if se is None:
+                        # §7.2, §7.4: no Session-Expires in the 2xx, no session expiration
+                        state.close()
+                        return []
+                    state.timer.refreshed(now, se, se.refresher == "uac")
             self._arm_session(leg)
         return []
 
@@ -377,6 +390,10 @@ class SessionTimers(SessionBase):
         if isinstance(state, LegSessionTimer) and state.timer is not None:
             state.min_se = max(state.min_se, _min_se_of(request.headers))
             self._session_refreshed(leg, None, resp.headers)
+            if state.timer is None:
+                self.log.info("session_timer_stopped", conn_id=leg.call.conn_id,
+                              dn=leg.number, method=request.method)
+                return
             self.log.info("session_timer_restarted", conn_id=leg.call.conn_id, dn=leg.number,
                           method=request.method, interval=state.timer.interval,
                           refresher="node" if state.timer.we_refresh else "party")

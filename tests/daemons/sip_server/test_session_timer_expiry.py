@@ -12,7 +12,11 @@ its peers are real SIPp processes on 127.0.245.x.
   restarts the leg's session, so the call outlives the old expiry (58 s) and
   ends at the new one (46 + 58 s) when that party never refreshes; the
   target's leg gets the timer its 2xx asked for and the node's UPDATE at half
-  its interval."""
+  its interval;
+* a caller's UPDATE is relayed with the callee's leg's Session-Expires and
+  Min-SE; the callee's 2xx without Session-Expires turns that leg's timer off
+  (no refresh of it later), and the node's own refresh answered that way turns
+  the caller's off."""
 
 from __future__ import annotations
 
@@ -29,12 +33,16 @@ from tests.daemons.sip_server.prack_lab import (
     MovedClock,
     PrackLab,
     header,
+    received_responses,
     until,
 )
 
 node = lab_module.node  # the fixture
 
 pytestmark = pytest.mark.timeout(60)
+
+#: the caller's leg on /status/calls (the caller scenarios' From user)
+CALLER_NUMBER = "+15550100"
 
 
 async def metrics(lab: PrackLab, name: str) -> dict[str, float]:
@@ -132,3 +140,75 @@ async def test_blind_transfer_restarts_the_session_of_the_party_that_stays(
     for phone in (keep, target):
         phone_stats = await asyncio.to_thread(phone.stats, 10)
         assert phone_stats.get("SuccessfulCall(C)") == "1", (phone_stats, phone.errors())
+
+
+async def test_relayed_update_carries_the_callee_legs_timer_and_its_2xx_stops_it(
+        node: tuple[PrackLab, MovedClock]) -> None:
+    """RFC 4028 §7.1, §8: the caller's UPDATE reaches the callee with the callee's
+    leg's Session-Expires (the node refreshes it: refresher=uac) and Min-SE, not the
+    caller's; the callee's 2xx without Session-Expires turns that leg's timer off
+    (§7.2, §7.4): the node no longer refreshes it, while the caller's leg runs on."""
+    lab, clock = node
+    phone = lab.phone("uas_session_update.xml")
+    caller = lab.caller(SCENARIOS / "uac_session_update.xml")
+    stats = asyncio.create_task(asyncio.to_thread(caller.stats, 40))
+    await until(lambda: len(received_responses(caller, 200)) >= 2)  # the UPDATE's 200
+    updates = phone.received_messages("UPDATE")
+    assert len(updates) == 1, updates
+    assert header(updates[0], "Session-Expires") == ["90;refresher=uac"], updates[0]
+    assert header(updates[0], "Min-SE") == ["90"], updates[0]
+    assert "timer" in ", ".join(header(updates[0], "Supported")), updates[0]
+    answered = received_responses(caller, 200)[1]
+    assert header(answered, "Session-Expires") == ["90;refresher=uac"], answered
+    timers = await asyncio.to_thread(leg_timers, lab)
+    assert timers == {CALLER_NUMBER: {"interval": 90, "refresher": "party",
+                                      "refresh_in": None,
+                                      "expires_in": pytest.approx(58, abs=3)},
+                      CALLEE_DN: None}, timers
+
+    await clock.advance(46)  # past the callee's refresh time had its timer run on (45 s)
+    await asyncio.sleep(0.5)
+    assert len(phone.received_messages("UPDATE")) == 1, phone.messages()[-3000:]
+    assert len(phone.received_messages("INVITE")) == 1, phone.messages()[-3000:]
+    assert not phone.received_messages("BYE")
+
+    await clock.advance(14)  # 60 s: the caller never refreshed since its UPDATE
+    result = await stats
+    assert result.get("SuccessfulCall(C)") == "1", (result, caller.errors())
+    await until(lambda: phone.received_messages("BYE"))
+    phone_stats = await asyncio.to_thread(phone.stats, 10)
+    assert phone_stats.get("SuccessfulCall(C)") == "1", (phone_stats, phone.errors())
+    assert await metrics(lab, "sipcluster_sessions_expired_total") == {"": 1.0}
+    relayed = await metrics(lab, "sipcluster_sip_relayed_total")
+    assert relayed == {'{method="UPDATE",status="200"}': 1.0}, relayed
+
+
+async def test_refresh_answered_without_session_expires_stops_the_legs_timer(
+        node: tuple[PrackLab, MovedClock]) -> None:
+    """RFC 4028 §7.4: the caller answers the node's refresh UPDATE without
+    Session-Expires: its leg has no session timer from then on; the callee's leg,
+    whose party refreshes and never does, expires and ends the call."""
+    lab, clock = node
+    phone = lab.phone("uas_session_party_refreshes.xml")
+    caller = lab.caller(SCENARIOS / "uac_session_refresh_declined.xml")
+    stats = asyncio.create_task(asyncio.to_thread(caller.stats, 40))
+    await until(lambda: phone.received_messages("ACK"))
+    await clock.advance(46)  # past half of the caller's 90 s: the node's UPDATE
+    await until(lambda: lab.metrics("sipcluster_session_refreshes_total").get(
+        '{by="node",outcome="ok"}'))
+    updates = caller.received_messages("UPDATE")
+    assert len(updates) == 1, updates
+    assert header(updates[0], "Session-Expires") == ["90;refresher=uac"], updates[0]
+    timers = await asyncio.to_thread(leg_timers, lab)
+    assert timers == {CALLER_NUMBER: None,
+                      CALLEE_DN: {"interval": 90, "refresher": "party", "refresh_in": None,
+                                  "expires_in": pytest.approx(12, abs=3)}}, timers
+
+    await clock.advance(14)  # 60 s: the callee's session expired
+    result = await stats
+    assert result.get("SuccessfulCall(C)") == "1", (result, caller.errors())
+    assert len(caller.received_messages("UPDATE")) == 1
+    await until(lambda: phone.received_messages("BYE"))
+    phone_stats = await asyncio.to_thread(phone.stats, 10)
+    assert phone_stats.get("SuccessfulCall(C)") == "1", (phone_stats, phone.errors())
+    assert await metrics(lab, "sipcluster_sessions_expired_total") == {"": 1.0}
