@@ -20,11 +20,31 @@ from daemons.cluster.config import load_cluster
 from daemons.runtime.config import ConfigError
 from tests.daemons.sip_server import prack_lab as lab_module
 from tests.daemons.sip_server.conftest import SCENARIOS
-from tests.daemons.sip_server.prack_lab import cluster_text, header, received_responses
+from tests.daemons.sip_server.prack_lab import (
+    PrackLab,
+    cluster_text,
+    header,
+    received_responses,
+)
+from tests.support.processes import Sipp
 
 prack_lab = lab_module.prack_lab  # the fixture
 
 pytestmark = pytest.mark.timeout(60)
+
+
+async def refreshed_call(lab: PrackLab, phone_scenario: str) -> tuple[Sipp, Sipp]:
+    """A call from a caller with a 120 s session (uac_session_timer.xml: one refresh
+    re-INVITE, then BYE) to the phone running ``phone_scenario``; both ran to the
+    end successfully. The caller's and the phone's SIPp runs."""
+    phone = lab.phone(phone_scenario)
+    caller = lab.caller(SCENARIOS / "uac_session_timer.xml", "-set", "hangup", "1",
+                        "-set", "expires", "120")
+    stats = await asyncio.to_thread(caller.stats, 30)
+    assert stats.get("SuccessfulCall(C)") == "1", (stats, caller.errors(), phone.errors())
+    phone_stats = await asyncio.to_thread(phone.stats, 10)
+    assert phone_stats.get("SuccessfulCall(C)") == "1", (phone_stats, phone.errors())
+    return caller, phone
 
 
 async def test_too_small_gets_422_and_refresher_negotiated_on_each_leg(prack_lab: Any) -> None:
@@ -34,13 +54,7 @@ async def test_too_small_gets_422_and_refresher_negotiated_on_each_leg(prack_lab
     refused = received_responses(small, 422)
     assert refused and header(refused[0], "Min-SE") == ["100"], small.messages()[-2000:]
 
-    phone = lab.phone("uas_session_timer.xml")
-    caller = lab.caller(SCENARIOS / "uac_session_timer.xml", "-set", "hangup", "1",
-                        "-set", "expires", "120")
-    stats = await asyncio.to_thread(caller.stats, 30)
-    assert stats.get("SuccessfulCall(C)") == "1", (stats, caller.errors(), phone.errors())
-    phone_stats = await asyncio.to_thread(phone.stats, 10)
-    assert phone_stats.get("SuccessfulCall(C)") == "1", (phone_stats, phone.errors())
+    caller, phone = await refreshed_call(lab, "uas_session_timer.xml")
 
     answered = received_responses(caller, 200)
     # the caller refreshes its 120 s session (above Min-SE 100, below the node's 600)
@@ -88,13 +102,7 @@ async def test_callee_422_is_retried_with_its_min_se(prack_lab: Any) -> None:
     Call-ID and From tag, next CSeq) with Session-Expires and Min-SE 1800; the caller
     sees only the 200. The node's later re-INVITEs on that leg keep the Min-SE."""
     lab = await prack_lab("sip-session-expires = 600")
-    phone = lab.phone("uas_session_min_se.xml")
-    caller = lab.caller(SCENARIOS / "uac_session_timer.xml", "-set", "hangup", "1",
-                        "-set", "expires", "120")
-    stats = await asyncio.to_thread(caller.stats, 30)
-    assert stats.get("SuccessfulCall(C)") == "1", (stats, caller.errors(), phone.errors())
-    phone_stats = await asyncio.to_thread(phone.stats, 10)
-    assert phone_stats.get("SuccessfulCall(C)") == "1", (phone_stats, phone.errors())
+    caller, phone = await refreshed_call(lab, "uas_session_min_se.xml")
 
     assert not received_responses(caller, 422), caller.messages()[-3000:]
     assert received_responses(caller, 200)
