@@ -27,6 +27,7 @@ import subprocess
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -715,53 +716,6 @@ def sipp_mwi(ctx: Ctx, transport: str) -> None:
     assert re.findall(r"mwi: (\w+)", run.logs()) == ["yes"], run.logs()
 
 
-# =========================================================================== Kamailio edge
-
-
-def kamailio_register(ctx: Ctx, transport: str) -> None:
-    baresip_register(ctx, transport, edge=True)
-
-
-def kamailio_unregister(ctx: Ctx, transport: str) -> None:
-    baresip_unregister(ctx, transport, edge=True)
-
-
-def kamailio_call(ctx: Ctx, transport: str) -> None:
-    baresip_call(ctx, transport, edge=True)
-
-
-def kamailio_cancel(ctx: Ctx, transport: str) -> None:
-    baresip_cancel(ctx, transport, edge=True)
-
-
-def kamailio_hold_resume(ctx: Ctx, transport: str) -> None:
-    baresip_hold_resume(ctx, transport, edge=True)
-
-
-def kamailio_dtmf(ctx: Ctx, transport: str) -> None:
-    baresip_dtmf(ctx, transport, edge=True)
-
-
-def kamailio_busy(ctx: Ctx, transport: str) -> None:
-    baresip_busy(ctx, transport, edge=True)
-
-
-def kamailio_no_answer(ctx: Ctx, transport: str) -> None:
-    baresip_no_answer(ctx, transport, edge=True)
-
-
-def kamailio_blind_transfer(ctx: Ctx, transport: str) -> None:
-    baresip_blind_transfer(ctx, transport, edge=True)
-
-
-def kamailio_attended_transfer(ctx: Ctx, transport: str) -> None:
-    baresip_attended_transfer(ctx, transport, edge=True)
-
-
-def kamailio_mwi(ctx: Ctx, transport: str) -> None:
-    baresip_mwi(ctx, transport, edge=True)
-
-
 # =========================================================================== the cells
 
 
@@ -799,17 +753,18 @@ CELLS: dict[tuple[str, str], Callable[[Ctx, str], None]] = {
     ("attended-transfer", "sipp"): sipp_attended_transfer,
     ("dtmf", "sipp"): sipp_dtmf,
     ("mwi", "sipp"): sipp_mwi,
-    ("register", "kamailio"): kamailio_register,
-    ("unregister", "kamailio"): kamailio_unregister,
-    ("call", "kamailio"): kamailio_call,
-    ("cancel", "kamailio"): kamailio_cancel,
-    ("hold-resume", "kamailio"): kamailio_hold_resume,
-    ("dtmf", "kamailio"): kamailio_dtmf,
-    ("busy", "kamailio"): kamailio_busy,
-    ("no-answer", "kamailio"): kamailio_no_answer,
-    ("blind-transfer", "kamailio"): kamailio_blind_transfer,
-    ("attended-transfer", "kamailio"): kamailio_attended_transfer,
-    ("mwi", "kamailio"): kamailio_mwi,
+    # Kamailio as the edge proxy: the baresip cells, the phones registered through it
+    ("register", "kamailio"): partial(baresip_register, edge=True),
+    ("unregister", "kamailio"): partial(baresip_unregister, edge=True),
+    ("call", "kamailio"): partial(baresip_call, edge=True),
+    ("cancel", "kamailio"): partial(baresip_cancel, edge=True),
+    ("hold-resume", "kamailio"): partial(baresip_hold_resume, edge=True),
+    ("dtmf", "kamailio"): partial(baresip_dtmf, edge=True),
+    ("busy", "kamailio"): partial(baresip_busy, edge=True),
+    ("no-answer", "kamailio"): partial(baresip_no_answer, edge=True),
+    ("blind-transfer", "kamailio"): partial(baresip_blind_transfer, edge=True),
+    ("attended-transfer", "kamailio"): partial(baresip_attended_transfer, edge=True),
+    ("mwi", "kamailio"): partial(baresip_mwi, edge=True),
 }
 
 #: cells that fail because of a defect of ours (strict: they fail the run once fixed)
