@@ -9,7 +9,10 @@
 * :func:`flow_token` / :func:`parse_flow_token` -- the ``ft`` parameter our
   Record-Route and Path carry so that requests toward a phone reuse the flow
   its REGISTER or dialog came in on (the idea of RFC 5626 §5.3, as a plain
-  token of transport, address and port).
+  token of transport, address and port);
+* :func:`phone_side` -- how the proxy names itself on a phone's side of a
+  dialog, and what a phone's binding records: its flow, or the data centre's
+  proxy name it reached the proxy by.
 """
 
 from __future__ import annotations
@@ -19,8 +22,8 @@ from protocols.sip.message import Request
 from protocols.sip.rules import DEFAULT_PORTS
 from protocols.sip.uri import SipUri
 
-__all__ = ["behind_nat", "first_route", "flow_token", "parse_flow_token", "split_hostport",
-           "uri_dest", "uri_transport"]
+__all__ = ["behind_nat", "first_route", "flow_token", "parse_flow_token", "phone_side",
+           "split_hostport", "uri_dest", "uri_transport"]
 
 Address = tuple[str, int]
 
@@ -43,6 +46,24 @@ def behind_nat(request: Request, source: Address) -> bool:
 def flow_token(transport: str, addr: Address) -> str:
     """The ``ft`` parameter naming a flow: ``udp-127.0.0.1-5060`` (IPv6 ``:`` as ``_``)."""
     return f"{transport.lower()}-{addr[0].replace(':', '_')}-{addr[1]}"
+
+
+def phone_side(request: Request, source: Address, transport: str, name: str) -> tuple[str, str]:
+    """``(flow, proxy name)`` for a phone's request that came from ``source`` over
+    ``transport``, ``name`` being the data centre's proxy name its top Route
+    named (one of the proxy's ``own_names``; empty when it named our address).
+
+    A phone on TCP or TLS or behind NAT (RFC 3581) is reached only on the flow
+    it opened to this proxy: ``(flow_token, "")``. A UDP phone whose Via is
+    where its packets come from, that reached us by the name: ``("", name)``
+    -- its side of a dialog is record-routed by that name (RFC 5658 double
+    Record-Route), so its in-dialog requests find any proxy of the data centre
+    by SRV (RFC 3263) and outlive this one. Else ``("", "")``: our address.
+    The caller's INVITE and the REGISTER (what a called phone's binding
+    records) are decided here alike."""
+    if transport != "UDP" or behind_nat(request, source):
+        return flow_token(transport, source), ""
+    return "", name
 
 
 def parse_flow_token(token: str) -> tuple[Address, str]:

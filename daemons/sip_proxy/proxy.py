@@ -52,6 +52,7 @@ from daemons.sip_proxy.flows import (
     first_route,
     flow_token,
     parse_flow_token,
+    phone_side,
     split_hostport,
     uri_dest,
     uri_transport,
@@ -503,7 +504,7 @@ class ProxyCore(RegistrarFront, HopByHop):
             if NODE_HEADER in request.headers:
                 request.headers.remove(NODE_HEADER)  # never trusted from outside
             if method == "REGISTER":
-                self._register(fwd, request, transport)
+                self._register(fwd, request, transport, pins.get("name", ""))
                 return
             if method == "SUBSCRIBE" and self.settings.feature_server is not None and \
                     (request.headers.get("Event") or "").split(";")[0].strip().lower() \
@@ -542,10 +543,10 @@ class ProxyCore(RegistrarFront, HopByHop):
             rr_name = ""
             if dialog_creating:
                 rr = {"sc-node": nodes[0].name}
-                if transport != "UDP" or behind_nat(request, fwd.source):
-                    rr["ft"] = flow_token(transport, fwd.source)
-                else:
-                    rr_name = pins.get("name", "")
+                flow, rr_name = phone_side(request, fwd.source, transport,
+                                           pins.get("name", ""))
+                if flow:
+                    rr["ft"] = flow
             self._forward(fwd, "node", rr=rr, rr_name=rr_name)
             return
         # from a node (or a peer proxy): toward an endpoint
@@ -594,13 +595,18 @@ class ProxyCore(RegistrarFront, HopByHop):
             else:
                 cu = parse_uri(b.contact)
                 fwd.targets = [(uri_dest(cu), uri_transport(cu), None)]
+            rr_name = ""
             if dialog_creating:
                 rr = {}
                 if node_name:
                     rr["sc-node"] = node_name
                 if b.received is not None:
                     rr["ft"] = flow_token(b.transport, split_hostport(b.received))
-            self._forward(fwd, "aor", rr=rr, strip_node=True)
+                elif node_name and b.proxy_name in self.settings.own_names:
+                    # the phone registered by the data centre's proxy name: its
+                    # in-dialog requests go by that name, the pin finds the node
+                    rr_name = b.proxy_name
+            self._forward(fwd, "aor", rr=rr, strip_node=True, rr_name=rr_name)
             return
         # anything else: on the Request-URI (trunks, other domains)
         fwd.targets = [(uri_dest(ruri), uri_transport(ruri), None)]
@@ -611,7 +617,9 @@ class ProxyCore(RegistrarFront, HopByHop):
                  strip_node: bool = False, rr_name: str = "") -> None:
         """§16.6: copy-free forwarding of ``fwd.request`` to ``fwd.targets[0]``.
         ``rr_name``: the phone's side is record-routed by that name, the node's
-        side by our address (RFC 5658 double Record-Route)."""
+        side by our address (RFC 5658 double Record-Route); the phone's side is
+        the one the request came from when a phone sent it (a caller), else the
+        one it goes to (a called phone)."""
         request = fwd.request
         self.requests.labels(request.method, action).inc()
         mf = request.max_forwards
@@ -621,9 +629,10 @@ class ProxyCore(RegistrarFront, HopByHop):
         if rr is not None:
             in_tp = fwd.in_transport
             secure = request.ruri.scheme == "sips"
-            fwd.prepend.append(("Record-Route", self._rr(in_tp, rr, secure, rr_name)))
+            in_name, out_name = (rr_name, "") if fwd.from_endpoint else ("", rr_name)
+            fwd.prepend.append(("Record-Route", self._rr(in_tp, rr, secure, in_name)))
             if in_tp != transport or rr_name:
-                fwd.prepend.append(("Record-Route", self._rr(transport, rr, secure)))
+                fwd.prepend.append(("Record-Route", self._rr(transport, rr, secure, out_name)))
         self._send_branch(fwd)
 
     def _send_branch(self, fwd: Forward) -> None:

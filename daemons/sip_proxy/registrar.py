@@ -8,7 +8,11 @@ and on its 2xx the proxy stores what it needs to reach the phone later:
 * ``received`` / ``rport`` (RFC 3581) when the phone is behind NAT, and the
   transport the REGISTER came over, so requests reuse the phone's flow;
 * Path (RFC 3327), ``+sip.instance`` and ``reg-id`` (RFC 5626), User-Agent;
-* the proxy that took the registration (``origin``) and a version stamp.
+* the proxy that took the registration (``origin``) and a version stamp;
+* ``proxy_name``: the data centre's proxy name (the SIP Outbound Proxy DN's
+  SRV FQDN) the REGISTER reached the proxy by, for a UDP phone not behind NAT:
+  its side of a dialog is record-routed by that name, so its in-dialog
+  requests outlive the proxy that delivered the call (docs/sip-proxy.md).
 
 Every change is a :class:`Binding` value; :meth:`BindingStore.apply` merges
 one idempotently, last writer wins by ``(stamp, origin)``, so replicas that
@@ -26,7 +30,15 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["Binding", "BindingStore", "aor_of", "binding_key"]
+__all__ = ["LEGACY_WIRE_FIELDS", "WIRE_FIELDS", "Binding", "BindingStore", "aor_of",
+           "binding_key"]
+
+#: Fields of a binding on the replication wire (:meth:`Binding.to_wire`): the
+#: twelve every proxy reads, then ``proxy_name``. A proxy that reads only the
+#: twelve refuses a longer record, so a publisher sends the longer form only to
+#: a subscriber that says it reads it (daemons.sip_proxy.replication, "hello").
+WIRE_FIELDS = 13
+LEGACY_WIRE_FIELDS = 12
 
 
 @dataclass(slots=True)
@@ -50,6 +62,8 @@ class Binding:
     reg_id: int | None = None
     user_agent: str | None = None
     q: float | None = None
+    #: the data centre's proxy name the phone registered by (UDP, not behind NAT)
+    proxy_name: str | None = None
 
     @property
     def removed(self) -> bool:
@@ -63,19 +77,24 @@ class Binding:
     def version(self) -> tuple[float, str]:
         return (self.stamp, self.origin)
 
-    def to_wire(self) -> list[Any]:
-        """Compact msgpack form (a list, to keep snapshots small)."""
-        return [self.aor, self.contact, self.expires_at, self.stamp, self.origin,
+    def to_wire(self, fields: int = WIRE_FIELDS) -> list[Any]:
+        """Compact msgpack form (a list, to keep snapshots small); ``fields``
+        (:data:`LEGACY_WIRE_FIELDS`) leaves out what an older reader refuses."""
+        wire = [self.aor, self.contact, self.expires_at, self.stamp, self.origin,
                 self.transport, self.received, list(self.path), self.instance, self.reg_id,
-                self.user_agent, self.q]
+                self.user_agent, self.q, self.proxy_name]
+        return wire if fields >= WIRE_FIELDS else wire[:fields]
 
     @classmethod
     def from_wire(cls, item: list[Any]) -> Binding:
-        """Inverse of :meth:`to_wire`; ``ValueError`` on anything malformed."""
-        if not isinstance(item, list) or len(item) != 12:
-            raise ValueError("a binding is a list of 12 fields")
+        """Inverse of :meth:`to_wire`, of either form (a record of an older proxy
+        has no ``proxy_name``; fields after those known here, a newer proxy's, are
+        ignored); ``ValueError`` on anything malformed."""
+        if not isinstance(item, list) or len(item) < LEGACY_WIRE_FIELDS:
+            raise ValueError(f"a binding is a list of at least {LEGACY_WIRE_FIELDS} fields")
         aor, contact, expires_at, stamp, origin, transport, received, path, instance, \
-            reg_id, user_agent, q = item
+            reg_id, user_agent, q = item[:LEGACY_WIRE_FIELDS]
+        proxy_name = item[LEGACY_WIRE_FIELDS] if len(item) > LEGACY_WIRE_FIELDS else None
         if not (isinstance(aor, str) and isinstance(contact, str) and isinstance(origin, str)
                 and isinstance(transport, str)):
             raise ValueError("binding text fields must be strings")
@@ -83,7 +102,7 @@ class Binding:
             raise ValueError("binding times must be numbers")
         if not isinstance(path, list) or not all(isinstance(p, str) for p in path):
             raise ValueError("binding path must be a list of strings")
-        for opt in (received, instance, user_agent):
+        for opt in (received, instance, user_agent, proxy_name):
             if opt is not None and not isinstance(opt, str):
                 raise ValueError("optional binding fields must be strings")
         if reg_id is not None and not isinstance(reg_id, int):
@@ -92,14 +111,14 @@ class Binding:
             raise ValueError("q must be a number")
         return cls(aor, contact, float(expires_at), float(stamp), origin, transport,
                    received, tuple(path), instance, reg_id, user_agent,
-                   float(q) if q is not None else None)
+                   float(q) if q is not None else None, proxy_name or None)
 
     def as_dict(self, now: float) -> dict[str, Any]:
         return {"aor": self.aor, "contact": self.contact,
                 "expires": max(0, int(self.expires_at - now)), "origin": self.origin,
                 "transport": self.transport, "received": self.received,
                 "path": list(self.path), "instance": self.instance, "reg_id": self.reg_id,
-                "user_agent": self.user_agent}
+                "user_agent": self.user_agent, "proxy_name": self.proxy_name}
 
 
 def binding_key(contact: str, instance: str | None, reg_id: int | None) -> str:

@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
-from daemons.sip_proxy.flows import behind_nat, flow_token
+from daemons.sip_proxy.flows import phone_side
 from daemons.sip_proxy.forwarding import Forward, ProxySettings
 from daemons.sip_proxy.registrar import Binding, BindingStore, aor_of
 from daemons.sip_proxy.routing import Router
@@ -32,12 +32,15 @@ __all__ = ["RegistrarFront", "granted_bindings", "normalised_uri", "planned_bind
 
 
 def planned_bindings(request: Request, aor: str, *, now: float, origin: str, transport: str,
-                     received: str | None, default_expires: int) -> list[Binding]:
+                     received: str | None, default_expires: int,
+                     proxy_name: str | None = None) -> list[Binding]:
     """The bindings ``request`` (a REGISTER) asks for, as this proxy would store them.
 
     ``received`` is the phone's flow (``host:port``) when it is behind NAT or
-    not on UDP; ``default_expires`` applies without Expires (§10.3 step 7).
-    A ``*`` Contact gives one ``*`` entry (remove all).
+    not on UDP; ``proxy_name`` the data centre's proxy name the phone reached
+    us by (:func:`~daemons.sip_proxy.flows.phone_side`); ``default_expires``
+    applies without Expires (§10.3 step 7). A ``*`` Contact gives one ``*``
+    entry (remove all).
     """
     header_expires = request.expires
     ua = request.headers.get("User-Agent")
@@ -57,7 +60,8 @@ def planned_bindings(request: Request, aor: str, *, now: float, origin: str, tra
         planned.append(Binding(
             aor, c.uri, now + expires, now, origin, transport, received, (),
             unquote_param(c.params.get("+sip.instance")),
-            int(reg_id) if reg_id is not None and reg_id.isdigit() else None, ua, qv))
+            int(reg_id) if reg_id is not None and reg_id.isdigit() else None, ua, qv,
+            proxy_name))
     return planned
 
 
@@ -110,7 +114,7 @@ def granted_bindings(planned: list[Binding], response: Response, existing: Itera
             expires_at = (now + given) if given is not None else p.expires_at
             expires_at = max(expires_at, stamp) if expires_at > now else stamp
         out.append(Binding(p.aor, p.contact, expires_at, stamp, origin, p.transport, p.received,
-                           p.path, p.instance, p.reg_id, p.user_agent, p.q))
+                           p.path, p.instance, p.reg_id, p.user_agent, p.q, p.proxy_name))
     return out
 
 
@@ -139,17 +143,20 @@ class RegistrarFront:
         def _stamp(self) -> float:
             ...
 
-    def _register(self, fwd: Forward, request: Request, transport: str) -> None:
+    def _register(self, fwd: Forward, request: Request, transport: str,
+                  reached_by: str = "") -> None:
         """Registrar front (guide: "SIP Registration"): pass REGISTER to a local node,
-        remember what to store when it answers 2xx."""
+        remember what to store when it answers 2xx. ``reached_by``: the data
+        centre's proxy name the phone's top Route named, if any."""
         to = request.to.sip_uri
         aor = aor_of(to.user, to.host if to.host.lower() != self.settings.host
                      else self.settings.domain)
-        behind = transport != "UDP" or behind_nat(request, fwd.source)
-        received = f"{format_host(fwd.source[0])}:{fwd.source[1]}" if behind else None
+        flow, proxy_name = phone_side(request, fwd.source, transport, reached_by)
+        received = f"{format_host(fwd.source[0])}:{fwd.source[1]}" if flow else None
         planned = planned_bindings(request, aor, now=time.time(), origin=self.settings.name,
                                    transport=transport, received=received,
-                                   default_expires=self.settings.registrar_default_timeout)
+                                   default_expires=self.settings.registrar_default_timeout,
+                                   proxy_name=proxy_name or None)
         fwd.register = planned
         fwd.path_supported = "Supported" in request.headers and "path" in [
             s.strip().lower() for s in request.headers.get_all("Supported")]
@@ -162,7 +169,7 @@ class RegistrarFront:
             return
         fwd.targets = [((n.host, n.port), n.transport, n) for n in nodes]
         # RFC 3327: the node learns the way back to the phone's flow
-        ft = f";ft={flow_token(transport, fwd.source)}" if received else ""
+        ft = f";ft={flow}" if flow else ""
         fwd.prepend.append(
             ("Path", f"<sip:{format_host(self.settings.host)}:{self.settings.port};lr{ft}>"))
         self._forward(fwd, "register", rr=None)

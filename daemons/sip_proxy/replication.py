@@ -9,7 +9,7 @@ Peer-to-peer over the project's length-prefixed msgpack frames
 Links. Every proxy *subscribes* to every other proxy: it connects to the
 peer's replication port from its own host address and sends
 
-    {"t": "hello", "name": <its name>, "full": <bool>}
+    {"t": "hello", "name": <its name>, "full": <bool>, "fields": <int>}
 
 The peer (the *publisher* side of that connection) checks that the name is a
 sip-proxy of the cluster file and that the connection comes from that proxy's
@@ -18,6 +18,14 @@ else only those it originated -- in batches ``{"t": "snap", "b": [...]}``,
 then ``{"t": "sync", "n": <count>}``, then, for as long as the connection
 lives, every binding it originates ``{"t": "upd", "b": [...]}``. A subscriber
 may ask again for a full snapshot at any time with ``{"t": "full"}``.
+
+Record format. A binding is a list (:meth:`~daemons.sip_proxy.registrar.Binding.to_wire`);
+``fields`` in the hello is how many of its fields the subscriber reads. A
+proxy of an older release sends no ``fields`` and refuses a record longer than
+the twelve it knows (it drops the link), so it gets the twelve
+(:data:`~daemons.sip_proxy.registrar.LEGACY_WIRE_FIELDS`) and the proxies of
+both releases replicate to each other during a rolling upgrade; a record of
+the older form reads with the newer fields empty.
 
 Catch-up. A starting proxy asks the first peer that answers for a full
 snapshot, and every other peer for its own bindings, so nothing originated
@@ -40,7 +48,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from daemons.sip_proxy.registrar import Binding, BindingStore
+from daemons.sip_proxy.registrar import LEGACY_WIRE_FIELDS, WIRE_FIELDS, Binding, BindingStore
 from protocols.tlib.errors import FrameTooLarge, MalformedFrame
 from protocols.tlib.framing import FrameDecoder, encode_frame
 
@@ -66,6 +74,8 @@ class _Subscriber:
     pending: list[list[Any]] = field(default_factory=list)
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     want_full: bool = False
+    #: binding fields the subscriber reads (its hello's ``fields``)
+    fields: int = LEGACY_WIRE_FIELDS
 
 
 @dataclass(slots=True)
@@ -211,7 +221,7 @@ class Replicator:
             return
         wire = binding.to_wire()
         for sub in self.subscribers.values():
-            sub.pending.append(wire)
+            sub.pending.append(wire if sub.fields >= WIRE_FIELDS else wire[:sub.fields])
             sub.wake.set()
 
     def in_family(self, origin: str) -> bool:
@@ -225,7 +235,7 @@ class Replicator:
         wire = binding.to_wire()
         for sub in self.subscribers.values():
             if not self.in_family(sub.name):
-                sub.pending.append(wire)
+                sub.pending.append(wire if sub.fields >= WIRE_FIELDS else wire[:sub.fields])
                 sub.wake.set()
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -244,18 +254,20 @@ class Replicator:
             if known is None or (peer and known.host not in (peer[0], "0.0.0.0")):
                 self.log.warning("replication_peer_refused", peer=str(peer), name=name)
                 return
-            sub = _Subscriber(known.name, writer)
+            sub = _Subscriber(known.name, writer, fields=_fields_read(hello))
+            fields = sub.fields
             # capture the snapshot and subscribe in the same step: nothing falls between
             full = bool(hello.get("full"))
             if full:
-                snapshot = [b.to_wire() for b in self.store.all()]
+                snapshot = [b.to_wire(fields) for b in self.store.all()]
             elif self.family is not None and not self.in_family(known.name):
-                snapshot = [b.to_wire() for b in self.store.all() if self.in_family(b.origin)]
+                snapshot = [b.to_wire(fields) for b in self.store.all()
+                            if self.in_family(b.origin)]
             else:
-                snapshot = [b.to_wire() for b in self.store.from_origin(self.name)]
+                snapshot = [b.to_wire(fields) for b in self.store.from_origin(self.name)]
             self.subscribers[id(sub)] = sub
             self.log.info("replication_subscriber", peer=known.name, full=full,
-                          snapshot=len(snapshot))
+                          snapshot=len(snapshot), fields=fields)
             await self._send_snapshot(writer, snapshot)
             sender = asyncio.create_task(self._sender(sub))
             while True:
@@ -289,7 +301,7 @@ class Replicator:
                 sub.wake.clear()
                 if sub.want_full:
                     sub.want_full = False
-                    snapshot = [b.to_wire() for b in self.store.all()]
+                    snapshot = [b.to_wire(sub.fields) for b in self.store.all()]
                     sub.pending.clear()  # the snapshot holds them
                     await self._send_snapshot(sub.writer, snapshot)
                     continue
@@ -371,7 +383,8 @@ class Replicator:
             if full:
                 self._full_source = peer.name
             link.full_requested = full
-            writer.write(encode_frame({"t": "hello", "name": self.name, "full": full}))
+            writer.write(encode_frame({"t": "hello", "name": self.name, "full": full,
+                                       "fields": WIRE_FIELDS}))
             await writer.drain()
             link.connected = True
             link.connects += 1
@@ -439,3 +452,13 @@ class Replicator:
                              "host": lk.peer.host, "port": lk.peer.port}
                       for name, lk in self.links.items()},
         }
+
+
+def _fields_read(hello: dict[str, Any]) -> int:
+    """How many binding fields the subscriber of ``hello`` reads: its ``fields``,
+    at most ours; a hello without it (an older proxy) reads the twelve."""
+    fields = hello.get("fields")
+    if isinstance(fields, int) and not isinstance(fields, bool) and \
+            fields >= LEGACY_WIRE_FIELDS:
+        return min(fields, WIRE_FIELDS)
+    return LEGACY_WIRE_FIELDS

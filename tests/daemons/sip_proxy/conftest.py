@@ -52,6 +52,8 @@ class Topology:
     proxies: dict[str, tuple[str, str, int]] = field(default_factory=dict)  # geo, host, port
     nodes: dict[str, tuple[str, str, int]] = field(default_factory=dict)
     feature_server: tuple[str, int] | None = None
+    #: the SIP Outbound Proxy DN's contact host: the data centre's proxy name
+    outbound_name: str | None = None
 
     def toml(self, backups: dict[str, tuple[str, int]] | None = None) -> str:
         backups = backups or {}
@@ -61,6 +63,10 @@ class Topology:
                  "applications = [" + ", ".join(f'"{n}"' for n in self.nodes) + "]",
                  "siproxy-applications = [" + ", ".join(f'"{n}"' for n in self.proxies) + "]",
                  ""]
+        if self.outbound_name:
+            lines += ["[dns.SIPProxy_DN]", 'type = "VoIPService"',
+                      'service-type = "sip-outbound-proxy"',
+                      f'contact = "sip:{self.outbound_name}"', ""]
         for dn, pw in PASSWORDS.items():
             lines += [f"[dns.{dn}]", 'type = "Extension"', 'contact = "*"',
                       f'password = "{pw}"', ""]
@@ -184,7 +190,8 @@ class Cluster:
 
 
 def make_register(phone: SipEndpoint, user: str, *, transport: str = "UDP",
-                  expires: int = 300, call_id: str | None = None) -> Request:
+                  expires: int = 300, call_id: str | None = None,
+                  route: str | None = None) -> Request:
     local = phone.local_address(transport)
     assert local is not None
     tp = "" if transport == "UDP" else f";transport={transport.lower()}"
@@ -196,19 +203,23 @@ def make_register(phone: SipEndpoint, user: str, *, transport: str = "UDP",
     h.add("CSeq", "1 REGISTER")
     h.add("Contact", f"<sip:{user}@{local[0]}:{local[1]}{tp}>")
     h.add("Expires", str(expires))
+    if route is not None:
+        h.add("Route", route)  # the phone's outbound proxy (RFC 3261 §8.1.2)
     return req
 
 
 async def register(phone: SipEndpoint, proxy: Destination, user: str,
-                   password: str | None = None, *, expires: int = 300) -> Response:
-    """REGISTER with digest through ``proxy`` (RFC 3261 §10.2, §22)."""
-    req = make_register(phone, user, transport=proxy.transport, expires=expires)
+                   password: str | None = None, *, expires: int = 300,
+                   route: str | None = None) -> Response:
+    """REGISTER with digest through ``proxy`` (RFC 3261 §10.2, §22); ``route``: a
+    Route header naming the outbound proxy (else none: the proxy by address)."""
+    req = make_register(phone, user, transport=proxy.transport, expires=expires, route=route)
     resp = await phone.request(req, proxy)
     if resp.status != 401:
         return resp
     client = DigestClient(user, password=password if password is not None else PASSWORDS[user])
     again = make_register(phone, user, transport=proxy.transport, expires=expires,
-                          call_id=req.call_id)
+                          call_id=req.call_id, route=route)
     again.headers.set("CSeq", "2 REGISTER")
     again.headers.add("Authorization", client.authorize(
         resp.headers.get_all("WWW-Authenticate"), method="REGISTER", uri=again.uri))

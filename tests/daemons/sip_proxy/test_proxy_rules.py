@@ -6,7 +6,7 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from daemons.sip_proxy.registrar import Binding, BindingStore
+from daemons.sip_proxy.registrar import LEGACY_WIRE_FIELDS, WIRE_FIELDS, Binding, BindingStore
 from daemons.sip_proxy.routing import NodeTarget, Router
 from daemons.sip_proxy.security import AuthGuard, RateLimiter
 from protocols.sip.oos import NodeState, OosMonitor
@@ -62,6 +62,25 @@ def test_wire_round_trip_and_bad_input() -> None:
         except ValueError:
             continue
         raise AssertionError(bad)
+
+
+def test_the_proxy_name_on_the_wire_and_the_previous_release_form() -> None:
+    x = Binding("a@d", "sip:a@h", 9.0, 1.0, "P", proxy_name="spx-srv.cluster.lab")
+    wire = x.to_wire()
+    assert len(wire) == WIRE_FIELDS and Binding.from_wire(wire) == x
+    # what a proxy of the previous release sends and reads: twelve fields
+    legacy = x.to_wire(LEGACY_WIRE_FIELDS)
+    assert len(legacy) == LEGACY_WIRE_FIELDS == 12
+    assert Binding.from_wire(legacy) == Binding("a@d", "sip:a@h", 9.0, 1.0, "P")
+    # a newer proxy's extra fields are left aside
+    assert Binding.from_wire([*wire, "later"]) == x
+    for bad in (wire[:11], [*wire[:12], 5]):
+        try:
+            Binding.from_wire(bad)
+        except ValueError:
+            continue
+        raise AssertionError(bad)
+    assert x.as_dict(0.0)["proxy_name"] == "spx-srv.cluster.lab"
 
 
 def test_oos_check_and_force() -> None:
