@@ -148,6 +148,9 @@ class Aggregator:
         self.dirty: set[str] = set()
         #: the web page's live watchers: watcher id -> callback
         self.local_watchers: dict[int, Callable[[list[StatusRecord]], None]] = {}
+        #: encoded records for each watcher connection, sent at the end of the loop turn
+        self._pending_events: dict[int, list[bytes]] = {}
+        self._events_scheduled = False
 
     # -- clock and timers ----------------------------------------------------
     def now(self) -> float:
@@ -507,8 +510,13 @@ class Aggregator:
 
     # -- fan-out -------------------------------------------------------------------
     def notify(self, users: list[str]) -> None:
-        """Tell every watcher of ``users`` their current view, one Event per
-        watcher (in parts of at most RECORDS_PER_FRAME)."""
+        """Tell every watcher of ``users`` their current view. Each record is
+        encoded once, whoever watches it; a connection's records wait for the
+        end of this loop turn and go out then in one ``Event`` (in parts of at
+        most RECORDS_PER_FRAME records), in the order of the changes: the
+        changes of all the frames read in one turn (a burst from many
+        publishers, a backlog after the process waited for the CPU) cost one
+        frame, one TLS record and one write per watcher, not one per change."""
         if not users:
             return
         self.dirty.update(users)
@@ -517,7 +525,7 @@ class Aggregator:
             return
         packed: dict[str, bytes] = {}
         views: dict[str, StatusRecord] = {}
-        now = self.now()
+        pending = self._pending_events
         for watcher, watched in fan.items():
             local = self.local_watchers.get(watcher)
             if local is not None:
@@ -526,16 +534,35 @@ class Aggregator:
             conn = self.connections.get(watcher)
             if conn is None or not conn.session.is_open:
                 continue
-            for start in range(0, len(watched), RECORDS_PER_FRAME):
-                part = watched[start:start + RECORDS_PER_FRAME]
-                chunks = []
-                for user in part:
-                    chunk = packed.get(user)
-                    if chunk is None:
-                        view = views.get(user) or views.setdefault(user, self.table.view(user))
-                        chunk = packed[user] = msgpack.packb(view)
-                    chunks.append(chunk)
-                conn.session.send_event(_array_header(len(chunks)) + b"".join(chunks), now)
+            chunks = pending.get(watcher)
+            if chunks is None:
+                chunks = pending[watcher] = []
+            for user in watched:
+                chunk = packed.get(user)
+                if chunk is None:
+                    view = views.get(user) or views.setdefault(user, self.table.view(user))
+                    chunk = packed[user] = msgpack.packb(view)
+                chunks.append(chunk)
+        if not pending or self._events_scheduled:
+            return
+        if self._loop is None:
+            self.send_events()
+        else:
+            self._events_scheduled = True
+            self._loop.call_soon(self.send_events)
+
+    def send_events(self) -> None:
+        """Send the records :meth:`notify` queued, one Event per watcher."""
+        self._events_scheduled = False
+        pending, self._pending_events = self._pending_events, {}
+        now = self.now()
+        for watcher, chunks in pending.items():
+            conn = self.connections.get(watcher)
+            if conn is None or not conn.session.is_open:
+                continue
+            for start in range(0, len(chunks), RECORDS_PER_FRAME):
+                part = chunks[start:start + RECORDS_PER_FRAME]
+                conn.session.send_event(_array_header(len(part)) + b"".join(part), now)
                 self.events_out.labels().inc()
             conn.driver.flush()
             self._check_backlog(conn)
