@@ -27,10 +27,10 @@ venv: $(STAMP)
 
 # The SIP message model and transaction layer compiled with mypyc (setup.py);
 # rebuilt whenever one of their sources changes.
-SIP_COMPILED := $(patsubst %,protocols/sip/%.py,uri headers message timers transaction)
+SIP_COMPILED := $(patsubst %,protocols/sip/%.py,uri headers message timers rules transaction)
 COMPILE_STAMP := build/.sip-compiled
 
-$(COMPILE_STAMP): $(STAMP) setup.py $(SIP_COMPILED)
+$(COMPILE_STAMP): $(STAMP) setup.py protocols/sip/__init__.py $(SIP_COMPILED)
 	@command -v cc >/dev/null 2>&1 || $(MAKE) --no-print-directory apt-tools PAIRS="gcc:gcc"
 	$(PY) setup.py -q build_ext --inplace
 	$(PY) -c "import sys, protocols.sip as s; sys.exit(0 if s.COMPILED else 'compiled SIP modules not in use')"

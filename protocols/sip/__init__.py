@@ -22,7 +22,7 @@ from types import ModuleType
 __all__ = ["COMPILED", "COMPILED_MODULES", "stale_modules"]
 
 #: The modules setup.py compiles, in dependency order.
-COMPILED_MODULES = ("uri", "headers", "message", "timers", "transaction")
+COMPILED_MODULES = ("uri", "headers", "message", "timers", "rules", "transaction")
 
 _HERE = Path(__file__).resolve().parent
 _SLACK_SECONDS = 2.0
