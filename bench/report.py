@@ -652,6 +652,31 @@ def director_rows(r: dict[str, Any]) -> list[Row]:
     return rows
 
 
+def cluster_scale_rows(r: dict[str, Any]) -> list[Row]:
+    sizes = r.get("sizes")
+    if not isinstance(sizes, dict) or not sizes:
+        return [Row("cluster nodes: per-node cost by cluster size", "no sizes run")]
+    rows = []
+    for size, m in sizes.items():
+        if not isinstance(m, dict):
+            continue
+        ratio = m.get("vs_smallest")
+        rows.append(Row(
+            f"cluster of {size} nodes, {num(r.get('rate_per_node'))} calls/s per node: "
+            "CPU per node (sip-server + t-controller)",
+            num(m.get("per_node_cpu_per_1000_mean"), "{:.2f}", " CPU s / 1,000 calls")
+            + f" (worst node {num(m.get('per_node_cpu_per_1000_max'), '{:.2f}')})",
+            "flat: <= 1.10 x the smallest cluster's",
+            at_most(ratio, 1.10) if ratio is not None else NA,
+            f"{num(m.get('failed'), '{:d}')} failed calls, "
+            f"{num(m.get('events_missing'), '{:d}')} events missing, "
+            f"{num(m.get('failed_runs'), '{:d}')} failed runs",
+            f"{num(m.get('node_cpu_per_1000_mean'), '{:.2f}')} sip-server + "
+            f"{num(m.get('tc_cpu_per_1000_mean'), '{:.2f}')} t-controller",
+            ratio=f"{num(ratio, '{:.2f}')} per-node cost / smallest cluster's"))
+    return rows
+
+
 MAPPERS: dict[str, Callable[[dict[str, Any]], list[Row]]] = {
     "bench_drill": drill_rows,
     "bench_failover": failover_rows,
@@ -676,6 +701,7 @@ MAPPERS: dict[str, Callable[[dict[str, Any]], list[Row]]] = {
     "bench_proxy_tls": proxy_tls_rows,
     "bench_rtm": rtm_rows,
     "bench_director": director_rows,
+    "bench_cluster_scale": cluster_scale_rows,
 }
 
 

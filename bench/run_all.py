@@ -58,6 +58,7 @@ QUICK: dict[str, list[str]] = {
     "bench_treatments": ["--streams", "50", "--seconds", "5", "--runs", "1"],
     # 1,000 connections: a TCP connect costs the proxy about a clock tick per 250
     "bench_proxy_tls": ["--runs", "3", "--connections", "1000"],
+    "bench_cluster_scale": ["--runs", "1", "--seconds", "10"],
 }
 #: Wall-time bound per script (the scripts bound their own loops; this is a last resort).
 TIMEOUT = 45 * 60
