@@ -25,6 +25,13 @@ One :class:`SipTransportManager` per daemon owns every SIP socket:
 
 The rules themselves (the Via fixed on receipt, the error answer, where
 responses go) are socket-free functions in :mod:`protocols.sip.rules`.
+
+The module is longer than most (about 860 lines) on purpose: the three
+transports share one connection table, one send path (connection reuse,
+the UDP-to-TCP switch, a failed send reported to the transaction layer) and
+one set of limits and counters, and a message's way from the socket to the
+callback and back is read in one file; the framing, the TLS acceptor and the
+rules live in their own modules.
 """
 
 from __future__ import annotations
