@@ -260,7 +260,8 @@ class AttendedTransfer(Transfer):
             self._release(new)
             if call.state is CallState.TRANSFERRING:
                 call.move(CallState.CONNECTED)
-            return inc.response(resp.status if resp.status >= 300 else 488)
+            status = resp.status if resp.status >= 300 else 488
+            return inc.response(status, headers=self._too_small_headers(status, resp))
         if req.body:
             await self._ack(out, resp)
         else:

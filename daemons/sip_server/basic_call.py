@@ -107,9 +107,8 @@ class BasicCall(Registration, TreatmentControl, SessionTimers):
             if leg_a.alive:
                 self._release(leg_a, dest)
                 # a callee's 422 that outlived the retry (RFC 4028 §8.2) keeps its Min-SE
-                min_se = result.headers.get("Min-SE") if isinstance(result, Response) \
-                    and status == 422 else None
-                inc.respond(status, headers=[("Min-SE", min_se)] if min_se else [])
+                inc.respond(status, headers=self._too_small_headers(
+                    status, result if isinstance(result, Response) else None))
                 self._finish(call, f"failed_{status}")
             return
         resp = result
@@ -207,7 +206,8 @@ class BasicCall(Registration, TreatmentControl, SessionTimers):
         # leg's in _session_request, this one's in the 2xx the node answers with
         out, resp = await self._session_request(other, "INVITE", headers, req.body)
         if resp.status >= 300:
-            return inc.response(resp.status if resp.status not in AS_UNAVAILABLE else 488)
+            status = resp.status if resp.status not in AS_UNAVAILABLE else 488
+            return inc.response(status, headers=self._too_small_headers(status, resp))
         await self._ack(out, resp)
         leg.sdp, other.sdp = req.body, resp.body
         answer_headers = [("Contact", self._contact(inc.flow.transport, inc.flow.remote[0])),

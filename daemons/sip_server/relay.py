@@ -81,6 +81,7 @@ class Relay(SessionTimers):
         if method == "UPDATE" and 200 <= status < 300 and req.body:
             leg.sdp, other.sdp = req.body, resp.body
         answer = [("Recv-Info", v) for v in resp.headers.get_all("Recv-Info")]
+        answer += self._too_small_headers(status, resp)  # RFC 4028 §6: a 422 has Min-SE
         if method == "UPDATE" and 200 <= status < 300:
             # the sender's leg is refreshed too (RFC 4028 §10)
             answer += self._session_refreshed(leg, req.headers, None)

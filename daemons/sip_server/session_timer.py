@@ -13,13 +13,15 @@ The node is a user agent on every leg, so each leg has its own timer:
   refreshes; no Session-Expires in it means no timer on that leg. A callee's
   422 with a larger Min-SE gets the INVITE again (same Call-ID and From tag,
   new CSeq) with Session-Expires and Min-SE of that value, once per distinct
-  value (§7.4, §8.2); the caller sees the 422 only when that fails too.
+  value (§7.4, §8.2); the caller sees the 422 only when that fails too, with
+  the larger of the callee's Min-SE and the node's own (§6: a 422 has one).
 
 Every 2xx to a re-INVITE or UPDATE on a leg refreshes its timer (§10), the
 party's and the node's own alike: the node's re-INVITEs and UPDATEs (a
 refresh, a transfer, a routed call leaving a treatment, a re-INVITE or UPDATE
 relayed from the other party) carry the leg's Session-Expires and Min-SE
-(§7.1, §8), a 422 to them is retried the same way, and their 2xx restarts the
+(§7.1, §8), a 422 to them is retried the same way (one that stands reaches the
+sender of a relayed request with Min-SE as above), and their 2xx restarts the
 leg's session with the interval and refresher it names; a 2xx without
 Session-Expires stops the leg's timer (the party wants none, §7.2, §7.4). When the node
 refreshes, it sends an UPDATE (a re-INVITE with the same SDP to a party that
@@ -121,6 +123,17 @@ class SessionTimers(SessionBase):
                           min_se=answer.reject_min_se)
             return self._refuse(inc, 422, headers=[("Min-SE", str(answer.reject_min_se))])
         return None
+
+    def _too_small_headers(self, status: int, resp: Response | None) -> list[tuple[str, str]]:
+        """The Min-SE of a final response the node passes back to the sender of a request
+        the other party answered (an INVITE, re-INVITE, UPDATE): a 422 carries one (§6,
+        §8.1), the larger of the other party's Min-SE (in ``resp``, when readable) and
+        the node's own minimum, so the sender's next try passes both. [] when
+        ``status`` is not 422."""
+        if status != 422:
+            return []
+        theirs = _min_se_of(resp.headers) if resp is not None else 0
+        return [("Min-SE", str(max(self.tserver.sip_min_se, MIN_SE, theirs)))]
 
     def _take_session_timer(self, leg_a: Leg) -> None:
         """The caller's leg: what its 2xx will say about the session timer."""
@@ -418,7 +431,7 @@ def _allows_update(headers: Headers) -> bool:
 
 
 def _min_se_of(headers: Headers) -> int:
-    """The Min-SE a request carried, 0 without one (or unreadable)."""
+    """The Min-SE a message carried, 0 without one (or unreadable)."""
     raw = headers.get("Min-SE")
     try:
         return parse_min_se(raw) if raw is not None else 0

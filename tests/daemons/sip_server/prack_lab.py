@@ -31,9 +31,10 @@ TARGET_DN = "1002"
 
 
 class PrackLab(NodeLab):
-    def phone(self, scenario: str) -> Sipp:
-        """The callee's phone on DN 1001's contact, running ``scenario``."""
-        return self.sipp(SCENARIOS / scenario, PHONE, self.ports["phone"], [])
+    def phone(self, scenario: str, *args: str) -> Sipp:
+        """The callee's phone on DN 1001's contact, running ``scenario`` (SIPp ``args``,
+        such as ``-set NAME VALUE``)."""
+        return self.sipp(SCENARIOS / scenario, PHONE, self.ports["phone"], list(args))
 
     def target(self, scenario: str) -> Sipp:
         """The phone of DN 1002 (a transfer target), running ``scenario``."""

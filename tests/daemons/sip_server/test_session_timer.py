@@ -135,3 +135,42 @@ async def test_callee_422_twice_with_the_same_min_se_fails_the_call(prack_lab: A
     assert header(invites[1], "Session-Expires") == ["1800"], invites[1]
     refused = received_responses(small, 422)
     assert refused and header(refused[0], "Min-SE") == ["1800"], small.messages()[-2000:]
+
+
+@pytest.mark.parametrize(("tserver", "callee_min_se", "retried", "expected"), [
+    # the callee's Min-SE is above the node's interval: each request retried with it
+    # once (§7.4), and its 422 to the retry passed back with the callee's value
+    ("sip-session-expires = 600", "1800", True, "1800"),
+    # the callee's Min-SE is below the node's own minimum: no retry, the node's value
+    ("sip-min-se = 1900\nsip-session-expires = 1900", "1000", False, "1900"),
+], ids=["callee_min_se", "node_min_se"])
+async def test_callee_422_to_a_relayed_refresh_reaches_the_caller_with_min_se(
+        prack_lab: Any, tserver: str, callee_min_se: str, retried: bool,
+        expected: str) -> None:
+    """RFC 4028 §6, §8.1: a callee's 422 to the caller's re-INVITE and UPDATE relayed by
+    the node, that stands after the node's retry, reaches the caller with a Min-SE: the
+    larger of the callee's and the node's ``sip-min-se``."""
+    lab = await prack_lab(tserver)
+    phone = lab.phone("uas_session_refresh_too_small.xml", "-set", "min_se", callee_min_se,
+                      "-set", "retry", "1" if retried else "0")
+    caller = lab.caller(SCENARIOS / "uac_session_refresh_too_small.xml",
+                        "-set", "expires", "1900")
+    stats = await asyncio.to_thread(caller.stats, 30)
+    # the scenario's checks: each 422 carried a Min-SE
+    assert stats.get("SuccessfulCall(C)") == "1", (stats, caller.errors(), phone.errors())
+    phone_stats = await asyncio.to_thread(phone.stats, 10)
+    assert phone_stats.get("SuccessfulCall(C)") == "1", (phone_stats, phone.errors())
+
+    refused = received_responses(caller, 422)
+    assert [header(r, "CSeq") for r in refused] == [["2 INVITE"], ["3 UPDATE"]], refused
+    assert [header(r, "Min-SE") for r in refused] == [[expected], [expected]], refused
+    # what the callee was asked: the leg's interval, then (retried) the callee's Min-SE
+    reinvites = phone.received_messages("INVITE")[1:]
+    updates = phone.received_messages("UPDATE")
+    interval = tserver.rsplit("= ", 1)[1]
+    asked = [interval, callee_min_se] if retried else [interval]
+    for sent in (reinvites, updates):
+        assert [header(m, "Session-Expires") for m in sent] == [
+            [f"{value};refresher=uas"] for value in asked], sent
+    relayed = lab.metrics("sipcluster_sip_relayed_total")
+    assert relayed == {'{method="UPDATE",status="422"}': 1.0}, relayed
