@@ -106,7 +106,7 @@ class BasicCall(Registration, TreatmentControl, SessionTimers):
                 status = 480
             if leg_a.alive:
                 self._release(leg_a, dest)
-                # a callee's 422 that outlived the retry (RFC 4028 §8.2) keeps its Min-SE
+                # a callee's 422 that outlived the retry (RFC 4028 §8.2): Min-SE, ours at least
                 inc.respond(status, headers=self._too_small_headers(
                     status, result if isinstance(result, Response) else None))
                 self._finish(call, f"failed_{status}")
