@@ -534,20 +534,22 @@ def baresip_phone(
     centre's resolver: ``srv`` = outbound proxy ``sip:<SRV FQDN>;transport=T``
     (RFC 3263 §4.2 SRV), ``naptr`` = no outbound proxy, the AoR's domain is
     resolved (RFC 3263 §4.1 NAPTR, which picks the transport), ``address`` =
-    outbound proxy at the first proxy of its data centre, by address."""
+    outbound proxy at the first proxy of its data centre, by address.
+    ``tone_seconds``: how long the phone plays (baresip ends a call whose audio
+    source runs out)."""
     binary = require_tool("baresip")
     phones: list[Baresip] = []
     counter = iter(range(101, 200))
 
     def start(dn: str, geo: str, *, route: str = "srv", transport: str = "udp",
-              tone_hz: float = 440.0) -> Baresip:
+              tone_hz: float = 440.0, tone_seconds: float = 30.0) -> Baresip:
         address = lab.prefix(geo) + str(next(counter))
         workdir = tmp_path / f"baresip-{dn}-{geo}-{transport}"
         workdir.mkdir()
         phone = Baresip(name=f"{dn}-{geo}", workdir=workdir, address=address,
                         sip_port=free_port(address), ctrl_port=free_port(address),
                         aor=f"sip:{dn}@{lab.domain}")
-        tone = write_tone(workdir / f"tone-{int(tone_hz)}.wav", tone_hz)
+        tone = write_tone(workdir / f"tone-{int(tone_hz)}.wav", tone_hz, tone_seconds)
         resolver = dc_resolvers[geo]
         baresip_config(phone, dns=(resolver.address, resolver.port), tone=tone)
         if route == "naptr":
