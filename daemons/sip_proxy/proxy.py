@@ -60,7 +60,7 @@ from daemons.sip_proxy.flows import (
 from daemons.sip_proxy.forwarding import NODE_HEADER, Forward, ProxySettings, loop_hash
 from daemons.sip_proxy.hop_by_hop import HopByHop
 from daemons.sip_proxy.registrar import Binding, BindingStore, aor_of
-from daemons.sip_proxy.registrar_front import RegistrarFront
+from daemons.sip_proxy.registrar_front import RegistrarFront, normalised_uri
 from daemons.sip_proxy.routing import NodeTarget, Router
 from daemons.sip_proxy.security import AuthGuard, RateLimiter
 from protocols.sip.errors import ParseError, SipError
@@ -602,16 +602,50 @@ class ProxyCore(RegistrarFront, HopByHop):
                     rr["sc-node"] = node_name
                 if b.received is not None:
                     rr["ft"] = flow_token(b.transport, split_hostport(b.received))
-                elif node_name and b.proxy_name in self.settings.own_names:
-                    # the phone registered by the data centre's proxy name: its
-                    # in-dialog requests go by that name, the pin finds the node
-                    rr_name = b.proxy_name
+                elif node_name:
+                    rr_name = self._registered_name(b)
             self._forward(fwd, "aor", rr=rr, strip_node=True, rr_name=rr_name)
             return
-        # anything else: on the Request-URI (trunks, other domains)
+        # anything else: on the Request-URI (trunks, other domains, a registered
+        # contact that the node reached through the REGISTER's Path, RFC 3327)
         fwd.targets = [(uri_dest(ruri), uri_transport(ruri), None)]
-        self._forward(fwd, "ruri", rr={"sc-node": node_name} if dialog_creating and node_name
-                      else None, strip_node=True)
+        if dialog_creating and node_name:
+            self._forward(fwd, "ruri", rr={"sc-node": node_name}, strip_node=True,
+                          rr_name=self._contact_registered_name(request))
+            return
+        self._forward(fwd, "ruri", rr=None, strip_node=True)
+
+    def _registered_name(self, b: Binding) -> str:
+        """The data centre's proxy name the phone of ``b`` registered by (UDP, not
+        behind NAT, :func:`~daemons.sip_proxy.flows.phone_side`) when it is still
+        one of ours: its side of a new dialog is record-routed by it, so its
+        in-dialog requests go by SRV to any live proxy and the ``sc-node`` pin
+        finds the node."""
+        name = b.proxy_name
+        return name if name and b.received is None and name in self.settings.own_names \
+            else ""
+
+    def _contact_registered_name(self, request: Request) -> str:
+        """:meth:`_registered_name` of the binding whose contact ``request`` (from a
+        node, its Request-URI a contact, its To the AoR) goes to; "" when none."""
+        if not self.settings.own_names:
+            return ""
+        try:
+            to = request.to.sip_uri
+        except ParseError:
+            return ""  # a To we cannot read is no AoR of ours; the call goes on
+        if not to.user or to.scheme not in ("sip", "sips"):
+            return ""
+        uri = request.uri
+        bindings = self.store.lookup(aor_of(to.user, to.host), time.time())
+        for b in bindings:
+            if b.contact == uri:
+                return self._registered_name(b)
+        target = normalised_uri(uri)
+        for b in bindings:
+            if normalised_uri(b.contact) == target:
+                return self._registered_name(b)
+        return ""
 
     def _forward(self, fwd: Forward, action: str, *, rr: dict[str, str] | None,
                  strip_node: bool = False, rr_name: str = "") -> None:

@@ -150,6 +150,38 @@ async def test_a_phone_called_after_registering_by_the_proxy_name_outlives_the_p
     assert answer.status == 481, answer.status
 
 
+async def test_a_call_through_the_registers_path_is_record_routed_by_the_name(
+    cluster_factory: Any,
+) -> None:
+    """A node reaches a phone through the Path of its REGISTER (RFC 3327): the
+    Request-URI is the contact, the To the AoR; the binding says how it registered."""
+    topo = standard_topology(dc2=False)
+    topo.outbound_name = NAME
+    c: Cluster = cluster_factory(topo)
+    await _start(c)
+    _, host1, port1 = topo.proxies["SPX_dc1_1"]
+    node_side = await c.endpoint("127.0.1.111")
+    for user, route, address in (("1001", BY_NAME, "127.0.1.227"),
+                                 ("1002", None, "127.0.1.228")):
+        phone = CalledPhone()
+        ep = await c.endpoint(address, phone.handle)
+        phone.ep = ep
+        assert (await register(ep, c.proxy_dest("SPX_dc1_1"), user, route=route)).status == 200
+        [binding] = c.proxies["SPX_dc1_1"].store.lookup(f"{user}@{DOMAIN}", time.time())
+        inv = _invite(binding.contact, node_side, f"path-{user}@test")
+        inv.headers.set("To", f"<sip:{user}@{DOMAIN}>")
+        inv.headers.add("Route", f"<sip:{host1}:{port1};lr>")
+        final = await node_side.request(inv, c.proxy_dest("SPX_dc1_1"))
+        assert final.status == 200
+        [got] = phone.invites
+        routes = [str(r) for r in got.headers.get_all("Record-Route")]
+        if route is None:
+            assert routes == [f"<sip:{host1}:{port1};lr;sc-node=SIPS_dc1_1>"], routes
+        else:
+            assert routes == [f"<sip:{NAME};transport=udp;lr;sc-node=SIPS_dc1_1>",
+                              f"<sip:{host1}:{port1};lr;sc-node=SIPS_dc1_1>"], routes
+
+
 async def test_phones_by_address_or_over_tcp_keep_the_address_form(
     cluster_factory: Any,
 ) -> None:
