@@ -543,10 +543,10 @@ class ProxyCore(RegistrarFront, HopByHop):
             rr_name = ""
             if dialog_creating:
                 rr = {"sc-node": nodes[0].name}
-                flow, rr_name = phone_side(request, fwd.source, transport,
-                                           pins.get("name", ""))
-                if flow:
-                    rr["ft"] = flow
+                phone_flow, rr_name = phone_side(request, fwd.source, transport,
+                                                 pins.get("name", ""))
+                if phone_flow:
+                    rr["ft"] = phone_flow
             self._forward(fwd, "node", rr=rr, rr_name=rr_name)
             return
         # from a node (or a peer proxy): toward an endpoint
