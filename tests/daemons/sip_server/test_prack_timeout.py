@@ -36,6 +36,8 @@ async def test_unacknowledged_reliable_183_ends_in_504(node: tuple[PrackLab, Mov
     await clock.advance(13)  # 33 s: past 64*T1
     result = await stats
     assert result.get("SuccessfulCall(C)") == "1", (result, caller.errors())
+    # once: the caller's ACK (the INVITE's Via, RFC 3261 §17.1.1.3) ended its resending
+    assert len(received_responses(caller, 504)) == 1, caller.messages()[-3000:]
     ringing = received_responses(caller, 183)
     assert len(ringing) >= 2 and len({header(r, "RSeq")[0] for r in ringing}) == 1, ringing
     await until(lambda: phone.received_messages("CANCEL"))
