@@ -211,7 +211,7 @@ class BasicCall(Registration, TreatmentControl, SessionTimers):
         await self._ack(out, resp)
         leg.sdp, other.sdp = req.body, resp.body
         answer_headers = [("Contact", self._contact(inc.flow.transport, inc.flow.remote[0])),
-                          ("Allow", ALLOW), *self._session_refreshed(leg, req.headers, None)]
+                          ("Allow", ALLOW), *self._session_refreshed(leg, req.headers)]
         if resp.body:
             answer_headers.append(("Content-Type", "application/sdp"))
         sent = inc.respond(200, headers=answer_headers, body=resp.body)

@@ -84,7 +84,7 @@ class Relay(SessionTimers):
         answer += self._too_small_headers(status, resp)  # RFC 4028 §6: a 422 has Min-SE
         if method == "UPDATE" and 200 <= status < 300:
             # the sender's leg is refreshed too (RFC 4028 §10)
-            answer += self._session_refreshed(leg, req.headers, None)
+            answer += self._session_refreshed(leg, req.headers)
         if resp.body:
             answer += [("Content-Type", v) for v in resp.headers.get_all("Content-Type")]
         if method == "UPDATE":

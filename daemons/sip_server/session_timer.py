@@ -197,52 +197,31 @@ class SessionTimers(SessionBase):
                           interval=timer.interval,
                           refresher="node" if timer.we_refresh else "party")
 
-    def _session_refreshed(self, leg: Leg, request: Headers | None,
-                           response: Headers | None) -> list[tuple[str, str]]:
-        """A 2xx to a re-INVITE on ``leg``: its session is refreshed. ``request`` is
-        the party's re-INVITE or UPDATE (the node answers it: returns the 2xx's
-        headers), or ``response`` the party's 2xx to the node's re-INVITE or UPDATE:
-        its Session-Expires sets the interval and refresher, none stops the leg's
-        timer (§7.2, §7.4)."""
+    def _session_refreshed(self, leg: Leg, request: Headers) -> list[tuple[str, str]]:
+        """The node answers the party's re-INVITE or UPDATE ``request`` on ``leg`` with
+        2xx: the leg's session is refreshed (§9, §10). The 2xx's Session-Expires and
+        Require headers. (A 2xx to the node's own request: :meth:`_refresh_answered`.)"""
+        if not self._timers_on:
+            return []
         state = leg.session_timer
         now = self._now()
-        if request is not None and self._timers_on:
-            answer = self._session_answer(request)
-            if answer.session is None:
-                if isinstance(state, LegSessionTimer) and state.timer is not None:
-                    state.timer.refreshed(now)
-                    self.m_session_refreshes.labels("party", "ok").inc()
-                return []
-            if not isinstance(state, LegSessionTimer):
-                state = leg.session_timer = LegSessionTimer(
-                    peer_allows_update=_allows_update(request))
-            if state.timer is None:
-                state.timer = SessionTimer(answer.session.interval, answer.we_refresh, now)
-            else:
-                state.timer.refreshed(now, answer.session, answer.we_refresh)
-            self.m_session_refreshes.labels("party", "ok").inc()
-            self._arm_session(leg)
-            headers = [("Session-Expires", str(answer.session))]
-            return headers + ([("Require", OPTION_TAG)] if answer.require else [])
-        if isinstance(state, LegSessionTimer) and state.timer is not None:
-            if response is None:
+        answer = self._session_answer(request)
+        if answer.session is None:
+            if isinstance(state, LegSessionTimer) and state.timer is not None:
                 state.timer.refreshed(now)
-            else:
-                try:
-                    se = read_response(response)
-                except SipError as exc:
-                    # unreadable is not absent: the session goes on as agreed
-                    self.log.info("session_expires_unreadable", conn_id=leg.call.conn_id,
-                                  reason=str(exc))
-                    state.timer.refreshed(now)
-                else:
-                    if se is None:
-                        # §7.2, §7.4: no Session-Expires in the 2xx, no session expiration
-                        state.close()
-                        return []
-                    state.timer.refreshed(now, se, se.refresher == "uac")
-            self._arm_session(leg)
-        return []
+                self.m_session_refreshes.labels("party", "ok").inc()
+            return []
+        if not isinstance(state, LegSessionTimer):
+            state = leg.session_timer = LegSessionTimer(
+                peer_allows_update=_allows_update(request))
+        if state.timer is None:
+            state.timer = SessionTimer(answer.session.interval, answer.we_refresh, now)
+        else:
+            state.timer.refreshed(now, answer.session, answer.we_refresh)
+        self.m_session_refreshes.labels("party", "ok").inc()
+        self._arm_session(leg)
+        headers = [("Session-Expires", str(answer.session))]
+        return headers + ([("Require", OPTION_TAG)] if answer.require else [])
 
     def _arm_session(self, leg: Leg) -> None:
         state: LegSessionTimer = leg.session_timer
@@ -398,18 +377,32 @@ class SessionTimers(SessionBase):
 
     def _refresh_answered(self, leg: Leg, request: Request, resp: Response) -> None:
         """A 2xx to a re-INVITE / UPDATE the node sent on ``leg``: its session restarts
-        with what the 2xx says (§7.4, §10); the Min-SE sent stays the leg's floor."""
+        with the interval and refresher the 2xx names (§7.4, §10); a 2xx without
+        Session-Expires stops the leg's timer (the party wants none, §7.2, §7.4); the
+        Min-SE sent stays the leg's floor."""
         state = leg.session_timer
-        if isinstance(state, LegSessionTimer) and state.timer is not None:
-            state.min_se = max(state.min_se, _min_se_of(request.headers))
-            self._session_refreshed(leg, None, resp.headers)
-            if state.timer is None:
+        if not isinstance(state, LegSessionTimer) or state.timer is None:
+            return
+        state.min_se = max(state.min_se, _min_se_of(request.headers))
+        timer, now = state.timer, self._now()
+        try:
+            se = read_response(resp.headers)
+        except SipError as exc:
+            # unreadable is not absent: the session goes on as agreed
+            self.log.info("session_expires_unreadable", conn_id=leg.call.conn_id,
+                          reason=str(exc))
+            timer.refreshed(now)
+        else:
+            if se is None:
+                state.close()
                 self.log.info("session_timer_stopped", conn_id=leg.call.conn_id,
                               dn=leg.number, method=request.method)
                 return
-            self.log.info("session_timer_restarted", conn_id=leg.call.conn_id, dn=leg.number,
-                          method=request.method, interval=state.timer.interval,
-                          refresher="node" if state.timer.we_refresh else "party")
+            timer.refreshed(now, se, se.refresher == "uac")
+        self._arm_session(leg)
+        self.log.info("session_timer_restarted", conn_id=leg.call.conn_id, dn=leg.number,
+                      method=request.method, interval=timer.interval,
+                      refresher="node" if timer.we_refresh else "party")
 
     def _session_status(self, leg: Leg) -> dict[str, Any] | None:
         """A leg's session timer for the status page: interval, refresher, the seconds
