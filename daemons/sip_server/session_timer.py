@@ -21,8 +21,9 @@ party's and the node's own alike: the node's re-INVITEs and UPDATEs (a
 refresh, a transfer, a routed call leaving a treatment, a re-INVITE or UPDATE
 relayed from the other party) carry the leg's Session-Expires and Min-SE
 (§7.1, §8), a 422 to them is retried the same way (one that stands reaches the
-sender of a relayed request with Min-SE as above), and their 2xx restarts the
-leg's session with the interval and refresher it names; a 2xx without
+sender of a relayed request with Min-SE as above; either way its Min-SE stays the
+leg's floor, so the next request on the leg starts from it, §7.3), and their 2xx
+restarts the leg's session with the interval and refresher it names; a 2xx without
 Session-Expires stops the leg's timer (the party wants none, §7.2, §7.4). When the node
 refreshes, it sends an UPDATE (a re-INVITE with the same SDP to a party that
 does not allow UPDATE) at half the interval. A leg whose session expires
@@ -74,7 +75,8 @@ class LegSessionTimer:
     handle: asyncio.TimerHandle | None = None
     #: the party allows UPDATE: the node refreshes with UPDATE, else re-INVITE
     peer_allows_update: bool = False
-    #: the largest Min-SE the node's requests on this leg carried (a party's 422, §7.4)
+    #: the leg's floor for the node's requests on it: the Min-SE of its INVITE, raised
+    #: by every 422 the party answers one of them with (§7.3, §7.4, §8.2)
     min_se: int = 0
 
     def close(self) -> None:
@@ -285,17 +287,17 @@ class SessionTimers(SessionBase):
 
     # ------------------------------------------------ the node's own requests (§7.4)
 
-    def _refresh_headers(self, leg: Leg, min_se: int | None = None) -> list[tuple[str, str]]:
+    def _refresh_headers(self, leg: Leg) -> list[tuple[str, str]]:
         """Supported, Session-Expires and Min-SE of a re-INVITE / UPDATE the node sends
-        on ``leg`` (§7.4): the leg's interval (raised to ``min_se``, a party's 422) and
-        its refresher as it stands, seen from the node as the request's UAC. None
-        when the leg has no session timer."""
+        on ``leg`` (§7.4): the leg's interval (raised to its Min-SE, the largest a
+        party's 422 named) and its refresher as it stands, seen from the node as the
+        request's UAC. None when the leg has no session timer."""
         state = leg.session_timer
         if not self._timers_on or not isinstance(state, LegSessionTimer) \
                 or state.timer is None:
             return []
         timer = state.timer
-        floor = max(self.tserver.sip_min_se, MIN_SE, state.min_se, min_se or 0)
+        floor = max(self.tserver.sip_min_se, MIN_SE, state.min_se)
         se = SessionExpires(max(timer.interval, floor), "uac" if timer.we_refresh else "uas")
         return [("Supported", OPTION_TAG), ("Session-Expires", str(se)),
                 ("Min-SE", str(floor))]
@@ -355,35 +357,40 @@ class SessionTimers(SessionBase):
     async def _session_request(self, leg: Leg, method: str, headers: list[tuple[str, str]],
                                body: bytes) -> tuple[Request, Response]:
         """A re-INVITE or UPDATE the node sends on ``leg``'s dialog with the leg's
-        session-timer headers (:meth:`_refresh_headers`); a 422 retried with its
-        Min-SE (:meth:`_min_se_to_retry`); a 2xx restarts the leg's session (§10).
-        The request last sent and its final response (a 2xx to an INVITE is not
-        ACKed here: the ACK may carry an answer)."""
+        session-timer headers (:meth:`_refresh_headers`); a 422 raises the leg's Min-SE
+        (:meth:`_min_se_learned`) and is retried with it (:meth:`_min_se_to_retry`);
+        a 2xx restarts the leg's session (§10). The request last sent and its final
+        response (a 2xx to an INVITE is not ACKed here: the ACK may carry an answer)."""
         dialog = leg.dialog
         assert dialog is not None
         tried: set[int] = set()
-        min_se: int | None = None
         while True:
             out = dialog.create_request(method, headers=[
-                *headers, *self._refresh_headers(leg, min_se)], body=body)
+                *headers, *self._refresh_headers(leg)], body=body)
             resp = await self._request(out)
             dialog.receive_response(resp)
-            min_se = self._min_se_to_retry(out, resp, tried)
-            if min_se is None or not leg.alive:
+            self._min_se_learned(leg, resp)
+            if self._min_se_to_retry(out, resp, tried) is None or not leg.alive:
                 break
         if 200 <= resp.status < 300 and leg.alive:
             self._refresh_answered(leg, out, resp)
         return out, resp
 
+    def _min_se_learned(self, leg: Leg, resp: Response) -> None:
+        """A party's 422 to a re-INVITE / UPDATE the node sent on ``leg``: its Min-SE is
+        the leg's floor from then on (§7.3, §8.2), whether the retry gets through or
+        the 422 stands, so the next request on the leg starts from it."""
+        state = leg.session_timer
+        if resp.status == 422 and isinstance(state, LegSessionTimer):
+            state.min_se = max(state.min_se, _min_se_of(resp.headers))
+
     def _refresh_answered(self, leg: Leg, request: Request, resp: Response) -> None:
         """A 2xx to a re-INVITE / UPDATE the node sent on ``leg``: its session restarts
         with the interval and refresher the 2xx names (§7.4, §10); a 2xx without
-        Session-Expires stops the leg's timer (the party wants none, §7.2, §7.4); the
-        Min-SE sent stays the leg's floor."""
+        Session-Expires stops the leg's timer (the party wants none, §7.2, §7.4)."""
         state = leg.session_timer
         if not isinstance(state, LegSessionTimer) or state.timer is None:
             return
-        state.min_se = max(state.min_se, _min_se_of(request.headers))
         timer, now = state.timer, self._now()
         try:
             se = read_response(resp.headers)

@@ -177,3 +177,32 @@ async def test_callee_422_to_a_relayed_refresh_reaches_the_caller_with_min_se(
             [f"{value};refresher=uas"] for value in asked], sent
     relayed = lab.metrics("sipcluster_sip_relayed_total")
     assert relayed == {'{method="UPDATE",status="422"}': 1.0}, relayed
+
+
+@pytest.mark.parametrize("method", ["INVITE", "UPDATE"])
+async def test_min_se_of_a_callee_422_that_stands_is_kept_for_the_next_refresh(
+        prack_lab: Any, method: str) -> None:
+    """RFC 4028 §7.3, §8.2: the Min-SE of the callee's 422 to a relayed re-INVITE or
+    UPDATE is that leg's floor from then on, though the 422 stood (the node's retry
+    refused too): the caller's next refresh reaches the callee at once with
+    Session-Expires and Min-SE 1800, not with the leg's old 600 (the callee's
+    scenario checks it, and answers 200)."""
+    lab = await prack_lab("sip-session-expires = 600")
+    phone = lab.phone("uas_session_min_se_kept.xml", "-set", "method", method)
+    caller = lab.caller(SCENARIOS / "uac_session_refresh_min_se.xml",
+                        "-set", "expires", "600", "-set", "method", method)
+    stats = await asyncio.to_thread(caller.stats, 30)
+    assert stats.get("SuccessfulCall(C)") == "1", (stats, caller.errors(), phone.errors())
+    phone_stats = await asyncio.to_thread(phone.stats, 10)
+    assert phone_stats.get("SuccessfulCall(C)") == "1", (phone_stats, phone.errors())
+
+    refused = received_responses(caller, 422)
+    assert [header(r, "Min-SE") for r in refused] == [["1800"]], refused
+    relayed = phone.received_messages(method)[1 if method == "INVITE" else 0:]
+    assert [(header(m, "Session-Expires"), header(m, "Min-SE")) for m in relayed] == [
+        (["600;refresher=uas"], ["90"]),  # the caller's refresh: 422
+        (["1800;refresher=uas"], ["1800"]),  # the node's retry: 422 again
+        (["1800;refresher=uas"], ["1800"]),  # the caller's next refresh: 200
+    ], relayed
+    assert [header(r, "CSeq") for r in received_responses(caller, 200)][-2:] == [
+        [f"3 {method}"], ["4 BYE"]]
