@@ -26,6 +26,15 @@ Per run (median of ``--runs``):
   first; SIGKILL to the first; the time until a change published after the
   kill reaches the watcher through the second (watches restored).
 
+Once, before the runs (``--table-only``: only this), in this process: the
+**status table** filled as the aggregator fills it (the publishers' snapshot
+frames encoded, decoded and parsed, then taken by the table), ``--users``
+users in all; the collector's pauses while it fills (count, longest, total),
+the time of a full ``gc.collect()`` with every user held (median of 5), the
+objects the collector tracks and the resident memory growth per user. What
+the table holds stays out of the collector's walks only if it is untracked
+(plain tuples of strings and numbers, docs/status-aggregator.md, "Memory").
+
 Usage: ``.venv/bin/python bench/bench_status.py [--users 500000] [--publishers 30]
 [--rate 5000] [--seconds 10] [--watches 10000] [--watch-connections 100]
 [--watcher-processes 4] [--publisher-processes 1] [--runs 3]``
@@ -58,8 +67,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import aiohttp
 
 from daemons.runtime import certs
-from daemons.runtime.status_client import AggregatorAddress, StatusClient
-from protocols.status.messages import Role, StatusRecord
+from daemons.runtime.status_client import RECORDS_PER_FRAME, AggregatorAddress, StatusClient
+from protocols.status.framing import FrameDecoder, encode
+from protocols.status.messages import Role, Snapshot, StatusRecord, parse
+from protocols.status.table import StatusTable
 
 HOSTS = {"SA_1": "127.0.139.1", "SA_2": "127.0.139.2"}
 CLIENT_HOST = "127.0.139.9"
@@ -570,6 +581,60 @@ def median(values: list[float]) -> float:
     return statistics.median(values) if values else float("nan")
 
 
+def measure_table(args: argparse.Namespace, pubs: list[str]) -> dict[str, Any]:
+    """The status table phase (module docstring), in this process."""
+    gc.collect()
+    pauses: list[float] = []
+    began = [0.0]
+
+    def on_gc(phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            began[0] = time.perf_counter()
+        elif info["generation"] == 2:
+            pauses.append(time.perf_counter() - began[0])
+
+    tracked_before = len(gc.get_objects())
+    rss_before = rss_kib(os.getpid())
+    table = StatusTable()
+    decoder = FrameDecoder()
+    per = args.users // len(pubs)
+    incarnation = int(time.time() * 1000)
+    gc.callbacks.append(on_gc)
+    started = time.perf_counter()
+    try:
+        for p, name in enumerate(pubs):
+            last_user = args.users if p == len(pubs) - 1 else (p + 1) * per
+            table.heard(name, incarnation, time.monotonic())
+            table.begin_snapshot(name)
+            for start in range(p * per, last_user, RECORDS_PER_FRAME):
+                end = min(start + RECORDS_PER_FRAME, last_user)
+                records = tuple(StatusRecord(user=user(i), status="Available", server=name,
+                                             seq=i + 1) for i in range(start, end))
+                decoder.feed(encode(Snapshot(ref=start, records=records,
+                                             final=end == last_user).to_wire()))
+                for frame in decoder:
+                    message = parse(frame)
+                    assert isinstance(message, Snapshot)
+                    table.publish(name, incarnation, message.records, time.monotonic())
+            table.end_snapshot(name)
+        load_seconds = time.perf_counter() - started
+    finally:
+        gc.callbacks.remove(on_gc)
+    full: list[float] = []
+    for _ in range(5):
+        t0 = time.perf_counter()
+        gc.collect()
+        full.append(time.perf_counter() - t0)
+    held = len(table)
+    return {"users": held, "load_seconds": load_seconds,
+            "load_full_collections": len(pauses), "load_longest_pause_ms": 1000 * max(pauses,
+                                                                                     default=0),
+            "load_pause_total_ms": 1000 * sum(pauses),
+            "full_collection_ms": 1000 * median(full),
+            "tracked_objects_per_user": (len(gc.get_objects()) - tracked_before) / max(held, 1),
+            "bytes_per_user": (rss_kib(os.getpid()) - rss_before) * 1024 / max(held, 1)}
+
+
 async def main(args: argparse.Namespace) -> dict[str, Any]:
     root = Path(tempfile.mkdtemp(prefix="bench-status-"))
     os.environ["SIPCLUSTER_STATE_DIR"] = str(root / "state")  # the daemons' stores
@@ -580,8 +645,10 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         certs.issue(root / "certs", name)
     (root / "bench.json").write_text(json.dumps({"ports": ports, "pubs": pubs,
                                                  "args": vars(args)}))
+    table = measure_table(args, pubs)
+    print(f"status table: {json.dumps(table)}", file=sys.stderr, flush=True)
     runs, failovers, failures = [], [], []
-    for r in range(args.runs):
+    for r in range(0 if args.table_only else args.runs):
         try:
             result = await run_load_and_rate(root, ports, pubs, args)
             runs.append(result)
@@ -594,7 +661,8 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
             print(f"fail-over {r + 1}: {json.dumps(failover)}", file=sys.stderr, flush=True)
         except Exception as exc:
             failures.append(f"fail-over run {r + 1}: {exc!r}")
-    return {"runs": runs, "failovers": failovers, "failures": failures, "args": vars(args)}
+    return {"table": table, "runs": runs, "failovers": failovers, "failures": failures,
+            "args": vars(args)}
 
 
 def report(data: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
@@ -625,8 +693,24 @@ def report(data: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
         "watcher_wait_pct": median([max(r["watcher_wait_pct"]) for r in runs]),
         "load_average": [r["load_average"] for r in runs],
         "p99_ms_runs": [r["p99_ms"] for r in runs],
+        "table": data["table"],
     }
+    table = data["table"]
     print("## status-aggregator\n")
+    print(f"Status table in the bench's process, {table['users']:,} users:\n")
+    print("| figure | measured |")
+    print("|---|---|")
+    print(f"| filled in | {table['load_seconds']:.1f} s |")
+    print(f"| full collections while filling: count, longest, total | "
+          f"{table['load_full_collections']}, {table['load_longest_pause_ms']:.0f} ms, "
+          f"{table['load_pause_total_ms']:.0f} ms |")
+    print(f"| full collection, every user held (median of 5) | "
+          f"{table['full_collection_ms']:.1f} ms |")
+    print(f"| objects the collector tracks, per user | "
+          f"{table['tracked_objects_per_user']:.2f} |")
+    print(f"| memory per user | {table['bytes_per_user']:,.0f} B |\n")
+    if args.table_only:
+        return summary
     print(f"{args.users:,} users from {args.publishers} publishers; {args.watches:,} watches on "
           f"{args.watch_connections} connections; {args.rate:,} changes/s for {args.seconds} s; "
           f"median of {len(runs)} runs (fail-over: {len(fos)} runs)\n")
@@ -681,6 +765,8 @@ if __name__ == "__main__":
     parser.add_argument("--publisher-processes", type=int, default=1,
                         help="processes the publishers are spread over")
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--table-only", action="store_true",
+                        help="only the in-process status table phase")
     parser.add_argument("--child", choices=["publishers", "watchers"], help=argparse.SUPPRESS)
     parser.add_argument("--index", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--of", type=int, default=1, help=argparse.SUPPRESS)
