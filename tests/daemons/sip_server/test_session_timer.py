@@ -152,7 +152,8 @@ async def test_callee_422_to_a_relayed_refresh_reaches_the_caller_with_min_se(
         expected: str) -> None:
     """RFC 4028 §6, §8.1: a callee's 422 to the caller's re-INVITE and UPDATE relayed by
     the node, that stands after the node's retry, reaches the caller with a Min-SE: the
-    larger of the callee's and the node's ``sip-min-se``."""
+    larger of the callee's and the node's ``sip-min-se``. The UPDATE after the
+    re-INVITE's 422 asks the callee for that leg's Min-SE at once (§7.3)."""
     lab = await prack_lab(tserver)
     phone = lab.phone("uas_session_refresh_too_small.xml", "-set", "min_se", callee_min_se,
                       "-set", "retry", "1" if retried else "0")
@@ -167,14 +168,16 @@ async def test_callee_422_to_a_relayed_refresh_reaches_the_caller_with_min_se(
     refused = received_responses(caller, 422)
     assert [header(r, "CSeq") for r in refused] == [["2 INVITE"], ["3 UPDATE"]], refused
     assert [header(r, "Min-SE") for r in refused] == [[expected], [expected]], refused
-    # what the callee was asked: the leg's interval, then (retried) the callee's Min-SE
+    # what the callee was asked: the leg's interval, then (retried) the callee's Min-SE;
+    # the UPDATE, once, the larger of the two (the leg's floor after the 422)
     reinvites = phone.received_messages("INVITE")[1:]
     updates = phone.received_messages("UPDATE")
     interval = tserver.rsplit("= ", 1)[1]
     asked = [interval, callee_min_se] if retried else [interval]
-    for sent in (reinvites, updates):
-        assert [header(m, "Session-Expires") for m in sent] == [
-            [f"{value};refresher=uas"] for value in asked], sent
+    assert [header(m, "Session-Expires") for m in reinvites] == [
+        [f"{value};refresher=uas"] for value in asked], reinvites
+    assert [header(m, "Session-Expires") for m in updates] == [
+        [f"{asked[-1]};refresher=uas"]], updates
     relayed = lab.metrics("sipcluster_sip_relayed_total")
     assert relayed == {'{method="UPDATE",status="422"}': 1.0}, relayed
 
