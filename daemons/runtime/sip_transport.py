@@ -112,6 +112,11 @@ class Flow:
 
 MessageHandler = Callable[[Request | Response, Flow], None]
 
+#: The headers a proxied request must not repeat (§16.3 step 1, §20).
+_SINGLE_HEADERS: Final = ("to", "from", "call-id", "cseq", "max-forwards")
+#: The bytes a UDP keep-alive is made of (RFC 5626 §3.5.1 and what UAs send).
+_KEEPALIVE_BYTES: Final = frozenset(b"\r\n\x00 ")
+
 
 # --------------------------------------------------------------------------- checks
 
@@ -133,10 +138,13 @@ def _check_proxied(msg: Request | Response) -> None:
     if isinstance(msg, Request):
         msg.from_  # noqa: B018
         msg.to  # noqa: B018
-        h = msg.headers
-        for key in ("to", "from", "call-id", "cseq", "max-forwards"):
-            if h._keys.count(key) > 1:
-                raise ParseError(f"multiple {canonical_name(key)} headers")
+        keys = msg.headers._keys
+        # one set of the names first: most requests repeat none of them, and five
+        # list counts cost several times as much
+        if len(set(keys)) != len(keys):
+            for key in _SINGLE_HEADERS:
+                if keys.count(key) > 1:
+                    raise ParseError(f"multiple {canonical_name(key)} headers")
         msg.max_forwards  # noqa: B018
         msg.content_length  # noqa: B018
         ruri = msg.ruri
@@ -355,6 +363,8 @@ class SipTransportManager:
         self._ids = itertools.count(1)
         self._udp: list[_UdpEndpoint] = []
         self._udp_clients: dict[int, _UdpEndpoint] = {}
+        #: _ready_udp_endpoint's answer per family (IPv6 or not), for any local port
+        self._ready_udp: dict[bool, _UdpEndpoint] = {}
         self._servers: list[tuple[str, asyncio.AbstractServer, Address]] = []
         self._connections: dict[int, _StreamConnection] = {}
         self._by_remote: dict[tuple[str, str, int], int] = {}
@@ -395,6 +405,7 @@ class SipTransportManager:
                 reuse_port=reuse_port or None)
             _grow_buffers(transport_)
             self._udp.append(proto)
+            self._ready_udp.clear()
             self.log.info("sip_listening", transport="UDP", address=_fmt(proto.local))
             return proto.local
         if transport not in ("TCP", "TLS"):
@@ -452,6 +463,7 @@ class SipTransportManager:
         for proto in list(self._udp):
             if proto.local == local:
                 self._udp.remove(proto)
+                self._ready_udp.clear()
                 if proto.transport is not None:
                     proto.transport.close()
 
@@ -493,11 +505,13 @@ class SipTransportManager:
         self._servers.clear()
         self._udp.clear()
         self._udp_clients.clear()
+        self._ready_udp.clear()
 
     # ------------------------------------------------------------ receiving
 
     def _on_datagram(self, ep: _UdpEndpoint, data: bytes, remote: Address) -> None:
-        if not data.strip(b"\r\n\x00 "):
+        # a message starts with a token: only then is the copy of strip() needed
+        if not data or (data[0] in _KEEPALIVE_BYTES and not data.strip(b"\r\n\x00 ")):
             # A CRLF "ping" over UDP (some UAs send them to keep NAT bindings).
             self._count_keepalive("UDP")
             return
@@ -849,13 +863,24 @@ class SipTransportManager:
 
     def _ready_udp_endpoint(self, host: str, local_port: int | None = None
                             ) -> _UdpEndpoint | None:
-        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        v6 = ":" in host
+        if local_port is None:
+            # the answer of the search below, kept per family until a socket
+            # opens or the kept one closes: asked for every datagram sent
+            ep = self._ready_udp.get(v6)
+            if ep is not None and ep.transport is not None and not ep.transport.is_closing():
+                return ep
+        family = socket.AF_INET6 if v6 else socket.AF_INET
+        found = self._udp_clients.get(family)
         for ep in self._udp:
             ep_family = socket.AF_INET6 if ":" in ep.local[0] else socket.AF_INET
             if ep_family == family and ep.transport is not None and \
                     not ep.transport.is_closing() and local_port in (None, ep.local[1]):
-                return ep
-        return self._udp_clients.get(family)
+                found = ep
+                break
+        if local_port is None and found is not None:
+            self._ready_udp[v6] = found
+        return found
 
     async def _udp_endpoint(self, host: str) -> _UdpEndpoint:
         ep = self._ready_udp_endpoint(host)
@@ -865,4 +890,5 @@ class SipTransportManager:
             _, ep = await self._loop.create_datagram_endpoint(
                 lambda: _UdpEndpoint(self), local_addr=(bind, 0))
             self._udp_clients[family] = ep
+            self._ready_udp.clear()
         return ep

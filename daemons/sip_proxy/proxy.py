@@ -153,6 +153,8 @@ class ProxyCore(RegistrarFront, HopByHop):
         self._tasks: set[asyncio.Task[Any]] = set()
         self._flushing = False
         self._last_stamp = 0.0
+        self._via_settings: ProxySettings | None = None
+        self._via_starts: dict[str, str] = {}
         self._own = {(settings.host, settings.port)}
         self._peer_hosts = {h for h, _ in settings.peers.values()}
         self._peers_at = {(h, p): name for name, (h, p) in settings.peers.items()}
@@ -182,6 +184,8 @@ class ProxyCore(RegistrarFront, HopByHop):
         self.failovers = metrics.tally(
             "proxy_node_failovers", "Requests moved to another node", ("reason",))
         self.bindings_gauge = metrics.gauge("proxy_bindings", "Live bindings known")
+        # read when scraped: the store changes with every REGISTER and replicated binding
+        self.bindings_gauge.set_function(lambda: len(self.store))
 
     # ------------------------------------------------------------ lifecycle
 
@@ -293,11 +297,12 @@ class ProxyCore(RegistrarFront, HopByHop):
 
     def on_message(self, message: Request | Response, flow: Any) -> None:
         """Transport callback: every valid message (sync, must not block)."""
-        if isinstance(message, Request):
+        limiter = self.rate_limiter
+        if limiter.rate > 0 and isinstance(message, Request):
             src = flow.remote[0]
             trusted = self.router.is_node_host(src) or src in self._peer_hosts or \
                 src == self._fs_host
-            if not trusted and not self.rate_limiter.allow(src, self._now()):
+            if not trusted and not limiter.allow(src, self._now()):
                 self.refused.labels("rate_limit").inc()
                 if message.method != "ACK":
                     resp = make_response(message, 503, "Rate Limited")
@@ -342,6 +347,20 @@ class ProxyCore(RegistrarFront, HopByHop):
         stamp = max(time.time(), self._last_stamp + 1e-6)
         self._last_stamp = stamp
         return stamp
+
+    def _via_start(self, transport: str) -> str:
+        """Our Via for ``transport`` up to the branch value (§16.6 step 8): made
+        once per transport and settings."""
+        settings = self.settings
+        if self._via_settings is not settings:
+            self._via_settings = settings
+            self._via_starts.clear()
+        start = self._via_starts.get(transport)
+        if start is None:
+            start = self._via_starts[transport] = \
+                f"SIP/2.0/{transport} {format_host(settings.host)}:" \
+                f"{settings.port_for(transport)};branch="
+        return start
 
     def _rr(self, transport: str, params: dict[str, str], secure: bool = False,
             name: str = "") -> str:
@@ -400,7 +419,9 @@ class ProxyCore(RegistrarFront, HopByHop):
         # §16.3 step 4: loop detection
         lh = loop_hash(request)
         own_host = self.settings.host
-        if any(own_host in line for line in request.headers.get_lines("Via")):
+        for line in request.headers.get_lines("Via"):
+            if own_host not in line:
+                continue
             for v in request.vias:
                 b = v.branch or ""
                 if self.is_own(v.host, v.port) and b.startswith(_BRANCH_PREFIX) \
@@ -408,6 +429,7 @@ class ProxyCore(RegistrarFront, HopByHop):
                     self.requests.labels(method, "loop").inc()
                     self._respond(key, request, 482)
                     return
+            break
         # §16.3 step 5: Proxy-Require
         required = request.headers.get_all("Proxy-Require") \
             if "Proxy-Require" in request.headers else None
@@ -683,8 +705,7 @@ class ProxyCore(RegistrarFront, HopByHop):
         request = fwd.request
         method = request.method
         branch = f"{_BRANCH_PREFIX}{fwd.loop_hash}.{self._branch_salt}{next(self._branches):x}"
-        via = f"SIP/2.0/{transport} {format_host(self.settings.host)}:" \
-              f"{self.settings.port_for(transport)};branch={branch};rport"
+        via = f"{self._via_start(transport)}{branch};rport"
         tm = self.transport
         assert tm is not None
         now = self._now()
@@ -701,7 +722,10 @@ class ProxyCore(RegistrarFront, HopByHop):
                 top = [("Via", via), *reversed(fwd.prepend)]
                 if node is not None:
                     top.append((NODE_HEADER, node.name))
-                drop = _NODE_ONLY if fwd.strip_node or node is not None else ()
+                # the parsed headers say whether the node header is there to drop
+                # (a search of the bytes costs more)
+                drop = _NODE_ONLY if (fwd.strip_node or node is not None) \
+                    and NODE_HEADER in request.headers else ()
                 data = None
                 if transport == "UDP" and method != "INVITE" and tm.udp_ready(dest[0]):
                     data = splice_request(request.serialize(), top, fwd.mf, drop)

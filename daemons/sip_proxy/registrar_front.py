@@ -129,7 +129,6 @@ class RegistrarFront:
     on_binding: Callable[[Binding], None]
     requests: Any
     registrations: Any
-    bindings_gauge: Any
 
     if TYPE_CHECKING:  # provided by ProxyCore
         def _respond(self, key: TransactionKey, request: Request, status: int,
@@ -187,4 +186,3 @@ class RegistrarFront:
         if self.store.apply(b):
             self.registrations.labels("removed" if b.removed else "stored").inc()
             self.on_binding(b)
-        self.bindings_gauge.set(len(self.store))

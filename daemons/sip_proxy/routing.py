@@ -48,6 +48,8 @@ def hrw_order(call_id: str, nodes: list[NodeTarget]) -> list[NodeTarget]:
     The weight is computed per HA *group*, so a pair's members share a place in
     the order and a switchover keeps the call's slot.
     """
+    if len(nodes) < 2:
+        return list(nodes)  # nothing to order: no hash per request
     return sorted(nodes, key=lambda n: _weight(call_id, n.group or n.name), reverse=True)
 
 

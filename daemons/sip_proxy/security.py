@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from dataclasses import dataclass
+from typing import Final
 
 __all__ = ["AuthGuard", "AuthVerdict", "RateLimiter"]
 
@@ -74,6 +75,11 @@ class AuthVerdict:
     delay: float
 
 
+#: the verdicts without a delay, made once (a frozen dataclass is slow to build)
+_PASS: Final = AuthVerdict(False, 0.0)
+_REFUSE: Final = AuthVerdict(True, 0.0)
+
+
 @dataclass(slots=True)
 class _Record:
     failures: int
@@ -100,12 +106,12 @@ class AuthGuard:
     def check(self, source: str, now: float) -> AuthVerdict:
         rec = self._records.get(source)
         if rec is None:
-            return AuthVerdict(False, 0.0)
+            return _PASS
         if rec.blocked_until > now:
-            return AuthVerdict(True, 0.0)
+            return _REFUSE
         if now - rec.last > self.forget_after:
             del self._records[source]
-            return AuthVerdict(False, 0.0)
+            return _PASS
         if rec.blocked_until and rec.blocked_until <= now:
             # the block is over: start counting again, but stay slowed
             rec.blocked_until = 0.0
