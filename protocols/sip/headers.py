@@ -216,8 +216,15 @@ def _split_scan(text: str, sep: str, angle: bool) -> list[str]:
 
 def split_list(text: str) -> list[str]:
     """Split a comma-separated header value, ignoring commas in quotes and <URI> (§7.3.1)."""
-    if '"' not in text and "<" not in text:
-        return text.split(",")
+    if '"' not in text:
+        if "<" not in text:
+            return text.split(",")
+        if "," not in text:
+            # one value (a Contact, a Route): the scan below would find what
+            # these two searches find, a character at a time
+            if text.rfind("<") > text.rfind(">"):
+                raise ParseError("unterminated '<' in header value")
+            return [text]
     return _split_scan(text, ",", True)
 
 

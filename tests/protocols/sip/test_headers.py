@@ -118,6 +118,17 @@ def test_split_list_respects_quotes_and_angles() -> None:
         split_list("<sip:a@b, c")
 
 
+def test_split_list_of_one_value_in_angles() -> None:
+    """A value without comma or quote (one Contact, one Route) is not scanned, and
+    an unterminated '<' is refused all the same."""
+    assert split_list("<sip:1001@10.0.0.1:5060>;expires=600") == \
+        ["<sip:1001@10.0.0.1:5060>;expires=600"]
+    assert split_list("<sip:a@b>x<y>") == ["<sip:a@b>x<y>"]
+    for bad in ("<sip:a@b", "<sip:a@b> <sip:c@d", "x<"):
+        with pytest.raises(ParseError, match="unterminated"):
+            split_list(bad)
+
+
 def test_params() -> None:
     assert parse_params(" Tag = abc ; lr ; q=0.5", "x") == {"tag": "abc", "lr": None, "q": "0.5"}
     assert parse_params('name="a;b"', "x") == {"name": '"a;b"'}
