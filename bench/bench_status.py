@@ -33,7 +33,7 @@ users in all; the collector's pauses while it fills (count, longest, total),
 the time of a full ``gc.collect()`` with every user held (median of 5), the
 objects the collector tracks and the resident memory growth per user. What
 the table holds stays out of the collector's walks only if it is untracked
-(plain tuples of strings and numbers, docs/status-aggregator.md, "Memory").
+(docs/status-aggregator.md, "Memory").
 
 Usage: ``.venv/bin/python bench/bench_status.py [--users 500000] [--publishers 30]
 [--rate 5000] [--seconds 10] [--watches 10000] [--watch-connections 100]

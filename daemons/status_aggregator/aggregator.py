@@ -22,8 +22,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import msgpack
-
 from daemons.cluster.config import AppKind, ClusterConfig
 from daemons.runtime.certs import TlsAcceptor, authorize
 from daemons.runtime.driver import StreamDriver, TimerSlot
@@ -144,8 +142,9 @@ class Aggregator:
             lambda: sum(1 for p in self.table.publishers.values() if p.online))
         self.mirrors_gauge = metrics.gauge("status_mirror_links", "Mirror links open")
         self.mirrors_gauge.set_function(lambda: len(self.mirror_links()))
-        #: users whose record changed since the store last saw them
-        self.dirty: set[str] = set()
+        #: users whose record changed since the store last saw them (a dict of None,
+        #: untracked by the garbage collector, not a set: a snapshot puts every user in it)
+        self.dirty: dict[str, None] = {}
         #: the web page's live watchers: watcher id -> callback
         self.local_watchers: dict[int, Callable[[list[StatusRecord]], None]] = {}
         #: encoded records for each watcher connection, sent at the end of the loop turn
@@ -511,7 +510,8 @@ class Aggregator:
     # -- fan-out -------------------------------------------------------------------
     def notify(self, users: list[str]) -> None:
         """Tell every watcher of ``users`` their current view. Each record is
-        encoded once, whoever watches it; a connection's records wait for the
+        encoded once, whoever watches it (the table's stored wire form while
+        its publisher is online); a connection's records wait for the
         end of this loop turn and go out then in one ``Event`` (in parts of at
         most RECORDS_PER_FRAME records), in the order of the changes: the
         changes of all the frames read in one turn (a burst from many
@@ -519,7 +519,7 @@ class Aggregator:
         frame, one TLS record and one write per watcher, not one per change."""
         if not users:
             return
-        self.dirty.update(users)
+        self.dirty.update(dict.fromkeys(users))
         fan = self.table.watchers_of(dict.fromkeys(users))
         if not fan:
             return
@@ -540,8 +540,7 @@ class Aggregator:
             for user in watched:
                 chunk = packed.get(user)
                 if chunk is None:
-                    view = views.get(user) or views.setdefault(user, self.table.view(user))
-                    chunk = packed[user] = msgpack.packb(view)
+                    chunk = packed[user] = self.table.view_wire(user)
                 chunks.append(chunk)
         if not pending or self._events_scheduled:
             return

@@ -115,7 +115,7 @@ class StatusAggregatorService(Service):
         """Write the changed users' persistent statuses; how many rows changed."""
         if self.store is None or not self.aggregator.dirty:
             return 0
-        users, self.aggregator.dirty = self.aggregator.dirty, set()
+        users, self.aggregator.dirty = self.aggregator.dirty, {}
         raw = self.aggregator.table.raw
         kept, dropped = split(raw.get(u) or StatusRecord(user=u) for u in users)
         stored = self._stored

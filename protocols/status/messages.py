@@ -45,9 +45,12 @@ class StatusRecord(NamedTuple):
 
     ``status`` is ``None`` in a publish that leaves the status key as it is
     (a publisher that restarted and does not know a persistent status).
-    ``until`` is a UNIX time or ``None``. A tuple: cheap to make, compare and
-    keep by the hundred thousand (the garbage collector does not track a
-    tuple of strings and numbers).
+    ``until`` is a UNIX time or ``None``. A tuple: cheap to make and compare.
+    Being a ``NamedTuple`` (a subclass, not an exact tuple), it stays tracked
+    by the garbage collector whatever it holds, so the status table does not
+    keep it: it stores each record in its wire form, bytes the collector never
+    walks (:data:`protocols.status.table.StoredRecord`), and builds this class
+    again where a record is read out.
     """
 
     user: str

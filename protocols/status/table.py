@@ -21,6 +21,19 @@ Rules (each refusal is an :class:`ErrorCode` per user):
 * a snapshot replaces the publisher's set: its users not in the snapshot
   are logged off (:meth:`retire_before`).
 
+Memory (docs/status-aggregator.md, "Memory"): the table holds nothing per
+user that the garbage collector tracks, so a full collection does not walk
+500,000 users. A record is stored in its wire form (:data:`StoredRecord`,
+the msgpack array an ``Event`` carries): bytes are not a container, and the
+dict holding them, like each publisher's ``users`` (a dict of ``None``, not
+a set, which the collector always tracks), stays untracked. A
+:class:`StatusRecord` would not do: a ``NamedTuple`` (not an exact tuple)
+stays tracked for ever, and so would the dict holding it; a plain tuple of
+its fields is untracked only at the collector's next pass, after the dict
+holding it was tracked again. A :class:`StatusRecord` is built again where
+a record is read out (:attr:`StatusTable.raw`, :meth:`StatusTable.view`);
+:meth:`StatusTable.view_wire` gives the stored bytes as they are.
+
 Sans-I/O: time is ``now``; :meth:`next_timer` / :meth:`handle_timer` run the
 ``publisher-timeout``.
 """
@@ -28,9 +41,11 @@ Sans-I/O: time is ``now``; :meth:`next_timer` / :meth:`handle_timer` run the
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
+
+import msgpack
 
 from protocols.status.errors import ErrorCode
 from protocols.status.messages import StatusRecord
@@ -49,6 +64,27 @@ _STALE: Final = int(ErrorCode.STALE_SEQUENCE)
 #: floor of a snapshot that has no record yet: every older record is retired
 _NO_FLOOR: Final = (2**63, 0)
 
+#: a record as the table stores it: its wire form, the msgpack array of the
+#: fields of a :class:`StatusRecord` in their order (not a container: the
+#: garbage collector never tracks it, nor the dict that holds only such)
+StoredRecord = bytes
+
+_pack: Final[Callable[[Any], bytes]] = msgpack.packb
+_unpack: Final = msgpack.unpackb
+
+# field positions in a record's fields
+_STATUS: Final = 1
+_PERSISTENT: Final = 2
+_UNTIL: Final = 3
+_DETAIL: Final = 4
+_ON_PHONE: Final = 5
+_SERVER: Final = 6
+_PUBLISHER: Final = 7
+_INCARNATION: Final = 8
+_SEQ: Final = 9
+
+_record: Final = StatusRecord._make
+
 
 @dataclass(slots=True)
 class PublisherState:
@@ -58,13 +94,33 @@ class PublisherState:
     incarnation: int = 0
     online: bool = False
     last_heard: float = 0.0
-    users: set[str] = field(default_factory=set)
+    #: the users it publishes, in a dict (their values None): untracked by the
+    #: garbage collector, which tracks every set
+    users: dict[str, None] = field(default_factory=dict)
     #: lowest ``(incarnation, seq)`` of the snapshot being received
     snapshot_floor: tuple[int, int] | None = None
 
 
-def order(record: StatusRecord) -> tuple[int, int]:
-    return (record.incarnation, record.seq)
+class RawRecords(Mapping[str, StatusRecord]):
+    """The raw records by user, read-only: each read builds the
+    :class:`StatusRecord` from the stored bytes."""
+
+    __slots__ = ("_stored",)
+
+    def __init__(self, stored: dict[str, StoredRecord]) -> None:
+        self._stored = stored
+
+    def __getitem__(self, user: str) -> StatusRecord:
+        return _record(_unpack(self._stored[user]))
+
+    def __contains__(self, user: object) -> bool:
+        return user in self._stored
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._stored)
+
+    def __len__(self) -> int:
+        return len(self._stored)
 
 
 class StatusTable:
@@ -78,7 +134,10 @@ class StatusTable:
     ) -> None:
         self.publisher_timeout = publisher_timeout
         self.known_user = known_user
-        self.raw: dict[str, StatusRecord] = {}
+        #: the raw record of each user, as stored
+        self.stored: dict[str, StoredRecord] = {}
+        #: the raw record of each user, as read
+        self.raw: Mapping[str, StatusRecord] = RawRecords(self.stored)
         self.publishers: dict[str, PublisherState] = {}
         self._watchers: dict[str, set[int]] = {}
         self._watching: dict[int, set[str]] = {}
@@ -86,20 +145,33 @@ class StatusTable:
 
     # -- reading ------------------------------------------------------------
     def __len__(self) -> int:
-        return len(self.raw)
+        return len(self.stored)
 
     def view(self, user: str) -> StatusRecord:
         """What consumers see of ``user`` (an empty record if none is held)."""
-        record = self.raw.get(user)
-        if record is None:
+        stored = self.stored.get(user)
+        if stored is None:
             return StatusRecord(user=user, status="")
-        publisher = self.publishers.get(record.publisher)
+        fields = _unpack(stored)
+        publisher = self.publishers.get(fields[_PUBLISHER])
         if publisher is not None and publisher.online:
-            return record
-        return _silenced(record)
+            return _record(fields)
+        return _record(_silenced(fields))
+
+    def view_wire(self, user: str) -> bytes:
+        """:meth:`view` in its wire form, the msgpack array of its fields (the
+        stored bytes themselves while the publisher is online)."""
+        stored = self.stored.get(user)
+        if stored is None:
+            return _pack(StatusRecord(user=user, status=""))
+        fields = _unpack(stored)
+        publisher = self.publishers.get(fields[_PUBLISHER])
+        if publisher is not None and publisher.online:
+            return stored
+        return _pack(_silenced(fields))
 
     def is_known(self, user: str) -> bool:
-        return user in self.raw or self.known_user is None or self.known_user(user)
+        return user in self.stored or self.known_user is None or self.known_user(user)
 
     def publisher(self, name: str) -> PublisherState:
         state = self.publishers.get(name)
@@ -131,7 +203,7 @@ class StatusTable:
         inline."""
         state = self.publisher(publisher)
         name = state.name
-        raw = self.raw
+        stored = self.stored
         known = self.known_user
         accepted: list[StatusRecord] = []
         refused: dict[str, int] = {}
@@ -140,18 +212,20 @@ class StatusTable:
             if record.publisher and record.publisher != name:
                 refused[user] = _NOT_OWNER
                 continue
-            held = raw.get(user)
+            packed = stored.get(user)
+            held = None if packed is None else _unpack(packed)
             inc = record.incarnation or incarnation
             if held is None:
                 if known is not None and not known(user):
                     refused[user] = _UNKNOWN_USER
                     continue
-            elif held.publisher != name:
-                owner = self.publishers.get(held.publisher)
-                if held.server and owner is not None and owner.online:
+            elif held[_PUBLISHER] != name:
+                owner = self.publishers.get(held[_PUBLISHER])
+                if held[_SERVER] and owner is not None and owner.online:
                     refused[user] = _NOT_OWNER
                     continue
-            elif inc < held.incarnation or (inc == held.incarnation and record.seq <= held.seq):
+            elif inc < held[_INCARNATION] or (inc == held[_INCARNATION]
+                                              and record.seq <= held[_SEQ]):
                 refused[user] = _STALE
                 continue
             accepted.append(self._store(state, record, inc, held))
@@ -179,45 +253,42 @@ class StatusTable:
         state = self.publisher(publisher)
         retired = []
         for user in list(state.users):
-            record = self.raw[user]
-            if order(record) < floor and (record.server or record.on_phone
-                                          or (record.status and not record.persistent)):
-                retired.append(self._put(state, _silenced(record)))
+            held = _unpack(self.stored[user])
+            if (held[_INCARNATION], held[_SEQ]) < floor and (
+                    held[_SERVER] or held[_ON_PHONE]
+                    or (held[_STATUS] and not held[_PERSISTENT])):
+                retired.append(self._put(state, _silenced(held), held))
         return retired
 
     def _store(self, state: PublisherState, record: StatusRecord, incarnation: int,
-               held: StatusRecord | None) -> StatusRecord:
+               held: Sequence[Any] | None) -> StatusRecord:
         status = record.status
         persistent = record.persistent
         detail, until = record.detail, record.until
         if status is None:
-            if held is not None and held.persistent and held.status:
-                status, persistent, detail, until = held.status, True, held.detail, held.until
+            if held is not None and held[_PERSISTENT] and held[_STATUS]:
+                status, persistent, detail, until = (held[_STATUS], True, held[_DETAIL],
+                                                     held[_UNTIL])
             else:
                 status = ""
         server = record.server
         if not server and not persistent:
             status, detail, until = "", "", None
-        stored = StatusRecord(_intern(record.user), _intern(status), persistent, until, detail,
-                              record.on_phone and bool(server), _intern(server), state.name,
-                              incarnation, record.seq)
-        self.raw[stored.user] = stored
-        if held is not None and held.publisher != state.name:
-            previous = self.publishers.get(held.publisher)
-            if previous is not None:
-                previous.users.discard(stored.user)
-        state.users.add(stored.user)
-        return stored
+        return self._put(state, (record.user, status, persistent, until, detail,
+                                 record.on_phone and bool(server), server, state.name,
+                                 incarnation, record.seq), held)
 
-    def _put(self, state: PublisherState, record: StatusRecord) -> StatusRecord:
-        held = self.raw.get(record.user)
-        if held is not None and held.publisher != state.name:
-            previous = self.publishers.get(held.publisher)
+    def _put(self, state: PublisherState, fields: tuple[Any, ...],
+             held: Sequence[Any] | None) -> StatusRecord:
+        """Store a record of ``state``'s (``held``: the user's record before, if any)."""
+        user = _intern(fields[0])
+        self.stored[user] = _pack(fields)
+        if held is not None and held[_PUBLISHER] != state.name:
+            previous = self.publishers.get(held[_PUBLISHER])
             if previous is not None:
-                previous.users.discard(record.user)
-        self.raw[record.user] = record
-        state.users.add(record.user)
-        return record
+                previous.users.pop(user, None)
+        state.users[user] = None
+        return _record(fields)
 
     # -- mirrors ------------------------------------------------------------
     def merge(self, records: Iterable[StatusRecord]) -> list[StatusRecord]:
@@ -226,15 +297,17 @@ class StatusTable:
         logged on there and not here, or later ``(incarnation, seq)``)."""
         taken = []
         for record in records:
-            held = self.raw.get(record.user)
+            packed = self.stored.get(record.user)
+            held = None if packed is None else _unpack(packed)
             if held is not None and not _newer(record, held):
                 continue
             state = self.publisher(record.publisher)
             if state.incarnation < record.incarnation:
                 state.incarnation = record.incarnation
-            taken.append(self._put(state, record._replace(
-                user=_intern(record.user), status=_intern(record.status or ""),
-                server=_intern(record.server), publisher=state.name)))
+            taken.append(self._put(state, (
+                record.user, record.status or "", record.persistent, record.until,
+                record.detail, record.on_phone, record.server, state.name,
+                record.incarnation, record.seq), held))
         return taken
 
     def merge_publishers(self, publishers: dict[str, dict[str, Any]], now: float) -> list[str]:
@@ -277,7 +350,7 @@ class StatusTable:
         for user in users:
             if user == ALL_USERS:
                 self._watch_all.add(watcher)
-                records.extend(self.view(u) for u in self.raw)
+                records.extend(self.view(u) for u in self.stored)
                 continue
             if not self.is_known(user):
                 refused[user] = int(ErrorCode.UNKNOWN_USER)
@@ -320,17 +393,20 @@ class StatusTable:
         return fan
 
 
-def _silenced(record: StatusRecord) -> StatusRecord:
+def _silenced(held: Sequence[Any]) -> tuple[Any, ...]:
     """A record as it is when its user is logged off: not on the phone, only a
     persistent status left."""
-    if record.persistent:
-        return record._replace(server="", on_phone=False)
-    return record._replace(server="", on_phone=False, status="", detail="", until=None)
+    user, status, persistent, until, detail, _, _, publisher, incarnation, seq = held
+    if persistent:
+        return (user, status, True, until, detail, False, "", publisher, incarnation, seq)
+    return (user, "", False, None, "", False, "", publisher, incarnation, seq)
 
 
-def _newer(record: StatusRecord, held: StatusRecord) -> bool:
-    if record.publisher == held.publisher:
-        return order(record) > order(held)
-    if bool(record.server) != bool(held.server):
+def _newer(record: StatusRecord, held: Sequence[Any]) -> bool:
+    """Whether a mirror's ``record`` replaces the ``held`` one (:meth:`StatusTable.merge`)."""
+    order = (record.incarnation, record.seq)
+    if record.publisher == held[_PUBLISHER]:
+        return order > (held[_INCARNATION], held[_SEQ])
+    if bool(record.server) != bool(held[_SERVER]):
         return bool(record.server)
-    return order(record) > order(held)
+    return order > (held[_INCARNATION], held[_SEQ])

@@ -3,6 +3,10 @@ publisher timeout and mirror merging, with a fake clock."""
 
 from __future__ import annotations
 
+import gc
+
+import msgpack
+
 from protocols.status.errors import ErrorCode
 from protocols.status.messages import StatusRecord
 from protocols.status.table import StatusTable
@@ -135,3 +139,48 @@ def test_two_mirrors_converge_after_a_partition() -> None:
     assert a.raw == b.raw
     # an older record arriving late changes nothing
     assert a.merge([rec("ann@x", 1, publisher="TC_1", incarnation=1)]) == []
+
+
+def test_stored_records_are_left_out_of_the_garbage_collectors_walks() -> None:
+    """Every way a record is stored (publish, a snapshot's log-off, a mirror's
+    merge) leaves nothing per user that the collector tracks, at once and not
+    only after its next pass: a full collection does not walk hundreds of
+    thousands of users. A StatusRecord (a NamedTuple) would be tracked, and
+    so would the dict holding it; so would a set of the publisher's users."""
+    table = StatusTable()
+    accepted, _ = publish(table, "TC_1", rec("ann@x", 1, detail="lunch", until=1.5e9),
+                          rec("bob@x", 2, status="On Vacation", persistent=True))
+    table.begin_snapshot("TC_1")
+    publish(table, "TC_1", rec("ann@x", 3, on_phone=True))
+    _, retired = table.end_snapshot("TC_1")
+    taken = table.merge([rec("cid@x", 4, publisher="TC_2", incarnation=7)])
+    assert [r.user for r in retired] == ["bob@x"] and [r.user for r in taken] == ["cid@x"]
+    assert sorted(table.stored) == ["ann@x", "bob@x", "cid@x"]
+    assert not gc.is_tracked(table.stored)
+    for user, stored in table.stored.items():
+        assert not gc.is_tracked(stored), user
+    for name in ("TC_1", "TC_2"):
+        assert table.publishers[name].users and not gc.is_tracked(table.publishers[name].users)
+    # read out, each is a StatusRecord again, as it was stored
+    assert table.raw["ann@x"] == rec("ann@x", 3, on_phone=True, publisher="TC_1", incarnation=1)
+    assert type(table.raw["bob@x"]) is StatusRecord
+    assert table.raw["bob@x"] == rec("bob@x", 2, status="On Vacation", persistent=True,
+                                     server="", publisher="TC_1", incarnation=1)
+    assert accepted[0] == rec("ann@x", 1, detail="lunch", until=1.5e9, publisher="TC_1",
+                              incarnation=1)
+
+
+def test_view_wire_is_the_view_encoded() -> None:
+    """What a watcher's Event carries: the stored bytes while the publisher is
+    online, the logged-off view while it is silent, an empty record for a
+    user nobody published."""
+    table = StatusTable(publisher_timeout=30.0)
+    publish(table, "TC_1", rec("ann@x", 1, status="On Vacation", persistent=True, until=2.5),
+            rec("bob@x", 2, on_phone=True, detail="call"), now=0.0)
+    for user in ("ann@x", "bob@x", "cid@x"):
+        assert msgpack.unpackb(table.view_wire(user)) == list(table.view(user))
+    table.handle_timer(30.0)
+    assert table.view("bob@x").status == "" and table.view("ann@x").status == "On Vacation"
+    for user in ("ann@x", "bob@x"):
+        assert msgpack.unpackb(table.view_wire(user)) == list(table.view(user))
+    assert table.view_wire("bob@x") == msgpack.packb(table.view("bob@x"))
