@@ -186,10 +186,17 @@ class SessionTimers(SessionBase):
             se = None
         if se is not None:
             invite = leg_b.invite
+            # a floor a party's 422 set on this leg before (the caller's 422 to the
+            # re-INVITE of a routed call leaving its treatment) stays (§7.3)
+            previous = leg_b.session_timer
+            learned = 0
+            if isinstance(previous, LegSessionTimer):
+                learned = previous.min_se
+                previous.close()
             leg_b.session_timer = LegSessionTimer(
                 timer=SessionTimer(se.interval, se.refresher == "uac", self._now()),
                 peer_allows_update=_allows_update(resp_b.headers),
-                min_se=_min_se_of(invite.headers) if invite is not None else 0)
+                min_se=max(learned, _min_se_of(invite.headers) if invite is not None else 0))
             self._arm_session(leg_b)
             self._log_timer(leg_b, leg_b.session_timer.timer)
 
@@ -287,15 +294,17 @@ class SessionTimers(SessionBase):
 
     # ------------------------------------------------ the node's own requests (§7.4)
 
-    def _refresh_headers(self, leg: Leg) -> list[tuple[str, str]]:
+    def _refresh_headers(self, leg: Leg, *, offer: bool = False) -> list[tuple[str, str]]:
         """Supported, Session-Expires and Min-SE of a re-INVITE / UPDATE the node sends
         on ``leg`` (§7.4): the leg's interval (raised to its Min-SE, the largest a
         party's 422 named) and its refresher as it stands, seen from the node as the
-        request's UAC. None when the leg has no session timer."""
+        request's UAC. When the leg has no session timer: :meth:`_timer_offer` with
+        ``offer``, else none."""
         state = leg.session_timer
-        if not self._timers_on or not isinstance(state, LegSessionTimer) \
-                or state.timer is None:
+        if not self._timers_on:
             return []
+        if not isinstance(state, LegSessionTimer) or state.timer is None:
+            return self._timer_offer(leg) if offer else []
         timer = state.timer
         floor = max(self.tserver.sip_min_se, MIN_SE, state.min_se)
         se = SessionExpires(max(timer.interval, floor), "uac" if timer.we_refresh else "uas")
@@ -306,14 +315,20 @@ class SessionTimers(SessionBase):
         state = leg.session_timer
         return isinstance(state, LegSessionTimer) and state.timer is not None
 
-    def _timer_offer(self) -> list[tuple[str, str]]:
+    def _timer_offer(self, leg: Leg) -> list[tuple[str, str]]:
         """Supported: timer and the node's Session-Expires, for a re-INVITE that starts
-        a session timer on a leg without one (§7.1; the 2xx says who refreshes)."""
-        if not self._timers_on:
-            return []
+        a session timer on a leg without one (§7.1; the 2xx says who refreshes). After
+        a party's 422 on the leg, Session-Expires and Min-SE are at least its Min-SE
+        (§6, §7.4: the retry asks for no less than the Min-SE it got)."""
         ts = self.tserver
-        return [("Supported", OPTION_TAG),
-                ("Session-Expires", str(max(ts.sip_session_expires, ts.sip_min_se)))]
+        state = leg.session_timer
+        learned = state.min_se if isinstance(state, LegSessionTimer) else 0
+        headers = [("Supported", OPTION_TAG),
+                   ("Session-Expires", str(max(ts.sip_session_expires, ts.sip_min_se,
+                                               learned)))]
+        if learned:
+            headers.append(("Min-SE", str(max(ts.sip_min_se, MIN_SE, learned))))
+        return headers
 
     def _min_se_to_retry(self, request: Request, resp: Response, tried: set[int]) -> int | None:
         """§7.4 / §8.2: the Min-SE to send ``request`` again with after a 422, or None
@@ -355,9 +370,11 @@ class SessionTimers(SessionBase):
         return Request("INVITE", invite.uri, headers=headers, body=invite.body)
 
     async def _session_request(self, leg: Leg, method: str, headers: list[tuple[str, str]],
-                               body: bytes) -> tuple[Request, Response]:
+                               body: bytes, *, offer_timer: bool = False
+                               ) -> tuple[Request, Response]:
         """A re-INVITE or UPDATE the node sends on ``leg``'s dialog with the leg's
-        session-timer headers (:meth:`_refresh_headers`); a 422 raises the leg's Min-SE
+        session-timer headers (:meth:`_refresh_headers`; ``offer_timer``: a leg without
+        a timer is asked for one); a 422 raises the leg's Min-SE
         (:meth:`_min_se_learned`) and is retried with it (:meth:`_min_se_to_retry`);
         a 2xx restarts the leg's session (§10). The request last sent and its final
         response (a 2xx to an INVITE is not ACKed here: the ACK may carry an answer)."""
@@ -366,7 +383,7 @@ class SessionTimers(SessionBase):
         tried: set[int] = set()
         while True:
             out = dialog.create_request(method, headers=[
-                *headers, *self._refresh_headers(leg)], body=body)
+                *headers, *self._refresh_headers(leg, offer=offer_timer)], body=body)
             resp = await self._request(out)
             dialog.receive_response(resp)
             self._min_se_learned(leg, resp)
@@ -379,10 +396,15 @@ class SessionTimers(SessionBase):
     def _min_se_learned(self, leg: Leg, resp: Response) -> None:
         """A party's 422 to a re-INVITE / UPDATE the node sent on ``leg``: its Min-SE is
         the leg's floor from then on (§7.3, §8.2), whether the retry gets through or
-        the 422 stands, so the next request on the leg starts from it."""
+        the 422 stands, so the next request on the leg starts from it. A leg without
+        session-timer state yet (a caller answered by a treatment) gets one holding the
+        floor, for the timer its 2xx starts."""
+        if resp.status != 422 or not self._timers_on:
+            return
         state = leg.session_timer
-        if resp.status == 422 and isinstance(state, LegSessionTimer):
-            state.min_se = max(state.min_se, _min_se_of(resp.headers))
+        if not isinstance(state, LegSessionTimer):
+            state = leg.session_timer = LegSessionTimer()
+        state.min_se = max(state.min_se, _min_se_of(resp.headers))
 
     def _refresh_answered(self, leg: Leg, request: Request, resp: Response) -> None:
         """A 2xx to a re-INVITE / UPDATE the node sent on ``leg``: its session restarts

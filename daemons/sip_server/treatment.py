@@ -352,13 +352,14 @@ class TreatmentControl(Dialing):
         offer = continue_origin(self._caller_sdp.get(conn_id, b""), sdp)
         # RFC 4028: a session refresh of the caller's leg; the treatments' answers had no
         # session timer (a caller's refresh has no party to go to while one plays), so
-        # the re-INVITE of the routed call asks for one with the node's interval
+        # the re-INVITE of the routed call asks for one with the node's interval (after
+        # the caller's 422, with its Min-SE)
         starts = routed and not self._timer_running(caller)
         headers = [("Contact", self._contact()), ("Allow", ALLOW),
-                   ("Content-Type", "application/sdp"),
-                   *(self._timer_offer() if starts else [])]
+                   ("Content-Type", "application/sdp")]
         try:
-            out, resp = await self._session_request(caller, "INVITE", headers, offer)
+            out, resp = await self._session_request(caller, "INVITE", headers, offer,
+                                                    offer_timer=starts)
         except (SipError, OSError, DialogError) as exc:
             self.log.info("treatment_reinvite_failed", conn_id=conn_id, reason=str(exc))
             return None

@@ -47,21 +47,29 @@ class TreatmentLab(NodeLab):
         m = self.metrics(FS, self.ports["fs_http"])
         return sum(v for k, v in m.items() if k.startswith("sipcluster_rtp_packets_received"))
 
-    def agent(self) -> Sipp:
-        return self.sipp(ROOT / "tests" / "interop" / "scenarios" / "node_uas_answer.xml",
-                         AGENT, self.ports["phone"],
+    def agent(self, scenario: Path = ROOT / "tests" / "interop" / "scenarios"
+              / "node_uas_answer.xml") -> Sipp:
+        return self.sipp(scenario, AGENT, self.ports["phone"],
                          ["-d", "300", "-mi", AGENT, "-mp", str(self.ports["agent_media"])])
 
-    def caller(self, *, hangup: bool = False, hold_ms: int = 300) -> Sipp:
-        scenario = self.path / "uac_queued_treatment.xml"
-        scenario.write_text((SCENARIOS / "uac_queued_treatment.xml").read_text()
+    def caller(self, *, hangup: bool = False, hold_ms: int = 300,
+               name: str = "uac_queued_treatment.xml", supports_timer: bool = True) -> Sipp:
+        """The caller running scenario ``name`` (``hangup``: uac_queued_treatment.xml's
+        variable). TREATMENT_IP and AGENT_MEDIA become the patterns of the media
+        server's and the agent's SDP, a CALLER_SUPPORTED line ``Supported: timer``
+        (none unless ``supports_timer``)."""
+        scenario = self.path / name
+        scenario.write_text((SCENARIOS / name).read_text()
                             .replace("TREATMENT_IP", FS.replace(".", r"\."))
                             .replace("AGENT_MEDIA", f"c=IN IP4 {AGENT}".replace(".", r"\.")
-                                     + r"[^m]*m=audio " + str(self.ports["agent_media"])))
+                                     + r"[^m]*m=audio " + str(self.ports["agent_media"]))
+                            .replace("      CALLER_SUPPORTED\n",
+                                     "      Supported: timer\n" if supports_timer else ""))
+        queued = ["-set", "hangup", "1" if hangup else "0"] \
+            if name == "uac_queued_treatment.xml" else []
         return self.sipp(scenario, CALLER, self.free_port(CALLER),
                          ["-s", "5000", "-set", "caller", "+15550100", "-set", "domain",
-                          "cluster.test", "-set", "hangup", "1" if hangup else "0",
-                          "-d", str(hold_ms), "-mi", CALLER,
+                          "cluster.test", *queued, "-d", str(hold_ms), "-mi", CALLER,
                           "-mp", str(self.free_port(CALLER)), "-rtp_echo"],
                          target=f"{NODE}:{self.ports['sip']}")
 
@@ -324,6 +332,52 @@ async def test_default_routing_after_router_timeout_leaves_the_treatment(
     assert len(agent.received_messages("INVITE")) == 1
     fs = lab.metrics(FS, lab.ports["fs_http"])
     assert fs['sipcluster_treatments_total{outcome="ended",treatment="silence"}'] == 1
+
+
+@pytest.mark.parametrize("supports_timer", [True, False],
+                         ids=["caller_supports_timer", "caller_without_supported_timer"])
+async def test_caller_422_to_the_routed_reinvite_is_retried_with_its_min_se(
+        treatment_lab: Any, supports_timer: bool) -> None:
+    """RFC 4028 §6, §7.3, §7.4: the caller's 422 with Min-SE 3600 to the re-INVITE that
+    brings the agent's answer and asks for the node's interval (the caller's leg has no
+    session timer yet) gets the re-INVITE again with Session-Expires and Min-SE 3600;
+    that Min-SE stays the leg's floor once its timer starts, so the agent's refresh
+    reaches the caller with Min-SE 3600 (the caller's scenario checks each on the wire)."""
+    lab = await treatment_lab()
+    router = await lab.routing_client()
+    agent = lab.agent(SCENARIOS / "uas_session_refreshes_back.xml")
+    caller = lab.caller(name="uac_treatment_session_min_se.xml",
+                        supports_timer=supports_timer)
+    request = await lab.until("EventRouteRequest", lambda: _route_requests(router))
+    conn_id = request[0]["AttributeConnID"]
+    applied = await router.request("RequestApplyTreatment", AttributeThisDN="5000",
+                                   AttributeConnID=conn_id, AttributeTreatmentType="Music")
+    assert applied["message"] == "EventTreatmentApplied", applied
+    routed = await router.request("RequestRouteCall", AttributeThisDN="5000",
+                                  AttributeConnID=conn_id, AttributeOtherDN="1001")
+    assert routed["message"] == "EventRouteUsed", routed
+    stats = await asyncio.to_thread(caller.stats, 30)
+    assert stats.get("SuccessfulCall(C)") == "1", (stats, caller.errors(), agent.errors())
+    agent_stats = await asyncio.to_thread(agent.stats, 10)
+    assert agent_stats.get("SuccessfulCall(C)") == "1", (agent_stats, agent.errors())
+
+    first, retry = caller.received_messages("INVITE")
+    assert (header(first, "Session-Expires"), header(first, "Min-SE")) == (["1800"], []), first
+    assert (header(retry, "Session-Expires"), header(retry, "Min-SE")) == (
+        ["3600"], ["3600"]), retry
+    assert "timer" in header(retry, "Supported"), retry
+    for name in ("Call-ID", "From", "To"):
+        assert header(retry, name) == header(first, name), (name, first, retry)
+    cseq = [int(header(m, "CSeq")[0].split()[0]) for m in (first, retry)]
+    assert cseq[1] == cseq[0] + 1, cseq
+    # the agent's refresh relayed: the caller's leg's interval and the Min-SE of its 422
+    updates = caller.received_messages("UPDATE")
+    assert [(header(m, "Session-Expires"), header(m, "Min-SE")) for m in updates] == [
+        (["3600;refresher=uas"], ["3600"])], updates
+    retries = lab.node_events("session_interval_too_small_retry")
+    assert [e["min_se"] for e in retries] == [3600], retries
+    started = [e for e in lab.node_events("session_timer_started") if e["dn"] == "+15550100"]
+    assert [e["interval"] for e in started] == [3600], started
 
 
 def test_treatment_types_and_sdp_origin() -> None:
