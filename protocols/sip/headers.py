@@ -539,6 +539,20 @@ def parse_name_addr(text: str) -> NameAddr:
     whitespace after the ``>`` takes a short path; the rest the full grammar.
     """
     s = text.strip(_WS)
+    if s.startswith("<"):
+        # no display name: what _NAME_ADDR_FAST_RE matches then, found by
+        # searches instead of the pattern (From, To, Contact, Route ...)
+        gt = s.find(">")
+        if gt > 1:
+            uri = s[1:gt]
+            rest = s[gt + 1:]
+            if not _has_ws_or_quote(uri) and not _has_ws_or_quote(rest):
+                if not rest:
+                    return NameAddr(uri, None, {})
+                if rest[0] == ";":
+                    params = _params_fast(rest[1:])
+                    if params is not None:
+                        return NameAddr(uri, None, params)
     m = _NAME_ADDR_FAST_RE.fullmatch(s)
     if m is not None:
         display, uri, ptext = m.groups()
@@ -546,6 +560,10 @@ def parse_name_addr(text: str) -> NameAddr:
         if params is not None:
             return NameAddr(uri, display.rstrip(_WS) or None, params)
     return _parse_name_addr_full(s)
+
+
+def _has_ws_or_quote(text: str) -> bool:
+    return " " in text or "\t" in text or '"' in text
 
 
 def _parse_name_addr_full(s: str) -> NameAddr:

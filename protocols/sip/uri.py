@@ -14,7 +14,7 @@ closing bracket: ``sip:[2001:db8::10:5070]`` has no port (RFC 5118 §4.3).
 from __future__ import annotations
 
 import ipaddress
-import re
+from typing import Final
 from urllib.parse import unquote
 
 from protocols.sip.errors import ParseError
@@ -93,12 +93,15 @@ def format_host(host: str) -> str:
     return f"[{host}]" if ":" in host else host
 
 
-_HOSTNAME_RE = re.compile(r"[A-Za-z0-9.\-]+")
+#: hostname and IPv4address characters (RFC 3261 §25.1)
+_HOSTNAME_TEXT: Final = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789.-"
 
 
 def _check_hostname(host: str) -> None:
     """hostname / IPv4address (RFC 3261 §25.1)."""
-    if _HOSTNAME_RE.fullmatch(host) is None:
+    # all of them when stripping them leaves nothing: one C loop instead of a
+    # pattern match, for every URI and Via parsed
+    if not host or host.strip(_HOSTNAME_TEXT):
         raise ParseError(f"invalid host {host[:60]!r}")
 
 
