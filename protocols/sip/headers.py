@@ -701,7 +701,8 @@ class Headers:
     lookup strips just the value it returns.
     """
 
-    __slots__ = ("_cache", "_dirty", "_keys", "_names_list", "_parts", "_raws", "_values_list")
+    __slots__ = ("_cache", "_dirty", "_keys", "_names_list", "_parts", "_raws", "_unfolded",
+                 "_values_list")
 
     _parts: list[tuple[str, str, str]] | None
 
@@ -714,6 +715,9 @@ class Headers:
         self._parts = None
         self._cache: dict[str, Any] = {}
         self._dirty = True
+        # lines written in code cannot fold (add() refuses CR and LF); the
+        # message parser clears this for a section with continuation lines
+        self._unfolded = True
         for name, value in items:
             self.add(name, value)
 
@@ -750,6 +754,13 @@ class Headers:
         if self._parts is not None:
             self._materialise()
         return self._values_list
+
+    @property
+    def unfolded(self) -> bool:
+        """True when no header line is folded (§7.3.1), and so none of the
+        serialised form either: a parsed section without continuation lines,
+        or lines written in code."""
+        return self._unfolded
 
     def _changed(self) -> None:
         self._dirty = True
@@ -941,6 +952,7 @@ class Headers:
             list(self._names), list(self._keys), list(self._values), list(self._raws)
         )
         new._dirty = self._dirty
+        new._unfolded = self._unfolded
         return new
 
     # ---- serialising

@@ -656,7 +656,10 @@ def _parse_head_slow(
     content_length = (
         None if cl_text is None else parse_scalar(cl_text, "Content-Length", 2**32)
     )
-    return _finish_head(start, Headers._from_parsed(names, keys, values, raws), content_length)
+    headers = Headers._from_parsed(names, keys, values, raws)
+    # the lines keep their text, continuation lines included (§7.3.1)
+    headers._unfolded = "\r\n " not in rest and "\r\n\t" not in rest
+    return _finish_head(start, headers, content_length)
 
 
 def _finish_head(

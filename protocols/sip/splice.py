@@ -73,21 +73,24 @@ def _drop_lines(head: bytes, drop: Iterable[str]) -> bytes:
 
 
 def splice_request(
-    data: bytes, top: Sequence[tuple[str, str]], max_forwards: str, drop: Iterable[str] = ()
+    data: bytes, top: Sequence[tuple[str, str]], max_forwards: str, drop: Iterable[str] = (),
+    *, unfolded: bool = False,
 ) -> bytes | None:
     """The request ``data`` as a proxy forwards it (§16.6), edited as bytes.
 
     The lines ``top`` (name, value) go right after the request line, in that
     order; the Max-Forwards value becomes ``max_forwards`` (a line is added
     after ``top`` when there is none); the lines named in ``drop`` go.
-    ``None`` when the header section needs the parser.
+    ``None`` when the header section needs the parser. ``unfolded``: the
+    caller knows that no line is folded (``Headers.unfolded`` of the message
+    ``data`` was serialised from), so the bytes are not searched for one.
     """
     end = data.find(b"\r\n\r\n")
     first = data.find(b"\r\n")
     if end < 0 or first == end:
         return None
     rest = data[first:end]
-    if not _plain(rest):
+    if not unfolded and not _plain(rest):
         return None
     rest = _drop_lines(rest, drop)
     m = _MAX_FORWARDS.search(rest)
@@ -102,15 +105,16 @@ def splice_request(
     return data[:first] + b"\r\n" + spliced + rest + data[end:]
 
 
-def pop_top_via(data: bytes, drop: Iterable[str] = ()) -> bytes | None:
+def pop_top_via(data: bytes, drop: Iterable[str] = (), *,
+                unfolded: bool = False) -> bytes | None:
     """The response ``data`` without its first Via value and the lines named in
     ``drop``, edited as bytes (§16.7 step 3). ``None`` when the header section
-    needs the parser."""
+    needs the parser; ``unfolded`` as for :func:`splice_request`."""
     end = data.find(b"\r\n\r\n")
     if end < 0:
         return None
     head = data[:end]
-    if not _plain(head):
+    if not unfolded and not _plain(head):
         return None
     m = _FIRST_VIA.search(head)
     if m is None:

@@ -141,6 +141,11 @@ def test_spliced_request_parses_like_the_edited_one(
     out = splice_request(original.serialize(), lines, str(mf), drop)
     if plain:
         assert out is not None
+    # the parser knows whether a line is folded; told so, splicing gives the same
+    head = data.split(b"\r\n\r\n", 1)[0]
+    assert original.headers.unfolded is not (b"\r\n " in head or b"\r\n\t" in head)
+    assert splice_request(original.serialize(), lines, str(mf), drop,
+                          unfolded=original.headers.unfolded) == out
     slow = parse(data)
     assert isinstance(slow, Request)
     edit_request(slow, lines, str(mf), drop)
@@ -191,6 +196,8 @@ def test_response_with_via_popped_parses_like_the_edited_one(
     out = pop_top_via(original.serialize(), drop)
     if plain:
         assert out is not None
+    assert original.headers.unfolded
+    assert pop_top_via(original.serialize(), drop, unfolded=True) == out
     slow = parse(data)
     assert isinstance(slow, Response)
     edit_response(slow, drop)
