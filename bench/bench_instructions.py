@@ -80,6 +80,9 @@ class CallgrindProxy(bp.Server):
         self.root = root
         self.out_prefix: Path | None = None
 
+    #: ``--dump-instr``: per-instruction counts in the dumps (callgrind_annotate --auto=yes)
+    dump_instr = "no"
+
     def start(self, work: Path, node_port: int) -> None:
         config = work / f"cluster-{self.name}.toml"
         bp.write_cluster(config, self.port, node_port, self.host)
@@ -88,9 +91,9 @@ class CallgrindProxy(bp.Server):
         env = {**os.environ, "PYTHONPATH": str(self.root)}
         self.proc = subprocess.Popen(
             ["valgrind", "--tool=callgrind", f"--callgrind-out-file={self.out_prefix}.%p",
-             "--dump-instr=no", "--compress-strings=no", sys.executable, "-m", "daemons.cli",
-             "sip-proxy", "--config", str(config), "--name", "SPX_1", "--rate-limit", "0",
-             "--log-level", "error", "--log-format", "json"],
+             f"--dump-instr={self.dump_instr}", "--compress-strings=no", sys.executable,
+             "-m", "daemons.cli", "sip-proxy", "--config", str(config), "--name", "SPX_1",
+             "--rate-limit", "0", "--log-level", "error", "--log-format", "json"],
             env=env, cwd=self.root, stdout=self.log_path.open("wb"), stderr=subprocess.STDOUT)
 
     def _control(self, *args: str) -> None:
@@ -219,6 +222,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         label = "REGISTER (relayed to the node)" if kind == "register" \
             else "INVITE dialog (INVITE..BYE)"
         print(f"| {label} | {' | '.join(cells)} |{ratio}")
+    print(f"\ncallgrind dumps (one per measured load, in the order run): "
+          f"{work}/callgrind-NAME.PID.N; read one with `callgrind_annotate --inclusive=yes "
+          f"FILE`")
+    summary["dumps"] = str(work)
     return summary
 
 
@@ -234,7 +241,10 @@ def main() -> int:
     ap.add_argument("--calls", type=int, default=100)
     ap.add_argument("--rate", type=int, default=10, help="SIPp calls per second")
     ap.add_argument("--subnet", default="127.0.230")
+    ap.add_argument("--dump-instr", action="store_true",
+                    help="callgrind's per-instruction counts in the dumps, for a profile")
     args = ap.parse_args()
+    CallgrindProxy.dump_instr = "yes" if args.dump_instr else "no"
     summary = run(args)
     print("RESULT " + json.dumps(summary))
     return 0
