@@ -198,7 +198,8 @@ async def tls_cluster(tmp_path: Path) -> AsyncIterator[TlsCluster]:
         async with asyncio.timeout(20):
             while True:
                 assert proc.returncode is None, cluster.log_path.read_text()
-                if '"sip_proxy_started"' in cluster.log_path.read_text():
+                # daemon_ready: logged once the management listener is up too
+                if '"daemon_ready"' in cluster.log_path.read_text():
                     nodes = json.loads(await cluster.get("/status/nodes"))["nodes"]
                     if nodes["SIPS_1"]["usable"]:
                         break
