@@ -53,7 +53,7 @@ async def start_tc(tmp_path: Path, kit: Any, free_port: Any) -> tuple[Any, Any, 
         stderr=subprocess.STDOUT)
     log.close()
     async with asyncio.timeout(15):
-        while '"t_controller_started"' not in (tmp_path / "tc.log").read_text():
+        while '"daemon_ready"' not in (tmp_path / "tc.log").read_text():
             assert proc.returncode is None, (tmp_path / "tc.log").read_text()
             await asyncio.sleep(0.1)
     return node, proc, tc_port, tls_port, http_port
