@@ -77,6 +77,27 @@ async def _start(c: Cluster) -> None:
         await c.wait_nodes(name, set(c.topo.nodes))
 
 
+def _named_cluster(cluster_factory: Any) -> Cluster:
+    """One data centre whose proxies answer for the outbound proxy name ``NAME``."""
+    topo = standard_topology(dc2=False)
+    topo.outbound_name = NAME
+    cluster: Cluster = cluster_factory(topo)
+    return cluster
+
+
+async def _started_named_cluster(cluster_factory: Any) -> Cluster:
+    c = _named_cluster(cluster_factory)
+    await _start(c)
+    return c
+
+
+async def _phone(c: Cluster, address: str, *, tcp: bool = False) -> tuple[CalledPhone, Any]:
+    """A phone answering calls at ``address``, and its endpoint."""
+    phone = CalledPhone()
+    phone.ep = await c.endpoint(address, phone.handle, tcp=tcp)
+    return phone, phone.ep
+
+
 async def _replicated(c: Cluster, proxy: str, aor: str) -> Binding:
     store = c.proxies[proxy].store
     deadline = time.monotonic() + 10
@@ -101,13 +122,9 @@ async def _status_bindings(c: Cluster, proxy: str) -> list[dict[str, Any]]:
 async def test_a_phone_called_after_registering_by_the_proxy_name_outlives_the_proxy(
     cluster_factory: Any,
 ) -> None:
-    topo = standard_topology(dc2=False)
-    topo.outbound_name = NAME
-    c: Cluster = cluster_factory(topo)
-    await _start(c)
-    phone = CalledPhone()
-    ep = await c.endpoint("127.0.1.221", phone.handle)
-    phone.ep = ep
+    c = await _started_named_cluster(cluster_factory)
+    topo = c.topo
+    phone, ep = await _phone(c, "127.0.1.221")
     assert (await register(ep, c.proxy_dest("SPX_dc1_1"), "1001", route=BY_NAME)).status == 200
     aor = f"1001@{DOMAIN}"
     # the binding says so on the proxy that took it and on the one it replicated to
@@ -155,17 +172,13 @@ async def test_a_call_through_the_registers_path_is_record_routed_by_the_name(
 ) -> None:
     """A node reaches a phone through the Path of its REGISTER (RFC 3327): the
     Request-URI is the contact, the To the AoR; the binding says how it registered."""
-    topo = standard_topology(dc2=False)
-    topo.outbound_name = NAME
-    c: Cluster = cluster_factory(topo)
-    await _start(c)
+    c = await _started_named_cluster(cluster_factory)
+    topo = c.topo
     _, host1, port1 = topo.proxies["SPX_dc1_1"]
     node_side = await c.endpoint("127.0.1.111")
     for user, route, address in (("1001", BY_NAME, "127.0.1.227"),
                                  ("1002", None, "127.0.1.228")):
-        phone = CalledPhone()
-        ep = await c.endpoint(address, phone.handle)
-        phone.ep = ep
+        phone, ep = await _phone(c, address)
         assert (await register(ep, c.proxy_dest("SPX_dc1_1"), user, route=route)).status == 200
         [binding] = c.proxies["SPX_dc1_1"].store.lookup(f"{user}@{DOMAIN}", time.time())
         inv = _invite(binding.contact, node_side, f"path-{user}@test")
@@ -185,17 +198,11 @@ async def test_a_call_through_the_registers_path_is_record_routed_by_the_name(
 async def test_phones_by_address_or_over_tcp_keep_the_address_form(
     cluster_factory: Any,
 ) -> None:
-    topo = standard_topology(dc2=False)
-    topo.outbound_name = NAME
-    c: Cluster = cluster_factory(topo)
-    await _start(c)
-    by_address = CalledPhone()
-    ep = await c.endpoint("127.0.1.222", by_address.handle)
-    by_address.ep = ep
+    c = await _started_named_cluster(cluster_factory)
+    topo = c.topo
+    by_address, ep = await _phone(c, "127.0.1.222")
     assert (await register(ep, c.proxy_dest("SPX_dc1_1"), "1001")).status == 200
-    tcp = CalledPhone()
-    tcp_ep = await c.endpoint("127.0.1.223", tcp.handle, tcp=True)
-    tcp.ep = tcp_ep
+    tcp, tcp_ep = await _phone(c, "127.0.1.223", tcp=True)
     assert (await register(tcp_ep, c.proxy_dest("SPX_dc1_1", "TCP"), "1002",
                            route=f"<sip:{NAME};transport=tcp;lr>")).status == 200
     store = c.proxies["SPX_dc1_1"].store
@@ -222,9 +229,8 @@ async def test_bindings_replicate_with_a_proxy_of_the_previous_release(
 ) -> None:
     """The previous release's hello has no ``fields`` and its records twelve fields;
     it drops a link that brings a longer record."""
-    topo = standard_topology(dc2=False)
-    topo.outbound_name = NAME
-    c: Cluster = cluster_factory(topo)
+    c = _named_cluster(cluster_factory)
+    topo = c.topo
     for name in c.topo.nodes:
         await c.start_node(name)
     # SPX_dc1_1 is of the previous release: a replication listener that answers
