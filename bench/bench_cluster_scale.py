@@ -105,24 +105,7 @@ contact = "*"
 password = "bench-{dn_of(k)}-pw"
 """
     for k in range(1, size + 1):
-        text += f"""
-[applications.SIPS_{k}]
-kind = "sip-server"
-host = "{node_host(k)}"
-geo-location = "dc1"
-sip-port = {PORTS['sip']}
-default-port = {PORTS['default']}
-ip-port = {PORTS['ip']}
-http-port = {PORTS['http']}
-
-[applications.TC_{k}]
-kind = "t-controller"
-host = "{node_host(k)}"
-sip-server = "SIPS_{k}"
-tc-port = {PORTS['tc']}
-smart-proxy-port = {PORTS['sp']}
-http-port = {PORTS['tc_http']}
-"""
+        text += load.node_applications(str(k), node_host(k), PORTS)
     path.write_text(text)
 
 

@@ -148,21 +148,31 @@ applications = ["SIPS_{node}"]
 type = "Extension"
 contact = "{contact}"
 """
-    return text + f"""
+    return text + node_applications(node, host, ports)
+
+
+def node_applications(node: str, host: str, ports: dict[str, int]) -> str:
+    """The ``SIPS_<node>`` and ``TC_<node>`` entries of a cluster file at ``host``:
+    ``ports`` has ``sip``, ``default``, ``http`` and ``tc``, and may have ``ip``
+    (IPport), ``sp`` (Smart Proxy port) and ``tc_http`` (the t-controller's HTTP)."""
+    ip = f"ip-port = {ports['ip']}\n" if "ip" in ports else ""
+    sp = f"smart-proxy-port = {ports['sp']}\n" if "sp" in ports else ""
+    tc_http = f"http-port = {ports['tc_http']}\n" if "tc_http" in ports else ""
+    return f"""
 [applications.SIPS_{node}]
 kind = "sip-server"
 host = "{host}"
 geo-location = "dc1"
 sip-port = {ports['sip']}
 default-port = {ports['default']}
-http-port = {ports['http']}
+{ip}http-port = {ports['http']}
 
 [applications.TC_{node}]
 kind = "t-controller"
 host = "{host}"
 sip-server = "SIPS_{node}"
 tc-port = {ports['tc']}
-"""
+{sp}{tc_http}"""
 
 
 def summarize(calls: int, rate: int, results: dict[str, list[dict[str, float]]]
