@@ -7,10 +7,19 @@ becomes available, :meth:`Router.dispatch` walks the waiting calls (highest
 priority, then oldest) and picks an agent for each it can serve; then, for
 each pair, **reserve before route**: ``RequestReserveAgent`` at the
 t-controllers (the agent's owner decides), and only with
-``EventAgentReserved`` in hand ``RequestRouteCall`` on the node. A conflict
-(another router won the agent) or any refusal sends the call back to the
-queue, that agent excluded for it; a node that no longer knows the call
-(caller gone, ``router-timeout`` passed and ``default-dn`` took it) ends it.
+``EventAgentReserved`` in hand ``RequestRouteCall`` on the node. A refusal
+sends the call back to the queue, that agent excluded for it; a node that no
+longer knows the call (caller gone, ``router-timeout`` passed and
+``default-dn`` took it) ends it.
+
+An agent stays held while a reservation at its owner keeps it from our other
+calls: after a conflict (another router won it: held for that reservation's
+Timeout when its ``EventAgentReserved`` came, else ``HOLD_TIMEOUT``; the call
+may have the agent once the hold ends), after a reservation request that got
+no answer (the owner may have granted it), and after a granted reservation
+whose route failed (the owner keeps it for that call until its Timeout). A
+request for it meanwhile would only be refused with a conflict, and every
+other waiting call would ask in turn.
 
 The router holds no sockets: :class:`Links` are the T-Library requests the
 service sends for it, so that the same code runs against real daemons and in
@@ -34,8 +43,21 @@ __all__ = ["CALL_START", "Links", "Router"]
 #: Call events after which an agent's DN is on the call.
 CALL_START = frozenset({"EventRinging", "EventDialing", "EventEstablished", "EventHeld",
                         "EventRetrieved", "EventPartyChanged"})
-#: Seconds an agent stays held for a routed call that never rang on its DN.
+#: Seconds an agent stays held for a routed call that never rang on its DN, or
+#: reserved at its owner for how long we do not know (a conflict, no answer).
 HOLD_TIMEOUT = 8.0
+
+
+#: ``AttributeTimeout`` is whole seconds, rounded: the reservation may last this much more.
+TIMEOUT_ROUNDING = 0.5
+
+
+def _seconds(timeout: Any) -> float:
+    """How long a reservation whose ``AttributeTimeout`` says ``timeout`` may
+    still hold the agent (``HOLD_TIMEOUT`` when absent or not positive)."""
+    if isinstance(timeout, int) and timeout > 0:
+        return timeout + TIMEOUT_ROUNDING
+    return HOLD_TIMEOUT
 
 
 class Links(Protocol):
@@ -80,6 +102,9 @@ class Router:
         self._tasks: set[asyncio.Task[None]] = set()
         self._overflow_timer: asyncio.TimerHandle | None = None
         self._holds: dict[str, asyncio.TimerHandle] = {}
+        #: DN -> loop time until which another router's reservation holds it, heard
+        #: while a request of ours for it was in flight (the conflict's hold)
+        self._reserved_elsewhere: dict[str, float] = {}
         self._dispatch_pending = False
         #: decision times (seconds) of the last dispatches, for the status page
         self.decisions: list[float] = []
@@ -242,9 +267,8 @@ class Router:
         now = self.clock()
         if name in CALL_START:
             self.pool.call_started(dn, conn_id, now)
-            handle = self._holds.pop(dn, None)
-            if handle is not None:
-                handle.cancel()
+            self._cancel_hold_timer(dn)
+            self._reserved_elsewhere.pop(dn, None)  # a call consumed that reservation
         elif name in ("EventReleased", "EventDiverted"):
             self.pool.call_ended(dn, conn_id, now)
             if "?" in self.pool.agents[dn].calls:
@@ -255,20 +279,21 @@ class Router:
     def on_reserved_elsewhere(self, event: Mapping[str, Any]) -> None:
         """Another router reserved an agent (the owner's ``EventAgentReserved``
         to the DN's clients): it is offered no call of ours until that call
-        reaches it or the reservation's Timeout passes."""
+        reaches it or the reservation's Timeout passes. Heard while we hold the
+        agent, it is kept for the conflict our request in flight gets."""
         dn = event.get("AttributeThisDN")
         if not isinstance(dn, str):
             return
         record = self.pool.agents.get(dn)
-        if record is None or record.held:
-            return  # unknown, or held by us: our own reservation
-        timeout = event.get("AttributeTimeout")
-        hold = float(timeout) if isinstance(timeout, int) and timeout > 0 else HOLD_TIMEOUT
-        self.pool.hold(dn, self.clock())
-        handle = self._holds.pop(dn, None)
-        if handle is not None:
-            handle.cancel()
-        self._holds[dn] = self.loop.call_later(hold, self._hold_expired, dn)
+        if record is None:
+            return
+        hold = _seconds(event.get("AttributeTimeout"))
+        if record.held:
+            # held by us: a request of ours in flight is refused with a conflict
+            # (our own grants come as answers, never here); its hold lasts this long
+            self._reserved_elsewhere[dn] = self.loop.time() + hold
+            return
+        self._hold(dn, hold)
 
     def t_controller_lost(self) -> None:
         """The agent view is gone with the link: nothing is routed on stale state."""
@@ -315,6 +340,7 @@ class Router:
                         next_overflow = due if next_overflow is None else min(next_overflow, due)
                     continue
                 call.busy = True
+                self._cancel_hold_timer(agent.dn)  # available: a timer left is stale
                 self.pool.hold(agent.dn, now)
                 self._spawn(self._reserve_and_route(queue, call, agent.dn, agent.agent_id))
         self.decisions.append(time.perf_counter() - started)
@@ -338,10 +364,19 @@ class Router:
         except (ConnectionError, TimeoutError, OSError) as exc:
             answer = {"message": "EventError", "AttributeErrorCode": int(ErrorCode.INTERNAL_ERROR),
                       "AttributeErrorMessage": f"no t-controller: {exc}"}
+            # no answer: the owner may have granted it all the same
+            self._refused(queue, call, dn, "RequestReserveAgent", answer, hold=HOLD_TIMEOUT)
+            return
         if answer.get("message") != "EventAgentReserved":
-            self._refused(queue, call, dn, "RequestReserveAgent", answer)
+            hold = None
+            if answer.get("AttributeErrorCode") == ErrorCode.AGENT_RESERVATION_CONFLICT:
+                until = self._reserved_elsewhere.pop(dn, None)
+                hold = until - self.loop.time() if until is not None else HOLD_TIMEOUT
+            self._refused(queue, call, dn, "RequestReserveAgent", answer, hold=hold)
             return
         self._tally(self.reservations, "granted")
+        # the owner keeps the agent for this call that long, whatever the route does
+        reserved_for = _seconds(answer.get("AttributeTimeout"))
         try:
             routed = await self.links.route(call.node, call.routing_point, conn_id, dn)
         except (ConnectionError, TimeoutError, OSError) as exc:
@@ -352,10 +387,12 @@ class Router:
             self._routed(queue, call)
             self.log.info("call_routed", conn_id=conn_id, queue=queue.strategy.queue, to=dn,
                           agent_id=agent_id, waited=round(call.waited(self.clock()), 3))
-            # held until the call rings on the DN (the t-controller reports it)
-            self._holds[dn] = self.loop.call_later(HOLD_TIMEOUT, self._hold_expired, dn)
+            record = self.pool.agents.get(dn)
+            if record is not None and record.held:
+                # held until the call rings on the DN (the t-controller reports it)
+                self._hold(dn, HOLD_TIMEOUT)
             return
-        self._refused(queue, call, dn, "RequestRouteCall", routed)
+        self._refused(queue, call, dn, "RequestRouteCall", routed, hold=reserved_for)
 
     async def _route_to_site(self, queue: VirtualQueue, call: QueuedCall,
                              site: MonitoredSite) -> None:
@@ -419,19 +456,28 @@ class Router:
         self._end(queue, call.conn_id, "routed")
 
     def _refused(self, queue: VirtualQueue, call: QueuedCall, dn: str, request: str,
-                 answer: Mapping[str, Any]) -> None:
+                 answer: Mapping[str, Any], *, hold: float | None = None) -> None:
+        """A request for ``call`` refused or unanswered: the agent is released, or
+        held ``hold`` seconds while a reservation at its owner keeps it (module
+        doc); the call waits again, without that agent unless it was a conflict."""
         code = answer.get("AttributeErrorCode")
         text = answer.get("AttributeErrorMessage")
-        self.pool.release(dn, self.clock())
+        conflict = request == "RequestReserveAgent" \
+            and code == ErrorCode.AGENT_RESERVATION_CONFLICT
+        if hold is not None and hold > 0:
+            self._hold(dn, hold)
+        else:
+            self._cancel_hold_timer(dn)
+            self.pool.release(dn, self.clock())
         if self.errors is not None:
             self.errors.labels(request, str(code)).inc()
         if request == "RequestReserveAgent":
-            outcome = "conflict" if code == ErrorCode.AGENT_RESERVATION_CONFLICT else "refused"
-            self._tally(self.reservations, outcome)
-            if outcome == "conflict":
+            self._tally(self.reservations, "conflict" if conflict else "refused")
+            if conflict:
                 queue.stats["conflicts"] += 1
         self.log.info("director_request_refused", request=request, conn_id=call.conn_id,
-                      dn=dn, code=code, reason=text)
+                      dn=dn, code=code, reason=text,
+                      held=round(hold, 3) if hold is not None and hold > 0 else None)
         if request == "RequestRouteCall" and code == ErrorCode.UNKNOWN_CONNID:
             # the node no longer holds the call on the routing point
             self._report("EventAbandoned", queue, call)
@@ -442,9 +488,20 @@ class Router:
             self.pool.ready(dn, None, False, self.clock())
         if call.conn_id in queue.calls:
             call.busy = False
-            if code != ErrorCode.AGENT_NOT_AVAILABLE:
+            if code != ErrorCode.AGENT_NOT_AVAILABLE and not conflict:
                 call.excluded.add(dn)
             self.dispatch_soon()
+
+    def _hold(self, dn: str, seconds: float) -> None:
+        """Hold the agent ``seconds`` (the director's own timer: no request for it)."""
+        self.pool.hold(dn, self.clock())
+        self._cancel_hold_timer(dn)
+        self._holds[dn] = self.loop.call_later(seconds, self._hold_expired, dn)
+
+    def _cancel_hold_timer(self, dn: str) -> None:
+        handle = self._holds.pop(dn, None)
+        if handle is not None:
+            handle.cancel()
 
     def _hold_expired(self, dn: str) -> None:
         self._holds.pop(dn, None)

@@ -95,9 +95,8 @@ async def test_calls_reach_ready_agents_with_the_skill_in_two_data_centres(
                         and e.get("AttributeThisDN") == dn]
         assert not [e for e in events if e["message"] == "EventRinging"
                     and e.get("AttributeThisDN") == DEFAULT_PHONE]
-        # (refused reservations are not asserted here: a director can ask again for an agent
-        # whose reservation for its previous call the t-controller still holds; two routers'
-        # conflicts are test_two_directors_one_agent_one_reservation's)
+        for proc in (lab.procs["TC_A"], lab.procs["TC_C"]):
+            assert not proc.events("agent_reservation_refused")  # one director: no conflict
         # the wallboard: JSON on the HTTP port and the status command
         done = await asyncio.to_thread(subprocess.run, [
             sys.executable, "-m", "daemons.cli", "director", "status", "--config",
