@@ -1,11 +1,15 @@
-"""Build hook: compile the SIP message and transaction hot path with mypyc.
+"""Build hook: compile the SIP hot path and the sip-proxy's core with mypyc.
 
-The modules listed in ``protocols/sip/__init__.py`` (``COMPILED_MODULES``) are
-plain, fully typed Python; mypyc turns them into C extensions that run the
-same code two to three times faster on CPython. Every other module, and the
-whole project when no C compiler or Python headers are at hand, stays pure
-Python, and ``protocols.sip`` falls back to the sources by itself (see its
-``__init__``). ``SIPCLUSTER_COMPILE=0`` skips compiling.
+The modules listed in ``protocols/sip/__init__.py`` and
+``daemons/sip_proxy/__init__.py`` (``COMPILED_MODULES`` of each) are plain,
+fully typed Python; mypyc turns them into C extensions that run the same code
+two to three times faster on CPython. They are built together, as two groups
+(one shared library each, ``protocols.sip._sipstack`` and
+``daemons.sip_proxy._proxycore``): the proxy's group calls into the SIP
+stack's natively. Every other module, and the whole project when no C
+compiler or Python headers are at hand, stays pure Python, and both packages
+fall back to the sources by themselves (see their ``__init__``).
+``SIPCLUSTER_COMPILE=0`` skips compiling.
 
     python setup.py build_ext --inplace     # what ``make`` runs in a checkout
     pip install .                           # compiles when it can
@@ -24,8 +28,11 @@ from setuptools.command.build_ext import build_ext
 
 ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT))
+# only the module lists are read here: no warning about the builds being replaced
+os.environ["SIPCLUSTER_PURE_PYTHON"] = "1"
 
-from protocols.sip import COMPILED_MODULES  # noqa: E402
+from daemons.sip_proxy import COMPILED_MODULES as PROXY_MODULES  # noqa: E402
+from protocols.sip import COMPILED_MODULES as SIP_MODULES  # noqa: E402
 
 
 def extensions() -> list[object]:
@@ -34,19 +41,22 @@ def extensions() -> list[object]:
     headers = Path(sysconfig.get_paths()["include"], "Python.h")
     compiler = os.environ.get("CC", "cc").split()[0]
     if not headers.exists() or shutil.which(compiler) is None:
-        print(f"sipcluster: no {compiler} or no {headers}: SIP stack stays pure Python",
+        print(f"sipcluster: no {compiler} or no {headers}: SIP stack and proxy stay pure Python",
               file=sys.stderr)
         return []
     try:
         from mypyc.build import mypycify
     except ImportError:
-        print("sipcluster: mypyc not installed: SIP stack stays pure Python", file=sys.stderr)
+        print("sipcluster: mypyc not installed: SIP stack and proxy stay pure Python",
+              file=sys.stderr)
         return []
-    paths = [f"protocols/sip/{name}.py" for name in COMPILED_MODULES]
-    # the shared library inside the package, so every install (wheel, editable,
-    # in place) finds it where the compiled modules look for it
-    return list(mypycify(paths, opt_level="3", debug_level="0",
-                         group_name="protocols.sip._sipstack"))
+    sip = [f"protocols/sip/{name}.py" for name in SIP_MODULES]
+    proxy = [f"daemons/sip_proxy/{name}.py" for name in PROXY_MODULES]
+    # each group's shared library inside its package, so every install (wheel,
+    # editable, in place) finds it where the compiled modules look for it
+    return list(mypycify(sip + proxy, opt_level="3", debug_level="0",
+                         separate=[(sip, "protocols.sip._sipstack"),
+                                   (proxy, "daemons.sip_proxy._proxycore")]))
 
 
 class BuildExt(build_ext):

@@ -10,8 +10,9 @@ oos-check. :class:`HopByHop` is that part of
 from __future__ import annotations
 
 import hashlib
+from abc import abstractmethod
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any, TypeVar
 
 from daemons.runtime.sip_transport import SipTransportManager
 from daemons.sip_proxy.flows import first_route, parse_flow_token, uri_dest, uri_transport
@@ -31,11 +32,22 @@ from protocols.sip.transaction import (
 )
 from protocols.sip.uri import format_host
 
+_C = TypeVar("_C")
+
+try:
+    from mypy_extensions import trait
+except ImportError:  # installed with mypy, for the build; not needed to run
+    def trait(cls: _C) -> _C:
+        """mypyc's mark of a mix-in (a compiled class has one base class, the
+        rest traits); nothing at run time."""
+        return cls
+
 __all__ = ["HopByHop"]
 
 Address = tuple[str, int]
 
 
+@trait
 class HopByHop:
     """CANCEL, 2xx ACK, stray responses and OPTIONS probes (see the module)."""
 
@@ -49,29 +61,36 @@ class HopByHop:
     _probes: dict[TransactionKey, Callable[[int | None], None]]
     _peer_hosts: set[str]
 
-    if TYPE_CHECKING:  # provided by ProxyCore
-        def _now(self) -> float:
-            ...
+    # provided by ProxyCore
+    @abstractmethod
+    def _now(self) -> float:
+        ...
 
-        def _flush(self) -> None:
-            ...
+    @abstractmethod
+    def _flush(self) -> None:
+        ...
 
-        def _respond(self, key: TransactionKey, request: Request, status: int,
-                     reason: str | None = None, headers: tuple[tuple[str, str], ...] = ()) -> None:
-            ...
+    @abstractmethod
+    def _respond(self, key: TransactionKey, request: Request, status: int,
+                 reason: str | None = None, headers: tuple[tuple[str, str], ...] = ()) -> None:
+        ...
 
-        def _pop_own_routes(self, request: Request, pins: dict[str, str]) -> None:
-            ...
+    @abstractmethod
+    def _pop_own_routes(self, request: Request, pins: dict[str, str]) -> None:
+        ...
 
-        def _send_udp(self, data: bytes, dest: Address) -> None:
-            ...
+    @abstractmethod
+    def _send_udp(self, data: bytes, dest: Address) -> None:
+        ...
 
-        def send_stateless(self, message: Request | Response, transport: str,
-                           destination: Address) -> None:
-            ...
+    @abstractmethod
+    def send_stateless(self, message: Request | Response, transport: str,
+                       destination: Address) -> None:
+        ...
 
-        def is_own(self, host: str | None, port: int | None) -> bool:
-            ...
+    @abstractmethod
+    def is_own(self, host: str | None, port: int | None) -> bool:
+        ...
 
     def _on_cancel(self, event: CancelReceived) -> None:
         """§16.10: 200 to the CANCEL, then CANCEL every pending branch."""

@@ -109,6 +109,7 @@ class ProxyCore(RegistrarFront, HopByHop):
     ``store`` holds the cluster's bindings; ``on_binding`` is called with every
     binding this proxy creates or removes (replication publishes it);
     ``synced()`` says whether the store has caught up (503 until then).
+    ``clock`` gives the transactions' ``now`` (default: the event loop's time).
     """
 
     def __init__(
@@ -126,6 +127,7 @@ class ProxyCore(RegistrarFront, HopByHop):
         auth_guard: AuthGuard | None = None,
         timers: TimerSettings | None = None,
         ssl_context: ssl.SSLContext | None = None,
+        clock: Callable[[], float] | None = None,
     ) -> None:
         self.settings = settings
         self.ssl_context = ssl_context
@@ -142,6 +144,7 @@ class ProxyCore(RegistrarFront, HopByHop):
         self.transport: SipTransportManager | None = None
         self.metrics = metrics
         self._loop = asyncio.get_running_loop()
+        self._clock = clock if clock is not None else self._loop.time
         self._timer = TimerSlot(self._loop, self._on_timer, TIMER_RESOLUTION)
         self._by_server: dict[TransactionKey, Forward] = {}
         self._by_client: dict[TransactionKey, Forward] = {}
@@ -221,7 +224,7 @@ class ProxyCore(RegistrarFront, HopByHop):
     # ------------------------------------------------------------ loop glue
 
     def _now(self) -> float:
-        return self._loop.time()
+        return self._clock()
 
     def _flush(self) -> None:
         """Handle the layer's events, send what they queued, re-arm the timer."""

@@ -15,8 +15,9 @@ store and its replication are :mod:`daemons.sip_proxy.registrar` and
 from __future__ import annotations
 
 import time
+from abc import abstractmethod
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, Any
+from typing import Any, TypeVar
 
 from daemons.sip_proxy.flows import phone_side
 from daemons.sip_proxy.forwarding import Forward, ProxySettings
@@ -27,6 +28,16 @@ from protocols.sip.headers import unquote_param
 from protocols.sip.message import Request, Response
 from protocols.sip.transaction import TransactionKey
 from protocols.sip.uri import format_host, parse_uri
+
+_C = TypeVar("_C")
+
+try:
+    from mypy_extensions import trait
+except ImportError:  # installed with mypy, for the build; not needed to run
+    def trait(cls: _C) -> _C:
+        """mypyc's mark of a mix-in (a compiled class has one base class, the
+        rest traits); nothing at run time."""
+        return cls
 
 __all__ = ["RegistrarFront", "granted_bindings", "normalised_uri", "planned_bindings"]
 
@@ -118,6 +129,7 @@ def granted_bindings(planned: list[Binding], response: Response, existing: Itera
     return out
 
 
+@trait
 class RegistrarFront:
     """The registrar front of :class:`~daemons.sip_proxy.proxy.ProxyCore`: REGISTER
     from a phone goes to a node of the proxy's geo-location with a Path to the
@@ -130,17 +142,20 @@ class RegistrarFront:
     requests: Any
     registrations: Any
 
-    if TYPE_CHECKING:  # provided by ProxyCore
-        def _respond(self, key: TransactionKey, request: Request, status: int,
-                     reason: str | None = None, headers: tuple[tuple[str, str], ...] = ()) -> None:
-            ...
+    # provided by ProxyCore
+    @abstractmethod
+    def _respond(self, key: TransactionKey, request: Request, status: int,
+                 reason: str | None = None, headers: tuple[tuple[str, str], ...] = ()) -> None:
+        ...
 
-        def _forward(self, fwd: Forward, action: str, *, rr: dict[str, str] | None,
-                     strip_node: bool = False) -> None:
-            ...
+    @abstractmethod
+    def _forward(self, fwd: Forward, action: str, *, rr: dict[str, str] | None,
+                 strip_node: bool = False, rr_name: str = "") -> None:
+        ...
 
-        def _stamp(self) -> float:
-            ...
+    @abstractmethod
+    def _stamp(self) -> float:
+        ...
 
     def _register(self, fwd: Forward, request: Request, transport: str,
                   reached_by: str = "") -> None:

@@ -31,6 +31,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import daemons.sip_proxy as proxy_package
 from daemons.cluster.config import AppKind, Application, ClusterConfig, load_cluster
 from daemons.runtime.service import (
     Service,
@@ -229,6 +230,7 @@ class SipProxy(Service):
         self.log.info("sip_proxy_started", sip_port=self.core.port,
                       sip_tls_port=self.core.settings.tls_port,
                       replication_port=self.repl_port, geo_location=self.geo,
+                      proxy_core="compiled" if proxy_package.COMPILED else "pure-python",
                       nodes=[n.name for n in self.nodes], oos_check=self.oos_check,
                       oos_force=self.oos_force)
         # Everything built so far lives as long as the daemon: keep it out of the

@@ -7,7 +7,7 @@ serves ``/healthz`` and ``/metrics`` on the proxy's management port for all of
 them, restarts a worker that dies (logged and counted) and stops them all on
 SIGTERM. It opens no SIP socket itself.
 
-Each worker is a whole proxy core (:class:`WorkerCore`) with state of its own
+Each worker is a whole proxy core (:class:`~.worker_core.WorkerCore`) with state of its own
 (transactions, TCP/TLS connections, rate-limit buckets) and a copy of every
 binding. What keeps the state where it is needed:
 
@@ -55,9 +55,7 @@ from prometheus_client.samples import Sample
 from daemons.cluster.config import AppKind, Application, ClusterConfig
 from daemons.runtime.management import ManagementServer, Metrics
 from daemons.runtime.service import Service
-from daemons.runtime.sip_transport import SipTransportManager, TransportError
-from daemons.sip_proxy.proxy import ProxyCore
-from protocols.sip.transaction import Transmit
+from daemons.sip_proxy.worker_core import WorkerCore
 
 __all__ = ["WorkerCore", "WorkerLayout", "WorkerSupervisor", "die_with_parent", "worker_argv"]
 
@@ -107,46 +105,6 @@ def die_with_parent() -> None:
     parent = os.environ.get(SUPERVISOR_ENV)
     if parent is not None and parent.isdigit() and os.getppid() != int(parent):
         raise SystemExit(f"sip-proxy worker: supervisor {parent} has ended")
-
-
-class WorkerCore(ProxyCore):
-    """The proxy core of one worker (see module docstring): ``settings.port`` is the
-    worker's own port (Via, Record-Route, Path); ``shared_port`` the proxy's
-    ``sip-port``, listened on with SO_REUSEPORT beside the other workers."""
-
-    def __init__(self, *args: Any, shared_port: int, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.shared_port = shared_port
-
-    async def start(self) -> None:
-        self.transport = SipTransportManager(self.on_message, metrics=self.metrics,
-                                             logger=self.log, proxy_checks=True,
-                                             ssl_context=self.ssl_context)
-        host = self.settings.host
-        # the shared port first: answers and stateless sends leave from it
-        await self.transport.listen_pair(host, self.shared_port, reuse_port=True)
-        await self.transport.listen_pair(host, self.settings.port)
-        self._own = {(host, self.shared_port), (host, self.settings.port)}
-        tls_port = self.settings.tls_port
-        if tls_port is not None and self.ssl_context is not None:
-            await self.transport.listen("TLS", host, tls_port, reuse_port=True)
-            self._own.add((host, tls_port))
-
-    def _transmit(self, tx: Transmit) -> None:
-        # a request over UDP leaves from this worker's own port (its Via's), so
-        # that a peer answering to the source port (rport) answers this worker
-        transport = self.transport
-        assert transport is not None
-        data = tx.data
-        if tx.transport == "UDP" and not data.startswith(b"SIP/") \
-                and len(data) <= transport.udp_size_limit:
-            try:
-                if transport.send_datagram(data, tx.destination, self.settings.port):
-                    return
-            except TransportError:
-                self._transport_failed(tx.key)
-                return
-        super()._transmit(tx)
 
 
 # --------------------------------------------------------------------------- supervisor

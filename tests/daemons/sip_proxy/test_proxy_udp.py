@@ -48,13 +48,30 @@ class _Socket:
         pass
 
 
+class Clock:
+    """The core's clock (loop time), moved by the test only."""
+
+    def __init__(self, now: float) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
 @dataclass
 class Rig:
     core: ProxyCore
     sock: _Socket
     metrics: Metrics
-    #: the core's clock (loop time, moved by the test only)
-    now: float = 1000.0
+    clock: Clock
+
+    @property
+    def now(self) -> float:
+        return self.clock.now
+
+    @now.setter
+    def now(self, value: float) -> None:
+        self.clock.now = value
 
     def deliver(self, data: bytes, source: tuple[str, int]) -> list[tuple[bytes, tuple[str, int]]]:
         """Hand one datagram to the listener; what the proxy sent because of it."""
@@ -84,9 +101,10 @@ class Rig:
 async def _rig() -> Rig:
     router = Router([NodeTarget("SIPS_1", "dc1", NODE[0], NODE[1])], "dc1", lambda name: True)
     metrics = Metrics("sipcluster")
+    clock = Clock(1000.0)
     core = ProxyCore(ProxySettings("SPX_1", PROXY[0], PROXY[1], "dc1", "cluster.lab"),
                      router=router, store=BindingStore(), metrics=metrics, log=_Log(),
-                     timers=TimerSettings())
+                     timers=TimerSettings(), clock=clock)
     await core.start()
     assert core.transport is not None
     ep = core.transport._udp[0]
@@ -96,9 +114,7 @@ async def _rig() -> Rig:
     ep.transport = sock  # type: ignore[assignment]
     ep.local = PROXY
     core._own = {PROXY}
-    rig = Rig(core, sock, metrics)
-    core._now = lambda: rig.now  # type: ignore[method-assign]
-    return rig
+    return Rig(core, sock, metrics, clock)
 
 
 @pytest.fixture
