@@ -3,7 +3,8 @@ to notice a failure, and the calls that fail meanwhile.
 
 The shipped cluster file (deploy/etc/cluster.toml: ``oos-check``, ``oos-force``,
 ``tc-reconnect-timeout`` ... as delivered) moved to 127.0.183.x (DC1) and
-127.0.184.x (DC2), started with ``sipcluster lab start``. Each run, with a SIPp
+127.0.184.x (DC2) (10.183.0.x and 10.184.0.x with WAN emulation), started
+with ``sipcluster lab start``. Each run, with a SIPp
 call load to the PSTN gateway (9 + digits, ``daemons/lab/scenarios/drill_call.xml``)
 around the fault:
 
@@ -26,11 +27,14 @@ The killed applications are restarted and their peers' view is back in service
 before the next fault. Calls failed: SIPp's FailedCall count of the load that ran
 from 3 s before the kill until 3 s after the mark.
 
-WAN between the data centres: ``--wan-delay-ms`` / ``--wan-loss`` (40 ms, 1 %
-by default, 0 for none) put ``tc netem`` on ``lo`` for packets between the two
-/24s only (a ``prio`` root qdisc, u32 filters). When the kernel has no netem
-(``tc`` answers "Specified qdisc kind is unknown"), the script says so with
-tc's error and measures without: the RESULT says "no WAN emulation".
+WAN between the data centres: ``--wan-delay-ms`` / ``--wan-loss`` (40 ms each
+way and 1 % by default, 0 for none). The script makes a network namespace of
+its own in which the data centres are 10.183.0.x and 10.184.0.x (local on its
+``lo``), every packet between them goes through a TUN device and a relay that
+holds it for the delay or drops it (``daemons/lab/wan.py``; no ``netem`` needed),
+and runs itself again inside it: lab, SIPp and probes alike. Packets within a
+data centre are not delayed. Needs root and /dev/net/tun; without them the
+script says why and measures without, and its RESULT says "no WAN emulation".
 
     .venv/bin/python bench/bench_failover.py [--runs 3] [--call-rate 5] \\
         [--wan-delay-ms 40] [--wan-loss 1]
@@ -43,6 +47,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import csv
 import json
 import os
@@ -67,6 +72,7 @@ from node_call_load import free_port
 from daemons.cluster.config import ClusterConfig, load_cluster
 from daemons.lab.supervisor import Supervisor
 from daemons.lab.topology import process_specs
+from daemons.lab.wan import Wan, WanError
 from daemons.runtime.dns import SipResolver
 from daemons.runtime.logs import configure_logging
 from tests.support.sip_probe import answers_options
@@ -129,73 +135,52 @@ FAULTS = [
 
 # --------------------------------------------------------------------------- WAN
 
+#: the namespace's name while this script runs inside it (set for the re-run)
+WAN_NAMESPACE_ENV = "SIPCLUSTER_WAN_NAMESPACE"
+#: the relay's state file (settings and counters), for the re-run to report
+WAN_STATE_ENV = "SIPCLUSTER_WAN_STATE"
+#: the data centres inside the namespace: local /24s on its lo, outside 127/8
+WAN_SUBNETS = ("10.183.0.", "10.184.0.")
 
-def netem_unavailable() -> str | None:
-    """None when the kernel takes a netem qdisc; else why not (tc's own error).
-    Tried on the loopback of a network namespace of its own, so nothing else
-    on this machine is touched."""
-    tc, ip = shutil.which("tc"), shutil.which("ip")
-    if tc is None or ip is None:
-        return "tc or ip is not installed (apt-get install iproute2)"
-    ns = f"sipcluster-netem-probe-{os.getpid()}"
-    added = subprocess.run([ip, "netns", "add", ns], capture_output=True, text=True)
-    if added.returncode != 0:
-        return f"ip netns add {ns}: {added.stderr.strip()}"
-    try:
-        probe = subprocess.run([ip, "netns", "exec", ns, tc, "qdisc", "add", "dev", "lo",
-                                "root", "netem", "delay", "1ms"], capture_output=True, text=True)
-    finally:
-        subprocess.run([ip, "netns", "del", ns], capture_output=True, text=True)
-    if probe.returncode != 0:
-        return f"tc qdisc add dev lo root netem delay 1ms: {probe.stderr.strip()}"
+
+def use_subnets(dc1: str, dc2: str) -> None:
+    """Where the two data centres live (the cluster file is moved there)."""
+    global DC1, DC2, SUBNETS, CALLER_HOST, PHONE_HOST
+    DC1, DC2 = dc1, dc2
+    SUBNETS = {"127.0.1.": dc1, "127.0.2.": dc2}
+    CALLER_HOST, PHONE_HOST = DC1 + "201", DC1 + "110"
+
+
+def wan_unavailable() -> str | None:
+    """None when a WAN namespace can be made here; else why not."""
+    if shutil.which("ip") is None:
+        return "ip is not installed (apt-get install iproute2)"
+    if os.geteuid() != 0:
+        return "needs root (network namespaces, a TUN device)"
+    if not os.path.exists("/dev/net/tun"):
+        return "/dev/net/tun is missing"
     return None
 
 
-@dataclass
-class WanEmulation:
-    """``netem`` delay and loss on ``lo`` for the packets between two /24s, both
-    ways; every other packet on ``lo`` goes through the prio qdisc's usual bands."""
-
-    delay_ms: float
-    loss_percent: float
-    a: str
-    b: str
-    applied: bool = False
-
-    def _tc(self, *args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(["tc", *args], capture_output=True, text=True)
-
-    def start(self) -> str | None:
-        """Apply; None when done, else why not."""
-        shown = self._tc("qdisc", "show", "dev", "lo")
-        if shown.returncode != 0 or "noqueue" not in shown.stdout:
-            return ("lo already has a root qdisc (" + shown.stdout.strip()
-                    + "): not replaced")
-        steps = [
-            ["qdisc", "add", "dev", "lo", "root", "handle", "1:", "prio", "bands", "4",
-             "priomap", *"1 2 2 2 1 2 0 0 1 1 1 1 1 1 1 1".split()],
-            ["qdisc", "add", "dev", "lo", "parent", "1:4", "handle", "40:", "netem",
-             "delay", f"{self.delay_ms:g}ms", "loss", f"{self.loss_percent:g}%"],
-            ["filter", "add", "dev", "lo", "parent", "1:", "protocol", "ip", "prio", "1",
-             "u32", "match", "ip", "src", self.a, "match", "ip", "dst", self.b,
-             "flowid", "1:4"],
-            ["filter", "add", "dev", "lo", "parent", "1:", "protocol", "ip", "prio", "1",
-             "u32", "match", "ip", "src", self.b, "match", "ip", "dst", self.a,
-             "flowid", "1:4"],
-        ]
-        for step in steps:
-            done = self._tc(*step)
-            if done.returncode != 0:
-                self.applied = True  # remove what was added
-                self.stop()
-                return f"tc {' '.join(step)}: {done.stderr.strip()}"
-            self.applied = True
-        return None
-
-    def stop(self) -> None:
-        if self.applied:
-            self._tc("qdisc", "del", "dev", "lo", "root", "handle", "1:")
-            self.applied = False
+def run_in_wan(args: argparse.Namespace) -> int | str:
+    """Make the WAN namespace, run this script again inside it (its exit code),
+    remove it; why not when it cannot be made."""
+    namespace = f"sipcluster-wan-{os.getpid()}"
+    with tempfile.TemporaryDirectory(prefix="bench-failover-wan-") as tmp:
+        state = Path(tmp) / "wan.json"
+        wan = Wan(namespace, WAN_SUBNETS[0] + "0/24", WAN_SUBNETS[1] + "0/24",
+                  args.wan_delay_ms, args.wan_loss, state)
+        try:
+            wan.create(Path(tmp) / "wan.log")
+        except WanError as exc:
+            return str(exc)
+        try:
+            env = {**os.environ, WAN_NAMESPACE_ENV: namespace, WAN_STATE_ENV: str(state)}
+            script = str(Path(__file__).resolve())
+            return subprocess.run([*wan.exec_prefix(), sys.executable, script, *sys.argv[1:]],
+                                  env=env, cwd=ROOT).returncode
+        finally:
+            wan.delete()
 
 
 # --------------------------------------------------------------------------- lab
@@ -592,9 +577,9 @@ def main() -> int:
     parser.add_argument("--call-rate", type=float, default=5.0,
                         help="calls/s of the SIPp load around each fault")
     parser.add_argument("--wan-delay-ms", type=float, default=40.0,
-                        help="netem delay between the data centres, each way (0: none)")
+                        help="delay between the data centres, each way (0: none)")
     parser.add_argument("--wan-loss", type=float, default=1.0,
-                        help="netem loss between the data centres, percent")
+                        help="packet loss between the data centres, percent")
     args = parser.parse_args()
     configure_logging("warning")
     sipp = shutil.which("sipp")
@@ -602,32 +587,37 @@ def main() -> int:
         print("sipp is not installed (apt-get install sip-tester)")
         print("RESULT " + json.dumps({"error": "no sipp"}))
         return 2
+    wanted = f"{args.wan_delay_ms:g} ms each way, {args.wan_loss:g} % loss"
     wan_info: dict[str, Any] = {"emulated": False}
-    wan: WanEmulation | None = None
-    if args.wan_delay_ms > 0 or args.wan_loss > 0:
-        wanted = f"netem {args.wan_delay_ms:g} ms, {args.wan_loss:g} % loss"
-        why = netem_unavailable()
+    inside = os.environ.get(WAN_NAMESPACE_ENV)
+    if inside:
+        use_subnets(*WAN_SUBNETS)
+        wan_info = {"emulated": True, "delay_ms": args.wan_delay_ms,
+                    "loss_percent": args.wan_loss, "namespace": inside,
+                    "method": "TUN relay in a network namespace (daemons/lab/wan.py)"}
+        wan_text = f"{wanted} (TUN relay, namespace {inside}; DC1 {DC1}x, DC2 {DC2}x)"
+    elif args.wan_delay_ms > 0 or args.wan_loss > 0:
+        why = wan_unavailable()
         if why is None:
-            wan = WanEmulation(args.wan_delay_ms, args.wan_loss, DC1 + "0/24", DC2 + "0/24")
-            why = wan.start()
-        if why is None:
-            wan_info = {"emulated": True, "delay_ms": args.wan_delay_ms,
-                        "loss_percent": args.wan_loss}
-            wan_text = wanted
-        else:
-            wan = None
-            wan_info = {"emulated": False, "wanted": wanted, "why": why}
-            wan_text = f"no WAN emulation ({wanted} unavailable: {why})"
-            print(f"WAN emulation unavailable, figures measured without it: {why}\n")
+            done = run_in_wan(args)
+            if isinstance(done, int):
+                return done
+            why = done
+        wan_info = {"emulated": False, "wanted": wanted, "why": why}
+        wan_text = f"no WAN emulation ({wanted} unavailable: {why})"
+        print(f"WAN emulation unavailable, figures measured without it: {why}\n")
     else:
         wan_text = "no WAN emulation (--wan-delay-ms 0 --wan-loss 0)"
         wan_info["why"] = "not asked for"
-    try:
-        with tempfile.TemporaryDirectory(prefix="bench-failover-") as tmp:
-            results = run(Path(tmp), sipp, args.runs, args.call_rate)
-    finally:
-        if wan is not None:
-            wan.stop()
+    with tempfile.TemporaryDirectory(prefix="bench-failover-") as tmp:
+        results = run(Path(tmp), sipp, args.runs, args.call_rate)
+    if inside:
+        with contextlib.suppress(OSError, ValueError):
+            relay = json.loads(Path(os.environ[WAN_STATE_ENV]).read_text())
+            wan_info["relay"] = {k: relay.get(k) for k in ("delayed", "dropped",
+                                                            "write_errors")}
+            wan_text += (f"; the relay delayed {relay.get('delayed')} packets, dropped "
+                         f"{relay.get('dropped')}")
     if "error" in results:
         print("RESULT " + json.dumps({**results, "wan": wan_info}))
         return 1
@@ -636,7 +626,7 @@ def main() -> int:
           "around each fault\n")
     print(table(faults, wan_text))
     out = {"runs": args.runs, "call_rate": args.call_rate, "wan": wan_info,
-           "wan_emulation": "netem" if wan_info["emulated"] else "no WAN emulation",
+           "wan_emulation": "TUN relay" if wan_info["emulated"] else "no WAN emulation",
            "options": results["options"], "faults": faults}
     print("RESULT " + json.dumps(out))
     return 0 if all(f["runs_failed"] == 0 for f in faults.values()) else 1
