@@ -21,8 +21,9 @@ shared over the transactions of that second, so figures taken at different
 
 ``--baseline-root DIR`` takes an already exported and compiled tree instead.
 ``--baseline-rev REV`` measures the sip-proxy of git revision ``REV`` the same
-way in the same run (its sources exported with ``git archive`` and its SIP
-modules compiled with mypyc, as ``make compile`` does here) and prints
+way in the same run (its sources exported with ``git archive`` and compiled
+with mypyc as ``setup.py`` does there: the SIP stack, and the sip-proxy's core
+where that revision compiles it) and prints
 ours/before side by side. The last line is ``RESULT {json}``.
 """
 
@@ -52,7 +53,7 @@ SIPP_TIMEOUT = 300.0
 
 
 def export_rev(rev: str, dest: Path) -> Path:
-    """The sources of ``rev`` in ``dest``, SIP modules compiled with mypyc."""
+    """The sources of ``rev`` in ``dest``, compiled with mypyc as its setup.py says."""
     archive = subprocess.run(["git", "archive", rev, "daemons", "protocols", "setup.py",
                               "pyproject.toml"], cwd=ROOT, check=True,
                              capture_output=True).stdout
