@@ -121,8 +121,8 @@ FAULTS = [
     Fault("proxy", "node sees its proxy down (SIPS_dc1_1: SIPProxy_dc1_1 "
           "out of service)", ("SIPProxy_dc1_1",), "SIPProxy_dc1_2",
           "[dns.SIPProxy_DN] oos-check, oos-force"),
-    Fault("t_controller", "lost t-controller's DNs out of service (TC_dc1_2 killed, "
-          "seen by TC_dc2_1)", ("TC_dc1_2",), "SIPProxy_dc1_1",
+    Fault("t_controller", "lost t-controller's DNs out of service or taken over "
+          "(TC_dc1_2 killed, seen by TC_dc2_1)", ("TC_dc1_2",), "SIPProxy_dc1_1",
           "[dns.SIP_Cluster_DN] tc-reconnect-timeout (addp-timeout, addp-remote-timeout "
           "when the link stays open)"),
     Fault("data_centre", "phone registers in the other data centre (DC1's proxies "
@@ -420,7 +420,10 @@ class Bench:
                 register(self.sipp, lab, self.work / f"owned-{index}-{dn}", dn, PHONE_HOST,
                          free_port(PHONE_HOST), via)
             if wait_until(lambda: bool(owned()), timeout=15) is None:
-                return "no DN owned by SIPS_dc1_2 in TC_dc2_1's view"
+                states = dn_states(lab, "TC_dc2_1")
+                return "no DN owned by SIPS_dc1_2 in TC_dc2_1's view (" + ", ".join(
+                    f"{dn} {states.get(dn, {}).get('dn-state')} owner "
+                    f"{states.get(dn, {}).get('owner')}" for dn in OWNED) + ")"
         self.owned = owned()
         return None
 
@@ -435,11 +438,37 @@ class Bench:
                 "in-service", None)
         if fault.key == "t_controller":
             def all_out() -> bool:
+                # out of service, or in service on a node that took the DN over
+                # (the phone's binding is replicated to the other node)
                 states = dn_states(lab, "TC_dc2_1")
                 return bool(states) and all(
-                    states.get(dn, {}).get("dn-state") == "out-of-service" for dn in self.owned)
+                    states.get(dn, {}).get("dn-state") == "out-of-service"
+                    or states.get(dn, {}).get("owner") not in ("SIPS_dc1_2", None)
+                    for dn in self.owned)
             return all_out
         raise KeyError(fault.key)
+
+    def taken_over(self) -> str:
+        """How the lost t-controller's DNs ended: out of service, or owned by the
+        other node of the data centre."""
+        states = dn_states(self.lab, "TC_dc2_1")
+        out = [dn for dn in self.owned if states.get(dn, {}).get("dn-state") == "out-of-service"]
+        moved = sorted({str(states.get(dn, {}).get("owner")) for dn in self.owned
+                        if dn not in out})
+        return f"{len(out)} of {len(self.owned)} DNs out of service" + (
+            f", the others taken over by {', '.join(moved)}" if moved else "")
+
+    def view(self, fault: Fault) -> str:
+        """What the watched status page shows when the mark did not come."""
+        lab = self.lab
+        if fault.key == "t_controller":
+            states = dn_states(lab, "TC_dc2_1")
+            return "TC_dc2_1 shows " + ", ".join(
+                f"{dn} {states.get(dn, {}).get('dn-state')} owner "
+                f"{states.get(dn, {}).get('owner')}" for dn in self.owned)
+        if fault.key == "node":
+            return f"SIPS_dc1_2 {node_state(lab, 'SIPProxy_dc1_1', 'SIPS_dc1_2')}"
+        return f"SIPProxy_dc1_1 {outbound_state(lab, 'SIPS_dc1_1', 'SIPProxy_dc1_1')}"
 
     def fail_over(self, index: int) -> tuple[float | None, str, tuple[str, int] | None]:
         """The phone's loop after the kill: resolve, probe, REGISTER, at once again
@@ -491,6 +520,10 @@ class Bench:
                                            target, self.rate)
             else:
                 seconds = wait_until(self.marked(fault))
+                if seconds is None:
+                    note = f"no mark within {WAIT:g} s; {self.view(fault)}"
+                elif fault.key == "t_controller":
+                    note = self.taken_over()
             time.sleep(AFTER)
         finally:
             for running in (load, after):
@@ -580,6 +613,8 @@ def main() -> int:
                         help="delay between the data centres, each way (0: none)")
     parser.add_argument("--wan-loss", type=float, default=1.0,
                         help="packet loss between the data centres, percent")
+    parser.add_argument("--keep", type=Path, default=None, metavar="DIR",
+                        help="work in DIR and keep it (the lab's logs, SIPp's files)")
     args = parser.parse_args()
     configure_logging("warning")
     sipp = shutil.which("sipp")
@@ -609,8 +644,12 @@ def main() -> int:
     else:
         wan_text = "no WAN emulation (--wan-delay-ms 0 --wan-loss 0)"
         wan_info["why"] = "not asked for"
-    with tempfile.TemporaryDirectory(prefix="bench-failover-") as tmp:
-        results = run(Path(tmp), sipp, args.runs, args.call_rate)
+    if args.keep is not None:
+        args.keep.mkdir(parents=True, exist_ok=True)
+        results = run(args.keep.resolve(), sipp, args.runs, args.call_rate)
+    else:
+        with tempfile.TemporaryDirectory(prefix="bench-failover-") as tmp:
+            results = run(Path(tmp), sipp, args.runs, args.call_rate)
     if inside:
         with contextlib.suppress(OSError, ValueError):
             relay = json.loads(Path(os.environ[WAN_STATE_ENV]).read_text())

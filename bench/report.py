@@ -351,7 +351,9 @@ def drill_rows(r: dict[str, Any]) -> list[Row]:
 def failover_rows(r: dict[str, Any]) -> list[Row]:
     """One row per measured failure: median seconds until the cluster's view
     changed (min-max), calls failed around it, and whether WAN was emulated."""
-    wan = "" if get(r, "wan", "emulated") else ", no WAN emulation"
+    wan = (f", WAN {num(get(r, 'wan', 'delay_ms'), '{:g}')} ms each way "
+           f"{num(get(r, 'wan', 'loss_percent'), '{:g}')} % loss"
+           if get(r, "wan", "emulated") else ", no WAN emulation")
     rows = []
     for fault in (r.get("faults") or {}).values():
         span = (f" ({num(fault.get('min_s'), '{:.2f}')}-{num(fault.get('max_s'), '{:.2f}')})"
