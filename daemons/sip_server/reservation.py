@@ -10,16 +10,25 @@ passes on over the node link as a ``RequestReserveAgent`` carrying the
 keeps them here so that it does not itself offer a reserved agent a call that
 is not the one the agent was reserved for:
 
-* a ``RequestRouteCall`` to a reserved agent for another ConnID (or, when
-  the reservation names no call, from another router) is refused with
-  ``EventError`` 62 (reservation conflict) and the call keeps waiting on its
-  routing point;
+* a ``RequestRouteCall`` to a reserved agent from another router, for
+  another ConnID than the one the reservation names (any call, when it
+  names none), is refused with ``EventError`` 62 (reservation conflict) and
+  the call keeps waiting on its routing point;
+* the router that holds the reservation may route any of its calls to the
+  agent: reservations keep routers from routing to the same target ("Agent
+  Reservation Conflicts" occur between several routers), and a router does
+  not conflict with itself. This node may still keep a reservation that the
+  owner already counts as ended (used up by a call offered on another node)
+  when the router's next grant of the agent, for its next call, reaches
+  the node after the router's route does (the owner answers the router
+  before the grant travels through the mesh and the node link);
 * a default routing (``router-timeout`` -> ``default-dn``) to a reserved
   agent waits on the routing point until the reservation ends.
 
-A reservation ends when its time is up, or when a call is offered to the DN
-on this node (the owner counts that call as the one that consumes it). Time
-comes in as ``now``.
+A reservation ends when its time is up, when a call is offered to the DN
+on this node (the owner counts that call as the one that consumes it), or
+when the owner's next grant of the agent replaces it. Time comes in as
+``now``.
 """
 
 from __future__ import annotations
@@ -39,16 +48,20 @@ class HeldAgent:
     agent_id: str | None
     expires: float
 
+    @property
+    def router(self) -> str:
+        """The holder's application name: the owner names a router by its
+        client id (``URS#3``), behind the t-controller it asked through when
+        that was a peer (``TC_A/URS#3``)."""
+        return self.holder.rsplit("/", 1)[-1].rsplit("#", 1)[0]
+
     def held_for(self, conn_id: str | None, application: str | None) -> bool:
-        """Whether the call ``conn_id`` routed by ``application`` is the one the
-        agent is kept for: the reservation's ConnID when it names one, else the
-        router's application name."""
-        if self.conn_id is not None:
-            return conn_id == self.conn_id
-        if application is None:
-            return False
-        router = self.holder.rsplit("/", 1)[-1].split("#", 1)[0]
-        return router == application
+        """Whether the call ``conn_id`` routed by ``application`` (None: a
+        default routing) may be offered to the agent: it is the call the
+        reservation names, or the router is the holder (module doc)."""
+        if self.conn_id is not None and conn_id == self.conn_id:
+            return True
+        return application is not None and application == self.router
 
 
 class ReservedAgents:
