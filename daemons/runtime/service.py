@@ -126,12 +126,26 @@ def _on_signal(service: Service, sig: signal.Signals) -> None:
     service.stopping.set()
 
 
+#: how often a task that went on after its cancellation is cancelled again
+RECANCEL_INTERVAL = 0.2
+
+
 async def cancel_and_wait(*tasks: asyncio.Task[Any] | None) -> None:
-    """Cancel tasks and wait for them to finish."""
+    """Cancel tasks and wait for them to finish.
+
+    A task can go on after ``cancel()``: Python 3.11's ``asyncio.wait_for``
+    drops the cancellation when the awaited operation finishes in the same
+    turn (an immediately refused reconnection, say), and a retry loop around
+    it then carries on. Such a task is cancelled again until it ends, so a
+    daemon's shutdown never waits on a retry loop."""
     live = [t for t in tasks if t is not None]
     for task in live:
         task.cancel()
     for task in live:
+        while not task.done():
+            await asyncio.wait({task}, timeout=RECANCEL_INTERVAL)
+            if not task.done():
+                task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
 

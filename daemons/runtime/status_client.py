@@ -16,7 +16,6 @@ fail-over is missed. Events are numbered per connection; a gap is counted
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 import ssl
 import time
@@ -28,6 +27,7 @@ from daemons.cluster.config import AppKind, ClusterConfig
 from daemons.runtime.certs import peer_name
 from daemons.runtime.driver import StreamDriver
 from daemons.runtime.logs import get_logger
+from daemons.runtime.service import cancel_and_wait
 from protocols.status.messages import (
     Error,
     Event,
@@ -153,9 +153,7 @@ class StatusClient:
     async def stop(self) -> None:
         self._stopping = True
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await cancel_and_wait(self._task)
             self._task = None
 
     async def wait_open(self, timeout: float = 10.0, *, fail_fast: bool = False) -> str:
@@ -181,6 +179,8 @@ class StatusClient:
             served = False
             self._errors = {}
             for address in self.aggregators:
+                if self._stopping:  # a cancellation asyncio.wait_for dropped
+                    return
                 try:
                     served = await self._connect(loop, address)
                 except (OSError, ssl.SSLError, TimeoutError, ConnectionError) as exc:

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import socket
+import ssl
 from pathlib import Path
 
 import pytest
 
-from daemons.runtime.service import sd_notify
+from daemons.runtime.service import cancel_and_wait, sd_notify
+from daemons.runtime.status_client import AggregatorAddress, StatusClient
+from protocols.status.messages import Role
 
 
 def test_sd_notify_sends_to_socket(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -22,3 +26,43 @@ def test_sd_notify_sends_to_socket(tmp_path: Path, monkeypatch: pytest.MonkeyPat
 def test_sd_notify_without_systemd(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("NOTIFY_SOCKET", raising=False)
     assert sd_notify("READY=1") is False
+
+
+async def _goes_on_after_one_cancellation(started: asyncio.Event) -> None:
+    """A task that carries on after its first cancellation, as a retry loop
+    around Python 3.11's asyncio.wait_for does when the awaited attempt fails
+    in the same turn as the cancellation (wait_for then raises the attempt's
+    error, and the loop retries)."""
+    started.set()
+    try:
+        await asyncio.sleep(30)
+    except asyncio.CancelledError:
+        pass
+    await asyncio.sleep(30)
+
+
+async def test_cancel_and_wait_ends_a_task_that_went_on_after_its_cancellation() -> None:
+    started = asyncio.Event()
+    task = asyncio.create_task(_goes_on_after_one_cancellation(started))
+    await started.wait()
+    stopping = asyncio.create_task(cancel_and_wait(task))
+    done, _ = await asyncio.wait({stopping}, timeout=10.0)
+    try:
+        assert stopping in done  # not 30 s later, when the task would end by itself
+        assert task.done() and task.cancelled()
+    finally:
+        task.cancel()
+        stopping.cancel()
+
+
+async def test_a_status_client_stops_while_its_aggregators_refuse(tmp_path: Path) -> None:
+    with socket.socket() as probe:  # a port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    client = StatusClient(name="test", role=Role.CONSUMER,
+                          aggregators=[AggregatorAddress("SA_1", "127.0.0.1", port)],
+                          context=ssl.create_default_context(), retry=0.01)
+    client.start()
+    await asyncio.sleep(0.3)  # many refused attempts
+    assert client.last_error and "SA_1" in client.last_error
+    await asyncio.wait_for(client.stop(), 10.0)
