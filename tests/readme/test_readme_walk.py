@@ -442,10 +442,16 @@ def test_pip_install_of_the_project(walk: Walk, tmp_path: Path) -> None:
     run([str(venv / "bin" / "pip"), "install", "-q", str(walk.clone)], cwd=tmp_path,
         timeout=900, env=user_env())
     probe = run([str(venv / "bin" / "python"), "-c",
-                 "import protocols.sip as s, protocols.sip.transaction as t; "
-                 "print(s.COMPILED, t.__file__)"], cwd=tmp_path, env=user_env())
-    compiled, module_file = probe.stdout.split()
+                 "import protocols.sip as s, protocols.sip.transaction as t, "
+                 "daemons.sip_proxy as p, daemons.sip_proxy.proxy as c; "
+                 "print(s.COMPILED, t.__file__, p.COMPILED, c.__file__)"],
+                cwd=tmp_path, env=user_env())
+    compiled, module_file, proxy_compiled, proxy_file = probe.stdout.split()
     assert compiled == "True" and module_file.startswith(str(venv)), probe.stdout
+    # the proxy's core too, though pip builds where the project's dependencies
+    # are not installed (setup.py types them as Any then)
+    assert proxy_compiled == "True" and proxy_file.startswith(str(venv)), probe.stdout
+    assert proxy_file.endswith(".so"), probe.stdout
     sipcluster = venv / "bin" / "sipcluster"
     lab_dir = tmp_path / "lab"
     run([str(sipcluster), "lab", "start", "--dir", str(lab_dir)], cwd=tmp_path, env=user_env())
