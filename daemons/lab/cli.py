@@ -26,6 +26,7 @@ import shutil
 import signal
 import sys
 import threading
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -165,6 +166,37 @@ def _provision_users(desc_path: Path) -> list[str]:
                 failed.append(f"{site['site_name']}: {exc}")
                 break
     return failed
+
+
+def _wait_for_directories(desc_path: Path, timeout: float = 30.0) -> list[str]:
+    """Wait until every running collective lists every site's users (they reach
+    the other sites through the hub a moment after they were added at home), so
+    that the guide's commands find them at once; what is still missing at the
+    end of ``timeout``."""
+    desc = json.loads(desc_path.read_text())
+    sites = [s for s in desc.get("sites") or [] if s["collective"]["running"]]
+    wanted = {lab_user_id(a["dn"]) for s in sites for a in s["accounts"]}
+    missing: dict[str, set[str] | str] = {}
+    deadline = time.monotonic() + timeout
+    while True:
+        missing.clear()
+        for site in sites:
+            c = site["collective"]
+            try:
+                with urllib.request.urlopen(
+                        f"http://{c['host']}:{c['http_port']}/users", timeout=5.0) as answer:
+                    have = {u.get("id") for u in json.loads(answer.read())}
+            except (urllib.error.URLError, OSError, ValueError) as exc:
+                missing[site["site_name"]] = str(exc)
+                continue
+            if wanted - have:
+                missing[site["site_name"]] = wanted - have
+        if not missing or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    return [f"the directory of site {name} lacks after {timeout:g} s: "
+            + (what if isinstance(what, str) else ", ".join(sorted(what)))
+            for name, what in missing.items()]
 
 
 def _not_built(app: Application) -> str:
@@ -352,8 +384,12 @@ def run(args: argparse.Namespace) -> int:
         sup.stop_all()
         return 1
     desc = _write_description(cfg, sup)
-    for problem in _provision_users(desc):
+    problems = _provision_users(desc)
+    for problem in problems:
         print(f"lab: users not added: {problem}", file=sys.stderr)
+    if not problems:
+        for problem in _wait_for_directories(desc):
+            print(f"lab: {problem}", file=sys.stderr)
     _print_guide(desc, skipped)
     if action == "start":
         return 0
