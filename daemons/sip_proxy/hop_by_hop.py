@@ -12,12 +12,13 @@ from __future__ import annotations
 import hashlib
 from abc import abstractmethod
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any
 
 from daemons.runtime.sip_transport import SipTransportManager
 from daemons.sip_proxy.flows import first_route, parse_flow_token, uri_dest, uri_transport
 from daemons.sip_proxy.forwarding import NODE_HEADER, Forward, ProxySettings
 from daemons.sip_proxy.routing import NodeTarget, Router
+from daemons.sip_proxy.traits import trait
 from protocols.sip.errors import ParseError
 from protocols.sip.headers import Via
 from protocols.sip.message import Request, Response
@@ -31,16 +32,6 @@ from protocols.sip.transaction import (
     TransactionLayer,
 )
 from protocols.sip.uri import format_host
-
-_C = TypeVar("_C")
-
-try:
-    from mypy_extensions import trait
-except ImportError:  # installed with mypy, for the build; not needed to run
-    def trait(cls: _C) -> _C:
-        """mypyc's mark of a mix-in (a compiled class has one base class, the
-        rest traits); nothing at run time."""
-        return cls
 
 __all__ = ["HopByHop"]
 

@@ -17,27 +17,18 @@ from __future__ import annotations
 import time
 from abc import abstractmethod
 from collections.abc import Callable, Iterable
-from typing import Any, TypeVar
+from typing import Any
 
 from daemons.sip_proxy.flows import phone_side
 from daemons.sip_proxy.forwarding import Forward, ProxySettings
 from daemons.sip_proxy.registrar import Binding, BindingStore, aor_of
 from daemons.sip_proxy.routing import Router
+from daemons.sip_proxy.traits import trait
 from protocols.sip.errors import ParseError
 from protocols.sip.headers import unquote_param
 from protocols.sip.message import Request, Response
 from protocols.sip.transaction import TransactionKey
 from protocols.sip.uri import format_host, parse_uri
-
-_C = TypeVar("_C")
-
-try:
-    from mypy_extensions import trait
-except ImportError:  # installed with mypy, for the build; not needed to run
-    def trait(cls: _C) -> _C:
-        """mypyc's mark of a mix-in (a compiled class has one base class, the
-        rest traits); nothing at run time."""
-        return cls
 
 __all__ = ["RegistrarFront", "granted_bindings", "normalised_uri", "planned_bindings"]
 
