@@ -179,8 +179,6 @@ class StatusClient:
             served = False
             self._errors = {}
             for address in self.aggregators:
-                if self._stopping:  # a cancellation asyncio.wait_for dropped
-                    return
                 try:
                     served = await self._connect(loop, address)
                 except (OSError, ssl.SSLError, TimeoutError, ConnectionError) as exc:
