@@ -36,7 +36,6 @@ import fcntl
 import json
 import os
 import random
-import shutil
 import signal
 import struct
 import subprocess
@@ -179,14 +178,16 @@ class Wan:
     relay: subprocess.Popen[bytes] | None = None
     created: bool = False
 
-    def _ip(self, *args: str, inside: bool = True) -> None:
-        ip = shutil.which("ip")
-        if ip is None:
-            raise WanError("ip is not installed (apt-get install iproute2)")
-        cmd = [ip, "netns", "exec", self.namespace, ip, *args] if inside else [ip, *args]
-        done = subprocess.run(cmd, capture_output=True, text=True)
+    def _run(self, cmd: list[str]) -> None:
+        try:
+            done = subprocess.run(cmd, capture_output=True, text=True)
+        except OSError as exc:  # no ip / sh here
+            raise WanError(f"{cmd[0]}: {exc} (apt-get install iproute2)") from exc
         if done.returncode != 0:
-            raise WanError(f"{' '.join(cmd[-len(args) - 1:])}: {done.stderr.strip()}")
+            raise WanError(f"{' '.join(cmd)}: {done.stderr.strip()}")
+
+    def _ip(self, *args: str, inside: bool = True) -> None:
+        self._run([*self.exec_prefix(), "ip", *args] if inside else ["ip", *args])
 
     def exec_prefix(self) -> list[str]:
         """Prepend to a command to run it in the namespace."""
@@ -207,7 +208,6 @@ class Wan:
             raise
 
     def _setup(self) -> None:
-        sysctl = shutil.which("sysctl")
         self._ip("link", "set", "lo", "up")
         for net in (self.a, self.b):
             self._ip("route", "add", "local", net, "dev", "lo", "table", "local")
@@ -215,16 +215,10 @@ class Wan:
         self._ip("link", "set", self.tun, "mtu", "1500", "up")
         # a packet written back comes in on the TUN device with a source that is
         # local to this namespace: accept it and skip reverse-path filtering
-        for key, value in (("net.ipv4.conf.all.rp_filter", "0"),
-                           (f"net.ipv4.conf.{self.tun}.rp_filter", "0"),
-                           ("net.ipv4.conf.all.accept_local", "1"),
-                           (f"net.ipv4.conf.{self.tun}.accept_local", "1")):
-            path = Path("/proc/sys") / key.replace(".", "/")
-            if sysctl is not None:
-                subprocess.run(["ip", "netns", "exec", self.namespace, sysctl, "-qw",
-                                f"{key}={value}"], capture_output=True)
-            else:  # pragma: no cover - procps is part of every image we build
-                raise WanError(f"sysctl is not installed; cannot set {path}")
+        for key, value in (("all/rp_filter", "0"), (f"{self.tun}/rp_filter", "0"),
+                           ("all/accept_local", "1"), (f"{self.tun}/accept_local", "1")):
+            self._run([*self.exec_prefix(), "sh", "-c",
+                       f"echo {value} > /proc/sys/net/ipv4/conf/{key}"])
         self._ip("route", "add", "default", "dev", self.tun, "table", str(WAN_TABLE))
         for src, dst in ((self.a, self.b), (self.b, self.a)):
             # "iif lo": sent by a process here, not the relay's packet coming back
