@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,16 @@ import pytest
 pytestmark = pytest.mark.interop
 
 SCENARIOS = Path(__file__).resolve().parent / "scenarios"
+
+
+def tcp_listening(port: int) -> bool:
+    """Whether a socket listens on TCP ``port`` (read from /proc: no connection
+    is made, which SIPp would take for a call's)."""
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:
+            return True
+    return False
 
 
 @pytest.mark.parametrize("transport", ["udp", "tcp"])
@@ -28,6 +39,11 @@ def test_call_to_sipp_uas(sipp: str, free_port: Any, tmp_path: Path, repo_root: 
          "-error_file", str(tmp_path / "errors.log"), "-trace_stat", "-stf", str(stat)],
         cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
+        if transport == "tcp":  # over UDP the INVITE's retransmissions cover the start
+            deadline = time.monotonic() + 10
+            while not tcp_listening(port) and uas.poll() is None \
+                    and time.monotonic() < deadline:
+                time.sleep(0.05)
         uri = f"sip:service@127.0.0.1:{port};transport={transport}"
         call = subprocess.run(
             [sys.executable, "-m", "daemons.cli", "sip", "call", uri, "--duration", "0.3"],
