@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import ipaddress
+import socket
 import subprocess
 import sys
 import time
@@ -16,12 +18,14 @@ pytestmark = pytest.mark.interop
 SCENARIOS = Path(__file__).resolve().parent / "scenarios"
 
 
-def tcp_listening(port: int) -> bool:
-    """Whether a socket listens on TCP ``port`` (read from /proc: no connection
-    is made, which SIPp would take for a call's)."""
+def tcp_listening(host: str, port: int) -> bool:
+    """Whether a socket listens on TCP ``host:port`` (read from /proc: no connection
+    is made, which SIPp would take for a call's). Other suites' daemons listen on
+    the same port numbers at other loopback addresses, so the address counts too."""
+    wanted = f"{socket.htonl(int(ipaddress.IPv4Address(host))):08X}:{port:04X}"
     for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
         fields = line.split()
-        if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:
+        if fields[3] == "0A" and fields[1] in (wanted, f"00000000:{port:04X}"):
             return True
     return False
 
@@ -39,21 +43,26 @@ def test_call_to_sipp_uas(sipp: str, free_port: Any, tmp_path: Path, repo_root: 
          "-error_file", str(tmp_path / "errors.log"), "-trace_stat", "-stf", str(stat)],
         cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
+        listening = None
         if transport == "tcp":  # over UDP the INVITE's retransmissions cover the start
             deadline = time.monotonic() + 10
-            while not tcp_listening(port) and uas.poll() is None \
-                    and time.monotonic() < deadline:
+            while not (listening := tcp_listening("127.0.0.1", port)) \
+                    and uas.poll() is None and time.monotonic() < deadline:
                 time.sleep(0.05)
         uri = f"sip:service@127.0.0.1:{port};transport={transport}"
         call = subprocess.run(
-            [sys.executable, "-m", "daemons.cli", "sip", "call", uri, "--duration", "0.3"],
+            [sys.executable, "-m", "daemons.cli", "sip", "call", uri, "--duration", "0.3",
+             "--log-level", "info"],
             cwd=repo_root, capture_output=True, text=True, timeout=20)
         code = uas.wait(timeout=15)
     finally:
         if uas.poll() is None:
             uas.kill()
             uas.wait()
-    assert call.returncode == 0, call.stdout + call.stderr
+    sipp_err = uas.stderr.read() if uas.stderr else ""
+    assert call.returncode == 0, (call.stdout + call.stderr
+                                  + f"\nSIPp listening before the call: {listening}, "
+                                  f"exit {uas.returncode}: {sipp_err}")
     assert call.stdout.splitlines()[-1] == "BYE: 200 OK"
     assert "200 OK" in call.stdout.splitlines()
     errors = (tmp_path / "errors.log").read_text() if (tmp_path / "errors.log").exists() else ""
