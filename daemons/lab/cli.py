@@ -9,21 +9,32 @@
     sipcluster lab partition dc1 dc2 [--dir DIR]   cut every link between two data centres
     sipcluster lab partition site:Indy RTM1         ... or between sites, or a site and the hub
     sipcluster lab heal [--dir DIR]                restore them
+    sipcluster lab start --wan-delay-ms 40 --wan-loss 1   DC1 <-> DC2 over an emulated WAN
 
 DC1 lives on 127.0.1.x and DC2 on 127.0.2.x; Linux routes all of 127/8 to
 ``lo``, so nothing needs setting up. The lab is a collective: that cluster is
 site 1 (Boca), sites Indy (127.0.3.x) and Lyon (127.0.4.x) are cluster files
 of their own under DIR/sites/, linked through the hub RTM1 (docs/collective.md).
+
+``--wan-delay-ms`` / ``--wan-loss`` (run, start) put an emulated WAN between
+DC1 and DC2: the whole lab runs in a network namespace of its own where every
+packet between the two /24s waits the delay and is lost with the given
+probability (``daemons/lab/wan.py``; root, a TUN device). Phones and tools
+run in that namespace (``ip netns exec NAME ...``, printed by ``lab start``);
+the other ``lab`` commands enter it by themselves, and ``lab stop`` removes it.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import hashlib
 import ipaddress
 import json
+import os
 import shutil
 import signal
+import subprocess
 import sys
 import threading
 import time
@@ -47,12 +58,17 @@ from daemons.lab.topology import (
     site_description,
     site_files,
 )
+from daemons.lab.wan import Wan, WanError, namespace_exists, relay_pid, stop_detached
 from daemons.runtime.config import ConfigError
 
 #: deploy/etc/cluster.toml, shipped inside the package (a link in the source tree,
 #: a copy in a wheel) so that an installed sipcluster finds it too
 EXAMPLE_CONFIG = Path(__file__).resolve().with_name("cluster.toml")
 DEFAULT_DIR = Path("lab-run")
+#: set in the environment of a ``lab`` command run inside the lab's WAN namespace
+LAB_NAMESPACE_ENV = "SIPCLUSTER_LAB_NAMESPACE"
+#: the WAN relay's settings and counters, in the lab directory while it runs
+WAN_STATE = "wan.json"
 
 
 def add_parser(subparsers: Any) -> None:
@@ -79,6 +95,12 @@ def add_parser(subparsers: Any) -> None:
     drill.add_argument("--call-rate", type=float, default=4.0,
                        help="calls/s to the PSTN gateways (default: %(default)s)")
     drill.add_argument("--json", type=Path, default=None, help="write the report here too")
+    wan = parser.add_argument_group("WAN between the data centres (run, start; root)")
+    wan.add_argument("--wan-delay-ms", type=float, default=None, metavar="MS",
+                     help="delay each way between DC1 and DC2 (e.g. 40); the lab then runs "
+                          "in a network namespace of its own")
+    wan.add_argument("--wan-loss", type=float, default=None, metavar="PERCENT",
+                     help="packets lost each way between DC1 and DC2 (e.g. 1; default 0)")
     parser.set_defaults(run=run)
 
 
@@ -133,6 +155,7 @@ def _write_description(cfg: ClusterConfig, sup: Supervisor) -> Path:
     desc["sites"] = [s for s in sites if s is not None]
     desc["hub"] = hub_description(cfg, running=running)
     desc["workgroup"] = LAB_WORKGROUP if desc["sites"] else None
+    desc["wan"] = _wan_description(cfg, sup.directory) if running else None
     path.write_text(json.dumps(desc, indent=2) + "\n")
     return path
 
@@ -265,10 +288,30 @@ def _print_guide(desc_path: Path, skipped: list[Application]) -> None:
             break
     print("  step by step for baresip, linphonec and any other phone: README.md, "
           "\"Softphones on the lab\"")
+    _print_wan(desc)
     _print_sites(desc)
     for app in skipped:
         print(f"  {app.name} ({app.kind.value}) {_not_built(app)}")
     print(f"\n  everything above, for scripts: {desc_path}")
+
+
+def _print_wan(desc: dict[str, Any]) -> None:
+    wan = desc.get("wan")
+    if not wan:
+        return
+    ns = wan["namespace"]
+    centres = list(desc["data_centres"].values())
+    far = centres[-1]["proxies"][0]
+    near = centres[0]["proxies"][0]["host"].rsplit(".", 1)[0] + ".100"
+    between = " and ".join(f"{geo} ({net})" for geo, net in wan["between"].items())
+    print(f"\n  emulated WAN between {between}: {wan['delay_ms']:g} ms each way, "
+          f"{wan['loss_percent']:g} % loss")
+    print(f"    the lab runs in network namespace {ns}: run phones and tools there, e.g.\n"
+          f"      ip netns exec {ns} baresip\n"
+          f"      ip netns exec {ns} sipcluster sip options sip:{far['host']}:"
+          f"{far['sip_port']} --bind {near}   (a round trip over the WAN)\n"
+          f"    (as root; sudo otherwise). `sipcluster lab status|kill|restart|partition|drill|"
+          f"stop` enter it by themselves; stop removes it.")
 
 
 def _print_sites(desc: dict[str, Any]) -> None:
@@ -304,7 +347,145 @@ def _print_sites(desc: dict[str, Any]) -> None:
           "site; calls to extension NNNN follow it there (docs/collective.md)")
 
 
+def lab_namespace(directory: Path) -> str:
+    """The network namespace of the lab in ``directory`` when it runs behind a WAN
+    (one per lab directory)."""
+    digest = hashlib.sha256(str(directory.resolve()).encode()).hexdigest()[:6]
+    return f"sipcluster-lab-{digest}"
+
+
+def _inner_command(args: argparse.Namespace, directory: Path) -> list[str]:
+    """This ``lab`` command again, for the lab's namespace."""
+    cmd = [sys.executable, "-m", "daemons.cli", "lab", args.action, *args.name,
+           "--dir", str(directory), "--timeout", f"{args.timeout:g}"]
+    if args.config is not None:
+        cmd += ["--config", str(args.config.resolve())]
+    if args.action == "drill":
+        cmd += ["--duration", f"{args.duration:g}", "--register-rate", f"{args.register_rate:g}",
+                "--call-rate", f"{args.call_rate:g}"]
+        if args.json is not None:
+            cmd += ["--json", str(args.json.resolve())]
+    return cmd
+
+
+def _run_inside(namespace: str, cmd: list[str]) -> int:
+    """Run ``cmd`` in ``namespace`` and wait for it. Ctrl-C reaches it from the
+    terminal and SIGTERM is passed on: it stops the lab itself."""
+    package_root = str(Path(__file__).resolve().parents[2])
+    env = {**os.environ, LAB_NAMESPACE_ENV: namespace,
+           "PYTHONPATH": os.pathsep.join(filter(None, [package_root,
+                                                        os.environ.get("PYTHONPATH")]))}
+    proc = subprocess.Popen(["ip", "netns", "exec", namespace, *cmd], env=env)
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, lambda *_: proc.send_signal(signal.SIGTERM))
+    try:
+        return proc.wait()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _wan_unavailable() -> str | None:
+    if shutil.which("ip") is None:
+        return "ip is not installed (apt-get install iproute2)"
+    if os.geteuid() != 0:
+        return "needs root (a network namespace and a TUN device)"
+    if not os.path.exists("/dev/net/tun"):
+        return "/dev/net/tun is missing"
+    return None
+
+
+def _with_wan(args: argparse.Namespace) -> int | None:
+    """A lab behind the emulated WAN: make its namespace and run the command there
+    (run, start), or enter the namespace of the lab running in ``--dir``. None
+    when the lab has no WAN: the command runs here."""
+    directory: Path = args.dir.resolve()
+    namespace = lab_namespace(directory)
+    state = directory / WAN_STATE
+    wanted = args.wan_delay_ms is not None or args.wan_loss is not None
+    if args.action not in ("run", "start"):
+        if wanted:
+            print("lab: --wan-delay-ms and --wan-loss go with run or start", file=sys.stderr)
+            return 2
+        if not state.exists():
+            return None
+        if not namespace_exists(namespace):
+            state.unlink()  # left over from a host that has rebooted since
+            return None
+        pid = relay_pid(state)
+        code = _run_inside(namespace, _inner_command(args, directory))
+        if args.action == "stop":
+            stop_detached(namespace, pid)
+            state.unlink(missing_ok=True)
+            print(f"WAN namespace {namespace} removed")
+        return code
+    if not wanted:
+        return None
+    delay = 0.0 if args.wan_delay_ms is None else args.wan_delay_ms
+    loss = 0.0 if args.wan_loss is None else args.wan_loss
+    if delay < 0 or not 0 <= loss < 100:
+        print("lab: --wan-delay-ms must be >= 0 and --wan-loss within 0-100", file=sys.stderr)
+        return 2
+    problem = _wan_unavailable()
+    if problem is not None:
+        print(f"lab: an emulated WAN {problem}", file=sys.stderr)
+        return 2
+    try:
+        cfg, sup, _ = _prepare(args)
+    except ConfigError as exc:
+        print(f"lab: {exc}", file=sys.stderr)
+        return 2
+    if any(sup.alive(n) for n in sup.specs):
+        print("lab: already running here; `sipcluster lab stop` first", file=sys.stderr)
+        return 1
+    centres = _parties(cfg)
+    geos = [g.lower() for g in cfg.geo_locations()]
+    if len(geos) != 2:
+        print(f"lab: an emulated WAN needs two data centres in the cluster file, not "
+              f"{len(geos)}", file=sys.stderr)
+        return 2
+    if namespace_exists(namespace):  # a WAN lab that was not stopped: its daemons are gone
+        stop_detached(namespace, relay_pid(state))
+    wan = Wan(namespace, str(centres[geos[0]][0]), str(centres[geos[1]][0]), delay, loss, state)
+    try:
+        wan.create(directory / "wan.log")
+    except WanError as exc:
+        print(f"lab: emulated WAN: {exc}", file=sys.stderr)
+        return 1
+    code = 1
+    try:
+        code = _run_inside(namespace, _inner_command(args, directory))
+    finally:
+        if args.action == "run" or code != 0:
+            wan.delete()
+            state.unlink(missing_ok=True)
+    return code
+
+
+def _wan_description(cfg: ClusterConfig, directory: Path) -> dict[str, Any] | None:
+    """lab.json's "wan": the namespace the lab runs in and what its WAN does
+    (None: no WAN)."""
+    namespace = os.environ.get(LAB_NAMESPACE_ENV)
+    state = directory / WAN_STATE
+    try:
+        relay = json.loads(state.read_text()) if namespace else None
+    except (OSError, ValueError):
+        relay = None
+    if relay is None:
+        return None
+    parties = _parties(cfg)
+    return {"namespace": namespace,
+            "between": {geo: str(parties[geo.lower()][0]) for geo in cfg.geo_locations()},
+            "delay_ms": relay.get("delay_ms"), "loss_percent": relay.get("loss_percent"),
+            "state": str(state)}
+
+
 def run(args: argparse.Namespace) -> int:
+    if LAB_NAMESPACE_ENV not in os.environ:
+        outcome = _with_wan(args)
+        if outcome is not None:
+            return outcome
     try:
         cfg, sup, skipped = _prepare(args)
     except ConfigError as exc:
@@ -466,6 +647,12 @@ def _parties(cfg: ClusterConfig) -> dict[str, list[ipaddress.IPv4Network]]:
 def _status(cfg: ClusterConfig, sup: Supervisor, skipped: list[Application]) -> int:
     if is_partitioned(sup.directory):
         print("partitioned: links between data centres are cut (`sipcluster lab heal`)")
+    wan = _wan_description(cfg, sup.directory)
+    if wan is not None:
+        relay = json.loads(Path(wan["state"]).read_text())
+        print(f"emulated WAN {' - '.join(wan['between'].values())}: {wan['delay_ms']:g} ms, "
+              f"{wan['loss_percent']:g} % loss (namespace {wan['namespace']}); packets "
+              f"delayed {relay.get('delayed', 0)}, dropped {relay.get('dropped', 0)}")
     worst = 0
     for name in sup.specs:
         alive = sup.alive(name)

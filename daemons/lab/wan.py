@@ -6,7 +6,8 @@ touch the whole host. This needs only a TUN device and a network namespace of
 its own:
 
 * the namespace gets ``lo`` up and two /24s that are local addresses on ``lo``
-  (one per data centre, outside 127/8: Linux never routes a loopback source
+  (one per data centre; loopback /24s such as the lab's 127.0.1.0/24 too, with
+  ``route_localnet`` set in the namespace so that the kernel routes them
   through another device);
 * policy rules, consulted before the local table, send a packet from one /24
   to the other out through a TUN device, both ways; every other packet is
@@ -24,7 +25,9 @@ the namespace is touched. Needs root (CAP_NET_ADMIN), ``ip`` and /dev/net/tun.
 runs the relay in the foreground, in the namespace (``ip netns exec NS``); it
 writes its counters to ``--state`` every second and stops on SIGTERM.
 ``Wan.create()`` / ``Wan.delete()`` set up and remove a namespace with its relay;
-``bench/bench_failover.py`` runs the lab inside one.
+``sipcluster lab start --wan-delay-ms 40 --wan-loss 1`` and
+``bench/bench_failover.py`` run the lab inside one (``stop_detached`` removes
+one whose relay outlived the process that made it).
 """
 
 from __future__ import annotations
@@ -215,8 +218,12 @@ class Wan:
         self._ip("link", "set", self.tun, "mtu", "1500", "up")
         # a packet written back comes in on the TUN device with a source that is
         # local to this namespace: accept it and skip reverse-path filtering
+        # route_localnet: the data centres may be loopback /24s (127.0.1.0/24), which
+        # the kernel otherwise keeps off every device but lo
         for key, value in (("all/rp_filter", "0"), (f"{self.tun}/rp_filter", "0"),
-                           ("all/accept_local", "1"), (f"{self.tun}/accept_local", "1")):
+                           ("all/accept_local", "1"), (f"{self.tun}/accept_local", "1"),
+                           ("all/route_localnet", "1"), ("lo/route_localnet", "1"),
+                           (f"{self.tun}/route_localnet", "1")):
             self._run([*self.exec_prefix(), "sh", "-c",
                        f"echo {value} > /proc/sys/net/ipv4/conf/{key}"])
         self._ip("route", "add", "default", "dev", self.tun, "table", str(WAN_TABLE))
@@ -235,7 +242,10 @@ class Wan:
                 [*self.exec_prefix(), sys.executable, "-m", "daemons.lab.wan", "relay",
                  "--tun", self.tun, "--delay-ms", f"{self.delay_ms:g}", "--loss",
                  f"{self.loss_percent:g}", "--state", str(self.state)],
-                cwd=root, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+                cwd=root, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                # a lab started in the background outlives this process, its relay too:
+                # not in the terminal's process group (Ctrl-C, hang-up)
+                start_new_session=True)
         deadline = time.monotonic() + timeout
         while not self.state.exists():
             if self.relay.poll() is not None:
@@ -264,6 +274,43 @@ class Wan:
         if self.created:
             subprocess.run(["ip", "netns", "del", self.namespace], capture_output=True)
             self.created = False
+
+
+def namespace_exists(name: str) -> bool:
+    return Path("/run/netns", name).exists()
+
+
+def relay_pid(state: Path) -> int:
+    """The relay's process id from its state file (0 when unknown)."""
+    with contextlib.suppress(OSError, ValueError, TypeError, AttributeError):
+        return int(json.loads(state.read_text()).get("pid") or 0)
+    return 0
+
+
+def stop_detached(namespace: str, pid: int, timeout: float = 10.0) -> None:
+    """Stop the relay ``pid`` (started by another process, see :func:`relay_pid`)
+    and remove ``namespace``."""
+    if pid > 0 and _is_relay(pid):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        while _is_relay(pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if _is_relay(pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+    if namespace_exists(namespace):
+        subprocess.run(["ip", "netns", "del", namespace], capture_output=True)
+
+
+def _is_relay(pid: int) -> bool:
+    """``pid`` is still a WAN relay (not a process that reused the number)."""
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+    stat = Path(f"/proc/{pid}/stat").read_text(errors="replace")
+    return b"daemons.lab.wan" in cmdline and ") Z " not in stat
 
 
 def main(argv: list[str] | None = None) -> int:
