@@ -50,10 +50,17 @@ def test_call_to_sipp_uas(sipp: str, free_port: Any, tmp_path: Path, repo_root: 
                     and uas.poll() is None and time.monotonic() < deadline:
                 time.sleep(0.05)
         uri = f"sip:service@127.0.0.1:{port};transport={transport}"
-        call = subprocess.run(
+        proc = subprocess.Popen(
             [sys.executable, "-m", "daemons.cli", "sip", "call", uri, "--duration", "0.3",
              "--log-level", "info"],
-            cwd=repo_root, capture_output=True, text=True, timeout=20)
+            cwd=repo_root, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            out, err = proc.communicate(timeout=40)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            out, err = proc.communicate()
+            pytest.fail(f"the call did not end within 40 s:\n{out}{err}")
+        call = subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
         code = uas.wait(timeout=15)
     finally:
         if uas.poll() is None:
