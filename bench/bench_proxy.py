@@ -3,7 +3,7 @@
     .venv/bin/python bench/bench_proxy.py [--runs 3] [--step-seconds 3]
         [--register-rates 500,1000,2000,3000,4000] [--call-rates 250,500,1000,1500,2000]
         [--servers ours,kamailio] [--baseline-root DIR] [--bindings 100000 | --skip-store]
-        [--subnet 127.0.1] [--workers N] [--sipp-transport u1|un]
+        [--subnet 127.0.1] [--workers N] [--sipp-transport u1|un] [--cpu-per-worker F]
 
 ``--workers N`` runs the sip-proxy with ``workers = N`` (docs/sip-proxy.md,
 "Workers") and Kamailio with ``-n N`` (``children=N``: N UDP worker
@@ -12,6 +12,14 @@ call from a socket of its own (``-t un``, as many phones would), since the
 kernel spreads a shared port's datagrams over the workers by source address
 and port (a single SIPp socket would reach one worker); ``--sipp-transport
 un`` gives the N = 1 run the same load, for a like-for-like 1 -> N ratio.
+
+``--cpu-per-worker F`` gives each server a CPU budget of N x F cores (a cgroup
+cpu quota over all its processes, 10 ms periods; root): on a host with fewer
+free cores than N + the load generator needs, this measures how the server
+grows from 1 to N workers with the load generator outside the budget -- each
+"core" is F of a real one, so memory bandwidth and caches are not what N real
+cores would give. The steps print each server's CPU use against its budget,
+so a server stopped by its budget says so.
 
 ``--baseline-root DIR`` adds a third server, ``sip-proxy-before``: the sip-proxy
 run from another source tree (e.g. ``git archive HEAD daemons protocols | tar -x
@@ -110,6 +118,54 @@ KAMAILIO_CFG = ROOT / "bench" / "kamailio" / "kamailio.cfg"
 WORKERS = 1
 #: SIPp's UDP socket mode (--sipp-transport): u1 one socket, un one per call
 SIPP_TRANSPORT = "u1"
+#: each server's CPU budget per worker, in cores (--cpu-per-worker; None: no limit)
+CPU_PER_WORKER: float | None = None
+#: CFS period of the budget: short, so a throttled server waits at most this long
+CPU_PERIOD_US = 10_000
+
+
+class CpuBudget:
+    """A cgroup with a CPU quota that a server's processes start in (cgroup v1's
+    cpu controller, or v2's cpu.max)."""
+
+    def __init__(self, name: str, cores: float) -> None:
+        v2 = Path("/sys/fs/cgroup/cgroup.controllers")
+        if v2.exists() and "cpu" in v2.read_text().split():
+            self.dir = Path("/sys/fs/cgroup") / name
+            self.dir.mkdir(exist_ok=True)
+            (self.dir / "cpu.max").write_text(f"{int(cores * CPU_PERIOD_US)} {CPU_PERIOD_US}")
+        elif Path("/sys/fs/cgroup/cpu/cpu.cfs_quota_us").exists():
+            self.dir = Path("/sys/fs/cgroup/cpu") / name
+            self.dir.mkdir(exist_ok=True)
+            (self.dir / "cpu.cfs_period_us").write_text(str(CPU_PERIOD_US))
+            (self.dir / "cpu.cfs_quota_us").write_text(str(int(cores * CPU_PERIOD_US)))
+        else:
+            raise SystemExit("--cpu-per-worker: no cgroup cpu controller here")
+        self.cores = cores
+
+    def wrap(self, argv: list[str]) -> list[str]:
+        """``argv`` started inside the cgroup (so every process it forks is too)."""
+        return ["sh", "-c", 'echo $$ > "$0" && exec "$@"', str(self.dir / "cgroup.procs"),
+                *argv]
+
+    def throttled_seconds(self) -> float:
+        """Time the cgroup's processes waited for the next period so far."""
+        with contextlib.suppress(OSError):
+            for line in (self.dir / "cpu.stat").read_text().splitlines():
+                key, _, value = line.partition(" ")
+                if key == "throttled_time":  # v1: ns
+                    return int(value) / 1e9
+                if key == "throttled_usec":  # v2
+                    return int(value) / 1e6
+        return 0.0
+
+    def remove(self) -> None:
+        for _ in range(50):
+            try:
+                self.dir.rmdir()
+                return
+            except OSError:  # its last process is still exiting
+                time.sleep(0.1)
 
 REGISTER_XML = """<?xml version="1.0" encoding="ISO-8859-1" ?>
 <scenario name="register">
@@ -174,6 +230,8 @@ class Step:
     sipp_cpu: float = 0.0  # the SIPp UAC's CPU, % of one core
     peer_cpu: float = 0.0  # the SIPp node and phone, % of one core
     log_errors: tuple[str, ...] = ()  # error lines the server logged during the step
+    server_cpu: float = 0.0  # the server's CPU over the step, % of one core
+    throttled_s: float = 0.0  # time its CPU budget held it back (--cpu-per-worker)
 
     @property
     def rate(self) -> float:
@@ -246,6 +304,16 @@ class Server:
         self.proc: subprocess.Popen[bytes] | None = None
         self.log_path: Path | None = None
         self._log_offset = 0
+        self.budget: CpuBudget | None = None
+
+    def limited(self, argv: list[str]) -> list[str]:
+        """``argv`` within this server's CPU budget (--cpu-per-worker), if any."""
+        if CPU_PER_WORKER is None:
+            return argv
+        if self.budget is None:
+            self.budget = CpuBudget(f"sipcluster-bench-{self.name}-{os.getpid()}",
+                                    WORKERS * CPU_PER_WORKER)
+        return self.budget.wrap(argv)
 
     #: what marks an error line in this server's log
     ERROR_MARKS: tuple[str, ...] = ('"level": "error"', '"level": "critical"', "Traceback")
@@ -293,6 +361,9 @@ class Server:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(5)
+        if self.budget is not None:
+            self.budget.remove()
+            self.budget = None
 
 
 class OurProxy(Server):
@@ -302,10 +373,10 @@ class OurProxy(Server):
         write_cluster(work / "cluster.toml", self.port, node_port, self.host, WORKERS)
         env = {**os.environ, "PYTHONPATH": str(ROOT)}
         self.log_path = work / "sip-proxy.log"
-        self.proc = subprocess.Popen(
+        self.proc = subprocess.Popen(self.limited(
             [sys.executable, "-m", "daemons.cli", "sip-proxy", "--config",
              str(work / "cluster.toml"), "--name", "SPX_1", "--rate-limit", "0",
-             "--log-level", "error", "--log-format", "json"], env=env, cwd=ROOT,
+             "--log-level", "error", "--log-format", "json"]), env=env, cwd=ROOT,
             stdout=self.log_path.open("wb"), stderr=subprocess.STDOUT)
 
 
@@ -322,10 +393,10 @@ class OurProxyBefore(OurProxy):
         write_cluster(work / "cluster-before.toml", self.port, node_port, self.host)
         env = {**os.environ, "PYTHONPATH": str(self.root)}
         self.log_path = work / "sip-proxy-before.log"
-        self.proc = subprocess.Popen(
+        self.proc = subprocess.Popen(self.limited(
             [sys.executable, "-m", "daemons.cli", "sip-proxy", "--config",
              str(work / "cluster-before.toml"), "--name", "SPX_1", "--rate-limit", "0",
-             "--log-level", "error", "--log-format", "json"], env=env, cwd=self.root,
+             "--log-level", "error", "--log-format", "json"]), env=env, cwd=self.root,
             stdout=self.log_path.open("wb"), stderr=subprocess.STDOUT)
 
 
@@ -338,11 +409,11 @@ class Kamailio(Server):
     def start(self, work: Path, node_port: int) -> None:
         kam = shutil.which("kamailio") or "/usr/sbin/kamailio"
         self.log_path = work / "kamailio.log"
-        self.proc = subprocess.Popen(
+        self.proc = subprocess.Popen(self.limited(
             [kam, "-DD", "-E", "-m", "1024", "-M", "32", "-n", str(WORKERS),
              "-f", str(KAMAILIO_CFG),
              "-l", f"udp:{self.host}:{self.port}", "-Y", str(work),
-             "-A", "REGISTRAR_FRONT", "-A", f'NODE="sip:{NODE}:{node_port}"'],
+             "-A", "REGISTRAR_FRONT", "-A", f'NODE="sip:{NODE}:{node_port}"']),
             cwd=work, stdout=subprocess.DEVNULL, stderr=self.log_path.open("wb"))
 
 
@@ -405,18 +476,23 @@ def step_search(server: Server, rates: list[int], seconds: float, work: Path,
     for rate in rates:
         calls = int(rate * seconds)
         cpu0, peer0 = server.cpu(), proc_cpu(peers)
+        held0 = server.budget.throttled_seconds() if server.budget else 0.0
         ok, failed, retrans, secs, sipp_cpu = run_sipp(
             sipp_args(server, rate, calls), work, f"{tag}-{server.name}-{rate}", 30 + seconds * 3)
         cpu = server.cpu() - cpu0
         peer = proc_cpu(peers) - peer0
         wall = max(secs, 1e-3)
+        held = (server.budget.throttled_seconds() - held0) if server.budget else 0.0
         step = Step(rate, calls, ok, failed, retrans, secs, cpu,
                     round(100 * sipp_cpu / wall), round(100 * peer / wall),
-                    server.new_log_errors())
+                    server.new_log_errors(), round(100 * cpu / wall), round(held, 2))
         steps.append(step)
+        budget = (f" of {100 * server.budget.cores:.0f}%, held back {held:.2f} s"
+                  if server.budget else "")
         print(f"  {tag:8} {server.name:16} offered {rate:5}/s: {step.rate:7.0f}/s "
               f"retrans {retrans:5} ok {ok:6} failed {failed:4} "
-              f"{'pass' if step.clean else 'FAIL'}  CPU {step.cpu_per_1000:.3f} s/1000  "
+              f"{'pass' if step.clean else 'FAIL'}  CPU {step.cpu_per_1000:.3f} s/1000, "
+              f"{step.server_cpu:.0f}%{budget}  "
               f"(SIPp UAC {step.sipp_cpu:.0f}%, node+phone {step.peer_cpu:.0f}%)"
               + (f"  LOG ERRORS {len(step.log_errors)}: {step.log_errors[0]}"
                  if step.log_errors else ""),
@@ -680,13 +756,18 @@ def main() -> int:
     ap.add_argument("--skip-sipp", action="store_true")
     ap.add_argument("--workers", type=int, default=1,
                     help="sip-proxy workers = N and Kamailio children = N (-n N)")
+    ap.add_argument("--cpu-per-worker", type=float, default=None, metavar="F",
+                    help="each server's CPU budget: workers x F cores (cgroup quota; root)")
     ap.add_argument("--sipp-transport", choices=("u1", "un"), default=None,
                     help="SIPp's UDP sockets: one (u1) or one per call (un); default u1, "
                          "un with --workers > 1")
     args = ap.parse_args()
     use_subnet(args.subnet)
-    global WORKERS, SIPP_TRANSPORT
+    global WORKERS, SIPP_TRANSPORT, CPU_PER_WORKER
     WORKERS = args.workers
+    if args.cpu_per_worker is not None and not 0 < args.cpu_per_worker <= os.cpu_count():
+        ap.error("--cpu-per-worker must be above 0 and at most the host's cores")
+    CPU_PER_WORKER = args.cpu_per_worker
     SIPP_TRANSPORT = args.sipp_transport or ("un" if args.workers > 1 else "u1")
     result: dict[str, Any] = {}
     if not args.skip_store:
@@ -707,13 +788,17 @@ def main() -> int:
             print()
             print(f"Median of {args.runs} runs; steps of {args.step_seconds:g} s; sip-proxy "
                   f"workers={WORKERS}, Kamailio children={WORKERS} (-n {WORKERS}); SIPp "
-                  f"-t {SIPP_TRANSPORT}; REGISTER relayed to the same SIPp node "
+                  f"-t {SIPP_TRANSPORT}; "
+                  + (f"each server's CPU budget {WORKERS} x {CPU_PER_WORKER:g} cores; "
+                     if CPU_PER_WORKER else "")
+                  + "REGISTER relayed to the same SIPp node "
                   "with Path and saved from the node's 200, as the sip-proxy does.")
             print()
             print("\n".join(rows))
             print()
             result.update(fields)
     result["workers"] = WORKERS
+    result["cpu_per_worker"] = CPU_PER_WORKER
     result["sipp_transport"] = SIPP_TRANSPORT
     print("RESULT " + json.dumps(result))
     return 0
