@@ -47,6 +47,7 @@ import msgpack
 
 from daemons.runtime.driver import StreamDriver
 from daemons.runtime.logs import get_logger
+from daemons.runtime.service import cancel_and_wait
 from protocols.rtm.elements import Element, MessageReader, encode_elements
 from protocols.rtm.events import (
     AcceptedReceived,
@@ -318,11 +319,9 @@ class RtmClient:
         if self._proto is not None:
             self._proto.session.close("closed")
             self._proto.flush()
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        # the connector's reconnection loop may swallow one cancellation (see
+        # cancel_and_wait): cancelled again until it ends
+        await cancel_and_wait(*self._tasks)
         if self._resume is not None:
             self._resume.cancel()
         if self._db is not None:

@@ -20,6 +20,7 @@ from typing import Any
 
 from daemons.cluster.config import ClusterConfig
 from daemons.runtime.certs import peer_name
+from daemons.runtime.service import cancel_and_wait
 from daemons.status_aggregator.aggregator import Aggregator
 from protocols.status.messages import Hello, Role
 
@@ -47,13 +48,8 @@ class MirrorDialer:
                        for peer in self.peers]
 
     async def stop(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            try:
-                await task
-            except asyncio.CancelledError:
-                pass
+        # each is a reconnection loop, which may swallow one cancellation
+        await cancel_and_wait(*self._tasks)
 
     async def _keep(self, name: str, host: str, port: int) -> None:
         while True:

@@ -15,12 +15,12 @@ sink can put the desktop's ReferenceID back.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from daemons.runtime.logs import get_logger
+from daemons.runtime.service import cancel_and_wait
 from daemons.runtime.tlib_client import TLibClient, TLibConnectionLost, TLibHandshakeError
 from protocols.tlib.catalogue import MAX_UINT32
 from protocols.tlib.framing import TMap
@@ -115,10 +115,8 @@ class NodeLink:
 
     async def stop(self) -> None:
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        # a reconnection loop, which may swallow one cancellation
+        await cancel_and_wait(task)
         client, self.client = self.client, None
         if client is not None:
             await client.close()
