@@ -133,6 +133,9 @@ class CollectiveService(Service):
         self.m_syncs = m.counter("collective_syncs", "Full syncs, by direction", ("direction",))
         self.m_api_refused = m.counter("collective_api_refused",
                                        "API requests refused, by reason", ("reason",))
+        self.m_locates = m.counter("collective_locates",
+                                   "GET /locate answers, by result (found, unknown, duplicate)",
+                                   ("result",))
         self.m_agent_changes = m.counter(
             "collective_agent_state_changes",
             "Agent states asked of this site's t-controllers, by result", ("result",))
@@ -720,13 +723,21 @@ class CollectiveService(Service):
         extension = request.match_info["extension"]
         found = self.directory.locate(extension)
         if not found:
-            return self._bad("unknown-extension", f"no user on extension {extension!r}", 404)
+            # a routine answer (the dial plan asks for every number it does not know,
+            # PSTN numbers included), not a refused request
+            self.m_locates.labels("unknown").inc()
+            self.log.debug("collective_locate_unknown", extension=extension[:64])
+            return web.json_response({"error": f"no user on extension {extension!r}"},
+                                     status=404)
         if len(found) > 1:
-            self.m_api_refused.labels("duplicate-extension").inc()
+            self.m_locates.labels("duplicate").inc()
+            self.log.warning("collective_locate_duplicate", extension=extension,
+                             users=[f"{f.user.home_site}/{f.user.id}" for f in found])
             return web.json_response(
                 {"error": f"extension {extension} is shared by spanning users of several "
                           "sites", "users": [f"{f.user.home_site}/{f.user.id}" for f in found]},
                 status=409)
+        self.m_locates.labels("found").inc()
         where = found[0]
         peer = self.options.peers.get(where.site)
         local = where.site == self.site

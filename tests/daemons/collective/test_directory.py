@@ -151,4 +151,11 @@ async def test_a_roaming_user_is_located_at_the_site_it_is_logged_on_at(
         assert (await asyncio.to_thread(lyon.get, "/locate/5002"))["source"] == "home"
     finally:
         await publisher.stop()
+    refused = lyon.metric("sipcluster_collective_api_refused_total",
+                          reason="unknown-extension")
     assert (await asyncio.to_thread(lyon.http, "GET", "/locate/77777"))[0] == 404
+    # a number nobody has is a routine answer: counted as such, not as a refusal
+    assert lyon.metric("sipcluster_collective_locates_total", result="unknown") >= 1
+    assert lyon.metric("sipcluster_collective_api_refused_total",
+                        reason="unknown-extension") == refused
+    assert lyon.metric("sipcluster_collective_locates_total", result="found") >= 5
