@@ -14,7 +14,7 @@ and port (a single SIPp socket would reach one worker); ``--sipp-transport
 un`` gives the N = 1 run the same load, for a like-for-like 1 -> N ratio.
 
 ``--cpu-per-worker F`` gives each server a CPU budget of N x F cores (a cgroup
-cpu quota over all its processes, 10 ms periods; root): on a host with fewer
+cpu quota over all its processes, 100 ms periods; root): on a host with fewer
 free cores than N + the load generator needs, this measures how the server
 grows from 1 to N workers with the load generator outside the budget -- each
 "core" is F of a real one, so memory bandwidth and caches are not what N real
@@ -73,6 +73,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import atexit
 import contextlib
 import json
 import os
@@ -120,8 +121,11 @@ WORKERS = 1
 SIPP_TRANSPORT = "u1"
 #: each server's CPU budget per worker, in cores (--cpu-per-worker; None: no limit)
 CPU_PER_WORKER: float | None = None
-#: CFS period of the budget: short, so a throttled server waits at most this long
-CPU_PERIOD_US = 10_000
+#: CFS period of the budget (the kernel's default). Not shorter: the kernel hands
+#: quota to each CPU in 5 ms slices (sched_cfs_bandwidth_slice_us), and with a
+#: quota of one slice or less per period a process on one CPU starves its
+#: siblings on the other (Kamailio's timer processes, a second worker).
+CPU_PERIOD_US = 100_000
 
 
 class CpuBudget:
@@ -142,6 +146,7 @@ class CpuBudget:
         else:
             raise SystemExit("--cpu-per-worker: no cgroup cpu controller here")
         self.cores = cores
+        atexit.register(self.remove)  # also when the run ends with an exception
 
     def wrap(self, argv: list[str]) -> list[str]:
         """``argv`` started inside the cgroup (so every process it forks is too)."""
@@ -160,6 +165,8 @@ class CpuBudget:
         return 0.0
 
     def remove(self) -> None:
+        if not self.dir.exists():
+            return
         for _ in range(50):
             try:
                 self.dir.rmdir()
