@@ -25,20 +25,23 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
-# The SIP message model and transaction layer, and the sip-proxy's core, compiled
-# with mypyc (setup.py: the COMPILED_MODULES of protocols/sip and daemons/sip_proxy);
-# rebuilt whenever one of their sources changes.
+# The SIP message model and transaction layer, the sip-proxy's core and the UDP
+# transport's per-datagram path, compiled with mypyc (setup.py: the COMPILED_MODULES
+# of protocols/sip, daemons/sip_proxy and daemons/runtime); rebuilt whenever one of
+# their sources changes.
 SIP_COMPILED := $(patsubst %,protocols/sip/%.py,uri headers message timers rules transaction splice)
 PROXY_COMPILED := $(patsubst %,daemons/sip_proxy/%.py,routing forwarding flows security \
                     registrar_front hop_by_hop proxy worker_core)
+RUNTIME_COMPILED := $(patsubst %,daemons/runtime/%.py,datagrams)
 COMPILE_STAMP := build/.sip-compiled
 
 $(COMPILE_STAMP): $(STAMP) setup.py protocols/sip/__init__.py daemons/sip_proxy/__init__.py \
-                  $(SIP_COMPILED) $(PROXY_COMPILED)
+                  daemons/runtime/__init__.py $(SIP_COMPILED) $(PROXY_COMPILED) $(RUNTIME_COMPILED)
 	@command -v cc >/dev/null 2>&1 || $(MAKE) --no-print-directory apt-tools PAIRS="gcc:gcc"
 	$(PY) setup.py -q build_ext --inplace
 	$(PY) -c "import sys, protocols.sip as s; sys.exit(0 if s.COMPILED else 'compiled SIP modules not in use')"
 	$(PY) -c "import sys, daemons.sip_proxy as p; sys.exit(0 if p.COMPILED else 'compiled sip-proxy modules not in use')"
+	$(PY) -c "import sys, daemons.runtime as r; sys.exit(0 if r.COMPILED else 'compiled runtime modules not in use')"
 	@mkdir -p build && touch $@
 
 compile: $(COMPILE_STAMP)
@@ -86,4 +89,4 @@ lab: venv compile
 
 clean:
 	rm -rf $(VENV) build .mypy_cache .ruff_cache .hypothesis
-	rm -f *__mypyc*.so protocols/sip/*.so daemons/sip_proxy/*.so
+	rm -f *__mypyc*.so protocols/sip/*.so daemons/sip_proxy/*.so daemons/runtime/*.so

@@ -1,11 +1,12 @@
 """Build hook: compile the SIP hot path and the sip-proxy's core with mypyc.
 
-The modules listed in ``protocols/sip/__init__.py`` and
-``daemons/sip_proxy/__init__.py`` (``COMPILED_MODULES`` of each) are plain,
-fully typed Python; mypyc turns them into C extensions that run the same code
-two to three times faster on CPython. They are built together, as two groups
-(one shared library each, ``protocols.sip._sipstack`` and
-``daemons.sip_proxy._proxycore``): the proxy's group calls into the SIP
+The modules listed in ``protocols/sip/__init__.py``,
+``daemons/sip_proxy/__init__.py`` and ``daemons/runtime/__init__.py``
+(``COMPILED_MODULES`` of each) are plain, fully typed Python; mypyc turns them
+into C extensions that run the same code two to three times faster on CPython.
+They are built together, as three groups (one shared library each,
+``protocols.sip._sipstack``, ``daemons.sip_proxy._proxycore`` and
+``daemons.runtime._runtimecore``): the other two groups call into the SIP
 stack's natively. Every other module, and the whole project when no C
 compiler or Python headers are at hand, stays pure Python, and both packages
 fall back to the sources by themselves (see their ``__init__``).
@@ -32,6 +33,7 @@ sys.path.insert(0, str(ROOT))
 # only the module lists are read here: no warning about the builds being replaced
 os.environ["SIPCLUSTER_PURE_PYTHON"] = "1"
 
+from daemons.runtime import COMPILED_MODULES as RUNTIME_MODULES  # noqa: E402
 from daemons.sip_proxy import COMPILED_MODULES as PROXY_MODULES  # noqa: E402
 from protocols.sip import COMPILED_MODULES as SIP_MODULES  # noqa: E402
 
@@ -53,11 +55,13 @@ def extensions() -> list[object]:
         return []
     sip = [f"protocols/sip/{name}.py" for name in SIP_MODULES]
     proxy = [f"daemons/sip_proxy/{name}.py" for name in PROXY_MODULES]
+    runtime = [f"daemons/runtime/{name}.py" for name in RUNTIME_MODULES]
     # each group's shared library inside its package, so every install (wheel,
     # editable, in place) finds it where the compiled modules look for it
-    return list(mypycify(mypy_flags() + sip + proxy, opt_level="3", debug_level="0",
+    return list(mypycify(mypy_flags() + sip + proxy + runtime, opt_level="3", debug_level="0",
                          separate=[(sip, "protocols.sip._sipstack"),
-                                   (proxy, "daemons.sip_proxy._proxycore")]))
+                                   (proxy, "daemons.sip_proxy._proxycore"),
+                                   (runtime, "daemons.runtime._runtimecore")]))
 
 
 #: third-party packages the proxy's modules import (through daemons.runtime)

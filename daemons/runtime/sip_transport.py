@@ -24,7 +24,11 @@ One :class:`SipTransportManager` per daemon owns every SIP socket:
   ``sip_tls_refused_total{reason}``, not a silent drop.
 
 The rules themselves (the Via fixed on receipt, the error answer, where
-responses go) are socket-free functions in :mod:`protocols.sip.rules`.
+responses go, what a received message must be able to show) are socket-free
+functions in :mod:`protocols.sip.rules`. What every UDP datagram goes through
+on its way in and out is :class:`daemons.runtime.datagrams.DatagramPath`,
+compiled with mypyc like the SIP stack: the asyncio protocol below is a thin
+shim around it.
 
 The module is longer than most (about 860 lines) on purpose: the three
 transports share one connection table, one send path (connection reuse,
@@ -39,6 +43,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import functools
 import itertools
 import socket
 import ssl
@@ -47,15 +52,17 @@ from dataclasses import dataclass
 from typing import Any, Final, cast
 
 from daemons.runtime.certs import TlsAcceptor, TlsTransport
+from daemons.runtime.datagrams import DatagramPath
 from daemons.runtime.logs import get_logger
 from daemons.runtime.management import Metrics
 from protocols.sip.errors import MessageTooLarge, ParseError
 from protocols.sip.framing import PONG, KeepAlivePing, StreamFramer
-from protocols.sip.headers import canonical_name
-from protocols.sip.message import KNOWN_METHODS, Request, Response, parse_message, validate
+from protocols.sip.message import Request, Response
 from protocols.sip.rules import (
     DEFAULT_PORTS,
     build_error_response,
+    check_proxied,
+    check_received,
     fix_top_via,
     rewrite_top_via_transport,
 )
@@ -112,67 +119,6 @@ class Flow:
 
 MessageHandler = Callable[[Request | Response, Flow], None]
 
-#: The headers a proxied request must not repeat (§16.3 step 1, §20).
-_SINGLE_HEADERS: Final = ("to", "from", "call-id", "cseq", "max-forwards")
-#: The bytes a UDP keep-alive is made of (RFC 5626 §3.5.1 and what UAs send).
-_KEEPALIVE_BYTES: Final = frozenset(b"\r\n\x00 ")
-
-
-# --------------------------------------------------------------------------- checks
-
-
-def _check_proxied(msg: Request | Response) -> None:
-    """The lighter check of a proxy (RFC 3261 §16.3 step 1, "reasonable syntax").
-
-    Only what the server transaction and the proxy rules read must be well
-    formed: the top Via, CSeq (matching the method), Call-ID, From, To,
-    Max-Forwards and the Request-URI. Other headers (Contact, Date, ...) "SHOULD
-    be ignored and remain unchanged when the message is forwarded"; the proxy
-    parses a REGISTER's Contact itself and answers 400 when it is malformed.
-    A response needs what transaction matching reads (top Via, CSeq, Call-ID);
-    the proxy forwards the rest unchanged (§16.7).
-    """
-    msg.top_via  # noqa: B018
-    cseq = msg.cseq
-    msg.call_id  # noqa: B018
-    if isinstance(msg, Request):
-        msg.from_  # noqa: B018
-        msg.to  # noqa: B018
-        keys = msg.headers._keys
-        # one set of the names first: most requests repeat none of them, and five
-        # list counts cost several times as much
-        if len(set(keys)) != len(keys):
-            for key in _SINGLE_HEADERS:
-                if keys.count(key) > 1:
-                    raise ParseError(f"multiple {canonical_name(key)} headers")
-        msg.max_forwards  # noqa: B018
-        msg.content_length  # noqa: B018
-        ruri = msg.ruri
-        if ruri.headers:
-            raise ParseError("escaped headers are not allowed in the Request-URI (§19.1.5)")
-        if cseq.method != msg.method:
-            if msg.method not in KNOWN_METHODS:
-                raise ParseError(
-                    f"unknown method {msg.method} with CSeq method {cseq.method}", 501)
-            raise ParseError(f"CSeq method {cseq.method} does not match {msg.method}")
-
-
-def _check_received(msg: Request | Response) -> None:
-    """What a transport must be able to read before passing a message up (§18.1.2, §18.2.1).
-
-    Requests get the full §8.2 check (tolerating a missing Max-Forwards, RFC
-    4475 §3.4.1); responses need the headers transaction matching reads.
-    """
-    if isinstance(msg, Request):
-        validate(msg, allow_rfc2543=True)
-        return
-    msg.top_via  # noqa: B018
-    msg.cseq  # noqa: B018
-    msg.call_id  # noqa: B018
-    msg.from_  # noqa: B018
-    msg.to  # noqa: B018
-
-
 # --------------------------------------------------------------------------- sockets
 
 
@@ -185,6 +131,7 @@ class _UdpEndpoint(asyncio.DatagramProtocol):
         self.local: Address = ("", 0)
         #: the flows of recent peers (a Flow is immutable: built once per peer)
         self.flows: dict[Address, Flow] = {}
+        self._receive = manager._datagrams.receive
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's UDP transport does not subclass asyncio.DatagramTransport
@@ -193,7 +140,7 @@ class _UdpEndpoint(asyncio.DatagramProtocol):
         self.local = (sockname[0], sockname[1])
 
     def datagram_received(self, data: bytes, addr: Any) -> None:
-        self.manager._on_datagram(self, data, (addr[0], addr[1]))
+        self._receive(self, self.flows, data, addr)
 
     def error_received(self, exc: Exception) -> None:
         # ICMP port unreachable and the like, reported on the next receive.
@@ -329,7 +276,7 @@ class SipTransportManager:
     ``on_message(message, flow)`` is called synchronously for each valid
     message; it must not block (schedule work on the loop instead).
     ``proxy_checks`` replaces the full §8.2 check of received requests by the
-    lighter §16.3 one (:func:`_check_proxied`).
+    lighter §16.3 one (:func:`protocols.sip.rules.check_proxied`).
     ``ssl_context`` serves TLS listeners; ``client_ssl_context`` is used for
     outgoing TLS connections (default: the system's verified context).
     """
@@ -349,7 +296,7 @@ class SipTransportManager:
         logger: Any = None,
     ) -> None:
         self.on_message = on_message
-        self._check = _check_proxied if proxy_checks else _check_received
+        self._check = check_proxied if proxy_checks else check_received
         self.ssl_context = ssl_context
         self.client_ssl_context = client_ssl_context
         # (IP, port) -> the SIP domain a TLS server there must prove (RFC 5922)
@@ -388,6 +335,10 @@ class SipTransportManager:
         # labelled children of the two per-message counters, looked up once
         self._received_by: dict[tuple[str, str], Any] = {}
         self._sent_by: dict[tuple[str, str], Any] = {}
+        self._datagrams = DatagramPath(
+            self, on_message, proxy_checks=proxy_checks, max_size=max_message_size,
+            make_flow=functools.partial(Flow, "UDP"), ready=self._ready_udp,
+            received=self._received, sent=self._sent)
 
     # ------------------------------------------------------------ listening
 
@@ -509,26 +460,6 @@ class SipTransportManager:
 
     # ------------------------------------------------------------ receiving
 
-    def _on_datagram(self, ep: _UdpEndpoint, data: bytes, remote: Address) -> None:
-        # a message starts with a token: only then is the copy of strip() needed
-        if not data or (data[0] in _KEEPALIVE_BYTES and not data.strip(b"\r\n\x00 ")):
-            # A CRLF "ping" over UDP (some UAs send them to keep NAT bindings).
-            self._count_keepalive("UDP")
-            return
-        flows = ep.flows
-        flow = flows.get(remote)
-        if flow is None:
-            if len(flows) >= 4096:
-                flows.clear()
-            flow = flows[remote] = Flow("UDP", remote, ep.local, None)
-        try:
-            msg = parse_message(data, max_size=self.max_message_size)
-            self._check(msg)
-        except ParseError as exc:
-            self._malformed(data, flow, exc, lambda out: ep.sendto(out, remote))
-            return
-        self._deliver(msg, flow)
-
     def _on_stream_message(self, conn: _StreamConnection, msg: Request | Response) -> None:
         flow = conn.flow
         try:
@@ -581,8 +512,12 @@ class SipTransportManager:
         try:
             self.on_message(msg, flow)
         except Exception:  # a bug in a handler must not stop the listener
-            self._count_drop(flow.transport, "handler_error")
-            self.log.exception("sip_message_handler_failed", peer=_fmt(flow.remote))
+            self._handler_failed(flow)
+
+    def _handler_failed(self, flow: Flow) -> None:
+        """The handler raised on a message of ``flow`` (called while it is handled)."""
+        self._count_drop(flow.transport, "handler_error")
+        self.log.exception("sip_message_handler_failed", peer=_fmt(flow.remote))
 
     def _count_sent(self, transport: str, kind: str) -> None:
         key = (transport, kind)
@@ -806,26 +741,20 @@ class SipTransportManager:
         host is not an IP address, or no socket of its family is open); a request
         above the size limit is the caller's business. Raises :class:`TransportError`.
         ``local_port``: from the listener on that port (else the first listener)."""
-        if _ip(addr[0]) is None:
-            return False
-        ep = self._ready_udp_endpoint(addr[0], local_port)
-        if ep is None:
-            return False
-        try:
-            ep.sendto(data, addr)
-        except (TransportError, OSError) as exc:
-            self._count_drop("UDP", "send_failed")
-            self.log.info("sip_send_failed", peer=_fmt(addr), transport="UDP", error=str(exc))
-            if isinstance(exc, TransportError):
-                raise
-            raise TransportError(str(exc)) from exc
-        self._count_sent("UDP", "response" if data.startswith(b"SIP/") else "request")
-        return True
+        return self._datagrams.send(data, addr, local_port)
+
+    def _send_failed(self, transport: str, addr: Address, exc: OSError) -> None:
+        """A send to ``addr`` failed: counted, logged, raised as :class:`TransportError`."""
+        self._count_drop(transport, "send_failed")
+        self.log.info("sip_send_failed", peer=_fmt(addr), transport=transport, error=str(exc))
+        if isinstance(exc, TransportError):
+            raise exc
+        raise TransportError(str(exc)) from exc
 
     def udp_ready(self, host: str) -> bool:
         """True when a datagram to the IP address ``host`` can leave at once
         (:meth:`send_nowait` needs neither a DNS lookup nor a new socket)."""
-        return _ip(host) is not None and self._ready_udp_endpoint(host) is not None
+        return _ip(host) is not None and self._datagrams.endpoint(host) is not None
 
     def _tls_name(self, transport: str, addr: Address, host_name: str | None) -> str | None:
         """The name a TLS server at ``addr`` must have proved for a request to reuse

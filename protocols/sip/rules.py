@@ -10,7 +10,10 @@ fixes on receipt, where responses go, and the answer to unparseable input.
 * :func:`rewrite_top_via_transport` -- §18.1.1: the Via of a request moved
   from UDP to a congestion-controlled transport;
 * :func:`build_error_response` -- §21.4.1 / §8.2.6: the 400 (or the parser's
-  status) for a request the parser refused, from a lenient scan of its lines.
+  status) for a request the parser refused, from a lenient scan of its lines;
+* :func:`check_received` and :func:`check_proxied` -- §18.1.2, §18.2.1 and
+  §16.3 step 1: what a transport must be able to read before it passes a
+  message up (the full §8.2 check, or a proxy's lighter one).
 
 The daemons' transports (``daemons/runtime/sip_transport.py``) apply them to
 real sockets; here they are plain functions of messages and addresses.
@@ -24,13 +27,16 @@ import re
 import secrets
 from typing import Final
 
-from protocols.sip.headers import Via
-from protocols.sip.message import Request
+from protocols.sip.errors import ParseError
+from protocols.sip.headers import Via, canonical_name
+from protocols.sip.message import KNOWN_METHODS, Request, Response, validate
 from protocols.sip.timers import is_reliable
 
 __all__ = [
     "DEFAULT_PORTS",
     "build_error_response",
+    "check_proxied",
+    "check_received",
     "fix_top_via",
     "ip_address",
     "response_destination",
@@ -43,6 +49,8 @@ Address = tuple[str, int]
 
 #: Default ports when a Via or URI has none (§18.2.2, §19.1.2).
 DEFAULT_PORTS: Final = {"UDP": 5060, "TCP": 5060, "TLS": 5061}
+#: The headers a proxied request must not repeat (§16.3 step 1, §20).
+_SINGLE_HEADERS: Final = ("to", "from", "call-id", "cseq", "max-forwards")
 
 
 @functools.lru_cache(maxsize=4096)
@@ -196,3 +204,56 @@ def build_error_response(data: bytes, status: int, reason: str) -> bytes | None:
     out.append("Content-Length: 0")
     text = "\r\n".join(line.replace("\r", " ").replace("\n", " ") for line in out)
     return (text + "\r\n\r\n").encode("utf-8", "replace")
+
+
+def check_proxied(msg: Request | Response) -> None:
+    """The lighter check of a proxy (RFC 3261 §16.3 step 1, "reasonable syntax").
+
+    Only what the server transaction and the proxy rules read must be well
+    formed: the top Via, CSeq (matching the method), Call-ID, From, To,
+    Max-Forwards and the Request-URI. Other headers (Contact, Date, ...) "SHOULD
+    be ignored and remain unchanged when the message is forwarded"; the proxy
+    parses a REGISTER's Contact itself and answers 400 when it is malformed.
+    A response needs what transaction matching reads (top Via, CSeq, Call-ID);
+    the proxy forwards the rest unchanged (§16.7). Raises :class:`ParseError`.
+    """
+    msg.top_via  # noqa: B018
+    cseq = msg.cseq
+    msg.call_id  # noqa: B018
+    if isinstance(msg, Request):
+        msg.from_  # noqa: B018
+        msg.to  # noqa: B018
+        keys = msg.headers._keys
+        # one set of the names first: most requests repeat none of them, and five
+        # list counts cost several times as much
+        if len(set(keys)) != len(keys):
+            for key in _SINGLE_HEADERS:
+                if keys.count(key) > 1:
+                    raise ParseError(f"multiple {canonical_name(key)} headers")
+        msg.max_forwards  # noqa: B018
+        msg.content_length  # noqa: B018
+        ruri = msg.ruri
+        if ruri.headers:
+            raise ParseError("escaped headers are not allowed in the Request-URI (§19.1.5)")
+        if cseq.method != msg.method:
+            if msg.method not in KNOWN_METHODS:
+                raise ParseError(
+                    f"unknown method {msg.method} with CSeq method {cseq.method}", 501)
+            raise ParseError(f"CSeq method {cseq.method} does not match {msg.method}")
+
+
+def check_received(msg: Request | Response) -> None:
+    """What a transport must be able to read before passing a message up (§18.1.2, §18.2.1).
+
+    Requests get the full §8.2 check (tolerating a missing Max-Forwards, RFC
+    4475 §3.4.1); responses need the headers transaction matching reads.
+    Raises :class:`ParseError`.
+    """
+    if isinstance(msg, Request):
+        validate(msg, allow_rfc2543=True)
+        return
+    msg.top_via  # noqa: B018
+    msg.cseq  # noqa: B018
+    msg.call_id  # noqa: B018
+    msg.from_  # noqa: B018
+    msg.to  # noqa: B018

@@ -77,7 +77,7 @@ class Rig:
         """Hand one datagram to the listener; what the proxy sent because of it."""
         assert self.core.transport is not None
         self.sock.sent.clear()
-        self.core.transport._on_datagram(self.core.transport._udp[0], data, source)
+        self.core.transport._udp[0].datagram_received(data, source)
         return list(self.sock.sent)
 
     def drain(self) -> list[tuple[bytes, tuple[str, int]]]:
