@@ -21,7 +21,9 @@ is not the one the agent was reserved for:
   owner already counts as ended (used up by a call offered on another node)
   when the router's next grant of the agent, for its next call, reaches
   the node after the router's route does (the owner answers the router
-  before the grant travels through the mesh and the node link);
+  before the grant travels through the mesh and the node link); another
+  router's route that finds such a reservation waits a moment for its own
+  grant (``SipServer._await_grant``) before it is refused;
 * a default routing (``router-timeout`` -> ``default-dn``) to a reserved
   agent waits on the routing point until the reservation ends.
 

@@ -54,6 +54,9 @@ CALL_REQUESTS = frozenset({
 GC_THRESHOLD_GEN0 = 20_000
 #: Seconds a request waits for the event that answers it before EventError.
 ANSWER_TIMEOUT = 10.0
+#: Seconds a route to an agent reserved for another router waits for the owner's
+#: grant to this router before EventError 62 (SipServer._await_grant)
+GRANT_GRACE = 1.0
 
 
 @dataclass
@@ -66,6 +69,18 @@ class PendingAnswer:
     conn_id: str
     events: frozenset[str]
     handle: asyncio.TimerHandle | None = None
+
+
+@dataclass(eq=False)
+class _WaitingRoute:
+    """A RequestRouteCall waiting for the owner's grant of its agent (GRANT_GRACE)."""
+
+    conn: TLibConnection
+    request: RequestReceived
+    rp: str
+    conn_id: str
+    dn: str
+    timer: asyncio.TimerHandle | None = None
 
 
 class _DefaultPort:
@@ -151,8 +166,11 @@ class SipServer(Service):
         self.reserved_refusals = m.tally(
             "routes_to_reserved_agents",
             "Routes to an agent reserved for another call, by what the node did "
-            "(refused: RequestRouteCall answered EventError 62; held: a default routing "
-            "waits for the reservation to end)", ("outcome",))
+            "(refused: RequestRouteCall answered EventError 62; granted-late: the route "
+            "waited for the owner's grant to this router and went ahead; held: a default "
+            "routing waits for the reservation to end)", ("outcome",))
+        #: routes to a reserved agent waiting for the owner's grant, by DN
+        self._routes_awaiting_grant: dict[str, list[_WaitingRoute]] = {}
 
     def _monotonic(self) -> float:
         return asyncio.get_running_loop().time()
@@ -307,14 +325,67 @@ class SipServer(Service):
         held = self.reserved.conflict(dest, conn_id, conn.application, self._monotonic()) \
             if msg.get("AttributeRouteType") != "Reject" else None
         if held is not None:
-            self._refuse_reserved(conn, request, rp, conn_id, held)
+            self._await_grant(conn, request, rp, conn_id, held)
             return
+        self._route_decided(conn, request, rp, conn_id, dest)
+
+    def _route_decided(self, conn: TLibConnection, request: RequestReceived, rp: str,
+                       conn_id: str, dest: str) -> None:
+        msg = request.message
         decision = RouteDecision(dest, False, msg.get("AttributeUserData"),
                                  msg.get("AttributeRouteType"), (conn, request))
         if not self.routing.route(conn_id, rp, decision):
             conn.answer_error(request, ErrorCode.UNKNOWN_CONNID,
                               f"ConnID {conn_id} does not wait on routing point {rp}",
                               AttributeThisDN=rp, AttributeConnID=conn_id)
+
+    def _await_grant(self, conn: TLibConnection, request: RequestReceived, rp: str,
+                     conn_id: str, held: HeldAgent) -> None:
+        """A route to an agent this node keeps reserved for another router waits up
+        to ``GRANT_GRACE`` for the owner's grant to this router: the owner answers
+        the router before its grant has come through the mesh and the node link,
+        and the reservation kept here may be one the owner already counts as used
+        up on another node. Refused (EventError 62) when no such grant comes."""
+        waiting = _WaitingRoute(conn, request, rp, conn_id, held.dn)
+        waiting.timer = asyncio.get_running_loop().call_later(
+            GRANT_GRACE, self._grant_not_come, waiting)
+        self._routes_awaiting_grant.setdefault(held.dn, []).append(waiting)
+        self.log.info("route_awaits_reservation_grant", conn_id=conn_id, rp=rp, dn=held.dn,
+                       router=conn.application, holder=held.holder)
+
+    def _grant_not_come(self, waiting: _WaitingRoute) -> None:
+        self._unpark(waiting)
+        self._retry_route(waiting, final=True)
+
+    def _unpark(self, waiting: _WaitingRoute) -> None:
+        if waiting.timer is not None:
+            waiting.timer.cancel()
+        parked = self._routes_awaiting_grant.get(waiting.dn, [])
+        if waiting in parked:
+            parked.remove(waiting)
+        if not parked:
+            self._routes_awaiting_grant.pop(waiting.dn, None)
+
+    def _retry_route(self, waiting: _WaitingRoute, *, final: bool) -> None:
+        """The route of ``waiting`` again, now that a grant came or time is up."""
+        conn, request, rp, conn_id = waiting.conn, waiting.request, waiting.rp, waiting.conn_id
+        if conn.closed:
+            return
+        if self.routing.waiting(conn_id) is None:
+            conn.answer_error(request, ErrorCode.UNKNOWN_CONNID,
+                              f"Unknown ConnID: {conn_id} is not waiting on a routing point",
+                              AttributeThisDN=rp, AttributeConnID=conn_id)
+            return
+        held = self.reserved.conflict(waiting.dn, conn_id, conn.application, self._monotonic())
+        if held is None:
+            self.reserved_refusals.labels("granted-late").inc()
+            self.log.info("route_to_reserved_agent_granted_late", conn_id=conn_id, rp=rp,
+                          dn=waiting.dn, router=conn.application)
+            self._route_decided(conn, request, rp, conn_id, waiting.dn)
+        elif final:
+            self._refuse_reserved(conn, request, rp, conn_id, held)
+        else:
+            self._routes_awaiting_grant.setdefault(waiting.dn, []).append(waiting)
 
     def _refuse_reserved(self, conn: TLibConnection, request: RequestReceived, rp: str,
                          conn_id: str, held: HeldAgent) -> None:
@@ -352,6 +423,9 @@ class SipServer(Service):
         self.log.info("agent_reservation_noted", dn=dn, holder=held.holder,
                       reserved_for=held.conn_id, agent_id=held.agent_id, seconds=timeout)
         conn.answer(request, "EventACK", {"AttributeThisDN": dn})
+        for waiting in list(self._routes_awaiting_grant.get(dn, [])):
+            self._unpark(waiting)
+            self._retry_route(waiting, final=False)
 
     def _call_request(self, conn: TLibConnection, request: RequestReceived) -> None:
         msg = request.message

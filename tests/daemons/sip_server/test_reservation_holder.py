@@ -70,3 +70,57 @@ async def test_the_holder_routes_its_next_call_past_a_reservation_used_up_elsewh
     # Y, offered to the agent on node A, used the reservation up there
     assert lab.status("A", "/status/reservations") == {
         "reserved": [], "ended": {"expired": 0, "consumed": 1}}
+
+
+async def test_another_router_routes_once_its_grant_reaches_the_node(node_lab: Any) -> None:
+    """The owner counts the reservation for call X as used up (X rang on node C)
+    and grants the agent to another router for call Y; that router's route of Y
+    reaches node A, which still keeps X's reservation, before the grant does. The
+    route waits for the grant instead of being refused."""
+    lab = await node_lab(router_timeout=20)
+    phone = lab.agent_phone("1003", calls=2)  # dc2: owned by node C
+    await lab.login_agents(["1003"])
+    urs_c = await lab.router("C", "URS", "5000")
+    urs_a = await lab.router("A", "URS", "5000")
+    other = await lab.router("A", "URS_other")
+
+    first = lab.call("C", "5000")
+    x = (await lab.until("X's EventRouteRequest", lambda: urs_c.of("EventRouteRequest"))
+         )[0]["AttributeConnID"]
+    reserver = await lab.desktop("C", app="URS")
+    granted = await reserver.request("RequestReserveAgent", AttributeThisDN="1003",
+                                     AttributeAgentID="a1003", AttributeConnID=x,
+                                     AttributeTimeout=60)
+    assert granted["message"] == "EventAgentReserved", granted
+    await lab.until("node A notes 1003 reserved for X", lambda: any(
+        e["dn"] == "1003" and e.get("reserved_for") == x
+        for e in lab.node("A").events("agent_reservation_noted")))
+    routed = await urs_c.request("RequestRouteCall", AttributeThisDN="5000",
+                                 AttributeConnID=x, AttributeOtherDN="1003")
+    assert routed["message"] == "EventRouteUsed", routed
+    stats = await asyncio.to_thread(first.stats, 30)
+    assert stats.get("SuccessfulCall(C)") == "1", (stats, first.errors())
+    kept = lab.status("A", "/status/reservations")["reserved"]
+    assert [(e["dn"], e["conn_id"]) for e in kept] == [("1003", x)], kept
+
+    second = lab.call("A", "5000")
+    y = (await lab.until("Y's EventRouteRequest", lambda: urs_a.of("EventRouteRequest"))
+         )[0]["AttributeConnID"]
+    # the route first, then the reservation at the owner (through node C's t-controller)
+    route = asyncio.create_task(other.request("RequestRouteCall", AttributeThisDN="5000",
+                                              AttributeConnID=y, AttributeOtherDN="1003"))
+    await lab.until("node A holds the route", lambda: any(
+        e["conn_id"] == y for e in lab.node("A").events("route_awaits_reservation_grant")))
+    other_reserver = await lab.desktop("C", app="URS_other")
+    granted = await other_reserver.request("RequestReserveAgent", AttributeThisDN="1003",
+                                           AttributeAgentID="a1003", AttributeConnID=y,
+                                           AttributeTimeout=60)
+    assert granted["message"] == "EventAgentReserved", granted
+    routed = await route
+    assert routed["message"] == "EventRouteUsed", routed
+    stats = await asyncio.to_thread(second.stats, 30)
+    assert stats.get("SuccessfulCall(C)") == "1", (stats, second.errors())
+    assert (await asyncio.to_thread(phone.stats, 10)).get("SuccessfulCall(C)") == "2"
+    assert lab.node("A").events("route_to_reserved_agent_refused") == []
+    assert lab.metric(
+        "A", 'sipcluster_routes_to_reserved_agents_total{outcome="granted-late"}') == 1
