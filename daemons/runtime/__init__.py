@@ -1,11 +1,12 @@
 """The runtime the daemons share: config, logging, management, drivers and transports.
 
-The per-datagram path of the SIP UDP transport (``COMPILED_MODULES``) may be
+The glue every sans-I/O object is driven by (``driver``) and the per-datagram
+path of the SIP UDP transport (``datagrams``), ``COMPILED_MODULES``, may be
 compiled with mypyc by ``setup.py``, as a third group beside the SIP stack's
-and the sip-proxy's (docs/sip-stack.md, "Compiled hot path"). It runs compiled
-under the same rules as ``protocols.sip``'s (fresh builds only,
+and the sip-proxy's (docs/sip-stack.md, "Compiled hot path"). They run
+compiled under the same rules as ``protocols.sip``'s (fresh builds only,
 ``SIPCLUSTER_PURE_PYTHON=1`` for the sources) and only while the SIP stack runs
-compiled too, since the compiled module uses the compiled SIP classes directly.
+compiled too, since the compiled modules use the compiled SIP classes directly.
 ``COMPILED`` tells which is in use.
 """
 
@@ -18,7 +19,7 @@ import protocols.sip
 __all__ = ["COMPILED", "COMPILED_MODULES"]
 
 #: The modules setup.py compiles, in dependency order.
-COMPILED_MODULES = ("datagrams",)
+COMPILED_MODULES = ("driver", "datagrams")
 
 #: True when the mypyc-compiled modules of the runtime are in use.
 COMPILED: bool = protocols.sip.select_build(

@@ -11,6 +11,11 @@ re-arm the timer — after every input and every timer.
 
 The model is aioquic's ``asyncio/protocol.py``: the connection decides, the
 glue only moves bytes and time.
+
+The module is compiled with mypyc (``daemons.runtime.COMPILED_MODULES``): a
+proxy arms its timer after every message. Its classes are used from
+interpreted code as they are, not subclassed, and get no attributes besides
+their own.
 """
 
 from __future__ import annotations

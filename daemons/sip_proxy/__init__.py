@@ -4,8 +4,9 @@ The proxy core's modules (``COMPILED_MODULES``: what every proxied message
 goes through) may be compiled with mypyc by ``setup.py``, as a second group
 beside the SIP stack's (docs/sip-stack.md, "Compiled hot path"). They run
 compiled under the same rules as ``protocols.sip``'s (fresh builds only,
-``SIPCLUSTER_PURE_PYTHON=1`` for the sources) and only while the SIP stack
-runs compiled too, since the compiled core uses the compiled SIP classes
+``SIPCLUSTER_PURE_PYTHON=1`` for the sources) and only while the SIP stack and
+the runtime's compiled modules run compiled too, since the compiled core uses
+their classes (the SIP messages, the transaction layer, the timer slot)
 directly. ``COMPILED`` tells which is in use.
 """
 
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import daemons.runtime
 import protocols.sip
 
 __all__ = ["COMPILED", "COMPILED_MODULES"]
@@ -24,4 +26,4 @@ COMPILED_MODULES = ("routing", "forwarding", "flows", "security", "registrar_fro
 #: True when the mypyc-compiled proxy core is in use.
 COMPILED: bool = protocols.sip.select_build(
     __name__, Path(__file__).resolve().parent, COMPILED_MODULES,
-    usable=protocols.sip.COMPILED)
+    usable=protocols.sip.COMPILED and daemons.runtime.COMPILED)

@@ -71,6 +71,8 @@ def same_host(host: str, address: str) -> bool:
     A domain name never matches (§18.2.1: "If the host portion of the sent-by
     field contains a domain name ... the server MUST add a received parameter").
     """
+    if host == address:  # the usual case: no address objects to compare
+        return ip_address(host) is not None
     a = ip_address(host)
     b = ip_address(address)
     return a is not None and b is not None and a == b

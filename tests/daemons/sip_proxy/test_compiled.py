@@ -1,9 +1,9 @@
 """Which build of the sip-proxy's core runs: compiled with mypyc, or the sources.
 
 ``make compile`` builds ``daemons.sip_proxy.COMPILED_MODULES`` in place with the
-SIP stack's; the core runs compiled only while its build is fresh and the SIP
-stack runs compiled too (the compiled core uses the compiled SIP classes), and
-SIPCLUSTER_PURE_PYTHON=1 gives the sources.
+SIP stack's and the runtime's; the core runs compiled only while its build is
+fresh and the SIP stack and the runtime's modules run compiled too (the compiled
+core uses their classes), and SIPCLUSTER_PURE_PYTHON=1 gives the sources.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+import daemons.runtime as runtime_pkg
 import daemons.sip_proxy as proxy_pkg
 import protocols.sip as sip
 from daemons.sip_proxy import COMPILED_MODULES
@@ -25,6 +26,7 @@ from protocols.sip import SourceFinder, select_build, stale_modules
 
 ROOT = Path(__file__).resolve().parents[3]
 HERE = ROOT / "daemons" / "sip_proxy"
+RUNTIME = ROOT / "daemons" / "runtime"
 SUFFIX = importlib.machinery.EXTENSION_SUFFIXES[0]
 
 PROBE = (
@@ -85,7 +87,8 @@ def test_pure_python_on_request() -> None:
 
 def test_build_in_use_matches_what_is_on_disk() -> None:
     sip_compiled, compiled, core, worker = probe()
-    assert compiled == (sip_compiled and stale_modules(HERE, COMPILED_MODULES) == [])
+    assert compiled == (sip_compiled and stale_modules(HERE, COMPILED_MODULES) == []
+                        and stale_modules(RUNTIME, runtime_pkg.COMPILED_MODULES) == [])
     suffix = SUFFIX if compiled else ".py"
     assert core.endswith(suffix) and worker.endswith(suffix)
 
@@ -98,5 +101,5 @@ def test_this_run_uses_the_build_it_asked_for() -> None:
         assert sip.COMPILED and proxy_pkg.COMPILED
         assert stale_modules(HERE, COMPILED_MODULES) == []
     else:
-        assert proxy_pkg.COMPILED == (sip.COMPILED and
+        assert proxy_pkg.COMPILED == (sip.COMPILED and runtime_pkg.COMPILED and
                                       stale_modules(HERE, COMPILED_MODULES) == [])
