@@ -732,7 +732,8 @@ class ProxyCore(RegistrarFront, HopByHop):
                 data = None
                 if transport == "UDP" and method != "INVITE" and tm.udp_ready(dest[0]):
                     data = splice_request(request.serialize(), top, fwd.mf, drop,
-                                          unfolded=request.headers.unfolded)
+                                          unfolded=request.headers.unfolded,
+                                          headers=request.headers)
                 if data is not None and len(data) <= tm.udp_size_limit:
                     ckey = self.layer.send_request_data(request, data, branch, dest, now)
                 else:
@@ -796,8 +797,8 @@ class ProxyCore(RegistrarFront, HopByHop):
             fwd.final_sent = True
         self.responses.labels(_STATUS_CLASS[status // 100]).inc()
         # §16.7 step 3: our Via goes; on the received bytes when they allow it
-        data = pop_top_via(response.serialize(), removals,
-                           unfolded=headers.unfolded) if fwd.delay <= 0 else None
+        data = pop_top_via(response.serialize(), removals, unfolded=headers.unfolded,
+                           headers=headers) if fwd.delay <= 0 else None
         if data is None:
             edit_response(response, removals)
         if fwd.delay > 0 and status >= 200:

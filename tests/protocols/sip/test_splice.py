@@ -10,7 +10,14 @@ from hypothesis import strategies as st
 from protocols.sip.errors import ParseError
 from protocols.sip.headers import LIST_HEADERS, split_list
 from protocols.sip.message import Message, Request, Response, parse_message
-from protocols.sip.splice import edit_request, edit_response, pop_top_via, splice_request
+from protocols.sip.splice import (
+    _pop_via_line,
+    _splice_lines,
+    edit_request,
+    edit_response,
+    pop_top_via,
+    splice_request,
+)
 
 PROXY_VIA = "SIP/2.0/UDP 127.0.150.1:5060;branch=z9hG4bKsc1.a1;rport"
 
@@ -146,6 +153,9 @@ def test_spliced_request_parses_like_the_edited_one(
     assert original.headers.unfolded is not (b"\r\n " in head or b"\r\n\t" in head)
     assert splice_request(original.serialize(), lines, str(mf), drop,
                           unfolded=original.headers.unfolded) == out
+    # the lines found by the text the parser kept: the same bytes
+    assert splice_request(original.serialize(), lines, str(mf), drop,
+                          headers=original.headers) == out
     slow = parse(data)
     assert isinstance(slow, Request)
     edit_request(slow, lines, str(mf), drop)
@@ -198,6 +208,8 @@ def test_response_with_via_popped_parses_like_the_edited_one(
         assert out is not None
     assert original.headers.unfolded
     assert pop_top_via(original.serialize(), drop, unfolded=True) == out
+    # the lines found by the text the parser kept: the same bytes
+    assert pop_top_via(original.serialize(), drop, headers=original.headers) == out
     slow = parse(data)
     assert isinstance(slow, Response)
     edit_response(slow, drop)
@@ -244,6 +256,11 @@ def test_examples() -> None:
     assert out.startswith(b"REGISTER sip:cluster.lab SIP/2.0\r\nVia: " + PROXY_VIA.encode()
                           + b"\r\nPath: <sip:p;lr>\r\nv: SIP/2.0/UDP")
     assert b"max-forwards:69\r\n" in out and b"X-SC-Node" not in out
+    parsed = parse(data)
+    assert _splice_lines(data[data.find(b"\r\n"):data.find(b"\r\n\r\n") + 2],
+                         parsed.headers, "69", ["X-SC-Node"]) is not None
+    assert splice_request(data, [("Via", PROXY_VIA), ("Path", "<sip:p;lr>")], "69",
+                          ["X-SC-Node"], headers=parsed.headers) == out
     # folded lines and two Max-Forwards need the parser
     assert splice_request(data.replace(b"tag=1", b"\r\n tag=1"), [], "69") is None
     assert splice_request(data.replace(b"To:", b"Max-Forwards: 3\r\nTo:"), [], "69") is None
@@ -261,3 +278,13 @@ def test_examples() -> None:
     single = resp.replace(b", SIP/2.0/UDP b;branch=z9hG4bK2", b"")
     assert pop_top_via(single) == (
         b"SIP/2.0 200 OK\r\nPath: <sip:p;lr>\r\nCSeq: 1 REGISTER\r\nContent-Length: 0\r\n\r\n")
+    # with the parsed lines at hand, they are found by their text (no pattern
+    # search), the last line and a compact Via name included
+    for message, drop in ((resp, ["Path"]), (single, ["Path"]), (single, ["Content-Length"]),
+                          (single.replace(b"\r\nVia:", b"\r\nv :"), ["Path"])):
+        parsed = parse(message)
+        expected = pop_top_via(message, drop)
+        assert expected is not None
+        assert _pop_via_line(message, message.find(b"\r\n\r\n"), parsed.headers,
+                             drop) == expected
+        assert pop_top_via(message, drop, headers=parsed.headers) == expected
