@@ -13,9 +13,9 @@ the received bytes:
   kept), named header lines removed.
 
 Given the parsed header section the bytes were serialised from (``headers``),
-both find the lines they edit by the text the parser kept of each line, with
-a plain search, instead of by a case-insensitive pattern scan of the whole
-section; both ways give the same bytes.
+both find the lines they edit from the lengths of the texts the parser kept of
+each line, checked against the bytes, instead of by a case-insensitive
+pattern scan of the whole section; both ways give the same bytes.
 
 ``data`` is a message the parser accepted, or one the serialiser wrote
 (every line ends in CRLF); for other bytes the result is unspecified, but
@@ -77,47 +77,82 @@ def _drop_lines(head: bytes, drop: Iterable[str]) -> bytes:
     return head
 
 
-def _drop_found_lines(section: bytes, headers: Headers, drop: Iterable[str]) -> bytes | None:
-    """``section`` (header lines, each after a CRLF, the last one followed by a
-    CRLF too) without the lines named in ``drop``, found by the text the parser
-    kept of them (``headers``); ``None`` when one is not there as a whole line."""
-    keys = headers._keys
+def _edit_lines(data: bytes, first: int, end: int, headers: Headers,
+                edits: list[tuple[int, str | None]]) -> bytes | None:
+    """``data`` with some of its header lines edited, found by the text the parser
+    kept of each line (``headers``, unfolded) instead of by a pattern search.
+
+    ``edits`` are (index of the line, its new text or None to remove it), in
+    the order of the lines; ``first`` is the offset of the CRLF that ends the
+    start line, ``end`` that of the CRLFCRLF that ends the section. Each line
+    is where the lengths of the lines before it put it; ``None`` unless the
+    section is ASCII, every edited line is there as its text, and the lines
+    add up to the section (the patterns decide then).
+    """
     raws = headers._raws
-    for dropped in drop:
-        key = header_key(dropped)
-        for i, k in enumerate(keys):
-            if k == key:
-                pos, line_end = _find_line(section, raws[i], len(section) - 2)
-                if pos < 0:
-                    return None
-                section = section[:pos] + section[line_end:]
-    return section
+    if not edits or not data[:end].isascii():
+        return None
+    out: list[bytes] = []
+    pos = first  # the CRLF before line i
+    done = 0  # what is in out
+    k = 0
+    target, new = edits[0]
+    for i in range(len(raws)):
+        line = raws[i]
+        if line is None:
+            return None
+        after = pos + 2 + len(line)
+        if i == target:
+            if data[pos + 2:after] != line.encode("utf-8", "surrogateescape"):
+                return None
+            out.append(data[done:pos])
+            if new is not None:
+                out.append(b"\r\n" + new.encode("utf-8", "surrogateescape"))
+            done = after
+            k += 1
+            if k < len(edits):
+                target, new = edits[k]
+            else:
+                target = -1
+        pos = after
+    if pos != end or k != len(edits):
+        return None
+    out.append(data[done:])
+    return b"".join(out)
 
 
-def _splice_lines(section: bytes, headers: Headers, max_forwards: str,
+def _dropped(headers: Headers, drop: Iterable[str]) -> list[int]:
+    """The indices of the lines named in ``drop``."""
+    keys = [header_key(name) for name in drop]
+    if not keys:
+        return []
+    return [i for i, k in enumerate(headers._keys) if k in keys]
+
+
+def _splice_lines(data: bytes, first: int, end: int, headers: Headers, max_forwards: str,
                   drop: Iterable[str]) -> tuple[bytes, bool] | None:
-    """:func:`splice_request`'s edits of the header lines ``section`` (as for
-    :func:`_drop_found_lines`) by the text the parser kept of them: the lines
-    named in ``drop`` removed, the Max-Forwards value replaced. The section and
-    whether it has a Max-Forwards line; ``None`` when that does not apply (the
-    patterns decide then)."""
+    """:func:`splice_request`'s edits of the header lines by :func:`_edit_lines`:
+    the lines named in ``drop`` removed, the Max-Forwards value replaced. The
+    message and whether it has a Max-Forwards line; ``None`` when that does
+    not apply."""
     keys = headers._keys
     found = keys.count("max-forwards")
     if found > 1:
         return None
-    edited = _drop_found_lines(section, headers, drop)
-    if edited is None:
-        return None
+    edits: list[tuple[int, str | None]] = [(i, None) for i in _dropped(headers, drop)]
     if found:
-        line = headers._raws[keys.index("max-forwards")]
-        pos, line_end = _find_line(edited, line, len(edited) - 2)
-        if line is None or pos < 0:
+        i = keys.index("max-forwards")
+        line = headers._raws[i]
+        if line is None:
             return None
         name, _, value = line.partition(":")
-        new = name + ":" + value[:len(value) - len(value.lstrip(" \t"))] + max_forwards
-        edited = edited[:pos] + b"\r\n" + new.encode("utf-8", "surrogateescape") + \
-            edited[line_end:]
-    return edited, found == 1
+        edits.append((i, name + ":" + value[:len(value) - len(value.lstrip(" \t"))]
+                      + max_forwards))
+        edits.sort(key=lambda edit: edit[0])
+    if not edits:
+        return data, False
+    edited = _edit_lines(data, first, end, headers, edits)
+    return None if edited is None else (edited, found == 1)
 
 
 def splice_request(
@@ -140,14 +175,14 @@ def splice_request(
     if end < 0 or first == end:
         return None
     if headers is not None and headers.unfolded:
-        spliced_lines = _splice_lines(data[first:end + 2], headers, max_forwards, drop)
+        spliced_lines = _splice_lines(data, first, end, headers, max_forwards, drop)
         if spliced_lines is not None:
-            section, has_mf = spliced_lines
+            edited, has_mf = spliced_lines
             lines = [f"{name}: {value}" for name, value in top]
             if not has_mf:
                 lines.append(f"Max-Forwards: {max_forwards}")
             spliced = "\r\n".join(lines).encode("utf-8", "surrogateescape")
-            return data[:first] + b"\r\n" + spliced + section + data[end + 2:]
+            return edited[:first] + b"\r\n" + spliced + edited[first:]
     rest = data[first:end]
     if not unfolded and not _plain(rest):
         return None
@@ -164,48 +199,29 @@ def splice_request(
     return data[:first] + b"\r\n" + spliced + rest + data[end:]
 
 
-def _find_line(data: bytes, line: str | None, stop: int) -> tuple[int, int]:
-    """Where the header line ``line`` is in ``data[:stop]`` (``stop``: the offset of
-    the CRLFCRLF that ends the header section): the offset of the CRLF before it
-    and the offset after its text; ``(-1, -1)`` when it is not a whole line there."""
-    if line is None:
-        return -1, -1
-    text = b"\r\n" + line.encode("utf-8", "surrogateescape")
-    pos = data.find(text + b"\r\n", 0, stop + 2)
-    return (pos, pos + len(text)) if pos >= 0 else (-1, -1)
-
-
 def _pop_via_line(data: bytes, end: int, headers: Headers,
                   drop: Iterable[str]) -> bytes | None:
-    """:func:`pop_top_via` with the lines found by the text the parser kept of
-    them (``headers``, unfolded), by a plain search instead of the patterns;
-    ``None`` when that does not apply (the patterns decide then).
-
-    The first whole line of the text of the first Via line is that line: an
-    earlier line of the same text would have the same name, and so be a Via."""
+    """:func:`pop_top_via`'s edits by :func:`_edit_lines`; ``None`` when that does
+    not apply."""
     keys = headers._keys
-    raws = headers._raws
     if "via" not in keys:
         return None
-    line = raws[keys.index("via")]
-    pos, line_end = _find_line(data, line, end)
-    if line is None or pos < 0:
+    index = keys.index("via")
+    line = headers._raws[index]
+    if line is None:
         return None
     name, _, value = line.partition(":")
     rest = value.lstrip(" \t")
     if '"' in rest:
         return None
     comma = rest.find(",")
-    # the section up to the CRLF that ends its last line
-    if comma < 0:
-        head = data[:pos] + data[line_end:end + 2]
-    else:
-        # several values on the line: the first goes, the others stay
-        kept = name + ":" + value[:len(value) - len(rest)] + rest[comma + 1:].lstrip(" \t")
-        head = data[:pos] + b"\r\n" + kept.encode("utf-8", "surrogateescape") + \
-            data[line_end:end + 2]
-    edited = _drop_found_lines(head, headers, drop)
-    return None if edited is None else edited + data[end + 2:]
+    # several values on the line: the first goes, the others stay
+    kept = None if comma < 0 else \
+        name + ":" + value[:len(value) - len(rest)] + rest[comma + 1:].lstrip(" \t")
+    edits: list[tuple[int, str | None]] = [(i, None) for i in _dropped(headers, drop)]
+    edits.append((index, kept))
+    edits.sort(key=lambda edit: edit[0])
+    return _edit_lines(data, data.find(b"\r\n"), end, headers, edits)
 
 
 def pop_top_via(data: bytes, drop: Iterable[str] = (), *,

@@ -257,7 +257,7 @@ def test_examples() -> None:
                           + b"\r\nPath: <sip:p;lr>\r\nv: SIP/2.0/UDP")
     assert b"max-forwards:69\r\n" in out and b"X-SC-Node" not in out
     parsed = parse(data)
-    assert _splice_lines(data[data.find(b"\r\n"):data.find(b"\r\n\r\n") + 2],
+    assert _splice_lines(data, data.find(b"\r\n"), data.find(b"\r\n\r\n"),
                          parsed.headers, "69", ["X-SC-Node"]) is not None
     assert splice_request(data, [("Via", PROXY_VIA), ("Path", "<sip:p;lr>")], "69",
                           ["X-SC-Node"], headers=parsed.headers) == out
@@ -278,8 +278,8 @@ def test_examples() -> None:
     single = resp.replace(b", SIP/2.0/UDP b;branch=z9hG4bK2", b"")
     assert pop_top_via(single) == (
         b"SIP/2.0 200 OK\r\nPath: <sip:p;lr>\r\nCSeq: 1 REGISTER\r\nContent-Length: 0\r\n\r\n")
-    # with the parsed lines at hand, they are found by their text (no pattern
-    # search), the last line and a compact Via name included
+    # with the parsed lines at hand, they are found from the lengths of their
+    # texts (no pattern search), the last line and a compact Via name included
     for message, drop in ((resp, ["Path"]), (single, ["Path"]), (single, ["Content-Length"]),
                           (single.replace(b"\r\nVia:", b"\r\nv :"), ["Path"])):
         parsed = parse(message)
