@@ -41,9 +41,11 @@ SUITES = [
     Suite("lab", ["tests/readme", "tests/daemons/lab", "tests/interop"]),
     Suite("daemons", ["tests/daemons", "--ignore=tests/daemons/lab"]),
     Suite("cluster", ["tests/integration", "tests/protocols", "tests/deploy"]),
-    # the SIP stack and the sip-proxy's core from their pure Python sources (the
-    # fallback without a C compiler); the proxy's tests use the daemons suite's subnets
-    Suite("pure-python", ["tests/protocols/sip", "tests/daemons/sip_proxy"],
+    # the SIP stack, the runtime's transport and the sip-proxy's core from their pure
+    # Python sources (the fallback without a C compiler); their tests use the daemons
+    # suite's subnets
+    Suite("pure-python", ["tests/protocols/sip", "tests/daemons/sip_proxy",
+                          "tests/daemons/runtime", "tests/daemons/test_sip_transport.py"],
           {"SIPCLUSTER_PURE_PYTHON": "1"}, after=("daemons",)),
 ]
 
