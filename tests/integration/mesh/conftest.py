@@ -45,8 +45,8 @@ PSTN_AGENT_HOST = "45"
 DC2 = "127.0.42."
 SUBNETS = {"127.0.1.": DC1, "127.0.2.": DC2}
 #: ADDP between t-controllers: a cut link is seen after ADDP_TIMEOUT + ADDP_REMOTE s ...
-ADDP_TIMEOUT = 1
-ADDP_REMOTE_TIMEOUT = 2
+ADDP_TIMEOUT = 2
+ADDP_REMOTE_TIMEOUT = 3
 #: ... and its DNs go out of service TC_RECONNECT_TIMEOUT s later
 TC_RECONNECT_TIMEOUT = 1
 WRAP_UP_TIME = 1
