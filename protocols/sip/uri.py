@@ -34,7 +34,6 @@ _PASSWORD_CHARS = _UNRESERVED | frozenset("&=+$,%")
 _PARAM_CHARS = _UNRESERVED | frozenset("[]/:&+$%")
 # hname / hvalue = 1*( hnv-unreserved / unreserved / escaped )
 _HEADER_CHARS = _UNRESERVED | frozenset("[]/?:+$%")
-_HOSTNAME_CHARS = _ALPHA | _DIGIT | frozenset("-.")
 # Characters allowed in the opaque part of a URI of an unknown scheme
 # (RFC 3986 §2: reserved / unreserved / pct-encoded).
 _OPAQUE_CHARS = _UNRESERVED | frozenset(":/?#[]@!$&'()*+,;=%")
