@@ -369,16 +369,17 @@ def _inner_command(args: argparse.Namespace, directory: Path) -> list[str]:
 
 
 def _run_inside(namespace: str, cmd: list[str]) -> int:
-    """Run ``cmd`` in ``namespace`` and wait for it. Ctrl-C reaches it from the
-    terminal and SIGTERM is passed on: it stops the lab itself."""
+    """Run ``cmd`` in ``namespace`` and wait for it. SIGINT and SIGTERM are passed
+    on (Ctrl-C in a terminal reaches it directly too): it stops the lab itself,
+    and this process waits for that instead of leaving it behind."""
     package_root = str(Path(__file__).resolve().parents[2])
     env = {**os.environ, LAB_NAMESPACE_ENV: namespace,
            "PYTHONPATH": os.pathsep.join(filter(None, [package_root,
                                                         os.environ.get("PYTHONPATH")]))}
     proc = subprocess.Popen(["ip", "netns", "exec", namespace, *cmd], env=env)
     previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, lambda *_: proc.send_signal(signal.SIGTERM))
+    for sig in previous:
+        signal.signal(sig, lambda signum, _frame: proc.send_signal(signum))
     try:
         return proc.wait()
     finally:
