@@ -99,6 +99,9 @@ class Router:
         self.sites = SiteBoard({m.name: m.route_to for m in config.monitored_servers.values()},
                                config.site_stale_after) if config.monitored_servers else None
         self._call_queue: dict[str, VirtualQueue] = {}
+        #: EventRouteRequests that came while this director's route of the call was
+        #: in flight: the call waits on its routing point again once that route is done
+        self._route_again: dict[str, tuple[str, dict[str, Any]]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._overflow_timer: asyncio.TimerHandle | None = None
         self._holds: dict[str, asyncio.TimerHandle] = {}
@@ -164,6 +167,13 @@ class Router:
             self._drop("EventRouteRequest", "not-a-routing-point-of-a-strategy", node=node, rp=rp)
             return
         if conn_id in self._call_queue:
+            queued = self._call_queue[conn_id].calls.get(conn_id)
+            if queued is not None and queued.busy:
+                # the node asks again before the answer to this director's route is in
+                # (the agent refused the call at once: busy): queued again once it is
+                self._route_again[conn_id] = (node, dict(event))
+                self.log.info("route_request_while_routing", conn_id=conn_id, node=node)
+                return
             self._drop("EventRouteRequest", "already-queued", node=node, conn_id=conn_id)
             return
         extensions = event.get("AttributeExtensions") or {}
@@ -451,15 +461,19 @@ class Router:
                       reason=answer.get("AttributeErrorMessage"))
 
     def _routed(self, queue: VirtualQueue, call: QueuedCall) -> None:
+        again = self._route_again.pop(call.conn_id, None)
         if call.waited(self.clock()) <= self.config.service_level_target:
             queue.stats["routed-in-target"] += 1
         self._end(queue, call.conn_id, "routed")
+        if again is not None:
+            self.on_route_request(*again)
 
     def _refused(self, queue: VirtualQueue, call: QueuedCall, dn: str, request: str,
                  answer: Mapping[str, Any], *, hold: float | None = None) -> None:
         """A request for ``call`` refused or unanswered: the agent is released, or
         held ``hold`` seconds while a reservation at its owner keeps it (module
         doc); the call waits again, without that agent unless it was a conflict."""
+        self._route_again.pop(call.conn_id, None)  # not routed: the call still waits here
         code = answer.get("AttributeErrorCode")
         text = answer.get("AttributeErrorMessage")
         conflict = request == "RequestReserveAgent" \
@@ -511,6 +525,7 @@ class Router:
     def _end(self, queue: VirtualQueue, conn_id: str, outcome: str) -> None:
         queue.remove(conn_id, outcome)
         self._call_queue.pop(conn_id, None)
+        self._route_again.pop(conn_id, None)
         self._count(queue, outcome)
 
     def _report(self, name: str, queue: VirtualQueue, call: QueuedCall, **attrs: Any) -> None:

@@ -269,3 +269,27 @@ async def test_a_hold_timer_of_a_call_gone_by_keeps_off_the_next_reservation(
         assert "c3" in router.queues["8000"].calls
     finally:
         await router.close()
+
+
+async def test_a_route_request_during_the_route_queues_the_call_again() -> None:
+    """The agent turns the routed call away at once (busy) and the node's new
+    EventRouteRequest comes before the answer to the director's route: the call
+    is queued again once that answer is in, and routed again (it was dropped as
+    "already queued" and then forgotten, left to the router-timeout)."""
+    owner = Owner()
+    router, log = await start(owner)
+    try:
+        gate = owner.route_gate["c1"] = asyncio.Event()
+        call(router, "c1")
+        await wait_for("c1 routed to 1001", lambda: ("1001", "c1") in owner.routes)
+        call(router, "c1")  # the node asks again while the route is in flight
+        assert log.events("route_request_while_routing") == [{"conn_id": "c1",
+                                                               "node": "SIPS_A"}]
+        owner.release("1001", "c1")
+        gate.set()
+        await wait_for("c1 routed again", lambda: len(
+            [c for _, c in owner.routes if c == "c1"]) == 2)
+        assert [line["conn_id"] for line in log.events("call_queued")] == ["c1", "c1"]
+        assert log.events("director_event_dropped") == []
+    finally:
+        await router.close()
