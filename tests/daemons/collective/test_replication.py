@@ -100,8 +100,9 @@ def test_site_away_then_back_and_a_site_that_joins_afresh(collective: Collective
     expected |= {k for k in indy.users() if k[0] == 2 and indy.users()[k]["spanning"]}
     until(lambda: expected <= set(lyon.users()), message="full sync did not bring every user")
     assert lyon.log_events("collective_sync_started")[-1]["reason"] == "joined"
-    status = lyon.get("/status")
-    assert {p["site-identifier"] for p in status["peer_sites"] if p["last_sync"]} == {1, 2}
+    # the users may all be there before the second peer's full sync has ended
+    until(lambda: {p["site-identifier"] for p in lyon.get("/status")["peer_sites"]
+                   if p["last_sync"]} == {1, 2}, message="a full sync from each peer")
 
     # on demand: a copy Indy holds of a Boca user that Boca no longer has (a
     # store restored from a backup) goes at the next full sync from Boca
