@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.processes import START_TIMEOUT
+
 ROOT = Path(__file__).resolve().parents[2]
 SCENARIOS = Path(__file__).resolve().parent / "scenarios"
 
@@ -57,7 +59,8 @@ def _start_responder(port: int, extra: list[str], tmp: Path) -> Responder:
     cmd = [sys.executable, "-m", "daemons.cli", "sip", "responder",
            "--listen", f"127.0.0.1:{port}", "--log-format", "json", *extra]
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, text=True)
-    deadline = time.monotonic() + 10
+    # a loaded machine (CI runs two suites at once) starts Python slowly
+    deadline = time.monotonic() + START_TIMEOUT
     while time.monotonic() < deadline:
         if "daemon_ready" in log_path.read_text():
             return Responder(proc, port, log_path)
