@@ -72,7 +72,7 @@ from node_call_load import free_port
 from daemons.cluster.config import ClusterConfig, load_cluster
 from daemons.lab.supervisor import Supervisor
 from daemons.lab.topology import process_specs
-from daemons.lab.wan import Wan, WanError
+from daemons.lab.wan import Wan, WanError, wan_unavailable
 from daemons.runtime.dns import SipResolver
 from daemons.runtime.logs import configure_logging
 from tests.support.sip_probe import answers_options
@@ -149,17 +149,6 @@ def use_subnets(dc1: str, dc2: str) -> None:
     DC1, DC2 = dc1, dc2
     SUBNETS = {"127.0.1.": dc1, "127.0.2.": dc2}
     CALLER_HOST, PHONE_HOST = DC1 + "201", DC1 + "110"
-
-
-def wan_unavailable() -> str | None:
-    """None when a WAN namespace can be made here; else why not."""
-    if shutil.which("ip") is None:
-        return "ip is not installed (apt-get install iproute2)"
-    if os.geteuid() != 0:
-        return "needs root (network namespaces, a TUN device)"
-    if not os.path.exists("/dev/net/tun"):
-        return "/dev/net/tun is missing"
-    return None
 
 
 def run_in_wan(args: argparse.Namespace) -> int | str:

@@ -58,7 +58,14 @@ from daemons.lab.topology import (
     site_description,
     site_files,
 )
-from daemons.lab.wan import Wan, WanError, namespace_exists, relay_pid, stop_detached
+from daemons.lab.wan import (
+    Wan,
+    WanError,
+    namespace_exists,
+    relay_pid,
+    stop_detached,
+    wan_unavailable,
+)
 from daemons.runtime.config import ConfigError
 
 #: deploy/etc/cluster.toml, shipped inside the package (a link in the source tree,
@@ -387,16 +394,6 @@ def _run_inside(namespace: str, cmd: list[str]) -> int:
             signal.signal(sig, handler)
 
 
-def _wan_unavailable() -> str | None:
-    if shutil.which("ip") is None:
-        return "ip is not installed (apt-get install iproute2)"
-    if os.geteuid() != 0:
-        return "needs root (a network namespace and a TUN device)"
-    if not os.path.exists("/dev/net/tun"):
-        return "/dev/net/tun is missing"
-    return None
-
-
 def _with_wan(args: argparse.Namespace) -> int | None:
     """A lab behind the emulated WAN: make its namespace and run the command there
     (run, start), or enter the namespace of the lab running in ``--dir``. None
@@ -428,7 +425,7 @@ def _with_wan(args: argparse.Namespace) -> int | None:
     if delay < 0 or not 0 <= loss < 100:
         print("lab: --wan-delay-ms must be >= 0 and --wan-loss within 0-100", file=sys.stderr)
         return 2
-    problem = _wan_unavailable()
+    problem = wan_unavailable()
     if problem is not None:
         print(f"lab: an emulated WAN {problem}", file=sys.stderr)
         return 2

@@ -39,6 +39,7 @@ import fcntl
 import json
 import os
 import random
+import shutil
 import signal
 import struct
 import subprocess
@@ -274,6 +275,17 @@ class Wan:
         if self.created:
             subprocess.run(["ip", "netns", "del", self.namespace], capture_output=True)
             self.created = False
+
+
+def wan_unavailable() -> str | None:
+    """None when a WAN namespace can be made here; else why not."""
+    if shutil.which("ip") is None:
+        return "ip is not installed (apt-get install iproute2)"
+    if os.geteuid() != 0:
+        return "needs root (network namespaces, a TUN device)"
+    if not os.path.exists("/dev/net/tun"):
+        return "/dev/net/tun is missing"
+    return None
 
 
 def namespace_exists(name: str) -> bool:
