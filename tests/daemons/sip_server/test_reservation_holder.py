@@ -16,9 +16,11 @@ from protocols.tlib.errors import ErrorCode
 pytestmark = pytest.mark.timeout(120)
 
 
-async def test_the_holder_routes_its_next_call_past_a_reservation_used_up_elsewhere(
-        node_lab: Any) -> None:
-    lab = await node_lab(router_timeout=20)
+async def _x_used_up_on_c(lab: Any) -> tuple[Any, Any, Any, str]:
+    """Agent 1003 (owned by node C) logged in; URS reserves it at the owner for
+    call X, which waits on node C, and routes X there. Returns the agent's phone
+    (two calls), URS's and URS_other's routers on node A, and X's ConnID; node A
+    still keeps the reservation X used up."""
     phone = lab.agent_phone("1003", calls=2)  # dc2: owned by node C
     await lab.login_agents(["1003"])
     urs_c = await lab.router("C", "URS", "5000")
@@ -46,6 +48,13 @@ async def test_the_holder_routes_its_next_call_past_a_reservation_used_up_elsewh
     # X rang on node C: node A still keeps the reservation made for it
     kept = lab.status("A", "/status/reservations")["reserved"]
     assert [(e["dn"], e["conn_id"]) for e in kept] == [("1003", x)], kept
+    return phone, urs_a, other, x
+
+
+async def test_the_holder_routes_its_next_call_past_a_reservation_used_up_elsewhere(
+        node_lab: Any) -> None:
+    lab = await node_lab(router_timeout=20)
+    phone, urs_a, other, x = await _x_used_up_on_c(lab)
 
     # call Y waits on node A: another router may not take the agent, URS may
     second = lab.call("A", "5000")
@@ -78,30 +87,7 @@ async def test_another_router_routes_once_its_grant_reaches_the_node(node_lab: A
     reaches node A, which still keeps X's reservation, before the grant does. The
     route waits for the grant instead of being refused."""
     lab = await node_lab(router_timeout=20)
-    phone = lab.agent_phone("1003", calls=2)  # dc2: owned by node C
-    await lab.login_agents(["1003"])
-    urs_c = await lab.router("C", "URS", "5000")
-    urs_a = await lab.router("A", "URS", "5000")
-    other = await lab.router("A", "URS_other")
-
-    first = lab.call("C", "5000")
-    x = (await lab.until("X's EventRouteRequest", lambda: urs_c.of("EventRouteRequest"))
-         )[0]["AttributeConnID"]
-    reserver = await lab.desktop("C", app="URS")
-    granted = await reserver.request("RequestReserveAgent", AttributeThisDN="1003",
-                                     AttributeAgentID="a1003", AttributeConnID=x,
-                                     AttributeTimeout=60)
-    assert granted["message"] == "EventAgentReserved", granted
-    await lab.until("node A notes 1003 reserved for X", lambda: any(
-        e["dn"] == "1003" and e.get("reserved_for") == x
-        for e in lab.node("A").events("agent_reservation_noted")))
-    routed = await urs_c.request("RequestRouteCall", AttributeThisDN="5000",
-                                 AttributeConnID=x, AttributeOtherDN="1003")
-    assert routed["message"] == "EventRouteUsed", routed
-    stats = await asyncio.to_thread(first.stats, 30)
-    assert stats.get("SuccessfulCall(C)") == "1", (stats, first.errors())
-    kept = lab.status("A", "/status/reservations")["reserved"]
-    assert [(e["dn"], e["conn_id"]) for e in kept] == [("1003", x)], kept
+    phone, urs_a, other, _x = await _x_used_up_on_c(lab)
 
     second = lab.call("A", "5000")
     y = (await lab.until("Y's EventRouteRequest", lambda: urs_a.of("EventRouteRequest"))
