@@ -354,7 +354,6 @@ class SipServer(Service):
                        router=conn.application, holder=held.holder)
 
     def _grant_not_come(self, waiting: _WaitingRoute) -> None:
-        self._unpark(waiting)
         self._retry_route(waiting, final=True)
 
     def _unpark(self, waiting: _WaitingRoute) -> None:
@@ -367,8 +366,13 @@ class SipServer(Service):
             self._routes_awaiting_grant.pop(waiting.dn, None)
 
     def _retry_route(self, waiting: _WaitingRoute, *, final: bool) -> None:
-        """The route of ``waiting`` again, now that a grant came or time is up."""
+        """The route of ``waiting`` again, now that a grant came or time is up; it
+        keeps waiting (its timer running) while it still conflicts before then."""
         conn, request, rp, conn_id = waiting.conn, waiting.request, waiting.rp, waiting.conn_id
+        held = self.reserved.conflict(waiting.dn, conn_id, conn.application, self._monotonic())
+        if held is not None and not final and not conn.closed:
+            return
+        self._unpark(waiting)
         if conn.closed:
             return
         if self.routing.waiting(conn_id) is None:
@@ -376,16 +380,13 @@ class SipServer(Service):
                               f"Unknown ConnID: {conn_id} is not waiting on a routing point",
                               AttributeThisDN=rp, AttributeConnID=conn_id)
             return
-        held = self.reserved.conflict(waiting.dn, conn_id, conn.application, self._monotonic())
         if held is None:
             self.reserved_refusals.labels("granted-late").inc()
             self.log.info("route_to_reserved_agent_granted_late", conn_id=conn_id, rp=rp,
                           dn=waiting.dn, router=conn.application)
             self._route_decided(conn, request, rp, conn_id, waiting.dn)
-        elif final:
-            self._refuse_reserved(conn, request, rp, conn_id, held)
         else:
-            self._routes_awaiting_grant.setdefault(waiting.dn, []).append(waiting)
+            self._refuse_reserved(conn, request, rp, conn_id, held)
 
     def _refuse_reserved(self, conn: TLibConnection, request: RequestReceived, rp: str,
                          conn_id: str, held: HeldAgent) -> None:
@@ -424,7 +425,6 @@ class SipServer(Service):
                       reserved_for=held.conn_id, agent_id=held.agent_id, seconds=timeout)
         conn.answer(request, "EventACK", {"AttributeThisDN": dn})
         for waiting in list(self._routes_awaiting_grant.get(dn, [])):
-            self._unpark(waiting)
             self._retry_route(waiting, final=False)
 
     def _call_request(self, conn: TLibConnection, request: RequestReceived) -> None:
