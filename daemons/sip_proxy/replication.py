@@ -34,6 +34,12 @@ from the origin itself. It is *synced* once a full snapshot has arrived, or
 when no peer can be reached (it is the first proxy up), or after
 ``sync_timeout``. Until then the proxy answers 503 and ``/healthz`` fails.
 
+Coalescing. A publisher sends what it originates at once when its last frame
+to that subscriber left at least ``batch_interval`` ago (5 ms by default,
+``--replication-batch-ms``), else when that interval has passed, in one frame:
+under load every binding of the interval shares one frame, one write and one
+wake-up of the subscriber, and a binding waits at most the interval.
+
 Merging is idempotent, last writer wins by ``(stamp, origin)``
 (:meth:`daemons.sip_proxy.registrar.BindingStore.apply`), so duplicates
 and reordering between the full snapshot and the origins' streams are harmless.
@@ -76,6 +82,8 @@ class _Subscriber:
     want_full: bool = False
     #: binding fields the subscriber reads (its hello's ``fields``)
     fields: int = LEGACY_WIRE_FIELDS
+    #: loop time the last frame to it was written
+    last_sent: float = 0.0
 
 
 @dataclass(slots=True)
@@ -111,6 +119,7 @@ class Replicator:
         on_apply: Callable[[Binding], None] | None = None,
         family: str | None = None,
         sibling_port: int | None = None,
+        batch_interval: float = 0.005,
     ) -> None:
         self.name = name
         #: a worker of a sip-proxy with ``workers > 1`` (docs/sip-proxy.md, "Workers"):
@@ -120,6 +129,10 @@ class Replicator:
         #: a worker's own port, where only its sibling workers subscribe (the
         #: shared replication port is SO_REUSEPORT across the workers)
         self.sibling_port = sibling_port
+        #: seconds a binding may wait so that it shares a frame with the next ones
+        #: (see "Coalescing" above); 0 sends each wake-up's bindings at once
+        self.batch_interval = batch_interval
+        self.frames_sent = 0
         self._sibling_server: asyncio.AbstractServer | None = None
         self.host = host
         self.port = port
@@ -229,14 +242,20 @@ class Replicator:
         family = self.family
         return family is not None and (origin == family or origin.startswith(family + "~"))
 
-    def _relay(self, binding: Binding) -> None:
-        """A sibling worker's binding: to the other proxies subscribed here (the
+    def _relay(self, wire: list[Any]) -> None:
+        """A sibling worker's binding (as it came, already checked by
+        :meth:`Binding.from_wire`): to the other proxies subscribed here (the
         sibling streams it to the other workers itself)."""
-        wire = binding.to_wire()
+        if len(wire) > WIRE_FIELDS:
+            wire = wire[:WIRE_FIELDS]
         for sub in self.subscribers.values():
             if not self.in_family(sub.name):
-                sub.pending.append(wire if sub.fields >= WIRE_FIELDS else wire[:sub.fields])
+                sub.pending.append(wire if sub.fields >= len(wire) else wire[:sub.fields])
                 sub.wake.set()
+
+    def _relaying(self) -> bool:
+        """Some subscriber is another proxy (not a sibling worker)."""
+        return any(not self.in_family(sub.name) for sub in self.subscribers.values())
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         peer = writer.get_extra_info("peername")
@@ -295,9 +314,14 @@ class Replicator:
         self.sent += len(snapshot)
 
     async def _sender(self, sub: _Subscriber) -> None:
+        loop = asyncio.get_running_loop()
         try:
             while True:
                 await sub.wake.wait()
+                hold = sub.last_sent + self.batch_interval - loop.time()
+                if hold > 0:
+                    # a frame left a moment ago: the bindings of the interval share the next
+                    await asyncio.sleep(hold)
                 sub.wake.clear()
                 if sub.want_full:
                     sub.want_full = False
@@ -306,8 +330,12 @@ class Replicator:
                     await self._send_snapshot(sub.writer, snapshot)
                     continue
                 batch, sub.pending = sub.pending, []
+                if not batch:
+                    continue
                 for i in range(0, len(batch), BATCH):
                     sub.writer.write(encode_frame({"t": "upd", "b": batch[i:i + BATCH]}))
+                    self.frames_sent += 1
+                sub.last_sent = loop.time()
                 self.sent += len(batch)
                 if self._m_sent is not None:
                     self._m_sent.inc(len(batch))
@@ -394,7 +422,7 @@ class Replicator:
             decoder = FrameDecoder()
             apply = self.store.apply
             on_apply = self.on_apply
-            relay = self._relay if self.in_family(peer.name) else None
+            sibling = self.in_family(peer.name)
             counter = self._m_applied.labels(peer.name) if self._m_applied is not None \
                 else None
             while True:
@@ -409,6 +437,8 @@ class Replicator:
                         if not isinstance(items, list):
                             raise MalformedFrame("binding batch is not a list")
                         changed = 0
+                        # a sibling worker's bindings go on to the other proxies here
+                        relay = self._relay if sibling and self._relaying() else None
                         for item in items:
                             try:
                                 b = Binding.from_wire(item)
@@ -419,7 +449,7 @@ class Replicator:
                                 if on_apply is not None:
                                     on_apply(b)
                                 if relay is not None and b.origin == peer.name:
-                                    relay(b)
+                                    relay(item)
                         link.received += len(items)
                         self.applied += changed
                         if counter is not None and changed:
@@ -444,6 +474,8 @@ class Replicator:
             "bindings": len(self.store),
             "applied": self.applied,
             "sent": self.sent,
+            "frames_sent": self.frames_sent,
+            "batch_ms": round(self.batch_interval * 1000, 3),
             "port": self.port,
             "subscribers": sorted(s.name for s in self.subscribers.values()),
             "peers": {name: {"connected": lk.connected, "synced": lk.synced,

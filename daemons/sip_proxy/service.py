@@ -172,6 +172,9 @@ class SipProxy(Service):
                                     block_after=args.auth_block_after,
                                     block_seconds=args.auth_block_seconds)
         self.sync_timeout = args.sync_timeout
+        self.batch_ms: float = args.replication_batch_ms
+        if not 0 <= self.batch_ms <= 1000:
+            raise ValueError(f"--replication-batch-ms must be 0 to 1000, got {self.batch_ms:g}")
         self.core: ProxyCore | None = None
         self.replicator: Replicator | None = None
         self._tasks: list[asyncio.Task[Any]] = []
@@ -197,7 +200,8 @@ class SipProxy(Service):
             family=None if worker is None else self.app.name,
             sibling_port=None if worker is None else self.layout.replication_port(worker),
             # a sibling worker restarts in a moment: catch it quickly
-            retry_interval=1.0 if worker is None else 0.1)
+            retry_interval=1.0 if worker is None else 0.1,
+            batch_interval=self.batch_ms / 1000.0)
         replicator = self.replicator
         kwargs: dict[str, Any] = dict(
             router=self.router, store=self.store, metrics=self.metrics,
@@ -347,6 +351,9 @@ def add_parser(subparsers: Any) -> None:
                    help="how long a source is refused")
     p.add_argument("--sync-timeout", type=float, default=30.0,
                    help="serve anyway after this many seconds without a full snapshot")
+    p.add_argument("--replication-batch-ms", type=float, default=5.0,
+                   help="a binding waits up to this long to share a replication frame with "
+                        "the next ones (0: each at once)")
     p.add_argument("--worker", type=int, default=None, metavar="I",
                    help="run as worker I of a proxy with workers > 1 (started by the "
                         "proxy itself, see docs/sip-proxy.md)")

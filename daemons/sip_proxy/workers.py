@@ -116,7 +116,8 @@ _PASSED = (("log_level", "--log-level"), ("log_format", "--log-format"),
            ("oos_check", "--oos-check"), ("oos_force", "--oos-force"),
            ("rate_limit", "--rate-limit"), ("rate_burst", "--rate-burst"),
            ("auth_slow_after", "--auth-slow-after"), ("auth_block_after", "--auth-block-after"),
-           ("auth_block_seconds", "--auth-block-seconds"), ("sync_timeout", "--sync-timeout"))
+           ("auth_block_seconds", "--auth-block-seconds"), ("sync_timeout", "--sync-timeout"),
+           ("replication_batch_ms", "--replication-batch-ms"))
 
 
 def worker_argv(args: argparse.Namespace, index: int, http_port: int) -> list[str]:

@@ -102,6 +102,7 @@ def proxy_args(name: str, config: Path, **over: Any) -> argparse.Namespace:
         config=str(config), name=name, replication_port=None, feature_server_address=None,
         http_port=0, oos_check=0.3, oos_force=0.6, rate_limit=0.0, rate_burst=0.0,
         auth_slow_after=3, auth_block_after=6, auth_block_seconds=30.0, sync_timeout=20.0,
+        replication_batch_ms=5.0,
         log_level="warning", log_format="json")
     values.update(over)
     return argparse.Namespace(**values)

@@ -287,3 +287,13 @@ def test_bad_workers_value_is_refused(tmp_path: Path, free_port: Any) -> None:
                           timeout=30)
     assert done.returncode == 2
     assert b"workers" in done.stderr, done.stderr
+
+
+def test_bad_replication_batch_is_refused(tmp_path: Path, free_port: Any) -> None:
+    cfg = tmp_path / "cluster.toml"
+    write_config(cfg, free_port(PROXY), free_port(NODE), 0, 0, workers=2)
+    done = subprocess.run([sys.executable, "-m", "daemons.cli", "sip-proxy", "--config",
+                           str(cfg), "--name", "SPX_1", "--replication-batch-ms", "-1"],
+                          cwd=ROOT, capture_output=True, timeout=30)
+    assert done.returncode == 2
+    assert b"--replication-batch-ms must be 0 to 1000" in done.stderr, done.stderr
