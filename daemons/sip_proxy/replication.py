@@ -54,6 +54,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from daemons.runtime.service import cancel_and_wait
 from daemons.sip_proxy.registrar import LEGACY_WIRE_FIELDS, WIRE_FIELDS, Binding, BindingStore
 from protocols.tlib.errors import FrameTooLarge, MalformedFrame
 from protocols.tlib.framing import FrameDecoder, encode_frame
@@ -191,11 +192,8 @@ class Replicator:
         return self.port
 
     async def close(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        # a link's retry loop can outlive one cancel (cancel_and_wait says when)
+        await cancel_and_wait(*self._tasks)
         if self._server is not None:
             self._server.close()
         if self._sibling_server is not None:
