@@ -77,6 +77,7 @@ import atexit
 import contextlib
 import json
 import os
+import re
 import resource
 import shutil
 import socket
@@ -271,13 +272,40 @@ def sipp_stat(path: Path) -> tuple[int, int, int, float]:
             int(row["Retransmissions(C)"]), seconds)
 
 
+def sipp_failure_reasons(path: Path) -> dict[str, int]:
+    """Why SIPp failed calls, from its ``-trace_err`` file: each event's kind
+    ("unexpected 180 Ringing", "max retransmissions" ...), counted."""
+    if not path.exists():
+        return {}
+    reasons: dict[str, int] = {}
+    for m in re.finditer(r"Aborting call on unexpected message for Call-Id '[^']*': "
+                         r"while \w+ \(index \d+\), received '([^\r\n']*)", path.read_text(
+                             errors="replace")):
+        key = f"unexpected {m.group(1)[:40]}"
+        reasons[key] = reasons.get(key, 0) + 1
+    text = path.read_text(errors="replace")
+    for kind in ("Max retransmission", "timeout", "Call-Id not found"):
+        n = text.count(kind)
+        if n:
+            reasons[kind] = n
+    if not reasons:
+        first = next((line for line in text.splitlines() if line.startswith("20")), "")
+        if first:
+            reasons[first.split(": ", 1)[-1][:80]] = 1
+    return reasons
+
+
 def run_sipp(args: list[str], work: Path, name: str,
              timeout: float) -> tuple[int, int, int, float, float]:
-    """Run one SIPp UAC; its stat line plus its own CPU seconds."""
+    """Run one SIPp UAC; its stat line plus its own CPU seconds. Its error events
+    go to ``NAME.errors`` (read by :func:`sipp_failure_reasons`)."""
     stat = work / f"{name}.csv"
-    if stat.exists():
-        stat.unlink()
+    errors = work / f"{name}.errors"
+    for old in (stat, errors):
+        if old.exists():
+            old.unlink()
     cmd = ["sipp", *args, *SIPP_TUNING, "-trace_stat", "-stf", str(stat),
+           "-trace_err", "-error_file", str(errors),
            "-fd", "1", "-timeout", f"{int(timeout)}s", "-timeout_error"]
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     subprocess.run(cmd, cwd=work, capture_output=True, timeout=timeout + 30)
@@ -496,13 +524,16 @@ def step_search(server: Server, rates: list[int], seconds: float, work: Path,
         steps.append(step)
         budget = (f" of {100 * server.budget.cores:.0f}%, held back {held:.2f} s"
                   if server.budget else "")
+        why = sipp_failure_reasons(work / f"{tag}-{server.name}-{rate}.errors") \
+            if failed else {}
         print(f"  {tag:8} {server.name:16} offered {rate:5}/s: {step.rate:7.0f}/s "
               f"retrans {retrans:5} ok {ok:6} failed {failed:4} "
               f"{'pass' if step.clean else 'FAIL'}  CPU {step.cpu_per_1000:.3f} s/1000, "
               f"{step.server_cpu:.0f}%{budget}  "
               f"(SIPp UAC {step.sipp_cpu:.0f}%, node+phone {step.peer_cpu:.0f}%)"
               + (f"  LOG ERRORS {len(step.log_errors)}: {step.log_errors[0]}"
-                 if step.log_errors else ""),
+                 if step.log_errors else "")
+              + (f"  SIPp: {why}" if why else ""),
               flush=True)
         time.sleep(1.0)  # let the servers drain before the next step
         if not step.clean:
