@@ -98,6 +98,32 @@ _WS = " \t"
 _KEY_CACHE: dict[str, str] = {}
 
 
+def key_index(keys: list[str], key: str) -> int:
+    """The index of the first ``key`` in ``keys``, or -1.
+
+    Header keys are compared many times per message. ``list.index`` and ``in``
+    go through the generic rich comparison for every other name on the way;
+    compiled, this loop compares the strings directly (identity, then length
+    and bytes).
+    """
+    i = 0
+    n = len(keys)
+    while i < n:
+        if keys[i] == key:
+            return i
+        i += 1
+    return -1
+
+
+def key_count(keys: list[str], key: str) -> int:
+    """How many times ``key`` is in ``keys`` (see :func:`key_index`)."""
+    count = 0
+    for k in keys:
+        if k == key:
+            count += 1
+    return count
+
+
 _TOKEN_RE = re.compile(r"[A-Za-z0-9\-.!%*_+`'~]+")
 _TOKEN_WS_RE = re.compile(r"[A-Za-z0-9\-.!%*_+`'~ \t]*")
 _PARAM_NAME_CACHE: dict[str, str] = {}
@@ -774,9 +800,8 @@ class Headers:
         return self._first(header_key(name))
 
     def _first(self, key: str) -> str | None:
-        try:
-            index = self._keys.index(key)
-        except ValueError:
+        index = key_index(self._keys, key)
+        if index < 0:
             return None
         parts = self._parts
         if parts is not None:
@@ -806,12 +831,12 @@ class Headers:
 
     def count(self, name: str) -> int:
         """How many header lines are called ``name``."""
-        return self._keys.count(header_key(name))
+        return key_count(self._keys, header_key(name))
 
     def __contains__(self, name: object) -> bool:
         if not isinstance(name, str):
             return False
-        return header_key(name) in self._keys
+        return key_index(self._keys, header_key(name)) >= 0
 
     def __iter__(self) -> Iterator[tuple[str, str]]:
         for name, value in zip(self._names, self._values, strict=True):
@@ -871,7 +896,7 @@ class Headers:
         checked = _check_value(value)
         self._materialise()
         keys = self._keys
-        index = keys.index(key) if key in keys else 0
+        index = max(key_index(keys, key), 0)
         written = _CANONICAL.get(key) or name.strip(_WS)
         self._names_list.insert(index, written)
         keys.insert(index, key)
@@ -882,13 +907,12 @@ class Headers:
     def set(self, name: str, value: str) -> None:
         """Replace every line called ``name`` by one line, at the first one's position."""
         key = header_key(name)
-        keys = self._keys
-        if key not in keys:
+        index = key_index(self._keys, key)
+        if index < 0:
             self.add(name, value)
             return
         checked = _check_value(value)
         self._materialise()
-        index = keys.index(key)
         self._remove_where(key, start=index + 1)
         written = _CANONICAL.get(key) or name.strip(_WS)
         self._names_list[index] = written
@@ -912,11 +936,10 @@ class Headers:
         line goes: a proxy pops its own Via this way (RFC 3261 §16.7 step 3).
         """
         key = header_key(name)
-        keys = self._keys
-        if key not in keys:
+        index = key_index(self._keys, key)
+        if index < 0:
             return None
         self._materialise()
-        index = keys.index(key)
         values = self._values_list
         value = values[index]
         if key in LIST_HEADERS:
@@ -926,7 +949,7 @@ class Headers:
                 self._raws[index] = f"{self._names_list[index]}: {rest}"
                 self._changed()
                 return items[0].strip(_WS)
-        del self._names_list[index], keys[index], values[index], self._raws[index]
+        del self._names_list[index], self._keys[index], values[index], self._raws[index]
         self._changed()
         return value
 
@@ -965,7 +988,7 @@ class Headers:
         """
         keys = self._keys
         raws = self._raws
-        if content_length is not None and "content-length" in keys:
+        if content_length is not None and key_index(keys, "content-length") >= 0:
             cl_done = False
             names = self._names
             for name, key, raw in zip(names, keys, raws, strict=True):

@@ -34,6 +34,8 @@ from protocols.sip.headers import (
     Via,
     _is_token,
     header_key,
+    key_count,
+    key_index,
     parse_cseq,
     parse_name_addr,
     parse_name_addrs,
@@ -203,10 +205,9 @@ class Message:
         headers = self.headers
         via = headers._cache.get("top_via")
         if via is None:
-            try:
-                index = headers._keys.index("via")
-            except ValueError:
-                raise ParseError("missing Via header") from None
+            index = key_index(headers._keys, "via")
+            if index < 0:
+                raise ParseError("missing Via header")
             parts = headers._parts
             line = headers._values_list[index] if parts is None else parts[index][2].strip(_WS)
             if '"' in line:
@@ -222,10 +223,9 @@ class Message:
         headers = self.headers
         value: NameAddr | None = headers._cache.get(key)
         if value is None:
-            try:
-                index = headers._keys.index(key)
-            except ValueError:
-                raise ParseError(f"missing {label} header") from None
+            index = key_index(headers._keys, key)
+            if index < 0:
+                raise ParseError(f"missing {label} header")
             parts = headers._parts
             raw = headers._values_list[index] if parts is None else parts[index][2].strip(_WS)
             value = headers._cache[key] = parse_name_addr(raw)
@@ -245,10 +245,9 @@ class Message:
     def call_id(self) -> str:
         """The Call-ID (§20.8)."""
         headers = self.headers
-        try:
-            index = headers._keys.index("call-id")
-        except ValueError:
-            raise ParseError("missing Call-ID header") from None
+        index = key_index(headers._keys, "call-id")
+        if index < 0:
+            raise ParseError("missing Call-ID header")
         parts = headers._parts
         value = headers._values_list[index] if parts is None else parts[index][2].strip(_WS)
         if not value:
@@ -261,10 +260,9 @@ class Message:
         headers = self.headers
         value = headers._cache.get("cseq")
         if value is None:
-            try:
-                index = headers._keys.index("cseq")
-            except ValueError:
-                raise ParseError("missing CSeq header") from None
+            index = key_index(headers._keys, "cseq")
+            if index < 0:
+                raise ParseError("missing CSeq header")
             parts = headers._parts
             raw = headers._values_list[index] if parts is None else parts[index][2].strip(_WS)
             value = headers._cache["cseq"] = parse_cseq(raw)
@@ -608,13 +606,16 @@ def _parse_head(
     cache_get = _KEY_CACHE.get
     # a line without a colon, or a name never seen (or invalid), gives None
     keys = [cache_get(p[0]) if p[1] else None for p in parts]
-    if None in keys:
-        return _parse_head_slow(head, max_headers, max_line)
-    cl_count = keys.count("content-length")
-    if cl_count:
-        if cl_count > 1:
+    cl_index = -1
+    for i, k in enumerate(keys):
+        if k is None:
             return _parse_head_slow(head, max_headers, max_line)
-        cl_text = parts[keys.index("content-length")][2].strip(_WS)
+        if k == "content-length":
+            if cl_index >= 0:
+                return _parse_head_slow(head, max_headers, max_line)
+            cl_index = i
+    if cl_index >= 0:
+        cl_text = parts[cl_index][2].strip(_WS)
         if len(cl_text) < 10 and cl_text.isdigit() and cl_text.isascii():
             content_length: int | None = int(cl_text)
         else:
@@ -734,12 +735,13 @@ def make_response(
     values: list[str] = []
     raws: list[str | None] = []
     for key, name in _RESPONSE_COPIED:
-        if key not in src_keys:
+        first = key_index(src_keys, key)
+        if first < 0:
             continue
-        if key == "via" or src_keys.count(key) > 1:
+        if key == "via" or key_count(src_keys, key) > 1:
             indices = [i for i, k in enumerate(src_keys) if k == key]
         else:
-            indices = [src_keys.index(key)]
+            indices = [first]
         for i in indices:
             value = src_values[i] if parts is None else parts[i][2].strip(_WS)
             if key == "to" and to_tag is not None:
@@ -750,9 +752,9 @@ def make_response(
             keys.append(key)
             values.append(value)
             raws.append(f"{name}: {value}")
-    if status == 100 and "timestamp" in src_keys:
-        value = src_values[src_keys.index("timestamp")] if parts is None else (
-            parts[src_keys.index("timestamp")][2].strip(_WS))
+    stamp = key_index(src_keys, "timestamp") if status == 100 else -1
+    if stamp >= 0:
+        value = src_values[stamp] if parts is None else parts[stamp][2].strip(_WS)
         names.append("Timestamp")
         keys.append("timestamp")
         values.append(value)
@@ -803,10 +805,10 @@ def validate(msg: Message, *, allow_rfc2543: bool = False) -> None:
     if is_request and not allow_rfc2543:
         mandatory.append("max-forwards")
     for key in mandatory:
-        if key not in h._keys:
+        if key_index(h._keys, key) < 0:
             raise ParseError(f"missing {_LABELS[key]} header")
     for key in _SINGLE_HEADERS:
-        if h._keys.count(key) > 1:
+        if key_count(h._keys, key) > 1:
             raise ParseError(f"multiple {_LABELS[key]} headers")
 
     def check(what: str, fn: Any) -> Any:

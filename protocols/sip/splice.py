@@ -36,7 +36,7 @@ from collections.abc import Iterable, Sequence
 from functools import lru_cache
 from typing import Final
 
-from protocols.sip.headers import COMPACT_FORMS, Headers, header_key
+from protocols.sip.headers import COMPACT_FORMS, Headers, header_key, key_count, key_index
 from protocols.sip.message import Request, Response
 
 __all__ = ["edit_request", "edit_response", "pop_top_via", "splice_request"]
@@ -126,7 +126,7 @@ def _dropped(headers: Headers, drop: Iterable[str]) -> list[int]:
     keys = [header_key(name) for name in drop]
     if not keys:
         return []
-    return [i for i, k in enumerate(headers._keys) if k in keys]
+    return [i for i, k in enumerate(headers._keys) if key_index(keys, k) >= 0]
 
 
 def _splice_lines(data: bytes, first: int, end: int, headers: Headers, max_forwards: str,
@@ -136,12 +136,12 @@ def _splice_lines(data: bytes, first: int, end: int, headers: Headers, max_forwa
     message and whether it has a Max-Forwards line; ``None`` when that does
     not apply."""
     keys = headers._keys
-    found = keys.count("max-forwards")
+    found = key_count(keys, "max-forwards")
     if found > 1:
         return None
     edits: list[tuple[int, str | None]] = [(i, None) for i in _dropped(headers, drop)]
     if found:
-        i = keys.index("max-forwards")
+        i = key_index(keys, "max-forwards")
         line = headers._raws[i]
         if line is None:
             return None
@@ -203,10 +203,9 @@ def _pop_via_line(data: bytes, end: int, headers: Headers,
                   drop: Iterable[str]) -> bytes | None:
     """:func:`pop_top_via`'s edits by :func:`_edit_lines`; ``None`` when that does
     not apply."""
-    keys = headers._keys
-    if "via" not in keys:
+    index = key_index(headers._keys, "via")
+    if index < 0:
         return None
-    index = keys.index("via")
     line = headers._raws[index]
     if line is None:
         return None
