@@ -30,7 +30,7 @@ venv: $(STAMP)
 # of protocols/sip, daemons/sip_proxy and daemons/runtime); rebuilt whenever one of
 # their sources changes.
 SIP_COMPILED := $(patsubst %,protocols/sip/%.py,uri headers message timers rules transaction splice)
-PROXY_COMPILED := $(patsubst %,daemons/sip_proxy/%.py,routing forwarding flows security \
+PROXY_COMPILED := $(patsubst %,daemons/sip_proxy/%.py,registrar routing forwarding flows security \
                     registrar_front hop_by_hop proxy worker_core)
 RUNTIME_COMPILED := $(patsubst %,daemons/runtime/%.py,driver datagrams)
 COMPILE_STAMP := build/.sip-compiled

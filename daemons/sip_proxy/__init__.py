@@ -20,7 +20,7 @@ import protocols.sip
 __all__ = ["COMPILED", "COMPILED_MODULES"]
 
 #: The modules setup.py compiles, in dependency order.
-COMPILED_MODULES = ("routing", "forwarding", "flows", "security", "registrar_front",
+COMPILED_MODULES = ("registrar", "routing", "forwarding", "flows", "security", "registrar_front",
                     "hop_by_hop", "proxy", "worker_core")
 
 #: True when the mypyc-compiled proxy core is in use.

@@ -75,7 +75,7 @@ def test_fresh_build_runs_compiled_when_the_sip_stack_does(
     assert len(meta_path) > before and isinstance(finder, SourceFinder)
     spec = finder.find_spec("sc_probe_pkg.proxy")
     assert spec is not None and spec.origin == str(tree / "proxy.py")
-    assert finder.find_spec("sc_probe_pkg.registrar") is None  # not a compiled module
+    assert finder.find_spec("sc_probe_pkg.replication") is None  # not a compiled module
     assert finder.find_spec("other_pkg.proxy") is None
 
 
