@@ -65,6 +65,27 @@ class Binding:
     #: the data centre's proxy name the phone registered by (UDP, not behind NAT)
     proxy_name: str | None = None
 
+    # Written out rather than left to @dataclass: compiled, the generated one
+    # would run interpreted for every binding made (two per REGISTER).
+    def __init__(self, aor: str, contact: str, expires_at: float, stamp: float, origin: str,
+                 transport: str = "UDP", received: str | None = None,
+                 path: tuple[str, ...] = (), instance: str | None = None,
+                 reg_id: int | None = None, user_agent: str | None = None,
+                 q: float | None = None, proxy_name: str | None = None) -> None:
+        self.aor = aor
+        self.contact = contact
+        self.expires_at = expires_at
+        self.stamp = stamp
+        self.origin = origin
+        self.transport = transport
+        self.received = received
+        self.path = path
+        self.instance = instance
+        self.reg_id = reg_id
+        self.user_agent = user_agent
+        self.q = q
+        self.proxy_name = proxy_name
+
     @property
     def removed(self) -> bool:
         return self.expires_at <= self.stamp

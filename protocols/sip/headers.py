@@ -107,9 +107,8 @@ def key_index(keys: list[str], key: str) -> int:
     and bytes).
     """
     i = 0
-    n = len(keys)
-    while i < n:
-        if keys[i] == key:
+    for k in keys:
+        if k == key:
             return i
         i += 1
     return -1
