@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Iterator
-from typing import Any, cast
+from typing import Any, Final, cast
 
 from protocols.sip.errors import ParseError
 from protocols.sip.uri import SipUri, format_host, parse_hostport, parse_uri
@@ -95,7 +95,7 @@ _TOKEN_CHARS = frozenset(
 )
 _WS = " \t"
 
-_KEY_CACHE: dict[str, str] = {}
+_KEY_CACHE: Final[dict[str, str]] = {}
 
 
 def key_index(keys: list[str], key: str) -> int:
@@ -125,7 +125,7 @@ def key_count(keys: list[str], key: str) -> int:
 
 _TOKEN_RE = re.compile(r"[A-Za-z0-9\-.!%*_+`'~]+")
 _TOKEN_WS_RE = re.compile(r"[A-Za-z0-9\-.!%*_+`'~ \t]*")
-_PARAM_NAME_CACHE: dict[str, str] = {}
+_PARAM_NAME_CACHE: Final[dict[str, str]] = {}
 
 
 def _is_token(text: str) -> bool:
@@ -294,10 +294,12 @@ def _params_fast(text: str) -> dict[str, str | None] | None:
     name (and caches it) or raises the exact error.
     """
     params: dict[str, str | None] = {}
-    get = _PARAM_NAME_CACHE.get
+    # the dict in a typed local: compiled, ``names.get`` is a direct lookup, while
+    # a stored bound method (``get = d.get``) is a generic call per parameter
+    names = _PARAM_NAME_CACHE
     for item in text.split(";"):
         raw_name, eq, value = item.partition("=")
-        name = get(raw_name)
+        name = names.get(raw_name)
         if name is None:
             return None
         if eq:

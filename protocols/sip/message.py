@@ -513,9 +513,9 @@ def _split_headers(
                 merged.append(line)
         lines = merged
     parts = [line.partition(":") for line in lines]
-    cache_get = _KEY_CACHE.get
+    cache = _KEY_CACHE
     names = [p[0] for p in parts]
-    keys = [cache_get(n) or header_key(n) for n in names]
+    keys = [cache.get(n) or header_key(n) for n in names]
     if folded:
         values = [
             " ".join(q for q in (r.strip(_WS) for r in p[2].split("\r\n")) if q)
@@ -603,9 +603,11 @@ def _parse_head(
     start = lines[0]
     del lines[0]
     parts = [line.partition(":") for line in lines]
-    cache_get = _KEY_CACHE.get
+    # the dict in a typed local: compiled, ``cache.get`` is a direct lookup (a
+    # stored bound method would be a generic call per line)
+    cache = _KEY_CACHE
     # a line without a colon, or a name never seen (or invalid), gives None
-    keys = [cache_get(p[0]) if p[1] else None for p in parts]
+    keys = [cache.get(p[0]) if p[1] else None for p in parts]
     cl_index = -1
     for i, k in enumerate(keys):
         if k is None:
