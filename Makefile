@@ -32,7 +32,7 @@ venv: $(STAMP)
 SIP_COMPILED := $(patsubst %,protocols/sip/%.py,uri headers message timers rules transaction splice)
 PROXY_COMPILED := $(patsubst %,daemons/sip_proxy/%.py,registrar routing forwarding flows security \
                     registrar_front hop_by_hop proxy worker_core)
-RUNTIME_COMPILED := $(patsubst %,daemons/runtime/%.py,driver datagrams)
+RUNTIME_COMPILED := $(patsubst %,daemons/runtime/%.py,tally driver datagrams)
 COMPILE_STAMP := build/.sip-compiled
 
 $(COMPILE_STAMP): $(STAMP) setup.py protocols/sip/__init__.py daemons/sip_proxy/__init__.py \

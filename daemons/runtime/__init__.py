@@ -1,7 +1,8 @@
 """The runtime the daemons share: config, logging, management, drivers and transports.
 
-The glue every sans-I/O object is driven by (``driver``) and the per-datagram
-path of the SIP UDP transport (``datagrams``), ``COMPILED_MODULES``, may be
+The glue every sans-I/O object is driven by (``driver``), the per-datagram
+path of the SIP UDP transport (``datagrams``) and the counter it counts
+messages with (``tally``), ``COMPILED_MODULES``, may be
 compiled with mypyc by ``setup.py``, as a third group beside the SIP stack's
 and the sip-proxy's (docs/sip-stack.md, "Compiled hot path"). They run
 compiled under the same rules as ``protocols.sip``'s (fresh builds only,
@@ -19,7 +20,7 @@ import protocols.sip
 __all__ = ["COMPILED", "COMPILED_MODULES"]
 
 #: The modules setup.py compiles, in dependency order.
-COMPILED_MODULES = ("driver", "datagrams")
+COMPILED_MODULES = ("tally", "driver", "datagrams")
 
 #: True when the mypyc-compiled modules of the runtime are in use.
 COMPILED: bool = protocols.sip.select_build(

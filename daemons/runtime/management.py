@@ -36,6 +36,7 @@ from prometheus_client.core import CounterMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
 from daemons.runtime.logs import get_logger
+from daemons.runtime.tally import Tally
 
 HealthCheck = Callable[[], tuple[bool, dict[str, Any]]]
 #: adds a daemon's own routes to its management application
@@ -47,16 +48,6 @@ StatusPage = Callable[[], Any]
 #: longest ``detail`` of an ``http_bad_request`` line: the refused input is
 #: quoted in aiohttp's message and may be any size
 _DETAIL_MAX = 200
-
-
-class _Tally:
-    __slots__ = ("value",)
-
-    def __init__(self) -> None:
-        self.value = 0
-
-    def inc(self, amount: int = 1) -> None:
-        self.value += amount
 
 
 class TallyCounter:
@@ -72,13 +63,13 @@ class TallyCounter:
         self.name = f"{metrics.namespace}_{name}" if metrics.namespace else name
         self.doc = doc
         self.label_names = labels
-        self._children: dict[tuple[str, ...], _Tally] = {}
+        self._children: dict[tuple[str, ...], Tally] = {}
         metrics.registry.register(self)
 
-    def labels(self, *values: str) -> _Tally:
+    def labels(self, *values: str) -> Tally:
         child = self._children.get(values)
         if child is None:
-            child = self._children[values] = _Tally()
+            child = self._children[values] = Tally()
         return child
 
     def describe(self) -> Iterator[CounterMetricFamily]:
