@@ -722,16 +722,16 @@ class Headers:
     unfolded (line folding replaced by a single space) and stripped. Untouched
     lines keep their original text for byte-exact serialisation.
 
-    A parsed header section without folding keeps each line split at its
-    first colon (``_parts``, set by the message parser) and builds the lists
-    of names and values only when something needs all of them; a single
-    lookup strips just the value it returns.
+    A parsed header section without folding keeps each line's text and the
+    position of its first colon (``_colons``, set by the message parser) and
+    builds the lists of names and values only when something needs all of
+    them; a single lookup slices and strips just the value it returns.
     """
 
-    __slots__ = ("_cache", "_dirty", "_keys", "_names_list", "_parts", "_raws", "_unfolded",
+    __slots__ = ("_cache", "_colons", "_dirty", "_keys", "_names_list", "_raws", "_unfolded",
                  "_values_list")
 
-    _parts: list[tuple[str, str, str]] | None
+    _colons: list[int] | None
 
     def __init__(self, items: Iterable[tuple[str, str]] = ()) -> None:
         self._names_list: list[str] = []
@@ -739,7 +739,7 @@ class Headers:
         self._values_list: list[str] = []
         # the text of each line: as received, or "Name: value" as written
         self._raws: list[str | None] = []
-        self._parts = None
+        self._colons = None
         self._cache: dict[str, Any] = {}
         self._dirty = True
         # lines written in code cannot fold (add() refuses CR and LF); the
@@ -757,28 +757,36 @@ class Headers:
         self._keys = keys
         self._values_list = values
         self._raws = raws
-        self._parts = None
+        self._colons = None
         self._cache = {}
         self._dirty = False
         return self
 
     def _materialise(self) -> None:
         """Build the name and value lists of a lazily split header section."""
-        parts = self._parts
-        if parts is not None:
-            self._names_list = [p[0] for p in parts]
-            self._values_list = [p[2].strip(_WS) for p in parts]
-            self._parts = None
+        colons = self._colons
+        if colons is not None:
+            raws = cast("list[str]", self._raws)
+            self._names_list = [raws[i][:c] for i, c in enumerate(colons)]
+            self._values_list = [raws[i][c + 1 :].strip(_WS) for i, c in enumerate(colons)]
+            self._colons = None
+
+    def _value(self, index: int) -> str:
+        """The value of line ``index``, stripped (a lazily split line is sliced)."""
+        colons = self._colons
+        if colons is None:
+            return self._values_list[index]
+        return cast(str, self._raws[index])[colons[index] + 1 :].strip(_WS)
 
     @property
     def _names(self) -> list[str]:
-        if self._parts is not None:
+        if self._colons is not None:
             self._materialise()
         return self._names_list
 
     @property
     def _values(self) -> list[str]:
-        if self._parts is not None:
+        if self._colons is not None:
             self._materialise()
         return self._values_list
 
@@ -804,15 +812,11 @@ class Headers:
         index = key_index(self._keys, key)
         if index < 0:
             return None
-        parts = self._parts
-        if parts is not None:
-            return parts[index][2].strip(_WS)
-        return self._values_list[index]
+        return self._value(index)
 
     def _lines(self, key: str) -> list[str]:
-        parts = self._parts
-        if parts is not None:
-            return [parts[i][2].strip(_WS) for i, k in enumerate(self._keys) if k == key]
+        if self._colons is not None:
+            return [self._value(i) for i, k in enumerate(self._keys) if k == key]
         return [v for k, v in zip(self._keys, self._values_list, strict=True) if k == key]
 
     def get_lines(self, name: str) -> list[str]:
@@ -878,12 +882,7 @@ class Headers:
         if "\r" in value or "\n" in value:
             raise ParseError("header value must not contain CR or LF")
         value = value.strip(_WS)
-        if self._parts is not None:
-            self._materialise()
-        self._names_list.append(written)
-        self._keys.append(key)
-        self._values_list.append(value)
-        self._raws.append(f"{written}: {value}")
+        self._insert_line(len(self._keys), key, written, value)
         self._dirty = True
         if self._cache:
             self._cache.clear()
@@ -895,14 +894,9 @@ class Headers:
         """
         key = header_key(name)
         checked = _check_value(value)
-        self._materialise()
-        keys = self._keys
-        index = max(key_index(keys, key), 0)
+        index = max(key_index(self._keys, key), 0)
         written = _CANONICAL.get(key) or name.strip(_WS)
-        self._names_list.insert(index, written)
-        keys.insert(index, key)
-        self._values_list.insert(index, checked)
-        self._raws.insert(index, f"{written}: {checked}")
+        self._insert_line(index, key, written, checked)
         self._changed()
 
     def set(self, name: str, value: str) -> None:
@@ -913,18 +907,14 @@ class Headers:
             self.add(name, value)
             return
         checked = _check_value(value)
-        self._materialise()
         self._remove_where(key, start=index + 1)
         written = _CANONICAL.get(key) or name.strip(_WS)
-        self._names_list[index] = written
-        self._values_list[index] = checked
-        self._raws[index] = f"{written}: {checked}"
+        self._set_line(index, written, checked)
         self._changed()
 
     def remove(self, name: str) -> int:
         """Remove every line called ``name``; return how many were removed."""
         key = header_key(name)
-        self._materialise()
         removed = self._remove_where(key, start=0)
         if removed:
             self._changed()
@@ -940,35 +930,68 @@ class Headers:
         index = key_index(self._keys, key)
         if index < 0:
             return None
-        self._materialise()
-        values = self._values_list
-        value = values[index]
+        value = self._value(index)
         if key in LIST_HEADERS:
             items = split_list(value)
             if len(items) > 1:
-                values[index] = rest = ",".join(items[1:]).strip(_WS)
-                self._raws[index] = f"{self._names_list[index]}: {rest}"
+                rest = ",".join(items[1:]).strip(_WS)
+                self._set_line(index, self._name_at(index), rest)
                 self._changed()
                 return items[0].strip(_WS)
-        del self._names_list[index], self._keys[index], values[index], self._raws[index]
+        self._delete_line(index)
         self._changed()
         return value
 
     def _remove_where(self, key: str, start: int) -> int:
-        """Delete the lines called ``key`` from ``start`` on (lists already materialised)."""
+        """Delete the lines called ``key`` from ``start`` on."""
         keys = self._keys
-        names = self._names_list
-        values = self._values_list
-        raws = self._raws
         removed = 0
         i = start
         while i < len(keys):
             if keys[i] == key:
-                del names[i], keys[i], values[i], raws[i]
+                self._delete_line(i)
                 removed += 1
             else:
                 i += 1
         return removed
+
+    # The line edits below keep a lazily split section lazy: its lines stay
+    # text with the colon's position, so an edit before forwarding (a popped
+    # Route, a new Via) does not split every other line.
+
+    def _name_at(self, index: int) -> str:
+        """The name of line ``index`` as written."""
+        colons = self._colons
+        if colons is None:
+            return self._names_list[index]
+        return cast(str, self._raws[index])[: colons[index]]
+
+    def _insert_line(self, index: int, key: str, written: str, value: str) -> None:
+        self._keys.insert(index, key)
+        self._raws.insert(index, f"{written}: {value}")
+        colons = self._colons
+        if colons is not None:
+            colons.insert(index, len(written))
+        else:
+            self._names_list.insert(index, written)
+            self._values_list.insert(index, value)
+
+    def _set_line(self, index: int, written: str, value: str) -> None:
+        self._raws[index] = f"{written}: {value}"
+        colons = self._colons
+        if colons is not None:
+            colons[index] = len(written)
+        else:
+            self._names_list[index] = written
+            self._values_list[index] = value
+
+    def _delete_line(self, index: int) -> None:
+        del self._keys[index], self._raws[index]
+        colons = self._colons
+        if colons is not None:
+            del colons[index]
+        else:
+            del self._names_list[index], self._values_list[index]
 
     def copy(self) -> Headers:
         """An independent copy (raw texts kept)."""
@@ -991,15 +1014,14 @@ class Headers:
         raws = self._raws
         if content_length is not None and key_index(keys, "content-length") >= 0:
             cl_done = False
-            names = self._names
-            for name, key, raw in zip(names, keys, raws, strict=True):
+            for i, key in enumerate(keys):
                 if key == "content-length":
                     if cl_done:
                         continue
                     cl_done = True
-                    out.append(f"{name.strip(_WS)}: {content_length}\r\n")
+                    out.append(f"{self._name_at(i).strip(_WS)}: {content_length}\r\n")
                     continue
-                out.append(f"{raw}\r\n")
+                out.append(f"{raws[i]}\r\n")
             return
         if raws:
             out.append("\r\n".join(cast("list[str]", raws)))

@@ -208,8 +208,7 @@ class Message:
             index = key_index(headers._keys, "via")
             if index < 0:
                 raise ParseError("missing Via header")
-            parts = headers._parts
-            line = headers._values_list[index] if parts is None else parts[index][2].strip(_WS)
+            line = headers._value(index)
             if '"' in line:
                 first = split_list(line)[0]
             else:
@@ -226,8 +225,7 @@ class Message:
             index = key_index(headers._keys, key)
             if index < 0:
                 raise ParseError(f"missing {label} header")
-            parts = headers._parts
-            raw = headers._values_list[index] if parts is None else parts[index][2].strip(_WS)
+            raw = headers._value(index)
             value = headers._cache[key] = parse_name_addr(raw)
         return value
 
@@ -248,8 +246,7 @@ class Message:
         index = key_index(headers._keys, "call-id")
         if index < 0:
             raise ParseError("missing Call-ID header")
-        parts = headers._parts
-        value = headers._values_list[index] if parts is None else parts[index][2].strip(_WS)
+        value = headers._value(index)
         if not value:
             raise ParseError("missing Call-ID header")
         return value
@@ -263,8 +260,7 @@ class Message:
             index = key_index(headers._keys, "cseq")
             if index < 0:
                 raise ParseError("missing CSeq header")
-            parts = headers._parts
-            raw = headers._values_list[index] if parts is None else parts[index][2].strip(_WS)
+            raw = headers._value(index)
             value = headers._cache["cseq"] = parse_cseq(raw)
         return value
 
@@ -602,22 +598,27 @@ def _parse_head(
             return _parse_head_slow(head, max_headers, max_line)
     start = lines[0]
     del lines[0]
-    parts = [line.partition(":") for line in lines]
+    # each line keeps its text and the position of its colon; the value is
+    # sliced only when read (most are never read by a proxy)
+    colons = [line.find(":") for line in lines]
     # the dict in a typed local: compiled, ``cache.get`` is a direct lookup (a
     # stored bound method would be a generic call per line)
     cache = _KEY_CACHE
-    # a line without a colon, or a name never seen (or invalid), gives None
-    keys = [cache.get(p[0]) if p[1] else None for p in parts]
+    keys: list[str] = []
     cl_index = -1
-    for i, k in enumerate(keys):
+    for i, line in enumerate(lines):
+        colon = colons[i]
+        # a line without a colon, or a name never seen (or invalid): the slow path
+        k = cache.get(line[:colon]) if colon > 0 else None
         if k is None:
             return _parse_head_slow(head, max_headers, max_line)
         if k == "content-length":
             if cl_index >= 0:
                 return _parse_head_slow(head, max_headers, max_line)
             cl_index = i
+        keys.append(k)
     if cl_index >= 0:
-        cl_text = parts[cl_index][2].strip(_WS)
+        cl_text = lines[cl_index][colons[cl_index] + 1 :].strip(_WS)
         if len(cl_text) < 10 and cl_text.isdigit() and cl_text.isascii():
             content_length: int | None = int(cl_text)
         else:
@@ -625,8 +626,8 @@ def _parse_head(
     else:
         content_length = None
     headers = Headers()
-    headers._keys = cast("list[str]", keys)
-    headers._parts = parts
+    headers._keys = keys
+    headers._colons = colons
     headers._raws = cast("list[str | None]", lines)
     headers._cache = {}
     headers._dirty = False
@@ -728,10 +729,6 @@ def make_response(
         raise ParseError(f"status code {status} out of range")
     src = request.headers
     src_keys = src._keys
-    parts = src._parts
-    # a parsed header section keeps its lines split at the colon (``_parts``)
-    # until something needs the whole list of values
-    src_values = src._values_list if parts is None else []
     names: list[str] = []
     keys: list[str] = []
     values: list[str] = []
@@ -745,7 +742,7 @@ def make_response(
         else:
             indices = [first]
         for i in indices:
-            value = src_values[i] if parts is None else parts[i][2].strip(_WS)
+            value = src._value(i)
             if key == "to" and to_tag is not None:
                 # a tag parameter needs the letters "tag"; only then parse To
                 if "tag" not in value.lower() or request.to.tag is None:
@@ -756,7 +753,7 @@ def make_response(
             raws.append(f"{name}: {value}")
     stamp = key_index(src_keys, "timestamp") if status == 100 else -1
     if stamp >= 0:
-        value = src_values[stamp] if parts is None else parts[stamp][2].strip(_WS)
+        value = src._value(stamp)
         names.append("Timestamp")
         keys.append("timestamp")
         values.append(value)
