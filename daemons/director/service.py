@@ -486,6 +486,7 @@ class Director(Service):
             self.t_controller, self.t_controller_name = client, app.name
             self.log.info("t_controller_linked", t_controller=app.name, peer=client.peer,
                           agent_dns=len(self.agent_dns))
+            futures: list[asyncio.Future[Any]] = []
             try:
                 futures = [client.submit("RequestRegisterAddress", AttributeThisDN=dn)
                            for dn in self.agent_dns]
@@ -497,6 +498,13 @@ class Director(Service):
             finally:
                 self.t_controller = None
                 await client.close()
+                # a link lost during the registrations fails every request still
+                # waiting: those errors are this loss, already handled here
+                for future in futures:
+                    if not future.done():
+                        future.cancel()
+                    elif not future.cancelled():
+                        future.exception()
             self.log.warning("t_controller_link_lost", t_controller=app.name,
                              reason=client.lost_reason)
             router.t_controller_lost()
