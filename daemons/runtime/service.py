@@ -121,9 +121,44 @@ def run_service(service: Service, *, use_uvloop: bool = True) -> int:
     return 0
 
 
+#: how long after a stop signal a daemon may take before it logs what it still waits on
+STOP_REPORT_AFTER = 5.0
+
+
 def _on_signal(service: Service, sig: signal.Signals) -> None:
     service.log.info("signal_received", signal=sig.name)
+    if service.stopping.is_set():
+        return
     service.stopping.set()
+    asyncio.get_running_loop().call_later(STOP_REPORT_AFTER, _report_slow_stop, service)
+
+
+def _report_slow_stop(service: Service) -> None:
+    """Log the tasks a stop has waited on for STOP_REPORT_AFTER seconds (and where
+    each is suspended), so that a daemon systemd has to kill says why."""
+    service.log.warning("daemon_stop_slow", after_s=STOP_REPORT_AFTER,
+                        waiting_on=pending_tasks())
+
+
+def pending_tasks() -> list[str]:
+    """Every unfinished task but the current one, as ``name: file:line function >
+    ...``: the chain of coroutines it awaits, from its own to the innermost."""
+    current = asyncio.current_task()
+    found = []
+    for task in asyncio.all_tasks():
+        if task is current or task.done():
+            continue
+        chain = []
+        coro: Any = task.get_coro()
+        while coro is not None:
+            frame = getattr(coro, "cr_frame", None)
+            if frame is None:  # a compiled coroutine or an awaited future
+                chain.append(type(coro).__name__)
+                break
+            chain.append(f"{frame.f_code.co_filename}:{frame.f_lineno} {frame.f_code.co_name}")
+            coro = getattr(coro, "cr_await", None)
+        found.append(f"{task.get_name()}: {' > '.join(chain)}")
+    return sorted(found)
 
 
 #: how often a task that went on after its cancellation is cancelled again

@@ -93,7 +93,8 @@ def responder(free_port: object, tmp_path: Path) -> Iterator[object]:
             code = r.proc.wait(timeout=10)
         except subprocess.TimeoutExpired:
             r.proc.kill()
-            pytest.fail("responder did not stop on SIGTERM")
+            pytest.fail(f"responder did not stop on SIGTERM in 10 s:\n"
+                        f"{r.log_path.read_text()[-3000:]}")
         assert code == 0, r.log_path.read_text()[-3000:]
 
 

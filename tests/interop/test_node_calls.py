@@ -180,7 +180,8 @@ def node_process(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
         code = proc.wait(timeout=10)
     except subprocess.TimeoutExpired:
         proc.kill()
-        pytest.fail("sip-server did not stop on SIGTERM")
+        pytest.fail(f"sip-server did not stop on SIGTERM in 10 s:\n"
+                    f"{log_path.read_text()[-3000:]}")
     text = log_path.read_text()
     assert code == 0, text[-3000:]
     assert "daemon_stopped" in text

@@ -41,7 +41,8 @@ def node_process(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
         assert proc.wait(timeout=10) == 0
     except subprocess.TimeoutExpired:
         proc.kill()
-        pytest.fail("sip-server did not stop on SIGTERM")
+        pytest.fail(f"sip-server did not stop on SIGTERM in 10 s:\n"
+                    f"{log_path.read_text()[-3000:]}")
 
 
 @pytest.fixture
