@@ -69,6 +69,7 @@ def main() -> int:
         result = {
             "minutes": args.minutes, "ok": report["ok"],
             "lost_bindings": len(report["lost_bindings"]),
+            "stale_bindings": len(report.get("stale_bindings", [])),
             "calls_left_up": sum(report["calls_left_up"].values()),
             "calls_ok": sum(w["ok"] for w in calls.values()),
             "calls_failed": sum(w["failed"] for w in calls.values()),

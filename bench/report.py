@@ -340,8 +340,9 @@ def drill_rows(r: dict[str, Any]) -> list[Row]:
     return [Row(f"lab drill {num(r.get('minutes'))} min: proxy, node, t-controller killed, "
                 "data centres cut",
                 f"{num(r.get('lost_bindings'), '{:d}')} lost bindings, "
+                f"{num(r.get('stale_bindings'), '{:d}')} stale, "
                 f"{num(r.get('calls_left_up'), '{:d}')} calls left up",
-                "0 lost, 0 left up", yes_no(bool(r.get("ok"))),
+                "0 lost, 0 stale, 0 left up", yes_no(bool(r.get("ok"))),
                 f"{num(r.get('calls_failed'), '{:d}')} of "
                 f"{num((r.get('calls_ok') or 0) + (r.get('calls_failed') or 0), '{:d}')} calls "
                 f"failed: {json.dumps(r.get('failed_by_fault'))}",

@@ -10,10 +10,14 @@ then heals. When the load stops the drill reports:
   the window of the fault that was in force);
 * lost bindings: an account SIPp registered (a 200) whose binding is
   missing from a running proxy (every proxy knows every binding);
+* stale bindings: a binding a running proxy holds for one of the drill's
+  accounts that is not what the phone registered last: a contact the phone
+  never registered, or an expiry older than the last 200 granted (the
+  proxy kept an earlier REGISTER's binding: a refresh did not reach it);
 * calls left up on the nodes once the load ended;
 * memory growth of each daemon that was not restarted, per hour.
 
-Lost bindings or calls left up make the exit status 1: nothing the cluster
+Lost or stale bindings or calls left up make the exit status 1: nothing the cluster
 accepted may be lost. ``make test`` runs a short drill on a lab of its own;
 ``bench/`` a long one.
 """
@@ -64,18 +68,22 @@ class DrillReport:
     calls: dict[str, dict[str, int]] = field(default_factory=dict)
     registered: dict[str, int] = field(default_factory=dict)
     lost_bindings: list[str] = field(default_factory=list)
+    stale_bindings: list[str] = field(default_factory=list)
     calls_left_up: dict[str, int] = field(default_factory=dict)
     memory_mb_per_hour: dict[str, float] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
-        return not self.lost_bindings and not any(self.calls_left_up.values())
+        # a drill whose phones never registered proved nothing
+        return (bool(self.registered) and not self.lost_bindings and not self.stale_bindings
+                and not any(self.calls_left_up.values()))
 
     def as_dict(self) -> dict[str, Any]:
         return {"ok": self.ok, "duration": self.duration, "faults": self.faults,
                 "calls": self.calls, "registered": self.registered,
-                "lost_bindings": self.lost_bindings, "calls_left_up": self.calls_left_up,
+                "lost_bindings": self.lost_bindings,
+                "stale_bindings": self.stale_bindings, "calls_left_up": self.calls_left_up,
                 "memory_mb_per_hour": self.memory_mb_per_hour, "notes": self.notes}
 
     def text(self) -> str:
@@ -88,6 +96,10 @@ class DrillReport:
             f"{dn} {n}" for dn, n in sorted(self.registered.items())))
         lines.append(f"  lost bindings: {len(self.lost_bindings)} "
                      + (", ".join(self.lost_bindings[:10]) if self.lost_bindings else ""))
+        if not self.registered:
+            lines.append("  no REGISTER succeeded: the load did not run (see the SIPp logs)")
+        lines.append(f"  stale bindings: {len(self.stale_bindings)} "
+                     + (", ".join(self.stale_bindings[:10]) if self.stale_bindings else ""))
         lines.append(f"  calls left up: {sum(self.calls_left_up.values())} "
                      + json.dumps(self.calls_left_up))
         grow = ", ".join(f"{n} {v:+.1f}" for n, v in sorted(self.memory_mb_per_hour.items()))
@@ -182,6 +194,76 @@ def _window(at: float, start: float, faults: list[Fault]) -> str:
         if fault.at <= offset:
             current = "steady" if fault.action in ("restart", "heal") else fault.label()
     return current
+
+
+@dataclass(frozen=True)
+class Registered:
+    """An account's last REGISTER 200 as the phone saw it."""
+
+    contact: str
+    at: float  # epoch seconds
+    granted: int  # the expires its Contact granted; 0 when it named none
+
+
+#: how far a proxy's expiry may fall short of the phone's last 200 + granted (the
+#: proxy's own receive time, the relay to the phone, whole seconds in the dump)
+EXPIRY_SLACK = 3.0
+
+
+def compare_bindings(registered: dict[str, Registered], bindings: list[dict[str, Any]],
+                     now: float) -> tuple[list[str], list[str]]:
+    """``(lost, stale)`` for one proxy's binding dump (``/status/registrations``):
+    lost, an account whose registered contact the proxy does not hold; stale, a
+    binding of one of these accounts with another contact, or whose expiry is
+    earlier than the last 200 gave (``DN contact``, with the seconds short)."""
+    lost: list[str] = []
+    stale: list[str] = []
+    held: dict[str, list[dict[str, Any]]] = {}
+    for b in bindings:
+        dn = str(b.get("aor", "")).removeprefix("sip:").split("@")[0]
+        if dn in registered:
+            held.setdefault(dn, []).append(b)
+    for dn, reg in sorted(registered.items()):
+        mine = held.get(dn, [])
+        found = [b for b in mine if str(b.get("contact", "")).startswith(reg.contact)]
+        if not found:
+            lost.append(dn)
+        for b in mine:
+            if b not in found:
+                stale.append(f"{dn} {b.get('contact')} (not registered by the phone)")
+        if reg.granted:
+            for b in found:
+                short = reg.at + reg.granted - (now + int(b.get("expires", 0)))
+                if short > EXPIRY_SLACK:
+                    stale.append(f"{dn} {reg.contact} (expires {short:.0f} s early)")
+    return lost, stale
+
+
+def _registrations(loads: list[_Load], report: DrillReport) -> dict[str, Registered]:
+    """Each account's last 200 from the REGISTER loads' logs (``registered DN
+    SECONDS MICROSECONDS GRANTED``); counts the 200s in ``report.registered``."""
+    last: dict[str, Registered] = {}
+    for load in loads:
+        if not load.name.startswith("register"):
+            continue
+        logfile = load.workdir / "log.txt"
+        if not logfile.exists():
+            continue
+        contact_of = f"sip:{{}}@{load.address}:{load.port}"
+        for line in logfile.read_text(errors="replace").splitlines():
+            words = line.split()
+            if len(words) < 2 or words[0] != "registered":
+                continue
+            dn = words[1]
+            report.registered[dn] = report.registered.get(dn, 0) + 1
+            try:  # SIPp prints its numeric variables as %f
+                at = float(words[2]) + float(words[3]) / 1e6
+                granted = int(float(words[4])) if len(words) > 4 else 0
+            except (IndexError, ValueError):
+                at, granted = 0.0, 0
+            if dn not in last or at >= last[dn].at:
+                last[dn] = Registered(contact_of.format(dn), at, granted)
+    return last
 
 
 def run_drill(directory: Path, *, duration: float = 120.0, register_rate: float = 10.0,
@@ -297,21 +379,9 @@ def run_drill(directory: Path, *, duration: float = 120.0, register_rate: float 
                 w = windows.setdefault(_window(at, start, faults), {"ok": 0, "failed": 0})
                 w[key] += value
     report.calls = windows
-    # bindings: every account SIPp registered is bound on every running proxy
-    expected: set[tuple[str, str]] = set()
-    for load in loads:
-        if not load.name.startswith("register"):
-            continue
-        logfile = load.workdir / "log.txt"
-        oks: dict[str, int] = {}
-        if logfile.exists():
-            for line in logfile.read_text(errors="replace").splitlines():
-                if line.startswith("registered "):
-                    dn = line.split()[1]
-                    oks[dn] = oks.get(dn, 0) + 1
-        for dn, count in oks.items():
-            report.registered[dn] = report.registered.get(dn, 0) + count
-        expected |= {(dn, f"sip:{dn}@{load.address}:{load.port}") for dn in oks}
+    # bindings: every account SIPp registered is bound on every running proxy, as
+    # its last 200 left it
+    registered = _registrations(loads, report)
     for centre in centres.values():
         for proxy in centre["proxies"]:
             if not sup.alive(proxy["name"]) or not proxy.get("http_port"):
@@ -321,12 +391,9 @@ def run_drill(directory: Path, *, duration: float = 120.0, register_rate: float 
             except OSError as exc:
                 report.notes.append(f"{proxy['name']}: bindings unreadable: {exc}")
                 continue
-            bound = {(str(b["aor"]).split("@")[0].removeprefix("sip:"), b["contact"])
-                     for b in page.get("bindings", [])}
-            report.lost_bindings += [f"{proxy['name']}:{dn}" for dn, contact in sorted(expected)
-                                     if (dn, contact) not in bound
-                                     and not any(c.startswith(contact) for d, c in bound
-                                                 if d == dn)]
+            lost, stale = compare_bindings(registered, page.get("bindings", []), time.time())
+            report.lost_bindings += [f"{proxy['name']}:{x}" for x in lost]
+            report.stale_bindings += [f"{proxy['name']}:{x}" for x in stale]
     # calls left up on the nodes
     for centre in centres.values():
         for node in centre["nodes"]:
