@@ -21,7 +21,8 @@ bounds a client's output buffer: past ``output_high_water`` bytes queued for
 a client, the server stops reading that client's requests (so it cannot make
 the server queue more answers) until the queue drains below a quarter of it;
 a client whose queue passes ``max_output_bytes`` (events keep coming) is
-disconnected with a log line and ``tlib_slow_consumers_dropped_total{port}``.
+disconnected with a log line. Both are counted in
+``tlib_slow_consumers_total{port,outcome}`` (``paused``, ``dropped``).
 Memory per client stays bounded by those two figures.
 
 TLS (``listen(..., tls=context)``): for desktops that ask for it (the

@@ -348,3 +348,20 @@ async def test_client_of_no_data_centre_gets_the_view_of_the_listener_it_asked(
         assert {t.host_ip for t in dc1[:2]} == DC1_PROXIES
     finally:
         await server.stop()
+
+
+async def test_any_is_answered_with_every_rrset_of_the_name(geo_server: GeoDnsServer,
+                                                           ask: Any) -> None:
+    server = geo_server.bound[0]
+    for tcp in (False, True):
+        apex = await ask(server, "cluster.lab", "ANY", source=DC1_CLIENT, tcp=tcp)
+        assert apex.rcode() == dns.rcode.NOERROR and apex.flags & dns.flags.AA
+        assert {dns.rdatatype.SOA, dns.rdatatype.NS} <= {r.rdtype for r in apex.answer}
+        # the data centre's own view: the DC2 client gets DC2's addresses
+        name = await ask(server, SRV_FQDN, "ANY", source=DC2_CLIENT, tcp=tcp)
+        a_sets = [r for r in name.answer if r.rdtype == dns.rdatatype.A]
+        assert len(a_sets) == 1 and {rd.address for rd in a_sets[0]} == DC2_PROXIES
+        nx = await ask(server, "nope.cluster.lab", "ANY", source=DC1_CLIENT, tcp=tcp)
+        assert nx.rcode() == dns.rcode.NXDOMAIN and not nx.answer
+        other = await ask(server, "example.com", "ANY", source=DC1_CLIENT, tcp=tcp)
+        assert other.rcode() == dns.rcode.REFUSED
