@@ -129,6 +129,9 @@ class TServerOptions:
     #: session timers (RFC 4028): the interval the node asks for (0: off), the least it takes
     sip_session_expires: int = 1800
     sip_min_se: int = 90
+    #: T-Library output bounds per client, bytes: reading paused, client dropped
+    tlib_output_high_water: int = 256 * 1024
+    tlib_max_output: int = 16 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -317,7 +320,14 @@ class ClusterConfig:
         if app.kind is AppKind.T_CONTROLLER and app.sip_server is not None:
             app = self.applications[app.sip_server]
         merged = {**self.switch.tserver, **app.tserver}
-        return TServerOptions(**merged)
+        options = TServerOptions(**merged)
+        if options.tlib_max_output < options.tlib_output_high_water:
+            here = {"tlib_max_output", "tlib_output_high_water"} & set(app.tserver)
+            key = f"applications.{app.name}.tserver" if here else "switch.tserver"
+            raise ConfigError(self.file, f"{key}.tlib-max-output",
+                              f"{options.tlib_max_output} is less than tlib-output-high-water "
+                              f"({options.tlib_output_high_water})")
+        return options
 
     def t_controller_for(self, sip_server: str) -> Application:
         app = self.application(sip_server, AppKind.SIP_SERVER)

@@ -118,6 +118,13 @@ def _range(lo: int, hi: int) -> Reader:
     return read
 
 
+def _bytes_at_least(lo: int) -> Reader:
+    def read(s: Section, n: str, d: Any) -> Any:
+        return s.get_int(n, d, min=lo)
+
+    return read
+
+
 def _choice(*choices: str) -> Reader:
     def read(s: Section, n: str, d: Any) -> Any:
         return s.get_choice(n, choices, d)
@@ -236,6 +243,11 @@ TSERVER_OPTIONS: Schema = {
     # for none and ignores Session-Expires) and the smallest it accepts (422 below)
     "sip-session-expires": (_session_interval, 1800),
     "sip-min-se": (_min_se, 90),
+    # T-Library clients that do not read (docs/t-controller.md): bytes queued for one
+    # client past which its port stops reading its requests, and past which it is
+    # dropped; the node's default-port and IPport and its t-controller's ports
+    "tlib-output-high-water": (_bytes_at_least(4096), 256 * 1024),
+    "tlib-max-output": (_bytes_at_least(65536), 16 * 1024 * 1024),
 }
 
 #: Options of the SIP Cluster Node DN (service-type = sip-cluster-nodes).

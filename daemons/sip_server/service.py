@@ -181,15 +181,17 @@ class SipServer(Service):
         sip_port = self.app.port("sip-port") or 0
         await self.controller.start(self.host, sip_port)
         self.bound["sip-port"] = self.controller.sip_port
+        bounds = {"output_high_water": self.tserver.tlib_output_high_water,
+                  "max_output_bytes": self.tserver.tlib_max_output}
         self.default_server = TLibServer(
             _DefaultPort(self), application_name=self.app_name, port_name="default-port",
-            metrics=self.metrics, logger=self.log)
+            metrics=self.metrics, logger=self.log, **bounds)
         _, self.bound["default-port"] = await self.default_server.listen(
             self.host, self.app.port("default-port") or 0)
         if "ip-port" in self.app.ports:
             self.ip_server = TLibServer(
                 _IPPort(self), application_name=self.app_name, port_name="ip-port",
-                metrics=self.metrics, logger=self.log)
+                metrics=self.metrics, logger=self.log, **bounds)
             _, self.bound["ip-port"] = await self.ip_server.listen(
                 self.host, self.app.port("ip-port") or 0)
         self.management.add_health_check("listeners", self._health)

@@ -53,6 +53,8 @@ class TControllerService(Service):
         self.config = config
         self.app = config.application(name, AppKind.T_CONTROLLER)
         self.sip_server = config.sip_server_for(name)
+        #: its node's [TServer] options (the T-Library output bounds of its ports)
+        self.tserver = config.tserver_for(name)
         self.management_host = self.app.host
         self.management_port = self.app.port("http-port") or 0
         self._resync_grace = resync_grace
@@ -103,15 +105,17 @@ class TControllerService(Service):
                             metrics=self.metrics)
         self.mesh = Mesh(controller)
         self.tcport = TCPort(controller, requests, self.mesh)
+        bounds = {"output_high_water": self.tserver.tlib_output_high_water,
+                  "max_output_bytes": self.tserver.tlib_max_output}
         self.tc_server = TLibServer(
             self.tcport, application_name=self.app_name, port_name="tc-port",
-            metrics=self.metrics, logger=self.log)
+            metrics=self.metrics, logger=self.log, **bounds)
         self.tc_address = await self.tc_server.listen(self.app.host, self.app.ports["tc-port"])
         tls_port = self.app.port("tc-tls-port")
         if tls_port is not None and self.tls_context is not None:
             self.tls_server = TLibServer(
                 self.tcport, application_name=self.app_name, port_name="tc-tls-port",
-                metrics=self.metrics, logger=self.log)
+                metrics=self.metrics, logger=self.log, **bounds)
             self.tls_address = await self.tls_server.listen(self.app.host, tls_port,
                                                             tls=self.tls_context)
         sp_port = self.app.port("smart-proxy-port")
@@ -120,7 +124,7 @@ class TControllerService(Service):
             self.sp_server = TLibServer(
                 self.smart_proxy, application_name=self.app_name,
                 port_name="smart-proxy-port", metrics=self.metrics, logger=self.log,
-                accepted_client_types=ACCEPTED_CLIENT_TYPES)
+                accepted_client_types=ACCEPTED_CLIENT_TYPES, **bounds)
             self.smart_proxy_address = await self.sp_server.listen(self.app.host, sp_port)
         clients = self.metrics.gauge("tcontroller_clients", "Connected T-Library clients",
                                      ("port",))

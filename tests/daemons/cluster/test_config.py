@@ -151,6 +151,27 @@ def test_application_overrides_switch_tserver(tmp_path: Path) -> None:
     assert cfg.strict_auth("1001", "SIPS_1") is False
 
 
+def test_tlib_output_bounds(tmp_path: Path) -> None:
+    cfg = load_text(tmp_path, MINIMAL)
+    ts = cfg.tserver_for("TC_1")  # a t-controller's ports follow its node's options
+    assert (ts.tlib_output_high_water, ts.tlib_max_output) == (256 * 1024, 16 * 1024 * 1024)
+    text = MINIMAL.replace('default-dn = "5000"', 'default-dn = "5000"\n'
+                           "tlib-output-high-water = 65536\ntlib-max-output = 1048576", 1)
+    ts = load_text(tmp_path, text).tserver_for("TC_1")
+    assert (ts.tlib_output_high_water, ts.tlib_max_output) == (65536, 1048576)
+    small = MINIMAL.replace('default-dn = "5000"', 'default-dn = "5000"\n'
+                            "tlib-max-output = 1024", 1)
+    error = error_of(tmp_path, small)
+    assert error.key == "switch.tserver.tlib-max-output" and "65536" in str(error)
+    # each bound is valid alone, the pair is not: the node's own level is named
+    crossed = MINIMAL.replace("default-port = 7000\n", "default-port = 7000\n"
+                              "[applications.SIPS_1.tserver]\ntlib-max-output = 100000\n", 1)
+    with pytest.raises(ConfigError) as info:
+        load_text(tmp_path, crossed).tserver_for("TC_1")
+    assert info.value.key == "applications.SIPS_1.tserver.tlib-max-output"
+    assert "tlib-output-high-water (262144)" in str(info.value)
+
+
 def test_application_lookup_errors(tmp_path: Path) -> None:
     cfg = load_text(tmp_path, MINIMAL)
     with pytest.raises(ConfigError) as info:
