@@ -62,11 +62,13 @@ class GeoDnsService(Service):
         *,
         app_name: str = "geo-dns",
         http: tuple[str, int] = ("127.0.0.1", 0),
+        udp_receive_buffer: int = 8 * 1024 * 1024,
     ) -> None:
         super().__init__(app_name)
         self.listen = list(listen)
         self.management_host, self.management_port = http
-        self.server = GeoDnsServer(views, metrics=self.metrics)
+        self.server = GeoDnsServer(views, metrics=self.metrics,
+                                   udp_receive_buffer=udp_receive_buffer)
         self.management.add_health_check("listeners", self._health)
         self.management.add_status_page("/status/views", self._status_views)
 
@@ -106,6 +108,16 @@ def _geo_addr(text: str) -> tuple[str, str]:
     if not sep or not geo or not addr:
         raise argparse.ArgumentTypeError(f"expected GEO=ADDRESS, got {text!r}")
     return geo, addr
+
+
+def _buffer_size(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of bytes, got {text!r}") from None
+    if not 4096 <= value <= 1 << 30:
+        raise argparse.ArgumentTypeError(f"{value} is not between 4096 and 1073741824")
+    return value
 
 
 def _hostport(text: str) -> tuple[str, int]:
@@ -149,6 +161,11 @@ def add_parser(subparsers: Any) -> None:
                              "127.0.2.53:53; port 0 = any free port)")
     parser.add_argument("--http", type=_hostport, default=("127.0.0.1", 0), metavar="HOST:PORT",
                         help="management listener: /healthz, /metrics (default 127.0.0.1:0)")
+    parser.add_argument("--udp-receive-buffer", type=_buffer_size, default=8 * 1024 * 1024,
+                        metavar="BYTES",
+                        help="receive buffer of each UDP socket, for bursts of queries "
+                             "(default 8388608; above net.core.rmem_max it needs root or "
+                             "CAP_NET_ADMIN, else the kernel caps it and a warning says so)")
     parser.add_argument("--name", default="geo-dns", help="application name in logs")
     parser.add_argument("--log-level", default=os.environ.get("SIPCLUSTER_LOG_LEVEL", "info"))
     parser.add_argument("--log-format", default="auto", choices=("auto", "json", "console"))
@@ -204,7 +221,8 @@ def run(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"geo-dns: {exc}", file=sys.stderr)
         return 2
-    return run_service(GeoDnsService(views, listen, app_name=args.name, http=args.http))
+    return run_service(GeoDnsService(views, listen, app_name=args.name, http=args.http,
+                                     udp_receive_buffer=args.udp_receive_buffer))
 
 
 def run_zones(args: argparse.Namespace) -> int:

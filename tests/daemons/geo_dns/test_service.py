@@ -155,3 +155,31 @@ def test_bad_sources_are_reported(tmp_path: Path) -> None:
                 "--default-view", "dc9")
     assert done.returncode == 2
     assert "default view 'dc9'" in done.stderr
+
+
+def test_udp_receive_buffer_option(free_port: Any) -> None:
+    dns_port = free_port("127.0.0.1")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "daemons.cli", "geo-dns", "--config", str(EXAMPLE_CLUSTER),
+         "--listen", f"127.0.0.1:{dns_port}", "--udp-receive-buffer", "262144",
+         "--log-format", "json"],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    assert proc.stdout is not None
+    try:
+        sized = None
+        for line in proc.stdout:
+            if "dns_receive_buffer" in line:
+                sized = json.loads(line)
+            if "daemon_ready" in line:
+                break
+        assert sized is not None and sized["wanted"] == 262144, sized
+        # what the kernel gave (it doubles the value asked, socket(7)), or a warning
+        assert sized["bytes"] >= 262144 or sized["level"] == "warning", sized
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=10) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=5)
+    refused = _cli("geo-dns", "--config", str(EXAMPLE_CLUSTER), "--udp-receive-buffer", "1k")
+    assert refused.returncode == 2 and "--udp-receive-buffer" in refused.stderr
