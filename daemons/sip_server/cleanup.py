@@ -5,10 +5,13 @@ Every ``periodic-check-tout`` the node looks at its calls. A call with no
 request or answer from any party for ``notify-idle-tout`` is reported (a log
 line and ``sipcluster_calls_idle_total``) and each connected party is asked
 about its dialog with an in-dialog OPTIONS (RFC 3261 §11, as a keep-alive):
-an answer shows the call is alive (its idle time starts again); 481 says the
-party no longer has the dialog, so the call is ended for the others (BYE). A
-call idle for ``cleanup-idle-tout`` is cleared whatever the probes said (its
-phones are gone or unreachable). Each option 0 turns that step off.
+answers from every party show the call is alive (its idle time starts
+again). A party that answers 481 no longer has the dialog, and one that does
+not answer at all (408: no response within timer F) is gone -- a phone whose
+BYE was lost while a proxy on its path was down, say -- so the call is ended
+for the others (BYE), as Kamailio's dialog keep-alives end a dialog. A call
+idle for ``cleanup-idle-tout`` is cleared whatever the probes said. Each
+option 0 turns that step off.
 
 :meth:`CallCleanup.check_idle_calls` takes ``now``, so tests drive it with
 any clock; the loop only calls it.
@@ -23,7 +26,11 @@ from typing import Any
 from daemons.sip_server.call import Call, Leg
 from daemons.sip_server.session import ALLOW, SessionBase
 
-__all__ = ["CallCleanup"]
+__all__ = ["PARTY_GONE", "CallCleanup"]
+
+#: answers to the probe that say a party is gone: 481 (it has no such dialog) and
+#: 408 (nothing came back before timer F)
+PARTY_GONE = frozenset({408, 481})
 
 
 class CallCleanup(SessionBase):
@@ -79,10 +86,10 @@ class CallCleanup(SessionBase):
         for leg, status in zip(legs, results, strict=True):
             if call.released:
                 return
-            if status == 481:
+            if status in PARTY_GONE:
                 self.log.warning("call_cleared_dialog_gone", conn_id=call.conn_id,
-                                 party=leg.number)
-                self.m_idle.labels("dialog_gone").inc()
+                                 party=leg.number, status=status)
+                self.m_idle.labels("dialog_gone" if status == 481 else "party_silent").inc()
                 self._clear(call, "cleaned")
                 return
         if results and all(status not in (408, 503) for status in results):

@@ -25,12 +25,11 @@ pytestmark = pytest.mark.timeout(60)
 CLEANUP = {"periodic-check-tout": 0.5, "notify-idle-tout": 1.5, "cleanup-idle-tout": 4}
 
 
-@pytest.fixture(scope="module")
-def node_process(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
+def _node(tmp_path_factory: pytest.TempPathFactory, cleanup: dict[str, float]) -> Iterator[Node]:
     tmp = tmp_path_factory.mktemp("node-cleanup")
     config = tmp / "cluster.toml"
     cluster_file(config, {name: 0 for name in ("sip", "default", "ip", "http", "tc")})
-    options = "".join(f"{k} = {v}\n" for k, v in CLEANUP.items())
+    options = "".join(f"{k} = {v}\n" for k, v in cleanup.items())
     config.write_text(config.read_text().replace("[switch.tserver]\n",
                                                   "[switch.tserver]\n" + options, 1))
     log_path = tmp / "sip-server.log"
@@ -43,6 +42,17 @@ def node_process(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
         proc.kill()
         pytest.fail(f"sip-server did not stop on SIGTERM in 10 s:\n"
                     f"{log_path.read_text()[-3000:]}")
+
+
+@pytest.fixture(scope="module")
+def node_process(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
+    yield from _node(tmp_path_factory, CLEANUP)
+
+
+@pytest.fixture(scope="module")
+def probing_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:
+    """Probes only: no clearing after cleanup-idle-tout."""
+    yield from _node(tmp_path_factory, {**CLEANUP, "cleanup-idle-tout": 0})
 
 
 @pytest.fixture
@@ -87,3 +97,31 @@ def test_a_call_whose_phones_vanished_is_cleared(node: Node, require_tool: Any,
     assert 'sipcluster_calls_idle_total{outcome="reported"}' in metrics
     assert 'sipcluster_calls_idle_total{outcome="cleared"} 1.0' in metrics
     assert 'sipcluster_calls_total{outcome="cleaned"} 1.0' in metrics
+
+
+@pytest.mark.timeout(120)
+def test_a_call_whose_caller_is_silent_is_ended_for_the_callee(
+    probing_node: Node, free_port: Callable[..., int], require_tool: Any
+) -> None:
+    """The caller vanished without BYE (its BYE lost while a proxy on its path was
+    down, say); the callee still answers. The caller's probe gets no answer (408
+    after timer F, 32 s), so the node ends the call and sends the callee a BYE."""
+    node = probing_node
+    node.free_port = free_port
+    sipp_bin = require_tool("sipp")
+    callee = phone(node, sipp_bin, "1004", "node_uas_stay.xml", args=("-aa", "-timeout", "90s"))
+    caller = call(node, sipp_bin, "1001", "1004", "node_uac_stay.xml")
+    established = wait_event(node, "call_established", 10)
+    conn_id = established["conn_id"]
+    caller.proc.kill()
+    caller.proc.wait()
+    idle = wait_event(node, "call_idle", 10)
+    assert idle["conn_id"] == conn_id
+    gone = wait_event(node, "call_cleared_dialog_gone", 60)
+    assert (gone["conn_id"], gone["party"], gone["status"]) == (conn_id, "1001", 408)
+    _, calls = node.http("/status/calls")
+    assert conn_id not in calls
+    _, metrics = node.http("/metrics")
+    assert 'sipcluster_calls_idle_total{outcome="party_silent"} 1.0' in metrics
+    # the callee got the node's BYE and its scenario ran to its end
+    assert callee.proc.wait(timeout=15) == 0
