@@ -53,3 +53,12 @@ def test_accounts_the_drill_did_not_register_are_not_judged() -> None:
 def test_without_a_granted_expiry_only_the_contact_is_compared() -> None:
     registered = {"1001": Registered(PHONE, NOW - 10, 0)}
     assert compare_bindings(registered, [binding(PHONE, 1)], NOW) == ([], [])
+
+
+def test_a_registration_that_has_expired_is_not_lost() -> None:
+    # the phone stopped 70 s ago with 60 s granted: no proxy should hold it any more
+    registered = {"1001": Registered(PHONE, NOW - 70, 60)}
+    assert compare_bindings(registered, [], NOW) == ([], [])
+    # one that is still running is lost when missing
+    registered = {"1001": Registered(PHONE, NOW - 50, 60)}
+    assert compare_bindings(registered, [], NOW) == (["1001"], [])
