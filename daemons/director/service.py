@@ -429,7 +429,8 @@ class Director(Service):
             if client is None:
                 await asyncio.sleep(RECONNECT_DELAY)
                 continue
-            client.add_listener(functools.partial(self._node_event, app.name))
+            client.add_listener(functools.partial(self._node_event, app.name),
+                                takes_unsolicited=True)
             try:
                 for rp in rps:
                     answer = await asyncio.wait_for(
@@ -482,7 +483,7 @@ class Director(Service):
                 await asyncio.sleep(RECONNECT_DELAY / len(candidates))
                 continue
             index = candidates.index(app)  # once lost, the next one is tried first
-            client.add_listener(self._agent_event)
+            client.add_listener(self._agent_event, takes_unsolicited=True)
             self.t_controller, self.t_controller_name = client, app.name
             self.log.info("t_controller_linked", t_controller=app.name, peer=client.peer,
                           agent_dns=len(self.agent_dns))

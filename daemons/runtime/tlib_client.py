@@ -108,6 +108,8 @@ class TLibClient:
         self._handshake: asyncio.Future[TMap] = self._loop.create_future()
         self._pending: dict[int, asyncio.Future[TMap]] = {}
         self._queue: asyncio.Queue[Any] = asyncio.Queue()
+        #: unsolicited events are kept for events() until a listener takes them all
+        self._keep_unsolicited = True
         self._listeners: list[EventListener] = []
         self._closed = asyncio.Event()
         #: why the connection ended (None while open)
@@ -223,10 +225,26 @@ class TLibClient:
                 return
             yield item
 
-    def add_listener(self, listener: EventListener) -> None:
+    def add_listener(self, listener: EventListener, *, takes_unsolicited: bool = False) -> None:
         """Call ``listener(event)`` for every event received, answers included,
-        in arrival order, before it is handed to ``request`` or ``events``."""
+        in arrival order, before it is handed to ``request`` or ``events``.
+
+        ``takes_unsolicited``: the listener is where unsolicited events go, and
+        nobody iterates :meth:`events`: from now on they are no longer queued
+        for it (those already queued are dropped). Without it, a client that
+        only listens keeps every unsolicited event in memory."""
         self._listeners.append(listener)
+        if takes_unsolicited:
+            self._keep_unsolicited = False
+            while not self._queue.empty():
+                if self._queue.get_nowait() is _END:
+                    self._queue.put_nowait(_END)
+                    break
+
+    @property
+    def queued(self) -> int:
+        """Unsolicited events waiting for :meth:`events`."""
+        return self._queue.qsize()
 
     @property
     def closed(self) -> bool:
@@ -312,7 +330,8 @@ class TLibClient:
             if not future.done():
                 future.set_result(event.message)
             return
-        self._queue.put_nowait(event.message)
+        if self._keep_unsolicited:
+            self._queue.put_nowait(event.message)
 
     def _flush(self) -> None:
         if self._driver is not None:

@@ -523,3 +523,29 @@ def test_cli_parser_helpers() -> None:
     assert tlib_cli.from_json(json.loads(json.dumps(tlib_cli.to_json(value)))) == value
     with pytest.raises(ValueError):
         tlib_cli.from_json({"$base64": "!!"})
+
+
+async def test_a_listener_that_takes_unsolicited_events_leaves_none_queued(
+    tserver: FakeTLibServer,
+) -> None:
+    """A client that only listens (the director's links) must not keep every
+    unsolicited event for an events() iteration that never comes."""
+    keeps = await TLibClient.connect("127.0.0.1", tserver.port, "keeps")
+    takes = await TLibClient.connect("127.0.0.1", tserver.port, "takes")
+    kept: list[str] = []
+    taken: list[str] = []
+    keeps.add_listener(lambda e: kept.append(e["message"]))
+    takes.add_listener(lambda e: taken.append(e["message"]), takes_unsolicited=True)
+    try:
+        for i in range(100):
+            tserver.push("EventDNOutOfService", AttributeThisDN=str(3000 + i))
+        async with asyncio.timeout(5):
+            while len(kept) < 100 or len(taken) < 100:
+                await asyncio.sleep(0.01)
+        assert keeps.queued == 100  # waiting for events()
+        assert takes.queued == 0
+        answer = await takes.request("RequestRegisterAddress", AttributeThisDN="1001")
+        assert answer["message"] == "EventRegistered"  # answers still reach request()
+    finally:
+        await keeps.close()
+        await takes.close()
