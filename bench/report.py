@@ -349,6 +349,35 @@ def drill_rows(r: dict[str, Any]) -> list[Row]:
                 memory=f"worst growth {worst[0]} {worst[1]:+.1f} MB/h" if worst else NA)]
 
 
+def hostile_rows(r: dict[str, Any]) -> list[Row]:
+    """bench_hostile: the t-controller's and the geo DNS's memory under clients that
+    never read or flood, beside the growth measured before the bounds."""
+    before = r.get("before_fix") or {}
+    failures = "; ".join(r.get("failures") or []) or "none"
+    return [
+        Row(f"t-controller, a client that never reads sends {num(r.get('requests_offered'))} "
+            "requests",
+            f"took {num(r.get('requests_taken'))}, RSS "
+            f"+{num(r.get('requests_rss_growth_mb'), '{:.1f}')} MB",
+            "reading paused; memory bounded", yes_no(not r.get("failures")), failures,
+            memory=f"before the bounds +{num(before.get('requests_rss_growth_mb'))} MB",
+            ratio=f"well-behaved desktop p99 {num(r.get('requests_good_p99_ms'), '{:.2f}')} ms"),
+        Row(f"t-controller, a desktop that does not read gets {num(r.get('events'))} events",
+            f"dropped {num(r.get('events_dropped'))}, RSS "
+            f"+{num(r.get('events_rss_growth_mb'), '{:.1f}')} MB; 3x the events "
+            f"+{num(r.get('events_3x_rss_growth_mb'), '{:.1f}')} MB; the reading desktop "
+            f"alone +{num(r.get('events_reading_only_rss_growth_mb'), '{:.1f}')} MB",
+            "dropped; memory bounded", yes_no(not r.get("failures")),
+            f"{num(r.get('events_good_missing'))} events missing at the reading desktop",
+            memory=f"before the bounds +{num(before.get('events_rss_growth_mb'))} MB"),
+        Row(f"geo DNS, a burst of {num(r.get('dns_queries'))} unpaced queries",
+            f"{num(r.get('dns_answered'))} answered, {num(r.get('dns_kernel_drops'))} kernel drops",
+            "answered or counted", NA, NA,
+            memory=f"before: {num(before.get('dns_answered'))} answered, "
+                   f"{num(before.get('dns_kernel_drops'))} drops"),
+    ]
+
+
 def failover_rows(r: dict[str, Any]) -> list[Row]:
     """One row per measured failure: median seconds until the cluster's view
     changed (min-max), calls failed around it, and whether WAN was emulated."""
@@ -682,6 +711,7 @@ def cluster_scale_rows(r: dict[str, Any]) -> list[Row]:
 
 MAPPERS: dict[str, Callable[[dict[str, Any]], list[Row]]] = {
     "bench_drill": drill_rows,
+    "bench_hostile": hostile_rows,
     "bench_failover": failover_rows,
     "bench_voicemail": voicemail_rows,
     "bench_parser": parser_rows,

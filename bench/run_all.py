@@ -50,6 +50,7 @@ QUICK: dict[str, list[str]] = {
     "bench_director": ["--decisions", "5000", "--calls", "500", "--runs", "1"],
     "bench_voicemail": ["--sessions", "200", "--seconds", "10", "--runs", "1"],
     "bench_drill": ["--minutes", "2"],
+    "bench_hostile": ["--runs", "1"],
     "bench_failover": ["--runs", "1"],
     "bench_instructions": ["--runs", "1", "--registers", "100", "--calls", "30"],
     "bench_collective": ["--runs", "1", "--users", "20000"],
