@@ -107,6 +107,17 @@ class PeakRss:
         return int(self.peak)
 
 
+def terminate(proc: subprocess.Popen[bytes]) -> int:
+    """SIGTERM, then the exit status; -9 when it had to be killed after 10 s."""
+    proc.terminate()
+    try:
+        return proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+        return -9
+
+
 class TController:
     """``sipcluster t-controller`` in its own process, its node link played here."""
 
@@ -133,12 +144,7 @@ class TController:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        self.proc.terminate()
-        try:
-            self.exit_code = self.proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.exit_code = -9
+        self.exit_code = await asyncio.to_thread(terminate, self.proc)
         self.log.close()
         await self.server.close()
 
@@ -312,12 +318,7 @@ def probe_dns(count: int) -> dict[str, Any]:
         drops = metric(http_port, "sipcluster_geo_dns_udp_receive_drops")
         after = ps.memory_info().rss
     finally:
-        proc.terminate()
-        try:
-            code = proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            code = -9
+        code = terminate(proc)
         log.close()
     return {"queries": count, "answered": answered, "kernel_drops": drops,
             "send_s": sent_s, "rss_before_mb": before / MB, "rss_after_mb": after / MB,
