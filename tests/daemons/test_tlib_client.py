@@ -534,14 +534,22 @@ async def test_a_listener_that_takes_unsolicited_events_leaves_none_queued(
     takes = await TLibClient.connect("127.0.0.1", tserver.port, "takes")
     kept: list[str] = []
     taken: list[str] = []
-    keeps.add_listener(lambda e: kept.append(e["message"]))
-    takes.add_listener(lambda e: taken.append(e["message"]), takes_unsolicited=True)
+    all_in = asyncio.Event()
+
+    def record(into: list[str]) -> Any:
+        def listener(event: dict[str, Any]) -> None:
+            into.append(event["message"])
+            if len(kept) >= 100 and len(taken) >= 100:
+                all_in.set()
+        return listener
+
+    keeps.add_listener(record(kept))
+    takes.add_listener(record(taken), takes_unsolicited=True)
     try:
         for i in range(100):
             tserver.push("EventDNOutOfService", AttributeThisDN=str(3000 + i))
         async with asyncio.timeout(5):
-            while len(kept) < 100 or len(taken) < 100:
-                await asyncio.sleep(0.01)
+            await all_in.wait()
         assert keeps.queued == 100  # waiting for events()
         assert takes.queued == 0
         answer = await takes.request("RequestRegisterAddress", AttributeThisDN="1001")
