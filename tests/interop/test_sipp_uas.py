@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import ipaddress
+import os
 import socket
 import subprocess
 import sys
@@ -18,14 +19,17 @@ pytestmark = pytest.mark.interop
 SCENARIOS = Path(__file__).resolve().parent / "scenarios"
 
 
-def tcp_listening(host: str, port: int) -> bool:
-    """Whether a socket listens on TCP ``host:port`` (read from /proc: no connection
-    is made, which SIPp would take for a call's). Other suites' daemons listen on
-    the same port numbers at other loopback addresses, so the address counts too."""
+def listening(host: str, port: int, transport: str) -> bool:
+    """Whether a socket listens on ``host:port`` over TCP, or is bound there over UDP
+    (read from /proc: no packet is sent, which SIPp would take for a call's). Other
+    suites' daemons listen on the same port numbers at other loopback addresses, so
+    the address counts too."""
     wanted = f"{socket.htonl(int(ipaddress.IPv4Address(host))):08X}:{port:04X}"
-    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+    table = Path("/proc/net/tcp" if transport == "tcp" else "/proc/net/udp")
+    state = "0A" if transport == "tcp" else "07"  # LISTEN; a bound UDP socket is CLOSE
+    for line in table.read_text().splitlines()[1:]:
         fields = line.split()
-        if fields[3] == "0A" and fields[1] in (wanted, f"00000000:{port:04X}"):
+        if fields[3] == state and fields[1] in (wanted, f"00000000:{port:04X}"):
             return True
     return False
 
@@ -43,23 +47,33 @@ def test_call_to_sipp_uas(sipp: str, free_port: Any, tmp_path: Path, repo_root: 
          "-error_file", str(tmp_path / "errors.log"), "-trace_stat", "-stf", str(stat)],
         cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
-        listening = None
-        if transport == "tcp":  # over UDP the INVITE's retransmissions cover the start
-            deadline = time.monotonic() + 10
-            while not (listening := tcp_listening("127.0.0.1", port)) \
-                    and uas.poll() is None and time.monotonic() < deadline:
-                time.sleep(0.05)
+        # Dial only once SIPp listens: under a loaded CI host SIPp's start can take
+        # longer than the INVITE's retransmissions last (Timer B, 32 s).
+        deadline = time.monotonic() + 20
+        while not (ready := listening("127.0.0.1", port, transport)) \
+                and uas.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if not ready:
+            uas.kill()
+            _, sipp_err = uas.communicate()
+            pytest.fail(f"SIPp did not listen on {transport} port {port} in 20 s "
+                        f"(exit {uas.returncode}): {sipp_err}")
         uri = f"sip:service@127.0.0.1:{port};transport={transport}"
         proc = subprocess.Popen(
             [sys.executable, "-m", "daemons.cli", "sip", "call", uri, "--duration", "0.3",
-             "--log-level", "info"],
-            cwd=repo_root, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             "--log-level", "debug"],
+            cwd=repo_root, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"})
         try:
-            out, err = proc.communicate(timeout=40)
+            # Timer B (32 s) ends an unanswered INVITE by itself; this only guards a hang
+            out, err = proc.communicate(timeout=60)
         except subprocess.TimeoutExpired:
             proc.kill()
             out, err = proc.communicate()
-            pytest.fail(f"the call did not end within 40 s:\n{out}{err}")
+            uas.kill()
+            _, sipp_err = uas.communicate()
+            pytest.fail(f"the call did not end within 60 s:\n{out}{err[-6000:]}\n"
+                        f"SIPp exit {uas.returncode}: {sipp_err}")
         call = subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
         code = uas.wait(timeout=15)
     finally:
@@ -68,8 +82,7 @@ def test_call_to_sipp_uas(sipp: str, free_port: Any, tmp_path: Path, repo_root: 
             uas.wait()
     sipp_err = uas.stderr.read() if uas.stderr else ""
     assert call.returncode == 0, (call.stdout + call.stderr
-                                  + f"\nSIPp listening before the call: {listening}, "
-                                  f"exit {uas.returncode}: {sipp_err}")
+                                  + f"\nSIPp exit {uas.returncode}: {sipp_err}")
     assert call.stdout.splitlines()[-1] == "BYE: 200 OK"
     assert "200 OK" in call.stdout.splitlines()
     errors = (tmp_path / "errors.log").read_text() if (tmp_path / "errors.log").exists() else ""
