@@ -58,6 +58,8 @@ __all__ = ["GeoDnsServer", "Outcome"]
 
 #: Linux socket(7): SO_RCVBUF past net.core.rmem_max, for a privileged process
 SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)
+#: each UDP socket's receive buffer unless configured: room for a burst of queries
+UDP_RECEIVE_BUFFER = 8 * 1024 * 1024
 
 _HEADER = struct.Struct("!HHHHHH")
 _QR = 0x8000
@@ -135,7 +137,7 @@ class GeoDnsServer:
         metrics: Metrics | None = None,
         max_udp_payload: int = 1232,
         tcp_idle_timeout: float = 10.0,
-        udp_receive_buffer: int = 8 * 1024 * 1024,
+        udp_receive_buffer: int = UDP_RECEIVE_BUFFER,
     ) -> None:
         self.log = get_logger("geo_dns")
         self.udp_receive_buffer = udp_receive_buffer

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from daemons.cluster.config import load_cluster
-from daemons.geo_dns.server import GeoDnsServer
+from daemons.geo_dns.server import UDP_RECEIVE_BUFFER, GeoDnsServer
 from daemons.geo_dns.zones import (
     DEFAULT_BIND_DIRECTORY,
     DEFAULT_ZONE_DIR,
@@ -62,7 +62,7 @@ class GeoDnsService(Service):
         *,
         app_name: str = "geo-dns",
         http: tuple[str, int] = ("127.0.0.1", 0),
-        udp_receive_buffer: int = 8 * 1024 * 1024,
+        udp_receive_buffer: int = UDP_RECEIVE_BUFFER,
     ) -> None:
         super().__init__(app_name)
         self.listen = list(listen)
@@ -161,11 +161,12 @@ def add_parser(subparsers: Any) -> None:
                              "127.0.2.53:53; port 0 = any free port)")
     parser.add_argument("--http", type=_hostport, default=("127.0.0.1", 0), metavar="HOST:PORT",
                         help="management listener: /healthz, /metrics (default 127.0.0.1:0)")
-    parser.add_argument("--udp-receive-buffer", type=_buffer_size, default=8 * 1024 * 1024,
+    parser.add_argument("--udp-receive-buffer", type=_buffer_size, default=UDP_RECEIVE_BUFFER,
                         metavar="BYTES",
                         help="receive buffer of each UDP socket, for bursts of queries "
-                             "(default 8388608; above net.core.rmem_max it needs root or "
-                             "CAP_NET_ADMIN, else the kernel caps it and a warning says so)")
+                             f"(default {UDP_RECEIVE_BUFFER}; above net.core.rmem_max it "
+                             "needs root or CAP_NET_ADMIN, else the kernel caps it and a "
+                             "warning says so)")
     parser.add_argument("--name", default="geo-dns", help="application name in logs")
     parser.add_argument("--log-level", default=os.environ.get("SIPCLUSTER_LOG_LEVEL", "info"))
     parser.add_argument("--log-format", default="auto", choices=("auto", "json", "console"))
