@@ -94,10 +94,10 @@ class DrillReport:
             lines.append(f"  {window:<28} {c['ok']:>8} {c['failed']:>7}")
         lines.append("  REGISTER 200s per account: " + ", ".join(
             f"{dn} {n}" for dn, n in sorted(self.registered.items())))
-        lines.append(f"  lost bindings: {len(self.lost_bindings)} "
-                     + (", ".join(self.lost_bindings[:10]) if self.lost_bindings else ""))
         if not self.registered:
             lines.append("  no REGISTER succeeded: the load did not run (see the SIPp logs)")
+        lines.append(f"  lost bindings: {len(self.lost_bindings)} "
+                     + (", ".join(self.lost_bindings[:10]) if self.lost_bindings else ""))
         lines.append(f"  stale bindings: {len(self.stale_bindings)} "
                      + (", ".join(self.stale_bindings[:10]) if self.stale_bindings else ""))
         lines.append(f"  calls left up: {sum(self.calls_left_up.values())} "
