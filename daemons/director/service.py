@@ -153,9 +153,14 @@ class Director(Service):
                              report=self._report)
         port = self.app.port("director-port")
         if port is not None:
+            # [switch.tserver]'s output bounds: a reporting client that does not read
+            # is paused, then dropped, like a desktop on a node or a t-controller
+            bounds = self.config.tserver_for(self.app_name)
             self.reporting = TLibServer(_ReportingPort(self), application_name=self.app_name,
                                         port_name="director-port", metrics=self.metrics,
-                                        logger=self.log)
+                                        logger=self.log,
+                                        output_high_water=bounds.tlib_output_high_water,
+                                        max_output_bytes=bounds.tlib_max_output)
             await self.reporting.listen(self.host, port)
         for app in self.config.by_kind(AppKind.SIP_SERVER):
             self._tasks.append(asyncio.create_task(self._node_loop(app)))
