@@ -8,10 +8,12 @@ import asyncio
 import json
 import signal
 import sys
+import time
 
 import aiohttp
 
 from tests.daemons.status_aggregator.conftest import SA_HOSTS, Lab
+from tests.support.processes import START_TIMEOUT
 
 SIPCLUSTER = [sys.executable, "-m", "daemons.cli"]
 
@@ -26,8 +28,9 @@ async def run_cli(*args: str, timeout: float = 60.0) -> tuple[int, str, str]:
 
 async def wait_healthy(lab: Lab) -> None:
     url = f"http://{SA_HOSTS['SA_1']}:{lab.ports['SA_1_http']}/healthz"
+    deadline = time.monotonic() + START_TIMEOUT  # a loaded host starts Python slowly
     async with aiohttp.ClientSession() as http:
-        for _ in range(200):
+        while time.monotonic() < deadline:
             try:
                 async with http.get(url) as answer:
                     if answer.status == 200:
