@@ -735,9 +735,10 @@ class DigestAuthenticator:
     ``nonce_ttl`` has passed; after that a right answer gets ``stale=True``.
 
     Replay protection (RFC 7616 §5.5): the highest nonce-count accepted per
-    nonce is kept in a bounded LRU table of ``max_nonces`` entries; an answer
-    must raise nc. A nonce absent from the table is accepted only with nc=1
-    and only if it was issued after every nonce evicted so far; otherwise a
+    nonce is kept in a bounded LRU table of ``max_nonces`` entries, from which
+    nonces past ``nonce_ttl`` go as well; an answer must raise nc. A nonce
+    absent from the table is accepted only with nc=1 and only if it was issued
+    after every nonce evicted so far; otherwise a
     right answer gets ``stale=True``, so the client retries on a fresh nonce
     (transparently, without asking for the password again) and a captured
     request cannot be replayed after its nonce was evicted. The table is in
@@ -958,15 +959,28 @@ class DigestAuthenticator:
                 return fail(AuthFailure.REPLAYED_NC)
             self._nc.pop(creds.nonce, None)
             self._nc[creds.nonce] = (creds.nc, issued)
-            while len(self._nc) > self._max_nonces:
-                _, (_, evicted_issued) = self._nc.popitem(last=False)
-                self._evicted_up_to = max(self._evicted_up_to, evicted_issued)
+            self._forget(now)
         return AuthResult(
             ok=True,
             username=username,
             algorithm=algorithm,
             credentials=creds,
         )
+
+    def _forget(self, now: float) -> None:
+        """Bound the nonce-count table: past ``max_nonces`` the least recently used
+        entry goes; so, from the least recently used end, do entries whose nonce is
+        past ``nonce_ttl`` (any answer with it is stale before the table is read).
+        Phones that register with a fresh challenge each time would otherwise keep
+        ``max_nonces`` entries. Both count as evictions for unknown nonces."""
+        table = self._nc
+        oldest = now - self.nonce_ttl
+        while table:
+            nonce, (_, issued) = next(iter(table.items()))
+            if len(table) <= self._max_nonces and issued >= oldest:
+                return
+            del table[nonce]
+            self._evicted_up_to = max(self._evicted_up_to, issued)
 
     @property
     def tracked_nonces(self) -> int:

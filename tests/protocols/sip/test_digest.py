@@ -526,6 +526,24 @@ def test_nonce_table_is_bounded_and_eviction_does_not_open_replay() -> None:
     ).ok
 
 
+def test_nonces_past_their_lifetime_leave_the_table() -> None:
+    """A phone that answers a fresh challenge each time it registers: the table
+    keeps only the nonces still within ``nonce_ttl``, not ``max_nonces`` of them."""
+    auth = DigestAuthenticator("r", b"k", nonce_ttl=300.0)
+    for i in range(0, 3000, 2):  # a REGISTER every 2 s for 50 minutes
+        assert auth.verify("REGISTER", _answer(auth, NOW + i), now=NOW + i,
+                           password_lookup=USERS.get).ok
+    assert 140 <= auth.tracked_nonces <= 151
+    # a nonce still alive is remembered: its replay is refused
+    recent = _answer(auth, NOW + 3000)
+    assert auth.verify("REGISTER", recent, now=NOW + 3000, password_lookup=USERS.get).ok
+    assert auth.verify("REGISTER", recent, now=NOW + 3001,
+                       password_lookup=USERS.get).reason is AuthFailure.REPLAYED_NC
+    # a fresh nonce is still accepted on first use
+    assert auth.verify("REGISTER", _answer(auth, NOW + 3002), now=NOW + 3002,
+                       password_lookup=USERS.get).ok
+
+
 def test_unknown_user_and_wrong_password_look_alike() -> None:
     auth = DigestAuthenticator("r", b"k")
     unknown = auth.verify(
