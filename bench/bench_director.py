@@ -785,7 +785,9 @@ def storm_kamailio(calls: int, rate: int, count: int, workers: int,
     log = tmp / "kamailio.log"
     kam = subprocess.Popen(
         [kamailio_bin() or "kamailio", "-DD", "-E", "-m", "256", "-M", "16",
-         "-n", str(workers), "-f", str(ROOT / "bench" / "kamailio" / "dispatcher.cfg"),
+         # TLSF: Debian's default allocator (qm) is Kamailio's troubleshooting one
+         "-x", "tlsf", "-X", "tlsf", "-n", str(workers),
+         "-f", str(ROOT / "bench" / "kamailio" / "dispatcher.cfg"),
          "-l", f"udp:{KAMAILIO_HOST}:{port}", "-Y", str(tmp), "-A", f'DS_LIST="{ds_list}"'],
         cwd=tmp, stdout=subprocess.DEVNULL, stderr=log.open("wb"))
     phones = agent_phones(agents, ports, calls, tmp)

@@ -2,7 +2,7 @@
 that a shared or loaded host does not blur.
 
     .venv/bin/python bench/bench_instructions.py [--baseline-rev REV] [--runs 3]
-        [--registers 300] [--calls 100] [--subnet 127.0.230]
+        [--registers 300] [--calls 100] [--subnet 127.0.230] [--kamailio]
 
 The sip-proxy runs under ``valgrind --tool=callgrind`` with the same cluster
 file and SIPp peers as ``bench/bench_proxy.py`` (a SIPp node answering
@@ -24,7 +24,15 @@ shared over the transactions of that second, so figures taken at different
 way in the same run (its sources exported with ``git archive`` and compiled
 with mypyc as ``setup.py`` does there: the SIP stack, and the sip-proxy's core
 where that revision compiles it) and prints
-ours/before side by side. The last line is ``RESULT {json}``.
+ours/before side by side.
+
+``--kamailio`` counts Kamailio the same way in the same run: the
+``bench/bench_proxy.py`` configuration and options (``-m 1024 -M 32 -n 1``,
+the allocator of ``--kamailio-allocator``, TLSF by default),
+under callgrind with ``--trace-children=yes``. Kamailio is several processes
+(the UDP receiver, timers, the main process); each is zeroed and dumped, and
+its figure is the sum over all of them, so its idle work is counted as ours
+is. The last line is ``RESULT {json}``.
 """
 
 from __future__ import annotations
@@ -121,8 +129,63 @@ class CallgrindProxy(bp.Server):
         raise RuntimeError("callgrind wrote no dump")
 
 
-def measure(server: CallgrindProxy, work: Path, kind: str, count: int, rate: int,
-            args: Any) -> dict[str, Any]:
+class CallgrindKamailio(bp.Kamailio):
+    """Kamailio under callgrind: every process of it counted."""
+
+    dump_instr = "no"
+
+    def __init__(self, name: str, host: str, port: int) -> None:
+        super().__init__(host, port)
+        self.name = name
+        self.out_prefix: Path | None = None
+
+    def start(self, work: Path, node_port: int) -> None:
+        kam = shutil.which("kamailio") or "/usr/sbin/kamailio"
+        self.out_prefix = work / f"callgrind-{self.name}"
+        self.log_path = work / f"{self.name}.log"
+        self.proc = subprocess.Popen(
+            ["valgrind", "--tool=callgrind", "--trace-children=yes",
+             f"--callgrind-out-file={self.out_prefix}.%p", f"--dump-instr={self.dump_instr}",
+             "--compress-strings=no", kam, "-DD", "-E", *bp.kamailio_memory_args(), "-n", "1",
+             "-f", str(bp.KAMAILIO_CFG), "-l", f"udp:{self.host}:{self.port}", "-Y", str(work),
+             "-A", "REGISTRAR_FRONT", "-A", f'NODE="sip:{bp.NODE}:{node_port}"'],
+            cwd=work, stdout=subprocess.DEVNULL, stderr=self.log_path.open("wb"))
+
+    def pids(self) -> list[int]:
+        return [p.pid for p in self.processes()]
+
+    def zero(self) -> None:
+        for pid in self.pids():
+            subprocess.run(["callgrind_control", "--zero", str(pid)], check=True,
+                           capture_output=True, timeout=120)
+
+    def dump(self) -> int:
+        """Dump every process's counters since the last zero; the sum of their totals."""
+        assert self.out_prefix is not None
+        total = 0
+        for pid in self.pids():
+            before = set(self.out_prefix.parent.glob(f"{self.out_prefix.name}.{pid}.*"))
+            subprocess.run(["callgrind_control", "--dump", str(pid)], check=True,
+                           capture_output=True, timeout=120)
+            deadline = time.monotonic() + 60
+            while True:
+                new = set(self.out_prefix.parent.glob(
+                    f"{self.out_prefix.name}.{pid}.*")) - before
+                if new:
+                    time.sleep(0.5)
+                    total += _total(max(new, key=lambda p: p.stat().st_mtime))
+                    break
+                if self.proc is not None and self.proc.poll() is not None:
+                    raise RuntimeError(f"Kamailio exited ({self.proc.returncode}) while its "
+                                       f"process {pid} was dumped")
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"callgrind wrote no dump for Kamailio process {pid}")
+                time.sleep(0.2)
+        return total
+
+
+def measure(server: CallgrindProxy | CallgrindKamailio, work: Path, kind: str, count: int,
+            rate: int, args: Any) -> dict[str, Any]:
     sipp_args = bp.register_args if kind == "register" else bp.invite_args
     # warm-up: imports, caches and the first-time paths out of the count
     bp.run_sipp(sipp_args(server, rate, max(count // 5, 20)), work,
@@ -151,7 +214,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     (work / "uac.xml").write_text(bp.UAC_XML)
     (work / "node.xml").write_text(bp.NODE_XML)
     (work / "phone.xml").write_text(bp.UAS_XML)
-    trees = [("ours", ROOT)]
+    trees: list[tuple[str, Path | None]] = [("ours", ROOT)]
     if args.baseline_root:
         trees.append(("before", Path(args.baseline_root).resolve()))
     elif args.baseline_rev:
@@ -159,6 +222,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         before.mkdir()
         print(f"exporting and compiling {args.baseline_rev} ...", flush=True)
         trees.append(("before", export_rev(args.baseline_rev, before)))
+    if args.kamailio:
+        if shutil.which("kamailio") is None and not Path("/usr/sbin/kamailio").exists():
+            raise SystemExit("kamailio is not installed (apt-get install kamailio)")
+        trees.append(("kamailio", None))
     nport, uport = bp.free_port(bp.NODE), bp.free_port(bp.PHONE)
     node = subprocess.Popen(["sipp", "-sf", "node.xml", "-i", bp.NODE, "-p", str(nport),
                              *bp.SIPP_TUNING], cwd=work,
@@ -166,13 +233,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     phone = subprocess.Popen(["sipp", "-sf", "phone.xml", "-i", bp.PHONE, "-p", str(uport),
                               *bp.SIPP_TUNING], cwd=work, stdout=subprocess.DEVNULL,
                              stderr=subprocess.DEVNULL)
-    hosts = {"ours": bp.OURS, "before": bp.BEFORE}
+    hosts = {"ours": bp.OURS, "before": bp.BEFORE, "kamailio": bp.KAMAILIO}
     results: dict[str, dict[str, list[dict[str, Any]]]] = {
         name: {"register": [], "invite": []} for name, _ in trees}
     try:
         for run_no in range(args.runs):
             for name, root in trees:
-                server = CallgrindProxy(name, hosts[name], bp.free_port(hosts[name]), root)
+                port = bp.free_port(hosts[name])
+                server: CallgrindProxy | CallgrindKamailio = (
+                    CallgrindKamailio(name, hosts[name], port) if root is None
+                    else CallgrindProxy(name, hosts[name], port, root))
                 server.start(work, nport)
                 try:
                     try:
@@ -203,10 +273,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             p.terminate()
             p.wait(5)
     summary: dict[str, Any] = {}
+    others = [name for name, _ in trees if name != "ours"]
     print()
     print(f"| load | {' | '.join(n for n, _ in trees)} |"
-          + (" ours/before |" if len(trees) > 1 else ""))
-    print("|---|" + "---|" * len(trees) + ("---|" if len(trees) > 1 else ""))
+          + "".join(f" ours/{o} |" for o in others))
+    print("|---|" + "---|" * (len(trees) + len(others)))
     for kind in ("register", "invite"):
         medians = {}
         for name, _ in trees:
@@ -216,13 +287,18 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             summary[f"{kind}_failed_runs_{name}"] = sum(not r["clean"]
                                                        for r in results[name][kind])
         cells = [f"{m:,.0f}" if m else "no clean run" for m in medians.values()]
-        ratio = ""
-        if len(trees) > 1 and medians["ours"] and medians["before"]:
-            summary[f"{kind}_ratio"] = round(medians["ours"] / medians["before"], 3)
-            ratio = f" {summary[f'{kind}_ratio']:.3f} |"
+        ratios = ""
+        for other in others:
+            if medians["ours"] and medians[other]:
+                # ours/before keeps its old key; ours/kamailio is kamailio_ratio
+                key = f"{kind}_ratio" if other == "before" else f"{kind}_{other}_ratio"
+                summary[key] = round(medians["ours"] / medians[other], 3)
+                ratios += f" {summary[key]:.3f} |"
+            else:
+                ratios += " n/a |"
         label = "REGISTER (relayed to the node)" if kind == "register" \
             else "INVITE dialog (INVITE..BYE)"
-        print(f"| {label} | {' | '.join(cells)} |{ratio}")
+        print(f"| {label} | {' | '.join(cells)} |{ratios}")
     print(f"\ncallgrind dumps (one per measured load, in the order run): "
           f"{work}/callgrind-NAME.PID.N; read one with `callgrind_annotate --inclusive=yes "
           f"FILE`")
@@ -242,10 +318,16 @@ def main() -> int:
     ap.add_argument("--calls", type=int, default=100)
     ap.add_argument("--rate", type=int, default=10, help="SIPp calls per second")
     ap.add_argument("--subnet", default="127.0.230")
+    ap.add_argument("--kamailio", action="store_true",
+                    help="also count Kamailio (-n 1) the same way")
+    ap.add_argument("--kamailio-allocator", choices=bp.KAMAILIO_ALLOCATORS,
+                    default=bp.KAMAILIO_ALLOCATOR, help="Kamailio's memory manager (-x/-X)")
     ap.add_argument("--dump-instr", action="store_true",
                     help="callgrind's per-instruction counts in the dumps, for a profile")
     args = ap.parse_args()
     CallgrindProxy.dump_instr = "yes" if args.dump_instr else "no"
+    CallgrindKamailio.dump_instr = CallgrindProxy.dump_instr
+    bp.KAMAILIO_ALLOCATOR = args.kamailio_allocator
     summary = run(args)
     print("RESULT " + json.dumps(summary))
     return 0

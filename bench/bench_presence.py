@@ -186,7 +186,9 @@ class KamailioPresence:
         kam = shutil.which("kamailio") or "/usr/sbin/kamailio"
         with self.log.open("wb") as log:
             self.proc = subprocess.Popen(
-                [kam, "-DD", "-E", "-m", "512", "-M", "32", "-f", str(KAMAILIO_CFG),
+                # TLSF: Debian's default allocator (qm) is Kamailio's troubleshooting one
+                [kam, "-DD", "-E", "-m", "512", "-M", "32", "-x", "tlsf", "-X", "tlsf",
+                 "-f", str(KAMAILIO_CFG),
                  "-l", f"udp:{KAMAILIO}:{self.port}", "-Y", str(self.work),
                  "-A", f'CTL_SOCKET="unix:{self.ctl}"'],
                 cwd=self.work, stdout=subprocess.DEVNULL, stderr=log)

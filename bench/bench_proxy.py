@@ -42,7 +42,14 @@ loop; Kamailio also runs its timer processes) on its own loopback address.
 Memory is sized as Kamailio's documentation says for a load with 30 s
 transaction timers: 1,024 MB of shared memory (``-m``; the 64 MB default runs
 out at 2,000 REGISTER/s: ``tm: build_cell(): could not allocate shared
-memory``) and 32 MB of private memory per process (``-M``). Each server's log
+memory``) and 32 MB of private memory per process (``-M``), and both pools use
+the TLSF allocator (``-x tlsf -X tlsf``, ``--kamailio-allocator``). Debian's
+Kamailio defaults to ``qm``, the allocator Kamailio's authors describe as the
+one for troubleshooting memory use: its private-memory ``qm_malloc`` walks
+free lists, and under callgrind it was 86 % of the UDP worker's instructions
+per relayed REGISTER (584,000 instructions per REGISTER with ``qm``, 84,000
+with ``tlsf``, 85,000 with ``fm``; ``bench/bench_instructions.py
+--kamailio``). Each server's log
 is read after every step: a step in which a server logged an error counts as
 failed for that server, and no ours/Kamailio ratio is printed for a load where
 either side logged errors or failed at the lowest (idle-like) step -- that is a
@@ -122,6 +129,17 @@ WORKERS = 1
 SIPP_TRANSPORT = "u1"
 #: each server's CPU budget per worker, in cores (--cpu-per-worker; None: no limit)
 CPU_PER_WORKER: float | None = None
+#: Kamailio's memory manager for shared and private memory (--kamailio-allocator):
+#: tlsf or fm for a production comparison; qm (Debian's default) is the
+#: troubleshooting allocator, kept selectable to reproduce the older figures
+KAMAILIO_ALLOCATORS = ("tlsf", "fm", "qm")
+KAMAILIO_ALLOCATOR = KAMAILIO_ALLOCATORS[0]
+
+
+def kamailio_memory_args() -> list[str]:
+    """Kamailio's memory options: pools sized for 30 s transaction timers, and
+    the allocator of both pools."""
+    return ["-m", "1024", "-M", "32", "-x", KAMAILIO_ALLOCATOR, "-X", KAMAILIO_ALLOCATOR]
 #: CFS period of the budget (the kernel's default). Not shorter: the kernel hands
 #: quota to each CPU in 5 ms slices (sched_cfs_bandwidth_slice_us), and with a
 #: quota of one slice or less per period a process on one CPU starves its
@@ -445,7 +463,7 @@ class Kamailio(Server):
         kam = shutil.which("kamailio") or "/usr/sbin/kamailio"
         self.log_path = work / "kamailio.log"
         self.proc = subprocess.Popen(self.limited(
-            [kam, "-DD", "-E", "-m", "1024", "-M", "32", "-n", str(WORKERS),
+            [kam, "-DD", "-E", *kamailio_memory_args(), "-n", str(WORKERS),
              "-f", str(KAMAILIO_CFG),
              "-l", f"udp:{self.host}:{self.port}", "-Y", str(work),
              "-A", "REGISTRAR_FRONT", "-A", f'NODE="sip:{NODE}:{node_port}"']),
@@ -795,6 +813,9 @@ def main() -> int:
     ap.add_argument("--skip-store", action="store_true",
                     help="skip memory per binding and catch-up")
     ap.add_argument("--skip-sipp", action="store_true")
+    ap.add_argument("--kamailio-allocator", choices=KAMAILIO_ALLOCATORS,
+                    default=KAMAILIO_ALLOCATORS[0],
+                    help="Kamailio's memory manager (-x/-X); qm only to reproduce older figures")
     ap.add_argument("--workers", type=int, default=1,
                     help="sip-proxy workers = N and Kamailio children = N (-n N)")
     ap.add_argument("--cpu-per-worker", type=float, default=None, metavar="F",
@@ -804,8 +825,9 @@ def main() -> int:
                          "un with --workers > 1")
     args = ap.parse_args()
     use_subnet(args.subnet)
-    global WORKERS, SIPP_TRANSPORT, CPU_PER_WORKER
+    global WORKERS, SIPP_TRANSPORT, CPU_PER_WORKER, KAMAILIO_ALLOCATOR
     WORKERS = args.workers
+    KAMAILIO_ALLOCATOR = args.kamailio_allocator
     if args.cpu_per_worker is not None and not 0 < args.cpu_per_worker <= os.cpu_count():
         ap.error("--cpu-per-worker must be above 0 and at most the host's cores")
     CPU_PER_WORKER = args.cpu_per_worker
