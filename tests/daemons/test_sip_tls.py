@@ -37,6 +37,7 @@ from protocols.sip.headers import Headers
 from protocols.sip.location import StaticRecords, Transport
 from protocols.sip.message import Request, Response, make_response, parse_message
 from protocols.sip.timers import TimerSettings
+from tests.support.processes import START_TIMEOUT
 
 ROOT = Path(__file__).resolve().parents[2]
 FAST = TimerSettings(t1=0.05, t2=0.2, t4=0.25, trying_delay=None)
@@ -375,7 +376,7 @@ def responder(pems: Pems, tmp_path: Path) -> Iterator[ResponderProcess]:
              "127.0.0.1:0", "--tls-listen", "127.0.0.1:0", "--cert", str(pems.cert),
              "--key", str(pems.key), "--log-format", "json"],
             cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, text=True)
-    deadline = time.monotonic() + 15
+    deadline = time.monotonic() + START_TIMEOUT
     tls_port = 0
     while time.monotonic() < deadline and proc.poll() is None:
         text = log_path.read_text()

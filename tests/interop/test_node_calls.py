@@ -34,6 +34,7 @@ import pytest
 from daemons.runtime.tlib_client import TLibClient
 from protocols.sip.digest import DigestClient
 from protocols.sip.message import Response, parse_message
+from tests.support.processes import START_TIMEOUT
 
 ROOT = Path(__file__).resolve().parents[2]
 SCENARIOS = Path(__file__).resolve().parent / "scenarios"
@@ -146,7 +147,7 @@ def start_sip_server(config: Path, name: str,
         [sys.executable, "-m", "daemons.cli", "sip-server", "--config", str(config),
          "--name", name, "--log-format", "json", "--backlog-window", "30"],
         cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, text=True)
-    deadline = time.monotonic() + 15
+    deadline = time.monotonic() + START_TIMEOUT
     while "daemon_ready" not in log_path.read_text():
         if proc.poll() is not None or time.monotonic() > deadline:
             proc.kill()
@@ -913,7 +914,7 @@ ctrl_tcp_listen {HOST}:{ctrl_port}
 
 async def start_baresip(node: Node, binary: str, dn: str, workdir: Path) -> Baresip:
     proc, _, ctrl_port = await asyncio.to_thread(spawn_baresip, node, binary, dn, workdir)
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + START_TIMEOUT
     while True:
         try:
             reader, writer = await asyncio.open_connection(HOST, ctrl_port)

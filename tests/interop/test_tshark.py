@@ -12,6 +12,8 @@ from typing import Any
 
 import pytest
 
+from tests.support.processes import START_TIMEOUT
+
 pytestmark = pytest.mark.interop
 
 
@@ -22,7 +24,7 @@ def _capture(tshark: str, port: int, pcap: Path) -> subprocess.Popen[str]:
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     assert proc.stderr is not None
     seen = ""
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + START_TIMEOUT
     while time.monotonic() < deadline:
         line = proc.stderr.readline()
         seen += line

@@ -37,6 +37,7 @@ from tests.integration.support import (  # type: ignore[import-not-found]
     LabDescription,
     http_json,
 )
+from tests.support.processes import START_TIMEOUT
 
 ROOT = Path(__file__).resolve().parents[3]
 LAB_SCENARIOS = Path(__file__).resolve().parent / "scenarios"
@@ -352,7 +353,7 @@ class Baresip:
         self.proc = subprocess.Popen([binary, "-f", str(self.workdir), "-s"], cwd=self.workdir,
                                      stdin=subprocess.DEVNULL, stdout=log,
                                      stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + START_TIMEOUT
         while True:
             try:
                 self._sock = socket.create_connection((self.address, self.ctrl_port), timeout=1)

@@ -32,6 +32,7 @@ from tests.interop.lab.conftest import (
     baresip_config,
     write_tone,
 )
+from tests.support.processes import START_TIMEOUT
 
 # the lab fixtures of tests/interop/lab, shared here
 lab = lab_fixtures.lab
@@ -300,7 +301,7 @@ def kamailio(lab: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Kam
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
     edge = Kamailio(host, port, proc, log_path, kamailio_version(binary))
     try:
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + START_TIMEOUT
         while not _listening(host, port):
             if proc.poll() is not None or time.monotonic() > deadline:
                 pytest.fail(f"kamailio did not start:\n{edge.log()[-3000:]}")

@@ -35,6 +35,7 @@ import pytest
 
 from tests.interop.lab.conftest import analyse_wav, write_tone
 from tests.interop.matrix.conftest import fs_json, fs_metric
+from tests.support.processes import START_TIMEOUT
 
 LAB_SUBNETS = {"127.0.1.": "127.0.171.", "127.0.2.": "127.0.172."}
 LAB_DROP = ("SIPS_dc1_2", "TC_dc1_2", "SIPS_dc2_2", "TC_dc2_2", "Director", "SA_1", "SA_2",
@@ -830,7 +831,7 @@ def lab_capture(lab: Any, tmp_path_factory: pytest.TempPathFactory) -> Any:
                              "-w", str(pcap)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     assert proc.stderr is not None
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + START_TIMEOUT
     while time.monotonic() < deadline:
         line = proc.stderr.readline()
         if "Capturing on" in line or (not line and proc.poll() is not None):
