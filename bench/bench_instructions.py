@@ -116,12 +116,12 @@ class CallgrindProxy(bp.Server):
     def dump(self) -> int:
         """Dump the counters since the last zero; their instruction total."""
         assert self.proc is not None and self.out_prefix is not None
-        before = set(self.out_prefix.parent.glob(f"{self.out_prefix.name}.{self.proc.pid}*"))
+        before = set(self.out_prefix.parent.glob(f"{self.out_prefix.name}.{self.proc.pid}.*"))
         self._control("--dump")
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             new = set(self.out_prefix.parent.glob(
-                f"{self.out_prefix.name}.{self.proc.pid}*")) - before
+                f"{self.out_prefix.name}.{self.proc.pid}.*")) - before
             if new:
                 time.sleep(0.5)  # the file is complete once callgrind_control returned
                 return _total(max(new, key=lambda p: p.stat().st_mtime))
