@@ -80,6 +80,31 @@ def _total(out_file: Path) -> int:
     return int(m.group(1))
 
 
+def _control(pid: int, command: str) -> None:
+    subprocess.run(["callgrind_control", command, str(pid)], check=True,
+                   capture_output=True, timeout=120)
+
+
+def dump_pid(prefix: Path, pid: int, proc: subprocess.Popen[bytes] | None) -> int:
+    """Dump the counters of process ``pid`` since its last zero; their instruction total.
+
+    Only numbered dumps (``PREFIX.PID.N``) are read: callgrind writes ``PREFIX.PID``
+    when the process ends, and that file counts the whole run."""
+    before = set(prefix.parent.glob(f"{prefix.name}.{pid}.*"))
+    _control(pid, "--dump")
+    deadline = time.monotonic() + 60
+    while True:
+        new = set(prefix.parent.glob(f"{prefix.name}.{pid}.*")) - before
+        if new:
+            time.sleep(0.5)  # the file is complete once callgrind_control returned
+            return _total(max(new, key=lambda p: p.stat().st_mtime))
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"the process exited ({proc.returncode}) while {pid} was dumped")
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"callgrind wrote no dump for process {pid}")
+        time.sleep(0.2)
+
+
 class CallgrindProxy(bp.Server):
     """The sip-proxy of one source tree under callgrind."""
 
@@ -105,28 +130,14 @@ class CallgrindProxy(bp.Server):
              "--rate-limit", "0", "--log-level", "error", "--log-format", "json"],
             env=env, cwd=self.root, stdout=self.log_path.open("wb"), stderr=subprocess.STDOUT)
 
-    def _control(self, *args: str) -> None:
-        assert self.proc is not None
-        subprocess.run(["callgrind_control", *args, str(self.proc.pid)], check=True,
-                       capture_output=True, timeout=120)
-
     def zero(self) -> None:
-        self._control("--zero")
+        assert self.proc is not None
+        _control(self.proc.pid, "--zero")
 
     def dump(self) -> int:
         """Dump the counters since the last zero; their instruction total."""
         assert self.proc is not None and self.out_prefix is not None
-        before = set(self.out_prefix.parent.glob(f"{self.out_prefix.name}.{self.proc.pid}.*"))
-        self._control("--dump")
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            new = set(self.out_prefix.parent.glob(
-                f"{self.out_prefix.name}.{self.proc.pid}.*")) - before
-            if new:
-                time.sleep(0.5)  # the file is complete once callgrind_control returned
-                return _total(max(new, key=lambda p: p.stat().st_mtime))
-            time.sleep(0.2)
-        raise RuntimeError("callgrind wrote no dump")
+        return dump_pid(self.out_prefix, self.proc.pid, self.proc)
 
 
 class CallgrindKamailio(bp.Kamailio):
@@ -156,32 +167,12 @@ class CallgrindKamailio(bp.Kamailio):
 
     def zero(self) -> None:
         for pid in self.pids():
-            subprocess.run(["callgrind_control", "--zero", str(pid)], check=True,
-                           capture_output=True, timeout=120)
+            _control(pid, "--zero")
 
     def dump(self) -> int:
         """Dump every process's counters since the last zero; the sum of their totals."""
         assert self.out_prefix is not None
-        total = 0
-        for pid in self.pids():
-            before = set(self.out_prefix.parent.glob(f"{self.out_prefix.name}.{pid}.*"))
-            subprocess.run(["callgrind_control", "--dump", str(pid)], check=True,
-                           capture_output=True, timeout=120)
-            deadline = time.monotonic() + 60
-            while True:
-                new = set(self.out_prefix.parent.glob(
-                    f"{self.out_prefix.name}.{pid}.*")) - before
-                if new:
-                    time.sleep(0.5)
-                    total += _total(max(new, key=lambda p: p.stat().st_mtime))
-                    break
-                if self.proc is not None and self.proc.poll() is not None:
-                    raise RuntimeError(f"Kamailio exited ({self.proc.returncode}) while its "
-                                       f"process {pid} was dumped")
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"callgrind wrote no dump for Kamailio process {pid}")
-                time.sleep(0.2)
-        return total
+        return sum(dump_pid(self.out_prefix, pid, self.proc) for pid in self.pids())
 
 
 def measure(server: CallgrindProxy | CallgrindKamailio, work: Path, kind: str, count: int,
