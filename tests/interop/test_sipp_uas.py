@@ -14,6 +14,8 @@ from typing import Any
 
 import pytest
 
+from tests.support.processes import START_TIMEOUT
+
 pytestmark = pytest.mark.interop
 
 SCENARIOS = Path(__file__).resolve().parent / "scenarios"
@@ -49,14 +51,14 @@ def test_call_to_sipp_uas(sipp: str, free_port: Any, tmp_path: Path, repo_root: 
     try:
         # Dial only once SIPp listens: under a loaded CI host SIPp's start can take
         # longer than the INVITE's retransmissions last (Timer B, 32 s).
-        deadline = time.monotonic() + 20
+        deadline = time.monotonic() + START_TIMEOUT
         while not (ready := listening("127.0.0.1", port, transport)) \
                 and uas.poll() is None and time.monotonic() < deadline:
             time.sleep(0.05)
         if not ready:
             uas.kill()
             _, sipp_err = uas.communicate()
-            pytest.fail(f"SIPp did not listen on {transport} port {port} in 20 s "
+            pytest.fail(f"SIPp did not listen on {transport} port {port} in {START_TIMEOUT:.0f} s "
                         f"(exit {uas.returncode}): {sipp_err}")
         uri = f"sip:service@127.0.0.1:{port};transport={transport}"
         proc = subprocess.Popen(

@@ -19,6 +19,8 @@ from typing import Any
 
 import pytest
 
+from tests.support.processes import START_TIMEOUT
+
 ROOT = Path(__file__).resolve().parents[3]
 SIPCLUSTER = [sys.executable, "-m", "daemons.cli"]
 DC1, DC2 = "127.0.105", "127.0.106"
@@ -231,7 +233,8 @@ class Processes:
         d = Daemon(name, proc, log)
         self.running.append(d)
         if health is not None:
-            ok = wait_for(lambda: proc.poll() is not None or _healthy(health), timeout=20)
+            ok = wait_for(lambda: proc.poll() is not None or _healthy(health),
+                          timeout=START_TIMEOUT)
             assert ok and proc.poll() is None, log.read_text()[-3000:]
         return d
 

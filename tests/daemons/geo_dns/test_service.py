@@ -19,6 +19,8 @@ from typing import Any
 import dns.rcode
 import pytest
 
+from tests.support.processes import START_TIMEOUT
+
 ROOT = Path(__file__).resolve().parents[3]
 EXAMPLE_CLUSTER = ROOT / "deploy" / "etc" / "cluster.toml"
 DEPLOY_DNS = ROOT / "deploy" / "dns"
@@ -55,7 +57,7 @@ def daemon(request: Any, free_port: Any, tmp_path: Path) -> Iterator[tuple[tuple
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
     try:
-        deadline = time.monotonic() + 20.0
+        deadline = time.monotonic() + START_TIMEOUT
         while True:
             if proc.poll() is not None:
                 pytest.fail(f"geo-dns exited {proc.returncode}: {proc.stdout.read()}")  # type: ignore[union-attr]

@@ -20,6 +20,7 @@ import aiohttp
 import pytest
 
 from daemons.runtime.management import ManagementServer, Metrics
+from tests.support.processes import START_TIMEOUT
 
 
 async def test_healthz_metrics_and_status_pages() -> None:
@@ -89,7 +90,7 @@ def geo_dns(free_port: Any) -> Iterator[tuple[subprocess.Popen[str], int]]:
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
     try:
-        deadline = time.monotonic() + 20.0
+        deadline = time.monotonic() + START_TIMEOUT
         while True:
             if proc.poll() is not None:
                 pytest.fail(f"geo-dns exited {proc.returncode}: {proc.stdout.read()}")  # type: ignore[union-attr]

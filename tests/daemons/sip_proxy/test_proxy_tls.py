@@ -45,6 +45,7 @@ from tests.daemons.sip_proxy.conftest import (  # type: ignore[import-not-found]
     responder_args,
 )
 from tests.interop.lab.conftest import Baresip, baresip_config, write_tone
+from tests.support.processes import START_TIMEOUT
 
 ROOT = Path(__file__).resolve().parents[3]
 PROXY_HOST = "127.0.200.21"
@@ -195,7 +196,7 @@ async def tls_cluster(tmp_path: Path) -> AsyncIterator[TlsCluster]:
     log.close()
     cluster = TlsCluster(tmp_path, certs / "ca.pem", port, tls_port, http_port, node, proc)
     try:
-        async with asyncio.timeout(20):
+        async with asyncio.timeout(START_TIMEOUT):
             while True:
                 assert proc.returncode is None, cluster.log_path.read_text()
                 # daemon_ready: logged once the management listener is up too

@@ -21,6 +21,7 @@ import pytest
 from daemons.cluster.config import load_cluster
 from daemons.sip_server.service import SipServer
 from tests.daemons.sip_server.conftest import SCENARIOS, NodeLab, Sipp
+from tests.support.processes import START_TIMEOUT
 
 NODE = "127.0.245.11"
 PHONE = "127.0.245.101"
@@ -165,7 +166,7 @@ async def node(tmp_path: Path, free_port: Callable[..., int],
     server = SipServer(load_cluster(lab.config), "SIPS_A")
     task = asyncio.create_task(server.serve())
     try:
-        async with asyncio.timeout(15):
+        async with asyncio.timeout(START_TIMEOUT):
             while server.management.port is None:
                 assert not task.done(), task
                 await asyncio.sleep(0.02)

@@ -19,6 +19,7 @@ from daemons.runtime.tlib_client import TLibClient
 from daemons.runtime.tlib_server import TLibConnection, TLibServer
 from daemons.t_controller.service import TControllerService
 from protocols.tlib.events import RequestReceived
+from tests.support.processes import START_TIMEOUT
 
 TMap = dict[str, Any]
 
@@ -246,7 +247,7 @@ async def start_service(config_path: Path, name: str = "TC_1",
                         **kwargs: Any) -> tuple[TControllerService, asyncio.Task[None]]:
     service = TControllerService(load_cluster(config_path), name, **kwargs)
     task = asyncio.create_task(service.serve())
-    async with asyncio.timeout(10):
+    async with asyncio.timeout(START_TIMEOUT):
         while service.management.port is None:
             if task.done():
                 task.result()

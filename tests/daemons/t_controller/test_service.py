@@ -16,6 +16,7 @@ from typing import Any
 import protocols.sip as sip_stack
 from daemons.cluster.config import load_cluster
 from daemons.sip_server.service import SipServer
+from tests.support.processes import START_TIMEOUT
 
 ROOT = Path(__file__).resolve().parents[3]
 SCENARIOS = Path(__file__).resolve().parent / "scenarios"
@@ -47,7 +48,7 @@ async def test_inbound_call_end_to_end_with_sip_server_and_sipp(
     config_path.write_text(kit.cluster_text(default_port, sip_port, tserver="wrap-up-time = 1"))
     node = SipServer(load_cluster(config_path), "SIPS_1")
     node_task = asyncio.create_task(node.serve())
-    async with asyncio.timeout(10):
+    async with asyncio.timeout(START_TIMEOUT):
         while node.management.port is None:
             assert not node_task.done(), node_task
             await asyncio.sleep(0.02)

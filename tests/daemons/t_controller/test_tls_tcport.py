@@ -24,6 +24,7 @@ import pytest
 
 from daemons.runtime.certs import init_ca, issue
 from daemons.runtime.tlib_client import TLibClient
+from tests.support.processes import START_TIMEOUT
 
 ROOT = Path(__file__).resolve().parents[3]
 
@@ -52,7 +53,7 @@ async def start_tc(tmp_path: Path, kit: Any, free_port: Any) -> tuple[Any, Any, 
         "--name", "TC_1", "--log-format", "json", cwd=ROOT, stdout=log,
         stderr=subprocess.STDOUT)
     log.close()
-    async with asyncio.timeout(15):
+    async with asyncio.timeout(START_TIMEOUT):
         while '"daemon_ready"' not in (tmp_path / "tc.log").read_text():
             assert proc.returncode is None, (tmp_path / "tc.log").read_text()
             await asyncio.sleep(0.1)
