@@ -88,6 +88,9 @@ import psutil  # type: ignore[import-untyped]
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+import bench_proxy as bp  # noqa: E402
 
 from daemons.director.queue import AgentPool  # noqa: E402
 from daemons.director.sites import ANY_SKILL, SiteBoard, SiteReport  # noqa: E402
@@ -784,9 +787,9 @@ def storm_kamailio(calls: int, rate: int, count: int, workers: int,
     port = free_port(KAMAILIO_HOST)
     log = tmp / "kamailio.log"
     kam = subprocess.Popen(
-        [kamailio_bin() or "kamailio", "-DD", "-E", "-m", "256", "-M", "16",
-         # TLSF: Debian's default allocator (qm) is Kamailio's troubleshooting one
-         "-x", "tlsf", "-X", "tlsf", "-n", str(workers),
+        # TLSF by default: Debian's (qm) is Kamailio's troubleshooting allocator
+        [kamailio_bin() or "kamailio", "-DD", "-E", *bp.kamailio_memory_args(256, 16),
+         "-n", str(workers),
          "-f", str(ROOT / "bench" / "kamailio" / "dispatcher.cfg"),
          "-l", f"udp:{KAMAILIO_HOST}:{port}", "-Y", str(tmp), "-A", f'DS_LIST="{ds_list}"'],
         cwd=tmp, stdout=subprocess.DEVNULL, stderr=log.open("wb"))
@@ -972,6 +975,12 @@ if __name__ == "__main__":
     parser.add_argument("--flips", type=int, default=20,
                         help="agent state changes timed for the convergence, per run")
     parser.add_argument("--kamailio-workers", type=int, default=2)
+    parser.add_argument("--kamailio-allocator", choices=bp.KAMAILIO_ALLOCATORS,
+                        default=bp.KAMAILIO_ALLOCATORS[0],
+                        help="Kamailio's memory manager (-x/-X); qm only to reproduce "
+                             "older figures")
+    parsed = parser.parse_args()
+    bp.KAMAILIO_ALLOCATOR = parsed.kamailio_allocator
     configure_logging("warning")
-    figures = asyncio.run(main(parser.parse_args()))
+    figures = asyncio.run(main(parsed))
     print("RESULT " + json.dumps(figures))

@@ -71,6 +71,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
 
+import bench_proxy as bp  # noqa: E402  (Kamailio's memory options)
 import bench_status  # noqa: E402  (the aggregator harness: daemon, clients, /proc readers)
 
 from daemons.runtime import certs  # noqa: E402
@@ -186,8 +187,8 @@ class KamailioPresence:
         kam = shutil.which("kamailio") or "/usr/sbin/kamailio"
         with self.log.open("wb") as log:
             self.proc = subprocess.Popen(
-                # TLSF: Debian's default allocator (qm) is Kamailio's troubleshooting one
-                [kam, "-DD", "-E", "-m", "512", "-M", "32", "-x", "tlsf", "-X", "tlsf",
+                # TLSF by default: Debian's (qm) is Kamailio's troubleshooting allocator
+                [kam, "-DD", "-E", *bp.kamailio_memory_args(512, 32),
                  "-f", str(KAMAILIO_CFG),
                  "-l", f"udp:{KAMAILIO}:{self.port}", "-Y", str(self.work),
                  "-A", f'CTL_SOCKET="unix:{self.ctl}"'],
@@ -713,7 +714,12 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--watch-connections", type=int, default=20)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--sides", default="ours,kamailio")
+    parser.add_argument("--kamailio-allocator", choices=bp.KAMAILIO_ALLOCATORS,
+                        default=bp.KAMAILIO_ALLOCATORS[0],
+                        help="Kamailio's memory manager (-x/-X); qm only to reproduce "
+                             "older figures")
     args = parser.parse_args(argv)
+    bp.KAMAILIO_ALLOCATOR = args.kamailio_allocator
     args.rates = [int(r) for r in str(args.rates).split(",") if r]
     sides = [s for s in args.sides.split(",") if s]
     failures: list[str] = []

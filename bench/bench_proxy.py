@@ -136,10 +136,13 @@ KAMAILIO_ALLOCATORS = ("tlsf", "fm", "qm")
 KAMAILIO_ALLOCATOR = KAMAILIO_ALLOCATORS[0]
 
 
-def kamailio_memory_args() -> list[str]:
-    """Kamailio's memory options: pools sized for 30 s transaction timers, and
-    the allocator of both pools."""
-    return ["-m", "1024", "-M", "32", "-x", KAMAILIO_ALLOCATOR, "-X", KAMAILIO_ALLOCATOR]
+def kamailio_memory_args(shm_mb: int = 1024, pkg_mb: int = 32) -> list[str]:
+    """Kamailio's memory options: the shared pool (``-m``, sized here for 30 s
+    transaction timers), each process's private pool (``-M``), and the allocator
+    of both (KAMAILIO_ALLOCATOR). bench_presence.py and bench_director.py take
+    theirs from here too, with pools of their own size."""
+    return ["-m", str(shm_mb), "-M", str(pkg_mb), "-x", KAMAILIO_ALLOCATOR,
+            "-X", KAMAILIO_ALLOCATOR]
 #: CFS period of the budget (the kernel's default). Not shorter: the kernel hands
 #: quota to each CPU in 5 ms slices (sched_cfs_bandwidth_slice_us), and with a
 #: quota of one slice or less per period a process on one CPU starves its
