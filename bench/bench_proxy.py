@@ -125,6 +125,9 @@ RATE_SHARE = 0.9
 KAMAILIO_CFG = ROOT / "bench" / "kamailio" / "kamailio.cfg"
 #: sip-proxy workers and Kamailio children (--workers)
 WORKERS = 1
+#: Kamailio's UDP children (-n; --kamailio-children, default WORKERS): its usual
+#: several children on the budget of WORKERS workers
+KAMAILIO_CHILDREN: int | None = None
 #: SIPp's UDP socket mode (--sipp-transport): u1 one socket, un one per call
 SIPP_TRANSPORT = "u1"
 #: each server's CPU budget per worker, in cores (--cpu-per-worker; None: no limit)
@@ -466,7 +469,7 @@ class Kamailio(Server):
         kam = shutil.which("kamailio") or "/usr/sbin/kamailio"
         self.log_path = work / "kamailio.log"
         self.proc = subprocess.Popen(self.limited(
-            [kam, "-DD", "-E", *kamailio_memory_args(), "-n", str(WORKERS),
+            [kam, "-DD", "-E", *kamailio_memory_args(), "-n", str(KAMAILIO_CHILDREN or WORKERS),
              "-f", str(KAMAILIO_CFG),
              "-l", f"udp:{self.host}:{self.port}", "-Y", str(work),
              "-A", "REGISTRAR_FRONT", "-A", f'NODE="sip:{NODE}:{node_port}"']),
@@ -821,6 +824,9 @@ def main() -> int:
                     help="Kamailio's memory manager (-x/-X); qm only to reproduce older figures")
     ap.add_argument("--workers", type=int, default=1,
                     help="sip-proxy workers = N and Kamailio children = N (-n N)")
+    ap.add_argument("--kamailio-children", type=int, default=None, metavar="M",
+                    help="Kamailio's UDP children (-n M) instead of --workers, e.g. its "
+                         "usual 8 on the budget of --workers N")
     ap.add_argument("--cpu-per-worker", type=float, default=None, metavar="F",
                     help="each server's CPU budget: workers x F cores (cgroup quota; root)")
     ap.add_argument("--sipp-transport", choices=("u1", "un"), default=None,
@@ -828,8 +834,11 @@ def main() -> int:
                          "un with --workers > 1")
     args = ap.parse_args()
     use_subnet(args.subnet)
-    global WORKERS, SIPP_TRANSPORT, CPU_PER_WORKER, KAMAILIO_ALLOCATOR
+    global WORKERS, SIPP_TRANSPORT, CPU_PER_WORKER, KAMAILIO_ALLOCATOR, KAMAILIO_CHILDREN
     WORKERS = args.workers
+    if args.kamailio_children is not None and args.kamailio_children < 1:
+        ap.error("--kamailio-children must be at least 1")
+    KAMAILIO_CHILDREN = args.kamailio_children
     KAMAILIO_ALLOCATOR = args.kamailio_allocator
     if args.cpu_per_worker is not None and not 0 < args.cpu_per_worker <= os.cpu_count():
         ap.error("--cpu-per-worker must be above 0 and at most the host's cores")
@@ -852,8 +861,9 @@ def main() -> int:
         else:
             rows, fields = summarise(load)
             print()
+            children = KAMAILIO_CHILDREN or WORKERS
             print(f"Median of {args.runs} runs; steps of {args.step_seconds:g} s; sip-proxy "
-                  f"workers={WORKERS}, Kamailio children={WORKERS} (-n {WORKERS}); SIPp "
+                  f"workers={WORKERS}, Kamailio children={children} (-n {children}); SIPp "
                   f"-t {SIPP_TRANSPORT}; "
                   + (f"each server's CPU budget {WORKERS} x {CPU_PER_WORKER:g} cores; "
                      if CPU_PER_WORKER else "")
@@ -864,6 +874,7 @@ def main() -> int:
             print()
             result.update(fields)
     result["workers"] = WORKERS
+    result["kamailio_children"] = KAMAILIO_CHILDREN or WORKERS
     result["cpu_per_worker"] = CPU_PER_WORKER
     result["sipp_transport"] = SIPP_TRANSPORT
     print("RESULT " + json.dumps(result))
