@@ -128,6 +128,8 @@ WORKERS = 1
 #: Kamailio's UDP children (-n; --kamailio-children, default WORKERS): its usual
 #: several children on the budget of WORKERS workers
 KAMAILIO_CHILDREN: int | None = None
+#: the sip-proxy's --replication-batch-ms (workers' binding frames; None: its default)
+REPLICATION_BATCH_MS: float | None = None
 #: SIPp's UDP socket mode (--sipp-transport): u1 one socket, un one per call
 SIPP_TRANSPORT = "u1"
 #: each server's CPU budget per worker, in cores (--cpu-per-worker; None: no limit)
@@ -435,8 +437,10 @@ class OurProxy(Server):
         self.proc = subprocess.Popen(self.limited(
             [sys.executable, "-m", "daemons.cli", "sip-proxy", "--config",
              str(work / "cluster.toml"), "--name", "SPX_1", "--rate-limit", "0",
-             "--log-level", "error", "--log-format", "json"]), env=env, cwd=ROOT,
-            stdout=self.log_path.open("wb"), stderr=subprocess.STDOUT)
+             "--log-level", "error", "--log-format", "json",
+             *(() if REPLICATION_BATCH_MS is None
+               else ("--replication-batch-ms", f"{REPLICATION_BATCH_MS:g}"))]),
+            env=env, cwd=ROOT, stdout=self.log_path.open("wb"), stderr=subprocess.STDOUT)
 
 
 class OurProxyBefore(OurProxy):
@@ -827,6 +831,9 @@ def main() -> int:
     ap.add_argument("--kamailio-children", type=int, default=None, metavar="M",
                     help="Kamailio's UDP children (-n M) instead of --workers, e.g. its "
                          "usual 8 on the budget of --workers N")
+    ap.add_argument("--replication-batch-ms", type=float, default=None, metavar="MS",
+                    help="the sip-proxy's --replication-batch-ms (how often a worker sends "
+                         "its siblings the bindings it stored); default its own")
     ap.add_argument("--cpu-per-worker", type=float, default=None, metavar="F",
                     help="each server's CPU budget: workers x F cores (cgroup quota; root)")
     ap.add_argument("--sipp-transport", choices=("u1", "un"), default=None,
@@ -835,6 +842,8 @@ def main() -> int:
     args = ap.parse_args()
     use_subnet(args.subnet)
     global WORKERS, SIPP_TRANSPORT, CPU_PER_WORKER, KAMAILIO_ALLOCATOR, KAMAILIO_CHILDREN
+    global REPLICATION_BATCH_MS
+    REPLICATION_BATCH_MS = args.replication_batch_ms
     WORKERS = args.workers
     if args.kamailio_children is not None and args.kamailio_children < 1:
         ap.error("--kamailio-children must be at least 1")
@@ -875,6 +884,7 @@ def main() -> int:
             result.update(fields)
     result["workers"] = WORKERS
     result["kamailio_children"] = KAMAILIO_CHILDREN or WORKERS
+    result["replication_batch_ms"] = REPLICATION_BATCH_MS
     result["cpu_per_worker"] = CPU_PER_WORKER
     result["sipp_transport"] = SIPP_TRANSPORT
     print("RESULT " + json.dumps(result))
