@@ -10,6 +10,7 @@ DEB_TOOLS := sipp:sip-tester tshark:tshark sipsak:sipsak named:bind9 named-check
              kamailio:kamailio
 # ... and the reference proxy the benchmarks compare against
 BENCH_TOOLS := kamailio:kamailio svwar:sipvicious nats-server:nats-server \
+               valgrind:valgrind callgrind_control:valgrind perf:linux-perf \
                /usr/lib/*/kamailio/modules/presence.so:kamailio-presence-modules
 APT_GET := $(shell [ "$$(id -u)" = 0 ] && echo apt-get || echo sudo apt-get)
 

@@ -551,6 +551,27 @@ def instructions_rows(r: dict[str, Any]) -> list[Row]:
     return rows
 
 
+def cpu_split_rows(r: dict[str, Any]) -> list[Row]:
+    rows = []
+    for kind, label in (("register", "relayed REGISTER"), ("invite", "proxied call")):
+        sides = r.get("medians", {}).get(kind)
+        if sides is None:
+            continue
+        ours, kam = sides.get("sip-proxy"), sides.get("kamailio")
+
+        def split(m: dict[str, float] | None) -> str:
+            return (f"{m['cpu_s_per_1000']:.3f} CPU s per 1,000 (kernel "
+                    f"{m['kernel_s_per_1000']:.3f}, user {m['user_s_per_1000']:.3f})"
+                    if m else "no clean run")
+        ratio = NA
+        if ours and kam and kam["kernel_s_per_1000"] and kam["user_s_per_1000"]:
+            ratio = (f"kernel {ours['kernel_s_per_1000'] / kam['kernel_s_per_1000']:.2f}, "
+                     f"user {ours['user_s_per_1000'] / kam['user_s_per_1000']:.2f} ours/Kamailio")
+        rows.append(Row(f"sip-proxy CPU per {label}, kernel and user (perf samples)",
+                        split(ours), kamailio=split(kam), ratio=ratio))
+    return rows
+
+
 def proxy_tls_rows(r: dict[str, Any]) -> list[Row]:
     ratio = r.get("connect_cpu_ratio_tls_over_tcp")
     return [
@@ -731,6 +752,7 @@ MAPPERS: dict[str, Callable[[dict[str, Any]], list[Row]]] = {
     "bench_collective": collective_rows,
     "bench_treatments": treatments_rows,
     "bench_instructions": instructions_rows,
+    "bench_cpu_split": cpu_split_rows,
     "bench_proxy_tls": proxy_tls_rows,
     "bench_rtm": rtm_rows,
     "bench_director": director_rows,

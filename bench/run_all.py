@@ -53,6 +53,7 @@ QUICK: dict[str, list[str]] = {
     "bench_hostile": ["--runs", "1"],
     "bench_failover": ["--runs", "1"],
     "bench_instructions": ["--runs", "1", "--registers", "100", "--calls", "30"],
+    "bench_cpu_split": ["--runs", "1", "--seconds", "4"],
     "bench_collective": ["--runs", "1", "--users", "20000"],
     "bench_node_forward_all": ["--runs", "1", "--calls", "300"],
     "bench_prack": ["--runs", "1", "--calls", "200"],
