@@ -2,10 +2,12 @@
 
     .venv/bin/python bench/bench_cpu_split.py [--load register|invite|both]
         [--register-rate 1000] [--call-rate 460] [--seconds 8] [--runs 3]
-        [--subnet 127.0.253] [--keep DIR]
+        [--workers N] [--sipp-transport u1|un] [--subnet 127.0.253] [--keep DIR]
 
 The sip-proxy and Kamailio (``bench/bench_proxy.py``'s configuration: one UDP
-worker each, Kamailio on the allocator of ``--kamailio-allocator``, TLSF by
+worker each, or ``--workers N`` sip-proxy workers and Kamailio ``-n N``; SIPp
+on one socket, or one per call with ``--sipp-transport un``, the default for
+N > 1, as in bench_proxy.py), Kamailio on the allocator of ``--kamailio-allocator``, TLSF by
 default) take the same SIPp load one after the other, each recorded with
 ``perf record -F 999 -g`` (software cpu-clock samples: this needs no hardware
 counters, which a virtual machine often lacks). The table gives each server's
@@ -94,6 +96,11 @@ def main() -> int:
     ap.add_argument("--call-rate", type=int, default=460)
     ap.add_argument("--seconds", type=int, default=8)
     ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--workers", type=int, default=1,
+                    help="sip-proxy workers = N and Kamailio -n N (all processes recorded)")
+    ap.add_argument("--sipp-transport", choices=("u1", "un"), default=None,
+                    help="SIPp's UDP sockets: one (u1) or one per call (un); default u1, "
+                         "un with --workers > 1")
     ap.add_argument("--subnet", default="127.0.253")
     ap.add_argument("--kamailio-allocator", choices=bp.KAMAILIO_ALLOCATORS,
                     default=bp.KAMAILIO_ALLOCATORS[0])
@@ -107,6 +114,10 @@ def main() -> int:
         raise SystemExit("kamailio is not installed (make bench-tools)")
     bp.use_subnet(args.subnet)
     bp.KAMAILIO_ALLOCATOR = args.kamailio_allocator
+    if args.workers < 1:
+        ap.error("--workers must be at least 1")
+    bp.WORKERS = args.workers
+    bp.SIPP_TRANSPORT = args.sipp_transport or ("un" if args.workers > 1 else "u1")
     work = Path(tempfile.mkdtemp(prefix="bench-cpu-split-"))
     keep = args.keep or work
     keep.mkdir(parents=True, exist_ok=True)
@@ -181,7 +192,8 @@ def main() -> int:
     if args.keep is None:
         shutil.rmtree(work, ignore_errors=True)
     print("RESULT " + json.dumps({
-        "rows": rows, "runs": args.runs,
+        "rows": rows, "runs": args.runs, "workers": args.workers,
+        "sipp_transport": bp.SIPP_TRANSPORT,
         "medians": {kind: {server: med for (k, server), med in medians.items() if k == kind}
                     for kind, _ in loads}}))
     return 0 if len(medians) == len(loads) * len(servers) else 1
