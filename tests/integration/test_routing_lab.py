@@ -26,6 +26,7 @@ from tests.integration.support import (  # type: ignore[import-not-found]
     running_lab,
     until,
 )
+from tests.support.agents import agent_login
 
 SUBNETS = {"127.0.1.": "127.0.148.", "127.0.2.": "127.0.149."}
 pytestmark = pytest.mark.timeout(180)
@@ -73,12 +74,11 @@ async def test_a_call_to_the_routing_point_reaches_a_ready_agent(routing_lab: Cl
     desk = await TLibClient.connect(node["host"], node["tc_port"], "Cluster", "legacy",
                                     local_addr=("127.0.148.90", 0))
     try:
-        async with asyncio.timeout(10):
+        async with asyncio.timeout(30):
             registered = await desk.request("RequestRegisterAddress", AttributeThisDN="1001")
             assert registered["message"] == "EventRegistered", registered
-            login = await desk.request("RequestAgentLogin", AttributeThisDN="1001",
-                                       AttributeAgentID="a1001",
-                                       AttributeAgentWorkMode="AutoIn")
+            # the DN comes in service at the t-controller a moment after the phone's 200
+            login = await agent_login(desk, "1001", "a1001", "AutoIn")
             assert login["message"] == "EventAgentLogin", login
         await until("the director sees a1001 Ready", lambda: http_json(
             host, port, "/status/director")["agents"].get("dc1", {}).get("ready"), 15)

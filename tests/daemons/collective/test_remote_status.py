@@ -35,6 +35,7 @@ from daemons.runtime.tlib_client import TLibClient
 from tests.conftest import free_port, require_tool
 from tests.daemons.collective.conftest import until
 from tests.daemons.rtm_server.conftest import Hub, HubSpec, Proc, write_cluster
+from tests.support.agents import agent_login
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -275,12 +276,11 @@ async def test_a_status_from_another_site_changes_the_agent_state_at_its_t_contr
     desk = await TLibClient.connect(indy.prefix + "11", indy.ports["tc"], "Desk", "legacy",
                                     local_addr=(indy.prefix + "151", 0))
     try:
-        async with asyncio.timeout(10):
+        async with asyncio.timeout(30):
             registered = await desk.request("RequestRegisterAddress", AttributeThisDN="6001")
             assert registered["message"] == "EventRegistered", registered
-            login = await desk.request("RequestAgentLogin", AttributeThisDN="6001",
-                                       AttributeAgentID="a6001",
-                                       AttributeAgentWorkMode="ManualIn")
+            # the DN comes in service at the t-controller a moment after the phone's 200
+            login = await agent_login(desk, "6001", "a6001", "ManualIn")
             assert login["message"] == "EventAgentLogin", login
             ready = await desk.request("RequestAgentReady", AttributeThisDN="6001")
             assert ready["message"] == "EventAgentReady", ready

@@ -34,6 +34,7 @@ from daemons.runtime.tlib_client import TLibClient
 from tests.conftest import free_port, require_tool
 from tests.daemons.collective.conftest import until
 from tests.daemons.rtm_server.conftest import Hub, HubSpec, Proc, write_cluster
+from tests.support.agents import agent_login
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -317,12 +318,11 @@ async def test_calls_follow_the_user_to_the_site_it_is_logged_on_at(
     desk = await TLibClient.connect(indy.node, indy.ports["tc"], "Desk", "legacy",
                                     local_addr=(indy.prefix + "151", 0))
     try:
-        async with asyncio.timeout(10):
+        async with asyncio.timeout(30):
             registered = await desk.request("RequestRegisterAddress", AttributeThisDN="6001")
             assert registered["message"] == "EventRegistered", registered
-            login = await desk.request("RequestAgentLogin", AttributeThisDN="6001",
-                                       AttributeAgentID="a5001",
-                                       AttributeAgentWorkMode="AutoIn")
+            # the DN comes in service at the t-controller a moment after the phone's 200
+            login = await agent_login(desk, "6001", "a5001", "AutoIn")
             assert login["message"] == "EventAgentLogin", login
         await asyncio.to_thread(until, lambda: lyon.locate("5001")["site"] == 2, 15,
                                 "a5001 not located at Indy from Lyon")

@@ -29,6 +29,7 @@ import pytest
 
 from daemons.runtime.tlib_client import TLibClient
 from tests.integration.support import SCENARIOS, until
+from tests.support.agents import agent_login
 
 SIPCLUSTER = [sys.executable, "-m", "daemons.cli"]
 CALLER = "+15550177"
@@ -165,12 +166,11 @@ async def test_calls_to_a_roaming_user_go_to_the_site_it_is_logged_on_at(
     desk = await TLibClient.connect(node["host"], node["tc_port"], "Desk", "legacy",
                                     local_addr=("127.0.3.151", 0))
     try:
-        async with asyncio.timeout(10):
+        async with asyncio.timeout(30):
             registered = await desk.request("RequestRegisterAddress", AttributeThisDN="3001")
             assert registered["message"] == "EventRegistered", registered
-            login = await desk.request("RequestAgentLogin", AttributeThisDN="3001",
-                                       AttributeAgentID="a1001",
-                                       AttributeAgentWorkMode="AutoIn")
+            # the DN comes in service at the t-controller a moment after the phone's 200
+            login = await agent_login(desk, "3001", "a1001", "AutoIn")
             assert login["message"] == "EventAgentLogin", login
         for site in (boca, lyon):
             def there(s: dict[str, Any] = site) -> bool:
